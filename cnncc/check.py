@@ -1,0 +1,182 @@
+"""Spec -> CheckedNet: every layer's inputs resolved, shapes inferred, parameters counted.
+
+All problems are collected and reported together, each at the spec location of the
+field that causes it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import Diagnostic, SpecError, did_you_mean
+from .layers import GLOBAL, REGISTRY, ParamDecl, Shape, ShapeError, Window, format_shape, numel
+from .spec import LayerSpec, Spec
+
+MAX_TENSOR_ELEMENTS = (1 << 31) - 1  # per sample: index arithmetic in C stays far from overflow
+MAX_PARAMS = (1 << 31) - 1
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    size: tuple[int, int]  # input pixels one unit sees along (h, w), before clipping
+    jump: tuple[int, int]  # input pixels between neighbouring units
+
+    def grow(self, step: Window | str | None, image: tuple[int, int]) -> "ReceptiveField":
+        if step is None:
+            return self
+        if step == GLOBAL:
+            return ReceptiveField(image, image)
+        (kh, kw), (sh, sw) = step.kernel, step.stride
+        return ReceptiveField((self.size[0] + (kh - 1) * self.jump[0], self.size[1] + (kw - 1) * self.jump[1]),
+                              (self.jump[0] * sh, self.jump[1] * sw))
+
+    @staticmethod
+    def union(fields: list["ReceptiveField"]) -> "ReceptiveField":
+        return ReceptiveField((max(f.size[0] for f in fields), max(f.size[1] for f in fields)),
+                              (max(f.jump[0] for f in fields), max(f.jump[1] for f in fields)))
+
+
+@dataclass(frozen=True)
+class CheckedLayer:
+    spec: LayerSpec
+    input_shapes: tuple[Shape, ...]
+    output_shape: Shape
+    params: tuple[ParamDecl, ...]
+    macs: int
+    receptive_field: ReceptiveField
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def layer(self):
+        return self.spec.layer
+
+    @property
+    def param_count(self) -> int:
+        return sum(p.size for p in self.params)
+
+    @property
+    def trainable_count(self) -> int:
+        return sum(p.size for p in self.params if p.trainable)
+
+
+@dataclass(frozen=True)
+class CheckedNet:
+    spec: Spec
+    layers: tuple[CheckedLayer, ...]
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.layers[-1].output_shape
+
+    @property
+    def input_shape(self) -> Shape:
+        return self.spec.input_shape
+
+
+def check_net(spec: Spec) -> CheckedNet:
+    diagnostics: list[Diagnostic] = []
+    shapes: dict[str, Shape] = {"input": spec.input_shape}
+    fields: dict[str, ReceptiveField] = {"input": ReceptiveField((1, 1), (1, 1))}
+    image = _image_extent(spec.input_shape)
+    order = {layer.name: layer.index for layer in spec.layers}
+    checked: list[CheckedLayer] = []
+    failed: set[str] = set()
+
+    for layer_spec in spec.layers:
+        def report(message, field=None, hint=None):
+            loc = layer_spec.field_locs.get(field) if field else None
+            diagnostics.append(Diagnostic(message, loc or layer_spec.loc, layer_spec.label, field, hint))
+
+        cls = REGISTRY[layer_spec.kind]
+        inputs = layer_spec.inputs
+        if not cls.min_inputs <= len(inputs) <= cls.max_inputs:
+            count = (f"exactly {cls.min_inputs}" if cls.min_inputs == cls.max_inputs
+                     else f"{cls.min_inputs} to {cls.max_inputs}")
+            report(f"takes {count} input{'s' if cls.max_inputs > 1 else ''}, got {len(inputs)}", "inputs",
+                   "list them as inputs: [a, b]" if cls.min_inputs > 1 else None)
+            failed.add(layer_spec.name)
+            continue
+        bad = False
+        for name in inputs:
+            if name == layer_spec.name:
+                report(f"inputs names the layer itself ('{name}')", "inputs")
+                bad = True
+            elif name in order and order[name] > layer_spec.index:
+                report(f"inputs names '{name}', which comes later (layer {order[name]}); "
+                       "a layer may only use the input or earlier layers", "inputs")
+                bad = True
+            elif name not in shapes and name not in failed:
+                hint = did_you_mean(name, [*shapes, *failed]) or "use 'input' or the name of an earlier layer"
+                report(f"inputs names unknown layer '{name}'", "inputs", hint)
+                bad = True
+            elif name in failed:
+                bad = True  # already reported at that layer
+        if bad:
+            failed.add(layer_spec.name)
+            continue
+        in_shapes = [shapes[name] for name in inputs]
+        layer = layer_spec.layer
+        try:
+            out_shape = layer.output_shape(in_shapes)
+            params = tuple(layer.param_decls(in_shapes))
+        except ShapeError as exc:
+            report(exc.message, exc.field, exc.hint)
+            failed.add(layer_spec.name)
+            continue
+        if min(out_shape) < 1:
+            report(f"output size would be {format_shape(out_shape)}: a size below 1", "kernel")
+            failed.add(layer_spec.name)
+            continue
+        if numel(out_shape) > MAX_TENSOR_ELEMENTS:
+            report(f"output has {numel(out_shape)} elements per sample; the limit is {MAX_TENSOR_ELEMENTS}")
+            failed.add(layer_spec.name)
+            continue
+        field = ReceptiveField.union([fields[name] for name in inputs]).grow(layer.window(in_shapes), image)
+        shapes[layer_spec.name] = out_shape
+        fields[layer_spec.name] = field
+        checked.append(CheckedLayer(layer_spec, tuple(in_shapes), out_shape, params,
+                                    layer.macs(in_shapes, out_shape), field))
+
+    if not diagnostics:
+        total = sum(layer.param_count for layer in checked)
+        if total > MAX_PARAMS:
+            diagnostics.append(Diagnostic(f"the network has {total} parameters; the limit is {MAX_PARAMS}"))
+        diagnostics.extend(_check_loss(spec, checked))
+    if diagnostics:
+        raise SpecError(diagnostics, spec.path)
+    return CheckedNet(spec, tuple(checked))
+
+
+def _image_extent(shape: Shape) -> tuple[int, int]:
+    if len(shape) == 3:
+        return (shape[1], shape[2])
+    if len(shape) == 2:
+        return (1, shape[1])
+    return (1, 1)
+
+
+def _check_loss(spec: Spec, checked: list[CheckedLayer]) -> list[Diagnostic]:
+    """Does the loss fit what the last layer outputs?"""
+    if spec.loss is None:
+        return []
+    last = checked[-1]
+    out = last.output_shape
+    activation = last.layer.activation_kind or (last.spec.kind if last.spec.kind in ("softmax", "sigmoid") else None)
+    loc = spec.locs.get("loss")
+    label = last.spec.label
+    if spec.loss == "softmax_cross_entropy":
+        if len(out) != 1 or out[0] < 2:
+            return [Diagnostic(f"softmax_cross_entropy needs a flat output of at least 2 classes, but {label} "
+                               f"outputs {format_shape(out)}", loc, field="loss",
+                               hint="end with {type: dense, units: CLASSES}")]
+        if activation == "softmax":
+            where = last.spec.field_locs.get("activation") or last.spec.loc
+            return [Diagnostic("softmax_cross_entropy applies the softmax itself; the last layer must output "
+                               "logits, not softmax probabilities", where, label, "activation",
+                               "remove the softmax from the last layer")]
+    if spec.loss == "binary_cross_entropy" and activation != "sigmoid":
+        return [Diagnostic(f"binary_cross_entropy takes sigmoid outputs, but {label} has no sigmoid", loc,
+                           field="loss", hint="add activation: sigmoid to the last layer")]
+    return []

@@ -1,0 +1,140 @@
+"""The `cnncc` command line: check, ir, train, gradcheck.
+
+Exit status: 0 success, 2 an invalid spec (every problem printed, compiler style),
+1 any other user-facing failure (bad data, a compiler missing, a non-finite loss).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import SpecError
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _cmd_check(args) -> int:
+    from .report import check
+
+    report = check(args.spec, batch=args.batch)
+    if args.ir:
+        from .ir import describe
+
+        print(describe(report.program))
+        return 0
+    if args.format == "json":
+        print(report.to_json())
+    elif args.format == "markdown":
+        print(report.to_markdown())
+    else:
+        print(report.to_text(explain=args.explain))
+    return 0
+
+
+def _cmd_ir(args) -> int:
+    from .ir import describe
+    from .report import check
+
+    print(describe(check(args.spec).program))
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .train_cli import train_command
+
+    return train_command(args)
+
+
+def _cmd_gradcheck(args) -> int:
+    from .gradcheck import gradcheck_command
+
+    return gradcheck_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnncc", description="A declarative CNN compiler: YAML spec -> shape report -> C kernels -> model.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"cnncc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("check", help="check a spec and print its shapes, parameters, MACs and memory",
+                       description="Check a spec: every layer's output shape, parameters, MACs and "
+                                   "receptive field, and the memory a training run needs.")
+    p.add_argument("spec", help="the YAML spec")
+    p.add_argument("--format", choices=("text", "json", "markdown"), default="text")
+    p.add_argument("--explain", action="store_true", help="show every size and count as its formula")
+    p.add_argument("--batch", type=_positive, default=None, help="batch size for the training memory "
+                                                                 "(default: the spec's training.batch_size)")
+    p.add_argument("--ir", action="store_true", help="print the lowered IR instead of the report")
+    p.set_defaults(run=_cmd_check)
+
+    p = sub.add_parser("ir", help="print the IR: ops, buffers, offsets, forward and backward schedules",
+                       description="Print the lowered IR of a spec.")
+    p.add_argument("spec")
+    p.set_defaults(run=_cmd_ir)
+
+    p = sub.add_parser("train", help="compile a spec and train it on MNIST, synthetic data or an .npz",
+                       description="Compile a spec, train it, report test accuracy and save the weights.")
+    p.add_argument("spec")
+    p.add_argument("--data", default="synthetic",
+                   help="mnist | synthetic | FILE.npz (default: synthetic, built in, no download)")
+    p.add_argument("--data-dir", default=None, help="where the MNIST files are (default: search)")
+    p.add_argument("--epochs", type=_positive, default=None)
+    p.add_argument("--batch-size", type=_positive, default=None)
+    p.add_argument("--lr", type=_positive_float, default=None)
+    p.add_argument("--limit", type=_positive, default=None, help="use only the first N train and test samples")
+    p.add_argument("--out", default=None, help="where to save the weights (.npz)")
+    p.add_argument("--checkpoint", default=None, help="save a checkpoint here after every epoch")
+    p.add_argument("--resume", default=None, help="resume from this checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--build-dir", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_train)
+
+    p = sub.add_parser("gradcheck", help="check a spec's gradients against finite differences (float64)",
+                       description="Compile a spec in float64 and compare its backward pass with central "
+                                   "finite differences on random data.")
+    p.add_argument("spec")
+    p.add_argument("--batch", type=_positive, default=2)
+    p.add_argument("--samples", type=_positive, default=30, help="parameters checked per tensor")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tolerance", type=float, default=1e-6)
+    p.add_argument("--build-dir", default=None)
+    p.set_defaults(run=_cmd_gradcheck)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except SpecError as exc:
+        print(exc.format(), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"cnncc: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,175 @@
+"""Declarative field schemas: type, default, range and a one-line doc per field.
+
+Every layer kind and every top-level section declares its fields with these; the loader
+validates all of them in one place, and the README reference and `--help` print the same
+declarations. A validator takes the plain YAML value and returns the parsed value or raises
+FieldError with what is allowed.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import FieldError
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+MAX_INT = 1 << 20  # any single size in a spec; totals are checked separately
+
+
+class _Required:
+    def __repr__(self):
+        return "required"
+
+
+REQUIRED = _Required()
+
+
+@dataclass(frozen=True)
+class Field:
+    parse: Callable[[Any], Any]
+    describe: str  # what values are allowed, e.g. "a positive integer"
+    default: Any = REQUIRED
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+def _type_name(value) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"the string '{value}'" if len(value) <= 40 else "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"{value!r}"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(value, lo: int, hi: int = MAX_INT, what: str = "an integer") -> int:
+    if not _is_int(value):
+        hint = "write it without a decimal point" if isinstance(value, float) and value.is_integer() else None
+        raise FieldError(f"must be {what}, got {_type_name(value)}", hint)
+    if value < lo:
+        raise FieldError(f"must be {what} >= {lo}, got {value}")
+    if value > hi:
+        raise FieldError(f"must be {what} <= {hi}, got {value}")
+    return value
+
+
+def integer(lo: int = 1, hi: int = MAX_INT) -> tuple[Callable, str]:
+    describe = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+    return (lambda v: check_int(v, lo, hi)), describe
+
+
+def int_pair(lo: int = 1) -> tuple[Callable, str]:
+    """An int n (meaning n x n) or a list [a, b]."""
+
+    def parse(value):
+        if isinstance(value, list):
+            if len(value) != 2:
+                raise FieldError(f"must be an integer or a list of 2 integers, got a list of {len(value)}")
+            return (check_int(value[0], lo), check_int(value[1], lo))
+        n = check_int(value, lo, what="an integer or [height, width]")
+        return (n, n)
+
+    return parse, ("a positive integer or [h, w]" if lo == 1 else f"an integer >= {lo} or [h, w]")
+
+
+def padding(one_d: bool = False) -> tuple[Callable, str]:
+    """'same' | 'valid' | (ph, pw); a 1-D signal is a height-1 image, so its padding is (0, p)."""
+    allowed = "an integer, 'same' or 'valid'" if one_d else "an integer, [ph, pw], 'same' or 'valid'"
+
+    def parse(value):
+        if value in ("same", "valid"):
+            return value
+        if isinstance(value, str):
+            raise FieldError(f"must be {allowed}, got '{value}'")
+        if one_d:
+            return (0, check_int(value, 0, what=allowed))
+        if isinstance(value, list):
+            if len(value) != 2:
+                raise FieldError(f"must be an integer or a list of 2 integers, got a list of {len(value)}")
+            return (check_int(value[0], 0), check_int(value[1], 0))
+        n = check_int(value, 0, what="an integer, [ph, pw], 'same' or 'valid'")
+        return (n, n)
+
+    return parse, ("0 | int | same | valid" if one_d else "0 | int | [ph, pw] | same | valid")
+
+
+def boolean() -> tuple[Callable, str]:
+    def parse(value):
+        if not isinstance(value, bool):
+            raise FieldError(f"must be true or false, got {_type_name(value)}")
+        return value
+
+    return parse, "true | false"
+
+
+def number(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> tuple[Callable, str]:
+    left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
+    interval = f"{left}{lo:g}, {hi:g}{right}"
+
+    def parse(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise FieldError(f"must be a number in {interval}, got {_type_name(value)}")
+        value = float(value)
+        if not math.isfinite(value) or value < lo or value > hi or (lo_open and value == lo) \
+                or (hi_open and value == hi):
+            raise FieldError(f"must be a number in {interval}, got {value:g}")
+        return value
+
+    return parse, f"a number in {interval}"
+
+
+def choice(options: tuple[str, ...]) -> tuple[Callable, str]:
+    from .errors import did_you_mean
+
+    listed = " | ".join(options)
+
+    def parse(value):
+        if not isinstance(value, str) or value not in options:
+            hint = did_you_mean(value, options) if isinstance(value, str) else None
+            raise FieldError(f"must be one of {listed}, got {_type_name(value)}", hint)
+        return value
+
+    return parse, listed
+
+
+def identifier() -> tuple[Callable, str]:
+    def parse(value):
+        if not isinstance(value, str) or not IDENTIFIER.fullmatch(value):
+            raise FieldError(
+                f"must be a C identifier ([A-Za-z_][A-Za-z0-9_]*, at most 64 characters), got {_type_name(value)}",
+                "names become C symbols: use letters, digits and underscores")
+        return value
+
+    return parse, "a C identifier"
+
+
+def name_list() -> tuple[Callable, str]:
+    parse_name, _ = identifier()
+
+    def parse(value):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            raise FieldError(f"must be a non-empty list of layer names, got {_type_name(value)}")
+        return tuple(parse_name(item) for item in value)
+
+    return parse, "a list of earlier layer names (or 'input')"
+
+
+def field(validator: tuple[Callable, str], default: Any = REQUIRED, doc: str = "") -> Field:
+    parse, describe = validator
+    return Field(parse, describe, default, doc)

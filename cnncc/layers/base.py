@@ -1,0 +1,149 @@
+"""The contract every layer kind fulfils, and the registry that collects them.
+
+A layer kind is one small class: its spec fields (declared, validated in one place), its
+output shape, parameters, MACs, receptive-field window, the `--explain` lines, and the
+named constants its C template needs. Subclasses with a `kind` register themselves; no
+other code anywhere dispatches on the kind's name.
+
+Shapes are per-sample tuples: (C, H, W) images, (C, L) signals, (N,) flat vectors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..fields import Field
+
+REGISTRY: dict[str, type["LayerKind"]] = {}
+
+Shape = tuple[int, ...]
+
+
+class ShapeError(Exception):
+    """A layer cannot accept its inputs; `field` names the spec field to point at."""
+
+    def __init__(self, message: str, field: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.hint = hint
+
+
+@dataclass(frozen=True)
+class ParamDecl:
+    name: str  # local name: weight, bias, gamma, ...
+    shape: tuple[int, ...]  # PyTorch's layout, e.g. (filters, c_in/groups, kh, kw)
+    trainable: bool
+    init: str  # he | xavier | zeros | ones
+    fan_in: int = 0
+    fan_out: int = 0
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class Window:
+    """How a layer widens the receptive field along (h, w): effective kernel and stride."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+
+
+GLOBAL = "global"  # a layer whose every output sees its whole input (dense, global pooling)
+
+
+def is_flat(shape: Shape) -> bool:
+    return len(shape) == 1
+
+
+def as_chw(shape: Shape) -> tuple[int, int, int]:
+    """The (C, H, W) view kernels use: a signal is 1 x L, a flat vector is N x 1 x 1."""
+    if len(shape) == 3:
+        return shape  # type: ignore[return-value]
+    if len(shape) == 2:
+        return (shape[0], 1, shape[1])
+    return (shape[0], 1, 1)
+
+
+def numel(shape: Shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def format_shape(shape: Shape) -> str:
+    """The notes' H x W x C (L x C for signals)."""
+    if len(shape) == 3:
+        return f"{shape[1]}x{shape[2]}x{shape[0]}"
+    if len(shape) == 2:
+        return f"{shape[1]}x{shape[0]}"
+    return f"{shape[0]}"
+
+
+class LayerKind:
+    kind: ClassVar[str]
+    doc: ClassVar[str] = ""
+    fields: ClassVar[dict[str, Field]] = {}
+    # templates/layers/<template>.c.j2 holds the kernels; None: the output aliases the input.
+    template: ClassVar[str | None]
+    min_inputs: ClassVar[int] = 1
+    max_inputs: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            REGISTRY[cls.kind] = cls
+        if "template" not in cls.__dict__ and "kind" in cls.__dict__ and not hasattr(cls, "template"):
+            cls.template = cls.kind
+
+    def __init__(self, **values: Any):
+        for key, value in values.items():
+            setattr(self, key, value)
+
+    def values(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.fields}
+
+    # --- shape checking -------------------------------------------------------------
+    def output_shape(self, inputs: list[Shape]) -> Shape:
+        raise NotImplementedError
+
+    def param_decls(self, inputs: list[Shape]) -> list[ParamDecl]:
+        return []
+
+    def macs(self, inputs: list[Shape], output: Shape) -> int:
+        return 0
+
+    def window(self, inputs: list[Shape]) -> Window | str | None:
+        """Receptive-field step: a Window, GLOBAL, or None for an element-wise layer."""
+        return None
+
+    def explain(self, inputs: list[Shape], output: Shape) -> list[str]:
+        return []
+
+    @property
+    def activation_kind(self) -> str | None:
+        """A fused `activation:` field, lowered to its own op after this one."""
+        value = getattr(self, "activation", None)
+        return None if value in (None, "linear") else value
+
+    # --- code generation ------------------------------------------------------------
+    def kernel_consts(self, inputs: list[Shape], output: Shape) -> dict[str, Any]:
+        """Named constants of the template's enum (all validated numbers or booleans)."""
+        return {}
+
+    def workspace(self, inputs: list[Shape], output: Shape) -> int:
+        """Elements of scratch memory this op keeps between forward and backward (per batch)."""
+        return 0
+
+
+def explain_params(decls: list[ParamDecl]) -> str:
+    """'5*5*3*8 + 8 = 608' from the declared parameter shapes."""
+    parts = ["*".join(str(d) for d in decl.shape) for decl in decls if decl.trainable]
+    total = sum(decl.size for decl in decls if decl.trainable)
+    return f"params: {' + '.join(parts) if parts else '0'} = {total}"

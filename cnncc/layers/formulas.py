@@ -1,0 +1,51 @@
+"""The shape formulas of the notes, written once.
+
+The checker, the `--explain` report and the IR all call these; nothing else computes an
+output size or a padding.
+"""
+from __future__ import annotations
+
+import math
+
+
+def output_size(n: int, k: int, stride: int, pad_before: int, pad_after: int, dilation: int = 1) -> int:
+    """floor((n + p_before + p_after - d*(k-1) - 1) / s) + 1.
+
+    With symmetric padding p and d = 1 this is the notes' floor((n + 2p - f)/s) + 1, which
+    equals their ceil((n + 2p - (k-1))/s). May return < 1; the caller reports that.
+    """
+    span = n + pad_before + pad_after - dilation * (k - 1) - 1
+    if span < 0:
+        return 0
+    return span // stride + 1
+
+
+def effective_kernel(k: int, dilation: int) -> int:
+    """How many input cells one (dilated) kernel window spans."""
+    return dilation * (k - 1) + 1
+
+
+def same_padding(n: int, k: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """Padding that keeps ceil(n/s) outputs; an odd remainder goes to the bottom/right."""
+    out = math.ceil(n / stride)
+    total = max((out - 1) * stride + effective_kernel(k, dilation) - n, 0)
+    return total // 2, total - total // 2
+
+
+def resolve_padding(padding, n: int, k: int, stride: int, dilation: int, axis: int) -> tuple[int, int]:
+    """The (before, after) padding of one axis for a field value 'same' | 'valid' | (ph, pw)."""
+    if padding == "same":
+        return same_padding(n, k, stride, dilation)
+    if padding == "valid":
+        return 0, 0
+    return padding[axis], padding[axis]
+
+
+def explain_output_size(n: int, k: int, stride: int, pad_before: int, pad_after: int, dilation: int = 1) -> str:
+    """The output-size formula with the numbers put in, e.g. floor((32 + 2*0 - 5)/1) + 1 = 28."""
+    pad = f"2*{pad_before}" if pad_before == pad_after else f"{pad_before} + {pad_after}"
+    if dilation == 1:
+        text = f"floor(({n} + {pad} - {k})/{stride}) + 1"
+    else:
+        text = f"floor(({n} + {pad} - {dilation}*({k} - 1) - 1)/{stride}) + 1"
+    return f"{text} = {output_size(n, k, stride, pad_before, pad_after, dilation)}"

@@ -1,0 +1,168 @@
+"""YAML text -> a tree of located nodes, refusing anything unsafe.
+
+`yaml.compose` (safe loader) keeps a line/column mark on every node, which is what lets
+every later error point at the exact place in the user's file. Nothing is ever
+constructed from a YAML tag other than the plain scalar types, so `!!python/object` and
+friends cannot run code; aliases are followed with a budget, so an alias bomb ends in an
+error instead of filling memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .errors import Diagnostic, Loc
+
+MAX_SPEC_BYTES = 1 << 20  # a real spec is a few KB; this bounds time and memory
+MAX_NODES = 100_000  # nodes after following aliases
+MAX_DEPTH = 32
+
+_PLAIN_TAGS = {
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:null",
+}
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+
+
+@dataclass
+class Node:
+    loc: Loc | None
+
+    def plain(self) -> Any:
+        raise NotImplementedError
+
+
+@dataclass
+class Scalar(Node):
+    value: Any = None
+
+    def plain(self):
+        return self.value
+
+
+@dataclass
+class Seq(Node):
+    items: list[Node] = field(default_factory=list)
+
+    def plain(self):
+        return [item.plain() for item in self.items]
+
+
+@dataclass
+class Map(Node):
+    items: dict[str, Node] = field(default_factory=dict)
+    key_locs: dict[str, Loc | None] = field(default_factory=dict)
+
+    def plain(self):
+        return {key: value.plain() for key, value in self.items.items()}
+
+
+class SourceError(Exception):
+    def __init__(self, diagnostic: Diagnostic):
+        super().__init__(diagnostic.message)
+        self.diagnostic = diagnostic
+
+
+def _loc(mark) -> Loc:
+    return Loc(mark.line + 1, mark.column + 1)
+
+
+def parse_text(data: bytes | str) -> Node:
+    """Parse one YAML document into located nodes; raise SourceError on anything wrong."""
+    if isinstance(data, bytes):
+        if len(data) > MAX_SPEC_BYTES:
+            raise SourceError(Diagnostic(
+                f"spec is {len(data)} bytes; the limit is {MAX_SPEC_BYTES} bytes", Loc(1, 1)))
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            before = data[: exc.start]
+            line = before.count(b"\n") + 1
+            col = exc.start - (before.rfind(b"\n") + 1) + 1
+            raise SourceError(Diagnostic(
+                f"spec is not valid UTF-8 (byte 0x{data[exc.start]:02x})", Loc(line, col))) from None
+    else:
+        text = data
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_SPEC_BYTES:
+            raise SourceError(Diagnostic(
+                f"spec is larger than the limit of {MAX_SPEC_BYTES} bytes", Loc(1, 1)))
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        message = " ".join(p for p in (exc.context, exc.problem) if p)
+        raise SourceError(Diagnostic(f"YAML syntax: {message}", _loc(mark) if mark else None)) from None
+    except yaml.YAMLError as exc:
+        raise SourceError(Diagnostic(f"YAML syntax: {exc}")) from None
+    except RecursionError:
+        raise SourceError(Diagnostic(f"spec is nested too deeply (the limit is {MAX_DEPTH} levels)")) from None
+    if root is None:
+        raise SourceError(Diagnostic(
+            "spec is empty: expected a mapping with 'name', 'input' and 'layers'", Loc(1, 1)))
+    return _Converter().convert(root, 0)
+
+
+class _Converter:
+    def __init__(self):
+        self.count = 0
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def convert(self, node, depth: int) -> Node:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise SourceError(Diagnostic(
+                f"spec expands to more than {MAX_NODES} YAML nodes (an alias bomb?)", _loc(node.start_mark)))
+        if depth > MAX_DEPTH:
+            raise SourceError(Diagnostic(
+                f"spec is nested too deeply (the limit is {MAX_DEPTH} levels)", _loc(node.start_mark)))
+        loc = _loc(node.start_mark)
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag not in _PLAIN_TAGS:
+                raise SourceError(Diagnostic(
+                    f"YAML tag or value type '{node.tag}' is not allowed; "
+                    "use plain numbers, strings, booleans, lists and mappings", loc))
+            return Scalar(loc, self.constructor.construct_object(node, deep=True))
+        if isinstance(node, yaml.SequenceNode):
+            if node.tag != _SEQ_TAG:
+                raise SourceError(Diagnostic(f"YAML tag '{node.tag}' is not allowed", loc))
+            return Seq(loc, [self.convert(item, depth + 1) for item in node.value])
+        if node.tag != _MAP_TAG:
+            raise SourceError(Diagnostic(f"YAML tag '{node.tag}' is not allowed", loc))
+        result = Map(loc)
+        for key_node, value_node in node.value:
+            key_loc = _loc(key_node.start_mark)
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise SourceError(Diagnostic("YAML merge keys (<<) are not supported", key_loc))
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
+                raise SourceError(Diagnostic("mapping keys must be plain strings", key_loc))
+            key = key_node.value
+            if key in result.items:
+                raise SourceError(Diagnostic(f"duplicate key '{key}'", key_loc))
+            result.items[key] = self.convert(value_node, depth + 1)
+            result.key_locs[key] = key_loc
+        return result
+
+
+def from_python(value: Any, depth: int = 0) -> Node:
+    """A dict given from Python goes through the same validation, without locations."""
+    if depth > MAX_DEPTH:
+        raise SourceError(Diagnostic(f"spec is nested too deeply (the limit is {MAX_DEPTH} levels)"))
+    if isinstance(value, dict):
+        result = Map(None)
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SourceError(Diagnostic(f"mapping keys must be strings, got {key!r}"))
+            result.items[key] = from_python(item, depth + 1)
+            result.key_locs[key] = None
+        return result
+    if isinstance(value, (list, tuple)):
+        return Seq(None, [from_python(item, depth + 1) for item in value])
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return Scalar(None, value)
+    raise SourceError(Diagnostic(f"unsupported value of type {type(value).__name__} in spec"))

@@ -1,0 +1,335 @@
+"""A spec (path, YAML text or dict) -> a validated, located `Spec`.
+
+Every field of every section and layer is validated here against its declared schema,
+and every problem is collected, so one run reports them all. Shapes are the checker's
+business (check.py); this stage only knows what each field may hold.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import fields as F
+from .errors import Diagnostic, FieldError, Loc, SpecError, did_you_mean
+from .layers import REGISTRY, LayerKind
+from .source import Map, Node, Scalar, Seq, SourceError, from_python, parse_text
+
+LOSSES = ("softmax_cross_entropy", "mse", "binary_cross_entropy")
+RESERVED_NAMES = ("input",)
+
+_OPTIMIZERS = {
+    "sgd": {
+        "lr": F.field(F.number(0.0, 10.0, lo_open=True), 0.01, "learning rate"),
+        "momentum": F.field(F.number(0.0, 1.0, hi_open=True), 0.0, "momentum factor (0: plain SGD)"),
+        "nesterov": F.field(F.boolean(), False, "Nesterov momentum (needs momentum > 0)"),
+        "weight_decay": F.field(F.number(0.0, 1.0), 0.0, "L2 penalty added to the gradient"),
+    },
+    "adam": {
+        "lr": F.field(F.number(0.0, 10.0, lo_open=True), 0.001, "learning rate"),
+        "beta1": F.field(F.number(0.0, 1.0, hi_open=True), 0.9, "decay of the first moment"),
+        "beta2": F.field(F.number(0.0, 1.0, hi_open=True), 0.999, "decay of the second moment"),
+        "eps": F.field(F.number(0.0, 1.0, lo_open=True), 1e-8, "added to the root of the second moment"),
+        "weight_decay": F.field(F.number(0.0, 1.0), 0.0, "L2 penalty added to the gradient"),
+    },
+}
+
+TRAINING_FIELDS = {
+    "batch_size": F.field(F.integer(1, 1 << 16), 32, "samples per training step"),
+    "epochs": F.field(F.integer(1, 1 << 16), 1, "passes over the training data"),
+    "schedule": F.field(F.choice(("constant", "step", "cosine")), "constant", "learning-rate schedule"),
+    "step_size": F.field(F.integer(1, 1 << 16), 1, "step schedule: epochs between decays"),
+    "gamma": F.field(F.number(0.0, 1.0, lo_open=True), 0.1, "step schedule: decay factor"),
+}
+
+INPUT_FIELDS = {
+    "channels": F.field(F.integer(), doc="input channels (1 grey, 3 RGB)"),
+    "height": F.field(F.integer(), None, "image height (images only)"),
+    "width": F.field(F.integer(), None, "image width (images only)"),
+    "length": F.field(F.integer(), None, "signal length (1-D signals only)"),
+}
+
+TOP_FIELDS = ("name", "input", "dtype", "layers", "loss", "optimizer", "training")
+LAYER_COMMON = ("type", "name", "inputs")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    index: int  # 1-based position in `layers`
+    name: str
+    kind: str
+    layer: LayerKind
+    inputs: tuple[str, ...]
+    loc: Loc | None = None
+    field_locs: dict[str, Loc | None] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"layer {self.index} '{self.name}' ({self.kind})"
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    type: str
+    lr: float
+    settings: dict[str, Any]  # every other field of the type, defaults filled in
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    input_shape: tuple[int, ...]
+    dtype: str
+    layers: tuple[LayerSpec, ...]
+    loss: str | None
+    optimizer: OptimizerSpec
+    training: dict[str, Any]
+    path: str = "<spec>"
+    locs: dict[str, Loc | None] = field(default_factory=dict)
+
+    def layer(self, name: str) -> LayerSpec:
+        return next(layer for layer in self.layers if layer.name == name)
+
+    def fingerprint(self) -> str:
+        """A hash of what gives weights their meaning (not the optimizer or training settings)."""
+        content = {
+            "name": self.name, "input": self.input_shape, "dtype": self.dtype, "loss": self.loss,
+            "layers": [[l.name, l.kind, list(l.inputs), repr(sorted(l.layer.values().items()))]
+                       for l in self.layers],
+        }
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Collector:
+    def __init__(self):
+        self.diagnostics: list[Diagnostic] = []
+
+    def error(self, message, loc=None, layer=None, field=None, hint=None):
+        self.diagnostics.append(Diagnostic(message, loc, layer, field, hint))
+
+    def fields(self, node: Map, schema: dict[str, F.Field], where: str | None, skip=()) -> dict[str, Any]:
+        """Validate a mapping against a schema; unknown keys, missing and bad values all reported."""
+        values = {}
+        for key, value_node in node.items.items():
+            if key in skip:
+                continue
+            if key not in schema:
+                allowed = [k for k in schema if k not in skip] + [k for k in skip]
+                hint = did_you_mean(key, allowed) or f"allowed keys: {', '.join(allowed)}"
+                self.error(f"unknown key '{key}'", node.key_locs.get(key), where, key, hint)
+                continue
+            try:
+                values[key] = schema[key].parse(value_node.plain())
+            except FieldError as exc:
+                self.error(f"{key} {exc.message}", value_node.loc, where, key, exc.hint)
+        for key, spec_field in schema.items():
+            if key not in node.items and key not in values:
+                if spec_field.required:
+                    self.error(f"missing required field '{key}' ({spec_field.describe})", node.loc, where, key)
+                else:
+                    values[key] = spec_field.default
+        return values
+
+
+def _read(source) -> tuple[Node, str]:
+    """Parse any accepted source to located nodes; return them and a display path."""
+    if isinstance(source, dict):
+        return from_python(source), "<dict>"
+    if isinstance(source, os.PathLike) or (
+            isinstance(source, str) and "\n" not in source and (
+            source.endswith((".yaml", ".yml")) or os.path.isfile(source))):
+        path = str(source)
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(_source_limit() + 1)
+        except OSError as exc:
+            raise SpecError([Diagnostic(f"cannot read spec: {exc.strerror}")], path) from None
+        return parse_text(data), path
+    if isinstance(source, (str, bytes)):
+        return parse_text(source), "<string>"
+    raise TypeError(f"load_spec takes a path, YAML text, a dict or a Spec, not {type(source).__name__}")
+
+
+def _source_limit() -> int:
+    from .source import MAX_SPEC_BYTES
+    return MAX_SPEC_BYTES
+
+
+def load_spec(source) -> Spec:
+    """Load and validate a spec from a path, YAML text, a dict, or pass a Spec through."""
+    if isinstance(source, Spec):
+        return source
+    path = "<spec>"
+    try:
+        root, path = _read(source)
+    except SourceError as exc:
+        raise SpecError([exc.diagnostic], path if path != "<spec>" else _display(source)) from None
+    out = _Collector()
+    if not isinstance(root, Map):
+        out.error("a spec must be a mapping with 'name', 'input' and 'layers'", root.loc)
+        raise SpecError(out.diagnostics, path)
+    for key in root.items:
+        if key not in TOP_FIELDS:
+            out.error(f"unknown top-level key '{key}'", root.key_locs.get(key), field=key,
+                      hint=did_you_mean(key, TOP_FIELDS) or f"allowed keys: {', '.join(TOP_FIELDS)}")
+    for key in ("name", "input", "layers"):
+        if key not in root.items:
+            out.error(f"missing required top-level field '{key}'", root.loc, field=key)
+
+    name = _one(out, root, "name", F.field(F.identifier()))
+    dtype = _one(out, root, "dtype", F.field(F.choice(("float32", "float64")), "float32"))
+    loss = _one(out, root, "loss", F.field(F.choice(LOSSES), None))
+    input_shape = _input(out, root.items.get("input"))
+    optimizer = _optimizer(out, root.items.get("optimizer"))
+    training = _section(out, root.items.get("training"), TRAINING_FIELDS, "training")
+    layers = _layers(out, root.items.get("layers"))
+    if out.diagnostics:
+        raise SpecError(out.diagnostics, path)
+    return Spec(name, input_shape, dtype, tuple(layers), loss, optimizer, training, path,
+                dict(root.key_locs))
+
+
+def _display(source) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) and len(str(source)) < 200 \
+        and "\n" not in str(source) and Path(str(source)).suffix in (".yaml", ".yml") else "<string>"
+
+
+def _one(out: _Collector, root: Map, key: str, spec_field: F.Field):
+    if key not in root.items:
+        return spec_field.default if not spec_field.required else None
+    node = root.items[key]
+    try:
+        return spec_field.parse(node.plain())
+    except FieldError as exc:
+        out.error(f"{key} {exc.message}", node.loc, field=key, hint=exc.hint)
+
+
+def _section(out: _Collector, node: Node | None, schema, what: str) -> dict[str, Any]:
+    if node is None:
+        return {key: f.default for key, f in schema.items()}
+    if not isinstance(node, Map):
+        out.error(f"'{what}' must be a mapping", node.loc, field=what)
+        return {key: f.default for key, f in schema.items()}
+    return out.fields(node, schema, f"{what}")
+
+
+def _input(out: _Collector, node: Node | None) -> tuple[int, ...]:
+    """(C, H, W) for an image, (C, L) for a signal; () when already reported as invalid."""
+    if node is None:
+        return ()
+    if not isinstance(node, Map):
+        out.error("'input' must be a mapping like {channels: 3, height: 32, width: 32}", node.loc, field="input")
+        return ()
+    values = out.fields(node, INPUT_FIELDS, "input")
+    if any(key in node.items and key not in values for key in INPUT_FIELDS):
+        return ()  # a bad value, already reported
+    c, h, w, length = (values[key] for key in ("channels", "height", "width", "length"))
+    if c is None:
+        return ()
+    if length is not None:
+        if h is not None or w is not None:
+            out.error("give either height and width (an image) or length (a signal), not both", node.loc, "input")
+            return ()
+        return (c, length)
+    if h is None or w is None:
+        out.error("needs height and width (an image) or length (a 1-D signal)", node.loc, "input")
+        return ()
+    return (c, h, w)
+
+
+def _optimizer(out: _Collector, node: Node | None) -> OptimizerSpec:
+    default = OptimizerSpec("sgd", 0.01, {k: f.default for k, f in _OPTIMIZERS["sgd"].items() if k != "lr"})
+    if node is None:
+        return default
+    if not isinstance(node, Map):
+        out.error("'optimizer' must be a mapping like {type: adam, lr: 0.001}", node.loc, field="optimizer")
+        return default
+    type_node = node.items.get("type")
+    kind = type_node.plain() if type_node is not None else None
+    if kind not in _OPTIMIZERS:
+        out.error(f"optimizer type must be one of {' | '.join(_OPTIMIZERS)}, got {kind!r}",
+                  type_node.loc if type_node else node.loc, "optimizer", "type",
+                  did_you_mean(kind, _OPTIMIZERS) if isinstance(kind, str) else None)
+        return default
+    values = out.fields(node, _OPTIMIZERS[kind], "optimizer", skip=("type",))
+    if kind == "sgd" and values.get("nesterov") and not values.get("momentum"):
+        out.error("nesterov needs momentum > 0", node.items.get("nesterov", node).loc, "optimizer", "nesterov")
+    lr = values.pop("lr", _OPTIMIZERS[kind]["lr"].default)
+    return OptimizerSpec(kind, lr, values)
+
+
+def _layers(out: _Collector, node: Node | None) -> list[LayerSpec]:
+    if node is None:
+        return []
+    if not isinstance(node, Seq) or not node.items:
+        out.error("'layers' must be a non-empty list of layers", node.loc, field="layers")
+        return []
+    parsed = []  # (index, node, kind, values, explicit name)
+    for index, layer_node in enumerate(node.items, start=1):
+        where = f"layer {index}"
+        if not isinstance(layer_node, Map):
+            out.error("each layer must be a mapping like {type: conv2d, filters: 8, kernel: 3}",
+                      layer_node.loc, where)
+            continue
+        type_node = layer_node.items.get("type")
+        kind = type_node.plain() if type_node is not None else None
+        if type_node is None:
+            out.error("missing required field 'type'", layer_node.loc, where, "type",
+                      f"one of: {', '.join(REGISTRY)}")
+            continue
+        if kind not in REGISTRY:
+            hint = did_you_mean(kind, REGISTRY) if isinstance(kind, str) else None
+            out.error(f"unknown layer type {kind!r}", type_node.loc, where, "type",
+                      hint or f"one of: {', '.join(REGISTRY)}")
+            continue
+        cls = REGISTRY[kind]
+        name = None
+        if "name" in layer_node.items:
+            try:
+                name = F.identifier()[0](layer_node.items["name"].plain())
+            except FieldError as exc:
+                out.error(f"name {exc.message}", layer_node.items["name"].loc, f"{where} ({kind})", "name",
+                          exc.hint)
+        where = f"layer {index} '{name}' ({kind})" if name else f"layer {index} ({kind})"
+        values = out.fields(layer_node, cls.fields, where, skip=LAYER_COMMON)
+        inputs = None
+        if "inputs" in layer_node.items:
+            try:
+                inputs = F.name_list()[0](layer_node.items["inputs"].plain())
+            except FieldError as exc:
+                out.error(f"inputs {exc.message}", layer_node.items["inputs"].loc, where, "inputs", exc.hint)
+        parsed.append((index, layer_node, kind, values, name, inputs))
+
+    taken = {}
+    for index, layer_node, kind, _, name, _ in parsed:
+        if name is None:
+            continue
+        if name in RESERVED_NAMES:
+            out.error(f"the name '{name}' is reserved for the network input", layer_node.items["name"].loc,
+                      f"layer {index}", "name")
+        elif name.lower() in taken:
+            first, first_name = taken[name.lower()]
+            out.error(f"duplicate layer name '{name}' (layer {first} is named '{first_name}')",
+                      layer_node.items["name"].loc, f"layer {index}", "name",
+                      "names become C symbols, so they must differ in more than letter case")
+        else:
+            taken[name.lower()] = (index, name)
+
+    layers, counters, previous = [], {}, "input"
+    for index, layer_node, kind, values, name, inputs in parsed:
+        if name is None:
+            while True:
+                counters[kind] = counters.get(kind, 0) + 1
+                name = f"{kind}_{counters[kind]}"
+                if name.lower() not in taken:
+                    break
+            taken[name.lower()] = (index, name)
+        field_locs = {key: n.loc for key, n in layer_node.items.items()}
+        if len(values) == len(REGISTRY[kind].fields):
+            layer = REGISTRY[kind](**values)
+            layers.append(LayerSpec(index, name, kind, layer, inputs or (previous,), layer_node.loc, field_locs))
+        previous = name
+    return layers
