@@ -1,0 +1,133 @@
+"""C sources -> a loaded native module, through a content-addressed cache.
+
+The shared library is built by the C compiler directly (no shell) and loaded with cffi's
+ABI mode (`ffi.dlopen`) against the model header. The cache key covers everything that
+changes the machine code: the sources, the compiler and its version, the flags, the CPU
+the code was tuned for (-march=native), and the cnncc version. A build happens in a
+private temporary directory that is renamed into place only when complete, so a crash
+or a race never leaves a half-written module for a later run to load, and two processes
+building the same model both succeed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import cffi
+
+from . import __version__
+from .codegen import Sources
+
+DEFAULT_CFLAGS = ("-O3", "-march=native")
+REQUIRED_FLAGS = ("-std=c99", "-fPIC", "-shared")
+WARNINGS = ("-Wall", "-Wextra")
+
+compile_count = 0  # real compilations in this process (tests assert cache hits with it)
+
+
+class BuildError(RuntimeError):
+    """The C compiler is missing or failed."""
+
+
+@dataclass
+class Module:
+    ffi: cffi.FFI
+    lib: Any
+    path: Path
+    from_cache: bool
+    sources: Sources
+
+
+def find_compiler(cc: str | None = None) -> str:
+    for candidate in ([cc] if cc else [os.environ.get("CC"), "gcc", "cc", "clang"]):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    raise BuildError(
+        "no C compiler found (looked for $CC, gcc, cc, clang). cnncc compiles the models it "
+        "generates: install one, e.g. `apt-get install gcc` (Debian/Ubuntu), `xcode-select --install` "
+        "(macOS), or set CC to your compiler.")
+
+
+@lru_cache(maxsize=8)
+def _compiler_identity(compiler: str) -> str:
+    try:
+        result = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
+        return result.stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BuildError(f"cannot run the C compiler {compiler}: {exc}") from None
+
+
+@lru_cache(maxsize=1)
+def _cpu_identity() -> str:
+    """-march=native tunes for this CPU, so a cache shared across machines must key on it."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            lines = [line for line in handle if line.startswith(("model name", "flags"))]
+        return hashlib.sha256("".join(sorted(set(lines))).encode()).hexdigest()[:16]
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def default_build_dir() -> Path:
+    return Path(os.environ.get("CNNCC_BUILD_DIR") or Path.cwd() / "build")
+
+
+def cache_key(sources: Sources, compiler: str, flags: tuple[str, ...]) -> str:
+    digest = hashlib.sha256()
+    for part in (sources.source, sources.header, _compiler_identity(compiler), " ".join(flags),
+                 __version__, platform.machine(), _cpu_identity()):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:20]
+
+
+def build(sources: Sources, build_dir: str | os.PathLike | None = None,
+          cflags: tuple[str, ...] | list[str] | None = None, cc: str | None = None) -> Module:
+    """Compile (or find in the cache) and load a model's sources."""
+    global compile_count
+    compiler = find_compiler(cc)
+    flags = tuple(DEFAULT_CFLAGS if cflags is None else cflags)
+    root = Path(build_dir) if build_dir is not None else default_build_dir()
+    target = root / f"{sources.name}-{cache_key(sources, compiler, flags)}"
+    library = target / f"{sources.name}.so"
+    debug = os.environ.get("CNNCC_DEBUG")
+
+    from_cache = library.is_file()
+    if not from_cache:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{sources.name}-", dir=root))
+        try:
+            (staging / f"{sources.name}.c").write_text(sources.source)
+            (staging / f"{sources.name}.h").write_text(sources.header)
+            command = [compiler, *REQUIRED_FLAGS, *WARNINGS, *flags, "-o", str(staging / library.name),
+                       str(staging / f"{sources.name}.c"), "-lm"]
+            if debug:
+                print(f"cnncc: compiling {target / (sources.name + '.c')}\ncnncc: {' '.join(command)}",
+                      file=sys.stderr)
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise BuildError(f"the C compiler failed on the generated code for '{sources.name}' "
+                                 f"(this is a cnncc bug; please report it):\n{result.stderr[-4000:]}")
+            compile_count += 1
+            try:
+                os.rename(staging, target)  # atomic: the directory appears complete or not at all
+            except OSError:
+                if not library.is_file():  # not a lost race: something else is wrong
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    elif debug:
+        print(f"cnncc: loading cached {library}", file=sys.stderr)
+
+    ffi = cffi.FFI()
+    ffi.cdef(sources.cdef)
+    return Module(ffi, ffi.dlopen(str(library)), library, from_cache, sources)

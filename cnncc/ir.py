@@ -1,0 +1,284 @@
+"""CheckedNet -> Program: concrete shapes, one flat parameter buffer, an activation plan,
+a forward schedule and its reverse.
+
+Codegen reads only this. A conv/dense `activation:` field becomes its own op after the
+layer; `flatten` and `linear` are views of their input's memory and emit no op.
+Every activation tensor has its own slot in the training plan (all are kept for backward);
+its offset is per sample, so the C code addresses `acts + A_<TENSOR> * batch`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .check import CheckedNet
+from .layers import REGISTRY, Shape, as_chw, format_shape, numel
+from .spec import OptimizerSpec
+
+DTYPE_BYTES = {"float32": 4, "float64": 8}
+C_TYPES = {"float32": "float", "float64": "double"}
+OPTIMIZER_STATE = {"sgd": 1, "adam": 2}  # slots per trainable parameter (sgd's only with momentum)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str  # unique C identifier fragment
+    shape: Shape  # per sample
+    offset: int  # per-sample offset into the activation arena; -1 for the network input
+
+    @property
+    def size(self) -> int:
+        return numel(self.shape)
+
+    @property
+    def is_input(self) -> bool:
+        return self.offset < 0
+
+    @property
+    def macro(self) -> str:
+        return "A_" + self.name.upper()
+
+    @property
+    def chw(self) -> tuple[int, int, int]:
+        return as_chw(self.shape)
+
+    def describe(self) -> str:
+        return "[N, " + ", ".join(str(d) for d in self.shape) + "]"
+
+
+@dataclass(frozen=True)
+class ParamTensor:
+    key: str  # layer.weight, as in Model.params
+    shape: tuple[int, ...]
+    offset: int
+    trainable: bool
+    init: str
+    fan_in: int
+    fan_out: int
+
+    @property
+    def size(self) -> int:
+        return numel(self.shape)
+
+    @property
+    def macro(self) -> str:
+        return "P_" + self.key.replace(".", "_").upper()
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str  # unique C identifier fragment: conv1, conv1_relu
+    layer: str  # the spec layer it comes from
+    kind: str
+    template: str
+    line: int | None  # the layer's line in the spec
+    inputs: tuple[Tensor, ...]
+    output: Tensor
+    params: dict[str, ParamTensor]  # role (weight, bias, ...) -> tensor
+    consts: dict[str, Any]
+    workspace_offset: int
+    workspace_size: int
+    input_grads: tuple[bool, ...]  # False where the input is the network input (no dX needed)
+    param_count: int = 0
+
+    @property
+    def grad_inputs(self) -> tuple[Tensor, ...]:
+        """The inputs whose gradient backward computes."""
+        return tuple(t for t, needed in zip(self.inputs, self.input_grads) if needed)
+
+    @property
+    def int_consts(self) -> dict[str, int]:
+        """The constants the template's enum names (booleans and floats are used otherwise)."""
+        return {k: v for k, v in self.consts.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+@dataclass(frozen=True)
+class Loss:
+    kind: str
+    logits: Tensor  # what the loss reads: the output, or a fused sigmoid's input
+    fused_op: str | None  # an op whose backward the loss replaces (sigmoid before bce)
+    classes: int
+
+    @property
+    def takes_labels(self) -> bool:
+        """Integer class labels [batch] rather than float targets shaped like the output."""
+        return self.kind == "softmax_cross_entropy"
+
+    @property
+    def targets_doc(self) -> str:
+        return "class labels [batch]" if self.takes_labels else "[batch, OUTPUT_SIZE]"
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    dtype: str
+    input: Tensor
+    output: Tensor
+    ops: tuple[Op, ...]
+    params: tuple[ParamTensor, ...]
+    num_params: int
+    num_trainable: int  # trainable parameters come first in the flat buffer
+    activation_size: int  # elements per sample
+    workspace_size: int  # elements, independent of the batch
+    loss: Loss | None
+    optimizer: OptimizerSpec
+    layer_outputs: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def c_type(self) -> str:
+        return C_TYPES[self.dtype]
+
+    @property
+    def target_type(self) -> str:
+        return "int32_t" if self.loss and self.loss.takes_labels else self.c_type
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def backward_ops(self) -> tuple[Op, ...]:
+        """The reverse schedule; an op fused into the loss has no backward of its own."""
+        skip = self.loss.fused_op if self.loss else None
+        return tuple(op for op in reversed(self.ops) if op.name != skip)
+
+    def has_backward(self, op: Op) -> bool:
+        return self.loss is not None and op.name != self.loss.fused_op
+
+    @property
+    def uses_momentum(self) -> bool:
+        return self.optimizer.type == "sgd" and self.optimizer.settings.get("momentum", 0) > 0
+
+    @property
+    def optimizer_state_size(self) -> int:
+        if self.optimizer.type == "sgd":
+            return self.num_trainable if self.uses_momentum else 0
+        return OPTIMIZER_STATE[self.optimizer.type] * self.num_trainable
+
+    def buffer_elements(self, batch: int, training: bool) -> dict[str, int]:
+        """Element counts of every buffer the runtime allocates: the one source of truth for
+        both the allocation and the report's memory figures."""
+        sizes = {"params": self.num_params, "activations": self.activation_size * batch,
+                 "workspace": self.workspace_size}
+        if training:
+            sizes["grads"] = self.num_params
+            sizes["grad_activations"] = self.activation_size * batch
+            sizes["optimizer_state"] = self.optimizer_state_size
+        return sizes
+
+    def buffer_bytes(self, batch: int, training: bool) -> int:
+        return sum(self.buffer_elements(batch, training).values()) * self.itemsize
+
+
+class _Names:
+    """Unique C identifier fragments; unique ignoring case, because macros are upper-cased."""
+
+    def __init__(self):
+        self.used: set[str] = {"input"}
+
+    def take(self, wanted: str) -> str:
+        name, k = wanted, 1
+        while name.lower() in self.used:
+            k += 1
+            name = f"{wanted}_{k}"
+        self.used.add(name.lower())
+        return name
+
+
+def lower(net: CheckedNet) -> Program:
+    spec = net.spec
+    names = _Names()
+    network_input = Tensor("input", spec.input_shape, -1)
+    outputs: dict[str, Tensor] = {"input": network_input}
+    ops: list[Op] = []
+    arena = 0
+    workspace = 0
+
+    trainable = [(layer, decl) for layer in net.layers for decl in layer.params if decl.trainable]
+    frozen = [(layer, decl) for layer in net.layers for decl in layer.params if not decl.trainable]
+    params, offset = {}, 0
+    for layer, decl in trainable + frozen:
+        key = f"{layer.name}.{decl.name}"
+        params[key] = ParamTensor(key, decl.shape, offset, decl.trainable, decl.init, decl.fan_in, decl.fan_out)
+        offset += decl.size
+
+    def emit(layer, kind_obj, kind, inputs, out_shape, layer_params, in_shapes):
+        nonlocal arena, workspace
+        name = names.take(layer.name if kind == layer.spec.kind else f"{layer.name}_{kind}")
+        output = Tensor(name, out_shape, arena)
+        arena += output.size
+        ws = kind_obj.workspace(in_shapes, out_shape)
+        op = Op(name, layer.name, kind, REGISTRY[kind].template, layer.spec.loc.line if layer.spec.loc else None,
+                tuple(inputs), output, layer_params, kind_obj.kernel_consts(in_shapes, out_shape),
+                workspace, ws, tuple(not t.is_input for t in inputs),
+                sum(p.size for p in layer_params.values() if p.trainable))
+        workspace += ws
+        ops.append(op)
+        return output
+
+    for layer in net.layers:
+        inputs = [outputs[name] for name in layer.spec.inputs]
+        kind_obj = layer.layer
+        layer_params = {decl.name: params[f"{layer.name}.{decl.name}"] for decl in layer.params}
+        if REGISTRY[layer.spec.kind].template is None:
+            # A view: the same memory under a new shape (its gradient is the same memory too).
+            result = Tensor(inputs[0].name, layer.output_shape, inputs[0].offset)
+        else:
+            result = emit(layer, kind_obj, layer.spec.kind, inputs, layer.output_shape, layer_params,
+                          list(layer.input_shapes))
+        activation = kind_obj.activation_kind
+        if activation:
+            act = REGISTRY[activation]()
+            result = emit(layer, act, activation, [result], layer.output_shape, {}, [layer.output_shape])
+        outputs[layer.name] = result
+
+    output = outputs[net.layers[-1].name]
+    loss = _lower_loss(spec.loss, output, ops)
+    return Program(spec.name, spec.dtype, network_input, output, tuple(ops), tuple(params.values()), offset,
+                   sum(decl.size for _, decl in trainable), arena, workspace, loss, spec.optimizer,
+                   {name: t for name, t in outputs.items() if name != "input"})
+
+
+def _lower_loss(kind: str | None, output: Tensor, ops: list[Op]) -> Loss | None:
+    if kind is None:
+        return None
+    if kind == "binary_cross_entropy":
+        # Fused with the sigmoid before it: the loss reads logits, stable for any magnitude.
+        sigmoid = next(op for op in reversed(ops) if op.output.name == output.name)
+        return Loss(kind, sigmoid.inputs[0], sigmoid.name, output.size)
+    return Loss(kind, output, None, output.size)
+
+
+def describe(program: Program) -> str:
+    """The IR as text: what `cnncc ir` prints."""
+    lines = [f"program {program.name} ({program.dtype})",
+             f"  input  {program.input.describe()}",
+             f"  output {program.output.describe()} = {program.output.name}", "",
+             f"parameters: {program.num_params} elements ({program.num_trainable} trainable, first), "
+             "same offsets in the gradient buffer"]
+    for p in program.params:
+        lines.append(f"  {p.macro:<32} offset {p.offset:>9}  size {p.size:>9}  {list(p.shape)}"
+                     f"{'' if p.trainable else '  (not trainable)'}  init {p.init}")
+    lines += ["", f"activations: {program.activation_size} elements per sample "
+                  "(each tensor at offset*batch; gradients mirror them)"]
+    for op in program.ops:
+        t = op.output
+        lines.append(f"  {t.macro:<32} offset {t.offset:>9}  size {t.size:>9}  {format_shape(t.shape)}")
+    lines += ["", f"workspace: {program.workspace_size} elements"]
+    lines += ["", "forward schedule:"]
+    for i, op in enumerate(program.ops, 1):
+        ins = ", ".join(t.name for t in op.inputs)
+        ws = f"  workspace {op.workspace_offset}+{op.workspace_size}" if op.workspace_size else ""
+        lines.append(f"  {i:>3}. {op.name:<24} {op.kind:<15} ({ins}) -> {op.output.name} "
+                     f"{format_shape(op.output.shape)}{ws}")
+    if program.loss:
+        fused = f", fused with {program.loss.fused_op}" if program.loss.fused_op else ""
+        lines.append(f"  loss: {program.loss.kind} on {program.loss.logits.name}{fused}")
+    lines += ["", "backward schedule:"]
+    for i, op in enumerate(program.backward_ops, 1):
+        grads = [t.name for t, needed in zip(op.inputs, op.input_grads) if needed]
+        wanted = [f"d{t}" for t in grads] + [f"d{p.key}" for p in op.params.values() if p.trainable]
+        lines.append(f"  {i:>3}. {op.name:<24} d{op.output.name} -> {', '.join(wanted) or '(nothing)'}")
+    return "\n".join(lines)
+

@@ -1,0 +1,244 @@
+"""Model: the compiled network from Python, numpy in, numpy out.
+
+The Model owns every buffer as a numpy array (parameters, gradients, optimizer state,
+activations, workspace); `params["conv1.weight"]` is a view into the flat parameter
+buffer, so assigning into it changes what the C code sees. The C has no error paths:
+every call checks dtype, shape, batch size, finiteness and labels here, before any C runs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .build import build
+from .check import check_net
+from .codegen import render
+from .ir import Program, lower
+from .spec import Spec, load_spec
+
+ARENA_BYTES_PER_CHUNK = 256 << 20  # inference processes large inputs in chunks of this much activation
+
+
+class Model:
+    def __init__(self, spec: Spec, program: Program, module):
+        self.spec = spec
+        self.program = program
+        self.module = module
+        self.dtype = np.dtype(program.dtype)
+        self._ffi, self._lib = module.ffi, module.lib
+        self._name = program.name
+        self._pointer_type = f"{program.c_type} *"
+        self._params = np.zeros(program.num_params, self.dtype)
+        self._grads = np.zeros(program.num_params, self.dtype)
+        self._optimizer_state = np.zeros(program.optimizer_state_size, self.dtype)
+        self._workspace = np.zeros(max(program.workspace_size, 1), self.dtype)
+        self._acts = self._grad_acts = None
+        self._capacity = 0
+        self._context = self._ffi.new(f"{self._name}_context *")
+        self.params = {p.key: self._params[p.offset:p.offset + p.size].reshape(p.shape) for p in program.params}
+        self.hyper = {"lr": program.optimizer.lr, **_hyper_defaults(), **program.optimizer.settings}
+        self.step_count = 0
+        self.init(0)
+
+    # ---- construction ------------------------------------------------------------------
+    @classmethod
+    def compile(cls, spec, build_dir=None, cflags=None, cc=None) -> "Model":
+        spec = load_spec(spec)
+        program = lower(check_net(spec))
+        module = build(render(program, spec.path), build_dir, cflags, cc)
+        return cls(spec, program, module)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.program.input.shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.program.output.shape
+
+    def init(self, seed: int = 0) -> "Model":
+        """He init for ReLU-family layers, Glorot otherwise; biases 0; batchnorm gamma 1, running var 1."""
+        rng = np.random.default_rng(seed)
+        for p in self.program.params:
+            view = self.params[p.key]
+            if p.init == "he":
+                view[...] = rng.normal(0.0, math.sqrt(2.0 / p.fan_in), p.shape)
+            elif p.init == "xavier":
+                limit = math.sqrt(6.0 / (p.fan_in + p.fan_out))
+                view[...] = rng.uniform(-limit, limit, p.shape)
+            else:
+                view[...] = 1.0 if p.init == "ones" else 0.0
+        self._optimizer_state[...] = 0
+        self.step_count = 0
+        return self
+
+    # ---- input checking ----------------------------------------------------------------
+    def _as_input(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        if x.dtype.kind not in "biuf":
+            raise ValueError(f"input must be a real numeric array, got dtype {x.dtype}")
+        expected = ("N",) + tuple(self.input_shape)
+        if x.ndim != len(expected) or tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise ValueError(f"input must have shape ({', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError("input holds no samples (batch size 0)")
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        if not np.isfinite(x).all():
+            raise ValueError("input contains NaN or infinite values")
+        return x
+
+    def _as_targets(self, y, n: int) -> np.ndarray:
+        loss = self.program.loss
+        if loss is None:
+            raise ValueError(f"spec '{self.spec.name}' has no loss: it compiles for inference only; "
+                             "add e.g. `loss: softmax_cross_entropy` to train it")
+        y = np.asarray(y)
+        if loss.takes_labels:
+            if y.dtype.kind not in "iu":
+                raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+            if y.shape != (n,):
+                raise ValueError(f"labels must have shape ({n},), one per sample, got {tuple(y.shape)}")
+            if y.size and (y.min() < 0 or y.max() >= loss.classes):
+                bad = y[(y < 0) | (y >= loss.classes)][0]
+                raise ValueError(f"labels must be in [0, {loss.classes}), got {bad}")
+            return np.ascontiguousarray(y, dtype=np.int32)
+        expected = (n,) + tuple(self.output_shape)
+        if y.dtype.kind not in "biuf" or y.shape != expected:
+            raise ValueError(f"targets must be a real array of shape {expected}, got {y.dtype} {tuple(y.shape)}")
+        y = np.ascontiguousarray(y, dtype=self.dtype)
+        if not np.isfinite(y).all():
+            raise ValueError("targets contain NaN or infinite values")
+        if loss.kind == "binary_cross_entropy" and (y.min() < 0 or y.max() > 1):
+            raise ValueError("binary_cross_entropy targets must be in [0, 1]")
+        return y
+
+    # ---- the C calls -------------------------------------------------------------------
+    def _ptr(self, array: np.ndarray, ctype: str | None = None):
+        return self._ffi.cast(ctype or self._pointer_type, array.ctypes.data)
+
+    def _ensure_capacity(self, batch: int, training: bool) -> None:
+        if batch > self._capacity or (training and self._grad_acts is None):
+            size = self.program.activation_size * max(batch, self._capacity)
+            self._capacity = max(batch, self._capacity)
+            self._acts = np.zeros(max(size, 1), self.dtype)
+            if training or self._grad_acts is not None:
+                self._grad_acts = np.zeros(max(size, 1), self.dtype)
+        ctx = self._context
+        ctx.params, ctx.grads = self._ptr(self._params), self._ptr(self._grads)
+        ctx.optimizer_state, ctx.workspace = self._ptr(self._optimizer_state), self._ptr(self._workspace)
+        ctx.activations = self._ptr(self._acts)
+        ctx.grad_activations = self._ptr(self._grad_acts) if self._grad_acts is not None else self._ffi.NULL
+
+    def _output_view(self, batch: int) -> np.ndarray:
+        out = self.program.output
+        if out.is_input:
+            raise ValueError("the network has no operations")
+        start = out.offset * batch
+        return self._acts[start:start + out.size * batch].reshape((batch,) + tuple(out.shape))
+
+    def _forward(self, x: np.ndarray, training: bool, seed: int = 0) -> None:
+        batch = x.shape[0]
+        self._ensure_capacity(batch, training)
+        getattr(self._lib, f"{self._name}_forward")(self._context, self._ptr(x), batch, int(training), seed)
+
+    def _targets_ptr(self, y: np.ndarray):
+        return self._ptr(y, "int32_t *" if self.program.loss.takes_labels else None)
+
+    def _hyper_struct(self):
+        h = self._ffi.new(f"{self._name}_hyper *")
+        for key in ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay"):
+            setattr(h, key, float(self.hyper[key]))
+        h.nesterov = int(bool(self.hyper["nesterov"]))
+        h.step = self.step_count
+        return h
+
+    # ---- public API --------------------------------------------------------------------
+    def forward(self, x, batch_size: int | None = None) -> np.ndarray:
+        """The network's output for x [N, *input_shape] (inference mode), as a new array."""
+        x = self._as_input(x)
+        chunk = batch_size or max(1, ARENA_BYTES_PER_CHUNK // max(1, self.program.activation_size
+                                                                   * self.dtype.itemsize))
+        outputs = []
+        for start in range(0, x.shape[0], chunk):
+            part = x[start:start + chunk]
+            self._forward(part, training=False)
+            outputs.append(self._output_view(part.shape[0]).copy())
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    predict = forward
+
+    def loss(self, x, y, training: bool = True, seed: int = 0) -> float:
+        """The batch-mean loss (training mode: batch statistics and the seeded dropout mask)."""
+        x = self._as_input(x)
+        y = self._as_targets(y, x.shape[0])
+        self._forward(x, training, seed)
+        return float(getattr(self._lib, f"{self._name}_loss")(self._context, self._targets_ptr(y), x.shape[0]))
+
+    def gradients(self, x, y, seed: int = 0) -> tuple[float, dict[str, np.ndarray]]:
+        """(batch-mean loss, gradients keyed like `params`), without changing the model."""
+        x = self._as_input(x)
+        y = self._as_targets(y, x.shape[0])
+        frozen = self._params[self.program.num_trainable:].copy()  # running statistics
+        try:
+            self._forward(x, True, seed)
+            lib, n = self._lib, x.shape[0]
+            loss = float(getattr(lib, f"{self._name}_loss")(self._context, self._targets_ptr(y), n))
+            getattr(lib, f"{self._name}_zero_grad")(self._context)
+            getattr(lib, f"{self._name}_backward")(self._context, self._ptr(x), self._targets_ptr(y), n, seed)
+        finally:
+            self._params[self.program.num_trainable:] = frozen
+        grads = {p.key: self._grads[p.offset:p.offset + p.size].reshape(p.shape).copy()
+                 for p in self.program.params if p.trainable}
+        return loss, grads
+
+    def train_step(self, x, y, seed: int | None = None, checked: bool = False) -> float:
+        """One optimizer step on a batch; returns the loss before the step. `checked` means
+        the caller already validated and converted x and y (fit does, once per dataset)."""
+        if not checked:
+            x = self._as_input(x)
+            y = self._as_targets(y, x.shape[0])
+        batch = x.shape[0]
+        self._ensure_capacity(batch, training=True)
+        self.step_count += 1
+        hyper = self._hyper_struct()
+        loss = getattr(self._lib, f"{self._name}_train_step")(
+            self._context, self._ptr(x), self._targets_ptr(y), batch, hyper,
+            self.step_count if seed is None else seed)
+        if not math.isfinite(loss):
+            self.step_count -= 1  # the C code did not update anything
+        return float(loss)
+
+    def last_output(self, batch: int) -> np.ndarray:
+        """The output of the most recent forward pass (a view; valid until the next call)."""
+        return self._output_view(batch)
+
+    def fit(self, x, y, **options) -> dict[str, list[float]]:
+        from .train import fit
+
+        return fit(self, x, y, **options)
+
+    def evaluate(self, x, y, batch_size: int = 1000) -> dict[str, float]:
+        from .train import evaluate
+
+        return evaluate(self, x, y, batch_size)
+
+    def save(self, path) -> None:
+        from .checkpoint import save
+
+        save(self, path)
+
+    def load(self, path) -> "Model":
+        from .checkpoint import load
+
+        load(self, path)
+        return self
+
+    def __repr__(self) -> str:
+        return (f"<cnncc.Model {self._name}: input {self.input_shape} -> output {self.output_shape}, "
+                f"{self.program.num_params} parameters, {self.program.dtype}>")
+
+
+def _hyper_defaults() -> dict[str, Any]:
+    return {"momentum": 0.0, "nesterov": False, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}

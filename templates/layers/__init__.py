@@ -1,0 +1,1 @@
+# One template per layer kind (a package only so that they ship inside the wheel).
