@@ -57,6 +57,13 @@ def _cmd_ir(args) -> int:
     return 0
 
 
+def _cmd_layers(args) -> int:
+    from .reference import spec_reference_markdown
+
+    print(spec_reference_markdown(), end="")
+    return 0
+
+
 def _cmd_train(args) -> int:
     from .train_cli import train_command
 
@@ -93,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the lowered IR of a spec.")
     p.add_argument("spec")
     p.set_defaults(run=_cmd_ir)
+
+    p = sub.add_parser("layers", help="print the spec language reference (every field, default, constraint)",
+                       description="Print the spec language reference as markdown.")
+    p.set_defaults(run=_cmd_layers)
 
     p = sub.add_parser("train", help="compile a spec and train it on MNIST, synthetic data or an .npz",
                        description="Compile a spec, train it, report test accuracy and save the weights.")

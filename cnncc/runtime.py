@@ -40,6 +40,8 @@ class Model:
         self.params = {p.key: self._params[p.offset:p.offset + p.size].reshape(p.shape) for p in program.params}
         self.hyper = {"lr": program.optimizer.lr, **_hyper_defaults(), **program.optimizer.settings}
         self.step_count = 0
+        self.loaded_epoch = None
+        self._hyper_c = None
         self.init(0)
 
     # ---- construction ------------------------------------------------------------------
@@ -147,7 +149,9 @@ class Model:
         return self._ptr(y, "int32_t *" if self.program.loss.takes_labels else None)
 
     def _hyper_struct(self):
-        h = self._ffi.new(f"{self._name}_hyper *")
+        if self._hyper_c is None:
+            self._hyper_c = self._ffi.new(f"{self._name}_hyper *")
+        h = self._hyper_c
         for key in ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay"):
             setattr(h, key, float(self.hyper[key]))
         h.nesterov = int(bool(self.hyper["nesterov"]))
@@ -169,10 +173,12 @@ class Model:
 
     predict = forward
 
-    def loss(self, x, y, training: bool = True, seed: int = 0) -> float:
-        """The batch-mean loss (training mode: batch statistics and the seeded dropout mask)."""
-        x = self._as_input(x)
-        y = self._as_targets(y, x.shape[0])
+    def loss(self, x, y, training: bool = True, seed: int = 0, checked: bool = False) -> float:
+        """The batch-mean loss (training mode: batch statistics and the seeded dropout mask).
+        Training mode updates batchnorm's running statistics, as a training step would."""
+        if not checked:
+            x = self._as_input(x)
+            y = self._as_targets(y, x.shape[0])
         self._forward(x, training, seed)
         return float(getattr(self._lib, f"{self._name}_loss")(self._context, self._targets_ptr(y), x.shape[0]))
 
@@ -214,6 +220,19 @@ class Model:
         """The output of the most recent forward pass (a view; valid until the next call)."""
         return self._output_view(batch)
 
+    def activation(self, layer: str, batch: int, grad: bool = False) -> np.ndarray:
+        """The output of `layer` from the most recent pass on `batch` samples, or with grad=True
+        the loss gradient with respect to it from the most recent backward pass (a view; valid
+        until the next call). For tests and debugging; the network input has no slot."""
+        tensor = self.program.layer_outputs.get(layer)
+        if tensor is None:
+            raise ValueError(f"no layer named '{layer}'; layers: {', '.join(self.program.layer_outputs)}")
+        buffer = self._grad_acts if grad else self._acts
+        if tensor.is_input or buffer is None or batch > self._capacity:
+            raise ValueError(f"no stored {'gradient' if grad else 'output'} of '{layer}' for batch {batch}")
+        start = tensor.offset * batch
+        return buffer[start:start + tensor.size * batch].reshape((batch,) + tuple(tensor.shape))
+
     def fit(self, x, y, **options) -> dict[str, list[float]]:
         from .train import fit
 
@@ -224,15 +243,17 @@ class Model:
 
         return evaluate(self, x, y, batch_size)
 
-    def save(self, path) -> None:
+    def save(self, path, epoch: int | None = None) -> None:
+        """Parameters, optimizer state and step, written atomically (.npz)."""
         from .checkpoint import save
 
-        save(self, path)
+        save(self, path, epoch)
 
     def load(self, path) -> "Model":
+        """Load a file written by save; on any problem raise and leave the model unchanged."""
         from .checkpoint import load
 
-        load(self, path)
+        self.loaded_epoch = load(self, path)
         return self
 
     def __repr__(self) -> str:

@@ -1,0 +1,120 @@
+"""Weights and checkpoints: .npz files written atomically, validated completely on load.
+
+A file holds every parameter under its `Model.params` key, the optimizer state, the step
+count and metadata (format, spec name and fingerprint, dtype, epoch). `save` writes a
+temporary file in the same directory, fsyncs it and renames it over the target, so a
+crash or a kill leaves either the old file or the new one, never half of one. `load`
+checks everything before it copies anything, so a bad file leaves the model untouched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "cnncc-weights-1"
+META_KEY = "__cnncc_meta__"
+STATE_KEY = "__optimizer_state__"
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be loaded into this model."""
+
+
+def save(model, path, epoch: int | None = None) -> None:
+    path = Path(path)
+    meta = {"format": FORMAT, "spec": model.spec.name, "fingerprint": model.spec.fingerprint(),
+            "dtype": model.program.dtype, "step": model.step_count, "epoch": epoch,
+            "optimizer": model.program.optimizer.type}
+    arrays = {key: np.asarray(value) for key, value in model.params.items()}
+    arrays[STATE_KEY] = model._optimizer_state
+    arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    directory = path.parent if str(path.parent) else Path(".")
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        try:
+            os.unlink(handle.name)
+        except OSError:
+            pass
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read(path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(metadata, arrays) of a weights file, or CheckpointError saying what is wrong."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such weights file") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise CheckpointError(f"{path}: not a readable weights file (corrupt or truncated?): {exc}") from None
+    if META_KEY not in arrays:
+        raise CheckpointError(f"{path}: not a cnncc weights file (no metadata)")
+    try:
+        meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{path}: corrupt metadata") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unknown format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+    return meta, arrays
+
+
+def load(model, path) -> int | None:
+    """Validate the whole file, then copy it into the model; returns the saved epoch."""
+    meta, arrays = read(path)
+    if meta.get("fingerprint") != model.spec.fingerprint():
+        raise CheckpointError(
+            f"{path}: saved from spec '{meta.get('spec')}' (fingerprint {meta.get('fingerprint')}), "
+            f"which differs from this model's spec '{model.spec.name}' ({model.spec.fingerprint()}): "
+            "the layers, shapes or names do not match")
+    values = {}
+    for key, target in model.params.items():
+        if key not in arrays:
+            raise CheckpointError(f"{path}: missing parameter '{key}'")
+        array = arrays[key]
+        if array.shape != target.shape or array.dtype.kind != "f":
+            raise CheckpointError(f"{path}: parameter '{key}' is {array.dtype} {array.shape}, "
+                                  f"expected floats of shape {target.shape}")
+        if not np.isfinite(array).all():
+            raise CheckpointError(f"{path}: parameter '{key}' contains NaN or infinite values")
+        values[key] = array
+    state = arrays.get(STATE_KEY)
+    if state is not None and state.shape != model._optimizer_state.shape:
+        state = None  # another optimizer: start its state afresh, the weights are still good
+    if state is not None and not np.isfinite(state).all():
+        raise CheckpointError(f"{path}: optimizer state contains NaN or infinite values")
+    for key, array in values.items():
+        model.params[key][...] = array
+    if state is not None:
+        model._optimizer_state[...] = state
+        model.step_count = int(meta.get("step") or 0)
+    else:
+        model._optimizer_state[...] = 0
+        model.step_count = 0
+    return meta.get("epoch")

@@ -1,0 +1,1 @@
+# Templates (a package only so that they ship inside the wheel).
