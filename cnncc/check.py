@@ -83,6 +83,10 @@ def check_net(spec: Spec) -> CheckedNet:
     order = {layer.name: layer.index for layer in spec.layers}
     checked: list[CheckedLayer] = []
     failed: set[str] = set()
+    if numel(spec.input_shape) > MAX_TENSOR_ELEMENTS:  # the first layer's kernels index it too
+        raise SpecError([Diagnostic(f"input {format_shape(spec.input_shape)} has {numel(spec.input_shape):,} "
+                                    f"elements per sample; the limit is {MAX_TENSOR_ELEMENTS:,}",
+                                    spec.locs.get("input"), field="input")], spec.path)
 
     for layer_spec in spec.layers:
         def report(message, field=None, hint=None):
@@ -130,7 +134,8 @@ def check_net(spec: Spec) -> CheckedNet:
             failed.add(layer_spec.name)
             continue
         if numel(out_shape) > MAX_TENSOR_ELEMENTS:
-            report(f"output has {numel(out_shape)} elements per sample; the limit is {MAX_TENSOR_ELEMENTS}")
+            report(f"output {format_shape(out_shape)} has {numel(out_shape):,} elements per sample; "
+                   f"the limit is {MAX_TENSOR_ELEMENTS:,}")
             failed.add(layer_spec.name)
             continue
         field = ReceptiveField.union([fields[name] for name in inputs]).grow(layer.window(in_shapes), image)
@@ -142,7 +147,10 @@ def check_net(spec: Spec) -> CheckedNet:
     if not diagnostics:
         total = sum(layer.param_count for layer in checked)
         if total > MAX_PARAMS:
-            diagnostics.append(Diagnostic(f"the network has {total} parameters; the limit is {MAX_PARAMS}"))
+            largest = max(checked, key=lambda layer: layer.param_count)
+            diagnostics.append(Diagnostic(f"the network has {total:,} parameters; the limit is {MAX_PARAMS:,}",
+                                          largest.spec.loc, hint=f"the largest layer, {largest.spec.label}, "
+                                                                 f"has {largest.param_count:,}"))
         diagnostics.extend(_check_loss(spec, checked))
     if diagnostics:
         raise SpecError(diagnostics, spec.path)

@@ -1,4 +1,4 @@
-"""The `cnncc` command line: check, ir, train, gradcheck.
+"""The `cnncc` command line: check, ir, train, gradcheck, emit.
 
 Exit status: 0 success, 2 an invalid spec (every problem printed, compiler style),
 1 any other user-facing failure (bad data, a compiler missing, a non-finite loss).
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .errors import SpecError
 
@@ -34,7 +35,7 @@ def _positive_float(text: str) -> float:
 def _cmd_check(args) -> int:
     from .report import check
 
-    report = check(args.spec, batch=args.batch)
+    report = check(Path(args.spec), batch=args.batch)
     if args.ir:
         from .ir import describe
 
@@ -53,7 +54,7 @@ def _cmd_ir(args) -> int:
     from .ir import describe
     from .report import check
 
-    print(describe(check(args.spec).program))
+    print(describe(check(Path(args.spec)).program))
     return 0
 
 
@@ -74,6 +75,18 @@ def _cmd_gradcheck(args) -> int:
     from .gradcheck import gradcheck_command
 
     return gradcheck_command(args)
+
+
+def _cmd_emit(args) -> int:
+    from .emit import emit_command
+
+    return emit_command(args)
+
+
+def _cmd_bench(args) -> int:
+    from .bench import bench_command
+
+    return bench_command(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,6 +146,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=1e-6)
     p.add_argument("--build-dir", default=None)
     p.set_defaults(run=_cmd_gradcheck)
+
+    p = sub.add_parser("emit", help="write standalone C (model, weights, example main.c, Makefile) for deployment",
+                       description="Write the model's C (the same kernels as the Python module), optionally its "
+                                   "weights as const arrays, an example main.c, a Makefile and a README into DIR.")
+    p.add_argument("spec")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="the directory to write")
+    p.add_argument("--weights", default=None, metavar="FILE.npz", help="compile these weights in (NAME_weights.c)")
+    p.add_argument("--inference-only", action="store_true",
+                   help="forward only: a static arena shared by tensors whose lifetimes do not overlap, no malloc")
+    p.add_argument("--batch", type=_positive, default=1, help="samples per forward call in main.c and, with "
+                                                              "--inference-only, in the arena (default 1)")
+    p.set_defaults(run=_cmd_emit)
+
+    p = sub.add_parser("bench", help="time a spec: training images/s, batch-1 latency, or per-op (--layers)",
+                       description="Compile a spec and time it on random data: training images/s at a batch "
+                                   "size and the batch-1 inference latency; with --layers, every op's forward "
+                                   "and backward on its own. The side-by-side comparison with PyTorch is "
+                                   "benchmarks/bench.py.")
+    p.add_argument("spec")
+    p.add_argument("--layers", action="store_true", help="per-op profile: forward and backward ms of every op")
+    p.add_argument("--batch", type=_positive, default=64, help="batch size (default 64)")
+    p.add_argument("--repeats", type=_positive, default=5, help="timed repeats; medians are reported (default 5)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--build-dir", default=None)
+    p.set_defaults(run=_cmd_bench)
     return parser
 
 

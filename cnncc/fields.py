@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import FieldError
+from .errors import FieldError, did_you_mean
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_INT = 1 << 20  # any single size in a spec; totals are checked separately
@@ -43,8 +43,8 @@ def _type_name(value) -> str:
         return "nothing (null)"
     if isinstance(value, bool):
         return f"the boolean {str(value).lower()}"
-    if isinstance(value, str):
-        return f"the string '{value}'" if len(value) <= 40 else "a string"
+    if isinstance(value, str):  # repr: a newline or escape in the spec never reaches the terminal raw
+        return f"the string {value!r}" if len(value) <= 40 else f"a string of {len(value)} characters"
     if isinstance(value, (list, tuple)):
         return "a list"
     if isinstance(value, dict):
@@ -61,9 +61,9 @@ def check_int(value, lo: int, hi: int = MAX_INT, what: str = "an integer") -> in
         hint = "write it without a decimal point" if isinstance(value, float) and value.is_integer() else None
         raise FieldError(f"must be {what}, got {_type_name(value)}", hint)
     if value < lo:
-        raise FieldError(f"must be {what} >= {lo}, got {value}")
+        raise FieldError(f"must be at least {lo}, got {value}")
     if value > hi:
-        raise FieldError(f"must be {what} <= {hi}, got {value}")
+        raise FieldError(f"must be at most {hi}, got {value}")
     return value
 
 
@@ -94,7 +94,7 @@ def padding(one_d: bool = False) -> tuple[Callable, str]:
         if value in ("same", "valid"):
             return value
         if isinstance(value, str):
-            raise FieldError(f"must be {allowed}, got '{value}'")
+            raise FieldError(f"must be {allowed}, got {_type_name(value)}", did_you_mean(value, ("same", "valid")))
         if one_d:
             return (0, check_int(value, 0, what=allowed))
         if isinstance(value, list):
@@ -133,8 +133,6 @@ def number(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -
 
 
 def choice(options: tuple[str, ...]) -> tuple[Callable, str]:
-    from .errors import did_you_mean
-
     listed = " | ".join(options)
 
     def parse(value):

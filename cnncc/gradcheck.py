@@ -7,6 +7,7 @@ of the input, in training mode with a fixed dropout seed.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
@@ -59,7 +60,7 @@ def check_gradients(model: Model, x, y, samples: int = 30, h: float = 1e-6, seed
 
 
 def gradcheck_command(args) -> int:
-    spec = dataclasses.replace(load_spec(args.spec), dtype="float64")
+    spec = dataclasses.replace(load_spec(Path(args.spec)), dtype="float64")
     if spec.loss is None:
         raise ValueError(f"spec '{spec.name}' has no loss: there is no gradient to check")
     model = Model.compile(spec, build_dir=args.build_dir)

@@ -8,6 +8,7 @@ error instead of filling memory.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,36 @@ _PLAIN_TAGS = {
 }
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
+_TOO_DEEP = f"spec is nested too deeply (the limit is {MAX_DEPTH} levels)"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with the spec's plain scalars, refusing deep nesting while it composes.
+
+    A spec has no dates, so 2024-01-01 stays a string; 1e-3 is a float (YAML 1.1 wants
+    1.0e-3). Depth is counted here because composing recurses once per level: checking
+    only afterwards would let a 10,000-deep list exhaust the stack, with no location.
+    (A too deep scalar is left to the converter, which counts depth the same way.)
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self._depth > MAX_DEPTH and self.check_event(yaml.CollectionStartEvent):
+            raise SourceError(Diagnostic(_TOO_DEEP, _loc(self.peek_event().start_mark)))
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
 
 
 @dataclass
@@ -76,9 +107,9 @@ def _loc(mark) -> Loc:
 def parse_text(data: bytes | str) -> Node:
     """Parse one YAML document into located nodes; raise SourceError on anything wrong."""
     if isinstance(data, bytes):
-        if len(data) > MAX_SPEC_BYTES:
+        if len(data) > MAX_SPEC_BYTES:  # a file is read only up to the limit: its length is unknown
             raise SourceError(Diagnostic(
-                f"spec is {len(data)} bytes; the limit is {MAX_SPEC_BYTES} bytes", Loc(1, 1)))
+                f"spec is larger than the limit of {MAX_SPEC_BYTES} bytes", Loc(1, 1)))
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -93,15 +124,18 @@ def parse_text(data: bytes | str) -> Node:
             raise SourceError(Diagnostic(
                 f"spec is larger than the limit of {MAX_SPEC_BYTES} bytes", Loc(1, 1)))
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        message = " ".join(p for p in (exc.context, exc.problem) if p)
+        message = ": ".join(p for p in (exc.context, exc.problem) if p)
         raise SourceError(Diagnostic(f"YAML syntax: {message}", _loc(mark) if mark else None)) from None
+    except yaml.reader.ReaderError as exc:  # a control character; it has an offset, not a mark
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise SourceError(Diagnostic(
+            f"YAML syntax: character U+{exc.character:04X} is not allowed in YAML", Loc(line, col))) from None
     except yaml.YAMLError as exc:
         raise SourceError(Diagnostic(f"YAML syntax: {exc}")) from None
-    except RecursionError:
-        raise SourceError(Diagnostic(f"spec is nested too deeply (the limit is {MAX_DEPTH} levels)")) from None
     if root is None:
         raise SourceError(Diagnostic(
             "spec is empty: expected a mapping with 'name', 'input' and 'layers'", Loc(1, 1)))
@@ -118,9 +152,8 @@ class _Converter:
         if self.count > MAX_NODES:
             raise SourceError(Diagnostic(
                 f"spec expands to more than {MAX_NODES} YAML nodes (an alias bomb?)", _loc(node.start_mark)))
-        if depth > MAX_DEPTH:
-            raise SourceError(Diagnostic(
-                f"spec is nested too deeply (the limit is {MAX_DEPTH} levels)", _loc(node.start_mark)))
+        if depth > MAX_DEPTH:  # a scalar, or an alias placed deeper than its anchor
+            raise SourceError(Diagnostic(_TOO_DEEP, _loc(node.start_mark)))
         loc = _loc(node.start_mark)
         if isinstance(node, yaml.ScalarNode):
             if node.tag not in _PLAIN_TAGS:
@@ -143,7 +176,7 @@ class _Converter:
                 raise SourceError(Diagnostic("mapping keys must be plain strings", key_loc))
             key = key_node.value
             if key in result.items:
-                raise SourceError(Diagnostic(f"duplicate key '{key}'", key_loc))
+                raise SourceError(Diagnostic(f"duplicate key {key!r}", key_loc))
             result.items[key] = self.convert(value_node, depth + 1)
             result.key_locs[key] = key_loc
         return result
@@ -152,7 +185,7 @@ class _Converter:
 def from_python(value: Any, depth: int = 0) -> Node:
     """A dict given from Python goes through the same validation, without locations."""
     if depth > MAX_DEPTH:
-        raise SourceError(Diagnostic(f"spec is nested too deeply (the limit is {MAX_DEPTH} levels)"))
+        raise SourceError(Diagnostic(_TOO_DEEP))
     if isinstance(value, dict):
         result = Map(None)
         for key, item in value.items():

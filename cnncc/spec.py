@@ -88,7 +88,7 @@ class Spec:
     optimizer: OptimizerSpec
     training: dict[str, Any]
     path: str = "<spec>"
-    locs: dict[str, Loc | None] = field(default_factory=dict)
+    locs: dict[str, Loc | None] = field(default_factory=dict)  # where each top-level value is
 
     def layer(self, name: str) -> LayerSpec:
         return next(layer for layer in self.layers if layer.name == name)
@@ -119,7 +119,7 @@ class _Collector:
             if key not in schema:
                 allowed = [k for k in schema if k not in skip] + [k for k in skip]
                 hint = did_you_mean(key, allowed) or f"allowed keys: {', '.join(allowed)}"
-                self.error(f"unknown key '{key}'", node.key_locs.get(key), where, key, hint)
+                self.error(f"unknown key {key!r}", node.key_locs.get(key), where, key, hint)
                 continue
             try:
                 values[key] = schema[key].parse(value_node.plain())
@@ -173,7 +173,7 @@ def load_spec(source) -> Spec:
         raise SpecError(out.diagnostics, path)
     for key in root.items:
         if key not in TOP_FIELDS:
-            out.error(f"unknown top-level key '{key}'", root.key_locs.get(key), field=key,
+            out.error(f"unknown top-level key {key!r}", root.key_locs.get(key), field=key,
                       hint=did_you_mean(key, TOP_FIELDS) or f"allowed keys: {', '.join(TOP_FIELDS)}")
     for key in ("name", "input", "layers"):
         if key not in root.items:
@@ -186,10 +186,10 @@ def load_spec(source) -> Spec:
     optimizer = _optimizer(out, root.items.get("optimizer"))
     training = _section(out, root.items.get("training"), TRAINING_FIELDS, "training")
     layers = _layers(out, root.items.get("layers"))
-    if out.diagnostics:
-        raise SpecError(out.diagnostics, path)
+    if out.diagnostics:  # in the order of the file, as a compiler reports them
+        raise SpecError(sorted(out.diagnostics, key=lambda d: (d.loc.line, d.loc.col) if d.loc else (0, 0)), path)
     return Spec(name, input_shape, dtype, tuple(layers), loss, optimizer, training, path,
-                dict(root.key_locs))
+                {key: node.loc for key, node in root.items.items()})
 
 
 def _display(source) -> str:
@@ -226,7 +226,7 @@ def _input(out: _Collector, node: Node | None) -> tuple[int, ...]:
     values = out.fields(node, INPUT_FIELDS, "input")
     if any(key in node.items and key not in values for key in INPUT_FIELDS):
         return ()  # a bad value, already reported
-    c, h, w, length = (values[key] for key in ("channels", "height", "width", "length"))
+    c, h, w, length = (values.get(key) for key in ("channels", "height", "width", "length"))
     if c is None:
         return ()
     if length is not None:
@@ -249,7 +249,7 @@ def _optimizer(out: _Collector, node: Node | None) -> OptimizerSpec:
         return default
     type_node = node.items.get("type")
     kind = type_node.plain() if type_node is not None else None
-    if kind not in _OPTIMIZERS:
+    if not isinstance(kind, str) or kind not in _OPTIMIZERS:
         out.error(f"optimizer type must be one of {' | '.join(_OPTIMIZERS)}, got {kind!r}",
                   type_node.loc if type_node else node.loc, "optimizer", "type",
                   did_you_mean(kind, _OPTIMIZERS) if isinstance(kind, str) else None)
@@ -280,7 +280,7 @@ def _layers(out: _Collector, node: Node | None) -> list[LayerSpec]:
             out.error("missing required field 'type'", layer_node.loc, where, "type",
                       f"one of: {', '.join(REGISTRY)}")
             continue
-        if kind not in REGISTRY:
+        if not isinstance(kind, str) or kind not in REGISTRY:
             hint = did_you_mean(kind, REGISTRY) if isinstance(kind, str) else None
             out.error(f"unknown layer type {kind!r}", type_node.loc, where, "type",
                       hint or f"one of: {', '.join(REGISTRY)}")
@@ -307,13 +307,14 @@ def _layers(out: _Collector, node: Node | None) -> list[LayerSpec]:
     for index, layer_node, kind, _, name, _ in parsed:
         if name is None:
             continue
+        where = f"layer {index} '{name}' ({kind})"
         if name in RESERVED_NAMES:
             out.error(f"the name '{name}' is reserved for the network input", layer_node.items["name"].loc,
-                      f"layer {index}", "name")
+                      where, "name")
         elif name.lower() in taken:
             first, first_name = taken[name.lower()]
             out.error(f"duplicate layer name '{name}' (layer {first} is named '{first_name}')",
-                      layer_node.items["name"].loc, f"layer {index}", "name",
+                      layer_node.items["name"].loc, where, "name",
                       "names become C symbols, so they must differ in more than letter case")
         else:
             taken[name.lower()] = (index, name)
