@@ -1,0 +1,104 @@
+"""The inference memory plan: activation tensors whose lifetimes do not overlap share memory.
+
+Liveness runs over the forward schedule. A tensor is live from the op that writes it to
+the last op that reads it; views (`flatten`, `linear`) carry their input's name, so a read
+through a view keeps the underlying tensor alive; the network output stays live to the
+end. An op's output is live while its inputs are read, so no kernel ever writes over its
+own input (they are not written for in-place use: dropout at inference copies).
+
+Offsets come from greedy first fit (largest tensor first, ties in schedule order, each at
+the lowest offset clear of every placed tensor it is live with): deterministic, and
+per sample, so `offset * batch` is a valid plan for any batch size, exactly as the
+training plan addresses its tensors. The workspace follows the activations.
+`cnncc emit --inference-only` renders this plan and `cnncc check` reports it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .ir import Deployment, Program, Tensor
+
+
+@dataclass(frozen=True)
+class Lifetime:
+    name: str
+    size: int  # elements per sample
+    first: int  # index of the op that writes it
+    last: int  # index of the last op that reads it (the schedule's end for the output)
+
+    def overlaps(self, other: "Lifetime") -> bool:
+        return self.first <= other.last and other.first <= self.last
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    lifetimes: tuple[Lifetime, ...]
+    offsets: dict[str, int]  # tensor name -> per-sample element offset in the arena
+    activations_per_sample: int  # the planned arena (elements per sample)
+    unshared_per_sample: int  # one buffer per tensor: the training plan's activation size
+    workspace: int  # elements, independent of the batch
+
+    def arena_size(self, batch: int) -> int:
+        """Elements of the inference arena for a batch: planned activations + workspace."""
+        return self.activations_per_sample * batch + self.workspace
+
+    def unshared_size(self, batch: int) -> int:
+        return self.unshared_per_sample * batch + self.workspace
+
+
+def lifetimes(program: Program) -> tuple[Lifetime, ...]:
+    """Every arena tensor's live range over the forward schedule, in schedule order."""
+    end = len(program.ops) - 1
+    last_read = {t.name: i for i, op in enumerate(program.ops) for t in op.inputs if not t.is_input}
+    if not program.output.is_input:
+        last_read[program.output.name] = end
+    return tuple(Lifetime(op.output.name, op.output.size, i, max(i, last_read.get(op.output.name, i)))
+                 for i, op in enumerate(program.ops))
+
+
+def first_fit(tensors: tuple[Lifetime, ...]) -> dict[str, int]:
+    """Offsets: largest first, each at the lowest offset clear of every live-together tensor."""
+    placed: list[tuple[int, Lifetime]] = []
+    offsets: dict[str, int] = {}
+    for t in sorted(tensors, key=lambda t: (-t.size, t.first)):
+        offset = 0
+        for start, other in sorted(((s, o) for s, o in placed if o.overlaps(t)), key=lambda pair: pair[0]):
+            if offset + t.size <= start:
+                break
+            offset = max(offset, start + other.size)
+        placed.append((offset, t))
+        offsets[t.name] = offset
+    return offsets
+
+
+def plan(program: Program) -> MemoryPlan:
+    spans = lifetimes(program)
+    offsets = first_fit(spans)
+    total = max((offsets[t.name] + t.size for t in spans), default=0)
+    return MemoryPlan(spans, offsets, total, program.activation_size, program.workspace_size)
+
+
+def inference_program(program: Program, memory: MemoryPlan, batch: int, weights: bool) -> Program:
+    """The program a standalone inference build renders: tensors at their planned offsets,
+    no loss (so no backward, loss or optimizer), a fixed batch and the arena's size."""
+    def moved(t: Tensor) -> Tensor:
+        return t if t.is_input else replace(t, offset=memory.offsets[t.name])
+
+    ops = tuple(replace(op, inputs=tuple(moved(t) for t in op.inputs), output=moved(op.output))
+                for op in program.ops)
+    deployment = Deployment(inference_only=True, weights=weights, batch=batch,
+                            arena_size=max(1, memory.arena_size(batch)))
+    return replace(program, ops=ops, output=moved(program.output), loss=None,
+                   activation_size=memory.activations_per_sample,
+                   layer_outputs={k: moved(t) for k, t in program.layer_outputs.items()},
+                   deployment=deployment)
+
+
+def deployment_figures(program: Program, batch: int) -> dict[str, int]:
+    """What `cnncc check` reports and `cnncc emit` prints: weights (flash) and the inference
+    arena (RAM) at a batch, against one buffer per tensor."""
+    memory = plan(program)
+    return {"weight_bytes": program.num_params * program.itemsize,
+            "arena_bytes": memory.arena_size(batch) * program.itemsize,
+            "arena_bytes_unshared": memory.unshared_size(batch) * program.itemsize,
+            "arena_batch": batch}
