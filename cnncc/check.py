@@ -187,4 +187,27 @@ def _check_loss(spec: Spec, checked: list[CheckedLayer]) -> list[Diagnostic]:
     if spec.loss == "binary_cross_entropy" and activation != "sigmoid":
         return [Diagnostic(f"binary_cross_entropy takes sigmoid outputs, but {label} has no sigmoid", loc,
                            field="loss", hint="add activation: sigmoid to the last layer")]
+    # The loss reads a computed tensor (for binary_cross_entropy, the logits before the sigmoid),
+    # never the network input itself: such a network has nothing to train.
+    if _computed_by(checked, last.name) is None:
+        return [Diagnostic(f"{spec.loss} needs a network that computes something, but {label} outputs the "
+                           "network input unchanged", loc, field="loss",
+                           hint="add a layer with parameters, e.g. {type: dense, units: N}")]
+    if spec.loss == "binary_cross_entropy" and not last.layer.activation_kind \
+            and _computed_by(checked, last.spec.inputs[0]) is None:
+        return [Diagnostic(f"binary_cross_entropy is computed from the logits before the sigmoid, but {label} "
+                           "applies its sigmoid to the network input", loc, field="loss",
+                           hint="add a layer with parameters before the sigmoid, e.g. {type: dense, units: N}")]
     return []
+
+
+def _computed_by(checked: list[CheckedLayer], name: str) -> str | None:
+    """The layer whose kernel computes the tensor `name` (following views such as flatten and
+    linear back to their input), or None when it is the network input itself."""
+    layers = {layer.name: layer for layer in checked}
+    while name != "input":
+        layer = layers[name]
+        if REGISTRY[layer.spec.kind].template is not None or layer.layer.activation_kind:
+            return name
+        name = layer.spec.inputs[0]
+    return None

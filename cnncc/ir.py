@@ -110,6 +110,17 @@ class Loss:
 
 
 @dataclass(frozen=True)
+class Deployment:
+    """How a standalone build (`cnncc emit`) differs from the Python module's build: an
+    inference-only build has a fixed batch and one static arena (memplan.py); `weights`
+    declares the emitted `NAME_weights[]` in NAME.h. The default is the Python module."""
+    inference_only: bool = False
+    weights: bool = False
+    batch: int = 0  # inference-only: the samples every forward call processes
+    arena_size: int = 0  # inference-only: elements of the arena (planned activations + workspace)
+
+
+@dataclass(frozen=True)
 class Program:
     name: str
     dtype: str
@@ -124,6 +135,7 @@ class Program:
     loss: Loss | None
     optimizer: OptimizerSpec
     layer_outputs: dict[str, Tensor] = field(default_factory=dict)
+    deployment: Deployment = field(default_factory=Deployment)
 
     @property
     def c_type(self) -> str:
@@ -229,7 +241,9 @@ def lower(net: CheckedNet) -> Program:
                           list(layer.input_shapes))
         activation = kind_obj.activation_kind
         if activation:
-            act = REGISTRY[activation]()
+            act_cls = REGISTRY[activation]
+            # The `activation:` field names only the kind: its own fields (leaky_relu's alpha) take their defaults.
+            act = act_cls(**{key: f.default for key, f in act_cls.fields.items()})
             result = emit(layer, act, activation, [result], layer.output_shape, {}, [layer.output_shape])
         outputs[layer.name] = result
 

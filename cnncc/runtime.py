@@ -8,6 +8,8 @@ every call checks dtype, shape, batch size, finiteness and labels here, before a
 from __future__ import annotations
 
 import math
+import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,14 @@ from .ir import Program, lower
 from .spec import Spec, load_spec
 
 ARENA_BYTES_PER_CHUNK = 256 << 20  # inference processes large inputs in chunks of this much activation
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM on this machine, where the platform reports it (None elsewhere)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 class Model:
@@ -120,8 +130,22 @@ class Model:
     def _ptr(self, array: np.ndarray, ctype: str | None = None):
         return self._ffi.cast(ctype or self._pointer_type, array.ctypes.data)
 
+    def _check_memory(self, batch: int, training: bool) -> None:
+        """Refuse, before allocating anything, a batch whose buffers cannot fit: more bytes than
+        this machine's memory, or an activation buffer too large for C's size_t."""
+        per_sample = self.program.activation_size * self.dtype.itemsize
+        needed = self.program.buffer_bytes(batch, training)
+        limit = physical_memory()
+        if per_sample * batch <= sys.maxsize and (limit is None or needed <= limit):
+            return
+        gradients = ", as much again for their gradients" if training else ""
+        have = f"this machine's {limit:,} bytes of memory" if limit is not None else "a size_t can count"
+        raise ValueError(f"a batch of {batch:,} samples needs {needed:,} bytes of buffers ({per_sample:,} bytes "
+                         f"of activations per sample{gradients}), more than {have}; use a smaller batch")
+
     def _ensure_capacity(self, batch: int, training: bool) -> None:
         if batch > self._capacity or (training and self._grad_acts is None):
+            self._check_memory(max(batch, self._capacity), training or self._grad_acts is not None)
             size = self.program.activation_size * max(batch, self._capacity)
             self._capacity = max(batch, self._capacity)
             self._acts = np.zeros(max(size, 1), self.dtype)
