@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +33,7 @@ REQUIRED_FLAGS = ("-std=c99", "-fPIC", "-shared")
 WARNINGS = ("-Wall", "-Wextra")
 
 compile_count = 0  # real compilations in this process (tests assert cache hits with it)
+STALE_STAGING_SECONDS = 3600  # a build takes seconds: a staging directory this old was left by a killed one
 
 
 class BuildError(RuntimeError):
@@ -90,6 +92,18 @@ def cache_key(sources: Sources, compiler: str, flags: tuple[str, ...]) -> str:
     return digest.hexdigest()[:20]
 
 
+def remove_stale_staging(root: Path, name: str) -> None:
+    """A build killed before its rename leaves its private `.NAME-*` directory behind. Nothing
+    ever loads one (only a completed rename makes a module visible); remove those over an hour old."""
+    cutoff = time.time() - STALE_STAGING_SECONDS
+    for path in root.glob(f".{name}-*"):
+        try:
+            if path.is_dir() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def build(sources: Sources, build_dir: str | os.PathLike | None = None,
           cflags: tuple[str, ...] | list[str] | None = None, cc: str | None = None) -> Module:
     """Compile (or find in the cache) and load a model's sources."""
@@ -104,6 +118,7 @@ def build(sources: Sources, build_dir: str | os.PathLike | None = None,
     from_cache = library.is_file()
     if not from_cache:
         root.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(root, sources.name)
         staging = Path(tempfile.mkdtemp(prefix=f".{sources.name}-", dir=root))
         try:
             (staging / f"{sources.name}.c").write_text(sources.source)

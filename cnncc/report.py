@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from .check import CheckedNet, check_net
 from .ir import Program, lower
 from .layers import format_shape
+from .memplan import deployment_figures
 from .spec import Spec, load_spec
 
 
@@ -88,7 +89,8 @@ class Report:
                   f"activation memory: {t['activation_bytes']:,} bytes per sample",
                   f"parameter memory: {t['param_bytes']:,} bytes",
                   f"training memory at batch {self.batch} ({self.spec.optimizer.type}): "
-                  f"{t['training_bytes']:,} bytes = {parts}"]
+                  f"{t['training_bytes']:,} bytes = {parts}",
+                  _deployment_text(t)]
         if explain:
             lines.append(f"training memory: the bytes of each buffer the generated code allocates, "
                          f"{size} bytes per {spec.dtype} element")
@@ -108,8 +110,16 @@ class Report:
                   f"- forward MACs: {t['macs']:,}; backward MACs: {t['backward_macs']:,}",
                   f"- activation memory: {t['activation_bytes']:,} bytes per sample; "
                   f"parameter memory: {t['param_bytes']:,} bytes",
-                  f"- training memory at batch {self.batch}: {t['training_bytes']:,} bytes"]
+                  f"- training memory at batch {self.batch}: {t['training_bytes']:,} bytes",
+                  f"- {_deployment_text(t)}"]
         return "\n".join(lines)
+
+
+def _deployment_text(t: dict) -> str:
+    saving = 1 - t["arena_bytes"] / t["arena_bytes_unshared"] if t["arena_bytes_unshared"] else 0.0
+    return (f"deployment (cnncc emit --inference-only, batch {t['arena_batch']}): weights {t['weight_bytes']:,} "
+            f"bytes (flash), arena {t['arena_bytes']:,} bytes (RAM) against {t['arena_bytes_unshared']:,} "
+            f"with one buffer per tensor ({saving:.0%} saved)")
 
 
 def _rf_text(rf: tuple[int, int], input_shape) -> str:
@@ -117,6 +127,7 @@ def _rf_text(rf: tuple[int, int], input_shape) -> str:
 
 
 def build_report(net: CheckedNet, program: Program, batch: int | None = None) -> Report:
+    deploy_batch = batch or 1  # an explicit --batch applies to both; inference defaults to 1, as emit does
     batch = batch or net.spec.training["batch_size"]
     image = net.input_shape[1:] if len(net.input_shape) == 3 else (1,) + net.input_shape[1:]
     if len(net.input_shape) == 1:
@@ -141,6 +152,7 @@ def build_report(net: CheckedNet, program: Program, batch: int | None = None) ->
         "activation_bytes": program.activation_size * program.itemsize,
         "param_bytes": program.num_params * program.itemsize,
         "training_bytes": program.buffer_bytes(batch, training=True), "batch": batch,
+        **deployment_figures(program, deploy_batch),
     }
     return Report(net, program, batch, tuple(rows), totals)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from . import data as datasets
 from .report import check
@@ -19,11 +20,10 @@ def load_data(spec, source: str, data_dir=None, limit=None):
         classes = check(spec).program.output.size
         return datasets.synthetic(shape=spec.input_shape, classes=classes, n_train=n_train, n_test=n_test)
     if source == "mnist":
-        (train, test) = datasets.load_mnist(data_dir, limit=limit)
         if tuple(spec.input_shape) != (1, 28, 28):
             raise ValueError(f"MNIST images are 1x28x28 (channels, height, width) but spec '{spec.name}' "
                              f"takes {tuple(spec.input_shape)}")
-        return train, test
+        return datasets.load_mnist(data_dir, limit=limit)
     if source.endswith(".npz"):
         (x_train, y_train), (x_test, y_test) = datasets.load_npz(source)
         if limit:
@@ -33,7 +33,7 @@ def load_data(spec, source: str, data_dir=None, limit=None):
 
 
 def train_command(args) -> int:
-    report = check(args.spec)
+    report = check(Path(args.spec))
     spec = report.spec
     print(report.to_text())
     if spec.loss is None:

@@ -1,0 +1,287 @@
+"""cnncc against PyTorch, side by side: training images/s, batch-1 latency, compile time,
+peak memory, GFLOP/s and the share of a measured machine peak.
+
+    python benchmarks/bench.py                      # all three specs, 1 and 2 threads
+    python benchmarks/bench.py --specs lenet5 --threads 1 --json
+    python benchmarks/bench.py --quick              # a smoke run (tiny batch, one step a repeat)
+
+Every figure comes from its own child process (measure.py) with OMP_NUM_THREADS and
+friends set before Python starts (and torch.set_num_threads), so thread settings and the
+peak RSS are clean; figures are medians of repeats. PyTorch is optional: without it the
+torch columns say n/a. Before timing a spec, torch's forward, loss and gradients on
+cnncc's weights are compared with cnncc's (the comparison must be like for like).
+FLOPs per image = 2 * (forward + backward MACs) from `cnncc.check(spec).totals`, the same
+count for both frameworks. The peak is benchmarks/peak.c (FMA throughput), compiled now.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import tables  # noqa: E402  (benchmarks/tables.py)
+
+DEFAULT_SPECS = ("mnist_seed", "lenet5", "vgg_cifar")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                    "NUMEXPR_NUM_THREADS")
+CHECK_BATCH = 8
+FORWARD_TOLERANCE = 1e-4  # relative to the output's largest magnitude
+GRADIENT_TOLERANCE = 1e-3  # float32 sums over a batch in another order
+CHILD_TIMEOUT = 3600
+
+
+class Settings:
+    def __init__(self, args):
+        quick = args.quick
+        self.quick = quick
+        self.batch = args.batch or (4 if quick else 64)
+        self.repeats = args.repeats or (2 if quick else 5)
+        self.repeat_seconds = 0.0 if quick else args.repeat_seconds  # 0: one step per repeat
+        self.warmup_seconds = 0.0 if quick else 0.3
+        self.latency_seconds = 0.02 if quick else 1.0
+        self.latency_calls = (2, 5) if quick else (10, 20)  # warm-up calls, least timed calls
+        self.compile_repeats = 1 if quick else 3
+        self.peak_seconds, self.peak_runs = (0.1, 1) if quick else (0.5, 5)
+        self.threads = [int(t) for t in (args.threads or ("1" if quick else "1,2")).split(",")]
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items()}
+
+
+def spec_path(name: str) -> str:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return str(path)
+    return str(ROOT / "specs" / f"{name}.yaml")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def child(task: dict, threads: int = 1) -> dict:
+    """Run one measurement in a fresh process; {"error": ...} if it fails."""
+    task = {**task, "threads": threads}
+    env = dict(os.environ)
+    env.update({name: str(threads) for name in THREAD_VARIABLES})
+    try:
+        result = subprocess.run([sys.executable, str(HERE / "measure.py"), json.dumps(task)], env=env,
+                                capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {CHILD_TIMEOUT} s"}
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1][-500:]}
+    return json.loads(lines[-1])
+
+
+def measure_peak(work: Path, settings: Settings) -> dict:
+    """Compile peak.c with -O3 -march=native (no shell) and take the best of a few runs."""
+    from cnncc.build import find_compiler
+
+    binary = work / "peak"
+    command = [find_compiler(), "-O3", "-march=native", "-ffp-contract=fast", "-pthread",
+               str(HERE / "peak.c"), "-o", str(binary)]
+    built = subprocess.run(command, capture_output=True, text=True)
+    if built.returncode != 0:
+        return {"error": f"compiling peak.c failed: {built.stderr[-500:]}"}
+    peak = {"command": " ".join(["cc"] + command[1:-3] + ["benchmarks/peak.c"])}
+    for threads in settings.threads:
+        runs = []
+        for _ in range(settings.peak_runs):
+            out = subprocess.run([str(binary), str(threads), str(settings.peak_seconds)], capture_output=True,
+                                 text=True, timeout=120)
+            runs.append(float(out.stdout.split()[1]))
+        peak[str(threads)] = max(runs)
+    return peak
+
+
+def machine_info() -> dict:
+    from cnncc.build import _compiler_identity, find_compiler
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        compiler = _compiler_identity(find_compiler()).splitlines()[0]
+    except Exception as exc:  # noqa: BLE001  (informational only)
+        compiler = f"unknown ({exc})"
+    versions = {}
+    for package in ("numpy", "cffi", "torch"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"cpu": model, "cpus": os.cpu_count(), "platform": platform.platform(), "compiler": compiler,
+            "python": platform.python_version(), **versions,
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+            "load_average_before": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def bench_spec(name: str, settings: Settings, build_dir: Path, use_torch: bool, use_emit: bool) -> dict:
+    import cnncc
+
+    path = spec_path(name)
+    report = cnncc.check(path)
+    totals = report.totals
+    trains = report.spec.loss is not None
+    out = {"spec": report.spec.name, "path": path, "macs": totals["macs"], "backward_macs": totals["backward_macs"],
+           "flop_per_image": 2 * (totals["macs"] + (totals["backward_macs"] if trains else 0)),
+           "optimizer": report.spec.optimizer.type, "loss": report.spec.loss}
+    common = {"spec": path, "build_dir": str(build_dir)}
+    if use_torch:
+        log(f"  {out['spec']}: cross-check against torch")
+        check = child({**common, "task": "check", "batch": CHECK_BATCH})
+        failures = []
+        if "error" not in check:
+            if check["forward_rel"] > FORWARD_TOLERANCE:
+                failures.append(f"forward differs by {check['forward_rel']:.2e} > {FORWARD_TOLERANCE:g}")
+            if check.get("grad_rel", 0.0) > GRADIENT_TOLERANCE or check.get("loss_rel", 0.0) > FORWARD_TOLERANCE:
+                failures.append(f"loss/gradients differ by {check.get('loss_rel'):.2e}/{check.get('grad_rel'):.2e}")
+        else:
+            failures.append(check["error"])
+        check["ok"] = not failures
+        check["failures"] = failures
+        out["check"] = check
+        use_torch = check["ok"]  # no side-by-side figures unless the two compute the same thing
+    out["train"] = []
+    if trains:
+        for threads in settings.threads:
+            row = {"threads": threads}
+            for framework in ("cnncc", "torch") if use_torch else ("cnncc",):
+                log(f"  {out['spec']}: training, {framework}, {threads} thread(s)")
+                row[framework] = child({**common, "task": "train", "framework": framework, "batch": settings.batch,
+                                        "repeats": settings.repeats, "repeat_seconds": settings.repeat_seconds,
+                                        "warmup_seconds": settings.warmup_seconds}, threads)
+            out["train"].append(row)
+    out["latency"] = []
+    for threads in settings.threads:
+        row = {"threads": threads}
+        for framework in ("cnncc", "torch") if use_torch else ("cnncc",):
+            log(f"  {out['spec']}: batch-1 latency, {framework}, {threads} thread(s)")
+            row[framework] = child({**common, "task": "latency", "framework": framework,
+                                    "seconds": settings.latency_seconds, "warmup_calls": settings.latency_calls[0],
+                                    "min_calls": settings.latency_calls[1]}, threads)
+        if use_emit and threads == settings.threads[0]:
+            log(f"  {out['spec']}: batch-1 latency, emitted C")
+            row["emitted_c"] = child({**common, "task": "emitted", "seconds": settings.latency_seconds,
+                                      "min_calls": settings.latency_calls[1]}, threads)
+        out["latency"].append(row)
+    log(f"  {out['spec']}: compile time")
+    cold, cached = [], []
+    for _ in range(settings.compile_repeats):
+        fresh = Path(tempfile.mkdtemp(prefix="cold-", dir=build_dir))
+        cold.append(child({"task": "compile", "spec": path, "build_dir": str(fresh)}))
+        cached.append(child({"task": "compile", "spec": path, "build_dir": str(fresh)}))
+    out["compile"] = {"cold": cold, "cached": cached}
+    return out
+
+
+def summarise(results: list[dict]) -> None:
+    """Derived figures, in place: ratios, GFLOP/s, medians of the compile runs."""
+    for spec in results:
+        for row in spec["train"]:
+            for framework in ("cnncc", "torch"):
+                figure = row.get(framework)
+                if figure and "images_per_s" in figure:
+                    figure["gflops"] = figure["images_per_s"] * spec["flop_per_image"] / 1e9
+            c, t = row.get("cnncc", {}), row.get("torch", {})
+            row["ratio"] = (c["images_per_s"] / t["images_per_s"]
+                            if "images_per_s" in c and "images_per_s" in t else None)
+        for row in spec["latency"]:
+            c, t = row.get("cnncc", {}), row.get("torch", {})
+            row["speedup"] = t["median_us"] / c["median_us"] if "median_us" in c and "median_us" in t else None
+        compile_ = spec["compile"]
+        for kind in ("cold", "cached"):
+            times = [run["compile_s"] for run in compile_[kind] if "compile_s" in run]
+            compile_[f"{kind}_median_s"] = statistics.median(times) if times else None
+        same = [run["same_process_s"] for run in compile_["cached"] if "same_process_s" in run]
+        imports = [run["import_s"] for run in compile_["cached"] if "import_s" in run]
+        compile_["same_process_median_s"] = statistics.median(same) if same else None
+        compile_["import_median_s"] = statistics.median(imports) if imports else None
+
+
+def errors_in(value) -> list[str]:
+    if isinstance(value, dict):
+        found = [value["error"]] if "error" in value else []
+        return found + [e for v in value.values() for e in errors_in(v)]
+    if isinstance(value, list):
+        return [e for v in value for e in errors_in(v)]
+    return []
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="cnncc vs PyTorch, side by side (see the module docstring).")
+    parser.add_argument("--specs", default=",".join(DEFAULT_SPECS),
+                        help="comma-separated spec names (specs/NAME.yaml) or paths (default: %(default)s)")
+    parser.add_argument("--threads", default=None, help="comma-separated thread counts (default 1,2; --quick: 1)")
+    parser.add_argument("--batch", type=int, default=None, help="training batch size (default 64; --quick: 4)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats, medians reported (default 5)")
+    parser.add_argument("--repeat-seconds", type=float, default=0.75, help="length of one repeat (default 0.75 s)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny batch, one step per repeat")
+    parser.add_argument("--no-torch", action="store_true", help="cnncc columns only, even if torch is installed")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the tables")
+    parser.add_argument("--output", default=None, help="also write the JSON to this file")
+    args = parser.parse_args(argv)
+    if (args.batch is not None and args.batch < 1) or (args.repeats is not None and args.repeats < 1):
+        parser.error("--batch and --repeats must be positive")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    settings = Settings(args)
+    use_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    use_emit = importlib.util.find_spec("cnncc.emit") is not None
+    started = datetime.datetime.now(datetime.timezone.utc)
+    work = Path(tempfile.mkdtemp(prefix="cnncc-bench-"))
+    try:
+        log(f"cnncc bench: machine peak ({', '.join(map(str, settings.threads))} thread(s))")
+        result = {"command": " ".join(["python", "benchmarks/bench.py"] + (sys.argv[1:] if argv is None else argv)),
+                  "date": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
+                  "settings": settings.as_dict(), "torch": use_torch, "emitted_c": use_emit,
+                  "peak_gflops": measure_peak(work, settings), "specs": []}
+        clock = time.perf_counter()
+        for name in args.specs.split(","):
+            log(f"cnncc bench: {name}")
+            result["specs"].append(bench_spec(name.strip(), settings, work / "build", use_torch, use_emit))
+        summarise(result["specs"])
+        result["seconds"] = time.perf_counter() - clock
+        result["machine"]["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        result["targets"] = tables.targets(result)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text = json.dumps(result, indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    print(text if args.json else tables.render(result))
+    failures = list(dict.fromkeys(errors_in(result["specs"]) + [
+        f for spec in result["specs"] for f in spec.get("check", {}).get("failures", [])]))
+    for failure in failures:
+        log(f"cnncc bench: error: {failure}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Run one spec's generated C under AddressSanitizer and UndefinedBehaviorSanitizer.
+
+    LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
+        python tests/sanitize_run.py SPEC BUILD_DIR [--budget MACS]
+
+Compiles SPEC with the sanitizers (any error aborts the process: -fno-sanitize-recover),
+then at batch sizes 1, 7 and 64 runs inference (in one call and in chunks), the loss, the
+gradients and several optimizer steps. Sanitized code runs about 50x slower than -O3, so a
+budget of multiply-accumulates bounds the work: a batch size that does not fit runs fewer
+steps, or is skipped (batch 1 always runs). Prints one line per batch size, then "ok".
+With --canary it instead overflows an activation buffer on purpose, which must abort: the
+proof that the preload and the flags really instrument the code. Used by
+tests/test_sanitizers.py; a failure is an exit status other than 0.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cnncc  # noqa: E402
+
+SANITIZE = ("-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all")
+BATCHES = (1, 7, 64)
+STEPS = 3
+
+
+def targets(model, batch: int, rng) -> np.ndarray:
+    loss = model.program.loss
+    if loss.takes_labels:
+        return rng.integers(0, loss.classes, batch)
+    return rng.uniform(0, 1, (batch,) + tuple(model.output_shape))
+
+
+def finite(name: str, value) -> None:
+    if not np.isfinite(value).all():
+        raise SystemExit(f"{name} is not finite")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("spec")
+    parser.add_argument("build_dir")
+    parser.add_argument("--budget", type=float, default=1e9, help="multiply-accumulates to spend")
+    parser.add_argument("--canary", action="store_true",
+                        help="overflow a buffer on purpose: proves the sanitizers are live (must abort)")
+    args = parser.parse_args()
+
+    report = cnncc.check(args.spec)
+    forward_macs = max(report.totals["macs"], 1)
+    step_macs = forward_macs + report.totals["backward_macs"]
+    model = cnncc.compile(args.spec, build_dir=args.build_dir, cflags=SANITIZE).init(1)
+    rng = np.random.default_rng(0)
+    if args.canary:  # the C forward of 2 samples into an activation buffer of 1 element
+        model._ensure_capacity(2, training=False)
+        small = np.zeros(1, model.dtype)
+        model._context.activations = model._ptr(small)
+        x = np.zeros((2,) + tuple(model.input_shape), model.dtype)
+        getattr(model._lib, f"{model.program.name}_forward")(model._context, model._ptr(x), 2, 0, 0)
+        print("the canary overflow went unnoticed")
+        return 0
+    budget = args.budget
+    for batch in BATCHES:
+        trains = model.program.loss is not None
+        full = batch * (2 * forward_macs + (STEPS + 1) * step_macs * trains)
+        least = batch * (forward_macs + 2 * step_macs * trains)
+        if full <= budget:
+            steps = STEPS
+        elif least <= budget or batch == BATCHES[0]:
+            steps = 1
+        else:
+            print(f"batch {batch}: skipped (needs {least:.3g} MACs, {budget:.3g} left)")
+            continue
+        x = rng.normal(size=(batch,) + tuple(model.input_shape))
+        out = model.forward(x)
+        finite("output", out)
+        done = ["forward"]
+        if steps == STEPS:
+            chunked = model.forward(x, batch_size=max(1, batch // 3))
+            if not np.allclose(chunked, out, rtol=1e-4, atol=1e-5):
+                raise SystemExit("chunked inference differs")
+            done.append("chunked forward")
+        if trains:
+            y = targets(model, batch, rng)
+            if steps == STEPS:
+                finite("inference loss", model.loss(x, y, training=False))
+                done.append("loss")
+            loss, grads = model.gradients(x, y, seed=batch)
+            finite("loss", loss)
+            for key, grad in grads.items():
+                finite(f"gradient of {key}", grad)
+            for _ in range(steps):
+                finite("training loss", model.train_step(x, y))
+            finite("parameters", model._params)
+            done.append(f"gradients, {steps} step{'s' if steps > 1 else ''}")
+        budget -= full if steps == STEPS else least
+        print(f"batch {batch}: {', '.join(done)}")
+    print("ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
