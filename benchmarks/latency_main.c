@@ -39,6 +39,14 @@ static int by_value(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* count elements on a 64-byte boundary (a cache line; numpy's buffers are at least this aligned
+   in practice for large arrays), or NULL. */
+static real *aligned(size_t count)
+{
+    void *memory = NULL;
+    return posix_memalign(&memory, 64, sizeof(real) * count) == 0 ? memory : NULL;
+}
+
 /* A deterministic value in [-scale, scale) (xorshift64). */
 static double pseudo_random(unsigned long long *state, double scale)
 {
@@ -56,9 +64,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: latency SECONDS [MIN_CALLS]\n");
         return 2;
     }
-    real *params = malloc(sizeof(real) * (SIZE(_NUM_PARAMS) + 1));
-    real *arena = malloc(sizeof(real) * SIZE(_ARENA_SIZE));
-    real *input = malloc(sizeof(real) * SIZE(_INPUT_SIZE) * SIZE(_BATCH));
+    real *params = aligned(SIZE(_NUM_PARAMS) + 1);
+    real *arena = aligned(SIZE(_ARENA_SIZE));
+    real *input = aligned((size_t)SIZE(_INPUT_SIZE) * SIZE(_BATCH));
     if (!params || !arena || !input) {
         fprintf(stderr, "latency: out of memory\n");
         return 1;

@@ -48,9 +48,10 @@ def c_expr(value) -> str:
 
 
 def c_comment(value) -> str:
-    """Text inside a /* */ comment: nothing that could close it or start a directive."""
+    """Text inside a /* */ comment: nothing that could close it, splice a line (a backslash,
+    or the trigraph ??/ that -std=c99 turns into one) or start a directive."""
     text = str(value)
-    if "*/" in text or "/*" in text or "\n" in text or "\\" in text:
+    if "*/" in text or "/*" in text or "\\" in text or "??" in text or any(ord(ch) < 32 for ch in text):
         raise ValueError(f"unsafe text for a C comment: {value!r}")
     return text
 

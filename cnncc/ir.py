@@ -36,7 +36,7 @@ class Tensor:
 
     @property
     def macro(self) -> str:
-        return "A_" + self.name.upper()
+        return MACRO_PREFIXES[0] + self.name.upper()
 
     @property
     def chw(self) -> tuple[int, int, int]:
@@ -183,15 +183,29 @@ class Program:
         return sum(self.buffer_elements(batch, training).values()) * self.itemsize
 
 
-class _Names:
-    """Unique C identifier fragments; unique ignoring case, because macros are upper-cased."""
+# The model header's public macros are <MODEL>_<suffix> (templates/model.h.j2, emit's
+# inference header); a tensor macro A_<NAME> or workspace macro WS_<NAME> must never equal one.
+PUBLIC_MACRO_SUFFIXES = ("H", "NUM_PARAMS", "NUM_TRAINABLE", "INPUT_SIZE", "OUTPUT_SIZE",
+                         "ACTIVATIONS_PER_SAMPLE", "WORKSPACE_SIZE", "OPTIMIZER_STATE_SIZE", "BATCH",
+                         "ARENA_SIZE", "NUM_OPS")
+MACRO_PREFIXES = ("A_", "WS_")  # per-op macros in NAME.c; no kernel enum constant starts with these
 
-    def __init__(self):
+
+class _Names:
+    """Unique C identifier fragments for ops and their tensors: unique ignoring case (macros are
+    upper-cased), and never producing a per-op macro equal to one of the model's public macros."""
+
+    def __init__(self, model: str):
         self.used: set[str] = {"input"}
+        self.reserved = {f"{model.upper()}_{suffix}" for suffix in PUBLIC_MACRO_SUFFIXES}
+
+    def _free(self, name: str) -> bool:
+        return name.lower() not in self.used and not any(
+            prefix + name.upper() in self.reserved for prefix in MACRO_PREFIXES)
 
     def take(self, wanted: str) -> str:
         name, k = wanted, 1
-        while name.lower() in self.used:
+        while not self._free(name):
             k += 1
             name = f"{wanted}_{k}"
         self.used.add(name.lower())
@@ -200,7 +214,7 @@ class _Names:
 
 def lower(net: CheckedNet) -> Program:
     spec = net.spec
-    names = _Names()
+    names = _Names(spec.name)
     network_input = Tensor("input", spec.input_shape, -1)
     outputs: dict[str, Tensor] = {"input": network_input}
     ops: list[Op] = []

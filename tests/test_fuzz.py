@@ -1,17 +1,19 @@
 """Property-based fuzzing of the front end and of the whole pipeline.
 
 1. Anything at all (text, bytes, nested Python structures made of the spec's own key and
-   value vocabulary mixed with junk, and the same structures as YAML) given to `load_spec`
-   and `check` ends in a `Report` or a `SpecError`, never in another exception, and fast.
+   value vocabulary mixed with junk, valid networks with one to three things broken, and
+   all of these as YAML) given to `load_spec` and `check` ends in a `Report` or a
+   `SpecError` with a printable message, never in another exception, and fast.
 2. Random valid networks (sequential and DAG, 2-D and 1-D, every layer kind) built with an
    independent model of the shape rules: `check` accepts every one and agrees with that
    model on every layer's output shape; a handful are compiled and run, and their output has
-   the reported shape and is finite.
+   the reported shape and is finite, as is the loss of a training step.
 
 Every property runs derandomized without an example database, so CI is deterministic.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -77,8 +79,6 @@ spec_like = st.fixed_dictionaries(
                                                                      "nesterov": scalars}), trees),
               "training": st.one_of(st.dictionaries(st.sampled_from(sorted(TRAINING_FIELDS)), scalars), trees),
               "junk": trees})
-# From Python a spec is a dict (anything else is a TypeError, a programming error); as YAML, anything.
-structures = st.one_of(spec_like, st.dictionaries(st.one_of(keys, st.integers()), trees, max_size=6))
 
 
 def outcome(source):
@@ -116,16 +116,16 @@ def test_any_bytes_are_a_report_or_a_spec_error(data):
     outcome(data)
 
 
-@settings(max_examples=400, deadline=FAST, **DETERMINISTIC)
-@given(structures)
-def test_any_structure_is_a_report_or_a_spec_error(tree):
-    outcome(tree)
-
-
-@settings(max_examples=200, deadline=FAST, **DETERMINISTIC)
-@given(st.one_of(structures, trees))
-def test_any_structure_as_yaml_is_a_report_or_a_spec_error(tree):
-    outcome(yaml.safe_dump(tree, allow_unicode=True))
+@pytest.mark.xfail(strict=True, raises=OverflowError,
+                   reason="reported: fields.number() calls float() on an int past the double range, so "
+                          "`lr: 1000...0` (400 digits) raises OverflowError, which the CLI does not catch; once "
+                          "fixed, add 10 ** 400 to SPECIAL_INTS")
+@pytest.mark.parametrize("value", [10 ** 400, -(10 ** 400)])
+def test_an_integer_past_the_double_range_in_a_number_field_is_a_spec_error(value):
+    spec = {"name": "x", "input": {"channels": 1, "length": 4}, "layers": [{"type": "relu"}],
+            "optimizer": {"type": "adam", "lr": value}}
+    with pytest.raises(cnncc.SpecError):
+        cnncc.check(spec)
 
 
 HOSTILE = {
@@ -275,6 +275,56 @@ def valid_specs(draw):
             {"type": "adam", "lr": 0.001}, {"type": "sgd", "lr": 0.01},
             {"type": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 0.001}]))
     return spec, shapes
+
+
+# ---- 3. near misses, and any structure -------------------------------------------------
+def _paths(node, prefix=()):
+    """Every place in a nested spec: (path, container) pairs, the root included."""
+    yield prefix
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        yield from _paths(value, prefix + (key,))
+
+
+@st.composite
+def mutated_specs(draw):
+    """A valid network with one to three things broken: a value replaced by junk or a near miss,
+    a key dropped or added. These get past the front door and exercise the checker."""
+    spec = copy.deepcopy(draw(valid_specs())[0])
+    for _ in range(draw(st.integers(1, 3))):
+        places = list(_paths(spec))[1:]
+        places.sort(key=lambda path: (path[0] != "layers", -len(path)))  # layer fields first: they matter most
+        path = draw(st.sampled_from(places))
+        parent = spec
+        for key in path[:-1]:
+            parent = parent[key]
+        action = draw(st.sampled_from(["replace", "replace", "near", "drop", "add"]))
+        if action == "drop":
+            del parent[path[-1]]
+        elif action == "add" and isinstance(parent, dict):
+            parent[draw(keys)] = draw(scalars)
+        elif action == "near" and isinstance(parent[path[-1]], int) and not isinstance(parent[path[-1]], bool):
+            parent[path[-1]] += draw(st.sampled_from([-2, -1, 1, 7, 1 << 20, 1 << 31]))
+        else:
+            parent[path[-1]] = draw(st.one_of(scalars, trees, st.sampled_from(sorted(REGISTRY))))
+    return spec
+
+
+# From Python a spec is a dict (anything else is a TypeError, a programming error); as YAML, anything.
+structures = st.one_of(spec_like, mutated_specs(),
+                       st.dictionaries(st.one_of(keys, st.integers()), trees, max_size=6))
+
+
+@settings(max_examples=400, deadline=FAST, **DETERMINISTIC)
+@given(structures)
+def test_any_structure_is_a_report_or_a_spec_error(tree):
+    outcome(tree)
+
+
+@settings(max_examples=200, deadline=FAST, **DETERMINISTIC)
+@given(st.one_of(structures, trees))
+def test_any_structure_as_yaml_is_a_report_or_a_spec_error(tree):
+    outcome(yaml.safe_dump(tree, allow_unicode=True))
 
 
 @settings(max_examples=250, deadline=FAST, **DETERMINISTIC)

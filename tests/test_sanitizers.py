@@ -165,8 +165,5 @@ def test_the_sanitizers_are_live(runs):
     assert "zoo_signal_forward" in result.stderr or "zoo_signal.c" in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="reported: a layer named like a size macro (model 'a', layer "
-                                       "'num_trainable' -> A_NUM_TRAINABLE) redefines it; the optimizer "
-                                       "then overflows the parameter buffers")
 def test_layer_names_cannot_redefine_the_models_macros(runs):
     _clean(runs["collision"])
