@@ -147,6 +147,9 @@ def _read(source) -> tuple[Node, str]:
                 data = handle.read(_source_limit() + 1)
         except OSError as exc:
             raise SpecError([Diagnostic(f"cannot read spec: {exc.strerror}")], path) from None
+        except ValueError:  # a NUL byte or an unencodable character in the path itself
+            raise SpecError([Diagnostic("cannot read spec: the path contains a NUL byte or an "
+                                        "unencodable character")], repr(path)) from None
         return parse_text(data), path
     if isinstance(source, (str, bytes)):
         return parse_text(source), "<string>"
