@@ -65,13 +65,37 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def read(path) -> tuple[dict, dict[str, np.ndarray]]:
-    """(metadata, arrays) of a weights file, or CheckpointError saying what is wrong."""
+def _check_declared_sizes(path, max_elements: int) -> None:
+    """Refuse arrays larger than the model could hold before reading them, so a small file
+    declaring a huge array (or a zip bomb) fails cleanly instead of exhausting memory."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.file_size > 128 + max_elements * 8:
+                raise CheckpointError(f"{path}: member '{info.filename}' expands to {info.file_size:,} bytes, "
+                                      "more than this model's parameters could need")
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, _ = read_header(member, max_header_size=1 << 16)
+            elements = int(np.prod(shape, dtype=object)) if shape else 1
+            if elements > max_elements:
+                raise CheckpointError(f"{path}: array '{info.filename[:-4]}' declares {elements:,} elements, "
+                                      f"more than a model of this size could hold")
+
+
+def read(path, max_elements: int | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """(metadata, arrays) of a weights file, or CheckpointError saying what is wrong.
+    With max_elements, arrays declaring more elements are refused before any is read."""
     try:
+        if max_elements is not None:
+            _check_declared_sizes(path, max_elements)
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such weights file") from None
+    except CheckpointError:
+        raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
         raise CheckpointError(f"{path}: not a readable weights file (corrupt or truncated?): {exc}") from None
     if META_KEY not in arrays:
@@ -87,7 +111,10 @@ def read(path) -> tuple[dict, dict[str, np.ndarray]]:
 
 def load(model, path) -> int | None:
     """Validate the whole file, then copy it into the model; returns the saved epoch."""
-    meta, arrays = read(path)
+    # Generous (a file from another spec should reach the clearer fingerprint error below),
+    # but bounded by this model's size, so a forged header cannot exhaust memory.
+    largest = max([array.size for array in model.params.values()] + [model._optimizer_state.size])
+    meta, arrays = read(path, max_elements=16 * largest + (1 << 20))
     if meta.get("fingerprint") != model.spec.fingerprint():
         raise CheckpointError(
             f"{path}: saved from spec '{meta.get('spec')}' (fingerprint {meta.get('fingerprint')}), "

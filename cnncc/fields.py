@@ -123,7 +123,10 @@ def number(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -
     def parse(value):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise FieldError(f"must be a number in {interval}, got {_type_name(value)}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer past the double range
+            raise FieldError(f"must be a number in {interval}, got an integer too large for one") from None
         if not math.isfinite(value) or value < lo or value > hi or (lo_open and value == lo) \
                 or (hi_open and value == hi):
             raise FieldError(f"must be a number in {interval}, got {value:g}")
