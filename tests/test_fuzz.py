@@ -254,6 +254,10 @@ def valid_specs(draw):
     spec = {"name": f"fz_{draw(st.from_regex(r'[a-z0-9_]{0,8}', fullmatch=True))}", "input": spec_input,
             "dtype": draw(st.sampled_from(["float32", "float64"])), "layers": layers}
     head = draw(st.sampled_from(["none", "softmax_cross_entropy", "mse", "binary_cross_entropy"]))
+    if head in ("mse", "binary_cross_entropy") and all(l["type"] in ("linear", "flatten") for l in layers):
+        # Only views of the input so far: a loss needs a network that computes something.
+        layers.append({"type": "tanh"})
+        shapes.append(current)
     if head == "softmax_cross_entropy":
         if len(current) > 1:
             kind = draw(st.sampled_from(["flatten", "global_avgpool"]))
