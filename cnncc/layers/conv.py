@@ -54,8 +54,6 @@ class Conv2d(LayerKind):
         if self.filters % self.groups:
             raise ShapeError(f"groups {self.groups} does not divide filters {self.filters}", "groups")
         ekh, ekw = effective_kernel(kh, dh), effective_kernel(kw, dw)
-        if self.padding == "same" and (max(pad_h) >= ekh or max(pad_w) >= ekw):
-            raise ShapeError(f"'same' would need padding larger than the kernel span {ekh}x{ekw}", "padding")
         if ekh > h + sum(pad_h) or ekw > w + sum(pad_w):
             raise ShapeError(
                 f"kernel {self._kernel_text(ekh, ekw)} is larger than its padded input "
