@@ -51,3 +51,13 @@ def test_op_names_steer_clear_of_public_macros(model, layer):
     sources = codegen.render(program)
     defined = re.findall(r"^#define\s+(\w+)", sources.header + sources.source, re.MULTILINE)
     assert len(defined) == len(set(defined))
+
+
+def test_a_missing_compiler_is_a_clear_error(monkeypatch, tmp_path):
+    from cnncc import build
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no gcc, cc or clang
+    monkeypatch.delenv("CC", raising=False)
+    with pytest.raises(build.BuildError, match=r"no C compiler found.*apt-get install gcc"):
+        cnncc.compile(ROOT / "specs" / "lenet5.yaml", build_dir=tmp_path / "build")
+    assert not (tmp_path / "build").exists()
