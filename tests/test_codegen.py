@@ -61,3 +61,15 @@ def test_a_missing_compiler_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(build.BuildError, match=r"no C compiler found.*apt-get install gcc"):
         cnncc.compile(ROOT / "specs" / "lenet5.yaml", build_dir=tmp_path / "build")
     assert not (tmp_path / "build").exists()
+
+
+def test_readme_spec_reference_is_the_generated_one():
+    """The README embeds `cnncc layers` verbatim: a new field or kind without docs fails here."""
+    from cnncc.reference import spec_reference_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- spec-reference:start")
+    body = readme[readme.index("\n", start) + 1: readme.index("<!-- spec-reference:end -->")]
+    assert body == spec_reference_markdown()
+    for kind in REGISTRY:
+        assert f"`{kind}`" in body
