@@ -79,7 +79,7 @@ def check_net(spec: Spec) -> CheckedNet:
     diagnostics: list[Diagnostic] = []
     shapes: dict[str, Shape] = {"input": spec.input_shape}
     fields: dict[str, ReceptiveField] = {"input": ReceptiveField((1, 1), (1, 1))}
-    image = _image_extent(spec.input_shape)
+    image = image_extent(spec.input_shape)
     order = {layer.name: layer.index for layer in spec.layers}
     checked: list[CheckedLayer] = []
     failed: set[str] = set()
@@ -157,7 +157,8 @@ def check_net(spec: Spec) -> CheckedNet:
     return CheckedNet(spec, tuple(checked))
 
 
-def _image_extent(shape: Shape) -> tuple[int, int]:
+def image_extent(shape: Shape) -> tuple[int, int]:
+    """The (height, width) a receptive field is measured in: 1 x L for signals, 1 x 1 for flat."""
     if len(shape) == 3:
         return (shape[1], shape[2])
     if len(shape) == 2:

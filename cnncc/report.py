@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .check import CheckedNet, check_net
+from .check import CheckedNet, check_net, image_extent
 from .ir import Program, lower
 from .layers import format_shape
 from .memplan import deployment_figures
@@ -129,9 +129,7 @@ def _rf_text(rf: tuple[int, int], input_shape) -> str:
 def build_report(net: CheckedNet, program: Program, batch: int | None = None) -> Report:
     deploy_batch = batch or 1  # an explicit --batch applies to both; inference defaults to 1, as emit does
     batch = batch or net.spec.training["batch_size"]
-    image = net.input_shape[1:] if len(net.input_shape) == 3 else (1,) + net.input_shape[1:]
-    if len(net.input_shape) == 1:
-        image = (1, 1)
+    image = image_extent(net.input_shape)
     main_op = {}
     for op in program.ops:
         main_op.setdefault(op.layer, op)

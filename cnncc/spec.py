@@ -16,7 +16,7 @@ from typing import Any
 from . import fields as F
 from .errors import Diagnostic, FieldError, Loc, SpecError, did_you_mean
 from .layers import REGISTRY, LayerKind
-from .source import Map, Node, Scalar, Seq, SourceError, from_python, parse_text
+from .source import MAX_SPEC_BYTES, Map, Node, Scalar, Seq, SourceError, from_python, parse_text
 
 LOSSES = ("softmax_cross_entropy", "mse", "binary_cross_entropy")
 RESERVED_NAMES = ("input",)
@@ -144,7 +144,7 @@ def _read(source) -> tuple[Node, str]:
         path = str(source)
         try:
             with open(path, "rb") as handle:
-                data = handle.read(_source_limit() + 1)
+                data = handle.read(MAX_SPEC_BYTES + 1)  # one more byte: enough to tell it is too big
         except OSError as exc:
             raise SpecError([Diagnostic(f"cannot read spec: {exc.strerror}")], path) from None
         except ValueError:  # a NUL byte or an unencodable character in the path itself
@@ -154,11 +154,6 @@ def _read(source) -> tuple[Node, str]:
     if isinstance(source, (str, bytes)):
         return parse_text(source), "<string>"
     raise TypeError(f"load_spec takes a path, YAML text, a dict or a Spec, not {type(source).__name__}")
-
-
-def _source_limit() -> int:
-    from .source import MAX_SPEC_BYTES
-    return MAX_SPEC_BYTES
 
 
 def load_spec(source) -> Spec:
