@@ -164,7 +164,7 @@ def task_emitted(t: dict) -> dict:
     words = ran.stdout.split()
     values = dict(zip(words[::2], words[1::2]))
     return {"median_us": float(values["median_us"]), "p10_us": float(values["p10_us"]),
-            "p90_us": float(values["p90_us"]), "calls": int(values["calls"]), "flags": command[1:4]}
+            "p90_us": float(values["p90_us"]), "calls": int(values["calls"]), "flags": command[1:2 + len(DEFAULT_CFLAGS)]}
 
 
 def task_compile(t: dict) -> dict:

@@ -80,6 +80,7 @@ class Op:
     workspace_size: int
     input_grads: tuple[bool, ...]  # False where the input is the network input (no dX needed)
     param_count: int = 0
+    forward_scratch: int = 0  # leading elements of the workspace an inference forward uses, within the call
 
     @property
     def grad_inputs(self) -> tuple[Tensor, ...]:
@@ -238,7 +239,8 @@ def lower(net: CheckedNet) -> Program:
         op = Op(name, layer.name, kind, REGISTRY[kind].template, layer.spec.loc.line if layer.spec.loc else None,
                 tuple(inputs), output, layer_params, kind_obj.kernel_consts(in_shapes, out_shape),
                 workspace, ws, tuple(not t.is_input for t in inputs),
-                sum(p.size for p in layer_params.values() if p.trainable))
+                sum(p.size for p in layer_params.values() if p.trainable),
+                kind_obj.forward_scratch(in_shapes, out_shape))
         workspace += ws
         ops.append(op)
         return output

@@ -75,7 +75,13 @@ def plan(program: Program) -> MemoryPlan:
     spans = lifetimes(program)
     offsets = first_fit(spans)
     total = max((offsets[t.name] + t.size for t in spans), default=0)
-    return MemoryPlan(spans, offsets, total, program.activation_size, program.workspace_size)
+    return MemoryPlan(spans, offsets, total, program.activation_size, inference_scratch(program))
+
+
+def inference_scratch(program: Program) -> int:
+    """Inference keeps nothing between ops (batchnorm saves statistics only when training), so
+    every op's forward scratch shares one region at the start of the workspace."""
+    return max((op.forward_scratch for op in program.ops), default=0)
 
 
 def inference_program(program: Program, memory: MemoryPlan, batch: int, weights: bool) -> Program:
@@ -84,11 +90,12 @@ def inference_program(program: Program, memory: MemoryPlan, batch: int, weights:
     def moved(t: Tensor) -> Tensor:
         return t if t.is_input else replace(t, offset=memory.offsets[t.name])
 
-    ops = tuple(replace(op, inputs=tuple(moved(t) for t in op.inputs), output=moved(op.output))
+    ops = tuple(replace(op, inputs=tuple(moved(t) for t in op.inputs), output=moved(op.output),
+                        workspace_offset=0)
                 for op in program.ops)
     deployment = Deployment(inference_only=True, weights=weights, batch=batch,
                             arena_size=max(1, memory.arena_size(batch)))
-    return replace(program, ops=ops, output=moved(program.output), loss=None,
+    return replace(program, ops=ops, output=moved(program.output), loss=None, workspace_size=memory.workspace,
                    activation_size=memory.activations_per_sample,
                    layer_outputs={k: moved(t) for k, t in program.layer_outputs.items()},
                    deployment=deployment)

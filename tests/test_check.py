@@ -294,6 +294,15 @@ def lenet_with(optimizer: dict) -> dict:
     return spec
 
 
+def workspace_bytes(program):
+    """Scratch of every op (batchnorm's saved statistics, the conv kernels' padded planes and patch
+    matrices), each at its own offset of the one workspace buffer."""
+    offsets = [(op.workspace_offset, op.workspace_size) for op in program.ops if op.workspace_size]
+    assert all(a[0] + a[1] <= b[0] for a, b in zip(offsets, offsets[1:]))  # no overlap
+    assert program.workspace_size == sum(size for _, size in offsets)
+    return program.workspace_size * program.itemsize
+
+
 @pytest.mark.parametrize("optimizer, state_per_weight", [
     ({"type": "adam", "lr": 0.001}, 2),
     ({"type": "sgd", "lr": 0.1, "momentum": 0.9}, 1),
@@ -313,7 +322,7 @@ def test_training_bytes(optimizer, state_per_weight):
                 + state_per_weight * t["trainable_params"] * item  # optimizer state
                 + t["activation_bytes"] * batch  # activations
                 + t["activation_bytes"] * batch  # their gradients
-                + 0)  # workspace: none in LeNet
+                + workspace_bytes(report.program))  # the conv kernels' scratch
     assert t["training_bytes"] == expected
     assert f"{expected:,} bytes" in report.to_text()
 
@@ -321,9 +330,12 @@ def test_training_bytes(optimizer, state_per_weight):
 def test_training_bytes_workspace_and_float64():
     spec = spec_dict(SPECS / "resnet_small.yaml")
     spec["dtype"] = "float64"
-    t = check(spec).totals
+    report = check(spec)
+    t = report.totals
     item = 8
-    workspace = sum(2 * 16 for _ in range(3)) * item  # batchnorm keeps mean and 1/std per channel
+    batchnorms = [op for op in report.program.ops if op.kind == "batchnorm"]
+    assert len(batchnorms) == 3 and all(op.workspace_size == 2 * 16 for op in batchnorms)  # mean, 1/std
+    workspace = workspace_bytes(report.program)
     assert t["param_bytes"] == t["params"] * item
     expected = 2 * t["param_bytes"] + 2 * t["trainable_params"] * item + 2 * t["activation_bytes"] * t["batch"] \
         + workspace

@@ -82,7 +82,13 @@ class Case:
     dirs: dict
 
 
-def check_outputs(case: Case, directory: Path, runner=(), rtol=1e-6) -> subprocess.CompletedProcess:
+# The emitted programs are built by `make` without -march, the Python module with -march=native:
+# another vector width (and FMA or not) sums in another order, so float32 outputs agree to the
+# network's float32 rounding (scaled by the largest output), not bit for bit.
+FLOAT32_RTOL = 1e-5
+
+
+def check_outputs(case: Case, directory: Path, runner=(), rtol=FLOAT32_RTOL) -> subprocess.CompletedProcess:
     result = _run([*runner, directory / "main", case.inputs])
     expected = case.expected.reshape(len(case.expected), -1)
     got, classes = parse_output(result.stdout, expected.shape[1], expected.dtype)
@@ -286,8 +292,10 @@ int main(int argc, char **argv)
           full / "lenet5.o", full / "lenet5_weights.o", inference / "mnist_seed.o", inference / "mnist_seed_weights.o",
           "-lm"])
     lines = _run([binary, tmp_path / "a.bin", tmp_path / "b.bin"]).stdout.splitlines()
-    np.testing.assert_allclose(np.array(lines[0].split(), np.float32), lenet.expected[0], rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(np.array(lines[1].split(), np.float32), seed.expected[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.array(lines[0].split(), np.float32), lenet.expected[0], rtol=FLOAT32_RTOL,
+                               atol=FLOAT32_RTOL * np.abs(lenet.expected[0]).max())
+    np.testing.assert_allclose(np.array(lines[1].split(), np.float32), seed.expected[0], rtol=FLOAT32_RTOL,
+                               atol=FLOAT32_RTOL * np.abs(seed.expected[0]).max())
 
 
 TINY = """\
@@ -443,7 +451,7 @@ def test_arena_under_address_sanitizer(cases, tmp_path):
 
 def test_the_arena_is_exactly_what_the_model_touches(cases, tmp_path):
     """One element less and AddressSanitizer reports an overflow of the static arena: the
-    computed size is the measured peak (LeNet-5 has no workspace)."""
+    computed size is the measured peak (the activations, then the conv kernels' shared scratch)."""
     case = cases["lenet5"]
     directory = fresh_copy(case.dirs["inference"], tmp_path / "short")
     header = directory / "lenet5.h"
@@ -510,11 +518,13 @@ def test_first_fit_property(raw):
 def test_arena_saving_and_the_reported_figures(cases, capsys):
     program = _programs()["lenet5"]
     memory = plan(program)
-    saving = 1 - memory.arena_size(1) / memory.unshared_size(1)
+    saving = 1 - memory.activations_per_sample / memory.unshared_per_sample  # the scratch is the same in both
     with capsys.disabled():
         print(f"\nlenet5 inference arena: {memory.arena_size(1) * 4:,} bytes against "
-              f"{memory.unshared_size(1) * 4:,} with one buffer per tensor ({saving:.0%} saved)")
+              f"{memory.unshared_size(1) * 4:,} with one buffer per tensor ({saving:.0%} of the activations saved)")
     assert memory.arena_size(1) < memory.unshared_size(1) and saving > 0.25
+    # the ops share one scratch region: the largest forward scratch, here conv1's wide output
+    assert memory.workspace == max(op.forward_scratch for op in program.ops) > 0
     for case in cases.values():
         assert cli.main(["check", str(case.spec), "--format", "json"]) == 0
         totals = json.loads(capsys.readouterr().out)["totals"]
@@ -524,7 +534,8 @@ def test_arena_saving_and_the_reported_figures(cases, capsys):
         arena = int(re.search(rf"#define {case.name.upper()}_ARENA_SIZE (\d+)", header).group(1))
         assert arena * 4 == figures["arena_bytes"] and figures["weight_bytes"] == case.model.program.num_params * 4
     assert cli.main(["check", str(ROOT / "specs/lenet5.yaml")]) == 0
-    assert "arena 50,176 bytes (RAM) against 72,520" in capsys.readouterr().out
+    # activations 12,544 floats planned (18,130 one buffer per tensor) + conv1's 8 x 892 wide output
+    assert "arena 78,720 bytes (RAM) against 101,064" in capsys.readouterr().out
 
 
 # ---- the command line --------------------------------------------------------------------
@@ -558,7 +569,7 @@ def test_cli_emit_without_weights_reads_them_at_run_time(cases, tmp_path):
     make(out, STRICT + ["-O2"])
     np.concatenate([case.model.params[p.key].ravel() for p in case.model.program.params]).tofile(tmp_path / "w.bin")
     got, _ = parse_output(_run([out / "main", tmp_path / "w.bin", case.inputs]).stdout, 10)
-    np.testing.assert_allclose(got, case.expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got, case.expected, rtol=FLOAT32_RTOL, atol=FLOAT32_RTOL * np.abs(case.expected).max())
 
 
 def test_cli_emit_refuses_unvalidated_weights(cases, tmp_path, capsys):

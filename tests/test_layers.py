@@ -776,6 +776,53 @@ def test_random_conv2d_shapes(index, sweep_runs, build_dir):
 
 
 # ---------------------------------------------------------------------------------------
+# every kernel variant and every block form of the matrix products
+# ---------------------------------------------------------------------------------------
+# The conv kernel is chosen by shape (conv2d.c.j2): stride 1 reads its patch matrix in place from
+# the (padded) input, and then a 1-wide kernel skips the wide layout and a kernel whose padded
+# output gradient is the output gradient itself (1x1, no padding) skips that copy; any other
+# stride builds the patch matrix (im2col). The products (gemm.c.j2) have full and partial row
+# blocks, several column blocks and vector tails. The table above uses batch 3 and small images,
+# so these cases are big enough (batch 11, up to 19 channels, 68 wide columns) for every form.
+VARIANT_IMG = (5, 12, 13)
+VARIANT_FLAT = (45,)
+VARIANT_BATCH = 11
+VARIANT_CASES = {
+    VARIANT_IMG: [
+        _c("shifted_wide_padded", VARIANT_IMG, type="conv2d", filters=19, kernel=3, padding=1, pre=(11,)),
+        _c("shifted_wide_unpadded", VARIANT_IMG, type="conv2d", filters=14, kernel=[2, 4], dilation=[1, 2], pre=(9,)),
+        _c("shifted_tall_cropped", VARIANT_IMG, type="conv2d", filters=9, kernel=[3, 1], padding=[1, 2]),
+        _c("shifted_pointwise", VARIANT_IMG, type="conv2d", filters=15, kernel=1, pre=(11,)),
+        _c("shifted_grouped", VARIANT_IMG, type="conv2d", filters=18, kernel=3, groups=2, padding="same", pre=(10,)),
+        _c("im2col_strided", VARIANT_IMG, type="conv2d", filters=10, kernel=3, stride=2, padding=1, pre=(11,)),
+    ],
+    VARIANT_FLAT: [
+        _c("dense_wide", VARIANT_FLAT, type="dense", units=37),
+        _c("dense_narrow", VARIANT_FLAT, type="dense", units=10, bias=False),
+    ],
+}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("shape", list(VARIANT_CASES), ids=shape_tag)
+def test_every_kernel_variant_and_block_form(shape, dtype, build_dir):
+    cases = VARIANT_CASES[shape]
+    rng = np.random.default_rng(stable_seed("variants", shape))
+    result = run_group(shape, dtype, "pre", build_dir, cases=cases, name=f"variants_{shape_tag(shape)}_{dtype}",
+                       xs=kink_safe(rng, (VARIANT_BATCH,) + shape))
+    tolerance = TOL_FORWARD64 if dtype == "float64" else TOL_FORWARD32
+    for case in cases:
+        r = result.cases[case.id]
+        assert max(r.forward_infer, r.forward_train) <= tolerance, f"{case.id} forward: {r.forward_infer:.3g}"
+        if dtype == "float64":
+            assert r.input_grads <= TOL_BACKWARD64, f"{case.id} input gradient: {r.input_grads:.3g}"
+            assert r.param_grads and max(r.param_grads.values()) <= TOL_BACKWARD64, f"{case.id}: {r.param_grads}"
+            assert max(r.fd_params.values()) <= TOL_FD, f"{case.id} vs finite differences: {r.fd_params}"
+    if dtype == "float64":
+        assert result.fd_input <= TOL_FD
+
+
+# ---------------------------------------------------------------------------------------
 # the course notes' worked examples, exactly
 # ---------------------------------------------------------------------------------------
 

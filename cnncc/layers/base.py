@@ -138,7 +138,13 @@ class LayerKind:
         return {}
 
     def workspace(self, inputs: list[Shape], output: Shape) -> int:
-        """Elements of scratch memory this op keeps between forward and backward (per batch)."""
+        """Elements of scratch memory (independent of the batch): what an op keeps between its forward
+        and backward, or needs within one kernel call."""
+        return 0
+
+    def forward_scratch(self, inputs: list[Shape], output: Shape) -> int:
+        """How much of the workspace's start an inference forward uses, only within its call (so
+        an inference build lets every op share one region)."""
         return 0
 
 

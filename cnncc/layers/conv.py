@@ -115,13 +115,58 @@ class Conv2d(LayerKind):
     def kernel_consts(self, inputs, output):
         c, h, w, kh, kw, sh, sw, dh, dw, pad_h, pad_w = self._geometry(inputs[0])
         _, oh, ow = as_chw(output)
-        return {
+        consts = {
             "C_IN": c, "H_IN": h, "W_IN": w, "C_OUT": self.filters, "H_OUT": oh, "W_OUT": ow,
             "KH": kh, "KW": kw, "STRIDE_H": sh, "STRIDE_W": sw, "DIL_H": dh, "DIL_W": dw,
             "PAD_TOP": pad_h[0], "PAD_LEFT": pad_w[0], "GROUPS": self.groups,
             "C_IN_PER_GROUP": c // self.groups, "C_OUT_PER_GROUP": self.filters // self.groups,
-            "has_bias": self.bias, "has_padding": sum(pad_h) + sum(pad_w) > 0,
+            "K_GROUP": c // self.groups * kh * kw, "PIXELS_OUT": oh * ow,
+            "has_bias": self.bias, "shifted": (sh, sw) == (1, 1),
         }
+        if consts["shifted"]:
+            consts.update(self._shifted_plan(consts, pad_h, pad_w))
+        return consts
+
+    @staticmethod
+    def _shifted_plan(k, pad_h, pad_w):
+        """A stride-1 conv reads its patch matrix in place (see conv2d.c.j2): the input, zero-padded
+        into H_PAD x W_PAD planes, shifted by each tap. Its scratch buffers, by offset."""
+        h_pad, w_pad = k["H_IN"] + sum(pad_h), k["W_IN"] + sum(pad_w)
+        # The gradient of the input is the same kind of conv of the output gradient, padded into
+        # H_DPAD x W_DPAD planes, with the flipped kernel.
+        h_dpad, w_dpad = k["H_IN"] + (k["KH"] - 1) * k["DIL_H"], k["W_IN"] + (k["KW"] - 1) * k["DIL_W"]
+        dpad_top, dpad_left = (k["KH"] - 1) * k["DIL_H"] - pad_h[0], (k["KW"] - 1) * k["DIL_W"] - pad_w[0]
+        plan = {
+            "H_PAD": h_pad, "W_PAD": w_pad, "WIDE_OUT": (k["H_OUT"] - 1) * w_pad + k["W_OUT"],
+            "H_DPAD": h_dpad, "W_DPAD": w_dpad, "DPAD_TOP": dpad_top, "DPAD_LEFT": dpad_left,
+            "WIDE_IN": (k["H_IN"] - 1) * w_dpad + k["W_IN"],
+            "padded": sum(pad_h) + sum(pad_w) > 0, "wide": k["KW"] > 1,
+            "dout_is_dpad": (dpad_top, dpad_left, h_dpad, w_dpad) == (0, 0, k["H_OUT"], k["W_OUT"]),
+        }
+        sizes = {
+            "SCRATCH_PADDED": k["C_IN_PER_GROUP"] * h_pad * w_pad if plan["padded"] else 0,
+            "SCRATCH_WIDE": k["C_OUT_PER_GROUP"] * plan["WIDE_OUT"] if plan["wide"] else 0,
+            "SCRATCH_DPAD": 0 if plan["dout_is_dpad"] else k["C_OUT_PER_GROUP"] * h_dpad * w_dpad,
+            "SCRATCH_WIDE_IN": k["C_IN_PER_GROUP"] * plan["WIDE_IN"] if plan["wide"] else 0,
+            "SCRATCH_FLIPPED": k["C_OUT"] * k["K_GROUP"],
+        }
+        offset = 0
+        for name, size in sizes.items():
+            plan[name] = offset
+            offset += size
+        plan["SCRATCH_SIZE"] = offset
+        return plan
+
+    def forward_scratch(self, inputs, output):
+        """The padded input and the wide output (shifted), or the patch matrix (im2col)."""
+        consts = self.kernel_consts(inputs, output)
+        return consts["SCRATCH_DPAD"] if consts["shifted"] else consts["K_GROUP"] * consts["PIXELS_OUT"]
+
+    def workspace(self, inputs, output):
+        """Scratch of one kernel call, reused by every sample: the shifted plan's buffers, or one
+        patch matrix [C_IN_PER_GROUP*KH*KW, H_OUT*W_OUT] (im2col)."""
+        consts = self.kernel_consts(inputs, output)
+        return consts["SCRATCH_SIZE"] if consts["shifted"] else consts["K_GROUP"] * consts["PIXELS_OUT"]
 
 
 class Conv1d(Conv2d):
