@@ -80,7 +80,7 @@ def _spec_lines(spec: dict, peak: dict, batch: int) -> list[str]:
 
     lines += ["", f"  compile to a loaded module (cnncc.compile, median of {len(comp['cold'])}): cold "
                   f"{seconds(comp['cold_median_s'])}; cached {seconds(comp['cached_median_s'])} in a fresh process "
-                  f"(after `import cnncc`, {seconds(comp['import_median_s'])}), "
+                  f"(after `import numpy` and `import cnncc`, the latter {seconds(comp['import_median_s'])}), "
                   f"{seconds(comp['same_process_median_s'])} again in the same process"]
     return lines
 

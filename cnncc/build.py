@@ -21,12 +21,13 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cffi
 
 from . import __version__
-from .codegen import Sources
+from .codegen import Sources, header_to_cdef, render, renderer_digest, spec_label
+from .ir import Program
 
 # -std=c99 turns floating-point contraction off; -ffp-contract=fast lets a*b + c become one FMA
 # (a single rounding, never less accurate), and -fno-math-errno lets sqrt be one instruction
@@ -87,13 +88,25 @@ def default_build_dir() -> Path:
     return Path(os.environ.get("CNNCC_BUILD_DIR") or Path.cwd() / "build")
 
 
-def cache_key(sources: Sources, compiler: str, flags: tuple[str, ...]) -> str:
+def _key(parts: tuple[str, ...], compiler: str, flags: tuple[str, ...]) -> str:
     digest = hashlib.sha256()
-    for part in (sources.source, sources.header, _compiler_identity(compiler), " ".join(flags),
-                 __version__, platform.machine(), _cpu_identity()):
+    for part in (*parts, _compiler_identity(compiler), " ".join(flags), __version__, platform.machine(),
+                 _cpu_identity()):
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()[:20]
+
+
+def cache_key(sources: Sources, compiler: str, flags: tuple[str, ...]) -> str:
+    """The key of rendered sources: their text, the compiler, the flags and the target."""
+    return _key((sources.source, sources.header), compiler, flags)
+
+
+def program_cache_key(program: Program, spec_path: str, compiler: str, flags: tuple[str, ...]) -> str:
+    """The key of a program before rendering: the rendered text is a function of the program (its
+    repr covers every field: frozen dataclasses, ints, exact float reprs), the spec's label and the
+    renderer's code, so a cache hit needs no rendering at all."""
+    return _key(("program", repr(program), spec_label(spec_path), renderer_digest()), compiler, flags)
 
 
 def remove_stale_staging(root: Path, name: str) -> None:
@@ -110,17 +123,38 @@ def remove_stale_staging(root: Path, name: str) -> None:
 
 def build(sources: Sources, build_dir: str | os.PathLike | None = None,
           cflags: tuple[str, ...] | list[str] | None = None, cc: str | None = None) -> Module:
-    """Compile (or find in the cache) and load a model's sources."""
-    global compile_count
+    """Compile (or find in the cache) and load a model's rendered sources."""
     compiler = find_compiler(cc)
     flags = tuple(DEFAULT_CFLAGS if cflags is None else cflags)
+    return _build(sources.name, cache_key(sources, compiler, flags), lambda: sources, build_dir, compiler, flags)
+
+
+def build_program(program: Program, spec_path: str = "<spec>", build_dir: str | os.PathLike | None = None,
+                  cflags: tuple[str, ...] | list[str] | None = None, cc: str | None = None) -> Module:
+    """The same for a program: rendered only when it is not in the cache."""
+    compiler = find_compiler(cc)
+    flags = tuple(DEFAULT_CFLAGS if cflags is None else cflags)
+    key = program_cache_key(program, spec_path, compiler, flags)
+    return _build(program.name, key, lambda: render(program, spec_path), build_dir, compiler, flags)
+
+
+def _build(name: str, key: str, make_sources: Callable[[], Sources], build_dir, compiler: str,
+           flags: tuple[str, ...]) -> Module:
+    global compile_count
     root = Path(build_dir) if build_dir is not None else default_build_dir()
-    target = root / f"{sources.name}-{cache_key(sources, compiler, flags)}"
-    library = target / f"{sources.name}.so"
+    target = root / f"{name}-{key}"
+    library = target / f"{name}.so"
     debug = os.environ.get("CNNCC_DEBUG")
 
     from_cache = library.is_file()
-    if not from_cache:
+    if from_cache:
+        # the very files the library was compiled from (a completed rename made them visible)
+        header = (target / f"{name}.h").read_text()
+        sources = Sources(name, header, (target / f"{name}.c").read_text(), header_to_cdef(header))
+        if debug:
+            print(f"cnncc: loading cached {library}", file=sys.stderr)
+    else:
+        sources = make_sources()
         root.mkdir(parents=True, exist_ok=True)
         remove_stale_staging(root, sources.name)
         staging = Path(tempfile.mkdtemp(prefix=f".{sources.name}-", dir=root))
@@ -144,8 +178,6 @@ def build(sources: Sources, build_dir: str | os.PathLike | None = None,
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    elif debug:
-        print(f"cnncc: loading cached {library}", file=sys.stderr)
 
     ffi = cffi.FFI()
     ffi.cdef(sources.cdef)

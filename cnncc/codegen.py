@@ -6,13 +6,12 @@ validated identifier, an int, or a finite float (written so it round-trips exact
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-
-import jinja2
 
 from . import __version__
 from .ir import Program
@@ -70,7 +69,9 @@ def template_dir() -> Path:
 
 
 @lru_cache(maxsize=1)
-def environment() -> jinja2.Environment:
+def environment() -> "jinja2.Environment":
+    import jinja2  # here, not at the top: loading a cached model never renders
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir())),
         undefined=jinja2.StrictUndefined,  # a misspelt variable fails here, not as C far away
@@ -87,10 +88,27 @@ class Sources:
     cdef: str  # the header's declarations, for cffi
 
 
+def spec_label(spec_path: str) -> str:
+    """How the generated files name their spec: the file name, or a <...> label as it is."""
+    return spec_path if spec_path.startswith("<") else Path(spec_path).name
+
+
+@lru_cache(maxsize=1)
+def renderer_digest() -> str:
+    """A hash of everything besides the program and the spec label that decides the rendered
+    text: the templates and cnncc's own code (the build cache keys a program on it)."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for root in (template_dir(), package):
+        for path in sorted(p for p in root.rglob("*") if p.suffix in (".j2", ".py") and p.is_file()):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def render(program: Program, spec_path: str = "<spec>") -> Sources:
     env = environment()
     context = {"program": program, "model": c_ident(program.name), "version": __version__,
-               "spec_path": c_comment(Path(spec_path).name if spec_path.startswith("<") is False else spec_path)}
+               "spec_path": c_comment(spec_label(spec_path))}
     header = env.get_template("model.h.j2").render(context)
     source = env.get_template("model.c.j2").render(context)
     return Sources(program.name, header, source, header_to_cdef(header))

@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .build import build
+from .build import build_program
 from .check import check_net
-from .codegen import render
 from .ir import Program, lower
 from .spec import Spec, load_spec
 
@@ -59,7 +58,7 @@ class Model:
     def compile(cls, spec, build_dir=None, cflags=None, cc=None) -> "Model":
         spec = load_spec(spec)
         program = lower(check_net(spec))
-        module = build(render(program, spec.path), build_dir, cflags, cc)
+        module = build_program(program, spec.path, build_dir, cflags, cc)
         return cls(spec, program, module)
 
     @property

@@ -33,3 +33,27 @@ def compile_many(build_dir):
             return [future.result() for future in futures]
 
     return run
+
+
+def defined_macros(text: str) -> list[str]:
+    """Every macro a C text #defines, once per #if/#elif/#else chain: the alternatives of one
+    chain (e.g. per-target settings) define the same name, and only one of them is compiled."""
+    import re
+
+    found: list[str] = []
+    chains: list[list[set[str]]] = []  # open #if chains: the names of each branch so far
+    for line in text.splitlines():
+        directive = re.match(r"\s*#\s*(\w+)\s*(\w*)", line)
+        if not directive:
+            continue
+        word, name = directive.groups()
+        if word in ("if", "ifdef", "ifndef"):
+            chains.append([set()])
+        elif word in ("elif", "else") and chains:
+            chains[-1].append(set())
+        elif word == "endif" and chains:
+            names = set().union(*chains.pop())
+            (chains[-1][-1].update(names) if chains else found.extend(sorted(names)))
+        elif word == "define":
+            (chains[-1][-1].add(name) if chains else found.append(name))
+    return found

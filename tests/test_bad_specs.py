@@ -157,8 +157,19 @@ def _bomb(levels: int = 9) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _many_layers_at_the_limit() -> tuple[str, int]:
+    """The most YAML a spec may be: small layers up to just under the size limit, the last one
+    wrong (so the whole file is parsed, then refused at its last line). Returns (text, that line)."""
+    relu, last = "  - {type: relu}\n", "  - {type: transformer}\n"
+    count = (MAX_SPEC_BYTES - len(HEADER) - len(last)) // len(relu)
+    return HEADER + relu * count + last, HEADER.count("\n") + count + 1
+
+
+MANY_LAYERS, MANY_LAYERS_LAST_LINE = _many_layers_at_the_limit()
+
 GENERATED = {
     # name: (content, expected diagnostics)
+    "many_layers_at_the_limit.yaml": (MANY_LAYERS, [[MANY_LAYERS_LAST_LINE, 12, "unknown layer type 'transformer'"]]),
     "huge_10mb.yaml": (HEADER + "comment: '" + "x" * (10 << 20) + "'\n",
                        [[1, 1, f"spec is larger than the limit of {MAX_SPEC_BYTES} bytes"]]),
     "not_utf8.yaml": ("# latin-1, not UTF-8\n" + HEADER.replace("{type: flatten}", "{name: caf\xe9, type: flatten}"),
@@ -169,7 +180,7 @@ GENERATED = {
     "alias_bomb.yaml": (_bomb(), [[1, 77, f"spec expands to more than {MAX_NODES} YAML nodes (an alias bomb?)"]]),
     "deep_list.yaml": ("name: net\ndeep: " + "[" * 10_000 + "]" * 10_000 + "\n",
                        [[2, 7 + MAX_DEPTH, f"spec is nested too deeply (the limit is {MAX_DEPTH} levels)"]]),
-    "deep_block_list.yaml": ("name: net\ndeep:\n" + "".join(" " * k + "- \n" for k in range(1000)),
+    "deep_block_list.yaml": ("name: net\ndeep:\n" + "".join(" " * k + "- \n" for k in range(600)),
                              [[3 + MAX_DEPTH, MAX_DEPTH + 1, "spec is nested too deeply"]]),
     "deep_mapping.yaml": ("name: net\ndeep: " + "{a: " * 10_000 + "1" + "}" * 10_000 + "\n",
                           [[2, 7 + 4 * MAX_DEPTH, "spec is nested too deeply"]]),

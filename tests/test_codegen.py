@@ -10,6 +10,7 @@ import pytest
 import cnncc
 from cnncc import codegen, ir
 from cnncc.layers import REGISTRY
+from conftest import defined_macros
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
@@ -49,7 +50,7 @@ def test_op_names_steer_clear_of_public_macros(model, layer):
     for op in program.ops:
         assert op.output.macro not in public and f"WS_{op.name.upper()}" not in public
     sources = codegen.render(program)
-    defined = re.findall(r"^#define\s+(\w+)", sources.header + sources.source, re.MULTILINE)
+    defined = defined_macros(sources.header + sources.source)
     assert len(defined) == len(set(defined))
 
 

@@ -130,8 +130,8 @@ HOSTILE = {
         f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(9)),
     "deep_lists": "[" * 10_000 + "]" * 10_000,  # nesting far past the depth limit
     "deep_maps": "{a: " * 5_000 + "1" + "}" * 5_000,
-    "over_1_MiB": "name: x\nlayers:\n" + "  - {type: relu}\n" * 70_000,
-    "long_scalar": "a: " + "x" * (1 << 20),
+    "over_the_size_limit": "name: x\nlayers:\n" + "  - {type: relu}\n" * 17_000,
+    "long_scalar": "a: " + "x" * (256 << 10),
 }
 
 

@@ -36,6 +36,7 @@ import cnncc.runtime
 from cnncc import codegen
 from cnncc.check import MAX_PARAMS, MAX_TENSOR_ELEMENTS
 from cnncc.cli import main as cli_main
+from conftest import defined_macros
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -325,7 +326,7 @@ def test_every_name_in_an_honest_ir_is_an_identifier():
 def _c_names(sources) -> tuple[list[str], set[str]]:
     """(every macro #defined, every enum constant) in a model's header and source."""
     text = sources.header + sources.source
-    macros = re.findall(r"^\s*#\s*define\s+(\w+)", text, re.MULTILINE)
+    macros = defined_macros(text)
     enums = set(re.findall(r"^\s+([A-Z][A-Z0-9_]*) = ", text, re.MULTILINE))
     return macros, enums
 

@@ -123,50 +123,58 @@ class Conv2d(LayerKind):
             "K_GROUP": c // self.groups * kh * kw, "PIXELS_OUT": oh * ow,
             "has_bias": self.bias, "shifted": (sh, sw) == (1, 1),
         }
-        if consts["shifted"]:
-            consts.update(self._shifted_plan(consts, pad_h, pad_w))
+        plan = self._shifted_plan(consts, pad_h, pad_w) if consts["shifted"] else {}
+        consts.update(plan)
+        consts.update(self._scratch_layout(consts))
         return consts
 
     @staticmethod
     def _shifted_plan(k, pad_h, pad_w):
         """A stride-1 conv reads its patch matrix in place (see conv2d.c.j2): the input, zero-padded
-        into H_PAD x W_PAD planes, shifted by each tap. Its scratch buffers, by offset."""
+        into H_PAD x W_PAD planes, shifted by each tap. The input gradient is the same kind of conv
+        of the output gradient, padded into H_DPAD x W_DPAD planes, with the flipped kernel."""
         h_pad, w_pad = k["H_IN"] + sum(pad_h), k["W_IN"] + sum(pad_w)
-        # The gradient of the input is the same kind of conv of the output gradient, padded into
-        # H_DPAD x W_DPAD planes, with the flipped kernel.
         h_dpad, w_dpad = k["H_IN"] + (k["KH"] - 1) * k["DIL_H"], k["W_IN"] + (k["KW"] - 1) * k["DIL_W"]
         dpad_top, dpad_left = (k["KH"] - 1) * k["DIL_H"] - pad_h[0], (k["KW"] - 1) * k["DIL_W"] - pad_w[0]
-        plan = {
+        return {
             "H_PAD": h_pad, "W_PAD": w_pad, "WIDE_OUT": (k["H_OUT"] - 1) * w_pad + k["W_OUT"],
             "H_DPAD": h_dpad, "W_DPAD": w_dpad, "DPAD_TOP": dpad_top, "DPAD_LEFT": dpad_left,
             "WIDE_IN": (k["H_IN"] - 1) * w_dpad + k["W_IN"],
             "padded": sum(pad_h) + sum(pad_w) > 0, "wide": k["KW"] > 1,
             "dout_is_dpad": (dpad_top, dpad_left, h_dpad, w_dpad) == (0, 0, k["H_OUT"], k["W_OUT"]),
         }
-        sizes = {
-            "SCRATCH_PADDED": k["C_IN_PER_GROUP"] * h_pad * w_pad if plan["padded"] else 0,
-            "SCRATCH_WIDE": k["C_OUT_PER_GROUP"] * plan["WIDE_OUT"] if plan["wide"] else 0,
-            "SCRATCH_DPAD": 0 if plan["dout_is_dpad"] else k["C_OUT_PER_GROUP"] * h_dpad * w_dpad,
-            "SCRATCH_WIDE_IN": k["C_IN_PER_GROUP"] * plan["WIDE_IN"] if plan["wide"] else 0,
-            "SCRATCH_FLIPPED": k["C_OUT"] * k["K_GROUP"],
-        }
-        offset = 0
-        for name, size in sizes.items():
-            plan[name] = offset
-            offset += size
-        plan["SCRATCH_SIZE"] = offset
-        return plan
+
+    @staticmethod
+    def _scratch_layout(k):
+        """Offsets of the kernels' scratch buffers in the op's workspace: the forward's first (an
+        inference build needs only those: SCRATCH_FORWARD elements), then the backward's."""
+        cig, cog = k["C_IN_PER_GROUP"], k["C_OUT_PER_GROUP"]
+        if k["shifted"]:
+            forward = {"SCRATCH_PADDED": cig * k["H_PAD"] * k["W_PAD"] if k["padded"] else 0,
+                       "SCRATCH_WIDE": cog * k["WIDE_OUT"] if k["wide"] else 0}
+            backward = {"SCRATCH_DOUT_T": k["WIDE_OUT"] * cog,
+                        "SCRATCH_DPAD": 0 if k["dout_is_dpad"] else cog * k["H_DPAD"] * k["W_DPAD"],
+                        "SCRATCH_WIDE_IN": cig * k["WIDE_IN"] if k["wide"] else 0,
+                        "SCRATCH_FLIPPED": k["C_OUT"] * k["K_GROUP"]}
+        else:
+            forward = {"SCRATCH_PATCHES": k["K_GROUP"] * k["PIXELS_OUT"]}
+            backward = {"SCRATCH_DOUT_T": k["PIXELS_OUT"] * cog}
+        backward["SCRATCH_DWEIGHT_T"] = k["C_OUT"] * k["K_GROUP"]
+        layout, offset = {}, 0
+        for name, size in forward.items():
+            layout[name], offset = offset, offset + size
+        layout["SCRATCH_FORWARD"] = offset
+        for name, size in backward.items():
+            layout[name], offset = offset, offset + size
+        layout["SCRATCH_SIZE"] = offset
+        return layout
 
     def forward_scratch(self, inputs, output):
-        """The padded input and the wide output (shifted), or the patch matrix (im2col)."""
-        consts = self.kernel_consts(inputs, output)
-        return consts["SCRATCH_DPAD"] if consts["shifted"] else consts["K_GROUP"] * consts["PIXELS_OUT"]
+        return self.kernel_consts(inputs, output)["SCRATCH_FORWARD"]
 
     def workspace(self, inputs, output):
-        """Scratch of one kernel call, reused by every sample: the shifted plan's buffers, or one
-        patch matrix [C_IN_PER_GROUP*KH*KW, H_OUT*W_OUT] (im2col)."""
-        consts = self.kernel_consts(inputs, output)
-        return consts["SCRATCH_SIZE"] if consts["shifted"] else consts["K_GROUP"] * consts["PIXELS_OUT"]
+        """Scratch of one kernel call, reused by every sample (see _scratch_layout)."""
+        return self.kernel_consts(inputs, output)["SCRATCH_SIZE"]
 
 
 class Conv1d(Conv2d):
