@@ -46,6 +46,13 @@ class Model:
         self._acts = self._grad_acts = None
         self._capacity = 0
         self._context = self._ffi.new(f"{self._name}_context *")
+        # These buffers live as long as the model: their pointers are set once. The activation
+        # buffers' are set whenever they grow (_ensure_capacity).
+        ctx = self._context
+        ctx.params, ctx.grads = self._ptr(self._params), self._ptr(self._grads)
+        ctx.optimizer_state, ctx.workspace = self._ptr(self._optimizer_state), self._ptr(self._workspace)
+        ctx.activations = ctx.grad_activations = self._ffi.NULL
+        self._c_forward = getattr(self._lib, f"{self._name}_forward")
         self.params = {p.key: self._params[p.offset:p.offset + p.size].reshape(p.shape) for p in program.params}
         self.hyper = {"lr": program.optimizer.lr, **_hyper_defaults(), **program.optimizer.settings}
         self.step_count = 0
@@ -150,11 +157,9 @@ class Model:
             self._acts = np.zeros(max(size, 1), self.dtype)
             if training or self._grad_acts is not None:
                 self._grad_acts = np.zeros(max(size, 1), self.dtype)
-        ctx = self._context
-        ctx.params, ctx.grads = self._ptr(self._params), self._ptr(self._grads)
-        ctx.optimizer_state, ctx.workspace = self._ptr(self._optimizer_state), self._ptr(self._workspace)
-        ctx.activations = self._ptr(self._acts)
-        ctx.grad_activations = self._ptr(self._grad_acts) if self._grad_acts is not None else self._ffi.NULL
+            self._context.activations = self._ptr(self._acts)
+            if self._grad_acts is not None:
+                self._context.grad_activations = self._ptr(self._grad_acts)
 
     def _output_view(self, batch: int) -> np.ndarray:
         out = self.program.output
@@ -166,7 +171,7 @@ class Model:
     def _forward(self, x: np.ndarray, training: bool, seed: int = 0) -> None:
         batch = x.shape[0]
         self._ensure_capacity(batch, training)
-        getattr(self._lib, f"{self._name}_forward")(self._context, self._ptr(x), batch, int(training), seed)
+        self._c_forward(self._context, self._ptr(x), batch, int(training), seed)
 
     def _targets_ptr(self, y: np.ndarray):
         return self._ptr(y, "int32_t *" if self.program.loss.takes_labels else None)

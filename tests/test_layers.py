@@ -781,9 +781,11 @@ def test_random_conv2d_shapes(index, sweep_runs, build_dir):
 # The conv kernel is chosen by shape (conv2d.c.j2): stride 1 reads its patch matrix in place from
 # the (padded) input, and then a 1-wide kernel skips the wide layout and a kernel whose padded
 # output gradient is the output gradient itself (1x1, no padding) skips that copy; any other
-# stride builds the patch matrix (im2col). The products (gemm.c.j2) have full and partial row
-# blocks, several column blocks and vector tails. The table above uses batch 3 and small images,
-# so these cases are big enough (batch 11, up to 19 channels, 68 wide columns) for every form.
+# stride builds the patch matrix (im2col); with fewer than 16 filters per group the weight
+# gradient is dot products, with more a product into its transpose. The products (gemm.c.j2)
+# have full and partial row blocks, several column blocks and vector tails. The table above
+# uses batch 3 and small images, so these cases are big enough (batch 11, up to 21 channels,
+# 68 wide columns) for every form.
 VARIANT_IMG = (5, 12, 13)
 VARIANT_FLAT = (45,)
 VARIANT_BATCH = 11
@@ -792,9 +794,10 @@ VARIANT_CASES = {
         _c("shifted_wide_padded", VARIANT_IMG, type="conv2d", filters=19, kernel=3, padding=1, pre=(11,)),
         _c("shifted_wide_unpadded", VARIANT_IMG, type="conv2d", filters=14, kernel=[2, 4], dilation=[1, 2], pre=(9,)),
         _c("shifted_tall_cropped", VARIANT_IMG, type="conv2d", filters=9, kernel=[3, 1], padding=[1, 2]),
-        _c("shifted_pointwise", VARIANT_IMG, type="conv2d", filters=15, kernel=1, pre=(11,)),
+        _c("shifted_pointwise", VARIANT_IMG, type="conv2d", filters=17, kernel=1, pre=(11,)),
         _c("shifted_grouped", VARIANT_IMG, type="conv2d", filters=18, kernel=3, groups=2, padding="same", pre=(10,)),
         _c("im2col_strided", VARIANT_IMG, type="conv2d", filters=10, kernel=3, stride=2, padding=1, pre=(11,)),
+        _c("im2col_strided_many", VARIANT_IMG, type="conv2d", filters=21, kernel=[2, 3], stride=[2, 1], pre=(7,)),
     ],
     VARIANT_FLAT: [
         _c("dense_wide", VARIANT_FLAT, type="dense", units=37),

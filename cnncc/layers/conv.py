@@ -8,6 +8,7 @@ from .. import fields as F
 from .base import LayerKind, ParamDecl, ShapeError, Window, as_chw, format_shape
 from .formulas import effective_kernel, explain_output_size, output_size, resolve_padding
 
+DOTS_BELOW_FILTERS = 16  # filters per group below which weight gradients are dot products (conv2d.c.j2)
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "softmax", "linear")
 
 _COMMON = {
@@ -122,6 +123,9 @@ class Conv2d(LayerKind):
             "C_IN_PER_GROUP": c // self.groups, "C_OUT_PER_GROUP": self.filters // self.groups,
             "K_GROUP": c // self.groups * kh * kw, "PIXELS_OUT": oh * ow,
             "has_bias": self.bias, "shifted": (sh, sw) == (1, 1),
+            # The weight gradient's product has C_OUT_PER_GROUP columns: too few to fill vectors,
+            # so it is computed as dot products along the pixels instead.
+            "dweight_by_dots": self.filters // self.groups < DOTS_BELOW_FILTERS,
         }
         plan = self._shifted_plan(consts, pad_h, pad_w) if consts["shifted"] else {}
         consts.update(plan)
@@ -152,14 +156,14 @@ class Conv2d(LayerKind):
         if k["shifted"]:
             forward = {"SCRATCH_PADDED": cig * k["H_PAD"] * k["W_PAD"] if k["padded"] else 0,
                        "SCRATCH_WIDE": cog * k["WIDE_OUT"] if k["wide"] else 0}
-            backward = {"SCRATCH_DOUT_T": k["WIDE_OUT"] * cog,
+            backward = {"SCRATCH_DOUT": k["WIDE_OUT"] * cog,
                         "SCRATCH_DPAD": 0 if k["dout_is_dpad"] else cog * k["H_DPAD"] * k["W_DPAD"],
                         "SCRATCH_WIDE_IN": cig * k["WIDE_IN"] if k["wide"] else 0,
                         "SCRATCH_FLIPPED": k["C_OUT"] * k["K_GROUP"]}
         else:
             forward = {"SCRATCH_PATCHES": k["K_GROUP"] * k["PIXELS_OUT"]}
-            backward = {"SCRATCH_DOUT_T": k["PIXELS_OUT"] * cog}
-        backward["SCRATCH_DWEIGHT_T"] = k["C_OUT"] * k["K_GROUP"]
+            backward = {"SCRATCH_DOUT": 0 if k["dweight_by_dots"] else k["PIXELS_OUT"] * cog}
+        backward["SCRATCH_DWEIGHT_T"] = 0 if k["dweight_by_dots"] else k["C_OUT"] * k["K_GROUP"]
         layout, offset = {}, 0
         for name, size in forward.items():
             layout[name], offset = offset, offset + size
