@@ -89,7 +89,8 @@ def child(task: dict, threads: int = 1) -> dict:
         return {"error": f"timed out after {CHILD_TIMEOUT} s"}
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines:
-        return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1][-500:]}
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1][-500:]
+        return {"error": f"exit status {result.returncode}: {last}"}
     return json.loads(lines[-1])
 
 

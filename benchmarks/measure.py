@@ -56,7 +56,7 @@ def task_check(t: dict) -> dict:
     from cnncc.bench import random_batch
 
     report = cnncc.check(t["spec"])
-    model = cnncc.compile(t["spec"], build_dir=t["build_dir"])
+    model = cnncc.compile(t["spec"], build_dir=t["build_dir"], threads=t.get("threads", 1))
     model.init(0)
     net = tm.build(report)
     net.load_cnncc(model.params)
@@ -90,7 +90,7 @@ def task_train(t: dict) -> dict:
     if t["framework"] == "cnncc":
         import cnncc
 
-        model = cnncc.compile(t["spec"], build_dir=t["build_dir"])
+        model = cnncc.compile(t["spec"], build_dir=t["build_dir"], threads=t.get("threads", 1))
         model.init(0)
         result = train_throughput(model, batch, repeats, t["repeat_seconds"], t["warmup_seconds"])
     else:
@@ -122,7 +122,7 @@ def task_latency(t: dict) -> dict:
     if t["framework"] == "cnncc":
         import cnncc
 
-        model = cnncc.compile(t["spec"], build_dir=t["build_dir"])
+        model = cnncc.compile(t["spec"], build_dir=t["build_dir"], threads=t.get("threads", 1))
         model.init(0)
         result = inference_latency(model, t["seconds"], min_calls=t["min_calls"], warmup_calls=t["warmup_calls"])
     else:
@@ -176,9 +176,9 @@ def task_compile(t: dict) -> dict:
     import cnncc
 
     imported = time.perf_counter()
-    model = cnncc.compile(t["spec"], build_dir=t["build_dir"])
+    model = cnncc.compile(t["spec"], build_dir=t["build_dir"], threads=t.get("threads", 1))
     compiled = time.perf_counter()
-    cnncc.compile(t["spec"], build_dir=t["build_dir"])  # again, in this process: the warm cache path
+    cnncc.compile(t["spec"], build_dir=t["build_dir"], threads=t.get("threads", 1))  # again, in this process: the warm cache path
     again = time.perf_counter()
     return {"import_s": imported - start, "compile_s": compiled - imported, "from_cache": model.module.from_cache,
             "same_process_s": again - compiled}

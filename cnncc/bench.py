@@ -384,7 +384,7 @@ def _summary_text(s: dict) -> str:
 def bench_command(args) -> int:
     from .runtime import Model
 
-    model = Model.compile(args.spec, build_dir=args.build_dir)
+    model = Model.compile(args.spec, build_dir=args.build_dir, threads=args.threads)
     model.init(0)
     if not args.layers:
         summary = _summary(model, args.batch, args.repeats)

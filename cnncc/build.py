@@ -34,6 +34,10 @@ from .ir import Program
 # (it still returns NaN for a negative input; only the errno side effect goes). None of
 # -ffast-math's licences: NaN and infinity stay detectable.
 DEFAULT_CFLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno")
+# cnncc.compile(spec, threads=N > 1) adds this: large matrix products split over N threads. Not the
+# default: an OpenMP build compiles each product twice (threaded and constant-specialised), about
+# twice as slowly, and one thread runs best without the runtime.
+OPENMP_FLAGS = ("-fopenmp",)
 REQUIRED_FLAGS = ("-std=c99", "-fPIC", "-shared")
 WARNINGS = ("-Wall", "-Wextra")
 
@@ -181,4 +185,7 @@ def _build(name: str, key: str, make_sources: Callable[[], Sources], build_dir, 
 
     ffi = cffi.FFI()
     ffi.cdef(sources.cdef)
-    return Module(ffi, ffi.dlopen(str(library)), library, from_cache, sources)
+    # Never unloaded: an OpenMP build's worker threads (libgomp, loaded with it) outlive the
+    # Python objects, and unloading their code at exit would crash the interpreter on its way out.
+    lib = ffi.dlopen(str(library), ffi.RTLD_NOW | ffi.RTLD_NODELETE)
+    return Module(ffi, lib, library, from_cache, sources)

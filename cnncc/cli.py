@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="save a checkpoint here after every epoch")
     p.add_argument("--resume", default=None, help="resume from this checkpoint")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_positive, default=1, help="threads (> 1: an OpenMP build; default 1)")
     p.add_argument("--build-dir", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_cmd_train)
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive, default=64, help="batch size (default 64)")
     p.add_argument("--repeats", type=_positive, default=5, help="timed repeats; medians are reported (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--threads", type=_positive, default=1, help="threads (> 1: an OpenMP build; default 1)")
     p.add_argument("--build-dir", default=None)
     p.set_defaults(run=_cmd_bench)
     return parser

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .build import build_program
+from .build import DEFAULT_CFLAGS, OPENMP_FLAGS, build_program
 from .check import check_net
 from .ir import Program, lower
 from .spec import Spec, load_spec
@@ -62,11 +62,18 @@ class Model:
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
-    def compile(cls, spec, build_dir=None, cflags=None, cc=None) -> "Model":
+    def compile(cls, spec, build_dir=None, cflags=None, cc=None, threads: int = 1) -> "Model":
+        """threads > 1: an OpenMP build running on that many threads (see set_threads)."""
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
         spec = load_spec(spec)
         program = lower(check_net(spec))
-        module = build_program(program, spec.path, build_dir, cflags, cc)
-        return cls(spec, program, module)
+        if threads > 1:
+            cflags = (*(DEFAULT_CFLAGS if cflags is None else cflags), *OPENMP_FLAGS)
+        model = cls(spec, program, build_program(program, spec.path, build_dir, cflags, cc))
+        if threads > 1:
+            model.set_threads(threads)
+        return model
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -243,6 +250,14 @@ class Model:
         if not math.isfinite(loss):
             self.step_count -= 1  # the C code did not update anything
         return float(loss)
+
+    def set_threads(self, threads: int) -> int:
+        """Threads for this process's following calls: the count in effect, always 1 unless the
+        model was compiled with threads > 1 (an OpenMP build; OMP_NUM_THREADS sets its starting
+        count). Large matrix products split over them; results are identical at any count."""
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        return int(getattr(self._lib, f"{self._name}_set_threads")(threads))
 
     def last_output(self, batch: int) -> np.ndarray:
         """The output of the most recent forward pass (a view; valid until the next call)."""

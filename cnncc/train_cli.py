@@ -42,7 +42,7 @@ def train_command(args) -> int:
     (x_train, y_train), (x_test, y_test) = load_data(spec, args.data, args.data_dir, args.limit)
     print(f"\ndata: {args.data}, {len(x_train):,} training and {len(x_test):,} test samples")
     start = time.perf_counter()
-    model = Model.compile(spec, build_dir=args.build_dir)
+    model = Model.compile(spec, build_dir=args.build_dir, threads=args.threads)
     print(f"compiled in {time.perf_counter() - start:.2f}s"
           f"{' (from the cache)' if model.module.from_cache else ''}: {model.module.path}")
     model.init(args.seed)

@@ -587,3 +587,28 @@ def test_float32_network_matches_float64(name, nets, build_dir):
     _, g64 = m64.gradients(x, y, seed=1)
     for key in g64:
         assert rel_err(g32[key], g64[key]) <= 1e-3, key
+
+
+def test_threads_change_nothing_but_the_speed(build_dir):
+    """Large products split over threads by output blocks, each element summed by one thread in
+    a fixed order: training at 1 and at 2 threads gives the same bits (mnist_seed's conv2 product,
+    8 x 476 x 200 per sample, is over the parallel threshold)."""
+    model = cnncc.compile(SPECS_DIR / "mnist_seed.yaml", build_dir=build_dir, threads=2)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(9, 1, 28, 28))
+    y = rng.integers(0, 10, 9)
+    results = []
+    for threads in (1, 2, 1):
+        assert model.init(3).set_threads(threads) == threads
+        losses = [model.train_step(x, y, seed=1) for _ in range(3)]
+        results.append((losses, model.forward(x), {k: v.copy() for k, v in model.params.items()}))
+    for losses, out, params in results[1:]:
+        assert losses == results[0][0]
+        assert np.array_equal(out, results[0][1])
+        assert all(np.array_equal(params[k], results[0][2][k]) for k in params)
+    with pytest.raises(ValueError, match="positive integer"):
+        model.set_threads(0)
+    model.set_threads(1)
+    serial = cnncc.compile(SPECS_DIR / "mnist_seed.yaml", build_dir=build_dir).init(3)
+    assert serial.set_threads(2) == 1  # not an OpenMP build: always one thread
+    assert [serial.train_step(x, y, seed=1) for _ in range(3)] == results[0][0]  # and the same numbers
