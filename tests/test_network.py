@@ -591,11 +591,18 @@ def test_float32_network_matches_float64(name, nets, build_dir):
 
 def test_threads_change_nothing_but_the_speed(build_dir):
     """Large products split over threads by output blocks, each element summed by one thread in
-    a fixed order: training at 1 and at 2 threads gives the same bits (mnist_seed's conv2 product,
-    8 x 476 x 200 per sample, is over the parallel threshold)."""
-    model = cnncc.compile(SPECS_DIR / "mnist_seed.yaml", build_dir=build_dir, threads=2)
+    a fixed order: training at 1 and at 2 threads gives the same bits. The convs' products are
+    over the parallel threshold (2^21 multiply-adds): conv1 32 x 622 x 144 per sample, its weight
+    gradient 144 x 32 x 622, conv2's 32 x 622 x 288, 288 x 32 x 622 and, for its input gradient,
+    32 x 622 x 288."""
+    spec = {"name": "threaded", "input": {"channels": 16, "height": 24, "width": 24},
+            "layers": [{"name": "conv1", "type": "conv2d", "filters": 32, "kernel": 3, "padding": 1, "activation": "relu"},
+                       {"name": "conv2", "type": "conv2d", "filters": 32, "kernel": 3, "padding": 1},
+                       {"type": "flatten"}, {"name": "fc", "type": "dense", "units": 10}],
+            "loss": "softmax_cross_entropy", "optimizer": {"type": "adam", "lr": 0.001}}
+    model = cnncc.compile(spec, build_dir=build_dir, threads=2)
     rng = np.random.default_rng(5)
-    x = rng.normal(size=(9, 1, 28, 28))
+    x = rng.normal(size=(9, 16, 24, 24))
     y = rng.integers(0, 10, 9)
     results = []
     for threads in (1, 2, 1):
@@ -609,6 +616,6 @@ def test_threads_change_nothing_but_the_speed(build_dir):
     with pytest.raises(ValueError, match="positive integer"):
         model.set_threads(0)
     model.set_threads(1)
-    serial = cnncc.compile(SPECS_DIR / "mnist_seed.yaml", build_dir=build_dir).init(3)
+    serial = cnncc.compile(spec, build_dir=build_dir).init(3)
     assert serial.set_threads(2) == 1  # not an OpenMP build: always one thread
     assert [serial.train_step(x, y, seed=1) for _ in range(3)] == results[0][0]  # and the same numbers
