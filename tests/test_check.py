@@ -433,3 +433,12 @@ def test_cli_check_formats():
     assert result.returncode == 0 and "| 1 | conv1 | conv2d |" in result.stdout
     result = run_cli("check", str(LENET), "--batch", "0")
     assert result.returncode == 2 and "positive integer" in result.stderr  # argparse's usage error
+
+
+def test_a_conv_whose_scratch_would_overflow_int_is_refused():
+    """Input (1,024 x 1,024 x 1,024) and output (512 x 512 x 1) fit the tensor limit, but the
+    patch matrix of this stride-2 conv (im2col) would be 1,024 * 9 taps x 512 * 512 pixels."""
+    spec = {"name": "wide", "input": {"channels": 1024, "height": 1024, "width": 1024},
+            "layers": [{"name": "c", "type": "conv2d", "filters": 1, "kernel": 3, "stride": 2, "padding": 1}]}
+    with pytest.raises(SpecError, match=r"scratch .* would have [\d,]+ elements; the limit is 2,147,483,647"):
+        check(spec)
