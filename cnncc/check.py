@@ -13,6 +13,9 @@ from .spec import LayerSpec, Spec
 
 MAX_TENSOR_ELEMENTS = (1 << 31) - 1  # per sample: index arithmetic in C stays far from overflow
 MAX_PARAMS = (1 << 31) - 1
+# Any one axis of an output (input axes are at most 2^20 already): an axis plus its padding (at
+# most 2^20 a side) and a kernel's extent within it then stay far inside a C int.
+MAX_AXIS = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,11 @@ def check_net(spec: Spec) -> CheckedNet:
         if numel(out_shape) > MAX_TENSOR_ELEMENTS:
             report(f"output {format_shape(out_shape)} has {numel(out_shape):,} elements per sample; "
                    f"the limit is {MAX_TENSOR_ELEMENTS:,}")
+            failed.add(layer_spec.name)
+            continue
+        if max(out_shape) > MAX_AXIS:
+            report(f"output {format_shape(out_shape)} has an axis of {max(out_shape):,}; the limit is "
+                   f"{MAX_AXIS:,} per axis", hint="padding grows an axis at every layer")
             failed.add(layer_spec.name)
             continue
         scratch = layer.workspace(in_shapes, out_shape)

@@ -442,3 +442,18 @@ def test_a_conv_whose_scratch_would_overflow_int_is_refused():
             "layers": [{"name": "c", "type": "conv2d", "filters": 1, "kernel": 3, "stride": 2, "padding": 1}]}
     with pytest.raises(SpecError, match=r"scratch .* would have [\d,]+ elements; the limit is 2,147,483,647"):
         check(spec)
+
+
+def test_an_axis_grown_by_padding_is_refused_long_before_it_nears_int_max():
+    """Inputs are at most 2^20 per axis, but padding (up to 2^20 a side) grows an axis layer by
+    layer. The padded planes of a conv's scratch (several copies of the axis) pass 2^31 - 1 first,
+    at about 2^29.4, so no axis plus its padding can overflow an int in the C bounds arithmetic
+    (and any axis over 2^30 would be refused on its own)."""
+    pad = 1 << 20
+    layers = [{"name": f"p{i}", "type": "conv1d", "filters": 1, "kernel": 1, "padding": pad} for i in range(600)]
+    spec = {"name": "grow", "input": {"channels": 1, "length": 8}, "layers": layers}
+    with pytest.raises(SpecError, match=r"layer 342 'p341'.*scratch .* would have 2,149,580,825 elements") as info:
+        check(spec)
+    assert len(info.value.diagnostics) == 1
+    longest = 8 + 341 * 2 * pad  # p341's input
+    assert longest + 2 * pad < 1 << 30
