@@ -315,8 +315,15 @@ def _profile_text(model, rows: list[OpTiming], passes: dict[str, float], repeats
     mode = "training mode" if model.program.loss else "inference mode"
     total = sum(r.total_s for r in rows) or 1.0
     header = ["#", "op", "kind", "output", "forward ms", "backward ms", "% of total", "MACs/image", "GFLOP/s"]
+    absorbed = model.program.absorbed_backward if model.program.loss else {}
+
+    def backward_cell(r):
+        if r.backward_s is not None:
+            return f"{1e3 * r.backward_s:.3f}"
+        return f"in {absorbed[r.name]}" if r.name in absorbed else "-"
+
     body = [[str(r.index), r.name, r.kind, format_shape(r.output_shape), f"{1e3 * r.forward_s:.3f}",
-             "-" if r.backward_s is None else f"{1e3 * r.backward_s:.3f}", f"{100 * r.total_s / total:.1f}%",
+             backward_cell(r), f"{100 * r.total_s / total:.1f}%",
              f"{r.macs:,}" if r.macs else "-", f"{r.gflops:.2f}" if r.macs else "-"] for r in rows]
     fwd = sum(r.forward_s for r in rows)
     bwd = sum(r.backward_s or 0.0 for r in rows)
@@ -339,6 +346,10 @@ def _profile_text(model, rows: list[OpTiming], passes: dict[str, float], repeats
                      f"backward {1e3 * passes['backward']:.3f} (with zeroing the activation gradients)",
                      f"optimizer step {1e3 * passes['step']:.3f}", f"train_step {1e3 * passes['train_step']:.3f}"]
     lines.append("whole-model calls, ms: " + ", ".join(measured))
+    pooled = [op.name for op in model.program.ops if op.pooled and model.program.loss]
+    if pooled:
+        lines.append(f"GFLOP/s counts every layer's full MACs, backward too; the backward of {', '.join(pooled)} "
+                     "visits only each pool window's maximum (a quarter of the pixels behind a 2x2 pool)")
     return "\n".join(lines)
 
 

@@ -8,7 +8,8 @@ its offset is per sample, so the C code addresses `acts + A_<TENSOR> * batch`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .check import CheckedNet
@@ -66,6 +67,23 @@ class ParamTensor:
 
 
 @dataclass(frozen=True)
+class PooledBackward:
+    """conv -> [relu] -> maxpool, with nothing else reading the conv's or relu's output: the conv's
+    output gradient is nonzero only at the maximum of each pool window (and, after a relu, only
+    where that maximum is positive), so the conv's backward reads the pool's output gradient and
+    works at those positions alone: a quarter of the dense work behind a 2x2 pool. The pool's and
+    relu's backwards are absorbed, and the two gradients between are never materialised."""
+    pool: str  # the maxpool op
+    activation: str | None  # the relu op between, if any
+    pool_input: Tensor  # what the pool reads: its argmax picks the position
+    pool_output: Tensor  # whose gradient the conv's backward reads
+
+    @property
+    def absorbed(self) -> tuple[str, ...]:
+        return (self.pool,) + ((self.activation,) if self.activation else ())
+
+
+@dataclass(frozen=True)
 class Op:
     name: str  # unique C identifier fragment: conv1, conv1_relu
     layer: str  # the spec layer it comes from
@@ -81,6 +99,7 @@ class Op:
     input_grads: tuple[bool, ...]  # False where the input is the network input (no dX needed)
     param_count: int = 0
     forward_scratch: int = 0  # leading elements of the workspace an inference forward uses, within the call
+    pooled: PooledBackward | None = None  # a conv whose backward goes through the maxpool after it
 
     @property
     def grad_inputs(self) -> tuple[Tensor, ...]:
@@ -151,13 +170,41 @@ class Program:
         return DTYPE_BYTES[self.dtype]
 
     @property
+    def absorbed_backward(self) -> dict[str, str]:
+        """Ops without a backward of their own -> the op whose backward does their part (the
+        loss, for a sigmoid fused into binary cross-entropy)."""
+        absorbed = {name: op.name for op in self.ops if op.pooled for name in op.pooled.absorbed}
+        if self.loss and self.loss.fused_op:
+            absorbed[self.loss.fused_op] = "the loss"
+        return absorbed
+
+    @property
     def backward_ops(self) -> tuple[Op, ...]:
-        """The reverse schedule; an op fused into the loss has no backward of its own."""
-        skip = self.loss.fused_op if self.loss else None
-        return tuple(op for op in reversed(self.ops) if op.name != skip)
+        """The reverse schedule, without the absorbed ops."""
+        return tuple(op for op in reversed(self.ops) if self.has_backward(op))
 
     def has_backward(self, op: Op) -> bool:
-        return self.loss is not None and op.name != self.loss.fused_op
+        return self.loss is not None and op.name not in self.absorbed_backward
+
+    @property
+    def unmaterialised_gradients(self) -> frozenset[str]:
+        """Tensors whose gradient no backward writes: those between a conv and the maxpool its
+        backward goes through (PooledBackward)."""
+        return frozenset(t for op in self.ops if op.pooled for t in (op.output.name, op.pooled.pool_input.name))
+
+    def zeroed_gradients(self) -> list[tuple[int, int]]:
+        """(per-sample offset, size) ranges of the activation gradients backward zeroes first:
+        every tensor's but the unmaterialised ones, adjacent tensors merged into one range."""
+        ranges: list[tuple[int, int]] = []
+        skip = self.unmaterialised_gradients
+        for t in sorted((op.output for op in self.ops), key=lambda t: t.offset):
+            if t.name in skip or t.size == 0:
+                continue
+            if ranges and ranges[-1][0] + ranges[-1][1] == t.offset:
+                ranges[-1] = (ranges[-1][0], ranges[-1][1] + t.size)
+            else:
+                ranges.append((t.offset, t.size))
+        return ranges
 
     @property
     def uses_momentum(self) -> bool:
@@ -219,8 +266,8 @@ def lower(net: CheckedNet) -> Program:
     network_input = Tensor("input", spec.input_shape, -1)
     outputs: dict[str, Tensor] = {"input": network_input}
     ops: list[Op] = []
+    kinds = {}  # op name -> (layer kind object, input shapes)
     arena = 0
-    workspace = 0
 
     trainable = [(layer, decl) for layer in net.layers for decl in layer.params if decl.trainable]
     frozen = [(layer, decl) for layer in net.layers for decl in layer.params if not decl.trainable]
@@ -231,17 +278,16 @@ def lower(net: CheckedNet) -> Program:
         offset += decl.size
 
     def emit(layer, kind_obj, kind, inputs, out_shape, layer_params, in_shapes):
-        nonlocal arena, workspace
+        nonlocal arena
         name = names.take(layer.name if kind == layer.spec.kind else f"{layer.name}_{kind}")
         output = Tensor(name, out_shape, arena)
         arena += output.size
-        ws = kind_obj.workspace(in_shapes, out_shape)
         op = Op(name, layer.name, kind, REGISTRY[kind].template, layer.spec.loc.line if layer.spec.loc else None,
                 tuple(inputs), output, layer_params, kind_obj.kernel_consts(in_shapes, out_shape),
-                workspace, ws, tuple(not t.is_input for t in inputs),
+                0, kind_obj.workspace(in_shapes, out_shape), tuple(not t.is_input for t in inputs),
                 sum(p.size for p in layer_params.values() if p.trainable),
                 kind_obj.forward_scratch(in_shapes, out_shape))
-        workspace += ws
+        kinds[name] = (kind_obj, in_shapes)
         ops.append(op)
         return output
 
@@ -265,9 +311,52 @@ def lower(net: CheckedNet) -> Program:
 
     output = outputs[net.layers[-1].name]
     loss = _lower_loss(spec.loss, output, ops)
+    ops = _pool_backward_through(ops, kinds, keep={output.name} | ({loss.logits.name} if loss else set()))
+    ops, workspace = _place_workspaces(ops)
     return Program(spec.name, spec.dtype, network_input, output, tuple(ops), tuple(params.values()), offset,
                    sum(decl.size for _, decl in trainable), arena, workspace, loss, spec.optimizer,
                    {name: t for name, t in outputs.items() if name != "input"})
+
+
+POOLED_BACKWARD_ACTIVATIONS = ("relu",)  # what may sit between a conv and its maxpool (or nothing)
+
+
+def _pool_backward_through(ops: list[Op], kinds: dict, keep: set[str]) -> list[Op]:
+    """Give every conv -> [relu] -> maxpool chain whose intermediate tensors nothing else reads
+    (and that are not the network output) a PooledBackward (see there)."""
+    producer = {op.output.name: op for op in ops}
+    readers = Counter(t.name for op in ops for t in op.inputs)
+    fused = {}
+    for pool in ops:
+        if pool.kind not in ("maxpool2d", "maxpool1d"):
+            continue
+        conv = activation = producer.get(pool.inputs[0].name)
+        if activation is not None and activation.kind in POOLED_BACKWARD_ACTIVATIONS:
+            conv = producer.get(activation.inputs[0].name)
+        else:
+            activation = None
+        if conv is None or conv.kind not in ("conv2d", "conv1d"):
+            continue
+        between = [conv.output.name] + ([activation.output.name] if activation else [])
+        if any(readers[name] != 1 or name in keep for name in between):
+            continue
+        kind_obj, in_shapes = kinds[conv.name]
+        consts = kind_obj.pooled_backward_consts(conv.consts, pool.consts)
+        if consts is None:
+            continue
+        fused[conv.name] = replace(
+            conv, consts=consts, workspace_size=consts["SCRATCH_SIZE"],
+            pooled=PooledBackward(pool.name, activation.name if activation else None, pool.inputs[0], pool.output))
+    return [fused.get(op.name, op) for op in ops]
+
+
+def _place_workspaces(ops: list[Op]) -> tuple[list[Op], int]:
+    """Every op's workspace after the previous one's: (ops with their offsets, the total)."""
+    placed, offset = [], 0
+    for op in ops:
+        placed.append(replace(op, workspace_offset=offset))
+        offset += op.workspace_size
+    return placed, offset
 
 
 def _lower_loss(kind: str | None, output: Tensor, ops: list[Op]) -> Loss | None:
@@ -309,6 +398,10 @@ def describe(program: Program) -> str:
     for i, op in enumerate(program.backward_ops, 1):
         grads = [t.name for t, needed in zip(op.inputs, op.input_grads) if needed]
         wanted = [f"d{t}" for t in grads] + [f"d{p.key}" for p in op.params.values() if p.trainable]
-        lines.append(f"  {i:>3}. {op.name:<24} d{op.output.name} -> {', '.join(wanted) or '(nothing)'}")
+        source = f"d{op.output.name}"
+        if op.pooled:
+            source = f"d{op.pooled.pool_output.name} (through {', '.join(op.pooled.absorbed)}: " \
+                     "only each pool window's maximum)"
+        lines.append(f"  {i:>3}. {op.name:<24} {source} -> {', '.join(wanted) or '(nothing)'}")
     return "\n".join(lines)
 

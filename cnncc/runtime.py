@@ -270,6 +270,9 @@ class Model:
         tensor = self.program.layer_outputs.get(layer)
         if tensor is None:
             raise ValueError(f"no layer named '{layer}'; layers: {', '.join(self.program.layer_outputs)}")
+        if grad and tensor.name in self.program.unmaterialised_gradients:
+            raise ValueError(f"the gradient of '{layer}' is not materialised: its conv's backward goes straight "
+                             "through the maxpool after it (only each window's maximum has a gradient)")
         buffer = self._grad_acts if grad else self._acts
         if tensor.is_input or buffer is None or batch > self._capacity:
             raise ValueError(f"no stored {'gradient' if grad else 'output'} of '{layer}' for batch {batch}")

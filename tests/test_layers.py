@@ -30,7 +30,10 @@ import pytest
 import cnncc
 import reference as ref
 import seed_examples
+from cnncc.check import check_net
+from cnncc.ir import lower
 from cnncc.layers import REGISTRY
+from cnncc.spec import load_spec
 
 N = 3  # batch of the table's models
 SEED = 20240517  # dropout seed of the training passes
@@ -76,6 +79,7 @@ class Case:
     layer: dict  # type and fields of the layer under test
     wire: tuple = (0,)  # which pre-layer feeds each input of the layer
     pre_channels: tuple = ()  # output channels of each pre-layer (default: the input's, identity)
+    after: dict | None = None  # a layer reading the case's output (a maxpool after a conv: ir.PooledBackward)
 
     @property
     def kind(self) -> str:
@@ -92,7 +96,8 @@ class Case:
 def _c(id, shape, **layer):
     wire = layer.pop("wire", (0,))
     pre = layer.pop("pre", ())
-    return Case(id, shape, layer, wire, pre)
+    after = layer.pop("after", None)
+    return Case(id, shape, layer, wire, pre, after)
 
 
 CASES = [
@@ -122,6 +127,11 @@ CASES = [
     _c("conv_tanh", IMG_B, type="conv2d", filters=2, kernel=3, stride=2, activation="tanh"),
     _c("conv_softmax", IMG, type="conv2d", filters=3, kernel=3, activation="softmax"),
     _c("conv_linear", IMG, type="conv2d", filters=2, kernel=3, activation="linear"),
+    # a conv whose backward goes through the maxpool after it (ir.PooledBackward), and one that cannot
+    _c("conv_relu_pool", IMG, type="conv2d", filters=3, kernel=3, padding=1, activation="relu",
+       after={"type": "maxpool2d", "kernel": 2}),
+    _c("conv_grouped_pool", IMG, type="conv2d", filters=4, kernel=3, groups=2, activation="relu",
+       after={"type": "maxpool2d", "kernel": 2}),
     # conv1d
     _c("c1_basic", SIG, type="conv1d", filters=3, kernel=3),
     _c("c1_same_odd", SIG, type="conv1d", filters=3, kernel=3, padding="same"),
@@ -134,6 +144,8 @@ CASES = [
     _c("c1_depthwise", SIG, type="conv1d", filters=4, kernel=3, groups=4, padding=1),
     _c("c1_nobias_tanh", SIG, type="conv1d", filters=2, kernel=3, bias=False, activation="tanh"),
     _c("c1_relu", SIG, type="conv1d", filters=3, kernel=2, activation="relu"),
+    _c("c1_relu_pool", SIG, type="conv1d", filters=3, kernel=3, padding=1, activation="relu",
+       after={"type": "maxpool1d", "kernel": 3, "stride": 2, "padding": 1}),
     # pooling
     _c("max_k2", IMG, type="maxpool2d", kernel=2),
     _c("max_k3_s2_p1", IMG, type="maxpool2d", kernel=3, stride=2, padding=1),
@@ -430,7 +442,11 @@ def group_spec(cases, dtype, mode, name):
         else:
             inputs = [source] * len(case.wire)
         layers.append({"name": case.id, **case.layer, "inputs": inputs})
-        layers.append({"name": f"{case.id}_flat", "type": "flatten", "inputs": [case.id]})
+        last = case.id
+        if case.after:
+            last = f"{case.id}_after"
+            layers.append({"name": last, **case.after, "inputs": [case.id]})
+        layers.append({"name": f"{case.id}_flat", "type": "flatten", "inputs": [last]})
         finals.append(f"{case.id}_flat")
     join(layers, finals)
     return {"name": name, "input": spec_input(shape), "dtype": dtype, "layers": layers, "loss": "mse"}
@@ -556,6 +572,10 @@ def run_group(shape, dtype, mode, build_dir, cflags=None, cases=None, name=None,
         c_out = read(m, case.id, n, xs).astype(np.float64)
         y_ref, aux = ref_forward(case.layer, ins, P_before, training=True, c_out=c_out)
         results[case.id].forward_train = rel_err(c_out, y_ref)
+        if case.after:  # the layer after reads the C output, so each layer is checked on its own
+            after_ref, _ = ref_forward(case.after, [c_out], {}, training=True)
+            aux["after"] = read(m, f"{case.id}_after", n, xs).astype(np.float64)
+            results[case.id].forward_train = max(results[case.id].forward_train, rel_err(aux["after"], after_ref))
         if "running_mean" in aux:
             results[case.id].running_stats = max(rel_err(P["running_mean"], aux["running_mean"]),
                                                  rel_err(P["running_var"], aux["running_var"]))
@@ -579,9 +599,12 @@ def run_group(shape, dtype, mode, build_dir, cflags=None, cases=None, name=None,
     offset = 0
     for case in cases:
         ins, P, y, aux = train[case.id]
-        size = y[0].size
-        g = g_final[:, offset:offset + size].reshape(y.shape)
+        final = aux.get("after", y)
+        size = final[0].size
+        g = g_final[:, offset:offset + size].reshape(final.shape)
         offset += size
+        if case.after:
+            g = ref_backward(case.after, g, [y], {}, final, {})[0][0]
         dins, dparams = ref_backward(case.layer, g, ins, P, y, aux)
         r = results[case.id]
         r.output_grad = g
@@ -708,6 +731,17 @@ def test_table_compiles_with_warnings_as_errors(dtype, compile_many):
                  WERROR)
 
 
+def test_backward_through_the_pool_is_chosen_where_it_applies():
+    """The table's conv -> maxpool cases take the pooled backward (ir.PooledBackward) where the
+    conv has one group; the grouped one keeps the backward at every pixel."""
+    pooled = set()
+    for mode in ("pre", "direct"):
+        for shape, cases in GROUPS.items():
+            spec = load_spec(group_spec(cases, "float64", mode, group_name(shape, "float64", mode)))
+            pooled |= {(mode, op.layer) for op in lower(check_net(spec)).ops if op.pooled}
+    assert pooled == {(mode, case) for mode in ("pre", "direct") for case in ("conv_relu_pool", "c1_relu_pool")}
+
+
 # ---------------------------------------------------------------------------------------
 # random conv2d shapes
 # ---------------------------------------------------------------------------------------
@@ -798,6 +832,14 @@ VARIANT_CASES = {
         _c("shifted_grouped", VARIANT_IMG, type="conv2d", filters=18, kernel=3, groups=2, padding="same", pre=(10,)),
         _c("im2col_strided", VARIANT_IMG, type="conv2d", filters=10, kernel=3, stride=2, padding=1, pre=(11,)),
         _c("im2col_strided_many", VARIANT_IMG, type="conv2d", filters=21, kernel=[2, 3], stride=[2, 1], pre=(7,)),
+        # backward through the maxpool after: a relu between or not, strides, padding, height dilation,
+        # overlapping and padded pool windows
+        _c("pooled_relu", VARIANT_IMG, type="conv2d", filters=8, kernel=3, padding=1, activation="relu", pre=(11,),
+           after={"type": "maxpool2d", "kernel": 2}),
+        _c("pooled_linear_strided", VARIANT_IMG, type="conv2d", filters=6, kernel=[2, 3], stride=2, pre=(3,),
+           after={"type": "maxpool2d", "kernel": 3, "stride": 2, "padding": 1}),
+        _c("pooled_same_dilated", VARIANT_IMG, type="conv2d", filters=17, kernel=4, padding="same", dilation=[2, 1],
+           activation="relu", bias=False, after={"type": "maxpool2d", "kernel": [2, 3], "stride": [1, 2]}),
     ],
     VARIANT_FLAT: [
         _c("dense_wide", VARIANT_FLAT, type="dense", units=37),
@@ -814,6 +856,8 @@ def test_every_kernel_variant_and_block_form(shape, dtype, build_dir):
     result = run_group(shape, dtype, "pre", build_dir, cases=cases, name=f"variants_{shape_tag(shape)}_{dtype}",
                        xs=kink_safe(rng, (VARIANT_BATCH,) + shape))
     tolerance = TOL_FORWARD64 if dtype == "float64" else TOL_FORWARD32
+    pooled = {op.layer for op in result.model.program.ops if op.pooled}
+    assert pooled == {case.id for case in cases if case.id.startswith("pooled_")}
     for case in cases:
         r = result.cases[case.id]
         assert max(r.forward_infer, r.forward_train) <= tolerance, f"{case.id} forward: {r.forward_infer:.3g}"

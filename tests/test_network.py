@@ -216,6 +216,19 @@ def test_whole_network_input_gradient_matches_finite_differences(name, nets):
     assert err <= TOL_FD, f"dL/dx: finite differences {numeric} vs backward {analytic} (error {err:.3g})"
 
 
+def test_gradients_behind_a_pooled_backward_are_refused_not_stale(nets):
+    """mnist_seed's conv2 -> relu -> pool backward skips the gradients of conv2 and its relu
+    (ir.PooledBackward): asking for them is an error, while every other gradient is there."""
+    m = nets["mnist_seed"].init(3)
+    x, y = _problem(m, seed=6)
+    m.gradients(x, y)
+    assert [op.name for op in m.program.ops if op.pooled] == ["conv2"]
+    with pytest.raises(ValueError, match="'conv2' is not materialised"):
+        m.activation("conv2", x.shape[0], grad=True)
+    for layer in ("conv1", "pool", "fc1"):
+        assert np.abs(m.activation(layer, x.shape[0], grad=True)).max() > 0, layer
+
+
 # ---------------------------------------------------------------------------------------
 # optimizers
 # ---------------------------------------------------------------------------------------

@@ -132,6 +132,28 @@ class Conv2d(LayerKind):
         consts.update(self._scratch_layout(consts))
         return consts
 
+    @classmethod
+    def pooled_backward_consts(cls, consts, pool):
+        """The constants of the backward through a maxpool (ir.PooledBackward), from this conv's
+        constants and the pool's (maxpool2d's kernel_consts); None where it does not apply.
+
+        That backward visits each pool window's maximum: one patch of the input per window and
+        filter, read channels-last so that a kernel row of all the channels, KW * C_IN values,
+        is contiguous. So it needs one group and no dilation along the width."""
+        if consts["GROUPS"] != 1 or consts["DIL_W"] != 1:
+            return None
+        k = {key: value for key, value in consts.items() if not key.startswith("SCRATCH_")}
+        k.update({f"POOL_{key}": pool[key] for key in ("KH", "KW", "STRIDE_H", "STRIDE_W", "PAD_TOP", "PAD_LEFT")})
+        k.update({"POOL_H_OUT": pool["H_OUT"], "POOL_W_OUT": pool["W_OUT"], "pooled": True,
+                  # the input, zero-padded, channels-last: HWC_H x HWC_W x C_IN
+                  "HWC_H": max(consts["H_IN"] + consts["PAD_TOP"], (consts["H_OUT"] - 1) * consts["STRIDE_H"]
+                               + (consts["KH"] - 1) * consts["DIL_H"] + 1),
+                  "HWC_W": max(consts["W_IN"] + consts["PAD_LEFT"], (consts["W_OUT"] - 1) * consts["STRIDE_W"]
+                               + consts["KW"]),
+                  "TAP_ROW": consts["KW"] * consts["C_IN"]})
+        k.update(cls._scratch_layout(k))
+        return k
+
     @staticmethod
     def _shifted_plan(k, pad_h, pad_w):
         """A stride-1 conv reads its patch matrix in place (see conv2d.c.j2): the input, zero-padded
@@ -153,6 +175,7 @@ class Conv2d(LayerKind):
         """Offsets of the kernels' scratch buffers in the op's workspace: the forward's first (an
         inference build needs only those: SCRATCH_FORWARD elements), then the backward's."""
         cig, cog = k["C_IN_PER_GROUP"], k["C_OUT_PER_GROUP"]
+        hwc = k.get("HWC_H", 0) * k.get("HWC_W", 0) * k["C_IN"]
         if k["shifted"]:
             forward = {"SCRATCH_PADDED": cig * k["H_PAD"] * k["W_PAD"] if k["padded"] else 0,
                        "SCRATCH_WIDE": cog * k["WIDE_OUT"] if k["wide"] else 0}
@@ -164,6 +187,9 @@ class Conv2d(LayerKind):
             forward = {"SCRATCH_PATCHES": k["K_GROUP"] * k["PIXELS_OUT"]}
             backward = {"SCRATCH_DOUT": 0 if k["dweight_by_dots"] else k["PIXELS_OUT"] * cog}
         backward["SCRATCH_DWEIGHT_T"] = 0 if k["dweight_by_dots"] else k["C_OUT"] * k["K_GROUP"]
+        if k.get("pooled"):  # pooled_backward_consts: a backward of its own, channels-last
+            backward = {"SCRATCH_IN_HWC": hwc, "SCRATCH_DIN_HWC": hwc,
+                        "SCRATCH_WEIGHT_HWC": k["C_OUT"] * k["K_GROUP"], "SCRATCH_DWEIGHT_HWC": k["C_OUT"] * k["K_GROUP"]}
         layout, offset = {}, 0
         for name, size in forward.items():
             layout[name], offset = offset, offset + size
