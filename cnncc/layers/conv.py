@@ -150,7 +150,9 @@ class Conv2d(LayerKind):
                                + (consts["KH"] - 1) * consts["DIL_H"] + 1),
                   "HWC_W": max(consts["W_IN"] + consts["PAD_LEFT"], (consts["W_OUT"] - 1) * consts["STRIDE_W"]
                                + consts["KW"]),
-                  "TAP_ROW": consts["KW"] * consts["C_IN"]})
+                  "TAP_ROW": consts["KW"] * consts["C_IN"],
+                  # rows padded to whole vectors (of up to 16 lanes): the weights' padding lanes are zero
+                  "ROW_PAD": -(-consts["KW"] * consts["C_IN"] // 16) * 16})
         k.update(cls._scratch_layout(k))
         return k
 
@@ -175,7 +177,6 @@ class Conv2d(LayerKind):
         """Offsets of the kernels' scratch buffers in the op's workspace: the forward's first (an
         inference build needs only those: SCRATCH_FORWARD elements), then the backward's."""
         cig, cog = k["C_IN_PER_GROUP"], k["C_OUT_PER_GROUP"]
-        hwc = k.get("HWC_H", 0) * k.get("HWC_W", 0) * k["C_IN"]
         if k["shifted"]:
             forward = {"SCRATCH_PADDED": cig * k["H_PAD"] * k["W_PAD"] if k["padded"] else 0,
                        "SCRATCH_WIDE": cog * k["WIDE_OUT"] if k["wide"] else 0}
@@ -188,8 +189,11 @@ class Conv2d(LayerKind):
             backward = {"SCRATCH_DOUT": 0 if k["dweight_by_dots"] else k["PIXELS_OUT"] * cog}
         backward["SCRATCH_DWEIGHT_T"] = 0 if k["dweight_by_dots"] else k["C_OUT"] * k["K_GROUP"]
         if k.get("pooled"):  # pooled_backward_consts: a backward of its own, channels-last
-            backward = {"SCRATCH_IN_HWC": hwc, "SCRATCH_DIN_HWC": hwc,
-                        "SCRATCH_WEIGHT_HWC": k["C_OUT"] * k["K_GROUP"], "SCRATCH_DWEIGHT_HWC": k["C_OUT"] * k["K_GROUP"]}
+            # a whole-vector read of the last kernel row runs up to ROW_PAD - TAP_ROW past the image
+            image = k["HWC_H"] * k["HWC_W"] * k["C_IN"] + k["ROW_PAD"] - k["TAP_ROW"]
+            rows = k["C_OUT"] * k["KH"] * k["ROW_PAD"]
+            backward = {"SCRATCH_IN_HWC": image, "SCRATCH_DIN_HWC": image,
+                        "SCRATCH_WEIGHT_HWC": rows, "SCRATCH_DWEIGHT_HWC": rows}
         layout, offset = {}, 0
         for name, size in forward.items():
             layout[name], offset = offset, offset + size
