@@ -858,6 +858,8 @@ def test_every_kernel_variant_and_block_form(shape, dtype, build_dir):
     tolerance = TOL_FORWARD64 if dtype == "float64" else TOL_FORWARD32
     pooled = {op.layer for op in result.model.program.ops if op.pooled}
     assert pooled == {case.id for case in cases if case.id.startswith("pooled_")}
+    if pooled:  # both forms of the pool's windows: all inside the conv's output, and clipped by padding
+        assert {op.consts["pool_windows_inside"] for op in result.model.program.ops if op.pooled} == {True, False}
     for case in cases:
         r = result.cases[case.id]
         assert max(r.forward_infer, r.forward_train) <= tolerance, f"{case.id} forward: {r.forward_infer:.3g}"
