@@ -141,7 +141,9 @@ class Model:
 
     # ---- the C calls -------------------------------------------------------------------
     def _ptr(self, array: np.ndarray, ctype: str | None = None):
-        return self._ffi.cast(ctype or self._pointer_type, array.ctypes.data)
+        """A C pointer to a contiguous array's data, valid while the array lives (from_buffer is
+        three times faster than array.ctypes.data, which counts at batch 1)."""
+        return self._ffi.cast(ctype or self._pointer_type, self._ffi.from_buffer(array))
 
     def _check_memory(self, batch: int, training: bool) -> None:
         """Refuse, before allocating anything, a batch whose buffers cannot fit: more bytes than
