@@ -229,6 +229,13 @@ def _op_macs(model) -> dict[str, tuple[int, int]]:
     return macs
 
 
+def zero_activation_gradients(model, batch: int) -> None:
+    """What NAME_backward zeroes first (ir.Program.zeroed_gradients): every activation gradient but
+    the unmaterialised ones, whose memory holds what a pool's forward keeps for a conv's backward."""
+    for offset, size in model.program.zeroed_gradients():
+        model._grad_acts[offset * batch:(offset + size) * batch] = 0
+
+
 def profile_layers(model, batch: int = 64, repeats: int = 5, seed: int = 0) -> list[OpTiming]:
     """Median seconds per call of every op's forward and backward at `batch`, each op run on
     its own from Python on a fixed random batch (training mode when the spec has a loss).
@@ -256,7 +263,7 @@ def profile_layers(model, batch: int = 64, repeats: int = 5, seed: int = 0) -> l
                 forward_s[i].append(time.perf_counter() - t0)
             if not native.training:
                 continue
-            model._grad_acts[...] = 0
+            zero_activation_gradients(model, batch)
             model._grad_acts[start:start + logits.size * batch] = loss_grad
             native.zero_grad(native.ctx)
             for i in reversed(range(len(ops))):

@@ -72,7 +72,9 @@ class PooledBackward:
     output gradient is nonzero only at the maximum of each pool window (and, after a relu, only
     where that maximum is positive), so the conv's backward reads the pool's output gradient and
     works at those positions alone: a quarter of the dense work behind a 2x2 pool. The pool's and
-    relu's backwards are absorbed, and the two gradients between are never materialised."""
+    relu's backwards are absorbed, and the two gradients between are never materialised: in
+    training, the pool's forward keeps each window's argmax (as int32) in the memory of its
+    input's gradient instead."""
     pool: str  # the maxpool op
     activation: str | None  # the relu op between, if any
     pool_input: Tensor  # what the pool reads: its argmax picks the position
@@ -340,6 +342,8 @@ def _pool_backward_through(ops: list[Op], kinds: dict, keep: set[str]) -> list[O
         between = [conv.output.name] + ([activation.output.name] if activation else [])
         if any(readers[name] != 1 or name in keep for name in between):
             continue
+        if pool.output.size > pool.inputs[0].size:
+            continue  # (padded, overlapping windows) the argmax would not fit where the pool keeps it
         kind_obj, in_shapes = kinds[conv.name]
         consts = kind_obj.pooled_backward_consts(conv.consts, pool.consts)
         if consts is None:
@@ -347,6 +351,7 @@ def _pool_backward_through(ops: list[Op], kinds: dict, keep: set[str]) -> list[O
         fused[conv.name] = replace(
             conv, consts=consts, workspace_size=consts["SCRATCH_SIZE"],
             pooled=PooledBackward(pool.name, activation.name if activation else None, pool.inputs[0], pool.output))
+        fused[pool.name] = replace(pool, consts={**pool.consts, "keeps_argmax": True})
     return [fused.get(op.name, op) for op in ops]
 
 

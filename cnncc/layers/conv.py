@@ -143,12 +143,7 @@ class Conv2d(LayerKind):
         if consts["GROUPS"] != 1 or consts["DIL_W"] != 1:
             return None
         k = {key: value for key, value in consts.items() if not key.startswith("SCRATCH_")}
-        k.update({f"POOL_{key}": pool[key] for key in ("KH", "KW", "STRIDE_H", "STRIDE_W", "PAD_TOP", "PAD_LEFT")})
-        inside = (pool["PAD_TOP"] == pool["PAD_LEFT"] == 0
-                  and (pool["H_OUT"] - 1) * pool["STRIDE_H"] + pool["KH"] <= pool["H_IN"]
-                  and (pool["W_OUT"] - 1) * pool["STRIDE_W"] + pool["KW"] <= pool["W_IN"])
-        k.update({"POOL_H_OUT": pool["H_OUT"], "POOL_W_OUT": pool["W_OUT"], "pooled": True,
-                  "pool_windows_inside": inside,  # no window is clipped by padding: fixed window loops
+        k.update({"POOL_PIXELS": pool["H_OUT"] * pool["W_OUT"], "pooled": True,
                   # the input, zero-padded, channels-last: HWC_H x HWC_W x C_IN
                   "HWC_H": max(consts["H_IN"] + consts["PAD_TOP"], (consts["H_OUT"] - 1) * consts["STRIDE_H"]
                                + (consts["KH"] - 1) * consts["DIL_H"] + 1),

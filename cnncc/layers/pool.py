@@ -64,7 +64,9 @@ class _Pool2d(LayerKind):
         _, oh, ow = as_chw(output)
         return {"C": c, "H_IN": h, "W_IN": w, "H_OUT": oh, "W_OUT": ow, "KH": kh, "KW": kw,
                 "STRIDE_H": sh, "STRIDE_W": sw, "PAD_TOP": pad_h[0], "PAD_LEFT": pad_w[0],
-                "has_padding": sum(pad_h) + sum(pad_w) > 0}
+                "has_padding": sum(pad_h) + sum(pad_w) > 0,
+                # set by ir.lower when a conv's backward goes through this pool (maxpool2d.c.j2)
+                "keeps_argmax": False}
 
 
 class _Pool1d(_Pool2d):
