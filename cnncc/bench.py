@@ -51,7 +51,7 @@ class OpTiming:
     layer: str
     output_shape: tuple[int, ...]
     forward_s: float
-    backward_s: float | None  # None: no backward (inference-only spec, or fused into the loss)
+    backward_s: float | None  # None: no backward (inference-only spec, or absorbed into another op's)
     macs: int
     backward_macs: int
     batch: int
