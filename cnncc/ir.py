@@ -158,6 +158,7 @@ class Program:
     optimizer: OptimizerSpec
     layer_outputs: dict[str, Tensor] = field(default_factory=dict)
     deployment: Deployment = field(default_factory=Deployment)
+    sample_slots: int = 1  # see lower
 
     @property
     def c_type(self) -> str:
@@ -262,7 +263,9 @@ class _Names:
         return name
 
 
-def lower(net: CheckedNet) -> Program:
+def lower(net: CheckedNet, sample_slots: int = 1) -> Program:
+    """sample_slots: samples a conv processes at once, one per thread of an OpenMP build (each
+    with its own scratch); results are the same for any count (conv2d.c.j2)."""
     spec = net.spec
     names = _Names(spec.name)
     network_input = Tensor("input", spec.input_shape, -1)
@@ -314,10 +317,19 @@ def lower(net: CheckedNet) -> Program:
     output = outputs[net.layers[-1].name]
     loss = _lower_loss(spec.loss, output, ops)
     ops = _pool_backward_through(ops, kinds, keep={output.name} | ({loss.logits.name} if loss else set()))
+    if sample_slots > 1:
+        ops = [_with_sample_slots(op, kinds[op.name][0], sample_slots) for op in ops]
     ops, workspace = _place_workspaces(ops)
     return Program(spec.name, spec.dtype, network_input, output, tuple(ops), tuple(params.values()), offset,
                    sum(decl.size for _, decl in trainable), arena, workspace, loss, spec.optimizer,
-                   {name: t for name, t in outputs.items() if name != "input"})
+                   {name: t for name, t in outputs.items() if name != "input"}, sample_slots=sample_slots)
+
+
+def _with_sample_slots(op: Op, kind_obj, slots: int) -> Op:
+    if "SAMPLE_SLOTS" not in op.consts:
+        return op
+    consts = kind_obj.with_sample_slots(op.consts, slots)
+    return replace(op, consts=consts, workspace_size=consts["SCRATCH_SIZE"])
 
 
 POOLED_BACKWARD_ACTIVATIONS = ("relu",)  # what may sit between a conv and its maxpool (or nothing)

@@ -63,11 +63,12 @@ class Model:
     # ---- construction ------------------------------------------------------------------
     @classmethod
     def compile(cls, spec, build_dir=None, cflags=None, cc=None, threads: int = 1) -> "Model":
-        """threads > 1: an OpenMP build running on that many threads (see set_threads)."""
+        """threads > 1: an OpenMP build running on that many threads (see set_threads), whose convs
+        process that many samples at once (ir.lower's sample_slots)."""
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         spec = load_spec(spec)
-        program = lower(check_net(spec))
+        program = lower(check_net(spec), sample_slots=threads)
         if threads > 1:
             cflags = (*(DEFAULT_CFLAGS if cflags is None else cflags), *OPENMP_FLAGS)
         model = cls(spec, program, build_program(program, spec.path, build_dir, cflags, cc))

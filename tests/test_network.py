@@ -395,6 +395,19 @@ def test_every_template_variant_compiles_with_warnings_as_errors(compile_many):
             assert math.isfinite(m.train_step(x, t))
 
 
+def test_threaded_builds_compile_with_warnings_as_errors(build_dir):
+    """The OpenMP build (threads > 1: sample slots, parallel loops) of every spec in specs/ and the
+    networks above, under -Wall -Wextra -Werror; each takes a training step."""
+    specs = [str(p) for p in sorted(SPECS_DIR.glob("*.yaml"))] + list(NETS.values())
+    for spec in specs:
+        m = cnncc.compile(spec, build_dir=build_dir, cflags=WERROR, threads=2).init(0)
+        assert m.program.sample_slots == 2
+        x = np.random.default_rng(0).standard_normal((3,) + tuple(m.input_shape))
+        if m.program.loss is not None:
+            t = np.array([0, 1, 0]) if m.program.loss.takes_labels else np.full((3,) + tuple(m.output_shape), 0.5)
+            assert math.isfinite(m.train_step(x, t))
+
+
 # ---------------------------------------------------------------------------------------
 # input checking
 # ---------------------------------------------------------------------------------------
@@ -602,17 +615,36 @@ def test_float32_network_matches_float64(name, nets, build_dir):
         assert rel_err(g32[key], g64[key]) <= 1e-3, key
 
 
-def test_threads_change_nothing_but_the_speed(build_dir):
+THREADED_SPECS = {
+    # The convs' backward products are over the parallel threshold (2^21 multiply-adds): conv1's
+    # weight gradient 144 x 32 x 622 per sample, conv2's 288 x 32 x 622 and, for its input
+    # gradient, 32 x 622 x 288 (their forwards go round the sample slots instead).
+    "large_products": {
+        "name": "threaded", "input": {"channels": 16, "height": 24, "width": 24},
+        "layers": [{"name": "conv1", "type": "conv2d", "filters": 32, "kernel": 3, "padding": 1, "activation": "relu"},
+                   {"name": "conv2", "type": "conv2d", "filters": 32, "kernel": 3, "padding": 1},
+                   {"type": "flatten"}, {"name": "fc", "type": "dense", "units": 10}],
+        "loss": "softmax_cross_entropy", "optimizer": {"type": "adam", "lr": 0.001}},
+    # Small convs, both backwards through their pools (sample slots, each slot's gradients summed
+    # in sample order), the second conv's also with its input gradient.
+    "pooled": {
+        "name": "threaded_pooled", "input": {"channels": 16, "height": 24, "width": 24},
+        "layers": [{"name": "conv1", "type": "conv2d", "filters": 8, "kernel": 5, "activation": "relu"},
+                   {"name": "pool1", "type": "maxpool2d", "kernel": 2},
+                   {"name": "conv2", "type": "conv2d", "filters": 12, "kernel": 3, "padding": 1},
+                   {"name": "pool2", "type": "maxpool2d", "kernel": 2},
+                   {"type": "flatten"}, {"name": "fc", "type": "dense", "units": 10}],
+        "loss": "softmax_cross_entropy", "optimizer": {"type": "adam", "lr": 0.001}},
+}
+
+
+@pytest.mark.parametrize("key", list(THREADED_SPECS))
+def test_threads_change_nothing_but_the_speed(key, build_dir):
     """Large products split over threads by output blocks, each element summed by one thread in
-    a fixed order: training at 1 and at 2 threads gives the same bits. The convs' products are
-    over the parallel threshold (2^21 multiply-adds): conv1 32 x 622 x 144 per sample, its weight
-    gradient 144 x 32 x 622, conv2's 32 x 622 x 288, 288 x 32 x 622 and, for its input gradient,
-    32 x 622 x 288."""
-    spec = {"name": "threaded", "input": {"channels": 16, "height": 24, "width": 24},
-            "layers": [{"name": "conv1", "type": "conv2d", "filters": 32, "kernel": 3, "padding": 1, "activation": "relu"},
-                       {"name": "conv2", "type": "conv2d", "filters": 32, "kernel": 3, "padding": 1},
-                       {"type": "flatten"}, {"name": "fc", "type": "dense", "units": 10}],
-            "loss": "softmax_cross_entropy", "optimizer": {"type": "adam", "lr": 0.001}}
+    a fixed order, and the convs' samples go round one slot per thread, their gradients summed
+    in sample order: training at 1 and at 2 threads, and a build without threads, give the same
+    bits (batch 9: the last group of samples fills one slot of two)."""
+    spec = THREADED_SPECS[key]
     model = cnncc.compile(spec, build_dir=build_dir, threads=2)
     rng = np.random.default_rng(5)
     x = rng.normal(size=(9, 16, 24, 24))
@@ -632,3 +664,5 @@ def test_threads_change_nothing_but_the_speed(build_dir):
     serial = cnncc.compile(spec, build_dir=build_dir).init(3)
     assert serial.set_threads(2) == 1  # not an OpenMP build: always one thread
     assert [serial.train_step(x, y, seed=1) for _ in range(3)] == results[0][0]  # and the same numbers
+    assert np.array_equal(serial.forward(x), results[0][1])
+    assert all(np.array_equal(serial.params[k], results[0][2][k]) for k in serial.params)

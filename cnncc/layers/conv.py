@@ -126,6 +126,7 @@ class Conv2d(LayerKind):
             # The weight gradient's product has C_OUT_PER_GROUP columns: too few to fill vectors,
             # so it is computed as dot products along the pixels instead.
             "dweight_by_dots": self.filters // self.groups < DOTS_BELOW_FILTERS,
+            "SAMPLE_SLOTS": 1,  # ir.lower sets the compile-time thread count (with_sample_slots)
         }
         plan = self._shifted_plan(consts, pad_h, pad_w) if consts["shifted"] else {}
         consts.update(plan)
@@ -142,7 +143,7 @@ class Conv2d(LayerKind):
         is contiguous. So it needs one group and no dilation along the width."""
         if consts["GROUPS"] != 1 or consts["DIL_W"] != 1:
             return None
-        k = {key: value for key, value in consts.items() if not key.startswith("SCRATCH_")}
+        k = {key: value for key, value in consts.items() if not key.startswith("SCRATCH_") and key != "SLOT_SIZE"}
         k.update({"POOL_PIXELS": pool["H_OUT"] * pool["W_OUT"], "pooled": True,
                   # the input, zero-padded, channels-last: HWC_H x HWC_W x C_IN
                   "HWC_H": max(consts["H_IN"] + consts["PAD_TOP"], (consts["H_OUT"] - 1) * consts["STRIDE_H"]
@@ -173,34 +174,50 @@ class Conv2d(LayerKind):
 
     @staticmethod
     def _scratch_layout(k):
-        """Offsets of the kernels' scratch buffers in the op's workspace: the forward's first (an
-        inference build needs only those: SCRATCH_FORWARD elements), then the backward's."""
+        """Offsets of the kernels' scratch buffers in the op's workspace. Samples go round
+        SAMPLE_SLOTS slots (an OpenMP build runs them on its threads), each with the scratch of one
+        sample: SLOT_SIZE elements at slot * SLOT_SIZE, the forward's first (an inference build, one
+        slot, needs only those: SCRATCH_FORWARD elements). What the samples share follows the slots."""
         cig, cog = k["C_IN_PER_GROUP"], k["C_OUT_PER_GROUP"]
         if k["shifted"]:
             forward = {"SCRATCH_PADDED": cig * k["H_PAD"] * k["W_PAD"] if k["padded"] else 0,
                        "SCRATCH_WIDE": cog * k["WIDE_OUT"] if k["wide"] else 0}
             backward = {"SCRATCH_DOUT": k["WIDE_OUT"] * cog,
                         "SCRATCH_DPAD": 0 if k["dout_is_dpad"] else cog * k["H_DPAD"] * k["W_DPAD"],
-                        "SCRATCH_WIDE_IN": cig * k["WIDE_IN"] if k["wide"] else 0,
-                        "SCRATCH_FLIPPED": k["C_OUT"] * k["K_GROUP"]}
+                        "SCRATCH_WIDE_IN": cig * k["WIDE_IN"] if k["wide"] else 0}
+            shared = {"SCRATCH_FLIPPED": k["C_OUT"] * k["K_GROUP"]}
         else:
             forward = {"SCRATCH_PATCHES": k["K_GROUP"] * k["PIXELS_OUT"]}
             backward = {"SCRATCH_DOUT": 0 if k["dweight_by_dots"] else k["PIXELS_OUT"] * cog}
-        backward["SCRATCH_DWEIGHT_T"] = 0 if k["dweight_by_dots"] else k["C_OUT"] * k["K_GROUP"]
+            shared = {}
+        shared["SCRATCH_DWEIGHT_T"] = 0 if k["dweight_by_dots"] else k["C_OUT"] * k["K_GROUP"]
         if k.get("pooled"):  # pooled_backward_consts: a backward of its own, channels-last
             # a whole-vector read of the last kernel row runs up to ROW_PAD - TAP_ROW past the image
             image = k["HWC_H"] * k["HWC_W"] * k["C_IN"] + k["ROW_PAD"] - k["TAP_ROW"]
             rows = k["C_OUT"] * k["KH"] * k["ROW_PAD"]
             backward = {"SCRATCH_IN_HWC": image, "SCRATCH_DIN_HWC": image,
-                        "SCRATCH_WEIGHT_HWC": rows, "SCRATCH_DWEIGHT_HWC": rows}
+                        "SCRATCH_DWEIGHT_PART": rows, "SCRATCH_DBIAS_PART": k["C_OUT"]}
+            shared = {"SCRATCH_WEIGHT_HWC": rows, "SCRATCH_DWEIGHT_SUM": rows}
         layout, offset = {}, 0
         for name, size in forward.items():
             layout[name], offset = offset, offset + size
         layout["SCRATCH_FORWARD"] = offset
         for name, size in backward.items():
             layout[name], offset = offset, offset + size
+        layout["SLOT_SIZE"] = offset
+        offset *= k.get("SAMPLE_SLOTS", 1)
+        for name, size in shared.items():
+            layout[name], offset = offset, offset + size
         layout["SCRATCH_SIZE"] = offset
         return layout
+
+    @classmethod
+    def with_sample_slots(cls, consts, slots):
+        """The constants for `slots` sample slots (see _scratch_layout) instead of one."""
+        k = {key: value for key, value in consts.items() if not key.startswith("SCRATCH_") and key != "SLOT_SIZE"}
+        k["SAMPLE_SLOTS"] = slots
+        k.update(cls._scratch_layout(k))
+        return k
 
     def forward_scratch(self, inputs, output):
         return self.kernel_consts(inputs, output)["SCRATCH_FORWARD"]
