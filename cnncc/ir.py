@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .check import CheckedNet
+from .check import MAX_TENSOR_ELEMENTS, CheckedNet
 from .layers import REGISTRY, Shape, as_chw, format_shape, numel
 from .spec import OptimizerSpec
 
@@ -192,7 +192,7 @@ class Program:
     @property
     def unmaterialised_gradients(self) -> frozenset[str]:
         """Tensors whose gradient no backward writes: those between a conv and the maxpool its
-        backward goes through (PooledBackward)."""
+        backward goes through (PooledBackward; the pool's argmax lives in that memory)."""
         return frozenset(t for op in self.ops if op.pooled for t in (op.output.name, op.pooled.pool_input.name))
 
     def zeroed_gradients(self) -> list[tuple[int, int]]:
@@ -271,7 +271,7 @@ def lower(net: CheckedNet, sample_slots: int = 1) -> Program:
     network_input = Tensor("input", spec.input_shape, -1)
     outputs: dict[str, Tensor] = {"input": network_input}
     ops: list[Op] = []
-    kinds = {}  # op name -> (layer kind object, input shapes)
+    kinds = {}  # op name -> its layer kind object
     arena = 0
 
     trainable = [(layer, decl) for layer in net.layers for decl in layer.params if decl.trainable]
@@ -292,7 +292,7 @@ def lower(net: CheckedNet, sample_slots: int = 1) -> Program:
                 0, kind_obj.workspace(in_shapes, out_shape), tuple(not t.is_input for t in inputs),
                 sum(p.size for p in layer_params.values() if p.trainable),
                 kind_obj.forward_scratch(in_shapes, out_shape))
-        kinds[name] = (kind_obj, in_shapes)
+        kinds[name] = kind_obj
         ops.append(op)
         return output
 
@@ -318,7 +318,7 @@ def lower(net: CheckedNet, sample_slots: int = 1) -> Program:
     loss = _lower_loss(spec.loss, output, ops)
     ops = _pool_backward_through(ops, kinds, keep={output.name} | ({loss.logits.name} if loss else set()))
     if sample_slots > 1:
-        ops = [_with_sample_slots(op, kinds[op.name][0], sample_slots) for op in ops]
+        ops = [_with_sample_slots(op, kinds[op.name], sample_slots) for op in ops]
     ops, workspace = _place_workspaces(ops)
     return Program(spec.name, spec.dtype, network_input, output, tuple(ops), tuple(params.values()), offset,
                    sum(decl.size for _, decl in trainable), arena, workspace, loss, spec.optimizer,
@@ -329,6 +329,9 @@ def _with_sample_slots(op: Op, kind_obj, slots: int) -> Op:
     if "SAMPLE_SLOTS" not in op.consts:
         return op
     consts = kind_obj.with_sample_slots(op.consts, slots)
+    if consts["SCRATCH_SIZE"] > MAX_TENSOR_ELEMENTS:  # its offsets are C int constants (check.py)
+        raise ValueError(f"{op.name}: {slots} threads would need {consts['SCRATCH_SIZE']:,} elements of scratch, "
+                         f"more than {MAX_TENSOR_ELEMENTS:,}; use fewer threads")
     return replace(op, consts=consts, workspace_size=consts["SCRATCH_SIZE"])
 
 
@@ -356,8 +359,7 @@ def _pool_backward_through(ops: list[Op], kinds: dict, keep: set[str]) -> list[O
             continue
         if pool.output.size > pool.inputs[0].size:
             continue  # (padded, overlapping windows) the argmax would not fit where the pool keeps it
-        kind_obj, in_shapes = kinds[conv.name]
-        consts = kind_obj.pooled_backward_consts(conv.consts, pool.consts)
+        consts = kinds[conv.name].pooled_backward_consts(conv.consts, pool.consts)
         if consts is None:
             continue
         fused[conv.name] = replace(

@@ -143,7 +143,7 @@ class Conv2d(LayerKind):
         is contiguous. So it needs one group and no dilation along the width."""
         if consts["GROUPS"] != 1 or consts["DIL_W"] != 1:
             return None
-        k = {key: value for key, value in consts.items() if not key.startswith("SCRATCH_") and key != "SLOT_SIZE"}
+        k = cls._without_layout(consts)
         k.update({"POOL_PIXELS": pool["H_OUT"] * pool["W_OUT"], "pooled": True,
                   # the input, zero-padded, channels-last: HWC_H x HWC_W x C_IN
                   "HWC_H": max(consts["H_IN"] + consts["PAD_TOP"], (consts["H_OUT"] - 1) * consts["STRIDE_H"]
@@ -211,10 +211,15 @@ class Conv2d(LayerKind):
         layout["SCRATCH_SIZE"] = offset
         return layout
 
+    @staticmethod
+    def _without_layout(consts):
+        """The constants without their scratch layout (_scratch_layout computes it anew)."""
+        return {key: value for key, value in consts.items() if not key.startswith("SCRATCH_") and key != "SLOT_SIZE"}
+
     @classmethod
     def with_sample_slots(cls, consts, slots):
         """The constants for `slots` sample slots (see _scratch_layout) instead of one."""
-        k = {key: value for key, value in consts.items() if not key.startswith("SCRATCH_") and key != "SLOT_SIZE"}
+        k = cls._without_layout(consts)
         k["SAMPLE_SLOTS"] = slots
         k.update(cls._scratch_layout(k))
         return k
