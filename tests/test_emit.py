@@ -572,6 +572,18 @@ def test_cli_emit_without_weights_reads_them_at_run_time(cases, tmp_path):
     np.testing.assert_allclose(got, case.expected, rtol=FLOAT32_RTOL, atol=FLOAT32_RTOL * np.abs(case.expected).max())
 
 
+def test_emit_without_weights_removes_the_weights_an_earlier_emit_wrote(cases, tmp_path):
+    case = cases["signal1d"]
+    out = tmp_path / "out"
+    assert cli.main(["emit", str(case.spec), "-o", str(out), "--weights", str(case.weights)]) == 0
+    assert (out / "signal1d_weights.c").is_file()
+    assert cli.main(["emit", str(case.spec), "-o", str(out)]) == 0
+    assert not (out / "signal1d_weights.c").exists()
+    (out / "signal1d_weights.c").write_text("/* mine */\n")  # not cnncc's: left alone
+    assert cli.main(["emit", str(case.spec), "-o", str(out)]) == 0
+    assert (out / "signal1d_weights.c").read_text() == "/* mine */\n"
+
+
 def test_cli_emit_refuses_unvalidated_weights(cases, tmp_path, capsys):
     other = cases["lenet5"].weights
     assert cli.main(["emit", str(cases["signal1d"].spec), "-o", str(tmp_path / "a"), "--weights", str(other)]) == 1
