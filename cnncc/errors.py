@@ -56,6 +56,12 @@ class FieldError(Exception):
         self.hint = hint
 
 
-def did_you_mean(word: str, choices) -> str | None:
+def closest(word: str, choices) -> str | None:
+    """The choice a misspelt word most likely meant, if any is close."""
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else None
+    return close[0] if close else None
+
+
+def did_you_mean(word: str, choices) -> str | None:
+    close = closest(word, choices)
+    return f"did you mean '{close}'?" if close else None

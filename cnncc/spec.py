@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import fields as F
-from .errors import Diagnostic, FieldError, Loc, SpecError, did_you_mean
+from .errors import Diagnostic, FieldError, Loc, SpecError, closest, did_you_mean
 from .layers import REGISTRY, LayerKind
 from .source import MAX_SPEC_BYTES, Map, Node, Scalar, Seq, SourceError, from_python, parse_text
 
@@ -113,11 +113,13 @@ class _Collector:
     def fields(self, node: Map, schema: dict[str, F.Field], where: str | None, skip=()) -> dict[str, Any]:
         """Validate a mapping against a schema; unknown keys, missing and bad values all reported."""
         values = {}
+        meant = set()  # fields a misspelt key names: that error covers their absence too
         for key, value_node in node.items.items():
             if key in skip:
                 continue
             if key not in schema:
                 allowed = [k for k in schema if k not in skip] + [k for k in skip]
+                meant.add(closest(key, allowed))
                 hint = did_you_mean(key, allowed) or f"allowed keys: {', '.join(allowed)}"
                 self.error(f"unknown key {key!r}", node.key_locs.get(key), where, key, hint)
                 continue
@@ -127,7 +129,7 @@ class _Collector:
                 self.error(f"{key} {exc.message}", value_node.loc, where, key, exc.hint)
         for key, spec_field in schema.items():
             if key not in node.items and key not in values:
-                if spec_field.required:
+                if spec_field.required and key not in meant:
                     self.error(f"missing required field '{key}' ({spec_field.describe})", node.loc, where, key)
                 else:
                     values[key] = spec_field.default
@@ -169,12 +171,14 @@ def load_spec(source) -> Spec:
     if not isinstance(root, Map):
         out.error("a spec must be a mapping with 'name', 'input' and 'layers'", root.loc)
         raise SpecError(out.diagnostics, path)
+    meant = set()  # fields a misspelt key names: that error covers their absence too
     for key in root.items:
         if key not in TOP_FIELDS:
+            meant.add(closest(key, TOP_FIELDS))
             out.error(f"unknown top-level key {key!r}", root.key_locs.get(key), field=key,
                       hint=did_you_mean(key, TOP_FIELDS) or f"allowed keys: {', '.join(TOP_FIELDS)}")
     for key in ("name", "input", "layers"):
-        if key not in root.items:
+        if key not in root.items and key not in meant:
             out.error(f"missing required top-level field '{key}'", root.loc, field=key)
 
     name = _one(out, root, "name", F.field(F.identifier()))
