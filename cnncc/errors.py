@@ -50,10 +50,11 @@ class SpecError(ValueError):
 class FieldError(Exception):
     """Raised by a field validator; the loader turns it into a located Diagnostic."""
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(self, message: str, hint: str | None = None, item: int | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.item = item  # which item of a list value is wrong, to point at it rather than the list
 
 
 def closest(word: str, choices) -> str | None:

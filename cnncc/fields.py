@@ -67,6 +67,17 @@ def check_int(value, lo: int, hi: int = MAX_INT, what: str = "an integer") -> in
     return value
 
 
+def each_item(values: list, parse: Callable) -> tuple:
+    """parse applied to every item of a list value; a FieldError names the item it is about."""
+    parsed = []
+    for index, value in enumerate(values):
+        try:
+            parsed.append(parse(value))
+        except FieldError as exc:
+            raise FieldError(exc.message, exc.hint, item=index) from None
+    return tuple(parsed)
+
+
 def integer(lo: int = 1, hi: int = MAX_INT) -> tuple[Callable, str]:
     describe = "a positive integer" if lo == 1 else f"an integer >= {lo}"
     return (lambda v: check_int(v, lo, hi)), describe
@@ -79,7 +90,7 @@ def int_pair(lo: int = 1) -> tuple[Callable, str]:
         if isinstance(value, list):
             if len(value) != 2:
                 raise FieldError(f"must be an integer or a list of 2 integers, got a list of {len(value)}")
-            return (check_int(value[0], lo), check_int(value[1], lo))
+            return each_item(value, lambda item: check_int(item, lo))
         n = check_int(value, lo, what="an integer or [height, width]")
         return (n, n)
 
@@ -100,7 +111,7 @@ def padding(one_d: bool = False) -> tuple[Callable, str]:
         if isinstance(value, list):
             if len(value) != 2:
                 raise FieldError(f"must be an integer or a list of 2 integers, got a list of {len(value)}")
-            return (check_int(value[0], 0), check_int(value[1], 0))
+            return each_item(value, lambda item: check_int(item, 0))
         n = check_int(value, 0, what="an integer, [ph, pw], 'same' or 'valid'")
         return (n, n)
 
@@ -166,7 +177,7 @@ def name_list() -> tuple[Callable, str]:
             value = [value]
         if not isinstance(value, list) or not value:
             raise FieldError(f"must be a non-empty list of layer names, got {_type_name(value)}")
-        return tuple(parse_name(item) for item in value)
+        return each_item(value, parse_name)
 
     return parse, "a list of earlier layer names (or 'input')"
 

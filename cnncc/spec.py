@@ -126,7 +126,7 @@ class _Collector:
             try:
                 values[key] = schema[key].parse(value_node.plain())
             except FieldError as exc:
-                self.error(f"{key} {exc.message}", value_node.loc, where, key, exc.hint)
+                self.error(f"{key} {exc.message}", _error_loc(value_node, exc), where, key, exc.hint)
         for key, spec_field in schema.items():
             if key not in node.items and key not in values:
                 if spec_field.required and key not in meant:
@@ -134,6 +134,13 @@ class _Collector:
                 else:
                     values[key] = spec_field.default
         return values
+
+
+def _error_loc(node: Node, exc: FieldError) -> Loc | None:
+    """Where a value's error is: at the list item it names, else at the value."""
+    if exc.item is not None and isinstance(node, Seq) and exc.item < len(node.items):
+        return node.items[exc.item].loc or node.loc
+    return node.loc
 
 
 def _read(source) -> tuple[Node, str]:
@@ -302,7 +309,7 @@ def _layers(out: _Collector, node: Node | None) -> list[LayerSpec]:
             try:
                 inputs = F.name_list()[0](layer_node.items["inputs"].plain())
             except FieldError as exc:
-                out.error(f"inputs {exc.message}", layer_node.items["inputs"].loc, where, "inputs", exc.hint)
+                out.error(f"inputs {exc.message}", _error_loc(layer_node.items["inputs"], exc), where, "inputs", exc.hint)
         parsed.append((index, layer_node, kind, values, name, inputs))
 
     taken = {}
