@@ -1,7 +1,7 @@
 """Run one spec's generated C under AddressSanitizer and UndefinedBehaviorSanitizer.
 
     LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
-        python tests/sanitize_run.py SPEC BUILD_DIR [--budget MACS]
+        python tests/sanitize_run.py SPEC BUILD_DIR [--budget MACS] [--threads N]
 
 Compiles SPEC with the sanitizers (any error aborts the process: -fno-sanitize-recover),
 then at batch sizes 1, 7 and 64 runs inference (in one call and in chunks), the loss, the
@@ -49,12 +49,14 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=1e9, help="multiply-accumulates to spend")
     parser.add_argument("--canary", action="store_true",
                         help="overflow a buffer on purpose: proves the sanitizers are live (must abort)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="an OpenMP build with that many threads and sample slots")
     args = parser.parse_args()
 
     report = cnncc.check(args.spec)
     forward_macs = max(report.totals["macs"], 1)
     step_macs = forward_macs + report.totals["backward_macs"]
-    model = cnncc.compile(args.spec, build_dir=args.build_dir, cflags=SANITIZE).init(1)
+    model = cnncc.compile(args.spec, build_dir=args.build_dir, cflags=SANITIZE, threads=args.threads).init(1)
     rng = np.random.default_rng(0)
     if args.canary:  # the C forward of 2 samples into an activation buffer of 1 element
         model._ensure_capacity(2, training=False)

@@ -108,6 +108,9 @@ COLLISION = {
     "loss": "softmax_cross_entropy", "optimizer": {"type": "adam"}}
 
 CASES = [*(path.stem for path in SPECS), *ZOO]
+# Also built with threads=2: lenet5's convs both go through their pools (one with an input
+# gradient), resnet_small's keep the backward at every pixel (batchnorm, branches, depthwise).
+THREADED = ("lenet5", "resnet_small")
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +123,8 @@ def runs(tmp_path_factory):
         (work / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         jobs[name] = [str(work / f"{name}.yaml")]
     jobs["canary"] = [str(work / "zoo_signal.yaml"), "--canary"]
+    for name in THREADED:  # OpenMP builds: sample slots on 2 threads
+        jobs[f"{name}_threads"] = [str(ROOT / "specs" / f"{name}.yaml"), "--threads", "2"]
     env = {**os.environ, "LD_PRELOAD": LIBASAN, "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0",
            "UBSAN_OPTIONS": "print_stacktrace=1", "PYTHONPATH": str(ROOT)}
 
@@ -148,6 +153,13 @@ def test_generated_c_is_clean_under_asan_and_ubsan(runs, case):
     result = runs[case]
     _clean(result)
     assert "batch 1: forward" in result.stdout
+
+
+@pytest.mark.parametrize("name", THREADED)
+def test_threaded_builds_are_clean_under_asan_and_ubsan(runs, name):
+    result = runs[f"{name}_threads"]
+    _clean(result)
+    assert "batch 64: forward" in result.stdout
 
 
 def test_every_spec_ran_at_every_batch_size(runs):
