@@ -403,7 +403,8 @@ def describe(program: Program) -> str:
     for op in program.ops:
         t = op.output
         lines.append(f"  {t.macro:<32} offset {t.offset:>9}  size {t.size:>9}  {format_shape(t.shape)}")
-    lines += ["", f"workspace: {program.workspace_size} elements"]
+    slots = f" ({program.sample_slots} sample slots per conv, one per thread)" if program.sample_slots > 1 else ""
+    lines += ["", f"workspace: {program.workspace_size} elements{slots}"]
     lines += ["", "forward schedule:"]
     for i, op in enumerate(program.ops, 1):
         ins = ", ".join(t.name for t in op.inputs)
