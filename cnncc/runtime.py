@@ -254,6 +254,21 @@ class Model:
             self.step_count -= 1  # the C code did not update anything
         return float(loss)
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Copies of everything training changes: the flat parameters (running statistics
+        included), the optimizer state and the step count. restore() puts them back."""
+        return {"params": self._params.copy(), "optimizer_state": self._optimizer_state.copy(),
+                "step": np.array(self.step_count)}
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Put back what state() returned (for this model's program)."""
+        params, optimizer_state = np.asarray(state["params"]), np.asarray(state["optimizer_state"])
+        if params.shape != self._params.shape or optimizer_state.shape != self._optimizer_state.shape:
+            raise ValueError("this state belongs to a different program (its buffer sizes differ)")
+        self._params[...] = params
+        self._optimizer_state[...] = optimizer_state
+        self.step_count = int(state["step"])
+
     def set_threads(self, threads: int) -> int:
         """Threads for this process's following calls: the count in effect, always 1 unless the
         model was compiled with threads > 1 (an OpenMP build; OMP_NUM_THREADS sets its starting
