@@ -6,10 +6,10 @@
 Public API: load_spec, check, compile, Model, SpecError.
 """
 from .errors import SpecError
-from .report import Report, check
+from .pipeline import check
+from .report import Report
 from .spec import Spec, load_spec
-
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def compile(spec, build_dir=None, **options):  # noqa: A001  (the name users expect)

@@ -120,24 +120,8 @@ def random_batch(model, batch: int, seed: int = 0):
     loss = program.loss
     if loss is None:
         return x, None
-    if loss.takes_labels:
-        return x, rng.integers(0, loss.classes, batch).astype(np.int32)
-    return x, rng.random((batch,) + tuple(program.output.shape)).astype(program.dtype)
-
-
-class _State:
-    """A model's trainable state, put back after a measurement that changes it."""
-
-    def __init__(self, model):
-        self.model = model
-        self.params = model._params.copy()
-        self.optimizer_state = model._optimizer_state.copy()
-        self.step_count = model.step_count
-
-    def restore(self) -> None:
-        self.model._params[...] = self.params
-        self.model._optimizer_state[...] = self.optimizer_state
-        self.model.step_count = self.step_count
+    y = loss.rules.random_targets(rng, batch, program.output.shape, loss.classes)
+    return x, (y if loss.takes_labels else y.astype(program.dtype))
 
 
 def train_throughput(model, batch: int = 64, repeats: int = 5, repeat_seconds: float = REPEAT_SECONDS,
@@ -148,16 +132,17 @@ def train_throughput(model, batch: int = 64, repeats: int = 5, repeat_seconds: f
     if model.program.loss is None:
         raise ValueError(f"spec '{model.spec.name}' has no loss: there is no training step to time")
     x, y = random_batch(model, batch, seed)
-    state = _State(model)
+    state = model.state()
     losses = []
 
     def step():
         losses.append(model.train_step(x, y, checked=True))
 
     try:
-        result = timed_repeats(step, batch, repeats, repeat_seconds, warmup_seconds, reset=state.restore)
+        result = timed_repeats(step, batch, repeats, repeat_seconds, warmup_seconds,
+                               reset=lambda: model.restore(state))
     finally:
-        state.restore()
+        model.restore(state)
     if not all(np.isfinite(losses)):
         raise RuntimeError("the loss became non-finite while timing: the C step skipped work, so the "
                            "figure would be wrong")
@@ -178,41 +163,10 @@ def inference_latency(model, seconds: float = LATENCY_SECONDS, seed: int = 0, mi
     return call_latency(lambda: model.predict(x), seconds, min_calls, warmup_calls=warmup_calls)
 
 
-class _Native:
-    """The generated C entry points of a Model, called directly on its buffers."""
-
-    def __init__(self, model, batch: int, seed: int):
-        self.model, self.batch, self.seed = model, batch, seed
-        self.lib, name = model._lib, model._name
-        self.training = model.program.loss is not None
-        self.x, self.y = random_batch(model, batch, seed)
-        model._ensure_capacity(batch, self.training)
-        self.ctx, self.x_ptr = model._context, model._ptr(self.x)
-        self.forward_all = getattr(self.lib, f"{name}_forward")
-        self.forward_op = getattr(self.lib, f"{name}_forward_op")
-        if self.training:
-            self.y_ptr = model._targets_ptr(self.y)
-            self.loss = getattr(self.lib, f"{name}_loss")
-            self.zero_grad = getattr(self.lib, f"{name}_zero_grad")
-            self.backward_all = getattr(self.lib, f"{name}_backward")
-            self.backward_op = getattr(self.lib, f"{name}_backward_op")
-            self.step = getattr(self.lib, f"{name}_step")
-
-    def forward(self) -> None:
-        self.forward_all(self.ctx, self.x_ptr, self.batch, int(self.training), self.seed)
-
-    def full_pass(self) -> None:
-        """forward, loss and backward: afterwards every activation and gradient is valid."""
-        self.forward()
-        if self.training:
-            self.loss(self.ctx, self.y_ptr, self.batch)
-            self.zero_grad(self.ctx)
-            self.backward_all(self.ctx, self.x_ptr, self.y_ptr, self.batch, self.seed)
-
-    def hyper(self):
-        hyper = self.model._hyper_struct()
-        hyper.step = self.model.step_count + 1
-        return hyper
+def _bind(model, batch: int, seed: int):
+    """A fixed random batch bound to the model's C passes (with targets when it can train)."""
+    x, y = random_batch(model, batch, seed)
+    return model.bind(x, y if model.program.loss is not None else None)
 
 
 def _op_macs(model) -> dict[str, tuple[int, int]]:
@@ -232,8 +186,9 @@ def _op_macs(model) -> dict[str, tuple[int, int]]:
 def zero_activation_gradients(model, batch: int) -> None:
     """What NAME_backward zeroes first (ir.Program.zeroed_gradients): every activation gradient but
     the unmaterialised ones, whose memory holds what a pool's forward keeps for a conv's backward."""
+    grads = model.flat_activations(batch, grad=True)
     for offset, size in model.program.zeroed_gradients():
-        model._grad_acts[offset * batch:(offset + size) * batch] = 0
+        grads[offset * batch:(offset + size) * batch] = 0
 
 
 def profile_layers(model, batch: int = 64, repeats: int = 5, seed: int = 0) -> list[OpTiming]:
@@ -245,35 +200,35 @@ def profile_layers(model, batch: int = 64, repeats: int = 5, seed: int = 0) -> l
     if batch < 1 or repeats < 1:
         raise ValueError("batch and repeats must be positive")
     program = model.program
-    native = _Native(model, batch, seed)
-    state = _State(model)  # batchnorm's running statistics change in training mode
+    native = _bind(model, batch, seed)
+    state = model.state()  # batchnorm's running statistics change in training mode
     ops = program.ops
     forward_s = [[] for _ in ops]
     backward_s = [[] for _ in ops]
     try:
-        native.full_pass()
+        native.full_pass(seed)
         if native.training:
             logits = program.loss.logits
-            start = logits.offset * batch
-            loss_grad = model._grad_acts[start:start + logits.size * batch].copy()
+            start, end = logits.offset * batch, (logits.offset + logits.size) * batch
+            loss_grad = model.flat_activations(batch, grad=True)[start:end].copy()
         for _ in range(repeats):
             for i in range(len(ops)):
                 t0 = time.perf_counter()
-                native.forward_op(native.ctx, native.x_ptr, batch, int(native.training), seed, i)
+                native.forward_op(i, seed)
                 forward_s[i].append(time.perf_counter() - t0)
             if not native.training:
                 continue
             zero_activation_gradients(model, batch)
-            model._grad_acts[start:start + logits.size * batch] = loss_grad
-            native.zero_grad(native.ctx)
+            model.flat_activations(batch, grad=True)[start:end] = loss_grad
+            native.zero_grad()
             for i in reversed(range(len(ops))):
                 if not program.has_backward(ops[i]):
                     continue
                 t0 = time.perf_counter()
-                native.backward_op(native.ctx, native.x_ptr, batch, seed, i)
+                native.backward_op(i, seed)
                 backward_s[i].append(time.perf_counter() - t0)
     finally:
-        state.restore()
+        model.restore(state)
     macs = _op_macs(model)
     return [OpTiming(i, op.name, op.kind, op.layer, tuple(op.output.shape), statistics.median(forward_s[i]),
                      statistics.median(backward_s[i]) if backward_s[i] else None, *macs[op.name], batch)
@@ -284,8 +239,8 @@ def time_passes(model, batch: int = 64, repeats: int = 5, seed: int = 0) -> dict
     """Median seconds of the whole-model C calls at `batch`: forward, and with a loss also
     loss, backward (zeroing the activation gradients, the loss gradient and every op),
     the optimizer step and the whole train_step. The model is unchanged afterwards."""
-    native = _Native(model, batch, seed)
-    state = _State(model)
+    native = _bind(model, batch, seed)
+    state = model.state()
     names = ["forward"] + (["loss", "backward", "step", "train_step"] if native.training else [])
     samples = {name: [] for name in names}
 
@@ -295,23 +250,22 @@ def time_passes(model, batch: int = 64, repeats: int = 5, seed: int = 0) -> dict
         samples[name].append(time.perf_counter() - t0)
         return result
 
+    step_count = model.step_count + 1
     try:
-        native.full_pass()
+        native.full_pass(seed)
         for _ in range(repeats):
-            timed("forward", native.forward)
+            timed("forward", native.forward, seed)
             if not native.training:
                 continue
-            ctx, b = native.ctx, batch
-            timed("loss", native.loss, ctx, native.y_ptr, b)
-            native.zero_grad(ctx)
-            timed("backward", native.backward_all, ctx, native.x_ptr, native.y_ptr, b, seed)
-            timed("step", native.step, ctx, native.hyper())
-            state.restore()
-            train_step = getattr(native.lib, f"{model._name}_train_step")
-            timed("train_step", train_step, ctx, native.x_ptr, native.y_ptr, b, native.hyper(), seed)
-            state.restore()
+            timed("loss", native.loss)
+            native.zero_grad()
+            timed("backward", native.backward, seed)
+            timed("step", native.step, step_count)
+            model.restore(state)
+            timed("train_step", native.train_step, step_count, seed)
+            model.restore(state)
     finally:
-        state.restore()
+        model.restore(state)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

@@ -25,19 +25,12 @@ from typing import Any, Callable
 
 import cffi
 
-from . import __version__
-from .codegen import Sources, header_to_cdef, render, renderer_digest, spec_label
+from .version import __version__
+from . import abi
+from .codegen import Sources, render, renderer_digest, spec_label
 from .ir import Program
+from .options import DEFAULT_CFLAGS, CompileOptions
 
-# -std=c99 turns floating-point contraction off; -ffp-contract=fast lets a*b + c become one FMA
-# (a single rounding, never less accurate), and -fno-math-errno lets sqrt be one instruction
-# (it still returns NaN for a negative input; only the errno side effect goes). None of
-# -ffast-math's licences: NaN and infinity stay detectable.
-DEFAULT_CFLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno")
-# cnncc.compile(spec, threads=N > 1) adds this: large matrix products split over N threads. Not the
-# default: an OpenMP build compiles each product twice (threaded and constant-specialised), about
-# twice as slowly, and one thread runs best without the runtime.
-OPENMP_FLAGS = ("-fopenmp",)
 REQUIRED_FLAGS = ("-std=c99", "-fPIC", "-shared")
 WARNINGS = ("-Wall", "-Wextra")
 
@@ -69,7 +62,7 @@ def find_compiler(cc: str | None = None) -> str:
 
 
 @lru_cache(maxsize=8)
-def _compiler_identity(compiler: str) -> str:
+def compiler_identity(compiler: str) -> str:
     try:
         result = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
         return result.stdout.strip()
@@ -94,7 +87,7 @@ def default_build_dir() -> Path:
 
 def _key(parts: tuple[str, ...], compiler: str, flags: tuple[str, ...]) -> str:
     digest = hashlib.sha256()
-    for part in (*parts, _compiler_identity(compiler), " ".join(flags), __version__, platform.machine(),
+    for part in (*parts, compiler_identity(compiler), " ".join(flags), __version__, platform.machine(),
                  _cpu_identity()):
         digest.update(part.encode())
         digest.update(b"\0")
@@ -130,19 +123,22 @@ def build(sources: Sources, build_dir: str | os.PathLike | None = None,
     """Compile (or find in the cache) and load a model's rendered sources."""
     compiler = find_compiler(cc)
     flags = tuple(DEFAULT_CFLAGS if cflags is None else cflags)
-    return _build(sources.name, cache_key(sources, compiler, flags), lambda: sources, build_dir, compiler, flags)
+    return _build(sources.name, cache_key(sources, compiler, flags), lambda: sources, sources.cdef, build_dir,
+                  compiler, flags)
 
 
 def build_program(program: Program, spec_path: str = "<spec>", build_dir: str | os.PathLike | None = None,
-                  cflags: tuple[str, ...] | list[str] | None = None, cc: str | None = None) -> Module:
-    """The same for a program: rendered only when it is not in the cache."""
-    compiler = find_compiler(cc)
-    flags = tuple(DEFAULT_CFLAGS if cflags is None else cflags)
+                  options: CompileOptions | None = None) -> Module:
+    """The same for a program, built as `options` say: rendered only when it is not in the cache."""
+    options = options or CompileOptions()
+    compiler = find_compiler(options.cc)
+    flags = options.build_flags
     key = program_cache_key(program, spec_path, compiler, flags)
-    return _build(program.name, key, lambda: render(program, spec_path), build_dir, compiler, flags)
+    return _build(program.name, key, lambda: render(program, spec_path), abi.cdef(program), build_dir, compiler,
+                  flags)
 
 
-def _build(name: str, key: str, make_sources: Callable[[], Sources], build_dir, compiler: str,
+def _build(name: str, key: str, make_sources: Callable[[], Sources], cdef: str, build_dir, compiler: str,
            flags: tuple[str, ...]) -> Module:
     global compile_count
     root = Path(build_dir) if build_dir is not None else default_build_dir()
@@ -154,7 +150,7 @@ def _build(name: str, key: str, make_sources: Callable[[], Sources], build_dir, 
     if from_cache:
         # the very files the library was compiled from (a completed rename made them visible)
         header = (target / f"{name}.h").read_text()
-        sources = Sources(name, header, (target / f"{name}.c").read_text(), header_to_cdef(header))
+        sources = Sources(name, header, (target / f"{name}.c").read_text(), cdef)
         if debug:
             print(f"cnncc: loading cached {library}", file=sys.stderr)
     else:
@@ -184,7 +180,7 @@ def _build(name: str, key: str, make_sources: Callable[[], Sources], build_dir, 
             shutil.rmtree(staging, ignore_errors=True)
 
     ffi = cffi.FFI()
-    ffi.cdef(sources.cdef)
+    ffi.cdef(cdef)
     # Never unloaded: an OpenMP build's worker threads (libgomp, loaded with it) outlive the
     # Python objects, and unloading their code at exit would crash the interpreter on its way out.
     lib = ffi.dlopen(str(library), ffi.RTLD_NOW | ffi.RTLD_NODELETE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import Diagnostic, SpecError, did_you_mean
+from .losses import loss_kind
 from .layers import GLOBAL, REGISTRY, ParamDecl, Shape, ShapeError, Window, format_shape, numel
 from .spec import LayerSpec, Spec
 
@@ -186,34 +187,18 @@ def _check_loss(spec: Spec, checked: list[CheckedLayer]) -> list[Diagnostic]:
     if spec.loss is None:
         return []
     last = checked[-1]
-    out = last.output_shape
-    activation = last.layer.activation_kind or (last.spec.kind if last.spec.kind in ("softmax", "sigmoid") else None)
+    activation = last.layer.final_activation
     loc = spec.locs.get("loss")
     label = last.spec.label
-    if spec.loss == "softmax_cross_entropy":
-        if len(out) != 1 or out[0] < 2:
-            return [Diagnostic(f"softmax_cross_entropy needs a flat output of at least 2 classes, but {label} "
-                               f"outputs {format_shape(out)}", loc, field="loss",
-                               hint="end with {type: dense, units: CLASSES}")]
-        if activation == "softmax":
-            where = last.spec.field_locs.get("activation") or last.spec.loc
-            return [Diagnostic("softmax_cross_entropy applies the softmax itself; the last layer must output "
-                               "logits, not softmax probabilities", where, label, "activation",
-                               "remove the softmax from the last layer")]
-    if spec.loss == "binary_cross_entropy" and activation != "sigmoid":
-        return [Diagnostic(f"binary_cross_entropy takes sigmoid outputs, but {label} has no sigmoid", loc,
-                           field="loss", hint="add activation: sigmoid to the last layer")]
+    found = loss_kind(spec.loss).check_output(last, activation, lambda name: _computed_by(checked, name), loc)
+    if found:
+        return found
     # The loss reads a computed tensor (for binary_cross_entropy, the logits before the sigmoid),
     # never the network input itself: such a network has nothing to train.
     if _computed_by(checked, last.name) is None:
         return [Diagnostic(f"{spec.loss} needs a network that computes something, but {label} outputs the "
                            "network input unchanged", loc, field="loss",
                            hint="add a layer with parameters, e.g. {type: dense, units: N}")]
-    if spec.loss == "binary_cross_entropy" and not last.layer.activation_kind \
-            and _computed_by(checked, last.spec.inputs[0]) is None:
-        return [Diagnostic(f"binary_cross_entropy is computed from the logits before the sigmoid, but {label} "
-                           "applies its sigmoid to the network input", loc, field="loss",
-                           hint="add a layer with parameters before the sigmoid, e.g. {type: dense, units: N}")]
     return []
 
 

@@ -31,7 +31,7 @@ def save(model, path, epoch: int | None = None) -> None:
             "dtype": model.program.dtype, "step": model.step_count, "epoch": epoch,
             "optimizer": model.program.optimizer.type}
     arrays = {key: np.asarray(value) for key, value in model.params.items()}
-    arrays[STATE_KEY] = model._optimizer_state
+    arrays[STATE_KEY] = model.flat_optimizer_state
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     directory = path.parent if str(path.parent) else Path(".")
     directory.mkdir(parents=True, exist_ok=True)
@@ -113,7 +113,7 @@ def load(model, path) -> int | None:
     """Validate the whole file, then copy it into the model; returns the saved epoch."""
     # Generous (a file from another spec should reach the clearer fingerprint error below),
     # but bounded by this model's size, so a forged header cannot exhaust memory.
-    largest = max([array.size for array in model.params.values()] + [model._optimizer_state.size])
+    largest = max([array.size for array in model.params.values()] + [model.flat_optimizer_state.size])
     meta, arrays = read(path, max_elements=16 * largest + (1 << 20))
     if meta.get("fingerprint") != model.spec.fingerprint():
         raise CheckpointError(
@@ -132,16 +132,16 @@ def load(model, path) -> int | None:
             raise CheckpointError(f"{path}: parameter '{key}' contains NaN or infinite values")
         values[key] = array
     state = arrays.get(STATE_KEY)
-    if state is not None and state.shape != model._optimizer_state.shape:
+    if state is not None and state.shape != model.flat_optimizer_state.shape:
         state = None  # another optimizer: start its state afresh, the weights are still good
     if state is not None and not np.isfinite(state).all():
         raise CheckpointError(f"{path}: optimizer state contains NaN or infinite values")
     for key, array in values.items():
         model.params[key][...] = array
     if state is not None:
-        model._optimizer_state[...] = state
+        model.flat_optimizer_state[...] = state
         model.step_count = int(meta.get("step") or 0)
     else:
-        model._optimizer_state[...] = 0
+        model.flat_optimizer_state[...] = 0
         model.step_count = 0
     return meta.get("epoch")

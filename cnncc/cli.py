@@ -33,9 +33,9 @@ def _positive_float(text: str) -> float:
 
 
 def _cmd_check(args) -> int:
-    from .report import check
+    from .pipeline import check
 
-    report = check(Path(args.spec), batch=args.batch)
+    report = check(Path(args.spec), batch=args.batch, threads=args.threads)
     if args.ir:
         from .ir import describe
 
@@ -52,7 +52,7 @@ def _cmd_check(args) -> int:
 
 def _cmd_ir(args) -> int:
     from .ir import describe
-    from .report import check
+    from .pipeline import check
 
     print(describe(check(Path(args.spec)).program))
     return 0
@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive, default=None, help="batch size for the training memory "
                                                                  "(default: the spec's training.batch_size)")
     p.add_argument("--ir", action="store_true", help="print the lowered IR instead of the report")
+    p.add_argument("--threads", type=_positive, default=1,
+                   help="the memory of a build for this many threads (each conv gets a scratch per thread)")
     p.set_defaults(run=_cmd_check)
 
     p = sub.add_parser("ir", help="print the IR: ops, buffers, offsets, forward and backward schedules",

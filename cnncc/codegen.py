@@ -1,58 +1,20 @@
 """Program -> C sources, through the one Jinja environment.
 
 Templates print and loop; every number, name and choice they use is a field of the IR.
-Values reach C only through the filters below, which refuse anything that is not a
-validated identifier, an int, or a finite float (written so it round-trips exactly).
+Values reach C only through the filters of cvalues.py. The header's declarations come from
+abi.py, which also gives cffi its cdef.
 """
 from __future__ import annotations
 
 import hashlib
-import math
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
+from . import abi
+from .cvalues import c_comment, c_expr, c_float, c_ident, c_int
 from .ir import Program
-
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-_EXPR = re.compile(r"[A-Za-z0-9_ .+\-*/()<>=?:\[\]]*")  # kernel formulas written in layers/, never from a spec
-
-
-def c_ident(value) -> str:
-    if not isinstance(value, str) or not _IDENT.fullmatch(value):
-        raise ValueError(f"not a valid C identifier: {value!r}")
-    return value
-
-
-def c_int(value) -> str:
-    if isinstance(value, bool) or not isinstance(value, int) or abs(value) >= 1 << 62:
-        raise ValueError(f"not a valid C integer constant: {value!r}")
-    return str(value)
-
-
-def c_float(value) -> str:
-    """A finite float as a C literal that parses back to the same double."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"not a finite number: {value!r}")
-    text = repr(float(value))
-    return text if any(ch in text for ch in ".e") else text + ".0"
-
-
-def c_expr(value) -> str:
-    if not isinstance(value, str) or not _EXPR.fullmatch(value):
-        raise ValueError(f"not a kernel expression: {value!r}")
-    return value
-
-
-def c_comment(value) -> str:
-    """Text inside a /* */ comment: nothing that could close it, splice a line (a backslash,
-    or the trigraph ??/ that -std=c99 turns into one) or start a directive."""
-    text = str(value)
-    if "*/" in text or "/*" in text or "\\" in text or "??" in text or any(ord(ch) < 32 for ch in text):
-        raise ValueError(f"unsafe text for a C comment: {value!r}")
-    return text
 
 
 def template_dir() -> Path:
@@ -68,12 +30,17 @@ def template_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "templates"
 
 
-@lru_cache(maxsize=1)
-def environment() -> "jinja2.Environment":
+@lru_cache(maxsize=4)
+def environment(backend: str = "vector") -> "jinja2.Environment":
+    """The one environment of a backend: its template overlay (if any) before the shared templates."""
     import jinja2  # here, not at the top: loading a cached model never renders
 
+    from .backends import backend as backend_named
+
+    overlay = backend_named(backend).template_overlay
+    folders = ([str(template_dir() / overlay)] if overlay else []) + [str(template_dir())]
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(template_dir())),
+        loader=jinja2.FileSystemLoader(folders),
         undefined=jinja2.StrictUndefined,  # a misspelt variable fails here, not as C far away
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
     env.filters.update(c_ident=c_ident, c_int=c_int, c_float=c_float, c_expr=c_expr, c_comment=c_comment)
@@ -93,35 +60,32 @@ def spec_label(spec_path: str) -> str:
     return spec_path if spec_path.startswith("<") else Path(spec_path).name
 
 
+# What decides the rendered text besides the program and the spec label: the templates and the
+# package code that templates read through (the IR's properties, the ABI, the value filters, the
+# losses', optimizers' and backends' rules). Not the CLI, training or data code: editing those
+# leaves every cached build valid.
+RENDERER_CODE = ("codegen.py", "cvalues.py", "abi.py", "ir.py", "build.py", "losses", "optimizers", "backends")
+
+
 @lru_cache(maxsize=1)
 def renderer_digest() -> str:
     """A hash of everything besides the program and the spec label that decides the rendered
-    text: the templates and cnncc's own code (the build cache keys a program on it)."""
+    text or the build (the build cache keys a program on it)."""
     digest = hashlib.sha256()
     package = Path(__file__).resolve().parent
-    for root in (template_dir(), package):
-        for path in sorted(p for p in root.rglob("*") if p.suffix in (".j2", ".py") and p.is_file()):
-            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    files = [(template_dir(), p) for p in template_dir().rglob("*.j2")]
+    for entry in RENDERER_CODE:
+        path = package / entry
+        files += [(package, p) for p in (path.rglob("*.py") if path.is_dir() else [path])]
+    for root, path in sorted(files, key=lambda item: str(item[1])):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
 def render(program: Program, spec_path: str = "<spec>") -> Sources:
-    env = environment()
+    env = environment(program.backend)
     context = {"program": program, "model": c_ident(program.name), "version": __version__,
-               "spec_path": c_comment(spec_label(spec_path))}
+               "spec_path": c_comment(spec_label(spec_path)), "abi": abi}
     header = env.get_template("model.h.j2").render(context)
     source = env.get_template("model.c.j2").render(context)
-    return Sources(program.name, header, source, header_to_cdef(header))
-
-
-def header_to_cdef(header: str) -> str:
-    """cffi's cdef takes declarations and integer #defines, not guards or includes."""
-    keep = []
-    for line in header.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#"):
-            if re.fullmatch(r"#define\s+\w+\s+\d+\s*(/\*.*\*/)?", stripped):
-                keep.append(re.sub(r"/\*.*\*/", "", stripped))
-            continue
-        keep.append(line)
-    return "\n".join(keep)
+    return Sources(program.name, header, source, abi.cdef(program))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .check import check_net
 from .codegen import c_comment, c_ident, environment, render
 from .ir import Deployment, Program, lower
@@ -48,7 +48,7 @@ class _Weights:
         self.spec = spec
         self.flat = np.zeros(program.num_params, np.dtype(program.dtype))
         self.params = {p.key: self.flat[p.offset:p.offset + p.size].reshape(p.shape) for p in program.params}
-        self._optimizer_state = np.zeros(program.optimizer_state_size, self.flat.dtype)
+        self.flat_optimizer_state = np.zeros(program.optimizer_state_size, self.flat.dtype)
         self.step_count = 0
 
 
@@ -115,7 +115,7 @@ def emit(spec, out_dir, weights=None, inference_only: bool = False, batch: int =
         "report": build_report(net, program, batch).to_markdown(),
     }
     texts = {f"{model}.h": sources.header, f"{model}.c": sources.source}
-    env = environment()
+    env = environment(program.backend)
     if flat is not None:
         texts[f"{model}_weights.c"] = env.get_template("emit/weights.c.j2").render(
             context, sections=_weight_sections(program, flat))

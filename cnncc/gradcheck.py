@@ -19,13 +19,7 @@ def random_batch(model: Model, batch: int, rng: np.random.Generator):
     """Inputs and targets that fit the model's loss."""
     x = rng.normal(size=(batch,) + tuple(model.input_shape))
     loss = model.program.loss
-    if loss.takes_labels:
-        y = rng.integers(0, loss.classes, size=batch)
-    elif loss.kind == "binary_cross_entropy":
-        y = rng.uniform(size=(batch,) + tuple(model.output_shape))
-    else:
-        y = rng.normal(size=(batch,) + tuple(model.output_shape))
-    return x, y
+    return x, loss.rules.random_targets(rng, batch, model.output_shape, loss.classes)
 
 
 def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
@@ -38,7 +32,7 @@ def check_gradients(model: Model, x, y, samples: int = 30, h: float = 1e-6, seed
     """Relative error of every trainable tensor's gradient (on up to `samples` entries)."""
     rng = np.random.default_rng(seed)
     _, grads = model.gradients(x, y, seed=seed)
-    frozen = model._params[model.program.num_trainable:].copy()
+    frozen = model.flat_params[model.program.num_trainable:].copy()
     errors = {}
     try:
         for key, analytic in grads.items():
@@ -55,7 +49,7 @@ def check_gradients(model: Model, x, y, samples: int = 30, h: float = 1e-6, seed
                 numeric[k] = (up - down) / (2 * h)
             errors[key] = relative_error(analytic.reshape(-1)[picks], numeric)
     finally:
-        model._params[model.program.num_trainable:] = frozen
+        model.flat_params[model.program.num_trainable:] = frozen
     return errors
 
 

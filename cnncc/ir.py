@@ -14,11 +14,12 @@ from typing import Any
 
 from .check import MAX_TENSOR_ELEMENTS, CheckedNet
 from .layers import REGISTRY, Shape, as_chw, format_shape, numel
+from .losses import LossKind, loss_kind
+from .optimizers import OptimizerKind, optimizer_kind
 from .spec import OptimizerSpec
 
 DTYPE_BYTES = {"float32": 4, "float64": 8}
 C_TYPES = {"float32": "float", "float64": "double"}
-OPTIMIZER_STATE = {"sgd": 1, "adam": 2}  # slots per trainable parameter (sgd's only with momentum)
 
 
 @dataclass(frozen=True)
@@ -122,13 +123,14 @@ class Loss:
     classes: int
 
     @property
-    def takes_labels(self) -> bool:
-        """Integer class labels [batch] rather than float targets shaped like the output."""
-        return self.kind == "softmax_cross_entropy"
+    def rules(self) -> LossKind:
+        """The registered loss: its targets, metric and template."""
+        return loss_kind(self.kind)
 
     @property
-    def targets_doc(self) -> str:
-        return "class labels [batch]" if self.takes_labels else "[batch, OUTPUT_SIZE]"
+    def takes_labels(self) -> bool:
+        """Integer class labels [batch] rather than float targets shaped like the output."""
+        return self.rules.takes_labels
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,7 @@ class Program:
     layer_outputs: dict[str, Tensor] = field(default_factory=dict)
     deployment: Deployment = field(default_factory=Deployment)
     sample_slots: int = 1  # see lower
+    backend: str = "vector"  # cnncc/backends: whose templates render this program
 
     @property
     def c_type(self) -> str:
@@ -210,14 +213,13 @@ class Program:
         return ranges
 
     @property
-    def uses_momentum(self) -> bool:
-        return self.optimizer.type == "sgd" and self.optimizer.settings.get("momentum", 0) > 0
+    def optimizer_rules(self) -> OptimizerKind:
+        """The registered optimizer: its hyper-parameters, state and template."""
+        return optimizer_kind(self.optimizer.type)
 
     @property
     def optimizer_state_size(self) -> int:
-        if self.optimizer.type == "sgd":
-            return self.num_trainable if self.uses_momentum else 0
-        return OPTIMIZER_STATE[self.optimizer.type] * self.num_trainable
+        return self.optimizer_rules.state_slots(self.optimizer.settings) * self.num_trainable
 
     def buffer_elements(self, batch: int, training: bool) -> dict[str, int]:
         """Element counts of every buffer the runtime allocates: the one source of truth for
@@ -263,9 +265,10 @@ class _Names:
         return name
 
 
-def lower(net: CheckedNet, sample_slots: int = 1) -> Program:
+def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector") -> Program:
     """sample_slots: samples a conv processes at once, one per thread of an OpenMP build (each
-    with its own scratch); results are the same for any count (conv2d.c.j2)."""
+    with its own scratch); results are the same for any count (conv2d.c.j2). backend: whose
+    kernel plans and templates the program is for (cnncc/backends)."""
     spec = net.spec
     names = _Names(spec.name)
     network_input = Tensor("input", spec.input_shape, -1)
@@ -322,7 +325,8 @@ def lower(net: CheckedNet, sample_slots: int = 1) -> Program:
     ops, workspace = _place_workspaces(ops)
     return Program(spec.name, spec.dtype, network_input, output, tuple(ops), tuple(params.values()), offset,
                    sum(decl.size for _, decl in trainable), arena, workspace, loss, spec.optimizer,
-                   {name: t for name, t in outputs.items() if name != "input"}, sample_slots=sample_slots)
+                   {name: t for name, t in outputs.items() if name != "input"}, sample_slots=sample_slots,
+                   backend=backend)
 
 
 def _with_sample_slots(op: Op, kind_obj, slots: int) -> Op:
@@ -381,11 +385,8 @@ def _place_workspaces(ops: list[Op]) -> tuple[list[Op], int]:
 def _lower_loss(kind: str | None, output: Tensor, ops: list[Op]) -> Loss | None:
     if kind is None:
         return None
-    if kind == "binary_cross_entropy":
-        # Fused with the sigmoid before it: the loss reads logits, stable for any magnitude.
-        sigmoid = next(op for op in reversed(ops) if op.output.name == output.name)
-        return Loss(kind, sigmoid.inputs[0], sigmoid.name, output.size)
-    return Loss(kind, output, None, output.size)
+    logits, fused_op = loss_kind(kind).logits(output, ops)
+    return Loss(kind, logits, fused_op, output.size)
 
 
 def describe(program: Program) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from .fields import Field
 from .layers import REGISTRY
-from .spec import _OPTIMIZERS, INPUT_FIELDS, LOSSES, TRAINING_FIELDS
+from .losses import LOSSES
+from .optimizers import OPTIMIZERS
+from .spec import INPUT_FIELDS, TRAINING_FIELDS
 
 
 def _default(field: Field) -> str:
@@ -35,11 +37,11 @@ def spec_reference_markdown() -> str:
              "| `dtype` | float32 &#124; float64 | float32 |",
              "| `layers` | a non-empty list of layers (below) | required |",
              f"| `loss` | {' &#124; '.join(LOSSES)} | none: inference only |",
-             "| `optimizer` | `{type: sgd &#124; adam, ...}` (below) | `{type: sgd, lr: 0.01}` |",
+             f"| `optimizer` | `{{type: {' &#124; '.join(OPTIMIZERS)}, ...}}` (below) | `{{type: sgd, lr: 0.01}}` |",
              "| `training` | defaults for `cnncc train` and `Model.fit` (below) | all defaults |",
              "", "#### `input`", "", *_table(INPUT_FIELDS), ""]
-    for kind, fields in _OPTIMIZERS.items():
-        lines += [f"#### `optimizer: {{type: {kind}}}`", "", *_table(fields), ""]
+    for kind, cls in OPTIMIZERS.items():
+        lines += [f"#### `optimizer: {{type: {kind}}}`", "", *_table(cls.fields), ""]
     lines += ["#### `training`", "", *_table(TRAINING_FIELDS), "",
               "#### Layers", "",
               "Every layer has `type`, an optional `name` (a C identifier, unique ignoring case; "

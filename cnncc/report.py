@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .check import CheckedNet, check_net, image_extent
-from .ir import Program, lower
+from .check import CheckedNet, image_extent
+from .ir import Program
 from .layers import format_shape
 from .memplan import deployment_figures
-from .spec import Spec, load_spec
+from .spec import Spec
 
 
 @dataclass(frozen=True)
@@ -153,9 +153,3 @@ def build_report(net: CheckedNet, program: Program, batch: int | None = None) ->
         **deployment_figures(program, deploy_batch),
     }
     return Report(net, program, batch, tuple(rows), totals)
-
-
-def check(spec, batch: int | None = None) -> Report:
-    """Load (if needed), check and lower a spec; the report of its shapes, counts and memory."""
-    net = check_net(load_spec(spec))
-    return build_report(net, lower(net), batch)

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from .build import DEFAULT_CFLAGS, OPENMP_FLAGS, build_program
-from .check import check_net
-from .ir import Program, lower
-from .spec import Spec, load_spec
+from .abi import Bindings
+from .build import build_program
+from .options import CompileOptions
+from .pipeline import Analysis, analyse
+from .report import Report
 
 ARENA_BYTES_PER_CHUNK = 256 << 20  # inference processes large inputs in chunks of this much activation
 
@@ -31,12 +32,16 @@ def physical_memory() -> int | None:
 
 
 class Model:
-    def __init__(self, spec: Spec, program: Program, module):
-        self.spec = spec
+    def __init__(self, analysis: Analysis, module):
+        """A built model; use Model.compile (or cnncc.compile)."""
+        program = analysis.program
+        self.analysis = analysis  # the checked net, the program and the report of this build
+        self.spec = analysis.spec
         self.program = program
         self.module = module
         self.dtype = np.dtype(program.dtype)
-        self._ffi, self._lib = module.ffi, module.lib
+        self._ffi = module.ffi
+        self._c = Bindings(module.ffi, module.lib, program)
         self._name = program.name
         self._pointer_type = f"{program.c_type} *"
         self._params = np.zeros(program.num_params, self.dtype)
@@ -45,16 +50,15 @@ class Model:
         self._workspace = np.zeros(max(program.workspace_size, 1), self.dtype)
         self._acts = self._grad_acts = None
         self._capacity = 0
-        self._context = self._ffi.new(f"{self._name}_context *")
+        self._context = self._c.new_context()
         # These buffers live as long as the model: their pointers are set once. The activation
         # buffers' are set whenever they grow (_ensure_capacity).
         ctx = self._context
         ctx.params, ctx.grads = self._ptr(self._params), self._ptr(self._grads)
         ctx.optimizer_state, ctx.workspace = self._ptr(self._optimizer_state), self._ptr(self._workspace)
         ctx.activations = ctx.grad_activations = self._ffi.NULL
-        self._c_forward = getattr(self._lib, f"{self._name}_forward")
         self.params = {p.key: self._params[p.offset:p.offset + p.size].reshape(p.shape) for p in program.params}
-        self.hyper = {"lr": program.optimizer.lr, **_hyper_defaults(), **program.optimizer.settings}
+        self.hyper = {**program.optimizer_rules.defaults(), **program.optimizer.settings, "lr": program.optimizer.lr}
         self.step_count = 0
         self.loaded_epoch = None
         self._hyper_c = None
@@ -62,19 +66,27 @@ class Model:
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
-    def compile(cls, spec, build_dir=None, cflags=None, cc=None, threads: int = 1) -> "Model":
-        """threads > 1: an OpenMP build running on that many threads (see set_threads), whose convs
-        process that many samples at once (ir.lower's sample_slots)."""
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
-        spec = load_spec(spec)
-        program = lower(check_net(spec), sample_slots=threads)
-        if threads > 1:
-            cflags = (*(DEFAULT_CFLAGS if cflags is None else cflags), *OPENMP_FLAGS)
-        model = cls(spec, program, build_program(program, spec.path, build_dir, cflags, cc))
-        if threads > 1:
-            model.set_threads(threads)
+    def compile(cls, spec, build_dir=None, cflags=None, cc=None, threads: int = 1, backend: str = "vector",
+                dtype: str | None = None, options: CompileOptions | None = None) -> "Model":
+        """spec: a path, YAML text, dict, Spec or an Analysis (pipeline.analyse, reused as it is).
+        threads > 1: an OpenMP build running on that many threads (see set_threads), whose convs
+        process that many samples at once. `options` replaces the separate option arguments."""
+        if isinstance(spec, Analysis):
+            analysis = spec
+        else:
+            options = options or CompileOptions(threads=threads, cc=cc, cflags=cflags, backend=backend, dtype=dtype)
+            analysis = analyse(spec, options)
+        options = analysis.options
+        module = build_program(analysis.program, analysis.spec.path, build_dir, options)
+        model = cls(analysis, module)
+        if options.threads > 1:
+            model.set_threads(options.threads)
         return model
+
+    @property
+    def report(self) -> Report:
+        """The shape report of exactly this build (its threads' scratch included)."""
+        return self.analysis.report
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -101,7 +113,7 @@ class Model:
         return self
 
     # ---- input checking ----------------------------------------------------------------
-    def _as_input(self, x) -> np.ndarray:
+    def validated_inputs(self, x) -> np.ndarray:
         x = np.asarray(x)
         if x.dtype.kind not in "biuf":
             raise ValueError(f"input must be a real numeric array, got dtype {x.dtype}")
@@ -115,30 +127,12 @@ class Model:
             raise ValueError("input contains NaN or infinite values")
         return x
 
-    def _as_targets(self, y, n: int) -> np.ndarray:
+    def validated_targets(self, y, n: int) -> np.ndarray:
         loss = self.program.loss
         if loss is None:
             raise ValueError(f"spec '{self.spec.name}' has no loss: it compiles for inference only; "
                              "add e.g. `loss: softmax_cross_entropy` to train it")
-        y = np.asarray(y)
-        if loss.takes_labels:
-            if y.dtype.kind not in "iu":
-                raise ValueError(f"labels must be integers, got dtype {y.dtype}")
-            if y.shape != (n,):
-                raise ValueError(f"labels must have shape ({n},), one per sample, got {tuple(y.shape)}")
-            if y.size and (y.min() < 0 or y.max() >= loss.classes):
-                bad = y[(y < 0) | (y >= loss.classes)][0]
-                raise ValueError(f"labels must be in [0, {loss.classes}), got {bad}")
-            return np.ascontiguousarray(y, dtype=np.int32)
-        expected = (n,) + tuple(self.output_shape)
-        if y.dtype.kind not in "biuf" or y.shape != expected:
-            raise ValueError(f"targets must be a real array of shape {expected}, got {y.dtype} {tuple(y.shape)}")
-        y = np.ascontiguousarray(y, dtype=self.dtype)
-        if not np.isfinite(y).all():
-            raise ValueError("targets contain NaN or infinite values")
-        if loss.kind == "binary_cross_entropy" and (y.min() < 0 or y.max() > 1):
-            raise ValueError("binary_cross_entropy targets must be in [0, 1]")
-        return y
+        return loss.rules.validate_targets(np.asarray(y), n, self.output_shape, loss.classes, self.dtype)
 
     # ---- the C calls -------------------------------------------------------------------
     def _ptr(self, array: np.ndarray, ctype: str | None = None):
@@ -181,25 +175,27 @@ class Model:
     def _forward(self, x: np.ndarray, training: bool, seed: int = 0) -> None:
         batch = x.shape[0]
         self._ensure_capacity(batch, training)
-        self._c_forward(self._context, self._ptr(x), batch, int(training), seed)
+        self._c.forward(self._context, self._ptr(x), batch, int(training), seed)
 
     def _targets_ptr(self, y: np.ndarray):
         return self._ptr(y, "int32_t *" if self.program.loss.takes_labels else None)
 
     def _hyper_struct(self):
+        """NAME_hyper filled from self.hyper (the optimizer's fields, abi.hyper_fields) and the step."""
         if self._hyper_c is None:
-            self._hyper_c = self._ffi.new(f"{self._name}_hyper *")
+            self._hyper_c = self._c.new_hyper()
         h = self._hyper_c
-        for key in ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay"):
-            setattr(h, key, float(self.hyper[key]))
-        h.nesterov = int(bool(self.hyper["nesterov"]))
+        for key in self._c.hyper_names:
+            if key != "step":
+                value = self.hyper[key]
+                setattr(h, key, int(bool(value)) if isinstance(value, bool) else float(value))
         h.step = self.step_count
         return h
 
     # ---- public API --------------------------------------------------------------------
     def forward(self, x, batch_size: int | None = None) -> np.ndarray:
         """The network's output for x [N, *input_shape] (inference mode), as a new array."""
-        x = self._as_input(x)
+        x = self.validated_inputs(x)
         chunk = batch_size or max(1, ARENA_BYTES_PER_CHUNK // max(1, self.program.activation_size
                                                                    * self.dtype.itemsize))
         outputs = []
@@ -215,22 +211,22 @@ class Model:
         """The batch-mean loss (training mode: batch statistics and the seeded dropout mask).
         Training mode updates batchnorm's running statistics, as a training step would."""
         if not checked:
-            x = self._as_input(x)
-            y = self._as_targets(y, x.shape[0])
+            x = self.validated_inputs(x)
+            y = self.validated_targets(y, x.shape[0])
         self._forward(x, training, seed)
-        return float(getattr(self._lib, f"{self._name}_loss")(self._context, self._targets_ptr(y), x.shape[0]))
+        return float(self._c.loss(self._context, self._targets_ptr(y), x.shape[0]))
 
     def gradients(self, x, y, seed: int = 0) -> tuple[float, dict[str, np.ndarray]]:
         """(batch-mean loss, gradients keyed like `params`), without changing the model."""
-        x = self._as_input(x)
-        y = self._as_targets(y, x.shape[0])
+        x = self.validated_inputs(x)
+        y = self.validated_targets(y, x.shape[0])
         frozen = self._params[self.program.num_trainable:].copy()  # running statistics
         try:
             self._forward(x, True, seed)
-            lib, n = self._lib, x.shape[0]
-            loss = float(getattr(lib, f"{self._name}_loss")(self._context, self._targets_ptr(y), n))
-            getattr(lib, f"{self._name}_zero_grad")(self._context)
-            getattr(lib, f"{self._name}_backward")(self._context, self._ptr(x), self._targets_ptr(y), n, seed)
+            n = x.shape[0]
+            loss = float(self._c.loss(self._context, self._targets_ptr(y), n))
+            self._c.zero_grad(self._context)
+            self._c.backward(self._context, self._ptr(x), self._targets_ptr(y), n, seed)
         finally:
             self._params[self.program.num_trainable:] = frozen
         grads = {p.key: self._grads[p.offset:p.offset + p.size].reshape(p.shape).copy()
@@ -241,13 +237,13 @@ class Model:
         """One optimizer step on a batch; returns the loss before the step. `checked` means
         the caller already validated and converted x and y (fit does, once per dataset)."""
         if not checked:
-            x = self._as_input(x)
-            y = self._as_targets(y, x.shape[0])
+            x = self.validated_inputs(x)
+            y = self.validated_targets(y, x.shape[0])
         batch = x.shape[0]
         self._ensure_capacity(batch, training=True)
         self.step_count += 1
         hyper = self._hyper_struct()
-        loss = getattr(self._lib, f"{self._name}_train_step")(
+        loss = self._c.train_step(
             self._context, self._ptr(x), self._targets_ptr(y), batch, hyper,
             self.step_count if seed is None else seed)
         if not math.isfinite(loss):
@@ -269,13 +265,50 @@ class Model:
         self._optimizer_state[...] = optimizer_state
         self.step_count = int(state["step"])
 
+    # ---- the low-level surface: flat buffers and single passes (bench, gradcheck, checkpoints,
+    # distributed training use these, never the private fields) -------------------------------
+    @property
+    def flat_params(self) -> np.ndarray:
+        """Every parameter in one buffer (trainable ones first, then running statistics), at the
+        offsets of program.params; writing into it changes what the C code sees."""
+        return self._params
+
+    @property
+    def flat_grads(self) -> np.ndarray:
+        """The gradient buffer, laid out like flat_params (written by backward)."""
+        return self._grads
+
+    @property
+    def flat_optimizer_state(self) -> np.ndarray:
+        """The optimizer's state (program.optimizer_state_size elements)."""
+        return self._optimizer_state
+
+    def flat_activations(self, batch: int, grad: bool = False) -> np.ndarray:
+        """The activation buffer (or its gradient) of the most recent pass on `batch` samples:
+        tensor t at [t.offset * batch, (t.offset + t.size) * batch)."""
+        buffer = self._grad_acts if grad else self._acts
+        if buffer is None or batch > self._capacity:
+            raise ValueError(f"no stored {'gradients' if grad else 'activations'} for batch {batch}")
+        return buffer[:self.program.activation_size * batch]
+
+    def bind(self, x, y=None) -> "BoundBatch":
+        """A fixed batch bound to the C passes (forward, loss, backward, step, single ops), checked
+        and converted once here; y=None binds it for inference-mode forwards only."""
+        from .passes import BoundBatch
+
+        x = self.validated_inputs(x)
+        y = None if y is None else self.validated_targets(y, x.shape[0])
+        self._ensure_capacity(x.shape[0], training=y is not None)
+        y_ptr = None if y is None else self._targets_ptr(y)
+        return BoundBatch(self._c, self._context, x, y, self._ptr(x), y_ptr, self._hyper_struct)
+
     def set_threads(self, threads: int) -> int:
         """Threads for this process's following calls: the count in effect, always 1 unless the
         model was compiled with threads > 1 (an OpenMP build; OMP_NUM_THREADS sets its starting
         count). Large matrix products split over them; results are identical at any count."""
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
-        return int(getattr(self._lib, f"{self._name}_set_threads")(threads))
+        return int(self._c.set_threads(threads))
 
     def last_output(self, batch: int) -> np.ndarray:
         """The output of the most recent forward pass (a view; valid until the next call)."""
@@ -324,6 +357,3 @@ class Model:
         return (f"<cnncc.Model {self._name}: input {self.input_shape} -> output {self.output_shape}, "
                 f"{self.program.num_params} parameters, {self.program.dtype}>")
 
-
-def _hyper_defaults() -> dict[str, Any]:
-    return {"momentum": 0.0, "nesterov": False, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}

@@ -16,26 +16,11 @@ from typing import Any
 from . import fields as F
 from .errors import Diagnostic, FieldError, Loc, SpecError, closest, did_you_mean
 from .layers import REGISTRY, LayerKind
+from .losses import LOSSES
+from .optimizers import OPTIMIZERS
 from .source import MAX_SPEC_BYTES, Map, Node, Scalar, Seq, SourceError, from_python, parse_text
 
-LOSSES = ("softmax_cross_entropy", "mse", "binary_cross_entropy")
 RESERVED_NAMES = ("input",)
-
-_OPTIMIZERS = {
-    "sgd": {
-        "lr": F.field(F.number(0.0, 10.0, lo_open=True), 0.01, "learning rate"),
-        "momentum": F.field(F.number(0.0, 1.0, hi_open=True), 0.0, "momentum factor (0: plain SGD)"),
-        "nesterov": F.field(F.boolean(), False, "Nesterov momentum (needs momentum > 0)"),
-        "weight_decay": F.field(F.number(0.0, 1.0), 0.0, "L2 penalty added to the gradient"),
-    },
-    "adam": {
-        "lr": F.field(F.number(0.0, 10.0, lo_open=True), 0.001, "learning rate"),
-        "beta1": F.field(F.number(0.0, 1.0, hi_open=True), 0.9, "decay of the first moment"),
-        "beta2": F.field(F.number(0.0, 1.0, hi_open=True), 0.999, "decay of the second moment"),
-        "eps": F.field(F.number(0.0, 1.0, lo_open=True), 1e-8, "added to the root of the second moment"),
-        "weight_decay": F.field(F.number(0.0, 1.0), 0.0, "L2 penalty added to the gradient"),
-    },
-}
 
 TRAINING_FIELDS = {
     "batch_size": F.field(F.integer(1, 1 << 16), 32, "samples per training step"),
@@ -190,7 +175,7 @@ def load_spec(source) -> Spec:
 
     name = _one(out, root, "name", F.field(F.identifier()))
     dtype = _one(out, root, "dtype", F.field(F.choice(("float32", "float64")), "float32"))
-    loss = _one(out, root, "loss", F.field(F.choice(LOSSES), None))
+    loss = _one(out, root, "loss", F.field(F.choice(tuple(LOSSES)), None))
     input_shape = _input(out, root.items.get("input"))
     optimizer = _optimizer(out, root.items.get("optimizer"))
     training = _section(out, root.items.get("training"), TRAINING_FIELDS, "training")
@@ -250,7 +235,9 @@ def _input(out: _Collector, node: Node | None) -> tuple[int, ...]:
 
 
 def _optimizer(out: _Collector, node: Node | None) -> OptimizerSpec:
-    default = OptimizerSpec("sgd", 0.01, {k: f.default for k, f in _OPTIMIZERS["sgd"].items() if k != "lr"})
+    default_rules = next(iter(OPTIMIZERS.values()))()  # the first registered: sgd
+    default = OptimizerSpec(default_rules.kind, default_rules.fields["lr"].default,
+                            {k: v for k, v in default_rules.defaults().items() if k != "lr"})
     if node is None:
         return default
     if not isinstance(node, Map):
@@ -258,15 +245,16 @@ def _optimizer(out: _Collector, node: Node | None) -> OptimizerSpec:
         return default
     type_node = node.items.get("type")
     kind = type_node.plain() if type_node is not None else None
-    if not isinstance(kind, str) or kind not in _OPTIMIZERS:
-        out.error(f"optimizer type must be one of {' | '.join(_OPTIMIZERS)}, got {kind!r}",
+    if not isinstance(kind, str) or kind not in OPTIMIZERS:
+        out.error(f"optimizer type must be one of {' | '.join(OPTIMIZERS)}, got {kind!r}",
                   type_node.loc if type_node else node.loc, "optimizer", "type",
-                  did_you_mean(kind, _OPTIMIZERS) if isinstance(kind, str) else None)
+                  did_you_mean(kind, OPTIMIZERS) if isinstance(kind, str) else None)
         return default
-    values = out.fields(node, _OPTIMIZERS[kind], "optimizer", skip=("type",))
-    if kind == "sgd" and values.get("nesterov") and not values.get("momentum"):
-        out.error("nesterov needs momentum > 0", node.items.get("nesterov", node).loc, "optimizer", "nesterov")
-    lr = values.pop("lr", _OPTIMIZERS[kind]["lr"].default)
+    rules = OPTIMIZERS[kind]()
+    values = out.fields(node, rules.fields, "optimizer", skip=("type",))
+    for key, message in rules.rule_errors(values):
+        out.error(message, node.items.get(key, node).loc, "optimizer", key)
+    lr = values.pop("lr", rules.fields["lr"].default)
     return OptimizerSpec(kind, lr, values)
 
 

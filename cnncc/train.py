@@ -32,15 +32,13 @@ def learning_rate(schedule: str, base: float, epoch: int, epochs: int, step_size
 
 
 def measures_accuracy(model) -> bool:
-    """Accuracy means something for classification losses, not for mse."""
-    return model.program.loss.kind in ("softmax_cross_entropy", "binary_cross_entropy")
+    """Accuracy means something for classification losses, not for mse (the loss's metric)."""
+    return model.program.loss.rules.metric == "accuracy"
 
 
 def _accuracy_hits(model, outputs: np.ndarray, targets: np.ndarray) -> int:
-    """Correct predictions in a batch: the argmax class, or every sigmoid output on the right side of 0.5."""
-    if model.program.loss.kind == "softmax_cross_entropy":
-        return int((outputs.argmax(axis=1) == targets).sum())
-    return int(((outputs > 0.5) == (targets > 0.5)).all(axis=tuple(range(1, outputs.ndim))).sum())
+    """Correct predictions in a batch, as the loss counts them."""
+    return model.program.loss.rules.hits(outputs, targets)
 
 
 class Progress:
@@ -86,8 +84,8 @@ def fit(model, x, y, epochs: int | None = None, batch_size: int | None = None, v
     batch_size = batch_size or training["batch_size"]
     schedule = schedule or training["schedule"]
     base_lr = lr if lr is not None else model.program.optimizer.lr
-    x = model._as_input(x)
-    y = model._as_targets(y, x.shape[0])
+    x = model.validated_inputs(x)
+    y = model.validated_targets(y, x.shape[0])
     n = x.shape[0]
     batch_size = min(batch_size, n)
     rng = np.random.default_rng(seed)
@@ -144,8 +142,8 @@ def fit(model, x, y, epochs: int | None = None, batch_size: int | None = None, v
 
 def evaluate(model, x, y, batch_size: int = 1000) -> dict[str, float | None]:
     """Mean loss (inference mode) and accuracy over a dataset."""
-    x = model._as_input(x)
-    y = model._as_targets(y, x.shape[0])
+    x = model.validated_inputs(x)
+    y = model.validated_targets(y, x.shape[0])
     with_accuracy = measures_accuracy(model)
     total_loss, hits = 0.0, 0
     for first in range(0, x.shape[0], batch_size):

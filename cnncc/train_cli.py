@@ -6,18 +6,20 @@ import time
 from pathlib import Path
 
 from . import data as datasets
-from .report import check
+from .losses import loss_kind
+from .options import CompileOptions
+from .pipeline import analyse
 from .runtime import Model
 
 
-def load_data(spec, source: str, data_dir=None, limit=None):
+def load_data(spec, source: str, data_dir=None, limit=None, classes: int | None = None):
     """((x_train, y_train), (x_test, y_test)) for the spec, from mnist | synthetic | FILE.npz."""
     if source == "synthetic":
-        if spec.loss != "softmax_cross_entropy":
+        if spec.loss is None or not loss_kind(spec.loss).takes_labels:
             raise ValueError("the built-in synthetic data is for classification specs "
                              "(loss: softmax_cross_entropy); pass --data FILE.npz")
         n_train, n_test = (limit, max(1, limit // 6)) if limit else (6000, 1000)
-        classes = check(spec).program.output.size
+        classes = classes or analyse(spec).program.output.size
         return datasets.synthetic(shape=spec.input_shape, classes=classes, n_train=n_train, n_test=n_test)
     if source == "mnist":
         if tuple(spec.input_shape) != (1, 28, 28):
@@ -33,16 +35,17 @@ def load_data(spec, source: str, data_dir=None, limit=None):
 
 
 def train_command(args) -> int:
-    report = check(Path(args.spec))
-    spec = report.spec
-    print(report.to_text())
+    analysis = analyse(Path(args.spec), CompileOptions(threads=args.threads))
+    spec = analysis.spec
+    print(analysis.report.to_text())
     if spec.loss is None:
         raise ValueError(f"spec '{spec.name}' has no loss, so it compiles for inference only; "
                          "add e.g. `loss: softmax_cross_entropy` to train it")
-    (x_train, y_train), (x_test, y_test) = load_data(spec, args.data, args.data_dir, args.limit)
+    (x_train, y_train), (x_test, y_test) = load_data(spec, args.data, args.data_dir, args.limit,
+                                                     classes=analysis.program.output.size)
     print(f"\ndata: {args.data}, {len(x_train):,} training and {len(x_test):,} test samples")
     start = time.perf_counter()
-    model = Model.compile(spec, build_dir=args.build_dir, threads=args.threads)
+    model = Model.compile(analysis, build_dir=args.build_dir)
     print(f"compiled in {time.perf_counter() - start:.2f}s"
           f"{' (from the cache)' if model.module.from_cache else ''}: {model.module.path}")
     model.init(args.seed)

@@ -59,11 +59,17 @@ def main() -> int:
     model = cnncc.compile(args.spec, build_dir=args.build_dir, cflags=SANITIZE, threads=args.threads).init(1)
     rng = np.random.default_rng(0)
     if args.canary:  # the C forward of 2 samples into an activation buffer of 1 element
-        model._ensure_capacity(2, training=False)
+        from cnncc.abi import Bindings
+
+        ffi = model.module.ffi
+        c = Bindings(ffi, model.module.lib, model.program)
+        pointer = lambda array: ffi.cast(f"{model.program.c_type} *", ffi.from_buffer(array))  # noqa: E731
         small = np.zeros(1, model.dtype)
-        model._context.activations = model._ptr(small)
+        workspace = np.zeros(max(1, model.program.workspace_size), model.dtype)
         x = np.zeros((2,) + tuple(model.input_shape), model.dtype)
-        getattr(model._lib, f"{model.program.name}_forward")(model._context, model._ptr(x), 2, 0, 0)
+        ctx = c.new_context()
+        ctx.params, ctx.activations, ctx.workspace = pointer(model.flat_params), pointer(small), pointer(workspace)
+        c.forward(ctx, pointer(x), 2, 0, 0)
         print("the canary overflow went unnoticed")
         return 0
     budget = args.budget
@@ -98,7 +104,7 @@ def main() -> int:
                 finite(f"gradient of {key}", grad)
             for _ in range(steps):
                 finite("training loss", model.train_step(x, y))
-            finite("parameters", model._params)
+            finite("parameters", model.flat_params)
             done.append(f"gradients, {steps} step{'s' if steps > 1 else ''}")
         budget -= full if steps == STEPS else least
         print(f"batch {batch}: {', '.join(done)}")

@@ -41,29 +41,24 @@ def _compile(spec, build_dir):
     return cnncc.compile(spec, build_dir=build_dir).init(0)
 
 
-def _forward_all(model, x, training, seed):
-    getattr(model._lib, f"{model._name}_forward")(model._context, model._ptr(x), x.shape[0], int(training), seed)
-
-
 @pytest.mark.parametrize("spec", [LENET, RESNET, INFERENCE_ONLY], ids=["lenet5", "resnet_small", "inference_only"])
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
 def test_forward_op_in_order_is_forward(spec, training, build_dir):
     model = _compile(spec, build_dir)
     x, _ = bench.random_batch(model, 3, seed=2)
-    model._ensure_capacity(3, training)
-    size = model.program.activation_size * 3
-    params = model._params.copy()
-    _forward_all(model, x, training, seed=7)
-    expected_acts, expected_params = model._acts[:size].copy(), model._params.copy()
-    model._acts[...] = np.nan  # nothing may survive from the full pass
-    model._params[...] = params  # batchnorm's running statistics, as they were before it
-    forward_op = getattr(model._lib, f"{model._name}_forward_op")
-    assert getattr(model._lib, f"{model._name.upper()}_NUM_OPS") == len(model.program.ops)
+    native = model.bind(x)
+    params = model.flat_params.copy()
+    native.forward(seed=7, training=training)
+    acts = model.flat_activations(3)
+    expected_acts, expected_params = acts.copy(), model.flat_params.copy()
+    acts[...] = np.nan  # nothing may survive from the full pass
+    model.flat_params[...] = params  # batchnorm's running statistics, as they were before it
+    assert getattr(model.module.lib, f"{model.program.name.upper()}_NUM_OPS") == len(model.program.ops)
     for i in range(len(model.program.ops)):
-        forward_op(model._context, model._ptr(x), 3, int(training), 7, i)
-    forward_op(model._context, model._ptr(x), 3, int(training), 7, len(model.program.ops))  # out of range: nothing
-    np.testing.assert_array_equal(model._acts[:size], expected_acts)
-    np.testing.assert_array_equal(model._params, expected_params)
+        native.forward_op(i, seed=7, training=training)
+    native.forward_op(len(model.program.ops), seed=7, training=training)  # out of range: nothing
+    np.testing.assert_array_equal(model.flat_activations(3), expected_acts)
+    np.testing.assert_array_equal(model.flat_params, expected_params)
     if not training:
         np.testing.assert_array_equal(model.last_output(3).copy(), model.forward(x))
 
@@ -71,24 +66,25 @@ def test_forward_op_in_order_is_forward(spec, training, build_dir):
 @pytest.mark.parametrize("spec", [LENET, RESNET], ids=["lenet5", "resnet_small"])
 def test_backward_op_in_reverse_is_backward(spec, build_dir):
     model = _compile(spec, build_dir)
-    native = bench._Native(model, 4, seed=5)
-    native.full_pass()
-    grads, grad_acts = model._grads.copy(), model._grad_acts.copy()
+    native = bench._bind(model, 4, seed=5)
+    native.full_pass(seed=5)
+    grad_acts_buffer = model.flat_activations(4, grad=True)
+    grads, grad_acts = model.flat_grads.copy(), grad_acts_buffer.copy()
     logits = model.program.loss.logits
     start, stop = logits.offset * 4, (logits.offset + logits.size) * 4
-    loss_grad = model._grad_acts[start:stop].copy()
+    loss_grad = grad_acts_buffer[start:stop].copy()
     bench.zero_activation_gradients(model, 4)  # not the argmax lenet5's pools keep for its convs
-    model._grad_acts[start:stop] = loss_grad
-    model._grads[...] = 0
+    grad_acts_buffer[start:stop] = loss_grad
+    model.flat_grads[...] = 0
     for i in reversed(range(len(model.program.ops))):
-        native.backward_op(native.ctx, native.x_ptr, 4, 5, i)
-    np.testing.assert_array_equal(model._grads, grads)
-    np.testing.assert_array_equal(model._grad_acts, grad_acts)
+        native.backward_op(i, seed=5)
+    np.testing.assert_array_equal(model.flat_grads, grads)
+    np.testing.assert_array_equal(model.flat_activations(4, grad=True), grad_acts)
 
 
 def test_profile_covers_every_op_and_adds_up_to_a_step(build_dir):
     model = _compile(LENET, build_dir)
-    params = model._params.copy()
+    params = model.flat_params.copy()
     ratios = []
     for _ in range(3):  # the machine may be shared: a noisy attempt gets another chance
         rows = bench.profile_layers(model, batch=16, repeats=3)
@@ -107,7 +103,7 @@ def test_profile_covers_every_op_and_adds_up_to_a_step(build_dir):
         if 0.5 <= ratios[-1] <= 2.0:
             break
     assert 0.5 <= ratios[-1] <= 2.0, ratios
-    np.testing.assert_array_equal(model._params, params)  # profiling leaves the model as it was
+    np.testing.assert_array_equal(model.flat_params, params)  # profiling leaves the model as it was
 
 
 def test_profile_of_an_inference_only_spec(build_dir):
@@ -120,10 +116,10 @@ def test_profile_of_an_inference_only_spec(build_dir):
 
 def test_train_throughput_leaves_the_model_unchanged(build_dir):
     model = _compile(LENET, build_dir)
-    params = model._params.copy()
+    params = model.flat_params.copy()
     result = bench.train_throughput(model, batch=8, repeats=2, repeat_seconds=0.0, warmup_seconds=0.0)
     assert result.per_second > 0 and len(result.repeats) == 2 and result.calls == 1
-    np.testing.assert_array_equal(model._params, params)
+    np.testing.assert_array_equal(model.flat_params, params)
     assert model.step_count == 0
 
 

@@ -73,7 +73,7 @@ spec_like = st.fixed_dictionaries(
                                                         "length": st.integers(-1, 30)}), trees),
      "layers": st.one_of(st.lists(_layer_dicts(), max_size=6), trees)},
     optional={"dtype": st.one_of(st.sampled_from(["float32", "float64"]), scalars),
-              "loss": st.one_of(st.sampled_from(LOSSES), scalars),
+              "loss": st.one_of(st.sampled_from(tuple(LOSSES)), scalars),
               "optimizer": st.one_of(st.fixed_dictionaries({"type": st.sampled_from(["sgd", "adam"])},
                                                            optional={"lr": scalars, "momentum": scalars,
                                                                      "nesterov": scalars}), trees),

@@ -375,7 +375,7 @@ def test_the_compiler_runs_without_a_shell(tmp_path, monkeypatch):
         return real_run(*args, **kwargs)
 
     monkeypatch.setattr(cnncc.build.subprocess, "run", recording_run)
-    cnncc.build._compiler_identity.cache_clear()  # so the `--version` call is recorded too
+    cnncc.build.compiler_identity.cache_clear()  # so the `--version` call is recorded too
     monkeypatch.chdir(tmp_path)
     weird = tmp_path / f"a dir; touch {MARKER} $(touch {MARKER}) `touch {MARKER}`"
     weird.mkdir()

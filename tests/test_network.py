@@ -289,7 +289,7 @@ def test_train_step_matches_the_reference_optimizer(key, opt_models):
                 assert rel_err(m.params[k], weights[k]) <= TOL_OPT, f"{key} step {step}: {k}"
     assert m.step_count == 3
     if OPTIMIZERS[key]["type"] == "adam":
-        first = m._optimizer_state[:m.program.num_trainable]
+        first = m.flat_optimizer_state[:m.program.num_trainable]
         for p in m.program.params:
             if p.trainable:
                 assert rel_err(first[p.offset:p.offset + p.size].reshape(p.shape), state[p.key][0]) <= TOL_OPT
@@ -561,7 +561,7 @@ def test_params_are_views_of_what_the_c_code_reads(small_mse):
     np.testing.assert_allclose(m.forward(x), np.broadcast_to(m.params["out.bias"], (2, 3)), rtol=0, atol=0)
     assert m.params["conv.weight"].shape == (3, 2, 3, 3)
     assert m.params["hidden.weight"].shape == (6, 3 * 3 * 3)
-    assert np.shares_memory(m.params["conv.weight"], m._params)
+    assert np.shares_memory(m.params["conv.weight"], m.flat_params)
 
 
 def test_init_is_deterministic_per_seed_with_he_and_glorot_scales(build_dir):

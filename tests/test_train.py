@@ -59,7 +59,7 @@ def test_training_is_reproducible_bit_for_bit(build_dir, dataset):
     for _ in range(2):
         m = cnncc.compile(SMALL, build_dir=build_dir).init(3)
         m.fit(x[:400], y[:400], epochs=1, seed=7, verbose=0)
-        weights.append(m._params.copy())
+        weights.append(m.flat_params.copy())
     assert np.array_equal(weights[0], weights[1])
 
 
@@ -81,20 +81,20 @@ def test_fit_uses_the_schedule(model, dataset):
 
 def test_labels_are_checked_before_any_c_runs(model, dataset):
     (x, y), _ = dataset
-    before = model._params.copy()
+    before = model.flat_params.copy()
     for bad in (y[:10].astype(np.float32), np.full(10, 4), np.full(10, -1), y[:9]):
         with pytest.raises(ValueError):
             model.fit(x[:10], bad, epochs=1, verbose=0)
-    assert np.array_equal(model._params, before)
+    assert np.array_equal(model.flat_params, before)
 
 
 def test_non_finite_loss_stops_with_epoch_and_batch(model, dataset):
     (x, y), _ = dataset
     model.params["out.bias"][0] = np.inf
-    before = model._params.copy()
+    before = model.flat_params.copy()
     with pytest.raises(TrainingError, match=r"epoch 1, batch 1"):
         model.fit(x[:64], y[:64], epochs=1, verbose=0)
-    assert np.array_equal(model._params, before, equal_nan=True)
+    assert np.array_equal(model.flat_params, before, equal_nan=True)
 
 
 def test_save_load_round_trip(model, dataset, tmp_path):
@@ -107,14 +107,14 @@ def test_save_load_round_trip(model, dataset, tmp_path):
     other.load(path)
     assert other.loaded_epoch == 1 and other.step_count == model.step_count
     assert np.array_equal(other.predict(xt), model.predict(xt))
-    assert np.array_equal(other._optimizer_state, model._optimizer_state)
+    assert np.array_equal(other.flat_optimizer_state, model.flat_optimizer_state)
 
 
 def _expect_rejected(model, path, match):
-    before = model._params.copy()
+    before = model.flat_params.copy()
     with pytest.raises(CheckpointError, match=match):
         model.load(path)
-    assert np.array_equal(model._params, before)
+    assert np.array_equal(model.flat_params, before)
 
 
 def test_bad_weight_files_leave_the_model_unchanged(model, tmp_path, build_dir):

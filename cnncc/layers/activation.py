@@ -14,6 +14,7 @@ from .base import LayerKind, numel, as_chw
 
 class _Elementwise(LayerKind):
     template = "activation"
+    is_activation = True
     forward_expr: str
     backward_expr: str  # dL/dx given x, y and dy
 
@@ -70,6 +71,7 @@ class Linear(LayerKind):
 
 class Softmax(LayerKind):
     kind = "softmax"
+    is_activation = True
     doc = "exp(x_i) / sum_j exp(x_j) over channels (numerically stable)"
 
     def output_shape(self, inputs):

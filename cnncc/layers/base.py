@@ -132,6 +132,14 @@ class LayerKind:
         value = getattr(self, "activation", None)
         return None if value in (None, "linear") else value
 
+    is_activation: ClassVar[bool] = False  # an element-wise activation (or softmax) as a layer of its own
+
+    @property
+    def final_activation(self) -> str | None:
+        """The activation this layer's output has been through last: its `activation:` field, or the
+        layer's own kind for an activation layer (what a loss checks the network ends in)."""
+        return self.activation_kind or (self.kind if self.is_activation else None)
+
     # --- code generation ------------------------------------------------------------
     def kernel_consts(self, inputs: list[Shape], output: Shape) -> dict[str, Any]:
         """Named constants of the template's enum (all validated numbers or booleans)."""

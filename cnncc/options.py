@@ -1,0 +1,55 @@
+"""CompileOptions: every decision about how a spec is compiled, made in one place.
+
+Threads decide both the sample slots lowering gives each conv (ir.lower) and the OpenMP flags
+of the build; the backend decides the templates and kernel plans; cc and cflags decide the
+build. Everything downstream reads these fields and decides nothing of its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# -std=c99 turns floating-point contraction off; -ffp-contract=fast lets a*b + c become one FMA
+# (a single rounding, never less accurate), and -fno-math-errno lets sqrt be one instruction
+# (it still returns NaN for a negative input; only the errno side effect goes). None of
+# -ffast-math's licences: NaN and infinity stay detectable.
+DEFAULT_CFLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno")
+# threads > 1 adds this: large matrix products split over the threads. Not the default: an OpenMP
+# build compiles each product twice (threaded and constant-specialised), about twice as slowly,
+# and one thread runs best without the runtime.
+OPENMP_FLAGS = ("-fopenmp",)
+MAX_THREADS = 1024  # sample slots multiply each conv's scratch; more than this is never useful
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    threads: int = 1  # > 1: an OpenMP build whose convs process that many samples at once
+    cc: str | None = None  # the C compiler; None: $CC, then gcc, cc, clang
+    cflags: tuple[str, ...] | None = None  # None: DEFAULT_CFLAGS
+    backend: str = "vector"
+    dtype: str | None = None  # overrides the spec's dtype (gradcheck compiles in float64)
+
+    def __post_init__(self):
+        threads = self.threads
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
+        if self.cflags is not None:
+            if isinstance(self.cflags, str) or not all(isinstance(flag, str) for flag in self.cflags):
+                raise ValueError(f"cflags must be a sequence of strings, got {self.cflags!r}")
+            object.__setattr__(self, "cflags", tuple(self.cflags))
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        from .backends import BACKENDS  # the registry; importing it registers every backend
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+
+    @property
+    def sample_slots(self) -> int:
+        return self.threads
+
+    @property
+    def build_flags(self) -> tuple[str, ...]:
+        """The compiler flags of this build (before the required and warning flags)."""
+        flags = DEFAULT_CFLAGS if self.cflags is None else self.cflags
+        return (*flags, *OPENMP_FLAGS) if self.threads > 1 else tuple(flags)

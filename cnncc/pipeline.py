@@ -1,0 +1,46 @@
+"""The stages composed once: spec -> CheckedNet -> Program -> Report, under one CompileOptions.
+
+    spec.load_spec -> check.check_net -> ir.lower (kernel plans from the backend) -> report
+
+`analyse` runs them exactly once; the Model keeps the result, so nothing downstream (the
+train command, bench, emit) runs the pipeline again, and the report of a build is the report
+of exactly the program that build allocates for.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .check import CheckedNet, check_net
+from .ir import Program, lower
+from .options import CompileOptions
+from .report import Report, build_report
+from .spec import Spec, load_spec
+
+
+@dataclass(frozen=True)
+class Analysis:
+    net: CheckedNet
+    program: Program
+    report: Report
+    options: CompileOptions
+
+    @property
+    def spec(self) -> Spec:
+        return self.net.spec
+
+
+def analyse(spec, options: CompileOptions | None = None, batch: int | None = None) -> Analysis:
+    """Load (if needed), check, lower and report a spec under `options`."""
+    options = options or CompileOptions()
+    spec = load_spec(spec)
+    if options.dtype is not None and options.dtype != spec.dtype:
+        spec = dataclasses.replace(spec, dtype=options.dtype)
+    net = check_net(spec)
+    program = lower(net, sample_slots=options.sample_slots, backend=options.backend)
+    return Analysis(net, program, build_report(net, program, batch), options)
+
+
+def check(spec, batch: int | None = None, threads: int = 1) -> Report:
+    """The report of a spec's shapes, counts and memory (for a build with `threads` threads)."""
+    return analyse(spec, CompileOptions(threads=threads), batch).report
