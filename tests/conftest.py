@@ -1,5 +1,6 @@
 """Shared test setup: `import reference` / `import seed_examples` from tests/, and one compile
 cache for the whole session (every spec compiles once, however many tests use it)."""
+import os
 import sys
 from pathlib import Path
 
@@ -12,8 +13,15 @@ if str(TESTS_DIR) not in sys.path:
 
 @pytest.fixture(scope="session")
 def build_dir(tmp_path_factory):
-    """A build directory shared by the session: identical specs hit the cache."""
-    return tmp_path_factory.mktemp("cnncc-build")
+    """A build directory shared by the session, and by every pytest-xdist worker of it (their
+    base temporaries share a parent): identical specs compile once. The cache is safe to share:
+    a build appears by an atomic rename, and a lost race loads the winner's module."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    path = root / "cnncc-build"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +29,6 @@ def compile_many(build_dir):
     """compile_many(specs, cflags=None): compile specs into the shared cache in parallel (the
     C compiler runs as a subprocess, so threads overlap). Later cnncc.compile calls of the same
     specs load from the cache; a build error surfaces here."""
-    import os
     from concurrent.futures import ThreadPoolExecutor
 
     import cnncc
