@@ -171,10 +171,7 @@ def _bind(model, batch: int, seed: int):
 
 def _op_macs(model) -> dict[str, tuple[int, int]]:
     """op name -> (forward, backward) MACs per sample: a layer's MACs belong to its main op."""
-    from .check import check_net
-    from .report import build_report
-
-    rows = {row.name: row for row in build_report(check_net(model.spec), model.program).rows}
+    rows = {row.name: row for row in model.report.rows}
     macs = {}
     for op in model.program.ops:
         row = rows.get(op.layer)
@@ -315,10 +312,7 @@ def _profile_text(model, rows: list[OpTiming], passes: dict[str, float], repeats
 
 
 def _summary(model, batch: int, repeats: int) -> dict:
-    from .check import check_net
-    from .report import build_report
-
-    totals = build_report(check_net(model.spec), model.program).totals
+    totals = model.report.totals
     out = {"spec": model.spec.name, "batch": batch, "repeats": repeats, "dtype": model.program.dtype,
            "macs": totals["macs"], "backward_macs": totals["backward_macs"]}
     if model.program.loss:

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .version import __version__
-from .check import check_net
 from .codegen import c_comment, c_ident, environment, render
-from .ir import Deployment, Program, lower
+from .ir import Deployment, Program
 from .memplan import MemoryPlan, deployment_figures, inference_program, plan
+from .pipeline import analyse
 from .report import build_report
-from .spec import Spec, load_spec
+from .spec import Spec
+from .version import __version__
 
 LITERALS_PER_LINE = 6
 EXAMPLE = "main"  # the example program's file stem: a model may not take it
@@ -84,9 +84,8 @@ def emit(spec, out_dir, weights=None, inference_only: bool = False, batch: int =
     """Write the standalone C of a spec (a path, YAML text, dict or Spec) into out_dir."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
-    spec = load_spec(spec)
-    net = check_net(spec)
-    program = lower(net)
+    analysis = analyse(spec)
+    spec, net, program = analysis.spec, analysis.net, analysis.program
     model = c_ident(program.name)
     if model == EXAMPLE:
         raise ValueError(f"a model named '{EXAMPLE}' would overwrite the example program {EXAMPLE}.c: rename it")
