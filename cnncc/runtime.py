@@ -226,11 +226,7 @@ class Model:
         y = self._as_targets(y, x.shape[0])
         frozen = self._params[self.program.num_trainable:].copy()  # running statistics
         try:
-            self._forward(x, True, seed)
-            lib, n = self._lib, x.shape[0]
-            loss = float(getattr(lib, f"{self._name}_loss")(self._context, self._targets_ptr(y), n))
-            getattr(lib, f"{self._name}_zero_grad")(self._context)
-            getattr(lib, f"{self._name}_backward")(self._context, self._ptr(x), self._targets_ptr(y), n, seed)
+            loss = self.compute_gradients(x, y, seed, checked=True)
         finally:
             self._params[self.program.num_trainable:] = frozen
         grads = {p.key: self._grads[p.offset:p.offset + p.size].reshape(p.shape).copy()
@@ -253,6 +249,51 @@ class Model:
         if not math.isfinite(loss):
             self.step_count -= 1  # the C code did not update anything
         return float(loss)
+
+    # ---- the low-level training surface: the flat buffers and a step in two halves -------
+    # Data-parallel training (cnncc.distributed_fit) reduces the gradients between the halves.
+    @property
+    def num_trainable(self) -> int:
+        """How many of flat_params are trainable: they come first, the running statistics after."""
+        return self.program.num_trainable
+
+    @property
+    def flat_params(self) -> np.ndarray:
+        """Every parameter in one flat array, the buffer the C code reads (`params` are views
+        into it): [:num_trainable] trainable, the rest batchnorm running statistics."""
+        return self._params
+
+    @property
+    def flat_grads(self) -> np.ndarray:
+        """The gradients of flat_params (the C code's buffer), written by compute_gradients and
+        read by apply_step; only [:num_trainable] are meaningful."""
+        return self._grads
+
+    @property
+    def flat_optimizer_state(self) -> np.ndarray:
+        """The optimizer's state (momentum velocity, Adam moments), the C code's buffer."""
+        return self._optimizer_state
+
+    def compute_gradients(self, x, y, seed: int = 0, checked: bool = False) -> float:
+        """Forward (training mode) + loss + zero_grad + backward: leaves the gradient of the batch-
+        mean loss in flat_grads and returns that loss; no optimizer step, nothing copied. Like a
+        training step it updates batchnorm's running statistics. The caller checks that the loss
+        is finite before stepping. `checked`: x and y are already validated (see train_step)."""
+        if not checked:
+            x = self._as_input(x)
+            y = self._as_targets(y, x.shape[0])
+        lib, n = self._lib, x.shape[0]
+        self._forward(x, True, seed)
+        loss = float(getattr(lib, f"{self._name}_loss")(self._context, self._targets_ptr(y), n))
+        getattr(lib, f"{self._name}_zero_grad")(self._context)
+        getattr(lib, f"{self._name}_backward")(self._context, self._ptr(x), self._targets_ptr(y), n, seed)
+        return loss
+
+    def apply_step(self) -> None:
+        """One optimizer update of the trainable parameters from flat_grads with `hyper`, counted
+        in step_count (as train_step counts its steps)."""
+        self.step_count += 1
+        getattr(self._lib, f"{self._name}_step")(self._context, self._hyper_struct())
 
     def set_threads(self, threads: int) -> int:
         """Threads for this process's following calls: the count in effect, always 1 unless the
