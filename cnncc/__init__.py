@@ -3,7 +3,7 @@
     spec.yaml -> load_spec -> Spec -> check -> CheckedNet -> ir.lower -> Program
               -> codegen.render -> C sources -> build -> loaded module -> Model
 
-Public API: load_spec, check, compile, Model, SpecError.
+Public API: load_spec, check, compile, Model, SpecError; distributed.MPI for data-parallel training.
 """
 from .errors import SpecError
 from .pipeline import check
@@ -24,6 +24,10 @@ def __getattr__(name):
         from .runtime import Model
 
         return Model
+    if name == "distributed":  # cnncc.distributed.MPI(); mpi4py itself loads only when MPI() is made
+        import importlib
+
+        return importlib.import_module(".distributed", __name__)
     raise AttributeError(name)
 
 

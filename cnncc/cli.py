@@ -137,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive, default=1, help="threads (> 1: an OpenMP build; default 1)")
     p.add_argument("--build-dir", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", choices=("auto", "mpi", "off"), default="auto",
+                   help="data-parallel over MPI ranks: auto (when started by mpirun/mpiexec/srun with more than "
+                        "one rank), mpi (always) or off (default: auto)")
+    p.add_argument("--check-every", type=_positive, default=100,
+                   help="MPI: compare the ranks' parameters every N steps (default 100)")
+    p.add_argument("--mpi-timeout", type=_positive_float, default=600.0,
+                   help="MPI: abort every rank when no collective finishes for this many seconds (default 600)")
     p.set_defaults(run=_cmd_train)
 
     p = sub.add_parser("gradcheck", help="check a spec's gradients against finite differences (float64)",

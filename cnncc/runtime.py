@@ -222,11 +222,7 @@ class Model:
         y = self.validated_targets(y, x.shape[0])
         frozen = self._params[self.program.num_trainable:].copy()  # running statistics
         try:
-            self._forward(x, True, seed)
-            n = x.shape[0]
-            loss = float(self._c.loss(self._context, self._targets_ptr(y), n))
-            self._c.zero_grad(self._context)
-            self._c.backward(self._context, self._ptr(x), self._targets_ptr(y), n, seed)
+            loss = self.compute_gradients(x, y, seed, checked=True)
         finally:
             self._params[self.program.num_trainable:] = frozen
         grads = {p.key: self._grads[p.offset:p.offset + p.size].reshape(p.shape).copy()
@@ -265,8 +261,13 @@ class Model:
         self._optimizer_state[...] = optimizer_state
         self.step_count = int(state["step"])
 
-    # ---- the low-level surface: flat buffers and single passes (bench, gradcheck, checkpoints,
-    # distributed training use these, never the private fields) -------------------------------
+    # ---- the low-level surface: flat buffers, single passes, a step in two halves (bench,
+    # gradcheck, checkpoints and distributed training use these, never the private fields) ----
+    @property
+    def num_trainable(self) -> int:
+        """How many of flat_params are trainable: they come first, the running statistics after."""
+        return self.program.num_trainable
+
     @property
     def flat_params(self) -> np.ndarray:
         """Every parameter in one buffer (trainable ones first, then running statistics), at the
@@ -301,6 +302,27 @@ class Model:
         self._ensure_capacity(x.shape[0], training=y is not None)
         y_ptr = None if y is None else self._targets_ptr(y)
         return BoundBatch(self._c, self._context, x, y, self._ptr(x), y_ptr, self._hyper_struct)
+
+    def compute_gradients(self, x, y, seed: int = 0, checked: bool = False) -> float:
+        """Forward (training mode) + loss + zero_grad + backward: leaves the gradient of the batch-
+        mean loss in flat_grads and returns that loss; no optimizer step, nothing copied. Like a
+        training step it updates batchnorm's running statistics. The caller checks that the loss
+        is finite before stepping. `checked`: x and y are already validated (see train_step)."""
+        if not checked:
+            x = self.validated_inputs(x)
+            y = self.validated_targets(y, x.shape[0])
+        n = x.shape[0]
+        self._forward(x, True, seed)
+        loss = float(self._c.loss(self._context, self._targets_ptr(y), n))
+        self._c.zero_grad(self._context)
+        self._c.backward(self._context, self._ptr(x), self._targets_ptr(y), n, seed)
+        return loss
+
+    def apply_step(self) -> None:
+        """One optimizer update of the trainable parameters from flat_grads with `hyper`, counted
+        in step_count (as train_step counts its steps)."""
+        self.step_count += 1
+        self._c.step(self._context, self._hyper_struct())
 
     def set_threads(self, threads: int) -> int:
         """Threads for this process's following calls: the count in effect, always 1 unless the

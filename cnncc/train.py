@@ -36,7 +36,7 @@ def measures_accuracy(model) -> bool:
     return model.program.loss.rules.metric == "accuracy"
 
 
-def _accuracy_hits(model, outputs: np.ndarray, targets: np.ndarray) -> int:
+def accuracy_hits(model, outputs: np.ndarray, targets: np.ndarray) -> int:
     """Correct predictions in a batch, as the loss counts them."""
     return model.program.loss.rules.hits(outputs, targets)
 
@@ -77,8 +77,10 @@ class Progress:
 
 def fit(model, x, y, epochs: int | None = None, batch_size: int | None = None, validation_data=None,
         shuffle: bool = True, seed: int = 0, verbose: int = 1, lr: float | None = None,
-        schedule: str | None = None, checkpoint=None, initial_epoch: int = 0) -> dict[str, list]:
-    """Train; returns the history: per-epoch loss, accuracy, lr, images/s (and validation)."""
+        schedule: str | None = None, checkpoint=None, initial_epoch: int = 0,
+        distributed=None) -> dict[str, list]:
+    """Train; returns the history: per-epoch loss, accuracy, lr, images/s (and validation).
+    distributed: a cnncc.distributed.MPI() to train data-parallel over MPI ranks."""
     training = model.spec.training
     epochs = epochs or training["epochs"]
     batch_size = batch_size or training["batch_size"]
@@ -88,6 +90,12 @@ def fit(model, x, y, epochs: int | None = None, batch_size: int | None = None, v
     y = model.validated_targets(y, x.shape[0])
     n = x.shape[0]
     batch_size = min(batch_size, n)
+    if distributed is not None:
+        from .distributed_fit import distributed_fit
+
+        return distributed_fit(model, x, y, distributed, epochs=epochs, batch_size=batch_size, schedule=schedule,
+                               base_lr=base_lr, validation_data=validation_data, shuffle=shuffle, seed=seed,
+                               verbose=verbose, checkpoint=checkpoint, initial_epoch=initial_epoch)
     rng = np.random.default_rng(seed)
     batch_x = np.empty((batch_size,) + x.shape[1:], model.dtype)
     batch_y = np.empty((batch_size,) + y.shape[1:], y.dtype)
@@ -119,7 +127,7 @@ def fit(model, x, y, epochs: int | None = None, batch_size: int | None = None, v
             total_loss += loss * count
             seen += count
             if with_accuracy:
-                hits += _accuracy_hits(model, model.last_output(count), by)
+                hits += accuracy_hits(model, model.last_output(count), by)
             progress.update(seen, total_loss / seen, hits / seen if with_accuracy else None)
         elapsed = time.perf_counter() - start
         accuracy = hits / seen if with_accuracy else None
@@ -150,6 +158,6 @@ def evaluate(model, x, y, batch_size: int = 1000) -> dict[str, float | None]:
         bx, by = x[first:first + batch_size], y[first:first + batch_size]
         total_loss += model.loss(bx, by, training=False, checked=True) * bx.shape[0]
         if with_accuracy:
-            hits += _accuracy_hits(model, model.last_output(bx.shape[0]), by)
+            hits += accuracy_hits(model, model.last_output(bx.shape[0]), by)
     n = x.shape[0]
     return {"loss": total_loss / n, "accuracy": hits / n if with_accuracy else None}

@@ -1,4 +1,5 @@
-"""`cnncc train`: report, data, compile, fit with a progress bar, test accuracy, save."""
+"""`cnncc train`: report, data, compile, fit with a progress bar, test accuracy, save; under
+`mpirun -np N` data-parallel over the ranks (cnncc.distributed), rank 0 printing and saving."""
 from __future__ import annotations
 
 import sys
@@ -34,31 +35,72 @@ def load_data(spec, source: str, data_dir=None, limit=None, classes: int | None 
     raise ValueError(f"--data must be mnist, synthetic or a .npz file, got {source!r}")
 
 
+def distributed_from_args(args):
+    """An MPI communicator when the run is data-parallel (--distributed mpi, or auto under an MPI
+    launcher with more than one rank), else None."""
+    from .distributed import MPI, launched_by_mpi
+
+    if args.distributed == "off" or (args.distributed == "auto" and not launched_by_mpi()):
+        return None
+    mpi = MPI(check_every=args.check_every, timeout=args.mpi_timeout)
+    return mpi if mpi.size > 1 or args.distributed == "mpi" else None
+
+
 def train_command(args) -> int:
+    distributed = distributed_from_args(args)
+    if distributed is None:
+        return _train(args, None, print)
+    from .distributed import DistributedError
+    from .train import TrainingError
+
+    with distributed.guard():
+        try:
+            return _train(args, distributed, print if distributed.is_root else _silent)
+        except (DistributedError, TrainingError):
+            if distributed.is_root:
+                raise  # every rank raised it; rank 0 reports it
+            return 1
+
+
+def _silent(*_args, **_options) -> None:
+    """Ranks other than 0 print nothing."""
+
+
+def _train(args, distributed, say) -> int:
+    root = distributed is None or distributed.is_root
     analysis = analyse(Path(args.spec), CompileOptions(threads=args.threads))
     spec = analysis.spec
-    print(analysis.report.to_text())
+    say(analysis.report.to_text())
     if spec.loss is None:
         raise ValueError(f"spec '{spec.name}' has no loss, so it compiles for inference only; "
                          "add e.g. `loss: softmax_cross_entropy` to train it")
     (x_train, y_train), (x_test, y_test) = load_data(spec, args.data, args.data_dir, args.limit,
                                                      classes=analysis.program.output.size)
-    print(f"\ndata: {args.data}, {len(x_train):,} training and {len(x_test):,} test samples")
+    say(f"\ndata: {args.data}, {len(x_train):,} training and {len(x_test):,} test samples"
+        + (f", on {distributed.size} MPI ranks" if distributed else ""))
     start = time.perf_counter()
+    if distributed and not root:
+        distributed.barrier()  # rank 0 compiles first; the others then load its build from the cache
     model = Model.compile(analysis, build_dir=args.build_dir)
-    print(f"compiled in {time.perf_counter() - start:.2f}s"
-          f"{' (from the cache)' if model.module.from_cache else ''}: {model.module.path}")
+    if distributed and root:
+        distributed.barrier()
+    say(f"compiled in {time.perf_counter() - start:.2f}s"
+        f"{' (from the cache)' if model.module.from_cache else ''}: {model.module.path}")
     model.init(args.seed)
     initial_epoch = 0
-    if args.resume:
+    if args.resume and root:  # the other ranks receive rank 0's weights when fit starts
         model.load(args.resume)
         initial_epoch = model.loaded_epoch or 0
-        print(f"resumed from {args.resume} after epoch {initial_epoch}")
+        say(f"resumed from {args.resume} after epoch {initial_epoch}")
+    if distributed:
+        initial_epoch = distributed.broadcast_object(initial_epoch)
     start = time.perf_counter()
     history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         seed=args.seed, verbose=0 if args.quiet else 1, checkpoint=args.checkpoint,
-                        initial_epoch=initial_epoch)
+                        initial_epoch=initial_epoch, distributed=distributed)
     seconds = time.perf_counter() - start
+    if not root:
+        return 0
     result = model.evaluate(x_test, y_test)
     accuracy = f", accuracy {100 * result['accuracy']:.2f}%" if result["accuracy"] is not None else ""
     epochs = len(history["loss"])
