@@ -375,6 +375,13 @@ class Model:
         self.loaded_epoch = load(self, path)
         return self
 
+    def quantize(self, calibration, method: str = "minmax", percentile: float = 99.99, build_dir=None):
+        """Post-training int8 quantization (TFLite's scheme) calibrated on `calibration` (an array or an
+        .npz): a QuantizedModel compiled through cffi (cnncc/quantize)."""
+        from .quantize import quantize
+
+        return quantize(self, calibration, method, percentile, build_dir)
+
     def __repr__(self) -> str:
         return (f"<cnncc.Model {self._name}: input {self.input_shape} -> output {self.output_shape}, "
                 f"{self.program.num_params} parameters, {self.program.dtype}>")

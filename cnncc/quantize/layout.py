@@ -1,0 +1,67 @@
+"""Where everything of an int8 graph lives: the int8 weights blob, the int32 words blob, and the
+int8 arena, whose tensors share memory by liveness (memplan's first fit; the network input has
+a slot too, since the program's caller writes it into the arena).
+
+Every figure here follows from the graph alone, so `cnncc check --int8` reports exactly what
+the emitted program and the Python module allocate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..memplan import Lifetime, first_fit
+from .graph import QGraph
+
+
+@dataclass(frozen=True)
+class Layout:
+    weight_offsets: dict[str, int]  # op name -> offset of its int8 weights (or table)
+    word_offsets: dict[str, dict[str, int]]  # op name -> its int32 arrays' offsets
+    weight_count: int  # int8 elements of the weights blob
+    word_count: int  # int32 elements of the words blob
+    tensor_offsets: dict[str, int]  # tensor name -> byte offset in the arena
+    activation_bytes: int  # the planned activations
+    scratch_offset: int
+    scratch_bytes: int  # a conv's patch (one output pixel's receptive field), shared by every op
+
+    @property
+    def arena_bytes(self) -> int:
+        return self.activation_bytes + self.scratch_bytes
+
+    @property
+    def weight_bytes(self) -> int:
+        """int8 weights and tables, and the int32 biases, multipliers and shifts (all const: flash)."""
+        return self.weight_count + 4 * self.word_count
+
+    @property
+    def unshared_bytes(self) -> int:
+        """The arena with one buffer per tensor (what liveness saves is the difference)."""
+        return self.unshared + self.scratch_bytes
+
+    unshared: int = 0
+
+
+def scratch_of(op) -> int:
+    return op.dims["K_GROUP"] if op.kind == "conv" else 0
+
+
+def plan_layout(graph: QGraph) -> Layout:
+    weight_offsets, word_offsets, weights, words = {}, {}, 0, 0
+    for op in graph.ops:
+        if op.weight_count:
+            weight_offsets[op.name], weights = weights, weights + op.weight_count
+        offsets = {}
+        for name, size in op.words.items():
+            offsets[name], words = words, words + size
+        word_offsets[op.name] = offsets
+    end = len(graph.ops) - 1
+    last_read = {name: i for i, op in enumerate(graph.ops) for name in op.inputs}
+    last_read[graph.output] = end
+    spans = [Lifetime(graph.input, graph.tensors[graph.input].size, 0, last_read.get(graph.input, 0))]
+    spans += [Lifetime(op.output, graph.tensors[op.output].size, i, max(i, last_read.get(op.output, i)))
+              for i, op in enumerate(graph.ops)]
+    offsets = first_fit(tuple(spans))
+    activations = max(offsets[s.name] + s.size for s in spans)
+    scratch = max((scratch_of(op) for op in graph.ops), default=0)
+    return Layout(weight_offsets, word_offsets, weights, words, offsets, activations, activations, scratch,
+                  unshared=sum(s.size for s in spans))
