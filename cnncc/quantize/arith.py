@@ -4,8 +4,9 @@ The C kernels (templates/int8/model.c.j2) implement exactly these functions; the
 reference (reference.py) calls them, and tests compare the two bit for bit.
 
     quantize_multiplier(m)      real m > 0 -> (M, shift): m ~= M * 2^(shift - 31), M in [2^30, 2^31)
-    srdhm(a, b)                 SaturatingRoundingDoublingHighMul: round(a*b / 2^31), ties away
-                                from zero, INT32_MIN*INT32_MIN saturating to INT32_MAX
+    srdhm(a, b)                 SaturatingRoundingDoublingHighMul: (a*b + nudge) / 2^31 with C's
+                                truncating division, nudge 2^30 for a*b >= 0 and 1 - 2^30 below
+                                (so +1.5 -> 2 but -1.5 -> -1), INT32_MIN*INT32_MIN -> INT32_MAX
     rdbpot(x, e)                RoundingDivideByPOT: round(x / 2^e), ties away from zero
     requantize(x, M, shift)     MultiplyByQuantizedMultiplier: rdbpot(srdhm(x * 2^max(shift, 0), M),
                                 max(-shift, 0))

@@ -209,8 +209,7 @@ def build_graph(net: CheckedNet) -> QGraph:
             op["layers"].append(layer.name)
             tensors[op["output"]] = QTensor(op["output"], out_shape, (layer.name, "post"))
             outputs_of[layer.name] = op["output"]
-        elif kind == "relu" and (op := fusable(layer, inputs[0], ("conv", "dense", "add"))) is not None \
-                and layer.name != last:
+        elif kind == "relu" and (op := fusable(layer, inputs[0], ("conv", "dense", "add"))) is not None:
             op["clamp"] = "relu"
             op["layers"].append(layer.name)
             tensors[op["output"]] = QTensor(op["output"], out_shape, (layer.name, "post"))

@@ -1,0 +1,63 @@
+"""Building int8 models straight from a spec with random weights and random tensor ranges (no
+float model, no calibration), so the kernel tests compile only the int8 C."""
+from __future__ import annotations
+
+import numpy as np
+
+from cnncc.check import check_net
+from cnncc.quantize.graph import build_graph
+from cnncc.quantize.layout import plan_layout
+from cnncc.quantize.model import QuantizedModel
+from cnncc.quantize.scheme import quantize_values
+from cnncc.spec import load_spec
+
+STRICT = ("-O2", "-std=c99", "-pedantic-errors", "-Wall", "-Wextra", "-Werror", "-Wconversion", "-Wshadow")
+
+
+def random_params(net, rng) -> dict[str, np.ndarray]:
+    params = {}
+    for layer in net.layers:
+        for decl in layer.params:
+            key = f"{layer.name}.{decl.name}"
+            if decl.name == "running_var":
+                params[key] = rng.uniform(0.2, 2.0, decl.shape)
+            elif decl.name == "gamma":
+                params[key] = rng.uniform(0.5, 1.5, decl.shape) * rng.choice([-1, 1], decl.shape)
+            else:
+                scale = 1.0 / np.sqrt(max(1, decl.fan_in)) if decl.name == "weight" else 0.3
+                params[key] = rng.normal(0.0, scale, decl.shape)
+    return params
+
+
+def random_ranges(graph, rng) -> dict[str, tuple[float, float]]:
+    """A different, plausible range per tensor (so add and concat see inputs of different scales)."""
+    ranges = {}
+    for name in graph.tensors:
+        span = float(rng.uniform(0.5, 6.0))
+        low = -float(rng.uniform(0.0, 1.0)) * span
+        ranges[name] = (low, low + span)
+    return ranges
+
+
+def int8_case(spec, build_dir, seed: int = 0, cflags=STRICT):
+    spec = load_spec(spec)
+    rng = np.random.default_rng(seed)
+    net = check_net(spec)
+    graph = build_graph(net)
+    layout = plan_layout(graph)
+    values = quantize_values(graph, layout, random_params(net, rng), random_ranges(graph, rng))
+    return QuantizedModel(spec, graph, layout, values, build_dir=build_dir, cflags=cflags)
+
+
+def random_int8(shape, n, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed + 1000).integers(-128, 128, (n,) + tuple(shape)).astype(np.int8)
+
+
+def assert_bit_exact(qmodel, n: int = 3, seed: int = 0):
+    x = random_int8(qmodel.input_shape, n, seed)
+    c = qmodel.predict_int8(x).reshape(n, -1)
+    ref = qmodel.reference(x)[qmodel.graph.output]
+    mismatches = int((c != ref).sum())
+    assert mismatches == 0, f"{mismatches} of {c.size} int8 outputs differ from the integer reference"
+    # the output saturating everywhere would prove little: the data must exercise the range
+    assert len(np.unique(c)) > min(8, c.size // 2)
