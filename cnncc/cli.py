@@ -41,6 +41,17 @@ def _cmd_check(args) -> int:
 
         print(describe(report.program))
         return 0
+    if args.int8:  # the int8 figures (cnncc/quantize), with the report's own
+        from .quantize.cli import int8_figures, int8_figures_text
+
+        if args.format == "json":
+            import json
+
+            print(json.dumps({**report.to_dict(), "int8": int8_figures(Path(args.spec))}, indent=2))
+        else:
+            print((report.to_markdown() if args.format == "markdown" else report.to_text(explain=args.explain))
+                  + "\n" + int8_figures_text(Path(args.spec)))
+        return 0
     if args.format == "json":
         print(report.to_json())
     elif args.format == "markdown":
@@ -78,6 +89,10 @@ def _cmd_gradcheck(args) -> int:
 
 
 def _cmd_emit(args) -> int:
+    if args.int8:
+        from .quantize.emit import emit_int8_command
+
+        return emit_int8_command(args)
     from .emit import emit_command
 
     return emit_command(args)
@@ -107,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive, default=None, help="batch size for the training memory "
                                                                  "(default: the spec's training.batch_size)")
     p.add_argument("--ir", action="store_true", help="print the lowered IR instead of the report")
+    p.add_argument("--int8", action="store_true", help="also give the int8 weight and arena bytes (cnncc emit --int8)")
     p.add_argument("--threads", type=_positive, default=1,
                    help="the memory of a build for this many threads (each conv gets a scratch per thread)")
     p.set_defaults(run=_cmd_check)
@@ -163,11 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="the directory to write")
     p.add_argument("--weights", default=None, metavar="FILE.npz", help="compile these weights in (NAME_weights.c)")
+    p.add_argument("--int8", default=None, metavar="Q.npz", help="emit the int8 program of this quantized model "
+                                                                 "(cnncc quantize); --weights and --batch do not apply")
     p.add_argument("--inference-only", action="store_true",
                    help="forward only: a static arena shared by tensors whose lifetimes do not overlap, no malloc")
     p.add_argument("--batch", type=_positive, default=1, help="samples per forward call in main.c and, with "
                                                               "--inference-only, in the arena (default 1)")
     p.set_defaults(run=_cmd_emit)
+
+    from .quantize.cli import add_quantize_parser
+
+    add_quantize_parser(sub, _positive, _positive_float)
 
     p = sub.add_parser("bench", help="time a spec: training images/s, batch-1 latency, or per-op (--layers)",
                        description="Compile a spec and time it on random data: training images/s at a batch "
