@@ -1,1 +1,0 @@
-# The standalone files of `cnncc emit` (a package only so that they ship inside the wheel).

@@ -1,1 +1,0 @@
-# One template per layer kind (a package only so that they ship inside the wheel).

@@ -1,1 +1,0 @@
-# Templates (a package only so that they ship inside the wheel).
