@@ -5,7 +5,9 @@ field that causes it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 from .errors import Diagnostic, SpecError, did_you_mean
 from .layers import GLOBAL, REGISTRY, ParamDecl, Shape, ShapeError, Window, format_shape, numel
@@ -21,7 +23,9 @@ MAX_AXIS = 1 << 30
 @dataclass(frozen=True)
 class ReceptiveField:
     size: tuple[int, int]  # input pixels one unit sees along (h, w), before clipping
-    jump: tuple[int, int]  # input pixels between neighbouring units
+    # input pixels between neighbouring units: a Fraction after an upsampling layer, whose
+    # Window strides are 1/s (its neighbouring units are closer than one input pixel)
+    jump: tuple[int | Fraction, int | Fraction]
 
     def grow(self, step: Window | str | None, image: tuple[int, int]) -> "ReceptiveField":
         if step is None:
@@ -29,7 +33,9 @@ class ReceptiveField:
         if step == GLOBAL:
             return ReceptiveField(image, image)
         (kh, kw), (sh, sw) = step.kernel, step.stride
-        return ReceptiveField((self.size[0] + (kh - 1) * self.jump[0], self.size[1] + (kw - 1) * self.jump[1]),
+        # A fractional span still covers whole pixels: round it up.
+        return ReceptiveField((math.ceil(self.size[0] + (kh - 1) * self.jump[0]),
+                               math.ceil(self.size[1] + (kw - 1) * self.jump[1])),
                               (self.jump[0] * sh, self.jump[1] * sw))
 
     @staticmethod
