@@ -196,6 +196,12 @@ def _check_loss(spec: Spec, checked: list[CheckedLayer]) -> list[Diagnostic]:
     activation = last.layer.activation_kind or (last.spec.kind if last.spec.kind in ("softmax", "sigmoid") else None)
     loc = spec.locs.get("loss")
     label = last.spec.label
+    if spec.training["targets"] == "input" and (spec.loss == "softmax_cross_entropy" or out != spec.input_shape):
+        return [Diagnostic(f"training targets: input needs an output shaped like the input "
+                           f"({format_shape(spec.input_shape)}) and a loss with real-valued targets (mse or "
+                           f"binary_cross_entropy), but {label} outputs {format_shape(out)} into {spec.loss}",
+                           spec.locs.get("training"), field="training",
+                           hint="an autoencoder ends with a layer that restores the input's shape")]
     if spec.loss == "softmax_cross_entropy":
         if len(out) != 1 or out[0] < 2:
             return [Diagnostic(f"softmax_cross_entropy needs a flat output of at least 2 classes, but {label} "

@@ -11,13 +11,23 @@ from .runtime import Model
 
 
 def load_data(spec, source: str, data_dir=None, limit=None):
-    """((x_train, y_train), (x_test, y_test)) for the spec, from mnist | synthetic | FILE.npz."""
+    """((x_train, y_train), (x_test, y_test)) for the spec, from mnist | synthetic | FILE.npz; with
+    `training: {targets: input}` (an autoencoder) the targets are the inputs themselves."""
+    (x_train, y_train), (x_test, y_test) = _load_source(spec, source, data_dir, limit)
+    if spec.training["targets"] == "input":
+        return (x_train, x_train), (x_test, x_test)
+    return (x_train, y_train), (x_test, y_test)
+
+
+def _load_source(spec, source: str, data_dir=None, limit=None):
     if source == "synthetic":
-        if spec.loss != "softmax_cross_entropy":
+        if spec.loss != "softmax_cross_entropy" and spec.training["targets"] != "input":
             raise ValueError("the built-in synthetic data is for classification specs "
-                             "(loss: softmax_cross_entropy); pass --data FILE.npz")
+                             "(loss: softmax_cross_entropy) and autoencoders (training: {targets: input}); "
+                             "pass --data FILE.npz")
         n_train, n_test = (limit, max(1, limit // 6)) if limit else (6000, 1000)
-        classes = check(spec).program.output.size
+        # an autoencoder's images still come from class patterns; it never sees the labels
+        classes = check(spec).program.output.size if spec.training["targets"] != "input" else 10
         return datasets.synthetic(shape=spec.input_shape, classes=classes, n_train=n_train, n_test=n_test)
     if source == "mnist":
         if tuple(spec.input_shape) != (1, 28, 28):

@@ -46,11 +46,12 @@ class Upsample2d(LayerKind):
         if self.mode == "bilinear":
             lines.append("source of output o: x = (o + 0.5)/s - 0.5, clamped at 0; rows floor(x) and floor(x) + 1 "
                          "weighted 1 - frac(x) and frac(x)")
-            lines.append(f"MACs: {output[1]}*{output[2]}*{output[0]}*{BILINEAR_TAPS} = {self.macs(inputs, output)} "
-                         "(a 2x2 neighbourhood per output)")
         else:
             lines.append("source of output o: o // s (a copy, no MACs)")
         lines.append("params: 0 (upsampling has no weights)")
+        if self.mode == "bilinear":
+            lines.append(f"MACs: {output[1]}*{output[2]}*{output[0]}*{BILINEAR_TAPS} = {self.macs(inputs, output)} "
+                         "(a 2x2 neighbourhood per output)")
         return lines
 
     def kernel_consts(self, inputs, output):
