@@ -5,7 +5,9 @@ field that causes it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 from .errors import Diagnostic, SpecError, did_you_mean
 from .losses import loss_kind
@@ -22,7 +24,9 @@ MAX_AXIS = 1 << 30
 @dataclass(frozen=True)
 class ReceptiveField:
     size: tuple[int, int]  # input pixels one unit sees along (h, w), before clipping
-    jump: tuple[int, int]  # input pixels between neighbouring units
+    # input pixels between neighbouring units: a Fraction after an upsampling layer, whose
+    # Window strides are 1/s (its neighbouring units are closer than one input pixel)
+    jump: tuple[int | Fraction, int | Fraction]
 
     def grow(self, step: Window | str | None, image: tuple[int, int]) -> "ReceptiveField":
         if step is None:
@@ -30,7 +34,9 @@ class ReceptiveField:
         if step == GLOBAL:
             return ReceptiveField(image, image)
         (kh, kw), (sh, sw) = step.kernel, step.stride
-        return ReceptiveField((self.size[0] + (kh - 1) * self.jump[0], self.size[1] + (kw - 1) * self.jump[1]),
+        # A fractional span still covers whole pixels: round it up.
+        return ReceptiveField((math.ceil(self.size[0] + (kh - 1) * self.jump[0]),
+                               math.ceil(self.size[1] + (kw - 1) * self.jump[1])),
                               (self.jump[0] * sh, self.jump[1] * sw))
 
     @staticmethod
@@ -190,7 +196,15 @@ def _check_loss(spec: Spec, checked: list[CheckedLayer]) -> list[Diagnostic]:
     activation = last.layer.final_activation
     loc = spec.locs.get("loss")
     label = last.spec.label
-    found = loss_kind(spec.loss).check_output(last, activation, lambda name: _computed_by(checked, name), loc)
+    rules = loss_kind(spec.loss)
+    out = last.output_shape
+    if spec.training["targets"] == "input" and (rules.takes_labels or out != spec.input_shape):
+        return [Diagnostic(f"training targets: input needs an output shaped like the input "
+                           f"({format_shape(spec.input_shape)}) and a loss with real-valued targets (mse or "
+                           f"binary_cross_entropy), but {label} outputs {format_shape(out)} into {spec.loss}",
+                           spec.locs.get("training"), field="training",
+                           hint="an autoencoder ends with a layer that restores the input's shape")]
+    found = rules.check_output(last, activation, lambda name: _computed_by(checked, name), loc)
     if found:
         return found
     # The loss reads a computed tensor (for binary_cross_entropy, the logits before the sigmoid),

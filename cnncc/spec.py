@@ -28,6 +28,9 @@ TRAINING_FIELDS = {
     "schedule": F.field(F.choice(("constant", "step", "cosine")), "constant", "learning-rate schedule"),
     "step_size": F.field(F.integer(1, 1 << 16), 1, "step schedule: epochs between decays"),
     "gamma": F.field(F.number(0.0, 1.0, lo_open=True), 0.1, "step schedule: decay factor"),
+    "targets": F.field(F.choice(("data", "input")), "data",
+                       "what the loss compares the output with: the data's labels or targets, or the input "
+                       "itself (an autoencoder)"),
 }
 
 INPUT_FIELDS = {

@@ -14,13 +14,24 @@ from .runtime import Model
 
 
 def load_data(spec, source: str, data_dir=None, limit=None, classes: int | None = None):
-    """((x_train, y_train), (x_test, y_test)) for the spec, from mnist | synthetic | FILE.npz."""
+    """((x_train, y_train), (x_test, y_test)) for the spec, from mnist | synthetic | FILE.npz; with
+    `training: {targets: input}` (an autoencoder) the targets are the inputs themselves."""
+    (x_train, y_train), (x_test, y_test) = _load_source(spec, source, data_dir, limit, classes)
+    if spec.training["targets"] == "input":
+        return (x_train, x_train), (x_test, x_test)
+    return (x_train, y_train), (x_test, y_test)
+
+
+def _load_source(spec, source: str, data_dir=None, limit=None, classes: int | None = None):
     if source == "synthetic":
-        if spec.loss is None or not loss_kind(spec.loss).takes_labels:
+        autoencoder = spec.training["targets"] == "input"
+        if not autoencoder and (spec.loss is None or not loss_kind(spec.loss).takes_labels):
             raise ValueError("the built-in synthetic data is for classification specs "
-                             "(loss: softmax_cross_entropy); pass --data FILE.npz")
+                             "(loss: softmax_cross_entropy) and autoencoders (training: {targets: input}); "
+                             "pass --data FILE.npz")
         n_train, n_test = (limit, max(1, limit // 6)) if limit else (6000, 1000)
-        classes = classes or analyse(spec).program.output.size
+        # an autoencoder's images still come from class patterns; it never sees the labels
+        classes = 10 if autoencoder else classes or analyse(spec).program.output.size
         return datasets.synthetic(shape=spec.input_shape, classes=classes, n_train=n_train, n_test=n_test)
     if source == "mnist":
         if tuple(spec.input_shape) != (1, 28, 28):

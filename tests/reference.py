@@ -398,6 +398,170 @@ def global_avgpool_backward(dy, x_shape):
     return dx
 
 
+def global_maxpool(x):
+    """Global max pooling: y[n,c] = max_{h,w} x[n,c,h,w]."""
+    x = _f64(x)
+    N, C, H, W = x.shape
+    return x.reshape(N, C, H * W).max(axis=2)
+
+
+def global_maxpool_backward(dy, x):
+    """Gradient of ``global_maxpool``: dx[n,c,h*,w*] = dy[n,c] at the FIRST maximum
+    (row-major), as ``maxpool2d_backward`` takes a tie; zero elsewhere."""
+    dy = _f64(dy)
+    x = _f64(x)
+    N, C, H, W = x.shape
+    dx = np.zeros((N, C, H * W))
+    first = x.reshape(N, C, H * W).argmax(axis=2)  # np.argmax returns the first occurrence
+    for n in range(N):
+        for c in range(C):
+            dx[n, c, first[n, c]] = dy[n, c]
+    return dx.reshape(N, C, H, W)
+
+
+# ---------------------------------------------------------------------------
+# transposed convolution
+# ---------------------------------------------------------------------------
+
+def conv_transpose_output_size(n, k, s=1, p=0, d=1, output_padding=0):
+    """(n - 1)*s - 2p + d*(k - 1) + output_padding + 1 (PyTorch's ConvTranspose2d)."""
+    return (n - 1) * s - 2 * p + d * (k - 1) + output_padding + 1
+
+
+def _conv_transpose_geometry(x_shape, w_shape, stride, pad, output_padding, dilation, groups):
+    N, C, H, W = x_shape
+    Cw, Fg, KH, KW = w_shape
+    assert Cw == C and C % groups == 0, "w must be [C, F//groups, KH, KW]"
+    sh, sw = _pair(stride)
+    ph, pw = _pair(pad)
+    oph, opw = _pair(output_padding)
+    dh, dw = _pair(dilation)
+    # the full scatter, before the padding is cropped off each side
+    FH = (H - 1) * sh + dh * (KH - 1) + 1 + oph
+    FW = (W - 1) * sw + dw * (KW - 1) + 1 + opw
+    OH, OW = FH - 2 * ph, FW - 2 * pw
+    assert OH == conv_transpose_output_size(H, KH, sh, ph, dh, oph) and OH > 0 and OW > 0, "empty output"
+    return N, C, H, W, Fg, KH, KW, sh, sw, ph, pw, dh, dw, FH, FW, OH, OW
+
+
+def conv_transpose2d(x, w, b=None, stride=(1, 1), pad=(0, 0), output_padding=(0, 0),
+                     dilation=(1, 1), groups=1):
+    """2-D transposed convolution (PyTorch's ConvTranspose2d), as a scatter.
+
+    x[N,C,H,W], w[C, F/G, KH, KW] (PyTorch's layout), b[F] or None -> y[N,F,OH,OW] with
+    OH = (H - 1)*sh - 2*ph + dh*(KH - 1) + output_padding_h + 1 (likewise OW). Every input
+    value adds its kernel onto the full result:
+
+        yfull[n, g*F/G + f, ih*sh + kh*dh, iw*sw + kw*dw] += x[n, c, ih, iw] * w[c, f, kh, kw]
+
+    for c in group g = c // (C/G); then y = yfull with ph rows (pw columns) cropped off each
+    side, plus b. pad = (ph, pw) or int.
+    """
+    x = _f64(x)
+    w = _f64(w)
+    (N, C, H, W, Fg, KH, KW, sh, sw, ph, pw, dh, dw, FH, FW, OH, OW) = _conv_transpose_geometry(
+        x.shape, w.shape, stride, pad, output_padding, dilation, groups)
+    Cg = C // groups
+    yfull = np.zeros((N, Fg * groups, FH, FW))
+    for n in range(N):
+        for c in range(C):
+            f0 = (c // Cg) * Fg
+            for ih in range(H):
+                for iw in range(W):
+                    h0, w0 = ih * sh, iw * sw
+                    yfull[n, f0:f0 + Fg, h0:h0 + dh * (KH - 1) + 1:dh, w0:w0 + dw * (KW - 1) + 1:dw] += \
+                        x[n, c, ih, iw] * w[c]
+    y = yfull[:, :, ph:ph + OH, pw:pw + OW].copy()
+    if b is not None:
+        y += _f64(b)[None, :, None, None]
+    return y
+
+
+def conv_transpose2d_backward(dy, x, w, has_bias, stride=(1, 1), pad=(0, 0), output_padding=(0, 0),
+                              dilation=(1, 1), groups=1):
+    """Gradients of ``conv_transpose2d``; returns (dx, dw, db or None).
+
+    The transpose of the forward's scatter: with dyfull = dy zero-padded by (ph, pw) on each
+    side back to the full result's size, and win = the kernel's window of dyfull at (ih, iw),
+
+        dx[n, c, ih, iw] = sum(w[c] * win[n, group(c)])
+        dw[c]           += x[n, c, ih, iw] * win[n, group(c)]
+        db[f]            = sum of dy over n, oh, ow
+    """
+    dy = _f64(dy)
+    x = _f64(x)
+    w = _f64(w)
+    (N, C, H, W, Fg, KH, KW, sh, sw, ph, pw, dh, dw_, FH, FW, OH, OW) = _conv_transpose_geometry(
+        x.shape, w.shape, stride, pad, output_padding, dilation, groups)
+    assert dy.shape == (N, Fg * groups, OH, OW), "dy has shape %r" % (dy.shape,)
+    Cg = C // groups
+    dyfull = np.zeros((N, Fg * groups, FH, FW))
+    dyfull[:, :, ph:ph + OH, pw:pw + OW] = dy
+    dx = np.zeros_like(x)
+    dw = np.zeros_like(w)
+    for n in range(N):
+        for c in range(C):
+            f0 = (c // Cg) * Fg
+            for ih in range(H):
+                for iw in range(W):
+                    h0, w0 = ih * sh, iw * sw
+                    win = dyfull[n, f0:f0 + Fg, h0:h0 + dh * (KH - 1) + 1:dh, w0:w0 + dw_ * (KW - 1) + 1:dw_]
+                    dx[n, c, ih, iw] = np.sum(w[c] * win)
+                    dw[c] += x[n, c, ih, iw] * win
+    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
+    return dx, dw, db
+
+
+# ---------------------------------------------------------------------------
+# upsampling
+# ---------------------------------------------------------------------------
+
+def bilinear_matrix(n, s):
+    """The [n*s, n] matrix of 1-D linear interpolation by an integer factor s, as PyTorch's
+    align_corners=False: output o reads x = max((o + 0.5)/s - 0.5, 0), i.e. inputs floor(x)
+    and floor(x) + 1 (clamped to n - 1) with weights 1 - frac(x) and frac(x)."""
+    A = np.zeros((n * s, n))
+    for o in range(n * s):
+        src = max((o + 0.5) / s - 0.5, 0.0)
+        i0 = int(np.floor(src))
+        i1 = min(i0 + 1, n - 1)
+        frac = src - i0
+        A[o, i0] += 1.0 - frac
+        A[o, i1] += frac
+    return A
+
+
+def upsample2d(x, scale, mode="nearest"):
+    """Upsampling of x[N,C,H,W] by integer factors (sh, sw) -> y[N,C,H*sh,W*sw].
+
+    nearest:  y[n,c,oh,ow] = x[n,c,oh // sh,ow // sw]
+    bilinear: y[n,c] = Ah @ x[n,c] @ Aw^T with Ah = bilinear_matrix(H, sh), Aw likewise.
+    """
+    x = _f64(x)
+    sh, sw = _pair(scale)
+    if mode == "nearest":
+        return x.repeat(sh, axis=2).repeat(sw, axis=3)
+    assert mode == "bilinear", mode
+    Ah, Aw = bilinear_matrix(x.shape[2], sh), bilinear_matrix(x.shape[3], sw)
+    return np.einsum("ph,nchw,qw->ncpq", Ah, x, Aw)
+
+
+def upsample2d_backward(dy, x_shape, scale, mode="nearest"):
+    """Gradient of ``upsample2d`` w.r.t. x (only its shape is needed): the transpose maps.
+
+    nearest:  dx[n,c,ih,iw] = sum of dy over the sh x sw block copied from (ih, iw)
+    bilinear: dx[n,c] = Ah^T @ dy[n,c] @ Aw
+    """
+    dy = _f64(dy)
+    N, C, H, W = x_shape
+    sh, sw = _pair(scale)
+    if mode == "nearest":
+        return dy.reshape(N, C, H, sh, W, sw).sum(axis=(3, 5))
+    assert mode == "bilinear", mode
+    Ah, Aw = bilinear_matrix(H, sh), bilinear_matrix(W, sw)
+    return np.einsum("ph,ncpq,qw->nchw", Ah, dy, Aw)
+
+
 # ---------------------------------------------------------------------------
 # dense
 # ---------------------------------------------------------------------------

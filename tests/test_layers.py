@@ -68,6 +68,7 @@ def kink_safe(rng, shape) -> np.ndarray:
 
 IMG = (4, 7, 8)  # C, H, W
 IMG_B = (2, 9, 6)
+ROW = (2, 1, 3)  # a one-row image
 SIG = (4, 9)  # C, L
 FLAT = (6,)
 
@@ -134,6 +135,26 @@ CASES = [
        after={"type": "maxpool2d", "kernel": 2}),
     _c("conv_pool_grows", IMG, type="conv2d", filters=3, kernel=3, padding=1, activation="relu",
        after={"type": "maxpool2d", "kernel": 2, "stride": 1, "padding": 1}),  # more outputs than inputs
+    # conv_transpose2d: every option, and the sizes output_padding picks
+    _c("convt_basic", IMG_B, type="conv_transpose2d", filters=3, kernel=3),
+    _c("convt_stride2", IMG, type="conv_transpose2d", filters=2, kernel=3, stride=2),
+    _c("convt_s2_k2", IMG_B, type="conv_transpose2d", filters=3, kernel=2, stride=2),
+    _c("convt_pad_outpad", IMG, type="conv_transpose2d", filters=3, kernel=3, stride=2, padding=1,
+       output_padding=1),
+    _c("convt_pair", IMG_B, type="conv_transpose2d", filters=2, kernel=[2, 3], stride=[3, 1], padding=[1, 1],
+       output_padding=[2, 0]),
+    _c("convt_dilation", IMG, type="conv_transpose2d", filters=2, kernel=3, dilation=2, padding=2),
+    _c("convt_dil_outpad", IMG_B, type="conv_transpose2d", filters=2, kernel=2, stride=[1, 2], dilation=[3, 2],
+       output_padding=[2, 1]),  # output_padding below the dilation, not the stride (height)
+    _c("convt_groups2", IMG, type="conv_transpose2d", filters=6, kernel=3, stride=2, groups=2, padding=1),
+    _c("convt_depthwise", IMG, type="conv_transpose2d", filters=4, kernel=2, stride=2, groups=4),
+    _c("convt_crop", IMG_B, type="conv_transpose2d", filters=2, kernel=1, padding=[2, 1]),  # padding crops input rows
+    _c("convt_nobias_relu", IMG, type="conv_transpose2d", filters=3, kernel=[3, 2], stride=[2, 1], bias=False,
+       activation="relu"),
+    _c("convt_sigmoid", IMG_B, type="conv_transpose2d", filters=2, kernel=4, stride=2, padding=1,
+       activation="sigmoid"),
+    _c("convt_channels", IMG, type="conv_transpose2d", filters=5, kernel=3, stride=2, pre=(3,)),
+    _c("convt_row", ROW, type="conv_transpose2d", filters=2, kernel=[1, 2], stride=2, output_padding=[1, 0]),
     # conv1d
     _c("c1_basic", SIG, type="conv1d", filters=3, kernel=3),
     _c("c1_same_odd", SIG, type="conv1d", filters=3, kernel=3, padding="same"),
@@ -165,6 +186,15 @@ CASES = [
     _c("avg1_k3_s1_p1", SIG, type="avgpool1d", kernel=3, stride=1, padding=1),
     _c("gap_2d", IMG, type="global_avgpool"),
     _c("gap_1d", SIG, type="global_avgpool"),
+    _c("gmp_2d", IMG, type="global_maxpool"),
+    _c("gmp_1d", SIG, type="global_maxpool"),
+    _c("gmp_row", ROW, type="global_maxpool"),
+    # upsampling
+    _c("up_nearest2", IMG, type="upsample2d", scale_factor=2),
+    _c("up_nearest_pair", IMG_B, type="upsample2d", scale_factor=[3, 1]),
+    _c("up_bilinear2", IMG, type="upsample2d", scale_factor=2, mode="bilinear"),
+    _c("up_bilinear_pair", IMG_B, type="upsample2d", scale_factor=[1, 3], mode="bilinear"),
+    _c("up_bilinear4", ROW, type="upsample2d", scale_factor=[4, 2], mode="bilinear"),  # one input row
     # dense
     _c("dense", FLAT, type="dense", units=4),
     _c("dense_nobias", FLAT, type="dense", units=3, bias=False),
@@ -264,6 +294,13 @@ def conv_args(layer, in_shape):
     return dict(stride=stride, pad=pads[0] + pads[1], dilation=dilation, groups=layer.get("groups", 1))
 
 
+def conv_transpose_args(layer):
+    """reference.conv_transpose2d keyword arguments for a conv_transpose2d layer."""
+    return dict(stride=layer.get("stride", 1), pad=layer.get("padding", 0),
+                output_padding=layer.get("output_padding", 0), dilation=layer.get("dilation", 1),
+                groups=layer.get("groups", 1))
+
+
 def pool_args(layer):
     if layer["type"].endswith("1d"):
         k = layer["kernel"]
@@ -328,6 +365,13 @@ def ref_forward(layer, xs, P, training, c_out=None):
         return from4(fn(to4(x), k, s, p), x.ndim), {}
     if kind == "global_avgpool":
         return ref.global_avgpool(to4(x)), {}
+    if kind == "global_maxpool":
+        return ref.global_maxpool(to4(x)), {}
+    if kind == "conv_transpose2d":
+        z = ref.conv_transpose2d(x, P["weight"], P.get("bias"), **conv_transpose_args(layer))
+        return act_forward(layer.get("activation", "linear"), z), {"z": z}
+    if kind == "upsample2d":
+        return ref.upsample2d(x, layer["scale_factor"], layer.get("mode", "nearest")), {}
     if kind == "flatten":
         return x.reshape(x.shape[0], -1).copy(), {}
     if kind == "dropout":
@@ -375,6 +419,15 @@ def ref_backward(layer, g, xs, P, y, aux):
         return [from4(ref.avgpool2d_backward(to4(g), to4(x).shape, k, s, p), x.ndim)], {}
     if kind == "global_avgpool":
         return [ref.global_avgpool_backward(g, to4(x).shape).reshape(x.shape)], {}
+    if kind == "global_maxpool":
+        return [ref.global_maxpool_backward(g, to4(x)).reshape(x.shape)], {}
+    if kind == "conv_transpose2d":
+        dz = act_backward(layer.get("activation", "linear"), g, aux["z"], y)
+        has_bias = layer.get("bias", True)
+        dx, dw, db = ref.conv_transpose2d_backward(dz, x, P["weight"], has_bias, **conv_transpose_args(layer))
+        return [dx], ({"weight": dw, "bias": db} if has_bias else {"weight": dw})
+    if kind == "upsample2d":
+        return [ref.upsample2d_backward(g, x.shape, layer["scale_factor"], layer.get("mode", "nearest"))], {}
     if kind == "flatten":
         return [g.reshape(x.shape).copy()], {}
     if kind == "dropout":
@@ -687,8 +740,9 @@ def test_backward_float64(case, group_runs):
     assert r.input_grads <= TOL_BACKWARD64, f"input gradient: relative error {r.input_grads:.3g}"
     for pname, err in r.param_grads.items():
         assert err <= TOL_BACKWARD64, f"{pname} gradient: relative error {err:.3g}"
-    expected_params = {"conv2d": 1, "conv1d": 1, "dense": 1, "batchnorm": 2}.get(case.kind, 0)
-    expected_params += int(case.kind in ("conv2d", "conv1d", "dense") and case.layer.get("bias", True))
+    expected_params = {"conv2d": 1, "conv1d": 1, "conv_transpose2d": 1, "dense": 1, "batchnorm": 2}.get(case.kind, 0)
+    expected_params += int(case.kind in ("conv2d", "conv1d", "conv_transpose2d", "dense")
+                           and case.layer.get("bias", True))
     assert len(r.param_grads) == expected_params
 
 

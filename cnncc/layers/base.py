@@ -10,6 +10,7 @@ Shapes are per-sample tuples: (C, H, W) images, (C, L) signals, (N,) flat vector
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, ClassVar
 
 from ..fields import Field
@@ -48,10 +49,12 @@ class ParamDecl:
 
 @dataclass(frozen=True)
 class Window:
-    """How a layer widens the receptive field along (h, w): effective kernel and stride."""
+    """How a layer widens the receptive field along (h, w): effective kernel and stride. An
+    upsampling layer's stride is a Fraction 1/s (its outputs are 1/s input pixels apart), its
+    kernel the input pixels one output reads."""
 
     kernel: tuple[int, int]
-    stride: tuple[int, int]
+    stride: tuple[int | Fraction, int | Fraction]
 
 
 GLOBAL = "global"  # a layer whose every output sees its whole input (dense, global pooling)

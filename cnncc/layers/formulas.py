@@ -49,3 +49,17 @@ def explain_output_size(n: int, k: int, stride: int, pad_before: int, pad_after:
     else:
         text = f"floor(({n} + {pad} - {dilation}*({k} - 1) - 1)/{stride}) + 1"
     return f"{text} = {output_size(n, k, stride, pad_before, pad_after, dilation)}"
+
+
+def transposed_output_size(n: int, k: int, stride: int, pad: int, dilation: int = 1, output_padding: int = 0) -> int:
+    """(n - 1)*s - 2p + d*(k - 1) + output_padding + 1: the size whose conv with the same k, s, p, d
+    gives back n (output_padding picks one of the s sizes that do). May return < 1; the caller
+    reports that."""
+    return (n - 1) * stride - 2 * pad + dilation * (k - 1) + output_padding + 1
+
+
+def explain_transposed_output_size(n: int, k: int, stride: int, pad: int, dilation: int = 1,
+                                   output_padding: int = 0) -> str:
+    """The transposed-conv size formula with the numbers put in, e.g. (7 - 1)*2 - 2*1 + 1*(3 - 1) + 1 + 1 = 14."""
+    text = f"({n} - 1)*{stride} - 2*{pad} + {dilation}*({k} - 1) + {output_padding} + 1"
+    return f"{text} = {transposed_output_size(n, k, stride, pad, dilation, output_padding)}"

@@ -1,4 +1,4 @@
-"""Max and average pooling (2-D and 1-D) and global average pooling. No parameters.
+"""Max and average pooling (2-D and 1-D) and global average and max pooling. No parameters.
 
 Max-pool padding never wins the max; avg-pool padding counts as zeros and the divisor is
 always kh*kw (PyTorch's default). A 1-D signal is a height-1 image.
@@ -105,9 +105,8 @@ class AvgPool1d(_Pool1d):
     template = "avgpool2d"
 
 
-class GlobalAvgPool(LayerKind):
-    kind = "global_avgpool"
-    doc = "mean over all positions of each channel; outputs a flat [C]"
+class _GlobalPool(LayerKind):
+    """One value per channel from all its positions."""
 
     def output_shape(self, inputs):
         if len(inputs[0]) == 1:
@@ -120,3 +119,18 @@ class GlobalAvgPool(LayerKind):
     def kernel_consts(self, inputs, output):
         c, h, w = as_chw(inputs[0])
         return {"C": c, "SPATIAL": h * w}
+
+
+class GlobalAvgPool(_GlobalPool):
+    kind = "global_avgpool"
+    doc = "mean over all positions of each channel; outputs a flat [C]"
+
+
+class GlobalMaxPool(_GlobalPool):
+    kind = "global_maxpool"
+    doc = "maximum over all positions of each channel; outputs a flat [C] (a tie's gradient goes to the first)"
+
+    def explain(self, inputs, output):
+        c, h, w = as_chw(inputs[0])
+        return [f"output: {c} channels, each the maximum of its {h}*{w} = {h * w} positions",
+                "params: 0 (pooling has no weights)"]
