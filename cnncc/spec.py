@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import fields as F
+from .augment import AUGMENT_FIELDS, Augment
 from .errors import Diagnostic, FieldError, Loc, SpecError, closest, did_you_mean
 from .layers import REGISTRY, LayerKind
 from .source import MAX_SPEC_BYTES, Map, Node, Scalar, Seq, SourceError, from_python, parse_text
@@ -193,7 +194,7 @@ def load_spec(source) -> Spec:
     loss = _one(out, root, "loss", F.field(F.choice(LOSSES), None))
     input_shape = _input(out, root.items.get("input"))
     optimizer = _optimizer(out, root.items.get("optimizer"))
-    training = _section(out, root.items.get("training"), TRAINING_FIELDS, "training")
+    training = _training(out, root.items.get("training"), input_shape)
     layers = _layers(out, root.items.get("layers"))
     if out.diagnostics:  # in the order of the file, as a compiler reports them
         raise SpecError(sorted(out.diagnostics, key=lambda d: (d.loc.line, d.loc.col) if d.loc else (0, 0)), path)
@@ -216,13 +217,31 @@ def _one(out: _Collector, root: Map, key: str, spec_field: F.Field):
         out.error(f"{key} {exc.message}", node.loc, field=key, hint=exc.hint)
 
 
-def _section(out: _Collector, node: Node | None, schema, what: str) -> dict[str, Any]:
+def _section(out: _Collector, node: Node | None, schema, what: str, skip=()) -> dict[str, Any]:
     if node is None:
         return {key: f.default for key, f in schema.items()}
     if not isinstance(node, Map):
         out.error(f"'{what}' must be a mapping", node.loc, field=what)
         return {key: f.default for key, f in schema.items()}
-    return out.fields(node, schema, f"{what}")
+    return out.fields(node, schema, f"{what}", skip)
+
+
+def _training(out: _Collector, node: Node | None, input_shape) -> dict[str, Any]:
+    """The training section; its `augment` mapping (None when absent) is a section of its own."""
+    values = _section(out, node, TRAINING_FIELDS, "training", skip=("augment",))
+    values["augment"] = None
+    augment_node = node.items.get("augment") if isinstance(node, Map) else None
+    if augment_node is None:
+        return values
+    errors = len(out.diagnostics)
+    settings = _section(out, augment_node, AUGMENT_FIELDS, "training.augment")
+    if len(out.diagnostics) == errors and input_shape:
+        problem = Augment(**settings).shape_problem(input_shape)
+        if problem:
+            key, message = problem
+            out.error(message, augment_node.items[key].loc, "training.augment", key)
+    values["augment"] = settings
+    return values
 
 
 def _input(out: _Collector, node: Node | None) -> tuple[int, ...]:
