@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "benchmarks/bench.py.")
     p.add_argument("spec")
     p.add_argument("--layers", action="store_true", help="per-op profile: forward and backward ms of every op")
-    p.add_argument("--batch", type=_positive, default=64, help="batch size (default 64)")
+    p.add_argument("--batch", type=_positive, default=None,
+                   help="batch size (default: the spec's training.batch_size)")
     p.add_argument("--repeats", type=_positive, default=5, help="timed repeats; medians are reported (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--threads", type=_positive, default=1, help="threads (> 1: an OpenMP build; default 1)")
