@@ -15,7 +15,7 @@ from typing import Any
 
 from . import fields as F
 from .augment import AUGMENT_FIELDS, Augment
-from .errors import Diagnostic, FieldError, Loc, SpecError, closest, did_you_mean
+from .errors import Diagnostic, FieldError, Loc, SpecError, SpecFileError, closest, did_you_mean
 from .layers import REGISTRY, LayerKind
 from .source import MAX_SPEC_BYTES, Map, Node, Scalar, Seq, SourceError, from_python, parse_text
 
@@ -156,7 +156,7 @@ def _read(source) -> tuple[Node, str]:
             with open(path, "rb") as handle:
                 data = handle.read(MAX_SPEC_BYTES + 1)  # one more byte: enough to tell it is too big
         except OSError as exc:
-            raise SpecError([Diagnostic(f"cannot read spec: {exc.strerror}")], path) from None
+            raise SpecFileError([Diagnostic(f"cannot read spec: {exc.strerror}")], path) from None
         except ValueError:  # a NUL byte or an unencodable character in the path itself
             raise SpecError([Diagnostic("cannot read spec: the path contains a NUL byte or an "
                                         "unencodable character")], repr(path)) from None
