@@ -57,6 +57,7 @@ class Model:
         self.hyper = {"lr": program.optimizer.lr, **_hyper_defaults(), **program.optimizer.settings}
         self.step_count = 0
         self.loaded_epoch = None
+        self.load_report = None  # what the last load(path, strict=False) copied and skipped
         self._hyper_c = None
         self.init(0)
 
@@ -298,12 +299,27 @@ class Model:
 
         save(self, path, epoch)
 
-    def load(self, path) -> "Model":
-        """Load a file written by save; on any problem raise and leave the model unchanged."""
-        from .checkpoint import load
+    def load(self, path, strict: bool = True) -> "Model":
+        """Load a file written by save; on any problem raise and leave the model unchanged.
+        strict=False (transfer learning): copy the parameters whose layer name and shape match,
+        from a file of any spec; `load_report` says what was copied and what was skipped."""
+        from .checkpoint import load, load_matching
 
-        self.loaded_epoch = load(self, path)
+        if not isinstance(strict, bool):
+            raise ValueError(f"strict must be True or False, got {strict!r}")
+        if strict:
+            self.loaded_epoch, self.load_report = load(self, path), None
+        else:
+            self.load_report, self.loaded_epoch = load_matching(self, path), None
         return self
+
+    def summary(self, batch: int | None = None, print_fn=print) -> None:
+        """Print the shape report, as `cnncc check` does: every layer's output shape, parameters,
+        MACs and receptive field, and the memory training at `batch` allocates (Keras's summary())."""
+        from .check import check_net
+        from .report import build_report
+
+        print_fn(build_report(check_net(self.spec), self.program, batch).to_text())
 
     def __repr__(self) -> str:
         return (f"<cnncc.Model {self._name}: input {self.input_shape} -> output {self.output_shape}, "

@@ -20,6 +20,17 @@ from .layers import REGISTRY, LayerKind
 from .source import MAX_SPEC_BYTES, Map, Node, Scalar, Seq, SourceError, from_python, parse_text
 
 LOSSES = ("softmax_cross_entropy", "mse", "binary_cross_entropy")
+# What people type from Keras and PyTorch, and the loss here that computes it.
+LOSS_ALIASES = {
+    "cross_entropy": "softmax_cross_entropy", "crossentropy": "softmax_cross_entropy",
+    "categorical_crossentropy": "softmax_cross_entropy", "sparse_categorical_crossentropy": "softmax_cross_entropy",
+    "categorical_cross_entropy": "softmax_cross_entropy", "sparse_categorical_cross_entropy": "softmax_cross_entropy",
+    "nll": "softmax_cross_entropy", "nll_loss": "softmax_cross_entropy", "crossentropyloss": "softmax_cross_entropy",
+    "ce": "softmax_cross_entropy", "softmax": "softmax_cross_entropy",
+    "binary_crossentropy": "binary_cross_entropy", "bce": "binary_cross_entropy",
+    "bcewithlogitsloss": "binary_cross_entropy", "bceloss": "binary_cross_entropy",
+    "mean_squared_error": "mse", "mseloss": "mse", "l2": "mse",
+}
 RESERVED_NAMES = ("input",)
 
 _OPTIMIZERS = {
@@ -94,10 +105,12 @@ class Spec:
     def layer(self, name: str) -> LayerSpec:
         return next(layer for layer in self.layers if layer.name == name)
 
-    def fingerprint(self) -> str:
-        """A hash of what gives weights their meaning (not the optimizer or training settings)."""
+    def fingerprint(self, name: str | None = None) -> str:
+        """A hash of what gives weights their meaning (not the optimizer or training settings).
+        With `name`, the fingerprint this spec would have under that name: a weights file saved
+        before a rename still matches when only the name changed."""
         content = {
-            "name": self.name, "input": self.input_shape, "dtype": self.dtype, "loss": self.loss,
+            "name": self.name if name is None else name, "input": self.input_shape, "dtype": self.dtype, "loss": self.loss,
             "layers": [[l.name, l.kind, list(l.inputs), repr(sorted(l.layer.values().items()))]
                        for l in self.layers],
         }
@@ -191,7 +204,7 @@ def load_spec(source) -> Spec:
 
     name = _one(out, root, "name", F.field(F.identifier()))
     dtype = _one(out, root, "dtype", F.field(F.choice(("float32", "float64")), "float32"))
-    loss = _one(out, root, "loss", F.field(F.choice(LOSSES), None))
+    loss = _one(out, root, "loss", F.field(_loss_choice(), None))
     input_shape = _input(out, root.items.get("input"))
     optimizer = _optimizer(out, root.items.get("optimizer"))
     training = _training(out, root.items.get("training"), input_shape)
@@ -200,6 +213,24 @@ def load_spec(source) -> Spec:
         raise SpecError(sorted(out.diagnostics, key=lambda d: (d.loc.line, d.loc.col) if d.loc else (0, 0)), path)
     return Spec(name, input_shape, dtype, tuple(layers), loss, optimizer, training, path,
                 {key: node.loc for key, node in root.items.items()})
+
+
+def _loss_choice():
+    """The loss names, with a hint from the names Keras and PyTorch use to the one here."""
+    parse_choice, describe = F.choice(LOSSES)
+
+    def parse(value):
+        try:
+            return parse_choice(value)
+        except FieldError as exc:
+            meant = LOSS_ALIASES.get(value.lower().replace("-", "_")) if isinstance(value, str) else None
+            if meant is None:
+                raise
+            hint = f"use {meant}" + (" (it applies the softmax itself and takes integer class labels)"
+                                     if meant == "softmax_cross_entropy" else "")
+            raise FieldError(exc.message, hint) from None
+
+    return parse, describe
 
 
 def _display(source) -> str:
