@@ -127,6 +127,10 @@ def write_bytes_atomically(path, data: bytes) -> None:
     try:
         with handle:
             handle.write(data)
+        # A temporary file is private (0600); the result is an ordinary file, as open() would make.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(handle.name, 0o666 & ~umask)
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)

@@ -51,6 +51,8 @@ def plot_history(history, path, title: str | None = None) -> Path:
     if len(history) == 0:
         raise PlotError("the history holds no epochs: nothing to plot")
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     panels = [("loss", "val_loss", "loss")]
     if "accuracy" in history or "val_accuracy" in history:
         panels.append(("accuracy", "val_accuracy", "accuracy"))
@@ -63,6 +65,7 @@ def plot_history(history, path, title: str | None = None) -> Path:
             if points:
                 axis.plot(*zip(*points), style, label=name, markersize=4)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         axis.set_ylabel(label)
         axis.grid(True, alpha=0.3)
         axis.legend()

@@ -49,7 +49,7 @@ class Progress:
         else:
             acc = f", accuracy {100 * row['accuracy']:.2f}%" if row["accuracy"] is not None else ""
             val = f"; {_validation_text(row)}" if row["val_loss"] is not None else ""
-            line = (f"{self._prefix}: loss {row['loss']:.4f}{acc}{val}; lr {row['lr']:.3g}, "
+            line = (f"{self._prefix} - loss {row['loss']:.4f}{acc}{val}; lr {row['lr']:.3g}, "
                     f"{row['seconds']:.1f}s, {row['images_per_second']:,.0f} img/s")
         if line:
             print(line, file=self.stream, flush=True)
