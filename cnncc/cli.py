@@ -280,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        status = args.run(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return status
     except BrokenPipeError:
         # The reader went away (`cnncc check spec.yaml | head`): no message. stdout now points at
         # /dev/null so the interpreter's final flush does not fail again.

@@ -14,6 +14,7 @@ from cnncc.callbacks import (Callback, CSVLogger, EarlyStopping, LambdaCallback,
                              ReduceLROnPlateau, Run)
 from cnncc.history import COLUMNS, History
 from cnncc.progress import Progress
+from cnncc.train import TrainingError
 
 SMALL = {
     "name": "cb_small",
@@ -301,3 +302,40 @@ def test_progress_on_a_terminal_draws_a_bar():
     text = stream.getvalue()
     assert "epoch 1/2" in text and "100/100" in text and "loss=0.5000" in text and "acc=75.0%" in text
     assert "img/s" in text and "val_loss 0.4000" in text
+
+
+# ---- random fit/evaluate arguments: a result or a ValueError, and a refusal changes nothing --------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_ANY = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70), st.floats(allow_nan=True),
+                 st.text(max_size=3), st.just([1]))
+_FIT_ARGUMENTS = {"epochs": st.one_of(_ANY, st.integers(1, 2)), "batch_size": st.one_of(_ANY, st.integers(1, 40)),
+                  "lr": st.one_of(_ANY, st.floats(1e-4, 0.1)), "seed": st.one_of(_ANY, st.integers(0, 2 ** 32 - 1)),
+                  "shuffle": _ANY, "verbose": st.one_of(_ANY, st.just(0)), "schedule": _ANY,
+                  "initial_epoch": _ANY, "validation_split": st.one_of(_ANY, st.floats(0, 1))}
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.fixed_dictionaries({}, optional=_FIT_ARGUMENTS), st.one_of(_ANY, st.integers(1, 50)))
+def test_random_fit_and_evaluate_arguments(model, dataset, options, eval_batch):
+    (x, y), _ = dataset
+    options.setdefault("verbose", 0)
+    before = {k: v.copy() for k, v in model.params.items()}
+    steps = model.step_count
+    try:
+        history = model.fit(x[:24], y[:24], **options)
+    except ValueError:
+        assert model.step_count == steps
+        assert all(np.array_equal(model.params[k], v) for k, v in before.items())
+    except TrainingError:  # a valid but huge lr: the built-in stop on a non-finite loss
+        assert options.get("lr", 0) > 0.1
+    else:
+        assert all(math.isfinite(loss) for loss in history["loss"])
+    try:
+        result = model.evaluate(x[:10], y[:10], batch_size=eval_batch)
+    except ValueError:
+        assert not (isinstance(eval_batch, int) and not isinstance(eval_batch, bool) and 1 <= eval_batch)
+    else:
+        assert math.isfinite(result["loss"])

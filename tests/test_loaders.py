@@ -135,3 +135,22 @@ def test_load_source_errors(tmp_path):
         load_source(str(tmp_path / "nothing"), (1, 4, 4), 2)
     with pytest.raises(DataError, match="MNIST images are 1 x 28 x 28"):
         load_source("mnist", (3, 32, 32), 10)
+
+
+def _idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_any_idx_pair(tmp_path):
+    from cnncc.datasets.idx import load_idx_pair
+
+    images = np.random.default_rng(0).integers(0, 256, (5, 6, 7))
+    _idx(tmp_path / "images-idx3-ubyte", images)
+    _idx(tmp_path / "labels-idx1-ubyte", np.arange(5))
+    x, y = load_idx_pair(tmp_path / "images-idx3-ubyte", tmp_path / "labels-idx1-ubyte")
+    assert x.shape == (5, 1, 6, 7) and x.dtype == np.float32 and y.tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(x[:, 0] * 255, images, rtol=1e-6)
+    _idx(tmp_path / "few-idx1-ubyte", np.arange(4))
+    with pytest.raises(DataError, match="holds 5 images but .*few-idx1-ubyte holds 4 labels"):
+        load_idx_pair(tmp_path / "images-idx3-ubyte", tmp_path / "few-idx1-ubyte")
