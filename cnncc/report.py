@@ -147,9 +147,14 @@ class Report:
 
 def _deployment_text(t: dict) -> str:
     saving = 1 - t["arena_bytes"] / t["arena_bytes_unshared"] if t["arena_bytes_unshared"] else 0.0
-    return (f"deployment (cnncc emit --inference-only, batch {t['arena_batch']}): weights "
-            f"{byte_size(t['weight_bytes'])} (flash), arena {byte_size(t['arena_bytes'])} (RAM) against "
-            f"{byte_size(t['arena_bytes_unshared'])} with one buffer per tensor ({saving:.0%} saved)")
+    return (f"deployment (cnncc emit --inference-only, batch {t['arena_batch']}): weights {t['weight_bytes']:,} "
+            f"bytes (flash), arena {t['arena_bytes']:,} bytes (RAM) against {t['arena_bytes_unshared']:,} "
+            f"with one buffer per tensor ({saving:.0%} saved; {_short_size(t['weight_bytes'])} of weights, "
+            f"{_short_size(t['arena_bytes'])} of arena)")
+
+
+def _short_size(n: int) -> str:
+    return byte_size(n).split("(")[-1].rstrip(")") if n >= 1000 else f"{n} bytes"
 
 
 def _rf_text(rf: tuple[int, int], input_shape) -> str:

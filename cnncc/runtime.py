@@ -283,7 +283,8 @@ class Model:
         start = tensor.offset * batch
         return buffer[start:start + tensor.size * batch].reshape((batch,) + tuple(tensor.shape))
 
-    def fit(self, x, y, **options) -> dict[str, list[float]]:
+    def fit(self, x, y, **options):
+        """Train (cnncc.train.fit); returns the History."""
         from .train import fit
 
         return fit(self, x, y, **options)
