@@ -311,6 +311,15 @@ def _profile_text(model, rows: list[OpTiming], passes: dict[str, float], repeats
     return "\n".join(lines)
 
 
+def augment_throughput(model, augment, batch: int = 64, repeats: int = 5, repeat_seconds: float = REPEAT_SECONDS,
+                       warmup_seconds: float = WARMUP_SECONDS, seed: int = 0) -> Throughput:
+    """Images/s of the augmentation fit applies to each training batch (numpy, in place)."""
+    x, _ = random_batch(model, batch, seed)
+    steps = iter(range(1 << 62))
+    return timed_repeats(lambda: augment.apply(x, seed, next(steps)), batch, repeats, repeat_seconds,
+                         warmup_seconds)
+
+
 def _summary(model, batch: int, repeats: int) -> dict:
     totals = model.report.totals
     out = {"spec": model.spec.name, "batch": batch, "repeats": repeats, "dtype": model.program.dtype,
@@ -321,6 +330,14 @@ def _summary(model, batch: int, repeats: int) -> dict:
         out["train"] = {"images_per_s": result.per_second, "repeats": list(result.repeats),
                         "steps_per_repeat": result.calls, "ms_per_step": 1e3 * result.seconds_per_call,
                         "gflops": result.per_second * flops / 1e9}
+        from .augment import Augment
+
+        augment = Augment.from_options(model.spec.training["augment"])
+        if augment is not None:
+            timed = augment_throughput(model, augment, batch, repeats)
+            ms = 1e3 * timed.seconds_per_call
+            out["augment"] = {"settings": model.spec.training["augment"], "ms_per_batch": ms,
+                              "percent_of_step": 100 * ms / out["train"]["ms_per_step"]}
     else:
         result = inference_throughput(model, batch, repeats)
         out["inference"] = {"images_per_s": result.per_second, "repeats": list(result.repeats),
@@ -340,6 +357,11 @@ def _summary_text(s: dict) -> str:
         t = s["inference"]
         lines.append(f"{s['spec']}: inference at batch {s['batch']}, {s['dtype']}: {t['images_per_s']:,.1f} "
                      f"images/s (median of {s['repeats']} repeats), {t['gflops']:.2f} GFLOP/s")
+    if "augment" in s:
+        a = s["augment"]
+        settings = ", ".join(f"{k}: {v}" for k, v in a["settings"].items() if v)
+        lines.append(f"augmentation ({settings}): {a['ms_per_batch']:.3f} ms per batch of {s['batch']}, "
+                     f"{a['percent_of_step']:.1f}% of the training step (fit does it before each step)")
     lat = s["latency_batch1"]
     lines.append(f"batch-1 inference latency (Model.predict, from Python): {lat['median_us']:.1f} us median "
                  f"(p10 {lat['p10_us']:.1f}, p90 {lat['p90_us']:.1f}; {lat['calls']} calls)")
@@ -352,6 +374,8 @@ def bench_command(args) -> int:
 
     model = Model.compile(args.spec, build_dir=args.build_dir, threads=args.threads)
     model.init(0)
+    if args.batch is None:
+        args.batch = model.spec.training["batch_size"]
     if not args.layers:
         summary = _summary(model, args.batch, args.repeats)
         print(json.dumps(summary, indent=2) if args.json else _summary_text(summary))

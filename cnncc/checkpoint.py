@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -109,17 +110,71 @@ def read(path, max_elements: int | None = None) -> tuple[dict, dict[str, np.ndar
     return meta, arrays
 
 
-def load(model, path) -> int | None:
-    """Validate the whole file, then copy it into the model; returns the saved epoch."""
+@dataclass(frozen=True)
+class LoadReport:
+    """What load(path, strict=False) did: parameters copied, and those left as they were, with why."""
+    loaded: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...]  # (this model's key, why it was not loaded)
+    unused: tuple[str, ...]  # parameters in the file that this model has no place for
+
+    def __str__(self) -> str:
+        lines = [f"loaded {len(self.loaded)} parameter(s): {', '.join(self.loaded) or 'none'}"]
+        lines += [f"skipped {key}: {why}" for key, why in self.skipped]
+        if self.unused:
+            lines.append(f"not used from the file: {', '.join(self.unused)}")
+        return "\n".join(lines)
+
+
+def _read_for(model, path):
     # Generous (a file from another spec should reach the clearer fingerprint error below),
     # but bounded by this model's size, so a forged header cannot exhaust memory.
     largest = max([array.size for array in model.params.values()] + [model.flat_optimizer_state.size])
-    meta, arrays = read(path, max_elements=16 * largest + (1 << 20))
-    if meta.get("fingerprint") != model.spec.fingerprint():
+    return read(path, max_elements=16 * largest + (1 << 20))
+
+
+def load_matching(model, path) -> LoadReport:
+    """Transfer learning: copy every parameter whose key (layer name and parameter) and shape
+    match, from a file saved by any spec; leave the others as they are. The optimizer state
+    and step start afresh (they belong to the other training run). Everything is checked
+    before anything is copied."""
+    meta, arrays = _read_for(model, path)
+    loaded, skipped, values = [], [], {}
+    for key, target in model.params.items():
+        array = arrays.get(key)
+        if array is None:
+            skipped.append((key, "not in the file"))
+        elif array.shape != target.shape or array.dtype.kind != "f":
+            skipped.append((key, f"the file has {array.dtype} {array.shape}, this model {target.shape}"))
+        else:
+            converted = array.astype(model.dtype)
+            if not np.isfinite(converted).all():
+                raise CheckpointError(f"{path}: parameter '{key}' contains NaN or infinite values "
+                                      f"(in {model.dtype})")
+            values[key] = converted
+            loaded.append(key)
+    if not loaded:
+        raise CheckpointError(f"{path}: no parameter of this model ({', '.join(model.params)}) matches one in the "
+                              f"file by name and shape (the file's: "
+                              f"{', '.join(k for k in arrays if k != STATE_KEY) or 'none'})")
+    for key, array in values.items():
+        model.params[key][...] = array
+    model.flat_optimizer_state[...] = 0
+    model.step_count = 0
+    unused = tuple(k for k in arrays if k != STATE_KEY and k not in model.params)
+    return LoadReport(tuple(loaded), tuple(skipped), unused)
+
+
+def load(model, path) -> int | None:
+    """Validate the whole file, then copy it into the model; returns the saved epoch."""
+    meta, arrays = _read_for(model, path)
+    saved = meta.get("fingerprint")
+    renamed = isinstance(meta.get("spec"), str) and saved == model.spec.fingerprint(name=meta["spec"])
+    if saved != model.spec.fingerprint() and not renamed:
         raise CheckpointError(
             f"{path}: saved from spec '{meta.get('spec')}' (fingerprint {meta.get('fingerprint')}), "
             f"which differs from this model's spec '{model.spec.name}' ({model.spec.fingerprint()}): "
-            "the layers, shapes or names do not match")
+            "the layers, shapes or names do not match; load(path, strict=False) copies the layers whose "
+            "names and shapes match")
     values = {}
     for key, target in model.params.items():
         if key not in arrays:

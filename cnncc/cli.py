@@ -1,15 +1,22 @@
 """The `cnncc` command line: check, ir, train, gradcheck, emit.
 
-Exit status: 0 success, 2 an invalid spec (every problem printed, compiler style),
-1 any other user-facing failure (bad data, a compiler missing, a non-finite loss).
+Exit status: 0 success (also when the reader of the output goes away, as `| head` does),
+1 any other user-facing failure (bad data, a compiler missing, a non-finite loss),
+2 an invalid spec (every problem printed, compiler style), 3 the spec file cannot be read
+(missing, a directory, no permission).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from .errors import SpecError
+from .errors import SpecError, SpecFileError
+
+EXIT_FAILURE, EXIT_INVALID_SPEC, EXIT_UNREADABLE_SPEC = 1, 2, 3
+BUILD_DIR_HELP = ("where compiled models are cached (default: $CNNCC_BUILD_DIR, else ./build); an unchanged spec "
+                  "loads from this cache instead of compiling again")
 
 
 def _positive(text: str) -> int:
@@ -53,9 +60,9 @@ def _cmd_check(args) -> int:
                   + "\n" + int8_figures_text(Path(args.spec)))
         return 0
     if args.format == "json":
-        print(report.to_json())
+        print(report.to_json(explain=args.explain))
     elif args.format == "markdown":
-        print(report.to_markdown())
+        print(report.to_markdown(explain=args.explain))
     else:
         print(report.to_text(explain=args.explain))
     return 0
@@ -80,6 +87,60 @@ def _cmd_train(args) -> int:
     from .train_cli import train_command
 
     return train_command(args)
+
+
+def _cmd_evaluate(args) -> int:
+    from .train_cli import evaluate_command
+
+    return evaluate_command(args)
+
+
+def _cmd_plot(args) -> int:
+    from .train_cli import plot_command
+
+    return plot_command(args)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**32 - 1, got {text!r}") from None
+    if not 0 <= value < 1 << 32:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**32 - 1, got {value}")
+    return value
+
+
+def _add_data_arguments(p) -> None:
+    from .datasets import SOURCES
+
+    p.add_argument("--data", default="synthetic", help=f"{SOURCES} (default: synthetic, built in, no download)")
+    p.add_argument("--data-dir", default=None, help="where the MNIST files are (default: $CNNCC_MNIST_DIR, "
+                                                    "./data/mnist, ../shared/data/mnist)")
+    p.add_argument("--limit", type=_positive, default=None, help="use only the first N train and test samples")
+    p.add_argument("--resize", type=_positive, nargs=2, metavar=("H", "W"), default=None,
+                   help="an image folder: resize every image to H x W (default: images of differing sizes "
+                        "are refused)")
 
 
 def _cmd_gradcheck(args) -> int:
@@ -136,23 +197,39 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the spec language reference as markdown.")
     p.set_defaults(run=_cmd_layers)
 
-    p = sub.add_parser("train", help="compile a spec and train it on MNIST, synthetic data or an .npz",
-                       description="Compile a spec, train it, report test accuracy and save the weights.")
-    p.add_argument("spec")
-    p.add_argument("--data", default="synthetic",
-                   help="mnist | synthetic | FILE.npz (default: synthetic, built in, no download)")
-    p.add_argument("--data-dir", default=None, help="where the MNIST files are (default: search)")
-    p.add_argument("--epochs", type=_positive, default=None)
-    p.add_argument("--batch-size", type=_positive, default=None)
-    p.add_argument("--lr", type=_positive_float, default=None)
-    p.add_argument("--limit", type=_positive, default=None, help="use only the first N train and test samples")
-    p.add_argument("--out", default=None, help="where to save the weights (.npz)")
+    p = sub.add_parser("train", help="compile a spec and train it on MNIST, CIFAR, an image folder, an .npz or "
+                                     "synthetic data",
+                       description="Compile a spec, train it, report test accuracy and save the weights (to --out, "
+                                   "else NAME_weights.npz in the current directory, never over an existing file "
+                                   "without --force).")
+    p.add_argument("spec", help="the YAML spec")
+    _add_data_arguments(p)
+    p.add_argument("--epochs", type=_positive, default=None, help="passes over the training data "
+                                                                  "(default: the spec's training.epochs)")
+    p.add_argument("--batch-size", type=_positive, default=None, help="samples per step "
+                                                                      "(default: the spec's training.batch_size)")
+    p.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: the spec's "
+                                                                    "optimizer lr)")
+    p.add_argument("--seed", type=_seed, default=0, help="seeds the initial weights, the shuffle, dropout and "
+                                                         "augmentation: the same seed trains the same weights (default 0)")
+    p.add_argument("--validation-split", type=_fraction, default=None, metavar="FRACTION",
+                   help="hold out this last fraction of the training data (before shuffling) for validation")
+    p.add_argument("--early-stopping", type=_non_negative, default=None, metavar="PATIENCE",
+                   help="stop when val_loss has not improved for PATIENCE epochs and keep the best epoch's "
+                        "weights (needs --validation-split)")
+    p.add_argument("--save-best", default=None, metavar="PATH", help="save the weights of the epoch with the "
+                                                                     "best val_loss here (needs --validation-split)")
+    p.add_argument("--log", default=None, metavar="HISTORY.csv", help="write the per-epoch history here "
+                                                                      "(cnncc plot draws it)")
+    p.add_argument("--plot", default=None, metavar="CURVES.png", help="draw the loss and accuracy curves here "
+                                                                      "(needs matplotlib: pip install 'cnncc[plot]')")
+    p.add_argument("--out", default=None, help="where to save the weights (default: NAME_weights.npz here)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing NAME_weights.npz")
     p.add_argument("--checkpoint", default=None, help="save a checkpoint here after every epoch")
     p.add_argument("--resume", default=None, help="resume from this checkpoint")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=_positive, default=1, help="threads (> 1: an OpenMP build; default 1)")
-    p.add_argument("--build-dir", default=None)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--build-dir", default=None, help=BUILD_DIR_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--distributed", choices=("auto", "mpi", "off"), default="auto",
                    help="data-parallel over MPI ranks: auto (when started by mpirun/mpiexec/srun with more than "
                         "one rank), mpi (always) or off (default: auto)")
@@ -162,6 +239,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MPI: abort every rank when no collective finishes for this many seconds (default 600)")
     p.set_defaults(run=_cmd_train)
 
+    p = sub.add_parser("evaluate", help="evaluate saved weights: loss, accuracy, per-class precision and recall, "
+                                        "confusion matrix",
+                       description="Compile a spec, load weights and evaluate them on a dataset's test split: loss, "
+                                   "accuracy, and for class labels per-class precision and recall and the "
+                                   "confusion matrix as text (--plot draws it).")
+    p.add_argument("spec", help="the YAML spec")
+    p.add_argument("--weights", required=True, metavar="W.npz", help="weights saved by cnncc train or Model.save")
+    _add_data_arguments(p)
+    p.add_argument("--split", choices=("test", "train"), default="test", help="which split (default: test)")
+    p.add_argument("--batch-size", type=_positive, default=1000, help="samples per forward call (default 1000)")
+    p.add_argument("--plot", default=None, metavar="CONFUSION.png", help="draw the confusion matrix here "
+                                                                         "(needs matplotlib)")
+    p.add_argument("--build-dir", default=None, help=BUILD_DIR_HELP)
+    p.set_defaults(run=_cmd_evaluate)
+
+    p = sub.add_parser("plot", help="draw a training history (CSV) as loss and accuracy curves (PNG)",
+                       description="Draw the training and validation loss and accuracy against epoch from a "
+                                   "history CSV (cnncc train --log, CSVLogger, History.to_csv).")
+    p.add_argument("history", help="the history CSV")
+    p.add_argument("-o", "--out", required=True, metavar="CURVES.png", help="the PNG to write")
+    p.add_argument("--title", default=None, help="a title above the curves")
+    p.set_defaults(run=_cmd_plot)
+
     p = sub.add_parser("gradcheck", help="check a spec's gradients against finite differences (float64)",
                        description="Compile a spec in float64 and compare its backward pass with central "
                                    "finite differences on random data.")
@@ -170,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=_positive, default=30, help="parameters checked per tensor")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tolerance", type=float, default=1e-6)
-    p.add_argument("--build-dir", default=None)
+    p.add_argument("--build-dir", default=None, help=BUILD_DIR_HELP)
     p.set_defaults(run=_cmd_gradcheck)
 
     p = sub.add_parser("emit", help="write standalone C (model, weights, example main.c, Makefile) for deployment",
@@ -198,11 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "benchmarks/bench.py.")
     p.add_argument("spec")
     p.add_argument("--layers", action="store_true", help="per-op profile: forward and backward ms of every op")
-    p.add_argument("--batch", type=_positive, default=64, help="batch size (default 64)")
+    p.add_argument("--batch", type=_positive, default=None,
+                   help="batch size (default: the spec's training.batch_size)")
     p.add_argument("--repeats", type=_positive, default=5, help="timed repeats; medians are reported (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--threads", type=_positive, default=1, help="threads (> 1: an OpenMP build; default 1)")
-    p.add_argument("--build-dir", default=None)
+    p.add_argument("--build-dir", default=None, help=BUILD_DIR_HELP)
     p.set_defaults(run=_cmd_bench)
     return parser
 
@@ -210,10 +311,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        status = args.run(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return status
+    except BrokenPipeError:
+        # The reader went away (`cnncc check spec.yaml | head`): no message. stdout now points at
+        # /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except SpecFileError as exc:
+        print(f"cnncc: {exc.format()}", file=sys.stderr)
+        return EXIT_UNREADABLE_SPEC
     except SpecError as exc:
         print(exc.format(), file=sys.stderr)
-        return 2
+        return EXIT_INVALID_SPEC
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -327,18 +327,24 @@ def _npz_split(path: Path, x: np.ndarray, y: np.ndarray, split: str):
                         f"N >= 1 samples and at least one feature axis)")
     if len(x) != len(y):
         raise DataError(f"{path}: x_{split} has {len(x)} samples but y_{split} has {len(y)}")
+    scaled = x.dtype == np.uint8
     x = x.astype(np.float32)
+    if scaled:  # 8-bit pixels: scaled to [0, 1] like every other loader's images
+        x /= 255.0
     if not np.isfinite(x).all():
         raise DataError(f"{path}: x_{split} contains NaN or infinite values")
     # Integer (or bool) targets are class labels; float targets are regression targets.
     y = y.astype(np.float32) if y.dtype.kind == "f" else y.astype(np.int64)
-    return x, y
+    return x, y, scaled
 
 
-def load_npz(path):
+def load_npz(path, notes: list | None = None, seed: int = 0):
     """Load user data from an .npz with keys x_train, y_train and optionally x_test, y_test.
 
-    Without a test split, the last 10% of the training samples become the test set.
+    x is N x C x H x W (or N x C x L); uint8 x is scaled to [0, 1] float32, other numbers are
+    taken as they are. Integer y are class labels, float y regression targets. Without a test
+    split, 10% of the training samples are held out: a seeded shuffle, stratified by class.
+    What was done (scaling, the split) is appended to `notes` as sentences.
     """
     path = Path(path)
     if not path.is_file():
@@ -363,9 +369,12 @@ def load_npz(path):
                             f"y_train and optionally both x_test, y_test)")
         arrays = {k: _npz_array(path, archive, k) for k in
                   ("x_train", "y_train", "x_test", "y_test") if k in keys}
-    x_train, y_train = _npz_split(path, arrays["x_train"], arrays["y_train"], "train")
+    notes = [] if notes is None else notes
+    x_train, y_train, scaled = _npz_split(path, arrays["x_train"], arrays["y_train"], "train")
+    if scaled:
+        notes.append(f"{path}: x_train is uint8: scaled to [0, 1] (divided by 255)")
     if "x_test" in arrays:
-        x_test, y_test = _npz_split(path, arrays["x_test"], arrays["y_test"], "test")
+        x_test, y_test, _ = _npz_split(path, arrays["x_test"], arrays["y_test"], "test")
         if x_test.shape[1:] != x_train.shape[1:]:
             raise DataError(f"{path}: x_test samples have shape {x_test.shape[1:]} but "
                             f"x_train samples have {x_train.shape[1:]} (expected equal)")
@@ -373,7 +382,10 @@ def load_npz(path):
         if len(x_train) < 2:
             raise DataError(f"{path}: only {len(x_train)} training sample(s) and no "
                             f"x_test/y_test (need at least 2 to split off a test set)")
-        n_test = max(1, len(x_train) // 10)
-        x_test, y_test = x_train[-n_test:], y_train[-n_test:]
-        x_train, y_train = x_train[:-n_test], y_train[:-n_test]
+        from .datasets.split import holdout_split
+
+        train, test, how = holdout_split(y_train, 0.1, seed)
+        notes.append(f"{path}: {how}")
+        x_test, y_test = x_train[test], y_train[test]
+        x_train, y_train = x_train[train], y_train[train]
     return (x_train, y_train), (x_test, y_test)

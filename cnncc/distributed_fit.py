@@ -17,13 +17,14 @@ evaluates and writes the checkpoint.
 from __future__ import annotations
 
 import math
-import sys
 import time
 
 import numpy as np
 
 from .distributed import DistributedError, shard, state_digest
-from .train import Progress, TrainingError, accuracy_hits, evaluate, learning_rate, measures_accuracy
+from .history import History
+from .progress import Progress
+from .train import TrainingError, accuracy_hits, evaluate, learning_rate, measures_accuracy
 
 SEED_MASK = (1 << 64) - 1  # the C side takes a uint64_t
 
@@ -102,14 +103,13 @@ class _Loop:
         model, mpi, n = self.model, self.mpi, self.x.shape[0]
         training = model.spec.training
         rng = np.random.default_rng(self.seed)
-        history: dict[str, list] = {"loss": [], "accuracy": [], "lr": [], "images_per_second": []}
-        if validation_data is not None:
-            history["val_loss"], history["val_accuracy"] = [], []
+        history = History()
+        progress = Progress(verbose if mpi.is_root else 0)
         for epoch in range(initial_epoch, epochs):
             model.hyper["lr"] = learning_rate(schedule, base_lr, epoch, epochs, training["step_size"],
                                               training["gamma"])
             order = rng.permutation(n) if shuffle else np.arange(n)
-            progress = Progress(epoch + 1, epochs, n, verbose if mpi.is_root else 0)
+            progress.start_epoch(epoch + 1, epochs, n)
             total_loss, hits = 0.0, 0
             start = time.perf_counter()
             for batch_index, first in enumerate(range(0, n, self.batch_size)):
@@ -123,20 +123,18 @@ class _Loop:
                 total_loss += loss * index.shape[0]
                 hits += batch_hits
                 seen = first + index.shape[0]
-                progress.update(seen, total_loss / seen, hits / seen if self.with_accuracy else None)
+                progress.batch(seen, total_loss / seen, hits / seen if self.with_accuracy else None)
                 if model.step_count % mpi.check_every == 0:
                     verify_replicas(model, mpi)
             elapsed = time.perf_counter() - start
             average_running_statistics(model, mpi)
             verify_replicas(model, mpi)
-            accuracy = hits / n if self.with_accuracy else None
-            progress.update(n, total_loss / n, accuracy, final=True)
-            history["loss"].append(total_loss / n)
-            history["accuracy"].append(accuracy)
-            history["lr"].append(model.hyper["lr"])
-            history["images_per_second"].append(n / max(elapsed, 1e-9))
+            row = {"epoch": epoch + 1, "loss": total_loss / n, "accuracy": hits / n if self.with_accuracy else None,
+                   "lr": model.hyper["lr"], "seconds": elapsed, "images_per_second": n / max(elapsed, 1e-9)}
             if validation_data is not None:
-                self.validate(validation_data, history, verbose)
+                row["val_loss"], row["val_accuracy"] = self.validate(validation_data)
+            history.append(row)
+            progress.end_epoch(history.rows[-1])
             if checkpoint and mpi.is_root:
                 model.save(checkpoint, epoch=epoch + 1)
         mpi.barrier()  # nobody leaves before rank 0's last checkpoint is written
@@ -168,13 +166,9 @@ class _Loop:
             model.apply_step()
         return loss, int(round(float(packet[trainable + 1])))
 
-    def validate(self, validation_data, history, verbose) -> None:
+    def validate(self, validation_data) -> tuple[float, float | None]:
         """Rank 0 evaluates; every rank records its result, so the histories agree."""
         mpi = self.mpi
         result = evaluate(self.model, *validation_data) if mpi.is_root else None
         result = mpi.broadcast_object(result)
-        history["val_loss"].append(result["loss"])
-        history["val_accuracy"].append(result["accuracy"])
-        if verbose and mpi.is_root:
-            acc = f", accuracy {100 * result['accuracy']:.2f}%" if result["accuracy"] is not None else ""
-            print(f"  validation: loss {result['loss']:.4f}{acc}", file=sys.stderr)
+        return result["loss"], result["accuracy"]

@@ -47,6 +47,10 @@ class SpecError(ValueError):
         return "\n".join(d.format(self.path) for d in self.diagnostics)
 
 
+class SpecFileError(SpecError):
+    """The spec file itself cannot be read (missing, a directory, no permission): `cnncc` exits 3."""
+
+
 class FieldError(Exception):
     """Raised by a field validator; the loader turns it into a located Diagnostic."""
 

@@ -2,6 +2,7 @@
 `cnncc layers` prints it, and the README embeds it (a test keeps them identical)."""
 from __future__ import annotations
 
+from .augment import AUGMENT_FIELDS
 from .fields import Field
 from .layers import REGISTRY
 from .losses import LOSSES
@@ -42,7 +43,9 @@ def spec_reference_markdown() -> str:
              "", "#### `input`", "", *_table(INPUT_FIELDS), ""]
     for kind, cls in OPTIMIZERS.items():
         lines += [f"#### `optimizer: {{type: {kind}}}`", "", *_table(cls.fields), ""]
-    lines += ["#### `training`", "", *_table(TRAINING_FIELDS), "",
+    lines += ["#### `training`", "", *_table(TRAINING_FIELDS),
+              "| `augment` | a mapping (below) | none | applied to each training batch, never in evaluation |", "",
+              "#### `training: {augment: ...}`", "", *_table(AUGMENT_FIELDS), "",
               "#### Layers", "",
               "Every layer has `type`, an optional `name` (a C identifier, unique ignoring case; "
               "default `<type>_<n>`) and optional `inputs` (a list of earlier layer names or `input`; "

@@ -29,6 +29,19 @@ class LayerRow:
     explain: tuple[str, ...]
 
 
+def byte_size(n: int) -> str:
+    """Bytes exactly, and in KB/MB/GB (powers of 1000) when that is shorter to read."""
+    for unit, scale in (("GB", 10 ** 9), ("MB", 10 ** 6), ("KB", 10 ** 3)):
+        if n >= scale:
+            return f"{n:,} bytes ({n / scale:.1f} {unit})"
+    return f"{n:,} bytes"
+
+
+def shape_label(shape) -> str:
+    """What format_shape's form means, for a table header: the notes' H x W x C (arrays are C x H x W)."""
+    return {3: "HxWxC", 2: "LxC"}.get(len(shape), "features")
+
+
 @dataclass(frozen=True)
 class Report:
     net: CheckedNet
@@ -36,6 +49,7 @@ class Report:
     batch: int
     rows: tuple[LayerRow, ...]
     totals: dict = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
     @property
     def spec(self) -> Spec:
@@ -49,14 +63,24 @@ class Report:
                         "output_shape": list(r.output_shape), "params": r.params,
                         "trainable_params": r.trainable_params, "macs": r.macs} for r in self.rows],
             "totals": dict(self.totals),
+            "warnings": list(self.warnings),
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+    def to_json(self, explain: bool = False) -> str:
+        out = self.to_dict()
+        if explain:
+            for layer, row in zip(out["layers"], self.rows):
+                layer["explain"] = list(row.explain)
+        return json.dumps(out, indent=2)
+
+    def _input_text(self) -> str:
+        shape = self.spec.input_shape
+        return (f"input {format_shape(shape)} ({shape_label(shape)}; arrays and JSON are "
+                f"{'C x H x W' if len(shape) == 3 else 'C x L'} = [{', '.join(map(str, shape))}])")
 
     def to_text(self, explain: bool = False) -> str:
         spec = self.spec
-        header = ["#", "layer", "type", "output (HxWxC)", "params", "MACs", "RF"]
+        header = ["#", "layer", "type", f"output ({shape_label(spec.input_shape)})", "params", "MACs", "RF"]
         body = [["", "input", "", format_shape(spec.input_shape), "", "", ""]]
         notes = {}
         for i, r in enumerate(self.rows, 1):
@@ -71,7 +95,7 @@ class Report:
                              for c, (cell, w) in enumerate(zip(row, widths))).rstrip()
 
         rule = "-" * len(fmt(header))
-        lines = [f"{spec.name}: input {format_shape(spec.input_shape)}, {spec.dtype}", rule, fmt(header), rule]
+        lines = [f"{spec.name}: {self._input_text()}, {spec.dtype}", rule, fmt(header), rule]
         for index, row in enumerate(body):
             lines.append(fmt(row))
             if explain:
@@ -86,20 +110,21 @@ class Report:
                   f"forward MACs: {t['macs']:,} per sample",
                   f"backward MACs: {t['backward_macs']:,} per sample (weight gradients, and input gradients "
                   "except for the network input)",
-                  f"activation memory: {t['activation_bytes']:,} bytes per sample",
-                  f"parameter memory: {t['param_bytes']:,} bytes",
+                  f"activation memory: {byte_size(t['activation_bytes'])} per sample",
+                  f"parameter memory: {byte_size(t['param_bytes'])}",
                   f"training memory at batch {self.batch} ({self.spec.optimizer.type}): "
-                  f"{t['training_bytes']:,} bytes = {parts}",
+                  f"{byte_size(t['training_bytes'])} = {parts}",
                   _deployment_text(t)]
+        lines += [f"warning: {warning}" for warning in self.warnings]
         if explain:
             lines.append(f"training memory: the bytes of each buffer the generated code allocates, "
                          f"{size} bytes per {spec.dtype} element")
         return "\n".join(lines)
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, explain: bool = False) -> str:
         spec = self.spec
-        lines = [f"### {spec.name}", "", f"Input {format_shape(spec.input_shape)} ({spec.dtype}).", "",
-                 "| # | layer | type | output (HxWxC) | params | MACs | RF |",
+        lines = [f"### {spec.name}", "", f"{self._input_text().capitalize()}, {spec.dtype}.", "",
+                 f"| # | layer | type | output ({shape_label(spec.input_shape)}) | params | MACs | RF |",
                  "|---:|---|---|---|---:|---:|---|"]
         for i, r in enumerate(self.rows, 1):
             lines.append(f"| {i} | {r.name} | {r.type} | {format_shape(r.output_shape)} | {r.params:,} | "
@@ -108,10 +133,15 @@ class Report:
         lines += ["", f"- params: {t['params']:,} (trainable {t['trainable_params']:,}, "
                       f"non-trainable {t['non_trainable_params']:,})",
                   f"- forward MACs: {t['macs']:,}; backward MACs: {t['backward_macs']:,}",
-                  f"- activation memory: {t['activation_bytes']:,} bytes per sample; "
-                  f"parameter memory: {t['param_bytes']:,} bytes",
-                  f"- training memory at batch {self.batch}: {t['training_bytes']:,} bytes",
+                  f"- activation memory: {byte_size(t['activation_bytes'])} per sample; "
+                  f"parameter memory: {byte_size(t['param_bytes'])}",
+                  f"- training memory at batch {self.batch}: {byte_size(t['training_bytes'])}",
                   f"- {_deployment_text(t)}"]
+        lines += [f"- **warning**: {warning}" for warning in self.warnings]
+        if explain:
+            lines += ["", "#### Formulas", ""]
+            for i, r in enumerate(self.rows, 1):
+                lines += [f"{i}. `{r.name}` ({r.type})", *[f"    - `{line}`" for line in r.explain]]
         return "\n".join(lines)
 
 
@@ -119,7 +149,12 @@ def _deployment_text(t: dict) -> str:
     saving = 1 - t["arena_bytes"] / t["arena_bytes_unshared"] if t["arena_bytes_unshared"] else 0.0
     return (f"deployment (cnncc emit --inference-only, batch {t['arena_batch']}): weights {t['weight_bytes']:,} "
             f"bytes (flash), arena {t['arena_bytes']:,} bytes (RAM) against {t['arena_bytes_unshared']:,} "
-            f"with one buffer per tensor ({saving:.0%} saved)")
+            f"with one buffer per tensor ({saving:.0%} saved; {_short_size(t['weight_bytes'])} of weights, "
+            f"{_short_size(t['arena_bytes'])} of arena)")
+
+
+def _short_size(n: int) -> str:
+    return byte_size(n).split("(")[-1].rstrip(")") if n >= 1000 else f"{n} bytes"
 
 
 def _rf_text(rf: tuple[int, int], input_shape) -> str:
@@ -152,4 +187,13 @@ def build_report(net: CheckedNet, program: Program, batch: int | None = None) ->
         "training_bytes": program.buffer_bytes(batch, training=True), "batch": batch,
         **deployment_figures(program, deploy_batch),
     }
-    return Report(net, program, batch, tuple(rows), totals)
+    return Report(net, program, batch, tuple(rows), totals, _dead_branches(net))
+
+
+def _dead_branches(net: CheckedNet) -> tuple[str, ...]:
+    """Layers other than the last whose output no layer reads: computed, counted, then discarded."""
+    read = {name for layer in net.layers for name in layer.spec.inputs}
+    return tuple(f"layer '{layer.name}' ({layer.spec.kind}) feeds nothing: its output is computed and thrown away "
+                 "(a dead branch); connect it with `inputs:` or remove it"
+                 for layer in net.layers[:-1] if layer.name not in read)
+

@@ -61,6 +61,7 @@ class Model:
         self.hyper = {**program.optimizer_rules.defaults(), **program.optimizer.settings, "lr": program.optimizer.lr}
         self.step_count = 0
         self.loaded_epoch = None
+        self.load_report = None  # what the last load(path, strict=False) copied and skipped
         self._hyper_c = None
         self.init(0)
 
@@ -352,7 +353,8 @@ class Model:
         start = tensor.offset * batch
         return buffer[start:start + tensor.size * batch].reshape((batch,) + tuple(tensor.shape))
 
-    def fit(self, x, y, **options) -> dict[str, list[float]]:
+    def fit(self, x, y, **options):
+        """Train (cnncc.train.fit); returns the History."""
         from .train import fit
 
         return fit(self, x, y, **options)
@@ -368,11 +370,18 @@ class Model:
 
         save(self, path, epoch)
 
-    def load(self, path) -> "Model":
-        """Load a file written by save; on any problem raise and leave the model unchanged."""
-        from .checkpoint import load
+    def load(self, path, strict: bool = True) -> "Model":
+        """Load a file written by save; on any problem raise and leave the model unchanged.
+        strict=False (transfer learning): copy the parameters whose layer name and shape match,
+        from a file of any spec; `load_report` says what was copied and what was skipped."""
+        from .checkpoint import load, load_matching
 
-        self.loaded_epoch = load(self, path)
+        if not isinstance(strict, bool):
+            raise ValueError(f"strict must be True or False, got {strict!r}")
+        if strict:
+            self.loaded_epoch, self.load_report = load(self, path), None
+        else:
+            self.load_report, self.loaded_epoch = load_matching(self, path), None
         return self
 
     def quantize(self, calibration, method: str = "minmax", percentile: float = 99.99, build_dir=None):
@@ -381,6 +390,14 @@ class Model:
         from .quantize import quantize
 
         return quantize(self, calibration, method, percentile, build_dir)
+
+    def summary(self, batch: int | None = None, print_fn=print) -> None:
+        """Print the shape report, as `cnncc check` does: every layer's output shape, parameters,
+        MACs and receptive field, and the memory training at `batch` allocates (Keras's summary())."""
+        from .report import build_report
+
+        report = self.report if batch is None else build_report(self.analysis.net, self.program, batch)
+        print_fn(report.to_text())
 
     def __repr__(self) -> str:
         return (f"<cnncc.Model {self._name}: input {self.input_shape} -> output {self.output_shape}, "

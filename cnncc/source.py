@@ -128,7 +128,10 @@ def parse_text(data: bytes | str) -> Node:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         message = ": ".join(p for p in (exc.context, exc.problem) if p)
-        raise SourceError(Diagnostic(f"YAML syntax: {message}", _loc(mark) if mark else None)) from None
+        line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
+        hint = ("YAML indents with spaces, never tabs: replace the tab(s) with spaces"
+                if "\t" in line[:len(line) - len(line.lstrip())] or "'\\t'" in message else None)
+        raise SourceError(Diagnostic(f"YAML syntax: {message}", _loc(mark) if mark else None, hint=hint)) from None
     except yaml.reader.ReaderError as exc:  # a control character; it has an offset, not a mark
         line = text.count("\n", 0, exc.position) + 1
         col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from . import fields as F
-from .errors import Diagnostic, FieldError, Loc, SpecError, closest, did_you_mean
+from .augment import AUGMENT_FIELDS, Augment
+from .errors import Diagnostic, FieldError, Loc, SpecError, SpecFileError, closest, did_you_mean
 from .layers import REGISTRY, LayerKind
-from .losses import LOSSES
+from .losses import LOSSES, loss_named_elsewhere
 from .optimizers import OPTIMIZERS
 from .source import MAX_SPEC_BYTES, Map, Node, Scalar, Seq, SourceError, from_python, parse_text
 
@@ -81,10 +82,12 @@ class Spec:
     def layer(self, name: str) -> LayerSpec:
         return next(layer for layer in self.layers if layer.name == name)
 
-    def fingerprint(self) -> str:
-        """A hash of what gives weights their meaning (not the optimizer or training settings)."""
+    def fingerprint(self, name: str | None = None) -> str:
+        """A hash of what gives weights their meaning (not the optimizer or training settings).
+        With `name`, the fingerprint this spec would have under that name: a weights file saved
+        before a rename still matches when only the name changed."""
         content = {
-            "name": self.name, "input": self.input_shape, "dtype": self.dtype, "loss": self.loss,
+            "name": self.name if name is None else name, "input": self.input_shape, "dtype": self.dtype, "loss": self.loss,
             "layers": [[l.name, l.kind, list(l.inputs), repr(sorted(l.layer.values().items()))]
                        for l in self.layers],
         }
@@ -143,7 +146,7 @@ def _read(source) -> tuple[Node, str]:
             with open(path, "rb") as handle:
                 data = handle.read(MAX_SPEC_BYTES + 1)  # one more byte: enough to tell it is too big
         except OSError as exc:
-            raise SpecError([Diagnostic(f"cannot read spec: {exc.strerror}")], path) from None
+            raise SpecFileError([Diagnostic(f"cannot read spec: {exc.strerror}")], path) from None
         except ValueError:  # a NUL byte or an unencodable character in the path itself
             raise SpecError([Diagnostic("cannot read spec: the path contains a NUL byte or an "
                                         "unencodable character")], repr(path)) from None
@@ -178,15 +181,32 @@ def load_spec(source) -> Spec:
 
     name = _one(out, root, "name", F.field(F.identifier()))
     dtype = _one(out, root, "dtype", F.field(F.choice(("float32", "float64")), "float32"))
-    loss = _one(out, root, "loss", F.field(F.choice(tuple(LOSSES)), None))
+    loss = _one(out, root, "loss", F.field(_loss_choice(), None))
     input_shape = _input(out, root.items.get("input"))
     optimizer = _optimizer(out, root.items.get("optimizer"))
-    training = _section(out, root.items.get("training"), TRAINING_FIELDS, "training")
+    training = _training(out, root.items.get("training"), input_shape)
     layers = _layers(out, root.items.get("layers"))
     if out.diagnostics:  # in the order of the file, as a compiler reports them
         raise SpecError(sorted(out.diagnostics, key=lambda d: (d.loc.line, d.loc.col) if d.loc else (0, 0)), path)
     return Spec(name, input_shape, dtype, tuple(layers), loss, optimizer, training, path,
                 {key: node.loc for key, node in root.items.items()})
+
+
+def _loss_choice():
+    """The loss names, with a hint from the names Keras and PyTorch use to the one here."""
+    parse_choice, describe = F.choice(tuple(LOSSES))
+
+    def parse(value):
+        try:
+            return parse_choice(value)
+        except FieldError as exc:
+            meant = loss_named_elsewhere(value) if isinstance(value, str) else None
+            if meant is None:
+                raise
+            hint = f"use {meant.kind}" + (f" ({meant.alias_hint})" if meant.alias_hint else "")
+            raise FieldError(exc.message, hint) from None
+
+    return parse, describe
 
 
 def _display(source) -> str:
@@ -204,13 +224,31 @@ def _one(out: _Collector, root: Map, key: str, spec_field: F.Field):
         out.error(f"{key} {exc.message}", node.loc, field=key, hint=exc.hint)
 
 
-def _section(out: _Collector, node: Node | None, schema, what: str) -> dict[str, Any]:
+def _section(out: _Collector, node: Node | None, schema, what: str, skip=()) -> dict[str, Any]:
     if node is None:
         return {key: f.default for key, f in schema.items()}
     if not isinstance(node, Map):
         out.error(f"'{what}' must be a mapping", node.loc, field=what)
         return {key: f.default for key, f in schema.items()}
-    return out.fields(node, schema, f"{what}")
+    return out.fields(node, schema, f"{what}", skip)
+
+
+def _training(out: _Collector, node: Node | None, input_shape) -> dict[str, Any]:
+    """The training section; its `augment` mapping (None when absent) is a section of its own."""
+    values = _section(out, node, TRAINING_FIELDS, "training", skip=("augment",))
+    values["augment"] = None
+    augment_node = node.items.get("augment") if isinstance(node, Map) else None
+    if augment_node is None:
+        return values
+    errors = len(out.diagnostics)
+    settings = _section(out, augment_node, AUGMENT_FIELDS, "training.augment")
+    if len(out.diagnostics) == errors and input_shape:
+        problem = Augment(**settings).shape_problem(input_shape)
+        if problem:
+            key, message = problem
+            out.error(message, augment_node.items[key].loc, "training.augment", key)
+    values["augment"] = settings
+    return values
 
 
 def _input(out: _Collector, node: Node | None) -> tuple[int, ...]:

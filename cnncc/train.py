@@ -1,4 +1,4 @@
-"""Training from Python: fit, evaluate, learning-rate schedules, the progress bar.
+"""Training from Python: fit and evaluate.
 
 One C call per step (`train_step` does forward, loss, backward and the update); the
 dataset is validated and converted once, and each batch is gathered into a preallocated
@@ -7,12 +7,16 @@ buffer, so the Python side does no per-step allocation of batch-sized arrays.
 from __future__ import annotations
 
 import math
-import sys
 import time
 
 import numpy as np
 
-SCHEDULES = ("constant", "step", "cosine")
+from .augment import Augment
+from .callbacks import Run, check_callbacks
+from .fit_args import (MAX_BATCH, SCHEDULES, check_positive_int, checked_arrays, fit_options, gather_batch,
+                       training_arrays)
+from .history import History
+from .progress import Progress
 
 
 class TrainingError(RuntimeError):
@@ -41,82 +45,69 @@ def accuracy_hits(model, outputs: np.ndarray, targets: np.ndarray) -> int:
     return model.program.loss.rules.hits(outputs, targets)
 
 
-class Progress:
-    """One line per epoch, redrawn in place on a terminal; a plain summary line otherwise."""
-
-    def __init__(self, epoch: int, epochs: int, total: int, verbose: int, stream=None):
-        self.stream = stream or sys.stderr
-        self.enabled = verbose > 0
-        self.live = self.enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.prefix = f"epoch {epoch}/{epochs}"
-        self.total = total
-        self.start = time.perf_counter()
-        self.last_draw = 0.0
-
-    def update(self, done: int, loss: float, accuracy: float | None, final: bool = False) -> None:
-        if not self.enabled or (not self.live and not final):
-            return
-        now = time.perf_counter()
-        if not final and now - self.last_draw < 0.1:
-            return
-        self.last_draw = now
-        elapsed = max(now - self.start, 1e-9)
-        rate = done / elapsed
-        width = 24
-        filled = int(width * done / max(self.total, 1))
-        bar = "=" * filled + (">" if filled < width else "") + " " * max(width - filled - 1, 0)
-        acc = f"  acc {100 * accuracy:5.1f}%" if accuracy is not None else ""
-        tail = f"{elapsed:.1f}s" if final else f"ETA {(self.total - done) / max(rate, 1e-9):.0f}s"
-        line = f"{self.prefix} [{bar}] {done}/{self.total}  loss {loss:.4f}{acc}  {rate:,.0f} img/s  {tail}"
-        if self.live:
-            self.stream.write("\r" + line + ("\n" if final else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+def predicted_classes(model, outputs: np.ndarray) -> np.ndarray | None:
+    """The class of each output for a loss with classes (the argmax of softmax_cross_entropy), else None."""
+    if model.program.loss.kind == "softmax_cross_entropy":
+        return outputs.argmax(axis=1)
+    return None
 
 
 def fit(model, x, y, epochs: int | None = None, batch_size: int | None = None, validation_data=None,
-        shuffle: bool = True, seed: int = 0, verbose: int = 1, lr: float | None = None,
-        schedule: str | None = None, checkpoint=None, initial_epoch: int = 0,
-        distributed=None) -> dict[str, list]:
-    """Train; returns the history: per-epoch loss, accuracy, lr, images/s (and validation).
-    distributed: a cnncc.distributed.MPI() to train data-parallel over MPI ranks."""
-    training = model.spec.training
-    epochs = epochs or training["epochs"]
-    batch_size = batch_size or training["batch_size"]
-    schedule = schedule or training["schedule"]
-    base_lr = lr if lr is not None else model.program.optimizer.lr
-    x = model.validated_inputs(x)
-    y = model.validated_targets(y, x.shape[0])
+        shuffle: bool = True, seed: int | None = 0, verbose: int = 1, lr: float | None = None,
+        schedule: str | None = None, checkpoint=None, initial_epoch: int = 0, validation_split: float | None = None,
+        callbacks=None, augment=None, distributed=None) -> History:
+    """Train; returns the History (per epoch: loss, accuracy, val_loss, val_accuracy, lr, seconds,
+    images/s). Every argument and the data are checked before the first step; None means the
+    spec's training setting (or the optimizer's lr). distributed: a cnncc.distributed.MPI() to
+    train data-parallel over MPI ranks."""
+    options = fit_options(model, epochs, batch_size, lr, schedule, seed, verbose, shuffle, initial_epoch,
+                          validation_split, checkpoint, validation_data)
+    epochs, schedule, seed, base_lr = options["epochs"], options["schedule"], options["seed"], options["lr"]
+    callbacks = check_callbacks(callbacks)
+    augment = Augment.from_options(model.spec.training["augment"] if augment is None else augment)
+    if augment is not None:
+        augment.check_shape(model.input_shape)
+    x, y, validation_data = training_arrays(model, x, y, validation_data, validation_split)
     n = x.shape[0]
-    batch_size = min(batch_size, n)
+    batch_size = min(options["batch_size"], n)
+    training = model.spec.training
     if distributed is not None:
         from .distributed_fit import distributed_fit
 
+        if callbacks or augment is not None:
+            raise ValueError("callbacks and augmentation are not supported with distributed= yet")
         return distributed_fit(model, x, y, distributed, epochs=epochs, batch_size=batch_size, schedule=schedule,
-                               base_lr=base_lr, validation_data=validation_data, shuffle=shuffle, seed=seed,
-                               verbose=verbose, checkpoint=checkpoint, initial_epoch=initial_epoch)
+                               base_lr=base_lr, validation_data=validation_data, shuffle=shuffle,
+                               seed=seed, verbose=options["verbose"], checkpoint=checkpoint,
+                               initial_epoch=initial_epoch)
     rng = np.random.default_rng(seed)
     batch_x = np.empty((batch_size,) + x.shape[1:], model.dtype)
     batch_y = np.empty((batch_size,) + y.shape[1:], y.dtype)
-    history: dict[str, list] = {"loss": [], "accuracy": [], "lr": [], "images_per_second": []}
-    if validation_data is not None:
-        history["val_loss"], history["val_accuracy"] = [], []
     with_accuracy = measures_accuracy(model)
+    history = History()
+    columns = {"epoch", "loss", "lr", "seconds", "images_per_second"} | ({"accuracy"} if with_accuracy else set())
+    if validation_data is not None:
+        columns |= {"val_loss"} | ({"val_accuracy"} if with_accuracy else set())
+    run = Run(model, history, columns)
+    for callback in callbacks:
+        callback.on_train_begin(run)
+    progress = Progress(options["verbose"])
 
     for epoch in range(initial_epoch, epochs):
         model.hyper["lr"] = learning_rate(schedule, base_lr, epoch, epochs, training["step_size"],
-                                          training["gamma"])
+                                          training["gamma"]) * run.lr_factor
         order = rng.permutation(n) if shuffle else np.arange(n)
-        progress = Progress(epoch + 1, epochs, n, verbose)
+        progress.start_epoch(epoch + 1, epochs, n)
         total_loss, hits, seen = 0.0, 0, 0
         start = time.perf_counter()
         for batch_index, first in enumerate(range(0, n, batch_size)):
             index = order[first:first + batch_size]
             count = index.shape[0]
             bx, by = batch_x[:count], batch_y[:count]
-            np.take(x, index, axis=0, out=bx)
+            gather_batch(x, index, bx)
             np.take(y, index, axis=0, out=by)
+            if augment is not None:
+                augment.apply(bx, seed, model.step_count)
             # Dropout masks: a distinct, reproducible stream per (seed, step).
             loss = model.train_step(bx, by, seed=seed * 1_000_003 + model.step_count + 1, checked=True)
             if not math.isfinite(loss):
@@ -128,36 +119,50 @@ def fit(model, x, y, epochs: int | None = None, batch_size: int | None = None, v
             seen += count
             if with_accuracy:
                 hits += accuracy_hits(model, model.last_output(count), by)
-            progress.update(seen, total_loss / seen, hits / seen if with_accuracy else None)
+            progress.batch(seen, total_loss / seen, hits / seen if with_accuracy else None)
+            for callback in callbacks:
+                callback.on_batch_end(run, batch_index, {"loss": loss, "size": count})
         elapsed = time.perf_counter() - start
-        accuracy = hits / seen if with_accuracy else None
-        progress.update(seen, total_loss / seen, accuracy, final=True)
-        history["loss"].append(total_loss / seen)
-        history["accuracy"].append(accuracy)
-        history["lr"].append(model.hyper["lr"])
-        history["images_per_second"].append(seen / max(elapsed, 1e-9))
+        row = {"epoch": epoch + 1, "loss": total_loss / seen, "accuracy": hits / seen if with_accuracy else None,
+               "lr": model.hyper["lr"], "seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9)}
         if validation_data is not None:
-            result = evaluate(model, *validation_data)
-            history["val_loss"].append(result["loss"])
-            history["val_accuracy"].append(result["accuracy"])
-            if verbose:
-                acc = f", accuracy {100 * result['accuracy']:.2f}%" if result["accuracy"] is not None else ""
-                print(f"  validation: loss {result['loss']:.4f}{acc}", file=sys.stderr)
+            row["val_loss"], row["val_accuracy"] = _mean_loss_and_accuracy(model, *validation_data, 1000)
+        history.append(row)
+        progress.end_epoch(history.rows[-1])
         if checkpoint:
             model.save(checkpoint, epoch=epoch + 1)
+        for callback in callbacks:
+            callback.on_epoch_end(run, epoch + 1, history.rows[-1])
+        if run.stop:
+            break
+    for callback in callbacks:
+        callback.on_train_end(run)
     return history
 
 
 def evaluate(model, x, y, batch_size: int = 1000) -> dict[str, float | None]:
     """Mean loss (inference mode) and accuracy over a dataset."""
-    x = model.validated_inputs(x)
-    y = model.validated_targets(y, x.shape[0])
+    check_positive_int("evaluate batch_size", batch_size, MAX_BATCH)
+    x, y = checked_arrays(model, x, y, "x")
+    loss, accuracy = _mean_loss_and_accuracy(model, x, y, batch_size)
+    return {"loss": loss, "accuracy": accuracy}
+
+
+def predictions(model, x, batch_size: int = 1000) -> np.ndarray:
+    """The network's outputs over a dataset, in batches (a memory-mapped x is read batch by batch)."""
+    check_positive_int("batch_size", batch_size, MAX_BATCH)
+    return np.concatenate([model.predict(x[first:first + batch_size]) for first in range(0, len(x), batch_size)])
+
+
+def _mean_loss_and_accuracy(model, x, y, batch_size: int) -> tuple[float, float | None]:
+    """Over arrays already checked (checked_arrays); a memory-mapped x is converted batch by batch."""
     with_accuracy = measures_accuracy(model)
     total_loss, hits = 0.0, 0
     for first in range(0, x.shape[0], batch_size):
-        bx, by = x[first:first + batch_size], y[first:first + batch_size]
+        bx = np.ascontiguousarray(x[first:first + batch_size], dtype=model.dtype)
+        by = y[first:first + batch_size]
         total_loss += model.loss(bx, by, training=False, checked=True) * bx.shape[0]
         if with_accuracy:
             hits += accuracy_hits(model, model.last_output(bx.shape[0]), by)
     n = x.shape[0]
-    return {"loss": total_loss / n, "accuracy": hits / n if with_accuracy else None}
+    return total_loss / n, (hits / n if with_accuracy else None)

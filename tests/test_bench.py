@@ -183,3 +183,30 @@ def test_harness_quick_json_end_to_end():
         else:
             assert "torch" not in train and train["ratio"] is None
     assert {t["target"].split()[0] for t in report["targets"]} == {"mnist_seed", "lenet5", "vgg_cifar"}
+
+
+CIFAR_AUGMENTED = {
+    "name": "cifar_augmented",
+    "input": {"channels": 3, "height": 32, "width": 32},
+    "layers": [{"name": "conv", "type": "conv2d", "filters": 8, "kernel": 3, "padding": 1, "activation": "relu"},
+               {"name": "pool", "type": "maxpool2d", "kernel": 4}, {"type": "flatten"},
+               {"name": "out", "type": "dense", "units": 10}],
+    "loss": "softmax_cross_entropy",
+    "training": {"batch_size": 12, "augment": {"crop": 4, "flip": True}},
+}
+
+
+def test_cli_bench_times_the_augmentation_at_the_spec_batch(build_dir, tmp_path, capsys):
+    import yaml
+
+    spec = tmp_path / "cifar_augmented.yaml"
+    spec.write_text(yaml.safe_dump(CIFAR_AUGMENTED))
+    assert cli_main(["bench", str(spec), "--repeats", "1", "--json", "--build-dir", str(build_dir)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["batch"] == 12  # --batch defaults to the spec's training.batch_size
+    augment = report["augment"]
+    assert augment["settings"]["crop"] == 4 and augment["ms_per_batch"] > 0
+    assert augment["percent_of_step"] == pytest.approx(100 * augment["ms_per_batch"] / report["train"]["ms_per_step"])
+    assert cli_main(["bench", str(spec), "--batch", "5", "--repeats", "1", "--build-dir", str(build_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "at batch 5" in text and "augmentation (crop: 4, flip: True)" in text and "% of the training step" in text

@@ -245,7 +245,7 @@ def test_json_report_keys_and_stability():
     report = check(LENET)
     text = report.to_json()
     data = json.loads(text)
-    assert set(data) == {"name", "input", "layers", "totals"}
+    assert set(data) == {"name", "input", "layers", "totals", "warnings"} and data["warnings"] == []
     assert data["name"] == "lenet5"
     assert data["input"] == {"shape": [3, 32, 32]}
     for layer in data["layers"]:

@@ -352,13 +352,32 @@ def test_load_npz_with_test_split(tmp_path):
     np.testing.assert_array_equal(y_train, np.arange(6))
 
 
-def test_load_npz_without_test_split_uses_last_tenth(tmp_path):
+def test_load_npz_without_test_split_holds_out_a_seeded_stratified_tenth(tmp_path):
+    # Sorted by class, as many datasets are: the last tenth would be all class 3.
+    labels = np.repeat(np.arange(4), 50)
     path = tmp_path / "d.npz"
-    np.savez_compressed(path, x_train=np.arange(40.0).reshape(20, 2), y_train=np.arange(20))
-    (x_train, y_train), (x_test, y_test) = data.load_npz(path)
-    assert len(x_train) == 18 and len(x_test) == 2
-    np.testing.assert_array_equal(y_test, [18, 19])
-    np.testing.assert_array_equal(x_test, [[36, 37], [38, 39]])
+    np.savez_compressed(path, x_train=np.arange(400.0).reshape(200, 2), y_train=labels)
+    notes = []
+    (x_train, y_train), (x_test, y_test) = data.load_npz(path, notes=notes)
+    assert len(x_train) == 180 and len(x_test) == 20
+    assert np.bincount(y_test).tolist() == [5, 5, 5, 5]  # every class keeps its share
+    np.testing.assert_array_equal(x_test[:, 0] // 100, y_test)  # samples stay with their labels
+    assert sorted(np.concatenate([x_train[:, 0], x_test[:, 0]]).tolist()) == list(range(0, 400, 2))
+    assert any("held out 20 of 200 samples" in note and "stratified by class, seed 0" in note for note in notes)
+    (_, _), (again, _) = data.load_npz(path)
+    np.testing.assert_array_equal(again, x_test)  # the same split every time
+    (_, _), (other, _) = data.load_npz(path, seed=1)
+    assert not np.array_equal(other, x_test)
+
+
+def test_load_npz_scales_uint8_pixels_and_says_so(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=np.full((4, 1, 2, 2), 255, np.uint8), y_train=np.arange(4),
+             x_test=np.zeros((1, 1, 2, 2), np.uint8), y_test=np.zeros(1, int))
+    notes = []
+    (x_train, _), _ = data.load_npz(path, notes=notes)
+    assert x_train.dtype == np.float32 and x_train.max() == 1.0
+    assert notes == [f"{path}: x_train is uint8: scaled to [0, 1] (divided by 255)"]
 
 
 @pytest.mark.parametrize("arrays, expected_message", [

@@ -139,7 +139,8 @@ def test_bad_weight_files_leave_the_model_unchanged(model, tmp_path, build_dir):
         np.savez(tmp_path / f"{name}.npz", **changed)
         _expect_rejected(model, tmp_path / f"{name}.npz", match)
 
-    other_spec = dict(SMALL, name="other")
+    # Another spec's layers (a renamed spec with the same layers loads: test_train_cli.py).
+    other_spec = dict(SMALL, name="other", layers=[dict(SMALL["layers"][0], filters=5)] + SMALL["layers"][1:])
     other = cnncc.compile(other_spec, build_dir=build_dir)
     other.save(tmp_path / "other.npz")
     _expect_rejected(model, tmp_path / "other.npz", "saved from spec 'other'")

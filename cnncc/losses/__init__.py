@@ -1,6 +1,6 @@
 """Every loss, registered by importing its module (templates/losses/<kind>.c.j2 beside each)."""
 from . import softmax_cross_entropy, mse, binary_cross_entropy  # noqa: F401  (registration, in this order)
-from .base import LOSSES, LossKind
+from .base import LOSSES, LossKind, loss_named_elsewhere
 
 
 def loss_kind(kind: str) -> LossKind:
@@ -8,4 +8,4 @@ def loss_kind(kind: str) -> LossKind:
     return LOSSES[kind]()
 
 
-__all__ = ["LOSSES", "LossKind", "loss_kind"]
+__all__ = ["LOSSES", "LossKind", "loss_kind", "loss_named_elsewhere"]

@@ -21,6 +21,10 @@ class LossKind:
     doc: ClassVar[str] = ""
     takes_labels: ClassVar[bool] = False  # integer class labels [batch], else float targets like the output
     metric: ClassVar[str | None] = None  # what training reports beside the loss ("accuracy")
+    # What people type for this loss in Keras or PyTorch (lower case, '_' for '-'): a spec that
+    # says one of these gets a hint to this loss, and alias_hint says what to know when switching.
+    aliases: ClassVar[tuple[str, ...]] = ()
+    alias_hint: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -67,3 +71,9 @@ class LossKind:
     def hits(self, outputs: np.ndarray, targets: np.ndarray) -> int:
         """Correct predictions in a batch, for losses with a metric."""
         raise NotImplementedError(f"{self.kind} has no metric")
+
+
+def loss_named_elsewhere(name: str) -> LossKind | None:
+    """The loss that a name from Keras or PyTorch means, if any."""
+    key = name.lower().replace("-", "_")
+    return next((cls() for cls in LOSSES.values() if key in cls.aliases), None)

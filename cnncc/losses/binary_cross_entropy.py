@@ -10,6 +10,7 @@ from .base import LossKind
 class BinaryCrossEntropy(LossKind):
     kind = "binary_cross_entropy"
     doc = "mean binary cross-entropy of sigmoid outputs against targets in [0, 1]"
+    aliases = ("binary_crossentropy", "bce", "bcewithlogitsloss", "bceloss")
     metric = "accuracy"
 
     def check_output(self, last, activation, computed_by, loc):

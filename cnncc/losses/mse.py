@@ -7,3 +7,4 @@ from .base import LossKind
 class MeanSquaredError(LossKind):
     kind = "mse"
     doc = "mean over every output element of (output - target)^2"
+    aliases = ("mean_squared_error", "mseloss", "l2")

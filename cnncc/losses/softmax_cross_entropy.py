@@ -11,6 +11,10 @@ from .base import LossKind
 class SoftmaxCrossEntropy(LossKind):
     kind = "softmax_cross_entropy"
     doc = "softmax of the logits, then the mean negative log-likelihood of integer class labels"
+    aliases = ("cross_entropy", "crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy",
+               "categorical_cross_entropy", "sparse_categorical_cross_entropy", "nll", "nll_loss",
+               "crossentropyloss", "ce", "softmax")
+    alias_hint = "it applies the softmax itself and takes integer class labels"
     takes_labels = True
     metric = "accuracy"
 
