@@ -80,14 +80,14 @@ def checked_arrays(model, x, y, what: str) -> tuple[np.ndarray, np.ndarray]:
                       "255 for [0, 1] (the cnncc loaders return float32 already scaled to [0, 1])", stacklevel=4)
     if isinstance(x, np.memmap):
         if x.dtype.kind not in "biuf" or x.ndim != len(model.input_shape) + 1:
-            model._as_input(x[:1])  # the Model's own message for dtype and shape
+            model.validated_inputs(x[:1])  # the Model's own message for dtype and shape
         if len(x) == 0:
             raise ValueError(f"{what} holds no samples")
         for first in range(0, len(x), STREAM_CHUNK):
-            model._as_input(x[first:first + STREAM_CHUNK])
+            model.validated_inputs(x[first:first + STREAM_CHUNK])
     else:
-        x = model._as_input(x)
-    return x, model._as_targets(y, x.shape[0])
+        x = model.validated_inputs(x)
+    return x, model.validated_targets(y, x.shape[0])
 
 
 def training_arrays(model, x, y, validation_data, validation_split):
