@@ -33,11 +33,14 @@ def same_padding(n: int, k: int, stride: int, dilation: int = 1) -> tuple[int, i
 
 
 def resolve_padding(padding, n: int, k: int, stride: int, dilation: int, axis: int) -> tuple[int, int]:
-    """The (before, after) padding of one axis for a field value 'same' | 'valid' | (ph, pw)."""
+    """The (before, after) padding of one axis (0: height, 1: width) for a field value 'same' |
+    'valid' | (ph, pw), the same on both sides, | (top, left, bottom, right), each side its own."""
     if padding == "same":
         return same_padding(n, k, stride, dilation)
     if padding == "valid":
         return 0, 0
+    if len(padding) == 4:
+        return padding[axis], padding[axis + 2]
     return padding[axis], padding[axis]
 
 
