@@ -24,6 +24,10 @@ def __getattr__(name):
         from .runtime import Model
 
         return Model
+    if name in ("onnx", "torch"):  # the interop modules, imported on first use (their packages are extras)
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(name)
 
 

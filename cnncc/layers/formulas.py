@@ -44,6 +44,14 @@ def resolve_padding(padding, n: int, k: int, stride: int, dilation: int, axis: i
     return padding[axis], padding[axis]
 
 
+def pads_per_side(padding, shape, kernel, stride, dilation=(1, 1)) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)) of a conv or pool field `padding` on a (C, H, W) image or a
+    (C, L) signal (a height-1 image; its kernel, stride and dilation are (1, n) pairs)."""
+    h, w = (shape[1], shape[2]) if len(shape) == 3 else (1, shape[1])
+    return (resolve_padding(padding, h, kernel[0], stride[0], dilation[0], 0),
+            resolve_padding(padding, w, kernel[1], stride[1], dilation[1], 1))
+
+
 def explain_output_size(n: int, k: int, stride: int, pad_before: int, pad_after: int, dilation: int = 1) -> str:
     """The output-size formula with the numbers put in, e.g. floor((32 + 2*0 - 5)/1) + 1 = 28."""
     pad = f"2*{pad_before}" if pad_before == pad_after else f"{pad_before} + {pad_after}"
