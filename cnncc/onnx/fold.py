@@ -102,6 +102,11 @@ def _divide(a, b):
     return a / b
 
 
+def _expand(inputs, attrs):
+    data, shape = np.asarray(inputs[0]), [int(d) for d in np.asarray(inputs[1]).reshape(-1)]
+    return np.broadcast_to(data, _bounded(np.broadcast_shapes(data.shape, tuple(shape)))).copy()
+
+
 def _constant_of_shape(inputs, attrs):
     shape = _bounded(np.asarray(inputs[0]).reshape(-1))
     value = attrs.get("value")
@@ -122,8 +127,15 @@ FOLDERS = {
     "Transpose": lambda inputs, attrs: np.transpose(inputs[0], attrs.get("perm")),
     "Add": _binary(np.add), "Sub": _binary(np.subtract), "Mul": _binary(np.multiply), "Div": _binary(_divide),
     "Neg": lambda inputs, attrs: np.negative(inputs[0]),
-    "ConstantOfShape": _constant_of_shape,
+    "ConstantOfShape": _constant_of_shape, "Expand": _expand,
+    "Equal": _binary(np.equal), "Where": lambda inputs, attrs: np.where(*_broadcast_checked(inputs[:3])),
 }
+
+
+def _broadcast_checked(arrays):
+    arrays = [np.asarray(a) for a in arrays]
+    _bounded(np.broadcast_shapes(*(a.shape for a in arrays)))
+    return arrays
 
 
 def constant_node(attrs) -> Const:

@@ -42,6 +42,7 @@ class Importer:
         self.consumers = Counter(name for node in self.graph.node for name in node.input if name)
         self.consumers.update(o.name for o in self.graph.output)
         self.batches = PROBES  # the batch sizes a Shape reports (the input's, if it is fixed)
+        self.dtype = np.float32  # the network's (graph_input sets it)
         self.node = None
 
     # ---- what nodes read -------------------------------------------------------------------
@@ -155,6 +156,7 @@ class Importer:
         if dims[0] is not None and dims[0] > 0:
             self.batches = (dims[0],) * len(PROBES)
         self.values[value_info.name] = Act("input", tuple(dims[1:]))
+        self.dtype = dtype
         keys = ("channels", "height", "width") if len(dims) == 4 else ("channels", "length")
         return dict(zip(keys, dims[1:])), DTYPES[dtype]
 

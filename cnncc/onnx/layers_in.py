@@ -331,12 +331,20 @@ def pad(im, attrs):
     im.output(Padded(act, tuple(begins[2:]), tuple(ends[2:]), fill, im.node.name))
 
 
+def cast_like(im, attrs):
+    """A constant cast to the type of the network's data (the dynamo exporter's zero biases)."""
+    value = im.value(0)
+    if not isinstance(value, Const):
+        im.fail("a CastLike of the network's data", "CastLike of a constant")
+    im.output(Const(tuple(v.astype(im.dtype) for v in value.values)))
+
+
 HANDLERS = {
     "Conv": conv, "MaxPool": lambda im, a: _pool(im, a, "max"), "AveragePool": lambda im, a: _pool(im, a, "avg"),
     "GlobalAveragePool": global_avgpool, "ReduceMean": reduce_mean, "Gemm": gemm, "MatMul": matmul,
     "Add": add, "Sum": add, "Concat": concat, "BatchNormalization": batchnorm, "Flatten": flatten,
     "Reshape": reshape, "Squeeze": squeeze, "Identity": passthrough, "Dropout": passthrough, "Shape": shape,
-    "Pad": pad, **{op: activation for op in ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Softmax")},
+    "Pad": pad, "CastLike": cast_like, **{op: activation for op in ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Softmax")},
 }
 
 SUPPORTED = ("Conv, MaxPool, AveragePool, GlobalAveragePool, ReduceMean (global), Gemm, MatMul, Add, Sum, Concat, "
