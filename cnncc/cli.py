@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .errors import SpecError
+from .extras import MissingExtra
 
 
 def _positive(text: str) -> int:
@@ -220,7 +221,7 @@ def main(argv=None) -> int:
     except SpecError as exc:
         print(exc.format(), file=sys.stderr)
         return 2
-    except ImportError as exc:  # an optional extra that is not installed (cnncc.extras.MissingExtra)
+    except MissingExtra as exc:  # an optional package (pyproject's extras) that is not installed
         print(f"cnncc: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -216,6 +216,22 @@ def test_global_pool_as_reduce_mean_and_squeeze_in_every_opset(opset, tmp_path, 
         ("conv2d", "relu"), ("global_avgpool", None)]
 
 
+def test_local_functions_are_inlined(tmp_path, build_dir):
+    """What the dynamo exporter may emit: the network's blocks as ONNX local functions."""
+    body = [helper.make_node("Conv", ["a", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["b"])]
+    block = helper.make_function("blocks", "ConvRelu", ["a", "w"], ["b"], body, [helper.make_opsetid("", 17)])
+    graph = helper.make_graph([helper.make_node("ConvRelu", ["x", "w"], ["y"], name="block1", domain="blocks")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 5, 5])],
+                              [numpy_helper.from_array(W33, "w")])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("blocks", 1)]
+    model = helper.make_model(graph, functions=[block], opset_imports=opsets, ir_version=8)
+    path = tmp_path / "functions.onnx"
+    onnx.save(model, str(path))
+    imported = agrees_with_onnxruntime(path, (3, 5, 5), build_dir)
+    assert [(l.kind, l.layer.activation) for l in imported.spec.layers] == [("conv2d", "relu")]
+
+
 def test_ceil_mode_is_accepted_where_it_changes_nothing(tmp_path, build_dir):
     node = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)
     agrees_with_onnxruntime(graph_file(tmp_path, [node], (2, 6, 4)), (2, 6, 4), build_dir)

@@ -258,3 +258,10 @@ def test_a_missing_torch_says_what_to_install(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "cnncc.torch needs the Python package 'torch', which is not installed: pip install \"cnncc[torch]\"" \
         in done.stdout
+
+
+def test_every_registered_layer_kind_has_a_torch_module():
+    from cnncc.layers import REGISTRY
+    from cnncc.torch.modules import BUILDERS
+
+    assert set(REGISTRY) <= set(BUILDERS), sorted(set(REGISTRY) - set(BUILDERS))

@@ -49,7 +49,7 @@ def _bounded(shape) -> tuple[int, ...]:
     return shape
 
 
-def _axes(node, inputs, attrs, index):
+def _axes(inputs, attrs, index):
     """Axes from the input at `index` (newer opsets) or the `axes` attribute (older ones)."""
     if len(inputs) > index and inputs[index] is not None:
         return [int(a) for a in np.asarray(inputs[index]).reshape(-1)]
@@ -119,8 +119,8 @@ FOLDERS = {
     "Cast": lambda inputs, attrs: inputs[0].astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"])),
     "Shape": _shape_of,
     "Gather": lambda inputs, attrs: np.take(inputs[0], np.asarray(inputs[1], np.int64), axis=attrs.get("axis", 0)),
-    "Unsqueeze": lambda inputs, attrs: np.expand_dims(inputs[0], tuple(_axes(None, inputs, attrs, 1))),
-    "Squeeze": lambda inputs, attrs: np.squeeze(inputs[0], tuple(_axes(None, inputs, attrs, 1)) or None),
+    "Unsqueeze": lambda inputs, attrs: np.expand_dims(inputs[0], tuple(_axes(inputs, attrs, 1))),
+    "Squeeze": lambda inputs, attrs: np.squeeze(inputs[0], tuple(_axes(inputs, attrs, 1)) or None),
     "Concat": lambda inputs, attrs: np.concatenate([np.asarray(x) for x in inputs], axis=attrs["axis"]),
     "Slice": _slice,
     "Reshape": _reshape,

@@ -19,7 +19,7 @@ from ..spec import load_spec
 from . import layers_in
 from .fold import PROBES, Const, FoldError, constant_node, fold
 from .graph import Act, Names, Padded, UnsupportedModel, attributes, describe
-from .reader import FLOAT_TYPES, OnnxFileError, TensorReader, onnx, read_model
+from .reader import FLOAT_TYPES, OnnxFileError, TensorReader, read_model
 from .windows import WindowError
 
 MIN_OPSET, MAX_OPSET = 13, 21

@@ -191,9 +191,10 @@ def concat(im, attrs):
     acts = [im.act(i) for i in range(len(im.node.input))]
     if int(attrs["axis"]) % (len(acts[0].shape) + 1) != 1:
         im.fail(f"a Concat along axis {attrs['axis']}", "Concat along the channels (axis 1)")
-    if any(a.flat for a in acts) or len({a.shape[1:] for a in acts}) != 1:
+    shapes = [a.cnncc_shape for a in acts]
+    if len({s[1:] for s in shapes}) != 1 or len({len(s) for s in shapes}) != 1:
         im.fail(f"inputs of shapes {[list(a.shape) for a in acts]}", "Concat of inputs with equal spatial sizes")
-    im.output(im.add_layer("concat", {}, acts, {}, (sum(a.shape[0] for a in acts), *acts[0].shape[1:])))
+    im.output(im.add_layer("concat", {}, acts, {}, (sum(s[0] for s in shapes), *shapes[0][1:])))
 
 
 def activation(im, attrs):

@@ -15,6 +15,7 @@ import numpy as np
 from ..extras import require
 
 onnx = require("onnx", "onnx", "ONNX import")
+import onnx.inliner  # noqa: E402  (a submodule `import onnx` does not load)
 from onnx import TensorProto, numpy_helper  # noqa: E402
 
 MAX_FILE_BYTES = 1 << 30  # protobuf itself cannot hold more than 2 GiB

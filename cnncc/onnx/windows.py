@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from ..layers.formulas import effective_kernel, output_size, same_padding
+from ..layers.formulas import output_size, same_padding
 
 
 class WindowError(ValueError):
@@ -86,7 +86,3 @@ def window_fields(one_d: bool, kernel, strides, dilations=None, stride_default=N
     if dilations is not None and any(d != 1 for d in dilations):
         fields["dilation"] = short(dilations)
     return fields
-
-
-def spans(kernel, dilations) -> list[int]:
-    return [effective_kernel(k, d) for k, d in zip(kernel, dilations)]
