@@ -52,14 +52,14 @@ def task_check(t: dict) -> dict:
     mode) against cnncc's, relative to each tensor's largest magnitude."""
     torch = _torch(t["threads"])
     import cnncc
+    import cnncc.torch
     import torch_models as tm
     from cnncc.bench import random_batch
 
     report = cnncc.check(t["spec"])
     model = cnncc.compile(t["spec"], build_dir=t["build_dir"], threads=t.get("threads", 1))
     model.init(0)
-    net = tm.build(report)
-    net.load_cnncc(model.params)
+    net = cnncc.torch.to_module(model)  # the same weights
     x, y = random_batch(model, t["batch"], seed=1)
     xt = torch.from_numpy(x)
     net.eval()
@@ -76,10 +76,10 @@ def task_check(t: dict) -> dict:
     net.zero_grad()
     loss_t = tm.loss(report.spec)(net(xt), tm.targets(y, report.spec))
     loss_t.backward()
-    tensors = net.cnncc_tensors()
+    tensors, names = dict(net.named_parameters()), cnncc.torch.parameter_names(model)
     loss_t = loss_t.item()
     out["loss_rel"] = abs(loss_c - loss_t) / max(abs(loss_t), 1e-30)
-    out["grad_rel"] = max(_relative(g, tensors[k].grad.numpy()) for k, g in grads_c.items())
+    out["grad_rel"] = max(_relative(g, tensors[names[k]].grad.numpy()) for k, g in grads_c.items())
     return out
 
 

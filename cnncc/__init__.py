@@ -24,10 +24,10 @@ def __getattr__(name):
         from .runtime import Model
 
         return Model
-    if name == "distributed":  # cnncc.distributed.MPI(); mpi4py itself loads only when MPI() is made
-        import importlib
+    if name in ("distributed", "onnx", "torch"):  # imported on first use: their packages are extras
+        import importlib                            # (cnncc.distributed loads mpi4py only when MPI() is made)
 
-        return importlib.import_module(".distributed", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(name)
 
 

@@ -27,12 +27,22 @@ class CheckpointError(ValueError):
 
 
 def save(model, path, epoch: int | None = None) -> None:
+    _write(path, model.spec, model.params, model.flat_optimizer_state, model.step_count, epoch)
+
+
+def save_params(path, spec, params: dict[str, np.ndarray]) -> None:
+    """A weights file for `spec` without a compiled model (e.g. weights imported from ONNX): the
+    parameters keyed like Model.params, no optimizer state (Model.load starts it afresh)."""
+    _write(path, spec, params, None, 0, None)
+
+
+def _write(path, spec, params, optimizer_state, step: int, epoch: int | None) -> None:
     path = Path(path)
-    meta = {"format": FORMAT, "spec": model.spec.name, "fingerprint": model.spec.fingerprint(),
-            "dtype": model.program.dtype, "step": model.step_count, "epoch": epoch,
-            "optimizer": model.program.optimizer.type}
-    arrays = {key: np.asarray(value) for key, value in model.params.items()}
-    arrays[STATE_KEY] = model.flat_optimizer_state
+    meta = {"format": FORMAT, "spec": spec.name, "fingerprint": spec.fingerprint(),
+            "dtype": spec.dtype, "step": step, "epoch": epoch, "optimizer": spec.optimizer.type}
+    arrays = {key: np.asarray(value) for key, value in params.items()}
+    if optimizer_state is not None:
+        arrays[STATE_KEY] = optimizer_state
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     directory = path.parent if str(path.parent) else Path(".")
     directory.mkdir(parents=True, exist_ok=True)

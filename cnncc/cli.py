@@ -1,4 +1,4 @@
-"""The `cnncc` command line: check, ir, train, gradcheck, emit.
+"""The `cnncc` command line: check, ir, train, gradcheck, emit, bench, export, import.
 
 Exit status: 0 success (also when the reader of the output goes away, as `| head` does),
 1 any other user-facing failure (bad data, a compiler missing, a non-finite loss),
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import SpecError, SpecFileError
+from .extras import MissingExtra
 
 EXIT_FAILURE, EXIT_INVALID_SPEC, EXIT_UNREADABLE_SPEC = 1, 2, 3
 BUILD_DIR_HELP = ("where compiled models are cached (default: $CNNCC_BUILD_DIR, else ./build); an unchanged spec "
@@ -165,6 +166,25 @@ def _cmd_bench(args) -> int:
     return bench_command(args)
 
 
+def _cmd_export(args) -> int:
+    from .onnx.commands import export_command
+
+    return export_command(args)
+
+
+def _cmd_import(args) -> int:
+    from .onnx.commands import import_command
+
+    return import_command(args)
+
+
+def _opset(text: str) -> int:
+    value = _positive(text)
+    if not 13 <= value <= 21:
+        raise argparse.ArgumentTypeError(f"ONNX opsets 13 to 21 are supported, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cnncc", description="A declarative CNN compiler: YAML spec -> shape report -> C kernels -> model.")
@@ -305,6 +325,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive, default=1, help="threads (> 1: an OpenMP build; default 1)")
     p.add_argument("--build-dir", default=None, help=BUILD_DIR_HELP)
     p.set_defaults(run=_cmd_bench)
+
+    p = sub.add_parser("export", help="write a spec and its weights as an ONNX model",
+                       description="Compile a spec, load its weights and write the network as an ONNX model "
+                                   "(standard operators, names from the spec) for onnxruntime and other tools.")
+    p.add_argument("spec")
+    p.add_argument("--weights", required=True, metavar="FILE.npz", help="the weights (from cnncc train or import)")
+    p.add_argument("-o", "--out", required=True, metavar="MODEL.onnx")
+    p.add_argument("--opset", type=_opset, default=17, help="ONNX opset, 13 to 21 (default 17)")
+    p.add_argument("--build-dir", default=None)
+    p.set_defaults(run=_cmd_export)
+
+    p = sub.add_parser("import", help="turn an ONNX model (e.g. from torch.onnx.export) into a spec and weights",
+                       description="Read an ONNX model and write the equivalent cnncc spec (YAML) and its weights "
+                                   "(.npz). Exit status 2 names the first node cnncc cannot express.")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("-o", "--out", required=True, metavar="SPEC.yaml")
+    p.add_argument("--weights", required=True, metavar="FILE.npz", help="where to write the weights")
+    p.set_defaults(run=_cmd_import)
     return parser
 
 
@@ -326,6 +364,9 @@ def main(argv=None) -> int:
     except SpecError as exc:
         print(exc.format(), file=sys.stderr)
         return EXIT_INVALID_SPEC
+    except MissingExtra as exc:  # an optional package (pyproject's extras) that is not installed
+        print(f"cnncc: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -98,24 +98,28 @@ def int_pair(lo: int = 1) -> tuple[Callable, str]:
 
 
 def padding(one_d: bool = False) -> tuple[Callable, str]:
-    """'same' | 'valid' | (ph, pw); a 1-D signal is a height-1 image, so its padding is (0, p)."""
-    allowed = "an integer, 'same' or 'valid'" if one_d else "an integer, [ph, pw], 'same' or 'valid'"
+    """'same' | 'valid' | (ph, pw) | (top, left, bottom, right); a 1-D signal is a height-1 image,
+    so its padding is (0, p), or (0, left, 0, right) for a list [left, right]."""
+    allowed = ("an integer, [left, right], 'same' or 'valid'" if one_d
+               else "an integer, [ph, pw], [top, left, bottom, right], 'same' or 'valid'")
 
     def parse(value):
         if value in ("same", "valid"):
             return value
         if isinstance(value, str):
             raise FieldError(f"must be {allowed}, got {_type_name(value)}", did_you_mean(value, ("same", "valid")))
-        if one_d:
-            return (0, check_int(value, 0, what=allowed))
         if isinstance(value, list):
-            if len(value) != 2:
-                raise FieldError(f"must be an integer or a list of 2 integers, got a list of {len(value)}")
-            return each_item(value, lambda item: check_int(item, 0))
-        n = check_int(value, 0, what="an integer, [ph, pw], 'same' or 'valid'")
-        return (n, n)
+            sizes = (2,) if one_d else (2, 4)
+            if len(value) not in sizes:
+                counts = "2 integers [left, right]" if one_d else "2 integers [ph, pw] or 4 [top, left, bottom, right]"
+                raise FieldError(f"must be an integer or a list of {counts}, got a list of {len(value)}")
+            sides = each_item(value, lambda item: check_int(item, 0))
+            return (0, sides[0], 0, sides[1]) if one_d else sides
+        n = check_int(value, 0, what=allowed)
+        return (0, n) if one_d else (n, n)
 
-    return parse, ("0 | int | same | valid" if one_d else "0 | int | [ph, pw] | same | valid")
+    return parse, ("0 | int | [left, right] | same | valid" if one_d
+                   else "0 | int | [ph, pw] | [top, left, bottom, right] | same | valid")
 
 
 def boolean() -> tuple[Callable, str]:

@@ -233,6 +233,39 @@ def test_one_d_pool_and_padding():
     assert report.rows[0].params == 3 * 2 * 3 + 3
 
 
+def test_padding_per_side_top_left_bottom_right():
+    report = check(net(image(3, 7, 8), {"name": "c", "type": "conv2d", "filters": 2, "kernel": 3,
+                                        "padding": [0, 2, 1, 0]},
+                       {"name": "p", "type": "maxpool2d", "kernel": 3, "stride": 2, "padding": [1, 0, 0, 1]}))
+    # height 7 + 0 + 1 - 3 + 1 = 6, width 8 + 2 + 0 - 3 + 1 = 8; pool (6+1-3)//2+1 = 3, (8+1-3)//2+1 = 4
+    assert [row.output_shape for row in report.rows] == [(2, 6, 8), (2, 3, 4)]
+    explained = report.to_text(explain=True)
+    assert "height: floor((7 + 0 + 1 - 3)/1) + 1 = 6" in explained
+    assert "width: floor((8 + 2 + 0 - 3)/1) + 1 = 8" in explained
+    assert "padding per side: height 0 top + 1 bottom, width 2 left + 0 right" in explained
+
+
+def test_one_d_padding_left_right():
+    report = check(net({"channels": 1, "length": 10}, {"type": "conv1d", "filters": 1, "kernel": 3,
+                                                      "padding": [2, 0]}))
+    assert report.rows[0].output_shape == (1, 10)
+
+
+@pytest.mark.parametrize("layer, message", [
+    ({"type": "conv2d", "filters": 1, "kernel": 3, "padding": [1, 1, 1]},
+     "list of 2 integers [ph, pw] or 4 [top, left, bottom, right], got a list of 3"),
+    ({"type": "conv2d", "filters": 1, "kernel": 3, "padding": [1, -1, 0, 0]}, "must be at least 0, got -1"),
+    ({"type": "maxpool2d", "kernel": 2, "padding": [0, 0, 2, 0]}, "padding 2 is more than half the kernel 2x2"),
+    ({"type": "conv1d", "filters": 1, "kernel": 3, "padding": [1, 1, 1, 1]},
+     "list of 2 integers [left, right], got a list of 4"),
+])
+def test_padding_per_side_checks(layer, message):
+    shape = {"channels": 1, "length": 8} if layer["type"] == "conv1d" else image(1, 8)
+    with pytest.raises(SpecError) as info:
+        check(net(shape, layer))
+    assert message in info.value.format()
+
+
 # ---- report formats -----------------------------------------------------------------------
 LAYER_KEYS = {"name", "type", "inputs", "output_shape", "params", "trainable_params", "macs"}
 TOTAL_KEYS = {"params", "trainable_params", "non_trainable_params", "macs", "backward_macs", "activation_bytes",

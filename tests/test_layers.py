@@ -119,6 +119,8 @@ CASES = [
     _c("conv_depthwise", IMG, type="conv2d", filters=4, kernel=3, groups=4, padding=1, stride=2),
     _c("conv_depthwise_b", IMG_B, type="conv2d", filters=2, kernel=[3, 2], groups=2),
     _c("conv_nobias", IMG, type="conv2d", filters=3, kernel=[2, 3], bias=False),
+    _c("conv_pad_sides", IMG, type="conv2d", filters=3, kernel=3, padding=[0, 2, 1, 0]),
+    _c("conv_pad_sides_s2", IMG_B, type="conv2d", filters=2, kernel=[2, 3], stride=2, padding=[1, 0, 0, 2]),
     _c("conv_nonsquare", IMG, type="conv2d", filters=2, kernel=[1, 4], stride=[2, 1], padding=[0, 1]),
     _c("conv_1x1", IMG_B, type="conv2d", filters=3, kernel=1),
     _c("conv_full_kernel", IMG_B, type="conv2d", filters=2, kernel=[9, 6]),
@@ -160,6 +162,7 @@ CASES = [
     _c("c1_same_odd", SIG, type="conv1d", filters=3, kernel=3, padding="same"),
     _c("c1_same_even", SIG, type="conv1d", filters=2, kernel=4, padding="same"),
     _c("c1_same_stride", SIG, type="conv1d", filters=2, kernel=4, stride=2, padding="same"),
+    _c("c1_pad_sides", SIG, type="conv1d", filters=2, kernel=3, padding=[2, 0]),
     _c("c1_stride_pad", SIG, type="conv1d", filters=3, kernel=3, stride=2, padding=1),
     _c("c1_dilation", SIG, type="conv1d", filters=2, kernel=3, dilation=2),
     _c("c1_dilation_same", SIG, type="conv1d", filters=2, kernel=3, dilation=3, padding="same"),
@@ -174,6 +177,7 @@ CASES = [
     _c("max_k3_s2_p1", IMG, type="maxpool2d", kernel=3, stride=2, padding=1),
     _c("max_overlap_pair", IMG_B, type="maxpool2d", kernel=[2, 3], stride=1, padding=[1, 1]),
     _c("max_k3_s1", IMG_B, type="maxpool2d", kernel=3, stride=[1, 2]),
+    _c("max_pad_sides", IMG, type="maxpool2d", kernel=3, stride=2, padding=[1, 0, 0, 1]),
     _c("avg_k2", IMG, type="avgpool2d", kernel=2),
     _c("avg_k3_s2_p1", IMG, type="avgpool2d", kernel=3, stride=2, padding=1),
     _c("avg_overlap_pair", IMG_B, type="avgpool2d", kernel=[2, 3], stride=1, padding=[1, 1]),
@@ -181,6 +185,8 @@ CASES = [
     _c("max1_k2", SIG, type="maxpool1d", kernel=2),
     _c("max1_k3_s2_p1", SIG, type="maxpool1d", kernel=3, stride=2, padding=1),
     _c("max1_k3_s1_p1", SIG, type="maxpool1d", kernel=3, stride=1, padding=1),
+    _c("avg_pad_sides", IMG_B, type="avgpool2d", kernel=[2, 3], stride=1, padding=[0, 1, 1, 0]),
+    _c("max1_pad_sides", SIG, type="maxpool1d", kernel=3, stride=2, padding=[0, 1]),
     _c("avg1_k2", SIG, type="avgpool1d", kernel=2),
     _c("avg1_k3_s2_p1", SIG, type="avgpool1d", kernel=3, stride=2, padding=1),
     _c("avg1_k3_s1_p1", SIG, type="avgpool1d", kernel=3, stride=1, padding=1),
@@ -277,7 +283,7 @@ def conv_args(layer, in_shape):
         stride, dilation = (1, layer.get("stride", 1)), (1, layer.get("dilation", 1))
         p = layer.get("padding", 0)
         pads = ((0, 0), ref.same_padding(w, kernel[1], stride[1], dilation[1])) if p == "same" else \
-            ((0, 0), (0, 0)) if p == "valid" else ((0, 0), (p, p))
+            ((0, 0), (0, 0)) if p == "valid" else ((0, 0), tuple(p)) if isinstance(p, list) else ((0, 0), (p, p))
     else:
         h, w = in_shape[1], in_shape[2]
         kernel = _pair(layer["kernel"])
@@ -288,6 +294,8 @@ def conv_args(layer, in_shape):
                     ref.same_padding(w, kernel[1], stride[1], dilation[1]))
         elif p == "valid":
             pads = ((0, 0), (0, 0))
+        elif isinstance(p, list) and len(p) == 4:  # [top, left, bottom, right]
+            pads = ((p[0], p[2]), (p[1], p[3]))
         else:
             ph, pw = _pair(p)
             pads = ((ph, ph), (pw, pw))
@@ -306,10 +314,13 @@ def pool_args(layer):
         k = layer["kernel"]
         s = layer.get("stride", k)
         p = layer.get("padding", 0)
-        return (1, k), (1, s), (0, 0, p, p)
+        return (1, k), (1, s), (0, 0) + (tuple(p) if isinstance(p, list) else (p, p))
     k = _pair(layer["kernel"])
     s = _pair(layer.get("stride", layer["kernel"]))
-    ph, pw = _pair(layer.get("padding", 0))
+    p = layer.get("padding", 0)
+    if isinstance(p, list) and len(p) == 4:  # [top, left, bottom, right]
+        return k, s, (p[0], p[2], p[1], p[3])
+    ph, pw = _pair(p)
     return k, s, (ph, ph, pw, pw)
 
 

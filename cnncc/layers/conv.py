@@ -101,6 +101,9 @@ class Conv2d(LayerKind):
         if self.padding == "same":
             lines.append(f"same padding: total = max((ceil(n/s) - 1)*s + k - n, 0), odd remainder bottom/right "
                          f"-> height {pad_h[0]}+{pad_h[1]}, width {pad_w[0]}+{pad_w[1]}")
+        elif isinstance(self.padding, tuple) and len(self.padding) == 4:
+            lines.append(f"padding per side: height {pad_h[0]} top + {pad_h[1]} bottom, "
+                         f"width {pad_w[0]} left + {pad_w[1]} right")
         if self.rank == 3:
             lines.append(f"height: {explain_output_size(h, kh, sh, *pad_h, dh)}")
         lines.append(f"{'width' if self.rank == 3 else 'length'}: {explain_output_size(w, kw, sw, *pad_w, dw)}")

@@ -33,12 +33,23 @@ def same_padding(n: int, k: int, stride: int, dilation: int = 1) -> tuple[int, i
 
 
 def resolve_padding(padding, n: int, k: int, stride: int, dilation: int, axis: int) -> tuple[int, int]:
-    """The (before, after) padding of one axis for a field value 'same' | 'valid' | (ph, pw)."""
+    """The (before, after) padding of one axis (0: height, 1: width) for a field value 'same' |
+    'valid' | (ph, pw), the same on both sides, | (top, left, bottom, right), each side its own."""
     if padding == "same":
         return same_padding(n, k, stride, dilation)
     if padding == "valid":
         return 0, 0
+    if len(padding) == 4:
+        return padding[axis], padding[axis + 2]
     return padding[axis], padding[axis]
+
+
+def pads_per_side(padding, shape, kernel, stride, dilation=(1, 1)) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)) of a conv or pool field `padding` on a (C, H, W) image or a
+    (C, L) signal (a height-1 image; its kernel, stride and dilation are (1, n) pairs)."""
+    h, w = (shape[1], shape[2]) if len(shape) == 3 else (1, shape[1])
+    return (resolve_padding(padding, h, kernel[0], stride[0], dilation[0], 0),
+            resolve_padding(padding, w, kernel[1], stride[1], dilation[1], 1))
 
 
 def explain_output_size(n: int, k: int, stride: int, pad_before: int, pad_after: int, dilation: int = 1) -> str:

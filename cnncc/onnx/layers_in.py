@@ -1,0 +1,354 @@
+"""One handler per ONNX operator that touches the network's data: which cnncc layer it becomes.
+
+Each takes the Importer (importer.py) and the node's attributes, reads its inputs through it and
+records its output. Float attributes are float32 in ONNX; they are written as the shortest
+decimal that is that float32 (9.999999747e-06 -> 1e-05).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .fold import Const
+from .graph import Act, Padded
+from .windows import check_ceil_mode, explicit_pads, output_sizes, padding_field, window_fields
+
+FUSABLE = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax"}
+ELEMENTWISE = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "LeakyRelu": "leaky_relu"}
+FUSED_LEAKY_SLOPE = 0.01
+
+
+def short_float(value) -> float:
+    return float(repr(np.float32(value)).replace("np.float32(", "").rstrip(")"))
+
+
+def _spatial_input(im, what):
+    """(act, extra begins, extra ends, pad value) of a Conv's or pool's data input."""
+    value = im.act(0, padded=True)
+    act = value.act if isinstance(value, Padded) else value
+    if act.flat or len(act.shape) not in (2, 3):
+        im.fail(f"{what} needs a C x H x W image or a C x L signal, got a sample of shape {list(act.cnncc_shape)}")
+    if isinstance(value, Padded):
+        return act, value.begins, value.ends, value.value
+    rank = len(act.shape) - 1
+    return act, (0,) * rank, (0,) * rank, 0.0
+
+
+def _window(im, attrs, act, kernel, extra_begins, extra_ends, dilations):
+    spatial = act.shape[1:]
+    strides = [int(s) for s in attrs.get("strides", [1] * len(spatial))]
+    begins, ends = explicit_pads(attrs, spatial, kernel, strides, dilations)
+    begins = [b + e for b, e in zip(begins, extra_begins)]
+    ends = [b + e for b, e in zip(ends, extra_ends)]
+    sizes = output_sizes(spatial, kernel, strides, dilations, begins, ends)
+    return spatial, strides, begins, ends, sizes
+
+
+def conv(im, attrs):
+    act, extra_b, extra_e, fill = _spatial_input(im, "Conv")
+    if fill != 0:
+        im.fail(f"a Pad with value {fill} before it", "zero padding before a Conv")
+    weight = im.weight(1, "weight")
+    bias = im.weight(2, "bias", required=False)
+    one_d = len(act.shape) == 2
+    kernel = [int(k) for k in weight.shape[2:]]
+    group = int(attrs.get("group", 1))
+    if weight.ndim != len(act.shape) + 1 or weight.shape[1] * group != act.shape[0]:
+        im.fail(f"weight of shape {list(weight.shape)} with group {group} does not fit an input of "
+                f"{act.shape[0]} channels")
+    if list(attrs.get("kernel_shape", kernel)) != kernel:
+        im.fail(f"kernel_shape {attrs['kernel_shape']} differs from the weight's {kernel}")
+    dilations = [int(d) for d in attrs.get("dilations", [1] * len(kernel))]
+    spatial, strides, begins, ends, sizes = _window(im, attrs, act, kernel, extra_b, extra_e, dilations)
+    filters = int(weight.shape[0])
+    fields = {"filters": filters, **window_fields(one_d, kernel, strides, dilations),
+              "padding": padding_field(spatial, kernel, strides, dilations, begins, ends)}
+    if fields["padding"] == 0:
+        del fields["padding"]
+    if group != 1:
+        fields["groups"] = group
+    params = {"weight": weight}
+    if bias is not None:
+        params["bias"] = bias.reshape(-1)
+    else:
+        fields["bias"] = False
+    im.output(im.add_layer("conv1d" if one_d else "conv2d", fields, [act], params, (filters, *sizes)))
+
+
+def _pool(im, attrs, kind):
+    act, extra_b, extra_e, fill = _spatial_input(im, im.node.op_type)
+    if kind == "max" and extra_b + extra_e != (0,) * (2 * len(extra_b)) and fill > -3.4e38:
+        im.fail(f"a Pad with value {fill} before a MaxPool (padding that could win the max)",
+                "-inf padding before a MaxPool")
+    if kind == "avg" and fill != 0:
+        im.fail(f"a Pad with value {fill} before an AveragePool", "zero padding before an AveragePool")
+    if any(d != 1 for d in attrs.get("dilations", [])):
+        im.fail(f"dilations {attrs['dilations']}", "pools without dilation")
+    kernel = [int(k) for k in attrs["kernel_shape"]]
+    spatial = act.shape[1:]
+    if len(kernel) != len(spatial):
+        im.fail(f"kernel_shape {kernel} on a sample of shape {list(act.shape)}")
+    own_b, own_e = explicit_pads(attrs, spatial, kernel, attrs.get("strides", [1] * len(kernel)), [1] * len(kernel))
+    if kind == "avg" and not attrs.get("count_include_pad", 0) and any(own_b + own_e):
+        im.fail("count_include_pad=0 with padding: a divisor that leaves the padding out",
+                "AveragePool with count_include_pad=1 (divisor kh*kw, PyTorch's default) or without padding")
+    spatial, strides, begins, ends, sizes = _window(im, attrs, act, kernel, extra_b, extra_e, [1] * len(kernel))
+    check_ceil_mode(attrs, spatial, kernel, strides, begins, ends)
+    im.unused_outputs(1, "the indices of the maxima")
+    one_d = len(spatial) == 1
+    fields = {**window_fields(one_d, kernel, strides, stride_default=kernel),
+              "padding": padding_field(spatial, kernel, strides, [1] * len(kernel), begins, ends)}
+    if fields["padding"] == 0:
+        del fields["padding"]
+    layer = f"{kind}pool{'1d' if one_d else '2d'}"
+    im.output(im.add_layer(layer, fields, [act], {}, (act.shape[0], *sizes)))
+
+
+def global_avgpool(im, attrs):
+    act = im.act()
+    if act.flat or len(act.shape) < 2:
+        im.fail("a global pool of a flat input")
+    im.output(im.add_layer("global_avgpool", {}, [act], {}, (act.shape[0],) + (1,) * (len(act.shape) - 1), True))
+
+
+def reduce_mean(im, attrs):
+    act = im.act()
+    axes = im.const(1, "axes", required=False) if im.opset >= 18 else attrs.get("axes")
+    rank = len(act.shape) + 1
+    axes = sorted(int(a) % rank for a in np.asarray(axes if axes is not None else []).reshape(-1))
+    if act.flat or axes != list(range(2, rank)):
+        im.fail(f"a mean over axes {axes}", "ReduceMean over all the spatial axes (a global average pool)")
+    keep = attrs.get("keepdims", 1)
+    shape = (act.shape[0],) + ((1,) * (rank - 2) if keep else ())
+    im.output(im.add_layer("global_avgpool", {}, [act], {}, shape, bool(keep)))
+
+
+def gemm(im, attrs):
+    act = im.act()
+    if attrs.get("transA", 0):
+        im.fail("transA=1", "Gemm with transA=0")
+    weight = im.weight(1, "weight")
+    weight = weight if attrs.get("transB", 0) else weight.T
+    _dense(im, act, weight * short_float(attrs.get("alpha", 1.0)), im.weight(2, "bias", required=False),
+           short_float(attrs.get("beta", 1.0)))
+
+
+def matmul(im, attrs):
+    act = im.act()
+    weight = im.weight(1, "weight")
+    if weight.ndim != 2:
+        im.fail(f"a weight of shape {list(weight.shape)}", "MatMul of a flat input by a constant matrix")
+    _dense(im, act, weight.T, None, 1.0)
+
+
+def _dense(im, act, weight, bias, beta):
+    n = act.cnncc_shape[0]
+    if len(act.cnncc_shape) != 1 or weight.ndim != 2 or weight.shape[1] != n:
+        im.fail(f"a {list(weight.shape)} weight for a sample of shape {list(act.shape)}",
+                "a fully connected layer on a flat input (add Flatten before it)")
+    units = int(weight.shape[0])
+    params, fields = {"weight": np.ascontiguousarray(weight)}, {"units": units}
+    if bias is not None:
+        if bias.size not in (1, units):
+            im.fail(f"a bias of shape {list(bias.shape)} for {units} outputs")
+        params["bias"] = np.broadcast_to(bias.reshape(-1) * beta, (units,))
+    else:
+        fields["bias"] = False
+    im.output(im.add_layer("dense", fields, [act], params, (units,)))
+
+
+def add(im, attrs):
+    values = [im.value(i) for i in range(len(im.node.input))]
+    acts = [v for v in values if isinstance(v, Act)]
+    if im.node.op_type == "Add" and len(acts) == 1 and _fold_bias(im, acts[0], values):
+        return
+    if len(acts) != len(values) or len(acts) < 2:
+        im.fail("an Add of the network's data and a constant",
+                "Add/Sum of activations, or a constant bias right after a bias-less Conv, Gemm or MatMul")
+    shapes = {a.cnncc_shape for a in acts}
+    if len(shapes) != 1:
+        im.fail(f"inputs of shapes {[list(a.shape) for a in acts]}", "sums of same-shaped inputs (no broadcasting)")
+    im.output(im.add_layer("add", {}, acts, {}, acts[0].shape, acts[0].flat))
+
+
+def _fold_bias(im, act, values) -> bool:
+    """An Add of a constant after a bias-less Conv, Gemm or MatMul: that layer's bias."""
+    layer = im.last_layer(act)
+    const_index = 1 - values.index(act)
+    if layer is None or layer.get("bias", True) or "activation" in layer or \
+            not im.single_consumer(im.node.input[values.index(act)]):
+        return False
+    bias = im.weight(const_index, "bias")
+    squeezed = bias.reshape(bias.shape[1:]) if bias.ndim == len(act.shape) + 1 and bias.shape[0] == 1 else bias
+    if squeezed.shape != (act.shape[0],) + (1,) * (len(act.shape) - 1):  # one value per channel
+        return False
+    del layer["bias"]
+    im.weights[f"{layer['name']}.bias"] = squeezed.reshape(-1)
+    im.output(act)
+    return True
+
+
+def concat(im, attrs):
+    acts = [im.act(i) for i in range(len(im.node.input))]
+    if int(attrs["axis"]) % (len(acts[0].shape) + 1) != 1:
+        im.fail(f"a Concat along axis {attrs['axis']}", "Concat along the channels (axis 1)")
+    shapes = [a.cnncc_shape for a in acts]
+    if len({s[1:] for s in shapes}) != 1 or len({len(s) for s in shapes}) != 1:
+        im.fail(f"inputs of shapes {[list(a.shape) for a in acts]}", "Concat of inputs with equal spatial sizes")
+    im.output(im.add_layer("concat", {}, acts, {}, (sum(s[0] for s in shapes), *shapes[0][1:])))
+
+
+def activation(im, attrs):
+    act = im.act()
+    op = im.node.op_type
+    if op == "Softmax":
+        axis = int(attrs.get("axis", -1)) % (len(act.cnncc_shape) + 1)
+        if axis != 1:
+            im.fail(f"a Softmax along axis {attrs.get('axis', -1)}", "Softmax over the channels (axis 1)")
+    alpha = short_float(attrs.get("alpha", 0.01)) if op == "LeakyRelu" else None
+    kind = FUSABLE.get(op) or ("leaky_relu" if alpha == FUSED_LEAKY_SLOPE else None)
+    layer = im.last_layer(act)
+    if kind and layer is not None and layer["type"] in ("conv2d", "conv1d", "dense") and "activation" not in layer \
+            and im.single_consumer(im.node.input[0]):
+        layer["activation"] = kind
+        layer["inputs"] = layer.pop("inputs")  # kept last, as in every layer
+        im.output(act)
+        return
+    fields = {"alpha": alpha} if op == "LeakyRelu" else {}
+    kind = {"Softmax": "softmax", **ELEMENTWISE}[op]
+    im.output(im.add_layer(kind, fields, [act], {}, act.shape, act.flat))
+
+
+def batchnorm(im, attrs):
+    act = im.act()
+    if attrs.get("training_mode", 0):
+        im.fail("training_mode=1", "BatchNormalization in inference mode")
+    im.unused_outputs(1, "training statistics")
+    params = {key: im.weight(i, key).reshape(-1) for i, key in
+              enumerate(("gamma", "beta", "running_mean", "running_var"), start=1)}
+    channels = act.cnncc_shape[0]
+    if any(p.shape != (channels,) for p in params.values()):
+        im.fail(f"statistics of shapes {[list(p.shape) for p in params.values()]} for {channels} channels")
+    fields = {"momentum": short_float(1.0 - short_float(attrs.get("momentum", 0.9))),
+              "eps": short_float(attrs.get("epsilon", 1e-5))}
+    fields = {k: v for k, v in fields.items() if v != {"momentum": 0.1, "eps": 1e-5}[k]}
+    im.output(im.add_layer("batchnorm", fields, [act], params, act.shape, act.flat))
+
+
+def flatten(im, attrs):
+    act = im.act()
+    if int(attrs.get("axis", 1)) % (len(act.shape) + 1) != 1:
+        im.fail(f"a Flatten at axis {attrs.get('axis')}", "Flatten at axis 1 (keeping the batch)")
+    _to_flat(im, act)
+
+
+def _to_flat(im, act):
+    if act.flat or len(act.shape) == 1:  # already flat in cnncc: nothing to do
+        im.output(Act(act.layer, act.cnncc_shape))
+    else:
+        im.output(im.add_layer("flatten", {}, [act], {}, (int(np.prod(act.shape)),)))
+
+
+def reshape(im, attrs):
+    act = im.act()
+    value = im.value(1)
+    if not isinstance(value, Const):
+        im.fail("a Reshape whose target shape is not a constant")
+    per_sample = set()
+    for batch, target in zip(im.batches, value.values):
+        full = _resolve_reshape(im, [batch, *act.shape], [int(d) for d in target.reshape(-1)], attrs)
+        if full[0] != batch:
+            im.fail(f"a Reshape to {list(target)} that moves the batch axis", "Reshape keeping the batch first")
+        per_sample.add(tuple(full[1:]))
+    if len(per_sample) != 1:
+        im.fail("a Reshape whose per-sample shape depends on the batch size")
+    shape = per_sample.pop()
+    if shape == act.shape:
+        im.output(act)
+    elif len(shape) == 1:
+        _to_flat(im, act)
+    else:
+        im.fail(f"a Reshape of {list(act.shape)} to {list(shape)}", "Reshape to [N, -1] (a flatten)")
+
+
+def _resolve_reshape(im, shape, target, attrs):
+    if not attrs.get("allowzero", 0):
+        target = [shape[i] if d == 0 else d for i, d in enumerate(target)]
+    if target.count(-1) > 1 or any(d < -1 for d in target):
+        im.fail(f"a Reshape target {target}")
+    total = int(np.prod(shape))
+    known = int(np.prod([d for d in target if d != -1]))
+    if -1 in target:
+        if known == 0 or total % known:
+            im.fail(f"a Reshape of {shape} to {target}")
+        target = [total // known if d == -1 else d for d in target]
+    if int(np.prod(target)) != total:
+        im.fail(f"a Reshape of {shape} to {target}")
+    return target
+
+
+def squeeze(im, attrs):
+    act = im.act()
+    if act.flat:
+        _to_flat(im, act)
+    else:
+        im.fail("a Squeeze of the network's data", "Squeeze only of a global pool's trailing 1 x 1")
+
+
+def passthrough(im, attrs):
+    act = im.act()
+    if im.node.op_type == "Dropout":
+        im.unused_outputs(1, "the dropout mask")
+        training = im.const(2, "training_mode", required=False)
+        if training is not None and bool(training.reshape(-1)[0]):
+            im.fail("training_mode=True", "Dropout in inference (removed on import)")
+    im.output(act)
+
+
+def shape(im, attrs):
+    act = im.act()
+    full = im.shape_of(act)
+    start, end = attrs.get("start", 0), attrs.get("end", None)
+    im.output(Const(tuple(v[slice(start, end)] for v in full.values)))
+
+
+def pad(im, attrs):
+    act = im.act()
+    mode = attrs.get("mode", b"constant")
+    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+        im.fail(f"mode {mode!r}", "constant padding")
+    pads = [int(p) for p in im.const(1, "pads").reshape(-1)]
+    fill = im.const(2, "constant_value", required=False)
+    fill = float(fill.reshape(-1)[0]) if fill is not None and fill.size else 0.0
+    rank = len(act.shape) + 1
+    axes = im.const(3, "axes", required=False)
+    axes = [int(a) % rank for a in axes.reshape(-1)] if axes is not None else list(range(rank))
+    if len(pads) != 2 * len(axes) or min(pads, default=0) < 0:
+        im.fail(f"pads {pads}", "non-negative pads, one begin and one end per axis")
+    begins, ends = [0] * rank, [0] * rank
+    for i, axis in enumerate(axes):
+        begins[axis], ends[axis] = pads[i], pads[len(axes) + i]
+    if act.flat or len(act.shape) not in (2, 3) or begins[:2] != [0, 0] or ends[:2] != [0, 0]:
+        im.fail(f"padding {pads} of a sample of shape {list(act.shape)}", "Pad of the spatial axes of an image or signal")
+    im.output(Padded(act, tuple(begins[2:]), tuple(ends[2:]), fill, im.node.name))
+
+
+def cast_like(im, attrs):
+    """A constant cast to the type of the network's data (the dynamo exporter's zero biases)."""
+    value = im.value(0)
+    if not isinstance(value, Const):
+        im.fail("a CastLike of the network's data", "CastLike of a constant")
+    im.output(Const(tuple(v.astype(im.dtype) for v in value.values)))
+
+
+HANDLERS = {
+    "Conv": conv, "MaxPool": lambda im, a: _pool(im, a, "max"), "AveragePool": lambda im, a: _pool(im, a, "avg"),
+    "GlobalAveragePool": global_avgpool, "ReduceMean": reduce_mean, "Gemm": gemm, "MatMul": matmul,
+    "Add": add, "Sum": add, "Concat": concat, "BatchNormalization": batchnorm, "Flatten": flatten,
+    "Reshape": reshape, "Squeeze": squeeze, "Identity": passthrough, "Dropout": passthrough, "Shape": shape,
+    "Pad": pad, "CastLike": cast_like, **{op: activation for op in ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Softmax")},
+}
+
+SUPPORTED = ("Conv, MaxPool, AveragePool, GlobalAveragePool, ReduceMean (global), Gemm, MatMul, Add, Sum, Concat, "
+             "BatchNormalization, Flatten, Reshape, Squeeze, Identity, Dropout, Pad, Relu, LeakyRelu, Sigmoid, "
+             "Tanh, Softmax on the network's data, and constant subgraphs of Shape, Gather, Unsqueeze, Concat, "
+             "Slice, Cast and arithmetic")

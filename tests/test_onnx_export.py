@@ -1,0 +1,189 @@
+"""ONNX export against independent implementations: onnxruntime (float32) and onnx's own
+reference evaluator (float64: onnxruntime's CPU Conv has no double kernel). Every example spec,
+random networks from the fuzz generator, every opset from 13 to 21, and the command line."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given, settings
+
+import cnncc
+from tools import need_module
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = sorted((ROOT / "specs").glob("*.yaml"))
+INSTALL = 'pip install "cnncc[onnx]"'
+TOL32, TOL64 = 1e-5, 1e-10
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    scale = max(np.abs(a).max(), np.abs(b).max())
+    return 0.0 if scale == 0 else float(np.abs(a - b).max() / scale)
+
+
+def with_dtype(path: Path, dtype: str) -> dict:
+    spec = yaml.safe_load(path.read_text())
+    spec["dtype"] = dtype
+    return spec
+
+
+def randomised(model, seed=1):
+    """Weights and running statistics away from their initial values (gamma 1, mean 0, var 1 would
+    hide a swapped pair)."""
+    rng = np.random.default_rng(seed)
+    model.init(seed)
+    for key, view in model.params.items():
+        if key.endswith((".gamma", ".running_var")):
+            view[...] = rng.uniform(0.5, 1.5, view.shape)
+        elif key.endswith((".beta", ".running_mean", ".bias")):
+            view[...] = rng.normal(0, 0.3, view.shape)
+    return model
+
+
+def run_onnx(path, x):
+    """The exported model's output: onnxruntime in float32, onnx's reference evaluator in float64."""
+    if x.dtype == np.float32:
+        ort = need_module("onnxruntime", INSTALL)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"input": x})[0]
+    need_module("onnx", INSTALL)
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(str(path)).run(None, {"input": x})[0]
+
+
+def exported(model, tmp_path, opset=17):
+    onnx = need_module("onnx", INSTALL)
+    import cnncc.onnx
+
+    path = tmp_path / f"{model.spec.name}_{opset}.onnx"
+    cnncc.onnx.export(model, path, opset=opset)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    return path
+
+
+def output_like(model, y):
+    """cnncc's output, in ONNX's shape (a flat output is N x C in both)."""
+    return np.asarray(y).reshape((y.shape[0],) + tuple(model.output_shape))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("spec", SPECS, ids=[p.stem for p in SPECS])
+def test_every_example_spec_exports_and_runs_the_same(spec, dtype, build_dir, tmp_path):
+    # float32 shares its build with the other tests of the example specs; float64 is built quicker
+    flags = {} if dtype == "float32" else {"cflags": ("-O1",)}
+    model = randomised(cnncc.compile(with_dtype(spec, dtype), build_dir=build_dir, **flags))
+    path = exported(model, tmp_path)
+    x = np.random.default_rng(2).normal(size=(3,) + model.input_shape).astype(dtype)
+    error = rel_err(output_like(model, run_onnx(path, x)), model.predict(x))
+    assert error <= (TOL32 if dtype == "float32" else TOL64), error
+
+
+def test_graph_names_are_the_spec_names_and_same_padding_is_explicit(build_dir, tmp_path):
+    onnx = need_module("onnx", INSTALL)
+    spec = {"name": "names", "input": {"channels": 2, "height": 7, "width": 6}, "layers": [
+        {"name": "even", "type": "conv2d", "filters": 3, "kernel": 4, "padding": "same", "activation": "relu"},
+        {"name": "pool", "type": "avgpool2d", "kernel": 3, "stride": 2, "padding": 1},
+        {"name": "gap", "type": "global_avgpool"}, {"name": "head", "type": "dense", "units": 2}]}
+    model = randomised(cnncc.compile(spec, build_dir=build_dir))
+    graph = onnx.load(str(exported(model, tmp_path))).graph
+    nodes = {node.name: node for node in graph.node}
+    assert {"even", "even_relu", "pool", "gap", "head"} <= set(nodes)
+    assert [o.name for o in graph.output] == ["head"]
+    assert {t.name for t in graph.initializer} == {"even.weight", "even.bias", "head.weight", "head.bias"}
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes["even"].attribute}
+    assert attrs["pads"] == [1, 1, 2, 2]  # 'same' with an even kernel: the odd remainder bottom/right
+    pool = {a.name: onnx.helper.get_attribute_value(a) for a in nodes["pool"].attribute}
+    assert pool["count_include_pad"] == 1  # cnncc divides by kh*kw
+    x = np.random.default_rng(0).normal(size=(2, 2, 7, 6)).astype(np.float32)
+    assert rel_err(run_onnx(tmp_path / "names_17.onnx", x), model.predict(x)) <= TOL32
+
+
+@pytest.mark.parametrize("opset", range(13, 22))
+def test_every_opset_from_13_to_21(opset, build_dir, tmp_path):
+    model = randomised(cnncc.compile(ROOT / "specs" / "resnet_small.yaml", build_dir=build_dir))
+    path = exported(model, tmp_path, opset)
+    x = np.random.default_rng(opset).normal(size=(2,) + model.input_shape).astype(np.float32)
+    assert rel_err(run_onnx(path, x), model.predict(x)) <= TOL32
+
+
+@pytest.mark.parametrize("opset", [12, 22, "17", True])
+def test_an_opset_outside_13_to_21_is_refused(opset, build_dir, tmp_path):
+    need_module("onnx", INSTALL)
+    import cnncc.onnx
+
+    model = cnncc.compile(ROOT / "specs" / "lenet5.yaml", build_dir=build_dir)
+    with pytest.raises(ValueError, match="opset must be an integer from 13 to 21"):
+        cnncc.onnx.export(model, tmp_path / "x.onnx", opset=opset)
+    assert not list(tmp_path.iterdir())
+
+
+def _fuzz_cases():
+    from test_fuzz import DETERMINISTIC, valid_specs
+
+    return DETERMINISTIC, valid_specs
+
+
+DETERMINISTIC, valid_specs = _fuzz_cases()
+
+
+@settings(max_examples=25, deadline=None, **DETERMINISTIC)
+@given(valid_specs())
+def test_random_networks_from_the_fuzz_generator_export_and_run_the_same(build_dir, tmp_path_factory, case):
+    spec, _ = case
+    model = randomised(cnncc.compile(spec, build_dir=build_dir, cflags=("-O1",)))
+    if model.program.output.is_input:
+        return  # only views of the input: nothing runs in cnncc (test_fuzz covers that refusal)
+    path = exported(model, tmp_path_factory.mktemp("fuzz"))
+    x = np.random.default_rng(3).normal(size=(2,) + model.input_shape).astype(model.dtype)
+    error = rel_err(output_like(model, run_onnx(path, x)), model.predict(x))
+    assert error <= (TOL32 if model.dtype == np.float32 else TOL64), (error, yaml.safe_dump(spec))
+    # and back: the same parameters and output shape (Identity, Dropout and flattens of flat
+    # tensors vanish on import, so the layer lists may be shorter)
+    from cnncc.onnx import load
+
+    imported, weights = load(path)
+    assert cnncc.check(imported).rows[-1].output_shape == tuple(model.output_shape)
+    assert set(weights) == set(model.params)
+    for key, array in weights.items():
+        np.testing.assert_array_equal(array, model.params[key])
+
+
+def cli(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "cnncc", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env)
+
+
+def test_cnncc_export_command(build_dir, tmp_path):
+    need_module("onnx", INSTALL)
+    spec = ROOT / "specs" / "lenet5.yaml"
+    model = randomised(cnncc.compile(spec, build_dir=build_dir))
+    model.save(tmp_path / "w.npz")
+    out = tmp_path / "lenet.onnx"
+    done = cli("export", spec, "--weights", tmp_path / "w.npz", "-o", out, "--opset", "19", "--build-dir", build_dir,
+               cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    x = np.random.default_rng(0).normal(size=(2,) + model.input_shape).astype(np.float32)
+    assert rel_err(run_onnx(out, x), model.predict(x)) <= TOL32
+    bad = cli("export", spec, "--weights", "w.npz", "-o", "x.onnx", "--opset", "11", cwd=tmp_path)
+    assert bad.returncode == 2 and "ONNX opsets 13 to 21 are supported, got 11" in bad.stderr
+    missing = cli("export", spec, "--weights", "nothere.npz", "-o", "x.onnx", "--build-dir", build_dir, cwd=tmp_path)
+    assert missing.returncode == 1 and "no such weights file" in missing.stderr
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_every_registered_layer_kind_has_an_onnx_export():
+    need_module("onnx", INSTALL)
+    from cnncc.layers import REGISTRY
+    from cnncc.onnx.exporter import EXPORTERS
+
+    assert set(REGISTRY) <= set(EXPORTERS), sorted(set(REGISTRY) - set(EXPORTERS))
