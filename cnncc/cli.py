@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="forward only: a static arena shared by tensors whose lifetimes do not overlap, no malloc")
     p.add_argument("--batch", type=_positive, default=1, help="samples per forward call in main.c and, with "
                                                               "--inference-only, in the arena (default 1)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite files in DIR that cnncc did not generate (by default emit refuses)")
     p.set_defaults(run=_cmd_emit)
 
     p = sub.add_parser("bench", help="time a spec: training images/s, batch-1 latency, or per-op (--layers)",
