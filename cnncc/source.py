@@ -142,6 +142,35 @@ def parse_text(data: bytes | str) -> Node:
     return _Converter().convert(root, 0)
 
 
+_YAML11_BOOLEANS = {"yes", "no", "on", "off"}
+_LEADING_ZERO = re.compile(r"[-+]?0[0-9_]+")
+
+
+def _refuse_yaml11_only(node, loc: Loc) -> None:
+    """Plain scalars that YAML 1.1 (PyYAML) and YAML 1.2 read differently are refused, so a
+    spec means the same to every reader: octal 010, sexagesimal 1:30, binary 0b11, digit
+    separators 1_000, and the booleans yes/no/on/off. (Dates are never read as dates.)"""
+    text = node.value
+    if node.tag == "tag:yaml.org,2002:bool" and text.lower() in _YAML11_BOOLEANS:
+        meaning = "true" if text.lower() in ("yes", "on") else "false"
+        problem, hint = (f"'{text}' is the boolean {meaning} in YAML 1.1 but a string in YAML 1.2",
+                         f"write {meaning} for a boolean, or quote it ('{text}') for a string")
+    elif node.tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+        return
+    elif ":" in text:
+        problem, hint = (f"'{text}' is a base-60 number in YAML 1.1 (1:30 is 90) but a string in YAML 1.2",
+                         f"write the number you mean, or quote it ('{text}') for a string")
+    elif node.tag == "tag:yaml.org,2002:int" and _LEADING_ZERO.fullmatch(text):
+        problem, hint = (f"'{text}' is octal in YAML 1.1 (010 is 8) but decimal in YAML 1.2",
+                         "write the number without leading zeros, or quote it for a string")
+    elif text.lstrip("+-").lower().startswith("0b") or "_" in text:
+        problem, hint = (f"'{text}' is a number in YAML 1.1 but a string in YAML 1.2",
+                         "write the number in plain decimal digits (no 0b prefix, no _ separators)")
+    else:
+        return
+    raise SourceError(Diagnostic(problem, loc, hint=hint))
+
+
 class _Converter:
     def __init__(self):
         self.count = 0
@@ -160,6 +189,8 @@ class _Converter:
                 raise SourceError(Diagnostic(
                     f"YAML tag or value type '{node.tag}' is not allowed; "
                     "use plain numbers, strings, booleans, lists and mappings", loc))
+            if node.style is None and node.tag != "tag:yaml.org,2002:str":
+                _refuse_yaml11_only(node, loc)
             return Scalar(loc, self.constructor.construct_object(node, deep=True))
         if isinstance(node, yaml.SequenceNode):
             if node.tag != _SEQ_TAG:
