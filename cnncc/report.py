@@ -12,6 +12,7 @@ from .check import CheckedNet, check_net, image_extent
 from .ir import Program, lower
 from .layers import format_shape
 from .memplan import deployment_figures
+from .source import without_gc_pauses
 from .spec import Spec, load_spec
 
 
@@ -156,6 +157,9 @@ def build_report(net: CheckedNet, program: Program, batch: int | None = None) ->
 
 
 def check(spec, batch: int | None = None) -> Report:
-    """Load (if needed), check and lower a spec; the report of its shapes, counts and memory."""
-    net = check_net(load_spec(spec))
-    return build_report(net, lower(net), batch)
+    """Load (if needed), check and lower a spec; the report of its shapes, counts and memory.
+    Every stage is linear in the spec's size (benchmarks/check_size_limit.py); the objects they
+    build hold no cycles, so the cycle collector is paused until the report is made."""
+    with without_gc_pauses():
+        net = check_net(load_spec(spec))
+        return build_report(net, lower(net), batch)
