@@ -30,7 +30,8 @@ MAX_BATCH = 2**31 - 1  # samples per C call (batch_size of forward)
 def checked_int(name: str, value, low: int, high: int) -> int:
     """value, if it is an integer (not a bool) in [low, high]; else a ValueError naming the range."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high:,}], got {value!r}")
+        kind = "a positive integer" if low == 1 else "an integer"
+        raise ValueError(f"{name} must be {kind} in [{low}, {high:,}], got {value!r}")
     return int(value)
 
 

@@ -36,7 +36,7 @@ def threaded(tmp_path_factory):
 @pytest.mark.parametrize("threads", BAD_THREADS, ids=repr)
 def test_thread_counts_outside_the_range_are_refused(threaded, threads):
     before = threaded.set_threads(2)
-    with pytest.raises(ValueError, match=rf"threads must be an integer in \[1, {MAX_THREADS}\]"):
+    with pytest.raises(ValueError, match=rf"threads must be a positive integer in \[1, {MAX_THREADS}\]"):
         threaded.set_threads(threads)
     assert threaded.set_threads(2) == before
     threaded.predict(X)  # and the model still runs
@@ -44,7 +44,7 @@ def test_thread_counts_outside_the_range_are_refused(threaded, threads):
 
 @pytest.mark.parametrize("threads", [0, MAX_THREADS + 1, 2**31, True])
 def test_compile_refuses_the_same_thread_counts(threads):
-    with pytest.raises(ValueError, match="threads must be an integer in"):
+    with pytest.raises(ValueError, match="threads must be a positive integer in"):
         cnncc.compile(SPEC, threads=threads)
 
 
@@ -75,7 +75,7 @@ def test_the_extreme_seeds_work(model):
 
 @pytest.mark.parametrize("batch_size", [0, -3, MAX_BATCH + 1, 1.5, True, "4"], ids=repr)
 def test_forward_batch_sizes_outside_the_range_are_refused(model, batch_size):
-    with pytest.raises(ValueError, match="batch_size must be an integer in"):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer in"):
         model.forward(X, batch_size=batch_size)
 
 
