@@ -1,32 +1,47 @@
 """Weights and checkpoints: .npz files written atomically, validated completely on load.
 
 A file holds every parameter under its `Model.params` key, the optimizer state, the step
-count and metadata (format, spec name and fingerprint, dtype, epoch). `save` writes a
-temporary file in the same directory, fsyncs it and renames it over the target, so a
-crash or a kill leaves either the old file or the new one, never half of one. `load`
-checks everything before it copies anything, so a bad file leaves the model untouched.
+count and metadata (format, spec name and fingerprint, dtype, epoch). `save` refuses
+non-finite values (a good file is never replaced by a bad one) and writes through
+`files.write_atomically`: a crash or a kill leaves either the old file or the new one,
+and a target that is not a regular file is refused. `load` reads only a regular file of
+a bounded size, then checks every field (types, ranges, dtypes, finiteness after
+conversion to the model's dtype) before it copies anything, so a bad file leaves the
+model untouched.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .files import FileReadError, FileWriteError, open_regular, write_atomically
+
 FORMAT = "cnncc-weights-1"
 META_KEY = "__cnncc_meta__"
 STATE_KEY = "__optimizer_state__"
+MAX_META_BYTES = 4096  # the metadata cnncc writes is ~250 bytes of flat JSON
+MAX_COUNT = 2**31 - 1  # step and epoch: the C side's `long step` is 32 bits on some platforms
+META_FIELDS = {"format": str, "spec": str, "fingerprint": str, "dtype": str, "step": int, "epoch": int,
+               "optimizer": str}
 
 
 class CheckpointError(ValueError):
-    """A weights file that cannot be loaded into this model."""
+    """A weights file that cannot be loaded into this model, or a model that cannot be saved."""
+
+
+def _finite_or_refuse(what: str, values: np.ndarray) -> None:
+    if not np.isfinite(values).all():
+        raise CheckpointError(f"{what} contains NaN or infinite values; nothing was written, "
+                              "so an earlier good file stays as it was")
 
 
 def save(model, path, epoch: int | None = None) -> None:
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= MAX_COUNT):
+        raise ValueError(f"epoch must be None or an integer in [0, {MAX_COUNT}], got {epoch!r}")
     _write(path, model.spec, model.params, model.flat_optimizer_state, model.step_count, epoch)
 
 
@@ -41,47 +56,24 @@ def _write(path, spec, params, optimizer_state, step: int, epoch: int | None) ->
     meta = {"format": FORMAT, "spec": spec.name, "fingerprint": spec.fingerprint(),
             "dtype": spec.dtype, "step": step, "epoch": epoch, "optimizer": spec.optimizer.type}
     arrays = {key: np.asarray(value) for key, value in params.items()}
+    for key, array in arrays.items():
+        _finite_or_refuse(f"cannot save to {path}: parameter '{key}'", array)
     if optimizer_state is not None:
+        _finite_or_refuse(f"cannot save to {path}: the optimizer state", optimizer_state)
         arrays[STATE_KEY] = optimizer_state
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False)
     try:
-        with handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        try:
-            os.unlink(handle.name)
-        except OSError:
-            pass
-        raise
-    _fsync_directory(directory)
+        write_atomically(path, lambda handle: np.savez(handle, **arrays), make_parents=True)
+    except FileWriteError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _check_declared_sizes(path, max_elements: int) -> None:
+def _check_declared_sizes(handle, path, max_elements: int) -> None:
     """Refuse arrays larger than the model could hold before reading them, so a small file
     declaring a huge array (or a zip bomb) fails cleanly instead of exhausting memory."""
-    with zipfile.ZipFile(path) as archive:
+    with zipfile.ZipFile(handle) as archive:
         for info in archive.infolist():
-            if info.file_size > 128 + max_elements * 8:
+            if info.file_size > 128 + max_elements * 16:
                 raise CheckpointError(f"{path}: member '{info.filename}' expands to {info.file_size:,} bytes, "
                                       "more than this model's parameters could need")
             with archive.open(info) as member:
@@ -93,31 +85,78 @@ def _check_declared_sizes(path, max_elements: int) -> None:
             if elements > max_elements:
                 raise CheckpointError(f"{path}: array '{info.filename[:-4]}' declares {elements:,} elements, "
                                       f"more than a model of this size could hold")
+    handle.seek(0)
 
 
-def read(path, max_elements: int | None = None) -> tuple[dict, dict[str, np.ndarray]]:
-    """(metadata, arrays) of a weights file, or CheckpointError saying what is wrong.
-    With max_elements, arrays declaring more elements are refused before any is read."""
+def read(path, max_elements: int = 1 << 28) -> tuple[dict, dict[str, np.ndarray]]:
+    """(metadata, arrays) of a weights file, or CheckpointError saying what is wrong. Only a
+    regular file is read, of at most about 16 bytes per allowed element (longdouble), and
+    arrays declaring more than max_elements are refused before any is read."""
     try:
-        if max_elements is not None:
-            _check_declared_sizes(path, max_elements)
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such weights file") from None
+        with open_regular(path, max_bytes=(1 << 20) + 16 * max_elements) as handle:
+            _check_declared_sizes(handle, path, max_elements)
+            with np.load(handle, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+    except FileReadError as exc:
+        raise CheckpointError(f"weights file {exc}") from None
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: not a readable weights file (corrupt or truncated?): {exc}") from None
     if META_KEY not in arrays:
         raise CheckpointError(f"{path}: not a cnncc weights file (no metadata)")
+    return _metadata(path, arrays.pop(META_KEY)), arrays
+
+
+def _metadata(path, raw: np.ndarray) -> dict:
+    """The metadata, every field checked: a flat JSON object of known keys and types."""
+    if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > MAX_META_BYTES:
+        raise CheckpointError(f"{path}: corrupt metadata (expected at most {MAX_META_BYTES} bytes of JSON)")
     try:
-        meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
-    except (ValueError, UnicodeDecodeError):
-        raise CheckpointError(f"{path}: corrupt metadata") from None
+        meta = json.loads(raw.tobytes().decode(), parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise CheckpointError(f"{path}: corrupt metadata (not valid JSON)") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unknown format {meta.get('format') if isinstance(meta, dict) else meta!r}")
-    return meta, arrays
+        shown = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path}: unknown format {str(shown)[:40]!r}, expected {FORMAT!r}")
+    for key, value in meta.items():
+        kind = META_FIELDS.get(key)
+        if kind is None:
+            raise CheckpointError(f"{path}: unknown metadata field {key[:40]!r}; "
+                                  f"known fields: {', '.join(META_FIELDS)}")
+        if key == "epoch" and value is None:
+            continue
+        if kind is int:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+                raise CheckpointError(f"{path}: metadata '{key}' must be an integer in [0, {MAX_COUNT}], "
+                                      f"got {_shown(value)}")
+        elif not isinstance(value, str) or len(value) > 256:
+            raise CheckpointError(f"{path}: metadata '{key}' must be a short string, got {_shown(value)}")
+    return meta
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _shown(value) -> str:
+    text = repr(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _converted(path, what: str, array: np.ndarray, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """array as `dtype`, refused unless it is floats of `shape` that stay finite in that dtype."""
+    if array.dtype.kind != "f" or array.dtype.fields is not None or tuple(array.shape) != tuple(shape):
+        raise CheckpointError(f"{path}: {what} is {array.dtype} {tuple(array.shape)}, "
+                              f"expected floats of shape {tuple(shape)}")
+    if not np.isfinite(array).all():
+        raise CheckpointError(f"{path}: {what} contains NaN or infinite values")
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = array.astype(dtype)
+    if not np.isfinite(converted).all():
+        raise CheckpointError(f"{path}: {what} holds values too large for {dtype} "
+                              f"(its largest magnitude is {np.finfo(dtype).max:.3g})")
+    return converted
 
 
 @dataclass(frozen=True)
@@ -156,11 +195,7 @@ def load_matching(model, path) -> LoadReport:
         elif array.shape != target.shape or array.dtype.kind != "f":
             skipped.append((key, f"the file has {array.dtype} {array.shape}, this model {target.shape}"))
         else:
-            converted = array.astype(model.dtype)
-            if not np.isfinite(converted).all():
-                raise CheckpointError(f"{path}: parameter '{key}' contains NaN or infinite values "
-                                      f"(in {model.dtype})")
-            values[key] = converted
+            values[key] = _converted(path, f"parameter '{key}'", array, target.shape, model.dtype)
             loaded.append(key)
     if not loaded:
         raise CheckpointError(f"{path}: no parameter of this model ({', '.join(model.params)}) matches one in the "
@@ -181,31 +216,31 @@ def load(model, path) -> int | None:
     renamed = isinstance(meta.get("spec"), str) and saved == model.spec.fingerprint(name=meta["spec"])
     if saved != model.spec.fingerprint() and not renamed:
         raise CheckpointError(
-            f"{path}: saved from spec '{meta.get('spec')}' (fingerprint {meta.get('fingerprint')}), "
+            f"{path}: saved from spec {str(meta.get('spec'))[:64]!r} (fingerprint {meta.get('fingerprint')}), "
             f"which differs from this model's spec '{model.spec.name}' ({model.spec.fingerprint()}): "
             "the layers, shapes or names do not match; load(path, strict=False) copies the layers whose "
             "names and shapes match")
+    dtype = model.flat_optimizer_state.dtype
     values = {}
     for key, target in model.params.items():
         if key not in arrays:
             raise CheckpointError(f"{path}: missing parameter '{key}'")
-        array = arrays[key]
-        if array.shape != target.shape or array.dtype.kind != "f":
-            raise CheckpointError(f"{path}: parameter '{key}' is {array.dtype} {array.shape}, "
-                                  f"expected floats of shape {target.shape}")
-        if not np.isfinite(array).all():
-            raise CheckpointError(f"{path}: parameter '{key}' contains NaN or infinite values")
-        values[key] = array
-    state = arrays.get(STATE_KEY)
+        values[key] = _converted(path, f"parameter '{key}'", arrays.pop(key), target.shape, dtype)
+    state = arrays.pop(STATE_KEY, None)
+    if arrays:
+        raise CheckpointError(f"{path}: unexpected array {next(iter(arrays))[:64]!r}: "
+                              "this model has no parameter of that name")
+    if state is not None and (state.dtype.kind != "f" or state.dtype.fields is not None):
+        raise CheckpointError(f"{path}: the optimizer state is {state.dtype}, expected floats")
     if state is not None and state.shape != model.flat_optimizer_state.shape:
         state = None  # another optimizer: start its state afresh, the weights are still good
-    if state is not None and not np.isfinite(state).all():
-        raise CheckpointError(f"{path}: optimizer state contains NaN or infinite values")
+    if state is not None:
+        state = _converted(path, "the optimizer state", state, model.flat_optimizer_state.shape, dtype)
     for key, array in values.items():
         model.params[key][...] = array
     if state is not None:
         model.flat_optimizer_state[...] = state
-        model.step_count = int(meta.get("step") or 0)
+        model.step_count = meta.get("step", 0)
     else:
         model.flat_optimizer_state[...] = 0
         model.step_count = 0

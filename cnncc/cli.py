@@ -305,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="forward only: a static arena shared by tensors whose lifetimes do not overlap, no malloc")
     p.add_argument("--batch", type=_positive, default=1, help="samples per forward call in main.c and, with "
                                                               "--inference-only, in the arena (default 1)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite files in DIR that cnncc did not generate (by default emit refuses)")
     p.set_defaults(run=_cmd_emit)
 
     from .quantize.cli import add_quantize_parser

@@ -12,13 +12,14 @@ import hashlib
 import math
 import os
 import struct
-import tempfile
 import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from .files import FileWriteError, writable_target, write_bytes_atomically
 
 
 class DataError(ValueError):
@@ -184,21 +185,6 @@ def _fetch_url(url: str, timeout: float = 60.0) -> bytes:
         raise DataError(f"{url}: download failed: {exc}") from exc
 
 
-def _write_atomically(target: Path, data: bytes) -> None:
-    """Write so that ``target`` is either absent/old or complete, never half-written."""
-    handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.",
-                                         suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, target)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
 def download_mnist(directory, *, base_url="https://storage.googleapis.com/cvdf-datasets/mnist/",
                    fetch=None) -> Path:
     """Download the four gzipped MNIST files into ``directory``, verifying their MD5.
@@ -211,6 +197,10 @@ def download_mnist(directory, *, base_url="https://storage.googleapis.com/cvdf-d
     base_url = base_url if base_url.endswith("/") else base_url + "/"
     for name, expected_md5 in MNIST_MD5.items():
         target = directory / name
+        try:
+            writable_target(target)  # before the download: a FIFO or device there is refused, not replaced
+        except FileWriteError as exc:
+            raise DataError(str(exc)) from None
         if target.is_file() and _md5(target.read_bytes()) == expected_md5:
             continue
         url = base_url + name
@@ -219,7 +209,7 @@ def download_mnist(directory, *, base_url="https://storage.googleapis.com/cvdf-d
         if got_md5 != expected_md5:
             raise DataError(f"{name} downloaded from {url} is corrupt: expected MD5 "
                             f"{expected_md5}, got {got_md5}; nothing was written")
-        _write_atomically(target, data)
+        write_bytes_atomically(target, data)
     return directory
 
 

@@ -162,12 +162,34 @@ def choice(options: tuple[str, ...]) -> tuple[Callable, str]:
     return parse, listed
 
 
+GENERATED_PREFIX = "cnncc"  # every name the generated C makes up for itself starts with it (any case)
+
+
+def reserved_identifier_problem(name: str) -> str | None:
+    """Why a name cannot become part of a C symbol, or None. Names are joined with '_' and
+    upper-cased into macros (conv1 -> NET_CONV1_FORWARD, P_CONV1_WEIGHT), so a leading or
+    trailing underscore or a double underscore would make an identifier C reserves for the
+    implementation (_X, __x), where system headers' own guards and macros live."""
+    if name.startswith("_"):
+        return "starts with an underscore (C reserves _X and __x names for the compiler and libc)"
+    if name.endswith("_"):
+        return "ends with an underscore (joined to a suffix, it would make a reserved __ identifier)"
+    if "__" in name:
+        return "contains a double underscore (C reserves such identifiers for the compiler and libc)"
+    if name.lower().startswith(GENERATED_PREFIX):
+        return f"starts with '{GENERATED_PREFIX}', which is reserved for the names cnncc generates"
+    return None
+
+
 def identifier() -> tuple[Callable, str]:
     def parse(value):
         if not isinstance(value, str) or not IDENTIFIER.fullmatch(value):
             raise FieldError(
                 f"must be a C identifier ([A-Za-z_][A-Za-z0-9_]*, at most 64 characters), got {_type_name(value)}",
                 "names become C symbols: use letters, digits and underscores")
+        problem = reserved_identifier_problem(value)
+        if problem:
+            raise FieldError(f"{value!r} {problem}", "rename it: e.g. drop the underscores at the ends")
         return value
 
     return parse, "a C identifier"

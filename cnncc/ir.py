@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from .check import MAX_TENSOR_ELEMENTS, CheckedNet
@@ -175,10 +176,11 @@ class Program:
     def itemsize(self) -> int:
         return DTYPE_BYTES[self.dtype]
 
-    @property
+    @cached_property
     def absorbed_backward(self) -> dict[str, str]:
         """Ops without a backward of their own -> the op whose backward does their part (the
-        loss, for a sigmoid fused into binary cross-entropy)."""
+        loss, for a sigmoid fused into binary cross-entropy). Cached: has_backward asks it for
+        every op, and recomputing it each time made rendering quadratic in the op count."""
         absorbed = {name: op.name for op in self.ops if op.pooled for name in op.pooled.absorbed}
         if self.loss and self.loss.fused_op:
             absorbed[self.loss.fused_op] = "the loss"

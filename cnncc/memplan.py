@@ -57,16 +57,24 @@ def lifetimes(program: Program) -> tuple[Lifetime, ...]:
 
 
 def first_fit(tensors: tuple[Lifetime, ...]) -> dict[str, int]:
-    """Offsets: largest first, each at the lowest offset clear of every live-together tensor."""
-    placed: list[tuple[int, Lifetime]] = []
+    """Offsets: largest first, each at the lowest offset clear of every live-together tensor.
+
+    The placed tensors live at each schedule step are kept per step, so placing a tensor looks
+    only at those live during its own lifetime: O(n log n + sum of lifetimes x live set), which is
+    O(n log n) for networks whose live set is bounded (chains, residual blocks, U-nets), instead
+    of comparing every pair of tensors."""
+    live_at: dict[int, list[tuple[int, Lifetime]]] = {}
     offsets: dict[str, int] = {}
     for t in sorted(tensors, key=lambda t: (-t.size, t.first)):
+        neighbours = {other.name: (start, other) for step in range(t.first, t.last + 1)
+                      for start, other in live_at.get(step, ())}
         offset = 0
-        for start, other in sorted(((s, o) for s, o in placed if o.overlaps(t)), key=lambda pair: pair[0]):
+        for start, other in sorted(neighbours.values(), key=lambda pair: pair[0]):
             if offset + t.size <= start:
                 break
             offset = max(offset, start + other.size)
-        placed.append((offset, t))
+        for step in range(t.first, t.last + 1):
+            live_at.setdefault(step, []).append((offset, t))
         offsets[t.name] = offset
     return offsets
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 # -std=c99 turns floating-point contraction off; -ffp-contract=fast lets a*b + c become one FMA
 # (a single rounding, never less accurate), and -fno-math-errno lets sqrt be one instruction
 # (it still returns NaN for a negative input; only the errno side effect goes). None of
@@ -17,8 +19,16 @@ DEFAULT_CFLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno
 # build compiles each product twice (threaded and constant-specialised), about twice as slowly,
 # and one thread runs best without the runtime.
 OPENMP_FLAGS = ("-fopenmp",)
-MAX_THREADS = 1024  # sample slots multiply each conv's scratch; more than this is never useful
+MAX_THREADS = 256  # set_threads / compile(threads=): libgomp cannot start arbitrarily many (10**6 crashed)
 DTYPES = ("float32", "float64")
+
+
+def checked_int(name: str, value, low: int, high: int) -> int:
+    """value, if it is an integer (not a bool) in [low, high]; else a ValueError naming the range."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        kind = "a positive integer" if low == 1 else "an integer"
+        raise ValueError(f"{name} must be {kind} in [{low}, {high:,}], got {value!r}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -30,9 +40,7 @@ class CompileOptions:
     dtype: str | None = None  # overrides the spec's dtype (gradcheck compiles in float64)
 
     def __post_init__(self):
-        threads = self.threads
-        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
-            raise ValueError(f"threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
+        checked_int("threads", self.threads, 1, MAX_THREADS)
         if self.cflags is not None:
             if isinstance(self.cflags, str) or not all(isinstance(flag, str) for flag in self.cflags):
                 raise ValueError(f"cflags must be a sequence of strings, got {self.cflags!r}")

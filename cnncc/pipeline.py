@@ -15,6 +15,7 @@ from .check import CheckedNet, check_net
 from .ir import Program, lower
 from .options import CompileOptions
 from .report import Report, build_report
+from .source import without_gc_pauses
 from .spec import Spec, load_spec
 
 
@@ -36,9 +37,12 @@ def analyse(spec, options: CompileOptions | None = None, batch: int | None = Non
     spec = load_spec(spec)
     if options.dtype is not None and options.dtype != spec.dtype:
         spec = dataclasses.replace(spec, dtype=options.dtype)
-    net = check_net(spec)
-    program = lower(net, sample_slots=options.sample_slots, backend=options.backend)
-    return Analysis(net, program, build_report(net, program, batch), options)
+    # Every stage is near-linear in the spec's size (benchmarks/check_size_limit.py); the objects
+    # they build hold no cycles, so the cycle collector is paused until the report is made.
+    with without_gc_pauses():
+        net = check_net(spec)
+        program = lower(net, sample_slots=options.sample_slots, backend=options.backend)
+        return Analysis(net, program, build_report(net, program, batch), options)
 
 
 def check(spec, batch: int | None = None, threads: int = 1) -> Report:

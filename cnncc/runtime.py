@@ -10,17 +10,21 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from .abi import Bindings
 from .build import build_program
-from .options import CompileOptions
+from .options import MAX_THREADS, CompileOptions, checked_int
 from .pipeline import Analysis, analyse
 from .report import Report
 
 ARENA_BYTES_PER_CHUNK = 256 << 20  # inference processes large inputs in chunks of this much activation
+# The integers that cross into C, and the ranges Python checks before they do:
+MAX_SEED = 2**64 - 1  # dropout seeds are uint64_t
+MAX_BATCH = 2**31 - 1  # samples per C call (batch_size of forward)
 
 
 def physical_memory() -> int | None:
@@ -57,7 +61,9 @@ class Model:
         ctx.params, ctx.grads = self._ptr(self._params), self._ptr(self._grads)
         ctx.optimizer_state, ctx.workspace = self._ptr(self._optimizer_state), self._ptr(self._workspace)
         ctx.activations = ctx.grad_activations = self._ffi.NULL
-        self.params = {p.key: self._params[p.offset:p.offset + p.size].reshape(p.shape) for p in program.params}
+        self.params = ParamViews({p.key: self._params[p.offset:p.offset + p.size].reshape(p.shape)
+                                  for p in program.params})
+        self._last_good = np.empty(program.num_params + program.optimizer_state_size, self.dtype)
         self.hyper = {**program.optimizer_rules.defaults(), **program.optimizer.settings, "lr": program.optimizer.lr}
         self.step_count = 0
         self.loaded_epoch = None
@@ -99,7 +105,7 @@ class Model:
 
     def init(self, seed: int = 0) -> "Model":
         """He init for ReLU-family layers, Glorot otherwise; biases 0; batchnorm gamma 1, running var 1."""
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(checked_int("seed", seed, 0, MAX_SEED))
         for p in self.program.params:
             view = self.params[p.key]
             if p.init == "he":
@@ -174,7 +180,8 @@ class Model:
         return self._acts[start:start + out.size * batch].reshape((batch,) + tuple(out.shape))
 
     def _forward(self, x: np.ndarray, training: bool, seed: int = 0) -> None:
-        batch = x.shape[0]
+        batch = checked_int("the batch", x.shape[0], 1, MAX_BATCH)
+        seed = checked_int("seed", seed, 0, MAX_SEED)
         self._ensure_capacity(batch, training)
         self._c.forward(self._context, self._ptr(x), batch, int(training), seed)
 
@@ -197,6 +204,8 @@ class Model:
     def forward(self, x, batch_size: int | None = None) -> np.ndarray:
         """The network's output for x [N, *input_shape] (inference mode), as a new array."""
         x = self.validated_inputs(x)
+        if batch_size is not None:
+            checked_int("batch_size", batch_size, 1, MAX_BATCH)
         chunk = batch_size or max(1, ARENA_BYTES_PER_CHUNK // max(1, self.program.activation_size
                                                                    * self.dtype.itemsize))
         outputs = []
@@ -236,15 +245,28 @@ class Model:
         if not checked:
             x = self.validated_inputs(x)
             y = self.validated_targets(y, x.shape[0])
-        batch = x.shape[0]
+        batch = checked_int("the batch", x.shape[0], 1, MAX_BATCH)
+        seed = checked_int("seed", self.step_count + 1 if seed is None else seed, 0, MAX_SEED)
         self._ensure_capacity(batch, training=True)
         self.step_count += 1
         hyper = self._hyper_struct()
+        # The C step updates only after a finite loss, but a finite loss can still give a non-finite
+        # update (an overflowing learning rate): keep the last good weights to put back then.
+        good = self._last_good
+        good[:self._params.size], good[self._params.size:] = self._params, self._optimizer_state
         loss = self._c.train_step(
-            self._context, self._ptr(x), self._targets_ptr(y), batch, hyper,
-            self.step_count if seed is None else seed)
+            self._context, self._ptr(x), self._targets_ptr(y), batch, hyper, seed)
         if not math.isfinite(loss):
             self.step_count -= 1  # the C code did not update anything
+        elif not (_all_finite(self._params) and _all_finite(self._optimizer_state)):
+            self._params[...], self._optimizer_state[...] = good[:self._params.size], good[self._params.size:]
+            self.step_count -= 1
+            from .train import TrainingError
+
+            raise TrainingError(f"step {self.step_count + 1} made the weights or optimizer state NaN or "
+                                f"infinite (its loss before the update was {loss:.6g}); the weights are "
+                                "restored to those before it. Try a lower learning rate or check the "
+                                "optimizer's settings.")
         return float(loss)
 
     def state(self) -> dict[str, np.ndarray]:
@@ -329,8 +351,7 @@ class Model:
         """Threads for this process's following calls: the count in effect, always 1 unless the
         model was compiled with threads > 1 (an OpenMP build; OMP_NUM_THREADS sets its starting
         count). Large matrix products split over them; results are identical at any count."""
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        checked_int("threads", threads, 1, MAX_THREADS)
         return int(self._c.set_threads(threads))
 
     def last_output(self, batch: int) -> np.ndarray:
@@ -402,4 +423,48 @@ class Model:
     def __repr__(self) -> str:
         return (f"<cnncc.Model {self._name}: input {self.input_shape} -> output {self.output_shape}, "
                 f"{self.program.num_params} parameters, {self.program.dtype}>")
+
+
+def _all_finite(values: np.ndarray) -> bool:
+    """max and min propagate NaN and show an infinity: together twice as fast as
+    isfinite().all(), which counts after every training step (~0.1 ms for LeNet's state)."""
+    return values.size == 0 or (math.isfinite(float(values.max())) and math.isfinite(float(values.min())))
+
+
+class ParamViews(Mapping):
+    """`model.params`: name -> a writable view into the flat parameter buffer. Assigning a key
+    copies into its view (same shape, finite in the model's dtype) instead of rebinding it, so
+    what C reads and what the mapping shows never part; keys cannot be added or removed."""
+
+    def __init__(self, views: dict[str, np.ndarray]):
+        self._views = views
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._views[key]
+
+    def __iter__(self):
+        return iter(self._views)
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def __setitem__(self, key: str, value) -> None:
+        if key not in self._views:
+            raise KeyError(f"no parameter named {key!r}; parameters: {', '.join(self._views)}")
+        view = self._views[key]
+        value = np.asarray(value)
+        if value.dtype.kind not in "biuf" or value.shape != view.shape:
+            raise ValueError(f"params[{key!r}] must be a real array of shape {view.shape}, "
+                             f"got {value.dtype} {value.shape}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            converted = value.astype(view.dtype)
+        if not np.isfinite(converted).all():
+            raise ValueError(f"params[{key!r}] would hold NaN or infinite values in {view.dtype}")
+        view[...] = converted
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError("model.params keeps every parameter: its keys cannot be removed")
+
+    def __repr__(self) -> str:
+        return f"ParamViews({{{', '.join(f'{k!r}: {v.dtype} {v.shape}' for k, v in self._views.items())}}})"
 

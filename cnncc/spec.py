@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import fields as F
 from .augment import AUGMENT_FIELDS, Augment
 from .errors import Diagnostic, FieldError, Loc, SpecError, SpecFileError, closest, did_you_mean
@@ -183,7 +185,7 @@ def load_spec(source) -> Spec:
     dtype = _one(out, root, "dtype", F.field(F.choice(("float32", "float64")), "float32"))
     loss = _one(out, root, "loss", F.field(_loss_choice(), None))
     input_shape = _input(out, root.items.get("input"))
-    optimizer = _optimizer(out, root.items.get("optimizer"))
+    optimizer = _optimizer(out, root.items.get("optimizer"), dtype or "float32")
     training = _training(out, root.items.get("training"), input_shape)
     layers = _layers(out, root.items.get("layers"))
     if out.diagnostics:  # in the order of the file, as a compiler reports them
@@ -275,7 +277,7 @@ def _input(out: _Collector, node: Node | None) -> tuple[int, ...]:
     return (c, h, w)
 
 
-def _optimizer(out: _Collector, node: Node | None) -> OptimizerSpec:
+def _optimizer(out: _Collector, node: Node | None, dtype: str) -> OptimizerSpec:
     default_rules = next(iter(OPTIMIZERS.values()))()  # the first registered: sgd
     default = OptimizerSpec(default_rules.kind, default_rules.fields["lr"].default,
                             {k: v for k, v in default_rules.defaults().items() if k != "lr"})
@@ -295,8 +297,29 @@ def _optimizer(out: _Collector, node: Node | None) -> OptimizerSpec:
     values = out.fields(node, rules.fields, "optimizer", skip=("type",))
     for key, message in rules.rule_errors(values):
         out.error(message, node.items.get(key, node).loc, "optimizer", key)
+    for key, value in values.items():
+        problem = _lost_in_dtype(value, dtype) if key in node.items else None
+        if problem:
+            out.error(f"{key} {value!r} {problem}", node.items[key].loc, "optimizer", key,
+                      "the C code computes the update in the model's dtype: pick a value it can hold, "
+                      "or use dtype: float64")
     lr = values.pop("lr", rules.fields["lr"].default)
     return OptimizerSpec(kind, lr, values)
+
+
+def _lost_in_dtype(value, dtype: str) -> str | None:
+    """Why a hyper-parameter does not survive conversion to the model's dtype, or None. A nonzero
+    value below the smallest normal number vanishes (Adam's eps 1e-50 is 0 in float32, and 0/0 is
+    NaN); a decay below 1 that rounds to 1 stops the moment from ever changing."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value == 0:
+        return None
+    info = np.finfo(dtype)
+    converted = float(np.dtype(dtype).type(value))
+    if abs(converted) < info.tiny:
+        return f"is {'0' if converted == 0 else 'subnormal'} in {dtype} (its smallest normal value is {info.tiny:.3g})"
+    if value < 1 <= converted:
+        return f"rounds to 1 in {dtype} (the largest value below 1 is {1 - info.epsneg:.10g})"
+    return None
 
 
 def _layers(out: _Collector, node: Node | None) -> list[LayerSpec]:

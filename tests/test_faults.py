@@ -258,7 +258,8 @@ def test_four_processes_building_into_one_cache(tmp_path):
     assert len(entries) == 2 and {name.rsplit("-", 1)[0] for name in entries} == {"shared_a", "shared_b"}
     for name in entries:
         stem = name.rsplit("-", 1)[0]
-        assert sorted(p.name for p in (build / name).iterdir()) == [f"{stem}.c", f"{stem}.h", f"{stem}.so"]
+        assert sorted(p.name for p in (build / name).iterdir()) == ["MANIFEST.json", f"{stem}.c", f"{stem}.h",
+                                                                    f"{stem}.so"]
     # The cache the race left behind is used as is, and computes the same thing.
     for job, spec in specs.items():
         model = cnncc.compile(spec, build_dir=build, cflags=FLAGS).init(0)

@@ -359,3 +359,145 @@ def test_valid_networks_compile_and_run(build_dir, case):
         loss = model.train_step(x, targets)
         assert math.isfinite(loss)
         assert np.isfinite(model.forward(x)).all()
+
+
+# ---- 3. the classes of issue 18: names, weight files, metadata -------------------------------
+
+def _collision_names():
+    from test_names import REFUSED, name_list
+
+    return name_list(), REFUSED
+
+
+COLLISION_NAMES, REFUSED_NAMES = _collision_names()
+names = st.one_of(st.sampled_from(COLLISION_NAMES), st.sampled_from(REFUSED_NAMES),
+                  st.builds(lambda a, b: f"{a}_{b}", st.sampled_from(COLLISION_NAMES), st.sampled_from(COLLISION_NAMES)),
+                  st.builds(lambda a, b: f"{a}{b}", st.sampled_from(["", "_", "__", "cnncc_", "CNNCC"]),
+                            st.sampled_from(COLLISION_NAMES)))
+
+
+def _named_spec(model: str, layer_names: list[str]) -> dict:
+    kinds = [{"type": "conv2d", "filters": 2, "kernel": 1}, {"type": "batchnorm"}, {"type": "relu"}]
+    return {"name": model, "input": {"channels": 1, "height": 3, "width": 3},
+            "layers": [{"name": n, **kinds[i % 3]} for i, n in enumerate(layer_names)]
+                      + [{"type": "flatten"}, {"type": "dense", "units": 2}], "loss": "mse"}
+
+
+@settings(max_examples=300, deadline=FAST, **DETERMINISTIC)
+@given(names, st.lists(names, max_size=4))
+def test_names_from_the_collision_list_are_checked_or_refused(model, layer_names):
+    try:
+        report = cnncc.check(_named_spec(model, layer_names))
+    except cnncc.SpecError as exc:
+        assert str(exc).strip()
+        return
+    assert report.program.name == model
+
+
+@settings(max_examples=12, deadline=None, **DETERMINISTIC)
+@given(names, st.lists(names, min_size=1, max_size=4))
+def test_accepted_collision_names_render_c_that_compiles(tmp_path_factory, model, layer_names):
+    import shutil
+    import subprocess
+
+    from cnncc.codegen import render
+
+    try:
+        program = cnncc.check(_named_spec(model, layer_names)).program
+    except cnncc.SpecError:
+        return
+    sources = render(program)
+    directory = tmp_path_factory.mktemp("names")
+    (directory / f"{model}.h").write_text(sources.header)
+    (directory / f"{model}.c").write_text(sources.source)
+    result = subprocess.run([shutil.which("gcc") or "cc", "-std=c99", "-fsyntax-only", "-Wall", "-Wextra", "-Werror",
+                             str(directory / f"{model}.c")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+_WEIGHTS_SPEC = {"name": "fuzz_weights", "input": {"channels": 1, "length": 3},
+                 "layers": [{"type": "flatten"}, {"name": "out", "type": "dense", "units": 2}],
+                 "loss": "mse", "optimizer": {"type": "adam"}}
+_WEIGHTS_MODEL = []
+
+
+def _weights_model():
+    """One compiled model for every example (hypothesis reruns the test body, not fixtures)."""
+    if not _WEIGHTS_MODEL:
+        import tempfile
+
+        model = cnncc.compile(_WEIGHTS_SPEC, build_dir=tempfile.mkdtemp(prefix="cnncc-fuzz-"), cflags=("-O0",))
+        model.train_step(np.ones((2, 1, 3)), np.ones((2, 2)))
+        _WEIGHTS_MODEL.append(model)
+    return _WEIGHTS_MODEL[0]
+
+
+DTYPES = ["f2", "f4", "f8", "g", "i4", "u1", "c8", "U3", "S2", "?", [("a", "f4")], [("a", "f8"), ("b", "i2")]]
+magnitudes = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(
+    [1e300, -1e300, 3.5e38, 3.4e38, 1e-300, 5e-324, 1e-45, 1.2e-38, 0.0, -0.0]))
+
+
+@st.composite
+def forged_arrays(draw, shape):
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    if draw(st.booleans()):
+        shape = tuple(draw(st.lists(st.integers(0, 4), max_size=3)))
+    values = draw(st.lists(magnitudes, min_size=1, max_size=4))
+    flat = np.resize(np.array(values, dtype=np.float64), int(np.prod(shape)))
+    with np.errstate(all="ignore"):
+        try:
+            return flat.astype(dtype).reshape(shape) if dtype.fields is None else np.zeros(shape, dtype)
+        except (ValueError, TypeError):
+            return np.zeros(shape, dtype)
+
+
+metadata = st.one_of(
+    trees,
+    st.fixed_dictionaries({"format": st.just("cnncc-weights-1")},
+                          optional={"step": scalars, "epoch": scalars, "spec": scalars, "dtype": scalars,
+                                    "fingerprint": scalars, "optimizer": scalars, "extra": scalars}))
+
+
+@settings(max_examples=250, deadline=None, **DETERMINISTIC)
+@given(st.data())
+def test_forged_weight_files_load_cleanly_or_leave_the_model_unchanged(tmp_path_factory, data):
+    from cnncc.checkpoint import META_KEY, STATE_KEY, CheckpointError
+
+    model = _weights_model()
+    path = tmp_path_factory.mktemp("forged") / "w.npz"
+    model.save(path)
+    arrays = dict(np.load(path))
+    for key in data.draw(st.lists(st.sampled_from(sorted(arrays)), unique=True, max_size=3)):
+        if key == META_KEY:
+            meta = data.draw(metadata)
+            try:
+                text = json.dumps(meta, allow_nan=True)
+            except (TypeError, ValueError):
+                text = str(meta)
+            arrays[key] = np.frombuffer(text.encode(), np.uint8)
+        else:
+            arrays[key] = data.draw(forged_arrays(arrays[key].shape))
+    if data.draw(st.booleans()):
+        arrays.pop(data.draw(st.sampled_from(sorted(arrays))))
+    np.savez(path, **arrays)
+    before = (model._params.copy(), model._optimizer_state.copy(), model.step_count)
+    try:
+        model.load(path)
+    except CheckpointError as exc:
+        message = str(exc)
+        assert message and "\n" not in message and "Traceback" not in message
+        assert np.array_equal(model._params, before[0]) and np.array_equal(model._optimizer_state, before[1])
+        assert model.step_count == before[2]
+    else:
+        assert np.isfinite(model._params).all() and np.isfinite(model._optimizer_state).all()
+        assert isinstance(model.step_count, int) and 0 <= model.step_count < 2**31
+        for key, view in model.params.items():
+            with np.errstate(all="ignore"):
+                assert np.array_equal(view, np.asarray(arrays[key]).astype(view.dtype))
+        state = arrays.get(STATE_KEY)
+        if state is not None and state.shape == model._optimizer_state.shape:
+            with np.errstate(all="ignore"):
+                assert np.array_equal(model._optimizer_state, state.astype(model._optimizer_state.dtype))
+    finally:
+        model._params[...], model._optimizer_state[...] = before[0], before[1]
+        model.step_count = before[2]

@@ -135,7 +135,8 @@ class LayerKind:
         value = getattr(self, "activation", None)
         return None if value in (None, "linear") else value
 
-    is_activation: ClassVar[bool] = False  # an element-wise activation (or softmax) as a layer of its own
+    is_activation: ClassVar[bool] = False
+    normalises_its_input: ClassVar[bool] = False  # subtracts the batch mean (a bias before it does nothing)  # an element-wise activation (or softmax) as a layer of its own
 
     @property
     def final_activation(self) -> str | None:

@@ -11,6 +11,7 @@ from .base import LayerKind, ParamDecl, as_chw
 
 class BatchNorm(LayerKind):
     kind = "batchnorm"
+    normalises_its_input = True
     doc = "batch normalisation per channel (per feature on flat inputs)"
     fields = {
         "momentum": F.field(F.number(0.0, 1.0), 0.1, "weight of the new batch in the running averages"),
