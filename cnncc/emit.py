@@ -21,7 +21,8 @@ import numpy as np
 from .version import __version__
 from .check import check_net
 from .codegen import c_comment, c_ident, environment, render
-from .ir import Deployment, Program, lower
+from .ir import Deployment, Program
+from .lowering import lower
 from .memplan import MemoryPlan, deployment_figures, inference_program, plan
 from .report import build_report
 from .spec import Spec, load_spec

@@ -31,7 +31,7 @@ import cnncc
 import reference as ref
 import seed_examples
 from cnncc.check import check_net
-from cnncc.ir import lower
+from cnncc.lowering import lower
 from cnncc.layers import REGISTRY
 from cnncc.spec import load_spec
 

@@ -397,7 +397,7 @@ def test_every_template_variant_compiles_with_warnings_as_errors(compile_many):
 
 def test_sample_slots_multiply_only_the_convs_scratch_and_stay_within_int():
     from cnncc.check import check_net
-    from cnncc.ir import lower
+    from cnncc.lowering import lower
     net = check_net(cnncc.load_spec(str(SPECS_DIR / "vgg_cifar.yaml")))
     one, two = lower(net), lower(net, sample_slots=2)
     for a, b in zip(one.ops, two.ops):

@@ -30,6 +30,7 @@ class _Elementwise(LayerKind):
 class Relu(_Elementwise):
     kind = "relu"
     doc = "max(0, x)"
+    gradient_where_positive = True
     forward_expr = "x > 0 ? x : 0"
     backward_expr = "x > 0 ? dy : 0"
 
