@@ -175,11 +175,13 @@ def _op_macs(model) -> dict[str, tuple[int, int]]:
     from .report import build_report
 
     rows = {row.name: row for row in build_report(check_net(model.spec), model.program).rows}
+    main = {}  # layer -> its first op (an `activation:` field's op follows it)
+    for op in model.program.ops:
+        main.setdefault(op.layer, op.name)
     macs = {}
     for op in model.program.ops:
         row = rows.get(op.layer)
-        main = row is not None and row.type == op.kind
-        macs[op.name] = (row.macs, row.backward_macs) if main else (0, 0)
+        macs[op.name] = (row.macs, row.backward_macs) if row is not None and main[op.layer] == op.name else (0, 0)
     return macs
 
 

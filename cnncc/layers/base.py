@@ -131,7 +131,7 @@ class LayerKind:
     def activation_kind(self) -> str | None:
         """A fused `activation:` field, lowered to its own op after this one."""
         value = getattr(self, "activation", None)
-        return None if value in (None, "linear") else value
+        return None if value is None or REGISTRY[value].template is None else value  # linear: no op
 
     is_activation: ClassVar[bool] = False  # an element-wise activation (or softmax) as a layer of its own
     # Its input's gradient is nonzero only at each window's maximum (a max pool), which it passes
@@ -139,6 +139,13 @@ class LayerKind:
     gradient_at_window_max: ClassVar[bool] = False
     # Element-wise, its gradient is dout exactly where its output is positive and zero elsewhere (relu).
     gradient_where_positive: ClassVar[bool] = False
+    # Its outputs are a probability distribution over the channels (softmax).
+    outputs_probabilities: ClassVar[bool] = False
+    # The logistic function 1 / (1 + exp(-x)), element-wise (sigmoid): a loss may read its input.
+    is_logistic: ClassVar[bool] = False
+    # How a conv's or dense layer's weights are drawn when this is their `activation:` (He for the
+    # rectifiers, Xavier otherwise).
+    weight_init_before: ClassVar[str] = "xavier"
 
     @property
     def final_activation(self) -> str | None:

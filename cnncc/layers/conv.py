@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import fields as F
-from .base import LayerKind, ParamDecl, ShapeError, Window, as_chw, format_shape
+from .base import REGISTRY, LayerKind, ParamDecl, ShapeError, Window, as_chw, format_shape
 from .formulas import effective_kernel, explain_output_size, output_size, resolve_padding
 
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "softmax", "linear")
@@ -77,7 +77,7 @@ class Conv2d(LayerKind):
         c, _, _, kh, kw, *_ = self._geometry(inputs[0])
         fan_in = (c // self.groups) * kh * kw
         fan_out = (self.filters // self.groups) * kh * kw
-        init = "he" if self.activation in ("relu", "leaky_relu") else "xavier"
+        init = REGISTRY[self.activation].weight_init_before
         decls = [ParamDecl("weight", self._weight_shape(c, kh, kw), True, init, fan_in, fan_out)]
         if self.bias:
             decls.append(ParamDecl("bias", (self.filters,), True, "zeros", fan_in, fan_out))
