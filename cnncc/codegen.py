@@ -63,10 +63,9 @@ def spec_label(spec_path: str) -> str:
 
 # What decides the rendered text besides the program and the spec label: the templates and the
 # package code that templates read through (the IR's properties, the ABI, the value filters, the
-# losses', optimizers' and backends' rules). Not the CLI, training or data code: editing those
-# leaves every cached build valid.
-RENDERER_CODE = ("codegen.py", "cvalues.py", "abi.py", "ir.py", "lowering.py", "build.py", "losses", "optimizers",
-                 "backends", "layers")
+# losses', optimizers' and backends' rules: the kernel arguments). The kernel plans are in the IR
+# itself. Not the CLI, training or data code: editing those leaves every cached build valid.
+RENDERER_CODE = ("codegen.py", "cvalues.py", "abi.py", "ir.py", "build.py", "losses", "optimizers", "backends")
 
 
 @lru_cache(maxsize=1)
