@@ -116,7 +116,7 @@ def measure_peak(work: Path, settings: Settings) -> dict:
 
 
 def machine_info() -> dict:
-    from cnncc.build import _compiler_identity, find_compiler
+    from cnncc.build import compiler_identity, find_compiler
 
     model = platform.processor() or platform.machine()
     try:
@@ -125,7 +125,7 @@ def machine_info() -> dict:
     except (OSError, StopIteration):
         pass
     try:
-        compiler = _compiler_identity(find_compiler()).splitlines()[0]
+        compiler = compiler_identity(find_compiler()).splitlines()[0]
     except Exception as exc:  # noqa: BLE001  (informational only)
         compiler = f"unknown ({exc})"
     versions = {}
