@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cnncc.check import check_net  # noqa: E402
 from cnncc.codegen import render  # noqa: E402
-from cnncc.ir import lower  # noqa: E402
+from cnncc.lowering import lower  # noqa: E402
 from cnncc.memplan import plan  # noqa: E402
 from cnncc.report import build_report, check  # noqa: E402
 from cnncc.source import MAX_SPEC_BYTES  # noqa: E402

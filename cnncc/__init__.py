@@ -1,6 +1,6 @@
 """cnncc: a declarative CNN compiler.
 
-    spec.yaml -> load_spec -> Spec -> check -> CheckedNet -> ir.lower -> Program
+    spec.yaml -> load_spec -> Spec -> check -> CheckedNet -> lowering.lower -> Program
               -> codegen.render -> C sources -> build -> loaded module -> Model
 
 Public API: load_spec, check, compile, Model, SpecError; distributed.MPI for data-parallel training.

@@ -172,11 +172,13 @@ def _bind(model, batch: int, seed: int):
 def _op_macs(model) -> dict[str, tuple[int, int]]:
     """op name -> (forward, backward) MACs per sample: a layer's MACs belong to its main op."""
     rows = {row.name: row for row in model.report.rows}
+    main = {}  # layer -> its first op (an `activation:` field's op follows it)
+    for op in model.program.ops:
+        main.setdefault(op.layer, op.name)
     macs = {}
     for op in model.program.ops:
         row = rows.get(op.layer)
-        main = row is not None and row.type == op.kind
-        macs[op.name] = (row.macs, row.backward_macs) if main else (0, 0)
+        macs[op.name] = (row.macs, row.backward_macs) if row is not None and main[op.layer] == op.name else (0, 0)
     return macs
 
 

@@ -153,13 +153,6 @@ def check_net(spec: Spec) -> CheckedNet:
                    f"{MAX_AXIS:,} per axis", hint="padding grows an axis at every layer")
             failed.add(layer_spec.name)
             continue
-        scratch = layer.workspace(in_shapes, out_shape)
-        if scratch > MAX_TENSOR_ELEMENTS:  # its offsets are C int constants too
-            report(f"its kernels' scratch (padded planes, patch matrices) would have {scratch:,} elements; "
-                   f"the limit is {MAX_TENSOR_ELEMENTS:,}",
-                   hint="fewer input channels per group (groups), a smaller kernel, or a smaller output")
-            failed.add(layer_spec.name)
-            continue
         field = ReceptiveField.union([fields[name] for name in inputs]).grow(layer.window(in_shapes), image)
         shapes[layer_spec.name] = out_shape
         fields[layer_spec.name] = field

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .version import __version__
 from . import abi
+from .backends import arguments
 from .cvalues import c_comment, c_expr, c_float, c_ident, c_int
 from .ir import Program
 
@@ -62,8 +63,8 @@ def spec_label(spec_path: str) -> str:
 
 # What decides the rendered text besides the program and the spec label: the templates and the
 # package code that templates read through (the IR's properties, the ABI, the value filters, the
-# losses', optimizers' and backends' rules). Not the CLI, training or data code: editing those
-# leaves every cached build valid.
+# losses', optimizers' and backends' rules: the kernel arguments). The kernel plans are in the IR
+# itself. Not the CLI, training or data code: editing those leaves every cached build valid.
 RENDERER_CODE = ("codegen.py", "cvalues.py", "abi.py", "ir.py", "build.py", "losses", "optimizers", "backends")
 
 
@@ -85,7 +86,8 @@ def renderer_digest() -> str:
 def render(program: Program, spec_path: str = "<spec>") -> Sources:
     env = environment(program.backend)
     context = {"program": program, "model": c_ident(program.name), "version": __version__,
-               "spec_path": c_comment(spec_label(spec_path)), "abi": abi}
+               "spec_path": c_comment(spec_label(spec_path)), "abi": abi,
+               "arguments": arguments.bind, "arguments_used": arguments.uses}
     header = env.get_template("model.h.j2").render(context)
     source = env.get_template("model.c.j2").render(context)
     return Sources(program.name, header, source, abi.cdef(program))

@@ -1,20 +1,18 @@
-"""CheckedNet -> Program: concrete shapes, one flat parameter buffer, an activation plan,
-a forward schedule and its reverse.
-
-Codegen reads only this. A conv/dense `activation:` field becomes its own op after the
+"""The IR (a Program): concrete shapes, one flat parameter buffer, an activation plan, a
+forward schedule and its reverse, and each op's kernel plan. lowering.lower makes it from a
+CheckedNet; codegen reads only this. A conv/dense `activation:` field becomes its own op after the
 layer; `flatten` and `linear` are views of their input's memory and emit no op.
 Every activation tensor has its own slot in the training plan (all are kept for backward);
 its offset is per sample, so the C code addresses `acts + A_<TENSOR> * batch`.
 """
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import NamedTuple
 
-from .check import MAX_TENSOR_ELEMENTS, CheckedNet
-from .layers import REGISTRY, Shape, as_chw, format_shape, numel
+from .backends.plan import KernelPlan
+from .layers import Shape, as_chw, format_shape, numel
 from .losses import LossKind, loss_kind
 from .optimizers import OptimizerKind, optimizer_kind
 from .spec import OptimizerSpec
@@ -92,18 +90,15 @@ class Op:
     name: str  # unique C identifier fragment: conv1, conv1_relu
     layer: str  # the spec layer it comes from
     kind: str
-    template: str
     line: int | None  # the layer's line in the spec
     inputs: tuple[Tensor, ...]
     output: Tensor
     params: dict[str, ParamTensor]  # role (weight, bias, ...) -> tensor
-    consts: dict[str, Any]
-    workspace_offset: int
-    workspace_size: int
     input_grads: tuple[bool, ...]  # False where the input is the network input (no dX needed)
     param_count: int = 0
-    forward_scratch: int = 0  # leading elements of the workspace an inference forward uses, within the call
     pooled: PooledBackward | None = None  # a conv whose backward goes through the maxpool after it
+    plan: KernelPlan | None = None  # how its kernels run on the program's backend (set once by lowering)
+    workspace_offset: int = 0
 
     @property
     def grad_inputs(self) -> tuple[Tensor, ...]:
@@ -111,9 +106,14 @@ class Op:
         return tuple(t for t, needed in zip(self.inputs, self.input_grads) if needed)
 
     @property
-    def int_consts(self) -> dict[str, int]:
-        """The constants the template's enum names (booleans and floats are used otherwise)."""
-        return {k: v for k, v in self.consts.items() if isinstance(v, int) and not isinstance(v, bool)}
+    def workspace_size(self) -> int:
+        """Elements of the op's workspace, independent of the batch (its plan's)."""
+        return self.plan.workspace
+
+    @property
+    def forward_scratch(self) -> int:
+        """Leading elements of the workspace an inference forward uses, only within its call."""
+        return self.plan.forward_scratch
 
 
 @dataclass(frozen=True)
@@ -200,19 +200,23 @@ class Program:
         backward goes through (PooledBackward; the pool's argmax lives in that memory)."""
         return frozenset(t for op in self.ops if op.pooled for t in (op.output.name, op.pooled.pool_input.name))
 
-    def zeroed_gradients(self) -> list[tuple[int, int]]:
-        """(per-sample offset, size) ranges of the activation gradients backward zeroes first:
-        every tensor's but the unmaterialised ones, adjacent tensors merged into one range."""
-        ranges: list[tuple[int, int]] = []
+    def zeroed_ranges(self) -> list["GradientRange"]:
+        """The ranges of activation gradients backward zeroes first: every tensor's but the
+        unmaterialised ones, adjacent tensors merged into one range (named after its first)."""
+        ranges: list[GradientRange] = []
         skip = self.unmaterialised_gradients
         for t in sorted((op.output for op in self.ops), key=lambda t: t.offset):
             if t.name in skip or t.size == 0:
                 continue
-            if ranges and ranges[-1][0] + ranges[-1][1] == t.offset:
-                ranges[-1] = (ranges[-1][0], ranges[-1][1] + t.size)
+            if ranges and ranges[-1].offset + ranges[-1].size == t.offset:
+                ranges[-1] = ranges[-1]._replace(last=t, size=ranges[-1].size + t.size)
             else:
-                ranges.append((t.offset, t.size))
+                ranges.append(GradientRange(t, t, t.offset, t.size))
         return ranges
+
+    def zeroed_gradients(self) -> list[tuple[int, int]]:
+        """(per-sample offset, size) of each range of zeroed_ranges."""
+        return [(r.offset, r.size) for r in self.zeroed_ranges()]
 
     @property
     def optimizer_rules(self) -> OptimizerKind:
@@ -238,157 +242,25 @@ class Program:
         return sum(self.buffer_elements(batch, training).values()) * self.itemsize
 
 
+class GradientRange(NamedTuple):
+    """Activation gradients zeroed together: from first's to last's, size elements per sample
+    from offset. NAME.c names the size ZERO_<FIRST>."""
+    first: Tensor
+    last: Tensor
+    offset: int
+    size: int
+
+    @property
+    def macro(self) -> str:
+        return MACRO_PREFIXES[2] + self.first.name.upper()
+
+
 # The model header's public macros are <MODEL>_<suffix> (templates/model.h.j2, emit's
 # inference header); a tensor macro A_<NAME> or workspace macro WS_<NAME> must never equal one.
 PUBLIC_MACRO_SUFFIXES = ("H", "NUM_PARAMS", "NUM_TRAINABLE", "INPUT_SIZE", "OUTPUT_SIZE",
                          "ACTIVATIONS_PER_SAMPLE", "WORKSPACE_SIZE", "OPTIMIZER_STATE_SIZE", "BATCH",
                          "ARENA_SIZE", "NUM_OPS")
-MACRO_PREFIXES = ("A_", "WS_")  # per-op macros in NAME.c; no kernel enum constant starts with these
-
-
-class _Names:
-    """Unique C identifier fragments for ops and their tensors: unique ignoring case (macros are
-    upper-cased), and never producing a per-op macro equal to one of the model's public macros."""
-
-    def __init__(self, model: str):
-        self.used: set[str] = {"input"}
-        self.reserved = {f"{model.upper()}_{suffix}" for suffix in PUBLIC_MACRO_SUFFIXES}
-
-    def _free(self, name: str) -> bool:
-        return name.lower() not in self.used and not any(
-            prefix + name.upper() in self.reserved for prefix in MACRO_PREFIXES)
-
-    def take(self, wanted: str) -> str:
-        name, k = wanted, 1
-        while not self._free(name):
-            k += 1
-            name = f"{wanted}_{k}"
-        self.used.add(name.lower())
-        return name
-
-
-def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector") -> Program:
-    """sample_slots: samples a conv processes at once, one per thread of an OpenMP build (each
-    with its own scratch); results are the same for any count (conv2d.c.j2). backend: whose
-    kernel plans and templates the program is for (cnncc/backends)."""
-    spec = net.spec
-    names = _Names(spec.name)
-    network_input = Tensor("input", spec.input_shape, -1)
-    outputs: dict[str, Tensor] = {"input": network_input}
-    ops: list[Op] = []
-    kinds = {}  # op name -> its layer kind object
-    arena = 0
-
-    trainable = [(layer, decl) for layer in net.layers for decl in layer.params if decl.trainable]
-    frozen = [(layer, decl) for layer in net.layers for decl in layer.params if not decl.trainable]
-    params, offset = {}, 0
-    for layer, decl in trainable + frozen:
-        key = f"{layer.name}.{decl.name}"
-        params[key] = ParamTensor(key, decl.shape, offset, decl.trainable, decl.init, decl.fan_in, decl.fan_out)
-        offset += decl.size
-
-    def emit(layer, kind_obj, kind, inputs, out_shape, layer_params, in_shapes):
-        nonlocal arena
-        name = names.take(layer.name if kind == layer.spec.kind else f"{layer.name}_{kind}")
-        output = Tensor(name, out_shape, arena)
-        arena += output.size
-        op = Op(name, layer.name, kind, REGISTRY[kind].template, layer.spec.loc.line if layer.spec.loc else None,
-                tuple(inputs), output, layer_params, kind_obj.kernel_consts(in_shapes, out_shape),
-                0, kind_obj.workspace(in_shapes, out_shape), tuple(not t.is_input for t in inputs),
-                sum(p.size for p in layer_params.values() if p.trainable),
-                kind_obj.forward_scratch(in_shapes, out_shape))
-        kinds[name] = kind_obj
-        ops.append(op)
-        return output
-
-    for layer in net.layers:
-        inputs = [outputs[name] for name in layer.spec.inputs]
-        kind_obj = layer.layer
-        layer_params = {decl.name: params[f"{layer.name}.{decl.name}"] for decl in layer.params}
-        if REGISTRY[layer.spec.kind].template is None:
-            # A view: the same memory under a new shape (its gradient is the same memory too).
-            result = Tensor(inputs[0].name, layer.output_shape, inputs[0].offset)
-        else:
-            result = emit(layer, kind_obj, layer.spec.kind, inputs, layer.output_shape, layer_params,
-                          list(layer.input_shapes))
-        activation = kind_obj.activation_kind
-        if activation:
-            act_cls = REGISTRY[activation]
-            # The `activation:` field names only the kind: its own fields (leaky_relu's alpha) take their defaults.
-            act = act_cls(**{key: f.default for key, f in act_cls.fields.items()})
-            result = emit(layer, act, activation, [result], layer.output_shape, {}, [layer.output_shape])
-        outputs[layer.name] = result
-
-    output = outputs[net.layers[-1].name]
-    loss = _lower_loss(spec.loss, output, ops)
-    ops = _pool_backward_through(ops, kinds, keep={output.name} | ({loss.logits.name} if loss else set()))
-    if sample_slots > 1:
-        ops = [_with_sample_slots(op, kinds[op.name], sample_slots) for op in ops]
-    ops, workspace = _place_workspaces(ops)
-    return Program(spec.name, spec.dtype, network_input, output, tuple(ops), tuple(params.values()), offset,
-                   sum(decl.size for _, decl in trainable), arena, workspace, loss, spec.optimizer,
-                   {name: t for name, t in outputs.items() if name != "input"}, sample_slots=sample_slots,
-                   backend=backend)
-
-
-def _with_sample_slots(op: Op, kind_obj, slots: int) -> Op:
-    if "SAMPLE_SLOTS" not in op.consts:
-        return op
-    consts = kind_obj.with_sample_slots(op.consts, slots)
-    if consts["SCRATCH_SIZE"] > MAX_TENSOR_ELEMENTS:  # its offsets are C int constants (check.py)
-        raise ValueError(f"{op.name}: {slots} threads would need {consts['SCRATCH_SIZE']:,} elements of scratch, "
-                         f"more than {MAX_TENSOR_ELEMENTS:,}; use fewer threads")
-    return replace(op, consts=consts, workspace_size=consts["SCRATCH_SIZE"])
-
-
-POOLED_BACKWARD_ACTIVATIONS = ("relu",)  # what may sit between a conv and its maxpool (or nothing)
-
-
-def _pool_backward_through(ops: list[Op], kinds: dict, keep: set[str]) -> list[Op]:
-    """Give every conv -> [relu] -> maxpool chain whose intermediate tensors nothing else reads
-    (and that are not the network output) a PooledBackward (see there)."""
-    producer = {op.output.name: op for op in ops}
-    readers = Counter(t.name for op in ops for t in op.inputs)
-    fused = {}
-    for pool in ops:
-        if pool.kind not in ("maxpool2d", "maxpool1d"):
-            continue
-        conv = activation = producer.get(pool.inputs[0].name)
-        if activation is not None and activation.kind in POOLED_BACKWARD_ACTIVATIONS:
-            conv = producer.get(activation.inputs[0].name)
-        else:
-            activation = None
-        if conv is None or conv.kind not in ("conv2d", "conv1d"):
-            continue
-        between = [conv.output.name] + ([activation.output.name] if activation else [])
-        if any(readers[name] != 1 or name in keep for name in between):
-            continue
-        if pool.output.size > pool.inputs[0].size:
-            continue  # (padded, overlapping windows) the argmax would not fit where the pool keeps it
-        consts = kinds[conv.name].pooled_backward_consts(conv.consts, pool.consts)
-        if consts is None:
-            continue
-        fused[conv.name] = replace(
-            conv, consts=consts, workspace_size=consts["SCRATCH_SIZE"],
-            pooled=PooledBackward(pool.name, activation.name if activation else None, pool.inputs[0], pool.output))
-        fused[pool.name] = replace(pool, consts={**pool.consts, "keeps_argmax": True})
-    return [fused.get(op.name, op) for op in ops]
-
-
-def _place_workspaces(ops: list[Op]) -> tuple[list[Op], int]:
-    """Every op's workspace after the previous one's: (ops with their offsets, the total)."""
-    placed, offset = [], 0
-    for op in ops:
-        placed.append(replace(op, workspace_offset=offset))
-        offset += op.workspace_size
-    return placed, offset
-
-
-def _lower_loss(kind: str | None, output: Tensor, ops: list[Op]) -> Loss | None:
-    if kind is None:
-        return None
-    logits, fused_op = loss_kind(kind).logits(output, ops)
-    return Loss(kind, logits, fused_op, output.size)
+MACRO_PREFIXES = ("A_", "WS_", "ZERO_")  # per-op macros in NAME.c; no kernel enum constant starts with these
 
 
 def describe(program: Program) -> str:

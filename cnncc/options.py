@@ -1,6 +1,6 @@
 """CompileOptions: every decision about how a spec is compiled, made in one place.
 
-Threads decide both the sample slots lowering gives each conv (ir.lower) and the OpenMP flags
+Threads decide both the sample slots lowering gives each conv (lowering.lower) and the OpenMP flags
 of the build; the backend decides the templates and kernel plans; cc and cflags decide the
 build. Everything downstream reads these fields and decides nothing of its own.
 """

@@ -1,6 +1,6 @@
 """The stages composed once: spec -> CheckedNet -> Program -> Report, under one CompileOptions.
 
-    spec.load_spec -> check.check_net -> ir.lower (kernel plans from the backend) -> report
+    spec.load_spec -> check.check_net -> lowering.lower (kernel plans from the backend) -> report
 
 `analyse` runs them exactly once; the Model keeps the result, so nothing downstream (the
 train command, bench, emit) runs the pipeline again, and the report of a build is the report
@@ -12,7 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from .check import CheckedNet, check_net
-from .ir import Program, lower
+from .ir import Program
+from .lowering import lower
 from .options import CompileOptions
 from .report import Report, build_report
 from .source import without_gc_pauses

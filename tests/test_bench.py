@@ -17,7 +17,7 @@ from cnncc import bench
 from cnncc.check import check_net
 from cnncc.cli import main as cli_main
 from cnncc.codegen import render
-from cnncc.ir import lower
+from cnncc.lowering import lower
 from cnncc.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

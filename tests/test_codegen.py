@@ -17,8 +17,13 @@ SPECS = sorted((ROOT / "specs").glob("*.yaml"))
 
 
 def test_every_kind_has_a_template_and_every_template_a_kind():
-    layer_templates = {p.name[: -len(".c.j2")] for p in (codegen.template_dir() / "layers").glob("*.c.j2")}
-    used = {cls.template for cls in REGISTRY.values() if cls.template is not None}
+    """Every kind's planner (on every backend) picks only templates that exist, and every layer
+    template is one some kind's planner may pick."""
+    from cnncc.backends import BACKENDS
+
+    layer_templates = {f"layers/{p.name[: -len('.c.j2')]}" for p in (codegen.template_dir() / "layers").glob("*.c.j2")}
+    used = {template for backend in BACKENDS.values() for kind, cls in REGISTRY.items() if cls.template is not None
+            for template in backend().planner(kind).templates}
     assert used <= layer_templates, f"kinds without a template: {used - layer_templates}"
     assert layer_templates <= used, f"templates without a kind: {layer_templates - used}"
 
@@ -36,7 +41,7 @@ def test_header_macros_are_the_public_ones(path):
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
 def test_kernel_constants_never_use_a_per_op_macro_prefix(path):
     for op in cnncc.check(path).program.ops:
-        for name in op.consts:
+        for name in op.plan.dims:
             assert not name.startswith(ir.MACRO_PREFIXES), (op.name, name)
 
 
@@ -75,3 +80,58 @@ def test_readme_spec_reference_is_the_generated_one():
     assert body == spec_reference_markdown()
     for kind in REGISTRY:
         assert f"`{kind}`" in body
+
+
+# ---- the generated C's shape: kernels name only what they read, banners fit 100 columns ---------
+def _conv_variants():
+    """Small nets that between them take every branch of the conv templates: shifted with and
+    without padding, one tap wide or wider, few filters (dot products) or many, a first layer (no
+    input gradient) and a later one; im2col likewise; grouped and dilated; pooled backwards."""
+    nets = []
+    for conv in ({"kernel": 3, "padding": 1}, {"kernel": 1}, {"kernel": [3, 1]}, {"kernel": 3, "stride": 2},
+                 {"kernel": 3, "stride": 2, "padding": 1, "bias": False}, {"kernel": 3, "dilation": 2},
+                 {"kernel": 3, "groups": 2, "padding": "same"}):
+        for filters in (4, 16):
+            layers = [{"type": "conv2d", "filters": filters, "activation": "relu", **conv},
+                      {"type": "conv2d", "filters": filters, **conv}, {"type": "maxpool2d", "kernel": 2},
+                      {"type": "flatten"}, {"type": "dense", "units": 3}]
+            nets.append({"name": "variant", "input": {"channels": 2, "height": 16, "width": 16},
+                         "layers": layers, "loss": "softmax_cross_entropy"})
+    return nets
+
+
+def _rendered_sources():
+    for path in SPECS:
+        for threads in (1, 2):
+            yield codegen.render(cnncc.check(path, threads=threads).program, str(path)).source
+    for net in _conv_variants():
+        yield codegen.render(cnncc.check(net).program).source
+
+
+def _functions(source: str):
+    """(name, body) of every function the kernels define."""
+    for match in re.finditer(r"^(?:static|KERNEL_INLINE)[^\n]*?(\w+)\(\n(.*?)^\}", source, re.MULTILINE | re.DOTALL):
+        yield match.group(1), match.group(2)
+
+
+def test_every_kernel_enum_names_only_constants_the_kernel_reads():
+    checked = 0
+    for source in _rendered_sources():
+        for name, body in _functions(source):
+            enum = re.search(r"enum \{\n(.*?)\};", body, re.DOTALL)
+            if not enum:
+                continue
+            rest = body[:enum.start()] + body[enum.end():]
+            constants = re.findall(r"^\s+([A-Z][A-Z0-9_]*) = ", enum.group(1), re.MULTILINE)
+            unread = [c for c in constants if not re.search(rf"\b{c}\b", rest)]
+            assert not unread, f"{name} names {unread} but never reads them"
+            checked += 1
+    assert checked > 100
+
+
+def test_kernels_take_their_tensors_as_arguments_and_banners_fit_100_columns():
+    for source in _rendered_sources():
+        assert "run_state" not in source and "run->" not in source
+        for number, line in enumerate(source.splitlines(), 1):
+            if line.startswith(("/*", " *")):  # banners and file comments (not code lines)
+                assert len(line) <= 100, f"line {number} has {len(line)} columns: {line[:60]}..."

@@ -27,7 +27,7 @@ from cnncc import cli
 from cnncc.check import check_net
 from cnncc.checkpoint import CheckpointError
 from cnncc.emit import c_hex_float, emit
-from cnncc.ir import lower
+from cnncc.lowering import lower
 from cnncc.memplan import Lifetime, deployment_figures, first_fit, lifetimes, plan
 from cnncc.spec import load_spec
 from tools import need_command

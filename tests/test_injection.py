@@ -273,6 +273,12 @@ def _with_op(program, index, **changes):
     return dataclasses.replace(program, ops=tuple(ops))
 
 
+def _with_setting(program, index, key, value):
+    """The program with one setting of an op's kernel plan forged."""
+    plan = program.ops[index].plan
+    return _with_op(program, index, plan=dataclasses.replace(plan, settings={**plan.settings, key: value}))
+
+
 def test_a_forged_ir_is_refused_by_the_filters():
     program = _program()
     assert "evil" not in codegen.render(program).source  # the honest IR renders
@@ -290,10 +296,8 @@ def test_a_forged_ir_is_refused_by_the_filters():
         "loss classes": dataclasses.replace(program, loss=dataclasses.replace(program.loss, classes="3; evil")),
         "spec line": _with_op(program, 0, line="4 */ evil"),
         "op name with a comment close": _with_op(program, 0, name="conv */ evil"),
-        "kernel expression": _with_op(program, ops["leak"], consts={**program.ops[ops["leak"]].consts,
-                                                                    "forward_expr": "x; evil"}),
-        **{f"{op_name}.{key} = {bad!r}": _with_op(program, ops[op_name], consts={**program.ops[ops[op_name]].consts,
-                                                                                  key: bad})
+        "kernel expression": _with_setting(program, ops["leak"], "forward_expr", "x; evil"),
+        **{f"{op_name}.{key} = {bad!r}": _with_setting(program, ops[op_name], key, bad)
            for op_name, key in (("leak", "alpha"), ("drop", "rate"), ("drop", "scale"))
            for bad in (math.nan, math.inf, "0.5; evil", True)},
     }

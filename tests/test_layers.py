@@ -31,7 +31,7 @@ import cnncc
 import reference as ref
 import seed_examples
 from cnncc.check import check_net
-from cnncc.ir import lower
+from cnncc.lowering import lower
 from cnncc.layers import REGISTRY
 from cnncc.spec import load_spec
 
@@ -880,7 +880,7 @@ def test_random_conv2d_shapes(index, sweep_runs, build_dir):
 # ---------------------------------------------------------------------------------------
 # every kernel variant and every block form of the matrix products
 # ---------------------------------------------------------------------------------------
-# The conv kernel is chosen by shape (conv2d.c.j2): stride 1 reads its patch matrix in place from
+# The conv kernel is chosen by shape (cnncc/backends/vector/conv2d.py): stride 1 reads its patch matrix in place from
 # the (padded) input, and then a 1-wide kernel skips the wide layout and a kernel whose padded
 # output gradient is the output gradient itself (1x1, no padding) skips that copy; any other
 # stride builds the patch matrix (im2col); with fewer than 16 filters per group the weight

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import cnncc
-from cnncc import ir
+from cnncc import ir, lowering
 from cnncc.check import check_net
 from cnncc.codegen import render
 from cnncc.emit import emit
@@ -141,7 +141,7 @@ SENTINEL = "zqxmodel"  # a model name appearing nowhere else in the rendered C
 
 
 def _render(name: str, spec: dict | None = None, inference: bool = False) -> tuple[str, str]:
-    program = ir.lower(check_net(cnncc.load_spec(spec or _net(name))))
+    program = lowering.lower(check_net(cnncc.load_spec(spec or _net(name))))
     if inference:
         program = inference_program(program, plan(program), batch=2, weights=False)
     sources = render(program)

@@ -397,13 +397,14 @@ def test_every_template_variant_compiles_with_warnings_as_errors(compile_many):
 
 def test_sample_slots_multiply_only_the_convs_scratch_and_stay_within_int():
     from cnncc.check import check_net
-    from cnncc.ir import lower
+    from cnncc.lowering import lower
     net = check_net(cnncc.load_spec(str(SPECS_DIR / "vgg_cifar.yaml")))
     one, two = lower(net), lower(net, sample_slots=2)
     for a, b in zip(one.ops, two.ops):
         if a.kind == "conv2d":  # every slot has the scratch of one sample; what they share is there once
-            assert a.consts["SLOT_SIZE"] == b.consts["SLOT_SIZE"] and b.workspace_size > a.workspace_size
-            assert b.workspace_size - a.workspace_size == a.consts["SLOT_SIZE"]
+            assert a.plan.forward_dims["SLOT_SIZE"] == b.plan.forward_dims["SLOT_SIZE"]
+            assert b.workspace_size > a.workspace_size
+            assert b.workspace_size - a.workspace_size == a.plan.forward_dims["SLOT_SIZE"]
         else:
             assert a.workspace_size == b.workspace_size
     with pytest.raises(ValueError, match="conv1_1: 100000 threads would need .* use fewer threads"):

@@ -1,14 +1,17 @@
 """The backend seam: how one IR becomes C for one kind of target.
 
-A backend is a folder: a class here (registered by its `name`), the kernel planners it uses
-(each beside its templates), and optionally a template folder under templates/ that overlays
-the shared templates (a template found there replaces the shared one of the same path). Lowering
-asks the backend for each op's kernel plan, a frozen object stored in the op; templates read
-the plan and decide nothing. Adding a backend touches nothing outside its folders.
+A backend is a folder: a package here (its class registered by `name`), the kernel planners it
+uses (each beside its templates: plan.py), and optionally a template folder under templates/ that
+overlays the shared templates (a template found there replaces the shared one of the same path).
+Lowering asks the backend for each op's planner and stores the frozen plan in the op; templates
+read the plan and decide nothing. Adding a backend touches nothing outside its folders.
 """
 from __future__ import annotations
 
 from typing import ClassVar
+
+from ..layers import REGISTRY
+from .plan import Planner
 
 BACKENDS: dict[str, type["Backend"]] = {}
 
@@ -24,9 +27,9 @@ class Backend:
         if "name" in cls.__dict__:
             BACKENDS[cls.name] = cls
 
-    def planner(self, kind: str):
-        """The kernel planner of a layer kind on this backend, or None: the kind's template
-        reads only what the layer class gives (its kernel_consts)."""
-        return self.planners.get(kind)
+    def planner(self, kind: str) -> Planner:
+        """The kernel planner of a layer kind: the one registered for its template family."""
+        return self.planner_for(REGISTRY[kind].template)
 
-    planners: ClassVar[dict] = {}
+    def planner_for(self, template: str) -> Planner:
+        raise NotImplementedError

@@ -30,6 +30,8 @@ class _Elementwise(LayerKind):
 class Relu(_Elementwise):
     kind = "relu"
     doc = "max(0, x)"
+    gradient_where_positive = True
+    weight_init_before = "he"
     forward_expr = "x > 0 ? x : 0"
     backward_expr = "x > 0 ? dy : 0"
 
@@ -37,6 +39,7 @@ class Relu(_Elementwise):
 class LeakyRelu(_Elementwise):
     kind = "leaky_relu"
     doc = "x if x > 0 else alpha*x"
+    weight_init_before = "he"
     fields = {"alpha": F.field(F.number(0.0, 1.0), 0.01, "slope for x < 0")}
 
     def kernel_consts(self, inputs, output):
@@ -49,6 +52,7 @@ class LeakyRelu(_Elementwise):
 class Sigmoid(_Elementwise):
     kind = "sigmoid"
     doc = "1 / (1 + exp(-x))"
+    is_logistic = True
     forward_expr = "1 / (1 + exp(-x))"
     backward_expr = "dy * y * (1 - y)"
 
@@ -72,6 +76,7 @@ class Linear(LayerKind):
 class Softmax(LayerKind):
     kind = "softmax"
     is_activation = True
+    outputs_probabilities = True
     doc = "exp(x_i) / sum_j exp(x_j) over channels (numerically stable)"
 
     def output_shape(self, inputs):

@@ -1,8 +1,9 @@
 """The contract every layer kind fulfils, and the registry that collects them.
 
 A layer kind is one small class: its spec fields (declared, validated in one place), its
-output shape, parameters, MACs, receptive-field window, the `--explain` lines, and the
-named constants its C template needs. Subclasses with a `kind` register themselves; no
+output shape, parameters, MACs, receptive-field window, the `--explain` lines, and (for the
+kinds whose kernels need no choice) the named constants its C template needs; kernel plans
+belong to the backends (cnncc/backends). Subclasses with a `kind` register themselves; no
 other code anywhere dispatches on the kind's name.
 
 Shapes are per-sample tuples: (C, H, W) images, (C, L) signals, (N,) flat vectors.
@@ -133,10 +134,22 @@ class LayerKind:
     def activation_kind(self) -> str | None:
         """A fused `activation:` field, lowered to its own op after this one."""
         value = getattr(self, "activation", None)
-        return None if value in (None, "linear") else value
+        return None if value is None or REGISTRY[value].template is None else value  # linear: no op
 
-    is_activation: ClassVar[bool] = False
-    normalises_its_input: ClassVar[bool] = False  # subtracts the batch mean (a bias before it does nothing)  # an element-wise activation (or softmax) as a layer of its own
+    is_activation: ClassVar[bool] = False  # an element-wise activation (or softmax) as a layer of its own
+    # Its input's gradient is nonzero only at each window's maximum (a max pool), which it passes
+    # dout to: a conv before it may run its backward at those positions alone (ir.PooledBackward).
+    gradient_at_window_max: ClassVar[bool] = False
+    # Element-wise, its gradient is dout exactly where its output is positive and zero elsewhere (relu).
+    gradient_where_positive: ClassVar[bool] = False
+    # Its outputs are a probability distribution over the channels (softmax).
+    outputs_probabilities: ClassVar[bool] = False
+    # The logistic function 1 / (1 + exp(-x)), element-wise (sigmoid): a loss may read its input.
+    is_logistic: ClassVar[bool] = False
+    # How a conv's or dense layer's weights are drawn when this is their `activation:` (He for the
+    # rectifiers, Xavier otherwise).
+    weight_init_before: ClassVar[str] = "xavier"
+    normalises_its_input: ClassVar[bool] = False  # subtracts the batch mean (a bias before it does nothing)
 
     @property
     def final_activation(self) -> str | None:
@@ -144,19 +157,14 @@ class LayerKind:
         layer's own kind for an activation layer (what a loss checks the network ends in)."""
         return self.activation_kind or (self.kind if self.is_activation else None)
 
-    # --- code generation ------------------------------------------------------------
+    # --- what its kernels read (a kind whose kernels need a choice has a planner instead:
+    # cnncc/backends/*/; the generic plan takes these) -----------------------------------
     def kernel_consts(self, inputs: list[Shape], output: Shape) -> dict[str, Any]:
-        """Named constants of the template's enum (all validated numbers or booleans)."""
+        """Named constants of the template (integers for its enum; numbers, booleans, formulas)."""
         return {}
 
     def workspace(self, inputs: list[Shape], output: Shape) -> int:
-        """Elements of scratch memory (independent of the batch): what an op keeps between its forward
-        and backward, or needs within one kernel call."""
-        return 0
-
-    def forward_scratch(self, inputs: list[Shape], output: Shape) -> int:
-        """How much of the workspace's start an inference forward uses, only within its call (so
-        an inference build lets every op share one region)."""
+        """Elements of memory (independent of the batch) its forward keeps for its backward."""
         return 0
 
 

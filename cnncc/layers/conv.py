@@ -4,11 +4,12 @@ A 1-D signal is a 2-D image of height 1, so conv1d reuses conv2d's kernels.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .. import fields as F
-from .base import LayerKind, ParamDecl, ShapeError, Window, as_chw, format_shape
+from .base import REGISTRY, LayerKind, ParamDecl, ShapeError, Window, as_chw, format_shape
 from .formulas import effective_kernel, explain_output_size, output_size, resolve_padding
 
-DOTS_BELOW_FILTERS = 16  # filters per group below which weight gradients are dot products (conv2d.c.j2)
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "softmax", "linear")
 
 _COMMON = {
@@ -76,7 +77,7 @@ class Conv2d(LayerKind):
         c, _, _, kh, kw, *_ = self._geometry(inputs[0])
         fan_in = (c // self.groups) * kh * kw
         fan_out = (self.filters // self.groups) * kh * kw
-        init = "he" if self.activation in ("relu", "leaky_relu") else "xavier"
+        init = REGISTRY[self.activation].weight_init_before
         decls = [ParamDecl("weight", self._weight_shape(c, kh, kw), True, init, fan_in, fan_out)]
         if self.bias:
             decls.append(ParamDecl("bias", (self.filters,), True, "zeros", fan_in, fan_out))
@@ -116,123 +117,35 @@ class Conv2d(LayerKind):
         lines.append(f"MACs: {spatial}*{self.filters}*{kernel}*{per_group} = {self.macs(inputs, output)}")
         return lines
 
-    def kernel_consts(self, inputs, output):
-        c, h, w, kh, kw, sh, sw, dh, dw, pad_h, pad_w = self._geometry(inputs[0])
-        _, oh, ow = as_chw(output)
-        consts = {
-            "C_IN": c, "H_IN": h, "W_IN": w, "C_OUT": self.filters, "H_OUT": oh, "W_OUT": ow,
-            "KH": kh, "KW": kw, "STRIDE_H": sh, "STRIDE_W": sw, "DIL_H": dh, "DIL_W": dw,
-            "PAD_TOP": pad_h[0], "PAD_LEFT": pad_w[0], "GROUPS": self.groups,
-            "C_IN_PER_GROUP": c // self.groups, "C_OUT_PER_GROUP": self.filters // self.groups,
-            "K_GROUP": c // self.groups * kh * kw, "PIXELS_OUT": oh * ow,
-            "has_bias": self.bias, "shifted": (sh, sw) == (1, 1),
-            # The weight gradient's product has C_OUT_PER_GROUP columns: too few to fill vectors,
-            # so it is computed as dot products along the pixels instead.
-            "dweight_by_dots": self.filters // self.groups < DOTS_BELOW_FILTERS,
-            "SAMPLE_SLOTS": 1,  # ir.lower sets the compile-time thread count (with_sample_slots)
-        }
-        plan = self._shifted_plan(consts, pad_h, pad_w) if consts["shifted"] else {}
-        consts.update(plan)
-        consts.update(self._scratch_layout(consts))
-        return consts
+    def geometry(self, input_shape) -> "ConvGeometry":
+        """The numbers a conv's kernels are planned from (cnncc/backends/*/conv2d.py)."""
+        c, h, w, kh, kw, sh, sw, dh, dw, pad_h, pad_w = self._geometry(input_shape)
+        oh = output_size(h, kh, sh, *pad_h, dh)
+        ow = output_size(w, kw, sw, *pad_w, dw)
+        return ConvGeometry(c, h, w, self.filters, oh, ow, kh, kw, sh, sw, dh, dw, pad_h, pad_w,
+                            self.groups, self.bias)
 
-    @classmethod
-    def pooled_backward_consts(cls, consts, pool):
-        """The constants of the backward through a maxpool (ir.PooledBackward), from this conv's
-        constants and the pool's (maxpool2d's kernel_consts); None where it does not apply.
 
-        That backward visits each pool window's maximum: one patch of the input per window and
-        filter, read channels-last so that a kernel row of all the channels, KW * C_IN values,
-        is contiguous. So it needs one group and no dilation along the width."""
-        if consts["GROUPS"] != 1 or consts["DIL_W"] != 1:
-            return None
-        k = cls._without_layout(consts)
-        k.update({"POOL_PIXELS": pool["H_OUT"] * pool["W_OUT"], "pooled": True,
-                  # the input, zero-padded, channels-last: HWC_H x HWC_W x C_IN
-                  "HWC_H": max(consts["H_IN"] + consts["PAD_TOP"], (consts["H_OUT"] - 1) * consts["STRIDE_H"]
-                               + (consts["KH"] - 1) * consts["DIL_H"] + 1),
-                  "HWC_W": max(consts["W_IN"] + consts["PAD_LEFT"], (consts["W_OUT"] - 1) * consts["STRIDE_W"]
-                               + consts["KW"]),
-                  "TAP_ROW": consts["KW"] * consts["C_IN"],
-                  # rows padded to whole vectors (of up to 16 lanes): the weights' padding lanes are zero
-                  "ROW_PAD": -(-consts["KW"] * consts["C_IN"] // 16) * 16})
-        k.update(cls._scratch_layout(k))
-        return k
-
-    @staticmethod
-    def _shifted_plan(k, pad_h, pad_w):
-        """A stride-1 conv reads its patch matrix in place (see conv2d.c.j2): the input, zero-padded
-        into H_PAD x W_PAD planes, shifted by each tap. The input gradient is the same kind of conv
-        of the output gradient, padded into H_DPAD x W_DPAD planes, with the flipped kernel."""
-        h_pad, w_pad = k["H_IN"] + sum(pad_h), k["W_IN"] + sum(pad_w)
-        h_dpad, w_dpad = k["H_IN"] + (k["KH"] - 1) * k["DIL_H"], k["W_IN"] + (k["KW"] - 1) * k["DIL_W"]
-        dpad_top, dpad_left = (k["KH"] - 1) * k["DIL_H"] - pad_h[0], (k["KW"] - 1) * k["DIL_W"] - pad_w[0]
-        return {
-            "H_PAD": h_pad, "W_PAD": w_pad, "WIDE_OUT": (k["H_OUT"] - 1) * w_pad + k["W_OUT"],
-            "H_DPAD": h_dpad, "W_DPAD": w_dpad, "DPAD_TOP": dpad_top, "DPAD_LEFT": dpad_left,
-            "WIDE_IN": (k["H_IN"] - 1) * w_dpad + k["W_IN"],
-            "padded": sum(pad_h) + sum(pad_w) > 0, "wide": k["KW"] > 1,
-            "dout_is_dpad": (dpad_top, dpad_left, h_dpad, w_dpad) == (0, 0, k["H_OUT"], k["W_OUT"]),
-        }
-
-    @staticmethod
-    def _scratch_layout(k):
-        """Offsets of the kernels' scratch buffers in the op's workspace. Samples go round
-        SAMPLE_SLOTS slots (an OpenMP build runs them on its threads), each with the scratch of one
-        sample: SLOT_SIZE elements at slot * SLOT_SIZE, the forward's first (an inference build, one
-        slot, needs only those: SCRATCH_FORWARD elements). What the samples share follows the slots."""
-        cig, cog = k["C_IN_PER_GROUP"], k["C_OUT_PER_GROUP"]
-        if k["shifted"]:
-            forward = {"SCRATCH_PADDED": cig * k["H_PAD"] * k["W_PAD"] if k["padded"] else 0,
-                       "SCRATCH_WIDE": cog * k["WIDE_OUT"] if k["wide"] else 0}
-            backward = {"SCRATCH_DOUT": k["WIDE_OUT"] * cog,
-                        "SCRATCH_DPAD": 0 if k["dout_is_dpad"] else cog * k["H_DPAD"] * k["W_DPAD"],
-                        "SCRATCH_WIDE_IN": cig * k["WIDE_IN"] if k["wide"] else 0}
-            shared = {"SCRATCH_FLIPPED": k["C_OUT"] * k["K_GROUP"]}
-        else:
-            forward = {"SCRATCH_PATCHES": k["K_GROUP"] * k["PIXELS_OUT"]}
-            backward = {"SCRATCH_DOUT": 0 if k["dweight_by_dots"] else k["PIXELS_OUT"] * cog}
-            shared = {}
-        shared["SCRATCH_DWEIGHT_T"] = 0 if k["dweight_by_dots"] else k["C_OUT"] * k["K_GROUP"]
-        if k.get("pooled"):  # pooled_backward_consts: a backward of its own, channels-last
-            # a whole-vector read of the last kernel row runs up to ROW_PAD - TAP_ROW past the image
-            image = k["HWC_H"] * k["HWC_W"] * k["C_IN"] + k["ROW_PAD"] - k["TAP_ROW"]
-            rows = k["C_OUT"] * k["KH"] * k["ROW_PAD"]
-            backward = {"SCRATCH_IN_HWC": image, "SCRATCH_DIN_HWC": image,
-                        "SCRATCH_DWEIGHT_PART": rows, "SCRATCH_DBIAS_PART": k["C_OUT"]}
-            shared = {"SCRATCH_WEIGHT_HWC": rows, "SCRATCH_DWEIGHT_SUM": rows}
-        layout, offset = {}, 0
-        for name, size in forward.items():
-            layout[name], offset = offset, offset + size
-        layout["SCRATCH_FORWARD"] = offset
-        for name, size in backward.items():
-            layout[name], offset = offset, offset + size
-        layout["SLOT_SIZE"] = offset
-        offset *= k.get("SAMPLE_SLOTS", 1)
-        for name, size in shared.items():
-            layout[name], offset = offset, offset + size
-        layout["SCRATCH_SIZE"] = offset
-        return layout
-
-    @staticmethod
-    def _without_layout(consts):
-        """The constants without their scratch layout (_scratch_layout computes it anew)."""
-        return {key: value for key, value in consts.items() if not key.startswith("SCRATCH_") and key != "SLOT_SIZE"}
-
-    @classmethod
-    def with_sample_slots(cls, consts, slots):
-        """The constants for `slots` sample slots (see _scratch_layout) instead of one."""
-        k = cls._without_layout(consts)
-        k["SAMPLE_SLOTS"] = slots
-        k.update(cls._scratch_layout(k))
-        return k
-
-    def forward_scratch(self, inputs, output):
-        return self.kernel_consts(inputs, output)["SCRATCH_FORWARD"]
-
-    def workspace(self, inputs, output):
-        """Scratch of one kernel call, reused by every sample (see _scratch_layout)."""
-        return self.kernel_consts(inputs, output)["SCRATCH_SIZE"]
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A conv (a conv1d as height 1) as the notes define it: input C_IN x H_IN x W_IN, output
+    C_OUT x H_OUT x W_OUT, kernel, stride, dilation, the padding of each side, groups, bias."""
+    c_in: int
+    h_in: int
+    w_in: int
+    c_out: int
+    h_out: int
+    w_out: int
+    kh: int
+    kw: int
+    stride_h: int
+    stride_w: int
+    dil_h: int
+    dil_w: int
+    pad_h: tuple[int, int]  # top, bottom
+    pad_w: tuple[int, int]  # left, right
+    groups: int
+    bias: bool
 
 
 class Conv1d(Conv2d):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .. import fields as F
-from .base import GLOBAL, LayerKind, ParamDecl, ShapeError, explain_params, format_shape
+from .base import GLOBAL, REGISTRY, LayerKind, ParamDecl, ShapeError, explain_params, format_shape
 from .conv import ACTIVATIONS
 
 
@@ -23,7 +23,7 @@ class Dense(LayerKind):
 
     def param_decls(self, inputs):
         n_in = inputs[0][0]
-        init = "he" if self.activation in ("relu", "leaky_relu") else "xavier"
+        init = REGISTRY[self.activation].weight_init_before
         decls = [ParamDecl("weight", (self.units, n_in), True, init, n_in, self.units)]
         if self.bias:
             decls.append(ParamDecl("bias", (self.units,), True, "zeros", n_in, self.units))

@@ -64,9 +64,7 @@ class _Pool2d(LayerKind):
         _, oh, ow = as_chw(output)
         return {"C": c, "H_IN": h, "W_IN": w, "H_OUT": oh, "W_OUT": ow, "KH": kh, "KW": kw,
                 "STRIDE_H": sh, "STRIDE_W": sw, "PAD_TOP": pad_h[0], "PAD_LEFT": pad_w[0],
-                "has_padding": sum(pad_h) + sum(pad_w) > 0,
-                # set by ir.lower when a conv's backward goes through this pool (maxpool2d.c.j2)
-                "keeps_argmax": False}
+                "has_padding": sum(pad_h) + sum(pad_w) > 0}
 
 
 class _Pool1d(_Pool2d):
@@ -86,6 +84,7 @@ class _Pool1d(_Pool2d):
 class MaxPool2d(_Pool2d):
     kind = "maxpool2d"
     doc = "maximum over each window (padding never wins)"
+    gradient_at_window_max = True
 
 
 class AvgPool2d(_Pool2d):
@@ -97,6 +96,7 @@ class MaxPool1d(_Pool1d):
     kind = "maxpool1d"
     doc = "maximum over each window of a signal"
     template = "maxpool2d"
+    gradient_at_window_max = True
 
 
 class AvgPool1d(_Pool1d):

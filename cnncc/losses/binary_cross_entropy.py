@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import Diagnostic
+from ..layers import REGISTRY
 from .base import LossKind
 
 
@@ -15,7 +16,7 @@ class BinaryCrossEntropy(LossKind):
 
     def check_output(self, last, activation, computed_by, loc):
         label = last.spec.label
-        if activation != "sigmoid":
+        if not (activation and REGISTRY[activation].is_logistic):
             return [Diagnostic(f"binary_cross_entropy takes sigmoid outputs, but {label} has no sigmoid", loc,
                                field="loss", hint="add activation: sigmoid to the last layer")]
         if not last.layer.activation_kind and computed_by(last.spec.inputs[0]) is None:

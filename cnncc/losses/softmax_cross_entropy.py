@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import Diagnostic
-from ..layers import format_shape
+from ..layers import REGISTRY, format_shape
 from .base import LossKind
 
 
@@ -24,7 +24,7 @@ class SoftmaxCrossEntropy(LossKind):
             return [Diagnostic(f"softmax_cross_entropy needs a flat output of at least 2 classes, but "
                                f"{last.spec.label} outputs {format_shape(out)}", loc, field="loss",
                                hint="end with {type: dense, units: CLASSES}")]
-        if activation == "softmax":
+        if activation and REGISTRY[activation].outputs_probabilities:
             where = last.spec.field_locs.get("activation") or last.spec.loc
             return [Diagnostic("softmax_cross_entropy applies the softmax itself; the last layer must output "
                                "logits, not softmax probabilities", where, last.spec.label, "activation",

@@ -1,0 +1,181 @@
+"""The conv2d (and conv1d, as height 1) kernel plans of the vector backend, beside their templates
+templates/layers/conv2d_shifted.c.j2, conv2d_im2col.c.j2 and conv2d_pooled_backward.c.j2.
+
+Per sample and group a conv is out[C_OUT_PER_GROUP, pixels] = weight[C_OUT_PER_GROUP, K_GROUP] x
+patches[K_GROUP, pixels]. The plan picks how the patch matrix is read: in place from the shifted
+(zero-padded) input for stride 1 ("shifted"), or built by im2col for any stride. A conv followed by
+a maxpool (ir.PooledBackward) gets a backward of its own that visits each pool window's maximum
+only. The plan also lays out the scratch of the kernels: SAMPLE_SLOTS slots of one sample's scratch
+(an OpenMP build runs them on its threads), the forward's regions first (an inference build needs
+only those), then what the samples share. Each kernel's enum names only the constants it reads.
+"""
+from __future__ import annotations
+
+from ..plan import KernelPlan, Planner, PlanRequest, resolve_roles
+
+DOTS_BELOW_FILTERS = 16  # filters per group below which weight gradients are dot products
+ROW_LANES = 16  # the pooled backward pads kernel rows to whole vectors of up to this many lanes
+
+SHIFTED, IM2COL, POOLED = "layers/conv2d_shifted", "layers/conv2d_im2col", "layers/conv2d_pooled_backward"
+GROUPED = ("C_IN", "H_IN", "W_IN", "C_OUT", "GROUPS", "C_IN_PER_GROUP", "C_OUT_PER_GROUP", "K_GROUP", "PIXELS_OUT")
+TAPS = ("KH", "KW", "DIL_H", "DIL_W")
+WINDOWS = TAPS + ("STRIDE_H", "STRIDE_W", "PAD_TOP", "PAD_LEFT", "H_OUT", "W_OUT")  # im2col's arguments
+
+
+class ConvPlanner(Planner):
+    templates = (SHIFTED, IM2COL, POOLED)
+
+    def plans_pooled_backward(self, layer, input_shape) -> bool:
+        """The pooled backward reads a patch channels-last, a kernel row of all the channels
+        (KW * C_IN values) contiguous: so one group and no dilation along the width."""
+        g = layer.geometry(input_shape)
+        return g.groups == 1 and g.dil_w == 1
+
+    def plan(self, request: PlanRequest) -> KernelPlan:
+        g = request.layer.geometry(request.inputs[0])
+        k = _dims(g, request.sample_slots)
+        shifted = (g.stride_h, g.stride_w) == (1, 1)
+        s = {"has_bias": g.bias, "dweight_by_dots": g.c_out // g.groups < DOTS_BELOW_FILTERS,
+             "din": request.input_grads[0], "positive_only": request.pooled_positive_only}
+        if shifted:
+            k.update(_shifted_dims(g, k))
+            s.update(padded=sum(g.pad_h) + sum(g.pad_w) > 0, wide=g.kw > 1,
+                     dout_is_dpad=(k["DPAD_TOP"], k["DPAD_LEFT"], k["H_DPAD"], k["W_DPAD"]) == (0, 0, g.h_out, g.w_out))
+            forward = _shifted_scratch_forward(k, s)
+        else:
+            forward = {"SCRATCH_PATCHES": k["K_GROUP"] * k["PIXELS_OUT"]}
+        if request.pooled_output is not None:
+            k.update(_pooled_dims(g, request.pooled_output))
+            backward, shared = _pooled_scratch(k)
+        elif shifted:
+            backward, shared = _shifted_scratch_backward(k, s)
+        else:
+            backward = {"SCRATCH_DOUT": 0 if s["dweight_by_dots"] else k["PIXELS_OUT"] * k["C_OUT_PER_GROUP"]}
+            shared = {"SCRATCH_DWEIGHT_T": 0 if s["dweight_by_dots"] else k["C_OUT"] * k["K_GROUP"]}
+        layout, forward_scratch, workspace = _layout(forward, backward, shared, request.sample_slots)
+        k.update(layout)
+
+        forward_names = GROUPED + ("SAMPLE_SLOTS",) + (_shifted_forward_names(s) if shifted else
+                                                       WINDOWS + ("SCRATCH_PATCHES",))
+        forward_names += ("SLOT_SIZE",) if forward_scratch else ()
+        forward_roles = ("out", "in", "weight", "bias") + (("slots",) if forward_scratch else ()) + ("batch",)
+        if request.pooled_output is not None:
+            backward_names = _pooled_backward_names(s)
+            backward_roles = ("din", "dweight", "dbias", "dpool", "pool_out if positive_only", "pool_argmax",
+                              "in", "weight if din", "slots", "batch")
+            backward_template = POOLED
+        else:
+            backward_names = _shifted_backward_names(s) if shifted else _im2col_backward_names(s)
+            scratch = not shifted or s["padded"] or s["wide"] or not s["dweight_by_dots"] or s["din"]
+            backward_roles = ("din", "dweight", "dbias", "dout", "in", "weight if din") + \
+                (("scratch",) if scratch else ()) + ("batch",)
+            backward_template = SHIFTED if shifted else IM2COL
+        return KernelPlan(SHIFTED if shifted else IM2COL, backward_template,
+                          {n: k[n] for n in forward_names}, {n: k[n] for n in backward_names},
+                          resolve_roles(forward_roles, request, s), resolve_roles(backward_roles, request, s),
+                          s, workspace, forward_scratch)
+
+
+def _dims(g, slots: int) -> dict[str, int]:
+    cig, cog = g.c_in // g.groups, g.c_out // g.groups
+    return {"C_IN": g.c_in, "H_IN": g.h_in, "W_IN": g.w_in, "C_OUT": g.c_out, "H_OUT": g.h_out, "W_OUT": g.w_out,
+            "KH": g.kh, "KW": g.kw, "STRIDE_H": g.stride_h, "STRIDE_W": g.stride_w, "DIL_H": g.dil_h,
+            "DIL_W": g.dil_w, "PAD_TOP": g.pad_h[0], "PAD_LEFT": g.pad_w[0], "GROUPS": g.groups,
+            "C_IN_PER_GROUP": cig, "C_OUT_PER_GROUP": cog, "K_GROUP": cig * g.kh * g.kw,
+            "PIXELS_OUT": g.h_out * g.w_out, "SAMPLE_SLOTS": slots}
+
+
+def _shifted_dims(g, k) -> dict[str, int]:
+    """A stride-1 conv reads its patch matrix in place: the input, zero-padded into H_PAD x W_PAD
+    planes, shifted by each tap. The input gradient is the same kind of conv of the output
+    gradient, padded into H_DPAD x W_DPAD planes, with the flipped kernel."""
+    h_pad, w_pad = g.h_in + sum(g.pad_h), g.w_in + sum(g.pad_w)
+    h_dpad, w_dpad = g.h_in + (g.kh - 1) * g.dil_h, g.w_in + (g.kw - 1) * g.dil_w
+    return {"H_PAD": h_pad, "W_PAD": w_pad, "WIDE_OUT": (g.h_out - 1) * w_pad + g.w_out,
+            "H_DPAD": h_dpad, "W_DPAD": w_dpad, "DPAD_TOP": (g.kh - 1) * g.dil_h - g.pad_h[0],
+            "DPAD_LEFT": (g.kw - 1) * g.dil_w - g.pad_w[0], "WIDE_IN": (g.h_in - 1) * w_dpad + g.w_in}
+
+
+def _pooled_dims(g, pool_output) -> dict[str, int]:
+    """The input, zero-padded, channels-last: HWC_H x HWC_W x C_IN; kernel rows of TAP_ROW values
+    padded to ROW_PAD (whole vectors: the weights' padding lanes are zero)."""
+    pool_pixels = 1
+    for d in pool_output[1:]:
+        pool_pixels *= d
+    return {"POOL_PIXELS": pool_pixels,
+            "HWC_H": max(g.h_in + g.pad_h[0], (g.h_out - 1) * g.stride_h + (g.kh - 1) * g.dil_h + 1),
+            "HWC_W": max(g.w_in + g.pad_w[0], (g.w_out - 1) * g.stride_w + g.kw),
+            "TAP_ROW": g.kw * g.c_in, "ROW_PAD": -(-g.kw * g.c_in // ROW_LANES) * ROW_LANES}
+
+
+def _shifted_scratch_forward(k, s) -> dict[str, int]:
+    return {"SCRATCH_PADDED": k["C_IN_PER_GROUP"] * k["H_PAD"] * k["W_PAD"] if s["padded"] else 0,
+            "SCRATCH_WIDE": k["C_OUT_PER_GROUP"] * k["WIDE_OUT"] if s["wide"] else 0}
+
+
+def _shifted_scratch_backward(k, s):
+    cig, cog = k["C_IN_PER_GROUP"], k["C_OUT_PER_GROUP"]
+    backward = {"SCRATCH_DOUT": k["WIDE_OUT"] * cog,
+                "SCRATCH_DPAD": 0 if s["dout_is_dpad"] else cog * k["H_DPAD"] * k["W_DPAD"],
+                "SCRATCH_WIDE_IN": cig * k["WIDE_IN"] if s["wide"] else 0}
+    shared = {"SCRATCH_FLIPPED": k["C_OUT"] * k["K_GROUP"],
+              "SCRATCH_DWEIGHT_T": 0 if s["dweight_by_dots"] else k["C_OUT"] * k["K_GROUP"]}
+    return backward, shared
+
+
+def _pooled_scratch(k):
+    # a whole-vector read of the last kernel row runs up to ROW_PAD - TAP_ROW past the image
+    image = k["HWC_H"] * k["HWC_W"] * k["C_IN"] + k["ROW_PAD"] - k["TAP_ROW"]
+    rows = k["C_OUT"] * k["KH"] * k["ROW_PAD"]
+    backward = {"SCRATCH_IN_HWC": image, "SCRATCH_DIN_HWC": image,
+                "SCRATCH_DWEIGHT_PART": rows, "SCRATCH_DBIAS_PART": k["C_OUT"]}
+    return backward, {"SCRATCH_WEIGHT_HWC": rows, "SCRATCH_DWEIGHT_SUM": rows}
+
+
+def _layout(forward, backward, shared, slots: int):
+    """Offsets of the scratch regions: (offsets with SLOT_SIZE, the forward's scratch, the total).
+    Sample slot s holds one sample's regions at s * SLOT_SIZE; the shared ones follow the slots."""
+    layout, offset = {}, 0
+    for name, size in forward.items():
+        layout[name], offset = offset, offset + size
+    forward_scratch = offset
+    for name, size in backward.items():
+        layout[name], offset = offset, offset + size
+    layout["SLOT_SIZE"] = offset
+    offset *= slots
+    for name, size in shared.items():
+        layout[name], offset = offset, offset + size
+    return layout, forward_scratch, offset
+
+
+def _shifted_forward_names(s) -> tuple[str, ...]:
+    names = TAPS + ("H_PAD", "W_PAD")
+    names += ("PAD_TOP", "PAD_LEFT", "SCRATCH_PADDED") if s["padded"] else ()
+    return names + (("WIDE_OUT", "H_OUT", "W_OUT", "SCRATCH_WIDE") if s["wide"] else ())
+
+
+def _shifted_backward_names(s) -> tuple[str, ...]:
+    names = GROUPED + TAPS + ("H_PAD", "W_PAD", "WIDE_OUT")
+    names += ("PAD_TOP", "PAD_LEFT", "SCRATCH_PADDED") if s["padded"] else ()
+    if s["dweight_by_dots"]:
+        names += ("SCRATCH_DOUT", "H_OUT", "W_OUT") if s["wide"] else ()
+    else:
+        names += ("SCRATCH_DOUT", "SCRATCH_DWEIGHT_T", "W_OUT")
+    if s["din"]:
+        names += ("SCRATCH_FLIPPED", "H_DPAD", "W_DPAD")
+        names += () if s["dout_is_dpad"] else ("SCRATCH_DPAD", "H_OUT", "W_OUT", "DPAD_TOP", "DPAD_LEFT")
+        names += ("SCRATCH_WIDE_IN", "WIDE_IN") if s["wide"] else ()
+    return tuple(dict.fromkeys(names))
+
+
+def _im2col_backward_names(s) -> tuple[str, ...]:
+    names = GROUPED + WINDOWS + ("SCRATCH_PATCHES",)
+    return names + (() if s["dweight_by_dots"] else ("SCRATCH_DOUT", "SCRATCH_DWEIGHT_T"))
+
+
+def _pooled_backward_names(s) -> tuple[str, ...]:
+    names = ("C_IN", "H_IN", "W_IN", "C_OUT", "W_OUT", "KH", "KW", "STRIDE_H", "STRIDE_W", "DIL_H", "PAD_TOP",
+             "PAD_LEFT", "POOL_PIXELS", "HWC_W", "TAP_ROW", "ROW_PAD", "SAMPLE_SLOTS", "SLOT_SIZE",
+             "SCRATCH_IN_HWC", "SCRATCH_DIN_HWC", "SCRATCH_DWEIGHT_PART", "SCRATCH_DBIAS_PART",
+             "SCRATCH_DWEIGHT_SUM")
+    return names + (("SCRATCH_WEIGHT_HWC",) if s["din"] else ())

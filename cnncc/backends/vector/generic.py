@@ -1,0 +1,41 @@
+"""The plan of a layer kind whose kernels need no choice: one template (the kind's), its
+constants from the layer (kernel_consts: the integers become the enum, the rest settings), its
+workspace from the layer (what the backward needs kept), and the arguments listed here."""
+from __future__ import annotations
+
+from ..plan import KernelPlan, Planner, PlanRequest, resolve_roles
+
+# template -> (the forward's argument roles, the backward's): see plan.resolve_roles
+ARGUMENTS = {
+    "activation": (("out", "in", "batch"),
+                   ("din", "dout", "in if backward_reads_x", "out if backward_reads_y", "batch")),
+    "add": (("out", "ins", "batch"), ("dins", "dout", "batch")),
+    "avgpool2d": (("out", "in", "batch"), ("din", "dout", "batch")),
+    "batchnorm": (("out", "in", "gamma", "beta", "running_mean", "running_var", "scratch", "batch", "training"),
+                  ("din", "dgamma", "dbeta", "dout", "in", "gamma if din", "scratch", "batch")),
+    "concat": (("out", "ins", "batch"), ("dins", "dout", "batch")),
+    "dense": (("out", "in", "weight", "bias", "batch"),
+              ("din", "dweight", "dbias", "dout", "in", "weight if din", "batch")),
+    "dropout": (("out", "in", "batch", "training", "seed"), ("din", "dout", "batch", "seed")),
+    "global_avgpool": (("out", "in", "batch"), ("din", "dout", "batch")),
+    "softmax": (("out", "in", "batch"), ("din", "dout", "out", "batch")),
+}
+
+
+class GenericPlanner(Planner):
+    def __init__(self, template: str):
+        self.template = template
+        self.templates = (f"layers/{template}",)
+
+    def plan(self, request: PlanRequest, extra_settings: dict | None = None,
+             roles: tuple[tuple[str, ...], tuple[str, ...]] | None = None) -> KernelPlan:
+        consts = request.layer.kernel_consts(list(request.inputs), request.output)
+        dims = {k: v for k, v in consts.items() if isinstance(v, int) and not isinstance(v, bool)}
+        settings = {k: v for k, v in consts.items() if k not in dims} | (extra_settings or {})
+        forward, backward = roles or ARGUMENTS[self.template]
+        workspace = request.layer.workspace(list(request.inputs), request.output)
+        if not workspace:
+            forward, backward = (tuple(r for r in rs if r != "scratch") for rs in (forward, backward))
+        return KernelPlan(self.templates[0], self.templates[0], dims, dims,
+                          resolve_roles(forward, request, settings), resolve_roles(backward, request, settings),
+                          settings, workspace)

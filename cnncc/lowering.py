@@ -1,0 +1,177 @@
+"""CheckedNet -> Program: the IR (ir.py) of a checked network for one backend.
+
+A conv/dense `activation:` field becomes its own op after the layer; `flatten` and `linear` are
+views of their input's memory and emit no op. Every activation tensor has its own slot in the
+training plan (all are kept for backward); its offset is per sample. Lowering then fuses the
+backward of conv -> [relu] -> maxpool chains (ir.PooledBackward), asks the backend for every op's
+kernel plan exactly once, refuses a plan whose scratch C could not index, and places the ops'
+workspaces one after another.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+from .backends import backend as backend_named
+from .backends.plan import PlanRequest
+from .check import MAX_TENSOR_ELEMENTS, CheckedLayer, CheckedNet
+from .errors import Diagnostic, SpecError
+from .ir import MACRO_PREFIXES, PUBLIC_MACRO_SUFFIXES, Loss, Op, ParamTensor, PooledBackward, Program, Tensor
+from .layers import REGISTRY
+from .losses import loss_kind
+
+
+class _Names:
+    """Unique C identifier fragments for ops and their tensors: unique ignoring case (macros are
+    upper-cased), and never producing a per-op macro equal to one of the model's public macros."""
+
+    def __init__(self, model: str):
+        self.used: set[str] = {"input"}
+        self.reserved = {f"{model.upper()}_{suffix}" for suffix in PUBLIC_MACRO_SUFFIXES}
+
+    def _free(self, name: str) -> bool:
+        return name.lower() not in self.used and not any(
+            prefix + name.upper() in self.reserved for prefix in MACRO_PREFIXES)
+
+    def take(self, wanted: str) -> str:
+        name, k = wanted, 1
+        while not self._free(name):
+            k += 1
+            name = f"{wanted}_{k}"
+        self.used.add(name.lower())
+        return name
+
+
+class _Lowered:
+    """An op before its plan: the layer kind object and the checked layer it comes from."""
+
+    def __init__(self, op: Op, kind_obj, layer: CheckedLayer, in_shapes):
+        self.op, self.kind_obj, self.layer, self.in_shapes = op, kind_obj, layer, tuple(in_shapes)
+
+
+def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector") -> Program:
+    """sample_slots: samples a conv processes at once, one per thread of an OpenMP build (each
+    with its own scratch); results are the same for any count. backend: whose kernel plans and
+    templates the program is for (cnncc/backends)."""
+    spec = net.spec
+    names = _Names(spec.name)
+    network_input = Tensor("input", spec.input_shape, -1)
+    outputs: dict[str, Tensor] = {"input": network_input}
+    lowered: list[_Lowered] = []
+    arena = 0
+
+    trainable = [(layer, decl) for layer in net.layers for decl in layer.params if decl.trainable]
+    frozen = [(layer, decl) for layer in net.layers for decl in layer.params if not decl.trainable]
+    params, offset = {}, 0
+    for layer, decl in trainable + frozen:
+        key = f"{layer.name}.{decl.name}"
+        params[key] = ParamTensor(key, decl.shape, offset, decl.trainable, decl.init, decl.fan_in, decl.fan_out)
+        offset += decl.size
+
+    def emit(layer, kind_obj, kind, name, inputs, out_shape, layer_params, in_shapes):
+        nonlocal arena
+        output = Tensor(names.take(name), out_shape, arena)
+        arena += output.size
+        op = Op(output.name, layer.name, kind, layer.spec.loc.line if layer.spec.loc else None, tuple(inputs),
+                output, layer_params, tuple(not t.is_input for t in inputs),
+                sum(p.size for p in layer_params.values() if p.trainable))
+        lowered.append(_Lowered(op, kind_obj, layer, in_shapes))
+        return output
+
+    for layer in net.layers:
+        inputs = [outputs[name] for name in layer.spec.inputs]
+        kind_obj = layer.layer
+        layer_params = {decl.name: params[f"{layer.name}.{decl.name}"] for decl in layer.params}
+        if REGISTRY[layer.spec.kind].template is None:
+            # A view: the same memory under a new shape (its gradient is the same memory too).
+            result = Tensor(inputs[0].name, layer.output_shape, inputs[0].offset)
+        else:
+            result = emit(layer, kind_obj, layer.spec.kind, layer.name, inputs, layer.output_shape, layer_params,
+                          list(layer.input_shapes))
+        activation = kind_obj.activation_kind
+        if activation:
+            act_cls = REGISTRY[activation]
+            # The `activation:` field names only the kind: its own fields (leaky_relu's alpha) take their defaults.
+            act = act_cls(**{key: f.default for key, f in act_cls.fields.items()})
+            result = emit(layer, act, activation, f"{layer.name}_{activation}", [result], layer.output_shape, {},
+                          [layer.output_shape])
+        outputs[layer.name] = result
+
+    output = outputs[net.layers[-1].name]
+    loss = _lower_loss(spec.loss, output, [item.op for item in lowered])
+    chosen = backend_named(backend)
+    pooled = _pooled_backwards(lowered, chosen, keep={output.name} | ({loss.logits.name} if loss else set()))
+    ops = [_planned(item, chosen, sample_slots, pooled, spec.path) for item in lowered]
+    ops, workspace = _place_workspaces(ops)
+    return Program(spec.name, spec.dtype, network_input, output, tuple(ops), tuple(params.values()), offset,
+                   sum(decl.size for _, decl in trainable), arena, workspace, loss, spec.optimizer,
+                   {name: t for name, t in outputs.items() if name != "input"}, sample_slots=sample_slots,
+                   backend=backend)
+
+
+def _planned(item: _Lowered, chosen, slots: int, pooled: dict[str, PooledBackward], spec_path: str) -> Op:
+    """The op with its kernel plan (planned once), within the limit of C's int offsets."""
+    op = replace(item.op, pooled=pooled.get(item.op.name))
+    request = PlanRequest(
+        item.kind_obj, item.in_shapes, op.output.shape, tuple(op.params),
+        tuple(role for role, p in op.params.items() if p.trainable), op.input_grads, slots,
+        op.pooled.pool_output.shape if op.pooled else None, bool(op.pooled and op.pooled.activation),
+        keeps_argmax=any(p.pool == op.name for p in pooled.values()))
+    plan = chosen.planner(op.kind).plan(request)
+    if plan.workspace > MAX_TENSOR_ELEMENTS:  # its offsets are C int constants
+        if slots > 1:
+            raise ValueError(f"{op.name}: {slots} threads would need {plan.workspace:,} elements of scratch, "
+                             f"more than {MAX_TENSOR_ELEMENTS:,}; use fewer threads")
+        layer = item.layer.spec
+        raise SpecError([Diagnostic(
+            f"its kernels' scratch (padded planes, patch matrices) would have {plan.workspace:,} elements; "
+            f"the limit is {MAX_TENSOR_ELEMENTS:,}", layer.loc, layer.label,
+            hint="fewer input channels per group (groups), a smaller kernel, or a smaller output")], spec_path)
+    return replace(op, plan=plan)
+
+
+def _pooled_backwards(lowered: list[_Lowered], chosen, keep: set[str]) -> dict[str, PooledBackward]:
+    """conv name -> its PooledBackward, for every conv -> [relu] -> maxpool chain whose intermediate
+    tensors nothing else reads (and that are not the network output or the loss's input)."""
+    ops = [item.op for item in lowered]
+    by_name = {item.op.name: item for item in lowered}
+    producer = {op.output.name: op for op in ops}
+    readers = Counter(t.name for op in ops for t in op.inputs)
+    fused = {}
+    for pool in ops:
+        if not REGISTRY[pool.kind].gradient_at_window_max:
+            continue
+        conv = activation = producer.get(pool.inputs[0].name)
+        if activation is not None and REGISTRY[activation.kind].gradient_where_positive:
+            conv = producer.get(activation.inputs[0].name)
+        else:
+            activation = None
+        if conv is None:
+            continue
+        item = by_name[conv.name]
+        if not chosen.planner(conv.kind).plans_pooled_backward(item.kind_obj, item.in_shapes[0]):
+            continue
+        between = [conv.output.name] + ([activation.output.name] if activation else [])
+        if any(readers[name] != 1 or name in keep for name in between):
+            continue
+        if pool.output.size > pool.inputs[0].size:
+            continue  # (padded, overlapping windows) the argmax would not fit where the pool keeps it
+        fused[conv.name] = PooledBackward(pool.name, activation.name if activation else None, pool.inputs[0],
+                                          pool.output)
+    return fused
+
+
+def _place_workspaces(ops: list[Op]) -> tuple[list[Op], int]:
+    """Every op's workspace after the previous one's: (ops with their offsets, the total)."""
+    placed, offset = [], 0
+    for op in ops:
+        placed.append(replace(op, workspace_offset=offset))
+        offset += op.workspace_size
+    return placed, offset
+
+
+def _lower_loss(kind: str | None, output: Tensor, ops: list[Op]) -> Loss | None:
+    if kind is None:
+        return None
+    logits, fused_op = loss_kind(kind).logits(output, ops)
+    return Loss(kind, logits, fused_op, output.size)
