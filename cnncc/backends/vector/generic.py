@@ -19,6 +19,10 @@ ARGUMENTS = {
     "dropout": (("out", "in", "batch", "training", "seed"), ("din", "dout", "batch", "seed")),
     "global_avgpool": (("out", "in", "batch"), ("din", "dout", "batch")),
     "softmax": (("out", "in", "batch"), ("din", "dout", "out", "batch")),
+    "conv_transpose2d": (("out", "in", "weight", "bias", "scratch", "batch"),
+                         ("din", "dweight", "dbias", "dout", "in", "weight", "scratch", "batch")),
+    "upsample2d": (("out", "in", "batch"), ("din", "dout", "batch")),
+    "global_maxpool": (("out", "in", "batch"), ("din", "dout", "in", "batch")),
 }
 
 
