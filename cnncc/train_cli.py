@@ -20,21 +20,25 @@ from .runtime import Model
 AUTOENCODER_SYNTHETIC_CLASSES = 10  # the class patterns an autoencoder's synthetic images come from
 
 
-def _data_for(report, args, notes: list):
-    """The spec's data, checked against its input and loss before anything compiles. With
-    `training: {targets: input}` (an autoencoder) the targets are the inputs themselves."""
-    program = report.program
-    loss = program.loss
-    autoencoder = report.spec.training["targets"] == "input"
+def load_data(spec, source: str, data_dir=None, limit=None, notes: list | None = None, resize=None, program=None):
+    """((x_train, y_train), (x_test, y_test)) for a spec from a --data value (what was done is
+    appended to notes). With `training: {targets: input}` (an autoencoder) the targets are the
+    inputs themselves. program: the spec's lowered Program, if at hand (else it is analysed)."""
+    loss = (program or analyse(spec).program).loss
+    autoencoder = spec.training["targets"] == "input"
     classes = loss.classes if loss is not None and loss.takes_labels else None
-    (x, y), (xt, yt) = load_source(args.data, report.spec.input_shape,
-                                   AUTOENCODER_SYNTHETIC_CLASSES if autoencoder else classes,
-                                   data_dir=args.data_dir, limit=args.limit, notes=notes,
-                                   resize=getattr(args, "resize", None))
-    if autoencoder:
-        y, yt = x, xt
+    (x, y), (xt, yt) = load_source(source, spec.input_shape, AUTOENCODER_SYNTHETIC_CLASSES if autoencoder else classes,
+                                   data_dir=data_dir, limit=limit, notes=notes, resize=resize)
+    return ((x, x), (xt, xt)) if autoencoder else ((x, y), (xt, yt))
+
+
+def _data_for(report, args, notes: list):
+    """The spec's data, checked against its input and loss before anything compiles."""
+    program = report.program
+    (x, y), (xt, yt) = load_data(report.spec, args.data, args.data_dir, args.limit, notes,
+                                 getattr(args, "resize", None), program)
     for what, (xs, ys) in (("training", (x, y)), ("test", (xt, yt))):
-        problem = data_problem(program.input.shape, loss, xs, ys, f"the {what} data's")
+        problem = data_problem(program.input.shape, program.loss, xs, ys, f"the {what} data's")
         if problem:
             raise DataError(f"--data {args.data}: {problem}")
     return (x, y), (xt, yt)
