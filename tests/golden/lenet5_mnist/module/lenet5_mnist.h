@@ -5,8 +5,8 @@
  * All memory is the caller's: fill a lenet5_mnist_context with buffers of the sizes below.
  * Nothing here allocates, so the code is re-entrant (one context per thread).
  */
-#ifndef LENET5_MNIST_H
-#define LENET5_MNIST_H
+#ifndef CNNCC_LENET5_MNIST_H
+#define CNNCC_LENET5_MNIST_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -79,4 +79,4 @@ void lenet5_mnist_backward_op(const lenet5_mnist_context *ctx, const float *inpu
    otherwise everything runs on the caller's thread and this returns 1. */
 int lenet5_mnist_set_threads(int threads);
 
-#endif /* LENET5_MNIST_H */
+#endif /* CNNCC_LENET5_MNIST_H */

@@ -40,7 +40,9 @@ typedef float real;
 #define WS_CONV1 ((size_t)0)
 #define WS_CONV2 ((size_t)0)
 
-/* Output positions o whose input index o*stride + offset falls inside [0, n): [first, end). */
+/* The helpers below are marked unused: a network without padding or pooling calls none of them,
+   and clang -Wall flags an unused static inline function (GCC does not).
+   Output positions o whose input index o*stride + offset falls inside [0, n): [first, end). */
 static inline __attribute__((unused)) int mnist_seed_first_inside(int offset, int stride)
 {
     return offset >= 0 ? 0 : (-offset + stride - 1) / stride;
@@ -108,7 +110,8 @@ int mnist_seed_set_threads(int threads)
    function otherwise). */
 #if defined(__SANITIZE_ADDRESS__)
 /* A sanitizer build keeps the helpers as functions: instrumenting them inlined into every caller
-   makes the compile ten times slower, and the checks are the same. */
+   makes the compile ten times slower, and the checks are the same. `unused`: a network without
+   convolutions, say, calls no im2col, and clang -Wall flags an unused static inline function. */
 #define KERNEL_INLINE static inline __attribute__((unused))
 #else
 #define KERNEL_INLINE static inline __attribute__((always_inline, unused))
@@ -333,7 +336,7 @@ KERNEL_INLINE void mnist_seed_gemm_nn(int M, int N, int K, const real *restrict 
 
 /* acc[i][j] += A[i, 0:n] * B[j, 0:n] lane by lane (n <= VEC_LANES; a shorter tail is
    zero-filled). */
-KERNEL_INLINE void mnist_seed_gemm_nt_step(int rows, int cols, int n, const real *restrict a, ptrdiff_t lda,
+KERNEL_INLINE void mnist_seed_gemm_nt_accumulate(int rows, int cols, int n, const real *restrict a, ptrdiff_t lda,
                                 const real *const b_rows[NT_ROWS], int k, vec acc[NT_ROWS][NT_ROWS])
 {
     vec a_k[NT_ROWS], b_k[NT_ROWS];
@@ -361,9 +364,9 @@ KERNEL_INLINE void mnist_seed_gemm_nt_block(int rows, int cols, int K, const rea
             acc[i][jj] = (vec){0};
     int k = 0;
     for (; k + VEC_LANES <= K; k += VEC_LANES)
-        mnist_seed_gemm_nt_step(rows, cols, VEC_LANES, a, lda, b_rows, k, acc);
+        mnist_seed_gemm_nt_accumulate(rows, cols, VEC_LANES, a, lda, b_rows, k, acc);
     if (k < K)
-        mnist_seed_gemm_nt_step(rows, cols, K - k, a, lda, b_rows, k, acc);
+        mnist_seed_gemm_nt_accumulate(rows, cols, K - k, a, lda, b_rows, k, acc);
     for (int i = 0; i < rows; i++)
         for (int jj = 0; jj < cols; jj++)
             c[i * ldc + j + jj] = (accumulate ? c[i * ldc + j + jj] : 0) + mnist_seed_vec_sum(acc[i][jj]);

@@ -5,8 +5,8 @@
  * All memory is the caller's: fill a mnist_seed_context with buffers of the sizes below.
  * Nothing here allocates, so the code is re-entrant (one context per thread).
  */
-#ifndef MNIST_SEED_H
-#define MNIST_SEED_H
+#ifndef CNNCC_MNIST_SEED_H
+#define CNNCC_MNIST_SEED_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -37,4 +37,4 @@ const float *mnist_seed_output(const mnist_seed_context *ctx);
    otherwise everything runs on the caller's thread and this returns 1. */
 int mnist_seed_set_threads(int threads);
 
-#endif /* MNIST_SEED_H */
+#endif /* CNNCC_MNIST_SEED_H */

@@ -5,8 +5,8 @@
  * All memory is the caller's: fill a resnet_small_context with buffers of the sizes below.
  * Nothing here allocates, so the code is re-entrant (one context per thread).
  */
-#ifndef RESNET_SMALL_H
-#define RESNET_SMALL_H
+#ifndef CNNCC_RESNET_SMALL_H
+#define CNNCC_RESNET_SMALL_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -79,4 +79,4 @@ void resnet_small_backward_op(const resnet_small_context *ctx, const float *inpu
    otherwise everything runs on the caller's thread and this returns 1. */
 int resnet_small_set_threads(int threads);
 
-#endif /* RESNET_SMALL_H */
+#endif /* CNNCC_RESNET_SMALL_H */

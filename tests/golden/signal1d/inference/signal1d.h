@@ -5,8 +5,8 @@
  * All memory is the caller's: fill a signal1d_context with buffers of the sizes below.
  * Nothing here allocates, so the code is re-entrant (one context per thread).
  */
-#ifndef SIGNAL1D_H
-#define SIGNAL1D_H
+#ifndef CNNCC_SIGNAL1D_H
+#define CNNCC_SIGNAL1D_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -37,4 +37,4 @@ const float *signal1d_output(const signal1d_context *ctx);
    otherwise everything runs on the caller's thread and this returns 1. */
 int signal1d_set_threads(int threads);
 
-#endif /* SIGNAL1D_H */
+#endif /* CNNCC_SIGNAL1D_H */

@@ -5,8 +5,8 @@
  * All memory is the caller's: fill a three_conv_context with buffers of the sizes below.
  * Nothing here allocates, so the code is re-entrant (one context per thread).
  */
-#ifndef THREE_CONV_H
-#define THREE_CONV_H
+#ifndef CNNCC_THREE_CONV_H
+#define CNNCC_THREE_CONV_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -78,4 +78,4 @@ void three_conv_backward_op(const three_conv_context *ctx, const float *input, s
    otherwise everything runs on the caller's thread and this returns 1. */
 int three_conv_set_threads(int threads);
 
-#endif /* THREE_CONV_H */
+#endif /* CNNCC_THREE_CONV_H */

@@ -5,8 +5,8 @@
  * All memory is the caller's: fill a vgg_cifar_context with buffers of the sizes below.
  * Nothing here allocates, so the code is re-entrant (one context per thread).
  */
-#ifndef VGG_CIFAR_H
-#define VGG_CIFAR_H
+#ifndef CNNCC_VGG_CIFAR_H
+#define CNNCC_VGG_CIFAR_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -37,4 +37,4 @@ const float *vgg_cifar_output(const vgg_cifar_context *ctx);
    otherwise everything runs on the caller's thread and this returns 1. */
 int vgg_cifar_set_threads(int threads);
 
-#endif /* VGG_CIFAR_H */
+#endif /* CNNCC_VGG_CIFAR_H */
