@@ -69,7 +69,10 @@ def test_to_module_outputs_and_gradients_equal_cnncc_in_float64(spec, build_dir)
     net = cnncc.torch.to_module(model)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4,) + model.input_shape)
-    y = rng.integers(0, model.output_shape[0], 4)
+    # class labels for cross-entropy; for a regression loss (the autoencoder's MSE) targets shaped
+    # like the output, in [0, 1] so that they suit BCE too
+    y = rng.integers(0, model.output_shape[0], 4) if model.spec.loss == "softmax_cross_entropy" else \
+        rng.uniform(size=(4,) + model.output_shape)
     net.eval()
     with torch.no_grad():
         assert rel_err(net(torch.from_numpy(x)).numpy(), model.predict(x)) <= 1e-10
