@@ -14,6 +14,7 @@ import yaml
 from hypothesis import given, settings
 
 import cnncc
+import interop_cases
 from tools import need_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,20 @@ def run_onnx(path, x):
     need_module("onnx", INSTALL)
     from onnx.reference import ReferenceEvaluator
 
-    return ReferenceEvaluator(str(path)).run(None, {"input": x})[0]
+    return ReferenceEvaluator(str(path), new_ops=[_global_max_pool()]).run(None, {"input": x})[0]
+
+
+def _global_max_pool():
+    """GlobalMaxPool as the ONNX spec defines it (the maximum over every spatial axis): onnx's own
+    reference op also reduces the channels of an N x C x L input (onnx issue 7682, fixed by pull
+    request 8383 after the onnx 1.23 used here); for N x C x H x W the two agree."""
+    from onnx.reference.op_run import OpRun
+
+    class GlobalMaxPool(OpRun):
+        def _run(self, x):
+            return (x.max(axis=tuple(range(2, x.ndim)), keepdims=True),)
+
+    return GlobalMaxPool
 
 
 def exported(model, tmp_path, opset=17):
@@ -187,3 +201,36 @@ def test_every_registered_layer_kind_has_an_onnx_export():
     from cnncc.onnx.exporter import EXPORTERS
 
     assert set(REGISTRY) <= set(EXPORTERS), sorted(set(REGISTRY) - set(EXPORTERS))
+
+
+@pytest.mark.parametrize("case", sorted(interop_cases.SPECS))
+def test_upsampling_kinds_in_every_opset_and_float64(case, build_dir, tmp_path):
+    """ConvTranspose (groups, per-axis stride, pads, output_padding, dilations, no bias), Resize
+    (nearest and linear, unequal scales) and GlobalMaxPool in every opset by onnxruntime, and by
+    the reference evaluator in float64."""
+    onnx = need_module("onnx", INSTALL)
+    spec = interop_cases.SPECS[case]
+    model = randomised(cnncc.compile(spec, build_dir=build_dir, cflags=("-O1",)))
+    x = np.random.default_rng(4).normal(size=(2,) + model.input_shape).astype(np.float32)
+    for opset in range(13, 22):
+        path = exported(model, tmp_path, opset)
+        assert rel_err(output_like(model, run_onnx(path, x)), model.predict(x)) <= TOL32, opset
+    nodes = {node.name: node for node in onnx.load(str(path)).graph.node}
+    if case == "upsampling":
+        attrs = {name: {a.name: onnx.helper.get_attribute_value(a) for a in nodes[name].attribute}
+                 for name in ("ct", "near", "bilin")}
+        assert attrs["ct"] == {"kernel_shape": [3, 2], "strides": [2, 3], "pads": [1, 0, 1, 0],
+                               "output_padding": [1, 2], "dilations": [1, 2], "group": 2}
+        assert attrs["near"] == {"mode": b"nearest", "coordinate_transformation_mode": b"asymmetric",
+                                 "nearest_mode": b"floor"}
+        assert attrs["bilin"] == {"mode": b"linear", "coordinate_transformation_mode": b"pytorch_half_pixel"}
+    assert nodes["gmp"].op_type == "GlobalMaxPool" and nodes["gmp_flatten"].op_type == "Flatten"
+    # float64: onnxruntime has no double ConvTranspose, and onnx's reference one slices a grouped
+    # weight by output channels (onnx pull request 8446, after onnx 1.23): groups 1 here, groups 2
+    # is onnxruntime's above
+    wide = {**spec, "dtype": "float64",
+            "layers": [{k: v for k, v in layer.items() if k != "groups"} for layer in spec["layers"]]}
+    model64 = randomised(cnncc.compile(wide, build_dir=build_dir, cflags=("-O1",)))
+    path = exported(model64, tmp_path)
+    x64 = x.astype(np.float64)
+    assert rel_err(output_like(model64, run_onnx(path, x64)), model64.predict(x64)) <= TOL64

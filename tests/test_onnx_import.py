@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import cnncc
+import interop_cases
 from tools import need_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +85,21 @@ def test_import_of_export_is_the_same_network(spec, build_dir, tmp_path):
         np.testing.assert_array_equal(array, original.params[key])
     model = imported_model(path, build_dir)
     x = np.random.default_rng(0).normal(size=(3,) + original.input_shape).astype(np.float32)
+    assert rel_err(model.predict(x), original.predict(x)) <= 1e-6
+
+
+ROUND_TRIP_FIELDS = {"mnist_autoencoder": ROOT / "specs" / "mnist_autoencoder.yaml", **interop_cases.SPECS}
+
+
+@pytest.mark.parametrize("case", sorted(ROUND_TRIP_FIELDS))
+def test_import_of_export_keeps_every_field_of_the_upsampling_kinds(case, build_dir, tmp_path):
+    original = randomised(cnncc.compile(ROUND_TRIP_FIELDS[case], build_dir=build_dir, cflags=("-O1",)))
+    cnncc.onnx.export(original, tmp_path / "model.onnx")
+    imported, weights = cnncc.onnx.load(tmp_path / "model.onnx")
+    layers = [(l.name, l.kind, l.layer.values(), l.inputs) for l in imported.layers]
+    assert layers == [(l.name, l.kind, l.layer.values(), l.inputs) for l in original.spec.layers]
+    model = imported_model(tmp_path / "model.onnx", build_dir)
+    x = np.random.default_rng(0).normal(size=(2,) + original.input_shape).astype(np.float32)
     assert rel_err(model.predict(x), original.predict(x)) <= 1e-6
 
 
@@ -216,6 +232,69 @@ def test_global_pool_as_reduce_mean_and_squeeze_in_every_opset(opset, tmp_path, 
         ("conv2d", "relu"), ("global_avgpool", None)]
 
 
+SCALES = {name: np.array(v, np.float32) for name, v in
+          (("s23", [1, 1, 2, 3]), ("s32", [1, 1, 3, 2]), ("s22", [1, 1, 2, 2]), ("s2", [2, 2]),
+           ("s15", [1, 1, 1.5, 2]), ("sc2", [1, 2, 2, 2]))}
+WT = RNG.normal(size=(2, 3, 3, 2)).astype(np.float32)  # ConvTranspose: (c_in, filters/group, kh, kw)
+
+
+def _resize(scales, name="up", **attrs):
+    return helper.make_node("Resize", ["x", "", scales], ["y"], name=name, **attrs)
+
+
+@pytest.mark.parametrize("node, opset, fields", [
+    (_resize("s23", mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"), 13,
+     {"scale_factor": [2, 3]}),  # PyTorch's nearest, as torch.onnx writes it
+    (_resize("s32", mode="nearest"), 17, {"scale_factor": [3, 2]}),  # ONNX's defaults: half_pixel, round
+    (_resize("s22", mode="linear", coordinate_transformation_mode="pytorch_half_pixel"), 21,
+     {"scale_factor": 2, "mode": "bilinear"}),
+    (_resize("s32", mode="linear"), 17, {"scale_factor": [3, 2], "mode": "bilinear"}),  # half_pixel
+    (_resize("s2", mode="linear", axes=[2, 3]), 18, {"scale_factor": 2, "mode": "bilinear"}),
+], ids=["nearest_asymmetric_floor", "nearest_defaults", "linear_pytorch_half_pixel", "linear_half_pixel", "axes"])
+def test_resize_forms_agree_with_onnxruntime(node, opset, fields, tmp_path, build_dir):
+    inits = [(key, SCALES[key]) for key in node.input if key in SCALES]
+    path = graph_file(tmp_path, [node], (2, 4, 5), inits, opset=opset)
+    spec, _ = cnncc.onnx.load(path)
+    assert [(l.kind, {k: v for k, v in l.layer.values().items()}) for l in spec.layers] == \
+        [("upsample2d", {"scale_factor": tuple(np.broadcast_to(fields["scale_factor"], 2)),
+                         "mode": fields.get("mode", "nearest")})]
+    agrees_with_onnxruntime(path, (2, 4, 5), build_dir)
+
+
+def test_resize_sizes_from_a_shape_subgraph(tmp_path, build_dir):
+    """TorchScript's form for a size given per axis: Shape -> Slice (batch and channels) -> Concat."""
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Slice", ["shape", "zero", "two"], ["nc"]),
+             helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0),
+             helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], name="up", mode="linear",
+                              coordinate_transformation_mode="pytorch_half_pixel")]
+    inits = [("zero", np.array([0], np.int64)), ("two", np.array([2], np.int64)), ("hw", np.array([8, 15], np.int64))]
+    path = graph_file(tmp_path, nodes, (2, 4, 5), inits)
+    spec, _ = cnncc.onnx.load(path)
+    assert spec.layers[0].layer.scale_factor == (2, 3) and spec.layers[0].layer.mode == "bilinear"
+    agrees_with_onnxruntime(path, (2, 4, 5), build_dir)
+
+
+def test_conv_transpose_and_global_max_forms_agree_with_onnxruntime(tmp_path, build_dir):
+    nodes = [helper.make_node("ConvTranspose", ["x", "wt", "bt"], ["a"], name="up", strides=[2, 1], auto_pad="VALID",
+                              output_padding=[1, 0]),
+             helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("ConvTranspose", ["b", "wt2"], ["c"], name="up2", pads=[1, 2, 1, 2], group=3,
+                              dilations=[2, 2]),
+             helper.make_node("ReduceMax", ["c"], ["y"], name="gmax", axes=[2, 3], keepdims=0)]
+    inits = [("wt", WT), ("bt", B4[:3]), ("wt2", RNG.normal(size=(3, 2, 3, 3)).astype(np.float32))]
+    path = graph_file(tmp_path, nodes, (2, 4, 5), inits, opset=13)
+    spec, _ = cnncc.onnx.load(path)
+    assert [(l.kind, l.layer.activation_kind if l.kind == "conv_transpose2d" else None) for l in spec.layers] == \
+        [("conv_transpose2d", "relu"), ("conv_transpose2d", None), ("global_maxpool", None)]
+    assert spec.layers[1].layer.groups == 3 and spec.layers[1].layer.padding == (1, 2)
+    agrees_with_onnxruntime(path, (2, 4, 5), build_dir)
+    pool = [helper.make_node("GlobalMaxPool", ["x"], ["p"], name="gmp"), helper.make_node("Flatten", ["p"], ["y"])]
+    path = graph_file(tmp_path, pool, (3, 7), name="signal")  # a signal: N x C x L
+    assert [l.kind for l in cnncc.onnx.load(path)[0].layers] == ["global_maxpool"]
+    agrees_with_onnxruntime(path, (3, 7), build_dir)
+
+
 def test_local_functions_are_inlined(tmp_path, build_dir):
     """What the dynamo exporter may emit: the network's blocks as ONNX local functions."""
     body = [helper.make_node("Conv", ["a", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["b"])]
@@ -260,13 +339,29 @@ REFUSED = [
     ([helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="relu6")], "(Clip, inputs: x, lo, hi)"),
     ([helper.make_node("Conv", ["x", "w"], ["y"], name="c", pads=[1, 1, 1, 1])],
      "weight of shape [4, 3, 3, 3] with group 1 does not fit an input of 2 channels"),
+    ([_resize("s22", mode="cubic")], "node 'up' (Resize, inputs: x, <none>, s22): mode cubic"),
+    ([_resize("s22", mode="linear", coordinate_transformation_mode="align_corners")],
+     "mode linear with coordinate_transformation_mode align_corners; cnncc supports Resize of an image by integer"),
+    # asymmetric, rounded: o/s = k + r/s goes to k + 1 once r/s > 1/2 (at scales from 3), not o // s
+    ([_resize("s22", mode="nearest", coordinate_transformation_mode="asymmetric")],
+     "mode nearest with coordinate_transformation_mode asymmetric and nearest_mode round_prefer_floor"),
+    ([_resize("s15", mode="nearest")], "scales [1.5, 2.0] of the height and width"),
+    ([_resize("sc2", mode="nearest")], "resize the batch or the channels"),
+    ([helper.make_node("ConvTranspose", ["x", "wt"], ["y"], name="ct", pads=[0, 1, 1, 0])],
+     "node 'ct' (ConvTranspose, inputs: x, wt): pads [0, 1, 1, 0], different at the two ends of an axis"),
+    ([helper.make_node("ConvTranspose", ["x", "wt"], ["y"], name="ct", output_shape=[6, 8])],
+     "an output_shape attribute; cnncc supports ConvTranspose with explicit pads"),
 ]
 
 
 @pytest.mark.parametrize("nodes, message", REFUSED, ids=["op", "count_include_pad", "ceil_mode", "softmax_axis",
-                                                          "clip", "conv_channels"])
+                                                          "clip", "conv_channels", "resize_cubic",
+                                                          "resize_align_corners", "resize_nearest_rounding",
+                                                          "resize_fraction", "resize_channels",
+                                                          "conv_transpose_pads", "conv_transpose_output_shape"])
 def test_unsupported_graphs_exit_2_naming_the_node_and_write_nothing(nodes, message, tmp_path):
-    inits = [("lo", np.array(0, np.float32)), ("hi", np.array(6, np.float32)), ("w", W33)]
+    inits = [("lo", np.array(0, np.float32)), ("hi", np.array(6, np.float32)), ("w", W33), ("wt", WT),
+             *SCALES.items()]
     inits = [(k, v) for k, v in inits if any(k in n.input for n in nodes)]
     path = graph_file(tmp_path, nodes, (2, 5, 6), inits)
     with pytest.raises(UnsupportedModel) as info:

@@ -70,6 +70,27 @@ def _conv(graph, checked, inputs, output):
     graph.node("Conv", inputs + weights, output, name, group=k.groups, dilations=dilation, **_windows(checked))
 
 
+def _conv_transpose(graph, checked, inputs, output):
+    # the weight layout (c_in, filters/groups, kh, kw) is ONNX's too; cnncc's padding crops both sides alike
+    k, name = checked.layer, checked.name
+    ph, pw = k.padding
+    weights = [graph.weight(f"{name}.weight")] + ([graph.weight(f"{name}.bias")] if k.bias else [])
+    graph.node("ConvTranspose", inputs + weights, output, name, kernel_shape=list(k.kernel), strides=list(k.stride),
+               pads=[ph, pw, ph, pw], output_padding=list(k.output_padding), dilations=list(k.dilation),
+               group=k.groups)
+
+
+def _upsample(graph, checked, inputs, output):
+    # nearest: in[o // s] is ONNX's asymmetric coordinates (x = o/s), rounded down; bilinear with
+    # align_corners=False is PyTorch's half-pixel rule, which ONNX names pytorch_half_pixel. The
+    # scales are an input since opset 11 (float32 whatever the data's type); roi is left empty.
+    k, name = checked.layer, checked.name
+    scales = graph.constant(f"{name}.scales", [1.0, 1.0, *k.scale_factor], np.float32)
+    modes = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"} \
+        if k.mode == "nearest" else {"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}
+    graph.node("Resize", inputs + ["", scales], output, name, **modes)
+
+
 def _dense(graph, checked, inputs, output):
     name = checked.name
     weights = [graph.weight(f"{name}.weight")] + ([graph.weight(f"{name}.bias")] if checked.layer.bias else [])
@@ -85,10 +106,12 @@ def _avgpool(graph, checked, inputs, output):
     graph.node("AveragePool", inputs, output, checked.name, count_include_pad=1, **_windows(checked))
 
 
-def _global_avgpool(graph, checked, inputs, output):
-    # ONNX keeps the spatial axes (N x C x 1 x 1); cnncc's output is flat
-    graph.node("GlobalAveragePool", inputs, f"{checked.name}_spatial", checked.name)
-    graph.node("Flatten", [f"{checked.name}_spatial"], output, f"{checked.name}_flatten", axis=1)
+def _global_pool(op):
+    def export(graph, checked, inputs, output):
+        # ONNX keeps the spatial axes (N x C x 1 x 1); cnncc's output is flat
+        graph.node(op, inputs, f"{checked.name}_spatial", checked.name)
+        graph.node("Flatten", [f"{checked.name}_spatial"], output, f"{checked.name}_flatten", axis=1)
+    return export
 
 
 def _flatten(graph, checked, inputs, output):
@@ -121,9 +144,10 @@ def _elementwise(graph, checked, inputs, output):
 
 
 EXPORTERS = {
-    "conv2d": _conv, "conv1d": _conv, "dense": _dense,
+    "conv2d": _conv, "conv1d": _conv, "conv_transpose2d": _conv_transpose, "dense": _dense,
     "maxpool2d": _maxpool, "maxpool1d": _maxpool, "avgpool2d": _avgpool, "avgpool1d": _avgpool,
-    "global_avgpool": _global_avgpool, "flatten": _flatten, "batchnorm": _batchnorm, "dropout": _dropout,
+    "global_avgpool": _global_pool("GlobalAveragePool"), "global_maxpool": _global_pool("GlobalMaxPool"),
+    "upsample2d": _upsample, "flatten": _flatten, "batchnorm": _batchnorm, "dropout": _dropout,
     "add": _add, "concat": _concat,
     **{kind: _elementwise for kind in ACTIVATION_OPS},
 }

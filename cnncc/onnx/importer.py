@@ -2,8 +2,8 @@
 
 The nodes are walked in their (topological) order, keeping only those the graph's output depends
 on. Constant subgraphs are folded (fold.py); Identity and Dropout vanish; a Pad is absorbed by the
-Conv or pool after it; a Relu, Sigmoid, Tanh or Softmax right after a Conv or Gemm becomes its
-`activation:`; an Add of a constant after a bias-less Conv or MatMul becomes its bias. Anything
+Conv or pool after it; a Relu, Sigmoid, Tanh or Softmax right after a Conv, ConvTranspose or Gemm
+becomes its `activation:`; an Add of a constant after a bias-less Conv or MatMul becomes its bias. Anything
 else cnncc cannot express raises UnsupportedModel naming the node and what is supported.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from . import layers_in
 from .fold import PROBES, Const, FoldError, constant_node, fold
 from .graph import Act, Names, Padded, UnsupportedModel, attributes, describe
 from .reader import FLOAT_TYPES, OnnxFileError, TensorReader, read_model
+from .resize import ResizeError
 from .windows import WindowError
 
 MIN_OPSET, MAX_OPSET = 13, 21
@@ -126,7 +127,7 @@ class Importer:
             self.node = node
             try:
                 self.translate(node)
-            except WindowError as exc:
+            except (WindowError, ResizeError) as exc:
                 self.fail(str(exc))
             except FoldError as exc:
                 self.fail(f"cannot be folded to a constant: {exc}")

@@ -1,16 +1,18 @@
 """One handler per ONNX operator that touches the network's data: which cnncc layer it becomes.
 
 Each takes the Importer (importer.py) and the node's attributes, reads its inputs through it and
-records its output. Float attributes are float32 in ONNX; they are written as the shortest
-decimal that is that float32 (9.999999747e-06 -> 1e-05).
+records its output. The ops on images and signals (Conv, ConvTranspose, pools, Resize, Pad) are in
+spatial_in.py; HANDLERS here lists them all. Float attributes are float32 in ONNX; they are
+written as the shortest decimal that is that float32 (9.999999747e-06 -> 1e-05).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..layers import REGISTRY
 from .fold import Const
-from .graph import Act, Padded
-from .windows import check_ceil_mode, explicit_pads, output_sizes, padding_field, window_fields
+from .graph import Act
+from .spatial_in import conv, conv_transpose, global_pool, pad, pool, reduce, resize
 
 FUSABLE = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax"}
 ELEMENTWISE = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "LeakyRelu": "leaky_relu"}
@@ -19,107 +21,6 @@ FUSED_LEAKY_SLOPE = 0.01
 
 def short_float(value) -> float:
     return float(repr(np.float32(value)).replace("np.float32(", "").rstrip(")"))
-
-
-def _spatial_input(im, what):
-    """(act, extra begins, extra ends, pad value) of a Conv's or pool's data input."""
-    value = im.act(0, padded=True)
-    act = value.act if isinstance(value, Padded) else value
-    if act.flat or len(act.shape) not in (2, 3):
-        im.fail(f"{what} needs a C x H x W image or a C x L signal, got a sample of shape {list(act.cnncc_shape)}")
-    if isinstance(value, Padded):
-        return act, value.begins, value.ends, value.value
-    rank = len(act.shape) - 1
-    return act, (0,) * rank, (0,) * rank, 0.0
-
-
-def _window(im, attrs, act, kernel, extra_begins, extra_ends, dilations):
-    spatial = act.shape[1:]
-    strides = [int(s) for s in attrs.get("strides", [1] * len(spatial))]
-    begins, ends = explicit_pads(attrs, spatial, kernel, strides, dilations)
-    begins = [b + e for b, e in zip(begins, extra_begins)]
-    ends = [b + e for b, e in zip(ends, extra_ends)]
-    sizes = output_sizes(spatial, kernel, strides, dilations, begins, ends)
-    return spatial, strides, begins, ends, sizes
-
-
-def conv(im, attrs):
-    act, extra_b, extra_e, fill = _spatial_input(im, "Conv")
-    if fill != 0:
-        im.fail(f"a Pad with value {fill} before it", "zero padding before a Conv")
-    weight = im.weight(1, "weight")
-    bias = im.weight(2, "bias", required=False)
-    one_d = len(act.shape) == 2
-    kernel = [int(k) for k in weight.shape[2:]]
-    group = int(attrs.get("group", 1))
-    if weight.ndim != len(act.shape) + 1 or weight.shape[1] * group != act.shape[0]:
-        im.fail(f"weight of shape {list(weight.shape)} with group {group} does not fit an input of "
-                f"{act.shape[0]} channels")
-    if list(attrs.get("kernel_shape", kernel)) != kernel:
-        im.fail(f"kernel_shape {attrs['kernel_shape']} differs from the weight's {kernel}")
-    dilations = [int(d) for d in attrs.get("dilations", [1] * len(kernel))]
-    spatial, strides, begins, ends, sizes = _window(im, attrs, act, kernel, extra_b, extra_e, dilations)
-    filters = int(weight.shape[0])
-    fields = {"filters": filters, **window_fields(one_d, kernel, strides, dilations),
-              "padding": padding_field(spatial, kernel, strides, dilations, begins, ends)}
-    if fields["padding"] == 0:
-        del fields["padding"]
-    if group != 1:
-        fields["groups"] = group
-    params = {"weight": weight}
-    if bias is not None:
-        params["bias"] = bias.reshape(-1)
-    else:
-        fields["bias"] = False
-    im.output(im.add_layer("conv1d" if one_d else "conv2d", fields, [act], params, (filters, *sizes)))
-
-
-def _pool(im, attrs, kind):
-    act, extra_b, extra_e, fill = _spatial_input(im, im.node.op_type)
-    if kind == "max" and extra_b + extra_e != (0,) * (2 * len(extra_b)) and fill > -3.4e38:
-        im.fail(f"a Pad with value {fill} before a MaxPool (padding that could win the max)",
-                "-inf padding before a MaxPool")
-    if kind == "avg" and fill != 0:
-        im.fail(f"a Pad with value {fill} before an AveragePool", "zero padding before an AveragePool")
-    if any(d != 1 for d in attrs.get("dilations", [])):
-        im.fail(f"dilations {attrs['dilations']}", "pools without dilation")
-    kernel = [int(k) for k in attrs["kernel_shape"]]
-    spatial = act.shape[1:]
-    if len(kernel) != len(spatial):
-        im.fail(f"kernel_shape {kernel} on a sample of shape {list(act.shape)}")
-    own_b, own_e = explicit_pads(attrs, spatial, kernel, attrs.get("strides", [1] * len(kernel)), [1] * len(kernel))
-    if kind == "avg" and not attrs.get("count_include_pad", 0) and any(own_b + own_e):
-        im.fail("count_include_pad=0 with padding: a divisor that leaves the padding out",
-                "AveragePool with count_include_pad=1 (divisor kh*kw, PyTorch's default) or without padding")
-    spatial, strides, begins, ends, sizes = _window(im, attrs, act, kernel, extra_b, extra_e, [1] * len(kernel))
-    check_ceil_mode(attrs, spatial, kernel, strides, begins, ends)
-    im.unused_outputs(1, "the indices of the maxima")
-    one_d = len(spatial) == 1
-    fields = {**window_fields(one_d, kernel, strides, stride_default=kernel),
-              "padding": padding_field(spatial, kernel, strides, [1] * len(kernel), begins, ends)}
-    if fields["padding"] == 0:
-        del fields["padding"]
-    layer = f"{kind}pool{'1d' if one_d else '2d'}"
-    im.output(im.add_layer(layer, fields, [act], {}, (act.shape[0], *sizes)))
-
-
-def global_avgpool(im, attrs):
-    act = im.act()
-    if act.flat or len(act.shape) < 2:
-        im.fail("a global pool of a flat input")
-    im.output(im.add_layer("global_avgpool", {}, [act], {}, (act.shape[0],) + (1,) * (len(act.shape) - 1), True))
-
-
-def reduce_mean(im, attrs):
-    act = im.act()
-    axes = im.const(1, "axes", required=False) if im.opset >= 18 else attrs.get("axes")
-    rank = len(act.shape) + 1
-    axes = sorted(int(a) % rank for a in np.asarray(axes if axes is not None else []).reshape(-1))
-    if act.flat or axes != list(range(2, rank)):
-        im.fail(f"a mean over axes {axes}", "ReduceMean over all the spatial axes (a global average pool)")
-    keep = attrs.get("keepdims", 1)
-    shape = (act.shape[0],) + ((1,) * (rank - 2) if keep else ())
-    im.output(im.add_layer("global_avgpool", {}, [act], {}, shape, bool(keep)))
 
 
 def gemm(im, attrs):
@@ -207,7 +108,7 @@ def activation(im, attrs):
     alpha = short_float(attrs.get("alpha", 0.01)) if op == "LeakyRelu" else None
     kind = FUSABLE.get(op) or ("leaky_relu" if alpha == FUSED_LEAKY_SLOPE else None)
     layer = im.last_layer(act)
-    if kind and layer is not None and layer["type"] in ("conv2d", "conv1d", "dense") and "activation" not in layer \
+    if kind and layer is not None and "activation" in REGISTRY[layer["type"]].fields and "activation" not in layer \
             and im.single_consumer(im.node.input[0]):
         layer["activation"] = kind
         layer["inputs"] = layer.pop("inputs")  # kept last, as in every layer
@@ -311,27 +212,6 @@ def shape(im, attrs):
     im.output(Const(tuple(v[slice(start, end)] for v in full.values)))
 
 
-def pad(im, attrs):
-    act = im.act()
-    mode = attrs.get("mode", b"constant")
-    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
-        im.fail(f"mode {mode!r}", "constant padding")
-    pads = [int(p) for p in im.const(1, "pads").reshape(-1)]
-    fill = im.const(2, "constant_value", required=False)
-    fill = float(fill.reshape(-1)[0]) if fill is not None and fill.size else 0.0
-    rank = len(act.shape) + 1
-    axes = im.const(3, "axes", required=False)
-    axes = [int(a) % rank for a in axes.reshape(-1)] if axes is not None else list(range(rank))
-    if len(pads) != 2 * len(axes) or min(pads, default=0) < 0:
-        im.fail(f"pads {pads}", "non-negative pads, one begin and one end per axis")
-    begins, ends = [0] * rank, [0] * rank
-    for i, axis in enumerate(axes):
-        begins[axis], ends[axis] = pads[i], pads[len(axes) + i]
-    if act.flat or len(act.shape) not in (2, 3) or begins[:2] != [0, 0] or ends[:2] != [0, 0]:
-        im.fail(f"padding {pads} of a sample of shape {list(act.shape)}", "Pad of the spatial axes of an image or signal")
-    im.output(Padded(act, tuple(begins[2:]), tuple(ends[2:]), fill, im.node.name))
-
-
 def cast_like(im, attrs):
     """A constant cast to the type of the network's data (the dynamo exporter's zero biases)."""
     value = im.value(0)
@@ -341,14 +221,19 @@ def cast_like(im, attrs):
 
 
 HANDLERS = {
-    "Conv": conv, "MaxPool": lambda im, a: _pool(im, a, "max"), "AveragePool": lambda im, a: _pool(im, a, "avg"),
-    "GlobalAveragePool": global_avgpool, "ReduceMean": reduce_mean, "Gemm": gemm, "MatMul": matmul,
+    "Conv": conv, "ConvTranspose": conv_transpose, "Resize": resize,
+    "MaxPool": lambda im, a: pool(im, a, "max"), "AveragePool": lambda im, a: pool(im, a, "avg"),
+    "GlobalAveragePool": lambda im, a: global_pool(im, a, "global_avgpool"),
+    "GlobalMaxPool": lambda im, a: global_pool(im, a, "global_maxpool"),
+    "ReduceMean": lambda im, a: reduce(im, a, "global_avgpool"),
+    "ReduceMax": lambda im, a: reduce(im, a, "global_maxpool"), "Gemm": gemm, "MatMul": matmul,
     "Add": add, "Sum": add, "Concat": concat, "BatchNormalization": batchnorm, "Flatten": flatten,
     "Reshape": reshape, "Squeeze": squeeze, "Identity": passthrough, "Dropout": passthrough, "Shape": shape,
     "Pad": pad, "CastLike": cast_like, **{op: activation for op in ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Softmax")},
 }
 
-SUPPORTED = ("Conv, MaxPool, AveragePool, GlobalAveragePool, ReduceMean (global), Gemm, MatMul, Add, Sum, Concat, "
+SUPPORTED = ("Conv, ConvTranspose, Resize (integer upsampling), MaxPool, AveragePool, GlobalAveragePool, "
+             "GlobalMaxPool, ReduceMean and ReduceMax (global), Gemm, MatMul, Add, Sum, Concat, "
              "BatchNormalization, Flatten, Reshape, Squeeze, Identity, Dropout, Pad, Relu, LeakyRelu, Sigmoid, "
              "Tanh, Softmax on the network's data, and constant subgraphs of Shape, Gather, Unsqueeze, Concat, "
              "Slice, Cast and arithmetic")

@@ -69,6 +69,14 @@ class _GlobalAvgPool(nn.Module):
         return x.mean(dim=tuple(range(2, x.dim())))
 
 
+class _GlobalMaxPool(nn.Module):
+    """The maximum of each channel, flat; max over one axis sends a tie's gradient to a single
+    position (the first on CPU), as cnncc does (amax would share it)."""
+
+    def forward(self, x):
+        return torch.flatten(x, 2).max(dim=2).values
+
+
 class _Padded(nn.Module):
     """F.pad, then the layer (which keeps its parameters' names: this wraps none)."""
 
@@ -133,6 +141,22 @@ def _pool(checked, kind):
                    float("-inf") if kind == "max" else 0.0, cls(kernel, stride))
 
 
+def _conv_transpose(checked):
+    # cnncc's weight layout (c_in, filters/groups, kh, kw) is torch's, so no mapping is needed
+    k = checked.layer
+    return nn.ConvTranspose2d(checked.input_shapes[0][0], k.filters, tuple(k.kernel), stride=tuple(k.stride),
+                              padding=tuple(k.padding), output_padding=tuple(k.output_padding), groups=k.groups,
+                              bias=k.bias, dilation=tuple(k.dilation))
+
+
+def _upsample(checked):
+    k = checked.layer
+    scale = tuple(float(s) for s in k.scale_factor)
+    if k.mode == "bilinear":
+        return nn.Upsample(scale_factor=scale, mode="bilinear", align_corners=False)
+    return nn.Upsample(scale_factor=scale, mode="nearest")
+
+
 def _batchnorm(checked):
     shape, k = checked.input_shapes[0], checked.layer
     cls = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
@@ -140,11 +164,12 @@ def _batchnorm(checked):
 
 
 BUILDERS = {
-    "conv2d": _conv, "conv1d": _conv,
+    "conv2d": _conv, "conv1d": _conv, "conv_transpose2d": _conv_transpose, "upsample2d": _upsample,
     "dense": lambda c: nn.Linear(c.input_shapes[0][0], c.layer.units, bias=c.layer.bias),
     "maxpool2d": lambda c: _pool(c, "max"), "maxpool1d": lambda c: _pool(c, "max"),
     "avgpool2d": lambda c: _pool(c, "avg"), "avgpool1d": lambda c: _pool(c, "avg"),
-    "global_avgpool": lambda c: _GlobalAvgPool(), "flatten": lambda c: _Flatten(), "batchnorm": _batchnorm,
+    "global_avgpool": lambda c: _GlobalAvgPool(), "global_maxpool": lambda c: _GlobalMaxPool(),
+    "flatten": lambda c: _Flatten(), "batchnorm": _batchnorm,
     "dropout": lambda c: nn.Dropout(c.layer.rate), "add": lambda c: _Sum(), "concat": lambda c: _Concat(),
     "leaky_relu": lambda c: _activation("leaky_relu", c.layer.alpha),
     **{kind: (lambda kind: lambda c: _activation(kind))(kind) for kind in ("relu", "sigmoid", "tanh", "softmax",

@@ -1,7 +1,7 @@
 """Between cnncc's parameters and PyTorch's state_dicts: names, layouts, and the checks.
 
 The layouts are the same (cnncc stores weights in PyTorch's: conv (out, in/groups, kh, kw),
-dense (out, in)); the names differ only for batchnorm (gamma, beta are weight, bias) and where a
+conv_transpose2d (in, out/groups, kh, kw), dense (out, in)); the names differ only for batchnorm (gamma, beta are weight, bias) and where a
 layer's name is an attribute nn.Module already has (modules.attribute_name). A user's own module
 whose parameterised layers correspond one to one is matched by name where every name matches, else
 by order, and the mapping used is returned so it can be read; every mismatch is named.
