@@ -167,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="forward only: a static arena shared by tensors whose lifetimes do not overlap, no malloc")
     p.add_argument("--batch", type=_positive, default=1, help="samples per forward call in main.c and, with "
                                                               "--inference-only, in the arena (default 1)")
+    p.add_argument("--board", default=None, metavar="BOARD",
+                   help="a complete bare-metal project for this board instead: startup code, linker script, a "
+                        "semihosting main.c and a Makefile whose `make run` runs it under QEMU (boards: mps2-an386)")
+    p.add_argument("--build", action="store_true", help="with --board: build it and print its memory, measured "
+                                                        "next to predicted")
     p.set_defaults(run=_cmd_emit)
 
     p = sub.add_parser("bench", help="time a spec: training images/s, batch-1 latency, or per-op (--layers)",
