@@ -93,3 +93,43 @@ def run(directory: Path, board: Board, count_instructions: bool = False, timeout
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"{' '.join(command)} did not finish within {timeout:.0f} s") from None
     return Run(result.returncode, result.stdout, result.stderr)
+
+
+def _check(result: Run, what: str) -> Run:
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} on the device failed (QEMU exit status {result.returncode}):\n"
+                           f"{result.stdout}{result.stderr}")
+    return result
+
+
+def infer_on_device(project, x, count_instructions: bool = False, params=None, timeout: float = 600):
+    """(outputs, Run): run the built inference project on x [N, *input] (N a multiple of its batch);
+    params: the flat parameters, for a project that reads them from weights.bin."""
+    import numpy as np
+
+    program, files = project.program, project.files
+    dtype = np.dtype(program.dtype)
+    directory = Path(project.directory)
+    np.ascontiguousarray(x, dtype).tofile(directory / files["input"])
+    if params is not None:
+        np.ascontiguousarray(params, dtype).tofile(directory / files["weights"])
+    result = _check(run(directory, project.board, count_instructions, timeout), "inference")
+    outputs = np.fromfile(directory / files["output"], dtype)
+    return outputs.reshape((len(x), *program.output.shape)), result
+
+
+def train_on_device(project, x, y, params=None, timeout: float = 600):
+    """(trained flat parameters, Run): one step per batch of (x, y) inside the emulator, from params
+    (or the compiled-in weights)."""
+    import numpy as np
+
+    program, files = project.program, project.files
+    dtype = np.dtype(program.dtype)
+    directory = Path(project.directory)
+    np.ascontiguousarray(x, dtype).tofile(directory / files["input"])
+    target_dtype = np.int32 if program.loss.takes_labels else dtype
+    np.ascontiguousarray(y, target_dtype).tofile(directory / files["targets"])
+    if params is not None:
+        np.ascontiguousarray(params, dtype).tofile(directory / files["weights"])
+    result = _check(run(directory, project.board, timeout=timeout), "training")
+    return np.fromfile(directory / files["params"], dtype), result

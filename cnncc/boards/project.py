@@ -55,6 +55,10 @@ class BoardProject:
         return self.emitted.program
 
     @property
+    def files(self) -> dict[str, str]:
+        return FILES
+
+    @property
     def buffer_bytes(self) -> int:
         """RAM of every buffer main.c declares: what .bss holds besides the C library's own."""
         return sum(b.bytes for b in self.buffers)
