@@ -103,6 +103,7 @@ class Op:
     param_count: int = 0
     forward_scratch: int = 0  # leading elements of the workspace an inference forward uses, within the call
     pooled: PooledBackward | None = None  # a conv whose backward goes through the maxpool after it
+    runs_backward: bool = True  # False: no trainable parameter at or before it (_prune_backward)
 
     @property
     def grad_inputs(self) -> tuple[Tensor, ...]:
@@ -190,7 +191,7 @@ class Program:
         return tuple(op for op in reversed(self.ops) if self.has_backward(op))
 
     def has_backward(self, op: Op) -> bool:
-        return self.loss is not None and op.name not in self.absorbed_backward
+        return self.loss is not None and op.runs_backward and op.name not in self.absorbed_backward
 
     @property
     def unmaterialised_gradients(self) -> frozenset[str]:
@@ -320,6 +321,7 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector") -> Pr
     output = outputs[net.layers[-1].name]
     loss = _lower_loss(spec.loss, output, ops)
     ops = _pool_backward_through(ops, kinds, keep={output.name} | ({loss.logits.name} if loss else set()))
+    ops = _prune_backward(ops)
     if sample_slots > 1:
         ops = [_with_sample_slots(op, kinds[op.name], sample_slots) for op in ops]
     ops, workspace = _place_workspaces(ops)
@@ -371,6 +373,23 @@ def _pool_backward_through(ops: list[Op], kinds: dict, keep: set[str]) -> list[O
             pooled=PooledBackward(pool.name, activation.name if activation else None, pool.inputs[0], pool.output))
         fused[pool.name] = replace(pool, consts={**pool.consts, "keeps_argmax": True})
     return [fused.get(op.name, op) for op in ops]
+
+
+def _prune_backward(ops: list[Op]) -> list[Op]:
+    """Frozen layers (`trainable: false`): backward exists only to reach trainable parameters, so an
+    op runs backward only if it, or an op its inputs come from, has one. Before the first trainable
+    layer nothing runs backward at all, and the first op that does computes no gradient for an input
+    whose producer runs none (the kernels already skip dX for input_grads False, as for the network
+    input). A network with every layer trainable is unchanged."""
+    runs: dict[str, bool] = {}  # tensor name -> its producer runs backward
+    pruned = []
+    for op in ops:
+        upstream = tuple(not t.is_input and runs[t.name] for t in op.inputs)
+        own = any(p.trainable for p in op.params.values())
+        runs[op.output.name] = own or any(upstream)
+        pruned.append(op if runs[op.output.name] and upstream == op.input_grads else
+                      replace(op, input_grads=upstream, runs_backward=runs[op.output.name]))
+    return pruned
 
 
 def _place_workspaces(ops: list[Op]) -> tuple[list[Op], int]:

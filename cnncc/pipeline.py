@@ -1,6 +1,7 @@
 """The stages composed once: spec -> CheckedNet -> Program -> Report, under one CompileOptions.
 
-    spec.load_spec -> check.check_net -> ir.lower (kernel plans from the backend) -> report
+    spec.load_spec -> check.check_net -> ir.lower (kernel plans from the backend)
+                   -> memplan.training_layout (frozen layers' tensors share memory) -> report
 
 `analyse` runs them exactly once; the Model keeps the result, so nothing downstream (the
 train command, bench, emit) runs the pipeline again, and the report of a build is the report
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from .check import CheckedNet, check_net
 from .ir import Program, lower
+from .memplan import training_layout
 from .options import CompileOptions
 from .report import Report, build_report
 from .spec import Spec, load_spec
@@ -37,7 +39,7 @@ def analyse(spec, options: CompileOptions | None = None, batch: int | None = Non
     if options.dtype is not None and options.dtype != spec.dtype:
         spec = dataclasses.replace(spec, dtype=options.dtype)
     net = check_net(spec)
-    program = lower(net, sample_slots=options.sample_slots, backend=options.backend)
+    program = training_layout(lower(net, sample_slots=options.sample_slots, backend=options.backend))
     return Analysis(net, program, build_report(net, program, batch), options)
 
 

@@ -190,3 +190,33 @@ def test_cli_build_prints_measured_next_to_predicted(tmp_path, capsys):
     assert status == 0 and (tmp_path / "main.elf").is_file()
     line = next(line for line in out.splitlines() if line.strip().startswith("arena"))
     assert line.split()[1] == f"{arena:,}" and f"predicted {arena:,}" in line
+
+
+def test_fine_tuning_lenet_on_the_m4_within_the_predicted_ram(tmp_path, build_dir):
+    """LeNet with all but its last two layers frozen trains on the device; the training buffers of
+    the ELF are exactly `cnncc check --batch 1`'s training memory, and the result is the host's."""
+    need_toolchain()
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "specs/lenet5.yaml").read_text())
+    for layer in spec["layers"][:-2]:
+        layer["trainable"] = False
+    model = cnncc.compile(spec, build_dir=build_dir).init(7)
+    start = model.flat_params.copy()
+    project = emit_board(spec, tmp_path, BOARD, batch=1)
+    elf = build(project.directory, project.board)
+    program = cnncc.check(spec, batch=1).program
+    symbols = symbol_sizes(elf, project.board)
+    assert sum(symbols[name] for name in program.buffer_elements(1, training=True)) \
+        == program.buffer_bytes(1, training=True) == json.loads(cnncc.check(spec, batch=1).to_json())["totals"]["training_bytes"]
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    y = np.array([3], np.int32)
+    steps = 3
+    trained, result = train_on_device(project, np.concatenate([x] * steps), np.concatenate([y] * steps), params=start)
+    host = [model.train_step(x, y) for _ in range(steps)]
+    np.testing.assert_allclose(result.losses, host, rtol=RTOL)
+    assert result.losses[-1] < result.losses[0]
+    assert_params_close(model.program, trained, model.flat_params)
+    frozen = model.program.num_trainable
+    np.testing.assert_array_equal(trained[frozen:], start[frozen:])  # the frozen layers never move
