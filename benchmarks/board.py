@@ -60,7 +60,7 @@ def measure(spec: Path, work: Path) -> dict:
         train_symbols = symbol_sizes(train_elf, board)
         # the model's buffers (what `cnncc check` reports), not main.c's input and targets
         own = training.program.buffer_elements(1, training=True)
-        row["training_buffers"] = sum(train_symbols[name] for name in own)
+        row["training_buffers"] = sum(train_symbols.get(name, 0) for name in own)
         row["training_check"] = training.program.buffer_bytes(1, training=True)
     return row
 

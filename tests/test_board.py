@@ -101,6 +101,15 @@ def test_a_missing_cross_compiler_says_what_to_install(tmp_path, capsys, monkeyp
     assert "apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi" in err and "Traceback" not in err
 
 
+def test_a_missing_emulator_says_what_to_install(tmp_path, monkeypatch):
+    from cnncc.boards.measure import run
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(RuntimeError, match=r"'qemu-system-arm' is not installed \(install it with: "
+                                           r"apt-get install -y qemu-system-arm\)"):
+        run(tmp_path, board_named(BOARD))
+
+
 def test_the_project_declares_the_predicted_buffers(tmp_path):
     project = emit_board(ROOT / "specs/lenet5.yaml", tmp_path, BOARD, inference_only=True, batch=2)
     main_c = (tmp_path / "main.c").read_text()
@@ -157,7 +166,11 @@ def test_weights_read_through_semihosting(tmp_path, build_dir):
         infer_on_device(project, x)
 
 
-@pytest.mark.parametrize("spec", [ROOT / "specs/signal1d.yaml", ADAM_NET], ids=["signal1d_sgd", "tiny_adam_mse"])
+PLAIN_SGD = {**ADAM_NET, "name": "plain_sgd", "optimizer": {"type": "sgd", "lr": 0.05}}  # no optimizer state
+
+
+@pytest.mark.parametrize("spec", [ROOT / "specs/signal1d.yaml", ADAM_NET, PLAIN_SGD],
+                         ids=["signal1d_sgd", "tiny_adam_mse", "plain_sgd_mse"])
 def test_training_on_the_m4(spec, tmp_path, build_dir):
     """A few steps inside QEMU: the loss falls, and the losses and weights equal the host's."""
     need_toolchain()
@@ -165,7 +178,6 @@ def test_training_on_the_m4(spec, tmp_path, build_dir):
     model = cnncc.compile(spec, build_dir=build_dir).init(5)
     start = model.flat_params.copy()
     project = emit_board(spec, tmp_path, BOARD, batch=batch)
-    build(project.directory, project.board)
     rng = np.random.default_rng(6)
     x = rng.standard_normal((batch, *model.input_shape)).astype(np.float32)
     if model.program.loss.takes_labels:
@@ -173,6 +185,10 @@ def test_training_on_the_m4(spec, tmp_path, build_dir):
     else:
         y = rng.standard_normal((batch, *model.output_shape)).astype(np.float32)
     xs, ys = np.concatenate([x] * steps), np.concatenate([y] * steps)  # the same batch each step
+    elf = build(project.directory, project.board)
+    symbols = symbol_sizes(elf, project.board)
+    elements = model.program.buffer_elements(batch, training=True)
+    assert {name: symbols.get(name, 0) for name in elements} == {k: n * 4 for k, n in elements.items()}
     trained, result = train_on_device(project, xs, ys, params=start)
     host = [model.train_step(x, y) for _ in range(steps)]
     assert len(result.losses) == steps and result.losses[-1] < 0.8 * result.losses[0]

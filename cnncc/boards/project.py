@@ -65,8 +65,7 @@ class BoardProject:
 
 
 def buffers(program: Program, batch: int) -> tuple[Buffer, ...]:
-    """Every static buffer main.c declares for a (rendered) program at a batch. A C array has at
-    least one element, so an empty buffer (a model without optimizer state or workspace) takes one."""
+    """Every static buffer main.c declares for a (rendered) program at a batch."""
     size, deployment = program.itemsize, program.deployment
     real = "real"
     listed = [Buffer("input", real, program.input.size * batch, size, f"[BATCH, INPUT_SIZE] ({batch} per call)")]
@@ -77,8 +76,10 @@ def buffers(program: Program, batch: int) -> tuple[Buffer, ...]:
         docs = {"params": "NUM_PARAMS, trainable first", "activations": "ACTIVATIONS_PER_SAMPLE * BATCH",
                 "workspace": "WORKSPACE_SIZE", "grads": "NUM_PARAMS", "grad_activations":
                 "ACTIVATIONS_PER_SAMPLE * BATCH", "optimizer_state": "OPTIMIZER_STATE_SIZE"}
+        # an empty buffer (no optimizer state for plain SGD, no workspace) is not declared: its
+        # context field is NULL, so what main.c allocates is exactly buffer_elements
         elements = program.buffer_elements(batch, training=True)
-        listed = [Buffer(name, real, max(1, n), size, docs[name]) for name, n in elements.items()] + listed
+        listed = [Buffer(name, real, n, size, docs[name]) for name, n in elements.items() if n] + listed
         labels = program.loss.takes_labels
         listed.append(Buffer("targets", "int32_t" if labels else real,
                              batch * (1 if labels else program.output.size), 4 if labels else size,
@@ -113,8 +114,9 @@ def emit_board(spec, out_dir, board: str, weights=None, inference_only: bool = F
     program, model = rendered.program, rendered.context["model"]
     if model in BOARD_UNITS:
         raise ValueError(f"a model named '{model}' would overwrite the board's {model} files: rename it")
-    if program.loss is None and not inference_only:
-        raise ValueError(f"spec '{model}' has no loss, so it cannot train on the board: use --inference-only")
+    if not inference_only and (program.loss is None or not program.num_params):
+        raise ValueError(f"spec '{model}' has no {'loss' if program.loss is None else 'parameters'}, so it cannot "
+                         "train on the board: use --inference-only")
     listed = buffers(program, batch)
     flash_data = program.num_params * program.itemsize if rendered.weights else 0
     check_fits(target, model, sum(b.bytes for b in listed), flash_data)
@@ -132,6 +134,9 @@ def emit_board(spec, out_dir, board: str, weights=None, inference_only: bool = F
         hyper = {**rules.defaults(), **program.optimizer.settings, "lr": program.optimizer.lr}
         context["hyper"] = [(name, str(int(bool(hyper[name]))) if isinstance(hyper[name], bool) else c_float(hyper[name]))
                             for name in rules.fields]
+        declared = {b.name for b in listed}
+        context["context_fields"] = [(name, name if name in declared else "NULL")
+                                     for name in program.buffer_elements(batch, training=True)]
         context["targets_per_sample"] = 1 if program.loss.takes_labels else program.output.size
         context["target_doc"] = ("int32 class labels, one per sample" if program.loss.takes_labels
                                  else f"raw {program.c_type} targets shaped like the output")
