@@ -321,7 +321,8 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector") -> Pr
     output = outputs[net.layers[-1].name]
     loss = _lower_loss(spec.loss, output, ops)
     ops = _pool_backward_through(ops, kinds, keep={output.name} | ({loss.logits.name} if loss else set()))
-    ops = _prune_backward(ops)
+    if any(not layer.spec.trainable for layer in net.layers):  # fine-tuning: see _prune_backward
+        ops = _prune_backward(ops)
     if sample_slots > 1:
         ops = [_with_sample_slots(op, kinds[op.name], sample_slots) for op in ops]
     ops, workspace = _place_workspaces(ops)
@@ -380,7 +381,9 @@ def _prune_backward(ops: list[Op]) -> list[Op]:
     op runs backward only if it, or an op its inputs come from, has one. Before the first trainable
     layer nothing runs backward at all, and the first op that does computes no gradient for an input
     whose producer runs none (the kernels already skip dX for input_grads False, as for the network
-    input). A network with every layer trainable is unchanged."""
+    input). Only for a network with a frozen layer: otherwise every op keeps its backward, so the
+    gradient of every tensor stays readable (Model.activation(grad=True), the input-gradient tests'
+    identity layer before the first trainable one)."""
     runs: dict[str, bool] = {}  # tensor name -> its producer runs backward
     pruned = []
     for op in ops:
