@@ -43,7 +43,8 @@ class Board:
     timer_hz: ClassVar[int]  # the free-running timer main.c reads around each call
     timer_base: ClassVar[int]  # that timer's registers: load, value, control
     compiler: ClassVar[Tool]
-    size_tool: ClassVar[Tool]
+    size_tool: ClassVar[Tool]  # section sizes of the ELF
+    nm_tool: ClassVar[Tool]  # symbol sizes of the ELF
     emulator: ClassVar[Tool]
 
     def __init_subclass__(cls, **kwargs):

@@ -46,7 +46,7 @@ def section_sizes(elf: Path, board: Board) -> dict[str, int]:
 
 def symbol_sizes(elf: Path, board: Board) -> dict[str, int]:
     """Bytes of every sized symbol of the ELF (arm-none-eabi-nm -S)."""
-    nm = require(Tool(board.size_tool.command.replace("-size", "-nm"), board.size_tool.install))
+    nm = require(board.nm_tool)
     out = subprocess.run([nm, "-S", "--defined-only", str(elf)], capture_output=True, text=True, check=True).stdout
     sizes = {}
     for line in out.splitlines():

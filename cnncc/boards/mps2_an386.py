@@ -27,4 +27,5 @@ class Mps2An386(Board):
     timer_base = 0x40002000
     compiler = Tool("arm-none-eabi-gcc", ARM_GCC)
     size_tool = Tool("arm-none-eabi-size", ARM_GCC)
+    nm_tool = Tool("arm-none-eabi-nm", ARM_GCC)
     emulator = Tool("qemu-system-arm", "apt-get install -y qemu-system-arm")
