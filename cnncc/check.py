@@ -6,7 +6,7 @@ field that causes it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from .errors import Diagnostic, SpecError, did_you_mean
@@ -135,6 +135,8 @@ def check_net(spec: Spec) -> CheckedNet:
         try:
             out_shape = layer.output_shape(in_shapes)
             params = tuple(layer.param_decls(in_shapes))
+            if not layer_spec.trainable:  # a frozen layer: every parameter of it, as a running statistic is
+                params = tuple(replace(p, trainable=False) for p in params)
         except ShapeError as exc:
             report(exc.message, exc.field, exc.hint)
             failed.add(layer_spec.name)

@@ -307,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "--inference-only, in the arena (default 1)")
     p.add_argument("--force", action="store_true",
                    help="overwrite files in DIR that cnncc did not generate (by default emit refuses)")
+    p.add_argument("--board", default=None, metavar="BOARD",
+                   help="a complete bare-metal project for this board instead: startup code, linker script, a "
+                        "semihosting main.c and a Makefile whose `make run` runs it under QEMU (boards: mps2-an386)")
+    p.add_argument("--build", action="store_true", help="with --board: build it and print its memory, measured "
+                                                        "next to predicted")
     p.set_defaults(run=_cmd_emit)
 
     from .quantize.cli import add_quantize_parser

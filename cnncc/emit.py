@@ -82,10 +82,20 @@ def _weight_sections(program: Program, flat: np.ndarray) -> list[dict]:
     return sections
 
 
-def emit(spec, out_dir, weights=None, inference_only: bool = False, batch: int = 1, force: bool = False) -> Emitted:
-    """Write the standalone C of a spec (a path, YAML text, dict or Spec) into out_dir. A file
-    there that cnncc did not generate is never overwritten unless force=True (`--force`); a
-    target that is not a regular file is always refused (files.write_atomically)."""
+@dataclass(frozen=True)
+class Rendered:
+    """Every file of an emit, rendered and not yet written (a board project replaces the
+    example program's files with its own: cnncc/boards/project.py)."""
+    texts: dict  # file name -> text
+    program: Program  # what was rendered
+    memory: MemoryPlan
+    figures: dict
+    context: dict  # what the emit templates read
+    weights: bool  # NAME_weights.c is among the texts
+
+
+def render_emit(spec, weights=None, inference_only: bool = False, batch: int = 1) -> Rendered:
+    """The standalone C of a spec (a path, YAML text, dict or Spec), validated and rendered."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     analysis = analyse(spec)
@@ -125,16 +135,31 @@ def emit(spec, out_dir, weights=None, inference_only: bool = False, batch: int =
     texts[f"{EXAMPLE}.c"] = env.get_template("emit/main.c.j2").render(context)
     texts["Makefile"] = env.get_template("emit/Makefile.j2").render(context)
     texts["README.md"] = env.get_template("emit/README.md.j2").render(context)
-    out = Path(out_dir)  # created only once everything has rendered and every target was checked
-    for name in texts:
+    return Rendered(texts, rendered, memory, figures, context, flat is not None)
+
+
+def write_rendered(rendered: Rendered, out_dir, force: bool = False) -> Emitted:
+    """Write the files (the directory is created only now, once everything has rendered and every
+    target was checked). A file there that cnncc did not generate is never overwritten unless
+    force=True (`--force`); a target that is not a regular file is always refused
+    (files.write_atomically)."""
+    out = Path(out_dir)
+    for name in rendered.texts:
         _check_target(out / name, force)
     out.mkdir(parents=True, exist_ok=True)
     files = []
-    for name, text in texts.items():
+    for name, text in rendered.texts.items():
         write_bytes_atomically(out / name, text.encode())
         files.append(out / name)
-    _remove_stale_weights(out / f"{model}_weights.c", keep=flat is not None)
-    return Emitted(out, tuple(files), rendered, memory, figures)
+    model = rendered.context["model"]
+    _remove_stale_weights(out / f"{model}_weights.c", keep=rendered.weights)
+    return Emitted(out, tuple(files), rendered.program, rendered.memory, rendered.figures)
+
+
+def emit(spec, out_dir, weights=None, inference_only: bool = False, batch: int = 1, force: bool = False) -> Emitted:
+    """Write the standalone C of a spec (a path, YAML text, dict or Spec) into out_dir (see
+    write_rendered for what it overwrites)."""
+    return write_rendered(render_emit(spec, weights, inference_only, batch), out_dir, force)
 
 
 def _generated_by_cnncc(path: Path) -> bool:
@@ -163,6 +188,10 @@ def _remove_stale_weights(path: Path, keep: bool) -> None:
 
 
 def emit_command(args) -> int:
+    if args.board is not None:
+        from .boards.command import board_command
+
+        return board_command(args)
     result = emit(args.spec, args.out, args.weights, args.inference_only, args.batch, args.force)
     f = result.figures
     print(f"cnncc: wrote {', '.join(p.name for p in result.files)} to {result.directory}")

@@ -99,6 +99,7 @@ class Op:
     pooled: PooledBackward | None = None  # a conv whose backward goes through the maxpool after it
     plan: KernelPlan | None = None  # how its kernels run on the program's backend (set once by lowering)
     workspace_offset: int = 0
+    runs_backward: bool = True  # False: no trainable parameter at or before it (_prune_backward)
 
     @property
     def grad_inputs(self) -> tuple[Tensor, ...]:
@@ -192,7 +193,7 @@ class Program:
         return tuple(op for op in reversed(self.ops) if self.has_backward(op))
 
     def has_backward(self, op: Op) -> bool:
-        return self.loss is not None and op.name not in self.absorbed_backward
+        return self.loss is not None and op.runs_backward and op.name not in self.absorbed_backward
 
     @property
     def unmaterialised_gradients(self) -> frozenset[str]:

@@ -101,6 +101,8 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector") -> Pr
     loss = _lower_loss(spec.loss, output, [item.op for item in lowered])
     chosen = backend_named(backend)
     pooled = _pooled_backwards(lowered, chosen, keep={output.name} | ({loss.logits.name} if loss else set()))
+    if any(not layer.spec.trainable for layer in net.layers):  # fine-tuning: see _prune_backward
+        lowered = _prune_backward(lowered)
     ops = [_planned(item, chosen, sample_slots, pooled, spec.path) for item in lowered]
     ops, workspace = _place_workspaces(ops)
     return Program(spec.name, spec.dtype, network_input, output, tuple(ops), tuple(params.values()), offset,
@@ -128,6 +130,27 @@ def _planned(item: _Lowered, chosen, slots: int, pooled: dict[str, PooledBackwar
             f"the limit is {MAX_TENSOR_ELEMENTS:,}", layer.loc, layer.label,
             hint="fewer input channels per group (groups), a smaller kernel, or a smaller output")], spec_path)
     return replace(op, plan=plan)
+
+
+def _prune_backward(lowered: list[_Lowered]) -> list[_Lowered]:
+    """Frozen layers (`trainable: false`): backward exists only to reach trainable parameters, so an
+    op runs backward only if it, or an op its inputs come from, has one. Before the first trainable
+    layer nothing runs backward at all, and the first op that does computes no gradient for an input
+    whose producer runs none (the kernels already skip dX for input_grads False, as for the network
+    input). Only for a network with a frozen layer: otherwise every op keeps its backward, so the
+    gradient of every tensor stays readable (Model.activation(grad=True), the input-gradient tests'
+    identity layer before the first trainable one)."""
+    runs: dict[str, bool] = {}  # tensor name -> its producer runs backward
+    pruned = []
+    for item in lowered:
+        op = item.op
+        upstream = tuple(not t.is_input and runs[t.name] for t in op.inputs)
+        own = any(p.trainable for p in op.params.values())
+        runs[op.output.name] = own or any(upstream)
+        if not (runs[op.output.name] and upstream == op.input_grads):
+            item = replace(item, op=replace(op, input_grads=upstream, runs_backward=runs[op.output.name]))
+        pruned.append(item)
+    return pruned
 
 
 def _pooled_backwards(lowered: list[_Lowered], chosen, keep: set[str]) -> dict[str, PooledBackward]:

@@ -83,7 +83,9 @@ def plan(program: Program) -> MemoryPlan:
     spans = lifetimes(program)
     offsets = first_fit(spans)
     total = max((offsets[t.name] + t.size for t in spans), default=0)
-    return MemoryPlan(spans, offsets, total, program.activation_size, inference_scratch(program))
+    # one buffer per tensor (what the training plan of a network without frozen layers allocates)
+    unshared = sum(t.size for t in spans)
+    return MemoryPlan(spans, offsets, total, unshared, inference_scratch(program))
 
 
 def inference_scratch(program: Program) -> int:
@@ -117,3 +119,59 @@ def deployment_figures(program: Program, batch: int) -> dict[str, int]:
             "arena_bytes": memory.arena_size(batch) * program.itemsize,
             "arena_bytes_unshared": memory.unshared_size(batch) * program.itemsize,
             "arena_batch": batch}
+
+
+def backward_reads(program: Program) -> frozenset[str]:
+    """The tensors the backward pass (or the loss) may read: every input and the output of each
+    op that runs backward (its own, or one an op absorbed: a pool's argmax, a fused sigmoid), the
+    network output and the loss's logits. The others are only read during the forward pass."""
+    kept = {t.name for op in program.ops if op.runs_backward for t in (*op.inputs, op.output) if not t.is_input}
+    kept.add(program.output.name)
+    if program.loss is not None:
+        kept.add(program.loss.logits.name)
+    return frozenset(kept)
+
+
+def training_layout(program: Program) -> Program:
+    """With frozen layers, the training plan of a program: the tensors backward reads keep one slot
+    each (first, in schedule order), and the others, those only frozen layers that run no backward
+    read, share one region planned like the inference arena (first fit over their lifetimes). The
+    gradient buffer mirrors the activations, so it shrinks by the same amount; gradients are never
+    written for the shared tensors (their producers run no backward). Everything else is the
+    lowered program as it is: without frozen layers (every op runs backward) it is returned unchanged."""
+    if program.loss is None or all(op.runs_backward for op in program.ops):
+        return program
+    kept = backward_reads(program)
+    offsets, end = {}, 0
+    for op in program.ops:
+        if op.output.name in kept:
+            offsets[op.output.name] = end
+            end += op.output.size
+    shared = tuple(t for t in lifetimes(program) if t.name not in kept)
+    for name, offset in first_fit(shared).items():
+        offsets[name] = end + offset
+    total = end + max((offsets[t.name] - end + t.size for t in shared), default=0)
+
+    def moved(t: Tensor) -> Tensor:
+        return t if t.is_input else replace(t, offset=offsets[t.name])
+
+    def moved_op(op):
+        pooled = op.pooled and replace(op.pooled, pool_input=moved(op.pooled.pool_input),
+                                       pool_output=moved(op.pooled.pool_output))
+        return replace(op, inputs=tuple(moved(t) for t in op.inputs), output=moved(op.output), pooled=pooled)
+
+    # Workspaces: an op that runs backward keeps its own (what its forward leaves there, its
+    # backward may read); the others' are used only within their forward call, so they share one
+    # region after those.
+    ops, workspace = [], 0
+    for op in program.ops:
+        if op.runs_backward:
+            ops.append(replace(moved_op(op), workspace_offset=workspace))
+            workspace += op.workspace_size
+    shared_workspace = max((op.workspace_size for op in program.ops if not op.runs_backward), default=0)
+    ops = {op.name: op for op in ops}
+    ops = tuple(ops.get(op.name) or replace(moved_op(op), workspace_offset=workspace) for op in program.ops)
+    loss = replace(program.loss, logits=moved(program.loss.logits))
+    return replace(program, ops=ops, output=moved(program.output), loss=loss, activation_size=total,
+                   workspace_size=workspace + shared_workspace,
+                   layer_outputs={k: moved(t) for k, t in program.layer_outputs.items()})

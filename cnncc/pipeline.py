@@ -1,7 +1,7 @@
 """The stages composed once: spec -> CheckedNet -> Program -> Report, under one CompileOptions.
 
-    spec.load_spec -> check.check_net -> lowering.lower (kernel plans from the backend) -> report
-
+    spec.load_spec -> check.check_net -> lowering.lower (kernel plans from the backend)
+                   -> memplan.training_layout (frozen layers' tensors share memory) -> report
 `analyse` runs them exactly once; the Model keeps the result, so nothing downstream (the
 train command, bench, emit) runs the pipeline again, and the report of a build is the report
 of exactly the program that build allocates for.
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from .check import CheckedNet, check_net
 from .ir import Program
 from .lowering import lower
+from .memplan import training_layout
 from .options import CompileOptions
 from .report import Report, build_report
 from .source import without_gc_pauses
@@ -42,7 +43,7 @@ def analyse(spec, options: CompileOptions | None = None, batch: int | None = Non
     # they build hold no cycles, so the cycle collector is paused until the report is made.
     with without_gc_pauses():
         net = check_net(spec)
-        program = lower(net, sample_slots=options.sample_slots, backend=options.backend)
+        program = training_layout(lower(net, sample_slots=options.sample_slots, backend=options.backend))
         return Analysis(net, program, build_report(net, program, batch), options)
 
 

@@ -49,7 +49,9 @@ def spec_reference_markdown() -> str:
               "#### Layers", "",
               "Every layer has `type`, an optional `name` (a C identifier, unique ignoring case; "
               "default `<type>_<n>`) and optional `inputs` (a list of earlier layer names or `input`; "
-              "default: the previous layer).", ""]
+              "default: the previous layer), and an optional `trainable` (`false` freezes its parameters for "
+              "fine-tuning: no update, no gradient or optimizer state, no backward before the first trainable "
+              "layer; `Model.freeze`/`unfreeze` do the same from Python).", ""]
     for kind, cls in REGISTRY.items():
         lines.append(f"##### `{kind}`: {cls.doc}")
         lines.append("")

@@ -11,6 +11,7 @@ import math
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -88,6 +89,35 @@ class Model:
         model = cls(analysis, module)
         if options.threads > 1:
             model.set_threads(options.threads)
+        return model
+
+    def freeze(self, layers, build_dir=None) -> "Model":
+        """The model recompiled with these layers frozen (`trainable: false`: no update, no gradient
+        kept, no backward before the first trainable layer; their parameters stay as they are) and
+        the others as they were. Returns the new model, carrying over the parameters and the step
+        count; the optimizer state starts afresh (its layout follows the trainable parameters).
+        This model is left unchanged."""
+        return self._with_trainable(layers, False, build_dir)
+
+    def unfreeze(self, layers, build_dir=None) -> "Model":
+        """The model recompiled with these layers trainable again (see freeze)."""
+        return self._with_trainable(layers, True, build_dir)
+
+    def _with_trainable(self, layers, trainable: bool, build_dir) -> "Model":
+        if isinstance(layers, str) or not all(isinstance(name, str) for name in layers):
+            raise ValueError(f"expected a list of layer names, got {layers!r}")
+        known = [layer.name for layer in self.spec.layers]
+        unknown = [name for name in layers if name not in known]
+        if unknown:
+            raise ValueError(f"no layer named {', '.join(map(repr, unknown))}; the layers are {', '.join(known)}")
+        chosen = set(layers)
+        spec = replace(self.spec, layers=tuple(replace(layer, trainable=trainable) if layer.name in chosen else layer
+                                               for layer in self.spec.layers))
+        model = Model.compile(spec, build_dir=build_dir, options=self.analysis.options)
+        for key, values in self.params.items():
+            model.params[key][...] = values
+        model.step_count = self.step_count
+        model.hyper = dict(self.hyper)
         return model
 
     @property

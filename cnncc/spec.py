@@ -44,7 +44,10 @@ INPUT_FIELDS = {
 }
 
 TOP_FIELDS = ("name", "input", "dtype", "layers", "loss", "optimizer", "training")
-LAYER_COMMON = ("type", "name", "inputs")
+LAYER_COMMON = ("type", "name", "inputs", "trainable")
+# `trainable: false` freezes a layer for fine-tuning: its parameters get no update, no gradient
+# is kept for them and nothing before the first trainable layer runs backward (ir.py).
+TRAINABLE_FIELD = F.field(F.boolean(), True, "false: freeze the layer's parameters (fine-tuning)")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class LayerSpec:
     inputs: tuple[str, ...]
     loc: Loc | None = None
     field_locs: dict[str, Loc | None] = field(default_factory=dict)
+    trainable: bool = True  # False: frozen (TRAINABLE_FIELD)
 
     @property
     def label(self) -> str:
@@ -362,7 +366,13 @@ def _layers(out: _Collector, node: Node | None) -> list[LayerSpec]:
                 inputs = F.name_list()[0](layer_node.items["inputs"].plain())
             except FieldError as exc:
                 out.error(f"inputs {exc.message}", _error_loc(layer_node.items["inputs"], exc), where, "inputs", exc.hint)
-        parsed.append((index, layer_node, kind, values, name, inputs))
+        trainable = TRAINABLE_FIELD.default
+        if "trainable" in layer_node.items:
+            try:
+                trainable = TRAINABLE_FIELD.parse(layer_node.items["trainable"].plain())
+            except FieldError as exc:
+                out.error(f"trainable {exc.message}", layer_node.items["trainable"].loc, where, "trainable", exc.hint)
+        parsed.append((index, layer_node, kind, values, name, (inputs, trainable)))
 
     taken = {}
     for index, layer_node, kind, _, name, _ in parsed:
@@ -381,7 +391,7 @@ def _layers(out: _Collector, node: Node | None) -> list[LayerSpec]:
             taken[name.lower()] = (index, name)
 
     layers, counters, previous = [], {}, "input"
-    for index, layer_node, kind, values, name, inputs in parsed:
+    for index, layer_node, kind, values, name, (inputs, trainable) in parsed:
         if name is None:
             while True:
                 counters[kind] = counters.get(kind, 0) + 1
@@ -392,6 +402,7 @@ def _layers(out: _Collector, node: Node | None) -> list[LayerSpec]:
         field_locs = {key: n.loc for key, n in layer_node.items.items()}
         if len(values) == len(REGISTRY[kind].fields):
             layer = REGISTRY[kind](**values)
-            layers.append(LayerSpec(index, name, kind, layer, inputs or (previous,), layer_node.loc, field_locs))
+            layers.append(LayerSpec(index, name, kind, layer, inputs or (previous,), layer_node.loc, field_locs,
+                                    trainable))
         previous = name
     return layers

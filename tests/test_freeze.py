@@ -1,0 +1,108 @@
+"""Fine-tuning with frozen layers: `trainable: false` in a spec, Model.freeze / unfreeze.
+
+A frozen layer's parameters never change and hold no optimizer state; nothing before the first
+trainable layer runs backward; the tensors only frozen layers read share memory, and the training
+memory `cnncc check --batch 1` reports is what the build allocates."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import cnncc
+from cnncc.errors import SpecError
+
+ROOT = Path(__file__).resolve().parent.parent
+LENET = ROOT / "specs/lenet5.yaml"
+ALL_BUT_LAST_TWO = ["conv1", "pool1", "conv2", "pool2", "flatten_1", "fc3"]
+# LeNet's batch-1 training memory (adam), every buffer the build allocates: before and after
+# freezing all but fc4 and fc5. The cut: Adam's two moments of the frozen parameters (0.41 MB), the
+# activations and their gradients of the frozen convs, which now share memory (2 x 21 KB), and
+# their conv scratch, shared as it is only used within their forward call (60 KB).
+LENET_TRAINING_BYTES = 1_280_664
+LENET_FROZEN_TRAINING_BYTES = 761_968
+
+
+def frozen_lenet() -> dict:
+    spec = yaml.safe_load(LENET.read_text())
+    for layer in spec["layers"][:-2]:
+        layer["trainable"] = False
+    return spec
+
+
+def test_the_spec_field_is_validated():
+    spec = frozen_lenet()
+    spec["layers"][0]["trainable"] = "no"
+    with pytest.raises(SpecError) as info:
+        cnncc.load_spec(spec)
+    message = info.value.format()
+    assert "trainable" in message and "conv1" in message
+    spec["layers"][0]["trainabel"] = False
+    with pytest.raises(SpecError, match="did you mean 'trainable'"):
+        cnncc.load_spec(spec)
+
+
+def test_frozen_layers_in_the_program():
+    program = cnncc.check(frozen_lenet(), batch=1).program
+    assert program.num_trainable == 84 * 120 + 84 + 10 * 84 + 10
+    assert [p.key for p in program.params[:4]] == ["fc4.weight", "fc4.bias", "fc5.weight", "fc5.bias"]
+    assert all(not p.trainable for p in program.params[4:])
+    # nothing before the first trainable layer runs backward, and fc4 computes no input gradient
+    assert [op.name for op in program.backward_ops] == ["fc5", "fc4_relu", "fc4"]
+    fc4 = next(op for op in program.ops if op.name == "fc4")
+    assert fc4.input_grads == (False,)
+    assert program.optimizer_state_size == 2 * program.num_trainable
+
+
+def test_training_memory_before_and_after():
+    before = cnncc.check(LENET, batch=1).program.buffer_bytes(1, training=True)
+    after = cnncc.check(frozen_lenet(), batch=1).program.buffer_bytes(1, training=True)
+    assert (before, after) == (LENET_TRAINING_BYTES, LENET_FROZEN_TRAINING_BYTES)
+    report = cnncc.check(frozen_lenet(), batch=1).to_text()
+    assert f"training memory at batch 1 (adam): {LENET_FROZEN_TRAINING_BYTES:,} bytes" in report
+
+
+def test_without_frozen_layers_the_program_is_unchanged():
+    from cnncc.ir import lower
+    from cnncc.check import check_net
+
+    for spec in sorted((ROOT / "specs").glob("*.yaml")):
+        lowered = lower(check_net(cnncc.load_spec(spec)))
+        assert cnncc.check(spec).program == lowered, spec.name
+
+
+def test_frozen_training_equals_training_with_the_frozen_weights_restored(build_dir):
+    """Every step of the frozen model equals a full model's step whose frozen weights are put
+    back afterwards: the trainable parameters see the same gradients and the same Adam state."""
+    full = cnncc.compile(LENET, build_dir=build_dir).init(3)
+    frozen = full.freeze(ALL_BUT_LAST_TWO, build_dir=build_dir)
+    assert frozen.program.num_trainable == cnncc.check(frozen_lenet()).program.num_trainable
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, 6).astype(np.int32)
+    start = {k: v.copy() for k, v in full.params.items()}
+    for _ in range(3):
+        assert full.train_step(x, y) == pytest.approx(frozen.train_step(x, y), rel=1e-6)
+        for key in start:
+            if not key.startswith(("fc4.", "fc5.")):
+                full.params[key][...] = start[key]
+    for key, value in frozen.params.items():
+        np.testing.assert_allclose(value, full.params[key], rtol=1e-6, atol=1e-7)
+        if not key.startswith(("fc4.", "fc5.")):
+            np.testing.assert_array_equal(value, start[key])
+    np.testing.assert_allclose(frozen.predict(x), full.predict(x), rtol=1e-5, atol=1e-6)
+
+
+def test_freeze_and_unfreeze(build_dir):
+    model = cnncc.compile(LENET, build_dir=build_dir).init(5)
+    model.step_count = 7
+    frozen = model.freeze(["conv1", "conv2"], build_dir=build_dir)
+    assert [layer.name for layer in frozen.spec.layers if not layer.trainable] == ["conv1", "conv2"]
+    assert frozen.step_count == 7 and all(np.array_equal(frozen.params[k], v) for k, v in model.params.items())
+    assert model.program.num_trainable == 62_958  # the original is unchanged
+    thawed = frozen.unfreeze(["conv1", "conv2"], build_dir=build_dir)
+    assert thawed.program == model.program
+    with pytest.raises(ValueError, match="no layer named 'conv9'; the layers are conv1, pool1"):
+        model.freeze(["conv9"])
+    with pytest.raises(ValueError, match="a list of layer names"):
+        model.freeze("conv1")
