@@ -110,7 +110,7 @@ def redundant_biases(spec: Spec) -> list[str]:
     found = []
     for layer in spec.layers:
         values = layer.layer.values()
-        if values.get("bias") is True and values.get("activation", "linear") == "linear":
+        if values.get("bias") is True and layer.layer.activation_kind is None:
             after = consumers.get(layer.name, [])
             if after and all(other.layer.normalises_its_input for other in after):
                 found.append(layer.name)

@@ -148,7 +148,8 @@ def _prune_backward(lowered: list[_Lowered]) -> list[_Lowered]:
         own = any(p.trainable for p in op.params.values())
         runs[op.output.name] = own or any(upstream)
         if not (runs[op.output.name] and upstream == op.input_grads):
-            item = replace(item, op=replace(op, input_grads=upstream, runs_backward=runs[op.output.name]))
+            item = _Lowered(replace(op, input_grads=upstream, runs_backward=runs[op.output.name]), item.kind_obj,
+                            item.layer, item.in_shapes)
         pruned.append(item)
     return pruned
 

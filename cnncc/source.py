@@ -245,7 +245,7 @@ class _Converter:
                 raise SourceError(Diagnostic(
                     f"YAML tag or value type '{node.tag}' is not allowed; "
                     "use plain numbers, strings, booleans, lists and mappings", loc))
-            if node.style is None and node.tag != "tag:yaml.org,2002:str":
+            if not node.style and node.tag != "tag:yaml.org,2002:str":  # plain: None (PyYAML), "" (libyaml)
                 _refuse_yaml11_only(node, loc)
             return Scalar(loc, self.constructor.construct_object(node, deep=True))
         if isinstance(node, yaml.SequenceNode):

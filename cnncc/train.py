@@ -47,7 +47,7 @@ def accuracy_hits(model, outputs: np.ndarray, targets: np.ndarray) -> int:
 
 def predicted_classes(model, outputs: np.ndarray) -> np.ndarray | None:
     """The class of each output for a loss with classes (the argmax of softmax_cross_entropy), else None."""
-    if model.program.loss.kind == "softmax_cross_entropy":
+    if model.program.loss.takes_labels:
         return outputs.argmax(axis=1)
     return None
 

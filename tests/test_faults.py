@@ -307,7 +307,7 @@ def test_twenty_epochs_do_not_grow_memory_or_file_handles(build_dir, tmp_path):
 
 # ---- bad calls: refused before any C runs -----------------------------------------------
 class _Spy:
-    """Stands in for the loaded C library and records every function looked up."""
+    """Stands in for the model's C bindings (abi.Bindings) and records every entry point looked up."""
 
     def __init__(self, lib):
         self._lib, self.calls = lib, []
@@ -321,8 +321,8 @@ class _Spy:
 def spied(build_dir):
     model = cnncc.compile(SMALL, build_dir=build_dir, cflags=FLAGS).init(0)
     model.forward(np.zeros((2, 2, 10, 10)))  # buffers exist: a bad call could scribble on them
-    spy = _Spy(model._lib)
-    model._lib = spy
+    spy = _Spy(model._c)
+    model._c = spy
     return model, spy
 
 
@@ -430,8 +430,8 @@ def test_bad_float_targets_are_refused_before_any_c_runs(build_dir, loss):
                 layers=SMALL["layers"][:-1] + [{"name": "out", "type": "dense", "units": 3, "activation": "sigmoid"}])
     model = cnncc.compile(spec, build_dir=build_dir, cflags=FLAGS).init(0)
     model.forward(GOOD_X)
-    spy = _Spy(model._lib)
-    model._lib = spy
+    spy = _Spy(model._c)
+    model._c = spy
     snapshot = _snapshot(model)
     good = np.full((4, 3), 0.5)
     bad = {"labels instead of targets": GOOD_Y, "wrong shape": good[:, :2], "one short": good[:3],

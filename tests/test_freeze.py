@@ -63,7 +63,7 @@ def test_training_memory_before_and_after():
 
 
 def test_without_frozen_layers_the_program_is_unchanged():
-    from cnncc.ir import lower
+    from cnncc.lowering import lower
     from cnncc.check import check_net
 
     for spec in sorted((ROOT / "specs").glob("*.yaml")):

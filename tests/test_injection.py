@@ -379,7 +379,7 @@ def test_the_compiler_runs_without_a_shell(tmp_path, monkeypatch):
         return real_run(*args, **kwargs)
 
     monkeypatch.setattr(cnncc.build.subprocess, "run", recording_run)
-    cnncc.build.compiler_identity.cache_clear()  # so the `--version` call is recorded too
+    cnncc.build._compiler_identity.cache_clear()  # so the `--version` call is recorded too
     monkeypatch.chdir(tmp_path)
     weird = tmp_path / f"a dir; touch {MARKER} $(touch {MARKER}) `touch {MARKER}`"
     weird.mkdir()
@@ -510,7 +510,7 @@ def test_the_memory_guard_protects_the_public_calls(wide_model, monkeypatch):
     y = np.zeros(64, np.int64)
     small = model.program.buffer_bytes(4, training=True)
     monkeypatch.setattr(cnncc.runtime, "physical_memory", lambda: small)
-    fresh = cnncc.Model(model.spec, model.program, model.module)  # no buffers yet
+    fresh = cnncc.Model(model.analysis, model.module)  # no buffers yet
     before = fresh._params.copy()
     for call in (lambda: fresh.forward(x), lambda: fresh.train_step(x, y), lambda: fresh.gradients(x, y),
                  lambda: fresh.fit(x, y, batch_size=64, epochs=1, verbose=0)):

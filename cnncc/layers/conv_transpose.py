@@ -12,7 +12,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from .. import fields as F
-from .base import LayerKind, ParamDecl, ShapeError, Window, as_chw, format_shape
+from .base import REGISTRY, LayerKind, ParamDecl, ShapeError, Window, as_chw, format_shape
 from .conv import ACTIVATIONS
 from .formulas import effective_kernel, explain_transposed_output_size, transposed_output_size
 
@@ -74,7 +74,7 @@ class ConvTranspose2d(LayerKind):
         # stride apart); each input pixel feeds (filters/groups) * kh*kw outputs.
         fan_in = max(1, (c // self.groups) * kh * kw // (sh * sw))
         fan_out = (self.filters // self.groups) * kh * kw
-        init = "he" if self.activation in ("relu", "leaky_relu") else "xavier"
+        init = REGISTRY[self.activation].weight_init_before
         decls = [ParamDecl("weight", (c, self.filters // self.groups, kh, kw), True, init, fan_in, fan_out)]
         if self.bias:
             decls.append(ParamDecl("bias", (self.filters,), True, "zeros", fan_in, fan_out))

@@ -3710,7 +3710,8 @@ void ds_cnn_backward(const ds_cnn_context *ctx, const real *input, const int32_t
     ds_cnn_conv1_bn_backward(grad_acts + A_CONV1 * batch, grads + P_CONV1_BN_GAMMA, grads + P_CONV1_BN_BETA, grad_acts + A_CONV1_BN * batch, acts + A_CONV1 * batch, params + P_CONV1_BN_GAMMA, workspace + WS_CONV1_BN, batch);
     ds_cnn_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_CONV1 * batch, input, workspace + WS_CONV1, batch);
 }
-/* ---- optimizer: Adam over the DS_CNN_NUM_TRAINABLE trainable parameters (PyTorch's rule)
+/* ---- optimizer: Adam over the DS_CNN_NUM_TRAINABLE trainable parameters
+ * (PyTorch's rule)
  * d = grad + weight_decay * w; m = beta1 m + (1 - beta1) d; v = beta2 v + (1 - beta2) d^2;
  * w -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
  */

@@ -1436,7 +1436,8 @@ void lenet5_backward(const lenet5_context *ctx, const real *input, const int32_t
     lenet5_conv2_backward(grad_acts + A_POOL1 * batch, grads + P_CONV2_WEIGHT, grads + P_CONV2_BIAS, grad_acts + A_POOL2 * batch, acts + A_POOL2 * batch, (const char *)(grad_acts + A_CONV2_RELU * batch), acts + A_POOL1 * batch, params + P_CONV2_WEIGHT, workspace + WS_CONV2, batch);
     lenet5_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_POOL1 * batch, acts + A_POOL1 * batch, (const char *)(grad_acts + A_CONV1_RELU * batch), input, workspace + WS_CONV1, batch);
 }
-/* ---- optimizer: Adam over the LENET5_NUM_TRAINABLE trainable parameters (PyTorch's rule)
+/* ---- optimizer: Adam over the LENET5_NUM_TRAINABLE trainable parameters
+ * (PyTorch's rule)
  * d = grad + weight_decay * w; m = beta1 m + (1 - beta1) d; v = beta2 v + (1 - beta2) d^2;
  * w -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
  */

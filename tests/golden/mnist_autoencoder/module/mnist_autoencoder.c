@@ -1414,7 +1414,8 @@ void mnist_autoencoder_backward(const mnist_autoencoder_context *ctx, const real
     mnist_autoencoder_enc1_relu_backward(grad_acts + A_ENC1 * batch, grad_acts + A_ENC1_RELU * batch, acts + A_ENC1 * batch, batch);
     mnist_autoencoder_enc1_backward(grads + P_ENC1_WEIGHT, grads + P_ENC1_BIAS, grad_acts + A_ENC1 * batch, input, workspace + WS_ENC1, batch);
 }
-/* ---- optimizer: Adam over the MNIST_AUTOENCODER_NUM_TRAINABLE trainable parameters (PyTorch's rule)
+/* ---- optimizer: Adam over the MNIST_AUTOENCODER_NUM_TRAINABLE trainable parameters
+ * (PyTorch's rule)
  * d = grad + weight_decay * w; m = beta1 m + (1 - beta1) d; v = beta2 v + (1 - beta2) d^2;
  * w -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
  */

@@ -1229,7 +1229,8 @@ void mnist_seed_backward(const mnist_seed_context *ctx, const real *input, const
     mnist_seed_conv1_relu_backward(grad_acts + A_CONV1 * batch, grad_acts + A_CONV1_RELU * batch, acts + A_CONV1 * batch, batch);
     mnist_seed_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_CONV1 * batch, input, workspace + WS_CONV1, batch);
 }
-/* ---- optimizer: Adam over the MNIST_SEED_NUM_TRAINABLE trainable parameters (PyTorch's rule)
+/* ---- optimizer: Adam over the MNIST_SEED_NUM_TRAINABLE trainable parameters
+ * (PyTorch's rule)
  * d = grad + weight_decay * w; m = beta1 m + (1 - beta1) d; v = beta2 v + (1 - beta2) d^2;
  * w -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
  */

@@ -3458,7 +3458,8 @@ void resnet8_backward(const resnet8_context *ctx, const real *input, const int32
     resnet8_stem_bn_backward(grad_acts + A_STEM * batch, grads + P_STEM_BN_GAMMA, grads + P_STEM_BN_BETA, grad_acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, workspace + WS_STEM_BN, batch);
     resnet8_stem_backward(grads + P_STEM_WEIGHT, grads + P_STEM_BIAS, grad_acts + A_STEM * batch, input, workspace + WS_STEM, batch);
 }
-/* ---- optimizer: Adam over the RESNET8_NUM_TRAINABLE trainable parameters (PyTorch's rule)
+/* ---- optimizer: Adam over the RESNET8_NUM_TRAINABLE trainable parameters
+ * (PyTorch's rule)
  * d = grad + weight_decay * w; m = beta1 m + (1 - beta1) d; v = beta2 v + (1 - beta2) d^2;
  * w -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
  */

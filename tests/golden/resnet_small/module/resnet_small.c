@@ -2376,7 +2376,8 @@ void resnet_small_backward(const resnet_small_context *ctx, const real *input, c
     resnet_small_stem_bn_backward(grad_acts + A_STEM * batch, grads + P_STEM_BN_GAMMA, grads + P_STEM_BN_BETA, grad_acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, workspace + WS_STEM_BN, batch);
     resnet_small_stem_backward(grads + P_STEM_WEIGHT, grad_acts + A_STEM * batch, input, workspace + WS_STEM, batch);
 }
-/* ---- optimizer: Adam over the RESNET_SMALL_NUM_TRAINABLE trainable parameters (PyTorch's rule)
+/* ---- optimizer: Adam over the RESNET_SMALL_NUM_TRAINABLE trainable parameters
+ * (PyTorch's rule)
  * d = grad + weight_decay * w; m = beta1 m + (1 - beta1) d; v = beta2 v + (1 - beta2) d^2;
  * w -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
  */

@@ -1153,7 +1153,8 @@ void signal1d_backward(const signal1d_context *ctx, const real *input, const int
     signal1d_conv2_backward(grad_acts + A_POOL1 * batch, grads + P_CONV2_WEIGHT, grads + P_CONV2_BIAS, grad_acts + A_CONV2 * batch, acts + A_POOL1 * batch, params + P_CONV2_WEIGHT, workspace + WS_CONV2, batch);
     signal1d_edges_backward(grads + P_EDGES_WEIGHT, grads + P_EDGES_BIAS, grad_acts + A_POOL1 * batch, acts + A_POOL1 * batch, (const char *)(grad_acts + A_EDGES_RELU * batch), input, workspace + WS_EDGES, batch);
 }
-/* ---- optimizer: SGD over the SIGNAL1D_NUM_TRAINABLE trainable parameters (PyTorch's rule)
+/* ---- optimizer: SGD over the SIGNAL1D_NUM_TRAINABLE trainable parameters
+ * (PyTorch's rule)
  * d = grad + weight_decay * w; v = momentum * v + d;
  * d = nesterov ? d + momentum * v : v; w -= lr * d
  */

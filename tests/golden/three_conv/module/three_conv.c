@@ -1210,7 +1210,8 @@ void three_conv_backward(const three_conv_context *ctx, const real *input, const
     three_conv_conv1_relu_backward(grad_acts + A_CONV1 * batch, grad_acts + A_CONV1_RELU * batch, acts + A_CONV1 * batch, batch);
     three_conv_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_CONV1 * batch, input, workspace + WS_CONV1, batch);
 }
-/* ---- optimizer: SGD over the THREE_CONV_NUM_TRAINABLE trainable parameters (PyTorch's rule)
+/* ---- optimizer: SGD over the THREE_CONV_NUM_TRAINABLE trainable parameters
+ * (PyTorch's rule)
  * d = grad + weight_decay * w; w -= lr * d
  */
 void three_conv_step(const three_conv_context *ctx, const three_conv_hyper *hyper)

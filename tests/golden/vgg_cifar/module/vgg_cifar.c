@@ -1709,7 +1709,8 @@ void vgg_cifar_backward(const vgg_cifar_context *ctx, const real *input, const i
     vgg_cifar_conv1_1_relu_backward(grad_acts + A_CONV1_1 * batch, grad_acts + A_CONV1_1_RELU * batch, acts + A_CONV1_1 * batch, batch);
     vgg_cifar_conv1_1_backward(grads + P_CONV1_1_WEIGHT, grads + P_CONV1_1_BIAS, grad_acts + A_CONV1_1 * batch, input, workspace + WS_CONV1_1, batch);
 }
-/* ---- optimizer: SGD over the VGG_CIFAR_NUM_TRAINABLE trainable parameters (PyTorch's rule)
+/* ---- optimizer: SGD over the VGG_CIFAR_NUM_TRAINABLE trainable parameters
+ * (PyTorch's rule)
  * d = grad + weight_decay * w; v = momentum * v + d;
  * d = nesterov ? d + momentum * v : v; w -= lr * d
  */
