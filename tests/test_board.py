@@ -148,8 +148,9 @@ def test_every_spec_runs_on_the_m4(spec, tmp_path, build_dir):
     assert sections[".rodata"] >= project.flash_data and sections[".bss"] >= project.buffer_bytes
     assert 0 < result.stack_used < board.stack_bytes
     ticks = result.ticks
-    # -icount: the same instructions every call, so the same ticks up to where the count falls in a tick
-    assert len(ticks) == samples and max(ticks) - min(ticks) <= 1 and min(ticks) > 0
+    # -icount: the instructions of a call, counted; they vary only with the data-dependent branches
+    # (maxima, clamps, the bilinear border), by well under 1%
+    assert len(ticks) == samples and max(ticks) - min(ticks) <= max(1, max(ticks) // 100) and min(ticks) > 0
 
 
 def test_weights_read_through_semihosting(tmp_path, build_dir):
