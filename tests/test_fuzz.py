@@ -251,7 +251,7 @@ def valid_specs(draw):
         shapes.append(out)
         current = out
 
-    spec = {"name": f"fz_{draw(st.from_regex(r'[a-z0-9_]{0,8}', fullmatch=True))}", "input": spec_input,
+    spec = {"name": f"fz_{draw(st.from_regex(r'[a-z0-9]([a-z0-9_]{0,6}[a-z0-9])?', fullmatch=True))}", "input": spec_input,
             "dtype": draw(st.sampled_from(["float32", "float64"])), "layers": layers}
     head = draw(st.sampled_from(["none", "softmax_cross_entropy", "mse", "binary_cross_entropy"]))
     if head in ("mse", "binary_cross_entropy") and all(l["type"] in ("linear", "flatten") for l in layers):
