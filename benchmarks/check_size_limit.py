@@ -16,7 +16,8 @@ from cnncc.check import check_net  # noqa: E402
 from cnncc.codegen import render  # noqa: E402
 from cnncc.lowering import lower  # noqa: E402
 from cnncc.memplan import plan  # noqa: E402
-from cnncc.report import build_report, check  # noqa: E402
+from cnncc.pipeline import check  # noqa: E402
+from cnncc.report import build_report  # noqa: E402
 from cnncc.source import MAX_SPEC_BYTES  # noqa: E402
 from cnncc.spec import load_spec  # noqa: E402
 
@@ -48,7 +49,7 @@ def skip_to_input(k: int) -> str:
 
 
 def measure(name: str, text: str) -> float:
-    """Each stage's time, and the whole of `cnncc check` (report.check: parse to report)."""
+    """Each stage's time, and the whole of `cnncc check` (pipeline.check: parse to report)."""
     start = time.perf_counter()
     check(text)
     whole = time.perf_counter() - start
