@@ -70,6 +70,10 @@ def write_atomically(path, write: Callable[[BinaryIO], None], make_parents: bool
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        # A temporary file is private (0600); the result is an ordinary file, as open() would make it.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(handle.name, 0o666 & ~umask)
         writable_target(target)  # checked again just before the rename: nothing swapped in meanwhile
         os.replace(handle.name, target)
     except BaseException:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
+
+from .files import write_bytes_atomically
 
 COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "images_per_second")
 
@@ -115,23 +115,5 @@ def _parse_number(path, line_number: int, column: str, text: str):
 
 
 def write_text_atomically(path, text: str) -> None:
-    write_bytes_atomically(path, text.encode())
-
-
-def write_bytes_atomically(path, data: bytes) -> None:
-    """Write so that `path` is either the old file or the complete new one."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("wb", dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(data)
-        # A temporary file is private (0600); the result is an ordinary file, as open() would make.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(handle.name, 0o666 & ~umask)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    """The old file or the complete new one (files.write_atomically), parents made."""
+    write_bytes_atomically(path, text.encode(), make_parents=True)

@@ -33,7 +33,7 @@ def require_matplotlib() -> None:
 
 
 def _save(figure, path) -> Path:
-    from .history import write_bytes_atomically
+    from .files import write_bytes_atomically
 
     path = Path(path)
     if path.suffix.lower() != ".png":
@@ -42,7 +42,7 @@ def _save(figure, path) -> Path:
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    write_bytes_atomically(path, buffer.getvalue())
+    write_bytes_atomically(path, buffer.getvalue(), make_parents=True)
     return path
 
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 import zipfile
-from pathlib import Path
 
 import numpy as np
 
+from ..files import write_bytes_atomically
 from . import arith
 from .graph import QGraph, QuantizeError
 from .layout import Layout
@@ -27,32 +25,9 @@ META = "__cnncc_int8_meta__"
 
 
 def write_atomically(path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync it and rename it over the target:
-    a crash leaves the old file or the new one, never half of one (checkpoint.py's discipline)."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        try:
-            os.unlink(handle.name)
-        except OSError:
-            pass
-        raise
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    """The old file or the complete new one, never half of one (files.write_atomically, the one
+    atomic writer: non-regular targets refused, symlinks written through)."""
+    write_bytes_atomically(path, data, make_parents=True)
 
 
 def save(path, spec, graph: QGraph, values: QValues, meta: dict) -> None:
