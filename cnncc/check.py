@@ -84,6 +84,19 @@ class CheckedNet:
     def input_shape(self) -> Shape:
         return self.spec.input_shape
 
+    @property
+    def dead_layers(self) -> tuple[CheckedLayer, ...]:
+        """The layers the output does not depend on (a dead branch): computed, then thrown away.
+        An exporter keeps them; an importer, like any graph optimiser, drops them."""
+        live, stack = set(), [self.layers[-1].name]
+        inputs = {layer.name: layer.spec.inputs for layer in self.layers}
+        while stack:
+            name = stack.pop()
+            if name not in live:
+                live.add(name)
+                stack.extend(inputs.get(name, ()))
+        return tuple(layer for layer in self.layers if layer.name not in live)
+
 
 def check_net(spec: Spec) -> CheckedNet:
     diagnostics: list[Diagnostic] = []

@@ -45,14 +45,24 @@ def save(model, path, epoch: int | None = None) -> None:
     _write(path, model.spec, model.params, model.flat_optimizer_state, model.step_count, epoch)
 
 
-def save_params(path, spec, params: dict[str, np.ndarray]) -> None:
-    """A weights file for `spec` without a compiled model (e.g. weights imported from ONNX): the
-    parameters keyed like Model.params, no optimizer state (Model.load starts it afresh)."""
-    _write(path, spec, params, None, 0, None)
+def params_writer(path, spec, params: dict[str, np.ndarray]):
+    """A weights file for `spec` without a compiled model (e.g. weights imported from ONNX), as a
+    `write(handle)` for files.write_together, so it can be written with the spec, all or nothing:
+    the parameters keyed like Model.params, no optimizer state (Model.load starts it afresh)."""
+    arrays = _arrays(path, spec, params, None, 0, None)
+    return lambda handle: np.savez(handle, **arrays)
 
 
 def _write(path, spec, params, optimizer_state, step: int, epoch: int | None) -> None:
-    path = Path(path)
+    arrays = _arrays(path, spec, params, optimizer_state, step, epoch)
+    try:
+        write_atomically(path, lambda handle: np.savez(handle, **arrays), make_parents=True)
+    except FileWriteError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def _arrays(path, spec, params, optimizer_state, step: int, epoch: int | None) -> dict[str, np.ndarray]:
+    """The arrays of a checkpoint file, every one checked finite, the metadata among them."""
     meta = {"format": FORMAT, "spec": spec.name, "fingerprint": spec.fingerprint(),
             "dtype": spec.dtype, "step": step, "epoch": epoch, "optimizer": spec.optimizer.type}
     arrays = {key: np.asarray(value) for key, value in params.items()}
@@ -62,10 +72,7 @@ def _write(path, spec, params, optimizer_state, step: int, epoch: int | None) ->
         _finite_or_refuse(f"cannot save to {path}: the optimizer state", optimizer_state)
         arrays[STATE_KEY] = optimizer_state
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    try:
-        write_atomically(path, lambda handle: np.savez(handle, **arrays), make_parents=True)
-    except FileWriteError as exc:
-        raise CheckpointError(str(exc)) from None
+    return arrays
 
 
 def _check_declared_sizes(handle, path, max_elements: int) -> None:

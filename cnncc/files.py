@@ -60,7 +60,32 @@ def writable_target(path) -> Path:
 def write_atomically(path, write: Callable[[BinaryIO], None], make_parents: bool = False) -> Path:
     """Write `path` through `write(handle)` atomically (see the module docstring); returns the
     file actually replaced (a symlink's target)."""
-    target = writable_target(path)
+    return write_together({path: write}, make_parents)[0]
+
+
+def write_together(writers: dict, make_parents: bool = False) -> list[Path]:
+    """Write several files, each through its `write(handle)`, so that none is replaced unless all
+    were written completely (a failure in any leaves every target as it was); returns the files
+    replaced, in order."""
+    targets = [writable_target(path) for path in writers]
+    staged: list[Path] = []
+    try:
+        for target, write in zip(targets, writers.values()):
+            staged.append(_stage(target, write, make_parents))
+        for target, temporary in zip(targets, staged):
+            writable_target(target)  # checked again just before the rename: nothing swapped in meanwhile
+            os.replace(temporary, target)
+    except BaseException:
+        for temporary in staged:
+            temporary.unlink(missing_ok=True)
+        raise
+    for directory in {target.parent for target in targets}:
+        _fsync_directory(directory)
+    return targets
+
+
+def _stage(target: Path, write: Callable[[BinaryIO], None], make_parents: bool) -> Path:
+    """A complete, durable temporary copy of the new `target`, beside it."""
     directory = target.parent
     if make_parents:
         directory.mkdir(parents=True, exist_ok=True)
@@ -74,13 +99,10 @@ def write_atomically(path, write: Callable[[BinaryIO], None], make_parents: bool
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(handle.name, 0o666 & ~umask)
-        writable_target(target)  # checked again just before the rename: nothing swapped in meanwhile
-        os.replace(handle.name, target)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
         raise
-    _fsync_directory(directory)
-    return target
+    return Path(handle.name)
 
 
 def write_bytes_atomically(path, data: bytes, make_parents: bool = False) -> Path:

@@ -191,9 +191,29 @@ def build_report(net: CheckedNet, program: Program, batch: int | None = None) ->
 
 
 def _dead_branches(net: CheckedNet) -> tuple[str, ...]:
-    """Layers other than the last whose output no layer reads: computed, counted, then discarded."""
+    """Layers the output does not depend on: computed, counted, then discarded. The one that feeds
+    nothing at all heads its warning; the layers only it reads are named with it."""
+    dead = net.dead_layers
     read = {name for layer in net.layers for name in layer.spec.inputs}
-    return tuple(f"layer '{layer.name}' ({layer.spec.kind}) feeds nothing: its output is computed and thrown away "
-                 "(a dead branch); connect it with `inputs:` or remove it"
-                 for layer in net.layers[:-1] if layer.name not in read)
+    warnings = []
+    for layer in dead:
+        if layer.name in read:
+            continue
+        feeding = _feeding(layer, dead)
+        also = f" (so do {', '.join(repr(name) for name in feeding)}, which only it reads)" if feeding else ""
+        warnings.append(f"layer '{layer.name}' ({layer.spec.kind}) feeds nothing: its output is computed and thrown "
+                        f"away (a dead branch){also}; connect it with `inputs:` or remove it")
+    return tuple(warnings)
+
+
+def _feeding(head, dead) -> list[str]:
+    """The dead layers whose outputs reach `head` (the rest of its dead branch), in spec order."""
+    inputs = {layer.name: layer.spec.inputs for layer in dead}
+    branch, stack = set(), list(inputs[head.name])
+    while stack:
+        name = stack.pop()
+        if name in inputs and name not in branch:
+            branch.add(name)
+            stack.extend(inputs[name])
+    return [layer.name for layer in dead if layer.name in branch]
 

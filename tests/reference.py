@@ -937,17 +937,20 @@ def adam_step(w, g, m, v, t, lr, beta1=0.9, beta2=0.999, eps=1e-8,
 # finite differences
 # ---------------------------------------------------------------------------
 
-def numerical_gradient(f, x, h=1e-6):
+def numerical_gradient(f, x, h=1e-6, at=None):
     """Central finite differences of the scalar function f() w.r.t. x.
 
     grad[i] = (f() with x[i] += h  -  f() with x[i] -= h) / (2h)
     x must be a float64 array that f() reads; it is modified in place during
-    the evaluation and restored exactly afterwards.
+    the evaluation and restored exactly afterwards. `at`: the flat indices to
+    differentiate at (the others stay 0), where every element would cost too many
+    evaluations of a large f.
     """
     assert isinstance(x, np.ndarray) and x.dtype == np.float64, \
         "x must be a float64 ndarray (modified in place)"
     grad = np.zeros_like(x)
-    for idx in np.ndindex(*x.shape):
+    indices = np.ndindex(*x.shape) if at is None else (np.unravel_index(i, x.shape) for i in at)
+    for idx in indices:
         old = x[idx]
         x[idx] = old + h
         fp = float(f())

@@ -8,7 +8,7 @@ then at batch sizes 1, 7 and 64 runs inference (in one call and in chunks), the 
 gradients and several optimizer steps (built at -O2: the checks are the same, the code several
 times faster than at -O1). Sanitized code runs about 10x slower than -O3, so a
 budget of multiply-accumulates bounds the work: a batch size that does not fit runs fewer
-steps, or is skipped (batch 1 always runs). Prints one line per batch size, then "ok".
+steps, or only the forward pass, or is skipped (batch 1 always runs in full). Prints one line per batch size, then "ok".
 With --canary it instead overflows an activation buffer on purpose, which must abort: the
 proof that the preload and the flags really instrument the code. Used by
 tests/test_sanitizers.py; a failure is an exit status other than 0.
@@ -81,6 +81,8 @@ def main() -> int:
             steps = STEPS
         elif least <= budget or batch == BATCHES[0]:
             steps = 1
+        elif batch * forward_macs <= budget:
+            steps = 0  # the forward pass alone: every batch size runs through every kernel's forward
         else:
             print(f"batch {batch}: skipped (needs {least:.3g} MACs, {budget:.3g} left)")
             continue
@@ -93,7 +95,9 @@ def main() -> int:
             if not np.allclose(chunked, out, rtol=1e-4, atol=1e-5):
                 raise SystemExit("chunked inference differs")
             done.append("chunked forward")
-        if trains:
+        if trains and not steps:
+            done.append(f"no gradients (they need {least:.3g} MACs, {budget:.3g} left)")
+        elif trains:
             y = targets(model, batch, rng)
             if steps == STEPS:
                 finite("inference loss", model.loss(x, y, training=False))
@@ -106,7 +110,7 @@ def main() -> int:
                 finite("training loss", model.train_step(x, y))
             finite("parameters", model.flat_params)
             done.append(f"gradients, {steps} step{'s' if steps > 1 else ''}")
-        budget -= full if steps == STEPS else least
+        budget -= full if steps == STEPS else least if steps else batch * forward_macs
         print(f"batch {batch}: {', '.join(done)}")
     print("ok")
     return 0

@@ -140,6 +140,33 @@ def test_an_opset_outside_13_to_21_is_refused(opset, build_dir, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_float64_slopes_and_epsilons_go_in_whole(build_dir, tmp_path):
+    # ONNX's float attributes are float32: a float64 leaky_relu slope becomes PRelu's slope tensor,
+    # and the rest of a float64 eps is added to the variance. A channel of variance 0 (a dead
+    # ReLU's) shows the difference most: with eps rounded to float32 it would be 1.3e-8 off.
+    onnx = need_module("onnx", INSTALL)
+    spec = {"name": "wide", "input": {"channels": 2, "length": 3}, "dtype": "float64", "layers": [
+        {"name": "leak", "type": "leaky_relu", "alpha": 0.30953421291650424},
+        {"name": "conv", "type": "conv1d", "filters": 2, "kernel": 1, "activation": "leaky_relu"},
+        {"name": "norm", "type": "batchnorm", "eps": 1e-5}]}
+    model = randomised(cnncc.compile(spec, build_dir=build_dir, cflags=("-O1",)))
+    model.params["norm.running_var"][...] = [0.0, 1.25]
+    path = exported(model, tmp_path)
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops == ["PRelu", "Conv", "PRelu", "Add", "BatchNormalization"]
+    x = np.random.default_rng(4).normal(size=(3,) + model.input_shape)
+    assert rel_err(output_like(model, run_onnx(path, x)), model.predict(x)) <= TOL64
+    from cnncc.onnx import load
+
+    imported, weights = load(path)
+    layers = {layer.name: layer for layer in imported.layers}
+    assert layers["leak"].layer.alpha == 0.30953421291650424
+    assert layers["conv"].layer.activation_kind == "leaky_relu"
+    assert layers["norm"].layer.eps == 1e-5
+    for key, array in weights.items():
+        np.testing.assert_array_equal(array, model.params[key])
+
+
 def _fuzz_cases():
     from test_fuzz import DETERMINISTIC, valid_specs
 
@@ -161,12 +188,13 @@ def test_random_networks_from_the_fuzz_generator_export_and_run_the_same(build_d
     error = rel_err(output_like(model, run_onnx(path, x)), model.predict(x))
     assert error <= (TOL32 if model.dtype == np.float32 else TOL64), (error, yaml.safe_dump(spec))
     # and back: the same parameters and output shape (Identity, Dropout and flattens of flat
-    # tensors vanish on import, so the layer lists may be shorter)
+    # tensors vanish on import, and so does a dead branch, so the layer lists may be shorter)
     from cnncc.onnx import load
 
     imported, weights = load(path)
     assert cnncc.check(imported).rows[-1].output_shape == tuple(model.output_shape)
-    assert set(weights) == set(model.params)
+    dead = {layer.name for layer in cnncc.check(spec).net.dead_layers}
+    assert set(weights) == {key for key in model.params if key.split(".")[0] not in dead}
     for key, array in weights.items():
         np.testing.assert_array_equal(array, model.params[key])
 

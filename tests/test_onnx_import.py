@@ -85,7 +85,9 @@ def test_import_of_export_is_the_same_network(spec, build_dir, tmp_path):
         np.testing.assert_array_equal(array, original.params[key])
     model = imported_model(path, build_dir)
     x = np.random.default_rng(0).normal(size=(3,) + original.input_shape).astype(np.float32)
-    assert rel_err(model.predict(x), original.predict(x)) <= 1e-6
+    # the imported spec has no training sections, so it is built for inference, whose plans may sum
+    # in another order than the training build's forward pass: float32 rounding apart
+    assert rel_err(model.predict(x), original.predict(x)) <= 1e-5
 
 
 ROUND_TRIP_FIELDS = {"mnist_autoencoder": ROOT / "specs" / "mnist_autoencoder.yaml", **interop_cases.SPECS}
@@ -100,7 +102,7 @@ def test_import_of_export_keeps_every_field_of_the_upsampling_kinds(case, build_
     assert layers == [(l.name, l.kind, l.layer.values(), l.inputs) for l in original.spec.layers]
     model = imported_model(tmp_path / "model.onnx", build_dir)
     x = np.random.default_rng(0).normal(size=(2,) + original.input_shape).astype(np.float32)
-    assert rel_err(model.predict(x), original.predict(x)) <= 1e-6
+    assert rel_err(model.predict(x), original.predict(x)) <= 1e-5  # (as above)
 
 
 def test_cnncc_import_writes_a_readable_spec_and_loadable_weights(build_dir, tmp_path):
@@ -113,7 +115,7 @@ def test_cnncc_import_writes_a_readable_spec_and_loadable_weights(build_dir, tmp
     assert "- {name: down, type: conv2d, filters: 32, kernel: 3, stride: 2, padding: same, activation: relu}" in text
     model = cnncc.compile(tmp_path / "r.yaml", build_dir=build_dir, cflags=("-O1",)).load(tmp_path / "r.npz")
     x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
-    assert rel_err(model.predict(x), original.predict(x)) <= 1e-6
+    assert rel_err(model.predict(x), original.predict(x)) <= 1e-5  # (as above)
 
 
 # ---- graphs written by hand ----------------------------------------------------------------

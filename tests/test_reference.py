@@ -669,6 +669,11 @@ def test_numerical_gradient():
     g = numerical_gradient(lambda: np.sum(x ** 3), x)
     np.testing.assert_allclose(g, 3 * x ** 2, rtol=1e-8)
     np.testing.assert_array_equal(x, x_before)
+    # at chosen flat indices only: those are computed, the rest stay 0
+    some = numerical_gradient(lambda: np.sum(x ** 3), x, at=[1, 2])
+    np.testing.assert_allclose(some.reshape(-1)[[1, 2]], (3 * x ** 2).reshape(-1)[[1, 2]], rtol=1e-8)
+    assert some.reshape(-1)[0] == 0 and some.reshape(-1)[3] == 0
+    np.testing.assert_array_equal(x, x_before)
 
 
 def test_pad2d():

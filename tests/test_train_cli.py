@@ -209,6 +209,18 @@ def test_a_dead_branch_is_warned_about():
     assert cnncc.check(ROOT / "specs" / "resnet_small.yaml").warnings == ()
 
 
+def test_a_dead_branch_is_every_layer_the_output_does_not_depend_on():
+    # bn1 -> relu -> bn2 feeds nothing, the output adds the input to itself: all three are dead
+    spec = {"name": "dead", "input": {"channels": 1, "length": 1},
+            "layers": [{"name": "bn1", "type": "batchnorm"}, {"name": "act", "type": "relu"},
+                       {"name": "bn2", "type": "batchnorm"}, {"type": "add", "inputs": ["input", "input"]}]}
+    report = cnncc.check(spec)
+    assert report.warnings == ("layer 'bn2' (batchnorm) feeds nothing: its output is computed and thrown away "
+                               "(a dead branch) (so do 'bn1', 'act', which only it reads); connect it with "
+                               "`inputs:` or remove it",)
+    assert [layer.name for layer in report.net.dead_layers] == ["bn1", "act", "bn2"]
+
+
 @pytest.mark.parametrize("typed, meant", [("cross_entropy", "softmax_cross_entropy"),
                                           ("categorical_crossentropy", "softmax_cross_entropy"),
                                           ("sparse_categorical_crossentropy", "softmax_cross_entropy"),

@@ -6,13 +6,10 @@ and renamed into place only when both are complete, so a failure leaves no half-
 """
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
-
 
 
 def export_command(args) -> int:
@@ -45,15 +42,9 @@ def spec_yaml(spec: dict, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _temporary(path: Path) -> Path:
-    directory = path.parent if str(path.parent) else Path(".")
-    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    handle.close()
-    return Path(handle.name)
-
-
 def import_command(args) -> int:
-    from ..checkpoint import save_params
+    from ..checkpoint import params_writer
+    from ..files import write_together
     from .importer import OnnxFileError, UnsupportedModel, translate, validate
 
     try:
@@ -64,15 +55,7 @@ def import_command(args) -> int:
         print(f"cnncc import: {exc}", file=sys.stderr)
         return 2
     out, weights_path = Path(args.out), Path(args.weights)
-    spec_tmp, weights_tmp = _temporary(out), _temporary(weights_path)
-    try:
-        spec_tmp.write_text(text, encoding="utf-8")
-        save_params(weights_tmp, spec, weights)
-        os.replace(weights_tmp, weights_path)
-        os.replace(spec_tmp, out)
-    finally:
-        for leftover in (spec_tmp, weights_tmp):
-            if leftover.exists():
-                leftover.unlink()
+    write_together({weights_path: params_writer(weights_path, spec, weights),
+                    out: lambda handle: handle.write(text.encode("utf-8"))})
     print(f"wrote {out} ({len(spec.layers)} layers) and {weights_path} ({len(weights)} tensors)")
     return 0

@@ -7,14 +7,13 @@ batch N. Inference semantics: batchnorm uses its running statistics, dropout is 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..check import check_net
 from ..extras import require
+from ..files import write_bytes_atomically
 from ..layers.formulas import pads_per_side
 
 onnx = require("onnx", "onnx", "ONNX export")
@@ -48,7 +47,15 @@ class _Graph:
         return name
 
 
+def _float32_exact(value) -> bool:
+    return float(np.float32(value)) == float(value)
+
+
 def _activation(graph, kind, source, output, name, alpha=FUSED_LEAKY_SLOPE):
+    if kind == "leaky_relu" and graph.dtype == np.float64 and not _float32_exact(alpha):
+        # ONNX's attributes are float32: a float64 model's slope goes in whole as PRelu's slope tensor
+        graph.node("PRelu", [source, graph.constant(f"{name}.slope", [alpha])], output, name)
+        return
     attributes = {"alpha": float(alpha)} if kind == "leaky_relu" else {"axis": 1} if kind == "softmax" else {}
     graph.node(ACTIVATION_OPS[kind], [source], output, name, **attributes)
 
@@ -120,10 +127,17 @@ def _flatten(graph, checked, inputs, output):
 
 def _batchnorm(graph, checked, inputs, output):
     name, k = checked.name, checked.layer
-    keys = [f"{name}.{p}" for p in ("gamma", "beta", "running_mean", "running_var")]
+    statistics = [graph.weight(f"{name}.{p}") for p in ("gamma", "beta", "running_mean", "running_var")]
+    epsilon = float(np.float32(k.eps))
+    if graph.dtype == np.float64 and epsilon != k.eps:
+        # ONNX's epsilon attribute is float32: the rest of a float64 eps (exact, the two being
+        # close) is added to the variance, which the importer folds back into eps
+        residual = graph.constant(f"{name}.epsilon_residual", [k.eps - epsilon])
+        graph.node("Add", [statistics[3], residual], f"{name}.running_var_plus_residual", f"{name}_epsilon_residual")
+        statistics[3] = f"{name}.running_var_plus_residual"
     # ONNX's momentum weighs the running average, cnncc's the new batch
-    graph.node("BatchNormalization", inputs + [graph.weight(key) for key in keys], output, name,
-               epsilon=float(k.eps), momentum=float(1.0 - k.momentum))
+    graph.node("BatchNormalization", inputs + statistics, output, name, epsilon=epsilon,
+               momentum=float(1.0 - k.momentum))
 
 
 def _dropout(graph, checked, inputs, output):
@@ -183,14 +197,5 @@ def to_proto(model, opset: int = DEFAULT_OPSET) -> "onnx.ModelProto":
 def export(model, path, opset: int = DEFAULT_OPSET) -> Path:
     """Write the model as an ONNX file (atomically: a crash leaves no half-written file)."""
     proto = to_proto(model, opset)
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(proto.SerializeToString())
-        os.replace(handle.name, path)
-    except BaseException:
-        os.unlink(handle.name)
-        raise
-    return path
+    write_bytes_atomically(path, proto.SerializeToString())
+    return Path(path)

@@ -42,6 +42,7 @@ class Importer:
         self.names = Names()
         self.consumers = Counter(name for node in self.graph.node for name in node.input if name)
         self.consumers.update(o.name for o in self.graph.output)
+        self.producers = {name: node for node in self.graph.node for name in node.output}
         self.batches = PROBES  # the batch sizes a Shape reports (the input's, if it is fixed)
         self.dtype = np.float32  # the network's (graph_input sets it)
         self.node = None
@@ -88,6 +89,20 @@ class Importer:
 
     def single_consumer(self, tensor: str) -> bool:
         return self.consumers[tensor] == 1
+
+    def constant_sum(self, tensor: str) -> tuple[np.ndarray, float] | None:
+        """(a, c) where `tensor`, read only by the current node, is Add(a, c) of a constant `a` and a
+        one-element constant `c`, else None."""
+        node = self.producers.get(tensor)
+        if node is None or node.op_type != "Add" or not self.single_consumer(tensor) or len(node.input) != 2:
+            return None
+        values = [self.values.get(name) for name in node.input]
+        if not all(isinstance(v, Const) and v.fixed is not None for v in values):
+            return None
+        a, c = (v.fixed for v in values)
+        if c.size != 1 and a.size == 1:
+            a, c = c, a
+        return (a, float(c.reshape(-1)[0])) if c.size == 1 and a.size > 1 else None
 
     # ---- what nodes make -------------------------------------------------------------------
     def add_layer(self, kind: str, fields: dict, inputs: list[Act], params: dict, shape, flat=False) -> Act:
@@ -163,7 +178,7 @@ class Importer:
 
     def needed(self) -> set[str]:
         """The tensors the graph's output depends on (nodes making nothing else are skipped)."""
-        producers = {name: node for node in self.graph.node for name in node.output}
+        producers = self.producers
         needed, stack = set(), [self.graph.output[0].name]
         while stack:
             name = stack.pop()

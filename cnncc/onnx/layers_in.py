@@ -105,7 +105,8 @@ def activation(im, attrs):
         axis = int(attrs.get("axis", -1)) % (len(act.cnncc_shape) + 1)
         if axis != 1:
             im.fail(f"a Softmax along axis {attrs.get('axis', -1)}", "Softmax over the channels (axis 1)")
-    alpha = short_float(attrs.get("alpha", 0.01)) if op == "LeakyRelu" else None
+    alpha = short_float(attrs.get("alpha", 0.01)) if op == "LeakyRelu" else _prelu_slope(im) if op == "PRelu" else None
+    op = "LeakyRelu" if op == "PRelu" else op
     kind = FUSABLE.get(op) or ("leaky_relu" if alpha == FUSED_LEAKY_SLOPE else None)
     layer = im.last_layer(act)
     if kind and layer is not None and "activation" in REGISTRY[layer["type"]].fields and "activation" not in layer \
@@ -119,18 +120,42 @@ def activation(im, attrs):
     im.output(im.add_layer(kind, fields, [act], {}, act.shape, act.flat))
 
 
+def _prelu_slope(im) -> float:
+    """A PRelu's slope, which cnncc's leaky_relu has one of for every channel (cnncc's float64
+    export writes a slope that way, ONNX's LeakyRelu alpha being float32)."""
+    slope = im.weight(1, "slope")
+    if slope.size != 1:
+        im.fail(f"a slope of shape {list(slope.shape)}", "PRelu with one slope for all channels (leaky_relu)")
+    value = float(slope.reshape(-1)[0])
+    return value if im.dtype == np.float64 else short_float(value)
+
+
+def _epsilon(im, attrs) -> float:
+    """A BatchNormalization's epsilon: its float32 attribute, plus a scalar constant added to the
+    variance (var + c + eps is var + (eps + c); cnncc's float64 export writes the rest of a float64
+    eps so), which makes the variance input the constant before that Add."""
+    epsilon = float(np.float32(attrs.get("epsilon", 1e-5)))
+    parts = im.constant_sum(im.node.input[4])
+    if parts is not None and im.dtype == np.float64:
+        variance, addend = parts
+        im.values[im.node.input[4]] = Const.of(variance)
+        return epsilon + addend
+    return short_float(epsilon)
+
+
 def batchnorm(im, attrs):
     act = im.act()
     if attrs.get("training_mode", 0):
         im.fail("training_mode=1", "BatchNormalization in inference mode")
     im.unused_outputs(1, "training statistics")
+    epsilon = _epsilon(im, attrs)
     params = {key: im.weight(i, key).reshape(-1) for i, key in
               enumerate(("gamma", "beta", "running_mean", "running_var"), start=1)}
     channels = act.cnncc_shape[0]
     if any(p.shape != (channels,) for p in params.values()):
         im.fail(f"statistics of shapes {[list(p.shape) for p in params.values()]} for {channels} channels")
     fields = {"momentum": short_float(1.0 - short_float(attrs.get("momentum", 0.9))),
-              "eps": short_float(attrs.get("epsilon", 1e-5))}
+              "eps": epsilon}
     fields = {k: v for k, v in fields.items() if v != {"momentum": 0.1, "eps": 1e-5}[k]}
     im.output(im.add_layer("batchnorm", fields, [act], params, act.shape, act.flat))
 
@@ -229,11 +254,11 @@ HANDLERS = {
     "ReduceMax": lambda im, a: reduce(im, a, "global_maxpool"), "Gemm": gemm, "MatMul": matmul,
     "Add": add, "Sum": add, "Concat": concat, "BatchNormalization": batchnorm, "Flatten": flatten,
     "Reshape": reshape, "Squeeze": squeeze, "Identity": passthrough, "Dropout": passthrough, "Shape": shape,
-    "Pad": pad, "CastLike": cast_like, **{op: activation for op in ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Softmax")},
+    "Pad": pad, "CastLike": cast_like, **{op: activation for op in ("Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Softmax")},
 }
 
 SUPPORTED = ("Conv, ConvTranspose, Resize (integer upsampling), MaxPool, AveragePool, GlobalAveragePool, "
              "GlobalMaxPool, ReduceMean and ReduceMax (global), Gemm, MatMul, Add, Sum, Concat, "
-             "BatchNormalization, Flatten, Reshape, Squeeze, Identity, Dropout, Pad, Relu, LeakyRelu, Sigmoid, "
-             "Tanh, Softmax on the network's data, and constant subgraphs of Shape, Gather, Unsqueeze, Concat, "
+             "BatchNormalization, Flatten, Reshape, Squeeze, Identity, Dropout, Pad, Relu, LeakyRelu, "
+             "PRelu (one slope), Sigmoid, Tanh, Softmax on the network's data, and constant subgraphs of Shape, Gather, Unsqueeze, Concat, "
              "Slice, Cast and arithmetic")
