@@ -33,6 +33,8 @@ CLANG_WARNINGS_OFF = {
                    "hyper-parameters), not a defect",
     "-Wno-cast-qual": "an inference build hands its const parameters to kernels whose training form "
                       "updates batchnorm statistics (which inference never does)",
+    "-Wno-unused-macros": "offsets are defined for every workspace, and an inference build's forward "
+                          "reads only some (a conv's scratch may serve only its backward)",
     "-Wno-unused-function": "ISO C has no way to mark a static helper unused, and a network calls "
                             "only some of them (no convolution: no im2col)",
 }
