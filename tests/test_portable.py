@@ -192,7 +192,7 @@ def test_the_makefile_documents_every_clang_exception(emitted):
     assert listed == list(CLANG_WARNINGS_OFF)
     for flag, reason in CLANG_WARNINGS_OFF.items():
         assert f"#   {flag}: {reason}" in makefile
-    assert "CFLAGS ?= -std=c99 -O2" in makefile
+    assert "CFLAGS ?= -std=c99 -O3" in makefile
 
 
 def test_emitted_model_files_use_only_the_c99_headers(emitted):
