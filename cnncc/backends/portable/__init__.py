@@ -44,6 +44,7 @@ class PortableBackend(Backend):
     name = "portable"
     doc = "strict ISO C99 scalar kernels for any C compiler (no GNU extensions, no OpenMP)"
     template_overlay = "portable"
+    threaded = False  # no OpenMP: its sample slots and products run on the calling thread
     emit_cflags = "-std=c99 -O3"
     clang_warnings_off = CLANG_WARNINGS_OFF
     planners = {"conv2d": ConvPlanner(pooled_backward=False), "maxpool2d": MaxPoolPlanner()}
