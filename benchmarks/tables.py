@@ -64,7 +64,7 @@ def _spec_lines(spec: dict, peak: dict, batch: int) -> list[str]:
                          _ratio(row.get("portable_ratio"))])
         lines += ["  " + line for line in _table(
             ["threads", "cnncc img/s", "torch img/s", "cnncc/torch", "cnncc GFLOP/s", "% peak", "torch GFLOP/s",
-             "% peak", "cnncc RSS MB", "torch RSS MB", "portable img/s", "portable/vector"], rows)]
+             "% peak", "cnncc RSS MB", "torch RSS MB", "portable img/s", "portable/vector img/s"], rows)]
     lines += ["", "  batch-1 inference latency, median us:"]
     rows = []
     for row in spec["latency"]:
@@ -75,7 +75,7 @@ def _spec_lines(spec: dict, peak: dict, batch: int) -> list[str]:
                      _num(row.get("portable"), "median_us", "{:,.1f}"), _ratio(row.get("portable_slowdown"))])
     lines += ["  " + line for line in _table(
         ["threads", "cnncc (Python)", "cnncc emitted C", "torch (Python)", "torch/cnncc", "portable (Python)",
-         "portable/vector"], rows)]
+         "portable/vector us"], rows)]
     comp = spec["compile"]
 
     def seconds(value):
