@@ -10,7 +10,8 @@ friends set before Python starts (and torch.set_num_threads), so thread settings
 peak RSS are clean; figures are medians of repeats. PyTorch is optional: without it the
 torch columns say n/a. Before timing a spec, torch's forward, loss and gradients on
 cnncc's weights are compared with cnncc's (the comparison must be like for like).
-FLOPs per image = 2 * (forward + backward MACs) from `cnncc.check(spec).totals`, the same
+The portable backend (strict ISO C99, one thread) is timed beside the default vector backend at
+one thread. FLOPs per image = 2 * (forward + backward MACs) from `cnncc.check(spec).totals`, the same
 count for both frameworks. The peak is benchmarks/peak.c (FMA throughput), compiled now.
 """
 from __future__ import annotations
@@ -46,6 +47,7 @@ CHECK_BATCH = 8
 FORWARD_TOLERANCE = 1e-4  # relative to the output's largest magnitude
 GRADIENT_TOLERANCE = 1e-3  # float32 sums over a batch in another order
 CHILD_TIMEOUT = 3600
+PORTABLE = "portable"  # the backend timed beside the default one (cnncc/backends/portable)
 
 
 class Settings:
@@ -175,6 +177,12 @@ def bench_spec(name: str, settings: Settings, build_dir: Path, use_torch: bool, 
                 row[framework] = child({**common, "task": "train", "framework": framework, "batch": settings.batch,
                                         "repeats": settings.repeats, "repeat_seconds": settings.repeat_seconds,
                                         "warmup_seconds": settings.warmup_seconds}, threads)
+            if threads == 1:
+                log(f"  {out['spec']}: training, cnncc portable backend, 1 thread")
+                row["portable"] = child({**common, "task": "train", "framework": "cnncc", "backend": PORTABLE,
+                                         "batch": settings.batch, "repeats": settings.repeats,
+                                         "repeat_seconds": settings.repeat_seconds,
+                                         "warmup_seconds": settings.warmup_seconds}, threads)
             out["train"].append(row)
     out["latency"] = []
     for threads in settings.threads:
@@ -184,6 +192,11 @@ def bench_spec(name: str, settings: Settings, build_dir: Path, use_torch: bool, 
             row[framework] = child({**common, "task": "latency", "framework": framework,
                                     "seconds": settings.latency_seconds, "warmup_calls": settings.latency_calls[0],
                                     "min_calls": settings.latency_calls[1]}, threads)
+        if threads == 1:
+            log(f"  {out['spec']}: batch-1 latency, cnncc portable backend, 1 thread")
+            row["portable"] = child({**common, "task": "latency", "framework": "cnncc", "backend": PORTABLE,
+                                     "seconds": settings.latency_seconds, "warmup_calls": settings.latency_calls[0],
+                                     "min_calls": settings.latency_calls[1]}, threads)
         if use_emit and threads == settings.threads[0]:
             log(f"  {out['spec']}: batch-1 latency, emitted C")
             row["emitted_c"] = child({**common, "task": "emitted", "seconds": settings.latency_seconds,
@@ -210,9 +223,14 @@ def summarise(results: list[dict]) -> None:
             c, t = row.get("cnncc", {}), row.get("torch", {})
             row["ratio"] = (c["images_per_s"] / t["images_per_s"]
                             if "images_per_s" in c and "images_per_s" in t else None)
+            p = row.get("portable") or {}
+            row["portable_ratio"] = (p["images_per_s"] / c["images_per_s"]
+                                     if "images_per_s" in p and "images_per_s" in c else None)
         for row in spec["latency"]:
             c, t = row.get("cnncc", {}), row.get("torch", {})
             row["speedup"] = t["median_us"] / c["median_us"] if "median_us" in c and "median_us" in t else None
+            p = row.get("portable") or {}
+            row["portable_slowdown"] = p["median_us"] / c["median_us"] if "median_us" in p and "median_us" in c else None
         compile_ = spec["compile"]
         for kind in ("cold", "cached"):
             times = [run["compile_s"] for run in compile_[kind] if "compile_s" in run]

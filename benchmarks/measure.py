@@ -90,7 +90,8 @@ def task_train(t: dict) -> dict:
     if t["framework"] == "cnncc":
         import cnncc
 
-        model = cnncc.compile(t["spec"], build_dir=t["build_dir"], threads=t.get("threads", 1))
+        model = cnncc.compile(t["spec"], build_dir=t["build_dir"], threads=t.get("threads", 1),
+                              backend=t.get("backend", "vector"))
         model.init(0)
         result = train_throughput(model, batch, repeats, t["repeat_seconds"], t["warmup_seconds"])
     else:
@@ -122,7 +123,8 @@ def task_latency(t: dict) -> dict:
     if t["framework"] == "cnncc":
         import cnncc
 
-        model = cnncc.compile(t["spec"], build_dir=t["build_dir"], threads=t.get("threads", 1))
+        model = cnncc.compile(t["spec"], build_dir=t["build_dir"], threads=t.get("threads", 1),
+                              backend=t.get("backend", "vector"))
         model.init(0)
         result = inference_latency(model, t["seconds"], min_calls=t["min_calls"], warmup_calls=t["warmup_calls"])
     else:

@@ -60,19 +60,22 @@ def _spec_lines(spec: dict, peak: dict, batch: int) -> list[str]:
             c, t, p = row.get("cnncc"), row.get("torch"), peak.get(str(row["threads"]))
             rows.append([str(row["threads"]), _num(c, "images_per_s"), _num(t, "images_per_s"), _ratio(row["ratio"]),
                          _num(c, "gflops", "{:.2f}"), _pct(c, p), _num(t, "gflops", "{:.2f}"), _pct(t, p),
-                         _num(c, "rss_mb"), _num(t, "rss_mb")])
+                         _num(c, "rss_mb"), _num(t, "rss_mb"), _num(row.get("portable"), "images_per_s"),
+                         _ratio(row.get("portable_ratio"))])
         lines += ["  " + line for line in _table(
             ["threads", "cnncc img/s", "torch img/s", "cnncc/torch", "cnncc GFLOP/s", "% peak", "torch GFLOP/s",
-             "% peak", "cnncc RSS MB", "torch RSS MB"], rows)]
+             "% peak", "cnncc RSS MB", "torch RSS MB", "portable img/s", "portable/vector img/s"], rows)]
     lines += ["", "  batch-1 inference latency, median us:"]
     rows = []
     for row in spec["latency"]:
         emitted = row.get("emitted_c")
         rows.append([str(row["threads"]), _num(row.get("cnncc"), "median_us", "{:,.1f}"),
                      _num(emitted, "median_us", "{:,.1f}") if emitted else "n/a",
-                     _num(row.get("torch"), "median_us", "{:,.1f}"), _ratio(row["speedup"])])
+                     _num(row.get("torch"), "median_us", "{:,.1f}"), _ratio(row["speedup"]),
+                     _num(row.get("portable"), "median_us", "{:,.1f}"), _ratio(row.get("portable_slowdown"))])
     lines += ["  " + line for line in _table(
-        ["threads", "cnncc (Python)", "cnncc emitted C", "torch (Python)", "torch/cnncc"], rows)]
+        ["threads", "cnncc (Python)", "cnncc emitted C", "torch (Python)", "torch/cnncc", "portable (Python)",
+         "portable/vector us"], rows)]
     comp = spec["compile"]
 
     def seconds(value):

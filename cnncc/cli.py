@@ -152,6 +152,8 @@ def _cmd_gradcheck(args) -> int:
 
 def _cmd_emit(args) -> int:
     if args.int8:
+        if args.backend is not None:
+            raise ValueError("--backend does not apply to --int8: the int8 program has kernels of its own")
         from .quantize.emit import emit_int8_command
 
         return emit_int8_command(args)
@@ -307,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "--inference-only, in the arena (default 1)")
     p.add_argument("--force", action="store_true",
                    help="overwrite files in DIR that cnncc did not generate (by default emit refuses)")
+    p.add_argument("--backend", default=None, metavar="NAME",
+                   help="the C to write: vector (the default: GCC/Clang vector extensions, the Python "
+                        "module's kernels) or portable (strict ISO C99 for any C compiler)")
     p.add_argument("--board", default=None, metavar="BOARD",
                    help="a complete bare-metal project for this board instead: startup code, linker script, a "
                         "semihosting main.c and a Makefile whose `make run` runs it under QEMU (boards: mps2-an386)")

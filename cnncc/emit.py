@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from .files import FileWriteError, writable_target, write_bytes_atomically
+from .backends import backend as backend_named
 from .codegen import c_comment, c_ident, environment, render
 from .ir import Deployment, Program
 from .memplan import MemoryPlan, deployment_figures, inference_program, plan
+from .options import CompileOptions
 from .pipeline import analyse
 from .report import build_report
 from .spec import Spec
@@ -94,11 +96,13 @@ class Rendered:
     weights: bool  # NAME_weights.c is among the texts
 
 
-def render_emit(spec, weights=None, inference_only: bool = False, batch: int = 1) -> Rendered:
-    """The standalone C of a spec (a path, YAML text, dict or Spec), validated and rendered."""
+def render_emit(spec, weights=None, inference_only: bool = False, batch: int = 1,
+                backend: str = "vector") -> Rendered:
+    """The standalone C of a spec (a path, YAML text, dict or Spec), validated and rendered by
+    `backend` (cnncc/backends: "portable" for strict ISO C99)."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
-    analysis = analyse(spec)
+    analysis = analyse(spec, CompileOptions(backend=backend))
     spec, net, program = analysis.spec, analysis.net, analysis.program
     model = c_ident(program.name)
     if model == EXAMPLE:
@@ -126,6 +130,7 @@ def render_emit(spec, weights=None, inference_only: bool = False, batch: int = 1
         "params_buffer": max(1, program.num_params), "figures": figures,
         "training_elements": program.buffer_elements(batch, training=program.loss is not None),
         "report": build_report(net, program, batch).to_markdown(),
+        "backend": backend_named(program.backend),
     }
     texts = {f"{model}.h": sources.header, f"{model}.c": sources.source}
     env = environment(program.backend)
@@ -156,10 +161,11 @@ def write_rendered(rendered: Rendered, out_dir, force: bool = False) -> Emitted:
     return Emitted(out, tuple(files), rendered.program, rendered.memory, rendered.figures)
 
 
-def emit(spec, out_dir, weights=None, inference_only: bool = False, batch: int = 1, force: bool = False) -> Emitted:
+def emit(spec, out_dir, weights=None, inference_only: bool = False, batch: int = 1, force: bool = False,
+         backend: str = "vector") -> Emitted:
     """Write the standalone C of a spec (a path, YAML text, dict or Spec) into out_dir (see
-    write_rendered for what it overwrites)."""
-    return write_rendered(render_emit(spec, weights, inference_only, batch), out_dir, force)
+    write_rendered for what it overwrites), rendered by `backend`."""
+    return write_rendered(render_emit(spec, weights, inference_only, batch, backend), out_dir, force)
 
 
 def _generated_by_cnncc(path: Path) -> bool:
@@ -189,10 +195,13 @@ def _remove_stale_weights(path: Path, keep: bool) -> None:
 
 def emit_command(args) -> int:
     if args.board is not None:
+        if args.backend is not None:
+            raise ValueError("--backend does not apply to --board: a board project uses the vector backend")
         from .boards.command import board_command
 
         return board_command(args)
-    result = emit(args.spec, args.out, args.weights, args.inference_only, args.batch, args.force)
+    result = emit(args.spec, args.out, args.weights, args.inference_only, args.batch, args.force,
+                  args.backend or "vector")
     f = result.figures
     print(f"cnncc: wrote {', '.join(p.name for p in result.files)} to {result.directory}")
     print(f"  weights {f['weight_bytes']:,} bytes (flash); inference arena at batch {f['arena_batch']}: "

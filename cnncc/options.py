@@ -51,6 +51,8 @@ class CompileOptions:
 
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.threads > 1 and not BACKENDS[self.backend].threaded:
+            raise ValueError(f"the {self.backend} backend runs on one thread: threads must be 1, got {self.threads}")
 
     @property
     def sample_slots(self) -> int:

@@ -26,15 +26,15 @@ def build_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def compile_many(build_dir):
-    """compile_many(specs, cflags=None): compile specs into the shared cache in parallel (the
-    C compiler runs as a subprocess, so threads overlap). Later cnncc.compile calls of the same
-    specs load from the cache; a build error surfaces here."""
+    """compile_many(specs, cflags=None, backend="vector"): compile specs into the shared cache in
+    parallel (the C compiler runs as a subprocess, so threads overlap). Later cnncc.compile calls
+    of the same specs load from the cache; a build error surfaces here."""
     from concurrent.futures import ThreadPoolExecutor
 
     import cnncc
 
-    def run(specs, cflags=None):
-        options = {} if cflags is None else {"cflags": tuple(cflags)}
+    def run(specs, cflags=None, backend="vector"):
+        options = {"backend": backend} | ({} if cflags is None else {"cflags": tuple(cflags)})
         with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
             futures = [pool.submit(cnncc.compile, spec, build_dir=build_dir, **options) for spec in specs]
             return [future.result() for future in futures]

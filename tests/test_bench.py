@@ -175,6 +175,8 @@ def test_harness_quick_json_end_to_end():
         train = spec["train"][0]
         assert train["threads"] == 1 and train["cnncc"]["images_per_s"] > 0 and train["cnncc"]["rss_mb"] > 0
         assert spec["latency"][0]["cnncc"]["median_us"] > 0
+        assert train["portable"]["images_per_s"] > 0 and train["portable_ratio"] > 0  # the portable backend
+        assert spec["latency"][0]["portable"]["median_us"] > 0 and spec["latency"][0]["portable_slowdown"] > 0
         assert spec["compile"]["cold_median_s"] > 0 and spec["compile"]["cached"][0]["from_cache"]
         if has_torch:
             assert spec["check"]["ok"], spec["check"]

@@ -40,9 +40,10 @@ SIGNAL = {"name": "gc_signal", "dtype": "float64", "input": {"channels": 2, "len
           "loss": "softmax_cross_entropy"}
 
 
+@pytest.mark.parametrize("backend", ["vector", "portable"])
 @pytest.mark.parametrize("spec", [MOBILENET, RESIDUAL, SIGNAL], ids=lambda s: s["name"])
-def test_real_looking_networks_pass(spec, build_dir):
-    model = cnncc.compile(spec, build_dir=build_dir, cflags=("-O1",)).init(0)
+def test_real_looking_networks_pass(spec, backend, build_dir):
+    model = cnncc.compile(spec, build_dir=build_dir, cflags=("-O1",), backend=backend).init(0)
     x, y = random_batch(model, 4, np.random.default_rng(0))
     results = check_tensors(model, x, y, samples=12)
     for key, result in results.items():

@@ -597,11 +597,12 @@ def stable_seed(*parts) -> int:
     return zlib.crc32(repr(parts).encode())
 
 
-def run_group(shape, dtype, mode, build_dir, cflags=None, cases=None, name=None, fd=True, xs=None):
-    """Compile (or load) the group's model and measure every check of every case."""
+def run_group(shape, dtype, mode, build_dir, cflags=None, cases=None, name=None, fd=True, xs=None,
+              backend="vector"):
+    """Compile (or load) the group's model on `backend` and measure every check of every case."""
     cases = cases if cases is not None else GROUPS[shape]
     name = name or group_name(shape, dtype, mode)
-    options = {} if cflags is None else {"cflags": cflags}
+    options = {"backend": backend} | ({} if cflags is None else {"cflags": cflags})
     m = cnncc.compile(group_spec(cases, dtype, mode, name), build_dir=build_dir, **options)
     rng = np.random.default_rng(stable_seed(shape, dtype, mode, name))
     set_random_params(m, rng)

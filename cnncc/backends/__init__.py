@@ -1,5 +1,5 @@
 """Every backend, registered by importing its module."""
-from . import vector  # noqa: F401  (registration)
+from . import portable, vector  # noqa: F401  (registration)
 from .base import BACKENDS, Backend
 
 

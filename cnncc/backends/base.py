@@ -21,6 +21,10 @@ class Backend:
     doc: ClassVar[str] = ""
     # templates/<overlay>/ is searched before templates/ (None: the shared templates alone)
     template_overlay: ClassVar[str | None] = None
+    # whether its kernels can use threads (CompileOptions refuses threads > 1 otherwise)
+    threaded: ClassVar[bool] = True
+    # the default CFLAGS of the Makefile `cnncc emit` writes (the cffi build's are options.py's)
+    emit_cflags: ClassVar[str] = "-O3 -ffp-contract=fast -fno-math-errno"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -25,11 +25,18 @@ WINDOWS = TAPS + ("STRIDE_H", "STRIDE_W", "PAD_TOP", "PAD_LEFT", "H_OUT", "W_OUT
 class ConvPlanner(Planner):
     templates = (SHIFTED, IM2COL, POOLED)
 
+    def __init__(self, pooled_backward: bool = True):
+        """pooled_backward: whether the pooled backward may be planned (its template needs vector
+        types: a backend without them plans every conv's backward as shifted or im2col)."""
+        self.pooled_backward = pooled_backward
+        if not pooled_backward:
+            self.templates = (SHIFTED, IM2COL)
+
     def plans_pooled_backward(self, layer, input_shape) -> bool:
         """The pooled backward reads a patch channels-last, a kernel row of all the channels
         (KW * C_IN values) contiguous: so one group and no dilation along the width."""
         g = layer.geometry(input_shape)
-        return g.groups == 1 and g.dil_w == 1
+        return self.pooled_backward and g.groups == 1 and g.dil_w == 1
 
     def plan(self, request: PlanRequest) -> KernelPlan:
         g = request.layer.geometry(request.inputs[0])

@@ -77,15 +77,30 @@ typedef float real;
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
 #define ZERO_STEM ((size_t)55434) /* stem .. classifier */
 
-/* The helpers below are marked unused: a network without padding or pooling calls none of them,
-   and clang -Wall flags an unused static inline function (GCC does not).
-   Output positions o whose input index o*stride + offset falls inside [0, n): [first, end). */
-static inline __attribute__((unused)) int resnet_small_first_inside(int offset, int stride)
+#if !defined(__GNUC__)
+#error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
+#endif
+
+/* HELPER_INLINE: the small helpers below; KERNEL_INLINE: the helpers of the kernels (gemm,
+   im2col) and the kernels' per-slot bodies. Both are marked unused: a network without
+   convolutions, say, calls no im2col, and clang -Wall flags an unused static inline function
+   (GCC does not). */
+#define HELPER_INLINE static inline __attribute__((unused))
+#if defined(__SANITIZE_ADDRESS__)
+/* A sanitizer build keeps the kernel helpers as functions: instrumenting them inlined into every
+   caller makes the compile ten times slower, and the checks are the same. */
+#define KERNEL_INLINE static inline __attribute__((unused))
+#else
+#define KERNEL_INLINE static inline __attribute__((always_inline, unused))
+#endif
+
+/* Output positions o whose input index o*stride + offset falls inside [0, n): [first, end). */
+HELPER_INLINE int resnet_small_first_inside(int offset, int stride)
 {
     return offset >= 0 ? 0 : (-offset + stride - 1) / stride;
 }
 
-static inline __attribute__((unused)) int resnet_small_end_inside(int offset, int stride, int n, int n_out)
+HELPER_INLINE int resnet_small_end_inside(int offset, int stride, int n, int n_out)
 {
     if (n - 1 - offset < 0)
         return 0;
@@ -95,19 +110,19 @@ static inline __attribute__((unused)) int resnet_small_end_inside(int offset, in
 
 /* A pooling window starting at input index origin (negative inside the padding) covers
    kernel offsets [window_first, window_end) that fall inside an input of size n. */
-static inline __attribute__((unused)) int resnet_small_window_first(int origin)
+HELPER_INLINE int resnet_small_window_first(int origin)
 {
     return origin < 0 ? -origin : 0;
 }
 
-static inline __attribute__((unused)) int resnet_small_window_end(int origin, int n, int k)
+HELPER_INLINE int resnet_small_window_end(int origin, int n, int k)
 {
     return n - origin < k ? n - origin : k;
 }
 
 /* A counter-based random number in [0, 1) (splitmix64): dropout masks are a pure function of
    (seed, layer, element), so backward recomputes them instead of storing them. */
-static inline __attribute__((unused)) double resnet_small_uniform01(uint64_t seed, uint64_t salt, uint64_t index)
+HELPER_INLINE double resnet_small_uniform01(uint64_t seed, uint64_t salt, uint64_t index)
 {
     uint64_t z = seed ^ (salt * 0x9E3779B97F4A7C15ULL) ^ (index * 0xBF58476D1CE4E5B9ULL);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
@@ -139,20 +154,6 @@ int resnet_small_set_threads(int threads)
  * reproducible bit for bit on one machine (at any thread count); they differ from a naive
  * loop only by float rounding.
  */
-#if !defined(__GNUC__)
-#error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
-#endif
-
-/* Helpers a model does not call are marked unused (clang warns about any unused static
-   function otherwise). */
-#if defined(__SANITIZE_ADDRESS__)
-/* A sanitizer build keeps the helpers as functions: instrumenting them inlined into every caller
-   makes the compile ten times slower, and the checks are the same. `unused`: a network without
-   convolutions, say, calls no im2col, and clang -Wall flags an unused static inline function. */
-#define KERNEL_INLINE static inline __attribute__((unused))
-#else
-#define KERNEL_INLINE static inline __attribute__((always_inline, unused))
-#endif
 
 /* The widest vectors the target has, and as many rows of accumulators as its registers hold
    (2 vectors per row, plus the loads of B and A: 24 + 3 of AVX-512's 32, 12 + 3 of 16 otherwise);

@@ -1,0 +1,53 @@
+"""The portable backend: strict ISO C99, the shared layer templates over scalar matrix products
+(templates/portable/gemm.c.j2) written for a compiler to vectorise by itself: unit-stride inner
+loops over restrict pointers, and sums split over a fixed number of partial sums. No vector types,
+attributes, statement expressions, VLAs, OpenMP or headers beyond <stddef.h> <stdint.h>
+<string.h> <math.h>, so any C99 compiler builds it (checked: gcc -pedantic-errors, clang
+-Weverything, tcc). Its sums' order depends on the shapes alone, never on the target.
+
+Its planners are the vector backend's, without the conv backward through a maxpool (its template
+works on vector types): such a conv's backward is the shifted or im2col one and the maxpool keeps
+its own backward.
+"""
+from __future__ import annotations
+
+from ..base import Backend
+from ..plan import Planner
+from ..vector.conv2d import ConvPlanner
+from ..vector.generic import GenericPlanner
+from ..vector.maxpool2d import MaxPoolPlanner
+
+# What clang -Weverything reports on the portable C that is no defect of it, each with its reason:
+# the one list, printed into the emitted Makefile as CLANG_WARNINGS_OFF (tests/test_portable.py
+# builds with that variable).
+CLANG_WARNINGS_OFF = {
+    "-Wno-declaration-after-statement": "a C89 rule; C99 allows declarations after statements",
+    "-Wno-sign-conversion": "kernels index with int dimensions and size_t batch offsets mixed; every "
+                            "value is non-negative and below check.MAX_TENSOR_ELEMENTS",
+    "-Wno-double-promotion": "float32 kernels sum in double on purpose (losses, batchnorm statistics) "
+                             "and call the double math functions (exp, log)",
+    "-Wno-implicit-int-float-conversion": "counts (a batch, a batchnorm's elements) divide sums as "
+                                          "floats; they are far below 2^24",
+    "-Wno-implicit-float-conversion": "a double result (exp of a float32 sigmoid) stored as float32",
+    "-Wno-padded": "informational: the padding a compiler puts in a struct (taps, the header's "
+                   "hyper-parameters), not a defect",
+    "-Wno-cast-qual": "an inference build hands its const parameters to kernels whose training form "
+                      "updates batchnorm statistics (which inference never does)",
+    "-Wno-unused-macros": "offsets are defined for every workspace, and an inference build's forward "
+                          "reads only some (a conv's scratch may serve only its backward)",
+    "-Wno-unused-function": "ISO C has no way to mark a static helper unused, and a network calls "
+                            "only some of them (no convolution: no im2col)",
+}
+
+
+class PortableBackend(Backend):
+    name = "portable"
+    doc = "strict ISO C99 scalar kernels for any C compiler (no GNU extensions, no OpenMP)"
+    template_overlay = "portable"
+    threaded = False  # no OpenMP: its sample slots and products run on the calling thread
+    emit_cflags = "-std=c99 -O3"
+    clang_warnings_off = CLANG_WARNINGS_OFF
+    planners = {"conv2d": ConvPlanner(pooled_backward=False), "maxpool2d": MaxPoolPlanner()}
+
+    def planner_for(self, template: str) -> Planner:
+        return self.planners.get(template) or GenericPlanner(template)
