@@ -10,7 +10,7 @@ workspaces one after another.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from .backends import backend as backend_named
 from .backends.plan import PlanRequest
@@ -103,7 +103,8 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector") -> Pr
     pooled = _pooled_backwards(lowered, chosen, keep={output.name} | ({loss.logits.name} if loss else set()))
     if any(not layer.spec.trainable for layer in net.layers):  # fine-tuning: see _prune_backward
         lowered = _prune_backward(lowered)
-    ops = [_planned(item, chosen, sample_slots, pooled, spec.path) for item in lowered]
+    plans: dict = {}  # a network of many alike layers plans each kind of op once
+    ops = [_planned(item, chosen, sample_slots, pooled, spec.path, plans) for item in lowered]
     ops, workspace = _place_workspaces(ops)
     return Program(spec.name, spec.dtype, network_input, output, tuple(ops), tuple(params.values()), offset,
                    sum(decl.size for _, decl in trainable), arena, workspace, loss, spec.optimizer,
@@ -111,15 +112,29 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector") -> Pr
                    backend=backend)
 
 
-def _planned(item: _Lowered, chosen, slots: int, pooled: dict[str, PooledBackward], spec_path: str) -> Op:
-    """The op with its kernel plan (planned once), within the limit of C's int offsets."""
-    op = replace(item.op, pooled=pooled.get(item.op.name))
+_REQUEST_FIELDS = tuple(f.name for f in fields(PlanRequest) if f.name != "layer")
+
+
+def _planned(item: _Lowered, chosen, slots: int, pooled: dict[str, PooledBackward], spec_path: str,
+             plans: dict) -> Op:
+    """The op with its kernel plan (planned once), within the limit of C's int offsets. `plans`
+    memoises the plans by request: a plan depends on nothing else."""
+    op, fused = item.op, pooled.get(item.op.name)
     request = PlanRequest(
         item.kind_obj, item.in_shapes, op.output.shape, tuple(op.params),
         tuple(role for role, p in op.params.items() if p.trainable), op.input_grads, slots,
-        op.pooled.pool_output.shape if op.pooled else None, bool(op.pooled and op.pooled.activation),
+        fused.pool_output.shape if fused else None, bool(fused and fused.activation),
         keeps_argmax=any(p.pool == op.name for p in pooled.values()))
-    plan = chosen.planner(op.kind).plan(request)
+    # a layer kind object compares by identity: its field values stand for it
+    key = (op.kind, tuple(item.kind_obj.values().items()), *(getattr(request, f) for f in _REQUEST_FIELDS))
+    try:
+        plan = plans.get(key)
+    except TypeError:  # a field value that cannot be hashed: planned afresh
+        key, plan = None, None
+    if plan is None:
+        plan = chosen.planner(op.kind).plan(request)
+        if key is not None:
+            plans[key] = plan
     if plan.workspace > MAX_TENSOR_ELEMENTS:  # its offsets are C int constants
         if slots > 1:
             raise ValueError(f"{op.name}: {slots} threads would need {plan.workspace:,} elements of scratch, "
@@ -129,7 +144,7 @@ def _planned(item: _Lowered, chosen, slots: int, pooled: dict[str, PooledBackwar
             f"its kernels' scratch (padded planes, patch matrices) would have {plan.workspace:,} elements; "
             f"the limit is {MAX_TENSOR_ELEMENTS:,}", layer.loc, layer.label,
             hint="fewer input channels per group (groups), a smaller kernel, or a smaller output")], spec_path)
-    return replace(op, plan=plan)
+    return replace(op, pooled=fused, plan=plan)
 
 
 def _prune_backward(lowered: list[_Lowered]) -> list[_Lowered]:
@@ -189,7 +204,7 @@ def _place_workspaces(ops: list[Op]) -> tuple[list[Op], int]:
     """Every op's workspace after the previous one's: (ops with their offsets, the total)."""
     placed, offset = [], 0
     for op in ops:
-        placed.append(replace(op, workspace_offset=offset))
+        placed.append(replace(op, workspace_offset=offset) if op.workspace_size else op)
         offset += op.workspace_size
     return placed, offset
 

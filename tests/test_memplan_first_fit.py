@@ -42,3 +42,13 @@ def test_no_two_live_together_tensors_overlap_in_memory():
         for b in tensors:
             if a.name < b.name and a.overlaps(b):
                 assert offsets[a.name] + a.size <= offsets[b.name] or offsets[b.name] + b.size <= offsets[a.name]
+
+
+def test_many_tensors_live_together_place_as_the_definition_says():
+    # a tree of adds: every leaf lives until its pairwise sum, half of them at once (the shape that
+    # made the per-step lists of the old plan cubic); the many-neighbour path of first_fit
+    rng = np.random.default_rng(2)
+    leaves = 96
+    tensors = [Lifetime(f"r{k}", int(rng.integers(1, 9)), k, leaves + k // 2) for k in range(leaves)]
+    tensors += [Lifetime(f"s{k}", int(rng.integers(1, 9)), leaves + k, leaves + k + 3) for k in range(leaves // 2)]
+    assert first_fit(tuple(tensors)) == all_pairs_first_fit(tensors)
