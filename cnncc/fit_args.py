@@ -44,6 +44,10 @@ def fit_options(model, epochs, batch_size, lr, schedule, seed, verbose, shuffle,
     if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, (int, float, np.integer, np.floating)) \
             or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    info = np.finfo(model.dtype)
+    if not float(info.tiny) <= lr <= float(info.max):
+        raise ValueError(f"lr = {lr:g} is {'0' if lr < info.tiny else 'infinite'} in {info.dtype}, the model's "
+                         f"dtype (it holds {info.tiny:g} to {info.max:g})")
     schedule = training["schedule"] if schedule is None else schedule
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")

@@ -218,8 +218,15 @@ class Model:
     def _targets_ptr(self, y: np.ndarray):
         return self._ptr(y, "int32_t *" if self.program.loss.takes_labels else None)
 
+    def _checked_hyper(self) -> None:
+        """self.hyper (which callers may edit) as the optimizer allows it, before anything changes."""
+        errors = self.program.optimizer_rules.hyper_errors(self.hyper, self.dtype)
+        if errors:
+            raise ValueError("model.hyper: " + "; ".join(errors))
+
     def _hyper_struct(self):
-        """NAME_hyper filled from self.hyper (the optimizer's fields, abi.hyper_fields) and the step."""
+        """NAME_hyper filled from self.hyper (the optimizer's fields, abi.hyper_fields, checked by
+        _checked_hyper) and the step."""
         if self._hyper_c is None:
             self._hyper_c = self._c.new_hyper()
         h = self._hyper_c
@@ -277,6 +284,7 @@ class Model:
             y = self.validated_targets(y, x.shape[0])
         batch = checked_int("the batch", x.shape[0], 1, MAX_BATCH)
         seed = checked_int("seed", self.step_count + 1 if seed is None else seed, 0, MAX_SEED)
+        self._checked_hyper()
         self._ensure_capacity(batch, training=True)
         self.step_count += 1
         hyper = self._hyper_struct()
@@ -374,6 +382,7 @@ class Model:
     def apply_step(self) -> None:
         """One optimizer update of the trainable parameters from flat_grads with `hyper`, counted
         in step_count (as train_step counts its steps)."""
+        self._checked_hyper()
         self.step_count += 1
         self._c.step(self._context, self._hyper_struct())
 

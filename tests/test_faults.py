@@ -424,6 +424,65 @@ def test_good_calls_do_reach_c(spied):
     assert spy.calls and model.step_count == 1
 
 
+BAD_HYPER = {  # SMALL's sgd: lr, momentum, nesterov, weight_decay
+    "NaN lr": {"lr": float("nan")},
+    "inf lr": {"lr": float("inf")},
+    "negative lr (ascends)": {"lr": -1.0},
+    "lr that is 0 in float32": {"lr": 1e-50},
+    "lr that is infinite in float32": {"lr": 1e39},
+    "string lr": {"lr": "0.1"},
+    "bool lr": {"lr": True},
+    "momentum past 1": {"momentum": 1.5},
+    "NaN weight decay": {"weight_decay": float("nan")},
+    "unknown key": {"beta1": 0.9},
+}
+
+
+@pytest.mark.parametrize("case", BAD_HYPER)
+def test_bad_hyper_parameters_are_refused_before_any_c_runs(spied, case):
+    model, spy = spied
+    before = dict(model.hyper)
+    model.hyper.update(BAD_HYPER[case])
+    snapshot = _snapshot(model)
+    # fit sets lr itself each epoch (from its lr argument or schedule), so it checks the others
+    for name in ("train_step",) if "lr" in BAD_HYPER[case] else ("train_step", "fit"):
+        with pytest.raises(ValueError, match="model.hyper: "):
+            _calls(model, GOOD_X, GOOD_Y)[name]()
+            pytest.fail(f"{name} accepted {case}")
+    with pytest.raises(ValueError, match="model.hyper: "):
+        model.apply_step()
+    _assert_untouched(model, spy, snapshot)
+    model.hyper.clear()
+    model.hyper.update(before)
+
+
+def test_a_missing_hyper_parameter_is_named(spied):
+    model, spy = spied
+    del model.hyper["momentum"]
+    with pytest.raises(ValueError, match="'momentum' is missing"):
+        model.train_step(GOOD_X, GOOD_Y)
+    assert spy.calls == []
+
+
+@pytest.mark.parametrize("lr", [1e-50, 1e39])
+def test_fit_refuses_an_lr_its_dtype_cannot_hold(spied, lr):
+    model, spy = spied
+    with pytest.raises(ValueError, match=re.escape(f"lr = {lr:g} is ") + ".* in float32"):
+        model.fit(GOOD_X, GOOD_Y, epochs=1, verbose=0, lr=lr)
+    assert spy.calls == []
+
+
+def test_an_lr_of_0_is_allowed_and_changes_nothing(spied):
+    # a schedule may reach 0 (cosine decay at its end): a step then leaves the weights as they are
+    model, _ = spied
+    model.hyper.update(lr=0.0, weight_decay=0.0)
+    trainable = [key for key in model.params if not key.endswith(("running_mean", "running_var"))]
+    start = {key: model.params[key].copy() for key in trainable}
+    model.train_step(GOOD_X, GOOD_Y)
+    for key in trainable:
+        assert np.array_equal(model.params[key], start[key]), key
+
+
 @pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy"])
 def test_bad_float_targets_are_refused_before_any_c_runs(build_dir, loss):
     spec = dict(SMALL, name=f"faults_{loss[:3]}", loss=loss,

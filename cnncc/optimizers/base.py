@@ -7,8 +7,12 @@ Subclasses with a `kind` register themselves; nothing else dispatches on an opti
 """
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
+import numpy as np
+
+from ..errors import FieldError
 from ..fields import Field
 
 OPTIMIZERS: dict[str, type["OptimizerKind"]] = {}
@@ -34,6 +38,35 @@ class OptimizerKind:
     def rule_errors(self, values: dict[str, Any]) -> list[tuple[str, str]]:
         """(field, message) for values that are each valid but do not go together."""
         return []
+
+    def hyper_errors(self, values: dict[str, Any], dtype) -> list[str]:
+        """What is wrong with run-time hyper-parameters (Model.hyper), one message each: a missing
+        or unknown key, a value outside its field's range (lr: any finite number >= 0, since a
+        schedule may reach 0), and a non-zero number that the model's dtype cannot hold (a float32
+        lr of 1e-50 would be 0 there: no training at all, silently)."""
+        errors = [f"'{key}' is not a hyper-parameter of {self.kind} (they are {', '.join(self.fields)})"
+                  for key in values if key not in self.fields]
+        info = np.finfo(dtype)
+        for key, field in self.fields.items():
+            if key not in values:
+                errors.append(f"'{key}' is missing")
+                continue
+            value = values[key]
+            try:
+                if key == "lr":
+                    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                            or not math.isfinite(value) or value < 0:
+                        raise FieldError(f"must be a finite number >= 0, got {value!r}")
+                    value = float(value)
+                else:
+                    value = field.parse(value)
+            except FieldError as exc:
+                errors.append(f"'{key}' {exc.message}")
+                continue
+            if isinstance(value, float) and value != 0 and not float(info.tiny) <= abs(value) <= float(info.max):
+                errors.append(f"'{key}' = {value:g} is {'0' if abs(value) < info.tiny else 'infinite'} in {info.dtype} "
+                              f"(the model's dtype holds {info.tiny:g} to {info.max:g})")
+        return errors
 
     def state_slots(self, settings: dict[str, Any]) -> int:
         """Elements of optimizer state per trainable parameter."""
