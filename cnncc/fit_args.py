@@ -46,7 +46,7 @@ def fit_options(model, epochs, batch_size, lr, schedule, seed, verbose, shuffle,
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     info = np.finfo(model.dtype)
     if not float(info.tiny) <= lr <= float(info.max):
-        raise ValueError(f"lr = {lr:g} is {'0' if lr < info.tiny else 'infinite'} in {info.dtype}, the model's "
+        raise ValueError(f"lr = {lr:g} is {'0' if lr < float(info.tiny) else 'infinite'} in {info.dtype}, the model's "
                          f"dtype (it holds {info.tiny:g} to {info.max:g})")
     schedule = training["schedule"] if schedule is None else schedule
     if schedule not in SCHEDULES:

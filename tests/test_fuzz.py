@@ -501,3 +501,76 @@ def test_forged_weight_files_load_cleanly_or_leave_the_model_unchanged(tmp_path_
     finally:
         model._params[...], model._optimizer_state[...] = before[0], before[1]
         model.step_count = before[2]
+
+
+# ---- 5. random fit and evaluate arguments ---------------------------------------------------
+
+FIT_SPEC = {"name": "fuzz_fit", "input": {"channels": 1, "height": 4, "width": 4},
+            "layers": [{"name": "conv", "type": "conv2d", "filters": 2, "kernel": 3, "activation": "relu"},
+                       {"type": "flatten"}, {"name": "out", "type": "dense", "units": 3}],
+            "loss": "softmax_cross_entropy", "optimizer": {"type": "adam", "lr": 0.01},
+            "training": {"epochs": 1, "batch_size": 4}}
+FIT_X = np.random.default_rng(5).normal(size=(8, 1, 4, 4))
+FIT_Y = np.arange(8) % 3
+NAN = float("nan")
+# For each argument: good values, wrong types, out-of-range and non-finite numbers, numpy scalars.
+FIT_VALUES = {
+    "epochs": [None, 1, 2, 0, -1, 1.5, True, "1", 2**63, np.int64(2), [1]],
+    "batch_size": [None, 1, 3, 100, 0, -2, 2.0, "4", True, 2**40, np.int32(2)],
+    "validation_data": [None, (FIT_X[:2], FIT_Y[:2]), (FIT_X[:2],), "x", (FIT_X[:2], FIT_Y[:3]),
+                        (FIT_X[:2] * NAN, FIT_Y[:2]), (FIT_X[:2], np.array([0, 7])), (FIT_X[:0], FIT_Y[:0])],
+    "shuffle": [True, False, "no", 1, None],
+    "seed": [0, None, 7, -1, 2**64, 1.5, "3", np.uint64(5)],
+    "verbose": [0, 2, -1, 5, "0", None, True],
+    "lr": [None, 0.01, 0, -1.0, NAN, float("inf"), 1e-50, 1e39, "0.1", True, np.float32(0.02)],
+    "schedule": [None, "constant", "cosine", "bogus", 3],
+    "initial_epoch": [0, 1, -1, 5, 0.5, True],
+    "validation_split": [None, 0.25, 0, 1, 1.5, -0.1, NAN, "0.2"],
+}
+
+
+@pytest.fixture(scope="module")
+def fit_model(build_dir):
+    return cnncc.compile(FIT_SPEC, build_dir=build_dir, cflags=("-O1",)).init(0)
+
+
+@settings(max_examples=150, deadline=None, **DETERMINISTIC)
+@given(st.fixed_dictionaries({}, optional={key: st.sampled_from(values) for key, values in FIT_VALUES.items()}))
+def test_random_fit_arguments_train_or_are_refused_leaving_the_model_as_it_was(fit_model, arguments):
+    """fit with any mix of good and bad arguments either trains (finite losses) or raises
+    ValueError/TypeError having changed nothing: weights, optimizer state and step count."""
+    import contextlib
+    import io
+
+    model = fit_model
+    before = (model.flat_params.copy(), model.flat_optimizer_state.copy(), model.step_count, dict(model.hyper))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            history = model.fit(FIT_X, FIT_Y, **arguments)
+    except (ValueError, TypeError) as exc:
+        assert str(exc), arguments
+        params, state, step, hyper = before
+        assert np.array_equal(model.flat_params, params) and np.array_equal(model.flat_optimizer_state, state)
+        assert model.step_count == step and model.hyper == hyper, arguments
+        return
+    if not len(history):  # initial_epoch at or past epochs: nothing to train, as in Keras
+        assert np.array_equal(model.flat_params, before[0]) and model.step_count == before[2], arguments
+    else:
+        assert all(math.isfinite(v) for v in history["loss"]), arguments
+    assert np.isfinite(model.flat_params).all()
+    model.hyper.update(before[3])  # the next example starts from the spec's lr
+
+
+@settings(max_examples=60, deadline=None, **DETERMINISTIC)
+@given(st.sampled_from(FIT_VALUES["batch_size"] + [None]), st.sampled_from([FIT_Y, FIT_Y[:3], FIT_Y + 3, None]))
+def test_random_evaluate_arguments_give_metrics_or_a_clear_error(fit_model, batch_size, labels):
+    model = fit_model
+    before = model.flat_params.copy()
+    arguments = {} if batch_size is None else {"batch_size": batch_size}
+    try:
+        metrics = model.evaluate(FIT_X, labels, **arguments)
+    except (ValueError, TypeError) as exc:
+        assert str(exc)
+    else:
+        assert math.isfinite(metrics["loss"]) and 0 <= metrics["accuracy"] <= 1
+    assert np.array_equal(model.flat_params, before)

@@ -64,7 +64,7 @@ class OptimizerKind:
                 errors.append(f"'{key}' {exc.message}")
                 continue
             if isinstance(value, float) and value != 0 and not float(info.tiny) <= abs(value) <= float(info.max):
-                errors.append(f"'{key}' = {value:g} is {'0' if abs(value) < info.tiny else 'infinite'} in {info.dtype} "
+                errors.append(f"'{key}' = {value:g} is {'0' if abs(value) < float(info.tiny) else 'infinite'} in {info.dtype} "
                               f"(the model's dtype holds {info.tiny:g} to {info.max:g})")
         return errors
 
