@@ -163,13 +163,15 @@ def test_cli_bench_summary(build_dir, capsys):
 
 
 def test_harness_quick_json_end_to_end():
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--json"],
+    # the two small default specs: VGG's cold compiles (both backends) would double the test's time
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--json",
+                             "--specs", "mnist_seed,lenet5"],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     has_torch = importlib.util.find_spec("torch") is not None
     assert report["torch"] == has_torch
-    assert [s["spec"] for s in report["specs"]] == ["mnist_seed", "lenet5", "vgg_cifar"]
+    assert [s["spec"] for s in report["specs"]] == ["mnist_seed", "lenet5"]
     assert report["peak_gflops"]["1"] > 0
     for spec in report["specs"]:
         train = spec["train"][0]
@@ -184,7 +186,7 @@ def test_harness_quick_json_end_to_end():
             assert spec["latency"][0]["speedup"] > 0
         else:
             assert "torch" not in train and train["ratio"] is None
-    assert {t["target"].split()[0] for t in report["targets"]} == {"mnist_seed", "lenet5", "vgg_cifar"}
+    assert {t["target"].split()[0] for t in report["targets"]} == {"mnist_seed", "lenet5"}
 
 
 CIFAR_AUGMENTED = {
