@@ -87,7 +87,8 @@ def _session(ort, proto):
 def _steps(a, b) -> dict:
     """How far apart two arrays of int8 values are: counts of equal, ±1 and farther values."""
     d = np.abs(a.astype(np.int64) - b.astype(np.int64)).ravel()
-    return {"values": int(d.size), "equal": int((d == 0).sum()), "one": int((d == 1).sum()), "beyond": int((d > 1).sum())}
+    return {"values": int(d.size), "equal": int((d == 0).sum()), "one": int((d == 1).sum()),
+            "beyond": int((d > 1).sum())}
 
 
 def _end_to_end(ort, q, x, requantize) -> dict:
@@ -166,6 +167,13 @@ def test_the_file_passes_the_full_check_and_refusals_name_the_layer(ort, build_d
         assert {entry.domain for entry in proto.opset_import} == {""} and proto.opset_import[0].version == 17
         assert [i.name for i in proto.graph.input] == ["input"] and [o.name for o in proto.graph.output] == ["fc"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed_point.onnx", "float.onnx"]  # no temporaries
+    from cnncc.quantize.onnx_export import to_proto
+
+    x = (q.values.scales["input"] * (random_int8(q.input_shape, 8).astype(np.float64) -
+                                     q.values.zero_points["input"])).astype(np.float32)
+    for opset in (13, 21):  # the float exporter's range
+        y = _session(ort, to_proto(q, opset, "fixed_point")).run(None, {"input": x})[0]
+        assert np.array_equal(np.rint(y / q.values.scales["fc"]), np.rint(q.predict(x) / q.values.scales["fc"]))
     with pytest.raises(ValueError, match="requantize must be one of float, fixed_point"):
         q.export_onnx(tmp_path / "x.onnx", requantize="double")
     with pytest.raises(ValueError, match="opset must be an integer from 13"):

@@ -114,8 +114,9 @@ class _Writer:
     def clamp(self, op) -> None:
         lo, hi = self.values.clamp(op)
         if (lo, hi) != (QMIN, QMAX):  # relu: the clamp at the output's zero point
-            bounds = [self.constant(f"{op.name}.clamp_{side}", value, np.int8) for side, value in (("min", lo), ("max", hi))]
-            self.node("Clip", [self.unclamped(op), *bounds], f"{op.output}_q")
+            low = self.constant(f"{op.name}.clamp_min", lo, np.int8)
+            high = self.constant(f"{op.name}.clamp_max", hi, np.int8)
+            self.node("Clip", [self.unclamped(op), low, high], f"{op.output}_q")
 
     def requantize_accumulator(self, op, acc: str, channel_shape: tuple[int, ...]) -> None:
         """The int8 output of a conv's or dense's int32 accumulator (bias included) in the fixed-point
@@ -131,8 +132,8 @@ def _conv(w: _Writer, op) -> None:
     d, checked = op.dims, w.layers[op.param_layer]
     signal = len(w.graph.tensors[op.inputs[0]].shape) == 2
     kernel = (d["KW"],) if signal else (d["KH"], d["KW"])
-    weight = w.constant(f"{op.name}.weight",
-                        blobs.weights(w.values, w.layout, op).reshape(d["C_OUT"], d["C_IN_PER_GROUP"], *kernel), np.int8)
+    weight = blobs.weights(w.values, w.layout, op).reshape(d["C_OUT"], d["C_IN_PER_GROUP"], *kernel)
+    weight = w.constant(f"{op.name}.weight", weight, np.int8)
     bias = blobs.true_bias(w.values, w.layout, op)
     source = f"{op.inputs[0]}_q"
     attributes = {"group": d["GROUPS"], "dilations": [d["DIL_W"]] if signal else [d["DIL_H"], d["DIL_W"]],

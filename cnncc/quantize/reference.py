@@ -105,7 +105,6 @@ def add(xs, op, values, layout) -> np.ndarray:
 
 def concat(xs, op, values, layout) -> np.ndarray:
     """Each input requantized to the output's scale and zero point, joined along channels."""
-    n = len(xs)
     mult = blobs.words(values, layout, op, "multiplier")
     shift = blobs.words(values, layout, op, "shift")
     parts = [_finish(x.astype(np.int64) - values.zero_points[name], mult[i], shift[i],
