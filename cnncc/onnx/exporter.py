@@ -60,7 +60,7 @@ def _activation(graph, kind, source, output, name, alpha=FUSED_LEAKY_SLOPE):
     graph.node(ACTIVATION_OPS[kind], [source], output, name, **attributes)
 
 
-def _windows(checked):
+def window_attributes(checked) -> dict:
     """kernel_shape, strides and pads (ONNX order: begins then ends) of a conv or pool on its input."""
     k = checked.layer
     (top, bottom), (left, right) = pads_per_side(k.padding, checked.input_shapes[0], k.kernel, k.stride,
@@ -74,7 +74,7 @@ def _conv(graph, checked, inputs, output):
     k, name = checked.layer, checked.name
     dilation = [k.dilation[1]] if len(checked.input_shapes[0]) == 2 else list(k.dilation)
     weights = [graph.weight(f"{name}.weight")] + ([graph.weight(f"{name}.bias")] if k.bias else [])
-    graph.node("Conv", inputs + weights, output, name, group=k.groups, dilations=dilation, **_windows(checked))
+    graph.node("Conv", inputs + weights, output, name, group=k.groups, dilations=dilation, **window_attributes(checked))
 
 
 def _conv_transpose(graph, checked, inputs, output):
@@ -105,12 +105,12 @@ def _dense(graph, checked, inputs, output):
 
 
 def _maxpool(graph, checked, inputs, output):
-    graph.node("MaxPool", inputs, output, checked.name, **_windows(checked))
+    graph.node("MaxPool", inputs, output, checked.name, **window_attributes(checked))
 
 
 def _avgpool(graph, checked, inputs, output):
     # cnncc divides by kh*kw wherever the window is, padding counted as zeros
-    graph.node("AveragePool", inputs, output, checked.name, count_include_pad=1, **_windows(checked))
+    graph.node("AveragePool", inputs, output, checked.name, count_include_pad=1, **window_attributes(checked))
 
 
 def _global_pool(op):
@@ -167,10 +167,24 @@ EXPORTERS = {
 }
 
 
-def to_proto(model, opset: int = DEFAULT_OPSET) -> "onnx.ModelProto":
-    """The ONNX model of a compiled cnncc Model (its spec and current weights)."""
+def check_opset(opset) -> None:
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset must be an integer from {MIN_OPSET} to {MAX_OPSET}, got {opset!r}")
+
+
+def model_proto(name, nodes, initializers, inputs, outputs, opset: int) -> "onnx.ModelProto":
+    """The model of one graph in ONNX's standard domain, as cnncc's producer, checked in full."""
+    body = helper.make_graph(nodes, name, inputs, outputs, initializers)
+    opsets = [helper.make_opsetid("", opset)]
+    proto = helper.make_model(body, opset_imports=opsets, producer_name="cnncc",
+                              ir_version=helper.find_min_ir_version_for(opsets))
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def to_proto(model, opset: int = DEFAULT_OPSET) -> "onnx.ModelProto":
+    """The ONNX model of a compiled cnncc Model (its spec and current weights)."""
+    check_opset(opset)
     net = check_net(model.spec)
     graph = _Graph(model)
     for checked in net.layers:
@@ -186,12 +200,7 @@ def to_proto(model, opset: int = DEFAULT_OPSET) -> "onnx.ModelProto":
     last = net.layers[-1].name
     x = helper.make_tensor_value_info("input", element, ["N", *model.spec.input_shape])
     y = helper.make_tensor_value_info(last, element, ["N", *net.output_shape])
-    body = helper.make_graph(graph.nodes, model.spec.name, [x], [y], graph.initializers)
-    opsets = [helper.make_opsetid("", opset)]
-    proto = helper.make_model(body, opset_imports=opsets, producer_name="cnncc",
-                              ir_version=helper.find_min_ir_version_for(opsets))
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
+    return model_proto(model.spec.name, graph.nodes, graph.initializers, [x], [y], opset)
 
 
 def export(model, path, opset: int = DEFAULT_OPSET) -> Path:

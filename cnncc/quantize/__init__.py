@@ -8,7 +8,9 @@ integer reference.
     arith.py      TFLite's fixed-point arithmetic (NumPy)
     reference.py  the NumPy integer reference kernels
     render.py     C sources from templates/int8/ (ABI in abi.py)
-    model.py      QuantizedModel (predict, evaluate, report, save/load)
+    blobs.py      an op's arrays in the weights and words blobs
+    model.py      QuantizedModel (predict, evaluate, report, save/load, export_onnx)
+    onnx_export.py  QuantizedModel -> ONNX (QLinearConv, MatMulInteger, QDQ), for onnxruntime
 """
 from .graph import QuantizeError, build_graph
 from .layout import plan_layout

@@ -4,6 +4,7 @@ The C kernels (templates/int8/model.c.j2) implement exactly these functions; the
 reference (reference.py) calls them, and tests compare the two bit for bit.
 
     quantize_multiplier(m)      real m > 0 -> (M, shift): m ~= M * 2^(shift - 31), M in [2^30, 2^31)
+    multiplier_value(M, shift)  the real factor M * 2^(shift - 31) that (M, shift) applies
     srdhm(a, b)                 SaturatingRoundingDoublingHighMul: (a*b + nudge) / 2^31 with C's
                                 truncating division, nudge 2^30 for a*b >= 0 and 1 - 2^30 below
                                 (so +1.5 -> 2 but -1.5 -> -1), INT32_MIN*INT32_MIN -> INT32_MAX
@@ -37,6 +38,11 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     if shift > MAX_SHIFT:
         return INT32_MAX, MAX_SHIFT
     return int(fixed), int(shift)
+
+
+def multiplier_value(multiplier, shift) -> float:
+    """The real factor a (multiplier, shift) pair applies: M * 2^(shift - 31), exact in float64."""
+    return math.ldexp(float(multiplier), int(shift) - 31)
 
 
 def srdhm(a, b):

@@ -5,6 +5,7 @@
     qmodel.evaluate(x, y)    accuracy, and top-1 agreement with a float model if given
     qmodel.report()          per-layer scales, zero points, bytes and errors against float
     qmodel.save(path); QuantizedModel.load(path, spec)
+    qmodel.export_onnx(path) the int8 network as ONNX, for onnxruntime (onnx_export.py)
 
 The C kernels equal the integer reference (reference.py) bit for bit; `predict_int8` runs the
 C, `reference(x_q)` the reference.
@@ -133,6 +134,14 @@ class QuantizedModel:
         values, meta = qfile.load(path, spec, graph, layout)
         errors = {name: {k: float(v) for k, v in e.items()} for name, e in meta.get("errors", {}).items()}
         return cls(spec, graph, layout, values, errors, str(meta.get("method", "minmax")), build_dir, cc, cflags)
+
+    def export_onnx(self, path, opset: int = 17, requantize: str = "float"):
+        """Write this int8 model as ONNX, for checking it with another runtime (onnx_export.py):
+        requantize="float" is the standard form (QLinearConv, QDQ), "fixed_point" writes TFLite's
+        requantization itself in integer operators. Needs the `onnx` package."""
+        from .onnx_export import export_onnx
+
+        return export_onnx(self, path, opset, requantize)
 
     def report(self):
         from .qreport import QuantReport

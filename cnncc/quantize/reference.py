@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import arith
+from . import arith, blobs
 from .graph import QGraph, chw
 from .layout import Layout
 from .scheme import ADD_LEFT_SHIFT, QMAX, QMIN, QValues
-
-
-def _words(values: QValues, layout: Layout, op, name: str, n: int) -> np.ndarray:
-    start = layout.word_offsets[op.name][name]
-    return values.words[start:start + n].astype(np.int64)
 
 
 def _finish(acc, multiplier, shift, zero, lo, hi) -> np.ndarray:
@@ -34,8 +29,8 @@ def conv(x, op, values, layout) -> np.ndarray:
     pad_h = max(0, (d["H_OUT"] - 1) * d["STRIDE_H"] + (d["KH"] - 1) * d["DIL_H"] + 1 - d["H_IN"] - d["PAD_TOP"])
     pad_w = max(0, (d["W_OUT"] - 1) * d["STRIDE_W"] + (d["KW"] - 1) * d["DIL_W"] + 1 - d["W_IN"] - d["PAD_LEFT"])
     padded = np.pad(planes, ((0, 0), (0, 0), (d["PAD_TOP"], pad_h), (d["PAD_LEFT"], pad_w)))
-    weights = values.weights[layout.weight_offsets[op.name]:][:d["C_OUT"] * d["K_GROUP"]]
-    weights = weights.astype(np.float64).reshape(d["GROUPS"], d["C_OUT_PER_GROUP"], d["C_IN_PER_GROUP"], d["KH"], d["KW"])
+    weights = blobs.weights(values, layout, op).astype(np.float64).reshape(
+        d["GROUPS"], d["C_OUT_PER_GROUP"], d["C_IN_PER_GROUP"], d["KH"], d["KW"])
     acc = np.zeros((n, d["GROUPS"], d["C_OUT_PER_GROUP"], d["H_OUT"], d["W_OUT"]))
     grouped = padded.reshape(n, d["GROUPS"], d["C_IN_PER_GROUP"], *padded.shape[2:]).astype(np.float64)
     for kh in range(d["KH"]):
@@ -45,30 +40,20 @@ def conv(x, op, values, layout) -> np.ndarray:
                           left:left + (d["W_OUT"] - 1) * d["STRIDE_W"] + 1:d["STRIDE_W"]]
             acc += np.einsum("ngihw,goi->ngohw", tap, weights[:, :, :, kh, kw])
     acc = acc.reshape(n, d["C_OUT"], d["H_OUT"] * d["W_OUT"]).astype(np.int64)
-    c = d["C_OUT"]
-    acc += _true_bias(op, values, layout)[None, :, None]
+    acc += blobs.true_bias(values, layout, op)[None, :, None]
     lo, hi = values.clamp(op)
-    out = _finish(acc, _words(values, layout, op, "multiplier", c)[None, :, None],
-                  _words(values, layout, op, "shift", c)[None, :, None], values.zero_points[op.output], lo, hi)
+    out = _finish(acc, blobs.words(values, layout, op, "multiplier")[None, :, None],
+                  blobs.words(values, layout, op, "shift")[None, :, None], values.zero_points[op.output], lo, hi)
     return out.reshape(n, -1)
 
 
-def _true_bias(op, values, layout) -> np.ndarray:
-    """The quantized bias itself: the stored one has -z_in * sum(w) folded in (for the C's
-    patches, which hold raw inputs); this reference subtracts z_in from the inputs instead."""
-    c, k = op.dims["C_OUT"], op.dims["K_GROUP"]
-    weights = values.weights[layout.weight_offsets[op.name]:][:c * k].astype(np.int64).reshape(c, k)
-    return _words(values, layout, op, "bias", c) + values.zero_points[op.inputs[0]] * weights.sum(axis=1)
-
-
 def dense(x, op, values, layout) -> np.ndarray:
-    c, k = op.dims["C_OUT"], op.dims["K_GROUP"]
-    weights = values.weights[layout.weight_offsets[op.name]:][:c * k].astype(np.float64).reshape(c, k)
+    weights = blobs.weights(values, layout, op).astype(np.float64)
     inputs = x.astype(np.float64) - values.zero_points[op.inputs[0]]
-    acc = (inputs @ weights.T).astype(np.int64) + _true_bias(op, values, layout)[None, :]
+    acc = (inputs @ weights.T).astype(np.int64) + blobs.true_bias(values, layout, op)[None, :]
     lo, hi = values.clamp(op)
-    return _finish(acc, _words(values, layout, op, "multiplier", c)[None, :],
-                   _words(values, layout, op, "shift", c)[None, :], values.zero_points[op.output], lo, hi)
+    return _finish(acc, blobs.words(values, layout, op, "multiplier")[None, :],
+                   blobs.words(values, layout, op, "shift")[None, :], values.zero_points[op.output], lo, hi)
 
 
 def _windows(x, op, fill):
@@ -108,8 +93,8 @@ def add(xs, op, values, layout) -> np.ndarray:
     """TFLite's int8 add, for any number of inputs: each input, offset by its zero point and shifted
     left by 20, is rescaled to (2 * the largest input scale); the sum is rescaled to the output."""
     n = len(xs)
-    mult = _words(values, layout, op, "multiplier", n + 1)
-    shift = _words(values, layout, op, "shift", n + 1)
+    mult = blobs.words(values, layout, op, "multiplier")
+    shift = blobs.words(values, layout, op, "shift")
     total = 0
     for i, (x, name) in enumerate(zip(xs, op.inputs)):
         shifted = (x.astype(np.int64) - values.zero_points[name]) * (1 << ADD_LEFT_SHIFT)
@@ -120,9 +105,8 @@ def add(xs, op, values, layout) -> np.ndarray:
 
 def concat(xs, op, values, layout) -> np.ndarray:
     """Each input requantized to the output's scale and zero point, joined along channels."""
-    n = len(xs)
-    mult = _words(values, layout, op, "multiplier", n)
-    shift = _words(values, layout, op, "shift", n)
+    mult = blobs.words(values, layout, op, "multiplier")
+    shift = blobs.words(values, layout, op, "shift")
     parts = [_finish(x.astype(np.int64) - values.zero_points[name], mult[i], shift[i],
                      values.zero_points[op.output], QMIN, QMAX).reshape(x.shape[0], op.dims[f"C_IN{i}"], -1)
              for i, (x, name) in enumerate(zip(xs, op.inputs))]
@@ -130,8 +114,7 @@ def concat(xs, op, values, layout) -> np.ndarray:
 
 
 def lut(x, op, values, layout) -> np.ndarray:
-    table = values.weights[layout.weight_offsets[op.name]:][:256]
-    return table[x.astype(np.int64) - QMIN]
+    return blobs.table(values, layout, op)[x.astype(np.int64) - QMIN]
 
 
 KERNELS = {"conv": conv, "dense": dense, "maxpool": maxpool, "avgpool": avgpool, "global_avgpool": global_avgpool,
