@@ -106,3 +106,20 @@ def test_freeze_and_unfreeze(build_dir):
         model.freeze(["conv9"])
     with pytest.raises(ValueError, match="a list of layer names"):
         model.freeze("conv1")
+
+
+@pytest.mark.parametrize("case", ["no layer with weights", "every layer frozen"])
+def test_a_network_with_nothing_to_train_compiles_warning_free_and_steps_as_a_no_op(build_dir, case):
+    layers = [{"type": "relu"}, {"type": "flatten"}] if case == "no layer with weights" else \
+        [{"name": "c", "type": "conv1d", "filters": 2, "kernel": 3, "trainable": False}, {"type": "flatten"},
+         {"name": "d", "type": "dense", "units": 2, "trainable": False}]
+    spec = {"name": "untrainable", "input": {"channels": 1, "length": 5}, "layers": layers, "loss": "mse",
+            "optimizer": {"type": "adam"}}
+    model = cnncc.compile(spec, build_dir=build_dir, cflags=("-O1", "-Wall", "-Wextra", "-Werror")).init(0)
+    assert model.program.num_trainable == 0
+    x = np.random.default_rng(0).normal(size=(3, 1, 5))
+    y = np.zeros((3,) + tuple(model.output_shape))
+    before = model.flat_params.copy()
+    loss = model.train_step(x, y)
+    assert np.isfinite(loss) and model.step_count == 1
+    assert np.array_equal(model.flat_params, before)
