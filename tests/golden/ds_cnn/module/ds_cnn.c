@@ -3863,6 +3863,7 @@ void ds_cnn_forward_op(const ds_cnn_context *ctx, const real *input, size_t batc
  */
 void ds_cnn_backward_op(const ds_cnn_context *ctx, const real *input, size_t batch, uint64_t seed, int op)
 {
+    (void)ctx; /* unread where no op runs backward */
     real *acts = ctx->activations;
     real *grad_acts = ctx->grad_activations;
     real *params = ctx->params;

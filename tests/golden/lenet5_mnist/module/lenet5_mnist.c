@@ -1535,6 +1535,7 @@ void lenet5_mnist_forward_op(const lenet5_mnist_context *ctx, const real *input,
  */
 void lenet5_mnist_backward_op(const lenet5_mnist_context *ctx, const real *input, size_t batch, uint64_t seed, int op)
 {
+    (void)ctx; /* unread where no op runs backward */
     real *acts = ctx->activations;
     real *grad_acts = ctx->grad_activations;
     real *params = ctx->params;

@@ -1503,6 +1503,7 @@ void mnist_autoencoder_forward_op(const mnist_autoencoder_context *ctx, const re
  */
 void mnist_autoencoder_backward_op(const mnist_autoencoder_context *ctx, const real *input, size_t batch, uint64_t seed, int op)
 {
+    (void)ctx; /* unread where no op runs backward */
     real *acts = ctx->activations;
     real *grad_acts = ctx->grad_activations;
     real *params = ctx->params;

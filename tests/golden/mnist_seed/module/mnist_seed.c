@@ -1315,6 +1315,7 @@ void mnist_seed_forward_op(const mnist_seed_context *ctx, const real *input, siz
  */
 void mnist_seed_backward_op(const mnist_seed_context *ctx, const real *input, size_t batch, uint64_t seed, int op)
 {
+    (void)ctx; /* unread where no op runs backward */
     real *acts = ctx->activations;
     real *grad_acts = ctx->grad_activations;
     real *params = ctx->params;

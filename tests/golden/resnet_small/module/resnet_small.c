@@ -2493,6 +2493,7 @@ void resnet_small_forward_op(const resnet_small_context *ctx, const real *input,
  */
 void resnet_small_backward_op(const resnet_small_context *ctx, const real *input, size_t batch, uint64_t seed, int op)
 {
+    (void)ctx; /* unread where no op runs backward */
     real *acts = ctx->activations;
     real *grad_acts = ctx->grad_activations;
     real *params = ctx->params;

@@ -1233,6 +1233,7 @@ void signal1d_forward_op(const signal1d_context *ctx, const real *input, size_t 
  */
 void signal1d_backward_op(const signal1d_context *ctx, const real *input, size_t batch, uint64_t seed, int op)
 {
+    (void)ctx; /* unread where no op runs backward */
     real *acts = ctx->activations;
     real *grad_acts = ctx->grad_activations;
     real *params = ctx->params;
