@@ -181,11 +181,15 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _read_for(model, path):
+def _read_bounded(path, shapes, state_size: int):
     # Generous (a file from another spec should reach the clearer fingerprint error below),
     # but bounded by this model's size, so a forged header cannot exhaust memory.
-    largest = max([array.size for array in model.params.values()] + [model.flat_optimizer_state.size])
+    largest = max([int(np.prod(shape)) for shape in shapes] + [state_size])
     return read(path, max_elements=16 * largest + (1 << 20))
+
+
+def _read_for(model, path):
+    return _read_bounded(path, [array.shape for array in model.params.values()], model.flat_optimizer_state.size)
 
 
 def load_matching(model, path) -> LoadReport:
@@ -216,39 +220,55 @@ def load_matching(model, path) -> LoadReport:
     return LoadReport(tuple(loaded), tuple(skipped), unused)
 
 
-def load(model, path) -> int | None:
-    """Validate the whole file, then copy it into the model; returns the saved epoch."""
-    meta, arrays = _read_for(model, path)
+@dataclass(frozen=True)
+class Checkpoint:
+    """A weights file's contents for one spec, every value validated and converted to its dtype."""
+    params: dict[str, np.ndarray]  # keyed like Model.params
+    optimizer_state: np.ndarray | None  # None: another optimizer's, or none saved (start afresh)
+    step: int
+    epoch: int | None
+
+
+def read_checkpoint(spec, shapes: dict[str, tuple], state_size: int, dtype, path) -> Checkpoint:
+    """Validate the whole file against a spec (its fingerprint), its parameters' shapes and its
+    optimizer state's size, without a compiled model (emit reads weights so)."""
+    meta, arrays = _read_bounded(path, list(shapes.values()), state_size)
     saved = meta.get("fingerprint")
-    renamed = isinstance(meta.get("spec"), str) and saved == model.spec.fingerprint(name=meta["spec"])
-    if saved != model.spec.fingerprint() and not renamed:
+    renamed = isinstance(meta.get("spec"), str) and saved == spec.fingerprint(name=meta["spec"])
+    if saved != spec.fingerprint() and not renamed:
         raise CheckpointError(
             f"{path}: saved from spec {str(meta.get('spec'))[:64]!r} (fingerprint {meta.get('fingerprint')}), "
-            f"which differs from this model's spec '{model.spec.name}' ({model.spec.fingerprint()}): "
+            f"which differs from this model's spec '{spec.name}' ({spec.fingerprint()}): "
             "the layers, shapes or names do not match; load(path, strict=False) copies the layers whose "
             "names and shapes match")
-    dtype = model.flat_optimizer_state.dtype
+    dtype = np.dtype(dtype)
     values = {}
-    for key, target in model.params.items():
+    for key, shape in shapes.items():
         if key not in arrays:
             raise CheckpointError(f"{path}: missing parameter '{key}'")
-        values[key] = _converted(path, f"parameter '{key}'", arrays.pop(key), target.shape, dtype)
+        values[key] = _converted(path, f"parameter '{key}'", arrays.pop(key), shape, dtype)
     state = arrays.pop(STATE_KEY, None)
     if arrays:
         raise CheckpointError(f"{path}: unexpected array {next(iter(arrays))[:64]!r}: "
                               "this model has no parameter of that name")
     if state is not None and (state.dtype.kind != "f" or state.dtype.fields is not None):
         raise CheckpointError(f"{path}: the optimizer state is {state.dtype}, expected floats")
-    if state is not None and state.shape != model.flat_optimizer_state.shape:
+    if state is not None and state.shape != (state_size,):
         state = None  # another optimizer: start its state afresh, the weights are still good
     if state is not None:
-        state = _converted(path, "the optimizer state", state, model.flat_optimizer_state.shape, dtype)
-    for key, array in values.items():
+        state = _converted(path, "the optimizer state", state, (state_size,), dtype)
+    return Checkpoint(values, state, meta.get("step", 0) if state is not None else 0, meta.get("epoch"))
+
+
+def load(model, path) -> int | None:
+    """Validate the whole file, then copy it into the model; returns the saved epoch."""
+    checkpoint = read_checkpoint(model.spec, {key: view.shape for key, view in model.params.items()},
+                                 model.flat_optimizer_state.size, model.flat_optimizer_state.dtype, path)
+    for key, array in checkpoint.params.items():
         model.params[key][...] = array
-    if state is not None:
-        model.flat_optimizer_state[...] = state
-        model.step_count = meta.get("step", 0)
+    if checkpoint.optimizer_state is not None:
+        model.flat_optimizer_state[...] = checkpoint.optimizer_state
     else:
         model.flat_optimizer_state[...] = 0
-        model.step_count = 0
-    return meta.get("epoch")
+    model.step_count = checkpoint.step
+    return checkpoint.epoch

@@ -45,24 +45,16 @@ class Emitted:
     figures: dict  # weight_bytes, arena_bytes, arena_bytes_unshared, arena_batch
 
 
-class _Weights:
-    """What `checkpoint.load` fills and validates, as for a Model, without compiling one."""
-
-    def __init__(self, spec: Spec, program: Program):
-        self.spec = spec
-        self.flat = np.zeros(program.num_params, np.dtype(program.dtype))
-        self.params = {p.key: self.flat[p.offset:p.offset + p.size].reshape(p.shape) for p in program.params}
-        self.flat_optimizer_state = np.zeros(program.optimizer_state_size, self.flat.dtype)
-        self.step_count = 0
-
-
 def read_weights(spec: Spec, program: Program, path) -> np.ndarray:
     """The flat parameter vector of a weights file, validated exactly as `Model.load` does."""
-    from .checkpoint import load
+    from .checkpoint import read_checkpoint
 
-    holder = _Weights(spec, program)
-    load(holder, path)
-    return holder.flat
+    checkpoint = read_checkpoint(spec, {p.key: p.shape for p in program.params}, program.optimizer_state_size,
+                                 program.dtype, path)
+    flat = np.zeros(program.num_params, np.dtype(program.dtype))
+    for p in program.params:
+        flat[p.offset:p.offset + p.size] = checkpoint.params[p.key].reshape(-1)
+    return flat
 
 
 def c_hex_float(value, dtype: str) -> str:
