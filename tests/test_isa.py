@@ -1,0 +1,68 @@
+"""Every vector width the kernels are written for, whatever this machine has.
+
+The vector backend sizes its vectors and register blocks by the target's ISA (templates/gemm.c.j2:
+64-byte vectors and 12-row blocks with AVX-512, 32-byte with AVX, 16-byte otherwise). The module
+tests build with -march=native, so they exercise one width only. Here the kernel-variant group of
+test_layers.py (every conv variant and block form, dense wide and narrow) is built for each width
+with its -m flags under -Werror; a width this CPU can run is also run, forward and backward
+(float64, against the NumPy reference), and one it cannot run is compiled
+only. The 16-byte fallback runs on any x86-64 machine.
+"""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_layers import (TOL_BACKWARD64, TOL_FORWARD64, VARIANT_BATCH, VARIANT_CASES, group_spec, kink_safe,
+                         run_group, shape_tag, stable_seed)
+
+WARNINGS = ("-Wall", "-Wextra", "-Werror")
+# name -> (the CPU flags it needs in /proc/cpuinfo, its compiler flags)
+WIDTHS = {
+    "16-byte fallback": ((), ("-mno-avx", "-mno-avx2", "-mno-fma")),
+    "avx2": (("avx2", "fma"), ("-mavx2", "-mfma")),
+    "avx512": (("avx512f", "avx512vl", "avx512dq", "avx512bw", "fma"),
+               ("-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx512bw", "-mavx2", "-mfma")),
+}
+
+pytestmark = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
+                                reason="the -m flags here are x86's")
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+@pytest.mark.parametrize("shape", list(VARIANT_CASES), ids=shape_tag)
+@pytest.mark.parametrize("width", WIDTHS)
+def test_every_vector_width_compiles_warning_free_and_runs_where_the_cpu_can(width, shape, build_dir):
+    needed, flags = WIDTHS[width]
+    runs = set(needed) <= cpu_flags()
+    cases = VARIANT_CASES[shape]
+    rng = np.random.default_rng(stable_seed("widths", shape))
+    # run_group compiles (with these flags replacing -march=native) and, only if asked to, runs
+    cflags = ("-O1", *flags, *WARNINGS)
+    name = f"widths_{width.split('-')[0]}_{shape_tag(shape)}"
+    if not runs:
+        import cnncc
+
+        model = cnncc.compile(group_spec(cases, "float64", "pre", name), build_dir=build_dir, cflags=cflags)
+        assert model.module is not None  # compiled and loaded, never called: this CPU lacks the ISA
+        return
+    # against the reference only: test_layers.py checks the reference against finite differences
+    result = run_group(shape, "float64", "pre", build_dir, cflags=cflags, cases=cases, name=name,
+                       xs=kink_safe(rng, (VARIANT_BATCH,) + shape), fd=False)
+    pooled = {op.layer for op in result.model.program.ops if op.pooled}
+    assert pooled == {case.id for case in cases if case.id.startswith("pooled_")}
+    for case in cases:
+        r = result.cases[case.id]
+        assert max(r.forward_infer, r.forward_train) <= TOL_FORWARD64, f"{width} {case.id} forward"
+        assert r.input_grads <= TOL_BACKWARD64, f"{width} {case.id} input gradient: {r.input_grads:.3g}"
+        assert max(r.param_grads.values()) <= TOL_BACKWARD64, f"{width} {case.id}: {r.param_grads}"
