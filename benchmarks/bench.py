@@ -40,7 +40,8 @@ if str(HERE) not in sys.path:
 
 import tables  # noqa: E402  (benchmarks/tables.py)
 
-DEFAULT_SPECS = ("mnist_seed", "lenet5", "vgg_cifar")
+# issue 14's six: the paper network, LeNet, the VGG block, resnet_small, ResNet-8, DS-CNN
+DEFAULT_SPECS = ("mnist_seed", "lenet5", "vgg_cifar", "resnet_small", "resnet8", "ds_cnn")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                     "NUMEXPR_NUM_THREADS")
 CHECK_BATCH = 8
@@ -117,6 +118,17 @@ def measure_peak(work: Path, settings: Settings) -> dict:
     return peak
 
 
+def vector_isa() -> str:
+    """The widest vector ISA the kernels use here (-march=native: templates/gemm.c.j2's choice)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "avx" if "avx" in flags else \
+        (platform.machine() or "unknown")
+
+
 def machine_info() -> dict:
     from cnncc.build import compiler_identity, find_compiler
 
@@ -136,13 +148,15 @@ def machine_info() -> dict:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
-    return {"cpu": model, "cpus": os.cpu_count(), "platform": platform.platform(), "compiler": compiler,
+    return {"cpu": model, "isa": vector_isa(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "compiler": compiler,
             "python": platform.python_version(), **versions,
             "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
             "load_average_before": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
-def bench_spec(name: str, settings: Settings, build_dir: Path, use_torch: bool, use_emit: bool) -> dict:
+def bench_spec(name: str, settings: Settings, build_dir: Path, use_torch: bool, use_emit: bool,
+               use_ort: bool = False) -> dict:
     import cnncc
 
     path = spec_path(name)
@@ -192,6 +206,12 @@ def bench_spec(name: str, settings: Settings, build_dir: Path, use_torch: bool, 
             row[framework] = child({**common, "task": "latency", "framework": framework,
                                     "seconds": settings.latency_seconds, "warmup_calls": settings.latency_calls[0],
                                     "min_calls": settings.latency_calls[1]}, threads)
+        if use_ort:
+            log(f"  {out['spec']}: batch-1 latency, onnxruntime, {threads} thread(s)")
+            row["onnxruntime"] = child({**common, "task": "latency", "framework": "onnxruntime",
+                                        "seconds": settings.latency_seconds,
+                                        "warmup_calls": settings.latency_calls[0],
+                                        "min_calls": settings.latency_calls[1]}, threads)
         if threads == 1:
             log(f"  {out['spec']}: batch-1 latency, cnncc portable backend, 1 thread")
             row["portable"] = child({**common, "task": "latency", "framework": "cnncc", "backend": PORTABLE,
@@ -229,6 +249,11 @@ def summarise(results: list[dict]) -> None:
         for row in spec["latency"]:
             c, t = row.get("cnncc", {}), row.get("torch", {})
             row["speedup"] = t["median_us"] / c["median_us"] if "median_us" in c and "median_us" in t else None
+            o = row.get("onnxruntime") or {}
+            row["ort_speedup"] = o["median_us"] / c["median_us"] if "median_us" in c and "median_us" in o else None
+            e = row.get("emitted_c") or {}
+            row["ort_speedup_emitted"] = (o["median_us"] / e["median_us"]
+                                          if "median_us" in e and "median_us" in o else None)
             p = row.get("portable") or {}
             row["portable_slowdown"] = p["median_us"] / c["median_us"] if "median_us" in p and "median_us" in c else None
         compile_ = spec["compile"]
@@ -260,6 +285,9 @@ def parse_args(argv=None):
     parser.add_argument("--repeat-seconds", type=float, default=0.75, help="length of one repeat (default 0.75 s)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny batch, one step per repeat")
     parser.add_argument("--no-torch", action="store_true", help="cnncc columns only, even if torch is installed")
+    parser.add_argument("--no-ort", action="store_true", help="no onnxruntime column, even if it is installed")
+    parser.add_argument("--results", action="store_true",
+                        help="also write benchmarks/results/<date>-<cpu>.json and .txt (the README's source)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the tables")
     parser.add_argument("--output", default=None, help="also write the JSON to this file")
     args = parser.parse_args(argv)
@@ -273,18 +301,19 @@ def main(argv=None) -> int:
     settings = Settings(args)
     use_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
     use_emit = importlib.util.find_spec("cnncc.emit") is not None
+    use_ort = not args.no_ort and all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
     started = datetime.datetime.now(datetime.timezone.utc)
     work = Path(tempfile.mkdtemp(prefix="cnncc-bench-"))
     try:
         log(f"cnncc bench: machine peak ({', '.join(map(str, settings.threads))} thread(s))")
         result = {"command": " ".join(["python", "benchmarks/bench.py"] + (sys.argv[1:] if argv is None else argv)),
                   "date": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
-                  "settings": settings.as_dict(), "torch": use_torch, "emitted_c": use_emit,
+                  "settings": settings.as_dict(), "torch": use_torch, "emitted_c": use_emit, "onnxruntime": use_ort,
                   "peak_gflops": measure_peak(work, settings), "specs": []}
         clock = time.perf_counter()
         for name in args.specs.split(","):
             log(f"cnncc bench: {name}")
-            result["specs"].append(bench_spec(name.strip(), settings, work / "build", use_torch, use_emit))
+            result["specs"].append(bench_spec(name.strip(), settings, work / "build", use_torch, use_emit, use_ort))
         summarise(result["specs"])
         result["seconds"] = time.perf_counter() - clock
         result["machine"]["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -294,6 +323,12 @@ def main(argv=None) -> int:
     text = json.dumps(result, indent=2)
     if args.output:
         Path(args.output).write_text(text + "\n")
+    if args.results:
+        stem = HERE / "results" / f"{started.strftime('%Y-%m-%d')}-{result['machine']['isa']}"
+        stem.parent.mkdir(exist_ok=True)
+        stem.with_suffix(".json").write_text(text + "\n")
+        stem.with_suffix(".txt").write_text(tables.render(result) + "\n")
+        log(f"cnncc bench: wrote {stem}.json and .txt")
     print(text if args.json else tables.render(result))
     failures = list(dict.fromkeys(errors_in(result["specs"]) + [
         f for spec in result["specs"] for f in spec.get("check", {}).get("failures", [])]))

@@ -5,7 +5,8 @@
 prints one JSON line. A fresh process per figure keeps the thread settings (set in the
 environment by the parent before Python starts, and with torch.set_num_threads) and the
 peak RSS (`ru_maxrss` at the end) clean. Tasks: check (torch vs cnncc on the same
-weights), train (images/s), latency (batch-1 inference from Python), emitted (batch-1
+weights), train (images/s), latency (batch-1 inference from Python: cnncc, torch or
+onnxruntime), emitted (batch-1
 latency of `cnncc emit --inference-only` C, no Python), compile (cnncc.compile wall time).
 """
 from __future__ import annotations
@@ -127,6 +128,25 @@ def task_latency(t: dict) -> dict:
                               backend=t.get("backend", "vector"))
         model.init(0)
         result = inference_latency(model, t["seconds"], min_calls=t["min_calls"], warmup_calls=t["warmup_calls"])
+    elif t["framework"] == "onnxruntime":
+        # the same network and weights, exported by cnncc (cnncc/onnx), run by onnxruntime's CPU
+        # provider with its default graph optimisations (which fold batchnorm and fuse activations)
+        # and t["threads"] intra-op threads
+        import onnxruntime as ort
+
+        import cnncc
+        import cnncc.onnx
+
+        model = cnncc.compile(t["spec"], build_dir=t["build_dir"]).init(0)
+        path = Path(tempfile.mkdtemp(dir=t["build_dir"])) / f"{model.spec.name}.onnx"
+        cnncc.onnx.export(model, path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = t["threads"], 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        x, _ = random_batch(model.program, 1, seed=0)
+        feed = {"input": x}
+        result = call_latency(lambda: session.run(None, feed), t["seconds"], t["min_calls"],
+                              warmup_calls=t["warmup_calls"])
     else:
         torch = _torch(t["threads"])
         import cnncc

@@ -177,6 +177,8 @@ def test_harness_quick_json_end_to_end():
         train = spec["train"][0]
         assert train["threads"] == 1 and train["cnncc"]["images_per_s"] > 0 and train["cnncc"]["rss_mb"] > 0
         assert spec["latency"][0]["cnncc"]["median_us"] > 0
+        if report["onnxruntime"]:  # installed (CI installs it): the batch-1 column
+            assert spec["latency"][0]["onnxruntime"]["median_us"] > 0 and spec["latency"][0]["ort_speedup"] > 0
         assert train["portable"]["images_per_s"] > 0 and train["portable_ratio"] > 0  # the portable backend
         assert spec["latency"][0]["portable"]["median_us"] > 0 and spec["latency"][0]["portable_slowdown"] > 0
         assert spec["compile"]["cold_median_s"] > 0 and spec["compile"]["cached"][0]["from_cache"]
@@ -187,6 +189,7 @@ def test_harness_quick_json_end_to_end():
         else:
             assert "torch" not in train and train["ratio"] is None
     assert {t["target"].split()[0] for t in report["targets"]} == {"mnist_seed", "lenet5"}
+    assert report["machine"]["isa"] in ("avx512", "avx2", "avx") or report["machine"]["isa"]
 
 
 CIFAR_AUGMENTED = {
