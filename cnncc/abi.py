@@ -84,7 +84,7 @@ class StructField:
 
 TRAINING_CONTEXT = (
     StructField("{real} *", "params", "[NUM_PARAMS]; trainable ones first"),
-    StructField("{real} *", "grads", "[NUM_PARAMS]; training only"),
+    StructField("{real} *", "grads", "[NUM_TRAINABLE]: the trainable parameters' gradients; training only"),
     StructField("{real} *", "optimizer_state", "[OPTIMIZER_STATE_SIZE]; training only"),
     StructField("{real} *", "activations", "[activations_size(batch)]"),
     StructField("{real} *", "grad_activations", "[activations_size(batch)]; training only"),

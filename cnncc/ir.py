@@ -234,7 +234,7 @@ class Program:
         sizes = {"params": self.num_params, "activations": self.activation_size * batch,
                  "workspace": self.workspace_size}
         if training:
-            sizes["grads"] = self.num_params
+            sizes["grads"] = self.num_trainable  # the trainable parameters come first: frozen ones get none
             sizes["grad_activations"] = self.activation_size * batch
             sizes["optimizer_state"] = self.optimizer_state_size
         return sizes

@@ -50,7 +50,7 @@ class Model:
         self._name = program.name
         self._pointer_type = f"{program.c_type} *"
         self._params = np.zeros(program.num_params, self.dtype)
-        self._grads = np.zeros(program.num_params, self.dtype)
+        self._grads = np.zeros(program.num_trainable, self.dtype)  # frozen parameters have no gradient
         self._optimizer_state = np.zeros(program.optimizer_state_size, self.dtype)
         self._workspace = np.zeros(max(program.workspace_size, 1), self.dtype)
         self._acts = self._grad_acts = None
@@ -337,7 +337,8 @@ class Model:
 
     @property
     def flat_grads(self) -> np.ndarray:
-        """The gradient buffer, laid out like flat_params (written by backward)."""
+        """The gradient buffer (written by backward): the trainable parameters', laid out like the
+        start of flat_params (program.num_trainable elements; frozen parameters have none)."""
         return self._grads
 
     @property

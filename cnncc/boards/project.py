@@ -74,7 +74,7 @@ def buffers(program: Program, batch: int) -> tuple[Buffer, ...]:
                                 "ARENA_SIZE: planned activations, then the workspace"))
     else:
         docs = {"params": "NUM_PARAMS, trainable first", "activations": "ACTIVATIONS_PER_SAMPLE * BATCH",
-                "workspace": "WORKSPACE_SIZE", "grads": "NUM_PARAMS", "grad_activations":
+                "workspace": "WORKSPACE_SIZE", "grads": "NUM_TRAINABLE", "grad_activations":
                 "ACTIVATIONS_PER_SAMPLE * BATCH", "optimizer_state": "OPTIMIZER_STATE_SIZE"}
         # an empty buffer (no optimizer state for plain SGD, no workspace) is not declared: its
         # context field is NULL, so what main.c allocates is exactly buffer_elements

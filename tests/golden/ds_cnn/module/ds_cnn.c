@@ -3665,7 +3665,7 @@ double ds_cnn_loss(const ds_cnn_context *ctx, const int32_t *targets, size_t bat
 
 void ds_cnn_zero_grad(const ds_cnn_context *ctx)
 {
-    memset(ctx->grads, 0, sizeof(real) * DS_CNN_NUM_PARAMS);
+    memset(ctx->grads, 0, sizeof(real) * DS_CNN_NUM_TRAINABLE);
 }
 
 void ds_cnn_backward(const ds_cnn_context *ctx, const real *input, const int32_t *targets, size_t batch, uint64_t seed)

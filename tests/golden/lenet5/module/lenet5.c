@@ -1413,7 +1413,7 @@ double lenet5_loss(const lenet5_context *ctx, const int32_t *targets, size_t bat
 
 void lenet5_zero_grad(const lenet5_context *ctx)
 {
-    memset(ctx->grads, 0, sizeof(real) * LENET5_NUM_PARAMS);
+    memset(ctx->grads, 0, sizeof(real) * LENET5_NUM_TRAINABLE);
 }
 
 void lenet5_backward(const lenet5_context *ctx, const real *input, const int32_t *targets, size_t batch, uint64_t seed)

@@ -22,7 +22,7 @@
 
 typedef struct lenet5_context {
     float *params; /* [NUM_PARAMS]; trainable ones first */
-    float *grads; /* [NUM_PARAMS]; training only */
+    float *grads; /* [NUM_TRAINABLE]: the trainable parameters' gradients; training only */
     float *optimizer_state; /* [OPTIMIZER_STATE_SIZE]; training only */
     float *activations; /* [activations_size(batch)] */
     float *grad_activations; /* [activations_size(batch)]; training only */

@@ -1417,7 +1417,7 @@ double lenet5_mnist_loss(const lenet5_mnist_context *ctx, const int32_t *targets
 
 void lenet5_mnist_zero_grad(const lenet5_mnist_context *ctx)
 {
-    memset(ctx->grads, 0, sizeof(real) * LENET5_MNIST_NUM_PARAMS);
+    memset(ctx->grads, 0, sizeof(real) * LENET5_MNIST_NUM_TRAINABLE);
 }
 
 void lenet5_mnist_backward(const lenet5_mnist_context *ctx, const real *input, const int32_t *targets, size_t batch, uint64_t seed)

@@ -1390,7 +1390,7 @@ double mnist_autoencoder_loss(const mnist_autoencoder_context *ctx, const float 
 
 void mnist_autoencoder_zero_grad(const mnist_autoencoder_context *ctx)
 {
-    memset(ctx->grads, 0, sizeof(real) * MNIST_AUTOENCODER_NUM_PARAMS);
+    memset(ctx->grads, 0, sizeof(real) * MNIST_AUTOENCODER_NUM_TRAINABLE);
 }
 
 void mnist_autoencoder_backward(const mnist_autoencoder_context *ctx, const real *input, const float *targets, size_t batch, uint64_t seed)

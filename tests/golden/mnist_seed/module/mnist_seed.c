@@ -1207,7 +1207,7 @@ double mnist_seed_loss(const mnist_seed_context *ctx, const int32_t *targets, si
 
 void mnist_seed_zero_grad(const mnist_seed_context *ctx)
 {
-    memset(ctx->grads, 0, sizeof(real) * MNIST_SEED_NUM_PARAMS);
+    memset(ctx->grads, 0, sizeof(real) * MNIST_SEED_NUM_TRAINABLE);
 }
 
 void mnist_seed_backward(const mnist_seed_context *ctx, const real *input, const int32_t *targets, size_t batch, uint64_t seed)

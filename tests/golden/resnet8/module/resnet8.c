@@ -3415,7 +3415,7 @@ double resnet8_loss(const resnet8_context *ctx, const int32_t *targets, size_t b
 
 void resnet8_zero_grad(const resnet8_context *ctx)
 {
-    memset(ctx->grads, 0, sizeof(real) * RESNET8_NUM_PARAMS);
+    memset(ctx->grads, 0, sizeof(real) * RESNET8_NUM_TRAINABLE);
 }
 
 void resnet8_backward(const resnet8_context *ctx, const real *input, const int32_t *targets, size_t batch, uint64_t seed)

@@ -2343,7 +2343,7 @@ double resnet_small_loss(const resnet_small_context *ctx, const int32_t *targets
 
 void resnet_small_zero_grad(const resnet_small_context *ctx)
 {
-    memset(ctx->grads, 0, sizeof(real) * RESNET_SMALL_NUM_PARAMS);
+    memset(ctx->grads, 0, sizeof(real) * RESNET_SMALL_NUM_TRAINABLE);
 }
 
 void resnet_small_backward(const resnet_small_context *ctx, const real *input, const int32_t *targets, size_t batch, uint64_t seed)

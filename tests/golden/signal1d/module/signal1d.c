@@ -1133,7 +1133,7 @@ double signal1d_loss(const signal1d_context *ctx, const int32_t *targets, size_t
 
 void signal1d_zero_grad(const signal1d_context *ctx)
 {
-    memset(ctx->grads, 0, sizeof(real) * SIGNAL1D_NUM_PARAMS);
+    memset(ctx->grads, 0, sizeof(real) * SIGNAL1D_NUM_TRAINABLE);
 }
 
 void signal1d_backward(const signal1d_context *ctx, const real *input, const int32_t *targets, size_t batch, uint64_t seed)

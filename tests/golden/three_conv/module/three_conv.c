@@ -1188,7 +1188,7 @@ double three_conv_loss(const three_conv_context *ctx, const int32_t *targets, si
 
 void three_conv_zero_grad(const three_conv_context *ctx)
 {
-    memset(ctx->grads, 0, sizeof(real) * THREE_CONV_NUM_PARAMS);
+    memset(ctx->grads, 0, sizeof(real) * THREE_CONV_NUM_TRAINABLE);
 }
 
 void three_conv_backward(const three_conv_context *ctx, const real *input, const int32_t *targets, size_t batch, uint64_t seed)

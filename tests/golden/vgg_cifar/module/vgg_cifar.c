@@ -1685,7 +1685,7 @@ double vgg_cifar_loss(const vgg_cifar_context *ctx, const int32_t *targets, size
 
 void vgg_cifar_zero_grad(const vgg_cifar_context *ctx)
 {
-    memset(ctx->grads, 0, sizeof(real) * VGG_CIFAR_NUM_PARAMS);
+    memset(ctx->grads, 0, sizeof(real) * VGG_CIFAR_NUM_TRAINABLE);
 }
 
 void vgg_cifar_backward(const vgg_cifar_context *ctx, const real *input, const int32_t *targets, size_t batch, uint64_t seed)
