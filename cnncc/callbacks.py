@@ -20,12 +20,19 @@ MODES = ("auto", "min", "max")
 class Run:
     """What callbacks see of a training run."""
 
-    def __init__(self, model, history: History, columns: set[str]):
+    def __init__(self, model, history: History, columns: set[str], rank: int = 0, ranks: int = 1):
         self.model = model
         self.history = history
         self.columns = columns  # the columns this run fills
         self.stop = False  # set to end training after this epoch
         self.lr_factor = 1.0  # multiplies the schedule's learning rate from the next epoch on
+        # distributed training: every rank runs every callback on the same History rows (rank 0's)
+        # and keeps rank 0's stop and lr_factor; only rank 0 writes files
+        self.rank, self.ranks = rank, ranks
+
+    @property
+    def writes_files(self) -> bool:
+        return self.rank == 0
 
     def reduce_lr(self, factor: float, min_lr: float, current_lr: float) -> float:
         """Scale the learning rate by factor, not below min_lr; returns the new rate."""
@@ -153,7 +160,8 @@ class ModelCheckpoint(Callback):
         if self.save_best_only and not self._monitor.improved(logs):
             return
         path = self.path.replace("{epoch}", str(epoch))
-        run.model.save(path, epoch=epoch)
+        if run.writes_files:
+            run.model.save(path, epoch=epoch)
         self.saved.append((epoch, path))
 
 
@@ -196,7 +204,8 @@ class CSVLogger(Callback):
         self.path = Path(path)
 
     def on_epoch_end(self, run: Run, epoch: int, logs: dict) -> None:
-        run.history.to_csv(self.path)
+        if run.writes_files:
+            run.history.to_csv(self.path)
 
 
 def check_callbacks(callbacks) -> tuple[Callback, ...]:

@@ -10,9 +10,11 @@ global batches (the spec's batch size). Per step each rank:
   4. takes the same optimizer step (Model.apply_step), so the replicas stay identical.
 Batchnorm uses its shard's statistics in training (PyTorch DDP without SyncBatchNorm); the
 running statistics are averaged over the ranks at the end of every epoch. Dropout seeds include
-the rank. Rank 0's parameters and optimizer state are broadcast at the start; every
-`check_every` steps and at each epoch's end the ranks compare a hash of them. Only rank 0 prints,
-evaluates and writes the checkpoint.
+the rank, and so do augmentation's draws. Rank 0's parameters and optimizer state are broadcast
+at the start; every `check_every` steps and at each epoch's end the ranks compare a hash of them.
+Only rank 0 prints, evaluates and writes the checkpoint. Callbacks run on every rank on rank 0's
+History rows, rank 0's stop and learning-rate decisions hold everywhere, and only rank 0's
+ModelCheckpoint and CSVLogger write (Run.writes_files).
 """
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ import time
 import numpy as np
 
 from .distributed import DistributedError, shard, state_digest
+from .callbacks import Run
 from .history import History
 from .progress import Progress
-from .train import TrainingError, accuracy_hits, evaluate, learning_rate, measures_accuracy
+from .train import TrainingError, accuracy_hits, evaluate, fit_columns, learning_rate, measures_accuracy
 
 SEED_MASK = (1 << 64) - 1  # the C side takes a uint64_t
 
@@ -37,15 +40,15 @@ def step_seed(seed: int, step: int, rank: int, ranks: int) -> int:
 
 def distributed_fit(model, x, y, mpi, *, epochs: int, batch_size: int, schedule: str, base_lr: float,
                     validation_data, shuffle: bool, seed: int, verbose: int, checkpoint,
-                    initial_epoch: int) -> dict[str, list]:
+                    initial_epoch: int, callbacks=(), augment=None) -> History:
     """train.fit's loop over MPI ranks; x and y are validated, the options resolved (by fit)."""
     with mpi.guard():
         settings = (x.shape[0], batch_size, epochs, initial_epoch, shuffle, seed, schedule, base_lr)
         _agree(mpi, settings, "the dataset size and the fit options (n, batch_size, epochs, initial_epoch, "
                               "shuffle, seed, schedule, lr)")
         _start_from_root(model, mpi)
-        return _Loop(model, mpi, x, y, batch_size, seed).run(
-            epochs, schedule, base_lr, validation_data, shuffle, verbose, checkpoint, initial_epoch)
+        return _Loop(model, mpi, x, y, batch_size, seed, augment).run(
+            epochs, schedule, base_lr, validation_data, shuffle, verbose, checkpoint, initial_epoch, callbacks)
 
 
 def _agree(mpi, value, what: str) -> None:
@@ -88,9 +91,9 @@ def average_running_statistics(model, mpi) -> None:
 
 
 class _Loop:
-    def __init__(self, model, mpi, x, y, batch_size: int, seed: int):
+    def __init__(self, model, mpi, x, y, batch_size: int, seed: int, augment=None):
         self.model, self.mpi, self.x, self.y = model, mpi, x, y
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.augment = batch_size, seed, augment
         local = shard(batch_size, 0, mpi.size).stop  # rank 0's shard is the largest
         self.batch_x = np.empty((local,) + x.shape[1:], model.dtype)
         self.batch_y = np.empty((local,) + y.shape[1:], y.dtype)
@@ -99,15 +102,19 @@ class _Loop:
         self.packet = np.empty(trainable + 2, model.dtype)
         self.with_accuracy = measures_accuracy(model)
 
-    def run(self, epochs, schedule, base_lr, validation_data, shuffle, verbose, checkpoint, initial_epoch):
+    def run(self, epochs, schedule, base_lr, validation_data, shuffle, verbose, checkpoint, initial_epoch,
+            callbacks=()):
         model, mpi, n = self.model, self.mpi, self.x.shape[0]
         training = model.spec.training
         rng = np.random.default_rng(self.seed)
         history = History()
+        run = Run(model, history, fit_columns(model, validation_data), mpi.rank, mpi.size)
+        for callback in callbacks:
+            callback.on_train_begin(run)
         progress = Progress(verbose if mpi.is_root else 0)
         for epoch in range(initial_epoch, epochs):
             model.hyper["lr"] = learning_rate(schedule, base_lr, epoch, epochs, training["step_size"],
-                                              training["gamma"])
+                                              training["gamma"]) * run.lr_factor
             order = rng.permutation(n) if shuffle else np.arange(n)
             progress.start_epoch(epoch + 1, epochs, n)
             total_loss, hits = 0.0, 0
@@ -124,6 +131,8 @@ class _Loop:
                 hits += batch_hits
                 seen = first + index.shape[0]
                 progress.batch(seen, total_loss / seen, hits / seen if self.with_accuracy else None)
+                for callback in callbacks:
+                    callback.on_batch_end(run, batch_index, {"loss": loss, "size": index.shape[0]})
                 if model.step_count % mpi.check_every == 0:
                     verify_replicas(model, mpi)
             elapsed = time.perf_counter() - start
@@ -133,10 +142,18 @@ class _Loop:
                    "lr": model.hyper["lr"], "seconds": elapsed, "images_per_second": n / max(elapsed, 1e-9)}
             if validation_data is not None:
                 row["val_loss"], row["val_accuracy"] = self.validate(validation_data)
-            history.append(row)
+            history.append(mpi.broadcast_object(row))  # rank 0's timings: every History (and callback) alike
             progress.end_epoch(history.rows[-1])
             if checkpoint and mpi.is_root:
                 model.save(checkpoint, epoch=epoch + 1)
+            for callback in callbacks:
+                callback.on_epoch_end(run, epoch + 1, history.rows[-1])
+            # rank 0's decisions hold everywhere, even for a callback that decides differently per rank
+            run.stop, run.lr_factor = mpi.broadcast_object((run.stop, run.lr_factor))
+            if run.stop:
+                break
+        for callback in callbacks:
+            callback.on_train_end(run)
         mpi.barrier()  # nobody leaves before rank 0's last checkpoint is written
         return history
 
@@ -151,6 +168,8 @@ class _Loop:
             bx, by = self.batch_x[:local], self.batch_y[:local]
             np.take(self.x, mine, axis=0, out=bx)
             np.take(self.y, mine, axis=0, out=by)
+            if self.augment is not None:  # each rank its own draws, as for dropout
+                self.augment.apply(bx, step_seed(self.seed, model.step_count, mpi.rank, mpi.size), model.step_count)
             loss = model.compute_gradients(bx, by, seed=step_seed(self.seed, model.step_count, mpi.rank, mpi.size),
                                            checked=True)
             weight = local / count

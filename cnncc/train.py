@@ -74,21 +74,16 @@ def fit(model, x, y, epochs: int | None = None, batch_size: int | None = None, v
     if distributed is not None:
         from .distributed_fit import distributed_fit
 
-        if callbacks or augment is not None:
-            raise ValueError("callbacks and augmentation are not supported with distributed= yet")
         return distributed_fit(model, x, y, distributed, epochs=epochs, batch_size=batch_size, schedule=schedule,
                                base_lr=base_lr, validation_data=validation_data, shuffle=shuffle,
                                seed=seed, verbose=options["verbose"], checkpoint=checkpoint,
-                               initial_epoch=initial_epoch)
+                               initial_epoch=initial_epoch, callbacks=callbacks, augment=augment)
     rng = np.random.default_rng(seed)
     batch_x = np.empty((batch_size,) + x.shape[1:], model.dtype)
     batch_y = np.empty((batch_size,) + y.shape[1:], y.dtype)
     with_accuracy = measures_accuracy(model)
     history = History()
-    columns = {"epoch", "loss", "lr", "seconds", "images_per_second"} | ({"accuracy"} if with_accuracy else set())
-    if validation_data is not None:
-        columns |= {"val_loss"} | ({"val_accuracy"} if with_accuracy else set())
-    run = Run(model, history, columns)
+    run = Run(model, history, fit_columns(model, validation_data))
     for callback in callbacks:
         callback.on_train_begin(run)
     progress = Progress(options["verbose"])
@@ -138,6 +133,15 @@ def fit(model, x, y, epochs: int | None = None, batch_size: int | None = None, v
     for callback in callbacks:
         callback.on_train_end(run)
     return history
+
+
+def fit_columns(model, validation_data) -> set[str]:
+    """The History columns a fit fills (what callbacks may watch)."""
+    accuracy = measures_accuracy(model)
+    columns = {"epoch", "loss", "lr", "seconds", "images_per_second"} | ({"accuracy"} if accuracy else set())
+    if validation_data is not None:
+        columns |= {"val_loss"} | ({"val_accuracy"} if accuracy else set())
+    return columns
 
 
 def evaluate(model, x, y, batch_size: int = 1000) -> dict[str, float | None]:

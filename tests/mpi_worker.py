@@ -66,6 +66,10 @@ def main() -> int:
     parser.add_argument("--resume", default=None)
     parser.add_argument("--pid-dir", default=None, help="each rank writes its pid here as rank<N>")
     parser.add_argument("--fault", choices=("none", "raise", "hang", "diverge"), default="none")
+    parser.add_argument("--csv", default=None, help="a CSVLogger callback writing there")
+    parser.add_argument("--stop-unless-better-by", type=float, default=None,
+                        help="an EarlyStopping callback on the loss with this min_delta (patience 0)")
+    parser.add_argument("--augment-flip", action="store_true", help="horizontal flips as augmentation")
     args = parser.parse_args()
 
     import cnncc
@@ -82,9 +86,14 @@ def main() -> int:
     if args.fault != "none" and mpi.rank == mpi.size - 1:
         inject_fault(model, args.fault)
     x, y = make_data(model, args.samples)
+    from cnncc.callbacks import CSVLogger, EarlyStopping
+
+    callbacks = ([CSVLogger(args.csv)] if args.csv else []) + \
+        ([EarlyStopping("loss", min_delta=args.stop_unless_better_by)] if args.stop_unless_better_by else [])
     try:
         history = model.fit(x, y, epochs=args.epochs, seed=args.seed, verbose=0, checkpoint=args.checkpoint,
-                            initial_epoch=initial_epoch, distributed=mpi)
+                            initial_epoch=initial_epoch, distributed=mpi, callbacks=callbacks,
+                            augment={"flip": True} if args.augment_flip else None)
     except DistributedError as exc:
         if mpi.is_root:
             print(f"DistributedError: {exc}", file=sys.stderr)

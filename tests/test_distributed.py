@@ -121,7 +121,7 @@ def launch(ranks: int, *command) -> subprocess.Popen:
 
 
 def run_worker(ranks: int, spec, build_dir, out, timeout: float = 120, **options) -> subprocess.CompletedProcess:
-    flags = [f"--{key.replace('_', '-')}={value}" for key, value in options.items()]
+    flags = [f"--{key.replace('_', '-')}" + ("" if value is True else f"={value}") for key, value in options.items()]
     process = launch(ranks, sys.executable, str(WORKER), f"--spec={spec}", f"--build-dir={build_dir}",
                      f"--out={out}", *flags)
     stdout, stderr = process.communicate(timeout=timeout)
@@ -211,6 +211,32 @@ def test_two_ranks_train_like_one_process_with_the_global_batch(mpirun, specs, b
     reference = single_process(specs["sgd"], build_dir)
     assert reference.step_count == 10
     assert_same_training(trained(tmp_path / "out.npz"), reference)
+
+
+def test_callbacks_run_on_every_rank_with_rank_0s_decisions_and_only_rank_0_writes(mpirun, specs, build_dir,
+                                                                                   tmp_path):
+    # EarlyStopping wanting a loss 10 lower each epoch stops after the second epoch, on both ranks
+    # (else the other rank would wait in the next epoch's all-reduce until the watchdog fired)
+    csv = tmp_path / "log.csv"
+    result = run_worker(2, specs["sgd"], build_dir, tmp_path / "out.npz", epochs=5, csv=csv,
+                        stop_unless_better_by=10.0)
+    assert result.returncode == 0, result.stderr
+    out = trained(tmp_path / "out.npz")
+    assert len(out["loss"]) == 2 and int(out["step"]) == 10  # 2 epochs of 5 global batches
+    rows = csv.read_text().splitlines()
+    assert rows[0].startswith("epoch") and len(rows) == 3  # one writer: a header and the 2 epochs
+    # the same two epochs as one process: callbacks change nothing but when training stops
+    assert_same_training(out, single_process(specs["sgd"], build_dir))
+
+
+def test_augmentation_over_ranks_draws_per_rank_and_keeps_the_replicas_equal(mpirun, specs, build_dir, tmp_path):
+    plain = run_worker(2, specs["sgd"], build_dir, tmp_path / "plain.npz")
+    flipped = run_worker(2, specs["sgd"], build_dir, tmp_path / "flip.npz", augment_flip=True)
+    assert plain.returncode == 0 and flipped.returncode == 0, flipped.stderr
+    a, b = trained(tmp_path / "plain.npz"), trained(tmp_path / "flip.npz")
+    assert np.isfinite(b["loss"]).all() and int(b["step"]) == int(a["step"])
+    assert not np.array_equal(a["params"], b["params"])  # the flips did reach the batches
+    # (the replicas' equality is checked inside the run every check_every steps: verify_replicas)
 
 
 def test_three_ranks_with_uneven_shards_and_a_rank_without_samples(mpirun, specs, build_dir, tmp_path):
