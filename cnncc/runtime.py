@@ -8,15 +8,13 @@ every call checks dtype, shape, batch size, finiteness and labels here, before a
 from __future__ import annotations
 
 import math
-import os
-import sys
-from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from .abi import Bindings
+from .buffers import ParamViews, all_finite, check_memory
 from .build import build_program
 from .options import MAX_THREADS, CompileOptions, checked_int
 from .pipeline import Analysis, analyse
@@ -26,14 +24,6 @@ ARENA_BYTES_PER_CHUNK = 256 << 20  # inference processes large inputs in chunks 
 # The integers that cross into C, and the ranges Python checks before they do:
 MAX_SEED = 2**64 - 1  # dropout seeds are uint64_t
 MAX_BATCH = 2**31 - 1  # samples per C call (batch_size of forward)
-
-
-def physical_memory() -> int | None:
-    """Bytes of RAM on this machine, where the platform reports it (None elsewhere)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 class Model:
@@ -177,22 +167,9 @@ class Model:
         three times faster than array.ctypes.data, which counts at batch 1)."""
         return self._ffi.cast(ctype or self._pointer_type, self._ffi.from_buffer(array))
 
-    def _check_memory(self, batch: int, training: bool) -> None:
-        """Refuse, before allocating anything, a batch whose buffers cannot fit: more bytes than
-        this machine's memory, or an activation buffer too large for C's size_t."""
-        per_sample = self.program.activation_size * self.dtype.itemsize
-        needed = self.program.buffer_bytes(batch, training)
-        limit = physical_memory()
-        if per_sample * batch <= sys.maxsize and (limit is None or needed <= limit):
-            return
-        gradients = ", as much again for their gradients" if training else ""
-        have = f"this machine's {limit:,} bytes of memory" if limit is not None else "a size_t can count"
-        raise ValueError(f"a batch of {batch:,} samples needs {needed:,} bytes of buffers ({per_sample:,} bytes "
-                         f"of activations per sample{gradients}), more than {have}; use a smaller batch")
-
     def _ensure_capacity(self, batch: int, training: bool) -> None:
         if batch > self._capacity or (training and self._grad_acts is None):
-            self._check_memory(max(batch, self._capacity), training or self._grad_acts is not None)
+            check_memory(self.program, max(batch, self._capacity), training or self._grad_acts is not None)
             size = self.program.activation_size * max(batch, self._capacity)
             self._capacity = max(batch, self._capacity)
             self._acts = np.zeros(max(size, 1), self.dtype)
@@ -296,7 +273,7 @@ class Model:
             self._context, self._ptr(x), self._targets_ptr(y), batch, hyper, seed)
         if not math.isfinite(loss):
             self.step_count -= 1  # the C code did not update anything
-        elif not (_all_finite(self._params) and _all_finite(self._optimizer_state)):
+        elif not (all_finite(self._params) and all_finite(self._optimizer_state)):
             self._params[...], self._optimizer_state[...] = good[:self._params.size], good[self._params.size:]
             self.step_count -= 1
             from .train import TrainingError
@@ -463,48 +440,3 @@ class Model:
     def __repr__(self) -> str:
         return (f"<cnncc.Model {self._name}: input {self.input_shape} -> output {self.output_shape}, "
                 f"{self.program.num_params} parameters, {self.program.dtype}>")
-
-
-def _all_finite(values: np.ndarray) -> bool:
-    """max and min propagate NaN and show an infinity: together twice as fast as
-    isfinite().all(), which counts after every training step (~0.1 ms for LeNet's state)."""
-    return values.size == 0 or (math.isfinite(float(values.max())) and math.isfinite(float(values.min())))
-
-
-class ParamViews(Mapping):
-    """`model.params`: name -> a writable view into the flat parameter buffer. Assigning a key
-    copies into its view (same shape, finite in the model's dtype) instead of rebinding it, so
-    what C reads and what the mapping shows never part; keys cannot be added or removed."""
-
-    def __init__(self, views: dict[str, np.ndarray]):
-        self._views = views
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        return self._views[key]
-
-    def __iter__(self):
-        return iter(self._views)
-
-    def __len__(self) -> int:
-        return len(self._views)
-
-    def __setitem__(self, key: str, value) -> None:
-        if key not in self._views:
-            raise KeyError(f"no parameter named {key!r}; parameters: {', '.join(self._views)}")
-        view = self._views[key]
-        value = np.asarray(value)
-        if value.dtype.kind not in "biuf" or value.shape != view.shape:
-            raise ValueError(f"params[{key!r}] must be a real array of shape {view.shape}, "
-                             f"got {value.dtype} {value.shape}")
-        with np.errstate(over="ignore", invalid="ignore"):
-            converted = value.astype(view.dtype)
-        if not np.isfinite(converted).all():
-            raise ValueError(f"params[{key!r}] would hold NaN or infinite values in {view.dtype}")
-        view[...] = converted
-
-    def __delitem__(self, key: str) -> None:
-        raise TypeError("model.params keeps every parameter: its keys cannot be removed")
-
-    def __repr__(self) -> str:
-        return f"ParamViews({{{', '.join(f'{k!r}: {v.dtype} {v.shape}' for k, v in self._views.items())}}})"
-

@@ -103,15 +103,20 @@ def test_assigning_a_parameter_copies_into_the_buffer(model):
 def test_a_finite_loss_with_a_non_finite_update_is_undone(model):
     model.init(0)
     model.train_step(X, Y)
+    # Output biases of 3e38, all alike: softmax cancels them, so the loss stays finite, while the
+    # weight-decay term of the update (lr 10 x decay 1 x 3e38) overflows float32. (An lr the
+    # model's dtype cannot hold is refused before any C runs: test_faults.py.)
+    model.params["out.bias"] = np.full(3, 3e38)
     before, steps = model._params.copy(), model.step_count
-    saved_lr = model.hyper["lr"]
-    model.hyper["lr"] = 1e39  # finite in double, the update overflows float32
+    saved = dict(model.hyper)
+    model.hyper.update(lr=10.0, weight_decay=1.0)
     try:
         with pytest.raises(TrainingError, match="restored to those before it"):
             model.train_step(X, Y)
     finally:
-        model.hyper["lr"] = saved_lr
+        model.hyper.update(saved)
     assert np.array_equal(model._params, before) and model.step_count == steps
+    model.params["out.bias"] = np.zeros(3)
     assert np.isfinite(model.train_step(X, Y))
 
 

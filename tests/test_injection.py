@@ -31,6 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cnncc
+import cnncc.buffers
 import cnncc.build
 import cnncc.runtime
 from cnncc import codegen
@@ -495,7 +496,7 @@ def test_a_batch_larger_than_memory_is_refused_before_allocating(wide_model):
     capacity, acts, grad_acts, params = _state(model)
     batch = 10 ** 9
     needed = model.program.buffer_bytes(batch, training=True)
-    assert needed > cnncc.runtime.physical_memory()
+    assert needed > cnncc.buffers.physical_memory()
     with pytest.raises(ValueError, match=f"needs {needed:,} bytes") as info:
         model._ensure_capacity(batch, training=True)
     assert "smaller batch" in str(info.value)
@@ -509,7 +510,7 @@ def test_the_memory_guard_protects_the_public_calls(wide_model, monkeypatch):
     x = np.random.default_rng(0).normal(size=(64, 1, 64, 64)).astype(np.float32)
     y = np.zeros(64, np.int64)
     small = model.program.buffer_bytes(4, training=True)
-    monkeypatch.setattr(cnncc.runtime, "physical_memory", lambda: small)
+    monkeypatch.setattr(cnncc.buffers, "physical_memory", lambda: small)
     fresh = cnncc.Model(model.analysis, model.module)  # no buffers yet
     before = fresh._params.copy()
     for call in (lambda: fresh.forward(x), lambda: fresh.train_step(x, y), lambda: fresh.gradients(x, y),
@@ -519,13 +520,13 @@ def test_the_memory_guard_protects_the_public_calls(wide_model, monkeypatch):
     assert np.array_equal(fresh._params, before) and fresh.step_count == 0 and fresh._acts is None
     assert fresh.forward(x[:4]).shape == (4, 2) and fresh.forward(x, batch_size=4).shape == (64, 2)
     # Where the platform does not say how much memory there is, size_t still bounds a buffer.
-    monkeypatch.setattr(cnncc.runtime, "physical_memory", lambda: None)
+    monkeypatch.setattr(cnncc.buffers, "physical_memory", lambda: None)
     with pytest.raises(ValueError, match="size_t"):
         fresh._ensure_capacity(sys.maxsize // 4, training=False)
 
 
 def test_physical_memory_is_known_here():
-    memory = cnncc.runtime.physical_memory()
+    memory = cnncc.buffers.physical_memory()
     assert memory is None or memory > 64 << 20
     if sys.platform.startswith("linux"):
         assert memory == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
