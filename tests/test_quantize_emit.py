@@ -89,6 +89,27 @@ def test_emitted_int8_program_equals_the_quantized_model(files, tmp_path, build_
     assert re.findall(r"#include <(\w+)\.h>", model_c) == ["stddef", "stdint", "string"]
 
 
+@pytest.mark.parametrize("compiler", ["tcc", "clang"])
+def test_emitted_int8_program_builds_with_tcc_and_clang_weverything(files, tmp_path, build_dir, compiler):
+    """The portable backend's compilers for the int8 C too: tcc (not GNU-compatible) and clang
+    -Weverything with the portable backend's one list of exceptions, each with its reason."""
+    from cnncc.backends.portable import CLANG_WARNINGS_OFF
+    from tools import need_command
+
+    need_command(compiler, f"apt-get install -y {compiler}")
+    root, spec, x, _ = files
+    assert _cli("emit", spec, "--int8", root / "q.npz", "-o", tmp_path / "out").returncode == 0
+    flags = ["-std=c99", "-Wall", "-Werror"] if compiler == "tcc" else \
+        ["-std=c99", "-Weverything", "-Werror", "-O2", *CLANG_WARNINGS_OFF]
+    built = subprocess.run(["make", "-C", str(tmp_path / "out"), f"CC={compiler}", f"CFLAGS={' '.join(flags)}"],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout + built.stderr
+    run = subprocess.run([tmp_path / "out" / "main", root / "input.bin"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    outputs = np.array([[float(v) for v in line.split()] for line in run.stdout.splitlines()[0::2]], np.float32)
+    assert np.array_equal(outputs, QuantizedModel.load(root / "q.npz", spec, build_dir=build_dir).predict(x))
+
+
 def test_check_int8_gives_what_the_emitted_program_allocates(files, tmp_path):
     root, spec, _, _ = files
     result = _cli("check", spec, "--int8")
