@@ -100,9 +100,9 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector") -> Pr
     output = outputs[net.layers[-1].name]
     loss = _lower_loss(spec.loss, output, [item.op for item in lowered])
     chosen = backend_named(backend)
-    pooled = _pooled_backwards(lowered, chosen, keep={output.name} | ({loss.logits.name} if loss else set()))
     if any(not layer.spec.trainable for layer in net.layers):  # fine-tuning: see _prune_backward
         lowered = _prune_backward(lowered)
+    pooled = _pooled_backwards(lowered, chosen, keep={output.name} | ({loss.logits.name} if loss else set()))
     plans: dict = {}  # a network of many alike layers plans each kind of op once
     ops = [_planned(item, chosen, sample_slots, pooled, spec.path, plans) for item in lowered]
     ops, workspace = _place_workspaces(ops)
@@ -188,6 +188,8 @@ def _pooled_backwards(lowered: list[_Lowered], chosen, keep: set[str]) -> dict[s
         if conv is None:
             continue
         item = by_name[conv.name]
+        if conv.runs_backward and not any(p.trainable for p in conv.params.values()):
+            continue  # frozen between trainable layers: the input gradient alone, as the plain kernels do
         if not chosen.planner(conv.kind).plans_pooled_backward(item.kind_obj, item.in_shapes[0]):
             continue
         between = [conv.output.name] + ([activation.output.name] if activation else [])

@@ -137,14 +137,26 @@ def deployment_figures(program: Program, batch: int) -> dict[str, int]:
 
 
 def backward_reads(program: Program) -> frozenset[str]:
-    """The tensors the backward pass (or the loss) may read: every input and the output of each
-    op that runs backward (its own, or one an op absorbed: a pool's argmax, a fused sigmoid), the
-    network output and the loss's logits. The others are only read during the forward pass."""
-    kept = {t.name for op in program.ops if op.runs_backward for t in (*op.inputs, op.output) if not t.is_input}
+    """The tensors the backward pass (or the loss) reads: those its kernels take as activations
+    (their plans' backward roles: an op's input, inputs or output, a fused pool's output), the
+    network output and the loss's logits. The others are only read during the forward pass (a
+    frozen conv that computes only its input gradient does not read its input)."""
+    kept = {t.name for op in program.ops if program.has_backward(op)
+            for t in _backward_activations(op) if not t.is_input}
     kept.add(program.output.name)
     if program.loss is not None:
         kept.add(program.loss.logits.name)
     return frozenset(kept)
+
+
+def _backward_activations(op) -> tuple:
+    """The activations an op's backward kernel reads, by its plan's roles (backends/arguments.py)."""
+    roles = op.plan.backward_args
+    tensors = [op.output] if "out" in roles else []
+    tensors += list(op.inputs) if "ins" in roles else [op.inputs[0]] if "in" in roles else []
+    if "pool_out" in roles:
+        tensors.append(op.pooled.pool_output)
+    return tuple(tensors)
 
 
 def training_layout(program: Program) -> Program:

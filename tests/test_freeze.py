@@ -123,3 +123,47 @@ def test_a_network_with_nothing_to_train_compiles_warning_free_and_steps_as_a_no
     loss = model.train_step(x, y)
     assert np.isfinite(loss) and model.step_count == 1
     assert np.array_equal(model.flat_params, before)
+
+
+SANDWICH = {"name": "sandwich", "input": {"channels": 2, "height": 12, "width": 12},
+            "layers": [{"name": "first", "type": "conv2d", "filters": 4, "kernel": 3, "activation": "relu"},
+                       {"name": "mid", "type": "conv2d", "filters": 4, "kernel": 3, "padding": 1, "activation": "relu"},
+                       {"name": "pool", "type": "maxpool2d", "kernel": 2},
+                       {"name": "up", "type": "conv_transpose2d", "filters": 3, "kernel": 2},
+                       {"name": "bn", "type": "batchnorm"},
+                       {"name": "mid_strided", "type": "conv2d", "filters": 6, "kernel": 3, "stride": 2},
+                       {"name": "act", "type": "tanh"},
+                       {"type": "flatten"}, {"name": "hidden", "type": "dense", "units": 8},
+                       {"name": "out", "type": "dense", "units": 3}],
+            "loss": "softmax_cross_entropy", "optimizer": {"type": "sgd", "lr": 0.05, "momentum": 0.9}}
+SANDWICHED = ["mid", "up", "bn", "mid_strided", "hidden"]  # frozen between the trainable first and out
+INPUT_FREE = ["mid", "mid_strided", "hidden"]  # their input gradient does not read their input
+
+
+def test_frozen_layers_between_trainable_ones_compute_input_gradients_only(build_dir):
+    """Frozen convs (a shifted and an im2col one), a transposed conv, a batchnorm and a dense
+    between trainable layers: their backward computes only the input gradient (the convs' and the
+    dense's without keeping their inputs for it), and every step equals the full model's with the
+    frozen weights put back."""
+    spec = {**SANDWICH, "dtype": "float64"}
+    full = cnncc.compile(spec, build_dir=build_dir, cflags=("-O1",)).init(2)
+    frozen = full.freeze(SANDWICHED, build_dir=build_dir)
+    assert not [op for op in frozen.program.ops if op.pooled]  # mid -> pool: the plain backward when frozen
+    assert [op.name for op in full.program.ops if op.pooled] == ["mid"]
+    for op in frozen.program.ops:
+        if op.layer in SANDWICHED:
+            assert not {"dweight", "dbias", "dgamma", "dbeta"} & set(op.plan.backward_args), op.plan
+        if op.name in INPUT_FREE:
+            assert "in" not in op.plan.backward_args, op.plan
+    assert frozen.program.buffer_bytes(1, training=True) < full.program.buffer_bytes(1, training=True)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, 2, 12, 12))
+    y = rng.integers(0, 3, 5).astype(np.int32)
+    start = {k: v.copy() for k, v in full.params.items()}
+    for _ in range(3):
+        assert full.train_step(x, y) == pytest.approx(frozen.train_step(x, y), rel=1e-12)
+        for key in start:
+            if key.split(".")[0] in SANDWICHED and not key.endswith(("running_mean", "running_var")):
+                full.params[key][...] = start[key]
+    for key, value in frozen.params.items():
+        np.testing.assert_allclose(value, full.params[key], rtol=1e-12, atol=1e-14)

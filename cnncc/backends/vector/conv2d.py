@@ -69,12 +69,14 @@ class ConvPlanner(Planner):
         if request.pooled_output is not None:
             backward_names = _pooled_backward_names(s)
             backward_roles = ("din", "dweight", "dbias", "dpool", "pool_out if positive_only", "pool_argmax",
-                              "in", "weight if din", "slots", "batch")
+                              "in if dweight", "weight if din", "slots", "batch")
             backward_template = POOLED
         else:
             backward_names = _shifted_backward_names(s) if shifted else _im2col_backward_names(s)
             scratch = not shifted or s["padded"] or s["wide"] or not s["dweight_by_dots"] or s["din"]
-            backward_roles = ("din", "dweight", "dbias", "dout", "in", "weight if din") + \
+            # the input only for the weight gradient: a frozen conv between trainable layers (din
+            # alone) lets its input go after the forward pass (memplan.backward_reads)
+            backward_roles = ("din", "dweight", "dbias", "dout", "in if dweight", "weight if din") + \
                 (("scratch",) if scratch else ()) + ("batch",)
             backward_template = SHIFTED if shifted else IM2COL
         return KernelPlan(SHIFTED if shifted else IM2COL, backward_template,

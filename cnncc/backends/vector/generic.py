@@ -15,7 +15,7 @@ ARGUMENTS = {
                   ("din", "dgamma", "dbeta", "dout", "in", "gamma if din", "scratch", "batch")),
     "concat": (("out", "ins", "batch"), ("dins", "dout", "batch")),
     "dense": (("out", "in", "weight", "bias", "batch"),
-              ("din", "dweight", "dbias", "dout", "in", "weight if din", "batch")),
+              ("din", "dweight", "dbias", "dout", "in if dweight", "weight if din", "batch")),
     "dropout": (("out", "in", "batch", "training", "seed"), ("din", "dout", "batch", "seed")),
     "global_avgpool": (("out", "in", "batch"), ("din", "dout", "batch")),
     "softmax": (("out", "in", "batch"), ("din", "dout", "out", "batch")),
