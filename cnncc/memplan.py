@@ -59,23 +59,32 @@ def lifetimes(program: Program) -> tuple[Lifetime, ...]:
 
 
 FEW = 16  # live-together tensors up to which a placement loops in Python
+NARROW = 64  # schedule steps up to which the placed tensors that may overlap are found by step
 
 
 def first_fit(tensors: tuple[Lifetime, ...]) -> dict[str, int]:
     """Offsets: largest first, each at the lowest offset clear of every live-together tensor.
 
-    Each placement looks at every placed tensor at once, as NumPy arrays: its lifetime test
-    picks the ones live together with it, and the lowest gap is where a running maximum of
-    their ends (sorted by start) first leaves room below the next start. That is O(n) array
-    work per tensor whatever the shape of the network (a tree of adds keeps half its tensors
-    live together, which made the per-step lists of before cubic), and n log n for the sorts."""
+    The placed tensors live together with the next one are those whose lifetime meets its own.
+    Where every lifetime is short (a chain: no placed tensor lives longer than `span` steps)
+    they all start within `span` steps before it, so they are found by their first step; where
+    some live long (a tree of adds keeps half its tensors live at once, which made the per-step
+    lists of an earlier version cubic) one NumPy test over all the placed tensors finds them. The
+    lowest gap is where a running maximum of their ends, sorted by start, first leaves room
+    below the next start. O(n) work per tensor at worst, a few steps' worth in a chain."""
     order = sorted(tensors, key=lambda t: (-t.size, t.first))
     count = len(order)
     firsts, lasts = np.empty(count, np.int64), np.empty(count, np.int64)
     starts, ends = np.empty(count, np.int64), np.empty(count, np.int64)
+    starting_at: dict[int, list[int]] = {}  # schedule step -> the placed tensors written there
+    span = 0  # the longest lifetime placed so far, in steps
     offsets: dict[str, int] = {}
     for placed, t in enumerate(order):
-        live = np.flatnonzero((firsts[:placed] <= t.last) & (lasts[:placed] >= t.first))
+        if t.last - t.first + span < NARROW:
+            live = np.array([i for step in range(t.first - span, t.last + 1) for i in starting_at.get(step, ())
+                             if lasts[i] >= t.first], np.int64)
+        else:
+            live = np.flatnonzero((firsts[:placed] <= t.last) & (lasts[:placed] >= t.first))
         offset = 0
         if 0 < live.size <= FEW:  # a chain's few neighbours: the loop itself is quicker
             for start, end in sorted(zip(starts[live].tolist(), ends[live].tolist())):
@@ -90,6 +99,8 @@ def first_fit(tensors: tuple[Lifetime, ...]) -> dict[str, int]:
             fits = np.flatnonzero(clear + t.size <= start)
             offset = int(clear[fits[0]] if fits.size else reach[-1])
         firsts[placed], lasts[placed], starts[placed], ends[placed] = t.first, t.last, offset, offset + t.size
+        starting_at.setdefault(t.first, []).append(placed)
+        span = max(span, t.last - t.first)
         offsets[t.name] = offset
     return offsets
 
