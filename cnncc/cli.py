@@ -154,6 +154,10 @@ def _cmd_emit(args) -> int:
     if args.int8:
         if args.backend is not None:
             raise ValueError("--backend does not apply to --int8: the int8 program has kernels of its own")
+        if args.board is not None:
+            from .boards.int8 import int8_board_command
+
+            return int8_board_command(args)
         from .quantize.emit import emit_int8_command
 
         return emit_int8_command(args)
@@ -302,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="the directory to write")
     p.add_argument("--weights", default=None, metavar="FILE.npz", help="compile these weights in (NAME_weights.c)")
     p.add_argument("--int8", default=None, metavar="Q.npz", help="emit the int8 program of this quantized model "
-                                                                 "(cnncc quantize); --weights and --batch do not apply")
+                                                                 "(cnncc quantize); --weights and --batch do not apply; "
+                                                                 "with --board, that board's int8 project")
     p.add_argument("--inference-only", action="store_true",
                    help="forward only: a static arena shared by tensors whose lifetimes do not overlap, no malloc")
     p.add_argument("--batch", type=_positive, default=1, help="samples per forward call in main.c and, with "

@@ -71,3 +71,8 @@ class Board:
         """The timer's register addresses as C hexadecimal text (what startup.c reads and writes)."""
         return {name: f"0x{self.timer_base + offset:08X}" for name, offset in
                 (("load", 0x0), ("value", 0x4), ("control", 0x8))}
+
+    def memory_map_hex(self) -> dict[str, str]:
+        """The flash and RAM regions' origins and lengths as C hexadecimal text (what link.ld prints)."""
+        return {f"{region}_{what}": f"0x{getattr(getattr(self, region), what):08X}"
+                for region in ("flash", "ram") for what in ("origin", "length")}

@@ -89,18 +89,21 @@ def buffers(program: Program, batch: int) -> tuple[Buffer, ...]:
     return tuple(listed)
 
 
-def check_fits(board: Board, model: str, ram: int, flash: int) -> None:
-    """Stop (before anything is written) when the model's buffers or const data overflow the board."""
+def check_fits(board: Board, model: str, ram: int, flash: int,
+               ram_hint: str = "try --inference-only, a smaller batch or frozen layers",
+               flash_hint: str = "emit without --weights to read them at run time") -> None:
+    """Stop (before anything is written) when the model's buffers or const data overflow the board;
+    the hints say what would help (the int8 project, cnncc/boards/int8.py, has its own)."""
     reserve = board.stack_bytes + board.heap_bytes
     if ram + reserve > board.ram.length:
         raise ValueError(
             f"model '{model}' does not fit the {board.name}'s RAM: its buffers need {ram:,} bytes, plus "
             f"{reserve:,} for the stack and heap, and the board has {board.ram.length:,} ({board.ram.doc}); "
-            "try --inference-only, a smaller batch or frozen layers")
+            f"{ram_hint}")
     if flash > board.flash.length:
         raise ValueError(
             f"model '{model}' does not fit the {board.name}'s flash: its weights need {flash:,} bytes and the "
-            f"board has {board.flash.length:,} ({board.flash.doc}); emit without --weights to read them at run time")
+            f"board has {board.flash.length:,} ({board.flash.doc}); {flash_hint}")
 
 
 def _hex(value: int) -> str:

@@ -19,12 +19,13 @@ from ..check import check_net
 from ..spec import load_spec
 from . import qfile, reference
 from .abi import Bindings
+from .boundary import dequantize_real, quantize_real
 from .calibrate import calibrate, calibration_array, float_tensors
 from .errors import ErrorStats
 from .graph import QGraph, QuantizeError, build_graph
 from .layout import Layout, plan_layout
 from .render import render_sources
-from .scheme import QMAX, QMIN, QValues, quantize_values, round_away
+from .scheme import QValues, quantize_values
 
 REPORT_SAMPLES = 512  # calibration samples the per-layer errors are measured on
 
@@ -69,11 +70,11 @@ class QuantizedModel:
         if not np.isfinite(x).all():
             raise ValueError("input contains NaN or infinite values")
         scale, zero = self.values.scales[self.graph.input], self.values.zero_points[self.graph.input]
-        return np.clip(round_away(x / scale) + zero, QMIN, QMAX).astype(np.int8)
+        return quantize_real(x, scale, zero)
 
     def dequantize_output(self, q: np.ndarray) -> np.ndarray:
         scale, zero = self.values.scales[self.graph.output], self.values.zero_points[self.graph.output]
-        return (scale * (q.astype(np.float64) - zero)).astype(np.float32)
+        return dequantize_real(q, scale, zero)
 
     # ---- running ------------------------------------------------------------------------
     def predict_int8(self, x_q) -> np.ndarray:
@@ -174,7 +175,7 @@ def layer_errors(model, graph: QGraph, layout: Layout, values: QValues, x: np.nd
     for start in range(0, x.shape[0], 128):
         part = x[start:start + 128]
         floats = float_tensors(model, graph, part)
-        x_q = np.clip(round_away(part.astype(np.float64) / scale) + zero, QMIN, QMAX).astype(np.int8)
+        x_q = quantize_real(part, scale, zero)
         ints = reference.run(graph, values, layout, x_q)
         for name in graph.tensors:
             real = values.scales[name] * (ints[name].astype(np.float64) - values.zero_points[name])
