@@ -162,6 +162,7 @@ def test_cli_bench_summary(build_dir, capsys):
     assert "images/s" in text and "batch-1 inference latency" in text
 
 
+@pytest.mark.slow
 def test_harness_quick_json_end_to_end():
     # the two small default specs: VGG's cold compiles (both backends) would double the test's time
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--json",

@@ -142,6 +142,7 @@ def test_main_matches_python(cases, spec, mode):
     assert result.returncode == 0 and result.stdout == _run([case.dirs[mode] / "main", case.inputs]).stdout
 
 
+@pytest.mark.slow
 def test_no_reliance_on_optimisation(cases, tmp_path):
     """-O0 builds, warning-free, give the same answers."""
     jobs = [(case, fresh_copy(case.dirs[mode], tmp_path / case.name / mode))
@@ -156,6 +157,7 @@ def test_no_reliance_on_optimisation(cases, tmp_path):
         list(pool.map(build_and_check, jobs))
 
 
+@pytest.mark.slow
 def test_clang(cases, tmp_path):
     need_command("clang", "apt-get install -y clang")  # a failure, not a skip, in CI (.ci/run)
     # each build mode at one level (the other level of each is gcc's, in the tests above): half the builds

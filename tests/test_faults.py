@@ -237,6 +237,7 @@ print(json.dumps({"path": str(model.module.path), "compiled": cnncc.build.compil
 """
 
 
+@pytest.mark.slow
 def test_four_processes_building_into_one_cache(tmp_path):
     build, go = tmp_path / "build", tmp_path / "go"
     specs = {"A": _slow_spec("shared_a"), "B": dict(SMALL, name="shared_b")}

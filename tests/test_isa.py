@@ -28,8 +28,8 @@ WIDTHS = {
                ("-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx512bw", "-mavx2", "-mfma")),
 }
 
-pytestmark = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
-                                reason="the -m flags here are x86's")
+pytestmark = [pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the -m flags here are x86's"),
+              pytest.mark.slow]
 
 
 def cpu_flags() -> set[str]:

@@ -41,7 +41,7 @@ def _libasan() -> str | None:
 
 
 LIBASAN = _libasan()
-pytestmark = pytest.mark.skipif(LIBASAN is None, reason="the C compiler has no libasan")
+pytestmark = [pytest.mark.skipif(LIBASAN is None, reason="the C compiler has no libasan"), pytest.mark.slow]
 
 # Every layer kind and option the example specs leave out: branches off the network input,
 # add and concat of one tensor twice, grouped, dilated, strided and 'same' convolutions,
