@@ -26,13 +26,19 @@ def board_command(args) -> int:
     print(f"cnncc: wrote the {board.name} project of '{project.program.name}' to {project.directory}")
     print(f"  predicted: weights {project.flash_data:,} bytes in flash; buffers {project.buffer_bytes:,} bytes "
           f"of RAM (+ {board.stack_bytes:,} stack, {board.heap_bytes:,} heap reserved)")
-    if not args.build:
+    return build_and_report(project, board, args.build, memory_rows)
+
+
+def build_and_report(project, board, build_it: bool, rows) -> int:
+    """How to build a written project, or (`--build`) build its ELF and print every measured figure
+    beside its prediction: `rows(project, sections, symbols)` gives (what, measured, predicted)."""
+    if not build_it:
         print(f"  build: make -C {project.directory}; run: make -C {project.directory} run")
         return 0
     elf = build(project.directory, board)
     sections, symbols = section_sizes(elf, board), symbol_sizes(elf, board)
     print(f"  built {elf}")
-    for what, measured, predicted in memory_rows(project, sections, symbols):
+    for what, measured, predicted in rows(project, sections, symbols):
         print(f"  {what:<32} {measured:>10,}   predicted {predicted}")
     print(f"  RAM {sum(sections.get(s, 0) for s in RAM_SECTIONS):,} bytes (.data + .bss) plus the stack "
           "(make run prints its high-water mark)")

@@ -145,7 +145,6 @@ def memory_rows(project: Int8BoardProject, sections: dict[str, int], symbols: di
 
 
 def int8_board_command(args) -> int:
-    from .measure import RAM_SECTIONS, build, section_sizes, symbol_sizes
 
     project = emit_int8_board(args.spec, args.int8, args.out, args.board)
     board = project.board
@@ -153,17 +152,9 @@ def int8_board_command(args) -> int:
     print(f"  predicted: const data {project.flash_data:,} bytes in flash (int8 weights {project.weight_bytes:,}); "
           f"buffers {project.buffer_bytes:,} bytes of RAM (int8 arena {project.arena_bytes:,}; + "
           f"{board.stack_bytes:,} stack, {board.heap_bytes:,} heap reserved)")
-    if not args.build:
-        print(f"  build: make -C {project.directory}; run: make -C {project.directory} run")
-        return 0
-    elf = build(project.directory, board)
-    sections, symbols = section_sizes(elf, board), symbol_sizes(elf, board)
-    print(f"  built {elf}")
-    for what, measured, predicted in memory_rows(project, sections, symbols):
-        print(f"  {what:<32} {measured:>10,}   predicted {predicted}")
-    print(f"  RAM {sum(sections.get(s, 0) for s in RAM_SECTIONS):,} bytes (.data + .bss) plus the stack "
-          "(make run prints its high-water mark)")
-    return 0
+    from .command import build_and_report
+
+    return build_and_report(project, board, args.build, memory_rows)
 
 
 __all__ = ["Int8BoardProject", "emit_int8_board", "infer_int8_on_device", "int8_board_command", "memory_rows",
