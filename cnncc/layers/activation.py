@@ -53,14 +53,14 @@ class Sigmoid(_Elementwise):
     kind = "sigmoid"
     doc = "1 / (1 + exp(-x))"
     is_logistic = True
-    forward_expr = "1 / (1 + exp(-x))"
+    forward_expr = "1 / (1 + REAL_EXP(-x))"  # REAL_EXP: exp or expf (templates/model.c.j2)
     backward_expr = "dy * y * (1 - y)"
 
 
 class Tanh(_Elementwise):
     kind = "tanh"
     doc = "tanh(x)"
-    forward_expr = "tanh(x)"
+    forward_expr = "REAL_TANH(x)"
     backward_expr = "dy * (1 - y * y)"
 
 

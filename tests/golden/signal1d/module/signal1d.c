@@ -16,6 +16,12 @@
 
 typedef float real;
 
+/* The math functions of real: double ones (a float32 argument is evaluated in double, rounded
+   once when stored), the arithmetic tests/golden/digests.json pins for training. */
+#define REAL_EXP exp
+#define REAL_TANH tanh
+#define REAL_SQRT sqrt
+
 /* Parameter offsets into params and grads. */
 #define P_EDGES_WEIGHT ((size_t)0) /* [8, 1, 3] */
 #define P_EDGES_BIAS ((size_t)24) /* [8] */
@@ -146,7 +152,7 @@ enum {
    compile-time constants (an OpenMP loop body is a separate function that gets them at run time). */
 /* Below about two million multiply-adds (a few hundred microseconds) waking the threads costs
    more than it saves: the per-sample products of small networks stay on one thread. */
-#define PARALLEL_MIN_MACS 2097152.0
+#define PARALLEL_MIN_MACS 2097152
 #if defined(_OPENMP)
 #define PARALLEL_FOR _Pragma("omp parallel for schedule(static)")
 #else
@@ -168,7 +174,7 @@ enum {
 #define PARALLEL_FOR_SAMPLES
 #endif
 
-KERNEL_INLINE int signal1d_worth_threads(double macs, int blocks)
+KERNEL_INLINE int signal1d_worth_threads(uint64_t macs, int blocks)
 {
 #if defined(_OPENMP)
     return macs >= PARALLEL_MIN_MACS && blocks > 1 && omp_get_max_threads() > 1 && omp_get_level() == 0;
@@ -318,7 +324,7 @@ KERNEL_INLINE void signal1d_gemm_nn_taps(int N, const real *restrict a, taps at,
                                 taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
     const int M = at.CH * at.KH * at.KW, blocks = (N + NN_COLS - 1) / NN_COLS;
-    if (signal1d_worth_threads((double)M * N * (bt.CH * bt.KH * bt.KW), blocks)) {
+    if (signal1d_worth_threads((uint64_t)M * N * (bt.CH * bt.KH * bt.KW), blocks)) {
         PARALLEL_FOR
         for (int block = 0; block < blocks; block++)
             signal1d_gemm_nn_strip(block, M, N, a, at, a_col, b, bt, c, ldc, accumulate);
@@ -395,7 +401,7 @@ KERNEL_INLINE void signal1d_gemm_nt_taps(int M, int K, const real *restrict a, p
                                 taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
     const int blocks = M / NT_ROWS;
-    if (signal1d_worth_threads((double)M * K * (bt.CH * bt.KH * bt.KW), blocks)) {
+    if (signal1d_worth_threads((uint64_t)M * K * (bt.CH * bt.KH * bt.KW), blocks)) {
         PARALLEL_FOR
         for (int block = 0; block < blocks; block++)
             signal1d_gemm_nt_rows(NT_ROWS, K, a + block * NT_ROWS * lda, lda, b, bt, c + block * NT_ROWS * ldc, ldc, accumulate);
