@@ -658,9 +658,7 @@ static void ds_cnn_conv1_forward(
 /* ---- conv1_bn: batchnorm forward (spec line 11)
  * conv1 [N, 64, 25, 5] -> conv1_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void ds_cnn_conv1_bn_forward(
     real *restrict out,                     /* conv1_bn [N, 64, 25, 5] */
@@ -706,8 +704,7 @@ static void ds_cnn_conv1_relu_forward(
 
 /* ---- drop1: dropout forward (spec line 13)
  * conv1_relu [N, 64, 25, 5] -> drop1 [N, 64, 25, 5]
- * training: out[i] = keep(i) ? in[i] * SCALE : 0, keep(i) = uniform(seed, layer, i) >= RATE;
- *   inference: out = in
+ * out = in (dropout drops nothing at inference)
  */
 static void ds_cnn_drop1_forward(
     real *restrict out,                     /* drop1 [N, 64, 25, 5] */
@@ -809,9 +806,7 @@ static void ds_cnn_dw1_forward(
 /* ---- dw1_bn: batchnorm forward (spec line 15)
  * dw1 [N, 64, 25, 5] -> dw1_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void ds_cnn_dw1_bn_forward(
     real *restrict out,                     /* dw1_bn [N, 64, 25, 5] */
@@ -930,9 +925,7 @@ static void ds_cnn_pw1_forward(
 /* ---- pw1_bn: batchnorm forward (spec line 18)
  * pw1 [N, 64, 25, 5] -> pw1_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void ds_cnn_pw1_bn_forward(
     real *restrict out,                     /* pw1_bn [N, 64, 25, 5] */
@@ -1065,9 +1058,7 @@ static void ds_cnn_dw2_forward(
 /* ---- dw2_bn: batchnorm forward (spec line 21)
  * dw2 [N, 64, 25, 5] -> dw2_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void ds_cnn_dw2_bn_forward(
     real *restrict out,                     /* dw2_bn [N, 64, 25, 5] */
@@ -1186,9 +1177,7 @@ static void ds_cnn_pw2_forward(
 /* ---- pw2_bn: batchnorm forward (spec line 24)
  * pw2 [N, 64, 25, 5] -> pw2_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void ds_cnn_pw2_bn_forward(
     real *restrict out,                     /* pw2_bn [N, 64, 25, 5] */
@@ -1321,9 +1310,7 @@ static void ds_cnn_dw3_forward(
 /* ---- dw3_bn: batchnorm forward (spec line 27)
  * dw3 [N, 64, 25, 5] -> dw3_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void ds_cnn_dw3_bn_forward(
     real *restrict out,                     /* dw3_bn [N, 64, 25, 5] */
@@ -1442,9 +1429,7 @@ static void ds_cnn_pw3_forward(
 /* ---- pw3_bn: batchnorm forward (spec line 30)
  * pw3 [N, 64, 25, 5] -> pw3_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void ds_cnn_pw3_bn_forward(
     real *restrict out,                     /* pw3_bn [N, 64, 25, 5] */
@@ -1577,9 +1562,7 @@ static void ds_cnn_dw4_forward(
 /* ---- dw4_bn: batchnorm forward (spec line 33)
  * dw4 [N, 64, 25, 5] -> dw4_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void ds_cnn_dw4_bn_forward(
     real *restrict out,                     /* dw4_bn [N, 64, 25, 5] */
@@ -1698,9 +1681,7 @@ static void ds_cnn_pw4_forward(
 /* ---- pw4_bn: batchnorm forward (spec line 36)
  * pw4 [N, 64, 25, 5] -> pw4_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void ds_cnn_pw4_bn_forward(
     real *restrict out,                     /* pw4_bn [N, 64, 25, 5] */
@@ -1746,8 +1727,7 @@ static void ds_cnn_pw4_relu_forward(
 
 /* ---- drop2: dropout forward (spec line 38)
  * pw4_relu [N, 64, 25, 5] -> drop2 [N, 64, 25, 5]
- * training: out[i] = keep(i) ? in[i] * SCALE : 0, keep(i) = uniform(seed, layer, i) >= RATE;
- *   inference: out = in
+ * out = in (dropout drops nothing at inference)
  */
 static void ds_cnn_drop2_forward(
     real *restrict out,                     /* drop2 [N, 64, 25, 5] */

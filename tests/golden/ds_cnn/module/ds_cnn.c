@@ -768,7 +768,7 @@ static void ds_cnn_conv1_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -776,15 +776,15 @@ static void ds_cnn_conv1_bn_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -821,8 +821,8 @@ static void ds_cnn_conv1_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -1134,7 +1134,7 @@ static void ds_cnn_dw1_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -1142,15 +1142,15 @@ static void ds_cnn_dw1_bn_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1187,8 +1187,8 @@ static void ds_cnn_dw1_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -1433,7 +1433,7 @@ static void ds_cnn_pw1_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -1441,15 +1441,15 @@ static void ds_cnn_pw1_bn_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1486,8 +1486,8 @@ static void ds_cnn_pw1_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -1755,7 +1755,7 @@ static void ds_cnn_dw2_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -1763,15 +1763,15 @@ static void ds_cnn_dw2_bn_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1808,8 +1808,8 @@ static void ds_cnn_dw2_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -2054,7 +2054,7 @@ static void ds_cnn_pw2_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -2062,15 +2062,15 @@ static void ds_cnn_pw2_bn_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -2107,8 +2107,8 @@ static void ds_cnn_pw2_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -2376,7 +2376,7 @@ static void ds_cnn_dw3_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -2384,15 +2384,15 @@ static void ds_cnn_dw3_bn_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -2429,8 +2429,8 @@ static void ds_cnn_dw3_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -2675,7 +2675,7 @@ static void ds_cnn_pw3_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -2683,15 +2683,15 @@ static void ds_cnn_pw3_bn_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -2728,8 +2728,8 @@ static void ds_cnn_pw3_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -2997,7 +2997,7 @@ static void ds_cnn_dw4_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -3005,15 +3005,15 @@ static void ds_cnn_dw4_bn_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -3050,8 +3050,8 @@ static void ds_cnn_dw4_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -3296,7 +3296,7 @@ static void ds_cnn_pw4_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -3304,15 +3304,15 @@ static void ds_cnn_pw4_bn_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -3349,8 +3349,8 @@ static void ds_cnn_pw4_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -3650,15 +3650,15 @@ static double ds_cnn_loss_softmax_cross_entropy(const real *restrict z, real *re
         const real *restrict z_row = z + b * CLASSES;
         double largest = z_row[0];
         for (int c = 1; c < CLASSES; c++)
-            largest = z_row[c] > largest ? z_row[c] : largest;
+            largest = (double)z_row[c] > largest ? (double)z_row[c] : largest;
         double sum = 0;
         for (int c = 0; c < CLASSES; c++)
-            sum += exp(z_row[c] - largest);
+            sum += exp((double)z_row[c] - largest);
         const double log_sum = largest + log(sum);
-        total += log_sum - z_row[labels[b]];
+        total += log_sum - (double)z_row[labels[b]];
         if (write_grad)
             for (int c = 0; c < CLASSES; c++)
-                dz[b * CLASSES + c] += (real)((exp(z_row[c] - log_sum) - (c == labels[b])) / (double)batch);
+                dz[b * CLASSES + c] += (real)((exp((double)z_row[c] - log_sum) - (c == labels[b])) / (double)batch);
     }
     return total / (double)batch;
 }

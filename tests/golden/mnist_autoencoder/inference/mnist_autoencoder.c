@@ -899,7 +899,7 @@ static void mnist_autoencoder_dec2_forward(
 
 /* ---- dec2_sigmoid: sigmoid forward (spec line 13)
  * dec2 [N, 1, 28, 28] -> dec2_sigmoid [N, 1, 28, 28]
- * out[i] = 1 / (1 + REAL_EXP(-x)), with x = in[i]
+ * out[i] = (real)(1 / (1 + REAL_EXP(-x))), with x = in[i]
  */
 static void mnist_autoencoder_dec2_sigmoid_forward(
     real *restrict out,                     /* dec2_sigmoid [N, 1, 28, 28] */
@@ -913,7 +913,7 @@ static void mnist_autoencoder_dec2_sigmoid_forward(
     PARALLEL_FOR_ELEMENTS
     for (size_t i = 0; i < elements; i++) {
         const real x = in[i];
-        out[i] = 1 / (1 + REAL_EXP(-x));
+        out[i] = (real)(1 / (1 + REAL_EXP(-x)));
     }
 }
 

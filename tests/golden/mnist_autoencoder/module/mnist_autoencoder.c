@@ -1303,7 +1303,7 @@ static void mnist_autoencoder_dec2_backward(
 }
 /* ---- dec2_sigmoid: sigmoid forward (spec line 13)
  * dec2 [N, 1, 28, 28] -> dec2_sigmoid [N, 1, 28, 28]
- * out[i] = 1 / (1 + REAL_EXP(-x)), with x = in[i]
+ * out[i] = (real)(1 / (1 + REAL_EXP(-x))), with x = in[i]
  */
 static void mnist_autoencoder_dec2_sigmoid_forward(
     real *restrict out,                     /* dec2_sigmoid [N, 1, 28, 28] */
@@ -1317,7 +1317,7 @@ static void mnist_autoencoder_dec2_sigmoid_forward(
     PARALLEL_FOR_ELEMENTS
     for (size_t i = 0; i < elements; i++) {
         const real x = in[i];
-        out[i] = 1 / (1 + REAL_EXP(-x));
+        out[i] = (real)(1 / (1 + REAL_EXP(-x)));
     }
 }
 
@@ -1380,7 +1380,7 @@ static double mnist_autoencoder_loss_mse(const real *restrict y, real *restrict 
     const size_t n = batch * SIZE;
     double total = 0;
     for (size_t i = 0; i < n; i++) {
-        const double d = (double)y[i] - targets[i];
+        const double d = (double)y[i] - (double)targets[i];
         total += d * d;
         if (write_grad)
             dy[i] += (real)(2 * d / (double)n);

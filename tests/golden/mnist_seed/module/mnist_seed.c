@@ -1192,15 +1192,15 @@ static double mnist_seed_loss_softmax_cross_entropy(const real *restrict z, real
         const real *restrict z_row = z + b * CLASSES;
         double largest = z_row[0];
         for (int c = 1; c < CLASSES; c++)
-            largest = z_row[c] > largest ? z_row[c] : largest;
+            largest = (double)z_row[c] > largest ? (double)z_row[c] : largest;
         double sum = 0;
         for (int c = 0; c < CLASSES; c++)
-            sum += exp(z_row[c] - largest);
+            sum += exp((double)z_row[c] - largest);
         const double log_sum = largest + log(sum);
-        total += log_sum - z_row[labels[b]];
+        total += log_sum - (double)z_row[labels[b]];
         if (write_grad)
             for (int c = 0; c < CLASSES; c++)
-                dz[b * CLASSES + c] += (real)((exp(z_row[c] - log_sum) - (c == labels[b])) / (double)batch);
+                dz[b * CLASSES + c] += (real)((exp((double)z_row[c] - log_sum) - (c == labels[b])) / (double)batch);
     }
     return total / (double)batch;
 }

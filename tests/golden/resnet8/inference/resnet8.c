@@ -650,9 +650,7 @@ static void resnet8_stem_forward(
 /* ---- stem_bn: batchnorm forward (spec line 11)
  * stem [N, 16, 32, 32] -> stem_bn [N, 16, 32, 32]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet8_stem_bn_forward(
     real *restrict out,                     /* stem_bn [N, 16, 32, 32] */
@@ -785,9 +783,7 @@ static void resnet8_s1_conv1_forward(
 /* ---- s1_bn1: batchnorm forward (spec line 15)
  * s1_conv1 [N, 16, 32, 32] -> s1_bn1 [N, 16, 32, 32]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet8_s1_bn1_forward(
     real *restrict out,                     /* s1_bn1 [N, 16, 32, 32] */
@@ -920,9 +916,7 @@ static void resnet8_s1_conv2_forward(
 /* ---- s1_bn2: batchnorm forward (spec line 18)
  * s1_conv2 [N, 16, 32, 32] -> s1_bn2 [N, 16, 32, 32]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet8_s1_bn2_forward(
     real *restrict out,                     /* s1_bn2 [N, 16, 32, 32] */
@@ -1067,9 +1061,7 @@ static void resnet8_s2_conv1_forward(
 /* ---- s2_bn1: batchnorm forward (spec line 23)
  * s2_conv1 [N, 32, 16, 16] -> s2_bn1 [N, 32, 16, 16]
  * gamma [32], beta [32], running_mean [32], running_var [32]: 64 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet8_s2_bn1_forward(
     real *restrict out,                     /* s2_bn1 [N, 32, 16, 16] */
@@ -1202,9 +1194,7 @@ static void resnet8_s2_conv2_forward(
 /* ---- s2_bn2: batchnorm forward (spec line 26)
  * s2_conv2 [N, 32, 16, 16] -> s2_bn2 [N, 32, 16, 16]
  * gamma [32], beta [32], running_mean [32], running_var [32]: 64 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet8_s2_bn2_forward(
     real *restrict out,                     /* s2_bn2 [N, 32, 16, 16] */
@@ -1430,9 +1420,7 @@ static void resnet8_s3_conv1_forward(
 /* ---- s3_bn1: batchnorm forward (spec line 32)
  * s3_conv1 [N, 64, 8, 8] -> s3_bn1 [N, 64, 8, 8]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet8_s3_bn1_forward(
     real *restrict out,                     /* s3_bn1 [N, 64, 8, 8] */
@@ -1565,9 +1553,7 @@ static void resnet8_s3_conv2_forward(
 /* ---- s3_bn2: batchnorm forward (spec line 35)
  * s3_conv2 [N, 64, 8, 8] -> s3_bn2 [N, 64, 8, 8]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet8_s3_bn2_forward(
     real *restrict out,                     /* s3_bn2 [N, 64, 8, 8] */

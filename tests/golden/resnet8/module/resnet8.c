@@ -764,7 +764,7 @@ static void resnet8_stem_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -772,15 +772,15 @@ static void resnet8_stem_bn_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -817,8 +817,8 @@ static void resnet8_stem_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -1093,7 +1093,7 @@ static void resnet8_s1_bn1_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -1101,15 +1101,15 @@ static void resnet8_s1_bn1_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1146,8 +1146,8 @@ static void resnet8_s1_bn1_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -1422,7 +1422,7 @@ static void resnet8_s1_bn2_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -1430,15 +1430,15 @@ static void resnet8_s1_bn2_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1475,8 +1475,8 @@ static void resnet8_s1_bn2_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -1755,7 +1755,7 @@ static void resnet8_s2_bn1_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -1763,15 +1763,15 @@ static void resnet8_s2_bn1_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1808,8 +1808,8 @@ static void resnet8_s2_bn1_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -2084,7 +2084,7 @@ static void resnet8_s2_bn2_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -2092,15 +2092,15 @@ static void resnet8_s2_bn2_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -2137,8 +2137,8 @@ static void resnet8_s2_bn2_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -2572,7 +2572,7 @@ static void resnet8_s3_bn1_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -2580,15 +2580,15 @@ static void resnet8_s3_bn1_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -2625,8 +2625,8 @@ static void resnet8_s3_bn1_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -2901,7 +2901,7 @@ static void resnet8_s3_bn2_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -2909,15 +2909,15 @@ static void resnet8_s3_bn2_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -2954,8 +2954,8 @@ static void resnet8_s3_bn2_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -3400,15 +3400,15 @@ static double resnet8_loss_softmax_cross_entropy(const real *restrict z, real *r
         const real *restrict z_row = z + b * CLASSES;
         double largest = z_row[0];
         for (int c = 1; c < CLASSES; c++)
-            largest = z_row[c] > largest ? z_row[c] : largest;
+            largest = (double)z_row[c] > largest ? (double)z_row[c] : largest;
         double sum = 0;
         for (int c = 0; c < CLASSES; c++)
-            sum += exp(z_row[c] - largest);
+            sum += exp((double)z_row[c] - largest);
         const double log_sum = largest + log(sum);
-        total += log_sum - z_row[labels[b]];
+        total += log_sum - (double)z_row[labels[b]];
         if (write_grad)
             for (int c = 0; c < CLASSES; c++)
-                dz[b * CLASSES + c] += (real)((exp(z_row[c] - log_sum) - (c == labels[b])) / (double)batch);
+                dz[b * CLASSES + c] += (real)((exp((double)z_row[c] - log_sum) - (c == labels[b])) / (double)batch);
     }
     return total / (double)batch;
 }

@@ -607,9 +607,7 @@ static void resnet_small_stem_forward(
 /* ---- stem_bn: batchnorm forward (spec line 7)
  * stem [N, 16, 16, 16] -> stem_bn [N, 16, 16, 16]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet_small_stem_bn_forward(
     real *restrict out,                     /* stem_bn [N, 16, 16, 16] */
@@ -740,9 +738,7 @@ static void resnet_small_block1_conv1_forward(
 /* ---- block1_bn1: batchnorm forward (spec line 10)
  * block1_conv1 [N, 16, 16, 16] -> block1_bn1 [N, 16, 16, 16]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet_small_block1_bn1_forward(
     real *restrict out,                     /* block1_bn1 [N, 16, 16, 16] */
@@ -873,9 +869,7 @@ static void resnet_small_block1_conv2_forward(
 /* ---- block1_bn2: batchnorm forward (spec line 13)
  * block1_conv2 [N, 16, 16, 16] -> block1_bn2 [N, 16, 16, 16]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet_small_block1_bn2_forward(
     real *restrict out,                     /* block1_bn2 [N, 16, 16, 16] */
@@ -1260,8 +1254,7 @@ static void resnet_small_gap_forward(
 
 /* ---- drop: dropout forward (spec line 21)
  * gap [N, 64] -> drop [N, 64]
- * training: out[i] = keep(i) ? in[i] * SCALE : 0, keep(i) = uniform(seed, layer, i) >= RATE;
- *   inference: out = in
+ * out = in (dropout drops nothing at inference)
  */
 static void resnet_small_drop_forward(
     real *restrict out,                     /* drop [N, 64] */

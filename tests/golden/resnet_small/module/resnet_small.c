@@ -717,7 +717,7 @@ static void resnet_small_stem_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -725,15 +725,15 @@ static void resnet_small_stem_bn_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -770,8 +770,8 @@ static void resnet_small_stem_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -1041,7 +1041,7 @@ static void resnet_small_block1_bn1_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -1049,15 +1049,15 @@ static void resnet_small_block1_bn1_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1094,8 +1094,8 @@ static void resnet_small_block1_bn1_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -1365,7 +1365,7 @@ static void resnet_small_block1_bn2_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
             mean = (real)(sum / count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
@@ -1373,15 +1373,15 @@ static void resnet_small_block1_bn2_forward(
                     sum_sq += d * d;
                 }
             const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
             const double unbiased = count > 1 ? var * count / (count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1418,8 +1418,8 @@ static void resnet_small_block1_bn2_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
@@ -2328,15 +2328,15 @@ static double resnet_small_loss_softmax_cross_entropy(const real *restrict z, re
         const real *restrict z_row = z + b * CLASSES;
         double largest = z_row[0];
         for (int c = 1; c < CLASSES; c++)
-            largest = z_row[c] > largest ? z_row[c] : largest;
+            largest = (double)z_row[c] > largest ? (double)z_row[c] : largest;
         double sum = 0;
         for (int c = 0; c < CLASSES; c++)
-            sum += exp(z_row[c] - largest);
+            sum += exp((double)z_row[c] - largest);
         const double log_sum = largest + log(sum);
-        total += log_sum - z_row[labels[b]];
+        total += log_sum - (double)z_row[labels[b]];
         if (write_grad)
             for (int c = 0; c < CLASSES; c++)
-                dz[b * CLASSES + c] += (real)((exp(z_row[c] - log_sum) - (c == labels[b])) / (double)batch);
+                dz[b * CLASSES + c] += (real)((exp((double)z_row[c] - log_sum) - (c == labels[b])) / (double)batch);
     }
     return total / (double)batch;
 }
