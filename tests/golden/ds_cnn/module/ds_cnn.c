@@ -18,9 +18,9 @@ typedef float real;
 
 /* The math functions of real: double ones (a float32 argument is evaluated in double, rounded
    once when stored), the arithmetic tests/golden/digests.json pins for training. */
-#define REAL_EXP exp
-#define REAL_TANH tanh
-#define REAL_SQRT sqrt
+#define REAL_EXP(v) exp((double)(v))
+#define REAL_TANH(v) tanh((double)(v))
+#define REAL_SQRT(v) sqrt((double)(v))
 
 /* Parameter offsets into params and grads. */
 #define P_CONV1_WEIGHT ((size_t)0) /* [64, 1, 10, 4] */
@@ -769,17 +769,17 @@ static void ds_cnn_conv1_bn_forward(
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
                     sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
+            const double var = sum_sq / (double)count;
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
             running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
@@ -826,12 +826,12 @@ static void ds_cnn_conv1_bn_backward(
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -1135,17 +1135,17 @@ static void ds_cnn_dw1_bn_forward(
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
                     sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
+            const double var = sum_sq / (double)count;
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
             running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
@@ -1192,12 +1192,12 @@ static void ds_cnn_dw1_bn_backward(
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -1434,17 +1434,17 @@ static void ds_cnn_pw1_bn_forward(
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
                     sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
+            const double var = sum_sq / (double)count;
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
             running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
@@ -1491,12 +1491,12 @@ static void ds_cnn_pw1_bn_backward(
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -1756,17 +1756,17 @@ static void ds_cnn_dw2_bn_forward(
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
                     sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
+            const double var = sum_sq / (double)count;
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
             running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
@@ -1813,12 +1813,12 @@ static void ds_cnn_dw2_bn_backward(
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -2055,17 +2055,17 @@ static void ds_cnn_pw2_bn_forward(
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
                     sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
+            const double var = sum_sq / (double)count;
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
             running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
@@ -2112,12 +2112,12 @@ static void ds_cnn_pw2_bn_backward(
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -2377,17 +2377,17 @@ static void ds_cnn_dw3_bn_forward(
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
                     sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
+            const double var = sum_sq / (double)count;
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
             running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
@@ -2434,12 +2434,12 @@ static void ds_cnn_dw3_bn_backward(
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -2676,17 +2676,17 @@ static void ds_cnn_pw3_bn_forward(
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
                     sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
+            const double var = sum_sq / (double)count;
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
             running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
@@ -2733,12 +2733,12 @@ static void ds_cnn_pw3_bn_backward(
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -2998,17 +2998,17 @@ static void ds_cnn_dw4_bn_forward(
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
                     sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
+            const double var = sum_sq / (double)count;
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
             running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
@@ -3055,12 +3055,12 @@ static void ds_cnn_dw4_bn_backward(
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -3297,17 +3297,17 @@ static void ds_cnn_pw4_bn_forward(
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
                     sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
+            const double var = sum_sq / (double)count;
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
             running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
@@ -3354,12 +3354,12 @@ static void ds_cnn_pw4_bn_backward(
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -3648,7 +3648,7 @@ static double ds_cnn_loss_softmax_cross_entropy(const real *restrict z, real *re
     double total = 0;
     for (size_t b = 0; b < batch; b++) {
         const real *restrict z_row = z + b * CLASSES;
-        double largest = z_row[0];
+        double largest = (double)z_row[0];
         for (int c = 1; c < CLASSES; c++)
             largest = (double)z_row[c] > largest ? (double)z_row[c] : largest;
         double sum = 0;

@@ -18,9 +18,9 @@ typedef float real;
 
 /* The math functions of real: an inference build computes in single precision throughout (a
    Cortex-M4's FPU has no double: a double would call software routines). */
-#define REAL_EXP expf
-#define REAL_TANH tanhf
-#define REAL_SQRT sqrtf
+#define REAL_EXP(v) expf(v)
+#define REAL_TANH(v) tanhf(v)
+#define REAL_SQRT(v) sqrtf(v)
 
 /* Parameter offsets into params and grads. */
 #define P_ENC1_WEIGHT ((size_t)0) /* [8, 1, 3, 3] */

@@ -18,9 +18,9 @@ typedef float real;
 
 /* The math functions of real: double ones (a float32 argument is evaluated in double, rounded
    once when stored), the arithmetic tests/golden/digests.json pins for training. */
-#define REAL_EXP exp
-#define REAL_TANH tanh
-#define REAL_SQRT sqrt
+#define REAL_EXP(v) exp((double)(v))
+#define REAL_TANH(v) tanh((double)(v))
+#define REAL_SQRT(v) sqrt((double)(v))
 
 /* Parameter offsets into params and grads. */
 #define P_ENC1_WEIGHT ((size_t)0) /* [8, 1, 3, 3] */

@@ -18,9 +18,9 @@ typedef float real;
 
 /* The math functions of real: double ones (a float32 argument is evaluated in double, rounded
    once when stored), the arithmetic tests/golden/digests.json pins for training. */
-#define REAL_EXP exp
-#define REAL_TANH tanh
-#define REAL_SQRT sqrt
+#define REAL_EXP(v) exp((double)(v))
+#define REAL_TANH(v) tanh((double)(v))
+#define REAL_SQRT(v) sqrt((double)(v))
 
 /* Parameter offsets into params and grads. */
 #define P_STEM_WEIGHT ((size_t)0) /* [16, 3, 3, 3] */
@@ -765,17 +765,17 @@ static void resnet8_stem_bn_forward(
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
                     sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
+            const double var = sum_sq / (double)count;
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
             running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
@@ -822,12 +822,12 @@ static void resnet8_stem_bn_backward(
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -1094,17 +1094,17 @@ static void resnet8_s1_bn1_forward(
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
                     sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
+            const double var = sum_sq / (double)count;
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
             running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
@@ -1151,12 +1151,12 @@ static void resnet8_s1_bn1_backward(
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -1423,17 +1423,17 @@ static void resnet8_s1_bn2_forward(
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
                     sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
+            const double var = sum_sq / (double)count;
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
             running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
@@ -1480,12 +1480,12 @@ static void resnet8_s1_bn2_backward(
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -1756,17 +1756,17 @@ static void resnet8_s2_bn1_forward(
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
                     sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
+            const double var = sum_sq / (double)count;
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
             running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
@@ -1813,12 +1813,12 @@ static void resnet8_s2_bn1_backward(
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -2085,17 +2085,17 @@ static void resnet8_s2_bn2_forward(
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
                     sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
+            const double var = sum_sq / (double)count;
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
             running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
@@ -2142,12 +2142,12 @@ static void resnet8_s2_bn2_backward(
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -2573,17 +2573,17 @@ static void resnet8_s3_bn1_forward(
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
                     sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
+            const double var = sum_sq / (double)count;
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
             running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
@@ -2630,12 +2630,12 @@ static void resnet8_s3_bn1_backward(
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -2902,17 +2902,17 @@ static void resnet8_s3_bn2_forward(
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
                     sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
+            const double var = sum_sq / (double)count;
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
             running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
@@ -2959,12 +2959,12 @@ static void resnet8_s3_bn2_backward(
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -3398,7 +3398,7 @@ static double resnet8_loss_softmax_cross_entropy(const real *restrict z, real *r
     double total = 0;
     for (size_t b = 0; b < batch; b++) {
         const real *restrict z_row = z + b * CLASSES;
-        double largest = z_row[0];
+        double largest = (double)z_row[0];
         for (int c = 1; c < CLASSES; c++)
             largest = (double)z_row[c] > largest ? (double)z_row[c] : largest;
         double sum = 0;

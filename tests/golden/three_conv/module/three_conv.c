@@ -18,9 +18,9 @@ typedef float real;
 
 /* The math functions of real: double ones (a float32 argument is evaluated in double, rounded
    once when stored), the arithmetic tests/golden/digests.json pins for training. */
-#define REAL_EXP exp
-#define REAL_TANH tanh
-#define REAL_SQRT sqrt
+#define REAL_EXP(v) exp((double)(v))
+#define REAL_TANH(v) tanh((double)(v))
+#define REAL_SQRT(v) sqrt((double)(v))
 
 /* Parameter offsets into params and grads. */
 #define P_CONV1_WEIGHT ((size_t)0) /* [8, 3, 3, 3] */
@@ -1171,7 +1171,7 @@ static double three_conv_loss_softmax_cross_entropy(const real *restrict z, real
     double total = 0;
     for (size_t b = 0; b < batch; b++) {
         const real *restrict z_row = z + b * CLASSES;
-        double largest = z_row[0];
+        double largest = (double)z_row[0];
         for (int c = 1; c < CLASSES; c++)
             largest = (double)z_row[c] > largest ? (double)z_row[c] : largest;
         double sum = 0;
