@@ -146,7 +146,9 @@ def test_every_spec_runs_on_the_m4(spec, tmp_path, build_dir):
     assert symbols[f"{project.program.name}_weights"] == predicted["weight_bytes"]
     for b in project.buffers:
         assert symbols[b.name] == b.bytes, b.name
-    assert project.flash_data == model.flat_params.nbytes
+    constants = project.program.deployment.constants_size * model.flat_params.itemsize  # batchnorm's, folded
+    assert project.flash_data == model.flat_params.nbytes + constants
+    assert symbols.get(f"{project.program.name}_constants", 0) == constants
     assert sections[".rodata"] >= project.flash_data and sections[".bss"] >= project.buffer_bytes
     assert 0 < result.stack_used < board.stack_bytes
     ticks = result.ticks
