@@ -153,6 +153,8 @@ def public_macros(program) -> list[tuple[str, int, str]]:
     if deployment.inference_only:
         macros += [("BATCH", deployment.batch, "samples per forward call"),
                    ("ARENA_SIZE", deployment.arena_size, "ACTIVATIONS_PER_SAMPLE * BATCH + WORKSPACE_SIZE")]
+        if deployment.constants:
+            macros.append(("CONSTANTS_SIZE", deployment.constants_size, "derived from the weights at emit time"))
     else:
         macros += [("OPTIMIZER_STATE_SIZE", program.optimizer_state_size, ""), ("NUM_OPS", len(program.ops), "")]
     return [(f"{upper}_{name}", int(c_int(value)), comment) for name, value, comment in macros]

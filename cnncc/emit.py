@@ -5,7 +5,10 @@ Writes NAME.h and NAME.c from the same templates and the same IR as the Python m
 constants; an example main.c, a Makefile and a README. A full build keeps the Python
 module's API (forward, loss, backward, optimizer step: a C program can train on its own).
 An inference-only build renders the program at memplan's offsets with a fixed batch: one
-static arena, no loss, no backward, no allocation and no stdio in the model files.
+static arena, no loss, no backward, no allocation and no stdio in the model files, and no
+training code: no branch on a training flag, no double arithmetic in float32 (the device's FPU
+may be single precision). With weights, what its layers would derive from them on every call
+(batchnorm's scale and shift) is computed here, once, into NAME_constants[] (fold_constants).
 Nothing reaches the files that was not validated: the spec by the checker, the weights
 by the same checks as `Model.load`, and every value by the template filters (weights by
 `c_hex_float` below).
@@ -21,7 +24,8 @@ import numpy as np
 from .files import FileWriteError, writable_target, write_bytes_atomically
 from .backends import backend as backend_named
 from .codegen import c_comment, c_ident, environment, render
-from .ir import Deployment, Program
+from .ir import Constant, Deployment, Program
+from .layers import REGISTRY
 from .memplan import MemoryPlan, deployment_figures, inference_program, plan
 from .options import CompileOptions
 from .pipeline import analyse
@@ -68,12 +72,38 @@ def c_hex_float(value, dtype: str) -> str:
 
 
 def _weight_sections(program: Program, flat: np.ndarray) -> list[dict]:
-    sections = []
-    for p in program.params:
-        values = [c_hex_float(v, program.dtype) for v in flat[p.offset:p.offset + p.size].tolist()]
-        rows = [", ".join(values[i:i + LITERALS_PER_LINE]) for i in range(0, len(values), LITERALS_PER_LINE)]
-        sections.append({"param": p, "rows": rows})
-    return sections
+    return [{"param": p, "rows": _rows(flat[p.offset:p.offset + p.size], program.dtype)} for p in program.params]
+
+
+def fold_constants(program: Program, flat: np.ndarray) -> tuple[tuple[Constant, ...], np.ndarray]:
+    """The constants an inference build with compiled-in weights reads instead of the parameters
+    its layer kinds fold (LayerKind.fold: batchnorm's scale and shift), and their values in one
+    flat array (NAME_constants[])."""
+    folded, values = [], []
+    offset = 0
+    for op in program.ops:
+        rules = REGISTRY[op.kind]
+        if not rules.folded_params:
+            continue
+        params = {role: flat[p.offset:p.offset + p.size] for role, p in op.params.items()}
+        for role, value in rules.fold(op.plan.settings, params).items():
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"layer '{op.layer}': its weights give a non-finite {role} "
+                                 f"({', '.join(rules.folded_params)}): check them, e.g. for a negative running_var")
+            folded.append(Constant(op.name, role, offset, value.size, rules.folded_params))
+            values.append(value.astype(flat.dtype, copy=False))
+            offset += value.size
+    return tuple(folded), np.concatenate(values) if values else np.zeros(0, flat.dtype)
+
+
+def _constant_sections(program: Program, values: np.ndarray) -> list[dict]:
+    return [{"constant": k, "rows": _rows(values[k.offset:k.offset + k.size], program.dtype)}
+            for k in program.deployment.constants]
+
+
+def _rows(values: np.ndarray, dtype: str) -> list[str]:
+    literals = [c_hex_float(v, dtype) for v in values.tolist()]
+    return [", ".join(literals[i:i + LITERALS_PER_LINE]) for i in range(0, len(literals), LITERALS_PER_LINE)]
 
 
 @dataclass(frozen=True)
@@ -106,8 +136,12 @@ def render_emit(spec, weights=None, inference_only: bool = False, batch: int = 1
         raise ValueError(f"spec '{model}' has no parameters: there are no weights to emit")
 
     memory = plan(program)
+    constants = np.zeros(0, np.dtype(program.dtype))
     if inference_only:
         rendered = inference_program(program, memory, batch, weights=flat is not None)
+        if flat is not None:
+            folded, constants = fold_constants(rendered, flat)
+            rendered = replace(rendered, deployment=replace(rendered.deployment, constants=folded))
     else:
         rendered = replace(program, deployment=Deployment(weights=flat is not None))
     sources = render(rendered, spec.path)
@@ -128,7 +162,8 @@ def render_emit(spec, weights=None, inference_only: bool = False, batch: int = 1
     env = environment(program.backend)
     if flat is not None:
         texts[f"{model}_weights.c"] = env.get_template("emit/weights.c.j2").render(
-            context, sections=_weight_sections(program, flat))
+            context, sections=_weight_sections(program, flat),
+            constant_sections=_constant_sections(rendered, constants))
     texts[f"{EXAMPLE}.c"] = env.get_template("emit/main.c.j2").render(context)
     texts["Makefile"] = env.get_template("emit/Makefile.j2").render(context)
     texts["README.md"] = env.get_template("emit/README.md.j2").render(context)

@@ -136,14 +136,38 @@ class Loss:
 
 
 @dataclass(frozen=True)
+class Constant:
+    """What an inference build with compiled-in weights reads instead of some of an op's
+    parameters: values emit derives from them (LayerKind.fold), at `offset` of NAME_constants[]."""
+    op: str
+    role: str  # the kernel argument it binds: batchnorm's scale, shift
+    offset: int
+    size: int
+    folded: tuple[str, ...]  # the parameter roles it replaces
+
+    @property
+    def macro(self) -> str:
+        return f"K_{self.op}_{self.role}".upper()
+
+
+@dataclass(frozen=True)
 class Deployment:
     """How a standalone build (`cnncc emit`) differs from the Python module's build: an
     inference-only build has a fixed batch and one static arena (memplan.py); `weights`
-    declares the emitted `NAME_weights[]` in NAME.h. The default is the Python module."""
+    declares the emitted `NAME_weights[]` in NAME.h, and `constants` the `NAME_constants[]` an
+    inference build derives from them (emit.py). The default is the Python module."""
     inference_only: bool = False
     weights: bool = False
     batch: int = 0  # inference-only: the samples every forward call processes
     arena_size: int = 0  # inference-only: elements of the arena (planned activations + workspace)
+    constants: tuple[Constant, ...] = ()  # inference-only with weights: in NAME_constants[]
+
+    @property
+    def constants_size(self) -> int:
+        return sum(k.size for k in self.constants)
+
+    def constants_of(self, op: str) -> tuple[Constant, ...]:
+        return tuple(k for k in self.constants if k.op == op)
 
 
 @dataclass(frozen=True)

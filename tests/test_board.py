@@ -6,6 +6,8 @@ on the device exactly as the host does. The device tests need arm-none-eabi-gcc 
 and qemu-system-arm: skipped locally without them, a failure in CI (tests/tools.py).
 """
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +146,9 @@ def test_every_spec_runs_on_the_m4(spec, tmp_path, build_dir):
     assert symbols[f"{project.program.name}_weights"] == predicted["weight_bytes"]
     for b in project.buffers:
         assert symbols[b.name] == b.bytes, b.name
-    assert project.flash_data == model.flat_params.nbytes
+    constants = project.program.deployment.constants_size * model.flat_params.itemsize  # batchnorm's, folded
+    assert project.flash_data == model.flat_params.nbytes + constants
+    assert symbols.get(f"{project.program.name}_constants", 0) == constants
     assert sections[".rodata"] >= project.flash_data and sections[".bss"] >= project.buffer_bytes
     assert 0 < result.stack_used < board.stack_bytes
     ticks = result.ticks
@@ -165,6 +169,41 @@ def test_weights_read_through_semihosting(tmp_path, build_dir):
     (tmp_path / "weights.bin").write_bytes(model.flat_params.tobytes()[:-4])  # one value short
     with pytest.raises(RuntimeError, match="weights.bin must hold exactly 756 values"):
         infer_on_device(project, x)
+
+
+# What single-precision C must never call on the M4: the software double routines of libgcc and
+# the double math functions (sqrt: batchnorm's old 1/sqrt((double)var + eps) on every call).
+DOUBLE_ROUTINE = re.compile(r"__aeabi_d\w+|__aeabi_\w+2d|sqrt|exp|log|tanh|pow|__ieee754_\w+")
+
+
+@pytest.mark.parametrize("weights", ["compiled", "read"])
+@pytest.mark.parametrize("spec", ["lenet5", "ds_cnn"])
+def test_inference_builds_call_no_double_routine(spec, weights, tmp_path, build_dir):
+    """An inference build computes in single precision: arm-none-eabi-nm finds no __aeabi_d*
+    routine nor a double math function in the ELF, with batchnorm folded at emit time (weights
+    compiled in) or computed from weights read at run time, and the outputs still match."""
+    need_toolchain()
+    board = board_named(BOARD)
+    path = ROOT / f"specs/{spec}.yaml"
+    model = cnncc.compile(path, build_dir=build_dir).init(5)
+    rng = np.random.default_rng(6)
+    for key, view in model.params.items():  # running statistics that are not the identity
+        if key.endswith("running_mean"):
+            view[...] = rng.normal(0, 0.2, view.shape)
+        elif key.endswith("running_var"):
+            view[...] = rng.uniform(0.5, 2.0, view.shape)
+    model.save(tmp_path / "weights.npz")
+    compiled = tmp_path / "weights.npz" if weights == "compiled" else None
+    project = emit_board(path, tmp_path / "project", BOARD, compiled, inference_only=True)
+    elf = build(project.directory, board)
+    nm = subprocess.run([need_command(board.nm_tool.command, board.nm_tool.install), "--defined-only", str(elf)],
+                        capture_output=True, text=True, check=True).stdout
+    names = [line.split()[-1] for line in nm.splitlines() if line.strip()]
+    assert "main" in names and f"{project.program.name}_forward" in names  # nm read the whole program
+    assert [n for n in names if DOUBLE_ROUTINE.fullmatch(n)] == []
+    x = rng.standard_normal((2, *model.input_shape)).astype(np.float32)
+    outputs, _ = infer_on_device(project, x, params=None if compiled else model.flat_params)
+    assert_close(outputs, model.predict(x))
 
 
 PLAIN_SGD = {**ADAM_NET, "name": "plain_sgd", "optimizer": {"type": "sgd", "lr": 0.05}}  # no optimizer state

@@ -174,6 +174,38 @@ def test_clang(cases, tmp_path):
         list(pool.map(build_and_check, jobs))
 
 
+def test_inference_builds_have_no_double_arithmetic(cases, tmp_path):
+    """A float32 inference build computes in single precision and has no training code: with the
+    weights compiled in (batchnorm folded at emit time) or read at run time, every file compiles
+    without one implicit float/double conversion, and its outputs still match Model.predict."""
+    jobs = [(case, compiled) for case in cases.values() for compiled in (True, False)]
+    assert {np.dtype(c.model.dtype) for c in cases.values()} == {np.dtype(np.float32)}
+
+    def build_and_check(job):
+        case, compiled = job
+        if compiled:
+            directory = fresh_copy(case.dirs["inference"], tmp_path / f"{case.name}-compiled")
+        else:
+            directory = emit(case.spec, tmp_path / f"{case.name}-read", inference_only=True).directory
+        source = (directory / f"{case.name}.c").read_text()
+        assert "training" not in source and "uniform01" not in source, case.name
+        if compiled:  # batchnorm reads its folded scale and shift: no statistics left to normalise
+            assert "REAL_SQRT(running_var" not in source and "EPS" not in source, case.name
+        make(directory, STRICT + ["-O2", "-Wdouble-promotion", "-Wfloat-conversion"])
+        if compiled:
+            check_outputs(case, directory)
+            return
+        flat = np.concatenate([case.model.params[p.key].ravel() for p in case.model.program.params])
+        flat.tofile(directory / "w.bin")
+        expected = case.expected.reshape(len(case.expected), -1)
+        got, _ = parse_output(_run([directory / "main", directory / "w.bin", case.inputs]).stdout, expected.shape[1])
+        np.testing.assert_allclose(got, expected, rtol=FLOAT32_RTOL, atol=FLOAT32_RTOL * np.abs(expected).max(),
+                                   err_msg=case.name)
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(build_and_check, jobs))
+
+
 def test_weights_are_bit_exact(cases, tmp_path):
     """The literals parse back to the saved float32 bits, in Python and through a C program."""
     dump = tmp_path / "dump.c"

@@ -12,11 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..cvalues import c_comment, c_ident
+from ..layers import REGISTRY
 from .plan import PARAM_ROLES
 
 BUFFERS = ("acts", "grad_acts", "params", "grads", "workspace")  # the entry points' locals
 SCALARS = ("input", "batch", "training", "seed")  # the entry points' parameters
-WRITTEN_PARAMS = ("running_mean", "running_var")  # parameters a forward updates
+WRITTEN_PARAMS = ("running_mean", "running_var")  # parameters a training forward updates
+TRAINING_ONLY = ("training", "seed")  # what no kernel of an inference build reads
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def _param(p, buffer: str) -> tuple[str, tuple[str, ...]]:
     return f"{buffer} + {c_ident(p.macro)}", (buffer,)
 
 
-def _bind_role(op, role: str) -> list[Argument]:
+def _bind_role(op, role: str, inference: bool = False) -> list[Argument]:
     ws = f"workspace + WS_{c_ident(op.name.upper())}"
     scratch_comment = c_comment(f"{op.workspace_size} elements of workspace")
     if role == "out":
@@ -90,7 +92,7 @@ def _bind_role(op, role: str) -> list[Argument]:
         return [Argument("dout", "const real *restrict dout", value, _describe(op.output), uses)]
     if role in PARAM_ROLES:
         p = op.params[role]
-        const = "" if role in WRITTEN_PARAMS else "const "
+        const = "" if role in WRITTEN_PARAMS and not inference else "const "
         return [Argument(role, f"{const}real *restrict {role}", *_pair(_param(p, "params"), _shape(p)))]
     if role.startswith("d") and role[1:] in PARAM_ROLES:
         p = op.params[role[1:]]
@@ -135,12 +137,29 @@ def _shape(p) -> str:
 
 def bind(program, op, direction: str) -> Arguments:
     """The arguments of an op's forward or backward kernel in `program`. An inference-only build
-    has no gradients: a role that would read one (a maxpool's argmax) is left out."""
+    has no gradients, no training flag and no random stream: a role that would read one (a
+    maxpool's argmax, dropout's seed) is left out, and so is what the layer kind reads only in
+    training (batchnorm's saved statistics). It writes no parameter, so every parameter is const;
+    with compiled-in weights, a layer's folded parameters are replaced by their constants."""
     roles = op.plan.forward_args if direction == "forward" else op.plan.backward_args
-    bound = [a for role in roles for a in _bind_role(op, role)]
-    if program.deployment.inference_only:
-        bound = [a for a in bound if "grad_acts" not in a.uses]
+    if not program.deployment.inference_only:
+        return Arguments(a for role in roles for a in _bind_role(op, role))
+    skipped = TRAINING_ONLY + REGISTRY[op.kind].training_only_roles
+    constants = program.deployment.constants_of(op.name)
+    folded = {role for k in constants for role in k.folded}
+    bound = []
+    for role in roles:
+        if role in skipped or role in folded:
+            if constants and role == constants[0].folded[0]:  # the constants take the first one's place
+                bound += [_constant(program, k) for k in constants]
+            continue
+        bound += [a for a in _bind_role(op, role, inference=True) if "grad_acts" not in a.uses]
     return Arguments(bound)
+
+
+def _constant(program, k) -> Argument:
+    return Argument(k.role, f"const real *restrict {k.role}", f"{c_ident(program.name)}_constants + {c_ident(k.macro)}",
+                    c_comment(f"{k.op}.{k.role} [{k.size}], from {', '.join(k.folded)}"), ())
 
 
 def uses(program, ops, direction: str) -> frozenset[str]:

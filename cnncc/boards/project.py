@@ -44,7 +44,9 @@ class BoardProject:
     emitted: Emitted
     board: Board
     buffers: tuple[Buffer, ...]
-    flash_data: int  # bytes of const data the model puts in flash: the weights, when compiled in
+    # bytes of const data the model puts in flash, when its weights are compiled in: the weights
+    # and the constants an inference build folds from them (batchnorm's scale and shift)
+    flash_data: int
 
     @property
     def directory(self) -> Path:
@@ -121,7 +123,7 @@ def emit_board(spec, out_dir, board: str, weights=None, inference_only: bool = F
         raise ValueError(f"spec '{model}' has no {'loss' if program.loss is None else 'parameters'}, so it cannot "
                          "train on the board: use --inference-only")
     listed = buffers(program, batch)
-    flash_data = program.num_params * program.itemsize if rendered.weights else 0
+    flash_data = (program.num_params + program.deployment.constants_size) * program.itemsize if rendered.weights else 0
     check_fits(target, model, sum(b.bytes for b in listed), flash_data)
 
     env = environment(program.backend)

@@ -53,14 +53,16 @@ class Sigmoid(_Elementwise):
     kind = "sigmoid"
     doc = "1 / (1 + exp(-x))"
     is_logistic = True
-    forward_expr = "1 / (1 + exp(-x))"
+    # REAL_EXP: exp, or expf in a float32 inference build (templates/model.c.j2); the cast says
+    # where a double result rounds to real
+    forward_expr = "(real)(1 / (1 + REAL_EXP(-x)))"
     backward_expr = "dy * y * (1 - y)"
 
 
 class Tanh(_Elementwise):
     kind = "tanh"
     doc = "tanh(x)"
-    forward_expr = "tanh(x)"
+    forward_expr = "(real)REAL_TANH(x)"
     backward_expr = "dy * (1 - y * y)"
 
 

@@ -167,6 +167,20 @@ class LayerKind:
         """Elements of memory (independent of the batch) its forward keeps for its backward."""
         return 0
 
+    # --- inference builds (cnncc emit --inference-only) -----------------------------------
+    # Kernel argument roles its forward reads only when training (what it keeps for backward):
+    # an inference build binds them not at all (backends/arguments.py).
+    training_only_roles: ClassVar[tuple[str, ...]] = ()
+    # Parameters an inference build with compiled-in weights replaces by constants derived from
+    # them at emit time (`fold`), so the device never recomputes them (batchnorm's scale, shift).
+    folded_params: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def fold(cls, settings: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """The constants (role -> NumPy array in the parameters' dtype) that replace
+        `folded_params`, from the plan's settings and the parameters' values (role -> array)."""
+        return {}
+
 
 def explain_params(decls: list[ParamDecl]) -> str:
     """'5*5*3*8 + 8 = 608' from the declared parameter shapes."""

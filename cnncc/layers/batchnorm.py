@@ -1,9 +1,13 @@
 """batchnorm: per-channel normalisation with learned scale and shift.
 
 Training uses the batch's mean and (biased) variance and updates running averages with
-the spec's momentum (unbiased variance, as PyTorch); inference uses the running averages.
+the spec's momentum (unbiased variance, as PyTorch); inference uses the running averages, as a
+per-channel scale and shift: computed by the forward from the parameters (the Python module, a
+build reading its weights at run time), or at emit time from compiled-in weights (`fold`).
 """
 from __future__ import annotations
+
+import numpy as np
 
 from .. import fields as F
 from .base import LayerKind, ParamDecl, as_chw
@@ -36,3 +40,19 @@ class BatchNorm(LayerKind):
 
     def workspace(self, inputs, output):
         return 2 * inputs[0][0]  # the batch mean and 1/sqrt(var + eps), kept for backward
+
+    training_only_roles = ("scratch",)  # the statistics kept for backward
+    folded_params = ("gamma", "beta", "running_mean", "running_var")
+
+    @classmethod
+    def fold(cls, settings, params):
+        """scale = gamma / sqrt(running_var + eps), shift = beta - running_mean * scale, with the
+        roundings of the forward of the Python module (batchnorm.c.j2): eps rounded to the dtype,
+        1/sqrt in float64 rounded once, the rest in the dtype. So the folded build computes
+        exactly what Model.predict does."""
+        dtype = params["gamma"].dtype
+        eps = float(dtype.type(settings["eps"]))
+        with np.errstate(all="ignore"):  # a non-positive variance gives a non-finite scale, refused by emit
+            inv_std = (1.0 / np.sqrt(params["running_var"].astype(np.float64) + eps)).astype(dtype)
+        scale = params["gamma"] * inv_std
+        return {"scale": scale, "shift": params["beta"] - params["running_mean"] * scale}

@@ -24,15 +24,8 @@ CLANG_WARNINGS_OFF = {
     "-Wno-declaration-after-statement": "a C89 rule; C99 allows declarations after statements",
     "-Wno-sign-conversion": "kernels index with int dimensions and size_t batch offsets mixed; every "
                             "value is non-negative and below check.MAX_TENSOR_ELEMENTS",
-    "-Wno-double-promotion": "float32 kernels sum in double on purpose (losses, batchnorm statistics) "
-                             "and call the double math functions (exp, log)",
-    "-Wno-implicit-int-float-conversion": "counts (a batch, a batchnorm's elements) divide sums as "
-                                          "floats; they are far below 2^24",
-    "-Wno-implicit-float-conversion": "a double result (exp of a float32 sigmoid) stored as float32",
     "-Wno-padded": "informational: the padding a compiler puts in a struct (taps, the header's "
                    "hyper-parameters), not a defect",
-    "-Wno-cast-qual": "an inference build hands its const parameters to kernels whose training form "
-                      "updates batchnorm statistics (which inference never does)",
     "-Wno-unused-macros": "offsets are defined for every workspace, and an inference build's forward "
                           "reads only some (a conv's scratch may serve only its backward)",
     "-Wno-unused-function": "ISO C has no way to mark a static helper unused, and a network calls "

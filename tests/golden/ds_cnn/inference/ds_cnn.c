@@ -16,6 +16,12 @@
 
 typedef float real;
 
+/* The math functions of real: an inference build computes in single precision throughout (a
+   Cortex-M4's FPU has no double: a double would call software routines). */
+#define REAL_EXP(v) expf(v)
+#define REAL_TANH(v) tanhf(v)
+#define REAL_SQRT(v) sqrtf(v)
+
 /* Parameter offsets into params and grads. */
 #define P_CONV1_WEIGHT ((size_t)0) /* [64, 1, 10, 4] */
 #define P_CONV1_BIAS ((size_t)2560) /* [64] */
@@ -170,17 +176,6 @@ HELPER_INLINE int ds_cnn_window_end(int origin, int n, int k)
     return n - origin < k ? n - origin : k;
 }
 
-/* A counter-based random number in [0, 1) (splitmix64): dropout masks are a pure function of
-   (seed, layer, element), so backward recomputes them instead of storing them. */
-HELPER_INLINE double ds_cnn_uniform01(uint64_t seed, uint64_t salt, uint64_t index)
-{
-    uint64_t z = seed ^ (salt * 0x9E3779B97F4A7C15ULL) ^ (index * 0xBF58476D1CE4E5B9ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z ^= z >> 31;
-    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
-}
-
 int ds_cnn_set_threads(int threads)
 {
 #if defined(_OPENMP)
@@ -232,7 +227,7 @@ enum {
    compile-time constants (an OpenMP loop body is a separate function that gets them at run time). */
 /* Below about two million multiply-adds (a few hundred microseconds) waking the threads costs
    more than it saves: the per-sample products of small networks stay on one thread. */
-#define PARALLEL_MIN_MACS 2097152.0
+#define PARALLEL_MIN_MACS 2097152
 #if defined(_OPENMP)
 #define PARALLEL_FOR _Pragma("omp parallel for schedule(static)")
 #else
@@ -254,7 +249,7 @@ enum {
 #define PARALLEL_FOR_SAMPLES
 #endif
 
-KERNEL_INLINE int ds_cnn_worth_threads(double macs, int blocks)
+KERNEL_INLINE int ds_cnn_worth_threads(uint64_t macs, int blocks)
 {
 #if defined(_OPENMP)
     return macs >= PARALLEL_MIN_MACS && blocks > 1 && omp_get_max_threads() > 1 && omp_get_level() == 0;
@@ -404,7 +399,7 @@ KERNEL_INLINE void ds_cnn_gemm_nn_taps(int N, const real *restrict a, taps at, p
                                 taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
     const int M = at.CH * at.KH * at.KW, blocks = (N + NN_COLS - 1) / NN_COLS;
-    if (ds_cnn_worth_threads((double)M * N * (bt.CH * bt.KH * bt.KW), blocks)) {
+    if (ds_cnn_worth_threads((uint64_t)M * N * (bt.CH * bt.KH * bt.KW), blocks)) {
         PARALLEL_FOR
         for (int block = 0; block < blocks; block++)
             ds_cnn_gemm_nn_strip(block, M, N, a, at, a_col, b, bt, c, ldc, accumulate);
@@ -481,7 +476,7 @@ KERNEL_INLINE void ds_cnn_gemm_nt_taps(int M, int K, const real *restrict a, ptr
                                 taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
     const int blocks = M / NT_ROWS;
-    if (ds_cnn_worth_threads((double)M * K * (bt.CH * bt.KH * bt.KW), blocks)) {
+    if (ds_cnn_worth_threads((uint64_t)M * K * (bt.CH * bt.KH * bt.KW), blocks)) {
         PARALLEL_FOR
         for (int block = 0; block < blocks; block++)
             ds_cnn_gemm_nt_rows(NT_ROWS, K, a + block * NT_ROWS * lda, lda, b, bt, c + block * NT_ROWS * ldc, ldc, accumulate);
@@ -663,54 +658,24 @@ static void ds_cnn_conv1_forward(
 /* ---- conv1_bn: batchnorm forward (spec line 11)
  * conv1 [N, 64, 25, 5] -> conv1_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void ds_cnn_conv1_bn_forward(
     real *restrict out,                     /* conv1_bn [N, 64, 25, 5] */
     const real *restrict in,                /* conv1 [N, 64, 25, 5] */
     const real *restrict gamma,             /* conv1_bn.gamma [64] */
     const real *restrict beta,              /* conv1_bn.beta [64] */
-    real *restrict running_mean,            /* conv1_bn.running_mean [64] */
-    real *restrict running_var,             /* conv1_bn.running_var [64] */
-    real *restrict scratch,                 /* 128 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* conv1_bn.running_mean [64] */
+    const real *restrict running_var,       /* conv1_bn.running_var [64] */
+    size_t batch)
 {
     enum {
         C = 64,
         SPATIAL = 125
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -739,27 +704,17 @@ static void ds_cnn_conv1_relu_forward(
 
 /* ---- drop1: dropout forward (spec line 13)
  * conv1_relu [N, 64, 25, 5] -> drop1 [N, 64, 25, 5]
- * training: out[i] = keep(i) ? in[i] * SCALE : 0, keep(i) = uniform(seed, layer, i) >= RATE;
- *   inference: out = in
+ * out = in (dropout drops nothing at inference)
  */
 static void ds_cnn_drop1_forward(
     real *restrict out,                     /* drop1 [N, 64, 25, 5] */
     const real *restrict in,                /* conv1_relu [N, 64, 25, 5] */
-    size_t batch,
-    int training,
-    uint64_t seed)
+    size_t batch)
 {
     enum {
         SIZE = 8000
     };
-    const double RATE = 0.2;
-    const real SCALE = (real)1.25;
-    if (!training) {
-        memcpy(out, in, sizeof(real) * batch * SIZE);
-        return;
-    }
-    for (size_t i = 0; i < batch * SIZE; i++)
-        out[i] = ds_cnn_uniform01(seed, 8000u, i) >= RATE ? in[i] * SCALE : 0;
+    memcpy(out, in, sizeof(real) * batch * SIZE);
 }
 
 /* ---- dw1: conv2d forward (spec line 14)
@@ -851,54 +806,24 @@ static void ds_cnn_dw1_forward(
 /* ---- dw1_bn: batchnorm forward (spec line 15)
  * dw1 [N, 64, 25, 5] -> dw1_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void ds_cnn_dw1_bn_forward(
     real *restrict out,                     /* dw1_bn [N, 64, 25, 5] */
     const real *restrict in,                /* dw1 [N, 64, 25, 5] */
     const real *restrict gamma,             /* dw1_bn.gamma [64] */
     const real *restrict beta,              /* dw1_bn.beta [64] */
-    real *restrict running_mean,            /* dw1_bn.running_mean [64] */
-    real *restrict running_var,             /* dw1_bn.running_var [64] */
-    real *restrict scratch,                 /* 128 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* dw1_bn.running_mean [64] */
+    const real *restrict running_var,       /* dw1_bn.running_var [64] */
+    size_t batch)
 {
     enum {
         C = 64,
         SPATIAL = 125
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -1000,54 +925,24 @@ static void ds_cnn_pw1_forward(
 /* ---- pw1_bn: batchnorm forward (spec line 18)
  * pw1 [N, 64, 25, 5] -> pw1_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void ds_cnn_pw1_bn_forward(
     real *restrict out,                     /* pw1_bn [N, 64, 25, 5] */
     const real *restrict in,                /* pw1 [N, 64, 25, 5] */
     const real *restrict gamma,             /* pw1_bn.gamma [64] */
     const real *restrict beta,              /* pw1_bn.beta [64] */
-    real *restrict running_mean,            /* pw1_bn.running_mean [64] */
-    real *restrict running_var,             /* pw1_bn.running_var [64] */
-    real *restrict scratch,                 /* 128 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* pw1_bn.running_mean [64] */
+    const real *restrict running_var,       /* pw1_bn.running_var [64] */
+    size_t batch)
 {
     enum {
         C = 64,
         SPATIAL = 125
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -1163,54 +1058,24 @@ static void ds_cnn_dw2_forward(
 /* ---- dw2_bn: batchnorm forward (spec line 21)
  * dw2 [N, 64, 25, 5] -> dw2_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void ds_cnn_dw2_bn_forward(
     real *restrict out,                     /* dw2_bn [N, 64, 25, 5] */
     const real *restrict in,                /* dw2 [N, 64, 25, 5] */
     const real *restrict gamma,             /* dw2_bn.gamma [64] */
     const real *restrict beta,              /* dw2_bn.beta [64] */
-    real *restrict running_mean,            /* dw2_bn.running_mean [64] */
-    real *restrict running_var,             /* dw2_bn.running_var [64] */
-    real *restrict scratch,                 /* 128 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* dw2_bn.running_mean [64] */
+    const real *restrict running_var,       /* dw2_bn.running_var [64] */
+    size_t batch)
 {
     enum {
         C = 64,
         SPATIAL = 125
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -1312,54 +1177,24 @@ static void ds_cnn_pw2_forward(
 /* ---- pw2_bn: batchnorm forward (spec line 24)
  * pw2 [N, 64, 25, 5] -> pw2_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void ds_cnn_pw2_bn_forward(
     real *restrict out,                     /* pw2_bn [N, 64, 25, 5] */
     const real *restrict in,                /* pw2 [N, 64, 25, 5] */
     const real *restrict gamma,             /* pw2_bn.gamma [64] */
     const real *restrict beta,              /* pw2_bn.beta [64] */
-    real *restrict running_mean,            /* pw2_bn.running_mean [64] */
-    real *restrict running_var,             /* pw2_bn.running_var [64] */
-    real *restrict scratch,                 /* 128 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* pw2_bn.running_mean [64] */
+    const real *restrict running_var,       /* pw2_bn.running_var [64] */
+    size_t batch)
 {
     enum {
         C = 64,
         SPATIAL = 125
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -1475,54 +1310,24 @@ static void ds_cnn_dw3_forward(
 /* ---- dw3_bn: batchnorm forward (spec line 27)
  * dw3 [N, 64, 25, 5] -> dw3_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void ds_cnn_dw3_bn_forward(
     real *restrict out,                     /* dw3_bn [N, 64, 25, 5] */
     const real *restrict in,                /* dw3 [N, 64, 25, 5] */
     const real *restrict gamma,             /* dw3_bn.gamma [64] */
     const real *restrict beta,              /* dw3_bn.beta [64] */
-    real *restrict running_mean,            /* dw3_bn.running_mean [64] */
-    real *restrict running_var,             /* dw3_bn.running_var [64] */
-    real *restrict scratch,                 /* 128 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* dw3_bn.running_mean [64] */
+    const real *restrict running_var,       /* dw3_bn.running_var [64] */
+    size_t batch)
 {
     enum {
         C = 64,
         SPATIAL = 125
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -1624,54 +1429,24 @@ static void ds_cnn_pw3_forward(
 /* ---- pw3_bn: batchnorm forward (spec line 30)
  * pw3 [N, 64, 25, 5] -> pw3_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void ds_cnn_pw3_bn_forward(
     real *restrict out,                     /* pw3_bn [N, 64, 25, 5] */
     const real *restrict in,                /* pw3 [N, 64, 25, 5] */
     const real *restrict gamma,             /* pw3_bn.gamma [64] */
     const real *restrict beta,              /* pw3_bn.beta [64] */
-    real *restrict running_mean,            /* pw3_bn.running_mean [64] */
-    real *restrict running_var,             /* pw3_bn.running_var [64] */
-    real *restrict scratch,                 /* 128 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* pw3_bn.running_mean [64] */
+    const real *restrict running_var,       /* pw3_bn.running_var [64] */
+    size_t batch)
 {
     enum {
         C = 64,
         SPATIAL = 125
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -1787,54 +1562,24 @@ static void ds_cnn_dw4_forward(
 /* ---- dw4_bn: batchnorm forward (spec line 33)
  * dw4 [N, 64, 25, 5] -> dw4_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void ds_cnn_dw4_bn_forward(
     real *restrict out,                     /* dw4_bn [N, 64, 25, 5] */
     const real *restrict in,                /* dw4 [N, 64, 25, 5] */
     const real *restrict gamma,             /* dw4_bn.gamma [64] */
     const real *restrict beta,              /* dw4_bn.beta [64] */
-    real *restrict running_mean,            /* dw4_bn.running_mean [64] */
-    real *restrict running_var,             /* dw4_bn.running_var [64] */
-    real *restrict scratch,                 /* 128 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* dw4_bn.running_mean [64] */
+    const real *restrict running_var,       /* dw4_bn.running_var [64] */
+    size_t batch)
 {
     enum {
         C = 64,
         SPATIAL = 125
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -1936,54 +1681,24 @@ static void ds_cnn_pw4_forward(
 /* ---- pw4_bn: batchnorm forward (spec line 36)
  * pw4 [N, 64, 25, 5] -> pw4_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void ds_cnn_pw4_bn_forward(
     real *restrict out,                     /* pw4_bn [N, 64, 25, 5] */
     const real *restrict in,                /* pw4 [N, 64, 25, 5] */
     const real *restrict gamma,             /* pw4_bn.gamma [64] */
     const real *restrict beta,              /* pw4_bn.beta [64] */
-    real *restrict running_mean,            /* pw4_bn.running_mean [64] */
-    real *restrict running_var,             /* pw4_bn.running_var [64] */
-    real *restrict scratch,                 /* 128 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* pw4_bn.running_mean [64] */
+    const real *restrict running_var,       /* pw4_bn.running_var [64] */
+    size_t batch)
 {
     enum {
         C = 64,
         SPATIAL = 125
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -2012,27 +1727,17 @@ static void ds_cnn_pw4_relu_forward(
 
 /* ---- drop2: dropout forward (spec line 38)
  * pw4_relu [N, 64, 25, 5] -> drop2 [N, 64, 25, 5]
- * training: out[i] = keep(i) ? in[i] * SCALE : 0, keep(i) = uniform(seed, layer, i) >= RATE;
- *   inference: out = in
+ * out = in (dropout drops nothing at inference)
  */
 static void ds_cnn_drop2_forward(
     real *restrict out,                     /* drop2 [N, 64, 25, 5] */
     const real *restrict in,                /* pw4_relu [N, 64, 25, 5] */
-    size_t batch,
-    int training,
-    uint64_t seed)
+    size_t batch)
 {
     enum {
         SIZE = 8000
     };
-    const double RATE = 0.4;
-    const real SCALE = (real)1.6666666666666667;
-    if (!training) {
-        memcpy(out, in, sizeof(real) * batch * SIZE);
-        return;
-    }
-    for (size_t i = 0; i < batch * SIZE; i++)
-        out[i] = ds_cnn_uniform01(seed, 0u, i) >= RATE ? in[i] * SCALE : 0;
+    memcpy(out, in, sizeof(real) * batch * SIZE);
 }
 
 /* ---- pool: avgpool2d forward (spec line 39)
@@ -2107,43 +1812,39 @@ static void ds_cnn_fc_forward(
 void ds_cnn_forward(const ds_cnn_context *ctx, const real *input)
 {
     real *acts = ctx->arena;
-    /* Inference never writes the parameters (batchnorm updates its statistics only in training),
-       so dropping the const that lets them live in flash is safe. */
-    real *params = (real *)ctx->params;
+    const real *params = ctx->params;   /* inference writes no parameter: they may stay in flash */
     real *workspace = ctx->arena + (size_t)DS_CNN_ACTIVATIONS_PER_SAMPLE * DS_CNN_BATCH;   /* after the activations */
     const size_t batch = DS_CNN_BATCH;
-    const int training = 0;
-    const uint64_t seed = 0;
 
     ds_cnn_conv1_forward(acts + A_CONV1 * batch, input, params + P_CONV1_WEIGHT, params + P_CONV1_BIAS, workspace + WS_CONV1, batch);
-    ds_cnn_conv1_bn_forward(acts + A_CONV1_BN * batch, acts + A_CONV1 * batch, params + P_CONV1_BN_GAMMA, params + P_CONV1_BN_BETA, params + P_CONV1_BN_RUNNING_MEAN, params + P_CONV1_BN_RUNNING_VAR, workspace + WS_CONV1_BN, batch, training);
+    ds_cnn_conv1_bn_forward(acts + A_CONV1_BN * batch, acts + A_CONV1 * batch, params + P_CONV1_BN_GAMMA, params + P_CONV1_BN_BETA, params + P_CONV1_BN_RUNNING_MEAN, params + P_CONV1_BN_RUNNING_VAR, batch);
     ds_cnn_conv1_relu_forward(acts + A_CONV1_RELU * batch, acts + A_CONV1_BN * batch, batch);
-    ds_cnn_drop1_forward(acts + A_DROP1 * batch, acts + A_CONV1_RELU * batch, batch, training, seed);
+    ds_cnn_drop1_forward(acts + A_DROP1 * batch, acts + A_CONV1_RELU * batch, batch);
     ds_cnn_dw1_forward(acts + A_DW1 * batch, acts + A_DROP1 * batch, params + P_DW1_WEIGHT, params + P_DW1_BIAS, workspace + WS_DW1, batch);
-    ds_cnn_dw1_bn_forward(acts + A_DW1_BN * batch, acts + A_DW1 * batch, params + P_DW1_BN_GAMMA, params + P_DW1_BN_BETA, params + P_DW1_BN_RUNNING_MEAN, params + P_DW1_BN_RUNNING_VAR, workspace + WS_DW1_BN, batch, training);
+    ds_cnn_dw1_bn_forward(acts + A_DW1_BN * batch, acts + A_DW1 * batch, params + P_DW1_BN_GAMMA, params + P_DW1_BN_BETA, params + P_DW1_BN_RUNNING_MEAN, params + P_DW1_BN_RUNNING_VAR, batch);
     ds_cnn_dw1_relu_forward(acts + A_DW1_RELU * batch, acts + A_DW1_BN * batch, batch);
     ds_cnn_pw1_forward(acts + A_PW1 * batch, acts + A_DW1_RELU * batch, params + P_PW1_WEIGHT, params + P_PW1_BIAS, batch);
-    ds_cnn_pw1_bn_forward(acts + A_PW1_BN * batch, acts + A_PW1 * batch, params + P_PW1_BN_GAMMA, params + P_PW1_BN_BETA, params + P_PW1_BN_RUNNING_MEAN, params + P_PW1_BN_RUNNING_VAR, workspace + WS_PW1_BN, batch, training);
+    ds_cnn_pw1_bn_forward(acts + A_PW1_BN * batch, acts + A_PW1 * batch, params + P_PW1_BN_GAMMA, params + P_PW1_BN_BETA, params + P_PW1_BN_RUNNING_MEAN, params + P_PW1_BN_RUNNING_VAR, batch);
     ds_cnn_pw1_relu_forward(acts + A_PW1_RELU * batch, acts + A_PW1_BN * batch, batch);
     ds_cnn_dw2_forward(acts + A_DW2 * batch, acts + A_PW1_RELU * batch, params + P_DW2_WEIGHT, params + P_DW2_BIAS, workspace + WS_DW2, batch);
-    ds_cnn_dw2_bn_forward(acts + A_DW2_BN * batch, acts + A_DW2 * batch, params + P_DW2_BN_GAMMA, params + P_DW2_BN_BETA, params + P_DW2_BN_RUNNING_MEAN, params + P_DW2_BN_RUNNING_VAR, workspace + WS_DW2_BN, batch, training);
+    ds_cnn_dw2_bn_forward(acts + A_DW2_BN * batch, acts + A_DW2 * batch, params + P_DW2_BN_GAMMA, params + P_DW2_BN_BETA, params + P_DW2_BN_RUNNING_MEAN, params + P_DW2_BN_RUNNING_VAR, batch);
     ds_cnn_dw2_relu_forward(acts + A_DW2_RELU * batch, acts + A_DW2_BN * batch, batch);
     ds_cnn_pw2_forward(acts + A_PW2 * batch, acts + A_DW2_RELU * batch, params + P_PW2_WEIGHT, params + P_PW2_BIAS, batch);
-    ds_cnn_pw2_bn_forward(acts + A_PW2_BN * batch, acts + A_PW2 * batch, params + P_PW2_BN_GAMMA, params + P_PW2_BN_BETA, params + P_PW2_BN_RUNNING_MEAN, params + P_PW2_BN_RUNNING_VAR, workspace + WS_PW2_BN, batch, training);
+    ds_cnn_pw2_bn_forward(acts + A_PW2_BN * batch, acts + A_PW2 * batch, params + P_PW2_BN_GAMMA, params + P_PW2_BN_BETA, params + P_PW2_BN_RUNNING_MEAN, params + P_PW2_BN_RUNNING_VAR, batch);
     ds_cnn_pw2_relu_forward(acts + A_PW2_RELU * batch, acts + A_PW2_BN * batch, batch);
     ds_cnn_dw3_forward(acts + A_DW3 * batch, acts + A_PW2_RELU * batch, params + P_DW3_WEIGHT, params + P_DW3_BIAS, workspace + WS_DW3, batch);
-    ds_cnn_dw3_bn_forward(acts + A_DW3_BN * batch, acts + A_DW3 * batch, params + P_DW3_BN_GAMMA, params + P_DW3_BN_BETA, params + P_DW3_BN_RUNNING_MEAN, params + P_DW3_BN_RUNNING_VAR, workspace + WS_DW3_BN, batch, training);
+    ds_cnn_dw3_bn_forward(acts + A_DW3_BN * batch, acts + A_DW3 * batch, params + P_DW3_BN_GAMMA, params + P_DW3_BN_BETA, params + P_DW3_BN_RUNNING_MEAN, params + P_DW3_BN_RUNNING_VAR, batch);
     ds_cnn_dw3_relu_forward(acts + A_DW3_RELU * batch, acts + A_DW3_BN * batch, batch);
     ds_cnn_pw3_forward(acts + A_PW3 * batch, acts + A_DW3_RELU * batch, params + P_PW3_WEIGHT, params + P_PW3_BIAS, batch);
-    ds_cnn_pw3_bn_forward(acts + A_PW3_BN * batch, acts + A_PW3 * batch, params + P_PW3_BN_GAMMA, params + P_PW3_BN_BETA, params + P_PW3_BN_RUNNING_MEAN, params + P_PW3_BN_RUNNING_VAR, workspace + WS_PW3_BN, batch, training);
+    ds_cnn_pw3_bn_forward(acts + A_PW3_BN * batch, acts + A_PW3 * batch, params + P_PW3_BN_GAMMA, params + P_PW3_BN_BETA, params + P_PW3_BN_RUNNING_MEAN, params + P_PW3_BN_RUNNING_VAR, batch);
     ds_cnn_pw3_relu_forward(acts + A_PW3_RELU * batch, acts + A_PW3_BN * batch, batch);
     ds_cnn_dw4_forward(acts + A_DW4 * batch, acts + A_PW3_RELU * batch, params + P_DW4_WEIGHT, params + P_DW4_BIAS, workspace + WS_DW4, batch);
-    ds_cnn_dw4_bn_forward(acts + A_DW4_BN * batch, acts + A_DW4 * batch, params + P_DW4_BN_GAMMA, params + P_DW4_BN_BETA, params + P_DW4_BN_RUNNING_MEAN, params + P_DW4_BN_RUNNING_VAR, workspace + WS_DW4_BN, batch, training);
+    ds_cnn_dw4_bn_forward(acts + A_DW4_BN * batch, acts + A_DW4 * batch, params + P_DW4_BN_GAMMA, params + P_DW4_BN_BETA, params + P_DW4_BN_RUNNING_MEAN, params + P_DW4_BN_RUNNING_VAR, batch);
     ds_cnn_dw4_relu_forward(acts + A_DW4_RELU * batch, acts + A_DW4_BN * batch, batch);
     ds_cnn_pw4_forward(acts + A_PW4 * batch, acts + A_DW4_RELU * batch, params + P_PW4_WEIGHT, params + P_PW4_BIAS, batch);
-    ds_cnn_pw4_bn_forward(acts + A_PW4_BN * batch, acts + A_PW4 * batch, params + P_PW4_BN_GAMMA, params + P_PW4_BN_BETA, params + P_PW4_BN_RUNNING_MEAN, params + P_PW4_BN_RUNNING_VAR, workspace + WS_PW4_BN, batch, training);
+    ds_cnn_pw4_bn_forward(acts + A_PW4_BN * batch, acts + A_PW4 * batch, params + P_PW4_BN_GAMMA, params + P_PW4_BN_BETA, params + P_PW4_BN_RUNNING_MEAN, params + P_PW4_BN_RUNNING_VAR, batch);
     ds_cnn_pw4_relu_forward(acts + A_PW4_RELU * batch, acts + A_PW4_BN * batch, batch);
-    ds_cnn_drop2_forward(acts + A_DROP2 * batch, acts + A_PW4_RELU * batch, batch, training, seed);
+    ds_cnn_drop2_forward(acts + A_DROP2 * batch, acts + A_PW4_RELU * batch, batch);
     ds_cnn_pool_forward(acts + A_POOL * batch, acts + A_DROP2 * batch, batch);
     ds_cnn_fc_forward(acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, params + P_FC_BIAS, batch);
 }

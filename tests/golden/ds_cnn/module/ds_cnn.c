@@ -16,6 +16,12 @@
 
 typedef float real;
 
+/* The math functions of real: double ones (a float32 argument is evaluated in double, rounded
+   once when stored), the arithmetic tests/golden/digests.json pins for training. */
+#define REAL_EXP(v) exp((double)(v))
+#define REAL_TANH(v) tanh((double)(v))
+#define REAL_SQRT(v) sqrt((double)(v))
+
 /* Parameter offsets into params and grads. */
 #define P_CONV1_WEIGHT ((size_t)0) /* [64, 1, 10, 4] */
 #define P_CONV1_BIAS ((size_t)2560) /* [64] */
@@ -236,7 +242,7 @@ enum {
    compile-time constants (an OpenMP loop body is a separate function that gets them at run time). */
 /* Below about two million multiply-adds (a few hundred microseconds) waking the threads costs
    more than it saves: the per-sample products of small networks stay on one thread. */
-#define PARALLEL_MIN_MACS 2097152.0
+#define PARALLEL_MIN_MACS 2097152
 #if defined(_OPENMP)
 #define PARALLEL_FOR _Pragma("omp parallel for schedule(static)")
 #else
@@ -258,7 +264,7 @@ enum {
 #define PARALLEL_FOR_SAMPLES
 #endif
 
-KERNEL_INLINE int ds_cnn_worth_threads(double macs, int blocks)
+KERNEL_INLINE int ds_cnn_worth_threads(uint64_t macs, int blocks)
 {
 #if defined(_OPENMP)
     return macs >= PARALLEL_MIN_MACS && blocks > 1 && omp_get_max_threads() > 1 && omp_get_level() == 0;
@@ -408,7 +414,7 @@ KERNEL_INLINE void ds_cnn_gemm_nn_taps(int N, const real *restrict a, taps at, p
                                 taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
     const int M = at.CH * at.KH * at.KW, blocks = (N + NN_COLS - 1) / NN_COLS;
-    if (ds_cnn_worth_threads((double)M * N * (bt.CH * bt.KH * bt.KW), blocks)) {
+    if (ds_cnn_worth_threads((uint64_t)M * N * (bt.CH * bt.KH * bt.KW), blocks)) {
         PARALLEL_FOR
         for (int block = 0; block < blocks; block++)
             ds_cnn_gemm_nn_strip(block, M, N, a, at, a_col, b, bt, c, ldc, accumulate);
@@ -485,7 +491,7 @@ KERNEL_INLINE void ds_cnn_gemm_nt_taps(int M, int K, const real *restrict a, ptr
                                 taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
     const int blocks = M / NT_ROWS;
-    if (ds_cnn_worth_threads((double)M * K * (bt.CH * bt.KH * bt.KW), blocks)) {
+    if (ds_cnn_worth_threads((uint64_t)M * K * (bt.CH * bt.KH * bt.KW), blocks)) {
         PARALLEL_FOR
         for (int block = 0; block < blocks; block++)
             ds_cnn_gemm_nt_rows(NT_ROWS, K, a + block * NT_ROWS * lda, lda, b, bt, c + block * NT_ROWS * ldc, ldc, accumulate);
@@ -762,23 +768,23 @@ static void ds_cnn_conv1_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            const double var = sum_sq / (double)count;
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -815,17 +821,17 @@ static void ds_cnn_conv1_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -1128,23 +1134,23 @@ static void ds_cnn_dw1_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            const double var = sum_sq / (double)count;
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1181,17 +1187,17 @@ static void ds_cnn_dw1_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -1427,23 +1433,23 @@ static void ds_cnn_pw1_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            const double var = sum_sq / (double)count;
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1480,17 +1486,17 @@ static void ds_cnn_pw1_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -1749,23 +1755,23 @@ static void ds_cnn_dw2_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            const double var = sum_sq / (double)count;
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1802,17 +1808,17 @@ static void ds_cnn_dw2_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -2048,23 +2054,23 @@ static void ds_cnn_pw2_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            const double var = sum_sq / (double)count;
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -2101,17 +2107,17 @@ static void ds_cnn_pw2_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -2370,23 +2376,23 @@ static void ds_cnn_dw3_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            const double var = sum_sq / (double)count;
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -2423,17 +2429,17 @@ static void ds_cnn_dw3_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -2669,23 +2675,23 @@ static void ds_cnn_pw3_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            const double var = sum_sq / (double)count;
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -2722,17 +2728,17 @@ static void ds_cnn_pw3_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -2991,23 +2997,23 @@ static void ds_cnn_dw4_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            const double var = sum_sq / (double)count;
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -3044,17 +3050,17 @@ static void ds_cnn_dw4_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -3290,23 +3296,23 @@ static void ds_cnn_pw4_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            const double var = sum_sq / (double)count;
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -3343,17 +3349,17 @@ static void ds_cnn_pw4_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -3642,17 +3648,17 @@ static double ds_cnn_loss_softmax_cross_entropy(const real *restrict z, real *re
     double total = 0;
     for (size_t b = 0; b < batch; b++) {
         const real *restrict z_row = z + b * CLASSES;
-        double largest = z_row[0];
+        double largest = (double)z_row[0];
         for (int c = 1; c < CLASSES; c++)
-            largest = z_row[c] > largest ? z_row[c] : largest;
+            largest = (double)z_row[c] > largest ? (double)z_row[c] : largest;
         double sum = 0;
         for (int c = 0; c < CLASSES; c++)
-            sum += exp(z_row[c] - largest);
+            sum += exp((double)z_row[c] - largest);
         const double log_sum = largest + log(sum);
-        total += log_sum - z_row[labels[b]];
+        total += log_sum - (double)z_row[labels[b]];
         if (write_grad)
             for (int c = 0; c < CLASSES; c++)
-                dz[b * CLASSES + c] += (real)((exp(z_row[c] - log_sum) - (c == labels[b])) / (double)batch);
+                dz[b * CLASSES + c] += (real)((exp((double)z_row[c] - log_sum) - (c == labels[b])) / (double)batch);
     }
     return total / (double)batch;
 }

@@ -16,6 +16,12 @@
 
 typedef float real;
 
+/* The math functions of real: double ones (a float32 argument is evaluated in double, rounded
+   once when stored), the arithmetic tests/golden/digests.json pins for training. */
+#define REAL_EXP(v) exp((double)(v))
+#define REAL_TANH(v) tanh((double)(v))
+#define REAL_SQRT(v) sqrt((double)(v))
+
 /* Parameter offsets into params and grads. */
 #define P_ENC1_WEIGHT ((size_t)0) /* [8, 1, 3, 3] */
 #define P_ENC1_BIAS ((size_t)72) /* [8] */
@@ -152,7 +158,7 @@ enum {
    compile-time constants (an OpenMP loop body is a separate function that gets them at run time). */
 /* Below about two million multiply-adds (a few hundred microseconds) waking the threads costs
    more than it saves: the per-sample products of small networks stay on one thread. */
-#define PARALLEL_MIN_MACS 2097152.0
+#define PARALLEL_MIN_MACS 2097152
 #if defined(_OPENMP)
 #define PARALLEL_FOR _Pragma("omp parallel for schedule(static)")
 #else
@@ -174,7 +180,7 @@ enum {
 #define PARALLEL_FOR_SAMPLES
 #endif
 
-KERNEL_INLINE int mnist_autoencoder_worth_threads(double macs, int blocks)
+KERNEL_INLINE int mnist_autoencoder_worth_threads(uint64_t macs, int blocks)
 {
 #if defined(_OPENMP)
     return macs >= PARALLEL_MIN_MACS && blocks > 1 && omp_get_max_threads() > 1 && omp_get_level() == 0;
@@ -324,7 +330,7 @@ KERNEL_INLINE void mnist_autoencoder_gemm_nn_taps(int N, const real *restrict a,
                                 taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
     const int M = at.CH * at.KH * at.KW, blocks = (N + NN_COLS - 1) / NN_COLS;
-    if (mnist_autoencoder_worth_threads((double)M * N * (bt.CH * bt.KH * bt.KW), blocks)) {
+    if (mnist_autoencoder_worth_threads((uint64_t)M * N * (bt.CH * bt.KH * bt.KW), blocks)) {
         PARALLEL_FOR
         for (int block = 0; block < blocks; block++)
             mnist_autoencoder_gemm_nn_strip(block, M, N, a, at, a_col, b, bt, c, ldc, accumulate);
@@ -401,7 +407,7 @@ KERNEL_INLINE void mnist_autoencoder_gemm_nt_taps(int M, int K, const real *rest
                                 taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
     const int blocks = M / NT_ROWS;
-    if (mnist_autoencoder_worth_threads((double)M * K * (bt.CH * bt.KH * bt.KW), blocks)) {
+    if (mnist_autoencoder_worth_threads((uint64_t)M * K * (bt.CH * bt.KH * bt.KW), blocks)) {
         PARALLEL_FOR
         for (int block = 0; block < blocks; block++)
             mnist_autoencoder_gemm_nt_rows(NT_ROWS, K, a + block * NT_ROWS * lda, lda, b, bt, c + block * NT_ROWS * ldc, ldc, accumulate);
@@ -1297,7 +1303,7 @@ static void mnist_autoencoder_dec2_backward(
 }
 /* ---- dec2_sigmoid: sigmoid forward (spec line 13)
  * dec2 [N, 1, 28, 28] -> dec2_sigmoid [N, 1, 28, 28]
- * out[i] = 1 / (1 + exp(-x)), with x = in[i]
+ * out[i] = (real)(1 / (1 + REAL_EXP(-x))), with x = in[i]
  */
 static void mnist_autoencoder_dec2_sigmoid_forward(
     real *restrict out,                     /* dec2_sigmoid [N, 1, 28, 28] */
@@ -1311,7 +1317,7 @@ static void mnist_autoencoder_dec2_sigmoid_forward(
     PARALLEL_FOR_ELEMENTS
     for (size_t i = 0; i < elements; i++) {
         const real x = in[i];
-        out[i] = 1 / (1 + exp(-x));
+        out[i] = (real)(1 / (1 + REAL_EXP(-x)));
     }
 }
 
@@ -1374,7 +1380,7 @@ static double mnist_autoencoder_loss_mse(const real *restrict y, real *restrict 
     const size_t n = batch * SIZE;
     double total = 0;
     for (size_t i = 0; i < n; i++) {
-        const double d = (double)y[i] - targets[i];
+        const double d = (double)y[i] - (double)targets[i];
         total += d * d;
         if (write_grad)
             dy[i] += (real)(2 * d / (double)n);

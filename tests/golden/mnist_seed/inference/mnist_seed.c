@@ -16,6 +16,12 @@
 
 typedef float real;
 
+/* The math functions of real: an inference build computes in single precision throughout (a
+   Cortex-M4's FPU has no double: a double would call software routines). */
+#define REAL_EXP(v) expf(v)
+#define REAL_TANH(v) tanhf(v)
+#define REAL_SQRT(v) sqrtf(v)
+
 /* Parameter offsets into params and grads. */
 #define P_CONV1_WEIGHT ((size_t)0) /* [8, 1, 5, 5] */
 #define P_CONV1_BIAS ((size_t)200) /* [8] */
@@ -83,17 +89,6 @@ HELPER_INLINE int mnist_seed_window_end(int origin, int n, int k)
     return n - origin < k ? n - origin : k;
 }
 
-/* A counter-based random number in [0, 1) (splitmix64): dropout masks are a pure function of
-   (seed, layer, element), so backward recomputes them instead of storing them. */
-HELPER_INLINE double mnist_seed_uniform01(uint64_t seed, uint64_t salt, uint64_t index)
-{
-    uint64_t z = seed ^ (salt * 0x9E3779B97F4A7C15ULL) ^ (index * 0xBF58476D1CE4E5B9ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z ^= z >> 31;
-    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
-}
-
 int mnist_seed_set_threads(int threads)
 {
 #if defined(_OPENMP)
@@ -145,7 +140,7 @@ enum {
    compile-time constants (an OpenMP loop body is a separate function that gets them at run time). */
 /* Below about two million multiply-adds (a few hundred microseconds) waking the threads costs
    more than it saves: the per-sample products of small networks stay on one thread. */
-#define PARALLEL_MIN_MACS 2097152.0
+#define PARALLEL_MIN_MACS 2097152
 #if defined(_OPENMP)
 #define PARALLEL_FOR _Pragma("omp parallel for schedule(static)")
 #else
@@ -167,7 +162,7 @@ enum {
 #define PARALLEL_FOR_SAMPLES
 #endif
 
-KERNEL_INLINE int mnist_seed_worth_threads(double macs, int blocks)
+KERNEL_INLINE int mnist_seed_worth_threads(uint64_t macs, int blocks)
 {
 #if defined(_OPENMP)
     return macs >= PARALLEL_MIN_MACS && blocks > 1 && omp_get_max_threads() > 1 && omp_get_level() == 0;
@@ -317,7 +312,7 @@ KERNEL_INLINE void mnist_seed_gemm_nn_taps(int N, const real *restrict a, taps a
                                 taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
     const int M = at.CH * at.KH * at.KW, blocks = (N + NN_COLS - 1) / NN_COLS;
-    if (mnist_seed_worth_threads((double)M * N * (bt.CH * bt.KH * bt.KW), blocks)) {
+    if (mnist_seed_worth_threads((uint64_t)M * N * (bt.CH * bt.KH * bt.KW), blocks)) {
         PARALLEL_FOR
         for (int block = 0; block < blocks; block++)
             mnist_seed_gemm_nn_strip(block, M, N, a, at, a_col, b, bt, c, ldc, accumulate);
@@ -394,7 +389,7 @@ KERNEL_INLINE void mnist_seed_gemm_nt_taps(int M, int K, const real *restrict a,
                                 taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
     const int blocks = M / NT_ROWS;
-    if (mnist_seed_worth_threads((double)M * K * (bt.CH * bt.KH * bt.KW), blocks)) {
+    if (mnist_seed_worth_threads((uint64_t)M * K * (bt.CH * bt.KH * bt.KW), blocks)) {
         PARALLEL_FOR
         for (int block = 0; block < blocks; block++)
             mnist_seed_gemm_nt_rows(NT_ROWS, K, a + block * NT_ROWS * lda, lda, b, bt, c + block * NT_ROWS * ldc, ldc, accumulate);
@@ -821,9 +816,7 @@ static void mnist_seed_fc2_forward(
 void mnist_seed_forward(const mnist_seed_context *ctx, const real *input)
 {
     real *acts = ctx->arena;
-    /* Inference never writes the parameters (batchnorm updates its statistics only in training),
-       so dropping the const that lets them live in flash is safe. */
-    real *params = (real *)ctx->params;
+    const real *params = ctx->params;   /* inference writes no parameter: they may stay in flash */
     real *workspace = ctx->arena + (size_t)MNIST_SEED_ACTIVATIONS_PER_SAMPLE * MNIST_SEED_BATCH;   /* after the activations */
     const size_t batch = MNIST_SEED_BATCH;
 

@@ -16,6 +16,12 @@
 
 typedef float real;
 
+/* The math functions of real: an inference build computes in single precision throughout (a
+   Cortex-M4's FPU has no double: a double would call software routines). */
+#define REAL_EXP(v) expf(v)
+#define REAL_TANH(v) tanhf(v)
+#define REAL_SQRT(v) sqrtf(v)
+
 /* Parameter offsets into params and grads. */
 #define P_STEM_WEIGHT ((size_t)0) /* [16, 3, 3, 3] */
 #define P_STEM_BIAS ((size_t)432) /* [16] */
@@ -157,17 +163,6 @@ HELPER_INLINE int resnet8_window_end(int origin, int n, int k)
     return n - origin < k ? n - origin : k;
 }
 
-/* A counter-based random number in [0, 1) (splitmix64): dropout masks are a pure function of
-   (seed, layer, element), so backward recomputes them instead of storing them. */
-HELPER_INLINE double resnet8_uniform01(uint64_t seed, uint64_t salt, uint64_t index)
-{
-    uint64_t z = seed ^ (salt * 0x9E3779B97F4A7C15ULL) ^ (index * 0xBF58476D1CE4E5B9ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z ^= z >> 31;
-    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
-}
-
 int resnet8_set_threads(int threads)
 {
 #if defined(_OPENMP)
@@ -219,7 +214,7 @@ enum {
    compile-time constants (an OpenMP loop body is a separate function that gets them at run time). */
 /* Below about two million multiply-adds (a few hundred microseconds) waking the threads costs
    more than it saves: the per-sample products of small networks stay on one thread. */
-#define PARALLEL_MIN_MACS 2097152.0
+#define PARALLEL_MIN_MACS 2097152
 #if defined(_OPENMP)
 #define PARALLEL_FOR _Pragma("omp parallel for schedule(static)")
 #else
@@ -241,7 +236,7 @@ enum {
 #define PARALLEL_FOR_SAMPLES
 #endif
 
-KERNEL_INLINE int resnet8_worth_threads(double macs, int blocks)
+KERNEL_INLINE int resnet8_worth_threads(uint64_t macs, int blocks)
 {
 #if defined(_OPENMP)
     return macs >= PARALLEL_MIN_MACS && blocks > 1 && omp_get_max_threads() > 1 && omp_get_level() == 0;
@@ -391,7 +386,7 @@ KERNEL_INLINE void resnet8_gemm_nn_taps(int N, const real *restrict a, taps at, 
                                 taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
     const int M = at.CH * at.KH * at.KW, blocks = (N + NN_COLS - 1) / NN_COLS;
-    if (resnet8_worth_threads((double)M * N * (bt.CH * bt.KH * bt.KW), blocks)) {
+    if (resnet8_worth_threads((uint64_t)M * N * (bt.CH * bt.KH * bt.KW), blocks)) {
         PARALLEL_FOR
         for (int block = 0; block < blocks; block++)
             resnet8_gemm_nn_strip(block, M, N, a, at, a_col, b, bt, c, ldc, accumulate);
@@ -468,7 +463,7 @@ KERNEL_INLINE void resnet8_gemm_nt_taps(int M, int K, const real *restrict a, pt
                                 taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
     const int blocks = M / NT_ROWS;
-    if (resnet8_worth_threads((double)M * K * (bt.CH * bt.KH * bt.KW), blocks)) {
+    if (resnet8_worth_threads((uint64_t)M * K * (bt.CH * bt.KH * bt.KW), blocks)) {
         PARALLEL_FOR
         for (int block = 0; block < blocks; block++)
             resnet8_gemm_nt_rows(NT_ROWS, K, a + block * NT_ROWS * lda, lda, b, bt, c + block * NT_ROWS * ldc, ldc, accumulate);
@@ -655,54 +650,24 @@ static void resnet8_stem_forward(
 /* ---- stem_bn: batchnorm forward (spec line 11)
  * stem [N, 16, 32, 32] -> stem_bn [N, 16, 32, 32]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet8_stem_bn_forward(
     real *restrict out,                     /* stem_bn [N, 16, 32, 32] */
     const real *restrict in,                /* stem [N, 16, 32, 32] */
     const real *restrict gamma,             /* stem_bn.gamma [16] */
     const real *restrict beta,              /* stem_bn.beta [16] */
-    real *restrict running_mean,            /* stem_bn.running_mean [16] */
-    real *restrict running_var,             /* stem_bn.running_var [16] */
-    real *restrict scratch,                 /* 32 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* stem_bn.running_mean [16] */
+    const real *restrict running_var,       /* stem_bn.running_var [16] */
+    size_t batch)
 {
     enum {
         C = 16,
         SPATIAL = 1024
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -818,54 +783,24 @@ static void resnet8_s1_conv1_forward(
 /* ---- s1_bn1: batchnorm forward (spec line 15)
  * s1_conv1 [N, 16, 32, 32] -> s1_bn1 [N, 16, 32, 32]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet8_s1_bn1_forward(
     real *restrict out,                     /* s1_bn1 [N, 16, 32, 32] */
     const real *restrict in,                /* s1_conv1 [N, 16, 32, 32] */
     const real *restrict gamma,             /* s1_bn1.gamma [16] */
     const real *restrict beta,              /* s1_bn1.beta [16] */
-    real *restrict running_mean,            /* s1_bn1.running_mean [16] */
-    real *restrict running_var,             /* s1_bn1.running_var [16] */
-    real *restrict scratch,                 /* 32 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* s1_bn1.running_mean [16] */
+    const real *restrict running_var,       /* s1_bn1.running_var [16] */
+    size_t batch)
 {
     enum {
         C = 16,
         SPATIAL = 1024
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -981,54 +916,24 @@ static void resnet8_s1_conv2_forward(
 /* ---- s1_bn2: batchnorm forward (spec line 18)
  * s1_conv2 [N, 16, 32, 32] -> s1_bn2 [N, 16, 32, 32]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet8_s1_bn2_forward(
     real *restrict out,                     /* s1_bn2 [N, 16, 32, 32] */
     const real *restrict in,                /* s1_conv2 [N, 16, 32, 32] */
     const real *restrict gamma,             /* s1_bn2.gamma [16] */
     const real *restrict beta,              /* s1_bn2.beta [16] */
-    real *restrict running_mean,            /* s1_bn2.running_mean [16] */
-    real *restrict running_var,             /* s1_bn2.running_var [16] */
-    real *restrict scratch,                 /* 32 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* s1_bn2.running_mean [16] */
+    const real *restrict running_var,       /* s1_bn2.running_var [16] */
+    size_t batch)
 {
     enum {
         C = 16,
         SPATIAL = 1024
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -1156,54 +1061,24 @@ static void resnet8_s2_conv1_forward(
 /* ---- s2_bn1: batchnorm forward (spec line 23)
  * s2_conv1 [N, 32, 16, 16] -> s2_bn1 [N, 32, 16, 16]
  * gamma [32], beta [32], running_mean [32], running_var [32]: 64 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet8_s2_bn1_forward(
     real *restrict out,                     /* s2_bn1 [N, 32, 16, 16] */
     const real *restrict in,                /* s2_conv1 [N, 32, 16, 16] */
     const real *restrict gamma,             /* s2_bn1.gamma [32] */
     const real *restrict beta,              /* s2_bn1.beta [32] */
-    real *restrict running_mean,            /* s2_bn1.running_mean [32] */
-    real *restrict running_var,             /* s2_bn1.running_var [32] */
-    real *restrict scratch,                 /* 64 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* s2_bn1.running_mean [32] */
+    const real *restrict running_var,       /* s2_bn1.running_var [32] */
+    size_t batch)
 {
     enum {
         C = 32,
         SPATIAL = 256
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -1319,54 +1194,24 @@ static void resnet8_s2_conv2_forward(
 /* ---- s2_bn2: batchnorm forward (spec line 26)
  * s2_conv2 [N, 32, 16, 16] -> s2_bn2 [N, 32, 16, 16]
  * gamma [32], beta [32], running_mean [32], running_var [32]: 64 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet8_s2_bn2_forward(
     real *restrict out,                     /* s2_bn2 [N, 32, 16, 16] */
     const real *restrict in,                /* s2_conv2 [N, 32, 16, 16] */
     const real *restrict gamma,             /* s2_bn2.gamma [32] */
     const real *restrict beta,              /* s2_bn2.beta [32] */
-    real *restrict running_mean,            /* s2_bn2.running_mean [32] */
-    real *restrict running_var,             /* s2_bn2.running_var [32] */
-    real *restrict scratch,                 /* 64 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* s2_bn2.running_mean [32] */
+    const real *restrict running_var,       /* s2_bn2.running_var [32] */
+    size_t batch)
 {
     enum {
         C = 32,
         SPATIAL = 256
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -1575,54 +1420,24 @@ static void resnet8_s3_conv1_forward(
 /* ---- s3_bn1: batchnorm forward (spec line 32)
  * s3_conv1 [N, 64, 8, 8] -> s3_bn1 [N, 64, 8, 8]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet8_s3_bn1_forward(
     real *restrict out,                     /* s3_bn1 [N, 64, 8, 8] */
     const real *restrict in,                /* s3_conv1 [N, 64, 8, 8] */
     const real *restrict gamma,             /* s3_bn1.gamma [64] */
     const real *restrict beta,              /* s3_bn1.beta [64] */
-    real *restrict running_mean,            /* s3_bn1.running_mean [64] */
-    real *restrict running_var,             /* s3_bn1.running_var [64] */
-    real *restrict scratch,                 /* 128 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* s3_bn1.running_mean [64] */
+    const real *restrict running_var,       /* s3_bn1.running_var [64] */
+    size_t batch)
 {
     enum {
         C = 64,
         SPATIAL = 64
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -1738,54 +1553,24 @@ static void resnet8_s3_conv2_forward(
 /* ---- s3_bn2: batchnorm forward (spec line 35)
  * s3_conv2 [N, 64, 8, 8] -> s3_bn2 [N, 64, 8, 8]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet8_s3_bn2_forward(
     real *restrict out,                     /* s3_bn2 [N, 64, 8, 8] */
     const real *restrict in,                /* s3_conv2 [N, 64, 8, 8] */
     const real *restrict gamma,             /* s3_bn2.gamma [64] */
     const real *restrict beta,              /* s3_bn2.beta [64] */
-    real *restrict running_mean,            /* s3_bn2.running_mean [64] */
-    real *restrict running_var,             /* s3_bn2.running_var [64] */
-    real *restrict scratch,                 /* 128 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* s3_bn2.running_mean [64] */
+    const real *restrict running_var,       /* s3_bn2.running_var [64] */
+    size_t batch)
 {
     enum {
         C = 64,
         SPATIAL = 64
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -1982,36 +1767,33 @@ static void resnet8_fc_forward(
 void resnet8_forward(const resnet8_context *ctx, const real *input)
 {
     real *acts = ctx->arena;
-    /* Inference never writes the parameters (batchnorm updates its statistics only in training),
-       so dropping the const that lets them live in flash is safe. */
-    real *params = (real *)ctx->params;
+    const real *params = ctx->params;   /* inference writes no parameter: they may stay in flash */
     real *workspace = ctx->arena + (size_t)RESNET8_ACTIVATIONS_PER_SAMPLE * RESNET8_BATCH;   /* after the activations */
     const size_t batch = RESNET8_BATCH;
-    const int training = 0;
 
     resnet8_stem_forward(acts + A_STEM * batch, input, params + P_STEM_WEIGHT, params + P_STEM_BIAS, workspace + WS_STEM, batch);
-    resnet8_stem_bn_forward(acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, params + P_STEM_BN_BETA, params + P_STEM_BN_RUNNING_MEAN, params + P_STEM_BN_RUNNING_VAR, workspace + WS_STEM_BN, batch, training);
+    resnet8_stem_bn_forward(acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, params + P_STEM_BN_BETA, params + P_STEM_BN_RUNNING_MEAN, params + P_STEM_BN_RUNNING_VAR, batch);
     resnet8_stem_relu_forward(acts + A_STEM_RELU * batch, acts + A_STEM_BN * batch, batch);
     resnet8_s1_conv1_forward(acts + A_S1_CONV1 * batch, acts + A_STEM_RELU * batch, params + P_S1_CONV1_WEIGHT, params + P_S1_CONV1_BIAS, workspace + WS_S1_CONV1, batch);
-    resnet8_s1_bn1_forward(acts + A_S1_BN1 * batch, acts + A_S1_CONV1 * batch, params + P_S1_BN1_GAMMA, params + P_S1_BN1_BETA, params + P_S1_BN1_RUNNING_MEAN, params + P_S1_BN1_RUNNING_VAR, workspace + WS_S1_BN1, batch, training);
+    resnet8_s1_bn1_forward(acts + A_S1_BN1 * batch, acts + A_S1_CONV1 * batch, params + P_S1_BN1_GAMMA, params + P_S1_BN1_BETA, params + P_S1_BN1_RUNNING_MEAN, params + P_S1_BN1_RUNNING_VAR, batch);
     resnet8_s1_relu1_forward(acts + A_S1_RELU1 * batch, acts + A_S1_BN1 * batch, batch);
     resnet8_s1_conv2_forward(acts + A_S1_CONV2 * batch, acts + A_S1_RELU1 * batch, params + P_S1_CONV2_WEIGHT, params + P_S1_CONV2_BIAS, workspace + WS_S1_CONV2, batch);
-    resnet8_s1_bn2_forward(acts + A_S1_BN2 * batch, acts + A_S1_CONV2 * batch, params + P_S1_BN2_GAMMA, params + P_S1_BN2_BETA, params + P_S1_BN2_RUNNING_MEAN, params + P_S1_BN2_RUNNING_VAR, workspace + WS_S1_BN2, batch, training);
+    resnet8_s1_bn2_forward(acts + A_S1_BN2 * batch, acts + A_S1_CONV2 * batch, params + P_S1_BN2_GAMMA, params + P_S1_BN2_BETA, params + P_S1_BN2_RUNNING_MEAN, params + P_S1_BN2_RUNNING_VAR, batch);
     resnet8_s1_add_forward(acts + A_S1_ADD * batch, acts + A_STEM_RELU * batch, acts + A_S1_BN2 * batch, batch);
     resnet8_s1_out_forward(acts + A_S1_OUT * batch, acts + A_S1_ADD * batch, batch);
     resnet8_s2_conv1_forward(acts + A_S2_CONV1 * batch, acts + A_S1_OUT * batch, params + P_S2_CONV1_WEIGHT, params + P_S2_CONV1_BIAS, workspace + WS_S2_CONV1, batch);
-    resnet8_s2_bn1_forward(acts + A_S2_BN1 * batch, acts + A_S2_CONV1 * batch, params + P_S2_BN1_GAMMA, params + P_S2_BN1_BETA, params + P_S2_BN1_RUNNING_MEAN, params + P_S2_BN1_RUNNING_VAR, workspace + WS_S2_BN1, batch, training);
+    resnet8_s2_bn1_forward(acts + A_S2_BN1 * batch, acts + A_S2_CONV1 * batch, params + P_S2_BN1_GAMMA, params + P_S2_BN1_BETA, params + P_S2_BN1_RUNNING_MEAN, params + P_S2_BN1_RUNNING_VAR, batch);
     resnet8_s2_relu1_forward(acts + A_S2_RELU1 * batch, acts + A_S2_BN1 * batch, batch);
     resnet8_s2_conv2_forward(acts + A_S2_CONV2 * batch, acts + A_S2_RELU1 * batch, params + P_S2_CONV2_WEIGHT, params + P_S2_CONV2_BIAS, workspace + WS_S2_CONV2, batch);
-    resnet8_s2_bn2_forward(acts + A_S2_BN2 * batch, acts + A_S2_CONV2 * batch, params + P_S2_BN2_GAMMA, params + P_S2_BN2_BETA, params + P_S2_BN2_RUNNING_MEAN, params + P_S2_BN2_RUNNING_VAR, workspace + WS_S2_BN2, batch, training);
+    resnet8_s2_bn2_forward(acts + A_S2_BN2 * batch, acts + A_S2_CONV2 * batch, params + P_S2_BN2_GAMMA, params + P_S2_BN2_BETA, params + P_S2_BN2_RUNNING_MEAN, params + P_S2_BN2_RUNNING_VAR, batch);
     resnet8_s2_shortcut_forward(acts + A_S2_SHORTCUT * batch, acts + A_S1_OUT * batch, params + P_S2_SHORTCUT_WEIGHT, params + P_S2_SHORTCUT_BIAS, workspace + WS_S2_SHORTCUT, batch);
     resnet8_s2_add_forward(acts + A_S2_ADD * batch, acts + A_S2_SHORTCUT * batch, acts + A_S2_BN2 * batch, batch);
     resnet8_s2_out_forward(acts + A_S2_OUT * batch, acts + A_S2_ADD * batch, batch);
     resnet8_s3_conv1_forward(acts + A_S3_CONV1 * batch, acts + A_S2_OUT * batch, params + P_S3_CONV1_WEIGHT, params + P_S3_CONV1_BIAS, workspace + WS_S3_CONV1, batch);
-    resnet8_s3_bn1_forward(acts + A_S3_BN1 * batch, acts + A_S3_CONV1 * batch, params + P_S3_BN1_GAMMA, params + P_S3_BN1_BETA, params + P_S3_BN1_RUNNING_MEAN, params + P_S3_BN1_RUNNING_VAR, workspace + WS_S3_BN1, batch, training);
+    resnet8_s3_bn1_forward(acts + A_S3_BN1 * batch, acts + A_S3_CONV1 * batch, params + P_S3_BN1_GAMMA, params + P_S3_BN1_BETA, params + P_S3_BN1_RUNNING_MEAN, params + P_S3_BN1_RUNNING_VAR, batch);
     resnet8_s3_relu1_forward(acts + A_S3_RELU1 * batch, acts + A_S3_BN1 * batch, batch);
     resnet8_s3_conv2_forward(acts + A_S3_CONV2 * batch, acts + A_S3_RELU1 * batch, params + P_S3_CONV2_WEIGHT, params + P_S3_CONV2_BIAS, workspace + WS_S3_CONV2, batch);
-    resnet8_s3_bn2_forward(acts + A_S3_BN2 * batch, acts + A_S3_CONV2 * batch, params + P_S3_BN2_GAMMA, params + P_S3_BN2_BETA, params + P_S3_BN2_RUNNING_MEAN, params + P_S3_BN2_RUNNING_VAR, workspace + WS_S3_BN2, batch, training);
+    resnet8_s3_bn2_forward(acts + A_S3_BN2 * batch, acts + A_S3_CONV2 * batch, params + P_S3_BN2_GAMMA, params + P_S3_BN2_BETA, params + P_S3_BN2_RUNNING_MEAN, params + P_S3_BN2_RUNNING_VAR, batch);
     resnet8_s3_shortcut_forward(acts + A_S3_SHORTCUT * batch, acts + A_S2_OUT * batch, params + P_S3_SHORTCUT_WEIGHT, params + P_S3_SHORTCUT_BIAS, workspace + WS_S3_SHORTCUT, batch);
     resnet8_s3_add_forward(acts + A_S3_ADD * batch, acts + A_S3_SHORTCUT * batch, acts + A_S3_BN2 * batch, batch);
     resnet8_s3_out_forward(acts + A_S3_OUT * batch, acts + A_S3_ADD * batch, batch);

@@ -16,6 +16,12 @@
 
 typedef float real;
 
+/* The math functions of real: double ones (a float32 argument is evaluated in double, rounded
+   once when stored), the arithmetic tests/golden/digests.json pins for training. */
+#define REAL_EXP(v) exp((double)(v))
+#define REAL_TANH(v) tanh((double)(v))
+#define REAL_SQRT(v) sqrt((double)(v))
+
 /* Parameter offsets into params and grads. */
 #define P_STEM_WEIGHT ((size_t)0) /* [16, 3, 3, 3] */
 #define P_STEM_BIAS ((size_t)432) /* [16] */
@@ -223,7 +229,7 @@ enum {
    compile-time constants (an OpenMP loop body is a separate function that gets them at run time). */
 /* Below about two million multiply-adds (a few hundred microseconds) waking the threads costs
    more than it saves: the per-sample products of small networks stay on one thread. */
-#define PARALLEL_MIN_MACS 2097152.0
+#define PARALLEL_MIN_MACS 2097152
 #if defined(_OPENMP)
 #define PARALLEL_FOR _Pragma("omp parallel for schedule(static)")
 #else
@@ -245,7 +251,7 @@ enum {
 #define PARALLEL_FOR_SAMPLES
 #endif
 
-KERNEL_INLINE int resnet8_worth_threads(double macs, int blocks)
+KERNEL_INLINE int resnet8_worth_threads(uint64_t macs, int blocks)
 {
 #if defined(_OPENMP)
     return macs >= PARALLEL_MIN_MACS && blocks > 1 && omp_get_max_threads() > 1 && omp_get_level() == 0;
@@ -395,7 +401,7 @@ KERNEL_INLINE void resnet8_gemm_nn_taps(int N, const real *restrict a, taps at, 
                                 taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
     const int M = at.CH * at.KH * at.KW, blocks = (N + NN_COLS - 1) / NN_COLS;
-    if (resnet8_worth_threads((double)M * N * (bt.CH * bt.KH * bt.KW), blocks)) {
+    if (resnet8_worth_threads((uint64_t)M * N * (bt.CH * bt.KH * bt.KW), blocks)) {
         PARALLEL_FOR
         for (int block = 0; block < blocks; block++)
             resnet8_gemm_nn_strip(block, M, N, a, at, a_col, b, bt, c, ldc, accumulate);
@@ -472,7 +478,7 @@ KERNEL_INLINE void resnet8_gemm_nt_taps(int M, int K, const real *restrict a, pt
                                 taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
     const int blocks = M / NT_ROWS;
-    if (resnet8_worth_threads((double)M * K * (bt.CH * bt.KH * bt.KW), blocks)) {
+    if (resnet8_worth_threads((uint64_t)M * K * (bt.CH * bt.KH * bt.KW), blocks)) {
         PARALLEL_FOR
         for (int block = 0; block < blocks; block++)
             resnet8_gemm_nt_rows(NT_ROWS, K, a + block * NT_ROWS * lda, lda, b, bt, c + block * NT_ROWS * ldc, ldc, accumulate);
@@ -758,23 +764,23 @@ static void resnet8_stem_bn_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            const double var = sum_sq / (double)count;
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -811,17 +817,17 @@ static void resnet8_stem_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -1087,23 +1093,23 @@ static void resnet8_s1_bn1_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            const double var = sum_sq / (double)count;
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1140,17 +1146,17 @@ static void resnet8_s1_bn1_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -1416,23 +1422,23 @@ static void resnet8_s1_bn2_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            const double var = sum_sq / (double)count;
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1469,17 +1475,17 @@ static void resnet8_s1_bn2_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -1749,23 +1755,23 @@ static void resnet8_s2_bn1_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            const double var = sum_sq / (double)count;
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1802,17 +1808,17 @@ static void resnet8_s2_bn1_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -2078,23 +2084,23 @@ static void resnet8_s2_bn2_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            const double var = sum_sq / (double)count;
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -2131,17 +2137,17 @@ static void resnet8_s2_bn2_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -2566,23 +2572,23 @@ static void resnet8_s3_bn1_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            const double var = sum_sq / (double)count;
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -2619,17 +2625,17 @@ static void resnet8_s3_bn1_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -2895,23 +2901,23 @@ static void resnet8_s3_bn2_forward(
             double sum = 0, sum_sq = 0;
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
+                    sum += (double)in[(b * C + c) * SPATIAL + s];
+            mean = (real)(sum / (double)count);
             for (size_t b = 0; b < batch; b++)
                 for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
+                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
                     sum_sq += d * d;
                 }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
+            const double var = sum_sq / (double)count;
+            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
+            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
             running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
+            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
             mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
+            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
@@ -2948,17 +2954,17 @@ static void resnet8_s3_bn2_backward(
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += dout[i];
-                sum_dout_xhat += dout[i] * (in[i] - mean) * inv_std;
+                sum_dout += (double)dout[i];
+                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
             }
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / count;
+        const real k = gamma[c] * inv_std / (real)count;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * (count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
@@ -3392,17 +3398,17 @@ static double resnet8_loss_softmax_cross_entropy(const real *restrict z, real *r
     double total = 0;
     for (size_t b = 0; b < batch; b++) {
         const real *restrict z_row = z + b * CLASSES;
-        double largest = z_row[0];
+        double largest = (double)z_row[0];
         for (int c = 1; c < CLASSES; c++)
-            largest = z_row[c] > largest ? z_row[c] : largest;
+            largest = (double)z_row[c] > largest ? (double)z_row[c] : largest;
         double sum = 0;
         for (int c = 0; c < CLASSES; c++)
-            sum += exp(z_row[c] - largest);
+            sum += exp((double)z_row[c] - largest);
         const double log_sum = largest + log(sum);
-        total += log_sum - z_row[labels[b]];
+        total += log_sum - (double)z_row[labels[b]];
         if (write_grad)
             for (int c = 0; c < CLASSES; c++)
-                dz[b * CLASSES + c] += (real)((exp(z_row[c] - log_sum) - (c == labels[b])) / (double)batch);
+                dz[b * CLASSES + c] += (real)((exp((double)z_row[c] - log_sum) - (c == labels[b])) / (double)batch);
     }
     return total / (double)batch;
 }

@@ -16,6 +16,12 @@
 
 typedef float real;
 
+/* The math functions of real: an inference build computes in single precision throughout (a
+   Cortex-M4's FPU has no double: a double would call software routines). */
+#define REAL_EXP(v) expf(v)
+#define REAL_TANH(v) tanhf(v)
+#define REAL_SQRT(v) sqrtf(v)
+
 /* Parameter offsets into params and grads. */
 #define P_STEM_WEIGHT ((size_t)0) /* [16, 3, 3, 3] */
 #define P_STEM_BN_GAMMA ((size_t)432) /* [16] */
@@ -116,17 +122,6 @@ HELPER_INLINE int resnet_small_window_end(int origin, int n, int k)
     return n - origin < k ? n - origin : k;
 }
 
-/* A counter-based random number in [0, 1) (splitmix64): dropout masks are a pure function of
-   (seed, layer, element), so backward recomputes them instead of storing them. */
-HELPER_INLINE double resnet_small_uniform01(uint64_t seed, uint64_t salt, uint64_t index)
-{
-    uint64_t z = seed ^ (salt * 0x9E3779B97F4A7C15ULL) ^ (index * 0xBF58476D1CE4E5B9ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z ^= z >> 31;
-    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
-}
-
 int resnet_small_set_threads(int threads)
 {
 #if defined(_OPENMP)
@@ -178,7 +173,7 @@ enum {
    compile-time constants (an OpenMP loop body is a separate function that gets them at run time). */
 /* Below about two million multiply-adds (a few hundred microseconds) waking the threads costs
    more than it saves: the per-sample products of small networks stay on one thread. */
-#define PARALLEL_MIN_MACS 2097152.0
+#define PARALLEL_MIN_MACS 2097152
 #if defined(_OPENMP)
 #define PARALLEL_FOR _Pragma("omp parallel for schedule(static)")
 #else
@@ -200,7 +195,7 @@ enum {
 #define PARALLEL_FOR_SAMPLES
 #endif
 
-KERNEL_INLINE int resnet_small_worth_threads(double macs, int blocks)
+KERNEL_INLINE int resnet_small_worth_threads(uint64_t macs, int blocks)
 {
 #if defined(_OPENMP)
     return macs >= PARALLEL_MIN_MACS && blocks > 1 && omp_get_max_threads() > 1 && omp_get_level() == 0;
@@ -350,7 +345,7 @@ KERNEL_INLINE void resnet_small_gemm_nn_taps(int N, const real *restrict a, taps
                                 taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
     const int M = at.CH * at.KH * at.KW, blocks = (N + NN_COLS - 1) / NN_COLS;
-    if (resnet_small_worth_threads((double)M * N * (bt.CH * bt.KH * bt.KW), blocks)) {
+    if (resnet_small_worth_threads((uint64_t)M * N * (bt.CH * bt.KH * bt.KW), blocks)) {
         PARALLEL_FOR
         for (int block = 0; block < blocks; block++)
             resnet_small_gemm_nn_strip(block, M, N, a, at, a_col, b, bt, c, ldc, accumulate);
@@ -427,7 +422,7 @@ KERNEL_INLINE void resnet_small_gemm_nt_taps(int M, int K, const real *restrict 
                                 taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
     const int blocks = M / NT_ROWS;
-    if (resnet_small_worth_threads((double)M * K * (bt.CH * bt.KH * bt.KW), blocks)) {
+    if (resnet_small_worth_threads((uint64_t)M * K * (bt.CH * bt.KH * bt.KW), blocks)) {
         PARALLEL_FOR
         for (int block = 0; block < blocks; block++)
             resnet_small_gemm_nt_rows(NT_ROWS, K, a + block * NT_ROWS * lda, lda, b, bt, c + block * NT_ROWS * ldc, ldc, accumulate);
@@ -612,54 +607,24 @@ static void resnet_small_stem_forward(
 /* ---- stem_bn: batchnorm forward (spec line 7)
  * stem [N, 16, 16, 16] -> stem_bn [N, 16, 16, 16]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet_small_stem_bn_forward(
     real *restrict out,                     /* stem_bn [N, 16, 16, 16] */
     const real *restrict in,                /* stem [N, 16, 16, 16] */
     const real *restrict gamma,             /* stem_bn.gamma [16] */
     const real *restrict beta,              /* stem_bn.beta [16] */
-    real *restrict running_mean,            /* stem_bn.running_mean [16] */
-    real *restrict running_var,             /* stem_bn.running_var [16] */
-    real *restrict scratch,                 /* 32 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* stem_bn.running_mean [16] */
+    const real *restrict running_var,       /* stem_bn.running_var [16] */
+    size_t batch)
 {
     enum {
         C = 16,
         SPATIAL = 256
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -773,54 +738,24 @@ static void resnet_small_block1_conv1_forward(
 /* ---- block1_bn1: batchnorm forward (spec line 10)
  * block1_conv1 [N, 16, 16, 16] -> block1_bn1 [N, 16, 16, 16]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet_small_block1_bn1_forward(
     real *restrict out,                     /* block1_bn1 [N, 16, 16, 16] */
     const real *restrict in,                /* block1_conv1 [N, 16, 16, 16] */
     const real *restrict gamma,             /* block1_bn1.gamma [16] */
     const real *restrict beta,              /* block1_bn1.beta [16] */
-    real *restrict running_mean,            /* block1_bn1.running_mean [16] */
-    real *restrict running_var,             /* block1_bn1.running_var [16] */
-    real *restrict scratch,                 /* 32 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* block1_bn1.running_mean [16] */
+    const real *restrict running_var,       /* block1_bn1.running_var [16] */
+    size_t batch)
 {
     enum {
         C = 16,
         SPATIAL = 256
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -934,54 +869,24 @@ static void resnet_small_block1_conv2_forward(
 /* ---- block1_bn2: batchnorm forward (spec line 13)
  * block1_conv2 [N, 16, 16, 16] -> block1_bn2 [N, 16, 16, 16]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
  */
 static void resnet_small_block1_bn2_forward(
     real *restrict out,                     /* block1_bn2 [N, 16, 16, 16] */
     const real *restrict in,                /* block1_conv2 [N, 16, 16, 16] */
     const real *restrict gamma,             /* block1_bn2.gamma [16] */
     const real *restrict beta,              /* block1_bn2.beta [16] */
-    real *restrict running_mean,            /* block1_bn2.running_mean [16] */
-    real *restrict running_var,             /* block1_bn2.running_var [16] */
-    real *restrict scratch,                 /* 32 elements of workspace */
-    size_t batch,
-    int training)
+    const real *restrict running_mean,      /* block1_bn2.running_mean [16] */
+    const real *restrict running_var,       /* block1_bn2.running_var [16] */
+    size_t batch)
 {
     enum {
         C = 16,
         SPATIAL = 256
     };
     const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
     for (int c = 0; c < C; c++) {
-        real mean, inv_std;
-        if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = in[(b * C + c) * SPATIAL + s] - mean;
-                    sum_sq += d * d;
-                }
-            const double var = sum_sq / count;
-            inv_std = (real)(1.0 / sqrt(var + EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((1 - MOMENTUM) * running_var[c] + MOMENTUM * unbiased);
-        } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + EPS));
-        }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
             for (int s = 0; s < SPATIAL; s++)
                 out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
@@ -1349,27 +1254,17 @@ static void resnet_small_gap_forward(
 
 /* ---- drop: dropout forward (spec line 21)
  * gap [N, 64] -> drop [N, 64]
- * training: out[i] = keep(i) ? in[i] * SCALE : 0, keep(i) = uniform(seed, layer, i) >= RATE;
- *   inference: out = in
+ * out = in (dropout drops nothing at inference)
  */
 static void resnet_small_drop_forward(
     real *restrict out,                     /* drop [N, 64] */
     const real *restrict in,                /* gap [N, 64] */
-    size_t batch,
-    int training,
-    uint64_t seed)
+    size_t batch)
 {
     enum {
         SIZE = 64
     };
-    const double RATE = 0.25;
-    const real SCALE = (real)1.3333333333333333;
-    if (!training) {
-        memcpy(out, in, sizeof(real) * batch * SIZE);
-        return;
-    }
-    for (size_t i = 0; i < batch * SIZE; i++)
-        out[i] = resnet_small_uniform01(seed, 0u, i) >= RATE ? in[i] * SCALE : 0;
+    memcpy(out, in, sizeof(real) * batch * SIZE);
 }
 
 /* ---- classifier: dense forward (spec line 22)
@@ -1401,22 +1296,18 @@ static void resnet_small_classifier_forward(
 void resnet_small_forward(const resnet_small_context *ctx, const real *input)
 {
     real *acts = ctx->arena;
-    /* Inference never writes the parameters (batchnorm updates its statistics only in training),
-       so dropping the const that lets them live in flash is safe. */
-    real *params = (real *)ctx->params;
+    const real *params = ctx->params;   /* inference writes no parameter: they may stay in flash */
     real *workspace = ctx->arena + (size_t)RESNET_SMALL_ACTIVATIONS_PER_SAMPLE * RESNET_SMALL_BATCH;   /* after the activations */
     const size_t batch = RESNET_SMALL_BATCH;
-    const int training = 0;
-    const uint64_t seed = 0;
 
     resnet_small_stem_forward(acts + A_STEM * batch, input, params + P_STEM_WEIGHT, workspace + WS_STEM, batch);
-    resnet_small_stem_bn_forward(acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, params + P_STEM_BN_BETA, params + P_STEM_BN_RUNNING_MEAN, params + P_STEM_BN_RUNNING_VAR, workspace + WS_STEM_BN, batch, training);
+    resnet_small_stem_bn_forward(acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, params + P_STEM_BN_BETA, params + P_STEM_BN_RUNNING_MEAN, params + P_STEM_BN_RUNNING_VAR, batch);
     resnet_small_stem_relu_forward(acts + A_STEM_RELU * batch, acts + A_STEM_BN * batch, batch);
     resnet_small_block1_conv1_forward(acts + A_BLOCK1_CONV1 * batch, acts + A_STEM_RELU * batch, params + P_BLOCK1_CONV1_WEIGHT, workspace + WS_BLOCK1_CONV1, batch);
-    resnet_small_block1_bn1_forward(acts + A_BLOCK1_BN1 * batch, acts + A_BLOCK1_CONV1 * batch, params + P_BLOCK1_BN1_GAMMA, params + P_BLOCK1_BN1_BETA, params + P_BLOCK1_BN1_RUNNING_MEAN, params + P_BLOCK1_BN1_RUNNING_VAR, workspace + WS_BLOCK1_BN1, batch, training);
+    resnet_small_block1_bn1_forward(acts + A_BLOCK1_BN1 * batch, acts + A_BLOCK1_CONV1 * batch, params + P_BLOCK1_BN1_GAMMA, params + P_BLOCK1_BN1_BETA, params + P_BLOCK1_BN1_RUNNING_MEAN, params + P_BLOCK1_BN1_RUNNING_VAR, batch);
     resnet_small_block1_relu_forward(acts + A_BLOCK1_RELU * batch, acts + A_BLOCK1_BN1 * batch, batch);
     resnet_small_block1_conv2_forward(acts + A_BLOCK1_CONV2 * batch, acts + A_BLOCK1_RELU * batch, params + P_BLOCK1_CONV2_WEIGHT, workspace + WS_BLOCK1_CONV2, batch);
-    resnet_small_block1_bn2_forward(acts + A_BLOCK1_BN2 * batch, acts + A_BLOCK1_CONV2 * batch, params + P_BLOCK1_BN2_GAMMA, params + P_BLOCK1_BN2_BETA, params + P_BLOCK1_BN2_RUNNING_MEAN, params + P_BLOCK1_BN2_RUNNING_VAR, workspace + WS_BLOCK1_BN2, batch, training);
+    resnet_small_block1_bn2_forward(acts + A_BLOCK1_BN2 * batch, acts + A_BLOCK1_CONV2 * batch, params + P_BLOCK1_BN2_GAMMA, params + P_BLOCK1_BN2_BETA, params + P_BLOCK1_BN2_RUNNING_MEAN, params + P_BLOCK1_BN2_RUNNING_VAR, batch);
     resnet_small_block1_add_forward(acts + A_BLOCK1_ADD * batch, acts + A_BLOCK1_BN2 * batch, acts + A_STEM_RELU * batch, batch);
     resnet_small_block1_out_forward(acts + A_BLOCK1_OUT * batch, acts + A_BLOCK1_ADD * batch, batch);
     resnet_small_down_forward(acts + A_DOWN * batch, acts + A_BLOCK1_OUT * batch, params + P_DOWN_WEIGHT, params + P_DOWN_BIAS, workspace + WS_DOWN, batch);
@@ -1426,7 +1317,7 @@ void resnet_small_forward(const resnet_small_context *ctx, const real *input)
     resnet_small_pointwise_relu_forward(acts + A_POINTWISE_RELU * batch, acts + A_POINTWISE * batch, batch);
     resnet_small_merged_forward(acts + A_MERGED * batch, acts + A_DOWN_RELU * batch, acts + A_POINTWISE_RELU * batch, batch);
     resnet_small_gap_forward(acts + A_GAP * batch, acts + A_MERGED * batch, batch);
-    resnet_small_drop_forward(acts + A_DROP * batch, acts + A_GAP * batch, batch, training, seed);
+    resnet_small_drop_forward(acts + A_DROP * batch, acts + A_GAP * batch, batch);
     resnet_small_classifier_forward(acts + A_CLASSIFIER * batch, acts + A_DROP * batch, params + P_CLASSIFIER_WEIGHT, params + P_CLASSIFIER_BIAS, batch);
 }
 
