@@ -642,3 +642,22 @@ def test_cli_emit_refuses_unvalidated_weights(cases, tmp_path, capsys):
     assert cli.main(["emit", str(cases["signal1d"].spec), "-o", str(tmp_path / "b"), "--weights", str(bad)]) == 1
     assert "NaN" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_an_inference_build_gives_a_transposed_conv_its_scratch(build_dir, tmp_path):
+    """conv_transpose2d's forward uses its workspace (the columns it scatters): the inference arena
+    must hold it. Built under AddressSanitizer, an arena one element short would abort."""
+    spec = {"name": "upconv", "input": {"channels": 3, "height": 5, "width": 6},
+            "layers": [{"name": "up", "type": "conv_transpose2d", "filters": 4, "kernel": 3, "stride": 2},
+                       {"type": "flatten"}, {"name": "out", "type": "dense", "units": 3}]}
+    model = cnncc.compile(spec, build_dir=build_dir).init(seed=1)
+    assert max(op.forward_scratch for op in model.program.ops) > 0
+    weights = tmp_path / "w.npz"
+    model.save(weights)
+    x = np.random.default_rng(2).standard_normal((3, *model.input_shape)).astype(np.float32)
+    (tmp_path / "x.bin").write_bytes(x.tobytes())
+    directory = emit(spec, tmp_path / "out", weights, inference_only=True).directory
+    make(directory, STRICT + ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"])
+    case = Case("upconv", None, model, weights, tmp_path / "x.bin", x, model.predict(x), {})
+    result = check_outputs(case, directory)
+    assert "AddressSanitizer" not in result.stderr and "runtime error" not in result.stderr

@@ -40,6 +40,10 @@ class GenericPlanner(Planner):
         workspace = request.layer.workspace(list(request.inputs), request.output)
         if not workspace:
             forward, backward = (tuple(r for r in rs if r != "scratch") for rs in (forward, backward))
+        forward_args = resolve_roles(forward, request, settings)
+        # an inference forward that uses its scratch (conv_transpose2d's columns) needs it in the arena
+        forward_scratch = workspace if "scratch" in forward_args and \
+            "scratch" not in request.layer.training_only_roles else 0
         return KernelPlan(self.templates[0], self.templates[0], dims, dims,
-                          resolve_roles(forward, request, settings), resolve_roles(backward, request, settings),
-                          settings, workspace)
+                          forward_args, resolve_roles(backward, request, settings),
+                          settings, workspace, forward_scratch)
