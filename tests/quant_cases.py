@@ -61,3 +61,28 @@ def assert_bit_exact(qmodel, n: int = 3, seed: int = 0):
     assert mismatches == 0, f"{mismatches} of {c.size} int8 outputs differ from the integer reference"
     # the output saturating everywhere would prove little: the data must exercise the range
     assert len(np.unique(c)) > min(8, c.size // 2)
+
+
+def single_spec(input_shape, *layers) -> dict:
+    """A spec named `single` of these layers on an input of shape (C, H, W) or (C, L)."""
+    c = input_shape[0]
+    shape = ({"channels": c, "height": input_shape[1], "width": input_shape[2]} if len(input_shape) == 3
+             else {"channels": c, "length": input_shape[1]})
+    return {"name": "single", "input": shape, "layers": list(layers)}
+
+
+# three branches off the input, a 3-input add with a relu, two lookup tables (sigmoid,
+# leaky_relu), a concat of inputs at different scales, a global pool, a dense and a softmax
+ADD_CONCAT_TABLES = single_spec(
+    (3, 8, 8),
+    {"name": "a", "type": "conv2d", "filters": 4, "kernel": 3, "padding": 1},
+    {"name": "b", "type": "conv2d", "filters": 4, "kernel": 1, "inputs": ["input"]},
+    {"name": "c", "type": "conv2d", "filters": 4, "kernel": 1, "inputs": ["input"], "activation": "tanh"},
+    {"name": "sum", "type": "add", "inputs": ["a", "b", "c"]},
+    {"name": "sum_relu", "type": "relu"},
+    {"name": "sig", "type": "sigmoid", "inputs": ["b"]},
+    {"name": "leaky", "type": "leaky_relu", "alpha": 0.1, "inputs": ["a"]},
+    {"name": "joined", "type": "concat", "inputs": ["sum_relu", "sig", "leaky"]},
+    {"name": "pooled", "type": "global_avgpool"},
+    {"name": "fc", "type": "dense", "units": 5},
+    {"name": "probabilities", "type": "softmax"})

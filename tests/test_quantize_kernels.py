@@ -5,14 +5,8 @@ residual add and concat of inputs with different scales, table activations. Comp
 import numpy as np
 import pytest
 
-from quant_cases import assert_bit_exact, int8_case
+from quant_cases import ADD_CONCAT_TABLES, assert_bit_exact, int8_case, single_spec
 
-
-def _single(input_shape, *layers):
-    c = input_shape[0]
-    shape = ({"channels": c, "height": input_shape[1], "width": input_shape[2]} if len(input_shape) == 3
-             else {"channels": c, "length": input_shape[1]})
-    return {"name": "single", "input": shape, "layers": list(layers)}
 
 
 def _random_conv(rng):
@@ -34,7 +28,7 @@ def _random_conv(rng):
 def test_random_conv2d_is_bit_exact(seed, build_dir):
     rng = np.random.default_rng(seed)
     shape, layer = _random_conv(rng)
-    assert_bit_exact(int8_case(_single(shape, layer), build_dir, seed), seed=seed)
+    assert_bit_exact(int8_case(single_spec(shape, layer), build_dir, seed), seed=seed)
 
 
 @pytest.mark.parametrize("options", [
@@ -43,11 +37,11 @@ def test_random_conv2d_is_bit_exact(seed, build_dir):
 ])
 def test_conv1d_is_bit_exact(options, build_dir):
     layer = {"name": "conv", "type": "conv1d", "filters": 4, **options}
-    assert_bit_exact(int8_case(_single((4, 23), layer), build_dir))
+    assert_bit_exact(int8_case(single_spec((4, 23), layer), build_dir))
 
 
 def test_depthwise_with_batchnorm_and_relu_is_bit_exact(build_dir):
-    spec = _single((6, 11, 9),
+    spec = single_spec((6, 11, 9),
                    {"name": "dw", "type": "conv2d", "filters": 6, "groups": 6, "kernel": 3, "padding": "same",
                     "stride": 2, "bias": False},
                    {"name": "bn", "type": "batchnorm"}, {"name": "act", "type": "relu"})
@@ -63,24 +57,12 @@ def test_depthwise_with_batchnorm_and_relu_is_bit_exact(build_dir):
     {"type": "avgpool2d", "kernel": [3, 2], "stride": 1, "padding": "same"},
 ])
 def test_pools_are_bit_exact(pool, build_dir):
-    spec = _single((3, 9, 10), {"name": "conv", "type": "conv2d", "filters": 4, "kernel": 1}, {"name": "pool", **pool})
+    spec = single_spec((3, 9, 10), {"name": "conv", "type": "conv2d", "filters": 4, "kernel": 1}, {"name": "pool", **pool})
     assert_bit_exact(int8_case(spec, build_dir))
 
 
 def test_residual_add_concat_global_pool_and_tables_are_bit_exact(build_dir):
-    spec = _single((3, 8, 8),
-                   {"name": "a", "type": "conv2d", "filters": 4, "kernel": 3, "padding": 1},
-                   {"name": "b", "type": "conv2d", "filters": 4, "kernel": 1, "inputs": ["input"]},
-                   {"name": "c", "type": "conv2d", "filters": 4, "kernel": 1, "stride": 1, "inputs": ["input"],
-                    "activation": "tanh"},
-                   {"name": "sum", "type": "add", "inputs": ["a", "b", "c"]},
-                   {"name": "sum_relu", "type": "relu"},
-                   {"name": "sig", "type": "sigmoid", "inputs": ["b"]},
-                   {"name": "leaky", "type": "leaky_relu", "alpha": 0.1, "inputs": ["a"]},
-                   {"name": "joined", "type": "concat", "inputs": ["sum_relu", "sig", "leaky"]},
-                   {"name": "pooled", "type": "global_avgpool"},
-                   {"name": "fc", "type": "dense", "units": 5},
-                   {"name": "probabilities", "type": "softmax"})
+    spec = ADD_CONCAT_TABLES
     q = int8_case(spec, build_dir)
     kinds = [op.kind for op in q.graph.ops]
     assert kinds == ["conv", "conv", "conv", "lut", "add", "lut", "lut", "concat", "global_avgpool", "dense"]
@@ -89,7 +71,7 @@ def test_residual_add_concat_global_pool_and_tables_are_bit_exact(build_dir):
 
 
 def test_signal_pools_and_dense_tanh_are_bit_exact(build_dir):
-    spec = _single((2, 30),
+    spec = single_spec((2, 30),
                    {"name": "conv", "type": "conv1d", "filters": 3, "kernel": 3, "dilation": 2, "padding": 2},
                    {"name": "mp", "type": "maxpool1d", "kernel": 3, "stride": 2, "padding": 1},
                    {"name": "ap", "type": "avgpool1d", "kernel": 2},

@@ -21,7 +21,7 @@ import pytest
 
 import cnncc
 from cnncc.quantize import QuantizeError
-from quant_cases import int8_case, random_int8
+from quant_cases import ADD_CONCAT_TABLES, int8_case, random_int8, single_spec
 from tools import need_module
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
@@ -29,41 +29,23 @@ EXAMPLES = ["lenet5", "mnist_seed", "resnet8", "ds_cnn", "signal1d"]
 SAMPLES = 64
 
 
-def _single(input_shape, *layers):
-    c = input_shape[0]
-    shape = ({"channels": c, "height": input_shape[1], "width": input_shape[2]} if len(input_shape) == 3
-             else {"channels": c, "length": input_shape[1]})
-    return {"name": "single", "input": shape, "layers": list(layers)}
-
 
 CASES = {
-    "strided_dilated_grouped": _single((4, 13, 11), {"name": "conv", "type": "conv2d", "filters": 6, "kernel": [3, 2],
+    "strided_dilated_grouped": single_spec((4, 13, 11), {"name": "conv", "type": "conv2d", "filters": 6, "kernel": [3, 2],
                                                      "stride": [2, 1], "dilation": [1, 2], "padding": [1, 2],
                                                      "groups": 2, "activation": "relu"}),
-    "same_padding": _single((3, 10, 9), {"name": "conv", "type": "conv2d", "filters": 4, "kernel": 4, "stride": 2,
+    "same_padding": single_spec((3, 10, 9), {"name": "conv", "type": "conv2d", "filters": 4, "kernel": 4, "stride": 2,
                                          "padding": "same", "bias": False}),
-    "depthwise_bn_relu": _single((6, 11, 9), {"name": "dw", "type": "conv2d", "filters": 6, "groups": 6, "kernel": 3,
+    "depthwise_bn_relu": single_spec((6, 11, 9), {"name": "dw", "type": "conv2d", "filters": 6, "groups": 6, "kernel": 3,
                                               "padding": "same", "stride": 2, "bias": False},
                                  {"name": "bn", "type": "batchnorm"}, {"name": "act", "type": "relu"}),
-    "padded_pools": _single((3, 9, 10), {"name": "conv", "type": "conv2d", "filters": 4, "kernel": 1},
+    "padded_pools": single_spec((3, 9, 10), {"name": "conv", "type": "conv2d", "filters": 4, "kernel": 1},
                             {"name": "mp", "type": "maxpool2d", "kernel": 3, "stride": 1, "padding": 1},
                             {"name": "ap", "type": "avgpool2d", "kernel": 3, "stride": 2, "padding": 1},
                             {"name": "ap2", "type": "avgpool2d", "kernel": [3, 2], "stride": 1, "padding": "same"},
                             {"name": "ap4", "type": "avgpool2d", "kernel": 2}),
-    "add_concat_tables": _single((3, 8, 8),
-                                 {"name": "a", "type": "conv2d", "filters": 4, "kernel": 3, "padding": 1},
-                                 {"name": "b", "type": "conv2d", "filters": 4, "kernel": 1, "inputs": ["input"]},
-                                 {"name": "c", "type": "conv2d", "filters": 4, "kernel": 1, "inputs": ["input"],
-                                  "activation": "tanh"},
-                                 {"name": "sum", "type": "add", "inputs": ["a", "b", "c"]},
-                                 {"name": "sum_relu", "type": "relu"},
-                                 {"name": "sig", "type": "sigmoid", "inputs": ["b"]},
-                                 {"name": "leaky", "type": "leaky_relu", "alpha": 0.1, "inputs": ["a"]},
-                                 {"name": "joined", "type": "concat", "inputs": ["sum_relu", "sig", "leaky"]},
-                                 {"name": "pooled", "type": "global_avgpool"},
-                                 {"name": "fc", "type": "dense", "units": 5},
-                                 {"name": "probabilities", "type": "softmax"}),
-    "signal": _single((2, 30), {"name": "conv", "type": "conv1d", "filters": 3, "kernel": 3, "dilation": 2,
+    "add_concat_tables": ADD_CONCAT_TABLES,
+    "signal": single_spec((2, 30), {"name": "conv", "type": "conv1d", "filters": 3, "kernel": 3, "dilation": 2,
                                 "padding": 2},
                       {"name": "mp", "type": "maxpool1d", "kernel": 3, "stride": 2, "padding": 1},
                       {"name": "ap", "type": "avgpool1d", "kernel": 2}, {"type": "flatten"},
