@@ -76,7 +76,8 @@ def child(args) -> None:
     batch = model.spec.training["batch_size"]
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch * args.steps,) + tuple(model.input_shape)).astype(model.dtype)
-    y = rng.integers(0, model.program.loss.classes, size=x.shape[0])
+    loss = model.program.loss
+    y = loss.rules.random_targets(rng, x.shape[0], model.program.output.shape, loss.classes)
 
     def images_per_second(batch_size: int) -> float:
         model.init(0)
