@@ -12,7 +12,7 @@ torch columns say n/a. Before timing a spec, torch's forward, loss and gradients
 cnncc's weights are compared with cnncc's (the comparison must be like for like).
 The portable backend (strict ISO C99, one thread) is timed beside the default vector backend at
 one thread. FLOPs per image = 2 * (forward + backward MACs) from `cnncc.check(spec).totals`, the same
-count for both frameworks. The peak is benchmarks/peak.c (FMA throughput), compiled now.
+count for both frameworks. The peak is cnncc/peak.py's FMA throughput (templates/peak.c.j2), built now.
 """
 from __future__ import annotations
 
@@ -98,23 +98,13 @@ def child(task: dict, threads: int = 1) -> dict:
 
 
 def measure_peak(work: Path, settings: Settings) -> dict:
-    """Compile peak.c with -O3 -march=native (no shell) and take the best of a few runs."""
-    from cnncc.build import find_compiler
+    """The machine's FMA throughput (cnncc/peak.py, built with cnncc's default flags, -march=native)
+    at each thread count: the best of a few runs."""
+    from cnncc.peak import peak_gflops
 
-    binary = work / "peak"
-    command = [find_compiler(), "-O3", "-march=native", "-ffp-contract=fast", "-pthread",
-               str(HERE / "peak.c"), "-o", str(binary)]
-    built = subprocess.run(command, capture_output=True, text=True)
-    if built.returncode != 0:
-        return {"error": f"compiling peak.c failed: {built.stderr[-500:]}"}
-    peak = {"command": " ".join(["cc"] + command[1:-3] + ["benchmarks/peak.c"])}
+    peak = {"source": "templates/peak.c.j2 via cnncc.peak.peak_gflops (cc -O3 -march=native -ffp-contract=fast)"}
     for threads in settings.threads:
-        runs = []
-        for _ in range(settings.peak_runs):
-            out = subprocess.run([str(binary), str(threads), str(settings.peak_seconds)], capture_output=True,
-                                 text=True, timeout=120)
-            runs.append(float(out.stdout.split()[1]))
-        peak[str(threads)] = max(runs)
+        peak[str(threads)] = peak_gflops(threads, settings.peak_seconds, settings.peak_runs, build_dir=work)
     return peak
 
 

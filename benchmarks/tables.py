@@ -103,7 +103,7 @@ def render(result: dict) -> str:
              f"{m['compiler']}",
              f"software: Python {m['python']}, numpy {m['numpy']}, cffi {m['cffi']}, "
              f"torch {m['torch'] if result['torch'] else 'n/a (not installed or --no-torch)'}",
-             f"machine peak (benchmarks/peak.c, float32 FMA): {peak_text}",
+             f"machine peak (cnncc/peak.py, float32 FMA): {peak_text}",
              f"settings: batch {s['batch']}, medians of {s['repeats']} repeats, threads "
              f"{','.join(map(str, s['threads']))}; load average (1 min) before {load[0][0] if load[0] else 'n/a'}, "
              f"after {load[1][0] if load[1] else 'n/a'}"]

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from .layers import format_shape
+from .peak import peak_gflops
 
 WARMUP_SECONDS = 0.3
 REPEAT_SECONDS = 0.75  # each timed repeat runs about this long (at least one call)
@@ -270,11 +271,13 @@ def time_passes(model, batch: int = 64, repeats: int = 5, seed: int = 0) -> dict
 
 # ---- the command ------------------------------------------------------------------------
 
-def _profile_text(model, rows: list[OpTiming], passes: dict[str, float], repeats: int) -> str:
+def _profile_text(model, rows: list[OpTiming], passes: dict[str, float], repeats: int, peak: float) -> str:
+    """The per-op table; `peak` is the machine's FMA throughput in GFLOP/s at the model's threads."""
     batch = rows[0].batch if rows else 0
     mode = "training mode" if model.program.loss else "inference mode"
     total = sum(r.total_s for r in rows) or 1.0
-    header = ["#", "op", "kind", "output", "forward ms", "backward ms", "% of total", "MACs/image", "GFLOP/s"]
+    header = ["#", "op", "kind", "output", "forward ms", "backward ms", "% of total", "MACs/image", "GFLOP/s",
+              "% of peak"]
     absorbed = model.program.absorbed_backward if model.program.loss else {}
 
     def backward_cell(r):
@@ -284,13 +287,14 @@ def _profile_text(model, rows: list[OpTiming], passes: dict[str, float], repeats
 
     body = [[str(r.index), r.name, r.kind, format_shape(r.output_shape), f"{1e3 * r.forward_s:.3f}",
              backward_cell(r), f"{100 * r.total_s / total:.1f}%",
-             f"{r.macs:,}" if r.macs else "-", f"{r.gflops:.2f}" if r.macs else "-"] for r in rows]
+             f"{r.macs:,}" if r.macs else "-", f"{r.gflops:.2f}" if r.macs else "-",
+             f"{100 * r.gflops / peak:.0f}%" if r.macs else "-"] for r in rows]
     fwd = sum(r.forward_s for r in rows)
     bwd = sum(r.backward_s or 0.0 for r in rows)
     body.append(["", "all ops", "", "", f"{1e3 * fwd:.3f}", f"{1e3 * bwd:.3f}" if model.program.loss else "-",
-                 "100.0%", "", ""])
+                 "100.0%", "", "", ""])
     widths = [max(len(row[c]) for row in [header] + body) for c in range(len(header))]
-    right = {0, 4, 5, 6, 7, 8}
+    right = {0, 4, 5, 6, 7, 8, 9}
 
     def fmt(row):
         return "  ".join(cell.rjust(w) if c in right else cell.ljust(w)
@@ -306,6 +310,8 @@ def _profile_text(model, rows: list[OpTiming], passes: dict[str, float], repeats
                      f"backward {1e3 * passes['backward']:.3f} (with zeroing the activation gradients)",
                      f"optimizer step {1e3 * passes['step']:.3f}", f"train_step {1e3 * passes['train_step']:.3f}"]
     lines.append("whole-model calls, ms: " + ", ".join(measured))
+    lines.append(f"% of peak: against {peak:.1f} GFLOP/s, this machine's float32 multiply-add throughput on "
+                 f"{model.analysis.options.threads} thread(s) with the model's compiler flags (cnncc/peak.py)")
     pooled = [op.name for op in model.program.ops if op.pooled and model.program.loss]
     if pooled:
         lines.append(f"GFLOP/s counts every layer's full MACs, backward too; the backward of {', '.join(pooled)} "
@@ -384,14 +390,16 @@ def bench_command(args) -> int:
         return 0
     rows = profile_layers(model, args.batch, args.repeats)
     passes = time_passes(model, args.batch, args.repeats)
+    options = model.analysis.options
+    peak = peak_gflops(options.threads, build_dir=args.build_dir, cc=options.cc, cflags=options.cflags)
     if args.json:
         total = sum(r.total_s for r in rows) or 1.0
         print(json.dumps({
             "spec": model.spec.name, "batch": args.batch, "repeats": args.repeats,
             "mode": "training" if model.program.loss else "inference",
             "ops": [{**asdict(r), "output_shape": list(r.output_shape), "percent": 100 * r.total_s / total,
-                     "gflops": r.gflops} for r in rows],
-            "whole_model_s": passes}, indent=2))
+                     "gflops": r.gflops, "percent_of_peak": 100 * r.gflops / peak} for r in rows],
+            "peak_gflops": peak, "whole_model_s": passes}, indent=2))
     else:
-        print(_profile_text(model, rows, passes, args.repeats))
+        print(_profile_text(model, rows, passes, args.repeats, peak))
     return 0

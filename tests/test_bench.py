@@ -144,12 +144,25 @@ def test_cli_bench_layers(build_dir, capsys):
     for op in model.program.ops:
         assert f" {op.name} " in text
     assert "forward ms" in text and "backward ms" in text and "% of total" in text and "GFLOP/s" in text
+    assert "% of peak" in text and "multiply-add throughput on 1 thread(s)" in text
 
     assert cli_main(["bench", LENET, "--layers", "--batch", "4", "--repeats", "1", "--json",
                      "--build-dir", str(build_dir)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [op["name"] for op in report["ops"]] == [op.name for op in model.program.ops]
     assert sum(op["percent"] for op in report["ops"]) == pytest.approx(100.0)
+    assert report["peak_gflops"] > 0
+    for op in report["ops"]:  # the fraction of the machine's peak each op reaches, from its own rate
+        assert op["percent_of_peak"] == pytest.approx(100 * op["gflops"] / report["peak_gflops"])
+
+
+def test_peak_is_a_positive_rate_and_refuses_bad_arguments(build_dir):
+    from cnncc.peak import peak_gflops
+
+    assert 0 < peak_gflops(1, seconds=0.02, runs=1, build_dir=build_dir) < 1e5  # GFLOP/s of one core
+    for bad in ({"threads": 0}, {"threads": 1.5}, {"seconds": 0}, {"seconds": float("nan")}, {"runs": 0}):
+        with pytest.raises(ValueError):
+            peak_gflops(**{"threads": 1, "seconds": 0.02, "runs": 1, **bad}, build_dir=build_dir)
 
 
 def test_cli_bench_summary(build_dir, capsys):

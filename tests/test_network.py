@@ -651,6 +651,17 @@ THREADED_SPECS = {
                    {"name": "pool2", "type": "maxpool2d", "kernel": 2},
                    {"type": "flatten"}, {"name": "fc", "type": "dense", "units": 10}],
         "loss": "softmax_cross_entropy", "optimizer": {"type": "adam", "lr": 0.001}},
+    # A residual block: batchnorm splits its channels over the threads and add its elements
+    # (9 x 16 x 24 x 24 = 82,944 elements, over the element-wise threshold of 65,536).
+    "batchnorm_add": {
+        "name": "threaded_residual", "input": {"channels": 16, "height": 24, "width": 24},
+        "layers": [{"name": "conv1", "type": "conv2d", "filters": 16, "kernel": 3, "padding": 1},
+                   {"name": "bn1", "type": "batchnorm"}, {"name": "relu1", "type": "relu"},
+                   {"name": "conv2", "type": "conv2d", "filters": 16, "kernel": 3, "padding": 1},
+                   {"name": "bn2", "type": "batchnorm"},
+                   {"name": "sum", "type": "add", "inputs": ["relu1", "bn2"]}, {"name": "out", "type": "relu"},
+                   {"type": "flatten"}, {"name": "fc", "type": "dense", "units": 10}],
+        "loss": "softmax_cross_entropy", "optimizer": {"type": "adam", "lr": 0.001}},
 }
 
 

@@ -674,6 +674,9 @@ static void ds_cnn_conv1_bn_forward(
         SPATIAL = 125
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
@@ -822,6 +825,9 @@ static void ds_cnn_dw1_bn_forward(
         SPATIAL = 125
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
@@ -941,6 +947,9 @@ static void ds_cnn_pw1_bn_forward(
         SPATIAL = 125
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1074,6 +1083,9 @@ static void ds_cnn_dw2_bn_forward(
         SPATIAL = 125
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1193,6 +1205,9 @@ static void ds_cnn_pw2_bn_forward(
         SPATIAL = 125
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1326,6 +1341,9 @@ static void ds_cnn_dw3_bn_forward(
         SPATIAL = 125
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1445,6 +1463,9 @@ static void ds_cnn_pw3_bn_forward(
         SPATIAL = 125
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1578,6 +1599,9 @@ static void ds_cnn_dw4_bn_forward(
         SPATIAL = 125
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1697,6 +1721,9 @@ static void ds_cnn_pw4_bn_forward(
         SPATIAL = 125
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)

@@ -666,6 +666,9 @@ static void resnet8_stem_bn_forward(
         SPATIAL = 1024
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
@@ -799,6 +802,9 @@ static void resnet8_s1_bn1_forward(
         SPATIAL = 1024
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
@@ -932,6 +938,9 @@ static void resnet8_s1_bn2_forward(
         SPATIAL = 1024
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
@@ -953,7 +962,9 @@ static void resnet8_s1_add_forward(
     enum {
         SIZE = 16384
     };
-    for (size_t i = 0; i < batch * SIZE; i++)
+    const size_t elements = batch * SIZE;
+    PARALLEL_FOR_ELEMENTS
+    for (size_t i = 0; i < elements; i++)
         out[i] = in0[i] + in1[i];
 }
 
@@ -1077,6 +1088,9 @@ static void resnet8_s2_bn1_forward(
         SPATIAL = 256
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1210,6 +1224,9 @@ static void resnet8_s2_bn2_forward(
         SPATIAL = 256
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1312,7 +1329,9 @@ static void resnet8_s2_add_forward(
     enum {
         SIZE = 8192
     };
-    for (size_t i = 0; i < batch * SIZE; i++)
+    const size_t elements = batch * SIZE;
+    PARALLEL_FOR_ELEMENTS
+    for (size_t i = 0; i < elements; i++)
         out[i] = in0[i] + in1[i];
 }
 
@@ -1436,6 +1455,9 @@ static void resnet8_s3_bn1_forward(
         SPATIAL = 64
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1569,6 +1591,9 @@ static void resnet8_s3_bn2_forward(
         SPATIAL = 64
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
@@ -1671,7 +1696,9 @@ static void resnet8_s3_add_forward(
     enum {
         SIZE = 4096
     };
-    for (size_t i = 0; i < batch * SIZE; i++)
+    const size_t elements = batch * SIZE;
+    PARALLEL_FOR_ELEMENTS
+    for (size_t i = 0; i < elements; i++)
         out[i] = in0[i] + in1[i];
 }
 

@@ -756,22 +756,46 @@ static void resnet8_stem_bn_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
+    enum { BN_LANES = 16 };                                             /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         real mean, inv_std;
         if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / (double)count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
-                    sum_sq += d * d;
+            /* One pass over the channel: the sums of d = in - pivot and of d * d, in BN_LANES
+               partial sums so the compiler can vectorise them (a single running sum is a chain
+               of dependent additions it may not reorder). The pivot, the channel's first value,
+               lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
+               can. The order of the sums is fixed by the shapes: results are reproducible. */
+            const double pivot = (double)in[(size_t)c * SPATIAL];
+            double sums[BN_LANES] = {0}, squares[BN_LANES] = {0};
+            for (size_t b = 0; b < batch; b++) {
+                const real *restrict x = in + (b * C + c) * SPATIAL;
+                int s = 0;
+                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                    for (int l = 0; l < BN_LANES; l++) {
+                        const double d = (double)x[s + l] - pivot;
+                        sums[l] += d;
+                        squares[l] += d * d;
+                    }
+                for (int l = 0; s < SPATIAL; s++, l++) {
+                    const double d = (double)x[s] - pivot;
+                    sums[l] += d;
+                    squares[l] += d * d;
                 }
-            const double var = sum_sq / (double)count;
+            }
+            double sum = 0, sum_sq = 0;
+            for (int l = 0; l < BN_LANES; l++) {
+                sum += sums[l];
+                sum_sq += squares[l];
+            }
+            const double shifted_mean = sum / (double)count;
+            const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
+            const double var = var_raw > 0 ? var_raw : 0;                /* rounding can leave it just below 0 */
+            mean = (real)(pivot + shifted_mean);
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
@@ -809,17 +833,36 @@ static void resnet8_stem_bn_backward(
         C = 16,
         SPATIAL = 1024
     };
+    enum { BN_LANES = 16 };                                             /* partial sums per channel */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real mean = saved[c], inv_std = saved[C + c];
-        double sum_dout = 0, sum_dout_xhat = 0;
-        for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += (double)dout[i];
-                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
+        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
+           forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
+        double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
+        for (size_t b = 0; b < batch; b++) {
+            const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            int s = 0;
+            for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                for (int l = 0; l < BN_LANES; l++) {
+                    sums[l] += (double)dy[s + l];
+                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                }
+            for (int l = 0; s < SPATIAL; s++, l++) {
+                sums[l] += (double)dy[s];
+                products[l] += (double)(dy[s] * (x[s] - mean));
             }
+        }
+        double sum_dout = 0, sum_dout_centred = 0;
+        for (int l = 0; l < BN_LANES; l++) {
+            sum_dout += sums[l];
+            sum_dout_centred += products[l];
+        }
+        const double sum_dout_xhat = sum_dout_centred * (double)inv_std;
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
         const real k = gamma[c] * inv_std / (real)count;
@@ -1085,22 +1128,46 @@ static void resnet8_s1_bn1_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
+    enum { BN_LANES = 16 };                                             /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         real mean, inv_std;
         if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / (double)count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
-                    sum_sq += d * d;
+            /* One pass over the channel: the sums of d = in - pivot and of d * d, in BN_LANES
+               partial sums so the compiler can vectorise them (a single running sum is a chain
+               of dependent additions it may not reorder). The pivot, the channel's first value,
+               lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
+               can. The order of the sums is fixed by the shapes: results are reproducible. */
+            const double pivot = (double)in[(size_t)c * SPATIAL];
+            double sums[BN_LANES] = {0}, squares[BN_LANES] = {0};
+            for (size_t b = 0; b < batch; b++) {
+                const real *restrict x = in + (b * C + c) * SPATIAL;
+                int s = 0;
+                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                    for (int l = 0; l < BN_LANES; l++) {
+                        const double d = (double)x[s + l] - pivot;
+                        sums[l] += d;
+                        squares[l] += d * d;
+                    }
+                for (int l = 0; s < SPATIAL; s++, l++) {
+                    const double d = (double)x[s] - pivot;
+                    sums[l] += d;
+                    squares[l] += d * d;
                 }
-            const double var = sum_sq / (double)count;
+            }
+            double sum = 0, sum_sq = 0;
+            for (int l = 0; l < BN_LANES; l++) {
+                sum += sums[l];
+                sum_sq += squares[l];
+            }
+            const double shifted_mean = sum / (double)count;
+            const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
+            const double var = var_raw > 0 ? var_raw : 0;                /* rounding can leave it just below 0 */
+            mean = (real)(pivot + shifted_mean);
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
@@ -1138,17 +1205,36 @@ static void resnet8_s1_bn1_backward(
         C = 16,
         SPATIAL = 1024
     };
+    enum { BN_LANES = 16 };                                             /* partial sums per channel */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real mean = saved[c], inv_std = saved[C + c];
-        double sum_dout = 0, sum_dout_xhat = 0;
-        for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += (double)dout[i];
-                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
+        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
+           forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
+        double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
+        for (size_t b = 0; b < batch; b++) {
+            const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            int s = 0;
+            for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                for (int l = 0; l < BN_LANES; l++) {
+                    sums[l] += (double)dy[s + l];
+                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                }
+            for (int l = 0; s < SPATIAL; s++, l++) {
+                sums[l] += (double)dy[s];
+                products[l] += (double)(dy[s] * (x[s] - mean));
             }
+        }
+        double sum_dout = 0, sum_dout_centred = 0;
+        for (int l = 0; l < BN_LANES; l++) {
+            sum_dout += sums[l];
+            sum_dout_centred += products[l];
+        }
+        const double sum_dout_xhat = sum_dout_centred * (double)inv_std;
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
         const real k = gamma[c] * inv_std / (real)count;
@@ -1414,22 +1500,46 @@ static void resnet8_s1_bn2_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
+    enum { BN_LANES = 16 };                                             /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         real mean, inv_std;
         if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / (double)count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
-                    sum_sq += d * d;
+            /* One pass over the channel: the sums of d = in - pivot and of d * d, in BN_LANES
+               partial sums so the compiler can vectorise them (a single running sum is a chain
+               of dependent additions it may not reorder). The pivot, the channel's first value,
+               lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
+               can. The order of the sums is fixed by the shapes: results are reproducible. */
+            const double pivot = (double)in[(size_t)c * SPATIAL];
+            double sums[BN_LANES] = {0}, squares[BN_LANES] = {0};
+            for (size_t b = 0; b < batch; b++) {
+                const real *restrict x = in + (b * C + c) * SPATIAL;
+                int s = 0;
+                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                    for (int l = 0; l < BN_LANES; l++) {
+                        const double d = (double)x[s + l] - pivot;
+                        sums[l] += d;
+                        squares[l] += d * d;
+                    }
+                for (int l = 0; s < SPATIAL; s++, l++) {
+                    const double d = (double)x[s] - pivot;
+                    sums[l] += d;
+                    squares[l] += d * d;
                 }
-            const double var = sum_sq / (double)count;
+            }
+            double sum = 0, sum_sq = 0;
+            for (int l = 0; l < BN_LANES; l++) {
+                sum += sums[l];
+                sum_sq += squares[l];
+            }
+            const double shifted_mean = sum / (double)count;
+            const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
+            const double var = var_raw > 0 ? var_raw : 0;                /* rounding can leave it just below 0 */
+            mean = (real)(pivot + shifted_mean);
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
@@ -1467,17 +1577,36 @@ static void resnet8_s1_bn2_backward(
         C = 16,
         SPATIAL = 1024
     };
+    enum { BN_LANES = 16 };                                             /* partial sums per channel */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real mean = saved[c], inv_std = saved[C + c];
-        double sum_dout = 0, sum_dout_xhat = 0;
-        for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += (double)dout[i];
-                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
+        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
+           forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
+        double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
+        for (size_t b = 0; b < batch; b++) {
+            const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            int s = 0;
+            for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                for (int l = 0; l < BN_LANES; l++) {
+                    sums[l] += (double)dy[s + l];
+                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                }
+            for (int l = 0; s < SPATIAL; s++, l++) {
+                sums[l] += (double)dy[s];
+                products[l] += (double)(dy[s] * (x[s] - mean));
             }
+        }
+        double sum_dout = 0, sum_dout_centred = 0;
+        for (int l = 0; l < BN_LANES; l++) {
+            sum_dout += sums[l];
+            sum_dout_centred += products[l];
+        }
+        const double sum_dout_xhat = sum_dout_centred * (double)inv_std;
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
         const real k = gamma[c] * inv_std / (real)count;
@@ -1503,7 +1632,9 @@ static void resnet8_s1_add_forward(
     enum {
         SIZE = 16384
     };
-    for (size_t i = 0; i < batch * SIZE; i++)
+    const size_t elements = batch * SIZE;
+    PARALLEL_FOR_ELEMENTS
+    for (size_t i = 0; i < elements; i++)
         out[i] = in0[i] + in1[i];
 }
 
@@ -1520,9 +1651,12 @@ static void resnet8_s1_add_backward(
     enum {
         SIZE = 16384
     };
-    for (size_t i = 0; i < batch * SIZE; i++)   /* din0 is not restrict: two inputs may be the same tensor */
+    const size_t elements = batch * SIZE;
+    PARALLEL_FOR_ELEMENTS
+    for (size_t i = 0; i < elements; i++)   /* din0 is not restrict: two inputs may be the same tensor */
         din0[i] += dout[i];
-    for (size_t i = 0; i < batch * SIZE; i++)   /* din1 is not restrict: two inputs may be the same tensor */
+    PARALLEL_FOR_ELEMENTS
+    for (size_t i = 0; i < elements; i++)   /* din1 is not restrict: two inputs may be the same tensor */
         din1[i] += dout[i];
 }
 
@@ -1747,22 +1881,46 @@ static void resnet8_s2_bn1_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
+    enum { BN_LANES = 16 };                                             /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         real mean, inv_std;
         if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / (double)count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
-                    sum_sq += d * d;
+            /* One pass over the channel: the sums of d = in - pivot and of d * d, in BN_LANES
+               partial sums so the compiler can vectorise them (a single running sum is a chain
+               of dependent additions it may not reorder). The pivot, the channel's first value,
+               lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
+               can. The order of the sums is fixed by the shapes: results are reproducible. */
+            const double pivot = (double)in[(size_t)c * SPATIAL];
+            double sums[BN_LANES] = {0}, squares[BN_LANES] = {0};
+            for (size_t b = 0; b < batch; b++) {
+                const real *restrict x = in + (b * C + c) * SPATIAL;
+                int s = 0;
+                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                    for (int l = 0; l < BN_LANES; l++) {
+                        const double d = (double)x[s + l] - pivot;
+                        sums[l] += d;
+                        squares[l] += d * d;
+                    }
+                for (int l = 0; s < SPATIAL; s++, l++) {
+                    const double d = (double)x[s] - pivot;
+                    sums[l] += d;
+                    squares[l] += d * d;
                 }
-            const double var = sum_sq / (double)count;
+            }
+            double sum = 0, sum_sq = 0;
+            for (int l = 0; l < BN_LANES; l++) {
+                sum += sums[l];
+                sum_sq += squares[l];
+            }
+            const double shifted_mean = sum / (double)count;
+            const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
+            const double var = var_raw > 0 ? var_raw : 0;                /* rounding can leave it just below 0 */
+            mean = (real)(pivot + shifted_mean);
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
@@ -1800,17 +1958,36 @@ static void resnet8_s2_bn1_backward(
         C = 32,
         SPATIAL = 256
     };
+    enum { BN_LANES = 16 };                                             /* partial sums per channel */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real mean = saved[c], inv_std = saved[C + c];
-        double sum_dout = 0, sum_dout_xhat = 0;
-        for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += (double)dout[i];
-                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
+        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
+           forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
+        double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
+        for (size_t b = 0; b < batch; b++) {
+            const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            int s = 0;
+            for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                for (int l = 0; l < BN_LANES; l++) {
+                    sums[l] += (double)dy[s + l];
+                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                }
+            for (int l = 0; s < SPATIAL; s++, l++) {
+                sums[l] += (double)dy[s];
+                products[l] += (double)(dy[s] * (x[s] - mean));
             }
+        }
+        double sum_dout = 0, sum_dout_centred = 0;
+        for (int l = 0; l < BN_LANES; l++) {
+            sum_dout += sums[l];
+            sum_dout_centred += products[l];
+        }
+        const double sum_dout_xhat = sum_dout_centred * (double)inv_std;
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
         const real k = gamma[c] * inv_std / (real)count;
@@ -2076,22 +2253,46 @@ static void resnet8_s2_bn2_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
+    enum { BN_LANES = 16 };                                             /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         real mean, inv_std;
         if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / (double)count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
-                    sum_sq += d * d;
+            /* One pass over the channel: the sums of d = in - pivot and of d * d, in BN_LANES
+               partial sums so the compiler can vectorise them (a single running sum is a chain
+               of dependent additions it may not reorder). The pivot, the channel's first value,
+               lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
+               can. The order of the sums is fixed by the shapes: results are reproducible. */
+            const double pivot = (double)in[(size_t)c * SPATIAL];
+            double sums[BN_LANES] = {0}, squares[BN_LANES] = {0};
+            for (size_t b = 0; b < batch; b++) {
+                const real *restrict x = in + (b * C + c) * SPATIAL;
+                int s = 0;
+                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                    for (int l = 0; l < BN_LANES; l++) {
+                        const double d = (double)x[s + l] - pivot;
+                        sums[l] += d;
+                        squares[l] += d * d;
+                    }
+                for (int l = 0; s < SPATIAL; s++, l++) {
+                    const double d = (double)x[s] - pivot;
+                    sums[l] += d;
+                    squares[l] += d * d;
                 }
-            const double var = sum_sq / (double)count;
+            }
+            double sum = 0, sum_sq = 0;
+            for (int l = 0; l < BN_LANES; l++) {
+                sum += sums[l];
+                sum_sq += squares[l];
+            }
+            const double shifted_mean = sum / (double)count;
+            const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
+            const double var = var_raw > 0 ? var_raw : 0;                /* rounding can leave it just below 0 */
+            mean = (real)(pivot + shifted_mean);
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
@@ -2129,17 +2330,36 @@ static void resnet8_s2_bn2_backward(
         C = 32,
         SPATIAL = 256
     };
+    enum { BN_LANES = 16 };                                             /* partial sums per channel */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real mean = saved[c], inv_std = saved[C + c];
-        double sum_dout = 0, sum_dout_xhat = 0;
-        for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += (double)dout[i];
-                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
+        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
+           forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
+        double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
+        for (size_t b = 0; b < batch; b++) {
+            const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            int s = 0;
+            for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                for (int l = 0; l < BN_LANES; l++) {
+                    sums[l] += (double)dy[s + l];
+                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                }
+            for (int l = 0; s < SPATIAL; s++, l++) {
+                sums[l] += (double)dy[s];
+                products[l] += (double)(dy[s] * (x[s] - mean));
             }
+        }
+        double sum_dout = 0, sum_dout_centred = 0;
+        for (int l = 0; l < BN_LANES; l++) {
+            sum_dout += sums[l];
+            sum_dout_centred += products[l];
+        }
+        const double sum_dout_xhat = sum_dout_centred * (double)inv_std;
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
         const real k = gamma[c] * inv_std / (real)count;
@@ -2320,7 +2540,9 @@ static void resnet8_s2_add_forward(
     enum {
         SIZE = 8192
     };
-    for (size_t i = 0; i < batch * SIZE; i++)
+    const size_t elements = batch * SIZE;
+    PARALLEL_FOR_ELEMENTS
+    for (size_t i = 0; i < elements; i++)
         out[i] = in0[i] + in1[i];
 }
 
@@ -2337,9 +2559,12 @@ static void resnet8_s2_add_backward(
     enum {
         SIZE = 8192
     };
-    for (size_t i = 0; i < batch * SIZE; i++)   /* din0 is not restrict: two inputs may be the same tensor */
+    const size_t elements = batch * SIZE;
+    PARALLEL_FOR_ELEMENTS
+    for (size_t i = 0; i < elements; i++)   /* din0 is not restrict: two inputs may be the same tensor */
         din0[i] += dout[i];
-    for (size_t i = 0; i < batch * SIZE; i++)   /* din1 is not restrict: two inputs may be the same tensor */
+    PARALLEL_FOR_ELEMENTS
+    for (size_t i = 0; i < elements; i++)   /* din1 is not restrict: two inputs may be the same tensor */
         din1[i] += dout[i];
 }
 
@@ -2564,22 +2789,46 @@ static void resnet8_s3_bn1_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
+    enum { BN_LANES = 16 };                                             /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         real mean, inv_std;
         if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / (double)count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
-                    sum_sq += d * d;
+            /* One pass over the channel: the sums of d = in - pivot and of d * d, in BN_LANES
+               partial sums so the compiler can vectorise them (a single running sum is a chain
+               of dependent additions it may not reorder). The pivot, the channel's first value,
+               lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
+               can. The order of the sums is fixed by the shapes: results are reproducible. */
+            const double pivot = (double)in[(size_t)c * SPATIAL];
+            double sums[BN_LANES] = {0}, squares[BN_LANES] = {0};
+            for (size_t b = 0; b < batch; b++) {
+                const real *restrict x = in + (b * C + c) * SPATIAL;
+                int s = 0;
+                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                    for (int l = 0; l < BN_LANES; l++) {
+                        const double d = (double)x[s + l] - pivot;
+                        sums[l] += d;
+                        squares[l] += d * d;
+                    }
+                for (int l = 0; s < SPATIAL; s++, l++) {
+                    const double d = (double)x[s] - pivot;
+                    sums[l] += d;
+                    squares[l] += d * d;
                 }
-            const double var = sum_sq / (double)count;
+            }
+            double sum = 0, sum_sq = 0;
+            for (int l = 0; l < BN_LANES; l++) {
+                sum += sums[l];
+                sum_sq += squares[l];
+            }
+            const double shifted_mean = sum / (double)count;
+            const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
+            const double var = var_raw > 0 ? var_raw : 0;                /* rounding can leave it just below 0 */
+            mean = (real)(pivot + shifted_mean);
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
@@ -2617,17 +2866,36 @@ static void resnet8_s3_bn1_backward(
         C = 64,
         SPATIAL = 64
     };
+    enum { BN_LANES = 16 };                                             /* partial sums per channel */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real mean = saved[c], inv_std = saved[C + c];
-        double sum_dout = 0, sum_dout_xhat = 0;
-        for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += (double)dout[i];
-                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
+        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
+           forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
+        double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
+        for (size_t b = 0; b < batch; b++) {
+            const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            int s = 0;
+            for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                for (int l = 0; l < BN_LANES; l++) {
+                    sums[l] += (double)dy[s + l];
+                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                }
+            for (int l = 0; s < SPATIAL; s++, l++) {
+                sums[l] += (double)dy[s];
+                products[l] += (double)(dy[s] * (x[s] - mean));
             }
+        }
+        double sum_dout = 0, sum_dout_centred = 0;
+        for (int l = 0; l < BN_LANES; l++) {
+            sum_dout += sums[l];
+            sum_dout_centred += products[l];
+        }
+        const double sum_dout_xhat = sum_dout_centred * (double)inv_std;
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
         const real k = gamma[c] * inv_std / (real)count;
@@ -2893,22 +3161,46 @@ static void resnet8_s3_bn2_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
+    enum { BN_LANES = 16 };                                             /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         real mean, inv_std;
         if (training) {
-            double sum = 0, sum_sq = 0;
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++)
-                    sum += (double)in[(b * C + c) * SPATIAL + s];
-            mean = (real)(sum / (double)count);
-            for (size_t b = 0; b < batch; b++)
-                for (int s = 0; s < SPATIAL; s++) {
-                    const double d = (double)(in[(b * C + c) * SPATIAL + s] - mean);
-                    sum_sq += d * d;
+            /* One pass over the channel: the sums of d = in - pivot and of d * d, in BN_LANES
+               partial sums so the compiler can vectorise them (a single running sum is a chain
+               of dependent additions it may not reorder). The pivot, the channel's first value,
+               lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
+               can. The order of the sums is fixed by the shapes: results are reproducible. */
+            const double pivot = (double)in[(size_t)c * SPATIAL];
+            double sums[BN_LANES] = {0}, squares[BN_LANES] = {0};
+            for (size_t b = 0; b < batch; b++) {
+                const real *restrict x = in + (b * C + c) * SPATIAL;
+                int s = 0;
+                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                    for (int l = 0; l < BN_LANES; l++) {
+                        const double d = (double)x[s + l] - pivot;
+                        sums[l] += d;
+                        squares[l] += d * d;
+                    }
+                for (int l = 0; s < SPATIAL; s++, l++) {
+                    const double d = (double)x[s] - pivot;
+                    sums[l] += d;
+                    squares[l] += d * d;
                 }
-            const double var = sum_sq / (double)count;
+            }
+            double sum = 0, sum_sq = 0;
+            for (int l = 0; l < BN_LANES; l++) {
+                sum += sums[l];
+                sum_sq += squares[l];
+            }
+            const double shifted_mean = sum / (double)count;
+            const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
+            const double var = var_raw > 0 ? var_raw : 0;                /* rounding can leave it just below 0 */
+            mean = (real)(pivot + shifted_mean);
             inv_std = (real)(1.0 / sqrt(var + (double)EPS));
             saved[c] = mean;
             saved[C + c] = inv_std;
@@ -2946,17 +3238,36 @@ static void resnet8_s3_bn2_backward(
         C = 64,
         SPATIAL = 64
     };
+    enum { BN_LANES = 16 };                                             /* partial sums per channel */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real mean = saved[c], inv_std = saved[C + c];
-        double sum_dout = 0, sum_dout_xhat = 0;
-        for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const size_t i = (b * C + c) * SPATIAL + s;
-                sum_dout += (double)dout[i];
-                sum_dout_xhat += (double)(dout[i] * (in[i] - mean) * inv_std);
+        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
+           forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
+        double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
+        for (size_t b = 0; b < batch; b++) {
+            const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            int s = 0;
+            for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                for (int l = 0; l < BN_LANES; l++) {
+                    sums[l] += (double)dy[s + l];
+                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                }
+            for (int l = 0; s < SPATIAL; s++, l++) {
+                sums[l] += (double)dy[s];
+                products[l] += (double)(dy[s] * (x[s] - mean));
             }
+        }
+        double sum_dout = 0, sum_dout_centred = 0;
+        for (int l = 0; l < BN_LANES; l++) {
+            sum_dout += sums[l];
+            sum_dout_centred += products[l];
+        }
+        const double sum_dout_xhat = sum_dout_centred * (double)inv_std;
         dbeta[c] += (real)sum_dout;
         dgamma[c] += (real)sum_dout_xhat;
         const real k = gamma[c] * inv_std / (real)count;
@@ -3137,7 +3448,9 @@ static void resnet8_s3_add_forward(
     enum {
         SIZE = 4096
     };
-    for (size_t i = 0; i < batch * SIZE; i++)
+    const size_t elements = batch * SIZE;
+    PARALLEL_FOR_ELEMENTS
+    for (size_t i = 0; i < elements; i++)
         out[i] = in0[i] + in1[i];
 }
 
@@ -3154,9 +3467,12 @@ static void resnet8_s3_add_backward(
     enum {
         SIZE = 4096
     };
-    for (size_t i = 0; i < batch * SIZE; i++)   /* din0 is not restrict: two inputs may be the same tensor */
+    const size_t elements = batch * SIZE;
+    PARALLEL_FOR_ELEMENTS
+    for (size_t i = 0; i < elements; i++)   /* din0 is not restrict: two inputs may be the same tensor */
         din0[i] += dout[i];
-    for (size_t i = 0; i < batch * SIZE; i++)   /* din1 is not restrict: two inputs may be the same tensor */
+    PARALLEL_FOR_ELEMENTS
+    for (size_t i = 0; i < elements; i++)   /* din1 is not restrict: two inputs may be the same tensor */
         din1[i] += dout[i];
 }
 

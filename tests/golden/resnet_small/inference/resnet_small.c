@@ -623,6 +623,9 @@ static void resnet_small_stem_bn_forward(
         SPATIAL = 256
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
@@ -754,6 +757,9 @@ static void resnet_small_block1_bn1_forward(
         SPATIAL = 256
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
@@ -885,6 +891,9 @@ static void resnet_small_block1_bn2_forward(
         SPATIAL = 256
     };
     const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    PARALLEL_FOR_ELEMENTS
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
@@ -906,7 +915,9 @@ static void resnet_small_block1_add_forward(
     enum {
         SIZE = 4096
     };
-    for (size_t i = 0; i < batch * SIZE; i++)
+    const size_t elements = batch * SIZE;
+    PARALLEL_FOR_ELEMENTS
+    for (size_t i = 0; i < elements; i++)
         out[i] = in0[i] + in1[i];
 }
 
