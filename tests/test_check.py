@@ -488,7 +488,7 @@ def test_an_axis_grown_by_padding_is_refused_long_before_it_nears_int_max():
     # stack would first be refused by the checker's axis limit, at p512.
     layers = [{"name": f"p{i}", "type": "conv1d", "filters": 1, "kernel": 1, "padding": pad} for i in range(400)]
     spec = {"name": "grow", "input": {"channels": 1, "length": 8}, "layers": layers}
-    with pytest.raises(SpecError, match=r"layer 342 'p341'.*scratch .* would have 2,149,580,825 elements") as info:
+    with pytest.raises(SpecError, match=r"layer 342 'p341'.*scratch .* would have 2,149,580,827 elements") as info:
         check(spec)
     assert len(info.value.diagnostics) == 1
     longest = 8 + 341 * 2 * pad  # p341's input

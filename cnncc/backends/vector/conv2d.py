@@ -43,7 +43,8 @@ class ConvPlanner(Planner):
         k = _dims(g, request.sample_slots)
         shifted = (g.stride_h, g.stride_w) == (1, 1)
         s = {"has_bias": g.bias, "dweight_by_dots": g.c_out // g.groups < DOTS_BELOW_FILTERS,
-             "din": request.input_grads[0], "positive_only": request.pooled_positive_only}
+             "din": request.input_grads[0], "positive_only": request.pooled_positive_only,
+             "dweight": "weight" in request.trainable, "dbias": g.bias and "bias" in request.trainable}
         if shifted:
             k.update(_shifted_dims(g, k))
             s.update(padded=sum(g.pad_h) + sum(g.pad_w) > 0, wide=g.kw > 1,
@@ -59,6 +60,8 @@ class ConvPlanner(Planner):
         else:
             backward = {"SCRATCH_DOUT": 0 if s["dweight_by_dots"] else k["PIXELS_OUT"] * k["C_OUT_PER_GROUP"]}
             shared = {"SCRATCH_DWEIGHT_T": 0 if s["dweight_by_dots"] else k["C_OUT"] * k["K_GROUP"]}
+        if request.pooled_output is None:
+            backward.update(_gradient_parts(k, s))
         layout, forward_scratch, workspace = _layout(forward, backward, shared, request.sample_slots)
         k.update(layout)
 
@@ -72,12 +75,13 @@ class ConvPlanner(Planner):
                               "in if dweight", "weight if din", "slots", "batch")
             backward_template = POOLED
         else:
-            backward_names = _shifted_backward_names(s) if shifted else _im2col_backward_names(s)
-            scratch = not shifted or s["padded"] or s["wide"] or not s["dweight_by_dots"] or s["din"]
+            backward_names = (_shifted_backward_names(s) if shifted else _im2col_backward_names(s)) + \
+                ("SAMPLE_SLOTS", "SLOT_SIZE", "C_OUT", "K_GROUP", "PIXELS_OUT", "SCRATCH_DWEIGHT_PART",
+                 "SCRATCH_DBIAS_PART")
+            backward_names = tuple(dict.fromkeys(backward_names))
             # the input only for the weight gradient: a frozen conv between trainable layers (din
             # alone) lets its input go after the forward pass (memplan.backward_reads)
-            backward_roles = ("din", "dweight", "dbias", "dout", "in if dweight", "weight if din") + \
-                (("scratch",) if scratch else ()) + ("batch",)
+            backward_roles = ("din", "dweight", "dbias", "dout", "in if dweight", "weight if din", "slots", "batch")
             backward_template = SHIFTED if shifted else IM2COL
         return KernelPlan(SHIFTED if shifted else IM2COL, backward_template,
                           {n: k[n] for n in forward_names}, {n: k[n] for n in backward_names},
@@ -130,6 +134,14 @@ def _shifted_scratch_backward(k, s):
     shared = {"SCRATCH_FLIPPED": k["C_OUT"] * k["K_GROUP"],
               "SCRATCH_DWEIGHT_T": 0 if s["dweight_by_dots"] else k["C_OUT"] * k["K_GROUP"]}
     return backward, shared
+
+
+def _gradient_parts(k, s) -> dict[str, int]:
+    """Per slot: one sample's weight gradient (laid out as the batch's: transposed unless by dots)
+    and bias gradient, added to the batch's in sample order, so the sums are the same at any slot
+    count (and so at any thread count)."""
+    return {"SCRATCH_DWEIGHT_PART": k["C_OUT"] * k["K_GROUP"] if s["dweight"] else 0,
+            "SCRATCH_DBIAS_PART": k["C_OUT"] if s["dbias"] else 0}
 
 
 def _pooled_scratch(k):

@@ -587,7 +587,7 @@ KERNEL_INLINE void ds_cnn_conv1_forward_slot(
     const real *restrict in,                /* input [N, 1, 49, 10] */
     const real *restrict weight,            /* conv1.weight [64, 1, 10, 4] */
     const real *restrict bias,              /* conv1.bias [64] */
-    real *slots,                            /* 15560 elements of workspace */
+    real *slots,                            /* 18184 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -613,7 +613,7 @@ KERNEL_INLINE void ds_cnn_conv1_forward_slot(
         H_OUT = 25,
         W_OUT = 5,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 13000
+        SLOT_SIZE = 15624
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -634,18 +634,20 @@ KERNEL_INLINE void ds_cnn_conv1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_conv1_forward(
     real *restrict out,                     /* conv1 [N, 64, 25, 5] */
     const real *restrict in,                /* input [N, 1, 49, 10] */
     const real *restrict weight,            /* conv1.weight [64, 1, 10, 4] */
     const real *restrict bias,              /* conv1.bias [64] */
-    real *slots,                            /* 15560 elements of workspace */
+    real *slots,                            /* 18184 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 40 * 125;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -733,7 +735,7 @@ KERNEL_INLINE void ds_cnn_dw1_forward_slot(
     const real *restrict in,                /* drop1 [N, 64, 25, 5] */
     const real *restrict weight,            /* dw1.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw1.bias [64] */
-    real *slots,                            /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -761,7 +763,7 @@ KERNEL_INLINE void ds_cnn_dw1_forward_slot(
         H_OUT = 25,
         W_OUT = 5,
         SCRATCH_WIDE = 189,
-        SLOT_SIZE = 897
+        SLOT_SIZE = 1537
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -785,18 +787,20 @@ KERNEL_INLINE void ds_cnn_dw1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_dw1_forward(
     real *restrict out,                     /* dw1 [N, 64, 25, 5] */
     const real *restrict in,                /* drop1 [N, 64, 25, 5] */
     const real *restrict weight,            /* dw1.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw1.bias [64] */
-    real *slots,                            /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 9 * 125;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_dw1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -908,8 +912,9 @@ KERNEL_INLINE void ds_cnn_pw1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_pw1_forward(
     real *restrict out,                     /* pw1 [N, 64, 25, 5] */
     const real *restrict in,                /* dw1_relu [N, 64, 25, 5] */
@@ -918,7 +923,8 @@ static void ds_cnn_pw1_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 64 * 125;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_pw1_forward_slot(out, in, weight, bias, batch, slot);
@@ -991,7 +997,7 @@ KERNEL_INLINE void ds_cnn_dw2_forward_slot(
     const real *restrict in,                /* pw1_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* dw2.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw2.bias [64] */
-    real *slots,                            /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1019,7 +1025,7 @@ KERNEL_INLINE void ds_cnn_dw2_forward_slot(
         H_OUT = 25,
         W_OUT = 5,
         SCRATCH_WIDE = 189,
-        SLOT_SIZE = 897
+        SLOT_SIZE = 1537
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1043,18 +1049,20 @@ KERNEL_INLINE void ds_cnn_dw2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_dw2_forward(
     real *restrict out,                     /* dw2 [N, 64, 25, 5] */
     const real *restrict in,                /* pw1_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* dw2.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw2.bias [64] */
-    real *slots,                            /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 9 * 125;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_dw2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1166,8 +1174,9 @@ KERNEL_INLINE void ds_cnn_pw2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_pw2_forward(
     real *restrict out,                     /* pw2 [N, 64, 25, 5] */
     const real *restrict in,                /* dw2_relu [N, 64, 25, 5] */
@@ -1176,7 +1185,8 @@ static void ds_cnn_pw2_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 64 * 125;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_pw2_forward_slot(out, in, weight, bias, batch, slot);
@@ -1249,7 +1259,7 @@ KERNEL_INLINE void ds_cnn_dw3_forward_slot(
     const real *restrict in,                /* pw2_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* dw3.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw3.bias [64] */
-    real *slots,                            /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1277,7 +1287,7 @@ KERNEL_INLINE void ds_cnn_dw3_forward_slot(
         H_OUT = 25,
         W_OUT = 5,
         SCRATCH_WIDE = 189,
-        SLOT_SIZE = 897
+        SLOT_SIZE = 1537
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1301,18 +1311,20 @@ KERNEL_INLINE void ds_cnn_dw3_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_dw3_forward(
     real *restrict out,                     /* dw3 [N, 64, 25, 5] */
     const real *restrict in,                /* pw2_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* dw3.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw3.bias [64] */
-    real *slots,                            /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 9 * 125;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_dw3_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1424,8 +1436,9 @@ KERNEL_INLINE void ds_cnn_pw3_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_pw3_forward(
     real *restrict out,                     /* pw3 [N, 64, 25, 5] */
     const real *restrict in,                /* dw3_relu [N, 64, 25, 5] */
@@ -1434,7 +1447,8 @@ static void ds_cnn_pw3_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 64 * 125;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_pw3_forward_slot(out, in, weight, bias, batch, slot);
@@ -1507,7 +1521,7 @@ KERNEL_INLINE void ds_cnn_dw4_forward_slot(
     const real *restrict in,                /* pw3_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* dw4.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw4.bias [64] */
-    real *slots,                            /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1535,7 +1549,7 @@ KERNEL_INLINE void ds_cnn_dw4_forward_slot(
         H_OUT = 25,
         W_OUT = 5,
         SCRATCH_WIDE = 189,
-        SLOT_SIZE = 897
+        SLOT_SIZE = 1537
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1559,18 +1573,20 @@ KERNEL_INLINE void ds_cnn_dw4_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_dw4_forward(
     real *restrict out,                     /* dw4 [N, 64, 25, 5] */
     const real *restrict in,                /* pw3_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* dw4.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw4.bias [64] */
-    real *slots,                            /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 9 * 125;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_dw4_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1682,8 +1698,9 @@ KERNEL_INLINE void ds_cnn_pw4_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_pw4_forward(
     real *restrict out,                     /* pw4 [N, 64, 25, 5] */
     const real *restrict in,                /* dw4_relu [N, 64, 25, 5] */
@@ -1692,7 +1709,8 @@ static void ds_cnn_pw4_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 64 * 125;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_pw4_forward_slot(out, in, weight, bias, batch, slot);

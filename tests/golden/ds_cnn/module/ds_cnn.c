@@ -115,23 +115,23 @@ typedef float real;
 
 /* Workspace offsets. */
 #define WS_CONV1 ((size_t)0)
-#define WS_CONV1_BN ((size_t)15560)
-#define WS_DW1 ((size_t)15688)
-#define WS_DW1_BN ((size_t)17161)
-#define WS_PW1 ((size_t)17289)
-#define WS_PW1_BN ((size_t)33481)
-#define WS_DW2 ((size_t)33609)
-#define WS_DW2_BN ((size_t)35082)
-#define WS_PW2 ((size_t)35210)
-#define WS_PW2_BN ((size_t)51402)
-#define WS_DW3 ((size_t)51530)
-#define WS_DW3_BN ((size_t)53003)
-#define WS_PW3 ((size_t)53131)
-#define WS_PW3_BN ((size_t)69323)
-#define WS_DW4 ((size_t)69451)
-#define WS_DW4_BN ((size_t)70924)
-#define WS_PW4 ((size_t)71052)
-#define WS_PW4_BN ((size_t)87244)
+#define WS_CONV1_BN ((size_t)18184)
+#define WS_DW1 ((size_t)18312)
+#define WS_DW1_BN ((size_t)20425)
+#define WS_PW1 ((size_t)20553)
+#define WS_PW1_BN ((size_t)40905)
+#define WS_DW2 ((size_t)41033)
+#define WS_DW2_BN ((size_t)43146)
+#define WS_PW2 ((size_t)43274)
+#define WS_PW2_BN ((size_t)63626)
+#define WS_DW3 ((size_t)63754)
+#define WS_DW3_BN ((size_t)65867)
+#define WS_PW3 ((size_t)65995)
+#define WS_PW3_BN ((size_t)86347)
+#define WS_DW4 ((size_t)86475)
+#define WS_DW4_BN ((size_t)88588)
+#define WS_PW4 ((size_t)88716)
+#define WS_PW4_BN ((size_t)109068)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
@@ -602,7 +602,7 @@ KERNEL_INLINE void ds_cnn_conv1_forward_slot(
     const real *restrict in,                /* input [N, 1, 49, 10] */
     const real *restrict weight,            /* conv1.weight [64, 1, 10, 4] */
     const real *restrict bias,              /* conv1.bias [64] */
-    real *slots,                            /* 15560 elements of workspace */
+    real *slots,                            /* 18184 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -628,7 +628,7 @@ KERNEL_INLINE void ds_cnn_conv1_forward_slot(
         H_OUT = 25,
         W_OUT = 5,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 13000
+        SLOT_SIZE = 15624
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -649,18 +649,20 @@ KERNEL_INLINE void ds_cnn_conv1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_conv1_forward(
     real *restrict out,                     /* conv1 [N, 64, 25, 5] */
     const real *restrict in,                /* input [N, 1, 49, 10] */
     const real *restrict weight,            /* conv1.weight [64, 1, 10, 4] */
     const real *restrict bias,              /* conv1.bias [64] */
-    real *slots,                            /* 15560 elements of workspace */
+    real *slots,                            /* 18184 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 40 * 125;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -682,7 +684,7 @@ static void ds_cnn_conv1_backward(
     real *restrict dbias,                   /* conv1.bias [64] */
     const real *restrict dout,              /* conv1 [N, 64, 25, 5] */
     const real *restrict in,                /* input [N, 1, 49, 10] */
-    real *restrict scratch,                 /* 15560 elements of workspace */
+    real *slots,                            /* 18184 elements of workspace */
     size_t batch)
 {
     enum {
@@ -707,27 +709,52 @@ static void ds_cnn_conv1_backward(
         W_OUT = 5,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 5000,
-        SCRATCH_DWEIGHT_T = 13000
+        SCRATCH_DWEIGHT_T = 15624,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 15624,
+        SCRATCH_DWEIGHT_PART = 13000,
+        SCRATCH_DBIAS_PART = 15560
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            ds_cnn_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < PIXELS_OUT; p++)
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
-            ds_cnn_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
-                    dweight_t_group, C_OUT_PER_GROUP, 1);
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
+                ds_cnn_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < PIXELS_OUT; p++)
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
+                ds_cnn_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
+                        dweight_t_group, C_OUT_PER_GROUP, 0);
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -978,7 +1005,7 @@ KERNEL_INLINE void ds_cnn_dw1_forward_slot(
     const real *restrict in,                /* drop1 [N, 64, 25, 5] */
     const real *restrict weight,            /* dw1.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw1.bias [64] */
-    real *slots,                            /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1006,7 +1033,7 @@ KERNEL_INLINE void ds_cnn_dw1_forward_slot(
         H_OUT = 25,
         W_OUT = 5,
         SCRATCH_WIDE = 189,
-        SLOT_SIZE = 897
+        SLOT_SIZE = 1537
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1030,18 +1057,20 @@ KERNEL_INLINE void ds_cnn_dw1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_dw1_forward(
     real *restrict out,                     /* dw1 [N, 64, 25, 5] */
     const real *restrict in,                /* drop1 [N, 64, 25, 5] */
     const real *restrict weight,            /* dw1.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw1.bias [64] */
-    real *slots,                            /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 9 * 125;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_dw1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1065,7 +1094,7 @@ static void ds_cnn_dw1_backward(
     const real *restrict dout,              /* dw1 [N, 64, 25, 5] */
     const real *restrict in,                /* drop1 [N, 64, 25, 5] */
     const real *restrict weight,            /* dw1.weight [64, 1, 3, 3] */
-    real *restrict scratch,                 /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1091,17 +1120,21 @@ static void ds_cnn_dw1_backward(
         SCRATCH_DOUT = 362,
         H_OUT = 25,
         W_OUT = 5,
-        SCRATCH_FLIPPED = 897,
+        SCRATCH_FLIPPED = 1537,
         H_DPAD = 27,
         W_DPAD = 7,
         SCRATCH_DPAD = 535,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
         SCRATCH_WIDE_IN = 724,
-        WIDE_IN = 173
+        WIDE_IN = 173,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 1537,
+        SCRATCH_DWEIGHT_PART = 897,
+        SCRATCH_DBIAS_PART = 1473
     };
     /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = scratch + SCRATCH_FLIPPED;
+    real *restrict flipped = slots + SCRATCH_FLIPPED;
     for (int g = 0; g < GROUPS; g++)
         for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
             for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
@@ -1109,39 +1142,60 @@ static void ds_cnn_dw1_backward(
                     for (int kw = 0; kw < KW; kw++)
                         flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
                             weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_group = dweight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
 
-            /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
-            real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                for (int oh = 0; oh < H_OUT; oh++) {
-                    real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
-                    for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
-                        row[ow] = 0;
-                }
-            ds_cnn_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
-                         dweight_group, K_GROUP, 1);
-            real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-            ds_cnn_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-            const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-            real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-            ds_cnn_gemm_nn_taps(WIDE_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                         (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int ih = 0; ih < H_IN; ih++)
-                    for (int iw = 0; iw < W_IN; iw++)
-                        din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+                /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
+                real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int oh = 0; oh < H_OUT; oh++) {
+                        real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
+                        for (int ow = 0; ow < W_OUT; ow++)
+                            row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
+                        for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
+                            row[ow] = 0;
+                    }
+                ds_cnn_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
+                             dweight_group, K_GROUP, 0);
+                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
+                ds_cnn_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
+                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
+                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
+                ds_cnn_gemm_nn_taps(WIDE_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
+                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                    for (int ih = 0; ih < H_IN; ih++)
+                        for (int iw = 0; iw < W_IN; iw++)
+                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
 }
@@ -1382,8 +1436,9 @@ KERNEL_INLINE void ds_cnn_pw1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_pw1_forward(
     real *restrict out,                     /* pw1 [N, 64, 25, 5] */
     const real *restrict in,                /* dw1_relu [N, 64, 25, 5] */
@@ -1392,7 +1447,8 @@ static void ds_cnn_pw1_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 64 * 125;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_pw1_forward_slot(out, in, weight, bias, batch, slot);
@@ -1416,7 +1472,7 @@ static void ds_cnn_pw1_backward(
     const real *restrict dout,              /* pw1 [N, 64, 25, 5] */
     const real *restrict in,                /* dw1_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* pw1.weight [64, 64, 1, 1] */
-    real *restrict scratch,                 /* 16192 elements of workspace */
+    real *slots,                            /* 20352 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1437,17 +1493,21 @@ static void ds_cnn_pw1_backward(
         W_PAD = 5,
         WIDE_OUT = 125,
         SCRATCH_DOUT = 0,
-        SCRATCH_DWEIGHT_T = 12096,
+        SCRATCH_DWEIGHT_T = 16256,
         W_OUT = 5,
-        SCRATCH_FLIPPED = 8000,
+        SCRATCH_FLIPPED = 12160,
         H_DPAD = 25,
-        W_DPAD = 5
+        W_DPAD = 5,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 12160,
+        SCRATCH_DWEIGHT_PART = 8000,
+        SCRATCH_DBIAS_PART = 12096
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
     /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = scratch + SCRATCH_FLIPPED;
+    real *restrict flipped = slots + SCRATCH_FLIPPED;
     for (int g = 0; g < GROUPS; g++)
         for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
             for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
@@ -1455,30 +1515,51 @@ static void ds_cnn_pw1_backward(
                     for (int kw = 0; kw < KW; kw++)
                         flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
                             weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict source = in_group;
-
-            /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < WIDE_OUT; p++) {
-                const int oh = p / W_PAD, ow = p % W_PAD;
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
-                        ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict source = in_group;
+
+                /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    const int oh = p / W_PAD, ow = p % W_PAD;
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
+                            ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                }
+                ds_cnn_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
+                             dout_t, ds_cnn_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 0);
+                const real *restrict dpad = dout_group;
+                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
+                ds_cnn_gemm_nn_taps(H_IN * W_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 1);
             }
-            ds_cnn_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
-                         dout_t, ds_cnn_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 1);
-            const real *restrict dpad = dout_group;
-            const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-            ds_cnn_gemm_nn_taps(H_IN * W_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                         (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 1);
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -1685,7 +1766,7 @@ KERNEL_INLINE void ds_cnn_dw2_forward_slot(
     const real *restrict in,                /* pw1_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* dw2.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw2.bias [64] */
-    real *slots,                            /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1713,7 +1794,7 @@ KERNEL_INLINE void ds_cnn_dw2_forward_slot(
         H_OUT = 25,
         W_OUT = 5,
         SCRATCH_WIDE = 189,
-        SLOT_SIZE = 897
+        SLOT_SIZE = 1537
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1737,18 +1818,20 @@ KERNEL_INLINE void ds_cnn_dw2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_dw2_forward(
     real *restrict out,                     /* dw2 [N, 64, 25, 5] */
     const real *restrict in,                /* pw1_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* dw2.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw2.bias [64] */
-    real *slots,                            /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 9 * 125;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_dw2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1772,7 +1855,7 @@ static void ds_cnn_dw2_backward(
     const real *restrict dout,              /* dw2 [N, 64, 25, 5] */
     const real *restrict in,                /* pw1_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* dw2.weight [64, 1, 3, 3] */
-    real *restrict scratch,                 /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1798,17 +1881,21 @@ static void ds_cnn_dw2_backward(
         SCRATCH_DOUT = 362,
         H_OUT = 25,
         W_OUT = 5,
-        SCRATCH_FLIPPED = 897,
+        SCRATCH_FLIPPED = 1537,
         H_DPAD = 27,
         W_DPAD = 7,
         SCRATCH_DPAD = 535,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
         SCRATCH_WIDE_IN = 724,
-        WIDE_IN = 173
+        WIDE_IN = 173,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 1537,
+        SCRATCH_DWEIGHT_PART = 897,
+        SCRATCH_DBIAS_PART = 1473
     };
     /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = scratch + SCRATCH_FLIPPED;
+    real *restrict flipped = slots + SCRATCH_FLIPPED;
     for (int g = 0; g < GROUPS; g++)
         for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
             for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
@@ -1816,39 +1903,60 @@ static void ds_cnn_dw2_backward(
                     for (int kw = 0; kw < KW; kw++)
                         flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
                             weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_group = dweight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
 
-            /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
-            real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                for (int oh = 0; oh < H_OUT; oh++) {
-                    real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
-                    for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
-                        row[ow] = 0;
-                }
-            ds_cnn_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
-                         dweight_group, K_GROUP, 1);
-            real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-            ds_cnn_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-            const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-            real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-            ds_cnn_gemm_nn_taps(WIDE_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                         (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int ih = 0; ih < H_IN; ih++)
-                    for (int iw = 0; iw < W_IN; iw++)
-                        din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+                /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
+                real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int oh = 0; oh < H_OUT; oh++) {
+                        real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
+                        for (int ow = 0; ow < W_OUT; ow++)
+                            row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
+                        for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
+                            row[ow] = 0;
+                    }
+                ds_cnn_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
+                             dweight_group, K_GROUP, 0);
+                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
+                ds_cnn_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
+                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
+                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
+                ds_cnn_gemm_nn_taps(WIDE_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
+                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                    for (int ih = 0; ih < H_IN; ih++)
+                        for (int iw = 0; iw < W_IN; iw++)
+                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
 }
@@ -2089,8 +2197,9 @@ KERNEL_INLINE void ds_cnn_pw2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_pw2_forward(
     real *restrict out,                     /* pw2 [N, 64, 25, 5] */
     const real *restrict in,                /* dw2_relu [N, 64, 25, 5] */
@@ -2099,7 +2208,8 @@ static void ds_cnn_pw2_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 64 * 125;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_pw2_forward_slot(out, in, weight, bias, batch, slot);
@@ -2123,7 +2233,7 @@ static void ds_cnn_pw2_backward(
     const real *restrict dout,              /* pw2 [N, 64, 25, 5] */
     const real *restrict in,                /* dw2_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* pw2.weight [64, 64, 1, 1] */
-    real *restrict scratch,                 /* 16192 elements of workspace */
+    real *slots,                            /* 20352 elements of workspace */
     size_t batch)
 {
     enum {
@@ -2144,17 +2254,21 @@ static void ds_cnn_pw2_backward(
         W_PAD = 5,
         WIDE_OUT = 125,
         SCRATCH_DOUT = 0,
-        SCRATCH_DWEIGHT_T = 12096,
+        SCRATCH_DWEIGHT_T = 16256,
         W_OUT = 5,
-        SCRATCH_FLIPPED = 8000,
+        SCRATCH_FLIPPED = 12160,
         H_DPAD = 25,
-        W_DPAD = 5
+        W_DPAD = 5,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 12160,
+        SCRATCH_DWEIGHT_PART = 8000,
+        SCRATCH_DBIAS_PART = 12096
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
     /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = scratch + SCRATCH_FLIPPED;
+    real *restrict flipped = slots + SCRATCH_FLIPPED;
     for (int g = 0; g < GROUPS; g++)
         for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
             for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
@@ -2162,30 +2276,51 @@ static void ds_cnn_pw2_backward(
                     for (int kw = 0; kw < KW; kw++)
                         flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
                             weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict source = in_group;
-
-            /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < WIDE_OUT; p++) {
-                const int oh = p / W_PAD, ow = p % W_PAD;
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
-                        ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict source = in_group;
+
+                /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    const int oh = p / W_PAD, ow = p % W_PAD;
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
+                            ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                }
+                ds_cnn_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
+                             dout_t, ds_cnn_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 0);
+                const real *restrict dpad = dout_group;
+                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
+                ds_cnn_gemm_nn_taps(H_IN * W_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 1);
             }
-            ds_cnn_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
-                         dout_t, ds_cnn_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 1);
-            const real *restrict dpad = dout_group;
-            const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-            ds_cnn_gemm_nn_taps(H_IN * W_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                         (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 1);
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -2392,7 +2527,7 @@ KERNEL_INLINE void ds_cnn_dw3_forward_slot(
     const real *restrict in,                /* pw2_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* dw3.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw3.bias [64] */
-    real *slots,                            /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -2420,7 +2555,7 @@ KERNEL_INLINE void ds_cnn_dw3_forward_slot(
         H_OUT = 25,
         W_OUT = 5,
         SCRATCH_WIDE = 189,
-        SLOT_SIZE = 897
+        SLOT_SIZE = 1537
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -2444,18 +2579,20 @@ KERNEL_INLINE void ds_cnn_dw3_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_dw3_forward(
     real *restrict out,                     /* dw3 [N, 64, 25, 5] */
     const real *restrict in,                /* pw2_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* dw3.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw3.bias [64] */
-    real *slots,                            /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 9 * 125;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_dw3_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -2479,7 +2616,7 @@ static void ds_cnn_dw3_backward(
     const real *restrict dout,              /* dw3 [N, 64, 25, 5] */
     const real *restrict in,                /* pw2_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* dw3.weight [64, 1, 3, 3] */
-    real *restrict scratch,                 /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch)
 {
     enum {
@@ -2505,17 +2642,21 @@ static void ds_cnn_dw3_backward(
         SCRATCH_DOUT = 362,
         H_OUT = 25,
         W_OUT = 5,
-        SCRATCH_FLIPPED = 897,
+        SCRATCH_FLIPPED = 1537,
         H_DPAD = 27,
         W_DPAD = 7,
         SCRATCH_DPAD = 535,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
         SCRATCH_WIDE_IN = 724,
-        WIDE_IN = 173
+        WIDE_IN = 173,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 1537,
+        SCRATCH_DWEIGHT_PART = 897,
+        SCRATCH_DBIAS_PART = 1473
     };
     /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = scratch + SCRATCH_FLIPPED;
+    real *restrict flipped = slots + SCRATCH_FLIPPED;
     for (int g = 0; g < GROUPS; g++)
         for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
             for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
@@ -2523,39 +2664,60 @@ static void ds_cnn_dw3_backward(
                     for (int kw = 0; kw < KW; kw++)
                         flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
                             weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_group = dweight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
 
-            /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
-            real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                for (int oh = 0; oh < H_OUT; oh++) {
-                    real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
-                    for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
-                        row[ow] = 0;
-                }
-            ds_cnn_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
-                         dweight_group, K_GROUP, 1);
-            real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-            ds_cnn_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-            const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-            real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-            ds_cnn_gemm_nn_taps(WIDE_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                         (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int ih = 0; ih < H_IN; ih++)
-                    for (int iw = 0; iw < W_IN; iw++)
-                        din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+                /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
+                real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int oh = 0; oh < H_OUT; oh++) {
+                        real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
+                        for (int ow = 0; ow < W_OUT; ow++)
+                            row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
+                        for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
+                            row[ow] = 0;
+                    }
+                ds_cnn_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
+                             dweight_group, K_GROUP, 0);
+                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
+                ds_cnn_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
+                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
+                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
+                ds_cnn_gemm_nn_taps(WIDE_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
+                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                    for (int ih = 0; ih < H_IN; ih++)
+                        for (int iw = 0; iw < W_IN; iw++)
+                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
 }
@@ -2796,8 +2958,9 @@ KERNEL_INLINE void ds_cnn_pw3_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_pw3_forward(
     real *restrict out,                     /* pw3 [N, 64, 25, 5] */
     const real *restrict in,                /* dw3_relu [N, 64, 25, 5] */
@@ -2806,7 +2969,8 @@ static void ds_cnn_pw3_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 64 * 125;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_pw3_forward_slot(out, in, weight, bias, batch, slot);
@@ -2830,7 +2994,7 @@ static void ds_cnn_pw3_backward(
     const real *restrict dout,              /* pw3 [N, 64, 25, 5] */
     const real *restrict in,                /* dw3_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* pw3.weight [64, 64, 1, 1] */
-    real *restrict scratch,                 /* 16192 elements of workspace */
+    real *slots,                            /* 20352 elements of workspace */
     size_t batch)
 {
     enum {
@@ -2851,17 +3015,21 @@ static void ds_cnn_pw3_backward(
         W_PAD = 5,
         WIDE_OUT = 125,
         SCRATCH_DOUT = 0,
-        SCRATCH_DWEIGHT_T = 12096,
+        SCRATCH_DWEIGHT_T = 16256,
         W_OUT = 5,
-        SCRATCH_FLIPPED = 8000,
+        SCRATCH_FLIPPED = 12160,
         H_DPAD = 25,
-        W_DPAD = 5
+        W_DPAD = 5,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 12160,
+        SCRATCH_DWEIGHT_PART = 8000,
+        SCRATCH_DBIAS_PART = 12096
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
     /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = scratch + SCRATCH_FLIPPED;
+    real *restrict flipped = slots + SCRATCH_FLIPPED;
     for (int g = 0; g < GROUPS; g++)
         for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
             for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
@@ -2869,30 +3037,51 @@ static void ds_cnn_pw3_backward(
                     for (int kw = 0; kw < KW; kw++)
                         flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
                             weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict source = in_group;
-
-            /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < WIDE_OUT; p++) {
-                const int oh = p / W_PAD, ow = p % W_PAD;
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
-                        ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict source = in_group;
+
+                /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    const int oh = p / W_PAD, ow = p % W_PAD;
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
+                            ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                }
+                ds_cnn_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
+                             dout_t, ds_cnn_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 0);
+                const real *restrict dpad = dout_group;
+                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
+                ds_cnn_gemm_nn_taps(H_IN * W_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 1);
             }
-            ds_cnn_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
-                         dout_t, ds_cnn_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 1);
-            const real *restrict dpad = dout_group;
-            const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-            ds_cnn_gemm_nn_taps(H_IN * W_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                         (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 1);
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -3099,7 +3288,7 @@ KERNEL_INLINE void ds_cnn_dw4_forward_slot(
     const real *restrict in,                /* pw3_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* dw4.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw4.bias [64] */
-    real *slots,                            /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -3127,7 +3316,7 @@ KERNEL_INLINE void ds_cnn_dw4_forward_slot(
         H_OUT = 25,
         W_OUT = 5,
         SCRATCH_WIDE = 189,
-        SLOT_SIZE = 897
+        SLOT_SIZE = 1537
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -3151,18 +3340,20 @@ KERNEL_INLINE void ds_cnn_dw4_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_dw4_forward(
     real *restrict out,                     /* dw4 [N, 64, 25, 5] */
     const real *restrict in,                /* pw3_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* dw4.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw4.bias [64] */
-    real *slots,                            /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 9 * 125;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_dw4_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -3186,7 +3377,7 @@ static void ds_cnn_dw4_backward(
     const real *restrict dout,              /* dw4 [N, 64, 25, 5] */
     const real *restrict in,                /* pw3_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* dw4.weight [64, 1, 3, 3] */
-    real *restrict scratch,                 /* 1473 elements of workspace */
+    real *slots,                            /* 2113 elements of workspace */
     size_t batch)
 {
     enum {
@@ -3212,17 +3403,21 @@ static void ds_cnn_dw4_backward(
         SCRATCH_DOUT = 362,
         H_OUT = 25,
         W_OUT = 5,
-        SCRATCH_FLIPPED = 897,
+        SCRATCH_FLIPPED = 1537,
         H_DPAD = 27,
         W_DPAD = 7,
         SCRATCH_DPAD = 535,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
         SCRATCH_WIDE_IN = 724,
-        WIDE_IN = 173
+        WIDE_IN = 173,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 1537,
+        SCRATCH_DWEIGHT_PART = 897,
+        SCRATCH_DBIAS_PART = 1473
     };
     /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = scratch + SCRATCH_FLIPPED;
+    real *restrict flipped = slots + SCRATCH_FLIPPED;
     for (int g = 0; g < GROUPS; g++)
         for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
             for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
@@ -3230,39 +3425,60 @@ static void ds_cnn_dw4_backward(
                     for (int kw = 0; kw < KW; kw++)
                         flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
                             weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_group = dweight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
 
-            /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
-            real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                for (int oh = 0; oh < H_OUT; oh++) {
-                    real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
-                    for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
-                        row[ow] = 0;
-                }
-            ds_cnn_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
-                         dweight_group, K_GROUP, 1);
-            real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-            ds_cnn_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-            const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-            real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-            ds_cnn_gemm_nn_taps(WIDE_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                         (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int ih = 0; ih < H_IN; ih++)
-                    for (int iw = 0; iw < W_IN; iw++)
-                        din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+                /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
+                real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int oh = 0; oh < H_OUT; oh++) {
+                        real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
+                        for (int ow = 0; ow < W_OUT; ow++)
+                            row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
+                        for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
+                            row[ow] = 0;
+                    }
+                ds_cnn_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
+                             dweight_group, K_GROUP, 0);
+                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
+                ds_cnn_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
+                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
+                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
+                ds_cnn_gemm_nn_taps(WIDE_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
+                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                    for (int ih = 0; ih < H_IN; ih++)
+                        for (int iw = 0; iw < W_IN; iw++)
+                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
 }
@@ -3503,8 +3719,9 @@ KERNEL_INLINE void ds_cnn_pw4_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_pw4_forward(
     real *restrict out,                     /* pw4 [N, 64, 25, 5] */
     const real *restrict in,                /* dw4_relu [N, 64, 25, 5] */
@@ -3513,7 +3730,8 @@ static void ds_cnn_pw4_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 64 * 125;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_pw4_forward_slot(out, in, weight, bias, batch, slot);
@@ -3537,7 +3755,7 @@ static void ds_cnn_pw4_backward(
     const real *restrict dout,              /* pw4 [N, 64, 25, 5] */
     const real *restrict in,                /* dw4_relu [N, 64, 25, 5] */
     const real *restrict weight,            /* pw4.weight [64, 64, 1, 1] */
-    real *restrict scratch,                 /* 16192 elements of workspace */
+    real *slots,                            /* 20352 elements of workspace */
     size_t batch)
 {
     enum {
@@ -3558,17 +3776,21 @@ static void ds_cnn_pw4_backward(
         W_PAD = 5,
         WIDE_OUT = 125,
         SCRATCH_DOUT = 0,
-        SCRATCH_DWEIGHT_T = 12096,
+        SCRATCH_DWEIGHT_T = 16256,
         W_OUT = 5,
-        SCRATCH_FLIPPED = 8000,
+        SCRATCH_FLIPPED = 12160,
         H_DPAD = 25,
-        W_DPAD = 5
+        W_DPAD = 5,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 12160,
+        SCRATCH_DWEIGHT_PART = 8000,
+        SCRATCH_DBIAS_PART = 12096
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
     /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = scratch + SCRATCH_FLIPPED;
+    real *restrict flipped = slots + SCRATCH_FLIPPED;
     for (int g = 0; g < GROUPS; g++)
         for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
             for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
@@ -3576,30 +3798,51 @@ static void ds_cnn_pw4_backward(
                     for (int kw = 0; kw < KW; kw++)
                         flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
                             weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict source = in_group;
-
-            /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < WIDE_OUT; p++) {
-                const int oh = p / W_PAD, ow = p % W_PAD;
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
-                        ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict source = in_group;
+
+                /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    const int oh = p / W_PAD, ow = p % W_PAD;
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
+                            ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                }
+                ds_cnn_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
+                             dout_t, ds_cnn_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 0);
+                const real *restrict dpad = dout_group;
+                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
+                ds_cnn_gemm_nn_taps(H_IN * W_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 1);
             }
-            ds_cnn_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
-                         dout_t, ds_cnn_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 1);
-            const real *restrict dpad = dout_group;
-            const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-            ds_cnn_gemm_nn_taps(H_IN * W_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                         (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 1);
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)

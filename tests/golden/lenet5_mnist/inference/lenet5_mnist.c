@@ -557,8 +557,9 @@ KERNEL_INLINE void lenet5_mnist_conv1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void lenet5_mnist_conv1_forward(
     real *restrict out,                     /* conv1 [N, 8, 28, 28] */
     const real *restrict in,                /* input [N, 1, 28, 28] */
@@ -568,7 +569,8 @@ static void lenet5_mnist_conv1_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)8 * 25 * 784;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             lenet5_mnist_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -709,8 +711,9 @@ KERNEL_INLINE void lenet5_mnist_conv2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void lenet5_mnist_conv2_forward(
     real *restrict out,                     /* conv2 [N, 16, 10, 10] */
     const real *restrict in,                /* pool1 [N, 8, 14, 14] */
@@ -720,7 +723,8 @@ static void lenet5_mnist_conv2_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 200 * 100;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             lenet5_mnist_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);

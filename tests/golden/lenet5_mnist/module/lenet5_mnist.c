@@ -573,8 +573,9 @@ KERNEL_INLINE void lenet5_mnist_conv1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void lenet5_mnist_conv1_forward(
     real *restrict out,                     /* conv1 [N, 8, 28, 28] */
     const real *restrict in,                /* input [N, 1, 28, 28] */
@@ -584,7 +585,8 @@ static void lenet5_mnist_conv1_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)8 * 25 * 784;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             lenet5_mnist_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -657,8 +659,12 @@ static void lenet5_mnist_conv1_backward(
         memset(slots + (size_t)slot * SLOT_SIZE + SCRATCH_IN_HWC, 0, sizeof(real) * (SCRATCH_DIN_HWC - SCRATCH_IN_HWC));
     /* SAMPLE_SLOTS samples at a time, one per slot (an OpenMP build runs the slots on its threads),
        each slot's weight and bias gradients then added in sample order: the sums of any slot count. */
-    for (size_t first = 0; first < batch; first += SAMPLE_SLOTS) {
-        const int samples = batch - first < (size_t)SAMPLE_SLOTS ? (int)(batch - first) : SAMPLE_SLOTS;
+    /* (on the threads only when the batch's work repays waking them: a pool window's maximum
+       reads one patch, KH x TAP_ROW multiply-adds per filter, and there are POOL_PIXELS of them) */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * KH * TAP_ROW * POOL_PIXELS;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
         for (int slot = 0; slot < samples; slot++) {
             const size_t b = first + (size_t)slot;
@@ -856,8 +862,9 @@ KERNEL_INLINE void lenet5_mnist_conv2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void lenet5_mnist_conv2_forward(
     real *restrict out,                     /* conv2 [N, 16, 10, 10] */
     const real *restrict in,                /* pool1 [N, 8, 14, 14] */
@@ -867,7 +874,8 @@ static void lenet5_mnist_conv2_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 200 * 100;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             lenet5_mnist_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -951,8 +959,12 @@ static void lenet5_mnist_conv2_backward(
                     weight_hwc[((size_t)oc * KH + kh) * ROW_PAD + kw * C_IN + ic] = weight[(((size_t)oc * C_IN + ic) * KH + kh) * KW + kw];
     /* SAMPLE_SLOTS samples at a time, one per slot (an OpenMP build runs the slots on its threads),
        each slot's weight and bias gradients then added in sample order: the sums of any slot count. */
-    for (size_t first = 0; first < batch; first += SAMPLE_SLOTS) {
-        const int samples = batch - first < (size_t)SAMPLE_SLOTS ? (int)(batch - first) : SAMPLE_SLOTS;
+    /* (on the threads only when the batch's work repays waking them: a pool window's maximum
+       reads one patch, KH x TAP_ROW multiply-adds per filter, and there are POOL_PIXELS of them) */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * KH * TAP_ROW * POOL_PIXELS;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
         for (int slot = 0; slot < samples; slot++) {
             const size_t b = first + (size_t)slot;

@@ -503,7 +503,7 @@ KERNEL_INLINE void mnist_autoencoder_enc1_forward_slot(
     const real *restrict in,                /* input [N, 1, 28, 28] */
     const real *restrict weight,            /* enc1.weight [8, 1, 3, 3] */
     const real *restrict bias,              /* enc1.bias [8] */
-    real *slots,                            /* 1764 elements of workspace */
+    real *slots,                            /* 1844 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -529,7 +529,7 @@ KERNEL_INLINE void mnist_autoencoder_enc1_forward_slot(
         H_OUT = 14,
         W_OUT = 14,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 1764
+        SLOT_SIZE = 1844
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -550,18 +550,20 @@ KERNEL_INLINE void mnist_autoencoder_enc1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void mnist_autoencoder_enc1_forward(
     real *restrict out,                     /* enc1 [N, 8, 14, 14] */
     const real *restrict in,                /* input [N, 1, 28, 28] */
     const real *restrict weight,            /* enc1.weight [8, 1, 3, 3] */
     const real *restrict bias,              /* enc1.bias [8] */
-    real *slots,                            /* 1764 elements of workspace */
+    real *slots,                            /* 1844 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)8 * 9 * 196;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             mnist_autoencoder_enc1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -604,7 +606,7 @@ KERNEL_INLINE void mnist_autoencoder_enc2_forward_slot(
     const real *restrict in,                /* enc1_relu [N, 8, 14, 14] */
     const real *restrict weight,            /* enc2.weight [16, 8, 3, 3] */
     const real *restrict bias,              /* enc2.bias [16] */
-    real *slots,                            /* 5464 elements of workspace */
+    real *slots,                            /* 6632 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -630,7 +632,7 @@ KERNEL_INLINE void mnist_autoencoder_enc2_forward_slot(
         H_OUT = 7,
         W_OUT = 7,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 4312
+        SLOT_SIZE = 5480
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -651,18 +653,20 @@ KERNEL_INLINE void mnist_autoencoder_enc2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void mnist_autoencoder_enc2_forward(
     real *restrict out,                     /* enc2 [N, 16, 7, 7] */
     const real *restrict in,                /* enc1_relu [N, 8, 14, 14] */
     const real *restrict weight,            /* enc2.weight [16, 8, 3, 3] */
     const real *restrict bias,              /* enc2.bias [16] */
-    real *slots,                            /* 5464 elements of workspace */
+    real *slots,                            /* 6632 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 72 * 49;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             mnist_autoencoder_enc2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -824,7 +828,7 @@ KERNEL_INLINE void mnist_autoencoder_dec2_forward_slot(
     const real *restrict in,                /* up [N, 8, 28, 28] */
     const real *restrict weight,            /* dec2.weight [1, 8, 3, 3] */
     const real *restrict bias,              /* dec2.bias [1] */
-    real *slots,                            /* 16552 elements of workspace */
+    real *slots,                            /* 16625 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -852,7 +856,7 @@ KERNEL_INLINE void mnist_autoencoder_dec2_forward_slot(
         H_OUT = 28,
         W_OUT = 28,
         SCRATCH_WIDE = 7200,
-        SLOT_SIZE = 16480
+        SLOT_SIZE = 16553
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -876,18 +880,20 @@ KERNEL_INLINE void mnist_autoencoder_dec2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void mnist_autoencoder_dec2_forward(
     real *restrict out,                     /* dec2 [N, 1, 28, 28] */
     const real *restrict in,                /* up [N, 8, 28, 28] */
     const real *restrict weight,            /* dec2.weight [1, 8, 3, 3] */
     const real *restrict bias,              /* dec2.bias [1] */
-    real *slots,                            /* 16552 elements of workspace */
+    real *slots,                            /* 16625 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)1 * 72 * 784;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             mnist_autoencoder_dec2_forward_slot(out, in, weight, bias, slots, batch, slot);

@@ -45,9 +45,9 @@ typedef float real;
 
 /* Workspace offsets. */
 #define WS_ENC1 ((size_t)0)
-#define WS_ENC2 ((size_t)1764)
-#define WS_DEC1 ((size_t)7228)
-#define WS_DEC2 ((size_t)10756)
+#define WS_ENC2 ((size_t)1844)
+#define WS_DEC1 ((size_t)8476)
+#define WS_DEC2 ((size_t)12004)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
@@ -518,7 +518,7 @@ KERNEL_INLINE void mnist_autoencoder_enc1_forward_slot(
     const real *restrict in,                /* input [N, 1, 28, 28] */
     const real *restrict weight,            /* enc1.weight [8, 1, 3, 3] */
     const real *restrict bias,              /* enc1.bias [8] */
-    real *slots,                            /* 1764 elements of workspace */
+    real *slots,                            /* 1844 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -544,7 +544,7 @@ KERNEL_INLINE void mnist_autoencoder_enc1_forward_slot(
         H_OUT = 14,
         W_OUT = 14,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 1764
+        SLOT_SIZE = 1844
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -565,18 +565,20 @@ KERNEL_INLINE void mnist_autoencoder_enc1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void mnist_autoencoder_enc1_forward(
     real *restrict out,                     /* enc1 [N, 8, 14, 14] */
     const real *restrict in,                /* input [N, 1, 28, 28] */
     const real *restrict weight,            /* enc1.weight [8, 1, 3, 3] */
     const real *restrict bias,              /* enc1.bias [8] */
-    real *slots,                            /* 1764 elements of workspace */
+    real *slots,                            /* 1844 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)8 * 9 * 196;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             mnist_autoencoder_enc1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -597,7 +599,7 @@ static void mnist_autoencoder_enc1_backward(
     real *restrict dbias,                   /* enc1.bias [8] */
     const real *restrict dout,              /* enc1 [N, 8, 14, 14] */
     const real *restrict in,                /* input [N, 1, 28, 28] */
-    real *restrict scratch,                 /* 1764 elements of workspace */
+    real *slots,                            /* 1844 elements of workspace */
     size_t batch)
 {
     enum {
@@ -620,20 +622,45 @@ static void mnist_autoencoder_enc1_backward(
         PAD_LEFT = 1,
         H_OUT = 14,
         W_OUT = 14,
-        SCRATCH_PATCHES = 0
+        SCRATCH_PATCHES = 0,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 1844,
+        SCRATCH_DWEIGHT_PART = 1764,
+        SCRATCH_DBIAS_PART = 1836
     };
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_group = dweight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += mnist_autoencoder_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            mnist_autoencoder_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
-            mnist_autoencoder_gemm_nt(C_OUT_PER_GROUP, K_GROUP, PIXELS_OUT, dout_group, PIXELS_OUT, patches, PIXELS_OUT,
-                    dweight_group, K_GROUP, 1);
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = mnist_autoencoder_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
+                mnist_autoencoder_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                mnist_autoencoder_gemm_nt(C_OUT_PER_GROUP, K_GROUP, PIXELS_OUT, dout_group, PIXELS_OUT, patches, PIXELS_OUT,
+                        dweight_group, K_GROUP, 0);
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
 }
@@ -692,7 +719,7 @@ KERNEL_INLINE void mnist_autoencoder_enc2_forward_slot(
     const real *restrict in,                /* enc1_relu [N, 8, 14, 14] */
     const real *restrict weight,            /* enc2.weight [16, 8, 3, 3] */
     const real *restrict bias,              /* enc2.bias [16] */
-    real *slots,                            /* 5464 elements of workspace */
+    real *slots,                            /* 6632 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -718,7 +745,7 @@ KERNEL_INLINE void mnist_autoencoder_enc2_forward_slot(
         H_OUT = 7,
         W_OUT = 7,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 4312
+        SLOT_SIZE = 5480
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -739,18 +766,20 @@ KERNEL_INLINE void mnist_autoencoder_enc2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void mnist_autoencoder_enc2_forward(
     real *restrict out,                     /* enc2 [N, 16, 7, 7] */
     const real *restrict in,                /* enc1_relu [N, 8, 14, 14] */
     const real *restrict weight,            /* enc2.weight [16, 8, 3, 3] */
     const real *restrict bias,              /* enc2.bias [16] */
-    real *slots,                            /* 5464 elements of workspace */
+    real *slots,                            /* 6632 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 72 * 49;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             mnist_autoencoder_enc2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -774,7 +803,7 @@ static void mnist_autoencoder_enc2_backward(
     const real *restrict dout,              /* enc2 [N, 16, 7, 7] */
     const real *restrict in,                /* enc1_relu [N, 8, 14, 14] */
     const real *restrict weight,            /* enc2.weight [16, 8, 3, 3] */
-    real *restrict scratch,                 /* 5464 elements of workspace */
+    real *slots,                            /* 6632 elements of workspace */
     size_t batch)
 {
     enum {
@@ -799,33 +828,58 @@ static void mnist_autoencoder_enc2_backward(
         W_OUT = 7,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 3528,
-        SCRATCH_DWEIGHT_T = 4312
+        SCRATCH_DWEIGHT_T = 5480,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 5480,
+        SCRATCH_DWEIGHT_PART = 4312,
+        SCRATCH_DBIAS_PART = 5464
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += mnist_autoencoder_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            mnist_autoencoder_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < PIXELS_OUT; p++)
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
-            mnist_autoencoder_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
-                    dweight_t_group, C_OUT_PER_GROUP, 1);
-            /* The patch matrix is no longer needed: its buffer takes dpatches. */
-            mnist_autoencoder_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
-                    dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
-            mnist_autoencoder_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = mnist_autoencoder_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
+                mnist_autoencoder_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < PIXELS_OUT; p++)
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
+                mnist_autoencoder_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
+                        dweight_t_group, C_OUT_PER_GROUP, 0);
+                /* The patch matrix is no longer needed: its buffer takes dpatches. */
+                mnist_autoencoder_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
+                        dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
+                mnist_autoencoder_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -1134,7 +1188,7 @@ KERNEL_INLINE void mnist_autoencoder_dec2_forward_slot(
     const real *restrict in,                /* up [N, 8, 28, 28] */
     const real *restrict weight,            /* dec2.weight [1, 8, 3, 3] */
     const real *restrict bias,              /* dec2.bias [1] */
-    real *slots,                            /* 16552 elements of workspace */
+    real *slots,                            /* 16625 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1162,7 +1216,7 @@ KERNEL_INLINE void mnist_autoencoder_dec2_forward_slot(
         H_OUT = 28,
         W_OUT = 28,
         SCRATCH_WIDE = 7200,
-        SLOT_SIZE = 16480
+        SLOT_SIZE = 16553
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1186,18 +1240,20 @@ KERNEL_INLINE void mnist_autoencoder_dec2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void mnist_autoencoder_dec2_forward(
     real *restrict out,                     /* dec2 [N, 1, 28, 28] */
     const real *restrict in,                /* up [N, 8, 28, 28] */
     const real *restrict weight,            /* dec2.weight [1, 8, 3, 3] */
     const real *restrict bias,              /* dec2.bias [1] */
-    real *slots,                            /* 16552 elements of workspace */
+    real *slots,                            /* 16625 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)1 * 72 * 784;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             mnist_autoencoder_dec2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1221,7 +1277,7 @@ static void mnist_autoencoder_dec2_backward(
     const real *restrict dout,              /* dec2 [N, 1, 28, 28] */
     const real *restrict in,                /* up [N, 8, 28, 28] */
     const real *restrict weight,            /* dec2.weight [1, 8, 3, 3] */
-    real *restrict scratch,                 /* 16552 elements of workspace */
+    real *slots,                            /* 16625 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1247,17 +1303,21 @@ static void mnist_autoencoder_dec2_backward(
         SCRATCH_DOUT = 8038,
         H_OUT = 28,
         W_OUT = 28,
-        SCRATCH_FLIPPED = 16480,
+        SCRATCH_FLIPPED = 16553,
         H_DPAD = 30,
         W_DPAD = 30,
         SCRATCH_DPAD = 8876,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
         SCRATCH_WIDE_IN = 9776,
-        WIDE_IN = 838
+        WIDE_IN = 838,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 16553,
+        SCRATCH_DWEIGHT_PART = 16480,
+        SCRATCH_DBIAS_PART = 16552
     };
     /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = scratch + SCRATCH_FLIPPED;
+    real *restrict flipped = slots + SCRATCH_FLIPPED;
     for (int g = 0; g < GROUPS; g++)
         for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
             for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
@@ -1265,39 +1325,60 @@ static void mnist_autoencoder_dec2_backward(
                     for (int kw = 0; kw < KW; kw++)
                         flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
                             weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_group = dweight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += mnist_autoencoder_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            mnist_autoencoder_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = mnist_autoencoder_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                mnist_autoencoder_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
 
-            /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
-            real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                for (int oh = 0; oh < H_OUT; oh++) {
-                    real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
-                    for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
-                        row[ow] = 0;
-                }
-            mnist_autoencoder_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
-                         dweight_group, K_GROUP, 1);
-            real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-            mnist_autoencoder_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-            const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-            real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-            mnist_autoencoder_gemm_nn_taps(WIDE_IN, flipped_group, mnist_autoencoder_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                         (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int ih = 0; ih < H_IN; ih++)
-                    for (int iw = 0; iw < W_IN; iw++)
-                        din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+                /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
+                real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int oh = 0; oh < H_OUT; oh++) {
+                        real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
+                        for (int ow = 0; ow < W_OUT; ow++)
+                            row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
+                        for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
+                            row[ow] = 0;
+                    }
+                mnist_autoencoder_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
+                             dweight_group, K_GROUP, 0);
+                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
+                mnist_autoencoder_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
+                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
+                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
+                mnist_autoencoder_gemm_nn_taps(WIDE_IN, flipped_group, mnist_autoencoder_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
+                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                    for (int ih = 0; ih < H_IN; ih++)
+                        for (int iw = 0; iw < W_IN; iw++)
+                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
 }

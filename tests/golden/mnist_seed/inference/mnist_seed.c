@@ -500,7 +500,7 @@ KERNEL_INLINE void mnist_seed_conv1_forward_slot(
     const real *restrict in,                /* input [N, 1, 28, 28] */
     const real *restrict weight,            /* conv1.weight [8, 1, 5, 5] */
     const real *restrict bias,              /* conv1.bias [8] */
-    real *slots,                            /* 19972 elements of workspace */
+    real *slots,                            /* 20180 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -525,7 +525,7 @@ KERNEL_INLINE void mnist_seed_conv1_forward_slot(
         H_OUT = 24,
         W_OUT = 24,
         SCRATCH_WIDE = 0,
-        SLOT_SIZE = 19772
+        SLOT_SIZE = 19980
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -548,18 +548,20 @@ KERNEL_INLINE void mnist_seed_conv1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void mnist_seed_conv1_forward(
     real *restrict out,                     /* conv1 [N, 8, 24, 24] */
     const real *restrict in,                /* input [N, 1, 28, 28] */
     const real *restrict weight,            /* conv1.weight [8, 1, 5, 5] */
     const real *restrict bias,              /* conv1.bias [8] */
-    real *slots,                            /* 19972 elements of workspace */
+    real *slots,                            /* 20180 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)8 * 25 * 576;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             mnist_seed_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -650,8 +652,9 @@ KERNEL_INLINE void mnist_seed_conv2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void mnist_seed_conv2_forward(
     real *restrict out,                     /* conv2 [N, 8, 20, 20] */
     const real *restrict in,                /* conv1_relu [N, 8, 24, 24] */
@@ -661,7 +664,8 @@ static void mnist_seed_conv2_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)8 * 200 * 400;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             mnist_seed_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);

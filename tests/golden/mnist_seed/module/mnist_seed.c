@@ -44,7 +44,7 @@ typedef float real;
 
 /* Workspace offsets. */
 #define WS_CONV1 ((size_t)0)
-#define WS_CONV2 ((size_t)19972)
+#define WS_CONV2 ((size_t)20180)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
@@ -516,7 +516,7 @@ KERNEL_INLINE void mnist_seed_conv1_forward_slot(
     const real *restrict in,                /* input [N, 1, 28, 28] */
     const real *restrict weight,            /* conv1.weight [8, 1, 5, 5] */
     const real *restrict bias,              /* conv1.bias [8] */
-    real *slots,                            /* 19972 elements of workspace */
+    real *slots,                            /* 20180 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -541,7 +541,7 @@ KERNEL_INLINE void mnist_seed_conv1_forward_slot(
         H_OUT = 24,
         W_OUT = 24,
         SCRATCH_WIDE = 0,
-        SLOT_SIZE = 19772
+        SLOT_SIZE = 19980
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -564,18 +564,20 @@ KERNEL_INLINE void mnist_seed_conv1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void mnist_seed_conv1_forward(
     real *restrict out,                     /* conv1 [N, 8, 24, 24] */
     const real *restrict in,                /* input [N, 1, 28, 28] */
     const real *restrict weight,            /* conv1.weight [8, 1, 5, 5] */
     const real *restrict bias,              /* conv1.bias [8] */
-    real *slots,                            /* 19972 elements of workspace */
+    real *slots,                            /* 20180 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)8 * 25 * 576;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             mnist_seed_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -596,7 +598,7 @@ static void mnist_seed_conv1_backward(
     real *restrict dbias,                   /* conv1.bias [8] */
     const real *restrict dout,              /* conv1 [N, 8, 24, 24] */
     const real *restrict in,                /* input [N, 1, 28, 28] */
-    real *restrict scratch,                 /* 19972 elements of workspace */
+    real *slots,                            /* 20180 elements of workspace */
     size_t batch)
 {
     enum {
@@ -618,29 +620,54 @@ static void mnist_seed_conv1_backward(
         WIDE_OUT = 668,
         SCRATCH_DOUT = 5344,
         H_OUT = 24,
-        W_OUT = 24
+        W_OUT = 24,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 19980,
+        SCRATCH_DWEIGHT_PART = 19772,
+        SCRATCH_DBIAS_PART = 19972
     };
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_group = dweight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += mnist_seed_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            const real *restrict source = in_group;
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = mnist_seed_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                const real *restrict source = in_group;
 
-            /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
-            real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                for (int oh = 0; oh < H_OUT; oh++) {
-                    real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
-                    for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
-                        row[ow] = 0;
-                }
-            mnist_seed_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
-                         dweight_group, K_GROUP, 1);
+                /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
+                real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int oh = 0; oh < H_OUT; oh++) {
+                        real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
+                        for (int ow = 0; ow < W_OUT; ow++)
+                            row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
+                        for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
+                            row[ow] = 0;
+                    }
+                mnist_seed_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
+                             dweight_group, K_GROUP, 0);
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
 }
@@ -747,8 +774,9 @@ KERNEL_INLINE void mnist_seed_conv2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void mnist_seed_conv2_forward(
     real *restrict out,                     /* conv2 [N, 8, 20, 20] */
     const real *restrict in,                /* conv1_relu [N, 8, 24, 24] */
@@ -758,7 +786,8 @@ static void mnist_seed_conv2_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)8 * 200 * 400;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             mnist_seed_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -842,8 +871,12 @@ static void mnist_seed_conv2_backward(
                     weight_hwc[((size_t)oc * KH + kh) * ROW_PAD + kw * C_IN + ic] = weight[(((size_t)oc * C_IN + ic) * KH + kh) * KW + kw];
     /* SAMPLE_SLOTS samples at a time, one per slot (an OpenMP build runs the slots on its threads),
        each slot's weight and bias gradients then added in sample order: the sums of any slot count. */
-    for (size_t first = 0; first < batch; first += SAMPLE_SLOTS) {
-        const int samples = batch - first < (size_t)SAMPLE_SLOTS ? (int)(batch - first) : SAMPLE_SLOTS;
+    /* (on the threads only when the batch's work repays waking them: a pool window's maximum
+       reads one patch, KH x TAP_ROW multiply-adds per filter, and there are POOL_PIXELS of them) */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * KH * TAP_ROW * POOL_PIXELS;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
         for (int slot = 0; slot < samples; slot++) {
             const size_t b = first + (size_t)slot;

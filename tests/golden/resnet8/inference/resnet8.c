@@ -574,7 +574,7 @@ KERNEL_INLINE void resnet8_stem_forward_slot(
     const real *restrict in,                /* input [N, 3, 32, 32] */
     const real *restrict weight,            /* stem.weight [16, 3, 3, 3] */
     const real *restrict bias,              /* stem.bias [16] */
-    real *slots,                            /* 60838 elements of workspace */
+    real *slots,                            /* 61286 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -602,7 +602,7 @@ KERNEL_INLINE void resnet8_stem_forward_slot(
         H_OUT = 32,
         W_OUT = 32,
         SCRATCH_WIDE = 3468,
-        SLOT_SIZE = 59974
+        SLOT_SIZE = 60422
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -626,18 +626,20 @@ KERNEL_INLINE void resnet8_stem_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_stem_forward(
     real *restrict out,                     /* stem [N, 16, 32, 32] */
     const real *restrict in,                /* input [N, 3, 32, 32] */
     const real *restrict weight,            /* stem.weight [16, 3, 3, 3] */
     const real *restrict bias,              /* stem.bias [16] */
-    real *slots,                            /* 60838 elements of workspace */
+    real *slots,                            /* 61286 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 27 * 1024;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_stem_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -710,7 +712,7 @@ KERNEL_INLINE void resnet8_s1_conv1_forward_slot(
     const real *restrict in,                /* stem_relu [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv1.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv1.bias [16] */
-    real *slots,                            /* 93728 elements of workspace */
+    real *slots,                            /* 96048 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -738,7 +740,7 @@ KERNEL_INLINE void resnet8_s1_conv1_forward_slot(
         H_OUT = 32,
         W_OUT = 32,
         SCRATCH_WIDE = 18496,
-        SLOT_SIZE = 89120
+        SLOT_SIZE = 91440
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -762,18 +764,20 @@ KERNEL_INLINE void resnet8_s1_conv1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s1_conv1_forward(
     real *restrict out,                     /* s1_conv1 [N, 16, 32, 32] */
     const real *restrict in,                /* stem_relu [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv1.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv1.bias [16] */
-    real *slots,                            /* 93728 elements of workspace */
+    real *slots,                            /* 96048 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 144 * 1024;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s1_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -846,7 +850,7 @@ KERNEL_INLINE void resnet8_s1_conv2_forward_slot(
     const real *restrict in,                /* s1_relu1 [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv2.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv2.bias [16] */
-    real *slots,                            /* 93728 elements of workspace */
+    real *slots,                            /* 96048 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -874,7 +878,7 @@ KERNEL_INLINE void resnet8_s1_conv2_forward_slot(
         H_OUT = 32,
         W_OUT = 32,
         SCRATCH_WIDE = 18496,
-        SLOT_SIZE = 89120
+        SLOT_SIZE = 91440
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -898,18 +902,20 @@ KERNEL_INLINE void resnet8_s1_conv2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s1_conv2_forward(
     real *restrict out,                     /* s1_conv2 [N, 16, 32, 32] */
     const real *restrict in,                /* s1_relu1 [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv2.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv2.bias [16] */
-    real *slots,                            /* 93728 elements of workspace */
+    real *slots,                            /* 96048 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 144 * 1024;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s1_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1001,7 +1007,7 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
     const real *restrict in,                /* s1_out [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* s2_conv1.bias [32] */
-    real *slots,                            /* 49664 elements of workspace */
+    real *slots,                            /* 54304 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1027,7 +1033,7 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 45056
+        SLOT_SIZE = 49696
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1048,18 +1054,20 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s2_conv1_forward(
     real *restrict out,                     /* s2_conv1 [N, 32, 16, 16] */
     const real *restrict in,                /* s1_out [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* s2_conv1.bias [32] */
-    real *slots,                            /* 49664 elements of workspace */
+    real *slots,                            /* 54304 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)32 * 144 * 256;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s2_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1132,7 +1140,7 @@ KERNEL_INLINE void resnet8_s2_conv2_forward_slot(
     const real *restrict in,                /* s2_relu1 [N, 32, 16, 16] */
     const real *restrict weight,            /* s2_conv2.weight [32, 32, 3, 3] */
     const real *restrict bias,              /* s2_conv2.bias [32] */
-    real *slots,                            /* 66624 elements of workspace */
+    real *slots,                            /* 75872 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1160,7 +1168,7 @@ KERNEL_INLINE void resnet8_s2_conv2_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_WIDE = 10368,
-        SLOT_SIZE = 48192
+        SLOT_SIZE = 57440
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1184,18 +1192,20 @@ KERNEL_INLINE void resnet8_s2_conv2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s2_conv2_forward(
     real *restrict out,                     /* s2_conv2 [N, 32, 16, 16] */
     const real *restrict in,                /* s2_relu1 [N, 32, 16, 16] */
     const real *restrict weight,            /* s2_conv2.weight [32, 32, 3, 3] */
     const real *restrict bias,              /* s2_conv2.bias [32] */
-    real *slots,                            /* 66624 elements of workspace */
+    real *slots,                            /* 75872 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)32 * 288 * 256;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s2_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1248,7 +1258,7 @@ KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
     const real *restrict in,                /* s1_out [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
     const real *restrict bias,              /* s2_shortcut.bias [32] */
-    real *slots,                            /* 12800 elements of workspace */
+    real *slots,                            /* 13344 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1274,7 +1284,7 @@ KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 12288
+        SLOT_SIZE = 12832
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1295,18 +1305,20 @@ KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s2_shortcut_forward(
     real *restrict out,                     /* s2_shortcut [N, 32, 16, 16] */
     const real *restrict in,                /* s1_out [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
     const real *restrict bias,              /* s2_shortcut.bias [32] */
-    real *slots,                            /* 12800 elements of workspace */
+    real *slots,                            /* 13344 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)32 * 16 * 256;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s2_shortcut_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1368,7 +1380,7 @@ KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
     const real *restrict in,                /* s2_out [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_conv1.weight [64, 32, 3, 3] */
     const real *restrict bias,              /* s3_conv1.bias [64] */
-    real *slots,                            /* 40960 elements of workspace */
+    real *slots,                            /* 59456 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1394,7 +1406,7 @@ KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
         H_OUT = 8,
         W_OUT = 8,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 22528
+        SLOT_SIZE = 41024
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1415,18 +1427,20 @@ KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s3_conv1_forward(
     real *restrict out,                     /* s3_conv1 [N, 64, 8, 8] */
     const real *restrict in,                /* s2_out [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_conv1.weight [64, 32, 3, 3] */
     const real *restrict bias,              /* s3_conv1.bias [64] */
-    real *slots,                            /* 40960 elements of workspace */
+    real *slots,                            /* 59456 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 288 * 64;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s3_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1499,7 +1513,7 @@ KERNEL_INLINE void resnet8_s3_conv2_forward_slot(
     const real *restrict in,                /* s3_relu1 [N, 64, 8, 8] */
     const real *restrict weight,            /* s3_conv2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* s3_conv2.bias [64] */
-    real *slots,                            /* 101504 elements of workspace */
+    real *slots,                            /* 138432 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1527,7 +1541,7 @@ KERNEL_INLINE void resnet8_s3_conv2_forward_slot(
         H_OUT = 8,
         W_OUT = 8,
         SCRATCH_WIDE = 6400,
-        SLOT_SIZE = 27776
+        SLOT_SIZE = 64704
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1551,18 +1565,20 @@ KERNEL_INLINE void resnet8_s3_conv2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s3_conv2_forward(
     real *restrict out,                     /* s3_conv2 [N, 64, 8, 8] */
     const real *restrict in,                /* s3_relu1 [N, 64, 8, 8] */
     const real *restrict weight,            /* s3_conv2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* s3_conv2.bias [64] */
-    real *slots,                            /* 101504 elements of workspace */
+    real *slots,                            /* 138432 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 576 * 64;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s3_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1615,7 +1631,7 @@ KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
     const real *restrict in,                /* s2_out [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
     const real *restrict bias,              /* s3_shortcut.bias [64] */
-    real *slots,                            /* 8192 elements of workspace */
+    real *slots,                            /* 10304 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1641,7 +1657,7 @@ KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
         H_OUT = 8,
         W_OUT = 8,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 6144
+        SLOT_SIZE = 8256
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1662,18 +1678,20 @@ KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s3_shortcut_forward(
     real *restrict out,                     /* s3_shortcut [N, 64, 8, 8] */
     const real *restrict in,                /* s2_out [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
     const real *restrict bias,              /* s3_shortcut.bias [64] */
-    real *slots,                            /* 8192 elements of workspace */
+    real *slots,                            /* 10304 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 32 * 64;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s3_shortcut_forward_slot(out, in, weight, bias, slots, batch, slot);

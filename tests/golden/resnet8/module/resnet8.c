@@ -104,21 +104,21 @@ typedef float real;
 
 /* Workspace offsets. */
 #define WS_STEM ((size_t)0)
-#define WS_STEM_BN ((size_t)60838)
-#define WS_S1_CONV1 ((size_t)60870)
-#define WS_S1_BN1 ((size_t)154598)
-#define WS_S1_CONV2 ((size_t)154630)
-#define WS_S1_BN2 ((size_t)248358)
-#define WS_S2_CONV1 ((size_t)248390)
-#define WS_S2_BN1 ((size_t)298054)
-#define WS_S2_CONV2 ((size_t)298118)
-#define WS_S2_BN2 ((size_t)364742)
-#define WS_S2_SHORTCUT ((size_t)364806)
-#define WS_S3_CONV1 ((size_t)377606)
-#define WS_S3_BN1 ((size_t)418566)
-#define WS_S3_CONV2 ((size_t)418694)
-#define WS_S3_BN2 ((size_t)520198)
-#define WS_S3_SHORTCUT ((size_t)520326)
+#define WS_STEM_BN ((size_t)61286)
+#define WS_S1_CONV1 ((size_t)61318)
+#define WS_S1_BN1 ((size_t)157366)
+#define WS_S1_CONV2 ((size_t)157398)
+#define WS_S1_BN2 ((size_t)253446)
+#define WS_S2_CONV1 ((size_t)253478)
+#define WS_S2_BN1 ((size_t)307782)
+#define WS_S2_CONV2 ((size_t)307846)
+#define WS_S2_BN2 ((size_t)383718)
+#define WS_S2_SHORTCUT ((size_t)383782)
+#define WS_S3_CONV1 ((size_t)397126)
+#define WS_S3_BN1 ((size_t)456582)
+#define WS_S3_CONV2 ((size_t)456710)
+#define WS_S3_BN2 ((size_t)595142)
+#define WS_S3_SHORTCUT ((size_t)595270)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
@@ -589,7 +589,7 @@ KERNEL_INLINE void resnet8_stem_forward_slot(
     const real *restrict in,                /* input [N, 3, 32, 32] */
     const real *restrict weight,            /* stem.weight [16, 3, 3, 3] */
     const real *restrict bias,              /* stem.bias [16] */
-    real *slots,                            /* 60838 elements of workspace */
+    real *slots,                            /* 61286 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -617,7 +617,7 @@ KERNEL_INLINE void resnet8_stem_forward_slot(
         H_OUT = 32,
         W_OUT = 32,
         SCRATCH_WIDE = 3468,
-        SLOT_SIZE = 59974
+        SLOT_SIZE = 60422
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -641,18 +641,20 @@ KERNEL_INLINE void resnet8_stem_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_stem_forward(
     real *restrict out,                     /* stem [N, 16, 32, 32] */
     const real *restrict in,                /* input [N, 3, 32, 32] */
     const real *restrict weight,            /* stem.weight [16, 3, 3, 3] */
     const real *restrict bias,              /* stem.bias [16] */
-    real *slots,                            /* 60838 elements of workspace */
+    real *slots,                            /* 61286 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 27 * 1024;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_stem_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -674,7 +676,7 @@ static void resnet8_stem_backward(
     real *restrict dbias,                   /* stem.bias [16] */
     const real *restrict dout,              /* stem [N, 16, 32, 32] */
     const real *restrict in,                /* input [N, 3, 32, 32] */
-    real *restrict scratch,                 /* 60838 elements of workspace */
+    real *slots,                            /* 61286 elements of workspace */
     size_t batch)
 {
     enum {
@@ -698,32 +700,57 @@ static void resnet8_stem_backward(
         PAD_LEFT = 1,
         SCRATCH_PADDED = 0,
         SCRATCH_DOUT = 20844,
-        SCRATCH_DWEIGHT_T = 60406,
-        W_OUT = 32
+        SCRATCH_DWEIGHT_T = 60854,
+        W_OUT = 32,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 60422,
+        SCRATCH_DWEIGHT_PART = 59974,
+        SCRATCH_DBIAS_PART = 60406
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            resnet8_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
-
-            /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < WIDE_OUT; p++) {
-                const int oh = p / W_PAD, ow = p % W_PAD;
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
-                        ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                resnet8_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+
+                /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    const int oh = p / W_PAD, ow = p % W_PAD;
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
+                            ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                }
+                resnet8_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
+                             dout_t, resnet8_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 0);
             }
-            resnet8_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
-                         dout_t, resnet8_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 1);
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -930,7 +957,7 @@ KERNEL_INLINE void resnet8_s1_conv1_forward_slot(
     const real *restrict in,                /* stem_relu [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv1.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv1.bias [16] */
-    real *slots,                            /* 93728 elements of workspace */
+    real *slots,                            /* 96048 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -958,7 +985,7 @@ KERNEL_INLINE void resnet8_s1_conv1_forward_slot(
         H_OUT = 32,
         W_OUT = 32,
         SCRATCH_WIDE = 18496,
-        SLOT_SIZE = 89120
+        SLOT_SIZE = 91440
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -982,18 +1009,20 @@ KERNEL_INLINE void resnet8_s1_conv1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s1_conv1_forward(
     real *restrict out,                     /* s1_conv1 [N, 16, 32, 32] */
     const real *restrict in,                /* stem_relu [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv1.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv1.bias [16] */
-    real *slots,                            /* 93728 elements of workspace */
+    real *slots,                            /* 96048 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 144 * 1024;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s1_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1017,7 +1046,7 @@ static void resnet8_s1_conv1_backward(
     const real *restrict dout,              /* s1_conv1 [N, 16, 32, 32] */
     const real *restrict in,                /* stem_relu [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv1.weight [16, 16, 3, 3] */
-    real *restrict scratch,                 /* 93728 elements of workspace */
+    real *slots,                            /* 96048 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1041,9 +1070,9 @@ static void resnet8_s1_conv1_backward(
         PAD_LEFT = 1,
         SCRATCH_PADDED = 0,
         SCRATCH_DOUT = 35872,
-        SCRATCH_DWEIGHT_T = 91424,
+        SCRATCH_DWEIGHT_T = 93744,
         W_OUT = 32,
-        SCRATCH_FLIPPED = 89120,
+        SCRATCH_FLIPPED = 91440,
         H_DPAD = 34,
         W_DPAD = 34,
         SCRATCH_DPAD = 53248,
@@ -1051,13 +1080,17 @@ static void resnet8_s1_conv1_backward(
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
         SCRATCH_WIDE_IN = 71744,
-        WIDE_IN = 1086
+        WIDE_IN = 1086,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 91440,
+        SCRATCH_DWEIGHT_PART = 89120,
+        SCRATCH_DBIAS_PART = 91424
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
     /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = scratch + SCRATCH_FLIPPED;
+    real *restrict flipped = slots + SCRATCH_FLIPPED;
     for (int g = 0; g < GROUPS; g++)
         for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
             for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
@@ -1065,37 +1098,58 @@ static void resnet8_s1_conv1_backward(
                     for (int kw = 0; kw < KW; kw++)
                         flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
                             weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            resnet8_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
-
-            /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < WIDE_OUT; p++) {
-                const int oh = p / W_PAD, ow = p % W_PAD;
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
-                        ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                resnet8_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+
+                /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    const int oh = p / W_PAD, ow = p % W_PAD;
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
+                            ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                }
+                resnet8_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
+                             dout_t, resnet8_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 0);
+                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
+                resnet8_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
+                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
+                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
+                resnet8_gemm_nn_taps(WIDE_IN, flipped_group, resnet8_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
+                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                    for (int ih = 0; ih < H_IN; ih++)
+                        for (int iw = 0; iw < W_IN; iw++)
+                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
             }
-            resnet8_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
-                         dout_t, resnet8_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 1);
-            real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-            resnet8_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-            const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-            real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-            resnet8_gemm_nn_taps(WIDE_IN, flipped_group, resnet8_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                         (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int ih = 0; ih < H_IN; ih++)
-                    for (int iw = 0; iw < W_IN; iw++)
-                        din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -1302,7 +1356,7 @@ KERNEL_INLINE void resnet8_s1_conv2_forward_slot(
     const real *restrict in,                /* s1_relu1 [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv2.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv2.bias [16] */
-    real *slots,                            /* 93728 elements of workspace */
+    real *slots,                            /* 96048 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1330,7 +1384,7 @@ KERNEL_INLINE void resnet8_s1_conv2_forward_slot(
         H_OUT = 32,
         W_OUT = 32,
         SCRATCH_WIDE = 18496,
-        SLOT_SIZE = 89120
+        SLOT_SIZE = 91440
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1354,18 +1408,20 @@ KERNEL_INLINE void resnet8_s1_conv2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s1_conv2_forward(
     real *restrict out,                     /* s1_conv2 [N, 16, 32, 32] */
     const real *restrict in,                /* s1_relu1 [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv2.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv2.bias [16] */
-    real *slots,                            /* 93728 elements of workspace */
+    real *slots,                            /* 96048 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 144 * 1024;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s1_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1389,7 +1445,7 @@ static void resnet8_s1_conv2_backward(
     const real *restrict dout,              /* s1_conv2 [N, 16, 32, 32] */
     const real *restrict in,                /* s1_relu1 [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv2.weight [16, 16, 3, 3] */
-    real *restrict scratch,                 /* 93728 elements of workspace */
+    real *slots,                            /* 96048 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1413,9 +1469,9 @@ static void resnet8_s1_conv2_backward(
         PAD_LEFT = 1,
         SCRATCH_PADDED = 0,
         SCRATCH_DOUT = 35872,
-        SCRATCH_DWEIGHT_T = 91424,
+        SCRATCH_DWEIGHT_T = 93744,
         W_OUT = 32,
-        SCRATCH_FLIPPED = 89120,
+        SCRATCH_FLIPPED = 91440,
         H_DPAD = 34,
         W_DPAD = 34,
         SCRATCH_DPAD = 53248,
@@ -1423,13 +1479,17 @@ static void resnet8_s1_conv2_backward(
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
         SCRATCH_WIDE_IN = 71744,
-        WIDE_IN = 1086
+        WIDE_IN = 1086,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 91440,
+        SCRATCH_DWEIGHT_PART = 89120,
+        SCRATCH_DBIAS_PART = 91424
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
     /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = scratch + SCRATCH_FLIPPED;
+    real *restrict flipped = slots + SCRATCH_FLIPPED;
     for (int g = 0; g < GROUPS; g++)
         for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
             for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
@@ -1437,37 +1497,58 @@ static void resnet8_s1_conv2_backward(
                     for (int kw = 0; kw < KW; kw++)
                         flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
                             weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            resnet8_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
-
-            /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < WIDE_OUT; p++) {
-                const int oh = p / W_PAD, ow = p % W_PAD;
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
-                        ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                resnet8_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+
+                /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    const int oh = p / W_PAD, ow = p % W_PAD;
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
+                            ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                }
+                resnet8_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
+                             dout_t, resnet8_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 0);
+                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
+                resnet8_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
+                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
+                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
+                resnet8_gemm_nn_taps(WIDE_IN, flipped_group, resnet8_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
+                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                    for (int ih = 0; ih < H_IN; ih++)
+                        for (int iw = 0; iw < W_IN; iw++)
+                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
             }
-            resnet8_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
-                         dout_t, resnet8_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 1);
-            real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-            resnet8_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-            const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-            real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-            resnet8_gemm_nn_taps(WIDE_IN, flipped_group, resnet8_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                         (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int ih = 0; ih < H_IN; ih++)
-                    for (int iw = 0; iw < W_IN; iw++)
-                        din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -1715,7 +1796,7 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
     const real *restrict in,                /* s1_out [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* s2_conv1.bias [32] */
-    real *slots,                            /* 49664 elements of workspace */
+    real *slots,                            /* 54304 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1741,7 +1822,7 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 45056
+        SLOT_SIZE = 49696
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1762,18 +1843,20 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s2_conv1_forward(
     real *restrict out,                     /* s2_conv1 [N, 32, 16, 16] */
     const real *restrict in,                /* s1_out [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* s2_conv1.bias [32] */
-    real *slots,                            /* 49664 elements of workspace */
+    real *slots,                            /* 54304 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)32 * 144 * 256;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s2_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1797,7 +1880,7 @@ static void resnet8_s2_conv1_backward(
     const real *restrict dout,              /* s2_conv1 [N, 32, 16, 16] */
     const real *restrict in,                /* s1_out [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
-    real *restrict scratch,                 /* 49664 elements of workspace */
+    real *slots,                            /* 54304 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1822,33 +1905,58 @@ static void resnet8_s2_conv1_backward(
         W_OUT = 16,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 36864,
-        SCRATCH_DWEIGHT_T = 45056
+        SCRATCH_DWEIGHT_T = 49696,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 49696,
+        SCRATCH_DWEIGHT_PART = 45056,
+        SCRATCH_DBIAS_PART = 49664
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            resnet8_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < PIXELS_OUT; p++)
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
-            resnet8_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
-                    dweight_t_group, C_OUT_PER_GROUP, 1);
-            /* The patch matrix is no longer needed: its buffer takes dpatches. */
-            resnet8_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
-                    dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
-            resnet8_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
+                resnet8_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < PIXELS_OUT; p++)
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
+                resnet8_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
+                        dweight_t_group, C_OUT_PER_GROUP, 0);
+                /* The patch matrix is no longer needed: its buffer takes dpatches. */
+                resnet8_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
+                        dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
+                resnet8_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -2055,7 +2163,7 @@ KERNEL_INLINE void resnet8_s2_conv2_forward_slot(
     const real *restrict in,                /* s2_relu1 [N, 32, 16, 16] */
     const real *restrict weight,            /* s2_conv2.weight [32, 32, 3, 3] */
     const real *restrict bias,              /* s2_conv2.bias [32] */
-    real *slots,                            /* 66624 elements of workspace */
+    real *slots,                            /* 75872 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -2083,7 +2191,7 @@ KERNEL_INLINE void resnet8_s2_conv2_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_WIDE = 10368,
-        SLOT_SIZE = 48192
+        SLOT_SIZE = 57440
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -2107,18 +2215,20 @@ KERNEL_INLINE void resnet8_s2_conv2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s2_conv2_forward(
     real *restrict out,                     /* s2_conv2 [N, 32, 16, 16] */
     const real *restrict in,                /* s2_relu1 [N, 32, 16, 16] */
     const real *restrict weight,            /* s2_conv2.weight [32, 32, 3, 3] */
     const real *restrict bias,              /* s2_conv2.bias [32] */
-    real *slots,                            /* 66624 elements of workspace */
+    real *slots,                            /* 75872 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)32 * 288 * 256;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s2_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -2142,7 +2252,7 @@ static void resnet8_s2_conv2_backward(
     const real *restrict dout,              /* s2_conv2 [N, 32, 16, 16] */
     const real *restrict in,                /* s2_relu1 [N, 32, 16, 16] */
     const real *restrict weight,            /* s2_conv2.weight [32, 32, 3, 3] */
-    real *restrict scratch,                 /* 66624 elements of workspace */
+    real *slots,                            /* 75872 elements of workspace */
     size_t batch)
 {
     enum {
@@ -2166,9 +2276,9 @@ static void resnet8_s2_conv2_backward(
         PAD_LEFT = 1,
         SCRATCH_PADDED = 0,
         SCRATCH_DOUT = 19520,
-        SCRATCH_DWEIGHT_T = 57408,
+        SCRATCH_DWEIGHT_T = 66656,
         W_OUT = 16,
-        SCRATCH_FLIPPED = 48192,
+        SCRATCH_FLIPPED = 57440,
         H_DPAD = 18,
         W_DPAD = 18,
         SCRATCH_DPAD = 28672,
@@ -2176,13 +2286,17 @@ static void resnet8_s2_conv2_backward(
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
         SCRATCH_WIDE_IN = 39040,
-        WIDE_IN = 286
+        WIDE_IN = 286,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 57440,
+        SCRATCH_DWEIGHT_PART = 48192,
+        SCRATCH_DBIAS_PART = 57408
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
     /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = scratch + SCRATCH_FLIPPED;
+    real *restrict flipped = slots + SCRATCH_FLIPPED;
     for (int g = 0; g < GROUPS; g++)
         for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
             for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
@@ -2190,37 +2304,58 @@ static void resnet8_s2_conv2_backward(
                     for (int kw = 0; kw < KW; kw++)
                         flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
                             weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            resnet8_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
-
-            /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < WIDE_OUT; p++) {
-                const int oh = p / W_PAD, ow = p % W_PAD;
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
-                        ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                resnet8_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+
+                /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    const int oh = p / W_PAD, ow = p % W_PAD;
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
+                            ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                }
+                resnet8_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
+                             dout_t, resnet8_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 0);
+                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
+                resnet8_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
+                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
+                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
+                resnet8_gemm_nn_taps(WIDE_IN, flipped_group, resnet8_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
+                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                    for (int ih = 0; ih < H_IN; ih++)
+                        for (int iw = 0; iw < W_IN; iw++)
+                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
             }
-            resnet8_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
-                         dout_t, resnet8_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 1);
-            real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-            resnet8_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-            const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-            real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-            resnet8_gemm_nn_taps(WIDE_IN, flipped_group, resnet8_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                         (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int ih = 0; ih < H_IN; ih++)
-                    for (int iw = 0; iw < W_IN; iw++)
-                        din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -2385,7 +2520,7 @@ KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
     const real *restrict in,                /* s1_out [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
     const real *restrict bias,              /* s2_shortcut.bias [32] */
-    real *slots,                            /* 12800 elements of workspace */
+    real *slots,                            /* 13344 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -2411,7 +2546,7 @@ KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 12288
+        SLOT_SIZE = 12832
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -2432,18 +2567,20 @@ KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s2_shortcut_forward(
     real *restrict out,                     /* s2_shortcut [N, 32, 16, 16] */
     const real *restrict in,                /* s1_out [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
     const real *restrict bias,              /* s2_shortcut.bias [32] */
-    real *slots,                            /* 12800 elements of workspace */
+    real *slots,                            /* 13344 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)32 * 16 * 256;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s2_shortcut_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -2467,7 +2604,7 @@ static void resnet8_s2_shortcut_backward(
     const real *restrict dout,              /* s2_shortcut [N, 32, 16, 16] */
     const real *restrict in,                /* s1_out [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
-    real *restrict scratch,                 /* 12800 elements of workspace */
+    real *slots,                            /* 13344 elements of workspace */
     size_t batch)
 {
     enum {
@@ -2492,33 +2629,58 @@ static void resnet8_s2_shortcut_backward(
         W_OUT = 16,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 4096,
-        SCRATCH_DWEIGHT_T = 12288
+        SCRATCH_DWEIGHT_T = 12832,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 12832,
+        SCRATCH_DWEIGHT_PART = 12288,
+        SCRATCH_DBIAS_PART = 12800
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            resnet8_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < PIXELS_OUT; p++)
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
-            resnet8_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
-                    dweight_t_group, C_OUT_PER_GROUP, 1);
-            /* The patch matrix is no longer needed: its buffer takes dpatches. */
-            resnet8_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
-                    dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
-            resnet8_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
+                resnet8_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < PIXELS_OUT; p++)
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
+                resnet8_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
+                        dweight_t_group, C_OUT_PER_GROUP, 0);
+                /* The patch matrix is no longer needed: its buffer takes dpatches. */
+                resnet8_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
+                        dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
+                resnet8_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -2623,7 +2785,7 @@ KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
     const real *restrict in,                /* s2_out [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_conv1.weight [64, 32, 3, 3] */
     const real *restrict bias,              /* s3_conv1.bias [64] */
-    real *slots,                            /* 40960 elements of workspace */
+    real *slots,                            /* 59456 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -2649,7 +2811,7 @@ KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
         H_OUT = 8,
         W_OUT = 8,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 22528
+        SLOT_SIZE = 41024
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -2670,18 +2832,20 @@ KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s3_conv1_forward(
     real *restrict out,                     /* s3_conv1 [N, 64, 8, 8] */
     const real *restrict in,                /* s2_out [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_conv1.weight [64, 32, 3, 3] */
     const real *restrict bias,              /* s3_conv1.bias [64] */
-    real *slots,                            /* 40960 elements of workspace */
+    real *slots,                            /* 59456 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 288 * 64;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s3_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -2705,7 +2869,7 @@ static void resnet8_s3_conv1_backward(
     const real *restrict dout,              /* s3_conv1 [N, 64, 8, 8] */
     const real *restrict in,                /* s2_out [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_conv1.weight [64, 32, 3, 3] */
-    real *restrict scratch,                 /* 40960 elements of workspace */
+    real *slots,                            /* 59456 elements of workspace */
     size_t batch)
 {
     enum {
@@ -2730,33 +2894,58 @@ static void resnet8_s3_conv1_backward(
         W_OUT = 8,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 18432,
-        SCRATCH_DWEIGHT_T = 22528
+        SCRATCH_DWEIGHT_T = 41024,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 41024,
+        SCRATCH_DWEIGHT_PART = 22528,
+        SCRATCH_DBIAS_PART = 40960
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            resnet8_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < PIXELS_OUT; p++)
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
-            resnet8_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
-                    dweight_t_group, C_OUT_PER_GROUP, 1);
-            /* The patch matrix is no longer needed: its buffer takes dpatches. */
-            resnet8_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
-                    dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
-            resnet8_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
+                resnet8_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < PIXELS_OUT; p++)
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
+                resnet8_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
+                        dweight_t_group, C_OUT_PER_GROUP, 0);
+                /* The patch matrix is no longer needed: its buffer takes dpatches. */
+                resnet8_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
+                        dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
+                resnet8_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -2963,7 +3152,7 @@ KERNEL_INLINE void resnet8_s3_conv2_forward_slot(
     const real *restrict in,                /* s3_relu1 [N, 64, 8, 8] */
     const real *restrict weight,            /* s3_conv2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* s3_conv2.bias [64] */
-    real *slots,                            /* 101504 elements of workspace */
+    real *slots,                            /* 138432 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -2991,7 +3180,7 @@ KERNEL_INLINE void resnet8_s3_conv2_forward_slot(
         H_OUT = 8,
         W_OUT = 8,
         SCRATCH_WIDE = 6400,
-        SLOT_SIZE = 27776
+        SLOT_SIZE = 64704
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -3015,18 +3204,20 @@ KERNEL_INLINE void resnet8_s3_conv2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s3_conv2_forward(
     real *restrict out,                     /* s3_conv2 [N, 64, 8, 8] */
     const real *restrict in,                /* s3_relu1 [N, 64, 8, 8] */
     const real *restrict weight,            /* s3_conv2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* s3_conv2.bias [64] */
-    real *slots,                            /* 101504 elements of workspace */
+    real *slots,                            /* 138432 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 576 * 64;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s3_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -3050,7 +3241,7 @@ static void resnet8_s3_conv2_backward(
     const real *restrict dout,              /* s3_conv2 [N, 64, 8, 8] */
     const real *restrict in,                /* s3_relu1 [N, 64, 8, 8] */
     const real *restrict weight,            /* s3_conv2.weight [64, 64, 3, 3] */
-    real *restrict scratch,                 /* 101504 elements of workspace */
+    real *slots,                            /* 138432 elements of workspace */
     size_t batch)
 {
     enum {
@@ -3074,9 +3265,9 @@ static void resnet8_s3_conv2_backward(
         PAD_LEFT = 1,
         SCRATCH_PADDED = 0,
         SCRATCH_DOUT = 11392,
-        SCRATCH_DWEIGHT_T = 64640,
+        SCRATCH_DWEIGHT_T = 101568,
         W_OUT = 8,
-        SCRATCH_FLIPPED = 27776,
+        SCRATCH_FLIPPED = 64704,
         H_DPAD = 10,
         W_DPAD = 10,
         SCRATCH_DPAD = 16384,
@@ -3084,13 +3275,17 @@ static void resnet8_s3_conv2_backward(
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
         SCRATCH_WIDE_IN = 22784,
-        WIDE_IN = 78
+        WIDE_IN = 78,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 64704,
+        SCRATCH_DWEIGHT_PART = 27776,
+        SCRATCH_DBIAS_PART = 64640
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
     /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = scratch + SCRATCH_FLIPPED;
+    real *restrict flipped = slots + SCRATCH_FLIPPED;
     for (int g = 0; g < GROUPS; g++)
         for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
             for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
@@ -3098,37 +3293,58 @@ static void resnet8_s3_conv2_backward(
                     for (int kw = 0; kw < KW; kw++)
                         flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
                             weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            resnet8_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
-
-            /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < WIDE_OUT; p++) {
-                const int oh = p / W_PAD, ow = p % W_PAD;
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
-                        ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                resnet8_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+
+                /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    const int oh = p / W_PAD, ow = p % W_PAD;
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
+                            ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                }
+                resnet8_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
+                             dout_t, resnet8_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 0);
+                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
+                resnet8_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
+                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
+                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
+                resnet8_gemm_nn_taps(WIDE_IN, flipped_group, resnet8_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
+                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                    for (int ih = 0; ih < H_IN; ih++)
+                        for (int iw = 0; iw < W_IN; iw++)
+                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
             }
-            resnet8_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
-                         dout_t, resnet8_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 1);
-            real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-            resnet8_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-            const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-            real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-            resnet8_gemm_nn_taps(WIDE_IN, flipped_group, resnet8_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                         (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int ih = 0; ih < H_IN; ih++)
-                    for (int iw = 0; iw < W_IN; iw++)
-                        din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -3293,7 +3509,7 @@ KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
     const real *restrict in,                /* s2_out [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
     const real *restrict bias,              /* s3_shortcut.bias [64] */
-    real *slots,                            /* 8192 elements of workspace */
+    real *slots,                            /* 10304 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -3319,7 +3535,7 @@ KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
         H_OUT = 8,
         W_OUT = 8,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 6144
+        SLOT_SIZE = 8256
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -3340,18 +3556,20 @@ KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s3_shortcut_forward(
     real *restrict out,                     /* s3_shortcut [N, 64, 8, 8] */
     const real *restrict in,                /* s2_out [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
     const real *restrict bias,              /* s3_shortcut.bias [64] */
-    real *slots,                            /* 8192 elements of workspace */
+    real *slots,                            /* 10304 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 32 * 64;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s3_shortcut_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -3375,7 +3593,7 @@ static void resnet8_s3_shortcut_backward(
     const real *restrict dout,              /* s3_shortcut [N, 64, 8, 8] */
     const real *restrict in,                /* s2_out [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
-    real *restrict scratch,                 /* 8192 elements of workspace */
+    real *slots,                            /* 10304 elements of workspace */
     size_t batch)
 {
     enum {
@@ -3400,33 +3618,58 @@ static void resnet8_s3_shortcut_backward(
         W_OUT = 8,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 2048,
-        SCRATCH_DWEIGHT_T = 6144
+        SCRATCH_DWEIGHT_T = 8256,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 8256,
+        SCRATCH_DWEIGHT_PART = 6144,
+        SCRATCH_DBIAS_PART = 8192
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            resnet8_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < PIXELS_OUT; p++)
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
-            resnet8_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
-                    dweight_t_group, C_OUT_PER_GROUP, 1);
-            /* The patch matrix is no longer needed: its buffer takes dpatches. */
-            resnet8_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
-                    dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
-            resnet8_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
+                resnet8_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < PIXELS_OUT; p++)
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
+                resnet8_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
+                        dweight_t_group, C_OUT_PER_GROUP, 0);
+                /* The patch matrix is no longer needed: its buffer takes dpatches. */
+                resnet8_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
+                        dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
+                resnet8_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)

@@ -532,7 +532,7 @@ KERNEL_INLINE void resnet_small_stem_forward_slot(
     real *restrict out,                     /* stem [N, 16, 16, 16] */
     const real *restrict in,                /* input [N, 3, 16, 16] */
     const real *restrict weight,            /* stem.weight [16, 3, 3, 3] */
-    real *slots,                            /* 17030 elements of workspace */
+    real *slots,                            /* 17462 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -560,7 +560,7 @@ KERNEL_INLINE void resnet_small_stem_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_WIDE = 972,
-        SLOT_SIZE = 16166
+        SLOT_SIZE = 16598
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -584,17 +584,19 @@ KERNEL_INLINE void resnet_small_stem_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_stem_forward(
     real *restrict out,                     /* stem [N, 16, 16, 16] */
     const real *restrict in,                /* input [N, 3, 16, 16] */
     const real *restrict weight,            /* stem.weight [16, 3, 3, 3] */
-    real *slots,                            /* 17030 elements of workspace */
+    real *slots,                            /* 17462 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 27 * 256;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet_small_stem_forward_slot(out, in, weight, slots, batch, slot);
@@ -666,7 +668,7 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
     real *restrict out,                     /* block1_conv1 [N, 16, 16, 16] */
     const real *restrict in,                /* stem_relu [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv1.weight [16, 16, 3, 3] */
-    real *slots,                            /* 28704 elements of workspace */
+    real *slots,                            /* 31008 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -694,7 +696,7 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_WIDE = 5184,
-        SLOT_SIZE = 24096
+        SLOT_SIZE = 26400
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -718,17 +720,19 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_block1_conv1_forward(
     real *restrict out,                     /* block1_conv1 [N, 16, 16, 16] */
     const real *restrict in,                /* stem_relu [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv1.weight [16, 16, 3, 3] */
-    real *slots,                            /* 28704 elements of workspace */
+    real *slots,                            /* 31008 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 144 * 256;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet_small_block1_conv1_forward_slot(out, in, weight, slots, batch, slot);
@@ -800,7 +804,7 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
     real *restrict out,                     /* block1_conv2 [N, 16, 16, 16] */
     const real *restrict in,                /* block1_relu [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv2.weight [16, 16, 3, 3] */
-    real *slots,                            /* 28704 elements of workspace */
+    real *slots,                            /* 31008 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -828,7 +832,7 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_WIDE = 5184,
-        SLOT_SIZE = 24096
+        SLOT_SIZE = 26400
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -852,17 +856,19 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_block1_conv2_forward(
     real *restrict out,                     /* block1_conv2 [N, 16, 16, 16] */
     const real *restrict in,                /* block1_relu [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv2.weight [16, 16, 3, 3] */
-    real *slots,                            /* 28704 elements of workspace */
+    real *slots,                            /* 31008 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 144 * 256;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet_small_block1_conv2_forward_slot(out, in, weight, slots, batch, slot);
@@ -954,7 +960,7 @@ KERNEL_INLINE void resnet_small_down_forward_slot(
     const real *restrict in,                /* block1_out [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* down.bias [32] */
-    real *slots,                            /* 15872 elements of workspace */
+    real *slots,                            /* 20512 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -980,7 +986,7 @@ KERNEL_INLINE void resnet_small_down_forward_slot(
         H_OUT = 8,
         W_OUT = 8,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 11264
+        SLOT_SIZE = 15904
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1001,18 +1007,20 @@ KERNEL_INLINE void resnet_small_down_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_down_forward(
     real *restrict out,                     /* down [N, 32, 8, 8] */
     const real *restrict in,                /* block1_out [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* down.bias [32] */
-    real *slots,                            /* 15872 elements of workspace */
+    real *slots,                            /* 20512 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)32 * 144 * 64;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet_small_down_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1055,7 +1063,7 @@ KERNEL_INLINE void resnet_small_depthwise_forward_slot(
     const real *restrict in,                /* down_relu [N, 32, 8, 8] */
     const real *restrict weight,            /* depthwise.weight [32, 1, 3, 3] */
     const real *restrict bias,              /* depthwise.bias [32] */
-    real *slots,                            /* 722 elements of workspace */
+    real *slots,                            /* 1042 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1083,7 +1091,7 @@ KERNEL_INLINE void resnet_small_depthwise_forward_slot(
         H_OUT = 8,
         W_OUT = 8,
         SCRATCH_WIDE = 100,
-        SLOT_SIZE = 434
+        SLOT_SIZE = 754
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1107,18 +1115,20 @@ KERNEL_INLINE void resnet_small_depthwise_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_depthwise_forward(
     real *restrict out,                     /* depthwise [N, 32, 8, 8] */
     const real *restrict in,                /* down_relu [N, 32, 8, 8] */
     const real *restrict weight,            /* depthwise.weight [32, 1, 3, 3] */
     const real *restrict bias,              /* depthwise.bias [32] */
-    real *slots,                            /* 722 elements of workspace */
+    real *slots,                            /* 1042 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)32 * 9 * 64;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet_small_depthwise_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1180,8 +1190,9 @@ KERNEL_INLINE void resnet_small_pointwise_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_pointwise_forward(
     real *restrict out,                     /* pointwise [N, 32, 8, 8] */
     const real *restrict in,                /* depthwise [N, 32, 8, 8] */
@@ -1190,7 +1201,8 @@ static void resnet_small_pointwise_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)32 * 32 * 64;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet_small_pointwise_forward_slot(out, in, weight, bias, batch, slot);

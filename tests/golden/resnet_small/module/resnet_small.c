@@ -70,14 +70,14 @@ typedef float real;
 
 /* Workspace offsets. */
 #define WS_STEM ((size_t)0)
-#define WS_STEM_BN ((size_t)17030)
-#define WS_BLOCK1_CONV1 ((size_t)17062)
-#define WS_BLOCK1_BN1 ((size_t)45766)
-#define WS_BLOCK1_CONV2 ((size_t)45798)
-#define WS_BLOCK1_BN2 ((size_t)74502)
-#define WS_DOWN ((size_t)74534)
-#define WS_DEPTHWISE ((size_t)90406)
-#define WS_POINTWISE ((size_t)91128)
+#define WS_STEM_BN ((size_t)17462)
+#define WS_BLOCK1_CONV1 ((size_t)17494)
+#define WS_BLOCK1_BN1 ((size_t)48502)
+#define WS_BLOCK1_CONV2 ((size_t)48534)
+#define WS_BLOCK1_BN2 ((size_t)79542)
+#define WS_DOWN ((size_t)79574)
+#define WS_DEPTHWISE ((size_t)100086)
+#define WS_POINTWISE ((size_t)101128)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
@@ -547,7 +547,7 @@ KERNEL_INLINE void resnet_small_stem_forward_slot(
     real *restrict out,                     /* stem [N, 16, 16, 16] */
     const real *restrict in,                /* input [N, 3, 16, 16] */
     const real *restrict weight,            /* stem.weight [16, 3, 3, 3] */
-    real *slots,                            /* 17030 elements of workspace */
+    real *slots,                            /* 17462 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -575,7 +575,7 @@ KERNEL_INLINE void resnet_small_stem_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_WIDE = 972,
-        SLOT_SIZE = 16166
+        SLOT_SIZE = 16598
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -599,17 +599,19 @@ KERNEL_INLINE void resnet_small_stem_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_stem_forward(
     real *restrict out,                     /* stem [N, 16, 16, 16] */
     const real *restrict in,                /* input [N, 3, 16, 16] */
     const real *restrict weight,            /* stem.weight [16, 3, 3, 3] */
-    real *slots,                            /* 17030 elements of workspace */
+    real *slots,                            /* 17462 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 27 * 256;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet_small_stem_forward_slot(out, in, weight, slots, batch, slot);
@@ -629,7 +631,7 @@ static void resnet_small_stem_backward(
     real *restrict dweight,                 /* stem.weight [16, 3, 3, 3] */
     const real *restrict dout,              /* stem [N, 16, 16, 16] */
     const real *restrict in,                /* input [N, 3, 16, 16] */
-    real *restrict scratch,                 /* 17030 elements of workspace */
+    real *slots,                            /* 17462 elements of workspace */
     size_t batch)
 {
     enum {
@@ -653,30 +655,52 @@ static void resnet_small_stem_backward(
         PAD_LEFT = 1,
         SCRATCH_PADDED = 0,
         SCRATCH_DOUT = 5548,
-        SCRATCH_DWEIGHT_T = 16598,
-        W_OUT = 16
+        SCRATCH_DWEIGHT_T = 17030,
+        W_OUT = 16,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 16598,
+        SCRATCH_DWEIGHT_PART = 16166,
+        SCRATCH_DBIAS_PART = 16598
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            resnet_small_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
+                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                resnet_small_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
 
-            /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < WIDE_OUT; p++) {
-                const int oh = p / W_PAD, ow = p % W_PAD;
-                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
-                        ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    const int oh = p / W_PAD, ow = p % W_PAD;
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
+                            ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                }
+                resnet_small_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
+                             dout_t, resnet_small_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 0);
             }
-            resnet_small_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
-                         dout_t, resnet_small_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 1);
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -882,7 +906,7 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
     real *restrict out,                     /* block1_conv1 [N, 16, 16, 16] */
     const real *restrict in,                /* stem_relu [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv1.weight [16, 16, 3, 3] */
-    real *slots,                            /* 28704 elements of workspace */
+    real *slots,                            /* 31008 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -910,7 +934,7 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_WIDE = 5184,
-        SLOT_SIZE = 24096
+        SLOT_SIZE = 26400
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -934,17 +958,19 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_block1_conv1_forward(
     real *restrict out,                     /* block1_conv1 [N, 16, 16, 16] */
     const real *restrict in,                /* stem_relu [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv1.weight [16, 16, 3, 3] */
-    real *slots,                            /* 28704 elements of workspace */
+    real *slots,                            /* 31008 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 144 * 256;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet_small_block1_conv1_forward_slot(out, in, weight, slots, batch, slot);
@@ -967,7 +993,7 @@ static void resnet_small_block1_conv1_backward(
     const real *restrict dout,              /* block1_conv1 [N, 16, 16, 16] */
     const real *restrict in,                /* stem_relu [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv1.weight [16, 16, 3, 3] */
-    real *restrict scratch,                 /* 28704 elements of workspace */
+    real *slots,                            /* 31008 elements of workspace */
     size_t batch)
 {
     enum {
@@ -991,9 +1017,9 @@ static void resnet_small_block1_conv1_backward(
         PAD_LEFT = 1,
         SCRATCH_PADDED = 0,
         SCRATCH_DOUT = 9760,
-        SCRATCH_DWEIGHT_T = 26400,
+        SCRATCH_DWEIGHT_T = 28704,
         W_OUT = 16,
-        SCRATCH_FLIPPED = 24096,
+        SCRATCH_FLIPPED = 26400,
         H_DPAD = 18,
         W_DPAD = 18,
         SCRATCH_DPAD = 14336,
@@ -1001,13 +1027,17 @@ static void resnet_small_block1_conv1_backward(
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
         SCRATCH_WIDE_IN = 19520,
-        WIDE_IN = 286
+        WIDE_IN = 286,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 26400,
+        SCRATCH_DWEIGHT_PART = 24096,
+        SCRATCH_DBIAS_PART = 26400
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
     /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = scratch + SCRATCH_FLIPPED;
+    real *restrict flipped = slots + SCRATCH_FLIPPED;
     for (int g = 0; g < GROUPS; g++)
         for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
             for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
@@ -1015,35 +1045,53 @@ static void resnet_small_block1_conv1_backward(
                     for (int kw = 0; kw < KW; kw++)
                         flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
                             weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            resnet_small_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                resnet_small_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
 
-            /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < WIDE_OUT; p++) {
-                const int oh = p / W_PAD, ow = p % W_PAD;
-                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
-                        ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    const int oh = p / W_PAD, ow = p % W_PAD;
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
+                            ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                }
+                resnet_small_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
+                             dout_t, resnet_small_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 0);
+                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
+                resnet_small_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
+                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
+                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
+                resnet_small_gemm_nn_taps(WIDE_IN, flipped_group, resnet_small_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
+                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                    for (int ih = 0; ih < H_IN; ih++)
+                        for (int iw = 0; iw < W_IN; iw++)
+                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
             }
-            resnet_small_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
-                         dout_t, resnet_small_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 1);
-            real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-            resnet_small_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-            const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-            real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-            resnet_small_gemm_nn_taps(WIDE_IN, flipped_group, resnet_small_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                         (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int ih = 0; ih < H_IN; ih++)
-                    for (int iw = 0; iw < W_IN; iw++)
-                        din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -1249,7 +1297,7 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
     real *restrict out,                     /* block1_conv2 [N, 16, 16, 16] */
     const real *restrict in,                /* block1_relu [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv2.weight [16, 16, 3, 3] */
-    real *slots,                            /* 28704 elements of workspace */
+    real *slots,                            /* 31008 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1277,7 +1325,7 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_WIDE = 5184,
-        SLOT_SIZE = 24096
+        SLOT_SIZE = 26400
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1301,17 +1349,19 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_block1_conv2_forward(
     real *restrict out,                     /* block1_conv2 [N, 16, 16, 16] */
     const real *restrict in,                /* block1_relu [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv2.weight [16, 16, 3, 3] */
-    real *slots,                            /* 28704 elements of workspace */
+    real *slots,                            /* 31008 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 144 * 256;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet_small_block1_conv2_forward_slot(out, in, weight, slots, batch, slot);
@@ -1334,7 +1384,7 @@ static void resnet_small_block1_conv2_backward(
     const real *restrict dout,              /* block1_conv2 [N, 16, 16, 16] */
     const real *restrict in,                /* block1_relu [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv2.weight [16, 16, 3, 3] */
-    real *restrict scratch,                 /* 28704 elements of workspace */
+    real *slots,                            /* 31008 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1358,9 +1408,9 @@ static void resnet_small_block1_conv2_backward(
         PAD_LEFT = 1,
         SCRATCH_PADDED = 0,
         SCRATCH_DOUT = 9760,
-        SCRATCH_DWEIGHT_T = 26400,
+        SCRATCH_DWEIGHT_T = 28704,
         W_OUT = 16,
-        SCRATCH_FLIPPED = 24096,
+        SCRATCH_FLIPPED = 26400,
         H_DPAD = 18,
         W_DPAD = 18,
         SCRATCH_DPAD = 14336,
@@ -1368,13 +1418,17 @@ static void resnet_small_block1_conv2_backward(
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
         SCRATCH_WIDE_IN = 19520,
-        WIDE_IN = 286
+        WIDE_IN = 286,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 26400,
+        SCRATCH_DWEIGHT_PART = 24096,
+        SCRATCH_DBIAS_PART = 26400
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
     /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = scratch + SCRATCH_FLIPPED;
+    real *restrict flipped = slots + SCRATCH_FLIPPED;
     for (int g = 0; g < GROUPS; g++)
         for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
             for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
@@ -1382,35 +1436,53 @@ static void resnet_small_block1_conv2_backward(
                     for (int kw = 0; kw < KW; kw++)
                         flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
                             weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            resnet_small_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                resnet_small_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
 
-            /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < WIDE_OUT; p++) {
-                const int oh = p / W_PAD, ow = p % W_PAD;
-                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
-                        ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    const int oh = p / W_PAD, ow = p % W_PAD;
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
+                            ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                }
+                resnet_small_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
+                             dout_t, resnet_small_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 0);
+                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
+                resnet_small_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
+                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
+                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
+                resnet_small_gemm_nn_taps(WIDE_IN, flipped_group, resnet_small_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
+                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                    for (int ih = 0; ih < H_IN; ih++)
+                        for (int iw = 0; iw < W_IN; iw++)
+                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
             }
-            resnet_small_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
-                         dout_t, resnet_small_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 1);
-            real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-            resnet_small_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-            const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-            real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-            resnet_small_gemm_nn_taps(WIDE_IN, flipped_group, resnet_small_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                         (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int ih = 0; ih < H_IN; ih++)
-                    for (int iw = 0; iw < W_IN; iw++)
-                        din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -1658,7 +1730,7 @@ KERNEL_INLINE void resnet_small_down_forward_slot(
     const real *restrict in,                /* block1_out [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* down.bias [32] */
-    real *slots,                            /* 15872 elements of workspace */
+    real *slots,                            /* 20512 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1684,7 +1756,7 @@ KERNEL_INLINE void resnet_small_down_forward_slot(
         H_OUT = 8,
         W_OUT = 8,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 11264
+        SLOT_SIZE = 15904
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1705,18 +1777,20 @@ KERNEL_INLINE void resnet_small_down_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_down_forward(
     real *restrict out,                     /* down [N, 32, 8, 8] */
     const real *restrict in,                /* block1_out [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* down.bias [32] */
-    real *slots,                            /* 15872 elements of workspace */
+    real *slots,                            /* 20512 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)32 * 144 * 64;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet_small_down_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1740,7 +1814,7 @@ static void resnet_small_down_backward(
     const real *restrict dout,              /* down [N, 32, 8, 8] */
     const real *restrict in,                /* block1_out [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
-    real *restrict scratch,                 /* 15872 elements of workspace */
+    real *slots,                            /* 20512 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1765,33 +1839,58 @@ static void resnet_small_down_backward(
         W_OUT = 8,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 9216,
-        SCRATCH_DWEIGHT_T = 11264
+        SCRATCH_DWEIGHT_T = 15904,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 15904,
+        SCRATCH_DWEIGHT_PART = 11264,
+        SCRATCH_DBIAS_PART = 15872
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += resnet_small_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            resnet_small_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < PIXELS_OUT; p++)
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
-            resnet_small_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
-                    dweight_t_group, C_OUT_PER_GROUP, 1);
-            /* The patch matrix is no longer needed: its buffer takes dpatches. */
-            resnet_small_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
-                    dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
-            resnet_small_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = resnet_small_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
+                resnet_small_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < PIXELS_OUT; p++)
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
+                resnet_small_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
+                        dweight_t_group, C_OUT_PER_GROUP, 0);
+                /* The patch matrix is no longer needed: its buffer takes dpatches. */
+                resnet_small_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
+                        dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
+                resnet_small_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -1855,7 +1954,7 @@ KERNEL_INLINE void resnet_small_depthwise_forward_slot(
     const real *restrict in,                /* down_relu [N, 32, 8, 8] */
     const real *restrict weight,            /* depthwise.weight [32, 1, 3, 3] */
     const real *restrict bias,              /* depthwise.bias [32] */
-    real *slots,                            /* 722 elements of workspace */
+    real *slots,                            /* 1042 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1883,7 +1982,7 @@ KERNEL_INLINE void resnet_small_depthwise_forward_slot(
         H_OUT = 8,
         W_OUT = 8,
         SCRATCH_WIDE = 100,
-        SLOT_SIZE = 434
+        SLOT_SIZE = 754
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1907,18 +2006,20 @@ KERNEL_INLINE void resnet_small_depthwise_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_depthwise_forward(
     real *restrict out,                     /* depthwise [N, 32, 8, 8] */
     const real *restrict in,                /* down_relu [N, 32, 8, 8] */
     const real *restrict weight,            /* depthwise.weight [32, 1, 3, 3] */
     const real *restrict bias,              /* depthwise.bias [32] */
-    real *slots,                            /* 722 elements of workspace */
+    real *slots,                            /* 1042 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)32 * 9 * 64;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet_small_depthwise_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1942,7 +2043,7 @@ static void resnet_small_depthwise_backward(
     const real *restrict dout,              /* depthwise [N, 32, 8, 8] */
     const real *restrict in,                /* down_relu [N, 32, 8, 8] */
     const real *restrict weight,            /* depthwise.weight [32, 1, 3, 3] */
-    real *restrict scratch,                 /* 722 elements of workspace */
+    real *slots,                            /* 1042 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1968,17 +2069,21 @@ static void resnet_small_depthwise_backward(
         SCRATCH_DOUT = 178,
         H_OUT = 8,
         W_OUT = 8,
-        SCRATCH_FLIPPED = 434,
+        SCRATCH_FLIPPED = 754,
         H_DPAD = 10,
         W_DPAD = 10,
         SCRATCH_DPAD = 256,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
         SCRATCH_WIDE_IN = 356,
-        WIDE_IN = 78
+        WIDE_IN = 78,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 754,
+        SCRATCH_DWEIGHT_PART = 434,
+        SCRATCH_DBIAS_PART = 722
     };
     /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = scratch + SCRATCH_FLIPPED;
+    real *restrict flipped = slots + SCRATCH_FLIPPED;
     for (int g = 0; g < GROUPS; g++)
         for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
             for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
@@ -1986,39 +2091,60 @@ static void resnet_small_depthwise_backward(
                     for (int kw = 0; kw < KW; kw++)
                         flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
                             weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_group = dweight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += resnet_small_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            resnet_small_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = resnet_small_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                resnet_small_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
 
-            /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
-            real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                for (int oh = 0; oh < H_OUT; oh++) {
-                    real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
-                    for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
-                        row[ow] = 0;
-                }
-            resnet_small_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
-                         dweight_group, K_GROUP, 1);
-            real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-            resnet_small_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-            const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-            real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-            resnet_small_gemm_nn_taps(WIDE_IN, flipped_group, resnet_small_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                         (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int ih = 0; ih < H_IN; ih++)
-                    for (int iw = 0; iw < W_IN; iw++)
-                        din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+                /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
+                real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int oh = 0; oh < H_OUT; oh++) {
+                        real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
+                        for (int ow = 0; ow < W_OUT; ow++)
+                            row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
+                        for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
+                            row[ow] = 0;
+                    }
+                resnet_small_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
+                             dweight_group, K_GROUP, 0);
+                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
+                resnet_small_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
+                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
+                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
+                resnet_small_gemm_nn_taps(WIDE_IN, flipped_group, resnet_small_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
+                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                    for (int ih = 0; ih < H_IN; ih++)
+                        for (int iw = 0; iw < W_IN; iw++)
+                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
 }
@@ -2074,8 +2200,9 @@ KERNEL_INLINE void resnet_small_pointwise_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_pointwise_forward(
     real *restrict out,                     /* pointwise [N, 32, 8, 8] */
     const real *restrict in,                /* depthwise [N, 32, 8, 8] */
@@ -2084,7 +2211,8 @@ static void resnet_small_pointwise_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)32 * 32 * 64;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet_small_pointwise_forward_slot(out, in, weight, bias, batch, slot);
@@ -2108,7 +2236,7 @@ static void resnet_small_pointwise_backward(
     const real *restrict dout,              /* pointwise [N, 32, 8, 8] */
     const real *restrict in,                /* depthwise [N, 32, 8, 8] */
     const real *restrict weight,            /* pointwise.weight [32, 32, 1, 1] */
-    real *restrict scratch,                 /* 4096 elements of workspace */
+    real *slots,                            /* 5152 elements of workspace */
     size_t batch)
 {
     enum {
@@ -2129,17 +2257,21 @@ static void resnet_small_pointwise_backward(
         W_PAD = 8,
         WIDE_OUT = 64,
         SCRATCH_DOUT = 0,
-        SCRATCH_DWEIGHT_T = 3072,
+        SCRATCH_DWEIGHT_T = 4128,
         W_OUT = 8,
-        SCRATCH_FLIPPED = 2048,
+        SCRATCH_FLIPPED = 3104,
         H_DPAD = 8,
-        W_DPAD = 8
+        W_DPAD = 8,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 3104,
+        SCRATCH_DWEIGHT_PART = 2048,
+        SCRATCH_DBIAS_PART = 3072
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
     /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = scratch + SCRATCH_FLIPPED;
+    real *restrict flipped = slots + SCRATCH_FLIPPED;
     for (int g = 0; g < GROUPS; g++)
         for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
             for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
@@ -2147,30 +2279,51 @@ static void resnet_small_pointwise_backward(
                     for (int kw = 0; kw < KW; kw++)
                         flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
                             weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += resnet_small_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict source = in_group;
-
-            /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < WIDE_OUT; p++) {
-                const int oh = p / W_PAD, ow = p % W_PAD;
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
-                        ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = resnet_small_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict source = in_group;
+
+                /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    const int oh = p / W_PAD, ow = p % W_PAD;
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
+                            ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                }
+                resnet_small_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
+                             dout_t, resnet_small_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 0);
+                const real *restrict dpad = dout_group;
+                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
+                resnet_small_gemm_nn_taps(H_IN * W_IN, flipped_group, resnet_small_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 1);
             }
-            resnet_small_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
-                         dout_t, resnet_small_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 1);
-            const real *restrict dpad = dout_group;
-            const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-            resnet_small_gemm_nn_taps(H_IN * W_IN, flipped_group, resnet_small_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                         (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 1);
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)

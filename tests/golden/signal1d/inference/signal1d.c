@@ -549,8 +549,9 @@ KERNEL_INLINE void signal1d_edges_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void signal1d_edges_forward(
     real *restrict out,                     /* edges [N, 8, 100] */
     const real *restrict in,                /* input [N, 1, 100] */
@@ -560,7 +561,8 @@ static void signal1d_edges_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)8 * 3 * 100;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             signal1d_edges_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -653,7 +655,7 @@ KERNEL_INLINE void signal1d_conv2_forward_slot(
     const real *restrict in,                /* pool1 [N, 8, 50] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 1928 elements of workspace */
+    real *slots,                            /* 2584 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -679,7 +681,7 @@ KERNEL_INLINE void signal1d_conv2_forward_slot(
         H_OUT = 1,
         W_OUT = 23,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 1288
+        SLOT_SIZE = 1944
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -700,18 +702,20 @@ KERNEL_INLINE void signal1d_conv2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void signal1d_conv2_forward(
     real *restrict out,                     /* conv2 [N, 16, 23] */
     const real *restrict in,                /* pool1 [N, 8, 50] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 1928 elements of workspace */
+    real *slots,                            /* 2584 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 40 * 23;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             signal1d_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);

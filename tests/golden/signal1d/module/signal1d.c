@@ -564,8 +564,9 @@ KERNEL_INLINE void signal1d_edges_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void signal1d_edges_forward(
     real *restrict out,                     /* edges [N, 8, 100] */
     const real *restrict in,                /* input [N, 1, 100] */
@@ -575,7 +576,8 @@ static void signal1d_edges_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)8 * 3 * 100;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             signal1d_edges_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -648,8 +650,12 @@ static void signal1d_edges_backward(
         memset(slots + (size_t)slot * SLOT_SIZE + SCRATCH_IN_HWC, 0, sizeof(real) * (SCRATCH_DIN_HWC - SCRATCH_IN_HWC));
     /* SAMPLE_SLOTS samples at a time, one per slot (an OpenMP build runs the slots on its threads),
        each slot's weight and bias gradients then added in sample order: the sums of any slot count. */
-    for (size_t first = 0; first < batch; first += SAMPLE_SLOTS) {
-        const int samples = batch - first < (size_t)SAMPLE_SLOTS ? (int)(batch - first) : SAMPLE_SLOTS;
+    /* (on the threads only when the batch's work repays waking them: a pool window's maximum
+       reads one patch, KH x TAP_ROW multiply-adds per filter, and there are POOL_PIXELS of them) */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * KH * TAP_ROW * POOL_PIXELS;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
         for (int slot = 0; slot < samples; slot++) {
             const size_t b = first + (size_t)slot;
@@ -799,7 +805,7 @@ KERNEL_INLINE void signal1d_conv2_forward_slot(
     const real *restrict in,                /* pool1 [N, 8, 50] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 1928 elements of workspace */
+    real *slots,                            /* 2584 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -825,7 +831,7 @@ KERNEL_INLINE void signal1d_conv2_forward_slot(
         H_OUT = 1,
         W_OUT = 23,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 1288
+        SLOT_SIZE = 1944
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -846,18 +852,20 @@ KERNEL_INLINE void signal1d_conv2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void signal1d_conv2_forward(
     real *restrict out,                     /* conv2 [N, 16, 23] */
     const real *restrict in,                /* pool1 [N, 8, 50] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 1928 elements of workspace */
+    real *slots,                            /* 2584 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 40 * 23;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             signal1d_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -881,7 +889,7 @@ static void signal1d_conv2_backward(
     const real *restrict dout,              /* conv2 [N, 16, 23] */
     const real *restrict in,                /* pool1 [N, 8, 50] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5] */
-    real *restrict scratch,                 /* 1928 elements of workspace */
+    real *slots,                            /* 2584 elements of workspace */
     size_t batch)
 {
     enum {
@@ -906,33 +914,58 @@ static void signal1d_conv2_backward(
         W_OUT = 23,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 920,
-        SCRATCH_DWEIGHT_T = 1288
+        SCRATCH_DWEIGHT_T = 1944,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 1944,
+        SCRATCH_DWEIGHT_PART = 1288,
+        SCRATCH_DBIAS_PART = 1928
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += signal1d_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            signal1d_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < PIXELS_OUT; p++)
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
-            signal1d_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
-                    dweight_t_group, C_OUT_PER_GROUP, 1);
-            /* The patch matrix is no longer needed: its buffer takes dpatches. */
-            signal1d_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
-                    dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
-            signal1d_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = signal1d_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
+                signal1d_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < PIXELS_OUT; p++)
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
+                signal1d_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
+                        dweight_t_group, C_OUT_PER_GROUP, 0);
+                /* The patch matrix is no longer needed: its buffer takes dpatches. */
+                signal1d_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
+                        dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
+                signal1d_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)

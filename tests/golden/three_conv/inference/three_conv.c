@@ -500,7 +500,7 @@ KERNEL_INLINE void three_conv_conv1_forward_slot(
     const real *restrict in,                /* input [N, 3, 64, 64] */
     const real *restrict weight,            /* conv1.weight [8, 3, 3, 3] */
     const real *restrict bias,              /* conv1.bias [8] */
-    real *slots,                            /* 111186 elements of workspace */
+    real *slots,                            /* 111410 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -525,7 +525,7 @@ KERNEL_INLINE void three_conv_conv1_forward_slot(
         H_OUT = 62,
         W_OUT = 62,
         SCRATCH_WIDE = 0,
-        SLOT_SIZE = 110970
+        SLOT_SIZE = 111194
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -548,18 +548,20 @@ KERNEL_INLINE void three_conv_conv1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void three_conv_conv1_forward(
     real *restrict out,                     /* conv1 [N, 8, 62, 62] */
     const real *restrict in,                /* input [N, 3, 64, 64] */
     const real *restrict weight,            /* conv1.weight [8, 3, 3, 3] */
     const real *restrict bias,              /* conv1.bias [8] */
-    real *slots,                            /* 111186 elements of workspace */
+    real *slots,                            /* 111410 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)8 * 27 * 3844;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             three_conv_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -602,7 +604,7 @@ KERNEL_INLINE void three_conv_conv2_forward_slot(
     const real *restrict in,                /* conv1_relu [N, 8, 62, 62] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 184856 elements of workspace */
+    real *slots,                            /* 188072 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -628,7 +630,7 @@ KERNEL_INLINE void three_conv_conv2_forward_slot(
         H_OUT = 29,
         W_OUT = 29,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 181656
+        SLOT_SIZE = 184872
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -649,18 +651,20 @@ KERNEL_INLINE void three_conv_conv2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void three_conv_conv2_forward(
     real *restrict out,                     /* conv2 [N, 16, 29, 29] */
     const real *restrict in,                /* conv1_relu [N, 8, 62, 62] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 184856 elements of workspace */
+    real *slots,                            /* 188072 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 200 * 841;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             three_conv_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -703,7 +707,7 @@ KERNEL_INLINE void three_conv_conv3_forward_slot(
     const real *restrict in,                /* conv2_relu [N, 16, 29, 29] */
     const real *restrict weight,            /* conv3.weight [32, 16, 7, 7] */
     const real *restrict bias,              /* conv3.bias [32] */
-    real *slots,                            /* 142592 elements of workspace */
+    real *slots,                            /* 167712 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -729,7 +733,7 @@ KERNEL_INLINE void three_conv_conv3_forward_slot(
         H_OUT = 12,
         W_OUT = 12,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 117504
+        SLOT_SIZE = 142624
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -750,18 +754,20 @@ KERNEL_INLINE void three_conv_conv3_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void three_conv_conv3_forward(
     real *restrict out,                     /* conv3 [N, 32, 12, 12] */
     const real *restrict in,                /* conv2_relu [N, 16, 29, 29] */
     const real *restrict weight,            /* conv3.weight [32, 16, 7, 7] */
     const real *restrict bias,              /* conv3.bias [32] */
-    real *slots,                            /* 142592 elements of workspace */
+    real *slots,                            /* 167712 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)32 * 784 * 144;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             three_conv_conv3_forward_slot(out, in, weight, bias, slots, batch, slot);

@@ -43,8 +43,8 @@ typedef float real;
 
 /* Workspace offsets. */
 #define WS_CONV1 ((size_t)0)
-#define WS_CONV2 ((size_t)111186)
-#define WS_CONV3 ((size_t)296042)
+#define WS_CONV2 ((size_t)111410)
+#define WS_CONV3 ((size_t)299482)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
@@ -515,7 +515,7 @@ KERNEL_INLINE void three_conv_conv1_forward_slot(
     const real *restrict in,                /* input [N, 3, 64, 64] */
     const real *restrict weight,            /* conv1.weight [8, 3, 3, 3] */
     const real *restrict bias,              /* conv1.bias [8] */
-    real *slots,                            /* 111186 elements of workspace */
+    real *slots,                            /* 111410 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -540,7 +540,7 @@ KERNEL_INLINE void three_conv_conv1_forward_slot(
         H_OUT = 62,
         W_OUT = 62,
         SCRATCH_WIDE = 0,
-        SLOT_SIZE = 110970
+        SLOT_SIZE = 111194
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -563,18 +563,20 @@ KERNEL_INLINE void three_conv_conv1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void three_conv_conv1_forward(
     real *restrict out,                     /* conv1 [N, 8, 62, 62] */
     const real *restrict in,                /* input [N, 3, 64, 64] */
     const real *restrict weight,            /* conv1.weight [8, 3, 3, 3] */
     const real *restrict bias,              /* conv1.bias [8] */
-    real *slots,                            /* 111186 elements of workspace */
+    real *slots,                            /* 111410 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)8 * 27 * 3844;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             three_conv_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -595,7 +597,7 @@ static void three_conv_conv1_backward(
     real *restrict dbias,                   /* conv1.bias [8] */
     const real *restrict dout,              /* conv1 [N, 8, 62, 62] */
     const real *restrict in,                /* input [N, 3, 64, 64] */
-    real *restrict scratch,                 /* 111186 elements of workspace */
+    real *slots,                            /* 111410 elements of workspace */
     size_t batch)
 {
     enum {
@@ -617,29 +619,54 @@ static void three_conv_conv1_backward(
         WIDE_OUT = 3966,
         SCRATCH_DOUT = 31728,
         H_OUT = 62,
-        W_OUT = 62
+        W_OUT = 62,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 111194,
+        SCRATCH_DWEIGHT_PART = 110970,
+        SCRATCH_DBIAS_PART = 111186
     };
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_group = dweight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += three_conv_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            const real *restrict source = in_group;
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = three_conv_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                const real *restrict source = in_group;
 
-            /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
-            real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                for (int oh = 0; oh < H_OUT; oh++) {
-                    real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
-                    for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
-                        row[ow] = 0;
-                }
-            three_conv_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
-                         dweight_group, K_GROUP, 1);
+                /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
+                real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int oh = 0; oh < H_OUT; oh++) {
+                        real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
+                        for (int ow = 0; ow < W_OUT; ow++)
+                            row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
+                        for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
+                            row[ow] = 0;
+                    }
+                three_conv_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
+                             dweight_group, K_GROUP, 0);
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
 }
@@ -698,7 +725,7 @@ KERNEL_INLINE void three_conv_conv2_forward_slot(
     const real *restrict in,                /* conv1_relu [N, 8, 62, 62] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 184856 elements of workspace */
+    real *slots,                            /* 188072 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -724,7 +751,7 @@ KERNEL_INLINE void three_conv_conv2_forward_slot(
         H_OUT = 29,
         W_OUT = 29,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 181656
+        SLOT_SIZE = 184872
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -745,18 +772,20 @@ KERNEL_INLINE void three_conv_conv2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void three_conv_conv2_forward(
     real *restrict out,                     /* conv2 [N, 16, 29, 29] */
     const real *restrict in,                /* conv1_relu [N, 8, 62, 62] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 184856 elements of workspace */
+    real *slots,                            /* 188072 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)16 * 200 * 841;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             three_conv_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -780,7 +809,7 @@ static void three_conv_conv2_backward(
     const real *restrict dout,              /* conv2 [N, 16, 29, 29] */
     const real *restrict in,                /* conv1_relu [N, 8, 62, 62] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5, 5] */
-    real *restrict scratch,                 /* 184856 elements of workspace */
+    real *slots,                            /* 188072 elements of workspace */
     size_t batch)
 {
     enum {
@@ -805,33 +834,58 @@ static void three_conv_conv2_backward(
         W_OUT = 29,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 168200,
-        SCRATCH_DWEIGHT_T = 181656
+        SCRATCH_DWEIGHT_T = 184872,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 184872,
+        SCRATCH_DWEIGHT_PART = 181656,
+        SCRATCH_DBIAS_PART = 184856
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += three_conv_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            three_conv_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < PIXELS_OUT; p++)
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
-            three_conv_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
-                    dweight_t_group, C_OUT_PER_GROUP, 1);
-            /* The patch matrix is no longer needed: its buffer takes dpatches. */
-            three_conv_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
-                    dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
-            three_conv_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = three_conv_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
+                three_conv_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < PIXELS_OUT; p++)
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
+                three_conv_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
+                        dweight_t_group, C_OUT_PER_GROUP, 0);
+                /* The patch matrix is no longer needed: its buffer takes dpatches. */
+                three_conv_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
+                        dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
+                three_conv_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -895,7 +949,7 @@ KERNEL_INLINE void three_conv_conv3_forward_slot(
     const real *restrict in,                /* conv2_relu [N, 16, 29, 29] */
     const real *restrict weight,            /* conv3.weight [32, 16, 7, 7] */
     const real *restrict bias,              /* conv3.bias [32] */
-    real *slots,                            /* 142592 elements of workspace */
+    real *slots,                            /* 167712 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -921,7 +975,7 @@ KERNEL_INLINE void three_conv_conv3_forward_slot(
         H_OUT = 12,
         W_OUT = 12,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 117504
+        SLOT_SIZE = 142624
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -942,18 +996,20 @@ KERNEL_INLINE void three_conv_conv3_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void three_conv_conv3_forward(
     real *restrict out,                     /* conv3 [N, 32, 12, 12] */
     const real *restrict in,                /* conv2_relu [N, 16, 29, 29] */
     const real *restrict weight,            /* conv3.weight [32, 16, 7, 7] */
     const real *restrict bias,              /* conv3.bias [32] */
-    real *slots,                            /* 142592 elements of workspace */
+    real *slots,                            /* 167712 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)32 * 784 * 144;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             three_conv_conv3_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -977,7 +1033,7 @@ static void three_conv_conv3_backward(
     const real *restrict dout,              /* conv3 [N, 32, 12, 12] */
     const real *restrict in,                /* conv2_relu [N, 16, 29, 29] */
     const real *restrict weight,            /* conv3.weight [32, 16, 7, 7] */
-    real *restrict scratch,                 /* 142592 elements of workspace */
+    real *slots,                            /* 167712 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1002,33 +1058,58 @@ static void three_conv_conv3_backward(
         W_OUT = 12,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 112896,
-        SCRATCH_DWEIGHT_T = 117504
+        SCRATCH_DWEIGHT_T = 142624,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 142624,
+        SCRATCH_DWEIGHT_PART = 117504,
+        SCRATCH_DBIAS_PART = 142592
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += three_conv_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            three_conv_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < PIXELS_OUT; p++)
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
-            three_conv_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
-                    dweight_t_group, C_OUT_PER_GROUP, 1);
-            /* The patch matrix is no longer needed: its buffer takes dpatches. */
-            three_conv_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
-                    dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
-            three_conv_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = three_conv_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
+                three_conv_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < PIXELS_OUT; p++)
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
+                three_conv_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
+                        dweight_t_group, C_OUT_PER_GROUP, 0);
+                /* The patch matrix is no longer needed: its buffer takes dpatches. */
+                three_conv_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
+                        dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
+                three_conv_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
+                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+            }
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)

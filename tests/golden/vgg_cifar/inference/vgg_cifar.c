@@ -507,7 +507,7 @@ KERNEL_INLINE void vgg_cifar_conv1_1_forward_slot(
     const real *restrict in,                /* input [N, 3, 32, 32] */
     const real *restrict weight,            /* conv1_1.weight [64, 3, 3, 3] */
     const real *restrict bias,              /* conv1_1.bias [64] */
-    real *slots,                            /* 223174 elements of workspace */
+    real *slots,                            /* 224966 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -535,7 +535,7 @@ KERNEL_INLINE void vgg_cifar_conv1_1_forward_slot(
         H_OUT = 32,
         W_OUT = 32,
         SCRATCH_WIDE = 3468,
-        SLOT_SIZE = 219718
+        SLOT_SIZE = 221510
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -559,18 +559,20 @@ KERNEL_INLINE void vgg_cifar_conv1_1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void vgg_cifar_conv1_1_forward(
     real *restrict out,                     /* conv1_1 [N, 64, 32, 32] */
     const real *restrict in,                /* input [N, 3, 32, 32] */
     const real *restrict weight,            /* conv1_1.weight [64, 3, 3, 3] */
     const real *restrict bias,              /* conv1_1.bias [64] */
-    real *slots,                            /* 223174 elements of workspace */
+    real *slots,                            /* 224966 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 27 * 1024;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             vgg_cifar_conv1_1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -665,8 +667,9 @@ KERNEL_INLINE void vgg_cifar_conv1_2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void vgg_cifar_conv1_2_forward(
     real *restrict out,                     /* conv1_2 [N, 64, 32, 32] */
     const real *restrict in,                /* conv1_1_relu [N, 64, 32, 32] */
@@ -676,7 +679,8 @@ static void vgg_cifar_conv1_2_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 576 * 1024;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             vgg_cifar_conv1_2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -769,7 +773,7 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
     const real *restrict bias,              /* conv2_1.bias [128] */
-    real *slots,                            /* 301184 elements of workspace */
+    real *slots,                            /* 375040 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -797,7 +801,7 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_WIDE = 20736,
-        SLOT_SIZE = 153728
+        SLOT_SIZE = 227584
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -821,18 +825,20 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void vgg_cifar_conv2_1_forward(
     real *restrict out,                     /* conv2_1 [N, 128, 16, 16] */
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
     const real *restrict bias,              /* conv2_1.bias [128] */
-    real *slots,                            /* 301184 elements of workspace */
+    real *slots,                            /* 375040 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)128 * 576 * 256;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             vgg_cifar_conv2_1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -927,8 +933,9 @@ KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void vgg_cifar_conv2_2_forward(
     real *restrict out,                     /* conv2_2 [N, 128, 16, 16] */
     const real *restrict in,                /* conv2_1_relu [N, 128, 16, 16] */
@@ -938,7 +945,8 @@ static void vgg_cifar_conv2_2_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)128 * 1152 * 256;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             vgg_cifar_conv2_2_forward_slot(out, in, weight, bias, slots, batch, slot);

@@ -49,9 +49,9 @@ typedef float real;
 
 /* Workspace offsets. */
 #define WS_CONV1_1 ((size_t)0)
-#define WS_CONV1_2 ((size_t)223174)
-#define WS_CONV2_1 ((size_t)625286)
-#define WS_CONV2_2 ((size_t)926470)
+#define WS_CONV1_2 ((size_t)224966)
+#define WS_CONV2_1 ((size_t)627078)
+#define WS_CONV2_2 ((size_t)1002118)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
@@ -524,7 +524,7 @@ KERNEL_INLINE void vgg_cifar_conv1_1_forward_slot(
     const real *restrict in,                /* input [N, 3, 32, 32] */
     const real *restrict weight,            /* conv1_1.weight [64, 3, 3, 3] */
     const real *restrict bias,              /* conv1_1.bias [64] */
-    real *slots,                            /* 223174 elements of workspace */
+    real *slots,                            /* 224966 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -552,7 +552,7 @@ KERNEL_INLINE void vgg_cifar_conv1_1_forward_slot(
         H_OUT = 32,
         W_OUT = 32,
         SCRATCH_WIDE = 3468,
-        SLOT_SIZE = 219718
+        SLOT_SIZE = 221510
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -576,18 +576,20 @@ KERNEL_INLINE void vgg_cifar_conv1_1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void vgg_cifar_conv1_1_forward(
     real *restrict out,                     /* conv1_1 [N, 64, 32, 32] */
     const real *restrict in,                /* input [N, 3, 32, 32] */
     const real *restrict weight,            /* conv1_1.weight [64, 3, 3, 3] */
     const real *restrict bias,              /* conv1_1.bias [64] */
-    real *slots,                            /* 223174 elements of workspace */
+    real *slots,                            /* 224966 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 27 * 1024;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             vgg_cifar_conv1_1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -609,7 +611,7 @@ static void vgg_cifar_conv1_1_backward(
     real *restrict dbias,                   /* conv1_1.bias [64] */
     const real *restrict dout,              /* conv1_1 [N, 64, 32, 32] */
     const real *restrict in,                /* input [N, 3, 32, 32] */
-    real *restrict scratch,                 /* 223174 elements of workspace */
+    real *slots,                            /* 224966 elements of workspace */
     size_t batch)
 {
     enum {
@@ -633,32 +635,57 @@ static void vgg_cifar_conv1_1_backward(
         PAD_LEFT = 1,
         SCRATCH_PADDED = 0,
         SCRATCH_DOUT = 72972,
-        SCRATCH_DWEIGHT_T = 221446,
-        W_OUT = 32
+        SCRATCH_DWEIGHT_T = 223238,
+        W_OUT = 32,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 221510,
+        SCRATCH_DWEIGHT_PART = 219718,
+        SCRATCH_DBIAS_PART = 221446
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += vgg_cifar_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            vgg_cifar_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
-
-            /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < WIDE_OUT; p++) {
-                const int oh = p / W_PAD, ow = p % W_PAD;
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
-                        ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = vgg_cifar_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                vgg_cifar_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+
+                /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    const int oh = p / W_PAD, ow = p % W_PAD;
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
+                            ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                }
+                vgg_cifar_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
+                             dout_t, vgg_cifar_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 0);
             }
-            vgg_cifar_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
-                         dout_t, vgg_cifar_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 1);
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -774,8 +801,9 @@ KERNEL_INLINE void vgg_cifar_conv1_2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void vgg_cifar_conv1_2_forward(
     real *restrict out,                     /* conv1_2 [N, 64, 32, 32] */
     const real *restrict in,                /* conv1_1_relu [N, 64, 32, 32] */
@@ -785,7 +813,8 @@ static void vgg_cifar_conv1_2_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)64 * 576 * 1024;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             vgg_cifar_conv1_2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -869,8 +898,12 @@ static void vgg_cifar_conv1_2_backward(
                     weight_hwc[((size_t)oc * KH + kh) * ROW_PAD + kw * C_IN + ic] = weight[(((size_t)oc * C_IN + ic) * KH + kh) * KW + kw];
     /* SAMPLE_SLOTS samples at a time, one per slot (an OpenMP build runs the slots on its threads),
        each slot's weight and bias gradients then added in sample order: the sums of any slot count. */
-    for (size_t first = 0; first < batch; first += SAMPLE_SLOTS) {
-        const int samples = batch - first < (size_t)SAMPLE_SLOTS ? (int)(batch - first) : SAMPLE_SLOTS;
+    /* (on the threads only when the batch's work repays waking them: a pool window's maximum
+       reads one patch, KH x TAP_ROW multiply-adds per filter, and there are POOL_PIXELS of them) */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * KH * TAP_ROW * POOL_PIXELS;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
         for (int slot = 0; slot < samples; slot++) {
             const size_t b = first + (size_t)slot;
@@ -1039,7 +1072,7 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
     const real *restrict bias,              /* conv2_1.bias [128] */
-    real *slots,                            /* 301184 elements of workspace */
+    real *slots,                            /* 375040 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1067,7 +1100,7 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_WIDE = 20736,
-        SLOT_SIZE = 153728
+        SLOT_SIZE = 227584
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1091,18 +1124,20 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void vgg_cifar_conv2_1_forward(
     real *restrict out,                     /* conv2_1 [N, 128, 16, 16] */
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
     const real *restrict bias,              /* conv2_1.bias [128] */
-    real *slots,                            /* 301184 elements of workspace */
+    real *slots,                            /* 375040 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)128 * 576 * 256;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             vgg_cifar_conv2_1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1126,7 +1161,7 @@ static void vgg_cifar_conv2_1_backward(
     const real *restrict dout,              /* conv2_1 [N, 128, 16, 16] */
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
-    real *restrict scratch,                 /* 301184 elements of workspace */
+    real *slots,                            /* 375040 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1150,9 +1185,9 @@ static void vgg_cifar_conv2_1_backward(
         PAD_LEFT = 1,
         SCRATCH_PADDED = 0,
         SCRATCH_DOUT = 57344,
-        SCRATCH_DWEIGHT_T = 227456,
+        SCRATCH_DWEIGHT_T = 301312,
         W_OUT = 16,
-        SCRATCH_FLIPPED = 153728,
+        SCRATCH_FLIPPED = 227584,
         H_DPAD = 18,
         W_DPAD = 18,
         SCRATCH_DPAD = 93952,
@@ -1160,13 +1195,17 @@ static void vgg_cifar_conv2_1_backward(
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
         SCRATCH_WIDE_IN = 135424,
-        WIDE_IN = 286
+        WIDE_IN = 286,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 227584,
+        SCRATCH_DWEIGHT_PART = 153728,
+        SCRATCH_DBIAS_PART = 227456
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
-    real *restrict dweight_t = scratch + SCRATCH_DWEIGHT_T;
+    real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
     /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = scratch + SCRATCH_FLIPPED;
+    real *restrict flipped = slots + SCRATCH_FLIPPED;
     for (int g = 0; g < GROUPS; g++)
         for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
             for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
@@ -1174,37 +1213,58 @@ static void vgg_cifar_conv2_1_backward(
                     for (int kw = 0; kw < KW; kw++)
                         flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
                             weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
-    for (size_t b = 0; b < batch; b++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            real *restrict dweight_t_group = dweight_t + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                dbias[g * C_OUT_PER_GROUP + oc] += vgg_cifar_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-            real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            vgg_cifar_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
-
-            /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
-            real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
-            for (int p = 0; p < WIDE_OUT; p++) {
-                const int oh = p / W_PAD, ow = p % W_PAD;
+    /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
+       on its threads when the batch's products repay waking them (a single sample's products may
+       split instead). Each sample's weight and bias gradients go to its slot's parts and are added
+       to the batch's in sample order, so the sums are the same at any slot count. */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
+        PARALLEL_FOR_SAMPLES
+        for (int slot = 0; slot < samples; slot++) {
+            const size_t b = first + (size_t)slot;
+            real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+            real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight_t */
+            real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
+            for (int g = 0; g < GROUPS; g++) {
+                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
-                        ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                    dbias_part[g * C_OUT_PER_GROUP + oc] = vgg_cifar_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                vgg_cifar_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+
+                /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
+                real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    const int oh = p / W_PAD, ow = p % W_PAD;
+                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
+                            ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                }
+                vgg_cifar_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
+                             dout_t, vgg_cifar_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 0);
+                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
+                vgg_cifar_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
+                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
+                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
+                vgg_cifar_gemm_nn_taps(WIDE_IN, flipped_group, vgg_cifar_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
+                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                    for (int ih = 0; ih < H_IN; ih++)
+                        for (int iw = 0; iw < W_IN; iw++)
+                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
             }
-            vgg_cifar_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
-                         dout_t, vgg_cifar_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 1);
-            real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-            vgg_cifar_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-            const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-            real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-            vgg_cifar_gemm_nn_taps(WIDE_IN, flipped_group, vgg_cifar_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                         (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int ih = 0; ih < H_IN; ih++)
-                    for (int iw = 0; iw < W_IN; iw++)
-                        din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+        }
+        for (int slot = 0; slot < samples; slot++) {
+            const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
+            for (int i = 0; i < C_OUT * K_GROUP; i++)
+                dweight_t[i] += part[SCRATCH_DWEIGHT_PART + i];
+            for (int oc = 0; oc < C_OUT; oc++)
+                dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
     }
     for (int g = 0; g < GROUPS; g++)
@@ -1320,8 +1380,9 @@ KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
 }
 
 /* Samples go round SAMPLE_SLOTS slots, each with its own scratch; an OpenMP build runs the slots on
-   its threads when there are samples for more than one (a single sample's products may split
-   instead). Every sample is computed the same way in any slot. */
+   its threads when there are samples for more than one and the batch's products repay waking
+   them (PARALLEL_MIN_MACS: a small network's convs stay on one thread; a single sample's
+   products may split instead). Every sample is computed the same way in any slot. */
 static void vgg_cifar_conv2_2_forward(
     real *restrict out,                     /* conv2_2 [N, 128, 16, 16] */
     const real *restrict in,                /* conv2_1_relu [N, 128, 16, 16] */
@@ -1331,7 +1392,8 @@ static void vgg_cifar_conv2_2_forward(
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
-    if (SAMPLE_SLOTS > 1 && batch > 1) {
+    const size_t MACS_PER_SAMPLE = (size_t)128 * 1152 * 256;
+    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             vgg_cifar_conv2_2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1415,8 +1477,12 @@ static void vgg_cifar_conv2_2_backward(
                     weight_hwc[((size_t)oc * KH + kh) * ROW_PAD + kw * C_IN + ic] = weight[(((size_t)oc * C_IN + ic) * KH + kh) * KW + kw];
     /* SAMPLE_SLOTS samples at a time, one per slot (an OpenMP build runs the slots on its threads),
        each slot's weight and bias gradients then added in sample order: the sums of any slot count. */
-    for (size_t first = 0; first < batch; first += SAMPLE_SLOTS) {
-        const int samples = batch - first < (size_t)SAMPLE_SLOTS ? (int)(batch - first) : SAMPLE_SLOTS;
+    /* (on the threads only when the batch's work repays waking them: a pool window's maximum
+       reads one patch, KH x TAP_ROW multiply-adds per filter, and there are POOL_PIXELS of them) */
+    const size_t MACS_PER_SAMPLE = (size_t)C_OUT * KH * TAP_ROW * POOL_PIXELS;
+    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    for (size_t first = 0; first < batch; first += (size_t)slots_used) {
+        const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
         for (int slot = 0; slot < samples; slot++) {
             const size_t b = first + (size_t)slot;
