@@ -100,6 +100,7 @@ class Op:
     plan: KernelPlan | None = None  # how its kernels run on the program's backend (set once by lowering)
     workspace_offset: int = 0
     runs_backward: bool = True  # False: no trainable parameter at or before it (_prune_backward)
+    fused: tuple[str, ...] = ()  # layers whose op this one does too: the relu after it (lowering.lower)
 
     @property
     def grad_inputs(self) -> tuple[Tensor, ...]:
@@ -185,6 +186,8 @@ class Program:
     loss: Loss | None
     optimizer: OptimizerSpec
     layer_outputs: dict[str, Tensor] = field(default_factory=dict)
+    # layer -> the relu fused into its op: its own output is never stored (Model.activation says so)
+    fused_away: dict[str, str] = field(default_factory=dict)
     deployment: Deployment = field(default_factory=Deployment)
     sample_slots: int = 1  # see lower
     backend: str = "vector"  # cnncc/backends: whose templates render this program

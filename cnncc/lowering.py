@@ -49,11 +49,16 @@ class _Lowered:
         self.op, self.kind_obj, self.layer, self.in_shapes = op, kind_obj, layer, tuple(in_shapes)
 
 
-def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector") -> Program:
+def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector", fuse: bool = True) -> Program:
     """sample_slots: samples a conv processes at once, one per thread of an OpenMP build (each
     with its own scratch); results are the same for any count. backend: whose kernel plans and
-    templates the program is for (cnncc/backends)."""
+    templates the program is for (cnncc/backends). fuse: a relu whose input only it reads, from a
+    batchnorm or an add, becomes that op's epilogue (_relu_epilogues); the results are the same
+    bits either way."""
     spec = net.spec
+    chosen = backend_named(backend)
+    epilogues = _relu_epilogues(net, chosen) if fuse else {}
+    fused_relus = {relu: source for source, relu in epilogues.items()}
     names = _Names(spec.name)
     network_input = Tensor("input", spec.input_shape, -1)
     outputs: dict[str, Tensor] = {"input": network_input}
@@ -68,17 +73,20 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector") -> Pr
         params[key] = ParamTensor(key, decl.shape, offset, decl.trainable, decl.init, decl.fan_in, decl.fan_out)
         offset += decl.size
 
-    def emit(layer, kind_obj, kind, name, inputs, out_shape, layer_params, in_shapes):
+    def emit(layer, kind_obj, kind, name, inputs, out_shape, layer_params, in_shapes, fused=()):
         nonlocal arena
         output = Tensor(names.take(name), out_shape, arena)
         arena += output.size
         op = Op(output.name, layer.name, kind, layer.spec.loc.line if layer.spec.loc else None, tuple(inputs),
                 output, layer_params, tuple(not t.is_input for t in inputs),
-                sum(p.size for p in layer_params.values() if p.trainable))
+                sum(p.size for p in layer_params.values() if p.trainable), fused=fused)
         lowered.append(_Lowered(op, kind_obj, layer, in_shapes))
         return output
 
     for layer in net.layers:
+        if layer.name in fused_relus:  # done by its input's op: its output is that op's
+            outputs[layer.name] = outputs[fused_relus[layer.name]]
+            continue
         inputs = [outputs[name] for name in layer.spec.inputs]
         kind_obj = layer.layer
         layer_params = {decl.name: params[f"{layer.name}.{decl.name}"] for decl in layer.params}
@@ -87,7 +95,7 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector") -> Pr
             result = Tensor(inputs[0].name, layer.output_shape, inputs[0].offset)
         else:
             result = emit(layer, kind_obj, layer.spec.kind, layer.name, inputs, layer.output_shape, layer_params,
-                          list(layer.input_shapes))
+                          list(layer.input_shapes), (epilogues[layer.name],) if layer.name in epilogues else ())
         activation = kind_obj.activation_kind
         if activation:
             act_cls = REGISTRY[activation]
@@ -99,7 +107,6 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector") -> Pr
 
     output = outputs[net.layers[-1].name]
     loss = _lower_loss(spec.loss, output, [item.op for item in lowered])
-    chosen = backend_named(backend)
     if any(not layer.spec.trainable for layer in net.layers):  # fine-tuning: see _prune_backward
         lowered = _prune_backward(lowered)
     pooled = _pooled_backwards(lowered, chosen, keep={output.name} | ({loss.logits.name} if loss else set()))
@@ -109,7 +116,7 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector") -> Pr
     return Program(spec.name, spec.dtype, network_input, output, tuple(ops), tuple(params.values()), offset,
                    sum(decl.size for _, decl in trainable), arena, workspace, loss, spec.optimizer,
                    {name: t for name, t in outputs.items() if name != "input"}, sample_slots=sample_slots,
-                   backend=backend)
+                   backend=backend, fused_away=dict(epilogues))
 
 
 _REQUEST_FIELDS = tuple(f.name for f in fields(PlanRequest) if f.name != "layer")
@@ -124,7 +131,7 @@ def _planned(item: _Lowered, chosen, slots: int, pooled: dict[str, PooledBackwar
         item.kind_obj, item.in_shapes, op.output.shape, tuple(op.params),
         tuple(role for role, p in op.params.items() if p.trainable), op.input_grads, slots,
         fused.pool_output.shape if fused else None, bool(fused and fused.activation),
-        keeps_argmax=any(p.pool == op.name for p in pooled.values()))
+        keeps_argmax=any(p.pool == op.name for p in pooled.values()), relu_epilogue=bool(op.fused))
     # a layer kind object compares by identity: its field values stand for it
     key = (op.kind, tuple(item.kind_obj.values().items()), *(getattr(request, f) for f in _REQUEST_FIELDS))
     try:
@@ -145,6 +152,28 @@ def _planned(item: _Lowered, chosen, slots: int, pooled: dict[str, PooledBackwar
             f"the limit is {MAX_TENSOR_ELEMENTS:,}", layer.loc, layer.label,
             hint="fewer input channels per group (groups), a smaller kernel, or a smaller output")], spec_path)
     return replace(op, pooled=fused, plan=plan)
+
+
+def _relu_epilogues(net: CheckedNet, chosen) -> dict[str, str]:
+    """layer -> the relu layer after it, for every layer whose op the backend can end with a relu
+    (Planner.plans_relu_epilogue: batchnorm, add) and whose output nothing but that relu reads
+    (nor is it the network's output). The op then writes max(0, y) where the relu's output would
+    be, and its backward takes the relu's output and gradient: one pass over the tensor instead of
+    three, and one tensor less. Its own output is never stored (Program.fused_away)."""
+    readers = Counter(name for layer in net.layers for name in layer.spec.inputs)
+    by_name = {layer.name: layer for layer in net.layers}
+    fused = {}
+    for relu in net.layers:
+        if not REGISTRY[relu.spec.kind].gradient_where_positive or len(relu.spec.inputs) != 1:
+            continue
+        source = by_name.get(relu.spec.inputs[0])
+        if source is None or readers[source.name] != 1 or source is net.layers[-1]:
+            continue
+        if REGISTRY[source.spec.kind].template is None or source.layer.activation_kind:
+            continue
+        if chosen.planner(source.spec.kind).plans_relu_epilogue(source.layer):
+            fused[source.name] = relu.name
+    return fused
 
 
 def _prune_backward(lowered: list[_Lowered]) -> list[_Lowered]:

@@ -43,7 +43,7 @@ def analyse(spec, options: CompileOptions | None = None, batch: int | None = Non
     # they build hold no cycles, so the cycle collector is paused until the report is made.
     with without_gc_pauses():
         net = check_net(spec)
-        program = training_layout(lower(net, sample_slots=options.sample_slots, backend=options.backend))
+        program = training_layout(lower(net, sample_slots=options.sample_slots, backend=options.backend, fuse=options.fuse))
         return Analysis(net, program, build_report(net, program, batch), options)
 
 

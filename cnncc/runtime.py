@@ -64,14 +64,17 @@ class Model:
     # ---- construction ------------------------------------------------------------------
     @classmethod
     def compile(cls, spec, build_dir=None, cflags=None, cc=None, threads: int = 1, backend: str = "vector",
-                dtype: str | None = None, options: CompileOptions | None = None) -> "Model":
+                dtype: str | None = None, fuse: bool = True, options: CompileOptions | None = None) -> "Model":
         """spec: a path, YAML text, dict, Spec or an Analysis (pipeline.analyse, reused as it is).
         threads > 1: an OpenMP build running on that many threads (see set_threads), whose convs
-        process that many samples at once. `options` replaces the separate option arguments."""
+        process that many samples at once. fuse=False keeps a relu after a batchnorm or an add as
+        its own op, so `activation` can return that layer's output (the same numbers either way).
+        `options` replaces the separate option arguments."""
         if isinstance(spec, Analysis):
             analysis = spec
         else:
-            options = options or CompileOptions(threads=threads, cc=cc, cflags=cflags, backend=backend, dtype=dtype)
+            options = options or CompileOptions(threads=threads, cc=cc, cflags=cflags, backend=backend, dtype=dtype,
+                                                fuse=fuse)
             analysis = analyse(spec, options)
         options = analysis.options
         module = build_program(analysis.program, analysis.spec.path, build_dir, options)
@@ -378,6 +381,10 @@ class Model:
         """The output of `layer` from the most recent pass on `batch` samples, or with grad=True
         the loss gradient with respect to it from the most recent backward pass (a view; valid
         until the next call). For tests and debugging; the network input has no slot."""
+        if layer in self.program.fused_away:
+            relu = self.program.fused_away[layer]
+            raise ValueError(f"the output of '{layer}' is not stored: the relu '{relu}' after it runs in the same "
+                             f"kernels (read '{relu}', or compile with fuse=False to keep every layer's output)")
         tensor = self.program.layer_outputs.get(layer)
         if tensor is None:
             raise ValueError(f"no layer named '{layer}'; layers: {', '.join(self.program.layer_outputs)}")

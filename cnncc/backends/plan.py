@@ -45,6 +45,7 @@ class PlanRequest:
     pooled_output: Shape | None = None  # a conv whose backward goes through the maxpool of this output
     pooled_positive_only: bool = False  # that backward's gradient passes only where the pool's output is positive
     keeps_argmax: bool = False  # a maxpool whose argmax a conv's backward reads (ir.PooledBackward)
+    relu_epilogue: bool = False  # the op applies the relu after it (Planner.plans_relu_epilogue)
 
 
 class Planner:
@@ -56,6 +57,11 @@ class Planner:
 
     def plans_pooled_backward(self, layer: LayerKind, input_shape: Shape) -> bool:
         """Whether a backward through the maxpool after this op (ir.PooledBackward) can be planned."""
+        return False
+
+    def plans_relu_epilogue(self, layer: LayerKind) -> bool:
+        """Whether this op's kernels can apply the relu after it: the forward writes max(0, y), and
+        the backward takes the relu's output and gradient (PlanRequest.relu_epilogue)."""
         return False
 
 

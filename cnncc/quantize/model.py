@@ -12,6 +12,8 @@ C, `reference(x_q)` the reference.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..build import build
@@ -162,10 +164,24 @@ def quantize(model, calibration, method: str = "minmax", percentile: float = 99.
     graph = build_graph(model.analysis.net)
     layout = plan_layout(graph)
     x = calibration_array(calibration, model.input_shape)
+    model = _with_every_output(model, build_dir)
     ranges = calibrate(model, graph, x, method, percentile)
     values = quantize_values(graph, layout, model.params, ranges)
     errors = layer_errors(model, graph, layout, values, x[:REPORT_SAMPLES])
     return QuantizedModel(model.spec, graph, layout, values, errors, method, build_dir, cc, cflags)
+
+
+def _with_every_output(model, build_dir):
+    """Calibration reads every layer's float output; a build whose batchnorms and adds apply the
+    relu after them stores none of their own (Program.fused_away), so it is rebuilt without that
+    fusion, with the same weights (the same numbers: fusion changes no bit)."""
+    if not model.program.fused_away:
+        return model
+    from ..runtime import Model
+
+    unfused = Model.compile(model.spec, build_dir=build_dir, options=replace(model.analysis.options, fuse=False))
+    unfused.restore(model.state())
+    return unfused
 
 
 def layer_errors(model, graph: QGraph, layout: Layout, values: QValues, x: np.ndarray) -> dict[str, dict]:

@@ -9,10 +9,10 @@ from ..plan import KernelPlan, Planner, PlanRequest, resolve_roles
 ARGUMENTS = {
     "activation": (("out", "in", "batch"),
                    ("din", "dout", "in if backward_reads_x", "out if backward_reads_y", "batch")),
-    "add": (("out", "ins", "batch"), ("dins", "dout", "batch")),
+    "add": (("out", "ins", "batch"), ("dins", "dout", "out if relu", "batch")),
     "avgpool2d": (("out", "in", "batch"), ("din", "dout", "batch")),
     "batchnorm": (("out", "in", "gamma", "beta", "running_mean", "running_var", "scratch", "batch", "training"),
-                  ("din", "dgamma", "dbeta", "dout", "in", "gamma if din", "scratch", "batch")),
+                  ("din", "dgamma", "dbeta", "dout", "out if relu", "in", "gamma if din", "scratch", "batch")),
     "concat": (("out", "ins", "batch"), ("dins", "dout", "batch")),
     "dense": (("out", "in", "weight", "bias", "batch"),
               ("din", "dweight", "dbias", "dout", "in if dweight", "weight if din", "batch")),
@@ -26,16 +26,26 @@ ARGUMENTS = {
 }
 
 
+# templates that can end with a relu (PlanRequest.relu_epilogue): setting `relu`, and the backward
+# reads the op's own output (the relu's) for the mask
+RELU_EPILOGUE = {"batchnorm", "add"}
+
+
 class GenericPlanner(Planner):
     def __init__(self, template: str):
         self.template = template
         self.templates = (f"layers/{template}",)
+
+    def plans_relu_epilogue(self, layer) -> bool:
+        return self.template in RELU_EPILOGUE
 
     def plan(self, request: PlanRequest, extra_settings: dict | None = None,
              roles: tuple[tuple[str, ...], tuple[str, ...]] | None = None) -> KernelPlan:
         consts = request.layer.kernel_consts(list(request.inputs), request.output)
         dims = {k: v for k, v in consts.items() if isinstance(v, int) and not isinstance(v, bool)}
         settings = {k: v for k, v in consts.items() if k not in dims} | (extra_settings or {})
+        if self.template in RELU_EPILOGUE:
+            settings["relu"] = request.relu_epilogue
         forward, backward = roles or ARGUMENTS[self.template]
         workspace = request.layer.workspace(list(request.inputs), request.output)
         if not workspace:

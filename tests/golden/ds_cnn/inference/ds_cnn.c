@@ -83,35 +83,26 @@ typedef float real;
 /* Per-sample offsets of the activation tensors (times the batch size). */
 #define A_CONV1 ((size_t)0) /* [N, 64, 25, 5] */
 #define A_CONV1_BN ((size_t)8000) /* [N, 64, 25, 5] */
-#define A_CONV1_RELU ((size_t)0) /* [N, 64, 25, 5] */
-#define A_DROP1 ((size_t)8000) /* [N, 64, 25, 5] */
-#define A_DW1 ((size_t)0) /* [N, 64, 25, 5] */
-#define A_DW1_BN ((size_t)8000) /* [N, 64, 25, 5] */
-#define A_DW1_RELU ((size_t)0) /* [N, 64, 25, 5] */
+#define A_DROP1 ((size_t)0) /* [N, 64, 25, 5] */
+#define A_DW1 ((size_t)8000) /* [N, 64, 25, 5] */
+#define A_DW1_BN ((size_t)0) /* [N, 64, 25, 5] */
 #define A_PW1 ((size_t)8000) /* [N, 64, 25, 5] */
 #define A_PW1_BN ((size_t)0) /* [N, 64, 25, 5] */
-#define A_PW1_RELU ((size_t)8000) /* [N, 64, 25, 5] */
-#define A_DW2 ((size_t)0) /* [N, 64, 25, 5] */
-#define A_DW2_BN ((size_t)8000) /* [N, 64, 25, 5] */
-#define A_DW2_RELU ((size_t)0) /* [N, 64, 25, 5] */
+#define A_DW2 ((size_t)8000) /* [N, 64, 25, 5] */
+#define A_DW2_BN ((size_t)0) /* [N, 64, 25, 5] */
 #define A_PW2 ((size_t)8000) /* [N, 64, 25, 5] */
 #define A_PW2_BN ((size_t)0) /* [N, 64, 25, 5] */
-#define A_PW2_RELU ((size_t)8000) /* [N, 64, 25, 5] */
-#define A_DW3 ((size_t)0) /* [N, 64, 25, 5] */
-#define A_DW3_BN ((size_t)8000) /* [N, 64, 25, 5] */
-#define A_DW3_RELU ((size_t)0) /* [N, 64, 25, 5] */
+#define A_DW3 ((size_t)8000) /* [N, 64, 25, 5] */
+#define A_DW3_BN ((size_t)0) /* [N, 64, 25, 5] */
 #define A_PW3 ((size_t)8000) /* [N, 64, 25, 5] */
 #define A_PW3_BN ((size_t)0) /* [N, 64, 25, 5] */
-#define A_PW3_RELU ((size_t)8000) /* [N, 64, 25, 5] */
-#define A_DW4 ((size_t)0) /* [N, 64, 25, 5] */
-#define A_DW4_BN ((size_t)8000) /* [N, 64, 25, 5] */
-#define A_DW4_RELU ((size_t)0) /* [N, 64, 25, 5] */
+#define A_DW4 ((size_t)8000) /* [N, 64, 25, 5] */
+#define A_DW4_BN ((size_t)0) /* [N, 64, 25, 5] */
 #define A_PW4 ((size_t)8000) /* [N, 64, 25, 5] */
 #define A_PW4_BN ((size_t)0) /* [N, 64, 25, 5] */
-#define A_PW4_RELU ((size_t)8000) /* [N, 64, 25, 5] */
-#define A_DROP2 ((size_t)0) /* [N, 64, 25, 5] */
-#define A_POOL ((size_t)8000) /* [N, 64, 1, 1] */
-#define A_FC ((size_t)0) /* [N, 12] */
+#define A_DROP2 ((size_t)8000) /* [N, 64, 25, 5] */
+#define A_POOL ((size_t)0) /* [N, 64, 1, 1] */
+#define A_FC ((size_t)64) /* [N, 12] */
 
 /* Workspace offsets. */
 #define WS_CONV1 ((size_t)0)
@@ -660,7 +651,8 @@ static void ds_cnn_conv1_forward(
 /* ---- conv1_bn: batchnorm forward (spec line 11)
  * conv1 [N, 64, 25, 5] -> conv1_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then relu (the layer conv1_relu, fused): out = max(0, out)
  */
 static void ds_cnn_conv1_bn_forward(
     real *restrict out,                     /* conv1_bn [N, 64, 25, 5] */
@@ -682,38 +674,20 @@ static void ds_cnn_conv1_bn_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
-    }
-}
-
-/* ---- conv1_relu: relu forward (spec line 12)
- * conv1_bn [N, 64, 25, 5] -> conv1_relu [N, 64, 25, 5]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void ds_cnn_conv1_relu_forward(
-    real *restrict out,                     /* conv1_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* conv1_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
 /* ---- drop1: dropout forward (spec line 13)
- * conv1_relu [N, 64, 25, 5] -> drop1 [N, 64, 25, 5]
+ * conv1_bn [N, 64, 25, 5] -> drop1 [N, 64, 25, 5]
  * out = in (dropout drops nothing at inference)
  */
 static void ds_cnn_drop1_forward(
     real *restrict out,                     /* drop1 [N, 64, 25, 5] */
-    const real *restrict in,                /* conv1_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* conv1_bn [N, 64, 25, 5] */
     size_t batch)
 {
     enum {
@@ -813,7 +787,8 @@ static void ds_cnn_dw1_forward(
 /* ---- dw1_bn: batchnorm forward (spec line 15)
  * dw1 [N, 64, 25, 5] -> dw1_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then relu (the layer dw1_relu, fused): out = max(0, out)
  */
 static void ds_cnn_dw1_bn_forward(
     real *restrict out,                     /* dw1_bn [N, 64, 25, 5] */
@@ -835,33 +810,15 @@ static void ds_cnn_dw1_bn_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
-    }
-}
-
-/* ---- dw1_relu: relu forward (spec line 16)
- * dw1_bn [N, 64, 25, 5] -> dw1_relu [N, 64, 25, 5]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void ds_cnn_dw1_relu_forward(
-    real *restrict out,                     /* dw1_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* dw1_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
 /* ---- pw1: conv2d forward (spec line 17)
- * dw1_relu [N, 64, 25, 5] -> pw1 [N, 64, 25, 5]
+ * dw1_bn [N, 64, 25, 5] -> pw1 [N, 64, 25, 5]
  * weight [64, 64, 1, 1], bias [64]: 4160 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -870,7 +827,7 @@ static void ds_cnn_dw1_relu_forward(
  */
 KERNEL_INLINE void ds_cnn_pw1_forward_slot(
     real *restrict out,                     /* pw1 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw1_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw1_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw1.weight [64, 64, 1, 1] */
     const real *restrict bias,              /* pw1.bias [64] */
     size_t batch,
@@ -917,7 +874,7 @@ KERNEL_INLINE void ds_cnn_pw1_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_pw1_forward(
     real *restrict out,                     /* pw1 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw1_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw1_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw1.weight [64, 64, 1, 1] */
     const real *restrict bias,              /* pw1.bias [64] */
     size_t batch)
@@ -937,7 +894,8 @@ static void ds_cnn_pw1_forward(
 /* ---- pw1_bn: batchnorm forward (spec line 18)
  * pw1 [N, 64, 25, 5] -> pw1_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then relu (the layer pw1_relu, fused): out = max(0, out)
  */
 static void ds_cnn_pw1_bn_forward(
     real *restrict out,                     /* pw1_bn [N, 64, 25, 5] */
@@ -959,33 +917,15 @@ static void ds_cnn_pw1_bn_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
-    }
-}
-
-/* ---- pw1_relu: relu forward (spec line 19)
- * pw1_bn [N, 64, 25, 5] -> pw1_relu [N, 64, 25, 5]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void ds_cnn_pw1_relu_forward(
-    real *restrict out,                     /* pw1_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* pw1_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
 /* ---- dw2: conv2d forward (spec line 20)
- * pw1_relu [N, 64, 25, 5] -> dw2 [N, 64, 25, 5]
+ * pw1_bn [N, 64, 25, 5] -> dw2 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -994,7 +934,7 @@ static void ds_cnn_pw1_relu_forward(
  */
 KERNEL_INLINE void ds_cnn_dw2_forward_slot(
     real *restrict out,                     /* dw2 [N, 64, 25, 5] */
-    const real *restrict in,                /* pw1_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* pw1_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw2.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw2.bias [64] */
     real *slots,                            /* 2113 elements of workspace */
@@ -1054,7 +994,7 @@ KERNEL_INLINE void ds_cnn_dw2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_dw2_forward(
     real *restrict out,                     /* dw2 [N, 64, 25, 5] */
-    const real *restrict in,                /* pw1_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* pw1_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw2.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw2.bias [64] */
     real *slots,                            /* 2113 elements of workspace */
@@ -1075,7 +1015,8 @@ static void ds_cnn_dw2_forward(
 /* ---- dw2_bn: batchnorm forward (spec line 21)
  * dw2 [N, 64, 25, 5] -> dw2_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then relu (the layer dw2_relu, fused): out = max(0, out)
  */
 static void ds_cnn_dw2_bn_forward(
     real *restrict out,                     /* dw2_bn [N, 64, 25, 5] */
@@ -1097,33 +1038,15 @@ static void ds_cnn_dw2_bn_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
-    }
-}
-
-/* ---- dw2_relu: relu forward (spec line 22)
- * dw2_bn [N, 64, 25, 5] -> dw2_relu [N, 64, 25, 5]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void ds_cnn_dw2_relu_forward(
-    real *restrict out,                     /* dw2_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* dw2_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
 /* ---- pw2: conv2d forward (spec line 23)
- * dw2_relu [N, 64, 25, 5] -> pw2 [N, 64, 25, 5]
+ * dw2_bn [N, 64, 25, 5] -> pw2 [N, 64, 25, 5]
  * weight [64, 64, 1, 1], bias [64]: 4160 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -1132,7 +1055,7 @@ static void ds_cnn_dw2_relu_forward(
  */
 KERNEL_INLINE void ds_cnn_pw2_forward_slot(
     real *restrict out,                     /* pw2 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw2_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw2_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw2.weight [64, 64, 1, 1] */
     const real *restrict bias,              /* pw2.bias [64] */
     size_t batch,
@@ -1179,7 +1102,7 @@ KERNEL_INLINE void ds_cnn_pw2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_pw2_forward(
     real *restrict out,                     /* pw2 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw2_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw2_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw2.weight [64, 64, 1, 1] */
     const real *restrict bias,              /* pw2.bias [64] */
     size_t batch)
@@ -1199,7 +1122,8 @@ static void ds_cnn_pw2_forward(
 /* ---- pw2_bn: batchnorm forward (spec line 24)
  * pw2 [N, 64, 25, 5] -> pw2_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then relu (the layer pw2_relu, fused): out = max(0, out)
  */
 static void ds_cnn_pw2_bn_forward(
     real *restrict out,                     /* pw2_bn [N, 64, 25, 5] */
@@ -1221,33 +1145,15 @@ static void ds_cnn_pw2_bn_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
-    }
-}
-
-/* ---- pw2_relu: relu forward (spec line 25)
- * pw2_bn [N, 64, 25, 5] -> pw2_relu [N, 64, 25, 5]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void ds_cnn_pw2_relu_forward(
-    real *restrict out,                     /* pw2_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* pw2_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
 /* ---- dw3: conv2d forward (spec line 26)
- * pw2_relu [N, 64, 25, 5] -> dw3 [N, 64, 25, 5]
+ * pw2_bn [N, 64, 25, 5] -> dw3 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -1256,7 +1162,7 @@ static void ds_cnn_pw2_relu_forward(
  */
 KERNEL_INLINE void ds_cnn_dw3_forward_slot(
     real *restrict out,                     /* dw3 [N, 64, 25, 5] */
-    const real *restrict in,                /* pw2_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* pw2_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw3.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw3.bias [64] */
     real *slots,                            /* 2113 elements of workspace */
@@ -1316,7 +1222,7 @@ KERNEL_INLINE void ds_cnn_dw3_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_dw3_forward(
     real *restrict out,                     /* dw3 [N, 64, 25, 5] */
-    const real *restrict in,                /* pw2_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* pw2_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw3.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw3.bias [64] */
     real *slots,                            /* 2113 elements of workspace */
@@ -1337,7 +1243,8 @@ static void ds_cnn_dw3_forward(
 /* ---- dw3_bn: batchnorm forward (spec line 27)
  * dw3 [N, 64, 25, 5] -> dw3_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then relu (the layer dw3_relu, fused): out = max(0, out)
  */
 static void ds_cnn_dw3_bn_forward(
     real *restrict out,                     /* dw3_bn [N, 64, 25, 5] */
@@ -1359,33 +1266,15 @@ static void ds_cnn_dw3_bn_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
-    }
-}
-
-/* ---- dw3_relu: relu forward (spec line 28)
- * dw3_bn [N, 64, 25, 5] -> dw3_relu [N, 64, 25, 5]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void ds_cnn_dw3_relu_forward(
-    real *restrict out,                     /* dw3_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* dw3_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
 /* ---- pw3: conv2d forward (spec line 29)
- * dw3_relu [N, 64, 25, 5] -> pw3 [N, 64, 25, 5]
+ * dw3_bn [N, 64, 25, 5] -> pw3 [N, 64, 25, 5]
  * weight [64, 64, 1, 1], bias [64]: 4160 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -1394,7 +1283,7 @@ static void ds_cnn_dw3_relu_forward(
  */
 KERNEL_INLINE void ds_cnn_pw3_forward_slot(
     real *restrict out,                     /* pw3 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw3_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw3_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw3.weight [64, 64, 1, 1] */
     const real *restrict bias,              /* pw3.bias [64] */
     size_t batch,
@@ -1441,7 +1330,7 @@ KERNEL_INLINE void ds_cnn_pw3_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_pw3_forward(
     real *restrict out,                     /* pw3 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw3_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw3_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw3.weight [64, 64, 1, 1] */
     const real *restrict bias,              /* pw3.bias [64] */
     size_t batch)
@@ -1461,7 +1350,8 @@ static void ds_cnn_pw3_forward(
 /* ---- pw3_bn: batchnorm forward (spec line 30)
  * pw3 [N, 64, 25, 5] -> pw3_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then relu (the layer pw3_relu, fused): out = max(0, out)
  */
 static void ds_cnn_pw3_bn_forward(
     real *restrict out,                     /* pw3_bn [N, 64, 25, 5] */
@@ -1483,33 +1373,15 @@ static void ds_cnn_pw3_bn_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
-    }
-}
-
-/* ---- pw3_relu: relu forward (spec line 31)
- * pw3_bn [N, 64, 25, 5] -> pw3_relu [N, 64, 25, 5]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void ds_cnn_pw3_relu_forward(
-    real *restrict out,                     /* pw3_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* pw3_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
 /* ---- dw4: conv2d forward (spec line 32)
- * pw3_relu [N, 64, 25, 5] -> dw4 [N, 64, 25, 5]
+ * pw3_bn [N, 64, 25, 5] -> dw4 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -1518,7 +1390,7 @@ static void ds_cnn_pw3_relu_forward(
  */
 KERNEL_INLINE void ds_cnn_dw4_forward_slot(
     real *restrict out,                     /* dw4 [N, 64, 25, 5] */
-    const real *restrict in,                /* pw3_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* pw3_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw4.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw4.bias [64] */
     real *slots,                            /* 2113 elements of workspace */
@@ -1578,7 +1450,7 @@ KERNEL_INLINE void ds_cnn_dw4_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_dw4_forward(
     real *restrict out,                     /* dw4 [N, 64, 25, 5] */
-    const real *restrict in,                /* pw3_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* pw3_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw4.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw4.bias [64] */
     real *slots,                            /* 2113 elements of workspace */
@@ -1599,7 +1471,8 @@ static void ds_cnn_dw4_forward(
 /* ---- dw4_bn: batchnorm forward (spec line 33)
  * dw4 [N, 64, 25, 5] -> dw4_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then relu (the layer dw4_relu, fused): out = max(0, out)
  */
 static void ds_cnn_dw4_bn_forward(
     real *restrict out,                     /* dw4_bn [N, 64, 25, 5] */
@@ -1621,33 +1494,15 @@ static void ds_cnn_dw4_bn_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
-    }
-}
-
-/* ---- dw4_relu: relu forward (spec line 34)
- * dw4_bn [N, 64, 25, 5] -> dw4_relu [N, 64, 25, 5]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void ds_cnn_dw4_relu_forward(
-    real *restrict out,                     /* dw4_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* dw4_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
 /* ---- pw4: conv2d forward (spec line 35)
- * dw4_relu [N, 64, 25, 5] -> pw4 [N, 64, 25, 5]
+ * dw4_bn [N, 64, 25, 5] -> pw4 [N, 64, 25, 5]
  * weight [64, 64, 1, 1], bias [64]: 4160 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -1656,7 +1511,7 @@ static void ds_cnn_dw4_relu_forward(
  */
 KERNEL_INLINE void ds_cnn_pw4_forward_slot(
     real *restrict out,                     /* pw4 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw4_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw4_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw4.weight [64, 64, 1, 1] */
     const real *restrict bias,              /* pw4.bias [64] */
     size_t batch,
@@ -1703,7 +1558,7 @@ KERNEL_INLINE void ds_cnn_pw4_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_pw4_forward(
     real *restrict out,                     /* pw4 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw4_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw4_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw4.weight [64, 64, 1, 1] */
     const real *restrict bias,              /* pw4.bias [64] */
     size_t batch)
@@ -1723,7 +1578,8 @@ static void ds_cnn_pw4_forward(
 /* ---- pw4_bn: batchnorm forward (spec line 36)
  * pw4 [N, 64, 25, 5] -> pw4_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then relu (the layer pw4_relu, fused): out = max(0, out)
  */
 static void ds_cnn_pw4_bn_forward(
     real *restrict out,                     /* pw4_bn [N, 64, 25, 5] */
@@ -1745,38 +1601,20 @@ static void ds_cnn_pw4_bn_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
-    }
-}
-
-/* ---- pw4_relu: relu forward (spec line 37)
- * pw4_bn [N, 64, 25, 5] -> pw4_relu [N, 64, 25, 5]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void ds_cnn_pw4_relu_forward(
-    real *restrict out,                     /* pw4_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* pw4_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
 /* ---- drop2: dropout forward (spec line 38)
- * pw4_relu [N, 64, 25, 5] -> drop2 [N, 64, 25, 5]
+ * pw4_bn [N, 64, 25, 5] -> drop2 [N, 64, 25, 5]
  * out = in (dropout drops nothing at inference)
  */
 static void ds_cnn_drop2_forward(
     real *restrict out,                     /* drop2 [N, 64, 25, 5] */
-    const real *restrict in,                /* pw4_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* pw4_bn [N, 64, 25, 5] */
     size_t batch)
 {
     enum {
@@ -1863,33 +1701,24 @@ void ds_cnn_forward(const ds_cnn_context *ctx, const real *input)
 
     ds_cnn_conv1_forward(acts + A_CONV1 * batch, input, params + P_CONV1_WEIGHT, params + P_CONV1_BIAS, workspace + WS_CONV1, batch);
     ds_cnn_conv1_bn_forward(acts + A_CONV1_BN * batch, acts + A_CONV1 * batch, params + P_CONV1_BN_GAMMA, params + P_CONV1_BN_BETA, params + P_CONV1_BN_RUNNING_MEAN, params + P_CONV1_BN_RUNNING_VAR, batch);
-    ds_cnn_conv1_relu_forward(acts + A_CONV1_RELU * batch, acts + A_CONV1_BN * batch, batch);
-    ds_cnn_drop1_forward(acts + A_DROP1 * batch, acts + A_CONV1_RELU * batch, batch);
+    ds_cnn_drop1_forward(acts + A_DROP1 * batch, acts + A_CONV1_BN * batch, batch);
     ds_cnn_dw1_forward(acts + A_DW1 * batch, acts + A_DROP1 * batch, params + P_DW1_WEIGHT, params + P_DW1_BIAS, workspace + WS_DW1, batch);
     ds_cnn_dw1_bn_forward(acts + A_DW1_BN * batch, acts + A_DW1 * batch, params + P_DW1_BN_GAMMA, params + P_DW1_BN_BETA, params + P_DW1_BN_RUNNING_MEAN, params + P_DW1_BN_RUNNING_VAR, batch);
-    ds_cnn_dw1_relu_forward(acts + A_DW1_RELU * batch, acts + A_DW1_BN * batch, batch);
-    ds_cnn_pw1_forward(acts + A_PW1 * batch, acts + A_DW1_RELU * batch, params + P_PW1_WEIGHT, params + P_PW1_BIAS, batch);
+    ds_cnn_pw1_forward(acts + A_PW1 * batch, acts + A_DW1_BN * batch, params + P_PW1_WEIGHT, params + P_PW1_BIAS, batch);
     ds_cnn_pw1_bn_forward(acts + A_PW1_BN * batch, acts + A_PW1 * batch, params + P_PW1_BN_GAMMA, params + P_PW1_BN_BETA, params + P_PW1_BN_RUNNING_MEAN, params + P_PW1_BN_RUNNING_VAR, batch);
-    ds_cnn_pw1_relu_forward(acts + A_PW1_RELU * batch, acts + A_PW1_BN * batch, batch);
-    ds_cnn_dw2_forward(acts + A_DW2 * batch, acts + A_PW1_RELU * batch, params + P_DW2_WEIGHT, params + P_DW2_BIAS, workspace + WS_DW2, batch);
+    ds_cnn_dw2_forward(acts + A_DW2 * batch, acts + A_PW1_BN * batch, params + P_DW2_WEIGHT, params + P_DW2_BIAS, workspace + WS_DW2, batch);
     ds_cnn_dw2_bn_forward(acts + A_DW2_BN * batch, acts + A_DW2 * batch, params + P_DW2_BN_GAMMA, params + P_DW2_BN_BETA, params + P_DW2_BN_RUNNING_MEAN, params + P_DW2_BN_RUNNING_VAR, batch);
-    ds_cnn_dw2_relu_forward(acts + A_DW2_RELU * batch, acts + A_DW2_BN * batch, batch);
-    ds_cnn_pw2_forward(acts + A_PW2 * batch, acts + A_DW2_RELU * batch, params + P_PW2_WEIGHT, params + P_PW2_BIAS, batch);
+    ds_cnn_pw2_forward(acts + A_PW2 * batch, acts + A_DW2_BN * batch, params + P_PW2_WEIGHT, params + P_PW2_BIAS, batch);
     ds_cnn_pw2_bn_forward(acts + A_PW2_BN * batch, acts + A_PW2 * batch, params + P_PW2_BN_GAMMA, params + P_PW2_BN_BETA, params + P_PW2_BN_RUNNING_MEAN, params + P_PW2_BN_RUNNING_VAR, batch);
-    ds_cnn_pw2_relu_forward(acts + A_PW2_RELU * batch, acts + A_PW2_BN * batch, batch);
-    ds_cnn_dw3_forward(acts + A_DW3 * batch, acts + A_PW2_RELU * batch, params + P_DW3_WEIGHT, params + P_DW3_BIAS, workspace + WS_DW3, batch);
+    ds_cnn_dw3_forward(acts + A_DW3 * batch, acts + A_PW2_BN * batch, params + P_DW3_WEIGHT, params + P_DW3_BIAS, workspace + WS_DW3, batch);
     ds_cnn_dw3_bn_forward(acts + A_DW3_BN * batch, acts + A_DW3 * batch, params + P_DW3_BN_GAMMA, params + P_DW3_BN_BETA, params + P_DW3_BN_RUNNING_MEAN, params + P_DW3_BN_RUNNING_VAR, batch);
-    ds_cnn_dw3_relu_forward(acts + A_DW3_RELU * batch, acts + A_DW3_BN * batch, batch);
-    ds_cnn_pw3_forward(acts + A_PW3 * batch, acts + A_DW3_RELU * batch, params + P_PW3_WEIGHT, params + P_PW3_BIAS, batch);
+    ds_cnn_pw3_forward(acts + A_PW3 * batch, acts + A_DW3_BN * batch, params + P_PW3_WEIGHT, params + P_PW3_BIAS, batch);
     ds_cnn_pw3_bn_forward(acts + A_PW3_BN * batch, acts + A_PW3 * batch, params + P_PW3_BN_GAMMA, params + P_PW3_BN_BETA, params + P_PW3_BN_RUNNING_MEAN, params + P_PW3_BN_RUNNING_VAR, batch);
-    ds_cnn_pw3_relu_forward(acts + A_PW3_RELU * batch, acts + A_PW3_BN * batch, batch);
-    ds_cnn_dw4_forward(acts + A_DW4 * batch, acts + A_PW3_RELU * batch, params + P_DW4_WEIGHT, params + P_DW4_BIAS, workspace + WS_DW4, batch);
+    ds_cnn_dw4_forward(acts + A_DW4 * batch, acts + A_PW3_BN * batch, params + P_DW4_WEIGHT, params + P_DW4_BIAS, workspace + WS_DW4, batch);
     ds_cnn_dw4_bn_forward(acts + A_DW4_BN * batch, acts + A_DW4 * batch, params + P_DW4_BN_GAMMA, params + P_DW4_BN_BETA, params + P_DW4_BN_RUNNING_MEAN, params + P_DW4_BN_RUNNING_VAR, batch);
-    ds_cnn_dw4_relu_forward(acts + A_DW4_RELU * batch, acts + A_DW4_BN * batch, batch);
-    ds_cnn_pw4_forward(acts + A_PW4 * batch, acts + A_DW4_RELU * batch, params + P_PW4_WEIGHT, params + P_PW4_BIAS, batch);
+    ds_cnn_pw4_forward(acts + A_PW4 * batch, acts + A_DW4_BN * batch, params + P_PW4_WEIGHT, params + P_PW4_BIAS, batch);
     ds_cnn_pw4_bn_forward(acts + A_PW4_BN * batch, acts + A_PW4 * batch, params + P_PW4_BN_GAMMA, params + P_PW4_BN_BETA, params + P_PW4_BN_RUNNING_MEAN, params + P_PW4_BN_RUNNING_VAR, batch);
-    ds_cnn_pw4_relu_forward(acts + A_PW4_RELU * batch, acts + A_PW4_BN * batch, batch);
-    ds_cnn_drop2_forward(acts + A_DROP2 * batch, acts + A_PW4_RELU * batch, batch);
+    ds_cnn_drop2_forward(acts + A_DROP2 * batch, acts + A_PW4_BN * batch, batch);
     ds_cnn_pool_forward(acts + A_POOL * batch, acts + A_DROP2 * batch, batch);
     ds_cnn_fc_forward(acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, params + P_FC_BIAS, batch);
 }

@@ -83,35 +83,26 @@ typedef float real;
 /* Per-sample offsets of the activation tensors (times the batch size). */
 #define A_CONV1 ((size_t)0) /* [N, 64, 25, 5] */
 #define A_CONV1_BN ((size_t)8000) /* [N, 64, 25, 5] */
-#define A_CONV1_RELU ((size_t)16000) /* [N, 64, 25, 5] */
-#define A_DROP1 ((size_t)24000) /* [N, 64, 25, 5] */
-#define A_DW1 ((size_t)32000) /* [N, 64, 25, 5] */
-#define A_DW1_BN ((size_t)40000) /* [N, 64, 25, 5] */
-#define A_DW1_RELU ((size_t)48000) /* [N, 64, 25, 5] */
-#define A_PW1 ((size_t)56000) /* [N, 64, 25, 5] */
-#define A_PW1_BN ((size_t)64000) /* [N, 64, 25, 5] */
-#define A_PW1_RELU ((size_t)72000) /* [N, 64, 25, 5] */
-#define A_DW2 ((size_t)80000) /* [N, 64, 25, 5] */
-#define A_DW2_BN ((size_t)88000) /* [N, 64, 25, 5] */
-#define A_DW2_RELU ((size_t)96000) /* [N, 64, 25, 5] */
-#define A_PW2 ((size_t)104000) /* [N, 64, 25, 5] */
-#define A_PW2_BN ((size_t)112000) /* [N, 64, 25, 5] */
-#define A_PW2_RELU ((size_t)120000) /* [N, 64, 25, 5] */
-#define A_DW3 ((size_t)128000) /* [N, 64, 25, 5] */
-#define A_DW3_BN ((size_t)136000) /* [N, 64, 25, 5] */
-#define A_DW3_RELU ((size_t)144000) /* [N, 64, 25, 5] */
-#define A_PW3 ((size_t)152000) /* [N, 64, 25, 5] */
-#define A_PW3_BN ((size_t)160000) /* [N, 64, 25, 5] */
-#define A_PW3_RELU ((size_t)168000) /* [N, 64, 25, 5] */
-#define A_DW4 ((size_t)176000) /* [N, 64, 25, 5] */
-#define A_DW4_BN ((size_t)184000) /* [N, 64, 25, 5] */
-#define A_DW4_RELU ((size_t)192000) /* [N, 64, 25, 5] */
-#define A_PW4 ((size_t)200000) /* [N, 64, 25, 5] */
-#define A_PW4_BN ((size_t)208000) /* [N, 64, 25, 5] */
-#define A_PW4_RELU ((size_t)216000) /* [N, 64, 25, 5] */
-#define A_DROP2 ((size_t)224000) /* [N, 64, 25, 5] */
-#define A_POOL ((size_t)232000) /* [N, 64, 1, 1] */
-#define A_FC ((size_t)232064) /* [N, 12] */
+#define A_DROP1 ((size_t)16000) /* [N, 64, 25, 5] */
+#define A_DW1 ((size_t)24000) /* [N, 64, 25, 5] */
+#define A_DW1_BN ((size_t)32000) /* [N, 64, 25, 5] */
+#define A_PW1 ((size_t)40000) /* [N, 64, 25, 5] */
+#define A_PW1_BN ((size_t)48000) /* [N, 64, 25, 5] */
+#define A_DW2 ((size_t)56000) /* [N, 64, 25, 5] */
+#define A_DW2_BN ((size_t)64000) /* [N, 64, 25, 5] */
+#define A_PW2 ((size_t)72000) /* [N, 64, 25, 5] */
+#define A_PW2_BN ((size_t)80000) /* [N, 64, 25, 5] */
+#define A_DW3 ((size_t)88000) /* [N, 64, 25, 5] */
+#define A_DW3_BN ((size_t)96000) /* [N, 64, 25, 5] */
+#define A_PW3 ((size_t)104000) /* [N, 64, 25, 5] */
+#define A_PW3_BN ((size_t)112000) /* [N, 64, 25, 5] */
+#define A_DW4 ((size_t)120000) /* [N, 64, 25, 5] */
+#define A_DW4_BN ((size_t)128000) /* [N, 64, 25, 5] */
+#define A_PW4 ((size_t)136000) /* [N, 64, 25, 5] */
+#define A_PW4_BN ((size_t)144000) /* [N, 64, 25, 5] */
+#define A_DROP2 ((size_t)152000) /* [N, 64, 25, 5] */
+#define A_POOL ((size_t)160000) /* [N, 64, 1, 1] */
+#define A_FC ((size_t)160064) /* [N, 12] */
 
 /* Workspace offsets. */
 #define WS_CONV1 ((size_t)0)
@@ -135,7 +126,7 @@ typedef float real;
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
-#define ZERO_CONV1 ((size_t)232076) /* conv1 .. fc */
+#define ZERO_CONV1 ((size_t)160076) /* conv1 .. fc */
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -768,7 +759,7 @@ static void ds_cnn_conv1_backward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ *   inference: running averages; then relu (the layer conv1_relu, fused): out = max(0, out)
  */
 static void ds_cnn_conv1_bn_forward(
     real *restrict out,                     /* conv1_bn [N, 64, 25, 5] */
@@ -839,8 +830,10 @@ static void ds_cnn_conv1_bn_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
@@ -848,13 +841,15 @@ static void ds_cnn_conv1_bn_forward(
  * conv1 [N, 64, 25, 5] -> conv1_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is (out = max(0, y))
  */
 static void ds_cnn_conv1_bn_backward(
     real *restrict din,                     /* conv1 [N, 64, 25, 5] */
     real *restrict dgamma,                  /* conv1_bn.gamma [64] */
     real *restrict dbeta,                   /* conv1_bn.beta [64] */
     const real *restrict dout,              /* conv1_bn [N, 64, 25, 5] */
+    real *restrict out,                     /* conv1_bn [N, 64, 25, 5] */
     const real *restrict in,                /* conv1 [N, 64, 25, 5] */
     const real *restrict gamma,             /* conv1_bn.gamma [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
@@ -877,15 +872,18 @@ static void ds_cnn_conv1_bn_backward(
         double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++) {
             const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real d = dy[s], g = y[s] > 0 ? d : 0;
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -901,61 +899,20 @@ static void ds_cnn_conv1_bn_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real d = dout[i], g = out[i] > 0 ? d : 0;
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
-/* ---- conv1_relu: relu forward (spec line 12)
- * conv1_bn [N, 64, 25, 5] -> conv1_relu [N, 64, 25, 5]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void ds_cnn_conv1_relu_forward(
-    real *restrict out,                     /* conv1_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* conv1_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- conv1_relu: relu backward (spec line 12)
- * conv1_bn [N, 64, 25, 5] -> conv1_relu [N, 64, 25, 5]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void ds_cnn_conv1_relu_backward(
-    real *restrict din,                     /* conv1_bn [N, 64, 25, 5] */
-    const real *restrict dout,              /* conv1_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* conv1_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- drop1: dropout forward (spec line 13)
- * conv1_relu [N, 64, 25, 5] -> drop1 [N, 64, 25, 5]
+ * conv1_bn [N, 64, 25, 5] -> drop1 [N, 64, 25, 5]
  * training: out[i] = keep(i) ? in[i] * SCALE : 0, keep(i) = uniform(seed, layer, i) >= RATE;
  *   inference: out = in
  */
 static void ds_cnn_drop1_forward(
     real *restrict out,                     /* drop1 [N, 64, 25, 5] */
-    const real *restrict in,                /* conv1_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* conv1_bn [N, 64, 25, 5] */
     size_t batch,
     int training,
     uint64_t seed)
@@ -970,15 +927,15 @@ static void ds_cnn_drop1_forward(
         return;
     }
     for (size_t i = 0; i < batch * SIZE; i++)
-        out[i] = ds_cnn_uniform01(seed, 24000u, i) >= RATE ? in[i] * SCALE : 0;
+        out[i] = ds_cnn_uniform01(seed, 16000u, i) >= RATE ? in[i] * SCALE : 0;
 }
 
 /* ---- drop1: dropout backward (spec line 13)
- * conv1_relu [N, 64, 25, 5] -> drop1 [N, 64, 25, 5]
+ * conv1_bn [N, 64, 25, 5] -> drop1 [N, 64, 25, 5]
  * din[i] += keep(i) ? dout[i] * SCALE : 0, the same mask as forward (same seed)
  */
 static void ds_cnn_drop1_backward(
-    real *restrict din,                     /* conv1_relu [N, 64, 25, 5] */
+    real *restrict din,                     /* conv1_bn [N, 64, 25, 5] */
     const real *restrict dout,              /* drop1 [N, 64, 25, 5] */
     size_t batch,
     uint64_t seed)
@@ -989,7 +946,7 @@ static void ds_cnn_drop1_backward(
     const double RATE = 0.2;
     const real SCALE = (real)1.25;
     for (size_t i = 0; i < batch * SIZE; i++)
-        din[i] += ds_cnn_uniform01(seed, 24000u, i) >= RATE ? dout[i] * SCALE : 0;
+        din[i] += ds_cnn_uniform01(seed, 16000u, i) >= RATE ? dout[i] * SCALE : 0;
 }
 
 /* ---- dw1: conv2d forward (spec line 14)
@@ -1204,7 +1161,7 @@ static void ds_cnn_dw1_backward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ *   inference: running averages; then relu (the layer dw1_relu, fused): out = max(0, out)
  */
 static void ds_cnn_dw1_bn_forward(
     real *restrict out,                     /* dw1_bn [N, 64, 25, 5] */
@@ -1275,8 +1232,10 @@ static void ds_cnn_dw1_bn_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
@@ -1284,13 +1243,15 @@ static void ds_cnn_dw1_bn_forward(
  * dw1 [N, 64, 25, 5] -> dw1_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is (out = max(0, y))
  */
 static void ds_cnn_dw1_bn_backward(
     real *restrict din,                     /* dw1 [N, 64, 25, 5] */
     real *restrict dgamma,                  /* dw1_bn.gamma [64] */
     real *restrict dbeta,                   /* dw1_bn.beta [64] */
     const real *restrict dout,              /* dw1_bn [N, 64, 25, 5] */
+    real *restrict out,                     /* dw1_bn [N, 64, 25, 5] */
     const real *restrict in,                /* dw1 [N, 64, 25, 5] */
     const real *restrict gamma,             /* dw1_bn.gamma [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
@@ -1313,15 +1274,18 @@ static void ds_cnn_dw1_bn_backward(
         double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++) {
             const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real d = dy[s], g = y[s] > 0 ? d : 0;
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -1337,55 +1301,14 @@ static void ds_cnn_dw1_bn_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real d = dout[i], g = out[i] > 0 ? d : 0;
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
-/* ---- dw1_relu: relu forward (spec line 16)
- * dw1_bn [N, 64, 25, 5] -> dw1_relu [N, 64, 25, 5]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void ds_cnn_dw1_relu_forward(
-    real *restrict out,                     /* dw1_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* dw1_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- dw1_relu: relu backward (spec line 16)
- * dw1_bn [N, 64, 25, 5] -> dw1_relu [N, 64, 25, 5]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void ds_cnn_dw1_relu_backward(
-    real *restrict din,                     /* dw1_bn [N, 64, 25, 5] */
-    const real *restrict dout,              /* dw1_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* dw1_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- pw1: conv2d forward (spec line 17)
- * dw1_relu [N, 64, 25, 5] -> pw1 [N, 64, 25, 5]
+ * dw1_bn [N, 64, 25, 5] -> pw1 [N, 64, 25, 5]
  * weight [64, 64, 1, 1], bias [64]: 4160 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -1394,7 +1317,7 @@ static void ds_cnn_dw1_relu_backward(
  */
 KERNEL_INLINE void ds_cnn_pw1_forward_slot(
     real *restrict out,                     /* pw1 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw1_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw1_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw1.weight [64, 64, 1, 1] */
     const real *restrict bias,              /* pw1.bias [64] */
     size_t batch,
@@ -1441,7 +1364,7 @@ KERNEL_INLINE void ds_cnn_pw1_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_pw1_forward(
     real *restrict out,                     /* pw1 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw1_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw1_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw1.weight [64, 64, 1, 1] */
     const real *restrict bias,              /* pw1.bias [64] */
     size_t batch)
@@ -1459,18 +1382,18 @@ static void ds_cnn_pw1_forward(
 }
 
 /* ---- pw1: conv2d backward (spec line 17)
- * dw1_relu [N, 64, 25, 5] -> pw1 [N, 64, 25, 5]
+ * dw1_bn [N, 64, 25, 5] -> pw1 [N, 64, 25, 5]
  * weight [64, 64, 1, 1], bias [64]: 4160 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
  *   dout[oc]; din = the stride-1 conv of dout, padded, with the flipped kernel
  */
 static void ds_cnn_pw1_backward(
-    real *restrict din,                     /* dw1_relu [N, 64, 25, 5] */
+    real *restrict din,                     /* dw1_bn [N, 64, 25, 5] */
     real *restrict dweight,                 /* pw1.weight [64, 64, 1, 1] */
     real *restrict dbias,                   /* pw1.bias [64] */
     const real *restrict dout,              /* pw1 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw1_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw1_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw1.weight [64, 64, 1, 1] */
     real *slots,                            /* 20352 elements of workspace */
     size_t batch)
@@ -1573,7 +1496,7 @@ static void ds_cnn_pw1_backward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ *   inference: running averages; then relu (the layer pw1_relu, fused): out = max(0, out)
  */
 static void ds_cnn_pw1_bn_forward(
     real *restrict out,                     /* pw1_bn [N, 64, 25, 5] */
@@ -1644,8 +1567,10 @@ static void ds_cnn_pw1_bn_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
@@ -1653,13 +1578,15 @@ static void ds_cnn_pw1_bn_forward(
  * pw1 [N, 64, 25, 5] -> pw1_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is (out = max(0, y))
  */
 static void ds_cnn_pw1_bn_backward(
     real *restrict din,                     /* pw1 [N, 64, 25, 5] */
     real *restrict dgamma,                  /* pw1_bn.gamma [64] */
     real *restrict dbeta,                   /* pw1_bn.beta [64] */
     const real *restrict dout,              /* pw1_bn [N, 64, 25, 5] */
+    real *restrict out,                     /* pw1_bn [N, 64, 25, 5] */
     const real *restrict in,                /* pw1 [N, 64, 25, 5] */
     const real *restrict gamma,             /* pw1_bn.gamma [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
@@ -1682,15 +1609,18 @@ static void ds_cnn_pw1_bn_backward(
         double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++) {
             const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real d = dy[s], g = y[s] > 0 ? d : 0;
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -1706,55 +1636,14 @@ static void ds_cnn_pw1_bn_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real d = dout[i], g = out[i] > 0 ? d : 0;
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
-/* ---- pw1_relu: relu forward (spec line 19)
- * pw1_bn [N, 64, 25, 5] -> pw1_relu [N, 64, 25, 5]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void ds_cnn_pw1_relu_forward(
-    real *restrict out,                     /* pw1_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* pw1_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- pw1_relu: relu backward (spec line 19)
- * pw1_bn [N, 64, 25, 5] -> pw1_relu [N, 64, 25, 5]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void ds_cnn_pw1_relu_backward(
-    real *restrict din,                     /* pw1_bn [N, 64, 25, 5] */
-    const real *restrict dout,              /* pw1_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* pw1_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- dw2: conv2d forward (spec line 20)
- * pw1_relu [N, 64, 25, 5] -> dw2 [N, 64, 25, 5]
+ * pw1_bn [N, 64, 25, 5] -> dw2 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -1763,7 +1652,7 @@ static void ds_cnn_pw1_relu_backward(
  */
 KERNEL_INLINE void ds_cnn_dw2_forward_slot(
     real *restrict out,                     /* dw2 [N, 64, 25, 5] */
-    const real *restrict in,                /* pw1_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* pw1_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw2.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw2.bias [64] */
     real *slots,                            /* 2113 elements of workspace */
@@ -1823,7 +1712,7 @@ KERNEL_INLINE void ds_cnn_dw2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_dw2_forward(
     real *restrict out,                     /* dw2 [N, 64, 25, 5] */
-    const real *restrict in,                /* pw1_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* pw1_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw2.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw2.bias [64] */
     real *slots,                            /* 2113 elements of workspace */
@@ -1842,18 +1731,18 @@ static void ds_cnn_dw2_forward(
 }
 
 /* ---- dw2: conv2d backward (spec line 20)
- * pw1_relu [N, 64, 25, 5] -> dw2 [N, 64, 25, 5]
+ * pw1_bn [N, 64, 25, 5] -> dw2 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
  * per sample and group: dweight[C_OUT_PER_GROUP, K_GROUP] += dout[C_OUT_PER_GROUP, pixels] x
  *   patches^T (dot products: few filters); dbias[oc] += sum of dout[oc]; din = the stride-1 conv
  *   of dout, padded, with the flipped kernel
  */
 static void ds_cnn_dw2_backward(
-    real *restrict din,                     /* pw1_relu [N, 64, 25, 5] */
+    real *restrict din,                     /* pw1_bn [N, 64, 25, 5] */
     real *restrict dweight,                 /* dw2.weight [64, 1, 3, 3] */
     real *restrict dbias,                   /* dw2.bias [64] */
     const real *restrict dout,              /* dw2 [N, 64, 25, 5] */
-    const real *restrict in,                /* pw1_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* pw1_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw2.weight [64, 1, 3, 3] */
     real *slots,                            /* 2113 elements of workspace */
     size_t batch)
@@ -1965,7 +1854,7 @@ static void ds_cnn_dw2_backward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ *   inference: running averages; then relu (the layer dw2_relu, fused): out = max(0, out)
  */
 static void ds_cnn_dw2_bn_forward(
     real *restrict out,                     /* dw2_bn [N, 64, 25, 5] */
@@ -2036,8 +1925,10 @@ static void ds_cnn_dw2_bn_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
@@ -2045,13 +1936,15 @@ static void ds_cnn_dw2_bn_forward(
  * dw2 [N, 64, 25, 5] -> dw2_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is (out = max(0, y))
  */
 static void ds_cnn_dw2_bn_backward(
     real *restrict din,                     /* dw2 [N, 64, 25, 5] */
     real *restrict dgamma,                  /* dw2_bn.gamma [64] */
     real *restrict dbeta,                   /* dw2_bn.beta [64] */
     const real *restrict dout,              /* dw2_bn [N, 64, 25, 5] */
+    real *restrict out,                     /* dw2_bn [N, 64, 25, 5] */
     const real *restrict in,                /* dw2 [N, 64, 25, 5] */
     const real *restrict gamma,             /* dw2_bn.gamma [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
@@ -2074,15 +1967,18 @@ static void ds_cnn_dw2_bn_backward(
         double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++) {
             const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real d = dy[s], g = y[s] > 0 ? d : 0;
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -2098,55 +1994,14 @@ static void ds_cnn_dw2_bn_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real d = dout[i], g = out[i] > 0 ? d : 0;
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
-/* ---- dw2_relu: relu forward (spec line 22)
- * dw2_bn [N, 64, 25, 5] -> dw2_relu [N, 64, 25, 5]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void ds_cnn_dw2_relu_forward(
-    real *restrict out,                     /* dw2_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* dw2_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- dw2_relu: relu backward (spec line 22)
- * dw2_bn [N, 64, 25, 5] -> dw2_relu [N, 64, 25, 5]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void ds_cnn_dw2_relu_backward(
-    real *restrict din,                     /* dw2_bn [N, 64, 25, 5] */
-    const real *restrict dout,              /* dw2_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* dw2_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- pw2: conv2d forward (spec line 23)
- * dw2_relu [N, 64, 25, 5] -> pw2 [N, 64, 25, 5]
+ * dw2_bn [N, 64, 25, 5] -> pw2 [N, 64, 25, 5]
  * weight [64, 64, 1, 1], bias [64]: 4160 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -2155,7 +2010,7 @@ static void ds_cnn_dw2_relu_backward(
  */
 KERNEL_INLINE void ds_cnn_pw2_forward_slot(
     real *restrict out,                     /* pw2 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw2_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw2_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw2.weight [64, 64, 1, 1] */
     const real *restrict bias,              /* pw2.bias [64] */
     size_t batch,
@@ -2202,7 +2057,7 @@ KERNEL_INLINE void ds_cnn_pw2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_pw2_forward(
     real *restrict out,                     /* pw2 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw2_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw2_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw2.weight [64, 64, 1, 1] */
     const real *restrict bias,              /* pw2.bias [64] */
     size_t batch)
@@ -2220,18 +2075,18 @@ static void ds_cnn_pw2_forward(
 }
 
 /* ---- pw2: conv2d backward (spec line 23)
- * dw2_relu [N, 64, 25, 5] -> pw2 [N, 64, 25, 5]
+ * dw2_bn [N, 64, 25, 5] -> pw2 [N, 64, 25, 5]
  * weight [64, 64, 1, 1], bias [64]: 4160 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
  *   dout[oc]; din = the stride-1 conv of dout, padded, with the flipped kernel
  */
 static void ds_cnn_pw2_backward(
-    real *restrict din,                     /* dw2_relu [N, 64, 25, 5] */
+    real *restrict din,                     /* dw2_bn [N, 64, 25, 5] */
     real *restrict dweight,                 /* pw2.weight [64, 64, 1, 1] */
     real *restrict dbias,                   /* pw2.bias [64] */
     const real *restrict dout,              /* pw2 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw2_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw2_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw2.weight [64, 64, 1, 1] */
     real *slots,                            /* 20352 elements of workspace */
     size_t batch)
@@ -2334,7 +2189,7 @@ static void ds_cnn_pw2_backward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ *   inference: running averages; then relu (the layer pw2_relu, fused): out = max(0, out)
  */
 static void ds_cnn_pw2_bn_forward(
     real *restrict out,                     /* pw2_bn [N, 64, 25, 5] */
@@ -2405,8 +2260,10 @@ static void ds_cnn_pw2_bn_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
@@ -2414,13 +2271,15 @@ static void ds_cnn_pw2_bn_forward(
  * pw2 [N, 64, 25, 5] -> pw2_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is (out = max(0, y))
  */
 static void ds_cnn_pw2_bn_backward(
     real *restrict din,                     /* pw2 [N, 64, 25, 5] */
     real *restrict dgamma,                  /* pw2_bn.gamma [64] */
     real *restrict dbeta,                   /* pw2_bn.beta [64] */
     const real *restrict dout,              /* pw2_bn [N, 64, 25, 5] */
+    real *restrict out,                     /* pw2_bn [N, 64, 25, 5] */
     const real *restrict in,                /* pw2 [N, 64, 25, 5] */
     const real *restrict gamma,             /* pw2_bn.gamma [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
@@ -2443,15 +2302,18 @@ static void ds_cnn_pw2_bn_backward(
         double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++) {
             const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real d = dy[s], g = y[s] > 0 ? d : 0;
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -2467,55 +2329,14 @@ static void ds_cnn_pw2_bn_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real d = dout[i], g = out[i] > 0 ? d : 0;
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
-/* ---- pw2_relu: relu forward (spec line 25)
- * pw2_bn [N, 64, 25, 5] -> pw2_relu [N, 64, 25, 5]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void ds_cnn_pw2_relu_forward(
-    real *restrict out,                     /* pw2_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* pw2_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- pw2_relu: relu backward (spec line 25)
- * pw2_bn [N, 64, 25, 5] -> pw2_relu [N, 64, 25, 5]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void ds_cnn_pw2_relu_backward(
-    real *restrict din,                     /* pw2_bn [N, 64, 25, 5] */
-    const real *restrict dout,              /* pw2_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* pw2_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- dw3: conv2d forward (spec line 26)
- * pw2_relu [N, 64, 25, 5] -> dw3 [N, 64, 25, 5]
+ * pw2_bn [N, 64, 25, 5] -> dw3 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -2524,7 +2345,7 @@ static void ds_cnn_pw2_relu_backward(
  */
 KERNEL_INLINE void ds_cnn_dw3_forward_slot(
     real *restrict out,                     /* dw3 [N, 64, 25, 5] */
-    const real *restrict in,                /* pw2_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* pw2_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw3.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw3.bias [64] */
     real *slots,                            /* 2113 elements of workspace */
@@ -2584,7 +2405,7 @@ KERNEL_INLINE void ds_cnn_dw3_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_dw3_forward(
     real *restrict out,                     /* dw3 [N, 64, 25, 5] */
-    const real *restrict in,                /* pw2_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* pw2_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw3.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw3.bias [64] */
     real *slots,                            /* 2113 elements of workspace */
@@ -2603,18 +2424,18 @@ static void ds_cnn_dw3_forward(
 }
 
 /* ---- dw3: conv2d backward (spec line 26)
- * pw2_relu [N, 64, 25, 5] -> dw3 [N, 64, 25, 5]
+ * pw2_bn [N, 64, 25, 5] -> dw3 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
  * per sample and group: dweight[C_OUT_PER_GROUP, K_GROUP] += dout[C_OUT_PER_GROUP, pixels] x
  *   patches^T (dot products: few filters); dbias[oc] += sum of dout[oc]; din = the stride-1 conv
  *   of dout, padded, with the flipped kernel
  */
 static void ds_cnn_dw3_backward(
-    real *restrict din,                     /* pw2_relu [N, 64, 25, 5] */
+    real *restrict din,                     /* pw2_bn [N, 64, 25, 5] */
     real *restrict dweight,                 /* dw3.weight [64, 1, 3, 3] */
     real *restrict dbias,                   /* dw3.bias [64] */
     const real *restrict dout,              /* dw3 [N, 64, 25, 5] */
-    const real *restrict in,                /* pw2_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* pw2_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw3.weight [64, 1, 3, 3] */
     real *slots,                            /* 2113 elements of workspace */
     size_t batch)
@@ -2726,7 +2547,7 @@ static void ds_cnn_dw3_backward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ *   inference: running averages; then relu (the layer dw3_relu, fused): out = max(0, out)
  */
 static void ds_cnn_dw3_bn_forward(
     real *restrict out,                     /* dw3_bn [N, 64, 25, 5] */
@@ -2797,8 +2618,10 @@ static void ds_cnn_dw3_bn_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
@@ -2806,13 +2629,15 @@ static void ds_cnn_dw3_bn_forward(
  * dw3 [N, 64, 25, 5] -> dw3_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is (out = max(0, y))
  */
 static void ds_cnn_dw3_bn_backward(
     real *restrict din,                     /* dw3 [N, 64, 25, 5] */
     real *restrict dgamma,                  /* dw3_bn.gamma [64] */
     real *restrict dbeta,                   /* dw3_bn.beta [64] */
     const real *restrict dout,              /* dw3_bn [N, 64, 25, 5] */
+    real *restrict out,                     /* dw3_bn [N, 64, 25, 5] */
     const real *restrict in,                /* dw3 [N, 64, 25, 5] */
     const real *restrict gamma,             /* dw3_bn.gamma [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
@@ -2835,15 +2660,18 @@ static void ds_cnn_dw3_bn_backward(
         double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++) {
             const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real d = dy[s], g = y[s] > 0 ? d : 0;
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -2859,55 +2687,14 @@ static void ds_cnn_dw3_bn_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real d = dout[i], g = out[i] > 0 ? d : 0;
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
-/* ---- dw3_relu: relu forward (spec line 28)
- * dw3_bn [N, 64, 25, 5] -> dw3_relu [N, 64, 25, 5]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void ds_cnn_dw3_relu_forward(
-    real *restrict out,                     /* dw3_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* dw3_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- dw3_relu: relu backward (spec line 28)
- * dw3_bn [N, 64, 25, 5] -> dw3_relu [N, 64, 25, 5]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void ds_cnn_dw3_relu_backward(
-    real *restrict din,                     /* dw3_bn [N, 64, 25, 5] */
-    const real *restrict dout,              /* dw3_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* dw3_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- pw3: conv2d forward (spec line 29)
- * dw3_relu [N, 64, 25, 5] -> pw3 [N, 64, 25, 5]
+ * dw3_bn [N, 64, 25, 5] -> pw3 [N, 64, 25, 5]
  * weight [64, 64, 1, 1], bias [64]: 4160 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -2916,7 +2703,7 @@ static void ds_cnn_dw3_relu_backward(
  */
 KERNEL_INLINE void ds_cnn_pw3_forward_slot(
     real *restrict out,                     /* pw3 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw3_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw3_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw3.weight [64, 64, 1, 1] */
     const real *restrict bias,              /* pw3.bias [64] */
     size_t batch,
@@ -2963,7 +2750,7 @@ KERNEL_INLINE void ds_cnn_pw3_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_pw3_forward(
     real *restrict out,                     /* pw3 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw3_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw3_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw3.weight [64, 64, 1, 1] */
     const real *restrict bias,              /* pw3.bias [64] */
     size_t batch)
@@ -2981,18 +2768,18 @@ static void ds_cnn_pw3_forward(
 }
 
 /* ---- pw3: conv2d backward (spec line 29)
- * dw3_relu [N, 64, 25, 5] -> pw3 [N, 64, 25, 5]
+ * dw3_bn [N, 64, 25, 5] -> pw3 [N, 64, 25, 5]
  * weight [64, 64, 1, 1], bias [64]: 4160 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
  *   dout[oc]; din = the stride-1 conv of dout, padded, with the flipped kernel
  */
 static void ds_cnn_pw3_backward(
-    real *restrict din,                     /* dw3_relu [N, 64, 25, 5] */
+    real *restrict din,                     /* dw3_bn [N, 64, 25, 5] */
     real *restrict dweight,                 /* pw3.weight [64, 64, 1, 1] */
     real *restrict dbias,                   /* pw3.bias [64] */
     const real *restrict dout,              /* pw3 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw3_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw3_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw3.weight [64, 64, 1, 1] */
     real *slots,                            /* 20352 elements of workspace */
     size_t batch)
@@ -3095,7 +2882,7 @@ static void ds_cnn_pw3_backward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ *   inference: running averages; then relu (the layer pw3_relu, fused): out = max(0, out)
  */
 static void ds_cnn_pw3_bn_forward(
     real *restrict out,                     /* pw3_bn [N, 64, 25, 5] */
@@ -3166,8 +2953,10 @@ static void ds_cnn_pw3_bn_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
@@ -3175,13 +2964,15 @@ static void ds_cnn_pw3_bn_forward(
  * pw3 [N, 64, 25, 5] -> pw3_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is (out = max(0, y))
  */
 static void ds_cnn_pw3_bn_backward(
     real *restrict din,                     /* pw3 [N, 64, 25, 5] */
     real *restrict dgamma,                  /* pw3_bn.gamma [64] */
     real *restrict dbeta,                   /* pw3_bn.beta [64] */
     const real *restrict dout,              /* pw3_bn [N, 64, 25, 5] */
+    real *restrict out,                     /* pw3_bn [N, 64, 25, 5] */
     const real *restrict in,                /* pw3 [N, 64, 25, 5] */
     const real *restrict gamma,             /* pw3_bn.gamma [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
@@ -3204,15 +2995,18 @@ static void ds_cnn_pw3_bn_backward(
         double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++) {
             const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real d = dy[s], g = y[s] > 0 ? d : 0;
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -3228,55 +3022,14 @@ static void ds_cnn_pw3_bn_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real d = dout[i], g = out[i] > 0 ? d : 0;
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
-/* ---- pw3_relu: relu forward (spec line 31)
- * pw3_bn [N, 64, 25, 5] -> pw3_relu [N, 64, 25, 5]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void ds_cnn_pw3_relu_forward(
-    real *restrict out,                     /* pw3_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* pw3_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- pw3_relu: relu backward (spec line 31)
- * pw3_bn [N, 64, 25, 5] -> pw3_relu [N, 64, 25, 5]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void ds_cnn_pw3_relu_backward(
-    real *restrict din,                     /* pw3_bn [N, 64, 25, 5] */
-    const real *restrict dout,              /* pw3_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* pw3_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- dw4: conv2d forward (spec line 32)
- * pw3_relu [N, 64, 25, 5] -> dw4 [N, 64, 25, 5]
+ * pw3_bn [N, 64, 25, 5] -> dw4 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -3285,7 +3038,7 @@ static void ds_cnn_pw3_relu_backward(
  */
 KERNEL_INLINE void ds_cnn_dw4_forward_slot(
     real *restrict out,                     /* dw4 [N, 64, 25, 5] */
-    const real *restrict in,                /* pw3_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* pw3_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw4.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw4.bias [64] */
     real *slots,                            /* 2113 elements of workspace */
@@ -3345,7 +3098,7 @@ KERNEL_INLINE void ds_cnn_dw4_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_dw4_forward(
     real *restrict out,                     /* dw4 [N, 64, 25, 5] */
-    const real *restrict in,                /* pw3_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* pw3_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw4.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw4.bias [64] */
     real *slots,                            /* 2113 elements of workspace */
@@ -3364,18 +3117,18 @@ static void ds_cnn_dw4_forward(
 }
 
 /* ---- dw4: conv2d backward (spec line 32)
- * pw3_relu [N, 64, 25, 5] -> dw4 [N, 64, 25, 5]
+ * pw3_bn [N, 64, 25, 5] -> dw4 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
  * per sample and group: dweight[C_OUT_PER_GROUP, K_GROUP] += dout[C_OUT_PER_GROUP, pixels] x
  *   patches^T (dot products: few filters); dbias[oc] += sum of dout[oc]; din = the stride-1 conv
  *   of dout, padded, with the flipped kernel
  */
 static void ds_cnn_dw4_backward(
-    real *restrict din,                     /* pw3_relu [N, 64, 25, 5] */
+    real *restrict din,                     /* pw3_bn [N, 64, 25, 5] */
     real *restrict dweight,                 /* dw4.weight [64, 1, 3, 3] */
     real *restrict dbias,                   /* dw4.bias [64] */
     const real *restrict dout,              /* dw4 [N, 64, 25, 5] */
-    const real *restrict in,                /* pw3_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* pw3_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw4.weight [64, 1, 3, 3] */
     real *slots,                            /* 2113 elements of workspace */
     size_t batch)
@@ -3487,7 +3240,7 @@ static void ds_cnn_dw4_backward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ *   inference: running averages; then relu (the layer dw4_relu, fused): out = max(0, out)
  */
 static void ds_cnn_dw4_bn_forward(
     real *restrict out,                     /* dw4_bn [N, 64, 25, 5] */
@@ -3558,8 +3311,10 @@ static void ds_cnn_dw4_bn_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
@@ -3567,13 +3322,15 @@ static void ds_cnn_dw4_bn_forward(
  * dw4 [N, 64, 25, 5] -> dw4_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is (out = max(0, y))
  */
 static void ds_cnn_dw4_bn_backward(
     real *restrict din,                     /* dw4 [N, 64, 25, 5] */
     real *restrict dgamma,                  /* dw4_bn.gamma [64] */
     real *restrict dbeta,                   /* dw4_bn.beta [64] */
     const real *restrict dout,              /* dw4_bn [N, 64, 25, 5] */
+    real *restrict out,                     /* dw4_bn [N, 64, 25, 5] */
     const real *restrict in,                /* dw4 [N, 64, 25, 5] */
     const real *restrict gamma,             /* dw4_bn.gamma [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
@@ -3596,15 +3353,18 @@ static void ds_cnn_dw4_bn_backward(
         double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++) {
             const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real d = dy[s], g = y[s] > 0 ? d : 0;
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -3620,55 +3380,14 @@ static void ds_cnn_dw4_bn_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real d = dout[i], g = out[i] > 0 ? d : 0;
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
-/* ---- dw4_relu: relu forward (spec line 34)
- * dw4_bn [N, 64, 25, 5] -> dw4_relu [N, 64, 25, 5]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void ds_cnn_dw4_relu_forward(
-    real *restrict out,                     /* dw4_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* dw4_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- dw4_relu: relu backward (spec line 34)
- * dw4_bn [N, 64, 25, 5] -> dw4_relu [N, 64, 25, 5]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void ds_cnn_dw4_relu_backward(
-    real *restrict din,                     /* dw4_bn [N, 64, 25, 5] */
-    const real *restrict dout,              /* dw4_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* dw4_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- pw4: conv2d forward (spec line 35)
- * dw4_relu [N, 64, 25, 5] -> pw4 [N, 64, 25, 5]
+ * dw4_bn [N, 64, 25, 5] -> pw4 [N, 64, 25, 5]
  * weight [64, 64, 1, 1], bias [64]: 4160 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -3677,7 +3396,7 @@ static void ds_cnn_dw4_relu_backward(
  */
 KERNEL_INLINE void ds_cnn_pw4_forward_slot(
     real *restrict out,                     /* pw4 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw4_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw4_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw4.weight [64, 64, 1, 1] */
     const real *restrict bias,              /* pw4.bias [64] */
     size_t batch,
@@ -3724,7 +3443,7 @@ KERNEL_INLINE void ds_cnn_pw4_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void ds_cnn_pw4_forward(
     real *restrict out,                     /* pw4 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw4_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw4_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw4.weight [64, 64, 1, 1] */
     const real *restrict bias,              /* pw4.bias [64] */
     size_t batch)
@@ -3742,18 +3461,18 @@ static void ds_cnn_pw4_forward(
 }
 
 /* ---- pw4: conv2d backward (spec line 35)
- * dw4_relu [N, 64, 25, 5] -> pw4 [N, 64, 25, 5]
+ * dw4_bn [N, 64, 25, 5] -> pw4 [N, 64, 25, 5]
  * weight [64, 64, 1, 1], bias [64]: 4160 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
  *   dout[oc]; din = the stride-1 conv of dout, padded, with the flipped kernel
  */
 static void ds_cnn_pw4_backward(
-    real *restrict din,                     /* dw4_relu [N, 64, 25, 5] */
+    real *restrict din,                     /* dw4_bn [N, 64, 25, 5] */
     real *restrict dweight,                 /* pw4.weight [64, 64, 1, 1] */
     real *restrict dbias,                   /* pw4.bias [64] */
     const real *restrict dout,              /* pw4 [N, 64, 25, 5] */
-    const real *restrict in,                /* dw4_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* dw4_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* pw4.weight [64, 64, 1, 1] */
     real *slots,                            /* 20352 elements of workspace */
     size_t batch)
@@ -3856,7 +3575,7 @@ static void ds_cnn_pw4_backward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ *   inference: running averages; then relu (the layer pw4_relu, fused): out = max(0, out)
  */
 static void ds_cnn_pw4_bn_forward(
     real *restrict out,                     /* pw4_bn [N, 64, 25, 5] */
@@ -3927,8 +3646,10 @@ static void ds_cnn_pw4_bn_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
@@ -3936,13 +3657,15 @@ static void ds_cnn_pw4_bn_forward(
  * pw4 [N, 64, 25, 5] -> pw4_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is (out = max(0, y))
  */
 static void ds_cnn_pw4_bn_backward(
     real *restrict din,                     /* pw4 [N, 64, 25, 5] */
     real *restrict dgamma,                  /* pw4_bn.gamma [64] */
     real *restrict dbeta,                   /* pw4_bn.beta [64] */
     const real *restrict dout,              /* pw4_bn [N, 64, 25, 5] */
+    real *restrict out,                     /* pw4_bn [N, 64, 25, 5] */
     const real *restrict in,                /* pw4 [N, 64, 25, 5] */
     const real *restrict gamma,             /* pw4_bn.gamma [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
@@ -3965,15 +3688,18 @@ static void ds_cnn_pw4_bn_backward(
         double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++) {
             const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real d = dy[s], g = y[s] > 0 ? d : 0;
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -3989,61 +3715,20 @@ static void ds_cnn_pw4_bn_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real d = dout[i], g = out[i] > 0 ? d : 0;
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
-/* ---- pw4_relu: relu forward (spec line 37)
- * pw4_bn [N, 64, 25, 5] -> pw4_relu [N, 64, 25, 5]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void ds_cnn_pw4_relu_forward(
-    real *restrict out,                     /* pw4_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* pw4_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- pw4_relu: relu backward (spec line 37)
- * pw4_bn [N, 64, 25, 5] -> pw4_relu [N, 64, 25, 5]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void ds_cnn_pw4_relu_backward(
-    real *restrict din,                     /* pw4_bn [N, 64, 25, 5] */
-    const real *restrict dout,              /* pw4_relu [N, 64, 25, 5] */
-    const real *restrict in,                /* pw4_bn [N, 64, 25, 5] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8000
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- drop2: dropout forward (spec line 38)
- * pw4_relu [N, 64, 25, 5] -> drop2 [N, 64, 25, 5]
+ * pw4_bn [N, 64, 25, 5] -> drop2 [N, 64, 25, 5]
  * training: out[i] = keep(i) ? in[i] * SCALE : 0, keep(i) = uniform(seed, layer, i) >= RATE;
  *   inference: out = in
  */
 static void ds_cnn_drop2_forward(
     real *restrict out,                     /* drop2 [N, 64, 25, 5] */
-    const real *restrict in,                /* pw4_relu [N, 64, 25, 5] */
+    const real *restrict in,                /* pw4_bn [N, 64, 25, 5] */
     size_t batch,
     int training,
     uint64_t seed)
@@ -4058,15 +3743,15 @@ static void ds_cnn_drop2_forward(
         return;
     }
     for (size_t i = 0; i < batch * SIZE; i++)
-        out[i] = ds_cnn_uniform01(seed, 224000u, i) >= RATE ? in[i] * SCALE : 0;
+        out[i] = ds_cnn_uniform01(seed, 152000u, i) >= RATE ? in[i] * SCALE : 0;
 }
 
 /* ---- drop2: dropout backward (spec line 38)
- * pw4_relu [N, 64, 25, 5] -> drop2 [N, 64, 25, 5]
+ * pw4_bn [N, 64, 25, 5] -> drop2 [N, 64, 25, 5]
  * din[i] += keep(i) ? dout[i] * SCALE : 0, the same mask as forward (same seed)
  */
 static void ds_cnn_drop2_backward(
-    real *restrict din,                     /* pw4_relu [N, 64, 25, 5] */
+    real *restrict din,                     /* pw4_bn [N, 64, 25, 5] */
     const real *restrict dout,              /* drop2 [N, 64, 25, 5] */
     size_t batch,
     uint64_t seed)
@@ -4077,7 +3762,7 @@ static void ds_cnn_drop2_backward(
     const double RATE = 0.4;
     const real SCALE = (real)1.6666666666666667;
     for (size_t i = 0; i < batch * SIZE; i++)
-        din[i] += ds_cnn_uniform01(seed, 224000u, i) >= RATE ? dout[i] * SCALE : 0;
+        din[i] += ds_cnn_uniform01(seed, 152000u, i) >= RATE ? dout[i] * SCALE : 0;
 }
 
 /* ---- pool: avgpool2d forward (spec line 39)
@@ -4233,33 +3918,24 @@ void ds_cnn_forward(const ds_cnn_context *ctx, const real *input, size_t batch, 
 
     ds_cnn_conv1_forward(acts + A_CONV1 * batch, input, params + P_CONV1_WEIGHT, params + P_CONV1_BIAS, workspace + WS_CONV1, batch);
     ds_cnn_conv1_bn_forward(acts + A_CONV1_BN * batch, acts + A_CONV1 * batch, params + P_CONV1_BN_GAMMA, params + P_CONV1_BN_BETA, params + P_CONV1_BN_RUNNING_MEAN, params + P_CONV1_BN_RUNNING_VAR, workspace + WS_CONV1_BN, batch, training);
-    ds_cnn_conv1_relu_forward(acts + A_CONV1_RELU * batch, acts + A_CONV1_BN * batch, batch);
-    ds_cnn_drop1_forward(acts + A_DROP1 * batch, acts + A_CONV1_RELU * batch, batch, training, seed);
+    ds_cnn_drop1_forward(acts + A_DROP1 * batch, acts + A_CONV1_BN * batch, batch, training, seed);
     ds_cnn_dw1_forward(acts + A_DW1 * batch, acts + A_DROP1 * batch, params + P_DW1_WEIGHT, params + P_DW1_BIAS, workspace + WS_DW1, batch);
     ds_cnn_dw1_bn_forward(acts + A_DW1_BN * batch, acts + A_DW1 * batch, params + P_DW1_BN_GAMMA, params + P_DW1_BN_BETA, params + P_DW1_BN_RUNNING_MEAN, params + P_DW1_BN_RUNNING_VAR, workspace + WS_DW1_BN, batch, training);
-    ds_cnn_dw1_relu_forward(acts + A_DW1_RELU * batch, acts + A_DW1_BN * batch, batch);
-    ds_cnn_pw1_forward(acts + A_PW1 * batch, acts + A_DW1_RELU * batch, params + P_PW1_WEIGHT, params + P_PW1_BIAS, batch);
+    ds_cnn_pw1_forward(acts + A_PW1 * batch, acts + A_DW1_BN * batch, params + P_PW1_WEIGHT, params + P_PW1_BIAS, batch);
     ds_cnn_pw1_bn_forward(acts + A_PW1_BN * batch, acts + A_PW1 * batch, params + P_PW1_BN_GAMMA, params + P_PW1_BN_BETA, params + P_PW1_BN_RUNNING_MEAN, params + P_PW1_BN_RUNNING_VAR, workspace + WS_PW1_BN, batch, training);
-    ds_cnn_pw1_relu_forward(acts + A_PW1_RELU * batch, acts + A_PW1_BN * batch, batch);
-    ds_cnn_dw2_forward(acts + A_DW2 * batch, acts + A_PW1_RELU * batch, params + P_DW2_WEIGHT, params + P_DW2_BIAS, workspace + WS_DW2, batch);
+    ds_cnn_dw2_forward(acts + A_DW2 * batch, acts + A_PW1_BN * batch, params + P_DW2_WEIGHT, params + P_DW2_BIAS, workspace + WS_DW2, batch);
     ds_cnn_dw2_bn_forward(acts + A_DW2_BN * batch, acts + A_DW2 * batch, params + P_DW2_BN_GAMMA, params + P_DW2_BN_BETA, params + P_DW2_BN_RUNNING_MEAN, params + P_DW2_BN_RUNNING_VAR, workspace + WS_DW2_BN, batch, training);
-    ds_cnn_dw2_relu_forward(acts + A_DW2_RELU * batch, acts + A_DW2_BN * batch, batch);
-    ds_cnn_pw2_forward(acts + A_PW2 * batch, acts + A_DW2_RELU * batch, params + P_PW2_WEIGHT, params + P_PW2_BIAS, batch);
+    ds_cnn_pw2_forward(acts + A_PW2 * batch, acts + A_DW2_BN * batch, params + P_PW2_WEIGHT, params + P_PW2_BIAS, batch);
     ds_cnn_pw2_bn_forward(acts + A_PW2_BN * batch, acts + A_PW2 * batch, params + P_PW2_BN_GAMMA, params + P_PW2_BN_BETA, params + P_PW2_BN_RUNNING_MEAN, params + P_PW2_BN_RUNNING_VAR, workspace + WS_PW2_BN, batch, training);
-    ds_cnn_pw2_relu_forward(acts + A_PW2_RELU * batch, acts + A_PW2_BN * batch, batch);
-    ds_cnn_dw3_forward(acts + A_DW3 * batch, acts + A_PW2_RELU * batch, params + P_DW3_WEIGHT, params + P_DW3_BIAS, workspace + WS_DW3, batch);
+    ds_cnn_dw3_forward(acts + A_DW3 * batch, acts + A_PW2_BN * batch, params + P_DW3_WEIGHT, params + P_DW3_BIAS, workspace + WS_DW3, batch);
     ds_cnn_dw3_bn_forward(acts + A_DW3_BN * batch, acts + A_DW3 * batch, params + P_DW3_BN_GAMMA, params + P_DW3_BN_BETA, params + P_DW3_BN_RUNNING_MEAN, params + P_DW3_BN_RUNNING_VAR, workspace + WS_DW3_BN, batch, training);
-    ds_cnn_dw3_relu_forward(acts + A_DW3_RELU * batch, acts + A_DW3_BN * batch, batch);
-    ds_cnn_pw3_forward(acts + A_PW3 * batch, acts + A_DW3_RELU * batch, params + P_PW3_WEIGHT, params + P_PW3_BIAS, batch);
+    ds_cnn_pw3_forward(acts + A_PW3 * batch, acts + A_DW3_BN * batch, params + P_PW3_WEIGHT, params + P_PW3_BIAS, batch);
     ds_cnn_pw3_bn_forward(acts + A_PW3_BN * batch, acts + A_PW3 * batch, params + P_PW3_BN_GAMMA, params + P_PW3_BN_BETA, params + P_PW3_BN_RUNNING_MEAN, params + P_PW3_BN_RUNNING_VAR, workspace + WS_PW3_BN, batch, training);
-    ds_cnn_pw3_relu_forward(acts + A_PW3_RELU * batch, acts + A_PW3_BN * batch, batch);
-    ds_cnn_dw4_forward(acts + A_DW4 * batch, acts + A_PW3_RELU * batch, params + P_DW4_WEIGHT, params + P_DW4_BIAS, workspace + WS_DW4, batch);
+    ds_cnn_dw4_forward(acts + A_DW4 * batch, acts + A_PW3_BN * batch, params + P_DW4_WEIGHT, params + P_DW4_BIAS, workspace + WS_DW4, batch);
     ds_cnn_dw4_bn_forward(acts + A_DW4_BN * batch, acts + A_DW4 * batch, params + P_DW4_BN_GAMMA, params + P_DW4_BN_BETA, params + P_DW4_BN_RUNNING_MEAN, params + P_DW4_BN_RUNNING_VAR, workspace + WS_DW4_BN, batch, training);
-    ds_cnn_dw4_relu_forward(acts + A_DW4_RELU * batch, acts + A_DW4_BN * batch, batch);
-    ds_cnn_pw4_forward(acts + A_PW4 * batch, acts + A_DW4_RELU * batch, params + P_PW4_WEIGHT, params + P_PW4_BIAS, batch);
+    ds_cnn_pw4_forward(acts + A_PW4 * batch, acts + A_DW4_BN * batch, params + P_PW4_WEIGHT, params + P_PW4_BIAS, batch);
     ds_cnn_pw4_bn_forward(acts + A_PW4_BN * batch, acts + A_PW4 * batch, params + P_PW4_BN_GAMMA, params + P_PW4_BN_BETA, params + P_PW4_BN_RUNNING_MEAN, params + P_PW4_BN_RUNNING_VAR, workspace + WS_PW4_BN, batch, training);
-    ds_cnn_pw4_relu_forward(acts + A_PW4_RELU * batch, acts + A_PW4_BN * batch, batch);
-    ds_cnn_drop2_forward(acts + A_DROP2 * batch, acts + A_PW4_RELU * batch, batch, training, seed);
+    ds_cnn_drop2_forward(acts + A_DROP2 * batch, acts + A_PW4_BN * batch, batch, training, seed);
     ds_cnn_pool_forward(acts + A_POOL * batch, acts + A_DROP2 * batch, batch);
     ds_cnn_fc_forward(acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, params + P_FC_BIAS, batch);
 }
@@ -4317,34 +3993,25 @@ void ds_cnn_backward(const ds_cnn_context *ctx, const real *input, const int32_t
     ds_cnn_loss_softmax_cross_entropy(acts + A_FC * batch, grad_acts + A_FC * batch, targets, batch, 1);
     ds_cnn_fc_backward(grad_acts + A_POOL * batch, grads + P_FC_WEIGHT, grads + P_FC_BIAS, grad_acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, batch);
     ds_cnn_pool_backward(grad_acts + A_DROP2 * batch, grad_acts + A_POOL * batch, batch);
-    ds_cnn_drop2_backward(grad_acts + A_PW4_RELU * batch, grad_acts + A_DROP2 * batch, batch, seed);
-    ds_cnn_pw4_relu_backward(grad_acts + A_PW4_BN * batch, grad_acts + A_PW4_RELU * batch, acts + A_PW4_BN * batch, batch);
-    ds_cnn_pw4_bn_backward(grad_acts + A_PW4 * batch, grads + P_PW4_BN_GAMMA, grads + P_PW4_BN_BETA, grad_acts + A_PW4_BN * batch, acts + A_PW4 * batch, params + P_PW4_BN_GAMMA, workspace + WS_PW4_BN, batch);
-    ds_cnn_pw4_backward(grad_acts + A_DW4_RELU * batch, grads + P_PW4_WEIGHT, grads + P_PW4_BIAS, grad_acts + A_PW4 * batch, acts + A_DW4_RELU * batch, params + P_PW4_WEIGHT, workspace + WS_PW4, batch);
-    ds_cnn_dw4_relu_backward(grad_acts + A_DW4_BN * batch, grad_acts + A_DW4_RELU * batch, acts + A_DW4_BN * batch, batch);
-    ds_cnn_dw4_bn_backward(grad_acts + A_DW4 * batch, grads + P_DW4_BN_GAMMA, grads + P_DW4_BN_BETA, grad_acts + A_DW4_BN * batch, acts + A_DW4 * batch, params + P_DW4_BN_GAMMA, workspace + WS_DW4_BN, batch);
-    ds_cnn_dw4_backward(grad_acts + A_PW3_RELU * batch, grads + P_DW4_WEIGHT, grads + P_DW4_BIAS, grad_acts + A_DW4 * batch, acts + A_PW3_RELU * batch, params + P_DW4_WEIGHT, workspace + WS_DW4, batch);
-    ds_cnn_pw3_relu_backward(grad_acts + A_PW3_BN * batch, grad_acts + A_PW3_RELU * batch, acts + A_PW3_BN * batch, batch);
-    ds_cnn_pw3_bn_backward(grad_acts + A_PW3 * batch, grads + P_PW3_BN_GAMMA, grads + P_PW3_BN_BETA, grad_acts + A_PW3_BN * batch, acts + A_PW3 * batch, params + P_PW3_BN_GAMMA, workspace + WS_PW3_BN, batch);
-    ds_cnn_pw3_backward(grad_acts + A_DW3_RELU * batch, grads + P_PW3_WEIGHT, grads + P_PW3_BIAS, grad_acts + A_PW3 * batch, acts + A_DW3_RELU * batch, params + P_PW3_WEIGHT, workspace + WS_PW3, batch);
-    ds_cnn_dw3_relu_backward(grad_acts + A_DW3_BN * batch, grad_acts + A_DW3_RELU * batch, acts + A_DW3_BN * batch, batch);
-    ds_cnn_dw3_bn_backward(grad_acts + A_DW3 * batch, grads + P_DW3_BN_GAMMA, grads + P_DW3_BN_BETA, grad_acts + A_DW3_BN * batch, acts + A_DW3 * batch, params + P_DW3_BN_GAMMA, workspace + WS_DW3_BN, batch);
-    ds_cnn_dw3_backward(grad_acts + A_PW2_RELU * batch, grads + P_DW3_WEIGHT, grads + P_DW3_BIAS, grad_acts + A_DW3 * batch, acts + A_PW2_RELU * batch, params + P_DW3_WEIGHT, workspace + WS_DW3, batch);
-    ds_cnn_pw2_relu_backward(grad_acts + A_PW2_BN * batch, grad_acts + A_PW2_RELU * batch, acts + A_PW2_BN * batch, batch);
-    ds_cnn_pw2_bn_backward(grad_acts + A_PW2 * batch, grads + P_PW2_BN_GAMMA, grads + P_PW2_BN_BETA, grad_acts + A_PW2_BN * batch, acts + A_PW2 * batch, params + P_PW2_BN_GAMMA, workspace + WS_PW2_BN, batch);
-    ds_cnn_pw2_backward(grad_acts + A_DW2_RELU * batch, grads + P_PW2_WEIGHT, grads + P_PW2_BIAS, grad_acts + A_PW2 * batch, acts + A_DW2_RELU * batch, params + P_PW2_WEIGHT, workspace + WS_PW2, batch);
-    ds_cnn_dw2_relu_backward(grad_acts + A_DW2_BN * batch, grad_acts + A_DW2_RELU * batch, acts + A_DW2_BN * batch, batch);
-    ds_cnn_dw2_bn_backward(grad_acts + A_DW2 * batch, grads + P_DW2_BN_GAMMA, grads + P_DW2_BN_BETA, grad_acts + A_DW2_BN * batch, acts + A_DW2 * batch, params + P_DW2_BN_GAMMA, workspace + WS_DW2_BN, batch);
-    ds_cnn_dw2_backward(grad_acts + A_PW1_RELU * batch, grads + P_DW2_WEIGHT, grads + P_DW2_BIAS, grad_acts + A_DW2 * batch, acts + A_PW1_RELU * batch, params + P_DW2_WEIGHT, workspace + WS_DW2, batch);
-    ds_cnn_pw1_relu_backward(grad_acts + A_PW1_BN * batch, grad_acts + A_PW1_RELU * batch, acts + A_PW1_BN * batch, batch);
-    ds_cnn_pw1_bn_backward(grad_acts + A_PW1 * batch, grads + P_PW1_BN_GAMMA, grads + P_PW1_BN_BETA, grad_acts + A_PW1_BN * batch, acts + A_PW1 * batch, params + P_PW1_BN_GAMMA, workspace + WS_PW1_BN, batch);
-    ds_cnn_pw1_backward(grad_acts + A_DW1_RELU * batch, grads + P_PW1_WEIGHT, grads + P_PW1_BIAS, grad_acts + A_PW1 * batch, acts + A_DW1_RELU * batch, params + P_PW1_WEIGHT, workspace + WS_PW1, batch);
-    ds_cnn_dw1_relu_backward(grad_acts + A_DW1_BN * batch, grad_acts + A_DW1_RELU * batch, acts + A_DW1_BN * batch, batch);
-    ds_cnn_dw1_bn_backward(grad_acts + A_DW1 * batch, grads + P_DW1_BN_GAMMA, grads + P_DW1_BN_BETA, grad_acts + A_DW1_BN * batch, acts + A_DW1 * batch, params + P_DW1_BN_GAMMA, workspace + WS_DW1_BN, batch);
+    ds_cnn_drop2_backward(grad_acts + A_PW4_BN * batch, grad_acts + A_DROP2 * batch, batch, seed);
+    ds_cnn_pw4_bn_backward(grad_acts + A_PW4 * batch, grads + P_PW4_BN_GAMMA, grads + P_PW4_BN_BETA, grad_acts + A_PW4_BN * batch, acts + A_PW4_BN * batch, acts + A_PW4 * batch, params + P_PW4_BN_GAMMA, workspace + WS_PW4_BN, batch);
+    ds_cnn_pw4_backward(grad_acts + A_DW4_BN * batch, grads + P_PW4_WEIGHT, grads + P_PW4_BIAS, grad_acts + A_PW4 * batch, acts + A_DW4_BN * batch, params + P_PW4_WEIGHT, workspace + WS_PW4, batch);
+    ds_cnn_dw4_bn_backward(grad_acts + A_DW4 * batch, grads + P_DW4_BN_GAMMA, grads + P_DW4_BN_BETA, grad_acts + A_DW4_BN * batch, acts + A_DW4_BN * batch, acts + A_DW4 * batch, params + P_DW4_BN_GAMMA, workspace + WS_DW4_BN, batch);
+    ds_cnn_dw4_backward(grad_acts + A_PW3_BN * batch, grads + P_DW4_WEIGHT, grads + P_DW4_BIAS, grad_acts + A_DW4 * batch, acts + A_PW3_BN * batch, params + P_DW4_WEIGHT, workspace + WS_DW4, batch);
+    ds_cnn_pw3_bn_backward(grad_acts + A_PW3 * batch, grads + P_PW3_BN_GAMMA, grads + P_PW3_BN_BETA, grad_acts + A_PW3_BN * batch, acts + A_PW3_BN * batch, acts + A_PW3 * batch, params + P_PW3_BN_GAMMA, workspace + WS_PW3_BN, batch);
+    ds_cnn_pw3_backward(grad_acts + A_DW3_BN * batch, grads + P_PW3_WEIGHT, grads + P_PW3_BIAS, grad_acts + A_PW3 * batch, acts + A_DW3_BN * batch, params + P_PW3_WEIGHT, workspace + WS_PW3, batch);
+    ds_cnn_dw3_bn_backward(grad_acts + A_DW3 * batch, grads + P_DW3_BN_GAMMA, grads + P_DW3_BN_BETA, grad_acts + A_DW3_BN * batch, acts + A_DW3_BN * batch, acts + A_DW3 * batch, params + P_DW3_BN_GAMMA, workspace + WS_DW3_BN, batch);
+    ds_cnn_dw3_backward(grad_acts + A_PW2_BN * batch, grads + P_DW3_WEIGHT, grads + P_DW3_BIAS, grad_acts + A_DW3 * batch, acts + A_PW2_BN * batch, params + P_DW3_WEIGHT, workspace + WS_DW3, batch);
+    ds_cnn_pw2_bn_backward(grad_acts + A_PW2 * batch, grads + P_PW2_BN_GAMMA, grads + P_PW2_BN_BETA, grad_acts + A_PW2_BN * batch, acts + A_PW2_BN * batch, acts + A_PW2 * batch, params + P_PW2_BN_GAMMA, workspace + WS_PW2_BN, batch);
+    ds_cnn_pw2_backward(grad_acts + A_DW2_BN * batch, grads + P_PW2_WEIGHT, grads + P_PW2_BIAS, grad_acts + A_PW2 * batch, acts + A_DW2_BN * batch, params + P_PW2_WEIGHT, workspace + WS_PW2, batch);
+    ds_cnn_dw2_bn_backward(grad_acts + A_DW2 * batch, grads + P_DW2_BN_GAMMA, grads + P_DW2_BN_BETA, grad_acts + A_DW2_BN * batch, acts + A_DW2_BN * batch, acts + A_DW2 * batch, params + P_DW2_BN_GAMMA, workspace + WS_DW2_BN, batch);
+    ds_cnn_dw2_backward(grad_acts + A_PW1_BN * batch, grads + P_DW2_WEIGHT, grads + P_DW2_BIAS, grad_acts + A_DW2 * batch, acts + A_PW1_BN * batch, params + P_DW2_WEIGHT, workspace + WS_DW2, batch);
+    ds_cnn_pw1_bn_backward(grad_acts + A_PW1 * batch, grads + P_PW1_BN_GAMMA, grads + P_PW1_BN_BETA, grad_acts + A_PW1_BN * batch, acts + A_PW1_BN * batch, acts + A_PW1 * batch, params + P_PW1_BN_GAMMA, workspace + WS_PW1_BN, batch);
+    ds_cnn_pw1_backward(grad_acts + A_DW1_BN * batch, grads + P_PW1_WEIGHT, grads + P_PW1_BIAS, grad_acts + A_PW1 * batch, acts + A_DW1_BN * batch, params + P_PW1_WEIGHT, workspace + WS_PW1, batch);
+    ds_cnn_dw1_bn_backward(grad_acts + A_DW1 * batch, grads + P_DW1_BN_GAMMA, grads + P_DW1_BN_BETA, grad_acts + A_DW1_BN * batch, acts + A_DW1_BN * batch, acts + A_DW1 * batch, params + P_DW1_BN_GAMMA, workspace + WS_DW1_BN, batch);
     ds_cnn_dw1_backward(grad_acts + A_DROP1 * batch, grads + P_DW1_WEIGHT, grads + P_DW1_BIAS, grad_acts + A_DW1 * batch, acts + A_DROP1 * batch, params + P_DW1_WEIGHT, workspace + WS_DW1, batch);
-    ds_cnn_drop1_backward(grad_acts + A_CONV1_RELU * batch, grad_acts + A_DROP1 * batch, batch, seed);
-    ds_cnn_conv1_relu_backward(grad_acts + A_CONV1_BN * batch, grad_acts + A_CONV1_RELU * batch, acts + A_CONV1_BN * batch, batch);
-    ds_cnn_conv1_bn_backward(grad_acts + A_CONV1 * batch, grads + P_CONV1_BN_GAMMA, grads + P_CONV1_BN_BETA, grad_acts + A_CONV1_BN * batch, acts + A_CONV1 * batch, params + P_CONV1_BN_GAMMA, workspace + WS_CONV1_BN, batch);
+    ds_cnn_drop1_backward(grad_acts + A_CONV1_BN * batch, grad_acts + A_DROP1 * batch, batch, seed);
+    ds_cnn_conv1_bn_backward(grad_acts + A_CONV1 * batch, grads + P_CONV1_BN_GAMMA, grads + P_CONV1_BN_BETA, grad_acts + A_CONV1_BN * batch, acts + A_CONV1_BN * batch, acts + A_CONV1 * batch, params + P_CONV1_BN_GAMMA, workspace + WS_CONV1_BN, batch);
     ds_cnn_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_CONV1 * batch, input, workspace + WS_CONV1, batch);
 }
 /* ---- optimizer: Adam over the DS_CNN_NUM_TRAINABLE trainable parameters
@@ -4400,90 +4067,63 @@ void ds_cnn_forward_op(const ds_cnn_context *ctx, const real *input, size_t batc
         ds_cnn_conv1_bn_forward(acts + A_CONV1_BN * batch, acts + A_CONV1 * batch, params + P_CONV1_BN_GAMMA, params + P_CONV1_BN_BETA, params + P_CONV1_BN_RUNNING_MEAN, params + P_CONV1_BN_RUNNING_VAR, workspace + WS_CONV1_BN, batch, training);
         break;
     case 2:
-        ds_cnn_conv1_relu_forward(acts + A_CONV1_RELU * batch, acts + A_CONV1_BN * batch, batch);
+        ds_cnn_drop1_forward(acts + A_DROP1 * batch, acts + A_CONV1_BN * batch, batch, training, seed);
         break;
     case 3:
-        ds_cnn_drop1_forward(acts + A_DROP1 * batch, acts + A_CONV1_RELU * batch, batch, training, seed);
-        break;
-    case 4:
         ds_cnn_dw1_forward(acts + A_DW1 * batch, acts + A_DROP1 * batch, params + P_DW1_WEIGHT, params + P_DW1_BIAS, workspace + WS_DW1, batch);
         break;
-    case 5:
+    case 4:
         ds_cnn_dw1_bn_forward(acts + A_DW1_BN * batch, acts + A_DW1 * batch, params + P_DW1_BN_GAMMA, params + P_DW1_BN_BETA, params + P_DW1_BN_RUNNING_MEAN, params + P_DW1_BN_RUNNING_VAR, workspace + WS_DW1_BN, batch, training);
         break;
+    case 5:
+        ds_cnn_pw1_forward(acts + A_PW1 * batch, acts + A_DW1_BN * batch, params + P_PW1_WEIGHT, params + P_PW1_BIAS, batch);
+        break;
     case 6:
-        ds_cnn_dw1_relu_forward(acts + A_DW1_RELU * batch, acts + A_DW1_BN * batch, batch);
-        break;
-    case 7:
-        ds_cnn_pw1_forward(acts + A_PW1 * batch, acts + A_DW1_RELU * batch, params + P_PW1_WEIGHT, params + P_PW1_BIAS, batch);
-        break;
-    case 8:
         ds_cnn_pw1_bn_forward(acts + A_PW1_BN * batch, acts + A_PW1 * batch, params + P_PW1_BN_GAMMA, params + P_PW1_BN_BETA, params + P_PW1_BN_RUNNING_MEAN, params + P_PW1_BN_RUNNING_VAR, workspace + WS_PW1_BN, batch, training);
         break;
-    case 9:
-        ds_cnn_pw1_relu_forward(acts + A_PW1_RELU * batch, acts + A_PW1_BN * batch, batch);
+    case 7:
+        ds_cnn_dw2_forward(acts + A_DW2 * batch, acts + A_PW1_BN * batch, params + P_DW2_WEIGHT, params + P_DW2_BIAS, workspace + WS_DW2, batch);
         break;
-    case 10:
-        ds_cnn_dw2_forward(acts + A_DW2 * batch, acts + A_PW1_RELU * batch, params + P_DW2_WEIGHT, params + P_DW2_BIAS, workspace + WS_DW2, batch);
-        break;
-    case 11:
+    case 8:
         ds_cnn_dw2_bn_forward(acts + A_DW2_BN * batch, acts + A_DW2 * batch, params + P_DW2_BN_GAMMA, params + P_DW2_BN_BETA, params + P_DW2_BN_RUNNING_MEAN, params + P_DW2_BN_RUNNING_VAR, workspace + WS_DW2_BN, batch, training);
         break;
-    case 12:
-        ds_cnn_dw2_relu_forward(acts + A_DW2_RELU * batch, acts + A_DW2_BN * batch, batch);
+    case 9:
+        ds_cnn_pw2_forward(acts + A_PW2 * batch, acts + A_DW2_BN * batch, params + P_PW2_WEIGHT, params + P_PW2_BIAS, batch);
         break;
-    case 13:
-        ds_cnn_pw2_forward(acts + A_PW2 * batch, acts + A_DW2_RELU * batch, params + P_PW2_WEIGHT, params + P_PW2_BIAS, batch);
-        break;
-    case 14:
+    case 10:
         ds_cnn_pw2_bn_forward(acts + A_PW2_BN * batch, acts + A_PW2 * batch, params + P_PW2_BN_GAMMA, params + P_PW2_BN_BETA, params + P_PW2_BN_RUNNING_MEAN, params + P_PW2_BN_RUNNING_VAR, workspace + WS_PW2_BN, batch, training);
         break;
-    case 15:
-        ds_cnn_pw2_relu_forward(acts + A_PW2_RELU * batch, acts + A_PW2_BN * batch, batch);
+    case 11:
+        ds_cnn_dw3_forward(acts + A_DW3 * batch, acts + A_PW2_BN * batch, params + P_DW3_WEIGHT, params + P_DW3_BIAS, workspace + WS_DW3, batch);
         break;
-    case 16:
-        ds_cnn_dw3_forward(acts + A_DW3 * batch, acts + A_PW2_RELU * batch, params + P_DW3_WEIGHT, params + P_DW3_BIAS, workspace + WS_DW3, batch);
-        break;
-    case 17:
+    case 12:
         ds_cnn_dw3_bn_forward(acts + A_DW3_BN * batch, acts + A_DW3 * batch, params + P_DW3_BN_GAMMA, params + P_DW3_BN_BETA, params + P_DW3_BN_RUNNING_MEAN, params + P_DW3_BN_RUNNING_VAR, workspace + WS_DW3_BN, batch, training);
         break;
-    case 18:
-        ds_cnn_dw3_relu_forward(acts + A_DW3_RELU * batch, acts + A_DW3_BN * batch, batch);
+    case 13:
+        ds_cnn_pw3_forward(acts + A_PW3 * batch, acts + A_DW3_BN * batch, params + P_PW3_WEIGHT, params + P_PW3_BIAS, batch);
         break;
-    case 19:
-        ds_cnn_pw3_forward(acts + A_PW3 * batch, acts + A_DW3_RELU * batch, params + P_PW3_WEIGHT, params + P_PW3_BIAS, batch);
-        break;
-    case 20:
+    case 14:
         ds_cnn_pw3_bn_forward(acts + A_PW3_BN * batch, acts + A_PW3 * batch, params + P_PW3_BN_GAMMA, params + P_PW3_BN_BETA, params + P_PW3_BN_RUNNING_MEAN, params + P_PW3_BN_RUNNING_VAR, workspace + WS_PW3_BN, batch, training);
         break;
-    case 21:
-        ds_cnn_pw3_relu_forward(acts + A_PW3_RELU * batch, acts + A_PW3_BN * batch, batch);
+    case 15:
+        ds_cnn_dw4_forward(acts + A_DW4 * batch, acts + A_PW3_BN * batch, params + P_DW4_WEIGHT, params + P_DW4_BIAS, workspace + WS_DW4, batch);
         break;
-    case 22:
-        ds_cnn_dw4_forward(acts + A_DW4 * batch, acts + A_PW3_RELU * batch, params + P_DW4_WEIGHT, params + P_DW4_BIAS, workspace + WS_DW4, batch);
-        break;
-    case 23:
+    case 16:
         ds_cnn_dw4_bn_forward(acts + A_DW4_BN * batch, acts + A_DW4 * batch, params + P_DW4_BN_GAMMA, params + P_DW4_BN_BETA, params + P_DW4_BN_RUNNING_MEAN, params + P_DW4_BN_RUNNING_VAR, workspace + WS_DW4_BN, batch, training);
         break;
-    case 24:
-        ds_cnn_dw4_relu_forward(acts + A_DW4_RELU * batch, acts + A_DW4_BN * batch, batch);
+    case 17:
+        ds_cnn_pw4_forward(acts + A_PW4 * batch, acts + A_DW4_BN * batch, params + P_PW4_WEIGHT, params + P_PW4_BIAS, batch);
         break;
-    case 25:
-        ds_cnn_pw4_forward(acts + A_PW4 * batch, acts + A_DW4_RELU * batch, params + P_PW4_WEIGHT, params + P_PW4_BIAS, batch);
-        break;
-    case 26:
+    case 18:
         ds_cnn_pw4_bn_forward(acts + A_PW4_BN * batch, acts + A_PW4 * batch, params + P_PW4_BN_GAMMA, params + P_PW4_BN_BETA, params + P_PW4_BN_RUNNING_MEAN, params + P_PW4_BN_RUNNING_VAR, workspace + WS_PW4_BN, batch, training);
         break;
-    case 27:
-        ds_cnn_pw4_relu_forward(acts + A_PW4_RELU * batch, acts + A_PW4_BN * batch, batch);
+    case 19:
+        ds_cnn_drop2_forward(acts + A_DROP2 * batch, acts + A_PW4_BN * batch, batch, training, seed);
         break;
-    case 28:
-        ds_cnn_drop2_forward(acts + A_DROP2 * batch, acts + A_PW4_RELU * batch, batch, training, seed);
-        break;
-    case 29:
+    case 20:
         ds_cnn_pool_forward(acts + A_POOL * batch, acts + A_DROP2 * batch, batch);
         break;
-    case 30:
+    case 21:
         ds_cnn_fc_forward(acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, params + P_FC_BIAS, batch);
         break;
     default:
@@ -4511,93 +4151,66 @@ void ds_cnn_backward_op(const ds_cnn_context *ctx, const real *input, size_t bat
         ds_cnn_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_CONV1 * batch, input, workspace + WS_CONV1, batch);
         break;
     case 1:
-        ds_cnn_conv1_bn_backward(grad_acts + A_CONV1 * batch, grads + P_CONV1_BN_GAMMA, grads + P_CONV1_BN_BETA, grad_acts + A_CONV1_BN * batch, acts + A_CONV1 * batch, params + P_CONV1_BN_GAMMA, workspace + WS_CONV1_BN, batch);
+        ds_cnn_conv1_bn_backward(grad_acts + A_CONV1 * batch, grads + P_CONV1_BN_GAMMA, grads + P_CONV1_BN_BETA, grad_acts + A_CONV1_BN * batch, acts + A_CONV1_BN * batch, acts + A_CONV1 * batch, params + P_CONV1_BN_GAMMA, workspace + WS_CONV1_BN, batch);
         break;
     case 2:
-        ds_cnn_conv1_relu_backward(grad_acts + A_CONV1_BN * batch, grad_acts + A_CONV1_RELU * batch, acts + A_CONV1_BN * batch, batch);
+        ds_cnn_drop1_backward(grad_acts + A_CONV1_BN * batch, grad_acts + A_DROP1 * batch, batch, seed);
         break;
     case 3:
-        ds_cnn_drop1_backward(grad_acts + A_CONV1_RELU * batch, grad_acts + A_DROP1 * batch, batch, seed);
-        break;
-    case 4:
         ds_cnn_dw1_backward(grad_acts + A_DROP1 * batch, grads + P_DW1_WEIGHT, grads + P_DW1_BIAS, grad_acts + A_DW1 * batch, acts + A_DROP1 * batch, params + P_DW1_WEIGHT, workspace + WS_DW1, batch);
         break;
+    case 4:
+        ds_cnn_dw1_bn_backward(grad_acts + A_DW1 * batch, grads + P_DW1_BN_GAMMA, grads + P_DW1_BN_BETA, grad_acts + A_DW1_BN * batch, acts + A_DW1_BN * batch, acts + A_DW1 * batch, params + P_DW1_BN_GAMMA, workspace + WS_DW1_BN, batch);
+        break;
     case 5:
-        ds_cnn_dw1_bn_backward(grad_acts + A_DW1 * batch, grads + P_DW1_BN_GAMMA, grads + P_DW1_BN_BETA, grad_acts + A_DW1_BN * batch, acts + A_DW1 * batch, params + P_DW1_BN_GAMMA, workspace + WS_DW1_BN, batch);
+        ds_cnn_pw1_backward(grad_acts + A_DW1_BN * batch, grads + P_PW1_WEIGHT, grads + P_PW1_BIAS, grad_acts + A_PW1 * batch, acts + A_DW1_BN * batch, params + P_PW1_WEIGHT, workspace + WS_PW1, batch);
         break;
     case 6:
-        ds_cnn_dw1_relu_backward(grad_acts + A_DW1_BN * batch, grad_acts + A_DW1_RELU * batch, acts + A_DW1_BN * batch, batch);
+        ds_cnn_pw1_bn_backward(grad_acts + A_PW1 * batch, grads + P_PW1_BN_GAMMA, grads + P_PW1_BN_BETA, grad_acts + A_PW1_BN * batch, acts + A_PW1_BN * batch, acts + A_PW1 * batch, params + P_PW1_BN_GAMMA, workspace + WS_PW1_BN, batch);
         break;
     case 7:
-        ds_cnn_pw1_backward(grad_acts + A_DW1_RELU * batch, grads + P_PW1_WEIGHT, grads + P_PW1_BIAS, grad_acts + A_PW1 * batch, acts + A_DW1_RELU * batch, params + P_PW1_WEIGHT, workspace + WS_PW1, batch);
+        ds_cnn_dw2_backward(grad_acts + A_PW1_BN * batch, grads + P_DW2_WEIGHT, grads + P_DW2_BIAS, grad_acts + A_DW2 * batch, acts + A_PW1_BN * batch, params + P_DW2_WEIGHT, workspace + WS_DW2, batch);
         break;
     case 8:
-        ds_cnn_pw1_bn_backward(grad_acts + A_PW1 * batch, grads + P_PW1_BN_GAMMA, grads + P_PW1_BN_BETA, grad_acts + A_PW1_BN * batch, acts + A_PW1 * batch, params + P_PW1_BN_GAMMA, workspace + WS_PW1_BN, batch);
+        ds_cnn_dw2_bn_backward(grad_acts + A_DW2 * batch, grads + P_DW2_BN_GAMMA, grads + P_DW2_BN_BETA, grad_acts + A_DW2_BN * batch, acts + A_DW2_BN * batch, acts + A_DW2 * batch, params + P_DW2_BN_GAMMA, workspace + WS_DW2_BN, batch);
         break;
     case 9:
-        ds_cnn_pw1_relu_backward(grad_acts + A_PW1_BN * batch, grad_acts + A_PW1_RELU * batch, acts + A_PW1_BN * batch, batch);
+        ds_cnn_pw2_backward(grad_acts + A_DW2_BN * batch, grads + P_PW2_WEIGHT, grads + P_PW2_BIAS, grad_acts + A_PW2 * batch, acts + A_DW2_BN * batch, params + P_PW2_WEIGHT, workspace + WS_PW2, batch);
         break;
     case 10:
-        ds_cnn_dw2_backward(grad_acts + A_PW1_RELU * batch, grads + P_DW2_WEIGHT, grads + P_DW2_BIAS, grad_acts + A_DW2 * batch, acts + A_PW1_RELU * batch, params + P_DW2_WEIGHT, workspace + WS_DW2, batch);
+        ds_cnn_pw2_bn_backward(grad_acts + A_PW2 * batch, grads + P_PW2_BN_GAMMA, grads + P_PW2_BN_BETA, grad_acts + A_PW2_BN * batch, acts + A_PW2_BN * batch, acts + A_PW2 * batch, params + P_PW2_BN_GAMMA, workspace + WS_PW2_BN, batch);
         break;
     case 11:
-        ds_cnn_dw2_bn_backward(grad_acts + A_DW2 * batch, grads + P_DW2_BN_GAMMA, grads + P_DW2_BN_BETA, grad_acts + A_DW2_BN * batch, acts + A_DW2 * batch, params + P_DW2_BN_GAMMA, workspace + WS_DW2_BN, batch);
+        ds_cnn_dw3_backward(grad_acts + A_PW2_BN * batch, grads + P_DW3_WEIGHT, grads + P_DW3_BIAS, grad_acts + A_DW3 * batch, acts + A_PW2_BN * batch, params + P_DW3_WEIGHT, workspace + WS_DW3, batch);
         break;
     case 12:
-        ds_cnn_dw2_relu_backward(grad_acts + A_DW2_BN * batch, grad_acts + A_DW2_RELU * batch, acts + A_DW2_BN * batch, batch);
+        ds_cnn_dw3_bn_backward(grad_acts + A_DW3 * batch, grads + P_DW3_BN_GAMMA, grads + P_DW3_BN_BETA, grad_acts + A_DW3_BN * batch, acts + A_DW3_BN * batch, acts + A_DW3 * batch, params + P_DW3_BN_GAMMA, workspace + WS_DW3_BN, batch);
         break;
     case 13:
-        ds_cnn_pw2_backward(grad_acts + A_DW2_RELU * batch, grads + P_PW2_WEIGHT, grads + P_PW2_BIAS, grad_acts + A_PW2 * batch, acts + A_DW2_RELU * batch, params + P_PW2_WEIGHT, workspace + WS_PW2, batch);
+        ds_cnn_pw3_backward(grad_acts + A_DW3_BN * batch, grads + P_PW3_WEIGHT, grads + P_PW3_BIAS, grad_acts + A_PW3 * batch, acts + A_DW3_BN * batch, params + P_PW3_WEIGHT, workspace + WS_PW3, batch);
         break;
     case 14:
-        ds_cnn_pw2_bn_backward(grad_acts + A_PW2 * batch, grads + P_PW2_BN_GAMMA, grads + P_PW2_BN_BETA, grad_acts + A_PW2_BN * batch, acts + A_PW2 * batch, params + P_PW2_BN_GAMMA, workspace + WS_PW2_BN, batch);
+        ds_cnn_pw3_bn_backward(grad_acts + A_PW3 * batch, grads + P_PW3_BN_GAMMA, grads + P_PW3_BN_BETA, grad_acts + A_PW3_BN * batch, acts + A_PW3_BN * batch, acts + A_PW3 * batch, params + P_PW3_BN_GAMMA, workspace + WS_PW3_BN, batch);
         break;
     case 15:
-        ds_cnn_pw2_relu_backward(grad_acts + A_PW2_BN * batch, grad_acts + A_PW2_RELU * batch, acts + A_PW2_BN * batch, batch);
+        ds_cnn_dw4_backward(grad_acts + A_PW3_BN * batch, grads + P_DW4_WEIGHT, grads + P_DW4_BIAS, grad_acts + A_DW4 * batch, acts + A_PW3_BN * batch, params + P_DW4_WEIGHT, workspace + WS_DW4, batch);
         break;
     case 16:
-        ds_cnn_dw3_backward(grad_acts + A_PW2_RELU * batch, grads + P_DW3_WEIGHT, grads + P_DW3_BIAS, grad_acts + A_DW3 * batch, acts + A_PW2_RELU * batch, params + P_DW3_WEIGHT, workspace + WS_DW3, batch);
+        ds_cnn_dw4_bn_backward(grad_acts + A_DW4 * batch, grads + P_DW4_BN_GAMMA, grads + P_DW4_BN_BETA, grad_acts + A_DW4_BN * batch, acts + A_DW4_BN * batch, acts + A_DW4 * batch, params + P_DW4_BN_GAMMA, workspace + WS_DW4_BN, batch);
         break;
     case 17:
-        ds_cnn_dw3_bn_backward(grad_acts + A_DW3 * batch, grads + P_DW3_BN_GAMMA, grads + P_DW3_BN_BETA, grad_acts + A_DW3_BN * batch, acts + A_DW3 * batch, params + P_DW3_BN_GAMMA, workspace + WS_DW3_BN, batch);
+        ds_cnn_pw4_backward(grad_acts + A_DW4_BN * batch, grads + P_PW4_WEIGHT, grads + P_PW4_BIAS, grad_acts + A_PW4 * batch, acts + A_DW4_BN * batch, params + P_PW4_WEIGHT, workspace + WS_PW4, batch);
         break;
     case 18:
-        ds_cnn_dw3_relu_backward(grad_acts + A_DW3_BN * batch, grad_acts + A_DW3_RELU * batch, acts + A_DW3_BN * batch, batch);
+        ds_cnn_pw4_bn_backward(grad_acts + A_PW4 * batch, grads + P_PW4_BN_GAMMA, grads + P_PW4_BN_BETA, grad_acts + A_PW4_BN * batch, acts + A_PW4_BN * batch, acts + A_PW4 * batch, params + P_PW4_BN_GAMMA, workspace + WS_PW4_BN, batch);
         break;
     case 19:
-        ds_cnn_pw3_backward(grad_acts + A_DW3_RELU * batch, grads + P_PW3_WEIGHT, grads + P_PW3_BIAS, grad_acts + A_PW3 * batch, acts + A_DW3_RELU * batch, params + P_PW3_WEIGHT, workspace + WS_PW3, batch);
+        ds_cnn_drop2_backward(grad_acts + A_PW4_BN * batch, grad_acts + A_DROP2 * batch, batch, seed);
         break;
     case 20:
-        ds_cnn_pw3_bn_backward(grad_acts + A_PW3 * batch, grads + P_PW3_BN_GAMMA, grads + P_PW3_BN_BETA, grad_acts + A_PW3_BN * batch, acts + A_PW3 * batch, params + P_PW3_BN_GAMMA, workspace + WS_PW3_BN, batch);
-        break;
-    case 21:
-        ds_cnn_pw3_relu_backward(grad_acts + A_PW3_BN * batch, grad_acts + A_PW3_RELU * batch, acts + A_PW3_BN * batch, batch);
-        break;
-    case 22:
-        ds_cnn_dw4_backward(grad_acts + A_PW3_RELU * batch, grads + P_DW4_WEIGHT, grads + P_DW4_BIAS, grad_acts + A_DW4 * batch, acts + A_PW3_RELU * batch, params + P_DW4_WEIGHT, workspace + WS_DW4, batch);
-        break;
-    case 23:
-        ds_cnn_dw4_bn_backward(grad_acts + A_DW4 * batch, grads + P_DW4_BN_GAMMA, grads + P_DW4_BN_BETA, grad_acts + A_DW4_BN * batch, acts + A_DW4 * batch, params + P_DW4_BN_GAMMA, workspace + WS_DW4_BN, batch);
-        break;
-    case 24:
-        ds_cnn_dw4_relu_backward(grad_acts + A_DW4_BN * batch, grad_acts + A_DW4_RELU * batch, acts + A_DW4_BN * batch, batch);
-        break;
-    case 25:
-        ds_cnn_pw4_backward(grad_acts + A_DW4_RELU * batch, grads + P_PW4_WEIGHT, grads + P_PW4_BIAS, grad_acts + A_PW4 * batch, acts + A_DW4_RELU * batch, params + P_PW4_WEIGHT, workspace + WS_PW4, batch);
-        break;
-    case 26:
-        ds_cnn_pw4_bn_backward(grad_acts + A_PW4 * batch, grads + P_PW4_BN_GAMMA, grads + P_PW4_BN_BETA, grad_acts + A_PW4_BN * batch, acts + A_PW4 * batch, params + P_PW4_BN_GAMMA, workspace + WS_PW4_BN, batch);
-        break;
-    case 27:
-        ds_cnn_pw4_relu_backward(grad_acts + A_PW4_BN * batch, grad_acts + A_PW4_RELU * batch, acts + A_PW4_BN * batch, batch);
-        break;
-    case 28:
-        ds_cnn_drop2_backward(grad_acts + A_PW4_RELU * batch, grad_acts + A_DROP2 * batch, batch, seed);
-        break;
-    case 29:
         ds_cnn_pool_backward(grad_acts + A_DROP2 * batch, grad_acts + A_POOL * batch, batch);
         break;
-    case 30:
+    case 21:
         ds_cnn_fc_backward(grad_acts + A_POOL * batch, grads + P_FC_WEIGHT, grads + P_FC_BIAS, grad_acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, batch);
         break;
     default:

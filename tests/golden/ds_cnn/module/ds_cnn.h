@@ -15,10 +15,10 @@
 #define DS_CNN_NUM_TRAINABLE 23756
 #define DS_CNN_INPUT_SIZE 490
 #define DS_CNN_OUTPUT_SIZE 12
-#define DS_CNN_ACTIVATIONS_PER_SAMPLE 232076
+#define DS_CNN_ACTIVATIONS_PER_SAMPLE 160076
 #define DS_CNN_WORKSPACE_SIZE 109196
 #define DS_CNN_OPTIMIZER_STATE_SIZE 47512
-#define DS_CNN_NUM_OPS 31
+#define DS_CNN_NUM_OPS 22
 
 typedef struct ds_cnn_context {
     float *params; /* [NUM_PARAMS]; trainable ones first */

@@ -75,30 +75,23 @@ typedef float real;
 /* Per-sample offsets of the activation tensors (times the batch size). */
 #define A_STEM ((size_t)0) /* [N, 16, 32, 32] */
 #define A_STEM_BN ((size_t)16384) /* [N, 16, 32, 32] */
-#define A_STEM_RELU ((size_t)0) /* [N, 16, 32, 32] */
-#define A_S1_CONV1 ((size_t)16384) /* [N, 16, 32, 32] */
+#define A_S1_CONV1 ((size_t)0) /* [N, 16, 32, 32] */
 #define A_S1_BN1 ((size_t)32768) /* [N, 16, 32, 32] */
-#define A_S1_RELU1 ((size_t)16384) /* [N, 16, 32, 32] */
-#define A_S1_CONV2 ((size_t)32768) /* [N, 16, 32, 32] */
-#define A_S1_BN2 ((size_t)16384) /* [N, 16, 32, 32] */
-#define A_S1_ADD ((size_t)32768) /* [N, 16, 32, 32] */
-#define A_S1_OUT ((size_t)0) /* [N, 16, 32, 32] */
+#define A_S1_CONV2 ((size_t)0) /* [N, 16, 32, 32] */
+#define A_S1_BN2 ((size_t)32768) /* [N, 16, 32, 32] */
+#define A_S1_ADD ((size_t)0) /* [N, 16, 32, 32] */
 #define A_S2_CONV1 ((size_t)16384) /* [N, 32, 16, 16] */
 #define A_S2_BN1 ((size_t)24576) /* [N, 32, 16, 16] */
-#define A_S2_RELU1 ((size_t)16384) /* [N, 32, 16, 16] */
-#define A_S2_CONV2 ((size_t)24576) /* [N, 32, 16, 16] */
-#define A_S2_BN2 ((size_t)16384) /* [N, 32, 16, 16] */
-#define A_S2_SHORTCUT ((size_t)24576) /* [N, 32, 16, 16] */
+#define A_S2_CONV2 ((size_t)16384) /* [N, 32, 16, 16] */
+#define A_S2_BN2 ((size_t)24576) /* [N, 32, 16, 16] */
+#define A_S2_SHORTCUT ((size_t)16384) /* [N, 32, 16, 16] */
 #define A_S2_ADD ((size_t)0) /* [N, 32, 16, 16] */
-#define A_S2_OUT ((size_t)8192) /* [N, 32, 16, 16] */
-#define A_S3_CONV1 ((size_t)0) /* [N, 64, 8, 8] */
-#define A_S3_BN1 ((size_t)4096) /* [N, 64, 8, 8] */
-#define A_S3_RELU1 ((size_t)0) /* [N, 64, 8, 8] */
-#define A_S3_CONV2 ((size_t)4096) /* [N, 64, 8, 8] */
-#define A_S3_BN2 ((size_t)0) /* [N, 64, 8, 8] */
-#define A_S3_SHORTCUT ((size_t)4096) /* [N, 64, 8, 8] */
-#define A_S3_ADD ((size_t)8192) /* [N, 64, 8, 8] */
-#define A_S3_OUT ((size_t)0) /* [N, 64, 8, 8] */
+#define A_S3_CONV1 ((size_t)8192) /* [N, 64, 8, 8] */
+#define A_S3_BN1 ((size_t)12288) /* [N, 64, 8, 8] */
+#define A_S3_CONV2 ((size_t)8192) /* [N, 64, 8, 8] */
+#define A_S3_BN2 ((size_t)12288) /* [N, 64, 8, 8] */
+#define A_S3_SHORTCUT ((size_t)8192) /* [N, 64, 8, 8] */
+#define A_S3_ADD ((size_t)0) /* [N, 64, 8, 8] */
 #define A_POOL ((size_t)4096) /* [N, 64, 1, 1] */
 #define A_FC ((size_t)0) /* [N, 10] */
 
@@ -652,7 +645,8 @@ static void resnet8_stem_forward(
 /* ---- stem_bn: batchnorm forward (spec line 11)
  * stem [N, 16, 32, 32] -> stem_bn [N, 16, 32, 32]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then relu (the layer stem_relu, fused): out = max(0, out)
  */
 static void resnet8_stem_bn_forward(
     real *restrict out,                     /* stem_bn [N, 16, 32, 32] */
@@ -674,33 +668,15 @@ static void resnet8_stem_bn_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
-    }
-}
-
-/* ---- stem_relu: relu forward (spec line 12)
- * stem_bn [N, 16, 32, 32] -> stem_relu [N, 16, 32, 32]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet8_stem_relu_forward(
-    real *restrict out,                     /* stem_relu [N, 16, 32, 32] */
-    const real *restrict in,                /* stem_bn [N, 16, 32, 32] */
-    size_t batch)
-{
-    enum {
-        SIZE = 16384
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
 /* ---- s1_conv1: conv2d forward (spec line 14)
- * stem_relu [N, 16, 32, 32] -> s1_conv1 [N, 16, 32, 32]
+ * stem_bn [N, 16, 32, 32] -> s1_conv1 [N, 16, 32, 32]
  * weight [16, 16, 3, 3], bias [16]: 2320 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -709,7 +685,7 @@ static void resnet8_stem_relu_forward(
  */
 KERNEL_INLINE void resnet8_s1_conv1_forward_slot(
     real *restrict out,                     /* s1_conv1 [N, 16, 32, 32] */
-    const real *restrict in,                /* stem_relu [N, 16, 32, 32] */
+    const real *restrict in,                /* stem_bn [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv1.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv1.bias [16] */
     real *slots,                            /* 96048 elements of workspace */
@@ -769,7 +745,7 @@ KERNEL_INLINE void resnet8_s1_conv1_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s1_conv1_forward(
     real *restrict out,                     /* s1_conv1 [N, 16, 32, 32] */
-    const real *restrict in,                /* stem_relu [N, 16, 32, 32] */
+    const real *restrict in,                /* stem_bn [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv1.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv1.bias [16] */
     real *slots,                            /* 96048 elements of workspace */
@@ -790,7 +766,8 @@ static void resnet8_s1_conv1_forward(
 /* ---- s1_bn1: batchnorm forward (spec line 15)
  * s1_conv1 [N, 16, 32, 32] -> s1_bn1 [N, 16, 32, 32]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then relu (the layer s1_relu1, fused): out = max(0, out)
  */
 static void resnet8_s1_bn1_forward(
     real *restrict out,                     /* s1_bn1 [N, 16, 32, 32] */
@@ -812,33 +789,15 @@ static void resnet8_s1_bn1_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
-    }
-}
-
-/* ---- s1_relu1: relu forward (spec line 16)
- * s1_bn1 [N, 16, 32, 32] -> s1_relu1 [N, 16, 32, 32]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet8_s1_relu1_forward(
-    real *restrict out,                     /* s1_relu1 [N, 16, 32, 32] */
-    const real *restrict in,                /* s1_bn1 [N, 16, 32, 32] */
-    size_t batch)
-{
-    enum {
-        SIZE = 16384
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
 /* ---- s1_conv2: conv2d forward (spec line 17)
- * s1_relu1 [N, 16, 32, 32] -> s1_conv2 [N, 16, 32, 32]
+ * s1_bn1 [N, 16, 32, 32] -> s1_conv2 [N, 16, 32, 32]
  * weight [16, 16, 3, 3], bias [16]: 2320 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -847,7 +806,7 @@ static void resnet8_s1_relu1_forward(
  */
 KERNEL_INLINE void resnet8_s1_conv2_forward_slot(
     real *restrict out,                     /* s1_conv2 [N, 16, 32, 32] */
-    const real *restrict in,                /* s1_relu1 [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_bn1 [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv2.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv2.bias [16] */
     real *slots,                            /* 96048 elements of workspace */
@@ -907,7 +866,7 @@ KERNEL_INLINE void resnet8_s1_conv2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s1_conv2_forward(
     real *restrict out,                     /* s1_conv2 [N, 16, 32, 32] */
-    const real *restrict in,                /* s1_relu1 [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_bn1 [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv2.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv2.bias [16] */
     real *slots,                            /* 96048 elements of workspace */
@@ -950,18 +909,20 @@ static void resnet8_s1_bn2_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y;
+            }
     }
 }
 
 /* ---- s1_add: add forward (spec line 19)
- * stem_relu [N, 16, 32, 32], s1_bn2 [N, 16, 32, 32] -> s1_add [N, 16, 32, 32]
- * out[i] = stem_relu[i] + s1_bn2[i]
+ * stem_bn [N, 16, 32, 32], s1_bn2 [N, 16, 32, 32] -> s1_add [N, 16, 32, 32]
+ * out[i] = stem_bn[i] + s1_bn2[i]; then relu (the layer s1_out, fused): out = max(0, out)
  */
 static void resnet8_s1_add_forward(
     real *restrict out,                     /* s1_add [N, 16, 32, 32] */
-    const real *in0,                        /* stem_relu [N, 16, 32, 32] */
+    const real *in0,                        /* stem_bn [N, 16, 32, 32] */
     const real *in1,                        /* s1_bn2 [N, 16, 32, 32] */
     size_t batch)
 {
@@ -970,32 +931,14 @@ static void resnet8_s1_add_forward(
     };
     const size_t elements = batch * SIZE;
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++)
-        out[i] = in0[i] + in1[i];
-}
-
-/* ---- s1_out: relu forward (spec line 20)
- * s1_add [N, 16, 32, 32] -> s1_out [N, 16, 32, 32]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet8_s1_out_forward(
-    real *restrict out,                     /* s1_out [N, 16, 32, 32] */
-    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
-    size_t batch)
-{
-    enum {
-        SIZE = 16384
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
     for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+        const real y = in0[i] + in1[i];
+        out[i] = y > 0 ? y : 0;
     }
 }
 
 /* ---- s2_conv1: conv2d forward (spec line 22)
- * s1_out [N, 16, 32, 32] -> s2_conv1 [N, 32, 16, 16]
+ * s1_add [N, 16, 32, 32] -> s2_conv1 [N, 32, 16, 16]
  * weight [32, 16, 3, 3], bias [32]: 4640 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -1004,7 +947,7 @@ static void resnet8_s1_out_forward(
  */
 KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
     real *restrict out,                     /* s2_conv1 [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_out [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* s2_conv1.bias [32] */
     real *slots,                            /* 54304 elements of workspace */
@@ -1059,7 +1002,7 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s2_conv1_forward(
     real *restrict out,                     /* s2_conv1 [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_out [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* s2_conv1.bias [32] */
     real *slots,                            /* 54304 elements of workspace */
@@ -1080,7 +1023,8 @@ static void resnet8_s2_conv1_forward(
 /* ---- s2_bn1: batchnorm forward (spec line 23)
  * s2_conv1 [N, 32, 16, 16] -> s2_bn1 [N, 32, 16, 16]
  * gamma [32], beta [32], running_mean [32], running_var [32]: 64 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then relu (the layer s2_relu1, fused): out = max(0, out)
  */
 static void resnet8_s2_bn1_forward(
     real *restrict out,                     /* s2_bn1 [N, 32, 16, 16] */
@@ -1102,33 +1046,15 @@ static void resnet8_s2_bn1_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
-    }
-}
-
-/* ---- s2_relu1: relu forward (spec line 24)
- * s2_bn1 [N, 32, 16, 16] -> s2_relu1 [N, 32, 16, 16]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet8_s2_relu1_forward(
-    real *restrict out,                     /* s2_relu1 [N, 32, 16, 16] */
-    const real *restrict in,                /* s2_bn1 [N, 32, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8192
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
 /* ---- s2_conv2: conv2d forward (spec line 25)
- * s2_relu1 [N, 32, 16, 16] -> s2_conv2 [N, 32, 16, 16]
+ * s2_bn1 [N, 32, 16, 16] -> s2_conv2 [N, 32, 16, 16]
  * weight [32, 32, 3, 3], bias [32]: 9248 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -1137,7 +1063,7 @@ static void resnet8_s2_relu1_forward(
  */
 KERNEL_INLINE void resnet8_s2_conv2_forward_slot(
     real *restrict out,                     /* s2_conv2 [N, 32, 16, 16] */
-    const real *restrict in,                /* s2_relu1 [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_bn1 [N, 32, 16, 16] */
     const real *restrict weight,            /* s2_conv2.weight [32, 32, 3, 3] */
     const real *restrict bias,              /* s2_conv2.bias [32] */
     real *slots,                            /* 75872 elements of workspace */
@@ -1197,7 +1123,7 @@ KERNEL_INLINE void resnet8_s2_conv2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s2_conv2_forward(
     real *restrict out,                     /* s2_conv2 [N, 32, 16, 16] */
-    const real *restrict in,                /* s2_relu1 [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_bn1 [N, 32, 16, 16] */
     const real *restrict weight,            /* s2_conv2.weight [32, 32, 3, 3] */
     const real *restrict bias,              /* s2_conv2.bias [32] */
     real *slots,                            /* 75872 elements of workspace */
@@ -1240,13 +1166,15 @@ static void resnet8_s2_bn2_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y;
+            }
     }
 }
 
 /* ---- s2_shortcut: conv2d forward (spec line 27)
- * s1_out [N, 16, 32, 32] -> s2_shortcut [N, 32, 16, 16]
+ * s1_add [N, 16, 32, 32] -> s2_shortcut [N, 32, 16, 16]
  * weight [32, 16, 1, 1], bias [32]: 544 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -1255,7 +1183,7 @@ static void resnet8_s2_bn2_forward(
  */
 KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
     real *restrict out,                     /* s2_shortcut [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_out [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
     const real *restrict bias,              /* s2_shortcut.bias [32] */
     real *slots,                            /* 13344 elements of workspace */
@@ -1310,7 +1238,7 @@ KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s2_shortcut_forward(
     real *restrict out,                     /* s2_shortcut [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_out [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
     const real *restrict bias,              /* s2_shortcut.bias [32] */
     real *slots,                            /* 13344 elements of workspace */
@@ -1330,7 +1258,7 @@ static void resnet8_s2_shortcut_forward(
 
 /* ---- s2_add: add forward (spec line 28)
  * s2_shortcut [N, 32, 16, 16], s2_bn2 [N, 32, 16, 16] -> s2_add [N, 32, 16, 16]
- * out[i] = s2_shortcut[i] + s2_bn2[i]
+ * out[i] = s2_shortcut[i] + s2_bn2[i]; then relu (the layer s2_out, fused): out = max(0, out)
  */
 static void resnet8_s2_add_forward(
     real *restrict out,                     /* s2_add [N, 32, 16, 16] */
@@ -1343,32 +1271,14 @@ static void resnet8_s2_add_forward(
     };
     const size_t elements = batch * SIZE;
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++)
-        out[i] = in0[i] + in1[i];
-}
-
-/* ---- s2_out: relu forward (spec line 29)
- * s2_add [N, 32, 16, 16] -> s2_out [N, 32, 16, 16]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet8_s2_out_forward(
-    real *restrict out,                     /* s2_out [N, 32, 16, 16] */
-    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8192
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
     for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+        const real y = in0[i] + in1[i];
+        out[i] = y > 0 ? y : 0;
     }
 }
 
 /* ---- s3_conv1: conv2d forward (spec line 31)
- * s2_out [N, 32, 16, 16] -> s3_conv1 [N, 64, 8, 8]
+ * s2_add [N, 32, 16, 16] -> s3_conv1 [N, 64, 8, 8]
  * weight [64, 32, 3, 3], bias [64]: 18496 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -1377,7 +1287,7 @@ static void resnet8_s2_out_forward(
  */
 KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
     real *restrict out,                     /* s3_conv1 [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_out [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_conv1.weight [64, 32, 3, 3] */
     const real *restrict bias,              /* s3_conv1.bias [64] */
     real *slots,                            /* 59456 elements of workspace */
@@ -1432,7 +1342,7 @@ KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s3_conv1_forward(
     real *restrict out,                     /* s3_conv1 [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_out [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_conv1.weight [64, 32, 3, 3] */
     const real *restrict bias,              /* s3_conv1.bias [64] */
     real *slots,                            /* 59456 elements of workspace */
@@ -1453,7 +1363,8 @@ static void resnet8_s3_conv1_forward(
 /* ---- s3_bn1: batchnorm forward (spec line 32)
  * s3_conv1 [N, 64, 8, 8] -> s3_bn1 [N, 64, 8, 8]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then relu (the layer s3_relu1, fused): out = max(0, out)
  */
 static void resnet8_s3_bn1_forward(
     real *restrict out,                     /* s3_bn1 [N, 64, 8, 8] */
@@ -1475,33 +1386,15 @@ static void resnet8_s3_bn1_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
-    }
-}
-
-/* ---- s3_relu1: relu forward (spec line 33)
- * s3_bn1 [N, 64, 8, 8] -> s3_relu1 [N, 64, 8, 8]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet8_s3_relu1_forward(
-    real *restrict out,                     /* s3_relu1 [N, 64, 8, 8] */
-    const real *restrict in,                /* s3_bn1 [N, 64, 8, 8] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4096
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
 /* ---- s3_conv2: conv2d forward (spec line 34)
- * s3_relu1 [N, 64, 8, 8] -> s3_conv2 [N, 64, 8, 8]
+ * s3_bn1 [N, 64, 8, 8] -> s3_conv2 [N, 64, 8, 8]
  * weight [64, 64, 3, 3], bias [64]: 36928 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -1510,7 +1403,7 @@ static void resnet8_s3_relu1_forward(
  */
 KERNEL_INLINE void resnet8_s3_conv2_forward_slot(
     real *restrict out,                     /* s3_conv2 [N, 64, 8, 8] */
-    const real *restrict in,                /* s3_relu1 [N, 64, 8, 8] */
+    const real *restrict in,                /* s3_bn1 [N, 64, 8, 8] */
     const real *restrict weight,            /* s3_conv2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* s3_conv2.bias [64] */
     real *slots,                            /* 138432 elements of workspace */
@@ -1570,7 +1463,7 @@ KERNEL_INLINE void resnet8_s3_conv2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s3_conv2_forward(
     real *restrict out,                     /* s3_conv2 [N, 64, 8, 8] */
-    const real *restrict in,                /* s3_relu1 [N, 64, 8, 8] */
+    const real *restrict in,                /* s3_bn1 [N, 64, 8, 8] */
     const real *restrict weight,            /* s3_conv2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* s3_conv2.bias [64] */
     real *slots,                            /* 138432 elements of workspace */
@@ -1613,13 +1506,15 @@ static void resnet8_s3_bn2_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y;
+            }
     }
 }
 
 /* ---- s3_shortcut: conv2d forward (spec line 36)
- * s2_out [N, 32, 16, 16] -> s3_shortcut [N, 64, 8, 8]
+ * s2_add [N, 32, 16, 16] -> s3_shortcut [N, 64, 8, 8]
  * weight [64, 32, 1, 1], bias [64]: 2112 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -1628,7 +1523,7 @@ static void resnet8_s3_bn2_forward(
  */
 KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
     real *restrict out,                     /* s3_shortcut [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_out [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
     const real *restrict bias,              /* s3_shortcut.bias [64] */
     real *slots,                            /* 10304 elements of workspace */
@@ -1683,7 +1578,7 @@ KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s3_shortcut_forward(
     real *restrict out,                     /* s3_shortcut [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_out [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
     const real *restrict bias,              /* s3_shortcut.bias [64] */
     real *slots,                            /* 10304 elements of workspace */
@@ -1703,7 +1598,7 @@ static void resnet8_s3_shortcut_forward(
 
 /* ---- s3_add: add forward (spec line 37)
  * s3_shortcut [N, 64, 8, 8], s3_bn2 [N, 64, 8, 8] -> s3_add [N, 64, 8, 8]
- * out[i] = s3_shortcut[i] + s3_bn2[i]
+ * out[i] = s3_shortcut[i] + s3_bn2[i]; then relu (the layer s3_out, fused): out = max(0, out)
  */
 static void resnet8_s3_add_forward(
     real *restrict out,                     /* s3_add [N, 64, 8, 8] */
@@ -1716,38 +1611,20 @@ static void resnet8_s3_add_forward(
     };
     const size_t elements = batch * SIZE;
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++)
-        out[i] = in0[i] + in1[i];
-}
-
-/* ---- s3_out: relu forward (spec line 38)
- * s3_add [N, 64, 8, 8] -> s3_out [N, 64, 8, 8]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet8_s3_out_forward(
-    real *restrict out,                     /* s3_out [N, 64, 8, 8] */
-    const real *restrict in,                /* s3_add [N, 64, 8, 8] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4096
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
     for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+        const real y = in0[i] + in1[i];
+        out[i] = y > 0 ? y : 0;
     }
 }
 
 /* ---- pool: avgpool2d forward (spec line 39)
- * s3_out [N, 64, 8, 8] -> pool [N, 64, 1, 1]
+ * s3_add [N, 64, 8, 8] -> pool [N, 64, 1, 1]
  * out[b,c,oh,ow] = (sum of the window's cells inside the input) / (KH*KW): padding counts as
  *   zeros
  */
 static void resnet8_pool_forward(
     real *restrict out,                     /* pool [N, 64, 1, 1] */
-    const real *restrict in,                /* s3_out [N, 64, 8, 8] */
+    const real *restrict in,                /* s3_add [N, 64, 8, 8] */
     size_t batch)
 {
     enum {
@@ -1818,31 +1695,24 @@ void resnet8_forward(const resnet8_context *ctx, const real *input)
 
     resnet8_stem_forward(acts + A_STEM * batch, input, params + P_STEM_WEIGHT, params + P_STEM_BIAS, workspace + WS_STEM, batch);
     resnet8_stem_bn_forward(acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, params + P_STEM_BN_BETA, params + P_STEM_BN_RUNNING_MEAN, params + P_STEM_BN_RUNNING_VAR, batch);
-    resnet8_stem_relu_forward(acts + A_STEM_RELU * batch, acts + A_STEM_BN * batch, batch);
-    resnet8_s1_conv1_forward(acts + A_S1_CONV1 * batch, acts + A_STEM_RELU * batch, params + P_S1_CONV1_WEIGHT, params + P_S1_CONV1_BIAS, workspace + WS_S1_CONV1, batch);
+    resnet8_s1_conv1_forward(acts + A_S1_CONV1 * batch, acts + A_STEM_BN * batch, params + P_S1_CONV1_WEIGHT, params + P_S1_CONV1_BIAS, workspace + WS_S1_CONV1, batch);
     resnet8_s1_bn1_forward(acts + A_S1_BN1 * batch, acts + A_S1_CONV1 * batch, params + P_S1_BN1_GAMMA, params + P_S1_BN1_BETA, params + P_S1_BN1_RUNNING_MEAN, params + P_S1_BN1_RUNNING_VAR, batch);
-    resnet8_s1_relu1_forward(acts + A_S1_RELU1 * batch, acts + A_S1_BN1 * batch, batch);
-    resnet8_s1_conv2_forward(acts + A_S1_CONV2 * batch, acts + A_S1_RELU1 * batch, params + P_S1_CONV2_WEIGHT, params + P_S1_CONV2_BIAS, workspace + WS_S1_CONV2, batch);
+    resnet8_s1_conv2_forward(acts + A_S1_CONV2 * batch, acts + A_S1_BN1 * batch, params + P_S1_CONV2_WEIGHT, params + P_S1_CONV2_BIAS, workspace + WS_S1_CONV2, batch);
     resnet8_s1_bn2_forward(acts + A_S1_BN2 * batch, acts + A_S1_CONV2 * batch, params + P_S1_BN2_GAMMA, params + P_S1_BN2_BETA, params + P_S1_BN2_RUNNING_MEAN, params + P_S1_BN2_RUNNING_VAR, batch);
-    resnet8_s1_add_forward(acts + A_S1_ADD * batch, acts + A_STEM_RELU * batch, acts + A_S1_BN2 * batch, batch);
-    resnet8_s1_out_forward(acts + A_S1_OUT * batch, acts + A_S1_ADD * batch, batch);
-    resnet8_s2_conv1_forward(acts + A_S2_CONV1 * batch, acts + A_S1_OUT * batch, params + P_S2_CONV1_WEIGHT, params + P_S2_CONV1_BIAS, workspace + WS_S2_CONV1, batch);
+    resnet8_s1_add_forward(acts + A_S1_ADD * batch, acts + A_STEM_BN * batch, acts + A_S1_BN2 * batch, batch);
+    resnet8_s2_conv1_forward(acts + A_S2_CONV1 * batch, acts + A_S1_ADD * batch, params + P_S2_CONV1_WEIGHT, params + P_S2_CONV1_BIAS, workspace + WS_S2_CONV1, batch);
     resnet8_s2_bn1_forward(acts + A_S2_BN1 * batch, acts + A_S2_CONV1 * batch, params + P_S2_BN1_GAMMA, params + P_S2_BN1_BETA, params + P_S2_BN1_RUNNING_MEAN, params + P_S2_BN1_RUNNING_VAR, batch);
-    resnet8_s2_relu1_forward(acts + A_S2_RELU1 * batch, acts + A_S2_BN1 * batch, batch);
-    resnet8_s2_conv2_forward(acts + A_S2_CONV2 * batch, acts + A_S2_RELU1 * batch, params + P_S2_CONV2_WEIGHT, params + P_S2_CONV2_BIAS, workspace + WS_S2_CONV2, batch);
+    resnet8_s2_conv2_forward(acts + A_S2_CONV2 * batch, acts + A_S2_BN1 * batch, params + P_S2_CONV2_WEIGHT, params + P_S2_CONV2_BIAS, workspace + WS_S2_CONV2, batch);
     resnet8_s2_bn2_forward(acts + A_S2_BN2 * batch, acts + A_S2_CONV2 * batch, params + P_S2_BN2_GAMMA, params + P_S2_BN2_BETA, params + P_S2_BN2_RUNNING_MEAN, params + P_S2_BN2_RUNNING_VAR, batch);
-    resnet8_s2_shortcut_forward(acts + A_S2_SHORTCUT * batch, acts + A_S1_OUT * batch, params + P_S2_SHORTCUT_WEIGHT, params + P_S2_SHORTCUT_BIAS, workspace + WS_S2_SHORTCUT, batch);
+    resnet8_s2_shortcut_forward(acts + A_S2_SHORTCUT * batch, acts + A_S1_ADD * batch, params + P_S2_SHORTCUT_WEIGHT, params + P_S2_SHORTCUT_BIAS, workspace + WS_S2_SHORTCUT, batch);
     resnet8_s2_add_forward(acts + A_S2_ADD * batch, acts + A_S2_SHORTCUT * batch, acts + A_S2_BN2 * batch, batch);
-    resnet8_s2_out_forward(acts + A_S2_OUT * batch, acts + A_S2_ADD * batch, batch);
-    resnet8_s3_conv1_forward(acts + A_S3_CONV1 * batch, acts + A_S2_OUT * batch, params + P_S3_CONV1_WEIGHT, params + P_S3_CONV1_BIAS, workspace + WS_S3_CONV1, batch);
+    resnet8_s3_conv1_forward(acts + A_S3_CONV1 * batch, acts + A_S2_ADD * batch, params + P_S3_CONV1_WEIGHT, params + P_S3_CONV1_BIAS, workspace + WS_S3_CONV1, batch);
     resnet8_s3_bn1_forward(acts + A_S3_BN1 * batch, acts + A_S3_CONV1 * batch, params + P_S3_BN1_GAMMA, params + P_S3_BN1_BETA, params + P_S3_BN1_RUNNING_MEAN, params + P_S3_BN1_RUNNING_VAR, batch);
-    resnet8_s3_relu1_forward(acts + A_S3_RELU1 * batch, acts + A_S3_BN1 * batch, batch);
-    resnet8_s3_conv2_forward(acts + A_S3_CONV2 * batch, acts + A_S3_RELU1 * batch, params + P_S3_CONV2_WEIGHT, params + P_S3_CONV2_BIAS, workspace + WS_S3_CONV2, batch);
+    resnet8_s3_conv2_forward(acts + A_S3_CONV2 * batch, acts + A_S3_BN1 * batch, params + P_S3_CONV2_WEIGHT, params + P_S3_CONV2_BIAS, workspace + WS_S3_CONV2, batch);
     resnet8_s3_bn2_forward(acts + A_S3_BN2 * batch, acts + A_S3_CONV2 * batch, params + P_S3_BN2_GAMMA, params + P_S3_BN2_BETA, params + P_S3_BN2_RUNNING_MEAN, params + P_S3_BN2_RUNNING_VAR, batch);
-    resnet8_s3_shortcut_forward(acts + A_S3_SHORTCUT * batch, acts + A_S2_OUT * batch, params + P_S3_SHORTCUT_WEIGHT, params + P_S3_SHORTCUT_BIAS, workspace + WS_S3_SHORTCUT, batch);
+    resnet8_s3_shortcut_forward(acts + A_S3_SHORTCUT * batch, acts + A_S2_ADD * batch, params + P_S3_SHORTCUT_WEIGHT, params + P_S3_SHORTCUT_BIAS, workspace + WS_S3_SHORTCUT, batch);
     resnet8_s3_add_forward(acts + A_S3_ADD * batch, acts + A_S3_SHORTCUT * batch, acts + A_S3_BN2 * batch, batch);
-    resnet8_s3_out_forward(acts + A_S3_OUT * batch, acts + A_S3_ADD * batch, batch);
-    resnet8_pool_forward(acts + A_POOL * batch, acts + A_S3_OUT * batch, batch);
+    resnet8_pool_forward(acts + A_POOL * batch, acts + A_S3_ADD * batch, batch);
     resnet8_fc_forward(acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, params + P_FC_BIAS, batch);
 }
 

@@ -75,32 +75,25 @@ typedef float real;
 /* Per-sample offsets of the activation tensors (times the batch size). */
 #define A_STEM ((size_t)0) /* [N, 16, 32, 32] */
 #define A_STEM_BN ((size_t)16384) /* [N, 16, 32, 32] */
-#define A_STEM_RELU ((size_t)32768) /* [N, 16, 32, 32] */
-#define A_S1_CONV1 ((size_t)49152) /* [N, 16, 32, 32] */
-#define A_S1_BN1 ((size_t)65536) /* [N, 16, 32, 32] */
-#define A_S1_RELU1 ((size_t)81920) /* [N, 16, 32, 32] */
-#define A_S1_CONV2 ((size_t)98304) /* [N, 16, 32, 32] */
-#define A_S1_BN2 ((size_t)114688) /* [N, 16, 32, 32] */
-#define A_S1_ADD ((size_t)131072) /* [N, 16, 32, 32] */
-#define A_S1_OUT ((size_t)147456) /* [N, 16, 32, 32] */
-#define A_S2_CONV1 ((size_t)163840) /* [N, 32, 16, 16] */
-#define A_S2_BN1 ((size_t)172032) /* [N, 32, 16, 16] */
-#define A_S2_RELU1 ((size_t)180224) /* [N, 32, 16, 16] */
-#define A_S2_CONV2 ((size_t)188416) /* [N, 32, 16, 16] */
-#define A_S2_BN2 ((size_t)196608) /* [N, 32, 16, 16] */
-#define A_S2_SHORTCUT ((size_t)204800) /* [N, 32, 16, 16] */
-#define A_S2_ADD ((size_t)212992) /* [N, 32, 16, 16] */
-#define A_S2_OUT ((size_t)221184) /* [N, 32, 16, 16] */
-#define A_S3_CONV1 ((size_t)229376) /* [N, 64, 8, 8] */
-#define A_S3_BN1 ((size_t)233472) /* [N, 64, 8, 8] */
-#define A_S3_RELU1 ((size_t)237568) /* [N, 64, 8, 8] */
-#define A_S3_CONV2 ((size_t)241664) /* [N, 64, 8, 8] */
-#define A_S3_BN2 ((size_t)245760) /* [N, 64, 8, 8] */
-#define A_S3_SHORTCUT ((size_t)249856) /* [N, 64, 8, 8] */
-#define A_S3_ADD ((size_t)253952) /* [N, 64, 8, 8] */
-#define A_S3_OUT ((size_t)258048) /* [N, 64, 8, 8] */
-#define A_POOL ((size_t)262144) /* [N, 64, 1, 1] */
-#define A_FC ((size_t)262208) /* [N, 10] */
+#define A_S1_CONV1 ((size_t)32768) /* [N, 16, 32, 32] */
+#define A_S1_BN1 ((size_t)49152) /* [N, 16, 32, 32] */
+#define A_S1_CONV2 ((size_t)65536) /* [N, 16, 32, 32] */
+#define A_S1_BN2 ((size_t)81920) /* [N, 16, 32, 32] */
+#define A_S1_ADD ((size_t)98304) /* [N, 16, 32, 32] */
+#define A_S2_CONV1 ((size_t)114688) /* [N, 32, 16, 16] */
+#define A_S2_BN1 ((size_t)122880) /* [N, 32, 16, 16] */
+#define A_S2_CONV2 ((size_t)131072) /* [N, 32, 16, 16] */
+#define A_S2_BN2 ((size_t)139264) /* [N, 32, 16, 16] */
+#define A_S2_SHORTCUT ((size_t)147456) /* [N, 32, 16, 16] */
+#define A_S2_ADD ((size_t)155648) /* [N, 32, 16, 16] */
+#define A_S3_CONV1 ((size_t)163840) /* [N, 64, 8, 8] */
+#define A_S3_BN1 ((size_t)167936) /* [N, 64, 8, 8] */
+#define A_S3_CONV2 ((size_t)172032) /* [N, 64, 8, 8] */
+#define A_S3_BN2 ((size_t)176128) /* [N, 64, 8, 8] */
+#define A_S3_SHORTCUT ((size_t)180224) /* [N, 64, 8, 8] */
+#define A_S3_ADD ((size_t)184320) /* [N, 64, 8, 8] */
+#define A_POOL ((size_t)188416) /* [N, 64, 1, 1] */
+#define A_FC ((size_t)188480) /* [N, 10] */
 
 /* Workspace offsets. */
 #define WS_STEM ((size_t)0)
@@ -122,7 +115,7 @@ typedef float real;
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
-#define ZERO_STEM ((size_t)262218) /* stem .. fc */
+#define ZERO_STEM ((size_t)188490) /* stem .. fc */
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -764,7 +757,7 @@ static void resnet8_stem_backward(
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ *   inference: running averages; then relu (the layer stem_relu, fused): out = max(0, out)
  */
 static void resnet8_stem_bn_forward(
     real *restrict out,                     /* stem_bn [N, 16, 32, 32] */
@@ -835,8 +828,10 @@ static void resnet8_stem_bn_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
@@ -844,13 +839,15 @@ static void resnet8_stem_bn_forward(
  * stem [N, 16, 32, 32] -> stem_bn [N, 16, 32, 32]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is (out = max(0, y))
  */
 static void resnet8_stem_bn_backward(
     real *restrict din,                     /* stem [N, 16, 32, 32] */
     real *restrict dgamma,                  /* stem_bn.gamma [16] */
     real *restrict dbeta,                   /* stem_bn.beta [16] */
     const real *restrict dout,              /* stem_bn [N, 16, 32, 32] */
+    real *restrict out,                     /* stem_bn [N, 16, 32, 32] */
     const real *restrict in,                /* stem [N, 16, 32, 32] */
     const real *restrict gamma,             /* stem_bn.gamma [16] */
     real *restrict scratch,                 /* 32 elements of workspace */
@@ -873,15 +870,18 @@ static void resnet8_stem_bn_backward(
         double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++) {
             const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real d = dy[s], g = y[s] > 0 ? d : 0;
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -897,55 +897,14 @@ static void resnet8_stem_bn_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real d = dout[i], g = out[i] > 0 ? d : 0;
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
-/* ---- stem_relu: relu forward (spec line 12)
- * stem_bn [N, 16, 32, 32] -> stem_relu [N, 16, 32, 32]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet8_stem_relu_forward(
-    real *restrict out,                     /* stem_relu [N, 16, 32, 32] */
-    const real *restrict in,                /* stem_bn [N, 16, 32, 32] */
-    size_t batch)
-{
-    enum {
-        SIZE = 16384
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- stem_relu: relu backward (spec line 12)
- * stem_bn [N, 16, 32, 32] -> stem_relu [N, 16, 32, 32]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void resnet8_stem_relu_backward(
-    real *restrict din,                     /* stem_bn [N, 16, 32, 32] */
-    const real *restrict dout,              /* stem_relu [N, 16, 32, 32] */
-    const real *restrict in,                /* stem_bn [N, 16, 32, 32] */
-    size_t batch)
-{
-    enum {
-        SIZE = 16384
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- s1_conv1: conv2d forward (spec line 14)
- * stem_relu [N, 16, 32, 32] -> s1_conv1 [N, 16, 32, 32]
+ * stem_bn [N, 16, 32, 32] -> s1_conv1 [N, 16, 32, 32]
  * weight [16, 16, 3, 3], bias [16]: 2320 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -954,7 +913,7 @@ static void resnet8_stem_relu_backward(
  */
 KERNEL_INLINE void resnet8_s1_conv1_forward_slot(
     real *restrict out,                     /* s1_conv1 [N, 16, 32, 32] */
-    const real *restrict in,                /* stem_relu [N, 16, 32, 32] */
+    const real *restrict in,                /* stem_bn [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv1.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv1.bias [16] */
     real *slots,                            /* 96048 elements of workspace */
@@ -1014,7 +973,7 @@ KERNEL_INLINE void resnet8_s1_conv1_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s1_conv1_forward(
     real *restrict out,                     /* s1_conv1 [N, 16, 32, 32] */
-    const real *restrict in,                /* stem_relu [N, 16, 32, 32] */
+    const real *restrict in,                /* stem_bn [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv1.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv1.bias [16] */
     real *slots,                            /* 96048 elements of workspace */
@@ -1033,18 +992,18 @@ static void resnet8_s1_conv1_forward(
 }
 
 /* ---- s1_conv1: conv2d backward (spec line 14)
- * stem_relu [N, 16, 32, 32] -> s1_conv1 [N, 16, 32, 32]
+ * stem_bn [N, 16, 32, 32] -> s1_conv1 [N, 16, 32, 32]
  * weight [16, 16, 3, 3], bias [16]: 2320 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
  *   dout[oc]; din = the stride-1 conv of dout, padded, with the flipped kernel
  */
 static void resnet8_s1_conv1_backward(
-    real *restrict din,                     /* stem_relu [N, 16, 32, 32] */
+    real *restrict din,                     /* stem_bn [N, 16, 32, 32] */
     real *restrict dweight,                 /* s1_conv1.weight [16, 16, 3, 3] */
     real *restrict dbias,                   /* s1_conv1.bias [16] */
     const real *restrict dout,              /* s1_conv1 [N, 16, 32, 32] */
-    const real *restrict in,                /* stem_relu [N, 16, 32, 32] */
+    const real *restrict in,                /* stem_bn [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv1.weight [16, 16, 3, 3] */
     real *slots,                            /* 96048 elements of workspace */
     size_t batch)
@@ -1163,7 +1122,7 @@ static void resnet8_s1_conv1_backward(
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ *   inference: running averages; then relu (the layer s1_relu1, fused): out = max(0, out)
  */
 static void resnet8_s1_bn1_forward(
     real *restrict out,                     /* s1_bn1 [N, 16, 32, 32] */
@@ -1234,8 +1193,10 @@ static void resnet8_s1_bn1_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
@@ -1243,13 +1204,15 @@ static void resnet8_s1_bn1_forward(
  * s1_conv1 [N, 16, 32, 32] -> s1_bn1 [N, 16, 32, 32]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is (out = max(0, y))
  */
 static void resnet8_s1_bn1_backward(
     real *restrict din,                     /* s1_conv1 [N, 16, 32, 32] */
     real *restrict dgamma,                  /* s1_bn1.gamma [16] */
     real *restrict dbeta,                   /* s1_bn1.beta [16] */
     const real *restrict dout,              /* s1_bn1 [N, 16, 32, 32] */
+    real *restrict out,                     /* s1_bn1 [N, 16, 32, 32] */
     const real *restrict in,                /* s1_conv1 [N, 16, 32, 32] */
     const real *restrict gamma,             /* s1_bn1.gamma [16] */
     real *restrict scratch,                 /* 32 elements of workspace */
@@ -1272,15 +1235,18 @@ static void resnet8_s1_bn1_backward(
         double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++) {
             const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real d = dy[s], g = y[s] > 0 ? d : 0;
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -1296,55 +1262,14 @@ static void resnet8_s1_bn1_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real d = dout[i], g = out[i] > 0 ? d : 0;
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
-/* ---- s1_relu1: relu forward (spec line 16)
- * s1_bn1 [N, 16, 32, 32] -> s1_relu1 [N, 16, 32, 32]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet8_s1_relu1_forward(
-    real *restrict out,                     /* s1_relu1 [N, 16, 32, 32] */
-    const real *restrict in,                /* s1_bn1 [N, 16, 32, 32] */
-    size_t batch)
-{
-    enum {
-        SIZE = 16384
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- s1_relu1: relu backward (spec line 16)
- * s1_bn1 [N, 16, 32, 32] -> s1_relu1 [N, 16, 32, 32]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void resnet8_s1_relu1_backward(
-    real *restrict din,                     /* s1_bn1 [N, 16, 32, 32] */
-    const real *restrict dout,              /* s1_relu1 [N, 16, 32, 32] */
-    const real *restrict in,                /* s1_bn1 [N, 16, 32, 32] */
-    size_t batch)
-{
-    enum {
-        SIZE = 16384
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- s1_conv2: conv2d forward (spec line 17)
- * s1_relu1 [N, 16, 32, 32] -> s1_conv2 [N, 16, 32, 32]
+ * s1_bn1 [N, 16, 32, 32] -> s1_conv2 [N, 16, 32, 32]
  * weight [16, 16, 3, 3], bias [16]: 2320 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -1353,7 +1278,7 @@ static void resnet8_s1_relu1_backward(
  */
 KERNEL_INLINE void resnet8_s1_conv2_forward_slot(
     real *restrict out,                     /* s1_conv2 [N, 16, 32, 32] */
-    const real *restrict in,                /* s1_relu1 [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_bn1 [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv2.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv2.bias [16] */
     real *slots,                            /* 96048 elements of workspace */
@@ -1413,7 +1338,7 @@ KERNEL_INLINE void resnet8_s1_conv2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s1_conv2_forward(
     real *restrict out,                     /* s1_conv2 [N, 16, 32, 32] */
-    const real *restrict in,                /* s1_relu1 [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_bn1 [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv2.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv2.bias [16] */
     real *slots,                            /* 96048 elements of workspace */
@@ -1432,18 +1357,18 @@ static void resnet8_s1_conv2_forward(
 }
 
 /* ---- s1_conv2: conv2d backward (spec line 17)
- * s1_relu1 [N, 16, 32, 32] -> s1_conv2 [N, 16, 32, 32]
+ * s1_bn1 [N, 16, 32, 32] -> s1_conv2 [N, 16, 32, 32]
  * weight [16, 16, 3, 3], bias [16]: 2320 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
  *   dout[oc]; din = the stride-1 conv of dout, padded, with the flipped kernel
  */
 static void resnet8_s1_conv2_backward(
-    real *restrict din,                     /* s1_relu1 [N, 16, 32, 32] */
+    real *restrict din,                     /* s1_bn1 [N, 16, 32, 32] */
     real *restrict dweight,                 /* s1_conv2.weight [16, 16, 3, 3] */
     real *restrict dbias,                   /* s1_conv2.bias [16] */
     const real *restrict dout,              /* s1_conv2 [N, 16, 32, 32] */
-    const real *restrict in,                /* s1_relu1 [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_bn1 [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv2.weight [16, 16, 3, 3] */
     real *slots,                            /* 96048 elements of workspace */
     size_t batch)
@@ -1633,8 +1558,10 @@ static void resnet8_s1_bn2_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y;
+            }
     }
 }
 
@@ -1674,12 +1601,14 @@ static void resnet8_s1_bn2_backward(
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real g = dy[s + l];
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real g = dy[s];
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -1695,18 +1624,19 @@ static void resnet8_s1_bn2_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real g = dout[i];
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
 /* ---- s1_add: add forward (spec line 19)
- * stem_relu [N, 16, 32, 32], s1_bn2 [N, 16, 32, 32] -> s1_add [N, 16, 32, 32]
- * out[i] = stem_relu[i] + s1_bn2[i]
+ * stem_bn [N, 16, 32, 32], s1_bn2 [N, 16, 32, 32] -> s1_add [N, 16, 32, 32]
+ * out[i] = stem_bn[i] + s1_bn2[i]; then relu (the layer s1_out, fused): out = max(0, out)
  */
 static void resnet8_s1_add_forward(
     real *restrict out,                     /* s1_add [N, 16, 32, 32] */
-    const real *in0,                        /* stem_relu [N, 16, 32, 32] */
+    const real *in0,                        /* stem_bn [N, 16, 32, 32] */
     const real *in1,                        /* s1_bn2 [N, 16, 32, 32] */
     size_t batch)
 {
@@ -1715,60 +1645,21 @@ static void resnet8_s1_add_forward(
     };
     const size_t elements = batch * SIZE;
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++)
-        out[i] = in0[i] + in1[i];
-}
-
-/* ---- s1_add: add backward (spec line 19)
- * stem_relu [N, 16, 32, 32], s1_bn2 [N, 16, 32, 32] -> s1_add [N, 16, 32, 32]
- * every input's gradient += dout
- */
-static void resnet8_s1_add_backward(
-    real *din0,                             /* stem_relu [N, 16, 32, 32] */
-    real *din1,                             /* s1_bn2 [N, 16, 32, 32] */
-    const real *restrict dout,              /* s1_add [N, 16, 32, 32] */
-    size_t batch)
-{
-    enum {
-        SIZE = 16384
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++)   /* din0 is not restrict: two inputs may be the same tensor */
-        din0[i] += dout[i];
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++)   /* din1 is not restrict: two inputs may be the same tensor */
-        din1[i] += dout[i];
-}
-
-/* ---- s1_out: relu forward (spec line 20)
- * s1_add [N, 16, 32, 32] -> s1_out [N, 16, 32, 32]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet8_s1_out_forward(
-    real *restrict out,                     /* s1_out [N, 16, 32, 32] */
-    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
-    size_t batch)
-{
-    enum {
-        SIZE = 16384
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
     for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+        const real y = in0[i] + in1[i];
+        out[i] = y > 0 ? y : 0;
     }
 }
 
-/* ---- s1_out: relu backward (spec line 20)
- * s1_add [N, 16, 32, 32] -> s1_out [N, 16, 32, 32]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
+/* ---- s1_add: add backward (spec line 19)
+ * stem_bn [N, 16, 32, 32], s1_bn2 [N, 16, 32, 32] -> s1_add [N, 16, 32, 32]
+ * every input's gradient += dout, where out > 0 (the fused relu)
  */
-static void resnet8_s1_out_backward(
-    real *restrict din,                     /* s1_add [N, 16, 32, 32] */
-    const real *restrict dout,              /* s1_out [N, 16, 32, 32] */
-    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
+static void resnet8_s1_add_backward(
+    real *din0,                             /* stem_bn [N, 16, 32, 32] */
+    real *din1,                             /* s1_bn2 [N, 16, 32, 32] */
+    const real *restrict dout,              /* s1_add [N, 16, 32, 32] */
+    real *restrict out,                     /* s1_add [N, 16, 32, 32] */
     size_t batch)
 {
     enum {
@@ -1776,15 +1667,19 @@ static void resnet8_s1_out_backward(
     };
     const size_t elements = batch * SIZE;
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
+    for (size_t i = 0; i < elements; i++) {  /* din0 is not restrict: two inputs may be the same tensor */
+        const real d = dout[i];               /* loaded first: a select, not a branch */
+        din0[i] += out[i] > 0 ? d : 0;
+    }
+    PARALLEL_FOR_ELEMENTS
+    for (size_t i = 0; i < elements; i++) {  /* din1 is not restrict: two inputs may be the same tensor */
+        const real d = dout[i];               /* loaded first: a select, not a branch */
+        din1[i] += out[i] > 0 ? d : 0;
     }
 }
 
 /* ---- s2_conv1: conv2d forward (spec line 22)
- * s1_out [N, 16, 32, 32] -> s2_conv1 [N, 32, 16, 16]
+ * s1_add [N, 16, 32, 32] -> s2_conv1 [N, 32, 16, 16]
  * weight [32, 16, 3, 3], bias [32]: 4640 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -1793,7 +1688,7 @@ static void resnet8_s1_out_backward(
  */
 KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
     real *restrict out,                     /* s2_conv1 [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_out [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* s2_conv1.bias [32] */
     real *slots,                            /* 54304 elements of workspace */
@@ -1848,7 +1743,7 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s2_conv1_forward(
     real *restrict out,                     /* s2_conv1 [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_out [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* s2_conv1.bias [32] */
     real *slots,                            /* 54304 elements of workspace */
@@ -1867,18 +1762,18 @@ static void resnet8_s2_conv1_forward(
 }
 
 /* ---- s2_conv1: conv2d backward (spec line 22)
- * s1_out [N, 16, 32, 32] -> s2_conv1 [N, 32, 16, 16]
+ * s1_add [N, 16, 32, 32] -> s2_conv1 [N, 32, 16, 16]
  * weight [32, 16, 3, 3], bias [32]: 4640 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
  *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im)
  */
 static void resnet8_s2_conv1_backward(
-    real *restrict din,                     /* s1_out [N, 16, 32, 32] */
+    real *restrict din,                     /* s1_add [N, 16, 32, 32] */
     real *restrict dweight,                 /* s2_conv1.weight [32, 16, 3, 3] */
     real *restrict dbias,                   /* s2_conv1.bias [32] */
     const real *restrict dout,              /* s2_conv1 [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_out [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     real *slots,                            /* 54304 elements of workspace */
     size_t batch)
@@ -1970,7 +1865,7 @@ static void resnet8_s2_conv1_backward(
  * gamma [32], beta [32], running_mean [32], running_var [32]: 64 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ *   inference: running averages; then relu (the layer s2_relu1, fused): out = max(0, out)
  */
 static void resnet8_s2_bn1_forward(
     real *restrict out,                     /* s2_bn1 [N, 32, 16, 16] */
@@ -2041,8 +1936,10 @@ static void resnet8_s2_bn1_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
@@ -2050,13 +1947,15 @@ static void resnet8_s2_bn1_forward(
  * s2_conv1 [N, 32, 16, 16] -> s2_bn1 [N, 32, 16, 16]
  * gamma [32], beta [32], running_mean [32], running_var [32]: 64 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is (out = max(0, y))
  */
 static void resnet8_s2_bn1_backward(
     real *restrict din,                     /* s2_conv1 [N, 32, 16, 16] */
     real *restrict dgamma,                  /* s2_bn1.gamma [32] */
     real *restrict dbeta,                   /* s2_bn1.beta [32] */
     const real *restrict dout,              /* s2_bn1 [N, 32, 16, 16] */
+    real *restrict out,                     /* s2_bn1 [N, 32, 16, 16] */
     const real *restrict in,                /* s2_conv1 [N, 32, 16, 16] */
     const real *restrict gamma,             /* s2_bn1.gamma [32] */
     real *restrict scratch,                 /* 64 elements of workspace */
@@ -2079,15 +1978,18 @@ static void resnet8_s2_bn1_backward(
         double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++) {
             const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real d = dy[s], g = y[s] > 0 ? d : 0;
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -2103,55 +2005,14 @@ static void resnet8_s2_bn1_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real d = dout[i], g = out[i] > 0 ? d : 0;
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
-/* ---- s2_relu1: relu forward (spec line 24)
- * s2_bn1 [N, 32, 16, 16] -> s2_relu1 [N, 32, 16, 16]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet8_s2_relu1_forward(
-    real *restrict out,                     /* s2_relu1 [N, 32, 16, 16] */
-    const real *restrict in,                /* s2_bn1 [N, 32, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8192
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- s2_relu1: relu backward (spec line 24)
- * s2_bn1 [N, 32, 16, 16] -> s2_relu1 [N, 32, 16, 16]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void resnet8_s2_relu1_backward(
-    real *restrict din,                     /* s2_bn1 [N, 32, 16, 16] */
-    const real *restrict dout,              /* s2_relu1 [N, 32, 16, 16] */
-    const real *restrict in,                /* s2_bn1 [N, 32, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8192
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- s2_conv2: conv2d forward (spec line 25)
- * s2_relu1 [N, 32, 16, 16] -> s2_conv2 [N, 32, 16, 16]
+ * s2_bn1 [N, 32, 16, 16] -> s2_conv2 [N, 32, 16, 16]
  * weight [32, 32, 3, 3], bias [32]: 9248 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -2160,7 +2021,7 @@ static void resnet8_s2_relu1_backward(
  */
 KERNEL_INLINE void resnet8_s2_conv2_forward_slot(
     real *restrict out,                     /* s2_conv2 [N, 32, 16, 16] */
-    const real *restrict in,                /* s2_relu1 [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_bn1 [N, 32, 16, 16] */
     const real *restrict weight,            /* s2_conv2.weight [32, 32, 3, 3] */
     const real *restrict bias,              /* s2_conv2.bias [32] */
     real *slots,                            /* 75872 elements of workspace */
@@ -2220,7 +2081,7 @@ KERNEL_INLINE void resnet8_s2_conv2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s2_conv2_forward(
     real *restrict out,                     /* s2_conv2 [N, 32, 16, 16] */
-    const real *restrict in,                /* s2_relu1 [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_bn1 [N, 32, 16, 16] */
     const real *restrict weight,            /* s2_conv2.weight [32, 32, 3, 3] */
     const real *restrict bias,              /* s2_conv2.bias [32] */
     real *slots,                            /* 75872 elements of workspace */
@@ -2239,18 +2100,18 @@ static void resnet8_s2_conv2_forward(
 }
 
 /* ---- s2_conv2: conv2d backward (spec line 25)
- * s2_relu1 [N, 32, 16, 16] -> s2_conv2 [N, 32, 16, 16]
+ * s2_bn1 [N, 32, 16, 16] -> s2_conv2 [N, 32, 16, 16]
  * weight [32, 32, 3, 3], bias [32]: 9248 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
  *   dout[oc]; din = the stride-1 conv of dout, padded, with the flipped kernel
  */
 static void resnet8_s2_conv2_backward(
-    real *restrict din,                     /* s2_relu1 [N, 32, 16, 16] */
+    real *restrict din,                     /* s2_bn1 [N, 32, 16, 16] */
     real *restrict dweight,                 /* s2_conv2.weight [32, 32, 3, 3] */
     real *restrict dbias,                   /* s2_conv2.bias [32] */
     const real *restrict dout,              /* s2_conv2 [N, 32, 16, 16] */
-    const real *restrict in,                /* s2_relu1 [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_bn1 [N, 32, 16, 16] */
     const real *restrict weight,            /* s2_conv2.weight [32, 32, 3, 3] */
     real *slots,                            /* 75872 elements of workspace */
     size_t batch)
@@ -2440,8 +2301,10 @@ static void resnet8_s2_bn2_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y;
+            }
     }
 }
 
@@ -2481,12 +2344,14 @@ static void resnet8_s2_bn2_backward(
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real g = dy[s + l];
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real g = dy[s];
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -2502,13 +2367,14 @@ static void resnet8_s2_bn2_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real g = dout[i];
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
 /* ---- s2_shortcut: conv2d forward (spec line 27)
- * s1_out [N, 16, 32, 32] -> s2_shortcut [N, 32, 16, 16]
+ * s1_add [N, 16, 32, 32] -> s2_shortcut [N, 32, 16, 16]
  * weight [32, 16, 1, 1], bias [32]: 544 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -2517,7 +2383,7 @@ static void resnet8_s2_bn2_backward(
  */
 KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
     real *restrict out,                     /* s2_shortcut [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_out [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
     const real *restrict bias,              /* s2_shortcut.bias [32] */
     real *slots,                            /* 13344 elements of workspace */
@@ -2572,7 +2438,7 @@ KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s2_shortcut_forward(
     real *restrict out,                     /* s2_shortcut [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_out [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
     const real *restrict bias,              /* s2_shortcut.bias [32] */
     real *slots,                            /* 13344 elements of workspace */
@@ -2591,18 +2457,18 @@ static void resnet8_s2_shortcut_forward(
 }
 
 /* ---- s2_shortcut: conv2d backward (spec line 27)
- * s1_out [N, 16, 32, 32] -> s2_shortcut [N, 32, 16, 16]
+ * s1_add [N, 16, 32, 32] -> s2_shortcut [N, 32, 16, 16]
  * weight [32, 16, 1, 1], bias [32]: 544 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
  *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im)
  */
 static void resnet8_s2_shortcut_backward(
-    real *restrict din,                     /* s1_out [N, 16, 32, 32] */
+    real *restrict din,                     /* s1_add [N, 16, 32, 32] */
     real *restrict dweight,                 /* s2_shortcut.weight [32, 16, 1, 1] */
     real *restrict dbias,                   /* s2_shortcut.bias [32] */
     const real *restrict dout,              /* s2_shortcut [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_out [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
     real *slots,                            /* 13344 elements of workspace */
     size_t batch)
@@ -2691,7 +2557,7 @@ static void resnet8_s2_shortcut_backward(
 }
 /* ---- s2_add: add forward (spec line 28)
  * s2_shortcut [N, 32, 16, 16], s2_bn2 [N, 32, 16, 16] -> s2_add [N, 32, 16, 16]
- * out[i] = s2_shortcut[i] + s2_bn2[i]
+ * out[i] = s2_shortcut[i] + s2_bn2[i]; then relu (the layer s2_out, fused): out = max(0, out)
  */
 static void resnet8_s2_add_forward(
     real *restrict out,                     /* s2_add [N, 32, 16, 16] */
@@ -2704,18 +2570,21 @@ static void resnet8_s2_add_forward(
     };
     const size_t elements = batch * SIZE;
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++)
-        out[i] = in0[i] + in1[i];
+    for (size_t i = 0; i < elements; i++) {
+        const real y = in0[i] + in1[i];
+        out[i] = y > 0 ? y : 0;
+    }
 }
 
 /* ---- s2_add: add backward (spec line 28)
  * s2_shortcut [N, 32, 16, 16], s2_bn2 [N, 32, 16, 16] -> s2_add [N, 32, 16, 16]
- * every input's gradient += dout
+ * every input's gradient += dout, where out > 0 (the fused relu)
  */
 static void resnet8_s2_add_backward(
     real *din0,                             /* s2_shortcut [N, 32, 16, 16] */
     real *din1,                             /* s2_bn2 [N, 32, 16, 16] */
     const real *restrict dout,              /* s2_add [N, 32, 16, 16] */
+    real *restrict out,                     /* s2_add [N, 32, 16, 16] */
     size_t batch)
 {
     enum {
@@ -2723,57 +2592,19 @@ static void resnet8_s2_add_backward(
     };
     const size_t elements = batch * SIZE;
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++)   /* din0 is not restrict: two inputs may be the same tensor */
-        din0[i] += dout[i];
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++)   /* din1 is not restrict: two inputs may be the same tensor */
-        din1[i] += dout[i];
-}
-
-/* ---- s2_out: relu forward (spec line 29)
- * s2_add [N, 32, 16, 16] -> s2_out [N, 32, 16, 16]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet8_s2_out_forward(
-    real *restrict out,                     /* s2_out [N, 32, 16, 16] */
-    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8192
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+    for (size_t i = 0; i < elements; i++) {  /* din0 is not restrict: two inputs may be the same tensor */
+        const real d = dout[i];               /* loaded first: a select, not a branch */
+        din0[i] += out[i] > 0 ? d : 0;
     }
-}
-
-/* ---- s2_out: relu backward (spec line 29)
- * s2_add [N, 32, 16, 16] -> s2_out [N, 32, 16, 16]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void resnet8_s2_out_backward(
-    real *restrict din,                     /* s2_add [N, 32, 16, 16] */
-    const real *restrict dout,              /* s2_out [N, 32, 16, 16] */
-    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 8192
-    };
-    const size_t elements = batch * SIZE;
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
+    for (size_t i = 0; i < elements; i++) {  /* din1 is not restrict: two inputs may be the same tensor */
+        const real d = dout[i];               /* loaded first: a select, not a branch */
+        din1[i] += out[i] > 0 ? d : 0;
     }
 }
 
 /* ---- s3_conv1: conv2d forward (spec line 31)
- * s2_out [N, 32, 16, 16] -> s3_conv1 [N, 64, 8, 8]
+ * s2_add [N, 32, 16, 16] -> s3_conv1 [N, 64, 8, 8]
  * weight [64, 32, 3, 3], bias [64]: 18496 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -2782,7 +2613,7 @@ static void resnet8_s2_out_backward(
  */
 KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
     real *restrict out,                     /* s3_conv1 [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_out [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_conv1.weight [64, 32, 3, 3] */
     const real *restrict bias,              /* s3_conv1.bias [64] */
     real *slots,                            /* 59456 elements of workspace */
@@ -2837,7 +2668,7 @@ KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s3_conv1_forward(
     real *restrict out,                     /* s3_conv1 [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_out [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_conv1.weight [64, 32, 3, 3] */
     const real *restrict bias,              /* s3_conv1.bias [64] */
     real *slots,                            /* 59456 elements of workspace */
@@ -2856,18 +2687,18 @@ static void resnet8_s3_conv1_forward(
 }
 
 /* ---- s3_conv1: conv2d backward (spec line 31)
- * s2_out [N, 32, 16, 16] -> s3_conv1 [N, 64, 8, 8]
+ * s2_add [N, 32, 16, 16] -> s3_conv1 [N, 64, 8, 8]
  * weight [64, 32, 3, 3], bias [64]: 18496 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
  *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im)
  */
 static void resnet8_s3_conv1_backward(
-    real *restrict din,                     /* s2_out [N, 32, 16, 16] */
+    real *restrict din,                     /* s2_add [N, 32, 16, 16] */
     real *restrict dweight,                 /* s3_conv1.weight [64, 32, 3, 3] */
     real *restrict dbias,                   /* s3_conv1.bias [64] */
     const real *restrict dout,              /* s3_conv1 [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_out [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_conv1.weight [64, 32, 3, 3] */
     real *slots,                            /* 59456 elements of workspace */
     size_t batch)
@@ -2959,7 +2790,7 @@ static void resnet8_s3_conv1_backward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ *   inference: running averages; then relu (the layer s3_relu1, fused): out = max(0, out)
  */
 static void resnet8_s3_bn1_forward(
     real *restrict out,                     /* s3_bn1 [N, 64, 8, 8] */
@@ -3030,8 +2861,10 @@ static void resnet8_s3_bn1_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
@@ -3039,13 +2872,15 @@ static void resnet8_s3_bn1_forward(
  * s3_conv1 [N, 64, 8, 8] -> s3_bn1 [N, 64, 8, 8]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is (out = max(0, y))
  */
 static void resnet8_s3_bn1_backward(
     real *restrict din,                     /* s3_conv1 [N, 64, 8, 8] */
     real *restrict dgamma,                  /* s3_bn1.gamma [64] */
     real *restrict dbeta,                   /* s3_bn1.beta [64] */
     const real *restrict dout,              /* s3_bn1 [N, 64, 8, 8] */
+    real *restrict out,                     /* s3_bn1 [N, 64, 8, 8] */
     const real *restrict in,                /* s3_conv1 [N, 64, 8, 8] */
     const real *restrict gamma,             /* s3_bn1.gamma [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
@@ -3068,15 +2903,18 @@ static void resnet8_s3_bn1_backward(
         double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++) {
             const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real d = dy[s], g = y[s] > 0 ? d : 0;
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -3092,55 +2930,14 @@ static void resnet8_s3_bn1_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real d = dout[i], g = out[i] > 0 ? d : 0;
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
-/* ---- s3_relu1: relu forward (spec line 33)
- * s3_bn1 [N, 64, 8, 8] -> s3_relu1 [N, 64, 8, 8]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet8_s3_relu1_forward(
-    real *restrict out,                     /* s3_relu1 [N, 64, 8, 8] */
-    const real *restrict in,                /* s3_bn1 [N, 64, 8, 8] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4096
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- s3_relu1: relu backward (spec line 33)
- * s3_bn1 [N, 64, 8, 8] -> s3_relu1 [N, 64, 8, 8]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void resnet8_s3_relu1_backward(
-    real *restrict din,                     /* s3_bn1 [N, 64, 8, 8] */
-    const real *restrict dout,              /* s3_relu1 [N, 64, 8, 8] */
-    const real *restrict in,                /* s3_bn1 [N, 64, 8, 8] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4096
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- s3_conv2: conv2d forward (spec line 34)
- * s3_relu1 [N, 64, 8, 8] -> s3_conv2 [N, 64, 8, 8]
+ * s3_bn1 [N, 64, 8, 8] -> s3_conv2 [N, 64, 8, 8]
  * weight [64, 64, 3, 3], bias [64]: 36928 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -3149,7 +2946,7 @@ static void resnet8_s3_relu1_backward(
  */
 KERNEL_INLINE void resnet8_s3_conv2_forward_slot(
     real *restrict out,                     /* s3_conv2 [N, 64, 8, 8] */
-    const real *restrict in,                /* s3_relu1 [N, 64, 8, 8] */
+    const real *restrict in,                /* s3_bn1 [N, 64, 8, 8] */
     const real *restrict weight,            /* s3_conv2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* s3_conv2.bias [64] */
     real *slots,                            /* 138432 elements of workspace */
@@ -3209,7 +3006,7 @@ KERNEL_INLINE void resnet8_s3_conv2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s3_conv2_forward(
     real *restrict out,                     /* s3_conv2 [N, 64, 8, 8] */
-    const real *restrict in,                /* s3_relu1 [N, 64, 8, 8] */
+    const real *restrict in,                /* s3_bn1 [N, 64, 8, 8] */
     const real *restrict weight,            /* s3_conv2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* s3_conv2.bias [64] */
     real *slots,                            /* 138432 elements of workspace */
@@ -3228,18 +3025,18 @@ static void resnet8_s3_conv2_forward(
 }
 
 /* ---- s3_conv2: conv2d backward (spec line 34)
- * s3_relu1 [N, 64, 8, 8] -> s3_conv2 [N, 64, 8, 8]
+ * s3_bn1 [N, 64, 8, 8] -> s3_conv2 [N, 64, 8, 8]
  * weight [64, 64, 3, 3], bias [64]: 36928 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
  *   dout[oc]; din = the stride-1 conv of dout, padded, with the flipped kernel
  */
 static void resnet8_s3_conv2_backward(
-    real *restrict din,                     /* s3_relu1 [N, 64, 8, 8] */
+    real *restrict din,                     /* s3_bn1 [N, 64, 8, 8] */
     real *restrict dweight,                 /* s3_conv2.weight [64, 64, 3, 3] */
     real *restrict dbias,                   /* s3_conv2.bias [64] */
     const real *restrict dout,              /* s3_conv2 [N, 64, 8, 8] */
-    const real *restrict in,                /* s3_relu1 [N, 64, 8, 8] */
+    const real *restrict in,                /* s3_bn1 [N, 64, 8, 8] */
     const real *restrict weight,            /* s3_conv2.weight [64, 64, 3, 3] */
     real *slots,                            /* 138432 elements of workspace */
     size_t batch)
@@ -3429,8 +3226,10 @@ static void resnet8_s3_bn2_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y;
+            }
     }
 }
 
@@ -3470,12 +3269,14 @@ static void resnet8_s3_bn2_backward(
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real g = dy[s + l];
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real g = dy[s];
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -3491,13 +3292,14 @@ static void resnet8_s3_bn2_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real g = dout[i];
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
 /* ---- s3_shortcut: conv2d forward (spec line 36)
- * s2_out [N, 32, 16, 16] -> s3_shortcut [N, 64, 8, 8]
+ * s2_add [N, 32, 16, 16] -> s3_shortcut [N, 64, 8, 8]
  * weight [64, 32, 1, 1], bias [64]: 2112 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -3506,7 +3308,7 @@ static void resnet8_s3_bn2_backward(
  */
 KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
     real *restrict out,                     /* s3_shortcut [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_out [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
     const real *restrict bias,              /* s3_shortcut.bias [64] */
     real *slots,                            /* 10304 elements of workspace */
@@ -3561,7 +3363,7 @@ KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s3_shortcut_forward(
     real *restrict out,                     /* s3_shortcut [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_out [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
     const real *restrict bias,              /* s3_shortcut.bias [64] */
     real *slots,                            /* 10304 elements of workspace */
@@ -3580,18 +3382,18 @@ static void resnet8_s3_shortcut_forward(
 }
 
 /* ---- s3_shortcut: conv2d backward (spec line 36)
- * s2_out [N, 32, 16, 16] -> s3_shortcut [N, 64, 8, 8]
+ * s2_add [N, 32, 16, 16] -> s3_shortcut [N, 64, 8, 8]
  * weight [64, 32, 1, 1], bias [64]: 2112 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
  *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im)
  */
 static void resnet8_s3_shortcut_backward(
-    real *restrict din,                     /* s2_out [N, 32, 16, 16] */
+    real *restrict din,                     /* s2_add [N, 32, 16, 16] */
     real *restrict dweight,                 /* s3_shortcut.weight [64, 32, 1, 1] */
     real *restrict dbias,                   /* s3_shortcut.bias [64] */
     const real *restrict dout,              /* s3_shortcut [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_out [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
     real *slots,                            /* 10304 elements of workspace */
     size_t batch)
@@ -3680,7 +3482,7 @@ static void resnet8_s3_shortcut_backward(
 }
 /* ---- s3_add: add forward (spec line 37)
  * s3_shortcut [N, 64, 8, 8], s3_bn2 [N, 64, 8, 8] -> s3_add [N, 64, 8, 8]
- * out[i] = s3_shortcut[i] + s3_bn2[i]
+ * out[i] = s3_shortcut[i] + s3_bn2[i]; then relu (the layer s3_out, fused): out = max(0, out)
  */
 static void resnet8_s3_add_forward(
     real *restrict out,                     /* s3_add [N, 64, 8, 8] */
@@ -3693,18 +3495,21 @@ static void resnet8_s3_add_forward(
     };
     const size_t elements = batch * SIZE;
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++)
-        out[i] = in0[i] + in1[i];
+    for (size_t i = 0; i < elements; i++) {
+        const real y = in0[i] + in1[i];
+        out[i] = y > 0 ? y : 0;
+    }
 }
 
 /* ---- s3_add: add backward (spec line 37)
  * s3_shortcut [N, 64, 8, 8], s3_bn2 [N, 64, 8, 8] -> s3_add [N, 64, 8, 8]
- * every input's gradient += dout
+ * every input's gradient += dout, where out > 0 (the fused relu)
  */
 static void resnet8_s3_add_backward(
     real *din0,                             /* s3_shortcut [N, 64, 8, 8] */
     real *din1,                             /* s3_bn2 [N, 64, 8, 8] */
     const real *restrict dout,              /* s3_add [N, 64, 8, 8] */
+    real *restrict out,                     /* s3_add [N, 64, 8, 8] */
     size_t batch)
 {
     enum {
@@ -3712,63 +3517,25 @@ static void resnet8_s3_add_backward(
     };
     const size_t elements = batch * SIZE;
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++)   /* din0 is not restrict: two inputs may be the same tensor */
-        din0[i] += dout[i];
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++)   /* din1 is not restrict: two inputs may be the same tensor */
-        din1[i] += dout[i];
-}
-
-/* ---- s3_out: relu forward (spec line 38)
- * s3_add [N, 64, 8, 8] -> s3_out [N, 64, 8, 8]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet8_s3_out_forward(
-    real *restrict out,                     /* s3_out [N, 64, 8, 8] */
-    const real *restrict in,                /* s3_add [N, 64, 8, 8] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4096
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+    for (size_t i = 0; i < elements; i++) {  /* din0 is not restrict: two inputs may be the same tensor */
+        const real d = dout[i];               /* loaded first: a select, not a branch */
+        din0[i] += out[i] > 0 ? d : 0;
     }
-}
-
-/* ---- s3_out: relu backward (spec line 38)
- * s3_add [N, 64, 8, 8] -> s3_out [N, 64, 8, 8]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void resnet8_s3_out_backward(
-    real *restrict din,                     /* s3_add [N, 64, 8, 8] */
-    const real *restrict dout,              /* s3_out [N, 64, 8, 8] */
-    const real *restrict in,                /* s3_add [N, 64, 8, 8] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4096
-    };
-    const size_t elements = batch * SIZE;
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
+    for (size_t i = 0; i < elements; i++) {  /* din1 is not restrict: two inputs may be the same tensor */
+        const real d = dout[i];               /* loaded first: a select, not a branch */
+        din1[i] += out[i] > 0 ? d : 0;
     }
 }
 
 /* ---- pool: avgpool2d forward (spec line 39)
- * s3_out [N, 64, 8, 8] -> pool [N, 64, 1, 1]
+ * s3_add [N, 64, 8, 8] -> pool [N, 64, 1, 1]
  * out[b,c,oh,ow] = (sum of the window's cells inside the input) / (KH*KW): padding counts as
  *   zeros
  */
 static void resnet8_pool_forward(
     real *restrict out,                     /* pool [N, 64, 1, 1] */
-    const real *restrict in,                /* s3_out [N, 64, 8, 8] */
+    const real *restrict in,                /* s3_add [N, 64, 8, 8] */
     size_t batch)
 {
     enum {
@@ -3805,11 +3572,11 @@ static void resnet8_pool_forward(
 }
 
 /* ---- pool: avgpool2d backward (spec line 39)
- * s3_out [N, 64, 8, 8] -> pool [N, 64, 1, 1]
+ * s3_add [N, 64, 8, 8] -> pool [N, 64, 1, 1]
  * din[cell] += dout[b,c,oh,ow] / (KH*KW) for every cell of the window inside the input
  */
 static void resnet8_pool_backward(
-    real *restrict din,                     /* s3_out [N, 64, 8, 8] */
+    real *restrict din,                     /* s3_add [N, 64, 8, 8] */
     const real *restrict dout,              /* pool [N, 64, 1, 1] */
     size_t batch)
 {
@@ -3915,31 +3682,24 @@ void resnet8_forward(const resnet8_context *ctx, const real *input, size_t batch
 
     resnet8_stem_forward(acts + A_STEM * batch, input, params + P_STEM_WEIGHT, params + P_STEM_BIAS, workspace + WS_STEM, batch);
     resnet8_stem_bn_forward(acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, params + P_STEM_BN_BETA, params + P_STEM_BN_RUNNING_MEAN, params + P_STEM_BN_RUNNING_VAR, workspace + WS_STEM_BN, batch, training);
-    resnet8_stem_relu_forward(acts + A_STEM_RELU * batch, acts + A_STEM_BN * batch, batch);
-    resnet8_s1_conv1_forward(acts + A_S1_CONV1 * batch, acts + A_STEM_RELU * batch, params + P_S1_CONV1_WEIGHT, params + P_S1_CONV1_BIAS, workspace + WS_S1_CONV1, batch);
+    resnet8_s1_conv1_forward(acts + A_S1_CONV1 * batch, acts + A_STEM_BN * batch, params + P_S1_CONV1_WEIGHT, params + P_S1_CONV1_BIAS, workspace + WS_S1_CONV1, batch);
     resnet8_s1_bn1_forward(acts + A_S1_BN1 * batch, acts + A_S1_CONV1 * batch, params + P_S1_BN1_GAMMA, params + P_S1_BN1_BETA, params + P_S1_BN1_RUNNING_MEAN, params + P_S1_BN1_RUNNING_VAR, workspace + WS_S1_BN1, batch, training);
-    resnet8_s1_relu1_forward(acts + A_S1_RELU1 * batch, acts + A_S1_BN1 * batch, batch);
-    resnet8_s1_conv2_forward(acts + A_S1_CONV2 * batch, acts + A_S1_RELU1 * batch, params + P_S1_CONV2_WEIGHT, params + P_S1_CONV2_BIAS, workspace + WS_S1_CONV2, batch);
+    resnet8_s1_conv2_forward(acts + A_S1_CONV2 * batch, acts + A_S1_BN1 * batch, params + P_S1_CONV2_WEIGHT, params + P_S1_CONV2_BIAS, workspace + WS_S1_CONV2, batch);
     resnet8_s1_bn2_forward(acts + A_S1_BN2 * batch, acts + A_S1_CONV2 * batch, params + P_S1_BN2_GAMMA, params + P_S1_BN2_BETA, params + P_S1_BN2_RUNNING_MEAN, params + P_S1_BN2_RUNNING_VAR, workspace + WS_S1_BN2, batch, training);
-    resnet8_s1_add_forward(acts + A_S1_ADD * batch, acts + A_STEM_RELU * batch, acts + A_S1_BN2 * batch, batch);
-    resnet8_s1_out_forward(acts + A_S1_OUT * batch, acts + A_S1_ADD * batch, batch);
-    resnet8_s2_conv1_forward(acts + A_S2_CONV1 * batch, acts + A_S1_OUT * batch, params + P_S2_CONV1_WEIGHT, params + P_S2_CONV1_BIAS, workspace + WS_S2_CONV1, batch);
+    resnet8_s1_add_forward(acts + A_S1_ADD * batch, acts + A_STEM_BN * batch, acts + A_S1_BN2 * batch, batch);
+    resnet8_s2_conv1_forward(acts + A_S2_CONV1 * batch, acts + A_S1_ADD * batch, params + P_S2_CONV1_WEIGHT, params + P_S2_CONV1_BIAS, workspace + WS_S2_CONV1, batch);
     resnet8_s2_bn1_forward(acts + A_S2_BN1 * batch, acts + A_S2_CONV1 * batch, params + P_S2_BN1_GAMMA, params + P_S2_BN1_BETA, params + P_S2_BN1_RUNNING_MEAN, params + P_S2_BN1_RUNNING_VAR, workspace + WS_S2_BN1, batch, training);
-    resnet8_s2_relu1_forward(acts + A_S2_RELU1 * batch, acts + A_S2_BN1 * batch, batch);
-    resnet8_s2_conv2_forward(acts + A_S2_CONV2 * batch, acts + A_S2_RELU1 * batch, params + P_S2_CONV2_WEIGHT, params + P_S2_CONV2_BIAS, workspace + WS_S2_CONV2, batch);
+    resnet8_s2_conv2_forward(acts + A_S2_CONV2 * batch, acts + A_S2_BN1 * batch, params + P_S2_CONV2_WEIGHT, params + P_S2_CONV2_BIAS, workspace + WS_S2_CONV2, batch);
     resnet8_s2_bn2_forward(acts + A_S2_BN2 * batch, acts + A_S2_CONV2 * batch, params + P_S2_BN2_GAMMA, params + P_S2_BN2_BETA, params + P_S2_BN2_RUNNING_MEAN, params + P_S2_BN2_RUNNING_VAR, workspace + WS_S2_BN2, batch, training);
-    resnet8_s2_shortcut_forward(acts + A_S2_SHORTCUT * batch, acts + A_S1_OUT * batch, params + P_S2_SHORTCUT_WEIGHT, params + P_S2_SHORTCUT_BIAS, workspace + WS_S2_SHORTCUT, batch);
+    resnet8_s2_shortcut_forward(acts + A_S2_SHORTCUT * batch, acts + A_S1_ADD * batch, params + P_S2_SHORTCUT_WEIGHT, params + P_S2_SHORTCUT_BIAS, workspace + WS_S2_SHORTCUT, batch);
     resnet8_s2_add_forward(acts + A_S2_ADD * batch, acts + A_S2_SHORTCUT * batch, acts + A_S2_BN2 * batch, batch);
-    resnet8_s2_out_forward(acts + A_S2_OUT * batch, acts + A_S2_ADD * batch, batch);
-    resnet8_s3_conv1_forward(acts + A_S3_CONV1 * batch, acts + A_S2_OUT * batch, params + P_S3_CONV1_WEIGHT, params + P_S3_CONV1_BIAS, workspace + WS_S3_CONV1, batch);
+    resnet8_s3_conv1_forward(acts + A_S3_CONV1 * batch, acts + A_S2_ADD * batch, params + P_S3_CONV1_WEIGHT, params + P_S3_CONV1_BIAS, workspace + WS_S3_CONV1, batch);
     resnet8_s3_bn1_forward(acts + A_S3_BN1 * batch, acts + A_S3_CONV1 * batch, params + P_S3_BN1_GAMMA, params + P_S3_BN1_BETA, params + P_S3_BN1_RUNNING_MEAN, params + P_S3_BN1_RUNNING_VAR, workspace + WS_S3_BN1, batch, training);
-    resnet8_s3_relu1_forward(acts + A_S3_RELU1 * batch, acts + A_S3_BN1 * batch, batch);
-    resnet8_s3_conv2_forward(acts + A_S3_CONV2 * batch, acts + A_S3_RELU1 * batch, params + P_S3_CONV2_WEIGHT, params + P_S3_CONV2_BIAS, workspace + WS_S3_CONV2, batch);
+    resnet8_s3_conv2_forward(acts + A_S3_CONV2 * batch, acts + A_S3_BN1 * batch, params + P_S3_CONV2_WEIGHT, params + P_S3_CONV2_BIAS, workspace + WS_S3_CONV2, batch);
     resnet8_s3_bn2_forward(acts + A_S3_BN2 * batch, acts + A_S3_CONV2 * batch, params + P_S3_BN2_GAMMA, params + P_S3_BN2_BETA, params + P_S3_BN2_RUNNING_MEAN, params + P_S3_BN2_RUNNING_VAR, workspace + WS_S3_BN2, batch, training);
-    resnet8_s3_shortcut_forward(acts + A_S3_SHORTCUT * batch, acts + A_S2_OUT * batch, params + P_S3_SHORTCUT_WEIGHT, params + P_S3_SHORTCUT_BIAS, workspace + WS_S3_SHORTCUT, batch);
+    resnet8_s3_shortcut_forward(acts + A_S3_SHORTCUT * batch, acts + A_S2_ADD * batch, params + P_S3_SHORTCUT_WEIGHT, params + P_S3_SHORTCUT_BIAS, workspace + WS_S3_SHORTCUT, batch);
     resnet8_s3_add_forward(acts + A_S3_ADD * batch, acts + A_S3_SHORTCUT * batch, acts + A_S3_BN2 * batch, batch);
-    resnet8_s3_out_forward(acts + A_S3_OUT * batch, acts + A_S3_ADD * batch, batch);
-    resnet8_pool_forward(acts + A_POOL * batch, acts + A_S3_OUT * batch, batch);
+    resnet8_pool_forward(acts + A_POOL * batch, acts + A_S3_ADD * batch, batch);
     resnet8_fc_forward(acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, params + P_FC_BIAS, batch);
 }
 
@@ -3996,32 +3756,25 @@ void resnet8_backward(const resnet8_context *ctx, const real *input, const int32
     memset(grad_acts + A_STEM * batch, 0, sizeof(real) * ZERO_STEM * batch);
     resnet8_loss_softmax_cross_entropy(acts + A_FC * batch, grad_acts + A_FC * batch, targets, batch, 1);
     resnet8_fc_backward(grad_acts + A_POOL * batch, grads + P_FC_WEIGHT, grads + P_FC_BIAS, grad_acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, batch);
-    resnet8_pool_backward(grad_acts + A_S3_OUT * batch, grad_acts + A_POOL * batch, batch);
-    resnet8_s3_out_backward(grad_acts + A_S3_ADD * batch, grad_acts + A_S3_OUT * batch, acts + A_S3_ADD * batch, batch);
-    resnet8_s3_add_backward(grad_acts + A_S3_SHORTCUT * batch, grad_acts + A_S3_BN2 * batch, grad_acts + A_S3_ADD * batch, batch);
-    resnet8_s3_shortcut_backward(grad_acts + A_S2_OUT * batch, grads + P_S3_SHORTCUT_WEIGHT, grads + P_S3_SHORTCUT_BIAS, grad_acts + A_S3_SHORTCUT * batch, acts + A_S2_OUT * batch, params + P_S3_SHORTCUT_WEIGHT, workspace + WS_S3_SHORTCUT, batch);
+    resnet8_pool_backward(grad_acts + A_S3_ADD * batch, grad_acts + A_POOL * batch, batch);
+    resnet8_s3_add_backward(grad_acts + A_S3_SHORTCUT * batch, grad_acts + A_S3_BN2 * batch, grad_acts + A_S3_ADD * batch, acts + A_S3_ADD * batch, batch);
+    resnet8_s3_shortcut_backward(grad_acts + A_S2_ADD * batch, grads + P_S3_SHORTCUT_WEIGHT, grads + P_S3_SHORTCUT_BIAS, grad_acts + A_S3_SHORTCUT * batch, acts + A_S2_ADD * batch, params + P_S3_SHORTCUT_WEIGHT, workspace + WS_S3_SHORTCUT, batch);
     resnet8_s3_bn2_backward(grad_acts + A_S3_CONV2 * batch, grads + P_S3_BN2_GAMMA, grads + P_S3_BN2_BETA, grad_acts + A_S3_BN2 * batch, acts + A_S3_CONV2 * batch, params + P_S3_BN2_GAMMA, workspace + WS_S3_BN2, batch);
-    resnet8_s3_conv2_backward(grad_acts + A_S3_RELU1 * batch, grads + P_S3_CONV2_WEIGHT, grads + P_S3_CONV2_BIAS, grad_acts + A_S3_CONV2 * batch, acts + A_S3_RELU1 * batch, params + P_S3_CONV2_WEIGHT, workspace + WS_S3_CONV2, batch);
-    resnet8_s3_relu1_backward(grad_acts + A_S3_BN1 * batch, grad_acts + A_S3_RELU1 * batch, acts + A_S3_BN1 * batch, batch);
-    resnet8_s3_bn1_backward(grad_acts + A_S3_CONV1 * batch, grads + P_S3_BN1_GAMMA, grads + P_S3_BN1_BETA, grad_acts + A_S3_BN1 * batch, acts + A_S3_CONV1 * batch, params + P_S3_BN1_GAMMA, workspace + WS_S3_BN1, batch);
-    resnet8_s3_conv1_backward(grad_acts + A_S2_OUT * batch, grads + P_S3_CONV1_WEIGHT, grads + P_S3_CONV1_BIAS, grad_acts + A_S3_CONV1 * batch, acts + A_S2_OUT * batch, params + P_S3_CONV1_WEIGHT, workspace + WS_S3_CONV1, batch);
-    resnet8_s2_out_backward(grad_acts + A_S2_ADD * batch, grad_acts + A_S2_OUT * batch, acts + A_S2_ADD * batch, batch);
-    resnet8_s2_add_backward(grad_acts + A_S2_SHORTCUT * batch, grad_acts + A_S2_BN2 * batch, grad_acts + A_S2_ADD * batch, batch);
-    resnet8_s2_shortcut_backward(grad_acts + A_S1_OUT * batch, grads + P_S2_SHORTCUT_WEIGHT, grads + P_S2_SHORTCUT_BIAS, grad_acts + A_S2_SHORTCUT * batch, acts + A_S1_OUT * batch, params + P_S2_SHORTCUT_WEIGHT, workspace + WS_S2_SHORTCUT, batch);
+    resnet8_s3_conv2_backward(grad_acts + A_S3_BN1 * batch, grads + P_S3_CONV2_WEIGHT, grads + P_S3_CONV2_BIAS, grad_acts + A_S3_CONV2 * batch, acts + A_S3_BN1 * batch, params + P_S3_CONV2_WEIGHT, workspace + WS_S3_CONV2, batch);
+    resnet8_s3_bn1_backward(grad_acts + A_S3_CONV1 * batch, grads + P_S3_BN1_GAMMA, grads + P_S3_BN1_BETA, grad_acts + A_S3_BN1 * batch, acts + A_S3_BN1 * batch, acts + A_S3_CONV1 * batch, params + P_S3_BN1_GAMMA, workspace + WS_S3_BN1, batch);
+    resnet8_s3_conv1_backward(grad_acts + A_S2_ADD * batch, grads + P_S3_CONV1_WEIGHT, grads + P_S3_CONV1_BIAS, grad_acts + A_S3_CONV1 * batch, acts + A_S2_ADD * batch, params + P_S3_CONV1_WEIGHT, workspace + WS_S3_CONV1, batch);
+    resnet8_s2_add_backward(grad_acts + A_S2_SHORTCUT * batch, grad_acts + A_S2_BN2 * batch, grad_acts + A_S2_ADD * batch, acts + A_S2_ADD * batch, batch);
+    resnet8_s2_shortcut_backward(grad_acts + A_S1_ADD * batch, grads + P_S2_SHORTCUT_WEIGHT, grads + P_S2_SHORTCUT_BIAS, grad_acts + A_S2_SHORTCUT * batch, acts + A_S1_ADD * batch, params + P_S2_SHORTCUT_WEIGHT, workspace + WS_S2_SHORTCUT, batch);
     resnet8_s2_bn2_backward(grad_acts + A_S2_CONV2 * batch, grads + P_S2_BN2_GAMMA, grads + P_S2_BN2_BETA, grad_acts + A_S2_BN2 * batch, acts + A_S2_CONV2 * batch, params + P_S2_BN2_GAMMA, workspace + WS_S2_BN2, batch);
-    resnet8_s2_conv2_backward(grad_acts + A_S2_RELU1 * batch, grads + P_S2_CONV2_WEIGHT, grads + P_S2_CONV2_BIAS, grad_acts + A_S2_CONV2 * batch, acts + A_S2_RELU1 * batch, params + P_S2_CONV2_WEIGHT, workspace + WS_S2_CONV2, batch);
-    resnet8_s2_relu1_backward(grad_acts + A_S2_BN1 * batch, grad_acts + A_S2_RELU1 * batch, acts + A_S2_BN1 * batch, batch);
-    resnet8_s2_bn1_backward(grad_acts + A_S2_CONV1 * batch, grads + P_S2_BN1_GAMMA, grads + P_S2_BN1_BETA, grad_acts + A_S2_BN1 * batch, acts + A_S2_CONV1 * batch, params + P_S2_BN1_GAMMA, workspace + WS_S2_BN1, batch);
-    resnet8_s2_conv1_backward(grad_acts + A_S1_OUT * batch, grads + P_S2_CONV1_WEIGHT, grads + P_S2_CONV1_BIAS, grad_acts + A_S2_CONV1 * batch, acts + A_S1_OUT * batch, params + P_S2_CONV1_WEIGHT, workspace + WS_S2_CONV1, batch);
-    resnet8_s1_out_backward(grad_acts + A_S1_ADD * batch, grad_acts + A_S1_OUT * batch, acts + A_S1_ADD * batch, batch);
-    resnet8_s1_add_backward(grad_acts + A_STEM_RELU * batch, grad_acts + A_S1_BN2 * batch, grad_acts + A_S1_ADD * batch, batch);
+    resnet8_s2_conv2_backward(grad_acts + A_S2_BN1 * batch, grads + P_S2_CONV2_WEIGHT, grads + P_S2_CONV2_BIAS, grad_acts + A_S2_CONV2 * batch, acts + A_S2_BN1 * batch, params + P_S2_CONV2_WEIGHT, workspace + WS_S2_CONV2, batch);
+    resnet8_s2_bn1_backward(grad_acts + A_S2_CONV1 * batch, grads + P_S2_BN1_GAMMA, grads + P_S2_BN1_BETA, grad_acts + A_S2_BN1 * batch, acts + A_S2_BN1 * batch, acts + A_S2_CONV1 * batch, params + P_S2_BN1_GAMMA, workspace + WS_S2_BN1, batch);
+    resnet8_s2_conv1_backward(grad_acts + A_S1_ADD * batch, grads + P_S2_CONV1_WEIGHT, grads + P_S2_CONV1_BIAS, grad_acts + A_S2_CONV1 * batch, acts + A_S1_ADD * batch, params + P_S2_CONV1_WEIGHT, workspace + WS_S2_CONV1, batch);
+    resnet8_s1_add_backward(grad_acts + A_STEM_BN * batch, grad_acts + A_S1_BN2 * batch, grad_acts + A_S1_ADD * batch, acts + A_S1_ADD * batch, batch);
     resnet8_s1_bn2_backward(grad_acts + A_S1_CONV2 * batch, grads + P_S1_BN2_GAMMA, grads + P_S1_BN2_BETA, grad_acts + A_S1_BN2 * batch, acts + A_S1_CONV2 * batch, params + P_S1_BN2_GAMMA, workspace + WS_S1_BN2, batch);
-    resnet8_s1_conv2_backward(grad_acts + A_S1_RELU1 * batch, grads + P_S1_CONV2_WEIGHT, grads + P_S1_CONV2_BIAS, grad_acts + A_S1_CONV2 * batch, acts + A_S1_RELU1 * batch, params + P_S1_CONV2_WEIGHT, workspace + WS_S1_CONV2, batch);
-    resnet8_s1_relu1_backward(grad_acts + A_S1_BN1 * batch, grad_acts + A_S1_RELU1 * batch, acts + A_S1_BN1 * batch, batch);
-    resnet8_s1_bn1_backward(grad_acts + A_S1_CONV1 * batch, grads + P_S1_BN1_GAMMA, grads + P_S1_BN1_BETA, grad_acts + A_S1_BN1 * batch, acts + A_S1_CONV1 * batch, params + P_S1_BN1_GAMMA, workspace + WS_S1_BN1, batch);
-    resnet8_s1_conv1_backward(grad_acts + A_STEM_RELU * batch, grads + P_S1_CONV1_WEIGHT, grads + P_S1_CONV1_BIAS, grad_acts + A_S1_CONV1 * batch, acts + A_STEM_RELU * batch, params + P_S1_CONV1_WEIGHT, workspace + WS_S1_CONV1, batch);
-    resnet8_stem_relu_backward(grad_acts + A_STEM_BN * batch, grad_acts + A_STEM_RELU * batch, acts + A_STEM_BN * batch, batch);
-    resnet8_stem_bn_backward(grad_acts + A_STEM * batch, grads + P_STEM_BN_GAMMA, grads + P_STEM_BN_BETA, grad_acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, workspace + WS_STEM_BN, batch);
+    resnet8_s1_conv2_backward(grad_acts + A_S1_BN1 * batch, grads + P_S1_CONV2_WEIGHT, grads + P_S1_CONV2_BIAS, grad_acts + A_S1_CONV2 * batch, acts + A_S1_BN1 * batch, params + P_S1_CONV2_WEIGHT, workspace + WS_S1_CONV2, batch);
+    resnet8_s1_bn1_backward(grad_acts + A_S1_CONV1 * batch, grads + P_S1_BN1_GAMMA, grads + P_S1_BN1_BETA, grad_acts + A_S1_BN1 * batch, acts + A_S1_BN1 * batch, acts + A_S1_CONV1 * batch, params + P_S1_BN1_GAMMA, workspace + WS_S1_BN1, batch);
+    resnet8_s1_conv1_backward(grad_acts + A_STEM_BN * batch, grads + P_S1_CONV1_WEIGHT, grads + P_S1_CONV1_BIAS, grad_acts + A_S1_CONV1 * batch, acts + A_STEM_BN * batch, params + P_S1_CONV1_WEIGHT, workspace + WS_S1_CONV1, batch);
+    resnet8_stem_bn_backward(grad_acts + A_STEM * batch, grads + P_STEM_BN_GAMMA, grads + P_STEM_BN_BETA, grad_acts + A_STEM_BN * batch, acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, workspace + WS_STEM_BN, batch);
     resnet8_stem_backward(grads + P_STEM_WEIGHT, grads + P_STEM_BIAS, grad_acts + A_STEM * batch, input, workspace + WS_STEM, batch);
 }
 /* ---- optimizer: Adam over the RESNET8_NUM_TRAINABLE trainable parameters
@@ -4078,81 +3831,60 @@ void resnet8_forward_op(const resnet8_context *ctx, const real *input, size_t ba
         resnet8_stem_bn_forward(acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, params + P_STEM_BN_BETA, params + P_STEM_BN_RUNNING_MEAN, params + P_STEM_BN_RUNNING_VAR, workspace + WS_STEM_BN, batch, training);
         break;
     case 2:
-        resnet8_stem_relu_forward(acts + A_STEM_RELU * batch, acts + A_STEM_BN * batch, batch);
+        resnet8_s1_conv1_forward(acts + A_S1_CONV1 * batch, acts + A_STEM_BN * batch, params + P_S1_CONV1_WEIGHT, params + P_S1_CONV1_BIAS, workspace + WS_S1_CONV1, batch);
         break;
     case 3:
-        resnet8_s1_conv1_forward(acts + A_S1_CONV1 * batch, acts + A_STEM_RELU * batch, params + P_S1_CONV1_WEIGHT, params + P_S1_CONV1_BIAS, workspace + WS_S1_CONV1, batch);
-        break;
-    case 4:
         resnet8_s1_bn1_forward(acts + A_S1_BN1 * batch, acts + A_S1_CONV1 * batch, params + P_S1_BN1_GAMMA, params + P_S1_BN1_BETA, params + P_S1_BN1_RUNNING_MEAN, params + P_S1_BN1_RUNNING_VAR, workspace + WS_S1_BN1, batch, training);
         break;
+    case 4:
+        resnet8_s1_conv2_forward(acts + A_S1_CONV2 * batch, acts + A_S1_BN1 * batch, params + P_S1_CONV2_WEIGHT, params + P_S1_CONV2_BIAS, workspace + WS_S1_CONV2, batch);
+        break;
     case 5:
-        resnet8_s1_relu1_forward(acts + A_S1_RELU1 * batch, acts + A_S1_BN1 * batch, batch);
-        break;
-    case 6:
-        resnet8_s1_conv2_forward(acts + A_S1_CONV2 * batch, acts + A_S1_RELU1 * batch, params + P_S1_CONV2_WEIGHT, params + P_S1_CONV2_BIAS, workspace + WS_S1_CONV2, batch);
-        break;
-    case 7:
         resnet8_s1_bn2_forward(acts + A_S1_BN2 * batch, acts + A_S1_CONV2 * batch, params + P_S1_BN2_GAMMA, params + P_S1_BN2_BETA, params + P_S1_BN2_RUNNING_MEAN, params + P_S1_BN2_RUNNING_VAR, workspace + WS_S1_BN2, batch, training);
         break;
+    case 6:
+        resnet8_s1_add_forward(acts + A_S1_ADD * batch, acts + A_STEM_BN * batch, acts + A_S1_BN2 * batch, batch);
+        break;
+    case 7:
+        resnet8_s2_conv1_forward(acts + A_S2_CONV1 * batch, acts + A_S1_ADD * batch, params + P_S2_CONV1_WEIGHT, params + P_S2_CONV1_BIAS, workspace + WS_S2_CONV1, batch);
+        break;
     case 8:
-        resnet8_s1_add_forward(acts + A_S1_ADD * batch, acts + A_STEM_RELU * batch, acts + A_S1_BN2 * batch, batch);
-        break;
-    case 9:
-        resnet8_s1_out_forward(acts + A_S1_OUT * batch, acts + A_S1_ADD * batch, batch);
-        break;
-    case 10:
-        resnet8_s2_conv1_forward(acts + A_S2_CONV1 * batch, acts + A_S1_OUT * batch, params + P_S2_CONV1_WEIGHT, params + P_S2_CONV1_BIAS, workspace + WS_S2_CONV1, batch);
-        break;
-    case 11:
         resnet8_s2_bn1_forward(acts + A_S2_BN1 * batch, acts + A_S2_CONV1 * batch, params + P_S2_BN1_GAMMA, params + P_S2_BN1_BETA, params + P_S2_BN1_RUNNING_MEAN, params + P_S2_BN1_RUNNING_VAR, workspace + WS_S2_BN1, batch, training);
         break;
-    case 12:
-        resnet8_s2_relu1_forward(acts + A_S2_RELU1 * batch, acts + A_S2_BN1 * batch, batch);
+    case 9:
+        resnet8_s2_conv2_forward(acts + A_S2_CONV2 * batch, acts + A_S2_BN1 * batch, params + P_S2_CONV2_WEIGHT, params + P_S2_CONV2_BIAS, workspace + WS_S2_CONV2, batch);
         break;
-    case 13:
-        resnet8_s2_conv2_forward(acts + A_S2_CONV2 * batch, acts + A_S2_RELU1 * batch, params + P_S2_CONV2_WEIGHT, params + P_S2_CONV2_BIAS, workspace + WS_S2_CONV2, batch);
-        break;
-    case 14:
+    case 10:
         resnet8_s2_bn2_forward(acts + A_S2_BN2 * batch, acts + A_S2_CONV2 * batch, params + P_S2_BN2_GAMMA, params + P_S2_BN2_BETA, params + P_S2_BN2_RUNNING_MEAN, params + P_S2_BN2_RUNNING_VAR, workspace + WS_S2_BN2, batch, training);
         break;
-    case 15:
-        resnet8_s2_shortcut_forward(acts + A_S2_SHORTCUT * batch, acts + A_S1_OUT * batch, params + P_S2_SHORTCUT_WEIGHT, params + P_S2_SHORTCUT_BIAS, workspace + WS_S2_SHORTCUT, batch);
+    case 11:
+        resnet8_s2_shortcut_forward(acts + A_S2_SHORTCUT * batch, acts + A_S1_ADD * batch, params + P_S2_SHORTCUT_WEIGHT, params + P_S2_SHORTCUT_BIAS, workspace + WS_S2_SHORTCUT, batch);
         break;
-    case 16:
+    case 12:
         resnet8_s2_add_forward(acts + A_S2_ADD * batch, acts + A_S2_SHORTCUT * batch, acts + A_S2_BN2 * batch, batch);
         break;
-    case 17:
-        resnet8_s2_out_forward(acts + A_S2_OUT * batch, acts + A_S2_ADD * batch, batch);
+    case 13:
+        resnet8_s3_conv1_forward(acts + A_S3_CONV1 * batch, acts + A_S2_ADD * batch, params + P_S3_CONV1_WEIGHT, params + P_S3_CONV1_BIAS, workspace + WS_S3_CONV1, batch);
         break;
-    case 18:
-        resnet8_s3_conv1_forward(acts + A_S3_CONV1 * batch, acts + A_S2_OUT * batch, params + P_S3_CONV1_WEIGHT, params + P_S3_CONV1_BIAS, workspace + WS_S3_CONV1, batch);
-        break;
-    case 19:
+    case 14:
         resnet8_s3_bn1_forward(acts + A_S3_BN1 * batch, acts + A_S3_CONV1 * batch, params + P_S3_BN1_GAMMA, params + P_S3_BN1_BETA, params + P_S3_BN1_RUNNING_MEAN, params + P_S3_BN1_RUNNING_VAR, workspace + WS_S3_BN1, batch, training);
         break;
-    case 20:
-        resnet8_s3_relu1_forward(acts + A_S3_RELU1 * batch, acts + A_S3_BN1 * batch, batch);
+    case 15:
+        resnet8_s3_conv2_forward(acts + A_S3_CONV2 * batch, acts + A_S3_BN1 * batch, params + P_S3_CONV2_WEIGHT, params + P_S3_CONV2_BIAS, workspace + WS_S3_CONV2, batch);
         break;
-    case 21:
-        resnet8_s3_conv2_forward(acts + A_S3_CONV2 * batch, acts + A_S3_RELU1 * batch, params + P_S3_CONV2_WEIGHT, params + P_S3_CONV2_BIAS, workspace + WS_S3_CONV2, batch);
-        break;
-    case 22:
+    case 16:
         resnet8_s3_bn2_forward(acts + A_S3_BN2 * batch, acts + A_S3_CONV2 * batch, params + P_S3_BN2_GAMMA, params + P_S3_BN2_BETA, params + P_S3_BN2_RUNNING_MEAN, params + P_S3_BN2_RUNNING_VAR, workspace + WS_S3_BN2, batch, training);
         break;
-    case 23:
-        resnet8_s3_shortcut_forward(acts + A_S3_SHORTCUT * batch, acts + A_S2_OUT * batch, params + P_S3_SHORTCUT_WEIGHT, params + P_S3_SHORTCUT_BIAS, workspace + WS_S3_SHORTCUT, batch);
+    case 17:
+        resnet8_s3_shortcut_forward(acts + A_S3_SHORTCUT * batch, acts + A_S2_ADD * batch, params + P_S3_SHORTCUT_WEIGHT, params + P_S3_SHORTCUT_BIAS, workspace + WS_S3_SHORTCUT, batch);
         break;
-    case 24:
+    case 18:
         resnet8_s3_add_forward(acts + A_S3_ADD * batch, acts + A_S3_SHORTCUT * batch, acts + A_S3_BN2 * batch, batch);
         break;
-    case 25:
-        resnet8_s3_out_forward(acts + A_S3_OUT * batch, acts + A_S3_ADD * batch, batch);
+    case 19:
+        resnet8_pool_forward(acts + A_POOL * batch, acts + A_S3_ADD * batch, batch);
         break;
-    case 26:
-        resnet8_pool_forward(acts + A_POOL * batch, acts + A_S3_OUT * batch, batch);
-        break;
-    case 27:
+    case 20:
         resnet8_fc_forward(acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, params + P_FC_BIAS, batch);
         break;
     default:
@@ -4181,84 +3913,63 @@ void resnet8_backward_op(const resnet8_context *ctx, const real *input, size_t b
         resnet8_stem_backward(grads + P_STEM_WEIGHT, grads + P_STEM_BIAS, grad_acts + A_STEM * batch, input, workspace + WS_STEM, batch);
         break;
     case 1:
-        resnet8_stem_bn_backward(grad_acts + A_STEM * batch, grads + P_STEM_BN_GAMMA, grads + P_STEM_BN_BETA, grad_acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, workspace + WS_STEM_BN, batch);
+        resnet8_stem_bn_backward(grad_acts + A_STEM * batch, grads + P_STEM_BN_GAMMA, grads + P_STEM_BN_BETA, grad_acts + A_STEM_BN * batch, acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, workspace + WS_STEM_BN, batch);
         break;
     case 2:
-        resnet8_stem_relu_backward(grad_acts + A_STEM_BN * batch, grad_acts + A_STEM_RELU * batch, acts + A_STEM_BN * batch, batch);
+        resnet8_s1_conv1_backward(grad_acts + A_STEM_BN * batch, grads + P_S1_CONV1_WEIGHT, grads + P_S1_CONV1_BIAS, grad_acts + A_S1_CONV1 * batch, acts + A_STEM_BN * batch, params + P_S1_CONV1_WEIGHT, workspace + WS_S1_CONV1, batch);
         break;
     case 3:
-        resnet8_s1_conv1_backward(grad_acts + A_STEM_RELU * batch, grads + P_S1_CONV1_WEIGHT, grads + P_S1_CONV1_BIAS, grad_acts + A_S1_CONV1 * batch, acts + A_STEM_RELU * batch, params + P_S1_CONV1_WEIGHT, workspace + WS_S1_CONV1, batch);
+        resnet8_s1_bn1_backward(grad_acts + A_S1_CONV1 * batch, grads + P_S1_BN1_GAMMA, grads + P_S1_BN1_BETA, grad_acts + A_S1_BN1 * batch, acts + A_S1_BN1 * batch, acts + A_S1_CONV1 * batch, params + P_S1_BN1_GAMMA, workspace + WS_S1_BN1, batch);
         break;
     case 4:
-        resnet8_s1_bn1_backward(grad_acts + A_S1_CONV1 * batch, grads + P_S1_BN1_GAMMA, grads + P_S1_BN1_BETA, grad_acts + A_S1_BN1 * batch, acts + A_S1_CONV1 * batch, params + P_S1_BN1_GAMMA, workspace + WS_S1_BN1, batch);
+        resnet8_s1_conv2_backward(grad_acts + A_S1_BN1 * batch, grads + P_S1_CONV2_WEIGHT, grads + P_S1_CONV2_BIAS, grad_acts + A_S1_CONV2 * batch, acts + A_S1_BN1 * batch, params + P_S1_CONV2_WEIGHT, workspace + WS_S1_CONV2, batch);
         break;
     case 5:
-        resnet8_s1_relu1_backward(grad_acts + A_S1_BN1 * batch, grad_acts + A_S1_RELU1 * batch, acts + A_S1_BN1 * batch, batch);
-        break;
-    case 6:
-        resnet8_s1_conv2_backward(grad_acts + A_S1_RELU1 * batch, grads + P_S1_CONV2_WEIGHT, grads + P_S1_CONV2_BIAS, grad_acts + A_S1_CONV2 * batch, acts + A_S1_RELU1 * batch, params + P_S1_CONV2_WEIGHT, workspace + WS_S1_CONV2, batch);
-        break;
-    case 7:
         resnet8_s1_bn2_backward(grad_acts + A_S1_CONV2 * batch, grads + P_S1_BN2_GAMMA, grads + P_S1_BN2_BETA, grad_acts + A_S1_BN2 * batch, acts + A_S1_CONV2 * batch, params + P_S1_BN2_GAMMA, workspace + WS_S1_BN2, batch);
         break;
+    case 6:
+        resnet8_s1_add_backward(grad_acts + A_STEM_BN * batch, grad_acts + A_S1_BN2 * batch, grad_acts + A_S1_ADD * batch, acts + A_S1_ADD * batch, batch);
+        break;
+    case 7:
+        resnet8_s2_conv1_backward(grad_acts + A_S1_ADD * batch, grads + P_S2_CONV1_WEIGHT, grads + P_S2_CONV1_BIAS, grad_acts + A_S2_CONV1 * batch, acts + A_S1_ADD * batch, params + P_S2_CONV1_WEIGHT, workspace + WS_S2_CONV1, batch);
+        break;
     case 8:
-        resnet8_s1_add_backward(grad_acts + A_STEM_RELU * batch, grad_acts + A_S1_BN2 * batch, grad_acts + A_S1_ADD * batch, batch);
+        resnet8_s2_bn1_backward(grad_acts + A_S2_CONV1 * batch, grads + P_S2_BN1_GAMMA, grads + P_S2_BN1_BETA, grad_acts + A_S2_BN1 * batch, acts + A_S2_BN1 * batch, acts + A_S2_CONV1 * batch, params + P_S2_BN1_GAMMA, workspace + WS_S2_BN1, batch);
         break;
     case 9:
-        resnet8_s1_out_backward(grad_acts + A_S1_ADD * batch, grad_acts + A_S1_OUT * batch, acts + A_S1_ADD * batch, batch);
+        resnet8_s2_conv2_backward(grad_acts + A_S2_BN1 * batch, grads + P_S2_CONV2_WEIGHT, grads + P_S2_CONV2_BIAS, grad_acts + A_S2_CONV2 * batch, acts + A_S2_BN1 * batch, params + P_S2_CONV2_WEIGHT, workspace + WS_S2_CONV2, batch);
         break;
     case 10:
-        resnet8_s2_conv1_backward(grad_acts + A_S1_OUT * batch, grads + P_S2_CONV1_WEIGHT, grads + P_S2_CONV1_BIAS, grad_acts + A_S2_CONV1 * batch, acts + A_S1_OUT * batch, params + P_S2_CONV1_WEIGHT, workspace + WS_S2_CONV1, batch);
-        break;
-    case 11:
-        resnet8_s2_bn1_backward(grad_acts + A_S2_CONV1 * batch, grads + P_S2_BN1_GAMMA, grads + P_S2_BN1_BETA, grad_acts + A_S2_BN1 * batch, acts + A_S2_CONV1 * batch, params + P_S2_BN1_GAMMA, workspace + WS_S2_BN1, batch);
-        break;
-    case 12:
-        resnet8_s2_relu1_backward(grad_acts + A_S2_BN1 * batch, grad_acts + A_S2_RELU1 * batch, acts + A_S2_BN1 * batch, batch);
-        break;
-    case 13:
-        resnet8_s2_conv2_backward(grad_acts + A_S2_RELU1 * batch, grads + P_S2_CONV2_WEIGHT, grads + P_S2_CONV2_BIAS, grad_acts + A_S2_CONV2 * batch, acts + A_S2_RELU1 * batch, params + P_S2_CONV2_WEIGHT, workspace + WS_S2_CONV2, batch);
-        break;
-    case 14:
         resnet8_s2_bn2_backward(grad_acts + A_S2_CONV2 * batch, grads + P_S2_BN2_GAMMA, grads + P_S2_BN2_BETA, grad_acts + A_S2_BN2 * batch, acts + A_S2_CONV2 * batch, params + P_S2_BN2_GAMMA, workspace + WS_S2_BN2, batch);
         break;
+    case 11:
+        resnet8_s2_shortcut_backward(grad_acts + A_S1_ADD * batch, grads + P_S2_SHORTCUT_WEIGHT, grads + P_S2_SHORTCUT_BIAS, grad_acts + A_S2_SHORTCUT * batch, acts + A_S1_ADD * batch, params + P_S2_SHORTCUT_WEIGHT, workspace + WS_S2_SHORTCUT, batch);
+        break;
+    case 12:
+        resnet8_s2_add_backward(grad_acts + A_S2_SHORTCUT * batch, grad_acts + A_S2_BN2 * batch, grad_acts + A_S2_ADD * batch, acts + A_S2_ADD * batch, batch);
+        break;
+    case 13:
+        resnet8_s3_conv1_backward(grad_acts + A_S2_ADD * batch, grads + P_S3_CONV1_WEIGHT, grads + P_S3_CONV1_BIAS, grad_acts + A_S3_CONV1 * batch, acts + A_S2_ADD * batch, params + P_S3_CONV1_WEIGHT, workspace + WS_S3_CONV1, batch);
+        break;
+    case 14:
+        resnet8_s3_bn1_backward(grad_acts + A_S3_CONV1 * batch, grads + P_S3_BN1_GAMMA, grads + P_S3_BN1_BETA, grad_acts + A_S3_BN1 * batch, acts + A_S3_BN1 * batch, acts + A_S3_CONV1 * batch, params + P_S3_BN1_GAMMA, workspace + WS_S3_BN1, batch);
+        break;
     case 15:
-        resnet8_s2_shortcut_backward(grad_acts + A_S1_OUT * batch, grads + P_S2_SHORTCUT_WEIGHT, grads + P_S2_SHORTCUT_BIAS, grad_acts + A_S2_SHORTCUT * batch, acts + A_S1_OUT * batch, params + P_S2_SHORTCUT_WEIGHT, workspace + WS_S2_SHORTCUT, batch);
+        resnet8_s3_conv2_backward(grad_acts + A_S3_BN1 * batch, grads + P_S3_CONV2_WEIGHT, grads + P_S3_CONV2_BIAS, grad_acts + A_S3_CONV2 * batch, acts + A_S3_BN1 * batch, params + P_S3_CONV2_WEIGHT, workspace + WS_S3_CONV2, batch);
         break;
     case 16:
-        resnet8_s2_add_backward(grad_acts + A_S2_SHORTCUT * batch, grad_acts + A_S2_BN2 * batch, grad_acts + A_S2_ADD * batch, batch);
-        break;
-    case 17:
-        resnet8_s2_out_backward(grad_acts + A_S2_ADD * batch, grad_acts + A_S2_OUT * batch, acts + A_S2_ADD * batch, batch);
-        break;
-    case 18:
-        resnet8_s3_conv1_backward(grad_acts + A_S2_OUT * batch, grads + P_S3_CONV1_WEIGHT, grads + P_S3_CONV1_BIAS, grad_acts + A_S3_CONV1 * batch, acts + A_S2_OUT * batch, params + P_S3_CONV1_WEIGHT, workspace + WS_S3_CONV1, batch);
-        break;
-    case 19:
-        resnet8_s3_bn1_backward(grad_acts + A_S3_CONV1 * batch, grads + P_S3_BN1_GAMMA, grads + P_S3_BN1_BETA, grad_acts + A_S3_BN1 * batch, acts + A_S3_CONV1 * batch, params + P_S3_BN1_GAMMA, workspace + WS_S3_BN1, batch);
-        break;
-    case 20:
-        resnet8_s3_relu1_backward(grad_acts + A_S3_BN1 * batch, grad_acts + A_S3_RELU1 * batch, acts + A_S3_BN1 * batch, batch);
-        break;
-    case 21:
-        resnet8_s3_conv2_backward(grad_acts + A_S3_RELU1 * batch, grads + P_S3_CONV2_WEIGHT, grads + P_S3_CONV2_BIAS, grad_acts + A_S3_CONV2 * batch, acts + A_S3_RELU1 * batch, params + P_S3_CONV2_WEIGHT, workspace + WS_S3_CONV2, batch);
-        break;
-    case 22:
         resnet8_s3_bn2_backward(grad_acts + A_S3_CONV2 * batch, grads + P_S3_BN2_GAMMA, grads + P_S3_BN2_BETA, grad_acts + A_S3_BN2 * batch, acts + A_S3_CONV2 * batch, params + P_S3_BN2_GAMMA, workspace + WS_S3_BN2, batch);
         break;
-    case 23:
-        resnet8_s3_shortcut_backward(grad_acts + A_S2_OUT * batch, grads + P_S3_SHORTCUT_WEIGHT, grads + P_S3_SHORTCUT_BIAS, grad_acts + A_S3_SHORTCUT * batch, acts + A_S2_OUT * batch, params + P_S3_SHORTCUT_WEIGHT, workspace + WS_S3_SHORTCUT, batch);
+    case 17:
+        resnet8_s3_shortcut_backward(grad_acts + A_S2_ADD * batch, grads + P_S3_SHORTCUT_WEIGHT, grads + P_S3_SHORTCUT_BIAS, grad_acts + A_S3_SHORTCUT * batch, acts + A_S2_ADD * batch, params + P_S3_SHORTCUT_WEIGHT, workspace + WS_S3_SHORTCUT, batch);
         break;
-    case 24:
-        resnet8_s3_add_backward(grad_acts + A_S3_SHORTCUT * batch, grad_acts + A_S3_BN2 * batch, grad_acts + A_S3_ADD * batch, batch);
+    case 18:
+        resnet8_s3_add_backward(grad_acts + A_S3_SHORTCUT * batch, grad_acts + A_S3_BN2 * batch, grad_acts + A_S3_ADD * batch, acts + A_S3_ADD * batch, batch);
         break;
-    case 25:
-        resnet8_s3_out_backward(grad_acts + A_S3_ADD * batch, grad_acts + A_S3_OUT * batch, acts + A_S3_ADD * batch, batch);
+    case 19:
+        resnet8_pool_backward(grad_acts + A_S3_ADD * batch, grad_acts + A_POOL * batch, batch);
         break;
-    case 26:
-        resnet8_pool_backward(grad_acts + A_S3_OUT * batch, grad_acts + A_POOL * batch, batch);
-        break;
-    case 27:
+    case 20:
         resnet8_fc_backward(grad_acts + A_POOL * batch, grads + P_FC_WEIGHT, grads + P_FC_BIAS, grad_acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, batch);
         break;
     default:

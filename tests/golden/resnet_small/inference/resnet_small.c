@@ -50,14 +50,11 @@ typedef float real;
 /* Per-sample offsets of the activation tensors (times the batch size). */
 #define A_STEM ((size_t)0) /* [N, 16, 16, 16] */
 #define A_STEM_BN ((size_t)4096) /* [N, 16, 16, 16] */
-#define A_STEM_RELU ((size_t)0) /* [N, 16, 16, 16] */
-#define A_BLOCK1_CONV1 ((size_t)4096) /* [N, 16, 16, 16] */
+#define A_BLOCK1_CONV1 ((size_t)0) /* [N, 16, 16, 16] */
 #define A_BLOCK1_BN1 ((size_t)8192) /* [N, 16, 16, 16] */
-#define A_BLOCK1_RELU ((size_t)4096) /* [N, 16, 16, 16] */
-#define A_BLOCK1_CONV2 ((size_t)8192) /* [N, 16, 16, 16] */
-#define A_BLOCK1_BN2 ((size_t)4096) /* [N, 16, 16, 16] */
-#define A_BLOCK1_ADD ((size_t)8192) /* [N, 16, 16, 16] */
-#define A_BLOCK1_OUT ((size_t)0) /* [N, 16, 16, 16] */
+#define A_BLOCK1_CONV2 ((size_t)0) /* [N, 16, 16, 16] */
+#define A_BLOCK1_BN2 ((size_t)8192) /* [N, 16, 16, 16] */
+#define A_BLOCK1_ADD ((size_t)0) /* [N, 16, 16, 16] */
 #define A_DOWN ((size_t)4096) /* [N, 32, 8, 8] */
 #define A_DOWN_RELU ((size_t)6144) /* [N, 32, 8, 8] */
 #define A_DEPTHWISE ((size_t)0) /* [N, 32, 8, 8] */
@@ -609,7 +606,8 @@ static void resnet_small_stem_forward(
 /* ---- stem_bn: batchnorm forward (spec line 7)
  * stem [N, 16, 16, 16] -> stem_bn [N, 16, 16, 16]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then relu (the layer stem_relu, fused): out = max(0, out)
  */
 static void resnet_small_stem_bn_forward(
     real *restrict out,                     /* stem_bn [N, 16, 16, 16] */
@@ -631,33 +629,15 @@ static void resnet_small_stem_bn_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
-    }
-}
-
-/* ---- stem_relu: relu forward (spec line 8)
- * stem_bn [N, 16, 16, 16] -> stem_relu [N, 16, 16, 16]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet_small_stem_relu_forward(
-    real *restrict out,                     /* stem_relu [N, 16, 16, 16] */
-    const real *restrict in,                /* stem_bn [N, 16, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4096
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
 /* ---- block1_conv1: conv2d forward (spec line 9)
- * stem_relu [N, 16, 16, 16] -> block1_conv1 [N, 16, 16, 16]
+ * stem_bn [N, 16, 16, 16] -> block1_conv1 [N, 16, 16, 16]
  * weight [16, 16, 3, 3]: 2304 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -666,7 +646,7 @@ static void resnet_small_stem_relu_forward(
  */
 KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
     real *restrict out,                     /* block1_conv1 [N, 16, 16, 16] */
-    const real *restrict in,                /* stem_relu [N, 16, 16, 16] */
+    const real *restrict in,                /* stem_bn [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv1.weight [16, 16, 3, 3] */
     real *slots,                            /* 31008 elements of workspace */
     size_t batch,
@@ -725,7 +705,7 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_block1_conv1_forward(
     real *restrict out,                     /* block1_conv1 [N, 16, 16, 16] */
-    const real *restrict in,                /* stem_relu [N, 16, 16, 16] */
+    const real *restrict in,                /* stem_bn [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv1.weight [16, 16, 3, 3] */
     real *slots,                            /* 31008 elements of workspace */
     size_t batch)
@@ -745,7 +725,8 @@ static void resnet_small_block1_conv1_forward(
 /* ---- block1_bn1: batchnorm forward (spec line 10)
  * block1_conv1 [N, 16, 16, 16] -> block1_bn1 [N, 16, 16, 16]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then relu (the layer block1_relu, fused): out = max(0, out)
  */
 static void resnet_small_block1_bn1_forward(
     real *restrict out,                     /* block1_bn1 [N, 16, 16, 16] */
@@ -767,33 +748,15 @@ static void resnet_small_block1_bn1_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
-    }
-}
-
-/* ---- block1_relu: relu forward (spec line 11)
- * block1_bn1 [N, 16, 16, 16] -> block1_relu [N, 16, 16, 16]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet_small_block1_relu_forward(
-    real *restrict out,                     /* block1_relu [N, 16, 16, 16] */
-    const real *restrict in,                /* block1_bn1 [N, 16, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4096
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
 /* ---- block1_conv2: conv2d forward (spec line 12)
- * block1_relu [N, 16, 16, 16] -> block1_conv2 [N, 16, 16, 16]
+ * block1_bn1 [N, 16, 16, 16] -> block1_conv2 [N, 16, 16, 16]
  * weight [16, 16, 3, 3]: 2304 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -802,7 +765,7 @@ static void resnet_small_block1_relu_forward(
  */
 KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
     real *restrict out,                     /* block1_conv2 [N, 16, 16, 16] */
-    const real *restrict in,                /* block1_relu [N, 16, 16, 16] */
+    const real *restrict in,                /* block1_bn1 [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv2.weight [16, 16, 3, 3] */
     real *slots,                            /* 31008 elements of workspace */
     size_t batch,
@@ -861,7 +824,7 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_block1_conv2_forward(
     real *restrict out,                     /* block1_conv2 [N, 16, 16, 16] */
-    const real *restrict in,                /* block1_relu [N, 16, 16, 16] */
+    const real *restrict in,                /* block1_bn1 [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv2.weight [16, 16, 3, 3] */
     real *slots,                            /* 31008 elements of workspace */
     size_t batch)
@@ -903,37 +866,22 @@ static void resnet_small_block1_bn2_forward(
     for (int c = 0; c < C; c++) {
         const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y;
+            }
     }
 }
 
 /* ---- block1_add: add forward (spec line 14)
- * block1_bn2 [N, 16, 16, 16], stem_relu [N, 16, 16, 16] -> block1_add [N, 16, 16, 16]
- * out[i] = block1_bn2[i] + stem_relu[i]
+ * block1_bn2 [N, 16, 16, 16], stem_bn [N, 16, 16, 16] -> block1_add [N, 16, 16, 16]
+ * out[i] = block1_bn2[i] + stem_bn[i]; then relu (the layer block1_out, fused): out = max(0,
+ *   out)
  */
 static void resnet_small_block1_add_forward(
     real *restrict out,                     /* block1_add [N, 16, 16, 16] */
     const real *in0,                        /* block1_bn2 [N, 16, 16, 16] */
-    const real *in1,                        /* stem_relu [N, 16, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4096
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++)
-        out[i] = in0[i] + in1[i];
-}
-
-/* ---- block1_out: relu forward (spec line 15)
- * block1_add [N, 16, 16, 16] -> block1_out [N, 16, 16, 16]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet_small_block1_out_forward(
-    real *restrict out,                     /* block1_out [N, 16, 16, 16] */
-    const real *restrict in,                /* block1_add [N, 16, 16, 16] */
+    const real *in1,                        /* stem_bn [N, 16, 16, 16] */
     size_t batch)
 {
     enum {
@@ -942,13 +890,13 @@ static void resnet_small_block1_out_forward(
     const size_t elements = batch * SIZE;
     PARALLEL_FOR_ELEMENTS
     for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+        const real y = in0[i] + in1[i];
+        out[i] = y > 0 ? y : 0;
     }
 }
 
 /* ---- down: conv2d forward (spec line 16)
- * block1_out [N, 16, 16, 16] -> down [N, 32, 8, 8]
+ * block1_add [N, 16, 16, 16] -> down [N, 32, 8, 8]
  * weight [32, 16, 3, 3], bias [32]: 4640 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -957,7 +905,7 @@ static void resnet_small_block1_out_forward(
  */
 KERNEL_INLINE void resnet_small_down_forward_slot(
     real *restrict out,                     /* down [N, 32, 8, 8] */
-    const real *restrict in,                /* block1_out [N, 16, 16, 16] */
+    const real *restrict in,                /* block1_add [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* down.bias [32] */
     real *slots,                            /* 20512 elements of workspace */
@@ -1012,7 +960,7 @@ KERNEL_INLINE void resnet_small_down_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_down_forward(
     real *restrict out,                     /* down [N, 32, 8, 8] */
-    const real *restrict in,                /* block1_out [N, 16, 16, 16] */
+    const real *restrict in,                /* block1_add [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* down.bias [32] */
     real *slots,                            /* 20512 elements of workspace */
@@ -1325,15 +1273,12 @@ void resnet_small_forward(const resnet_small_context *ctx, const real *input)
 
     resnet_small_stem_forward(acts + A_STEM * batch, input, params + P_STEM_WEIGHT, workspace + WS_STEM, batch);
     resnet_small_stem_bn_forward(acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, params + P_STEM_BN_BETA, params + P_STEM_BN_RUNNING_MEAN, params + P_STEM_BN_RUNNING_VAR, batch);
-    resnet_small_stem_relu_forward(acts + A_STEM_RELU * batch, acts + A_STEM_BN * batch, batch);
-    resnet_small_block1_conv1_forward(acts + A_BLOCK1_CONV1 * batch, acts + A_STEM_RELU * batch, params + P_BLOCK1_CONV1_WEIGHT, workspace + WS_BLOCK1_CONV1, batch);
+    resnet_small_block1_conv1_forward(acts + A_BLOCK1_CONV1 * batch, acts + A_STEM_BN * batch, params + P_BLOCK1_CONV1_WEIGHT, workspace + WS_BLOCK1_CONV1, batch);
     resnet_small_block1_bn1_forward(acts + A_BLOCK1_BN1 * batch, acts + A_BLOCK1_CONV1 * batch, params + P_BLOCK1_BN1_GAMMA, params + P_BLOCK1_BN1_BETA, params + P_BLOCK1_BN1_RUNNING_MEAN, params + P_BLOCK1_BN1_RUNNING_VAR, batch);
-    resnet_small_block1_relu_forward(acts + A_BLOCK1_RELU * batch, acts + A_BLOCK1_BN1 * batch, batch);
-    resnet_small_block1_conv2_forward(acts + A_BLOCK1_CONV2 * batch, acts + A_BLOCK1_RELU * batch, params + P_BLOCK1_CONV2_WEIGHT, workspace + WS_BLOCK1_CONV2, batch);
+    resnet_small_block1_conv2_forward(acts + A_BLOCK1_CONV2 * batch, acts + A_BLOCK1_BN1 * batch, params + P_BLOCK1_CONV2_WEIGHT, workspace + WS_BLOCK1_CONV2, batch);
     resnet_small_block1_bn2_forward(acts + A_BLOCK1_BN2 * batch, acts + A_BLOCK1_CONV2 * batch, params + P_BLOCK1_BN2_GAMMA, params + P_BLOCK1_BN2_BETA, params + P_BLOCK1_BN2_RUNNING_MEAN, params + P_BLOCK1_BN2_RUNNING_VAR, batch);
-    resnet_small_block1_add_forward(acts + A_BLOCK1_ADD * batch, acts + A_BLOCK1_BN2 * batch, acts + A_STEM_RELU * batch, batch);
-    resnet_small_block1_out_forward(acts + A_BLOCK1_OUT * batch, acts + A_BLOCK1_ADD * batch, batch);
-    resnet_small_down_forward(acts + A_DOWN * batch, acts + A_BLOCK1_OUT * batch, params + P_DOWN_WEIGHT, params + P_DOWN_BIAS, workspace + WS_DOWN, batch);
+    resnet_small_block1_add_forward(acts + A_BLOCK1_ADD * batch, acts + A_BLOCK1_BN2 * batch, acts + A_STEM_BN * batch, batch);
+    resnet_small_down_forward(acts + A_DOWN * batch, acts + A_BLOCK1_ADD * batch, params + P_DOWN_WEIGHT, params + P_DOWN_BIAS, workspace + WS_DOWN, batch);
     resnet_small_down_relu_forward(acts + A_DOWN_RELU * batch, acts + A_DOWN * batch, batch);
     resnet_small_depthwise_forward(acts + A_DEPTHWISE * batch, acts + A_DOWN_RELU * batch, params + P_DEPTHWISE_WEIGHT, params + P_DEPTHWISE_BIAS, workspace + WS_DEPTHWISE, batch);
     resnet_small_pointwise_forward(acts + A_POINTWISE * batch, acts + A_DEPTHWISE * batch, params + P_POINTWISE_WEIGHT, params + P_POINTWISE_BIAS, batch);

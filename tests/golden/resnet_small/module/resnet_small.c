@@ -50,23 +50,20 @@ typedef float real;
 /* Per-sample offsets of the activation tensors (times the batch size). */
 #define A_STEM ((size_t)0) /* [N, 16, 16, 16] */
 #define A_STEM_BN ((size_t)4096) /* [N, 16, 16, 16] */
-#define A_STEM_RELU ((size_t)8192) /* [N, 16, 16, 16] */
-#define A_BLOCK1_CONV1 ((size_t)12288) /* [N, 16, 16, 16] */
-#define A_BLOCK1_BN1 ((size_t)16384) /* [N, 16, 16, 16] */
-#define A_BLOCK1_RELU ((size_t)20480) /* [N, 16, 16, 16] */
-#define A_BLOCK1_CONV2 ((size_t)24576) /* [N, 16, 16, 16] */
-#define A_BLOCK1_BN2 ((size_t)28672) /* [N, 16, 16, 16] */
-#define A_BLOCK1_ADD ((size_t)32768) /* [N, 16, 16, 16] */
-#define A_BLOCK1_OUT ((size_t)36864) /* [N, 16, 16, 16] */
-#define A_DOWN ((size_t)40960) /* [N, 32, 8, 8] */
-#define A_DOWN_RELU ((size_t)43008) /* [N, 32, 8, 8] */
-#define A_DEPTHWISE ((size_t)45056) /* [N, 32, 8, 8] */
-#define A_POINTWISE ((size_t)47104) /* [N, 32, 8, 8] */
-#define A_POINTWISE_RELU ((size_t)49152) /* [N, 32, 8, 8] */
-#define A_MERGED ((size_t)51200) /* [N, 64, 8, 8] */
-#define A_GAP ((size_t)55296) /* [N, 64] */
-#define A_DROP ((size_t)55360) /* [N, 64] */
-#define A_CLASSIFIER ((size_t)55424) /* [N, 10] */
+#define A_BLOCK1_CONV1 ((size_t)8192) /* [N, 16, 16, 16] */
+#define A_BLOCK1_BN1 ((size_t)12288) /* [N, 16, 16, 16] */
+#define A_BLOCK1_CONV2 ((size_t)16384) /* [N, 16, 16, 16] */
+#define A_BLOCK1_BN2 ((size_t)20480) /* [N, 16, 16, 16] */
+#define A_BLOCK1_ADD ((size_t)24576) /* [N, 16, 16, 16] */
+#define A_DOWN ((size_t)28672) /* [N, 32, 8, 8] */
+#define A_DOWN_RELU ((size_t)30720) /* [N, 32, 8, 8] */
+#define A_DEPTHWISE ((size_t)32768) /* [N, 32, 8, 8] */
+#define A_POINTWISE ((size_t)34816) /* [N, 32, 8, 8] */
+#define A_POINTWISE_RELU ((size_t)36864) /* [N, 32, 8, 8] */
+#define A_MERGED ((size_t)38912) /* [N, 64, 8, 8] */
+#define A_GAP ((size_t)43008) /* [N, 64] */
+#define A_DROP ((size_t)43072) /* [N, 64] */
+#define A_CLASSIFIER ((size_t)43136) /* [N, 10] */
 
 /* Workspace offsets. */
 #define WS_STEM ((size_t)0)
@@ -81,7 +78,7 @@ typedef float real;
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
-#define ZERO_STEM ((size_t)55434) /* stem .. classifier */
+#define ZERO_STEM ((size_t)43146) /* stem .. classifier */
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -714,7 +711,7 @@ static void resnet_small_stem_backward(
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ *   inference: running averages; then relu (the layer stem_relu, fused): out = max(0, out)
  */
 static void resnet_small_stem_bn_forward(
     real *restrict out,                     /* stem_bn [N, 16, 16, 16] */
@@ -785,8 +782,10 @@ static void resnet_small_stem_bn_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
@@ -794,13 +793,15 @@ static void resnet_small_stem_bn_forward(
  * stem [N, 16, 16, 16] -> stem_bn [N, 16, 16, 16]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is (out = max(0, y))
  */
 static void resnet_small_stem_bn_backward(
     real *restrict din,                     /* stem [N, 16, 16, 16] */
     real *restrict dgamma,                  /* stem_bn.gamma [16] */
     real *restrict dbeta,                   /* stem_bn.beta [16] */
     const real *restrict dout,              /* stem_bn [N, 16, 16, 16] */
+    real *restrict out,                     /* stem_bn [N, 16, 16, 16] */
     const real *restrict in,                /* stem [N, 16, 16, 16] */
     const real *restrict gamma,             /* stem_bn.gamma [16] */
     real *restrict scratch,                 /* 32 elements of workspace */
@@ -823,15 +824,18 @@ static void resnet_small_stem_bn_backward(
         double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++) {
             const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real d = dy[s], g = y[s] > 0 ? d : 0;
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -847,55 +851,14 @@ static void resnet_small_stem_bn_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real d = dout[i], g = out[i] > 0 ? d : 0;
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
-/* ---- stem_relu: relu forward (spec line 8)
- * stem_bn [N, 16, 16, 16] -> stem_relu [N, 16, 16, 16]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet_small_stem_relu_forward(
-    real *restrict out,                     /* stem_relu [N, 16, 16, 16] */
-    const real *restrict in,                /* stem_bn [N, 16, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4096
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- stem_relu: relu backward (spec line 8)
- * stem_bn [N, 16, 16, 16] -> stem_relu [N, 16, 16, 16]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void resnet_small_stem_relu_backward(
-    real *restrict din,                     /* stem_bn [N, 16, 16, 16] */
-    const real *restrict dout,              /* stem_relu [N, 16, 16, 16] */
-    const real *restrict in,                /* stem_bn [N, 16, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4096
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- block1_conv1: conv2d forward (spec line 9)
- * stem_relu [N, 16, 16, 16] -> block1_conv1 [N, 16, 16, 16]
+ * stem_bn [N, 16, 16, 16] -> block1_conv1 [N, 16, 16, 16]
  * weight [16, 16, 3, 3]: 2304 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -904,7 +867,7 @@ static void resnet_small_stem_relu_backward(
  */
 KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
     real *restrict out,                     /* block1_conv1 [N, 16, 16, 16] */
-    const real *restrict in,                /* stem_relu [N, 16, 16, 16] */
+    const real *restrict in,                /* stem_bn [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv1.weight [16, 16, 3, 3] */
     real *slots,                            /* 31008 elements of workspace */
     size_t batch,
@@ -963,7 +926,7 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_block1_conv1_forward(
     real *restrict out,                     /* block1_conv1 [N, 16, 16, 16] */
-    const real *restrict in,                /* stem_relu [N, 16, 16, 16] */
+    const real *restrict in,                /* stem_bn [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv1.weight [16, 16, 3, 3] */
     real *slots,                            /* 31008 elements of workspace */
     size_t batch)
@@ -981,17 +944,17 @@ static void resnet_small_block1_conv1_forward(
 }
 
 /* ---- block1_conv1: conv2d backward (spec line 9)
- * stem_relu [N, 16, 16, 16] -> block1_conv1 [N, 16, 16, 16]
+ * stem_bn [N, 16, 16, 16] -> block1_conv1 [N, 16, 16, 16]
  * weight [16, 16, 3, 3]: 2304 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); din = the stride-1 conv of
  *   dout, padded, with the flipped kernel
  */
 static void resnet_small_block1_conv1_backward(
-    real *restrict din,                     /* stem_relu [N, 16, 16, 16] */
+    real *restrict din,                     /* stem_bn [N, 16, 16, 16] */
     real *restrict dweight,                 /* block1_conv1.weight [16, 16, 3, 3] */
     const real *restrict dout,              /* block1_conv1 [N, 16, 16, 16] */
-    const real *restrict in,                /* stem_relu [N, 16, 16, 16] */
+    const real *restrict in,                /* stem_bn [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv1.weight [16, 16, 3, 3] */
     real *slots,                            /* 31008 elements of workspace */
     size_t batch)
@@ -1105,7 +1068,7 @@ static void resnet_small_block1_conv1_backward(
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ *   inference: running averages; then relu (the layer block1_relu, fused): out = max(0, out)
  */
 static void resnet_small_block1_bn1_forward(
     real *restrict out,                     /* block1_bn1 [N, 16, 16, 16] */
@@ -1176,8 +1139,10 @@ static void resnet_small_block1_bn1_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            }
     }
 }
 
@@ -1185,13 +1150,15 @@ static void resnet_small_block1_bn1_forward(
  * block1_conv1 [N, 16, 16, 16] -> block1_bn1 [N, 16, 16, 16]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is (out = max(0, y))
  */
 static void resnet_small_block1_bn1_backward(
     real *restrict din,                     /* block1_conv1 [N, 16, 16, 16] */
     real *restrict dgamma,                  /* block1_bn1.gamma [16] */
     real *restrict dbeta,                   /* block1_bn1.beta [16] */
     const real *restrict dout,              /* block1_bn1 [N, 16, 16, 16] */
+    real *restrict out,                     /* block1_bn1 [N, 16, 16, 16] */
     const real *restrict in,                /* block1_conv1 [N, 16, 16, 16] */
     const real *restrict gamma,             /* block1_bn1.gamma [16] */
     real *restrict scratch,                 /* 32 elements of workspace */
@@ -1214,15 +1181,18 @@ static void resnet_small_block1_bn1_backward(
         double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++) {
             const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
+            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real d = dy[s], g = y[s] > 0 ? d : 0;
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -1238,55 +1208,14 @@ static void resnet_small_block1_bn1_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real d = dout[i], g = out[i] > 0 ? d : 0;
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
-/* ---- block1_relu: relu forward (spec line 11)
- * block1_bn1 [N, 16, 16, 16] -> block1_relu [N, 16, 16, 16]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet_small_block1_relu_forward(
-    real *restrict out,                     /* block1_relu [N, 16, 16, 16] */
-    const real *restrict in,                /* block1_bn1 [N, 16, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4096
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- block1_relu: relu backward (spec line 11)
- * block1_bn1 [N, 16, 16, 16] -> block1_relu [N, 16, 16, 16]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void resnet_small_block1_relu_backward(
-    real *restrict din,                     /* block1_bn1 [N, 16, 16, 16] */
-    const real *restrict dout,              /* block1_relu [N, 16, 16, 16] */
-    const real *restrict in,                /* block1_bn1 [N, 16, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4096
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- block1_conv2: conv2d forward (spec line 12)
- * block1_relu [N, 16, 16, 16] -> block1_conv2 [N, 16, 16, 16]
+ * block1_bn1 [N, 16, 16, 16] -> block1_conv2 [N, 16, 16, 16]
  * weight [16, 16, 3, 3]: 2304 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
@@ -1295,7 +1224,7 @@ static void resnet_small_block1_relu_backward(
  */
 KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
     real *restrict out,                     /* block1_conv2 [N, 16, 16, 16] */
-    const real *restrict in,                /* block1_relu [N, 16, 16, 16] */
+    const real *restrict in,                /* block1_bn1 [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv2.weight [16, 16, 3, 3] */
     real *slots,                            /* 31008 elements of workspace */
     size_t batch,
@@ -1354,7 +1283,7 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_block1_conv2_forward(
     real *restrict out,                     /* block1_conv2 [N, 16, 16, 16] */
-    const real *restrict in,                /* block1_relu [N, 16, 16, 16] */
+    const real *restrict in,                /* block1_bn1 [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv2.weight [16, 16, 3, 3] */
     real *slots,                            /* 31008 elements of workspace */
     size_t batch)
@@ -1372,17 +1301,17 @@ static void resnet_small_block1_conv2_forward(
 }
 
 /* ---- block1_conv2: conv2d backward (spec line 12)
- * block1_relu [N, 16, 16, 16] -> block1_conv2 [N, 16, 16, 16]
+ * block1_bn1 [N, 16, 16, 16] -> block1_conv2 [N, 16, 16, 16]
  * weight [16, 16, 3, 3]: 2304 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); din = the stride-1 conv of
  *   dout, padded, with the flipped kernel
  */
 static void resnet_small_block1_conv2_backward(
-    real *restrict din,                     /* block1_relu [N, 16, 16, 16] */
+    real *restrict din,                     /* block1_bn1 [N, 16, 16, 16] */
     real *restrict dweight,                 /* block1_conv2.weight [16, 16, 3, 3] */
     const real *restrict dout,              /* block1_conv2 [N, 16, 16, 16] */
-    const real *restrict in,                /* block1_relu [N, 16, 16, 16] */
+    const real *restrict in,                /* block1_bn1 [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv2.weight [16, 16, 3, 3] */
     real *slots,                            /* 31008 elements of workspace */
     size_t batch)
@@ -1567,8 +1496,10 @@ static void resnet_small_block1_bn2_forward(
         }
         const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++)
-                out[(b * C + c) * SPATIAL + s] = in[(b * C + c) * SPATIAL + s] * scale + shift;
+            for (int s = 0; s < SPATIAL; s++) {
+                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
+                out[(b * C + c) * SPATIAL + s] = y;
+            }
     }
 }
 
@@ -1608,12 +1539,14 @@ static void resnet_small_block1_bn2_backward(
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    sums[l] += (double)dy[s + l];
-                    products[l] += (double)(dy[s + l] * (x[s + l] - mean));
+                    const real g = dy[s + l];
+                    sums[l] += (double)g;
+                    products[l] += (double)(g * (x[s + l] - mean));
                 }
             for (int l = 0; s < SPATIAL; s++, l++) {
-                sums[l] += (double)dy[s];
-                products[l] += (double)(dy[s] * (x[s] - mean));
+                const real g = dy[s];
+                sums[l] += (double)g;
+                products[l] += (double)(g * (x[s] - mean));
             }
         }
         double sum_dout = 0, sum_dout_centred = 0;
@@ -1629,59 +1562,21 @@ static void resnet_small_block1_bn2_backward(
             for (int s = 0; s < SPATIAL; s++) {
                 const size_t i = (b * C + c) * SPATIAL + s;
                 const real xhat = (in[i] - mean) * inv_std;
-                din[i] += k * ((real)count * dout[i] - (real)sum_dout - xhat * (real)sum_dout_xhat);
+                const real g = dout[i];
+                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
             }
     }
 }
 
 /* ---- block1_add: add forward (spec line 14)
- * block1_bn2 [N, 16, 16, 16], stem_relu [N, 16, 16, 16] -> block1_add [N, 16, 16, 16]
- * out[i] = block1_bn2[i] + stem_relu[i]
+ * block1_bn2 [N, 16, 16, 16], stem_bn [N, 16, 16, 16] -> block1_add [N, 16, 16, 16]
+ * out[i] = block1_bn2[i] + stem_bn[i]; then relu (the layer block1_out, fused): out = max(0,
+ *   out)
  */
 static void resnet_small_block1_add_forward(
     real *restrict out,                     /* block1_add [N, 16, 16, 16] */
     const real *in0,                        /* block1_bn2 [N, 16, 16, 16] */
-    const real *in1,                        /* stem_relu [N, 16, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4096
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++)
-        out[i] = in0[i] + in1[i];
-}
-
-/* ---- block1_add: add backward (spec line 14)
- * block1_bn2 [N, 16, 16, 16], stem_relu [N, 16, 16, 16] -> block1_add [N, 16, 16, 16]
- * every input's gradient += dout
- */
-static void resnet_small_block1_add_backward(
-    real *din0,                             /* block1_bn2 [N, 16, 16, 16] */
-    real *din1,                             /* stem_relu [N, 16, 16, 16] */
-    const real *restrict dout,              /* block1_add [N, 16, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4096
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++)   /* din0 is not restrict: two inputs may be the same tensor */
-        din0[i] += dout[i];
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++)   /* din1 is not restrict: two inputs may be the same tensor */
-        din1[i] += dout[i];
-}
-
-/* ---- block1_out: relu forward (spec line 15)
- * block1_add [N, 16, 16, 16] -> block1_out [N, 16, 16, 16]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet_small_block1_out_forward(
-    real *restrict out,                     /* block1_out [N, 16, 16, 16] */
-    const real *restrict in,                /* block1_add [N, 16, 16, 16] */
+    const real *in1,                        /* stem_bn [N, 16, 16, 16] */
     size_t batch)
 {
     enum {
@@ -1690,19 +1585,20 @@ static void resnet_small_block1_out_forward(
     const size_t elements = batch * SIZE;
     PARALLEL_FOR_ELEMENTS
     for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
+        const real y = in0[i] + in1[i];
+        out[i] = y > 0 ? y : 0;
     }
 }
 
-/* ---- block1_out: relu backward (spec line 15)
- * block1_add [N, 16, 16, 16] -> block1_out [N, 16, 16, 16]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
+/* ---- block1_add: add backward (spec line 14)
+ * block1_bn2 [N, 16, 16, 16], stem_bn [N, 16, 16, 16] -> block1_add [N, 16, 16, 16]
+ * every input's gradient += dout, where out > 0 (the fused relu)
  */
-static void resnet_small_block1_out_backward(
-    real *restrict din,                     /* block1_add [N, 16, 16, 16] */
-    const real *restrict dout,              /* block1_out [N, 16, 16, 16] */
-    const real *restrict in,                /* block1_add [N, 16, 16, 16] */
+static void resnet_small_block1_add_backward(
+    real *din0,                             /* block1_bn2 [N, 16, 16, 16] */
+    real *din1,                             /* stem_bn [N, 16, 16, 16] */
+    const real *restrict dout,              /* block1_add [N, 16, 16, 16] */
+    real *restrict out,                     /* block1_add [N, 16, 16, 16] */
     size_t batch)
 {
     enum {
@@ -1710,15 +1606,19 @@ static void resnet_small_block1_out_backward(
     };
     const size_t elements = batch * SIZE;
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
+    for (size_t i = 0; i < elements; i++) {  /* din0 is not restrict: two inputs may be the same tensor */
+        const real d = dout[i];               /* loaded first: a select, not a branch */
+        din0[i] += out[i] > 0 ? d : 0;
+    }
+    PARALLEL_FOR_ELEMENTS
+    for (size_t i = 0; i < elements; i++) {  /* din1 is not restrict: two inputs may be the same tensor */
+        const real d = dout[i];               /* loaded first: a select, not a branch */
+        din1[i] += out[i] > 0 ? d : 0;
     }
 }
 
 /* ---- down: conv2d forward (spec line 16)
- * block1_out [N, 16, 16, 16] -> down [N, 32, 8, 8]
+ * block1_add [N, 16, 16, 16] -> down [N, 32, 8, 8]
  * weight [32, 16, 3, 3], bias [32]: 4640 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -1727,7 +1627,7 @@ static void resnet_small_block1_out_backward(
  */
 KERNEL_INLINE void resnet_small_down_forward_slot(
     real *restrict out,                     /* down [N, 32, 8, 8] */
-    const real *restrict in,                /* block1_out [N, 16, 16, 16] */
+    const real *restrict in,                /* block1_add [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* down.bias [32] */
     real *slots,                            /* 20512 elements of workspace */
@@ -1782,7 +1682,7 @@ KERNEL_INLINE void resnet_small_down_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_down_forward(
     real *restrict out,                     /* down [N, 32, 8, 8] */
-    const real *restrict in,                /* block1_out [N, 16, 16, 16] */
+    const real *restrict in,                /* block1_add [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* down.bias [32] */
     real *slots,                            /* 20512 elements of workspace */
@@ -1801,18 +1701,18 @@ static void resnet_small_down_forward(
 }
 
 /* ---- down: conv2d backward (spec line 16)
- * block1_out [N, 16, 16, 16] -> down [N, 32, 8, 8]
+ * block1_add [N, 16, 16, 16] -> down [N, 32, 8, 8]
  * weight [32, 16, 3, 3], bias [32]: 4640 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
  *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im)
  */
 static void resnet_small_down_backward(
-    real *restrict din,                     /* block1_out [N, 16, 16, 16] */
+    real *restrict din,                     /* block1_add [N, 16, 16, 16] */
     real *restrict dweight,                 /* down.weight [32, 16, 3, 3] */
     real *restrict dbias,                   /* down.bias [32] */
     const real *restrict dout,              /* down [N, 32, 8, 8] */
-    const real *restrict in,                /* block1_out [N, 16, 16, 16] */
+    const real *restrict in,                /* block1_add [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
     real *slots,                            /* 20512 elements of workspace */
     size_t batch)
@@ -2489,7 +2389,7 @@ static void resnet_small_drop_forward(
         return;
     }
     for (size_t i = 0; i < batch * SIZE; i++)
-        out[i] = resnet_small_uniform01(seed, 55360u, i) >= RATE ? in[i] * SCALE : 0;
+        out[i] = resnet_small_uniform01(seed, 43072u, i) >= RATE ? in[i] * SCALE : 0;
 }
 
 /* ---- drop: dropout backward (spec line 21)
@@ -2508,7 +2408,7 @@ static void resnet_small_drop_backward(
     const double RATE = 0.25;
     const real SCALE = (real)1.3333333333333333;
     for (size_t i = 0; i < batch * SIZE; i++)
-        din[i] += resnet_small_uniform01(seed, 55360u, i) >= RATE ? dout[i] * SCALE : 0;
+        din[i] += resnet_small_uniform01(seed, 43072u, i) >= RATE ? dout[i] * SCALE : 0;
 }
 
 /* ---- classifier: dense forward (spec line 22)
@@ -2580,15 +2480,12 @@ void resnet_small_forward(const resnet_small_context *ctx, const real *input, si
 
     resnet_small_stem_forward(acts + A_STEM * batch, input, params + P_STEM_WEIGHT, workspace + WS_STEM, batch);
     resnet_small_stem_bn_forward(acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, params + P_STEM_BN_BETA, params + P_STEM_BN_RUNNING_MEAN, params + P_STEM_BN_RUNNING_VAR, workspace + WS_STEM_BN, batch, training);
-    resnet_small_stem_relu_forward(acts + A_STEM_RELU * batch, acts + A_STEM_BN * batch, batch);
-    resnet_small_block1_conv1_forward(acts + A_BLOCK1_CONV1 * batch, acts + A_STEM_RELU * batch, params + P_BLOCK1_CONV1_WEIGHT, workspace + WS_BLOCK1_CONV1, batch);
+    resnet_small_block1_conv1_forward(acts + A_BLOCK1_CONV1 * batch, acts + A_STEM_BN * batch, params + P_BLOCK1_CONV1_WEIGHT, workspace + WS_BLOCK1_CONV1, batch);
     resnet_small_block1_bn1_forward(acts + A_BLOCK1_BN1 * batch, acts + A_BLOCK1_CONV1 * batch, params + P_BLOCK1_BN1_GAMMA, params + P_BLOCK1_BN1_BETA, params + P_BLOCK1_BN1_RUNNING_MEAN, params + P_BLOCK1_BN1_RUNNING_VAR, workspace + WS_BLOCK1_BN1, batch, training);
-    resnet_small_block1_relu_forward(acts + A_BLOCK1_RELU * batch, acts + A_BLOCK1_BN1 * batch, batch);
-    resnet_small_block1_conv2_forward(acts + A_BLOCK1_CONV2 * batch, acts + A_BLOCK1_RELU * batch, params + P_BLOCK1_CONV2_WEIGHT, workspace + WS_BLOCK1_CONV2, batch);
+    resnet_small_block1_conv2_forward(acts + A_BLOCK1_CONV2 * batch, acts + A_BLOCK1_BN1 * batch, params + P_BLOCK1_CONV2_WEIGHT, workspace + WS_BLOCK1_CONV2, batch);
     resnet_small_block1_bn2_forward(acts + A_BLOCK1_BN2 * batch, acts + A_BLOCK1_CONV2 * batch, params + P_BLOCK1_BN2_GAMMA, params + P_BLOCK1_BN2_BETA, params + P_BLOCK1_BN2_RUNNING_MEAN, params + P_BLOCK1_BN2_RUNNING_VAR, workspace + WS_BLOCK1_BN2, batch, training);
-    resnet_small_block1_add_forward(acts + A_BLOCK1_ADD * batch, acts + A_BLOCK1_BN2 * batch, acts + A_STEM_RELU * batch, batch);
-    resnet_small_block1_out_forward(acts + A_BLOCK1_OUT * batch, acts + A_BLOCK1_ADD * batch, batch);
-    resnet_small_down_forward(acts + A_DOWN * batch, acts + A_BLOCK1_OUT * batch, params + P_DOWN_WEIGHT, params + P_DOWN_BIAS, workspace + WS_DOWN, batch);
+    resnet_small_block1_add_forward(acts + A_BLOCK1_ADD * batch, acts + A_BLOCK1_BN2 * batch, acts + A_STEM_BN * batch, batch);
+    resnet_small_down_forward(acts + A_DOWN * batch, acts + A_BLOCK1_ADD * batch, params + P_DOWN_WEIGHT, params + P_DOWN_BIAS, workspace + WS_DOWN, batch);
     resnet_small_down_relu_forward(acts + A_DOWN_RELU * batch, acts + A_DOWN * batch, batch);
     resnet_small_depthwise_forward(acts + A_DEPTHWISE * batch, acts + A_DOWN_RELU * batch, params + P_DEPTHWISE_WEIGHT, params + P_DEPTHWISE_BIAS, workspace + WS_DEPTHWISE, batch);
     resnet_small_pointwise_forward(acts + A_POINTWISE * batch, acts + A_DEPTHWISE * batch, params + P_POINTWISE_WEIGHT, params + P_POINTWISE_BIAS, batch);
@@ -2658,16 +2555,13 @@ void resnet_small_backward(const resnet_small_context *ctx, const real *input, c
     resnet_small_pointwise_backward(grad_acts + A_DEPTHWISE * batch, grads + P_POINTWISE_WEIGHT, grads + P_POINTWISE_BIAS, grad_acts + A_POINTWISE * batch, acts + A_DEPTHWISE * batch, params + P_POINTWISE_WEIGHT, workspace + WS_POINTWISE, batch);
     resnet_small_depthwise_backward(grad_acts + A_DOWN_RELU * batch, grads + P_DEPTHWISE_WEIGHT, grads + P_DEPTHWISE_BIAS, grad_acts + A_DEPTHWISE * batch, acts + A_DOWN_RELU * batch, params + P_DEPTHWISE_WEIGHT, workspace + WS_DEPTHWISE, batch);
     resnet_small_down_relu_backward(grad_acts + A_DOWN * batch, grad_acts + A_DOWN_RELU * batch, acts + A_DOWN * batch, batch);
-    resnet_small_down_backward(grad_acts + A_BLOCK1_OUT * batch, grads + P_DOWN_WEIGHT, grads + P_DOWN_BIAS, grad_acts + A_DOWN * batch, acts + A_BLOCK1_OUT * batch, params + P_DOWN_WEIGHT, workspace + WS_DOWN, batch);
-    resnet_small_block1_out_backward(grad_acts + A_BLOCK1_ADD * batch, grad_acts + A_BLOCK1_OUT * batch, acts + A_BLOCK1_ADD * batch, batch);
-    resnet_small_block1_add_backward(grad_acts + A_BLOCK1_BN2 * batch, grad_acts + A_STEM_RELU * batch, grad_acts + A_BLOCK1_ADD * batch, batch);
+    resnet_small_down_backward(grad_acts + A_BLOCK1_ADD * batch, grads + P_DOWN_WEIGHT, grads + P_DOWN_BIAS, grad_acts + A_DOWN * batch, acts + A_BLOCK1_ADD * batch, params + P_DOWN_WEIGHT, workspace + WS_DOWN, batch);
+    resnet_small_block1_add_backward(grad_acts + A_BLOCK1_BN2 * batch, grad_acts + A_STEM_BN * batch, grad_acts + A_BLOCK1_ADD * batch, acts + A_BLOCK1_ADD * batch, batch);
     resnet_small_block1_bn2_backward(grad_acts + A_BLOCK1_CONV2 * batch, grads + P_BLOCK1_BN2_GAMMA, grads + P_BLOCK1_BN2_BETA, grad_acts + A_BLOCK1_BN2 * batch, acts + A_BLOCK1_CONV2 * batch, params + P_BLOCK1_BN2_GAMMA, workspace + WS_BLOCK1_BN2, batch);
-    resnet_small_block1_conv2_backward(grad_acts + A_BLOCK1_RELU * batch, grads + P_BLOCK1_CONV2_WEIGHT, grad_acts + A_BLOCK1_CONV2 * batch, acts + A_BLOCK1_RELU * batch, params + P_BLOCK1_CONV2_WEIGHT, workspace + WS_BLOCK1_CONV2, batch);
-    resnet_small_block1_relu_backward(grad_acts + A_BLOCK1_BN1 * batch, grad_acts + A_BLOCK1_RELU * batch, acts + A_BLOCK1_BN1 * batch, batch);
-    resnet_small_block1_bn1_backward(grad_acts + A_BLOCK1_CONV1 * batch, grads + P_BLOCK1_BN1_GAMMA, grads + P_BLOCK1_BN1_BETA, grad_acts + A_BLOCK1_BN1 * batch, acts + A_BLOCK1_CONV1 * batch, params + P_BLOCK1_BN1_GAMMA, workspace + WS_BLOCK1_BN1, batch);
-    resnet_small_block1_conv1_backward(grad_acts + A_STEM_RELU * batch, grads + P_BLOCK1_CONV1_WEIGHT, grad_acts + A_BLOCK1_CONV1 * batch, acts + A_STEM_RELU * batch, params + P_BLOCK1_CONV1_WEIGHT, workspace + WS_BLOCK1_CONV1, batch);
-    resnet_small_stem_relu_backward(grad_acts + A_STEM_BN * batch, grad_acts + A_STEM_RELU * batch, acts + A_STEM_BN * batch, batch);
-    resnet_small_stem_bn_backward(grad_acts + A_STEM * batch, grads + P_STEM_BN_GAMMA, grads + P_STEM_BN_BETA, grad_acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, workspace + WS_STEM_BN, batch);
+    resnet_small_block1_conv2_backward(grad_acts + A_BLOCK1_BN1 * batch, grads + P_BLOCK1_CONV2_WEIGHT, grad_acts + A_BLOCK1_CONV2 * batch, acts + A_BLOCK1_BN1 * batch, params + P_BLOCK1_CONV2_WEIGHT, workspace + WS_BLOCK1_CONV2, batch);
+    resnet_small_block1_bn1_backward(grad_acts + A_BLOCK1_CONV1 * batch, grads + P_BLOCK1_BN1_GAMMA, grads + P_BLOCK1_BN1_BETA, grad_acts + A_BLOCK1_BN1 * batch, acts + A_BLOCK1_BN1 * batch, acts + A_BLOCK1_CONV1 * batch, params + P_BLOCK1_BN1_GAMMA, workspace + WS_BLOCK1_BN1, batch);
+    resnet_small_block1_conv1_backward(grad_acts + A_STEM_BN * batch, grads + P_BLOCK1_CONV1_WEIGHT, grad_acts + A_BLOCK1_CONV1 * batch, acts + A_STEM_BN * batch, params + P_BLOCK1_CONV1_WEIGHT, workspace + WS_BLOCK1_CONV1, batch);
+    resnet_small_stem_bn_backward(grad_acts + A_STEM * batch, grads + P_STEM_BN_GAMMA, grads + P_STEM_BN_BETA, grad_acts + A_STEM_BN * batch, acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, workspace + WS_STEM_BN, batch);
     resnet_small_stem_backward(grads + P_STEM_WEIGHT, grad_acts + A_STEM * batch, input, workspace + WS_STEM, batch);
 }
 /* ---- optimizer: Adam over the RESNET_SMALL_NUM_TRAINABLE trainable parameters
@@ -2723,54 +2617,45 @@ void resnet_small_forward_op(const resnet_small_context *ctx, const real *input,
         resnet_small_stem_bn_forward(acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, params + P_STEM_BN_BETA, params + P_STEM_BN_RUNNING_MEAN, params + P_STEM_BN_RUNNING_VAR, workspace + WS_STEM_BN, batch, training);
         break;
     case 2:
-        resnet_small_stem_relu_forward(acts + A_STEM_RELU * batch, acts + A_STEM_BN * batch, batch);
+        resnet_small_block1_conv1_forward(acts + A_BLOCK1_CONV1 * batch, acts + A_STEM_BN * batch, params + P_BLOCK1_CONV1_WEIGHT, workspace + WS_BLOCK1_CONV1, batch);
         break;
     case 3:
-        resnet_small_block1_conv1_forward(acts + A_BLOCK1_CONV1 * batch, acts + A_STEM_RELU * batch, params + P_BLOCK1_CONV1_WEIGHT, workspace + WS_BLOCK1_CONV1, batch);
-        break;
-    case 4:
         resnet_small_block1_bn1_forward(acts + A_BLOCK1_BN1 * batch, acts + A_BLOCK1_CONV1 * batch, params + P_BLOCK1_BN1_GAMMA, params + P_BLOCK1_BN1_BETA, params + P_BLOCK1_BN1_RUNNING_MEAN, params + P_BLOCK1_BN1_RUNNING_VAR, workspace + WS_BLOCK1_BN1, batch, training);
         break;
+    case 4:
+        resnet_small_block1_conv2_forward(acts + A_BLOCK1_CONV2 * batch, acts + A_BLOCK1_BN1 * batch, params + P_BLOCK1_CONV2_WEIGHT, workspace + WS_BLOCK1_CONV2, batch);
+        break;
     case 5:
-        resnet_small_block1_relu_forward(acts + A_BLOCK1_RELU * batch, acts + A_BLOCK1_BN1 * batch, batch);
-        break;
-    case 6:
-        resnet_small_block1_conv2_forward(acts + A_BLOCK1_CONV2 * batch, acts + A_BLOCK1_RELU * batch, params + P_BLOCK1_CONV2_WEIGHT, workspace + WS_BLOCK1_CONV2, batch);
-        break;
-    case 7:
         resnet_small_block1_bn2_forward(acts + A_BLOCK1_BN2 * batch, acts + A_BLOCK1_CONV2 * batch, params + P_BLOCK1_BN2_GAMMA, params + P_BLOCK1_BN2_BETA, params + P_BLOCK1_BN2_RUNNING_MEAN, params + P_BLOCK1_BN2_RUNNING_VAR, workspace + WS_BLOCK1_BN2, batch, training);
         break;
+    case 6:
+        resnet_small_block1_add_forward(acts + A_BLOCK1_ADD * batch, acts + A_BLOCK1_BN2 * batch, acts + A_STEM_BN * batch, batch);
+        break;
+    case 7:
+        resnet_small_down_forward(acts + A_DOWN * batch, acts + A_BLOCK1_ADD * batch, params + P_DOWN_WEIGHT, params + P_DOWN_BIAS, workspace + WS_DOWN, batch);
+        break;
     case 8:
-        resnet_small_block1_add_forward(acts + A_BLOCK1_ADD * batch, acts + A_BLOCK1_BN2 * batch, acts + A_STEM_RELU * batch, batch);
-        break;
-    case 9:
-        resnet_small_block1_out_forward(acts + A_BLOCK1_OUT * batch, acts + A_BLOCK1_ADD * batch, batch);
-        break;
-    case 10:
-        resnet_small_down_forward(acts + A_DOWN * batch, acts + A_BLOCK1_OUT * batch, params + P_DOWN_WEIGHT, params + P_DOWN_BIAS, workspace + WS_DOWN, batch);
-        break;
-    case 11:
         resnet_small_down_relu_forward(acts + A_DOWN_RELU * batch, acts + A_DOWN * batch, batch);
         break;
-    case 12:
+    case 9:
         resnet_small_depthwise_forward(acts + A_DEPTHWISE * batch, acts + A_DOWN_RELU * batch, params + P_DEPTHWISE_WEIGHT, params + P_DEPTHWISE_BIAS, workspace + WS_DEPTHWISE, batch);
         break;
-    case 13:
+    case 10:
         resnet_small_pointwise_forward(acts + A_POINTWISE * batch, acts + A_DEPTHWISE * batch, params + P_POINTWISE_WEIGHT, params + P_POINTWISE_BIAS, batch);
         break;
-    case 14:
+    case 11:
         resnet_small_pointwise_relu_forward(acts + A_POINTWISE_RELU * batch, acts + A_POINTWISE * batch, batch);
         break;
-    case 15:
+    case 12:
         resnet_small_merged_forward(acts + A_MERGED * batch, acts + A_DOWN_RELU * batch, acts + A_POINTWISE_RELU * batch, batch);
         break;
-    case 16:
+    case 13:
         resnet_small_gap_forward(acts + A_GAP * batch, acts + A_MERGED * batch, batch);
         break;
-    case 17:
+    case 14:
         resnet_small_drop_forward(acts + A_DROP * batch, acts + A_GAP * batch, batch, training, seed);
         break;
-    case 18:
+    case 15:
         resnet_small_classifier_forward(acts + A_CLASSIFIER * batch, acts + A_DROP * batch, params + P_CLASSIFIER_WEIGHT, params + P_CLASSIFIER_BIAS, batch);
         break;
     default:
@@ -2798,57 +2683,48 @@ void resnet_small_backward_op(const resnet_small_context *ctx, const real *input
         resnet_small_stem_backward(grads + P_STEM_WEIGHT, grad_acts + A_STEM * batch, input, workspace + WS_STEM, batch);
         break;
     case 1:
-        resnet_small_stem_bn_backward(grad_acts + A_STEM * batch, grads + P_STEM_BN_GAMMA, grads + P_STEM_BN_BETA, grad_acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, workspace + WS_STEM_BN, batch);
+        resnet_small_stem_bn_backward(grad_acts + A_STEM * batch, grads + P_STEM_BN_GAMMA, grads + P_STEM_BN_BETA, grad_acts + A_STEM_BN * batch, acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, workspace + WS_STEM_BN, batch);
         break;
     case 2:
-        resnet_small_stem_relu_backward(grad_acts + A_STEM_BN * batch, grad_acts + A_STEM_RELU * batch, acts + A_STEM_BN * batch, batch);
+        resnet_small_block1_conv1_backward(grad_acts + A_STEM_BN * batch, grads + P_BLOCK1_CONV1_WEIGHT, grad_acts + A_BLOCK1_CONV1 * batch, acts + A_STEM_BN * batch, params + P_BLOCK1_CONV1_WEIGHT, workspace + WS_BLOCK1_CONV1, batch);
         break;
     case 3:
-        resnet_small_block1_conv1_backward(grad_acts + A_STEM_RELU * batch, grads + P_BLOCK1_CONV1_WEIGHT, grad_acts + A_BLOCK1_CONV1 * batch, acts + A_STEM_RELU * batch, params + P_BLOCK1_CONV1_WEIGHT, workspace + WS_BLOCK1_CONV1, batch);
+        resnet_small_block1_bn1_backward(grad_acts + A_BLOCK1_CONV1 * batch, grads + P_BLOCK1_BN1_GAMMA, grads + P_BLOCK1_BN1_BETA, grad_acts + A_BLOCK1_BN1 * batch, acts + A_BLOCK1_BN1 * batch, acts + A_BLOCK1_CONV1 * batch, params + P_BLOCK1_BN1_GAMMA, workspace + WS_BLOCK1_BN1, batch);
         break;
     case 4:
-        resnet_small_block1_bn1_backward(grad_acts + A_BLOCK1_CONV1 * batch, grads + P_BLOCK1_BN1_GAMMA, grads + P_BLOCK1_BN1_BETA, grad_acts + A_BLOCK1_BN1 * batch, acts + A_BLOCK1_CONV1 * batch, params + P_BLOCK1_BN1_GAMMA, workspace + WS_BLOCK1_BN1, batch);
+        resnet_small_block1_conv2_backward(grad_acts + A_BLOCK1_BN1 * batch, grads + P_BLOCK1_CONV2_WEIGHT, grad_acts + A_BLOCK1_CONV2 * batch, acts + A_BLOCK1_BN1 * batch, params + P_BLOCK1_CONV2_WEIGHT, workspace + WS_BLOCK1_CONV2, batch);
         break;
     case 5:
-        resnet_small_block1_relu_backward(grad_acts + A_BLOCK1_BN1 * batch, grad_acts + A_BLOCK1_RELU * batch, acts + A_BLOCK1_BN1 * batch, batch);
-        break;
-    case 6:
-        resnet_small_block1_conv2_backward(grad_acts + A_BLOCK1_RELU * batch, grads + P_BLOCK1_CONV2_WEIGHT, grad_acts + A_BLOCK1_CONV2 * batch, acts + A_BLOCK1_RELU * batch, params + P_BLOCK1_CONV2_WEIGHT, workspace + WS_BLOCK1_CONV2, batch);
-        break;
-    case 7:
         resnet_small_block1_bn2_backward(grad_acts + A_BLOCK1_CONV2 * batch, grads + P_BLOCK1_BN2_GAMMA, grads + P_BLOCK1_BN2_BETA, grad_acts + A_BLOCK1_BN2 * batch, acts + A_BLOCK1_CONV2 * batch, params + P_BLOCK1_BN2_GAMMA, workspace + WS_BLOCK1_BN2, batch);
         break;
+    case 6:
+        resnet_small_block1_add_backward(grad_acts + A_BLOCK1_BN2 * batch, grad_acts + A_STEM_BN * batch, grad_acts + A_BLOCK1_ADD * batch, acts + A_BLOCK1_ADD * batch, batch);
+        break;
+    case 7:
+        resnet_small_down_backward(grad_acts + A_BLOCK1_ADD * batch, grads + P_DOWN_WEIGHT, grads + P_DOWN_BIAS, grad_acts + A_DOWN * batch, acts + A_BLOCK1_ADD * batch, params + P_DOWN_WEIGHT, workspace + WS_DOWN, batch);
+        break;
     case 8:
-        resnet_small_block1_add_backward(grad_acts + A_BLOCK1_BN2 * batch, grad_acts + A_STEM_RELU * batch, grad_acts + A_BLOCK1_ADD * batch, batch);
-        break;
-    case 9:
-        resnet_small_block1_out_backward(grad_acts + A_BLOCK1_ADD * batch, grad_acts + A_BLOCK1_OUT * batch, acts + A_BLOCK1_ADD * batch, batch);
-        break;
-    case 10:
-        resnet_small_down_backward(grad_acts + A_BLOCK1_OUT * batch, grads + P_DOWN_WEIGHT, grads + P_DOWN_BIAS, grad_acts + A_DOWN * batch, acts + A_BLOCK1_OUT * batch, params + P_DOWN_WEIGHT, workspace + WS_DOWN, batch);
-        break;
-    case 11:
         resnet_small_down_relu_backward(grad_acts + A_DOWN * batch, grad_acts + A_DOWN_RELU * batch, acts + A_DOWN * batch, batch);
         break;
-    case 12:
+    case 9:
         resnet_small_depthwise_backward(grad_acts + A_DOWN_RELU * batch, grads + P_DEPTHWISE_WEIGHT, grads + P_DEPTHWISE_BIAS, grad_acts + A_DEPTHWISE * batch, acts + A_DOWN_RELU * batch, params + P_DEPTHWISE_WEIGHT, workspace + WS_DEPTHWISE, batch);
         break;
-    case 13:
+    case 10:
         resnet_small_pointwise_backward(grad_acts + A_DEPTHWISE * batch, grads + P_POINTWISE_WEIGHT, grads + P_POINTWISE_BIAS, grad_acts + A_POINTWISE * batch, acts + A_DEPTHWISE * batch, params + P_POINTWISE_WEIGHT, workspace + WS_POINTWISE, batch);
         break;
-    case 14:
+    case 11:
         resnet_small_pointwise_relu_backward(grad_acts + A_POINTWISE * batch, grad_acts + A_POINTWISE_RELU * batch, acts + A_POINTWISE * batch, batch);
         break;
-    case 15:
+    case 12:
         resnet_small_merged_backward(grad_acts + A_DOWN_RELU * batch, grad_acts + A_POINTWISE_RELU * batch, grad_acts + A_MERGED * batch, batch);
         break;
-    case 16:
+    case 13:
         resnet_small_gap_backward(grad_acts + A_MERGED * batch, grad_acts + A_GAP * batch, batch);
         break;
-    case 17:
+    case 14:
         resnet_small_drop_backward(grad_acts + A_GAP * batch, grad_acts + A_DROP * batch, batch, seed);
         break;
-    case 18:
+    case 15:
         resnet_small_classifier_backward(grad_acts + A_DROP * batch, grads + P_CLASSIFIER_WEIGHT, grads + P_CLASSIFIER_BIAS, grad_acts + A_CLASSIFIER * batch, acts + A_DROP * batch, params + P_CLASSIFIER_WEIGHT, batch);
         break;
     default:

@@ -1,0 +1,141 @@
+"""A relu after a batchnorm or an add runs in that op's kernels (lowering._relu_epilogues): the
+op writes max(0, y) where the relu's output goes, and its backward masks the gradient with that
+output. The fused build must give the same bits as the unfused one (fuse=False: every layer its
+own op) in training and inference, at any thread count, pass finite differences in float64, and
+refuse, with a message, to return the output it no longer stores."""
+import numpy as np
+import pytest
+
+import cnncc
+from cnncc.gradcheck import check_gradients, random_batch
+from cnncc.options import CompileOptions
+
+RESIDUAL = {
+    "name": "fused_residual", "input": {"channels": 3, "height": 9, "width": 9},
+    "layers": [{"name": "conv1", "type": "conv2d", "filters": 6, "kernel": 3, "padding": 1},
+               {"name": "bn1", "type": "batchnorm"}, {"name": "relu1", "type": "relu"},
+               {"name": "conv2", "type": "conv2d", "filters": 6, "kernel": 3, "padding": 1},
+               {"name": "bn2", "type": "batchnorm", "momentum": 0.3},
+               {"name": "sum", "type": "add", "inputs": ["relu1", "bn2"]}, {"name": "out", "type": "relu"},
+               {"name": "pool", "type": "avgpool2d", "kernel": 3},
+               {"type": "flatten"}, {"name": "fc", "type": "dense", "units": 5}],
+    "loss": "softmax_cross_entropy", "optimizer": {"type": "adam", "lr": 0.01}}
+
+# bn1's output is read twice (relu1 and the add), so only the add's relu is fused; the last
+# batchnorm ends with the relu that is the network's output (its op's tensor becomes the output).
+SHARED = {
+    "name": "fused_shared", "input": {"channels": 2, "height": 6, "width": 6},
+    "layers": [{"name": "conv1", "type": "conv2d", "filters": 4, "kernel": 3, "padding": 1},
+               {"name": "bn1", "type": "batchnorm"}, {"name": "relu1", "type": "relu"},
+               {"name": "sum", "type": "add", "inputs": ["relu1", "bn1"]}, {"name": "out", "type": "relu"},
+               {"type": "flatten"}, {"name": "fc", "type": "dense", "units": 3},
+               {"name": "bn_out", "type": "batchnorm"}, {"name": "last", "type": "relu"}],
+    "loss": "mse", "optimizer": {"type": "sgd", "lr": 0.05, "momentum": 0.9}}
+
+
+def _dtype(spec, dtype):
+    return {**spec, "dtype": dtype}
+
+
+def _train(model, x, y, steps=3):
+    model.init(4)
+    losses = [model.train_step(x, y, seed=2) for _ in range(steps)]
+    return losses, {k: v.copy() for k, v in model.params.items()}, model.predict(x)
+
+
+# In float64 the sums take no rounding to float between a product and its addition, so with
+# -ffp-contract=fast the compiler may fuse them into FMAs differently in the two builds' machine
+# code: the bit-for-bit comparison then needs contraction off (in float32 the products are
+# rounded to float before they are added in double, so nothing can contract).
+FLAGS = {"float32": None, "float64": ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno")}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_and_unfused_builds_give_the_same_bits(dtype, build_dir):
+    spec = _dtype(RESIDUAL, dtype)
+    fused = cnncc.compile(spec, build_dir=build_dir, cflags=FLAGS[dtype])
+    unfused = cnncc.compile(spec, build_dir=build_dir, fuse=False, cflags=FLAGS[dtype])
+    assert fused.program.fused_away == {"bn1": "relu1", "sum": "out"}
+    assert unfused.program.fused_away == {}
+    assert len(fused.program.ops) == len(unfused.program.ops) - 2
+    assert {op.name: op.fused for op in fused.program.ops if op.fused} == {"bn1": ("relu1",), "sum": ("out",)}
+    rng = np.random.default_rng(0)
+    x, y = random_batch(fused, 7, rng)
+    a, b = _train(fused, x, y), _train(unfused, x, y)
+    assert a[0] == b[0]
+    assert all(np.array_equal(a[1][k], b[1][k]) for k in a[1])  # running statistics included
+    assert np.array_equal(a[2], b[2])
+    # the relu's output and its gradient are those of the unfused build
+    for m in (fused, unfused):
+        m.init(4)
+        m.gradients(x, y, seed=2)
+    for layer in ("relu1", "out"):
+        assert np.array_equal(fused.activation(layer, 7), unfused.activation(layer, 7))
+        assert np.array_equal(fused.activation(layer, 7, grad=True), unfused.activation(layer, 7, grad=True))
+    # one tensor less per fusion: less memory for the activations and their gradients
+    assert fused.program.activation_size < unfused.program.activation_size
+
+
+def test_fused_output_is_refused_by_name(build_dir):
+    model = cnncc.compile(RESIDUAL, build_dir=build_dir)
+    x, y = random_batch(model, 2, np.random.default_rng(1))
+    model.gradients(x, y)
+    for layer, relu in (("bn1", "relu1"), ("sum", "out")):
+        for grad in (False, True):
+            with pytest.raises(ValueError, match=rf"output of '{layer}' is not stored: the relu '{relu}'.*fuse=False"):
+                model.activation(layer, 2, grad=grad)
+    unfused = cnncc.compile(RESIDUAL, build_dir=build_dir, fuse=False)
+    unfused.gradients(x, y)
+    assert unfused.activation("bn1", 2).shape == (2, 6, 9, 9)  # every layer's output, unfused
+
+
+def test_fusion_only_where_the_relu_alone_reads_the_output(build_dir):
+    fused = cnncc.compile(SHARED, build_dir=build_dir)
+    assert fused.program.fused_away == {"sum": "out", "bn_out": "last"}
+    assert fused.program.output is fused.program.layer_outputs["bn_out"]
+    unfused = cnncc.compile(SHARED, build_dir=build_dir, fuse=False)
+    x, y = random_batch(fused, 5, np.random.default_rng(3))
+    a, b = _train(fused, x, y), _train(unfused, x, y)
+    assert a[0] == b[0] and np.array_equal(a[2], b[2])
+    assert all(np.array_equal(a[1][k], b[1][k]) for k in a[1])
+
+
+def test_fused_backward_passes_finite_differences(build_dir):
+    model = cnncc.compile(_dtype(RESIDUAL, "float64"), build_dir=build_dir)
+    x, y = random_batch(model, 6, np.random.default_rng(5))
+    model.init(2)
+    errors = check_gradients(model, x, y, samples=20)
+    assert set(errors) == {k for k in model.params if not k.endswith(("running_mean", "running_var"))}
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_fused_threaded_build_is_bit_identical(build_dir):
+    # 9 x 6 x 9 x 9 = 4,374 elements: below the element threshold, so this checks the build;
+    # the residual block of test_network.THREADED_SPECS splits its elements over the threads.
+    spec = {**RESIDUAL, "input": {"channels": 3, "height": 32, "width": 32}, "name": "fused_threads"}
+    threaded = cnncc.compile(spec, build_dir=build_dir, threads=2)
+    serial = cnncc.compile(spec, build_dir=build_dir, fuse=False)
+    x, y = random_batch(serial, 9, np.random.default_rng(6))
+    runs = []
+    for threads in (1, 2):
+        threaded.set_threads(threads)
+        runs.append(_train(threaded, x, y))
+    reference = _train(serial, x, y)
+    for run in runs:
+        assert run[0] == reference[0] and np.array_equal(run[2], reference[2])
+        assert all(np.array_equal(run[1][k], reference[1][k]) for k in run[1])
+
+
+def test_fuse_must_be_a_bool():
+    with pytest.raises(ValueError, match="fuse must be True or False"):
+        CompileOptions(fuse="no")
+
+
+def test_quantize_reads_every_output_through_an_unfused_build(build_dir):
+    """int8 calibration reads each layer's float output; the fused model is rebuilt unfused for
+    it, and both give the same quantized model."""
+    fused = cnncc.compile(RESIDUAL, build_dir=build_dir).init(3)
+    unfused = cnncc.compile(RESIDUAL, build_dir=build_dir, fuse=False).init(3)
+    x = np.random.default_rng(7).normal(size=(16, 3, 9, 9)).astype(np.float32)
+    a, b = fused.quantize(x, build_dir=build_dir), unfused.quantize(x, build_dir=build_dir)
+    assert np.array_equal(a.predict(x), b.predict(x))
