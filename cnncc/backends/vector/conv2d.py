@@ -76,8 +76,8 @@ class ConvPlanner(Planner):
             backward_template = POOLED
         else:
             backward_names = (_shifted_backward_names(s) if shifted else _im2col_backward_names(s)) + \
-                ("SAMPLE_SLOTS", "SLOT_SIZE", "C_OUT", "K_GROUP", "PIXELS_OUT", "SCRATCH_DWEIGHT_PART",
-                 "SCRATCH_DBIAS_PART")
+                ("SAMPLE_SLOTS", "SLOT_SIZE", "C_OUT", "K_GROUP", "PIXELS_OUT") + \
+                (("SCRATCH_DWEIGHT_PART",) if s["dweight"] else ()) + (("SCRATCH_DBIAS_PART",) if s["dbias"] else ())
             backward_names = tuple(dict.fromkeys(backward_names))
             # the input only for the weight gradient: a frozen conv between trainable layers (din
             # alone) lets its input go after the forward pass (memplan.backward_reads)
