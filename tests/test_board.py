@@ -276,3 +276,41 @@ def test_fine_tuning_lenet_on_the_m4_within_the_predicted_ram(tmp_path, build_di
     assert_params_close(model.program, trained, model.flat_params)
     frozen = model.program.num_trainable
     np.testing.assert_array_equal(trained[frozen:], start[frozen:])  # the frozen layers never move
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
+def test_every_training_build_compiles_warning_free(spec, tmp_path):
+    """The training build (batch 1) of every spec that fits the board's RAM, built by the project's
+    own Makefile (-Wall -Wextra -Werror) with no warning at all; the others are refused before
+    anything is written. mnist_autoencoder's once failed: arm-none-eabi-gcc -O2 saw a negative lane
+    count in a vector store of gemm_nn_block (-Wstringop-overflow) on a path that never runs."""
+    board = board_named(BOARD)
+    need_command(board.compiler.command, board.compiler.install)
+    need_command("make", "apt-get install -y make")
+    try:
+        project = emit_board(spec, tmp_path / "project", BOARD, batch=1)
+    except ValueError as exc:
+        assert spec.stem in ("resnet8", "vgg_cifar") and "does not fit the mps2-an386's RAM" in str(exc)
+        assert not (tmp_path / "project").exists()
+        return
+    result = subprocess.run(["make", "-C", str(project.directory), "main.elf"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "warning" not in result.stderr.lower(), result.stderr
+    assert "-Werror" in (project.directory / "Makefile").read_text()
+
+
+def test_the_autoencoder_trains_on_the_m4(tmp_path, build_dir):
+    """mnist_autoencoder (a transposed conv whose input gradient is gemm_nn's narrow last column
+    block: the build that failed) trains on the device exactly as on the host."""
+    need_toolchain()
+    spec = ROOT / "specs/mnist_autoencoder.yaml"
+    model = cnncc.compile(spec, build_dir=build_dir).init(9)
+    start = model.flat_params.copy()
+    project = emit_board(spec, tmp_path, BOARD, batch=1)
+    build(project.directory, project.board)
+    x = np.random.default_rng(10).uniform(0, 1, (3, *model.input_shape)).astype(np.float32)
+    trained, result = train_on_device(project, x, x, params=start)  # targets: the input itself
+    host = [model.train_step(x[i:i + 1], x[i:i + 1]) for i in range(len(x))]
+    np.testing.assert_allclose(result.losses, host, rtol=RTOL)
+    assert_params_close(model.program, trained, model.flat_params)
+    assert not np.allclose(trained, start)

@@ -79,17 +79,46 @@ def test_input_gradient_matches_finite_differences(shape, portable_groups):
 
 
 def test_no_kernel_needs_vector_types(portable_groups):
-    """The conv -> maxpool chains that the vector backend fuses (ir.PooledBackward) keep their own
-    backwards here, and the source has none of the GNU extensions the vector backend uses."""
+    """The conv -> maxpool chains that the vector backend fuses (ir.PooledBackward) take the
+    portable backend's own scalar template of that backward, and the source has none of the GNU
+    extensions the vector backend uses."""
     from cnncc.backends.vector.conv2d import POOLED
 
-    pooled = [case.id for case in layers.CASES if case.after]
-    programs = {id(g.model): g.model.program for g in portable_groups.values()}
-    ops = [op for program in programs.values() for op in program.ops]
-    assert pooled and {op.name for op in ops} >= set(pooled)
-    assert all(op.plan.backward_template != POOLED and op.pooled is None for op in ops)
+    fused = {op.layer for g in portable_groups.values() for op in g.model.program.ops if op.pooled}
+    assert fused == {"conv_relu_pool", "c1_relu_pool"}  # as on the vector backend (test_layers.py)
     for group in portable_groups.values():
-        assert not GNU_EXTENSIONS.search(group.model.module.sources.source)
+        source = group.model.module.sources.source
+        assert not GNU_EXTENSIONS.search(source)
+        for op in group.model.program.ops:
+            assert (op.plan.backward_template == POOLED) == (op.pooled is not None)
+            if op.pooled is not None:
+                assert f"{op.name}_backward" in source and "vec_load" not in source
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("shape", list(layers.VARIANT_CASES), ids=layers.shape_tag)
+def test_every_kernel_variant_and_block_form(shape, dtype, build_dir):
+    """test_layers.py's kernel variants (every conv method, the pooled backward with and without a
+    relu, strided, padded, dilated, overlapping windows, bias or none, odd channel counts whose
+    kernel rows leave padding lanes) and the products' block forms and tails, on this backend."""
+    cases = layers.VARIANT_CASES[shape]
+    rng = np.random.default_rng(layers.stable_seed("portable variants", shape))
+    cflags = (*STRICT_GCC.split()[1:], "-O2")
+    result = layers.run_group(shape, dtype, "pre", build_dir, cases=cases, cflags=cflags, backend=BACKEND,
+                              name=f"portable_variants_{layers.shape_tag(shape)}_{dtype}",
+                              xs=layers.kink_safe(rng, (layers.VARIANT_BATCH,) + shape))
+    pooled = {op.layer for op in result.model.program.ops if op.pooled}
+    assert pooled == {case.id for case in cases if case.id.startswith("pooled_")}
+    tolerance = layers.TOL_FORWARD64 if dtype == "float64" else layers.TOL_FORWARD32
+    for case in cases:
+        r = result.cases[case.id]
+        assert max(r.forward_infer, r.forward_train) <= tolerance, f"{case.id} forward: {r.forward_infer:.3g}"
+        if dtype == "float64":
+            assert r.input_grads <= layers.TOL_BACKWARD64, f"{case.id} input gradient: {r.input_grads:.3g}"
+            assert r.param_grads and max(r.param_grads.values()) <= layers.TOL_BACKWARD64, f"{case.id}: {r.param_grads}"
+            assert max(r.fd_params.values()) <= layers.TOL_FD, f"{case.id} vs finite differences: {r.fd_params}"
+    if dtype == "float64":
+        assert result.fd_input <= layers.TOL_FD
 
 
 # ---- training: the vector backend's trajectory -------------------------------------------

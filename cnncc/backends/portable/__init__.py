@@ -5,9 +5,10 @@ attributes, statement expressions, VLAs, OpenMP or headers beyond <stddef.h> <st
 <string.h> <math.h>, so any C99 compiler builds it (checked: gcc -pedantic-errors, clang
 -Weverything, tcc). Its sums' order depends on the shapes alone, never on the target.
 
-Its planners are the vector backend's, without the conv backward through a maxpool (its template
-works on vector types): such a conv's backward is the shifted or im2col one and the maxpool keeps
-its own backward.
+Its planners are the vector backend's, and so are its scratch layouts; the conv backward through
+the maxpool after it (ir.PooledBackward) has a scalar template of its own
+(templates/portable/layers/conv2d_pooled_backward.c.j2) whose loops run over the plan's kernel
+rows padded to a multiple of 16 (constant trip counts a compiler vectorises at any width).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class PortableBackend(Backend):
     threaded = False  # no OpenMP: its sample slots and products run on the calling thread
     emit_cflags = "-std=c99 -O3"
     clang_warnings_off = CLANG_WARNINGS_OFF
-    planners = {"conv2d": ConvPlanner(pooled_backward=False), "maxpool2d": MaxPoolPlanner()}
+    planners = {"conv2d": ConvPlanner(), "maxpool2d": MaxPoolPlanner()}
 
     def planner_for(self, template: str) -> Planner:
         return self.planners.get(template) or GenericPlanner(template)

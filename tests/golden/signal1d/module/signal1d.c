@@ -261,12 +261,16 @@ KERNEL_INLINE void signal1d_gemm_nn_block(int rows, int cols, int i0, const real
                                  const real *restrict b, taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
     const int vecs = cols > VEC_LANES ? 2 : 1;
+    /* the columns in vector v, each visibly within [0, VEC_LANES]: written as cols - v * VEC_LANES,
+       GCC (arm-none-eabi-gcc -O2) could not tie v < vecs to cols and reported a memcpy of
+       cols - VEC_LANES < 0 lanes (-Wstringop-overflow) on a path that never runs */
+    const int lanes[2] = {cols < VEC_LANES ? cols : VEC_LANES, cols > VEC_LANES ? cols - VEC_LANES : 0};
     const real *a_rows[NN_ROWS];
     vec acc[NN_ROWS][2];
     for (int i = 0; i < rows; i++) {
         a_rows[i] = a + signal1d_tap_offset(at, i0 + i);
         for (int v = 0; v < vecs; v++)
-            acc[i][v] = accumulate ? signal1d_vec_load(c + i * ldc + v * VEC_LANES, cols - v * VEC_LANES) : (vec){0};
+            acc[i][v] = accumulate ? signal1d_vec_load(c + i * ldc + v * VEC_LANES, lanes[v]) : (vec){0};
     }
     int k = 0;
     for (int ch = 0; ch < bt.CH; ch++)
@@ -275,7 +279,7 @@ KERNEL_INLINE void signal1d_gemm_nn_block(int rows, int cols, int i0, const real
                 const real *restrict b_row = b + ch * bt.plane + kh * bt.step_h + kw * bt.step_w;
                 vec b_k[2];
                 for (int v = 0; v < vecs; v++)
-                    b_k[v] = signal1d_vec_load(b_row + v * VEC_LANES, cols - v * VEC_LANES);
+                    b_k[v] = signal1d_vec_load(b_row + v * VEC_LANES, lanes[v]);
                 for (int i = 0; i < rows; i++) {
                     const real a_ik = a_rows[i][k * a_col];
                     for (int v = 0; v < vecs; v++)
@@ -284,7 +288,7 @@ KERNEL_INLINE void signal1d_gemm_nn_block(int rows, int cols, int i0, const real
             }
     for (int i = 0; i < rows; i++)
         for (int v = 0; v < vecs; v++)
-            signal1d_vec_store(c + i * ldc + v * VEC_LANES, acc[i][v], cols - v * VEC_LANES);
+            signal1d_vec_store(c + i * ldc + v * VEC_LANES, acc[i][v], lanes[v]);
 }
 
 /* Every row block of one column block of gemm_nn. The last M % NN_ROWS rows go through blocks of
