@@ -660,8 +660,7 @@ static void resnet_small_stem_backward(
         W_OUT = 16,
         SAMPLE_SLOTS = 1,
         SLOT_SIZE = 16598,
-        SCRATCH_DWEIGHT_PART = 16166,
-        SCRATCH_DBIAS_PART = 16598
+        SCRATCH_DWEIGHT_PART = 16166
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
@@ -997,8 +996,7 @@ static void resnet_small_block1_conv1_backward(
         WIDE_IN = 286,
         SAMPLE_SLOTS = 1,
         SLOT_SIZE = 26400,
-        SCRATCH_DWEIGHT_PART = 24096,
-        SCRATCH_DBIAS_PART = 26400
+        SCRATCH_DWEIGHT_PART = 24096
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
@@ -1354,8 +1352,7 @@ static void resnet_small_block1_conv2_backward(
         WIDE_IN = 286,
         SAMPLE_SLOTS = 1,
         SLOT_SIZE = 26400,
-        SCRATCH_DWEIGHT_PART = 24096,
-        SCRATCH_DBIAS_PART = 26400
+        SCRATCH_DWEIGHT_PART = 24096
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
