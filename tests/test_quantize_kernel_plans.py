@@ -11,7 +11,12 @@ import pytest
 
 from cnncc.build import find_compiler
 from cnncc.quantize import arith
-from cnncc.quantize.kernels import DIRECT_PLANES_MAX, FILTER_BLOCK, PIXEL_BLOCK, REQUANTIZE_LANES
+from cnncc.check import check_net
+from cnncc.quantize.graph import build_graph
+from cnncc.quantize.kernels import (DIRECT_PLANES_MAX, FILTER_BLOCK, PIXEL_BLOCK, REQUANTIZE_LANES,
+                                    SHIFTED_FILTER_BLOCK)
+from cnncc.quantize.layout import plan_layout
+from cnncc.spec import load_spec
 from quant_cases import STRICT, assert_bit_exact, int8_case, single_spec
 
 
@@ -21,25 +26,35 @@ def conv(**fields):
 
 # (input shape, layer, the kernel the plan must choose, what the case exercises)
 CASES = [
+    ((5, 9, 12), conv(filters=5, groups=5, kernel=[2, 3], bias=False), "shifted", "depthwise, no padding"),
+    ((4, 12, 12), conv(filters=4, groups=4, kernel=3, padding="same", dilation=2), "shifted",
+     "depthwise, padded, dilated"),
+    ((2, 10, 8), conv(filters=6, groups=2, kernel=3, padding=1, activation="relu"), "shifted",
+     "groups of one input channel and three filters (a filter block of 3)"),
+    ((1, 15, 10), conv(filters=5, kernel=[4, 3], padding=[2, 1]), "shifted",
+     "a short last block of rows and of filters"),
+    ((1, 5, 70), conv(filters=3, kernel=[1, 3], padding=[0, 1]), "shifted", "a row longer than REQUANTIZE_LANES"),
+    ((5, 6, 6), conv(filters=9, kernel=1), "shifted", "1x1 with few input channels"),
     ((6, 11, 9), conv(filters=6, groups=6, kernel=3, padding="same", stride=2, dilation=2), "direct",
      "depthwise, padded, strided, dilated"),
-    ((5, 9, 12), conv(filters=5, groups=5, kernel=[2, 3], bias=False), "direct", "depthwise, no padding"),
-    ((2, 10, 8), conv(filters=6, groups=2, kernel=3, padding=1, activation="relu"), "direct",
-     "one input channel per group, three filters each"),
-    ((1, 15, 10), conv(filters=5, kernel=[4, 3], padding=[2, 1]), "direct",
-     "ROW_BLOCK rows of 10 with a short last block"),
-    ((1, 5, 70), conv(filters=3, kernel=[1, 3], padding=[0, 1]), "direct", "a row wider than REQUANTIZE_LANES"),
-    ((3, 7, 9), conv(filters=7, kernel=3), "conv", "a short last block of pixels (35) and of filters (7)"),
-    ((5, 6, 6), conv(filters=9, kernel=1), "conv", "1x1"),
+    ((5, 29, 12), conv(filters=5, groups=5, kernel=3, stride=[2, 1]), "direct",
+     "depthwise, strided, no padding, a short last block of rows"),
+    ((4, 7, 9), conv(filters=7, kernel=3), "conv", "a short last block of pixels (35) and of filters (7)"),
+    ((40, 6, 6), conv(filters=9, kernel=1), "conv", "1x1"),
     ((4, 9, 11), conv(filters=6, kernel=1, stride=2), "conv", "1x1, strided"),
     ((6, 9, 10), conv(filters=6, groups=2, kernel=3, padding="same", dilation=2, stride=[1, 2]), "conv",
-     "groups of 3 filters (a filter block of 3), dilation, padding"),
+     "groups of three filters, dilation, padding, stride"),
     ((1, 13, 11), conv(filters=16, kernel=[4, 3], stride=2, padding="same"), "conv",
      "one input channel but 16 filters: the patches"),
-    ((1, 80, 80), conv(filters=4, kernel=3, padding=1), "conv",
+    ((1, 80, 80), conv(filters=4, kernel=3, padding=1, stride=2), "conv",
      "padded planes above DIRECT_PLANES_MAX: the patches instead"),
-    ((3, 3, 3), conv(filters=5, kernel=3), "conv", "one output pixel (a pixel block of 1)"),
+    ((4, 3, 3), conv(filters=5, kernel=3), "conv", "one output pixel (a pixel block of 1)"),
 ]
+
+
+def _plan(shape, layer):
+    graph = build_graph(check_net(load_spec(single_spec(shape, layer))))
+    return plan_layout(graph).kernels[graph.ops[0].name], graph.ops[0].dims
 
 
 @pytest.mark.parametrize("shape, layer, kernel, what", CASES, ids=[case[3] for case in CASES])
@@ -51,15 +66,32 @@ def test_each_kernel_and_tail_is_bit_exact(shape, layer, kernel, what, build_dir
 
 
 def test_the_cases_reach_every_block_form():
-    """The shapes above exercise what the test says they do (so a change of the block sizes that
-    would leave a tail form untested shows up here)."""
-    assert PIXEL_BLOCK > 1 and FILTER_BLOCK > 1
-    assert 35 % PIXEL_BLOCK and 7 % FILTER_BLOCK and 15 - 4 + 2 * 2 + 1 > REQUANTIZE_LANES // 10
-    assert (16 - 4 + 2 * 2 + 1) % (REQUANTIZE_LANES // 10) and 70 > REQUANTIZE_LANES
-    assert 82 * 82 > DIRECT_PLANES_MAX
+    """The shapes above exercise every kernel's tails (so block sizes that would leave one
+    untested show up here)."""
+    forms = set()
+    for shape, layer, kernel, _ in CASES:
+        plan, d = _plan(shape, layer)
+        c = plan.consts
+        forms.add((plan.template, "padded" if d["PADDED"] else "unpadded"))
+        if plan.template == "conv":
+            forms.add(("conv", "pixel tail", bool(c["PIXELS"] % c["PIXEL_BLOCK"])))
+            forms.add(("conv", "filter tail", bool(d["C_OUT_PER_GROUP"] % c["FILTER_BLOCK"])))
+            forms.add(("conv", "one pixel", c["PIXEL_BLOCK"] == 1))
+        else:
+            forms.add((plan.template, "row tail", bool(d["H_OUT"] % c["ROW_BLOCK"])))
+            forms.add((plan.template, "one row", c["ROW_BLOCK"] == 1))
+        if plan.template == "shifted":
+            forms.add(("shifted", "filter tail", bool(d["C_OUT_PER_GROUP"] % c["FILTER_BLOCK"])))
+    wanted = {(k, p) for k in ("shifted", "direct", "conv") for p in ("padded", "unpadded")}
+    wanted |= {("conv", t, b) for t in ("pixel tail", "filter tail", "one pixel") for b in (True, False)}
+    wanted |= {("shifted", t, b) for t in ("row tail", "one row", "filter tail") for b in (True, False)}
+    wanted |= {("direct", "row tail", b) for b in (True, False)}
+    assert wanted <= forms, sorted(wanted - forms)
+    assert PIXEL_BLOCK > 1 and FILTER_BLOCK > 1 and SHIFTED_FILTER_BLOCK > 1
+    assert 81 * 81 > DIRECT_PLANES_MAX and 72 > REQUANTIZE_LANES
 
 
-def test_a_conv1d_with_one_input_channel_runs_directly(build_dir):
+def test_a_strided_conv1d_with_one_input_channel_runs_directly(build_dir):
     layer = {"name": "conv", "type": "conv1d", "filters": 3, "kernel": 5, "padding": "same", "stride": 2}
     q = int8_case(single_spec((1, 37), layer), build_dir)
     assert q.layout.kernels["conv"].template == "direct"
@@ -68,15 +100,15 @@ def test_a_conv1d_with_one_input_channel_runs_directly(build_dir):
 
 def test_the_arena_counts_the_largest_plan_scratch(build_dir):
     spec = single_spec((1, 12, 12),
-                       conv(name="first", filters=4, kernel=3, padding=1),  # direct: a 14 x 14 plane
-                       conv(name="second", filters=20, kernel=3, padding=1),  # patches: 4 x 36 bytes
+                       conv(name="first", filters=4, kernel=3, padding=1),  # shifted: 4 + 2 rows of 14
+                       conv(name="second", filters=20, kernel=3, padding=1),  # conv: 4 patches of 36 bytes
                        {"type": "flatten"}, {"name": "fc", "type": "dense", "units": 3})
     q = int8_case(spec, build_dir)
     plans = q.layout.kernels
-    assert plans["first"].template == "direct" and plans["first"].scratch_bytes == 14 * 14
+    assert plans["first"].template == "shifted" and plans["first"].scratch_bytes == (4 + 2) * 14
     assert plans["second"].template == "conv" and plans["second"].scratch_bytes == PIXEL_BLOCK * 4 * 9
-    assert q.layout.scratch_bytes == max(p.scratch_bytes for p in plans.values()) == 14 * 14
-    assert q.layout.arena_bytes == q.layout.activation_bytes + 14 * 14
+    assert q.layout.scratch_bytes == max(p.scratch_bytes for p in plans.values()) == PIXEL_BLOCK * 4 * 9
+    assert q.layout.arena_bytes == q.layout.activation_bytes + PIXEL_BLOCK * 4 * 9
     assert f"_ARENA_SIZE {q.layout.arena_bytes} " in q.sources.header
     assert_bit_exact(q)
 

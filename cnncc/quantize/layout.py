@@ -40,7 +40,7 @@ class Layout:
         return self.unshared + self.scratch_bytes
 
     unshared: int = 0
-    kernels: dict[str, KernelPlan] = field(default_factory=dict)  # op name -> its plan (conv, dense)
+    kernels: dict[str, KernelPlan] = field(default_factory=dict)  # op name -> its plan (convs)
 
 
 def plan_layout(graph: QGraph) -> Layout:
