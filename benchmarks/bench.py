@@ -13,7 +13,8 @@ cnncc's weights are compared with cnncc's (the comparison must be like for like)
 The portable backend (strict ISO C99, one thread) is timed beside the default vector backend at
 one thread, and so is the int8 model (issue 19: quantized with a random calibration set, timed as
 QuantizedModel.predict at batch 1, quantize and dequantize included; its ratio to float is printed
-after the tables; a spec the int8 path refuses says why). FLOPs per image = 2 * (forward + backward MACs) from `cnncc.check(spec).totals`, the same
+after the tables; a spec the int8 path refuses says why). FLOPs per image = 2 * (forward + backward
+MACs) from `cnncc.check(spec).totals`, the same
 count for both frameworks. The peak is benchmarks/peak.c (FMA throughput), compiled now.
 """
 from __future__ import annotations
@@ -131,7 +132,8 @@ def int8_latency(t: dict) -> dict:
 
 def int8_table(results: list[dict]) -> str:
     """The int8 batch-1 latency beside float's (vector backend, one thread)."""
-    lines = ["", "  int8 batch-1 latency (QuantizedModel.predict, 1 thread) against float32 (vector backend), median us:"]
+    lines = ["", "  int8 batch-1 latency (QuantizedModel.predict, 1 thread) against float32 (vector backend), "
+                 "median us:"]
     for spec in results:
         for row in spec["latency"]:
             if "int8" not in row:
