@@ -11,8 +11,11 @@ peak RSS are clean; figures are medians of repeats. PyTorch is optional: without
 torch columns say n/a. Before timing a spec, torch's forward, loss and gradients on
 cnncc's weights are compared with cnncc's (the comparison must be like for like).
 The portable backend (strict ISO C99, one thread) is timed beside the default vector backend at
-one thread. FLOPs per image = 2 * (forward + backward MACs) from `cnncc.check(spec).totals`, the same
-count for both frameworks. The peak is cnncc/peak.py's FMA throughput (templates/peak.c.j2), built now.
+one thread, and so is the int8 model (issue 19: quantized with a random calibration set, timed as
+QuantizedModel.predict at batch 1, quantize and dequantize included; its ratio to float is printed
+after the tables; a spec the int8 path refuses says why). FLOPs per image = 2 * (forward + backward
+MACs) from `cnncc.check(spec).totals`, the same count for both frameworks. The peak is
+cnncc/peak.py's FMA throughput (templates/peak.c.j2), built now.
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ FORWARD_TOLERANCE = 1e-4  # relative to the output's largest magnitude
 GRADIENT_TOLERANCE = 1e-3  # float32 sums over a batch in another order
 CHILD_TIMEOUT = 3600
 PORTABLE = "portable"  # the backend timed beside the default one (cnncc/backends/portable)
+INT8_CALIBRATION = 64  # random samples calibrating the int8 model whose latency is timed
 
 
 class Settings:
@@ -80,14 +84,15 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def child(task: dict, threads: int = 1) -> dict:
-    """Run one measurement in a fresh process; {"error": ...} if it fails."""
+def child(task: dict, threads: int = 1, runner: tuple[str, ...] | None = None) -> dict:
+    """Run one measurement in a fresh process (measure.py, or `runner` given the task as its last
+    argument); {"error": ...} if it fails."""
     task = {**task, "threads": threads}
     env = dict(os.environ)
     env.update({name: str(threads) for name in THREAD_VARIABLES})
     try:
-        result = subprocess.run([sys.executable, str(HERE / "measure.py"), json.dumps(task)], env=env,
-                                capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+        result = subprocess.run([sys.executable, *(runner or (str(HERE / "measure.py"),)), json.dumps(task)],
+                                env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {CHILD_TIMEOUT} s"}
     lines = result.stdout.strip().splitlines()
@@ -95,6 +100,51 @@ def child(task: dict, threads: int = 1) -> dict:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1][-500:]
         return {"error": f"exit status {result.returncode}: {last}"}
     return json.loads(lines[-1])
+
+
+# the int8 latency's child: this module's int8_latency in a fresh process, like measure.py's tasks
+INT8_RUNNER = ("-c", "import json, sys; sys.path.insert(0, sys.argv[1]); import bench; "
+                     "print(json.dumps(bench.int8_latency(json.loads(sys.argv[2]))))", str(HERE))
+
+
+def int8_latency(t: dict) -> dict:
+    """Batch-1 latency of the spec's int8 model (run in a child): the float model with init(0) weights,
+    quantized on INT8_CALIBRATION random samples, QuantizedModel.predict timed as the float latency is
+    (cnncc.bench.inference_latency's protocol and input). {"skipped": why} for a spec int8 refuses."""
+    import numpy as np
+
+    import cnncc
+    from cnncc.bench import call_latency, random_batch
+    from cnncc.quantize import QuantizeError
+
+    model = cnncc.compile(t["spec"], build_dir=t["build_dir"]).init(0)
+    shape = (INT8_CALIBRATION,) + tuple(model.input_shape)
+    calibration = np.random.default_rng(1).standard_normal(shape).astype(model.program.dtype)
+    try:
+        qmodel = model.quantize(calibration, build_dir=t["build_dir"])
+    except QuantizeError as exc:
+        return {"skipped": f"the int8 path refuses this spec: {exc}"}
+    x, _ = random_batch(model, 1, seed=0)
+    result = call_latency(lambda: qmodel.predict(x), t["seconds"], t["min_calls"], warmup_calls=t["warmup_calls"])
+    return {"median_us": result.median_us, "p10_us": result.p10_us, "p90_us": result.p90_us, "calls": result.calls,
+            "arena_bytes": qmodel.layout.arena_bytes}
+
+
+def int8_table(results: list[dict]) -> str:
+    """The int8 batch-1 latency beside float's (vector backend, one thread)."""
+    lines = ["", "  int8 batch-1 latency (QuantizedModel.predict, 1 thread) against float32 (vector backend), "
+                 "median us:"]
+    for spec in results:
+        for row in spec["latency"]:
+            if "int8" not in row:
+                continue
+            figure, ratio = row["int8"], row.get("int8_ratio")
+            if "median_us" in figure:
+                text = f"{figure['median_us']:.1f} us" + (f", {ratio:.2f}x float's" if ratio else "")
+            else:
+                text = figure.get("skipped") or figure.get("error", "n/a")
+            lines.append(f"    {spec['spec']:16s} {text}")
+    return "\n".join(lines)
 
 
 def measure_peak(work: Path, settings: Settings) -> dict:
@@ -207,6 +257,11 @@ def bench_spec(name: str, settings: Settings, build_dir: Path, use_torch: bool, 
             row["portable"] = child({**common, "task": "latency", "framework": "cnncc", "backend": PORTABLE,
                                      "seconds": settings.latency_seconds, "warmup_calls": settings.latency_calls[0],
                                      "min_calls": settings.latency_calls[1]}, threads)
+        if threads == 1:
+            log(f"  {out['spec']}: batch-1 latency, int8, 1 thread")
+            row["int8"] = child({**common, "seconds": settings.latency_seconds,
+                                 "warmup_calls": settings.latency_calls[0], "min_calls": settings.latency_calls[1]},
+                                threads, INT8_RUNNER)
         if use_emit and threads == settings.threads[0]:
             log(f"  {out['spec']}: batch-1 latency, emitted C")
             row["emitted_c"] = child({**common, "task": "emitted", "seconds": settings.latency_seconds,
@@ -246,6 +301,9 @@ def summarise(results: list[dict]) -> None:
                                           if "median_us" in e and "median_us" in o else None)
             p = row.get("portable") or {}
             row["portable_slowdown"] = p["median_us"] / c["median_us"] if "median_us" in p and "median_us" in c else None
+            q = row.get("int8") or {}
+            if "int8" in row:  # int8 / float32 (vector backend): below 1 meets issue 19's target
+                row["int8_ratio"] = q["median_us"] / c["median_us"] if "median_us" in q and "median_us" in c else None
         compile_ = spec["compile"]
         for kind in ("cold", "cached"):
             times = [run["compile_s"] for run in compile_[kind] if "compile_s" in run]
@@ -317,9 +375,9 @@ def main(argv=None) -> int:
         stem = HERE / "results" / f"{started.strftime('%Y-%m-%d')}-{result['machine']['isa']}"
         stem.parent.mkdir(exist_ok=True)
         stem.with_suffix(".json").write_text(text + "\n")
-        stem.with_suffix(".txt").write_text(tables.render(result) + "\n")
+        stem.with_suffix(".txt").write_text(tables.render(result) + int8_table(result["specs"]) + "\n")
         log(f"cnncc bench: wrote {stem}.json and .txt")
-    print(text if args.json else tables.render(result))
+    print(text if args.json else tables.render(result) + int8_table(result["specs"]))
     failures = list(dict.fromkeys(errors_in(result["specs"]) + [
         f for spec in result["specs"] for f in spec.get("check", {}).get("failures", [])]))
     for failure in failures:

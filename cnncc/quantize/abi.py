@@ -51,7 +51,8 @@ def int_macros(graph, layout) -> list[tuple[str, int, str]]:
               ("OUTPUT_SIZE", graph.tensors[graph.output].size, "int8 values per output sample"),
               ("INPUT_OFFSET", layout.tensor_offsets[graph.input], "where forward reads the input"),
               ("OUTPUT_OFFSET", layout.tensor_offsets[graph.output], "where forward leaves the output"),
-              ("ARENA_SIZE", max(1, layout.arena_bytes), "bytes: the planned activations, then the patch scratch"),
+              ("ARENA_SIZE", max(1, layout.arena_bytes),
+               "bytes: the planned activations, then the conv kernels' scratch"),
               ("WEIGHTS_SIZE", max(1, layout.weight_count), "int8 weights and tables"),
               ("WORDS_SIZE", max(1, layout.word_count), "int32 biases, multipliers and shifts")]
     return [(f"{upper}_{name}", int(c_int(value)), comment) for name, value, comment in macros]

@@ -31,6 +31,6 @@ def table(values: QValues, layout: Layout, op: QOp) -> np.ndarray:
 
 def true_bias(values: QValues, layout: Layout, op: QOp) -> np.ndarray:
     """The quantized bias itself (int32 values as int64, scale = input scale * weight scale). The
-    stored one has -z_in * sum(weights) folded in, for the C's patches, which hold raw inputs."""
+    stored one has -z_in * sum(weights) folded in, for the C kernels, which sum raw inputs (padding as z_in)."""
     return words(values, layout, op, "bias") + values.zero_points[op.inputs[0]] * \
         weights(values, layout, op).astype(np.int64).sum(axis=1)

@@ -7,10 +7,11 @@ the emitted program and the Python module allocate.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..memplan import Lifetime, first_fit
 from .graph import QGraph
+from .kernels import KernelPlan, plan_kernel
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class Layout:
     tensor_offsets: dict[str, int]  # tensor name -> byte offset in the arena
     activation_bytes: int  # the planned activations
     scratch_offset: int
-    scratch_bytes: int  # a conv's patch (one output pixel's receptive field), shared by every op
+    scratch_bytes: int  # the largest scratch of any op's kernel plan (conv patches, padded planes), shared
 
     @property
     def arena_bytes(self) -> int:
@@ -39,10 +40,7 @@ class Layout:
         return self.unshared + self.scratch_bytes
 
     unshared: int = 0
-
-
-def scratch_of(op) -> int:
-    return op.dims["K_GROUP"] if op.kind == "conv" else 0
+    kernels: dict[str, KernelPlan] = field(default_factory=dict)  # op name -> its plan (convs)
 
 
 def plan_layout(graph: QGraph) -> Layout:
@@ -62,6 +60,7 @@ def plan_layout(graph: QGraph) -> Layout:
               for i, op in enumerate(graph.ops)]
     offsets = first_fit(tuple(spans))
     activations = max(offsets[s.name] + s.size for s in spans)
-    scratch = max((scratch_of(op) for op in graph.ops), default=0)
+    kernels = {op.name: plan for op in graph.ops if (plan := plan_kernel(op)) is not None}
+    scratch = max((plan.scratch_bytes for plan in kernels.values()), default=0)
     return Layout(weight_offsets, word_offsets, weights, words, offsets, activations, activations, scratch,
-                  unshared=sum(s.size for s in spans))
+                  unshared=sum(s.size for s in spans), kernels=kernels)

@@ -75,7 +75,7 @@ class QuantReport:
         lines += [fmt(row) for row in body]
         lines += [rule, f"int8 weights {self.weight_bytes:,} bytes (flash: int8 weights and tables, int32 biases, "
                         f"multipliers and shifts)",
-                  f"int8 arena {self.arena_bytes:,} bytes (RAM, batch 1: planned activations and the conv patch "
+                  f"int8 arena {self.arena_bytes:,} bytes (RAM, batch 1: planned activations and the conv kernels' "
                   f"scratch) against {self.arena_bytes_unshared:,} with one buffer per tensor"]
         if self.dropped_softmax:
             lines.append(f"the final softmax ('{self.dropped_softmax}') is left out: outputs are dequantized logits")

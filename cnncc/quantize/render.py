@@ -31,7 +31,7 @@ def boundary(graph: QGraph, values: QValues) -> Boundary:
                     values.zero_points[graph.output])
 
 
-def _consts(op: QOp, values: QValues) -> dict[str, int]:
+def _consts(op: QOp, values: QValues, layout: Layout) -> dict[str, int]:
     consts = {k: v for k, v in op.dims.items() if k != "PADDED" and not k.startswith("C_IN") or k in (
         "C_IN", "C_IN_PER_GROUP")}
     zeros = values.zero_points
@@ -53,17 +53,22 @@ def _consts(op: QOp, values: QValues) -> dict[str, int]:
             offset += op.dims[f"C_IN{i}"]
     if op.kind == "conv" and not op.dims["PADDED"]:
         consts.pop("IN_ZERO")
+    plan = layout.kernels.get(op.name)
+    if plan is not None:
+        consts.update(plan.consts)
     return consts
 
 
-def _call(model: str, op: QOp, fn: str) -> str:
+def _call(model: str, op: QOp, fn: str, layout: Layout) -> str:
     name = c_ident(op.name).upper()
     args = [f"arena + A_{name}"] + [f"arena + A_{c_ident(t).upper()}" for t in op.inputs]
     if op.weight_count:
         args.append(f"weights + W_{name}")
     args += [f"words + Q_{name}_{array.upper()}" for array in op.words]
-    if op.kind == "conv":
-        args.append("arena + A_SCRATCH")
+    plan = layout.kernels.get(op.name)
+    if plan is not None and plan.scratch_bytes:
+        scratch = "arena + A_SCRATCH"
+        args.append(scratch if plan.scratch_type == "int8_t" else f"({plan.scratch_type} *)({scratch})")
     return f"{fn}({', '.join(args)})"
 
 
@@ -81,7 +86,9 @@ def render_sources(graph: QGraph, layout: Layout, values: QValues, spec_path: st
     ops = []
     for op in graph.ops:
         fn = f"{model}_{c_ident(op.name)}_forward"
-        ops.append({"op": op, "fn": fn, "consts": _consts(op, values), "call": _call(model, op, fn),
+        plan = layout.kernels.get(op.name)
+        ops.append({"op": op, "fn": fn, "consts": _consts(op, values, layout), "call": _call(model, op, fn, layout),
+                    "template": plan.template if plan is not None else op.kind,
                     "comment": _comment(graph, op), "padded": bool(op.dims.get("PADDED")),
                     "inputs": list(range(len(op.inputs))), "uses_weights": bool(op.weight_count),
                     "uses_words": bool(op.words)})
