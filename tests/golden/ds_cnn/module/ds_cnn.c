@@ -880,7 +880,10 @@ static void ds_cnn_conv1_bn_backward(
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                       one the same sums) */
+                    const real g = dy[s + l] * (real)(y[s + l] > 0);
                     sums[l] += (double)g;
                     products[l] += (double)(g * (x[s + l] - mean));
                 }
@@ -1282,7 +1285,10 @@ static void ds_cnn_dw1_bn_backward(
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                       one the same sums) */
+                    const real g = dy[s + l] * (real)(y[s + l] > 0);
                     sums[l] += (double)g;
                     products[l] += (double)(g * (x[s + l] - mean));
                 }
@@ -1617,7 +1623,10 @@ static void ds_cnn_pw1_bn_backward(
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                       one the same sums) */
+                    const real g = dy[s + l] * (real)(y[s + l] > 0);
                     sums[l] += (double)g;
                     products[l] += (double)(g * (x[s + l] - mean));
                 }
@@ -1975,7 +1984,10 @@ static void ds_cnn_dw2_bn_backward(
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                       one the same sums) */
+                    const real g = dy[s + l] * (real)(y[s + l] > 0);
                     sums[l] += (double)g;
                     products[l] += (double)(g * (x[s + l] - mean));
                 }
@@ -2310,7 +2322,10 @@ static void ds_cnn_pw2_bn_backward(
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                       one the same sums) */
+                    const real g = dy[s + l] * (real)(y[s + l] > 0);
                     sums[l] += (double)g;
                     products[l] += (double)(g * (x[s + l] - mean));
                 }
@@ -2668,7 +2683,10 @@ static void ds_cnn_dw3_bn_backward(
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                       one the same sums) */
+                    const real g = dy[s + l] * (real)(y[s + l] > 0);
                     sums[l] += (double)g;
                     products[l] += (double)(g * (x[s + l] - mean));
                 }
@@ -3003,7 +3021,10 @@ static void ds_cnn_pw3_bn_backward(
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                       one the same sums) */
+                    const real g = dy[s + l] * (real)(y[s + l] > 0);
                     sums[l] += (double)g;
                     products[l] += (double)(g * (x[s + l] - mean));
                 }
@@ -3361,7 +3382,10 @@ static void ds_cnn_dw4_bn_backward(
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                       one the same sums) */
+                    const real g = dy[s + l] * (real)(y[s + l] > 0);
                     sums[l] += (double)g;
                     products[l] += (double)(g * (x[s + l] - mean));
                 }
@@ -3696,7 +3720,10 @@ static void ds_cnn_pw4_bn_backward(
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                       one the same sums) */
+                    const real g = dy[s + l] * (real)(y[s + l] > 0);
                     sums[l] += (double)g;
                     products[l] += (double)(g * (x[s + l] - mean));
                 }

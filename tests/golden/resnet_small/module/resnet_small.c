@@ -831,7 +831,10 @@ static void resnet_small_stem_bn_backward(
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                       one the same sums) */
+                    const real g = dy[s + l] * (real)(y[s + l] > 0);
                     sums[l] += (double)g;
                     products[l] += (double)(g * (x[s + l] - mean));
                 }
@@ -1187,7 +1190,10 @@ static void resnet_small_block1_bn1_backward(
             int s = 0;
             for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                 for (int l = 0; l < BN_LANES; l++) {
-                    const real d = dy[s + l], g = y[s + l] > 0 ? d : 0;   /* loaded first: a select, not a branch */
+                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                       one the same sums) */
+                    const real g = dy[s + l] * (real)(y[s + l] > 0);
                     sums[l] += (double)g;
                     products[l] += (double)(g * (x[s + l] - mean));
                 }
