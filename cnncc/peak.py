@@ -13,11 +13,10 @@ from .options import DEFAULT_CFLAGS
 
 NAME = "cnncc_peak"
 CDEF = "double cnncc_peak_flops(double seconds, float mul_value, float add_value, float *check);"
-OPENMP_ONLY = ("-fopenmp",)  # meaningless for this file: dropped so an OpenMP model shares the build
 
 
 def _module(build_dir=None, cc: str | None = None, cflags=None):
-    flags = tuple(f for f in (DEFAULT_CFLAGS if cflags is None else cflags) if f not in OPENMP_ONLY)
+    flags = tuple(DEFAULT_CFLAGS if cflags is None else cflags)  # a model's cflags, without OpenMP's
     source = environment().get_template("peak.c.j2").render()
     header = f"#ifndef CNNCC_PEAK_H\n#define CNNCC_PEAK_H\n{CDEF}\n#endif\n"
     return build(Sources(NAME, header, source, CDEF), build_dir, flags, cc)

@@ -254,6 +254,11 @@ enum {
 #define PARALLEL_FOR_ELEMENTS
 #define PARALLEL_FOR_SAMPLES
 #endif
+/* The sample slots a conv kernel uses for a batch: every one when the batch's multiply-adds repay
+   waking the threads, else one (a small network's convs stay on one thread; the sums are the
+   same either way). */
+#define SLOTS_USED(slots, batch, macs_per_sample) \
+    ((slots) > 1 && (batch) * (macs_per_sample) >= PARALLEL_MIN_MACS ? (slots) : 1)
 
 KERNEL_INLINE int ds_cnn_worth_threads(uint64_t macs, int blocks)
 {
@@ -657,7 +662,7 @@ static void ds_cnn_conv1_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)64 * 40 * 125;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -718,7 +723,7 @@ static void ds_cnn_conv1_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -1034,7 +1039,7 @@ static void ds_cnn_dw1_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)64 * 9 * 125;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_dw1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1111,7 +1116,7 @@ static void ds_cnn_dw1_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -1381,7 +1386,7 @@ static void ds_cnn_pw1_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)64 * 64 * 125;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_pw1_forward_slot(out, in, weight, bias, batch, slot);
@@ -1453,7 +1458,7 @@ static void ds_cnn_pw1_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -1733,7 +1738,7 @@ static void ds_cnn_dw2_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)64 * 9 * 125;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_dw2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1810,7 +1815,7 @@ static void ds_cnn_dw2_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -2080,7 +2085,7 @@ static void ds_cnn_pw2_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)64 * 64 * 125;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_pw2_forward_slot(out, in, weight, bias, batch, slot);
@@ -2152,7 +2157,7 @@ static void ds_cnn_pw2_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -2432,7 +2437,7 @@ static void ds_cnn_dw3_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)64 * 9 * 125;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_dw3_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -2509,7 +2514,7 @@ static void ds_cnn_dw3_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -2779,7 +2784,7 @@ static void ds_cnn_pw3_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)64 * 64 * 125;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_pw3_forward_slot(out, in, weight, bias, batch, slot);
@@ -2851,7 +2856,7 @@ static void ds_cnn_pw3_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -3131,7 +3136,7 @@ static void ds_cnn_dw4_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)64 * 9 * 125;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_dw4_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -3208,7 +3213,7 @@ static void ds_cnn_dw4_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -3478,7 +3483,7 @@ static void ds_cnn_pw4_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)64 * 64 * 125;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             ds_cnn_pw4_forward_slot(out, in, weight, bias, batch, slot);
@@ -3550,7 +3555,7 @@ static void ds_cnn_pw4_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES

@@ -182,6 +182,11 @@ enum {
 #define PARALLEL_FOR_ELEMENTS
 #define PARALLEL_FOR_SAMPLES
 #endif
+/* The sample slots a conv kernel uses for a batch: every one when the batch's multiply-adds repay
+   waking the threads, else one (a small network's convs stay on one thread; the sums are the
+   same either way). */
+#define SLOTS_USED(slots, batch, macs_per_sample) \
+    ((slots) > 1 && (batch) * (macs_per_sample) >= PARALLEL_MIN_MACS ? (slots) : 1)
 
 KERNEL_INLINE int lenet5_worth_threads(uint64_t macs, int blocks)
 {
@@ -586,7 +591,7 @@ static void lenet5_conv1_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)8 * 75 * 784;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             lenet5_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -662,7 +667,7 @@ static void lenet5_conv1_backward(
     /* (on the threads only when the batch's work repays waking them: a pool window's maximum
        reads one patch, KH x TAP_ROW multiply-adds per filter, and there are POOL_PIXELS of them) */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * KH * TAP_ROW * POOL_PIXELS;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -875,7 +880,7 @@ static void lenet5_conv2_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)16 * 200 * 100;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             lenet5_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -962,7 +967,7 @@ static void lenet5_conv2_backward(
     /* (on the threads only when the batch's work repays waking them: a pool window's maximum
        reads one patch, KH x TAP_ROW multiply-adds per filter, and there are POOL_PIXELS of them) */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * KH * TAP_ROW * POOL_PIXELS;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES

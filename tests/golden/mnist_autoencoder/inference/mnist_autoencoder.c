@@ -164,6 +164,11 @@ enum {
 #define PARALLEL_FOR_ELEMENTS
 #define PARALLEL_FOR_SAMPLES
 #endif
+/* The sample slots a conv kernel uses for a batch: every one when the batch's multiply-adds repay
+   waking the threads, else one (a small network's convs stay on one thread; the sums are the
+   same either way). */
+#define SLOTS_USED(slots, batch, macs_per_sample) \
+    ((slots) > 1 && (batch) * (macs_per_sample) >= PARALLEL_MIN_MACS ? (slots) : 1)
 
 KERNEL_INLINE int mnist_autoencoder_worth_threads(uint64_t macs, int blocks)
 {
@@ -567,7 +572,7 @@ static void mnist_autoencoder_enc1_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)8 * 9 * 196;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             mnist_autoencoder_enc1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -670,7 +675,7 @@ static void mnist_autoencoder_enc2_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)16 * 72 * 49;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             mnist_autoencoder_enc2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -897,7 +902,7 @@ static void mnist_autoencoder_dec2_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)1 * 72 * 784;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             mnist_autoencoder_dec2_forward_slot(out, in, weight, bias, slots, batch, slot);

@@ -179,6 +179,11 @@ enum {
 #define PARALLEL_FOR_ELEMENTS
 #define PARALLEL_FOR_SAMPLES
 #endif
+/* The sample slots a conv kernel uses for a batch: every one when the batch's multiply-adds repay
+   waking the threads, else one (a small network's convs stay on one thread; the sums are the
+   same either way). */
+#define SLOTS_USED(slots, batch, macs_per_sample) \
+    ((slots) > 1 && (batch) * (macs_per_sample) >= PARALLEL_MIN_MACS ? (slots) : 1)
 
 KERNEL_INLINE int mnist_autoencoder_worth_threads(uint64_t macs, int blocks)
 {
@@ -582,7 +587,7 @@ static void mnist_autoencoder_enc1_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)8 * 9 * 196;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             mnist_autoencoder_enc1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -637,7 +642,7 @@ static void mnist_autoencoder_enc1_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -783,7 +788,7 @@ static void mnist_autoencoder_enc2_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)16 * 72 * 49;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             mnist_autoencoder_enc2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -846,7 +851,7 @@ static void mnist_autoencoder_enc2_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -1257,7 +1262,7 @@ static void mnist_autoencoder_dec2_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)1 * 72 * 784;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             mnist_autoencoder_dec2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1334,7 +1339,7 @@ static void mnist_autoencoder_dec2_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES

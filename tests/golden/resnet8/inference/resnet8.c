@@ -228,6 +228,11 @@ enum {
 #define PARALLEL_FOR_ELEMENTS
 #define PARALLEL_FOR_SAMPLES
 #endif
+/* The sample slots a conv kernel uses for a batch: every one when the batch's multiply-adds repay
+   waking the threads, else one (a small network's convs stay on one thread; the sums are the
+   same either way). */
+#define SLOTS_USED(slots, batch, macs_per_sample) \
+    ((slots) > 1 && (batch) * (macs_per_sample) >= PARALLEL_MIN_MACS ? (slots) : 1)
 
 KERNEL_INLINE int resnet8_worth_threads(uint64_t macs, int blocks)
 {
@@ -636,7 +641,7 @@ static void resnet8_stem_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)16 * 27 * 1024;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_stem_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -757,7 +762,7 @@ static void resnet8_s1_conv1_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)16 * 144 * 1024;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s1_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -878,7 +883,7 @@ static void resnet8_s1_conv2_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)16 * 144 * 1024;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s1_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1014,7 +1019,7 @@ static void resnet8_s2_conv1_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)32 * 144 * 256;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s2_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1135,7 +1140,7 @@ static void resnet8_s2_conv2_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)32 * 288 * 256;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s2_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1250,7 +1255,7 @@ static void resnet8_s2_shortcut_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)32 * 16 * 256;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s2_shortcut_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1354,7 +1359,7 @@ static void resnet8_s3_conv1_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)64 * 288 * 64;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s3_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1475,7 +1480,7 @@ static void resnet8_s3_conv2_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)64 * 576 * 64;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s3_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1590,7 +1595,7 @@ static void resnet8_s3_shortcut_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)64 * 32 * 64;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s3_shortcut_forward_slot(out, in, weight, bias, slots, batch, slot);

@@ -243,6 +243,11 @@ enum {
 #define PARALLEL_FOR_ELEMENTS
 #define PARALLEL_FOR_SAMPLES
 #endif
+/* The sample slots a conv kernel uses for a batch: every one when the batch's multiply-adds repay
+   waking the threads, else one (a small network's convs stay on one thread; the sums are the
+   same either way). */
+#define SLOTS_USED(slots, batch, macs_per_sample) \
+    ((slots) > 1 && (batch) * (macs_per_sample) >= PARALLEL_MIN_MACS ? (slots) : 1)
 
 KERNEL_INLINE int resnet8_worth_threads(uint64_t macs, int blocks)
 {
@@ -651,7 +656,7 @@ static void resnet8_stem_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)16 * 27 * 1024;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_stem_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -712,7 +717,7 @@ static void resnet8_stem_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -988,7 +993,7 @@ static void resnet8_s1_conv1_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)16 * 144 * 1024;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s1_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1069,7 +1074,7 @@ static void resnet8_s1_conv1_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -1356,7 +1361,7 @@ static void resnet8_s1_conv2_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)16 * 144 * 1024;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s1_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1437,7 +1442,7 @@ static void resnet8_s1_conv2_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -1761,7 +1766,7 @@ static void resnet8_s2_conv1_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)32 * 144 * 256;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s2_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1824,7 +1829,7 @@ static void resnet8_s2_conv1_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -2102,7 +2107,7 @@ static void resnet8_s2_conv2_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)32 * 288 * 256;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s2_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -2183,7 +2188,7 @@ static void resnet8_s2_conv2_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -2459,7 +2464,7 @@ static void resnet8_s2_shortcut_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)32 * 16 * 256;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s2_shortcut_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -2522,7 +2527,7 @@ static void resnet8_s2_shortcut_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -2689,7 +2694,7 @@ static void resnet8_s3_conv1_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)64 * 288 * 64;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s3_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -2752,7 +2757,7 @@ static void resnet8_s3_conv1_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -3030,7 +3035,7 @@ static void resnet8_s3_conv2_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)64 * 576 * 64;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s3_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -3111,7 +3116,7 @@ static void resnet8_s3_conv2_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -3387,7 +3392,7 @@ static void resnet8_s3_shortcut_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)64 * 32 * 64;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet8_s3_shortcut_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -3450,7 +3455,7 @@ static void resnet8_s3_shortcut_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES

@@ -206,6 +206,11 @@ enum {
 #define PARALLEL_FOR_ELEMENTS
 #define PARALLEL_FOR_SAMPLES
 #endif
+/* The sample slots a conv kernel uses for a batch: every one when the batch's multiply-adds repay
+   waking the threads, else one (a small network's convs stay on one thread; the sums are the
+   same either way). */
+#define SLOTS_USED(slots, batch, macs_per_sample) \
+    ((slots) > 1 && (batch) * (macs_per_sample) >= PARALLEL_MIN_MACS ? (slots) : 1)
 
 KERNEL_INLINE int resnet_small_worth_threads(uint64_t macs, int blocks)
 {
@@ -612,7 +617,7 @@ static void resnet_small_stem_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)16 * 27 * 256;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet_small_stem_forward_slot(out, in, weight, slots, batch, slot);
@@ -670,7 +675,7 @@ static void resnet_small_stem_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -939,7 +944,7 @@ static void resnet_small_block1_conv1_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)16 * 144 * 256;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet_small_block1_conv1_forward_slot(out, in, weight, slots, batch, slot);
@@ -1018,7 +1023,7 @@ static void resnet_small_block1_conv1_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -1298,7 +1303,7 @@ static void resnet_small_block1_conv2_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)16 * 144 * 256;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet_small_block1_conv2_forward_slot(out, in, weight, slots, batch, slot);
@@ -1377,7 +1382,7 @@ static void resnet_small_block1_conv2_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -1697,7 +1702,7 @@ static void resnet_small_down_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)32 * 144 * 64;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet_small_down_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1760,7 +1765,7 @@ static void resnet_small_down_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -1926,7 +1931,7 @@ static void resnet_small_depthwise_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)32 * 9 * 64;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet_small_depthwise_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -2003,7 +2008,7 @@ static void resnet_small_depthwise_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -2119,7 +2124,7 @@ static void resnet_small_pointwise_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)32 * 32 * 64;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             resnet_small_pointwise_forward_slot(out, in, weight, bias, batch, slot);
@@ -2191,7 +2196,7 @@ static void resnet_small_pointwise_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES

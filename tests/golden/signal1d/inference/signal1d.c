@@ -158,6 +158,11 @@ enum {
 #define PARALLEL_FOR_ELEMENTS
 #define PARALLEL_FOR_SAMPLES
 #endif
+/* The sample slots a conv kernel uses for a batch: every one when the batch's multiply-adds repay
+   waking the threads, else one (a small network's convs stay on one thread; the sums are the
+   same either way). */
+#define SLOTS_USED(slots, batch, macs_per_sample) \
+    ((slots) > 1 && (batch) * (macs_per_sample) >= PARALLEL_MIN_MACS ? (slots) : 1)
 
 KERNEL_INLINE int signal1d_worth_threads(uint64_t macs, int blocks)
 {
@@ -566,7 +571,7 @@ static void signal1d_edges_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)8 * 3 * 100;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             signal1d_edges_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -719,7 +724,7 @@ static void signal1d_conv2_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)16 * 40 * 23;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             signal1d_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);

@@ -176,6 +176,11 @@ enum {
 #define PARALLEL_FOR_ELEMENTS
 #define PARALLEL_FOR_SAMPLES
 #endif
+/* The sample slots a conv kernel uses for a batch: every one when the batch's multiply-adds repay
+   waking the threads, else one (a small network's convs stay on one thread; the sums are the
+   same either way). */
+#define SLOTS_USED(slots, batch, macs_per_sample) \
+    ((slots) > 1 && (batch) * (macs_per_sample) >= PARALLEL_MIN_MACS ? (slots) : 1)
 
 KERNEL_INLINE int three_conv_worth_threads(uint64_t macs, int blocks)
 {
@@ -580,7 +585,7 @@ static void three_conv_conv1_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)8 * 27 * 3844;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             three_conv_conv1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -634,7 +639,7 @@ static void three_conv_conv1_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -789,7 +794,7 @@ static void three_conv_conv2_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)16 * 200 * 841;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             three_conv_conv2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -852,7 +857,7 @@ static void three_conv_conv2_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES
@@ -1013,7 +1018,7 @@ static void three_conv_conv3_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)32 * 784 * 144;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             three_conv_conv3_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -1076,7 +1081,7 @@ static void three_conv_conv3_backward(
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
        to the batch's in sample order, so the sums are the same at any slot count. */
     const size_t MACS_PER_SAMPLE = (size_t)C_OUT * K_GROUP * PIXELS_OUT;
-    const int slots_used = SAMPLE_SLOTS > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS ? SAMPLE_SLOTS : 1;
+    const int slots_used = SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE);
     for (size_t first = 0; first < batch; first += (size_t)slots_used) {
         const int samples = batch - first < (size_t)slots_used ? (int)(batch - first) : slots_used;
         PARALLEL_FOR_SAMPLES

@@ -168,6 +168,11 @@ enum {
 #define PARALLEL_FOR_ELEMENTS
 #define PARALLEL_FOR_SAMPLES
 #endif
+/* The sample slots a conv kernel uses for a batch: every one when the batch's multiply-adds repay
+   waking the threads, else one (a small network's convs stay on one thread; the sums are the
+   same either way). */
+#define SLOTS_USED(slots, batch, macs_per_sample) \
+    ((slots) > 1 && (batch) * (macs_per_sample) >= PARALLEL_MIN_MACS ? (slots) : 1)
 
 KERNEL_INLINE int vgg_cifar_worth_threads(uint64_t macs, int blocks)
 {
@@ -576,7 +581,7 @@ static void vgg_cifar_conv1_1_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)64 * 27 * 1024;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             vgg_cifar_conv1_1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -684,7 +689,7 @@ static void vgg_cifar_conv1_2_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)64 * 576 * 1024;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             vgg_cifar_conv1_2_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -842,7 +847,7 @@ static void vgg_cifar_conv2_1_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)128 * 576 * 256;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             vgg_cifar_conv2_1_forward_slot(out, in, weight, bias, slots, batch, slot);
@@ -950,7 +955,7 @@ static void vgg_cifar_conv2_2_forward(
 {
     enum { SAMPLE_SLOTS = 1 };
     const size_t MACS_PER_SAMPLE = (size_t)128 * 1152 * 256;
-    if (SAMPLE_SLOTS > 1 && batch > 1 && batch * MACS_PER_SAMPLE >= PARALLEL_MIN_MACS) {
+    if (batch > 1 && SLOTS_USED(SAMPLE_SLOTS, batch, MACS_PER_SAMPLE) > 1) {
         PARALLEL_FOR
         for (int slot = 0; slot < SAMPLE_SLOTS; slot++)
             vgg_cifar_conv2_2_forward_slot(out, in, weight, bias, slots, batch, slot);
