@@ -19,16 +19,15 @@ from .ir import Program
 
 
 def template_dir() -> Path:
-    """templates/ in a source checkout, or the copy installed inside the package."""
-    try:
-        from importlib.resources import files
+    """templates/ of the source checkout this package was imported from, or else the copy
+    installed inside the package. The checkout comes first: a second checkout imported through
+    PYTHONPATH must render its own templates, not those of another checkout installed editable."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "templates" / "model.c.j2").is_file():
+        return checkout / "templates"
+    from importlib.resources import files
 
-        installed = Path(str(files("cnncc.templates")))
-        if (installed / "model.c.j2").is_file():
-            return installed
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parent.parent / "templates"
+    return Path(str(files("cnncc.templates")))
 
 
 @lru_cache(maxsize=4)
