@@ -4,11 +4,15 @@
         python tests/sanitize_run.py SPEC BUILD_DIR [--budget MACS] [--threads N]
 
 Compiles SPEC with the sanitizers (any error aborts the process: -fno-sanitize-recover),
-then at batch sizes 1, 7 and 64 runs inference (in one call and in chunks), the loss, the
-gradients and several optimizer steps (built at -O2: the checks are the same, the code several
-times faster than at -O1). Sanitized code runs about 10x slower than -O3, so a
-budget of multiply-accumulates bounds the work: a batch size that does not fit runs fewer
-steps, or only the forward pass, or is skipped (batch 1 always runs in full). Prints one line per batch size, then "ok".
+then at batch sizes 1, 7 and 33 runs inference (in one call and in chunks), the loss, the
+gradients and optimizer steps: several at batch 1 (the optimizer's state carried from step to
+step), one at the others (the same code at other sizes: single samples, an odd batch, and more
+samples than one block of a batch-wide product, with a tail). Built at -O2 (the checks are the
+same, the code several times faster than at -O1) with line tables only (-g1: the reports name
+file and line; full debug information only made the compile slower). Sanitized code runs
+about 10x slower than -O3, so a budget of multiply-accumulates bounds the work: a batch size
+that does not fit runs fewer steps, or only the forward pass, or is skipped (batch 1 always
+runs in full). Prints one line per batch size, then "ok".
 With --canary it instead overflows an activation buffer on purpose, which must abort: the
 proof that the preload and the flags really instrument the code. Used by
 tests/test_sanitizers.py; a failure is an exit status other than 0.
@@ -25,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cnncc  # noqa: E402
 
-SANITIZE = ("-O2", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all")
-BATCHES = (1, 7, 64)
-STEPS = 3
+SANITIZE = ("-O2", "-g1", "-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all")
+BATCHES = (1, 7, 33)
+STEPS = 3  # at the first batch size; one at the others
 
 
 def targets(model, batch: int, rng) -> np.ndarray:
@@ -75,10 +79,13 @@ def main() -> int:
     budget = args.budget
     for batch in BATCHES:
         trains = model.program.loss is not None
-        full = batch * (2 * forward_macs + (STEPS + 1) * step_macs * trains)
+        most = STEPS if batch == BATCHES[0] else 1
+        # the forward, chunked and in the loss; the gradients and the steps
+        full = batch * (3 * forward_macs + (most + 1) * step_macs * trains)
         least = batch * (forward_macs + 2 * step_macs * trains)
-        if full <= budget:
-            steps = STEPS
+        complete = full <= budget  # everything this batch size can run
+        if complete:
+            steps = most
         elif least <= budget or batch == BATCHES[0]:
             steps = 1
         elif batch * forward_macs <= budget:
@@ -90,7 +97,7 @@ def main() -> int:
         out = model.forward(x)
         finite("output", out)
         done = ["forward"]
-        if steps == STEPS:
+        if complete:
             chunked = model.forward(x, batch_size=max(1, batch // 3))
             if not np.allclose(chunked, out, rtol=1e-4, atol=1e-5):
                 raise SystemExit("chunked inference differs")
@@ -99,7 +106,7 @@ def main() -> int:
             done.append(f"no gradients (they need {least:.3g} MACs, {budget:.3g} left)")
         elif trains:
             y = targets(model, batch, rng)
-            if steps == STEPS:
+            if complete:
                 finite("inference loss", model.loss(x, y, training=False))
                 done.append("loss")
             loss, grads = model.gradients(x, y, seed=batch)
@@ -110,7 +117,7 @@ def main() -> int:
                 finite("training loss", model.train_step(x, y))
             finite("parameters", model.flat_params)
             done.append(f"gradients, {steps} step{'s' if steps > 1 else ''}")
-        budget -= full if steps == STEPS else least if steps else batch * forward_macs
+        budget -= full if complete else least if steps else batch * forward_macs
         print(f"batch {batch}: {', '.join(done)}")
     print("ok")
     return 0

@@ -177,15 +177,16 @@ def test_cli_bench_summary(build_dir, capsys):
 
 @pytest.mark.slow
 def test_harness_quick_json_end_to_end():
-    # the two small default specs: VGG's cold compiles (both backends) would double the test's time
+    # the smallest default spec: every column is the same code for every spec, and each spec
+    # costs its cold compiles on both backends and a PyTorch run
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--json",
-                             "--specs", "mnist_seed,lenet5"],
+                             "--specs", "mnist_seed"],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     has_torch = importlib.util.find_spec("torch") is not None
     assert report["torch"] == has_torch
-    assert [s["spec"] for s in report["specs"]] == ["mnist_seed", "lenet5"]
+    assert [s["spec"] for s in report["specs"]] == ["mnist_seed"]
     assert report["peak_gflops"]["1"] > 0
     for spec in report["specs"]:
         train = spec["train"][0]
@@ -202,7 +203,7 @@ def test_harness_quick_json_end_to_end():
             assert spec["latency"][0]["speedup"] > 0
         else:
             assert "torch" not in train and train["ratio"] is None
-    assert {t["target"].split()[0] for t in report["targets"]} == {"mnist_seed", "lenet5"}
+    assert {t["target"].split()[0] for t in report["targets"]} == {"mnist_seed"}
     import platform
 
     isa = report["machine"]["isa"]
