@@ -118,6 +118,14 @@ CASES = [
     _c("conv_groups2", IMG, type="conv2d", filters=6, kernel=3, groups=2, padding=1),
     _c("conv_depthwise", IMG, type="conv2d", filters=4, kernel=3, groups=4, padding=1, stride=2),
     _c("conv_depthwise_b", IMG_B, type="conv2d", filters=2, kernel=[3, 2], groups=2),
+    # the depthwise kernel (stride 1, one input channel per group): every variant of its plan
+    _c("dw_same_relu", IMG, type="conv2d", filters=4, kernel=3, groups=4, padding="same", activation="relu"),
+    _c("dw_mult2_dilated", IMG_B, type="conv2d", filters=4, kernel=[3, 2], groups=2, dilation=[2, 1],
+       padding=[1, 0, 2, 1], bias=False),
+    _c("dw_tall", IMG, type="conv2d", filters=4, kernel=[3, 1], groups=4, padding=[1, 0]),
+    _c("dw_pointwise", IMG_B, type="conv2d", filters=2, kernel=1, groups=2),
+    _c("dw_wide_pad", IMG, type="conv2d", filters=8, kernel=3, groups=4, padding=2),
+    _c("dw_cropped", IMG_B, type="conv2d", filters=2, kernel=2, groups=2, padding=[2, 1], activation="tanh"),
     _c("conv_nobias", IMG, type="conv2d", filters=3, kernel=[2, 3], bias=False),
     _c("conv_pad_sides", IMG, type="conv2d", filters=3, kernel=3, padding=[0, 2, 1, 0]),
     _c("conv_pad_sides_s2", IMG_B, type="conv2d", filters=2, kernel=[2, 3], stride=2, padding=[1, 0, 0, 2]),
@@ -168,6 +176,7 @@ CASES = [
     _c("c1_dilation_same", SIG, type="conv1d", filters=2, kernel=3, dilation=3, padding="same"),
     _c("c1_groups", SIG, type="conv1d", filters=6, kernel=2, groups=2),
     _c("c1_depthwise", SIG, type="conv1d", filters=4, kernel=3, groups=4, padding=1),
+    _c("c1_depthwise_mult", SIG, type="conv1d", filters=8, kernel=3, groups=4, dilation=2, padding="same"),
     _c("c1_nobias_tanh", SIG, type="conv1d", filters=2, kernel=3, bias=False, activation="tanh"),
     _c("c1_relu", SIG, type="conv1d", filters=3, kernel=2, activation="relu"),
     _c("c1_relu_pool", SIG, type="conv1d", filters=3, kernel=3, padding=1, activation="relu",
@@ -907,6 +916,9 @@ VARIANT_CASES = {
         _c("shifted_tall_cropped", VARIANT_IMG, type="conv2d", filters=9, kernel=[3, 1], padding=[1, 2]),
         _c("shifted_pointwise", VARIANT_IMG, type="conv2d", filters=17, kernel=1, pre=(11,)),
         _c("shifted_grouped", VARIANT_IMG, type="conv2d", filters=18, kernel=3, groups=2, padding="same", pre=(10,)),
+        _c("depthwise_same", VARIANT_IMG, type="conv2d", filters=10, kernel=3, groups=10, padding="same", pre=(10,)),
+        _c("depthwise_mult_dilated", VARIANT_IMG, type="conv2d", filters=12, kernel=[2, 3], groups=6, dilation=[1, 2],
+           bias=False, pre=(6,)),
         _c("im2col_strided", VARIANT_IMG, type="conv2d", filters=10, kernel=3, stride=2, padding=1, pre=(11,)),
         _c("im2col_strided_many", VARIANT_IMG, type="conv2d", filters=21, kernel=[2, 3], stride=[2, 1], pre=(7,)),
         # backward through the maxpool after: a relu between or not, strides, padding, height dilation,
@@ -944,6 +956,46 @@ def test_every_kernel_variant_and_block_form(shape, dtype, build_dir):
             assert max(r.fd_params.values()) <= TOL_FD, f"{case.id} vs finite differences: {r.fd_params}"
     if dtype == "float64":
         assert result.fd_input <= TOL_FD
+
+
+DEPTHWISE_CASES = {"conv_depthwise_b", "dw_same_relu", "dw_mult2_dilated", "dw_tall", "dw_pointwise", "dw_wide_pad",
+                   "dw_cropped", "c1_depthwise", "c1_depthwise_mult", "depthwise_same", "depthwise_mult_dilated"}
+
+
+def test_depthwise_convs_take_the_depthwise_kernel():
+    """The stride-1 convs with one input channel per group (and a few filters each) of the table
+    and the variants take the depthwise kernel, the strided one (conv_depthwise) and the others
+    not; between them its plan's every variant is taken both ways."""
+    from cnncc.backends.vector.conv2d import DEPTHWISE
+
+    chosen, settings = set(), set()
+    groups = list(GROUPS.items()) + [(shape, cases) for shape, cases in VARIANT_CASES.items()]
+    for shape, cases in groups:
+        spec = load_spec(group_spec(cases, "float64", "pre", group_name(shape, "float64", "pre")))
+        for op in lower(check_net(spec)).ops:
+            if op.plan.forward_template == DEPTHWISE:
+                assert op.plan.backward_template == DEPTHWISE
+                chosen.add(op.layer)
+                flags = ("padded", "wide", "has_bias", "dout_is_dpad", "dwide_in_dpad")
+                settings.add(tuple(op.plan.settings[f] for f in flags) + (op.plan.forward_dims["MULTIPLIER"] > 1,))
+    assert chosen == DEPTHWISE_CASES
+    for i in range(6):
+        assert {combo[i] for combo in settings} == {False, True}, i
+
+
+def test_depthwise_kernel_at_batch_one(build_dir):
+    """test_every_kernel_variant_and_block_form's float64 model (cached) at batch 1: the depthwise
+    cases' forward and backward against the reference."""
+    cases = VARIANT_CASES[VARIANT_IMG]
+    rng = np.random.default_rng(stable_seed("depthwise batch 1"))
+    result = run_group(VARIANT_IMG, "float64", "pre", build_dir, cases=cases,
+                       name=f"variants_{shape_tag(VARIANT_IMG)}_float64", xs=kink_safe(rng, (1,) + VARIANT_IMG), fd=False)
+    for case in cases:
+        if case.id in DEPTHWISE_CASES:
+            r = result.cases[case.id]
+            assert max(r.forward_infer, r.forward_train) <= TOL_FORWARD64, f"{case.id} forward: {r.forward_infer:.3g}"
+            assert r.input_grads <= TOL_BACKWARD64, f"{case.id} input gradient: {r.input_grads:.3g}"
+            assert r.param_grads and max(r.param_grads.values()) <= TOL_BACKWARD64, f"{case.id}: {r.param_grads}"
 
 
 # ---------------------------------------------------------------------------------------

@@ -651,6 +651,15 @@ THREADED_SPECS = {
                    {"name": "pool2", "type": "maxpool2d", "kernel": 2},
                    {"type": "flatten"}, {"name": "fc", "type": "dense", "units": 10}],
         "loss": "softmax_cross_entropy", "optimizer": {"type": "adam", "lr": 0.001}},
+    # A depthwise conv (two filters per channel) over the parallel threshold: 64 x 9 x 576 multiply-adds
+    # per sample, 3.0 million for the batch: its samples go round the sample slots.
+    "depthwise": {
+        "name": "threaded_depthwise", "input": {"channels": 16, "height": 24, "width": 24},
+        "layers": [{"name": "pw", "type": "conv2d", "filters": 32, "kernel": 1, "bias": False},
+                   {"name": "dw", "type": "conv2d", "filters": 64, "kernel": 3, "padding": "same", "groups": 32,
+                    "activation": "relu"},
+                   {"type": "flatten"}, {"name": "fc", "type": "dense", "units": 10}],
+        "loss": "softmax_cross_entropy", "optimizer": {"type": "adam", "lr": 0.001}},
     # A residual block: batchnorm splits its channels over the threads and add its elements
     # (9 x 16 x 24 x 24 = 82,944 elements, over the element-wise threshold of 65,536).
     "batchnorm_add": {

@@ -1,9 +1,12 @@
 """The conv2d (and conv1d, as height 1) kernel plans of the vector backend, beside their templates
-templates/layers/conv2d_shifted.c.j2, conv2d_im2col.c.j2 and conv2d_pooled_backward.c.j2.
+templates/layers/conv2d_shifted.c.j2, conv2d_im2col.c.j2, conv2d_depthwise.c.j2 and
+conv2d_pooled_backward.c.j2.
 
 Per sample and group a conv is out[C_OUT_PER_GROUP, pixels] = weight[C_OUT_PER_GROUP, K_GROUP] x
 patches[K_GROUP, pixels]. The plan picks how the patch matrix is read: in place from the shifted
-(zero-padded) input for stride 1 ("shifted"), or built by im2col for any stride. A conv followed by
+(zero-padded) input for stride 1 ("shifted"), or built by im2col for any stride. A stride-1
+depthwise conv (one input channel per group) takes a plan of its own ("depthwise"): its groups are
+too small for the products' blocking, so it works channel by channel on flat rows. A conv followed by
 a maxpool (ir.PooledBackward) gets a backward of its own that visits each pool window's maximum
 only. The plan also lays out the scratch of the kernels: SAMPLE_SLOTS slots of one sample's scratch
 (an OpenMP build runs them on its threads), the forward's regions first (an inference build needs
@@ -16,21 +19,35 @@ from ..plan import KernelPlan, Planner, PlanRequest, resolve_roles
 DOTS_BELOW_FILTERS = 16  # filters per group below which weight gradients are dot products
 ROW_LANES = 16  # the pooled backward pads kernel rows to whole vectors of up to this many lanes
 
+# depthwise convs with up to this many filters per channel take the depthwise plan: with more, the
+# general products' row blocks share each load of the input among more filters
+DEPTHWISE_MAX_MULTIPLIER = 4
+
 SHIFTED, IM2COL, POOLED = "layers/conv2d_shifted", "layers/conv2d_im2col", "layers/conv2d_pooled_backward"
+DEPTHWISE = "layers/conv2d_depthwise"
 GROUPED = ("C_IN", "H_IN", "W_IN", "C_OUT", "GROUPS", "C_IN_PER_GROUP", "C_OUT_PER_GROUP", "K_GROUP", "PIXELS_OUT")
 TAPS = ("KH", "KW", "DIL_H", "DIL_W")
 WINDOWS = TAPS + ("STRIDE_H", "STRIDE_W", "PAD_TOP", "PAD_LEFT", "H_OUT", "W_OUT")  # im2col's arguments
 
 
 class ConvPlanner(Planner):
-    templates = (SHIFTED, IM2COL, POOLED)
+    templates = (SHIFTED, IM2COL, DEPTHWISE, POOLED)
 
     def __init__(self, pooled_backward: bool = True):
         """pooled_backward: whether the pooled backward may be planned (its template needs vector
-        types: a backend without them plans every conv's backward as shifted or im2col)."""
+        types: a backend without them plans every conv's backward as shifted, im2col or depthwise)."""
         self.pooled_backward = pooled_backward
         if not pooled_backward:
-            self.templates = (SHIFTED, IM2COL)
+            self.templates = (SHIFTED, IM2COL, DEPTHWISE)
+
+    @staticmethod
+    def plans_depthwise(g) -> bool:
+        """Stride 1, one input channel per group (several groups) and a few filters per channel.
+        A strided depthwise conv stays on im2col: the flat rows of the depthwise kernel read
+        the input shifted, which only stride 1 can do (a stride-1 pass would compute S_H * S_W
+        times the outputs needed)."""
+        return ((g.stride_h, g.stride_w) == (1, 1) and g.groups == g.c_in > 1
+                and g.c_out // g.groups <= DEPTHWISE_MAX_MULTIPLIER)
 
     def plans_pooled_backward(self, layer, input_shape) -> bool:
         """The pooled backward reads a patch channels-last, a kernel row of all the channels
@@ -40,6 +57,8 @@ class ConvPlanner(Planner):
 
     def plan(self, request: PlanRequest) -> KernelPlan:
         g = request.layer.geometry(request.inputs[0])
+        if self.plans_depthwise(g):
+            return _depthwise_plan(request, g)
         k = _dims(g, request.sample_slots)
         shifted = (g.stride_h, g.stride_w) == (1, 1)
         s = {"has_bias": g.bias, "dweight_by_dots": g.c_out // g.groups < DOTS_BELOW_FILTERS,
@@ -87,6 +106,55 @@ class ConvPlanner(Planner):
                           {n: k[n] for n in forward_names}, {n: k[n] for n in backward_names},
                           resolve_roles(forward_roles, request, s), resolve_roles(backward_roles, request, s),
                           s, workspace, forward_scratch)
+
+
+def _depthwise_plan(request: PlanRequest, g) -> KernelPlan:
+    """Channel c's MULTIPLIER filters read only input plane c: per sample and channel, the plane
+    zero-padded into H_PAD x W_PAD is one flat row, each tap a shifted view of it, and the output
+    over the "wide" pixels (H_OUT - 1) * W_PAD + W_OUT is a 1 x K_GROUP by K_GROUP x pixels product
+    per filter. The padding of every scratch plane is zeroed once per sample: a channel rewrites
+    only the interior."""
+    k = _dims(g, request.sample_slots)
+    k.update(_shifted_dims(g, k), MULTIPLIER=g.c_out // g.c_in)
+    s = {"has_bias": g.bias, "din": request.input_grads[0], "dweight": "weight" in request.trainable,
+         "dbias": g.bias and "bias" in request.trainable, "padded": sum(g.pad_h) + sum(g.pad_w) > 0,
+         "wide": g.kw > 1}
+    s["dout_is_dpad"] = (k["DPAD_TOP"], k["DPAD_LEFT"], k["H_DPAD"], k["W_DPAD"]) == (0, 0, g.h_out, g.w_out)
+    # rows as long as the input's padded ones, dout inside: the padded output gradient read from
+    # (DPAD_TOP, DPAD_LEFT) on is dout over the wide pixels, zero in the dropped columns
+    s["dwide_in_dpad"] = (s["din"] and s["wide"] and not s["dout_is_dpad"] and k["W_DPAD"] == k["W_PAD"]
+                          and 0 <= k["DPAD_TOP"] <= k["H_DPAD"] - g.h_out and 0 <= k["DPAD_LEFT"] <= k["W_DPAD"] - g.w_out)
+    mult = k["MULTIPLIER"]
+    forward = {"SCRATCH_PADDED": k["H_PAD"] * k["W_PAD"] if s["padded"] else 0,
+               "SCRATCH_WIDE": k["WIDE_OUT"] if s["wide"] else 0}
+    din = s["din"]
+    dwide = s["dweight"] and s["wide"] and not s["dwide_in_dpad"]
+    backward = {"SCRATCH_DOUT": mult * k["H_OUT"] * k["W_PAD"] if dwide else 0,
+                "SCRATCH_DPAD": mult * k["H_DPAD"] * k["W_DPAD"] if din and not s["dout_is_dpad"] else 0,
+                "SCRATCH_WIDE_IN": k["WIDE_IN"] if din and s["wide"] else 0, **_gradient_parts(k, s)}
+    shared = {"SCRATCH_FLIPPED": k["C_OUT"] * k["K_GROUP"] if din else 0}
+    layout, forward_scratch, workspace = _layout(forward, backward, shared, request.sample_slots)
+    k.update(layout)
+
+    planes = ("C_IN", "H_IN", "W_IN", "C_OUT", "MULTIPLIER", "KH", "KW", "DIL_H", "DIL_W", "W_PAD", "K_GROUP",
+              "PIXELS_OUT", "SAMPLE_SLOTS")
+    padding = ("PAD_TOP", "PAD_LEFT", "H_PAD", "SCRATCH_PADDED") if s["padded"] else ()
+    wide = ("WIDE_OUT", "H_OUT", "W_OUT") if s["wide"] else ()
+    forward_names = planes + padding + wide + (("SCRATCH_WIDE",) if s["wide"] else ())
+    forward_names += ("SLOT_SIZE",) if forward_scratch else ()
+    backward_names = planes + ("SLOT_SIZE",)
+    if s["dweight"]:
+        backward_names += padding + wide + (("SCRATCH_DOUT",) if dwide else ())
+    if din:
+        backward_names += ("H_DPAD", "W_DPAD", "SCRATCH_FLIPPED") + (("SCRATCH_WIDE_IN", "WIDE_IN") if s["wide"] else ())
+        backward_names += () if s["dout_is_dpad"] else ("H_OUT", "W_OUT", "DPAD_TOP", "DPAD_LEFT", "SCRATCH_DPAD")
+    backward_names += (("SCRATCH_DWEIGHT_PART",) if s["dweight"] else ()) + (("SCRATCH_DBIAS_PART",) if s["dbias"] else ())
+    forward_roles = ("out", "in", "weight", "bias") + (("slots",) if forward_scratch else ()) + ("batch",)
+    backward_roles = ("din", "dweight", "dbias", "dout", "in if dweight", "weight if din", "slots", "batch")
+    return KernelPlan(DEPTHWISE, DEPTHWISE, {n: k[n] for n in forward_names},
+                      {n: k[n] for n in dict.fromkeys(backward_names)},
+                      resolve_roles(forward_roles, request, s), resolve_roles(backward_roles, request, s),
+                      s, workspace, forward_scratch)
 
 
 def _dims(g, slots: int) -> dict[str, int]:

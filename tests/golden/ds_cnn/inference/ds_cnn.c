@@ -306,6 +306,18 @@ KERNEL_INLINE real ds_cnn_row_sum(const real *restrict x, int n)
     return ds_cnn_vec_sum(acc);
 }
 
+/* sum of a[i] * b[i] for i < n, vector by vector (the order of row_sum). */
+KERNEL_INLINE real ds_cnn_dot(const real *restrict a, const real *restrict b, int n)
+{
+    vec acc = {0};
+    int i = 0;
+    for (; i + VEC_LANES <= n; i += VEC_LANES)
+        acc += ds_cnn_vec_load(a + i, VEC_LANES) * ds_cnn_vec_load(b + i, VEC_LANES);
+    if (i < n)
+        acc += ds_cnn_vec_load(a + i, n - i) * ds_cnn_vec_load(b + i, n - i);
+    return ds_cnn_vec_sum(acc);
+}
+
 /* The rows of a B operand. A plain row-major matrix with row stride ld is taps_matrix(rows, ld).
    A convolution reads its patch matrix in place: row k = (ch, kh, kw) of a CH x KH x KW grid of
    kernel taps starts at b + ch*plane + kh*step_h + kw*step_w, a shifted view of the input. */
@@ -554,24 +566,33 @@ KERNEL_INLINE void ds_cnn_col2im(const real *restrict patches, real *restrict di
             }
 }
 
-/* dst[c, y, x] = src[c, y - top, x - left] where that is inside the H x W source, else 0, for
-   planes of HP x WP (top and left may be negative: the source is then cropped). */
-KERNEL_INLINE void ds_cnn_pad_planes(const real *restrict src, real *restrict dst, int C, int H, int W, int top, int left,
-                              int HP, int WP)
+/* dst[c, y, x] = src[c, y - top, x - left] where that is inside the H x W source, for planes of
+   HP x WP (top and left may be negative: the source is then cropped); the other elements of dst
+   are left as they are, so a caller that zeroes them once can copy plane after plane into the
+   same place. */
+KERNEL_INLINE void ds_cnn_copy_planes(const real *restrict src, real *restrict dst, int C, int H, int W, int top, int left,
+                               int HP, int WP)
 {
-    /* Rows [y_lo, y_hi) and columns [x_lo, x_hi) of the planes come from the source. (Zeroing
-       everything first, rather than only the border row by row, also sidesteps a GCC 12 -O3
-       AVX-512 miscompilation of the row-by-row form that the conv tests caught.) */
+    /* Rows [y_lo, y_hi) and columns [x_lo, x_hi) of the planes come from the source. */
     const int y_lo = top < 0 ? 0 : (top < HP ? top : HP);
     const int y_hi = top + H < HP ? (top + H > y_lo ? top + H : y_lo) : HP;
     const int x_lo = left < 0 ? 0 : (left < WP ? left : WP);
     const int x_hi = left + W < WP ? (left + W > x_lo ? left + W : x_lo) : WP;
-    for (size_t i = 0; i < (size_t)C * HP * WP; i++)
-        dst[i] = 0;
     for (int c = 0; c < C; c++)
         for (int y = y_lo; y < y_hi; y++)
             for (int x = x_lo; x < x_hi; x++)
                 dst[((size_t)c * HP + y) * WP + x] = src[((size_t)c * H + y - top) * W + x - left];
+}
+
+/* The same, with every other element of dst zero: the zero-padded planes. (Zeroing everything
+   first, rather than only the border row by row, also sidesteps a GCC 12 -O3 AVX-512
+   miscompilation of the row-by-row form that the conv tests caught.) */
+KERNEL_INLINE void ds_cnn_pad_planes(const real *restrict src, real *restrict dst, int C, int H, int W, int top, int left,
+                              int HP, int WP)
+{
+    for (size_t i = 0; i < (size_t)C * HP * WP; i++)
+        dst[i] = 0;
+    ds_cnn_copy_planes(src, dst, C, H, W, top, left, HP, WP);
 }
 
 /* ---- conv1: conv2d forward (spec line 10)
@@ -708,17 +729,16 @@ static void ds_cnn_drop1_forward(
 /* ---- dw1: conv2d forward (spec line 14)
  * drop1 [N, 64, 25, 5] -> dw1 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
- * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
- *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
- *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ * out[b,oc,oh,ow] = bias[oc] + sum_{kh, kw} weight[oc,0,kh,kw] * in[b, oc / MULTIPLIER, oh +
+ *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and channel
+ *   c, each of its filters over the wide pixels of plane c, zero-padded, as one flat row
  */
 KERNEL_INLINE void ds_cnn_dw1_forward_slot(
     real *restrict out,                     /* dw1 [N, 64, 25, 5] */
     const real *restrict in,                /* drop1 [N, 64, 25, 5] */
     const real *restrict weight,            /* dw1.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw1.bias [64] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -727,44 +747,49 @@ KERNEL_INLINE void ds_cnn_dw1_forward_slot(
         H_IN = 25,
         W_IN = 5,
         C_OUT = 64,
-        GROUPS = 64,
-        C_IN_PER_GROUP = 1,
-        C_OUT_PER_GROUP = 1,
-        K_GROUP = 9,
-        PIXELS_OUT = 125,
-        SAMPLE_SLOTS = 1,
+        MULTIPLIER = 1,
         KH = 3,
         KW = 3,
         DIL_H = 1,
         DIL_W = 1,
-        H_PAD = 27,
         W_PAD = 7,
+        K_GROUP = 9,
+        PIXELS_OUT = 125,
+        SAMPLE_SLOTS = 1,
         PAD_TOP = 1,
         PAD_LEFT = 1,
+        H_PAD = 27,
         SCRATCH_PADDED = 0,
         WIDE_OUT = 173,
         H_OUT = 25,
         W_OUT = 5,
         SCRATCH_WIDE = 189,
-        SLOT_SIZE = 1537
+        SLOT_SIZE = 1364
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+    real *restrict padded = scratch + SCRATCH_PADDED;                   /* [H_PAD, W_PAD]: one input plane */
+    memset(padded, 0, sizeof(real) * H_PAD * W_PAD);                    /* its padding, for every plane */
+    real *restrict wide = scratch + SCRATCH_WIDE;                       /* [WIDE_OUT] */
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict out_group = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            const real *restrict weight_group = weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+        for (int c = 0; c < C_IN; c++) {
+            ds_cnn_copy_planes(in + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN), padded, 1, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+            const real *restrict source = padded;
 
-            real *restrict wide = scratch + SCRATCH_WIDE;               /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            ds_cnn_gemm_nn_taps(WIDE_OUT, weight_group, ds_cnn_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
-                         (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+            for (int f = 0; f < MULTIPLIER; f++) {
+                const int oc = c * MULTIPLIER + f;
+                const real *restrict weight_oc = weight + (size_t)oc * K_GROUP;
+                real *restrict out_oc = out + (b * C_OUT + (size_t)oc) * (size_t)PIXELS_OUT;
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    real sum = 0;
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int kw = 0; kw < KW; kw++)
+                            sum += weight_oc[kh * KW + kw] * source[p + kh * DIL_H * W_PAD + kw * DIL_W];
+                    wide[p] = sum;
+                }
                 for (int oh = 0; oh < H_OUT; oh++)
                     for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_oc[oh * W_OUT + ow] = wide[oh * W_PAD + ow] + bias[oc];
+            }
         }
     }
 }
@@ -778,7 +803,7 @@ static void ds_cnn_dw1_forward(
     const real *restrict in,                /* drop1 [N, 64, 25, 5] */
     const real *restrict weight,            /* dw1.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw1.bias [64] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -936,17 +961,16 @@ static void ds_cnn_pw1_bn_forward(
 /* ---- dw2: conv2d forward (spec line 20)
  * pw1_bn [N, 64, 25, 5] -> dw2 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
- * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
- *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
- *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ * out[b,oc,oh,ow] = bias[oc] + sum_{kh, kw} weight[oc,0,kh,kw] * in[b, oc / MULTIPLIER, oh +
+ *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and channel
+ *   c, each of its filters over the wide pixels of plane c, zero-padded, as one flat row
  */
 KERNEL_INLINE void ds_cnn_dw2_forward_slot(
     real *restrict out,                     /* dw2 [N, 64, 25, 5] */
     const real *restrict in,                /* pw1_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw2.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw2.bias [64] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -955,44 +979,49 @@ KERNEL_INLINE void ds_cnn_dw2_forward_slot(
         H_IN = 25,
         W_IN = 5,
         C_OUT = 64,
-        GROUPS = 64,
-        C_IN_PER_GROUP = 1,
-        C_OUT_PER_GROUP = 1,
-        K_GROUP = 9,
-        PIXELS_OUT = 125,
-        SAMPLE_SLOTS = 1,
+        MULTIPLIER = 1,
         KH = 3,
         KW = 3,
         DIL_H = 1,
         DIL_W = 1,
-        H_PAD = 27,
         W_PAD = 7,
+        K_GROUP = 9,
+        PIXELS_OUT = 125,
+        SAMPLE_SLOTS = 1,
         PAD_TOP = 1,
         PAD_LEFT = 1,
+        H_PAD = 27,
         SCRATCH_PADDED = 0,
         WIDE_OUT = 173,
         H_OUT = 25,
         W_OUT = 5,
         SCRATCH_WIDE = 189,
-        SLOT_SIZE = 1537
+        SLOT_SIZE = 1364
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+    real *restrict padded = scratch + SCRATCH_PADDED;                   /* [H_PAD, W_PAD]: one input plane */
+    memset(padded, 0, sizeof(real) * H_PAD * W_PAD);                    /* its padding, for every plane */
+    real *restrict wide = scratch + SCRATCH_WIDE;                       /* [WIDE_OUT] */
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict out_group = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            const real *restrict weight_group = weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+        for (int c = 0; c < C_IN; c++) {
+            ds_cnn_copy_planes(in + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN), padded, 1, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+            const real *restrict source = padded;
 
-            real *restrict wide = scratch + SCRATCH_WIDE;               /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            ds_cnn_gemm_nn_taps(WIDE_OUT, weight_group, ds_cnn_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
-                         (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+            for (int f = 0; f < MULTIPLIER; f++) {
+                const int oc = c * MULTIPLIER + f;
+                const real *restrict weight_oc = weight + (size_t)oc * K_GROUP;
+                real *restrict out_oc = out + (b * C_OUT + (size_t)oc) * (size_t)PIXELS_OUT;
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    real sum = 0;
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int kw = 0; kw < KW; kw++)
+                            sum += weight_oc[kh * KW + kw] * source[p + kh * DIL_H * W_PAD + kw * DIL_W];
+                    wide[p] = sum;
+                }
                 for (int oh = 0; oh < H_OUT; oh++)
                     for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_oc[oh * W_OUT + ow] = wide[oh * W_PAD + ow] + bias[oc];
+            }
         }
     }
 }
@@ -1006,7 +1035,7 @@ static void ds_cnn_dw2_forward(
     const real *restrict in,                /* pw1_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw2.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw2.bias [64] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1164,17 +1193,16 @@ static void ds_cnn_pw2_bn_forward(
 /* ---- dw3: conv2d forward (spec line 26)
  * pw2_bn [N, 64, 25, 5] -> dw3 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
- * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
- *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
- *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ * out[b,oc,oh,ow] = bias[oc] + sum_{kh, kw} weight[oc,0,kh,kw] * in[b, oc / MULTIPLIER, oh +
+ *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and channel
+ *   c, each of its filters over the wide pixels of plane c, zero-padded, as one flat row
  */
 KERNEL_INLINE void ds_cnn_dw3_forward_slot(
     real *restrict out,                     /* dw3 [N, 64, 25, 5] */
     const real *restrict in,                /* pw2_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw3.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw3.bias [64] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1183,44 +1211,49 @@ KERNEL_INLINE void ds_cnn_dw3_forward_slot(
         H_IN = 25,
         W_IN = 5,
         C_OUT = 64,
-        GROUPS = 64,
-        C_IN_PER_GROUP = 1,
-        C_OUT_PER_GROUP = 1,
-        K_GROUP = 9,
-        PIXELS_OUT = 125,
-        SAMPLE_SLOTS = 1,
+        MULTIPLIER = 1,
         KH = 3,
         KW = 3,
         DIL_H = 1,
         DIL_W = 1,
-        H_PAD = 27,
         W_PAD = 7,
+        K_GROUP = 9,
+        PIXELS_OUT = 125,
+        SAMPLE_SLOTS = 1,
         PAD_TOP = 1,
         PAD_LEFT = 1,
+        H_PAD = 27,
         SCRATCH_PADDED = 0,
         WIDE_OUT = 173,
         H_OUT = 25,
         W_OUT = 5,
         SCRATCH_WIDE = 189,
-        SLOT_SIZE = 1537
+        SLOT_SIZE = 1364
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+    real *restrict padded = scratch + SCRATCH_PADDED;                   /* [H_PAD, W_PAD]: one input plane */
+    memset(padded, 0, sizeof(real) * H_PAD * W_PAD);                    /* its padding, for every plane */
+    real *restrict wide = scratch + SCRATCH_WIDE;                       /* [WIDE_OUT] */
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict out_group = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            const real *restrict weight_group = weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+        for (int c = 0; c < C_IN; c++) {
+            ds_cnn_copy_planes(in + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN), padded, 1, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+            const real *restrict source = padded;
 
-            real *restrict wide = scratch + SCRATCH_WIDE;               /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            ds_cnn_gemm_nn_taps(WIDE_OUT, weight_group, ds_cnn_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
-                         (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+            for (int f = 0; f < MULTIPLIER; f++) {
+                const int oc = c * MULTIPLIER + f;
+                const real *restrict weight_oc = weight + (size_t)oc * K_GROUP;
+                real *restrict out_oc = out + (b * C_OUT + (size_t)oc) * (size_t)PIXELS_OUT;
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    real sum = 0;
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int kw = 0; kw < KW; kw++)
+                            sum += weight_oc[kh * KW + kw] * source[p + kh * DIL_H * W_PAD + kw * DIL_W];
+                    wide[p] = sum;
+                }
                 for (int oh = 0; oh < H_OUT; oh++)
                     for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_oc[oh * W_OUT + ow] = wide[oh * W_PAD + ow] + bias[oc];
+            }
         }
     }
 }
@@ -1234,7 +1267,7 @@ static void ds_cnn_dw3_forward(
     const real *restrict in,                /* pw2_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw3.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw3.bias [64] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1392,17 +1425,16 @@ static void ds_cnn_pw3_bn_forward(
 /* ---- dw4: conv2d forward (spec line 32)
  * pw3_bn [N, 64, 25, 5] -> dw4 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
- * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
- *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
- *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ * out[b,oc,oh,ow] = bias[oc] + sum_{kh, kw} weight[oc,0,kh,kw] * in[b, oc / MULTIPLIER, oh +
+ *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and channel
+ *   c, each of its filters over the wide pixels of plane c, zero-padded, as one flat row
  */
 KERNEL_INLINE void ds_cnn_dw4_forward_slot(
     real *restrict out,                     /* dw4 [N, 64, 25, 5] */
     const real *restrict in,                /* pw3_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw4.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw4.bias [64] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1411,44 +1443,49 @@ KERNEL_INLINE void ds_cnn_dw4_forward_slot(
         H_IN = 25,
         W_IN = 5,
         C_OUT = 64,
-        GROUPS = 64,
-        C_IN_PER_GROUP = 1,
-        C_OUT_PER_GROUP = 1,
-        K_GROUP = 9,
-        PIXELS_OUT = 125,
-        SAMPLE_SLOTS = 1,
+        MULTIPLIER = 1,
         KH = 3,
         KW = 3,
         DIL_H = 1,
         DIL_W = 1,
-        H_PAD = 27,
         W_PAD = 7,
+        K_GROUP = 9,
+        PIXELS_OUT = 125,
+        SAMPLE_SLOTS = 1,
         PAD_TOP = 1,
         PAD_LEFT = 1,
+        H_PAD = 27,
         SCRATCH_PADDED = 0,
         WIDE_OUT = 173,
         H_OUT = 25,
         W_OUT = 5,
         SCRATCH_WIDE = 189,
-        SLOT_SIZE = 1537
+        SLOT_SIZE = 1364
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+    real *restrict padded = scratch + SCRATCH_PADDED;                   /* [H_PAD, W_PAD]: one input plane */
+    memset(padded, 0, sizeof(real) * H_PAD * W_PAD);                    /* its padding, for every plane */
+    real *restrict wide = scratch + SCRATCH_WIDE;                       /* [WIDE_OUT] */
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict out_group = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            const real *restrict weight_group = weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+        for (int c = 0; c < C_IN; c++) {
+            ds_cnn_copy_planes(in + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN), padded, 1, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+            const real *restrict source = padded;
 
-            real *restrict wide = scratch + SCRATCH_WIDE;               /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            ds_cnn_gemm_nn_taps(WIDE_OUT, weight_group, ds_cnn_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
-                         (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+            for (int f = 0; f < MULTIPLIER; f++) {
+                const int oc = c * MULTIPLIER + f;
+                const real *restrict weight_oc = weight + (size_t)oc * K_GROUP;
+                real *restrict out_oc = out + (b * C_OUT + (size_t)oc) * (size_t)PIXELS_OUT;
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    real sum = 0;
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int kw = 0; kw < KW; kw++)
+                            sum += weight_oc[kh * KW + kw] * source[p + kh * DIL_H * W_PAD + kw * DIL_W];
+                    wide[p] = sum;
+                }
                 for (int oh = 0; oh < H_OUT; oh++)
                     for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_oc[oh * W_OUT + ow] = wide[oh * W_PAD + ow] + bias[oc];
+            }
         }
     }
 }
@@ -1462,7 +1499,7 @@ static void ds_cnn_dw4_forward(
     const real *restrict in,                /* pw3_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw4.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw4.bias [64] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };

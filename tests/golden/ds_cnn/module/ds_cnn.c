@@ -108,21 +108,21 @@ typedef float real;
 #define WS_CONV1 ((size_t)0)
 #define WS_CONV1_BN ((size_t)18184)
 #define WS_DW1 ((size_t)18312)
-#define WS_DW1_BN ((size_t)20425)
-#define WS_PW1 ((size_t)20553)
-#define WS_PW1_BN ((size_t)40905)
-#define WS_DW2 ((size_t)41033)
-#define WS_DW2_BN ((size_t)43146)
-#define WS_PW2 ((size_t)43274)
-#define WS_PW2_BN ((size_t)63626)
-#define WS_DW3 ((size_t)63754)
-#define WS_DW3_BN ((size_t)65867)
-#define WS_PW3 ((size_t)65995)
-#define WS_PW3_BN ((size_t)86347)
-#define WS_DW4 ((size_t)86475)
-#define WS_DW4_BN ((size_t)88588)
-#define WS_PW4 ((size_t)88716)
-#define WS_PW4_BN ((size_t)109068)
+#define WS_DW1_BN ((size_t)20252)
+#define WS_PW1 ((size_t)20380)
+#define WS_PW1_BN ((size_t)40732)
+#define WS_DW2 ((size_t)40860)
+#define WS_DW2_BN ((size_t)42800)
+#define WS_PW2 ((size_t)42928)
+#define WS_PW2_BN ((size_t)63280)
+#define WS_DW3 ((size_t)63408)
+#define WS_DW3_BN ((size_t)65348)
+#define WS_PW3 ((size_t)65476)
+#define WS_PW3_BN ((size_t)85828)
+#define WS_DW4 ((size_t)85956)
+#define WS_DW4_BN ((size_t)87896)
+#define WS_PW4 ((size_t)88024)
+#define WS_PW4_BN ((size_t)108376)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
@@ -318,6 +318,18 @@ KERNEL_INLINE real ds_cnn_row_sum(const real *restrict x, int n)
         acc += ds_cnn_vec_load(x + i, VEC_LANES);
     if (i < n)
         acc += ds_cnn_vec_load(x + i, n - i);
+    return ds_cnn_vec_sum(acc);
+}
+
+/* sum of a[i] * b[i] for i < n, vector by vector (the order of row_sum). */
+KERNEL_INLINE real ds_cnn_dot(const real *restrict a, const real *restrict b, int n)
+{
+    vec acc = {0};
+    int i = 0;
+    for (; i + VEC_LANES <= n; i += VEC_LANES)
+        acc += ds_cnn_vec_load(a + i, VEC_LANES) * ds_cnn_vec_load(b + i, VEC_LANES);
+    if (i < n)
+        acc += ds_cnn_vec_load(a + i, n - i) * ds_cnn_vec_load(b + i, n - i);
     return ds_cnn_vec_sum(acc);
 }
 
@@ -569,24 +581,33 @@ KERNEL_INLINE void ds_cnn_col2im(const real *restrict patches, real *restrict di
             }
 }
 
-/* dst[c, y, x] = src[c, y - top, x - left] where that is inside the H x W source, else 0, for
-   planes of HP x WP (top and left may be negative: the source is then cropped). */
-KERNEL_INLINE void ds_cnn_pad_planes(const real *restrict src, real *restrict dst, int C, int H, int W, int top, int left,
-                              int HP, int WP)
+/* dst[c, y, x] = src[c, y - top, x - left] where that is inside the H x W source, for planes of
+   HP x WP (top and left may be negative: the source is then cropped); the other elements of dst
+   are left as they are, so a caller that zeroes them once can copy plane after plane into the
+   same place. */
+KERNEL_INLINE void ds_cnn_copy_planes(const real *restrict src, real *restrict dst, int C, int H, int W, int top, int left,
+                               int HP, int WP)
 {
-    /* Rows [y_lo, y_hi) and columns [x_lo, x_hi) of the planes come from the source. (Zeroing
-       everything first, rather than only the border row by row, also sidesteps a GCC 12 -O3
-       AVX-512 miscompilation of the row-by-row form that the conv tests caught.) */
+    /* Rows [y_lo, y_hi) and columns [x_lo, x_hi) of the planes come from the source. */
     const int y_lo = top < 0 ? 0 : (top < HP ? top : HP);
     const int y_hi = top + H < HP ? (top + H > y_lo ? top + H : y_lo) : HP;
     const int x_lo = left < 0 ? 0 : (left < WP ? left : WP);
     const int x_hi = left + W < WP ? (left + W > x_lo ? left + W : x_lo) : WP;
-    for (size_t i = 0; i < (size_t)C * HP * WP; i++)
-        dst[i] = 0;
     for (int c = 0; c < C; c++)
         for (int y = y_lo; y < y_hi; y++)
             for (int x = x_lo; x < x_hi; x++)
                 dst[((size_t)c * HP + y) * WP + x] = src[((size_t)c * H + y - top) * W + x - left];
+}
+
+/* The same, with every other element of dst zero: the zero-padded planes. (Zeroing everything
+   first, rather than only the border row by row, also sidesteps a GCC 12 -O3 AVX-512
+   miscompilation of the row-by-row form that the conv tests caught.) */
+KERNEL_INLINE void ds_cnn_pad_planes(const real *restrict src, real *restrict dst, int C, int H, int W, int top, int left,
+                              int HP, int WP)
+{
+    for (size_t i = 0; i < (size_t)C * HP * WP; i++)
+        dst[i] = 0;
+    ds_cnn_copy_planes(src, dst, C, H, W, top, left, HP, WP);
 }
 
 /* ---- conv1: conv2d forward (spec line 10)
@@ -964,17 +985,16 @@ static void ds_cnn_drop1_backward(
 /* ---- dw1: conv2d forward (spec line 14)
  * drop1 [N, 64, 25, 5] -> dw1 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
- * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
- *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
- *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ * out[b,oc,oh,ow] = bias[oc] + sum_{kh, kw} weight[oc,0,kh,kw] * in[b, oc / MULTIPLIER, oh +
+ *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and channel
+ *   c, each of its filters over the wide pixels of plane c, zero-padded, as one flat row
  */
 KERNEL_INLINE void ds_cnn_dw1_forward_slot(
     real *restrict out,                     /* dw1 [N, 64, 25, 5] */
     const real *restrict in,                /* drop1 [N, 64, 25, 5] */
     const real *restrict weight,            /* dw1.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw1.bias [64] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -983,44 +1003,49 @@ KERNEL_INLINE void ds_cnn_dw1_forward_slot(
         H_IN = 25,
         W_IN = 5,
         C_OUT = 64,
-        GROUPS = 64,
-        C_IN_PER_GROUP = 1,
-        C_OUT_PER_GROUP = 1,
-        K_GROUP = 9,
-        PIXELS_OUT = 125,
-        SAMPLE_SLOTS = 1,
+        MULTIPLIER = 1,
         KH = 3,
         KW = 3,
         DIL_H = 1,
         DIL_W = 1,
-        H_PAD = 27,
         W_PAD = 7,
+        K_GROUP = 9,
+        PIXELS_OUT = 125,
+        SAMPLE_SLOTS = 1,
         PAD_TOP = 1,
         PAD_LEFT = 1,
+        H_PAD = 27,
         SCRATCH_PADDED = 0,
         WIDE_OUT = 173,
         H_OUT = 25,
         W_OUT = 5,
         SCRATCH_WIDE = 189,
-        SLOT_SIZE = 1537
+        SLOT_SIZE = 1364
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+    real *restrict padded = scratch + SCRATCH_PADDED;                   /* [H_PAD, W_PAD]: one input plane */
+    memset(padded, 0, sizeof(real) * H_PAD * W_PAD);                    /* its padding, for every plane */
+    real *restrict wide = scratch + SCRATCH_WIDE;                       /* [WIDE_OUT] */
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict out_group = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            const real *restrict weight_group = weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+        for (int c = 0; c < C_IN; c++) {
+            ds_cnn_copy_planes(in + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN), padded, 1, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+            const real *restrict source = padded;
 
-            real *restrict wide = scratch + SCRATCH_WIDE;               /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            ds_cnn_gemm_nn_taps(WIDE_OUT, weight_group, ds_cnn_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
-                         (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+            for (int f = 0; f < MULTIPLIER; f++) {
+                const int oc = c * MULTIPLIER + f;
+                const real *restrict weight_oc = weight + (size_t)oc * K_GROUP;
+                real *restrict out_oc = out + (b * C_OUT + (size_t)oc) * (size_t)PIXELS_OUT;
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    real sum = 0;
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int kw = 0; kw < KW; kw++)
+                            sum += weight_oc[kh * KW + kw] * source[p + kh * DIL_H * W_PAD + kw * DIL_W];
+                    wide[p] = sum;
+                }
                 for (int oh = 0; oh < H_OUT; oh++)
                     for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_oc[oh * W_OUT + ow] = wide[oh * W_PAD + ow] + bias[oc];
+            }
         }
     }
 }
@@ -1034,7 +1059,7 @@ static void ds_cnn_dw1_forward(
     const real *restrict in,                /* drop1 [N, 64, 25, 5] */
     const real *restrict weight,            /* dw1.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw1.bias [64] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1052,9 +1077,9 @@ static void ds_cnn_dw1_forward(
 /* ---- dw1: conv2d backward (spec line 14)
  * drop1 [N, 64, 25, 5] -> dw1 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
- * per sample and group: dweight[C_OUT_PER_GROUP, K_GROUP] += dout[C_OUT_PER_GROUP, pixels] x
- *   patches^T (dot products: few filters); dbias[oc] += sum of dout[oc]; din = the stride-1 conv
- *   of dout, padded, with the flipped kernel
+ * per sample and channel c, filter oc of c: dweight[oc, k] += dout[oc, wide pixels] . (tap k's
+ *   view of plane c, padded); dbias[oc] += sum of dout[oc]; din[c] += the same kind of product of
+ *   the channel's dout planes, padded, with the taps reversed
  */
 static void ds_cnn_dw1_backward(
     real *restrict din,                     /* drop1 [N, 64, 25, 5] */
@@ -1063,7 +1088,7 @@ static void ds_cnn_dw1_backward(
     const real *restrict dout,              /* dw1 [N, 64, 25, 5] */
     const real *restrict in,                /* drop1 [N, 64, 25, 5] */
     const real *restrict weight,            /* dw1.weight [64, 1, 3, 3] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1071,46 +1096,39 @@ static void ds_cnn_dw1_backward(
         H_IN = 25,
         W_IN = 5,
         C_OUT = 64,
-        GROUPS = 64,
-        C_IN_PER_GROUP = 1,
-        C_OUT_PER_GROUP = 1,
-        K_GROUP = 9,
-        PIXELS_OUT = 125,
+        MULTIPLIER = 1,
         KH = 3,
         KW = 3,
         DIL_H = 1,
         DIL_W = 1,
-        H_PAD = 27,
         W_PAD = 7,
-        WIDE_OUT = 173,
+        K_GROUP = 9,
+        PIXELS_OUT = 125,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 1364,
         PAD_TOP = 1,
         PAD_LEFT = 1,
+        H_PAD = 27,
         SCRATCH_PADDED = 0,
-        SCRATCH_DOUT = 362,
+        WIDE_OUT = 173,
         H_OUT = 25,
         W_OUT = 5,
-        SCRATCH_FLIPPED = 1537,
         H_DPAD = 27,
         W_DPAD = 7,
-        SCRATCH_DPAD = 535,
+        SCRATCH_FLIPPED = 1364,
+        SCRATCH_WIDE_IN = 551,
+        WIDE_IN = 173,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
-        SCRATCH_WIDE_IN = 724,
-        WIDE_IN = 173,
-        SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 1537,
-        SCRATCH_DWEIGHT_PART = 897,
-        SCRATCH_DBIAS_PART = 1473
+        SCRATCH_DPAD = 362,
+        SCRATCH_DWEIGHT_PART = 724,
+        SCRATCH_DBIAS_PART = 1300
     };
-    /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
+    /* flipped[oc, kh, kw] = weight[oc, 0, KH-1-kh, KW-1-kw]: the taps reversed */
     real *restrict flipped = slots + SCRATCH_FLIPPED;
-    for (int g = 0; g < GROUPS; g++)
-        for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int kh = 0; kh < KH; kh++)
-                    for (int kw = 0; kw < KW; kw++)
-                        flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
-                            weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
+    for (int oc = 0; oc < C_OUT; oc++)
+        for (int k = 0; k < K_GROUP; k++)
+            flipped[(size_t)oc * K_GROUP + k] = weight[(size_t)oc * K_GROUP + K_GROUP - 1 - k];
     /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
        on its threads when the batch's products repay waking them (a single sample's products may
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
@@ -1125,38 +1143,41 @@ static void ds_cnn_dw1_backward(
             real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
             real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight */
             real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
-            for (int g = 0; g < GROUPS; g++) {
-                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-                real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dbias_part[g * C_OUT_PER_GROUP + oc] = ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-                ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+            real *restrict padded = scratch + SCRATCH_PADDED;           /* [H_PAD, W_PAD]: one input plane */
+            memset(padded, 0, sizeof(real) * H_PAD * W_PAD);            /* its padding, for every plane */
+            real *restrict dpad = scratch + SCRATCH_DPAD;               /* [MULTIPLIER, H_DPAD, W_DPAD] */
+            memset(dpad, 0, sizeof(real) * MULTIPLIER * H_DPAD * W_DPAD);
+            real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [WIDE_IN] */
+            for (int c = 0; c < C_IN; c++) {
+                const real *restrict dout_c = dout + (b * C_OUT + (size_t)c * MULTIPLIER) * (size_t)PIXELS_OUT;
+                for (int f = 0; f < MULTIPLIER; f++)
+                    dbias_part[c * MULTIPLIER + f] = ds_cnn_row_sum(dout_c + (size_t)f * PIXELS_OUT, PIXELS_OUT);
+                ds_cnn_copy_planes(in + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN), padded, 1, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+                const real *restrict source = padded;
 
-                /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
-                real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
-                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    for (int oh = 0; oh < H_OUT; oh++) {
-                        real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
-                        for (int ow = 0; ow < W_OUT; ow++)
-                            row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
-                        for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
-                            row[ow] = 0;
-                    }
-                ds_cnn_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
-                             dweight_group, K_GROUP, 0);
-                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-                ds_cnn_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-                ds_cnn_gemm_nn_taps(WIDE_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                    for (int ih = 0; ih < H_IN; ih++)
-                        for (int iw = 0; iw < W_IN; iw++)
-                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+                real *restrict dweight_c = dweight_part + (size_t)c * MULTIPLIER * K_GROUP;
+                ds_cnn_copy_planes(dout_c, dpad, MULTIPLIER, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
+                /* rows of W_DPAD == W_PAD, dout inside: from (DPAD_TOP, DPAD_LEFT) on, the padded dout is dout
+                   over the wide pixels, zero in the dropped columns */
+                for (int f = 0; f < MULTIPLIER; f++)
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int kw = 0; kw < KW; kw++)
+                            dweight_c[(size_t)f * K_GROUP + kh * KW + kw] =
+                                ds_cnn_dot(dpad + DPAD_TOP * W_DPAD + DPAD_LEFT + (size_t)f * H_DPAD * W_DPAD, source + kh * DIL_H * W_PAD + kw * DIL_W, WIDE_OUT);
+                real *restrict din_c = din + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN);
+                const real *restrict flipped_c = flipped + (size_t)c * MULTIPLIER * K_GROUP;
+                for (int p = 0; p < WIDE_IN; p++) {
+                    real sum = 0;
+                    for (int ch = 0; ch < MULTIPLIER; ch++)
+                        for (int kh = 0; kh < KH; kh++)
+                            for (int kw = 0; kw < KW; kw++)
+                                sum += flipped_c[(ch * KH + kh) * KW + kw] *
+                                       dpad[(size_t)ch * H_DPAD * W_DPAD + p + kh * DIL_H * W_DPAD + kw * DIL_W];
+                    dwide_in[p] = sum;
+                }
+                for (int ih = 0; ih < H_IN; ih++)
+                    for (int iw = 0; iw < W_IN; iw++)
+                        din_c[ih * W_IN + iw] += dwide_in[ih * W_DPAD + iw];
             }
         }
         for (int slot = 0; slot < samples; slot++) {
@@ -1663,17 +1684,16 @@ static void ds_cnn_pw1_bn_backward(
 /* ---- dw2: conv2d forward (spec line 20)
  * pw1_bn [N, 64, 25, 5] -> dw2 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
- * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
- *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
- *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ * out[b,oc,oh,ow] = bias[oc] + sum_{kh, kw} weight[oc,0,kh,kw] * in[b, oc / MULTIPLIER, oh +
+ *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and channel
+ *   c, each of its filters over the wide pixels of plane c, zero-padded, as one flat row
  */
 KERNEL_INLINE void ds_cnn_dw2_forward_slot(
     real *restrict out,                     /* dw2 [N, 64, 25, 5] */
     const real *restrict in,                /* pw1_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw2.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw2.bias [64] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1682,44 +1702,49 @@ KERNEL_INLINE void ds_cnn_dw2_forward_slot(
         H_IN = 25,
         W_IN = 5,
         C_OUT = 64,
-        GROUPS = 64,
-        C_IN_PER_GROUP = 1,
-        C_OUT_PER_GROUP = 1,
-        K_GROUP = 9,
-        PIXELS_OUT = 125,
-        SAMPLE_SLOTS = 1,
+        MULTIPLIER = 1,
         KH = 3,
         KW = 3,
         DIL_H = 1,
         DIL_W = 1,
-        H_PAD = 27,
         W_PAD = 7,
+        K_GROUP = 9,
+        PIXELS_OUT = 125,
+        SAMPLE_SLOTS = 1,
         PAD_TOP = 1,
         PAD_LEFT = 1,
+        H_PAD = 27,
         SCRATCH_PADDED = 0,
         WIDE_OUT = 173,
         H_OUT = 25,
         W_OUT = 5,
         SCRATCH_WIDE = 189,
-        SLOT_SIZE = 1537
+        SLOT_SIZE = 1364
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+    real *restrict padded = scratch + SCRATCH_PADDED;                   /* [H_PAD, W_PAD]: one input plane */
+    memset(padded, 0, sizeof(real) * H_PAD * W_PAD);                    /* its padding, for every plane */
+    real *restrict wide = scratch + SCRATCH_WIDE;                       /* [WIDE_OUT] */
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict out_group = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            const real *restrict weight_group = weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+        for (int c = 0; c < C_IN; c++) {
+            ds_cnn_copy_planes(in + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN), padded, 1, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+            const real *restrict source = padded;
 
-            real *restrict wide = scratch + SCRATCH_WIDE;               /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            ds_cnn_gemm_nn_taps(WIDE_OUT, weight_group, ds_cnn_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
-                         (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+            for (int f = 0; f < MULTIPLIER; f++) {
+                const int oc = c * MULTIPLIER + f;
+                const real *restrict weight_oc = weight + (size_t)oc * K_GROUP;
+                real *restrict out_oc = out + (b * C_OUT + (size_t)oc) * (size_t)PIXELS_OUT;
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    real sum = 0;
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int kw = 0; kw < KW; kw++)
+                            sum += weight_oc[kh * KW + kw] * source[p + kh * DIL_H * W_PAD + kw * DIL_W];
+                    wide[p] = sum;
+                }
                 for (int oh = 0; oh < H_OUT; oh++)
                     for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_oc[oh * W_OUT + ow] = wide[oh * W_PAD + ow] + bias[oc];
+            }
         }
     }
 }
@@ -1733,7 +1758,7 @@ static void ds_cnn_dw2_forward(
     const real *restrict in,                /* pw1_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw2.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw2.bias [64] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1751,9 +1776,9 @@ static void ds_cnn_dw2_forward(
 /* ---- dw2: conv2d backward (spec line 20)
  * pw1_bn [N, 64, 25, 5] -> dw2 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
- * per sample and group: dweight[C_OUT_PER_GROUP, K_GROUP] += dout[C_OUT_PER_GROUP, pixels] x
- *   patches^T (dot products: few filters); dbias[oc] += sum of dout[oc]; din = the stride-1 conv
- *   of dout, padded, with the flipped kernel
+ * per sample and channel c, filter oc of c: dweight[oc, k] += dout[oc, wide pixels] . (tap k's
+ *   view of plane c, padded); dbias[oc] += sum of dout[oc]; din[c] += the same kind of product of
+ *   the channel's dout planes, padded, with the taps reversed
  */
 static void ds_cnn_dw2_backward(
     real *restrict din,                     /* pw1_bn [N, 64, 25, 5] */
@@ -1762,7 +1787,7 @@ static void ds_cnn_dw2_backward(
     const real *restrict dout,              /* dw2 [N, 64, 25, 5] */
     const real *restrict in,                /* pw1_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw2.weight [64, 1, 3, 3] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1770,46 +1795,39 @@ static void ds_cnn_dw2_backward(
         H_IN = 25,
         W_IN = 5,
         C_OUT = 64,
-        GROUPS = 64,
-        C_IN_PER_GROUP = 1,
-        C_OUT_PER_GROUP = 1,
-        K_GROUP = 9,
-        PIXELS_OUT = 125,
+        MULTIPLIER = 1,
         KH = 3,
         KW = 3,
         DIL_H = 1,
         DIL_W = 1,
-        H_PAD = 27,
         W_PAD = 7,
-        WIDE_OUT = 173,
+        K_GROUP = 9,
+        PIXELS_OUT = 125,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 1364,
         PAD_TOP = 1,
         PAD_LEFT = 1,
+        H_PAD = 27,
         SCRATCH_PADDED = 0,
-        SCRATCH_DOUT = 362,
+        WIDE_OUT = 173,
         H_OUT = 25,
         W_OUT = 5,
-        SCRATCH_FLIPPED = 1537,
         H_DPAD = 27,
         W_DPAD = 7,
-        SCRATCH_DPAD = 535,
+        SCRATCH_FLIPPED = 1364,
+        SCRATCH_WIDE_IN = 551,
+        WIDE_IN = 173,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
-        SCRATCH_WIDE_IN = 724,
-        WIDE_IN = 173,
-        SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 1537,
-        SCRATCH_DWEIGHT_PART = 897,
-        SCRATCH_DBIAS_PART = 1473
+        SCRATCH_DPAD = 362,
+        SCRATCH_DWEIGHT_PART = 724,
+        SCRATCH_DBIAS_PART = 1300
     };
-    /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
+    /* flipped[oc, kh, kw] = weight[oc, 0, KH-1-kh, KW-1-kw]: the taps reversed */
     real *restrict flipped = slots + SCRATCH_FLIPPED;
-    for (int g = 0; g < GROUPS; g++)
-        for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int kh = 0; kh < KH; kh++)
-                    for (int kw = 0; kw < KW; kw++)
-                        flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
-                            weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
+    for (int oc = 0; oc < C_OUT; oc++)
+        for (int k = 0; k < K_GROUP; k++)
+            flipped[(size_t)oc * K_GROUP + k] = weight[(size_t)oc * K_GROUP + K_GROUP - 1 - k];
     /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
        on its threads when the batch's products repay waking them (a single sample's products may
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
@@ -1824,38 +1842,41 @@ static void ds_cnn_dw2_backward(
             real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
             real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight */
             real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
-            for (int g = 0; g < GROUPS; g++) {
-                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-                real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dbias_part[g * C_OUT_PER_GROUP + oc] = ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-                ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+            real *restrict padded = scratch + SCRATCH_PADDED;           /* [H_PAD, W_PAD]: one input plane */
+            memset(padded, 0, sizeof(real) * H_PAD * W_PAD);            /* its padding, for every plane */
+            real *restrict dpad = scratch + SCRATCH_DPAD;               /* [MULTIPLIER, H_DPAD, W_DPAD] */
+            memset(dpad, 0, sizeof(real) * MULTIPLIER * H_DPAD * W_DPAD);
+            real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [WIDE_IN] */
+            for (int c = 0; c < C_IN; c++) {
+                const real *restrict dout_c = dout + (b * C_OUT + (size_t)c * MULTIPLIER) * (size_t)PIXELS_OUT;
+                for (int f = 0; f < MULTIPLIER; f++)
+                    dbias_part[c * MULTIPLIER + f] = ds_cnn_row_sum(dout_c + (size_t)f * PIXELS_OUT, PIXELS_OUT);
+                ds_cnn_copy_planes(in + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN), padded, 1, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+                const real *restrict source = padded;
 
-                /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
-                real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
-                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    for (int oh = 0; oh < H_OUT; oh++) {
-                        real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
-                        for (int ow = 0; ow < W_OUT; ow++)
-                            row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
-                        for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
-                            row[ow] = 0;
-                    }
-                ds_cnn_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
-                             dweight_group, K_GROUP, 0);
-                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-                ds_cnn_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-                ds_cnn_gemm_nn_taps(WIDE_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                    for (int ih = 0; ih < H_IN; ih++)
-                        for (int iw = 0; iw < W_IN; iw++)
-                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+                real *restrict dweight_c = dweight_part + (size_t)c * MULTIPLIER * K_GROUP;
+                ds_cnn_copy_planes(dout_c, dpad, MULTIPLIER, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
+                /* rows of W_DPAD == W_PAD, dout inside: from (DPAD_TOP, DPAD_LEFT) on, the padded dout is dout
+                   over the wide pixels, zero in the dropped columns */
+                for (int f = 0; f < MULTIPLIER; f++)
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int kw = 0; kw < KW; kw++)
+                            dweight_c[(size_t)f * K_GROUP + kh * KW + kw] =
+                                ds_cnn_dot(dpad + DPAD_TOP * W_DPAD + DPAD_LEFT + (size_t)f * H_DPAD * W_DPAD, source + kh * DIL_H * W_PAD + kw * DIL_W, WIDE_OUT);
+                real *restrict din_c = din + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN);
+                const real *restrict flipped_c = flipped + (size_t)c * MULTIPLIER * K_GROUP;
+                for (int p = 0; p < WIDE_IN; p++) {
+                    real sum = 0;
+                    for (int ch = 0; ch < MULTIPLIER; ch++)
+                        for (int kh = 0; kh < KH; kh++)
+                            for (int kw = 0; kw < KW; kw++)
+                                sum += flipped_c[(ch * KH + kh) * KW + kw] *
+                                       dpad[(size_t)ch * H_DPAD * W_DPAD + p + kh * DIL_H * W_DPAD + kw * DIL_W];
+                    dwide_in[p] = sum;
+                }
+                for (int ih = 0; ih < H_IN; ih++)
+                    for (int iw = 0; iw < W_IN; iw++)
+                        din_c[ih * W_IN + iw] += dwide_in[ih * W_DPAD + iw];
             }
         }
         for (int slot = 0; slot < samples; slot++) {
@@ -2362,17 +2383,16 @@ static void ds_cnn_pw2_bn_backward(
 /* ---- dw3: conv2d forward (spec line 26)
  * pw2_bn [N, 64, 25, 5] -> dw3 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
- * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
- *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
- *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ * out[b,oc,oh,ow] = bias[oc] + sum_{kh, kw} weight[oc,0,kh,kw] * in[b, oc / MULTIPLIER, oh +
+ *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and channel
+ *   c, each of its filters over the wide pixels of plane c, zero-padded, as one flat row
  */
 KERNEL_INLINE void ds_cnn_dw3_forward_slot(
     real *restrict out,                     /* dw3 [N, 64, 25, 5] */
     const real *restrict in,                /* pw2_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw3.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw3.bias [64] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -2381,44 +2401,49 @@ KERNEL_INLINE void ds_cnn_dw3_forward_slot(
         H_IN = 25,
         W_IN = 5,
         C_OUT = 64,
-        GROUPS = 64,
-        C_IN_PER_GROUP = 1,
-        C_OUT_PER_GROUP = 1,
-        K_GROUP = 9,
-        PIXELS_OUT = 125,
-        SAMPLE_SLOTS = 1,
+        MULTIPLIER = 1,
         KH = 3,
         KW = 3,
         DIL_H = 1,
         DIL_W = 1,
-        H_PAD = 27,
         W_PAD = 7,
+        K_GROUP = 9,
+        PIXELS_OUT = 125,
+        SAMPLE_SLOTS = 1,
         PAD_TOP = 1,
         PAD_LEFT = 1,
+        H_PAD = 27,
         SCRATCH_PADDED = 0,
         WIDE_OUT = 173,
         H_OUT = 25,
         W_OUT = 5,
         SCRATCH_WIDE = 189,
-        SLOT_SIZE = 1537
+        SLOT_SIZE = 1364
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+    real *restrict padded = scratch + SCRATCH_PADDED;                   /* [H_PAD, W_PAD]: one input plane */
+    memset(padded, 0, sizeof(real) * H_PAD * W_PAD);                    /* its padding, for every plane */
+    real *restrict wide = scratch + SCRATCH_WIDE;                       /* [WIDE_OUT] */
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict out_group = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            const real *restrict weight_group = weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+        for (int c = 0; c < C_IN; c++) {
+            ds_cnn_copy_planes(in + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN), padded, 1, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+            const real *restrict source = padded;
 
-            real *restrict wide = scratch + SCRATCH_WIDE;               /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            ds_cnn_gemm_nn_taps(WIDE_OUT, weight_group, ds_cnn_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
-                         (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+            for (int f = 0; f < MULTIPLIER; f++) {
+                const int oc = c * MULTIPLIER + f;
+                const real *restrict weight_oc = weight + (size_t)oc * K_GROUP;
+                real *restrict out_oc = out + (b * C_OUT + (size_t)oc) * (size_t)PIXELS_OUT;
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    real sum = 0;
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int kw = 0; kw < KW; kw++)
+                            sum += weight_oc[kh * KW + kw] * source[p + kh * DIL_H * W_PAD + kw * DIL_W];
+                    wide[p] = sum;
+                }
                 for (int oh = 0; oh < H_OUT; oh++)
                     for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_oc[oh * W_OUT + ow] = wide[oh * W_PAD + ow] + bias[oc];
+            }
         }
     }
 }
@@ -2432,7 +2457,7 @@ static void ds_cnn_dw3_forward(
     const real *restrict in,                /* pw2_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw3.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw3.bias [64] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -2450,9 +2475,9 @@ static void ds_cnn_dw3_forward(
 /* ---- dw3: conv2d backward (spec line 26)
  * pw2_bn [N, 64, 25, 5] -> dw3 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
- * per sample and group: dweight[C_OUT_PER_GROUP, K_GROUP] += dout[C_OUT_PER_GROUP, pixels] x
- *   patches^T (dot products: few filters); dbias[oc] += sum of dout[oc]; din = the stride-1 conv
- *   of dout, padded, with the flipped kernel
+ * per sample and channel c, filter oc of c: dweight[oc, k] += dout[oc, wide pixels] . (tap k's
+ *   view of plane c, padded); dbias[oc] += sum of dout[oc]; din[c] += the same kind of product of
+ *   the channel's dout planes, padded, with the taps reversed
  */
 static void ds_cnn_dw3_backward(
     real *restrict din,                     /* pw2_bn [N, 64, 25, 5] */
@@ -2461,7 +2486,7 @@ static void ds_cnn_dw3_backward(
     const real *restrict dout,              /* dw3 [N, 64, 25, 5] */
     const real *restrict in,                /* pw2_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw3.weight [64, 1, 3, 3] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch)
 {
     enum {
@@ -2469,46 +2494,39 @@ static void ds_cnn_dw3_backward(
         H_IN = 25,
         W_IN = 5,
         C_OUT = 64,
-        GROUPS = 64,
-        C_IN_PER_GROUP = 1,
-        C_OUT_PER_GROUP = 1,
-        K_GROUP = 9,
-        PIXELS_OUT = 125,
+        MULTIPLIER = 1,
         KH = 3,
         KW = 3,
         DIL_H = 1,
         DIL_W = 1,
-        H_PAD = 27,
         W_PAD = 7,
-        WIDE_OUT = 173,
+        K_GROUP = 9,
+        PIXELS_OUT = 125,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 1364,
         PAD_TOP = 1,
         PAD_LEFT = 1,
+        H_PAD = 27,
         SCRATCH_PADDED = 0,
-        SCRATCH_DOUT = 362,
+        WIDE_OUT = 173,
         H_OUT = 25,
         W_OUT = 5,
-        SCRATCH_FLIPPED = 1537,
         H_DPAD = 27,
         W_DPAD = 7,
-        SCRATCH_DPAD = 535,
+        SCRATCH_FLIPPED = 1364,
+        SCRATCH_WIDE_IN = 551,
+        WIDE_IN = 173,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
-        SCRATCH_WIDE_IN = 724,
-        WIDE_IN = 173,
-        SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 1537,
-        SCRATCH_DWEIGHT_PART = 897,
-        SCRATCH_DBIAS_PART = 1473
+        SCRATCH_DPAD = 362,
+        SCRATCH_DWEIGHT_PART = 724,
+        SCRATCH_DBIAS_PART = 1300
     };
-    /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
+    /* flipped[oc, kh, kw] = weight[oc, 0, KH-1-kh, KW-1-kw]: the taps reversed */
     real *restrict flipped = slots + SCRATCH_FLIPPED;
-    for (int g = 0; g < GROUPS; g++)
-        for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int kh = 0; kh < KH; kh++)
-                    for (int kw = 0; kw < KW; kw++)
-                        flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
-                            weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
+    for (int oc = 0; oc < C_OUT; oc++)
+        for (int k = 0; k < K_GROUP; k++)
+            flipped[(size_t)oc * K_GROUP + k] = weight[(size_t)oc * K_GROUP + K_GROUP - 1 - k];
     /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
        on its threads when the batch's products repay waking them (a single sample's products may
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
@@ -2523,38 +2541,41 @@ static void ds_cnn_dw3_backward(
             real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
             real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight */
             real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
-            for (int g = 0; g < GROUPS; g++) {
-                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-                real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dbias_part[g * C_OUT_PER_GROUP + oc] = ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-                ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+            real *restrict padded = scratch + SCRATCH_PADDED;           /* [H_PAD, W_PAD]: one input plane */
+            memset(padded, 0, sizeof(real) * H_PAD * W_PAD);            /* its padding, for every plane */
+            real *restrict dpad = scratch + SCRATCH_DPAD;               /* [MULTIPLIER, H_DPAD, W_DPAD] */
+            memset(dpad, 0, sizeof(real) * MULTIPLIER * H_DPAD * W_DPAD);
+            real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [WIDE_IN] */
+            for (int c = 0; c < C_IN; c++) {
+                const real *restrict dout_c = dout + (b * C_OUT + (size_t)c * MULTIPLIER) * (size_t)PIXELS_OUT;
+                for (int f = 0; f < MULTIPLIER; f++)
+                    dbias_part[c * MULTIPLIER + f] = ds_cnn_row_sum(dout_c + (size_t)f * PIXELS_OUT, PIXELS_OUT);
+                ds_cnn_copy_planes(in + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN), padded, 1, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+                const real *restrict source = padded;
 
-                /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
-                real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
-                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    for (int oh = 0; oh < H_OUT; oh++) {
-                        real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
-                        for (int ow = 0; ow < W_OUT; ow++)
-                            row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
-                        for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
-                            row[ow] = 0;
-                    }
-                ds_cnn_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
-                             dweight_group, K_GROUP, 0);
-                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-                ds_cnn_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-                ds_cnn_gemm_nn_taps(WIDE_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                    for (int ih = 0; ih < H_IN; ih++)
-                        for (int iw = 0; iw < W_IN; iw++)
-                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+                real *restrict dweight_c = dweight_part + (size_t)c * MULTIPLIER * K_GROUP;
+                ds_cnn_copy_planes(dout_c, dpad, MULTIPLIER, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
+                /* rows of W_DPAD == W_PAD, dout inside: from (DPAD_TOP, DPAD_LEFT) on, the padded dout is dout
+                   over the wide pixels, zero in the dropped columns */
+                for (int f = 0; f < MULTIPLIER; f++)
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int kw = 0; kw < KW; kw++)
+                            dweight_c[(size_t)f * K_GROUP + kh * KW + kw] =
+                                ds_cnn_dot(dpad + DPAD_TOP * W_DPAD + DPAD_LEFT + (size_t)f * H_DPAD * W_DPAD, source + kh * DIL_H * W_PAD + kw * DIL_W, WIDE_OUT);
+                real *restrict din_c = din + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN);
+                const real *restrict flipped_c = flipped + (size_t)c * MULTIPLIER * K_GROUP;
+                for (int p = 0; p < WIDE_IN; p++) {
+                    real sum = 0;
+                    for (int ch = 0; ch < MULTIPLIER; ch++)
+                        for (int kh = 0; kh < KH; kh++)
+                            for (int kw = 0; kw < KW; kw++)
+                                sum += flipped_c[(ch * KH + kh) * KW + kw] *
+                                       dpad[(size_t)ch * H_DPAD * W_DPAD + p + kh * DIL_H * W_DPAD + kw * DIL_W];
+                    dwide_in[p] = sum;
+                }
+                for (int ih = 0; ih < H_IN; ih++)
+                    for (int iw = 0; iw < W_IN; iw++)
+                        din_c[ih * W_IN + iw] += dwide_in[ih * W_DPAD + iw];
             }
         }
         for (int slot = 0; slot < samples; slot++) {
@@ -3061,17 +3082,16 @@ static void ds_cnn_pw3_bn_backward(
 /* ---- dw4: conv2d forward (spec line 32)
  * pw3_bn [N, 64, 25, 5] -> dw4 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
- * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
- *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
- *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ * out[b,oc,oh,ow] = bias[oc] + sum_{kh, kw} weight[oc,0,kh,kw] * in[b, oc / MULTIPLIER, oh +
+ *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and channel
+ *   c, each of its filters over the wide pixels of plane c, zero-padded, as one flat row
  */
 KERNEL_INLINE void ds_cnn_dw4_forward_slot(
     real *restrict out,                     /* dw4 [N, 64, 25, 5] */
     const real *restrict in,                /* pw3_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw4.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw4.bias [64] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -3080,44 +3100,49 @@ KERNEL_INLINE void ds_cnn_dw4_forward_slot(
         H_IN = 25,
         W_IN = 5,
         C_OUT = 64,
-        GROUPS = 64,
-        C_IN_PER_GROUP = 1,
-        C_OUT_PER_GROUP = 1,
-        K_GROUP = 9,
-        PIXELS_OUT = 125,
-        SAMPLE_SLOTS = 1,
+        MULTIPLIER = 1,
         KH = 3,
         KW = 3,
         DIL_H = 1,
         DIL_W = 1,
-        H_PAD = 27,
         W_PAD = 7,
+        K_GROUP = 9,
+        PIXELS_OUT = 125,
+        SAMPLE_SLOTS = 1,
         PAD_TOP = 1,
         PAD_LEFT = 1,
+        H_PAD = 27,
         SCRATCH_PADDED = 0,
         WIDE_OUT = 173,
         H_OUT = 25,
         W_OUT = 5,
         SCRATCH_WIDE = 189,
-        SLOT_SIZE = 1537
+        SLOT_SIZE = 1364
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+    real *restrict padded = scratch + SCRATCH_PADDED;                   /* [H_PAD, W_PAD]: one input plane */
+    memset(padded, 0, sizeof(real) * H_PAD * W_PAD);                    /* its padding, for every plane */
+    real *restrict wide = scratch + SCRATCH_WIDE;                       /* [WIDE_OUT] */
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict out_group = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            const real *restrict weight_group = weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+        for (int c = 0; c < C_IN; c++) {
+            ds_cnn_copy_planes(in + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN), padded, 1, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+            const real *restrict source = padded;
 
-            real *restrict wide = scratch + SCRATCH_WIDE;               /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            ds_cnn_gemm_nn_taps(WIDE_OUT, weight_group, ds_cnn_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
-                         (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+            for (int f = 0; f < MULTIPLIER; f++) {
+                const int oc = c * MULTIPLIER + f;
+                const real *restrict weight_oc = weight + (size_t)oc * K_GROUP;
+                real *restrict out_oc = out + (b * C_OUT + (size_t)oc) * (size_t)PIXELS_OUT;
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    real sum = 0;
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int kw = 0; kw < KW; kw++)
+                            sum += weight_oc[kh * KW + kw] * source[p + kh * DIL_H * W_PAD + kw * DIL_W];
+                    wide[p] = sum;
+                }
                 for (int oh = 0; oh < H_OUT; oh++)
                     for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_oc[oh * W_OUT + ow] = wide[oh * W_PAD + ow] + bias[oc];
+            }
         }
     }
 }
@@ -3131,7 +3156,7 @@ static void ds_cnn_dw4_forward(
     const real *restrict in,                /* pw3_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw4.weight [64, 1, 3, 3] */
     const real *restrict bias,              /* dw4.bias [64] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -3149,9 +3174,9 @@ static void ds_cnn_dw4_forward(
 /* ---- dw4: conv2d backward (spec line 32)
  * pw3_bn [N, 64, 25, 5] -> dw4 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
- * per sample and group: dweight[C_OUT_PER_GROUP, K_GROUP] += dout[C_OUT_PER_GROUP, pixels] x
- *   patches^T (dot products: few filters); dbias[oc] += sum of dout[oc]; din = the stride-1 conv
- *   of dout, padded, with the flipped kernel
+ * per sample and channel c, filter oc of c: dweight[oc, k] += dout[oc, wide pixels] . (tap k's
+ *   view of plane c, padded); dbias[oc] += sum of dout[oc]; din[c] += the same kind of product of
+ *   the channel's dout planes, padded, with the taps reversed
  */
 static void ds_cnn_dw4_backward(
     real *restrict din,                     /* pw3_bn [N, 64, 25, 5] */
@@ -3160,7 +3185,7 @@ static void ds_cnn_dw4_backward(
     const real *restrict dout,              /* dw4 [N, 64, 25, 5] */
     const real *restrict in,                /* pw3_bn [N, 64, 25, 5] */
     const real *restrict weight,            /* dw4.weight [64, 1, 3, 3] */
-    real *slots,                            /* 2113 elements of workspace */
+    real *slots,                            /* 1940 elements of workspace */
     size_t batch)
 {
     enum {
@@ -3168,46 +3193,39 @@ static void ds_cnn_dw4_backward(
         H_IN = 25,
         W_IN = 5,
         C_OUT = 64,
-        GROUPS = 64,
-        C_IN_PER_GROUP = 1,
-        C_OUT_PER_GROUP = 1,
-        K_GROUP = 9,
-        PIXELS_OUT = 125,
+        MULTIPLIER = 1,
         KH = 3,
         KW = 3,
         DIL_H = 1,
         DIL_W = 1,
-        H_PAD = 27,
         W_PAD = 7,
-        WIDE_OUT = 173,
+        K_GROUP = 9,
+        PIXELS_OUT = 125,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 1364,
         PAD_TOP = 1,
         PAD_LEFT = 1,
+        H_PAD = 27,
         SCRATCH_PADDED = 0,
-        SCRATCH_DOUT = 362,
+        WIDE_OUT = 173,
         H_OUT = 25,
         W_OUT = 5,
-        SCRATCH_FLIPPED = 1537,
         H_DPAD = 27,
         W_DPAD = 7,
-        SCRATCH_DPAD = 535,
+        SCRATCH_FLIPPED = 1364,
+        SCRATCH_WIDE_IN = 551,
+        WIDE_IN = 173,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
-        SCRATCH_WIDE_IN = 724,
-        WIDE_IN = 173,
-        SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 1537,
-        SCRATCH_DWEIGHT_PART = 897,
-        SCRATCH_DBIAS_PART = 1473
+        SCRATCH_DPAD = 362,
+        SCRATCH_DWEIGHT_PART = 724,
+        SCRATCH_DBIAS_PART = 1300
     };
-    /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
+    /* flipped[oc, kh, kw] = weight[oc, 0, KH-1-kh, KW-1-kw]: the taps reversed */
     real *restrict flipped = slots + SCRATCH_FLIPPED;
-    for (int g = 0; g < GROUPS; g++)
-        for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int kh = 0; kh < KH; kh++)
-                    for (int kw = 0; kw < KW; kw++)
-                        flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
-                            weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
+    for (int oc = 0; oc < C_OUT; oc++)
+        for (int k = 0; k < K_GROUP; k++)
+            flipped[(size_t)oc * K_GROUP + k] = weight[(size_t)oc * K_GROUP + K_GROUP - 1 - k];
     /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
        on its threads when the batch's products repay waking them (a single sample's products may
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
@@ -3222,38 +3240,41 @@ static void ds_cnn_dw4_backward(
             real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
             real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight */
             real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
-            for (int g = 0; g < GROUPS; g++) {
-                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-                real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dbias_part[g * C_OUT_PER_GROUP + oc] = ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-                ds_cnn_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+            real *restrict padded = scratch + SCRATCH_PADDED;           /* [H_PAD, W_PAD]: one input plane */
+            memset(padded, 0, sizeof(real) * H_PAD * W_PAD);            /* its padding, for every plane */
+            real *restrict dpad = scratch + SCRATCH_DPAD;               /* [MULTIPLIER, H_DPAD, W_DPAD] */
+            memset(dpad, 0, sizeof(real) * MULTIPLIER * H_DPAD * W_DPAD);
+            real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [WIDE_IN] */
+            for (int c = 0; c < C_IN; c++) {
+                const real *restrict dout_c = dout + (b * C_OUT + (size_t)c * MULTIPLIER) * (size_t)PIXELS_OUT;
+                for (int f = 0; f < MULTIPLIER; f++)
+                    dbias_part[c * MULTIPLIER + f] = ds_cnn_row_sum(dout_c + (size_t)f * PIXELS_OUT, PIXELS_OUT);
+                ds_cnn_copy_planes(in + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN), padded, 1, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+                const real *restrict source = padded;
 
-                /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
-                real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
-                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    for (int oh = 0; oh < H_OUT; oh++) {
-                        real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
-                        for (int ow = 0; ow < W_OUT; ow++)
-                            row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
-                        for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
-                            row[ow] = 0;
-                    }
-                ds_cnn_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
-                             dweight_group, K_GROUP, 0);
-                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-                ds_cnn_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-                ds_cnn_gemm_nn_taps(WIDE_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                    for (int ih = 0; ih < H_IN; ih++)
-                        for (int iw = 0; iw < W_IN; iw++)
-                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+                real *restrict dweight_c = dweight_part + (size_t)c * MULTIPLIER * K_GROUP;
+                ds_cnn_copy_planes(dout_c, dpad, MULTIPLIER, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
+                /* rows of W_DPAD == W_PAD, dout inside: from (DPAD_TOP, DPAD_LEFT) on, the padded dout is dout
+                   over the wide pixels, zero in the dropped columns */
+                for (int f = 0; f < MULTIPLIER; f++)
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int kw = 0; kw < KW; kw++)
+                            dweight_c[(size_t)f * K_GROUP + kh * KW + kw] =
+                                ds_cnn_dot(dpad + DPAD_TOP * W_DPAD + DPAD_LEFT + (size_t)f * H_DPAD * W_DPAD, source + kh * DIL_H * W_PAD + kw * DIL_W, WIDE_OUT);
+                real *restrict din_c = din + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN);
+                const real *restrict flipped_c = flipped + (size_t)c * MULTIPLIER * K_GROUP;
+                for (int p = 0; p < WIDE_IN; p++) {
+                    real sum = 0;
+                    for (int ch = 0; ch < MULTIPLIER; ch++)
+                        for (int kh = 0; kh < KH; kh++)
+                            for (int kw = 0; kw < KW; kw++)
+                                sum += flipped_c[(ch * KH + kh) * KW + kw] *
+                                       dpad[(size_t)ch * H_DPAD * W_DPAD + p + kh * DIL_H * W_DPAD + kw * DIL_W];
+                    dwide_in[p] = sum;
+                }
+                for (int ih = 0; ih < H_IN; ih++)
+                    for (int iw = 0; iw < W_IN; iw++)
+                        din_c[ih * W_IN + iw] += dwide_in[ih * W_DPAD + iw];
             }
         }
         for (int slot = 0; slot < samples; slot++) {

@@ -233,6 +233,18 @@ KERNEL_INLINE real lenet5_mnist_row_sum(const real *restrict x, int n)
     return lenet5_mnist_vec_sum(acc);
 }
 
+/* sum of a[i] * b[i] for i < n, vector by vector (the order of row_sum). */
+KERNEL_INLINE real lenet5_mnist_dot(const real *restrict a, const real *restrict b, int n)
+{
+    vec acc = {0};
+    int i = 0;
+    for (; i + VEC_LANES <= n; i += VEC_LANES)
+        acc += lenet5_mnist_vec_load(a + i, VEC_LANES) * lenet5_mnist_vec_load(b + i, VEC_LANES);
+    if (i < n)
+        acc += lenet5_mnist_vec_load(a + i, n - i) * lenet5_mnist_vec_load(b + i, n - i);
+    return lenet5_mnist_vec_sum(acc);
+}
+
 /* The rows of a B operand. A plain row-major matrix with row stride ld is taps_matrix(rows, ld).
    A convolution reads its patch matrix in place: row k = (ch, kh, kw) of a CH x KH x KW grid of
    kernel taps starts at b + ch*plane + kh*step_h + kw*step_w, a shifted view of the input. */
@@ -481,24 +493,33 @@ KERNEL_INLINE void lenet5_mnist_col2im(const real *restrict patches, real *restr
             }
 }
 
-/* dst[c, y, x] = src[c, y - top, x - left] where that is inside the H x W source, else 0, for
-   planes of HP x WP (top and left may be negative: the source is then cropped). */
-KERNEL_INLINE void lenet5_mnist_pad_planes(const real *restrict src, real *restrict dst, int C, int H, int W, int top, int left,
-                              int HP, int WP)
+/* dst[c, y, x] = src[c, y - top, x - left] where that is inside the H x W source, for planes of
+   HP x WP (top and left may be negative: the source is then cropped); the other elements of dst
+   are left as they are, so a caller that zeroes them once can copy plane after plane into the
+   same place. */
+KERNEL_INLINE void lenet5_mnist_copy_planes(const real *restrict src, real *restrict dst, int C, int H, int W, int top, int left,
+                               int HP, int WP)
 {
-    /* Rows [y_lo, y_hi) and columns [x_lo, x_hi) of the planes come from the source. (Zeroing
-       everything first, rather than only the border row by row, also sidesteps a GCC 12 -O3
-       AVX-512 miscompilation of the row-by-row form that the conv tests caught.) */
+    /* Rows [y_lo, y_hi) and columns [x_lo, x_hi) of the planes come from the source. */
     const int y_lo = top < 0 ? 0 : (top < HP ? top : HP);
     const int y_hi = top + H < HP ? (top + H > y_lo ? top + H : y_lo) : HP;
     const int x_lo = left < 0 ? 0 : (left < WP ? left : WP);
     const int x_hi = left + W < WP ? (left + W > x_lo ? left + W : x_lo) : WP;
-    for (size_t i = 0; i < (size_t)C * HP * WP; i++)
-        dst[i] = 0;
     for (int c = 0; c < C; c++)
         for (int y = y_lo; y < y_hi; y++)
             for (int x = x_lo; x < x_hi; x++)
                 dst[((size_t)c * HP + y) * WP + x] = src[((size_t)c * H + y - top) * W + x - left];
+}
+
+/* The same, with every other element of dst zero: the zero-padded planes. (Zeroing everything
+   first, rather than only the border row by row, also sidesteps a GCC 12 -O3 AVX-512
+   miscompilation of the row-by-row form that the conv tests caught.) */
+KERNEL_INLINE void lenet5_mnist_pad_planes(const real *restrict src, real *restrict dst, int C, int H, int W, int top, int left,
+                              int HP, int WP)
+{
+    for (size_t i = 0; i < (size_t)C * HP * WP; i++)
+        dst[i] = 0;
+    lenet5_mnist_copy_planes(src, dst, C, H, W, top, left, HP, WP);
 }
 
 /* ---- conv1: conv2d forward (spec line 6)

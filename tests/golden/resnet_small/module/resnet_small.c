@@ -74,7 +74,7 @@ typedef float real;
 #define WS_BLOCK1_BN2 ((size_t)79542)
 #define WS_DOWN ((size_t)79574)
 #define WS_DEPTHWISE ((size_t)100086)
-#define WS_POINTWISE ((size_t)101128)
+#define WS_POINTWISE ((size_t)101050)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
@@ -270,6 +270,18 @@ KERNEL_INLINE real resnet_small_row_sum(const real *restrict x, int n)
         acc += resnet_small_vec_load(x + i, VEC_LANES);
     if (i < n)
         acc += resnet_small_vec_load(x + i, n - i);
+    return resnet_small_vec_sum(acc);
+}
+
+/* sum of a[i] * b[i] for i < n, vector by vector (the order of row_sum). */
+KERNEL_INLINE real resnet_small_dot(const real *restrict a, const real *restrict b, int n)
+{
+    vec acc = {0};
+    int i = 0;
+    for (; i + VEC_LANES <= n; i += VEC_LANES)
+        acc += resnet_small_vec_load(a + i, VEC_LANES) * resnet_small_vec_load(b + i, VEC_LANES);
+    if (i < n)
+        acc += resnet_small_vec_load(a + i, n - i) * resnet_small_vec_load(b + i, n - i);
     return resnet_small_vec_sum(acc);
 }
 
@@ -521,24 +533,33 @@ KERNEL_INLINE void resnet_small_col2im(const real *restrict patches, real *restr
             }
 }
 
-/* dst[c, y, x] = src[c, y - top, x - left] where that is inside the H x W source, else 0, for
-   planes of HP x WP (top and left may be negative: the source is then cropped). */
-KERNEL_INLINE void resnet_small_pad_planes(const real *restrict src, real *restrict dst, int C, int H, int W, int top, int left,
-                              int HP, int WP)
+/* dst[c, y, x] = src[c, y - top, x - left] where that is inside the H x W source, for planes of
+   HP x WP (top and left may be negative: the source is then cropped); the other elements of dst
+   are left as they are, so a caller that zeroes them once can copy plane after plane into the
+   same place. */
+KERNEL_INLINE void resnet_small_copy_planes(const real *restrict src, real *restrict dst, int C, int H, int W, int top, int left,
+                               int HP, int WP)
 {
-    /* Rows [y_lo, y_hi) and columns [x_lo, x_hi) of the planes come from the source. (Zeroing
-       everything first, rather than only the border row by row, also sidesteps a GCC 12 -O3
-       AVX-512 miscompilation of the row-by-row form that the conv tests caught.) */
+    /* Rows [y_lo, y_hi) and columns [x_lo, x_hi) of the planes come from the source. */
     const int y_lo = top < 0 ? 0 : (top < HP ? top : HP);
     const int y_hi = top + H < HP ? (top + H > y_lo ? top + H : y_lo) : HP;
     const int x_lo = left < 0 ? 0 : (left < WP ? left : WP);
     const int x_hi = left + W < WP ? (left + W > x_lo ? left + W : x_lo) : WP;
-    for (size_t i = 0; i < (size_t)C * HP * WP; i++)
-        dst[i] = 0;
     for (int c = 0; c < C; c++)
         for (int y = y_lo; y < y_hi; y++)
             for (int x = x_lo; x < x_hi; x++)
                 dst[((size_t)c * HP + y) * WP + x] = src[((size_t)c * H + y - top) * W + x - left];
+}
+
+/* The same, with every other element of dst zero: the zero-padded planes. (Zeroing everything
+   first, rather than only the border row by row, also sidesteps a GCC 12 -O3 AVX-512
+   miscompilation of the row-by-row form that the conv tests caught.) */
+KERNEL_INLINE void resnet_small_pad_planes(const real *restrict src, real *restrict dst, int C, int H, int W, int top, int left,
+                              int HP, int WP)
+{
+    for (size_t i = 0; i < (size_t)C * HP * WP; i++)
+        dst[i] = 0;
+    resnet_small_copy_planes(src, dst, C, H, W, top, left, HP, WP);
 }
 
 /* ---- stem: conv2d forward (spec line 6)
@@ -1856,17 +1877,16 @@ static void resnet_small_down_relu_backward(
 /* ---- depthwise: conv2d forward (spec line 17)
  * down_relu [N, 32, 8, 8] -> depthwise [N, 32, 8, 8]
  * weight [32, 1, 3, 3], bias [32]: 320 trainable parameters
- * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
- *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
- *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ * out[b,oc,oh,ow] = bias[oc] + sum_{kh, kw} weight[oc,0,kh,kw] * in[b, oc / MULTIPLIER, oh +
+ *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and channel
+ *   c, each of its filters over the wide pixels of plane c, zero-padded, as one flat row
  */
 KERNEL_INLINE void resnet_small_depthwise_forward_slot(
     real *restrict out,                     /* depthwise [N, 32, 8, 8] */
     const real *restrict in,                /* down_relu [N, 32, 8, 8] */
     const real *restrict weight,            /* depthwise.weight [32, 1, 3, 3] */
     const real *restrict bias,              /* depthwise.bias [32] */
-    real *slots,                            /* 1042 elements of workspace */
+    real *slots,                            /* 964 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1875,44 +1895,49 @@ KERNEL_INLINE void resnet_small_depthwise_forward_slot(
         H_IN = 8,
         W_IN = 8,
         C_OUT = 32,
-        GROUPS = 32,
-        C_IN_PER_GROUP = 1,
-        C_OUT_PER_GROUP = 1,
-        K_GROUP = 9,
-        PIXELS_OUT = 64,
-        SAMPLE_SLOTS = 1,
+        MULTIPLIER = 1,
         KH = 3,
         KW = 3,
         DIL_H = 1,
         DIL_W = 1,
-        H_PAD = 10,
         W_PAD = 10,
+        K_GROUP = 9,
+        PIXELS_OUT = 64,
+        SAMPLE_SLOTS = 1,
         PAD_TOP = 1,
         PAD_LEFT = 1,
+        H_PAD = 10,
         SCRATCH_PADDED = 0,
         WIDE_OUT = 78,
         H_OUT = 8,
         W_OUT = 8,
         SCRATCH_WIDE = 100,
-        SLOT_SIZE = 754
+        SLOT_SIZE = 676
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+    real *restrict padded = scratch + SCRATCH_PADDED;                   /* [H_PAD, W_PAD]: one input plane */
+    memset(padded, 0, sizeof(real) * H_PAD * W_PAD);                    /* its padding, for every plane */
+    real *restrict wide = scratch + SCRATCH_WIDE;                       /* [WIDE_OUT] */
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict out_group = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            const real *restrict weight_group = weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            resnet_small_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+        for (int c = 0; c < C_IN; c++) {
+            resnet_small_copy_planes(in + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN), padded, 1, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+            const real *restrict source = padded;
 
-            real *restrict wide = scratch + SCRATCH_WIDE;               /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            resnet_small_gemm_nn_taps(WIDE_OUT, weight_group, resnet_small_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
-                         (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+            for (int f = 0; f < MULTIPLIER; f++) {
+                const int oc = c * MULTIPLIER + f;
+                const real *restrict weight_oc = weight + (size_t)oc * K_GROUP;
+                real *restrict out_oc = out + (b * C_OUT + (size_t)oc) * (size_t)PIXELS_OUT;
+                for (int p = 0; p < WIDE_OUT; p++) {
+                    real sum = 0;
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int kw = 0; kw < KW; kw++)
+                            sum += weight_oc[kh * KW + kw] * source[p + kh * DIL_H * W_PAD + kw * DIL_W];
+                    wide[p] = sum;
+                }
                 for (int oh = 0; oh < H_OUT; oh++)
                     for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_oc[oh * W_OUT + ow] = wide[oh * W_PAD + ow] + bias[oc];
+            }
         }
     }
 }
@@ -1926,7 +1951,7 @@ static void resnet_small_depthwise_forward(
     const real *restrict in,                /* down_relu [N, 32, 8, 8] */
     const real *restrict weight,            /* depthwise.weight [32, 1, 3, 3] */
     const real *restrict bias,              /* depthwise.bias [32] */
-    real *slots,                            /* 1042 elements of workspace */
+    real *slots,                            /* 964 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1944,9 +1969,9 @@ static void resnet_small_depthwise_forward(
 /* ---- depthwise: conv2d backward (spec line 17)
  * down_relu [N, 32, 8, 8] -> depthwise [N, 32, 8, 8]
  * weight [32, 1, 3, 3], bias [32]: 320 trainable parameters
- * per sample and group: dweight[C_OUT_PER_GROUP, K_GROUP] += dout[C_OUT_PER_GROUP, pixels] x
- *   patches^T (dot products: few filters); dbias[oc] += sum of dout[oc]; din = the stride-1 conv
- *   of dout, padded, with the flipped kernel
+ * per sample and channel c, filter oc of c: dweight[oc, k] += dout[oc, wide pixels] . (tap k's
+ *   view of plane c, padded); dbias[oc] += sum of dout[oc]; din[c] += the same kind of product of
+ *   the channel's dout planes, padded, with the taps reversed
  */
 static void resnet_small_depthwise_backward(
     real *restrict din,                     /* down_relu [N, 32, 8, 8] */
@@ -1955,7 +1980,7 @@ static void resnet_small_depthwise_backward(
     const real *restrict dout,              /* depthwise [N, 32, 8, 8] */
     const real *restrict in,                /* down_relu [N, 32, 8, 8] */
     const real *restrict weight,            /* depthwise.weight [32, 1, 3, 3] */
-    real *slots,                            /* 1042 elements of workspace */
+    real *slots,                            /* 964 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1963,46 +1988,39 @@ static void resnet_small_depthwise_backward(
         H_IN = 8,
         W_IN = 8,
         C_OUT = 32,
-        GROUPS = 32,
-        C_IN_PER_GROUP = 1,
-        C_OUT_PER_GROUP = 1,
-        K_GROUP = 9,
-        PIXELS_OUT = 64,
+        MULTIPLIER = 1,
         KH = 3,
         KW = 3,
         DIL_H = 1,
         DIL_W = 1,
-        H_PAD = 10,
         W_PAD = 10,
-        WIDE_OUT = 78,
+        K_GROUP = 9,
+        PIXELS_OUT = 64,
+        SAMPLE_SLOTS = 1,
+        SLOT_SIZE = 676,
         PAD_TOP = 1,
         PAD_LEFT = 1,
+        H_PAD = 10,
         SCRATCH_PADDED = 0,
-        SCRATCH_DOUT = 178,
+        WIDE_OUT = 78,
         H_OUT = 8,
         W_OUT = 8,
-        SCRATCH_FLIPPED = 754,
         H_DPAD = 10,
         W_DPAD = 10,
-        SCRATCH_DPAD = 256,
+        SCRATCH_FLIPPED = 676,
+        SCRATCH_WIDE_IN = 278,
+        WIDE_IN = 78,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
-        SCRATCH_WIDE_IN = 356,
-        WIDE_IN = 78,
-        SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 754,
-        SCRATCH_DWEIGHT_PART = 434,
-        SCRATCH_DBIAS_PART = 722
+        SCRATCH_DPAD = 178,
+        SCRATCH_DWEIGHT_PART = 356,
+        SCRATCH_DBIAS_PART = 644
     };
-    /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
+    /* flipped[oc, kh, kw] = weight[oc, 0, KH-1-kh, KW-1-kw]: the taps reversed */
     real *restrict flipped = slots + SCRATCH_FLIPPED;
-    for (int g = 0; g < GROUPS; g++)
-        for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int kh = 0; kh < KH; kh++)
-                    for (int kw = 0; kw < KW; kw++)
-                        flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
-                            weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
+    for (int oc = 0; oc < C_OUT; oc++)
+        for (int k = 0; k < K_GROUP; k++)
+            flipped[(size_t)oc * K_GROUP + k] = weight[(size_t)oc * K_GROUP + K_GROUP - 1 - k];
     /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
        on its threads when the batch's products repay waking them (a single sample's products may
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
@@ -2017,38 +2035,41 @@ static void resnet_small_depthwise_backward(
             real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
             real *restrict dweight_part = scratch + SCRATCH_DWEIGHT_PART;  /* this sample's, laid out as dweight */
             real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
-            for (int g = 0; g < GROUPS; g++) {
-                const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-                real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    dbias_part[g * C_OUT_PER_GROUP + oc] = resnet_small_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
-                real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-                resnet_small_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+            real *restrict padded = scratch + SCRATCH_PADDED;           /* [H_PAD, W_PAD]: one input plane */
+            memset(padded, 0, sizeof(real) * H_PAD * W_PAD);            /* its padding, for every plane */
+            real *restrict dpad = scratch + SCRATCH_DPAD;               /* [MULTIPLIER, H_DPAD, W_DPAD] */
+            memset(dpad, 0, sizeof(real) * MULTIPLIER * H_DPAD * W_DPAD);
+            real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [WIDE_IN] */
+            for (int c = 0; c < C_IN; c++) {
+                const real *restrict dout_c = dout + (b * C_OUT + (size_t)c * MULTIPLIER) * (size_t)PIXELS_OUT;
+                for (int f = 0; f < MULTIPLIER; f++)
+                    dbias_part[c * MULTIPLIER + f] = resnet_small_row_sum(dout_c + (size_t)f * PIXELS_OUT, PIXELS_OUT);
+                resnet_small_copy_planes(in + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN), padded, 1, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+                const real *restrict source = padded;
 
-                /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */
-                real *restrict dwide = scratch + SCRATCH_DOUT;              /* [C_OUT_PER_GROUP, WIDE_OUT] */
-                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                    for (int oh = 0; oh < H_OUT; oh++) {
-                        real *restrict row = dwide + (size_t)oc * WIDE_OUT + (size_t)oh * W_PAD;
-                        for (int ow = 0; ow < W_OUT; ow++)
-                            row[ow] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
-                        for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
-                            row[ow] = 0;
-                    }
-                resnet_small_gemm_nt_taps(C_OUT_PER_GROUP, WIDE_OUT, dwide, WIDE_OUT, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W},
-                             dweight_group, K_GROUP, 0);
-                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-                resnet_small_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-                resnet_small_gemm_nn_taps(WIDE_IN, flipped_group, resnet_small_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                    for (int ih = 0; ih < H_IN; ih++)
-                        for (int iw = 0; iw < W_IN; iw++)
-                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+                real *restrict dweight_c = dweight_part + (size_t)c * MULTIPLIER * K_GROUP;
+                resnet_small_copy_planes(dout_c, dpad, MULTIPLIER, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
+                /* rows of W_DPAD == W_PAD, dout inside: from (DPAD_TOP, DPAD_LEFT) on, the padded dout is dout
+                   over the wide pixels, zero in the dropped columns */
+                for (int f = 0; f < MULTIPLIER; f++)
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int kw = 0; kw < KW; kw++)
+                            dweight_c[(size_t)f * K_GROUP + kh * KW + kw] =
+                                resnet_small_dot(dpad + DPAD_TOP * W_DPAD + DPAD_LEFT + (size_t)f * H_DPAD * W_DPAD, source + kh * DIL_H * W_PAD + kw * DIL_W, WIDE_OUT);
+                real *restrict din_c = din + (b * C_IN + (size_t)c) * (size_t)(H_IN * W_IN);
+                const real *restrict flipped_c = flipped + (size_t)c * MULTIPLIER * K_GROUP;
+                for (int p = 0; p < WIDE_IN; p++) {
+                    real sum = 0;
+                    for (int ch = 0; ch < MULTIPLIER; ch++)
+                        for (int kh = 0; kh < KH; kh++)
+                            for (int kw = 0; kw < KW; kw++)
+                                sum += flipped_c[(ch * KH + kh) * KW + kw] *
+                                       dpad[(size_t)ch * H_DPAD * W_DPAD + p + kh * DIL_H * W_DPAD + kw * DIL_W];
+                    dwide_in[p] = sum;
+                }
+                for (int ih = 0; ih < H_IN; ih++)
+                    for (int iw = 0; iw < W_IN; iw++)
+                        din_c[ih * W_IN + iw] += dwide_in[ih * W_DPAD + iw];
             }
         }
         for (int slot = 0; slot < samples; slot++) {
