@@ -13,8 +13,8 @@ from cnncc.build import find_compiler
 from cnncc.quantize import arith
 from cnncc.check import check_net
 from cnncc.quantize.graph import build_graph
-from cnncc.quantize.kernels import (DIRECT_PLANES_MAX, FILTER_BLOCK, PIXEL_BLOCK, REQUANTIZE_LANES,
-                                    SHIFTED_FILTER_BLOCK)
+from cnncc.quantize.kernels import (DIRECT_PLANES_MAX, FILTER_BLOCK, PIXEL_BLOCK, SHIFTED_FILTER_BLOCK,
+                                    SHIFTED_LANES)
 from cnncc.quantize.layout import plan_layout
 from cnncc.spec import load_spec
 from quant_cases import STRICT, assert_bit_exact, int8_case, single_spec
@@ -33,7 +33,12 @@ CASES = [
      "groups of one input channel and three filters (a filter block of 3)"),
     ((1, 15, 10), conv(filters=5, kernel=[4, 3], padding=[2, 1]), "shifted",
      "a short last block of rows and of filters"),
-    ((1, 5, 70), conv(filters=3, kernel=[1, 3], padding=[0, 1]), "shifted", "a row longer than REQUANTIZE_LANES"),
+    ((1, 5, 520), conv(filters=3, kernel=[1, 3], padding=[0, 1]), "shifted", "a row longer than SHIFTED_LANES"),
+    ((6, 17, 16), conv(filters=5, kernel=3, padding=1), "shifted",
+     "54 taps on 272 pixels: tap pairs across channels, padded, a filter tail"),
+    ((33, 16, 16), conv(filters=4, kernel=1, bias=False), "shifted", "1x1 with 33 channels: an odd last tap"),
+    ((3, 60, 9), conv(filters=2, kernel=[2, 5], dilation=[3, 1]), "shifted",
+     "30 taps, dilated, unpadded, a short last block of rows"),
     ((5, 6, 6), conv(filters=9, kernel=1), "shifted", "1x1 with few input channels"),
     ((6, 11, 9), conv(filters=6, groups=6, kernel=3, padding="same", stride=2, dilation=2), "direct",
      "depthwise, padded, strided, dilated"),
@@ -88,7 +93,7 @@ def test_the_cases_reach_every_block_form():
     wanted |= {("direct", "row tail", b) for b in (True, False)}
     assert wanted <= forms, sorted(wanted - forms)
     assert PIXEL_BLOCK > 1 and FILTER_BLOCK > 1 and SHIFTED_FILTER_BLOCK > 1
-    assert 81 * 81 > DIRECT_PLANES_MAX and 72 > REQUANTIZE_LANES
+    assert 81 * 81 > DIRECT_PLANES_MAX and 522 > SHIFTED_LANES
 
 
 def test_a_strided_conv1d_with_one_input_channel_runs_directly(build_dir):
@@ -100,15 +105,15 @@ def test_a_strided_conv1d_with_one_input_channel_runs_directly(build_dir):
 
 def test_the_arena_counts_the_largest_plan_scratch(build_dir):
     spec = single_spec((1, 12, 12),
-                       conv(name="first", filters=4, kernel=3, padding=1),  # shifted: 4 + 2 rows of 14
+                       conv(name="first", filters=4, kernel=3, padding=1),  # shifted: 12 + 2 rows of 14
                        conv(name="second", filters=20, kernel=3, padding=1),  # conv: 4 patches of 36 bytes
                        {"type": "flatten"}, {"name": "fc", "type": "dense", "units": 3})
     q = int8_case(spec, build_dir)
     plans = q.layout.kernels
-    assert plans["first"].template == "shifted" and plans["first"].scratch_bytes == (4 + 2) * 14
+    assert plans["first"].template == "shifted" and plans["first"].scratch_bytes == (12 + 2) * 14
     assert plans["second"].template == "conv" and plans["second"].scratch_bytes == PIXEL_BLOCK * 4 * 9
-    assert q.layout.scratch_bytes == max(p.scratch_bytes for p in plans.values()) == PIXEL_BLOCK * 4 * 9
-    assert q.layout.arena_bytes == q.layout.activation_bytes + PIXEL_BLOCK * 4 * 9
+    assert q.layout.scratch_bytes == max(p.scratch_bytes for p in plans.values()) == (12 + 2) * 14
+    assert q.layout.arena_bytes == q.layout.activation_bytes + (12 + 2) * 14
     assert f"_ARENA_SIZE {q.layout.arena_bytes} " in q.sources.header
     assert_bit_exact(q)
 

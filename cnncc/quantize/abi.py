@@ -28,6 +28,19 @@ ENTRY_POINTS = (
     EntryPoint("run", "void", ("int8_t * output", "const int8_t * input", "size_t batch", "int8_t * arena", *BLOBS),
                "forward on each of batch samples: input [batch, {MODEL}_INPUT_SIZE] -> output "
                "[batch, {MODEL}_OUTPUT_SIZE], both int8."),
+    EntryPoint("quantize_input", "void", ("int8_t * q", "const float * x", "size_t count", "const float * threshold"),
+               "q = clamp(round(x / {MODEL}_INPUT_SCALE) + {MODEL}_INPUT_ZERO_POINT, -128, 127) of count finite "
+               "float32 values, the division in double rounded half away from zero, computed exactly with float32 "
+               "arithmetic: threshold holds the 255 least float32 values reaching -127 .. 127 (the model's "
+               "cnncc.quantize.boundary.input_thresholds)."),
+    EntryPoint("dequantize_output", "void", ("float * y", "const int8_t * q", "size_t count", "const float * level"),
+               "y = level[q + 128] of count int8 values: level holds the 256 float32 values "
+               "{MODEL}_OUTPUT_SCALE * (q - {MODEL}_OUTPUT_ZERO_POINT), computed in double."),
+    EntryPoint("predict", "void", ("float * output", "const float * input", "size_t batch", "int8_t * arena", *BLOBS,
+                                   "const float * threshold", "const float * level"),
+               "run on float32 samples: each sample quantized (quantize_input), its forward, its output "
+               "dequantized (dequantize_output): input [batch, {MODEL}_INPUT_SIZE] finite float32 -> output "
+               "[batch, {MODEL}_OUTPUT_SIZE] float32."),
 )
 
 

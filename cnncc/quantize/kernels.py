@@ -3,11 +3,13 @@ from the op's dimensions (never from weights), so `cnncc check --int8` counts th
 emitted program uses. Each kind is one template in templates/int8/layers/.
 
     shifted   stride 1 with short patches (K_GROUP <= SHIFTED_MAX_TAPS: depthwise convs, first
-              layers). ROW_BLOCK output rows are one run of int32 accumulators with the source's
-              row pitch; each tap adds its weight times the same run shifted by (kh, kw), a long
-              unit-stride loop (the PITCH - W_OUT accumulators past each row's end are computed and
-              not stored). FILTER_BLOCK filters share each run. Scratch: ROW_BLOCK + (KH - 1) * DIL_H
-              padded rows of one channel (none without padding).
+              layers), or up to SHIFTED_LONG_TAPS taps on planes of SHIFTED_LONG_PIXELS or more.
+              ROW_BLOCK output rows are one run of int32 accumulators with the source's row pitch;
+              each pair of taps adds its two weights times the same run shifted by (ic, kh, kw), a
+              long unit-stride loop of 16-bit multiply-adds (two int8 products fit in int16; the
+              PITCH - W_OUT accumulators past each row's end are computed and not stored).
+              FILTER_BLOCK filters share each run. Scratch: ROW_BLOCK + (KH - 1) * DIL_H padded rows
+              of each of the group's input channels (none without padding).
     direct    strided, one input channel and fewer than DIRECT_BELOW filters per group (strided
               depthwise convs): each output row a sum of strided input rows times one weight each,
               from copies of the group's channels with their padding (C_IN_PER_GROUP x PLANE_H x
@@ -21,8 +23,8 @@ emitted program uses. Each kind is one template in templates/int8/layers/.
 The kernels requantize in loops of (ideally) 16 or more accumulators, the width from which compilers
 vectorise the int64 arithmetic: the conv kernel's FILTER_BLOCK x PIXEL_BLOCK tile, the other two's
 blocks of rows. Those accumulators are on the stack: at most 4 * FILTER_BLOCK * PIXEL_BLOCK bytes
-(conv), 4 * REQUANTIZE_LANES (direct) or 4 * SHIFTED_FILTER_BLOCK * REQUANTIZE_LANES (shifted), or
-one output row where a row is longer than REQUANTIZE_LANES.
+(conv), 4 * REQUANTIZE_LANES (direct) or 4 * SHIFTED_FILTER_BLOCK * SHIFTED_LANES (shifted), or
+one output row where a row is longer than that.
 """
 from __future__ import annotations
 
@@ -31,10 +33,14 @@ from dataclasses import dataclass
 PIXEL_BLOCK = 4  # conv: output pixels whose patches are gathered together
 FILTER_BLOCK = 4  # conv: filters computed together, 4 x 4 int32 accumulators requantized as one loop of 16
 SHIFTED_MAX_TAPS = 32  # shifted: stride-1 convs with at most this many taps per output (K_GROUP)
+# shifted also: up to this many taps when the planes have at least this many output pixels (measured: the
+# blocked patches win with more taps, whose dot products repay their horizontal sums, or with small planes)
+SHIFTED_LONG_TAPS, SHIFTED_LONG_PIXELS = 256, 256
+SHIFTED_LANES = 512  # shifted: about this many accumulators per filter in a block of rows
 SHIFTED_FILTER_BLOCK = 4  # shifted: filters sharing each source run
 DIRECT_BELOW = 16  # direct: fewer filters per group than this (a gathered patch would serve few)
 DIRECT_PLANES_MAX = 4096  # direct: unless its padded planes need more than this and than the patches
-REQUANTIZE_LANES = 64  # shifted, direct: about this many accumulators per block of rows
+REQUANTIZE_LANES = 64  # direct: about this many accumulators per block of rows
 # conv: the patch's dot products run as K_MAIN = a multiple of K_STEP taps, then the rest, in two loops: a
 # compiler vectorising the first at its widest (64 bytes with AVX-512) leaves no slow scalar tail
 K_STEP = 64
@@ -59,10 +65,11 @@ def plan_kernel(op) -> KernelPlan | None:
     # the input the outputs read, padding included (bottom and right padding only as far as read)
     plane_h = (d["H_OUT"] - 1) * d["STRIDE_H"] + (d["KH"] - 1) * d["DIL_H"] + 1
     plane_w = (d["W_OUT"] - 1) * d["STRIDE_W"] + (d["KW"] - 1) * d["DIL_W"] + 1
-    if d["STRIDE_H"] == 1 and d["STRIDE_W"] == 1 and d["K_GROUP"] <= SHIFTED_MAX_TAPS:
+    if d["STRIDE_H"] == 1 and d["STRIDE_W"] == 1 and (d["K_GROUP"] <= SHIFTED_MAX_TAPS or (
+            d["K_GROUP"] <= SHIFTED_LONG_TAPS and pixels >= SHIFTED_LONG_PIXELS)):
         pitch = plane_w if d["PADDED"] else d["W_IN"]
-        row_block = min(d["H_OUT"], max(1, REQUANTIZE_LANES // pitch))
-        rows_copy = (row_block + (d["KH"] - 1) * d["DIL_H"]) * plane_w if d["PADDED"] else 0
+        row_block = min(d["H_OUT"], max(1, SHIFTED_LANES // pitch))
+        rows_copy = d["C_IN_PER_GROUP"] * (row_block + (d["KH"] - 1) * d["DIL_H"]) * plane_w if d["PADDED"] else 0
         return KernelPlan("shifted", {"PLANE_W": plane_w, "ROW_BLOCK": row_block,
                                       "FILTER_BLOCK": min(SHIFTED_FILTER_BLOCK, d["C_OUT_PER_GROUP"])}, rows_copy)
     planes = d["C_IN_PER_GROUP"] * plane_h * plane_w if d["PADDED"] else 0

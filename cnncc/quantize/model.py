@@ -21,13 +21,13 @@ from ..check import check_net
 from ..spec import load_spec
 from . import qfile, reference
 from .abi import Bindings
-from .boundary import dequantize_real, quantize_real
+from .boundary import dequantize_real, input_thresholds, quantize_real
 from .calibrate import calibrate, calibration_array, float_tensors
 from .errors import ErrorStats
 from .graph import QGraph, QuantizeError, build_graph
 from .layout import Layout, plan_layout
 from .render import render_sources
-from .scheme import QValues, quantize_values
+from .scheme import QMAX, QMIN, QValues, quantize_values
 
 REPORT_SAMPLES = 512  # calibration samples the per-layer errors are measured on
 
@@ -46,6 +46,7 @@ class QuantizedModel:
         self._weights = np.ascontiguousarray(values.weights, np.int8)
         self._words = np.ascontiguousarray(values.words, np.int32)
         self._arena = np.zeros(max(1, layout.arena_bytes), np.int8)
+        self._threshold, self._level = self._boundary_tables()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -74,6 +75,18 @@ class QuantizedModel:
         scale, zero = self.values.scales[self.graph.input], self.values.zero_points[self.graph.input]
         return quantize_real(x, scale, zero)
 
+    def _boundary_tables(self):
+        """The C boundary's tables (NAME_quantize_input, NAME_dequantize_output): the 255 input thresholds and
+        the 256 dequantized outputs, float32. No thresholds when no float32 reaches the input's top level (a
+        scale beyond float32's range): predict then quantizes in Python."""
+        g, v = self.graph, self.values
+        level = dequantize_real(np.arange(QMIN, QMAX + 1), v.scales[g.output], v.zero_points[g.output])
+        try:
+            threshold = input_thresholds(v.scales[g.input], v.zero_points[g.input])
+        except ValueError:
+            threshold = None
+        return threshold, np.ascontiguousarray(level, np.float32)
+
     def dequantize_output(self, q: np.ndarray) -> np.ndarray:
         scale, zero = self.values.scales[self.graph.output], self.values.zero_points[self.graph.output]
         return dequantize_real(q, scale, zero)
@@ -93,8 +106,22 @@ class QuantizedModel:
         return out
 
     def predict(self, x) -> np.ndarray:
-        """Dequantized outputs (logits, when a final softmax was dropped) for float inputs."""
-        return self.dequantize_output(self.predict_int8(self.quantize_input(x)))
+        """Dequantized outputs (logits, when a final softmax was dropped) for float inputs: float32 input is
+        quantized and dequantized in C (NAME_predict, the same numbers as quantize_input and
+        dequantize_output), any other real dtype in Python."""
+        if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and self._threshold is not None):
+            return self.dequantize_output(self.predict_int8(self.quantize_input(x)))
+        if x.ndim != len(self.input_shape) + 1 or x.shape[1:] != tuple(self.input_shape) or x.shape[0] == 0:
+            self.quantize_input(x)  # raises the error that names the expected shape
+        if not np.isfinite(x).all():
+            raise ValueError("input contains NaN or infinite values")
+        x = np.ascontiguousarray(x)
+        out = np.empty((x.shape[0],) + tuple(self.output_shape), np.float32)
+        self._c.predict(self._ptr(out, "float *"), self._ptr(x, "float *"), x.shape[0],
+                        self._ptr(self._arena, "int8_t *"), self._ptr(self._weights, "int8_t *"),
+                        self._ptr(self._words, "int32_t *"), self._ptr(self._threshold, "float *"),
+                        self._ptr(self._level, "float *"))
+        return out
 
     forward = predict
 

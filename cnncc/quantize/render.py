@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..codegen import Sources, environment, spec_label
 from ..cvalues import c_comment, c_ident
 from ..layers import format_shape
@@ -24,6 +26,11 @@ class Boundary:
     input_zero: int
     output_scale: float
     output_zero: int
+
+    @property
+    def input_inverse_scale(self) -> float:
+        """1 / input_scale as a float32 (quantize_input's first guess), as a Python float."""
+        return float(np.float32(1.0 / self.input_scale))
 
 
 def boundary(graph: QGraph, values: QValues) -> Boundary:
@@ -78,6 +85,12 @@ def _comment(graph: QGraph, op: QOp) -> str:
     extra = f"; clamp {op.clamp}" if op.clamp else ""
     extra += f"; {op.function} table" if op.function else ""
     return c_comment(f"{what}: int8 {op.kind}, {shapes} -> {format_shape(graph.tensors[op.output].shape)}{extra}")
+
+
+def forward_calls(graph: QGraph, layout: Layout) -> list[tuple[str, str]]:
+    """(op name, the C statement NAME_forward runs for it) in order (benchmarks/int8_profile.py times them)."""
+    model = c_ident(graph.name)
+    return [(op.name, _call(model, op, f"{model}_{c_ident(op.name)}_forward", layout)) for op in graph.ops]
 
 
 def render_sources(graph: QGraph, layout: Layout, values: QValues, spec_path: str = "<spec>",
