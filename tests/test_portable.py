@@ -100,13 +100,16 @@ def test_no_kernel_needs_vector_types(portable_groups):
 def test_every_kernel_variant_and_block_form(shape, dtype, build_dir):
     """test_layers.py's kernel variants (every conv method, the pooled backward with and without a
     relu, strided, padded, dilated, overlapping windows, bias or none, odd channel counts whose
-    kernel rows leave padding lanes) and the products' block forms and tails, on this backend."""
+    kernel rows leave padding lanes) and the products' block forms and tails, on this backend.
+    Its gradients must equal the NumPy reference's at every element; that the reference's
+    gradients of these cases are right, test_layers.py checks against finite differences (four
+    fifths of this test's time when it was done here again)."""
     cases = layers.VARIANT_CASES[shape]
     rng = np.random.default_rng(layers.stable_seed("portable variants", shape))
     cflags = (*STRICT_GCC.split()[1:], "-O2")
     result = layers.run_group(shape, dtype, "pre", build_dir, cases=cases, cflags=cflags, backend=BACKEND,
                               name=f"portable_variants_{layers.shape_tag(shape)}_{dtype}",
-                              xs=layers.kink_safe(rng, (layers.VARIANT_BATCH,) + shape))
+                              xs=layers.kink_safe(rng, (layers.VARIANT_BATCH,) + shape), fd=False)
     pooled = {op.layer for op in result.model.program.ops if op.pooled}
     assert pooled == {case.id for case in cases if case.id.startswith("pooled_")}
     tolerance = layers.TOL_FORWARD64 if dtype == "float64" else layers.TOL_FORWARD32
@@ -116,9 +119,6 @@ def test_every_kernel_variant_and_block_form(shape, dtype, build_dir):
         if dtype == "float64":
             assert r.input_grads <= layers.TOL_BACKWARD64, f"{case.id} input gradient: {r.input_grads:.3g}"
             assert r.param_grads and max(r.param_grads.values()) <= layers.TOL_BACKWARD64, f"{case.id}: {r.param_grads}"
-            assert max(r.fd_params.values()) <= layers.TOL_FD, f"{case.id} vs finite differences: {r.fd_params}"
-    if dtype == "float64":
-        assert result.fd_input <= layers.TOL_FD
 
 
 # ---- training: the vector backend's trajectory -------------------------------------------
