@@ -469,7 +469,7 @@ def test_inference_arena_under_valgrind(cases, tmp_path):
 
 def test_arena_under_address_sanitizer(cases, tmp_path):
     """Out-of-bounds access of the static arena or any buffer, or undefined behaviour, aborts."""
-    flags = STRICT + ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+    flags = STRICT + ["-O1", "-g1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
                       "-fno-omit-frame-pointer"]
     probe = tmp_path / "probe.c"
     probe.write_text("int main(void) { return 0; }\n")
