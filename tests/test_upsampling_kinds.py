@@ -60,7 +60,7 @@ def group_against_torch(torch, shape, build_dir):
     """Every new-kind case of the table's float64 group model of `shape`: (case id, what, error)."""
     cases = table.GROUPS[shape]
     m = cnncc.compile(table.group_spec(cases, "float64", "pre", table.group_name(shape, "float64", "pre")),
-                      build_dir=build_dir)
+                      build_dir=build_dir, cflags=table.MODES[("float64", "pre")])  # test_layers' build
     rng = np.random.default_rng(table.stable_seed("torch", shape))
     table.set_random_params(m, rng)
     xs = table.kink_safe(rng, (table.N,) + shape)
