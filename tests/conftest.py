@@ -25,6 +25,35 @@ def build_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def once_per_session(build_dir):
+    """once_per_session(name, compute): compute()'s JSON-able result, computed by one process of
+    the session and read by the others. A module fixture runs once per pytest-xdist worker that
+    gets any of the module's tests; for an expensive one with a directory of its own (nothing the
+    build cache could share) that doubles the work. A lock in the directory the workers share
+    makes the second worker wait for the first one's result instead (its cores are busy with that
+    work meanwhile). pytest-xdist's own --dist loadgroup cannot do this here: with pytest 9 its
+    group marks never reach the scheduler."""
+    import fcntl
+    import json
+
+    root = build_dir.parent
+
+    def run(name, compute):
+        result_path = root / f"{name}.json"
+        with open(root / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if result_path.exists():
+                return json.loads(result_path.read_text())
+            result = compute()
+            staging = result_path.with_suffix(".partial")
+            staging.write_text(json.dumps(result))
+            staging.replace(result_path)
+            return result
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def compile_many(build_dir):
     """compile_many(specs, cflags=None, backend="vector"): compile specs into the shared cache in
     parallel (the C compiler runs as a subprocess, so threads overlap). Later cnncc.compile calls

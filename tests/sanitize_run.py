@@ -1,7 +1,7 @@
 """Run one spec's generated C under AddressSanitizer and UndefinedBehaviorSanitizer.
 
     LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
-        python tests/sanitize_run.py SPEC BUILD_DIR [--budget MACS] [--threads N]
+        python tests/sanitize_run.py SPEC BUILD_DIR [--budget MACS] [--threads N] [--forward-only-at B]
 
 Compiles SPEC with the sanitizers (any error aborts the process: -fno-sanitize-recover),
 then at batch sizes 1, 7 and 33 runs inference (in one call and in chunks), the loss, the
@@ -53,6 +53,8 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=1e9, help="multiply-accumulates to spend")
     parser.add_argument("--canary", action="store_true",
                         help="overflow a buffer on purpose: proves the sanitizers are live (must abort)")
+    parser.add_argument("--forward-only-at", type=int, default=None,
+                        help="run only the forward pass at this batch size (the big specs' largest one)")
     parser.add_argument("--threads", type=int, default=1,
                         help="an OpenMP build with that many threads and sample slots")
     args = parser.parse_args()
@@ -83,10 +85,11 @@ def main() -> int:
         # the forward, chunked and in the loss; the gradients and the steps
         full = batch * (3 * forward_macs + (most + 1) * step_macs * trains)
         least = batch * (forward_macs + 2 * step_macs * trains)
-        complete = full <= budget  # everything this batch size can run
+        forward_only = batch == args.forward_only_at
+        complete = full <= budget and not forward_only  # everything this batch size can run
         if complete:
             steps = most
-        elif least <= budget or batch == BATCHES[0]:
+        elif not forward_only and (least <= budget or batch == BATCHES[0]):
             steps = 1
         elif batch * forward_macs <= budget:
             steps = 0  # the forward pass alone: every batch size runs through every kernel's forward
@@ -102,7 +105,9 @@ def main() -> int:
             if not np.allclose(chunked, out, rtol=1e-4, atol=1e-5):
                 raise SystemExit("chunked inference differs")
             done.append("chunked forward")
-        if trains and not steps:
+        if trains and forward_only:
+            done.append("no gradients (forward only at this batch size)")
+        elif trains and not steps:
             done.append(f"no gradients (they need {least:.3g} MACs, {budget:.3g} left)")
         elif trains:
             y = targets(model, batch, rng)

@@ -36,6 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted(ROOT.glob("specs/*.yaml"))
 MODES = ("full", "inference")
 STRICT = ["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror"]
+# A float32 inference build computes in single precision: not one implicit float/double
+# conversion (test_inference_builds_have_no_double_arithmetic). The fixture builds every
+# inference emit with these, so that test reads the fixture's builds instead of repeating them.
+SINGLE_PRECISION = ["-Wdouble-promotion", "-Wfloat-conversion"]
 CC = os.environ.get("CC") or "gcc"
 SAMPLES = 3
 WORKERS = max(2, os.cpu_count() or 2)
@@ -101,12 +105,11 @@ def check_outputs(case: Case, directory: Path, runner=(), rtol=FLOAT32_RTOL) -> 
 
 
 @pytest.fixture(scope="module")
-def cases(tmp_path_factory, build_dir) -> dict[str, Case]:
-    """Every spec: a seeded model, its weights, inputs and predictions; emitted both ways and built."""
-    root = tmp_path_factory.mktemp("emit")
+def cases(tmp_path_factory, build_dir, once_per_session) -> dict[str, Case]:
+    """Every spec: a seeded model, its weights, inputs and predictions; emitted both ways and built
+    (once in the session: the builds are in a directory every worker reads)."""
 
-    def prepare(spec: Path) -> Case:
-        name = spec.stem
+    def seeded(spec: Path):
         model = cnncc.compile(spec, build_dir=build_dir).init(seed=3)
         rng = np.random.default_rng(7)
         for key, view in model.params.items():  # batchnorm statistics that are not the identity
@@ -114,19 +117,35 @@ def cases(tmp_path_factory, build_dir) -> dict[str, Case]:
                 view[...] = rng.normal(0, 0.2, view.shape)
             elif key.endswith("running_var"):
                 view[...] = rng.uniform(0.5, 2.0, view.shape)
-        weights = root / f"{name}.npz"
-        model.save(weights)
         x = rng.standard_normal((SAMPLES, *model.input_shape)).astype(np.float32)
-        inputs = root / f"{name}.bin"
-        x.tofile(inputs)
-        dirs = {}
-        for mode in MODES:
-            dirs[mode] = emit(spec, root / name / mode, weights, inference_only=mode == "inference").directory
-            make(dirs[mode], STRICT + ["-O2"])
-        return Case(name, spec, model, weights, inputs, x, model.predict(x), dirs)
+        return model, x
 
-    with ThreadPoolExecutor(WORKERS) as pool:
-        return {case.name: case for case in pool.map(prepare, SPECS)}
+    def build_all() -> dict[str, dict]:
+        root = tmp_path_factory.mktemp("emit")
+
+        def build(spec: Path) -> dict:
+            name = spec.stem
+            model, x = seeded(spec)
+            weights, inputs = root / f"{name}.npz", root / f"{name}.bin"
+            model.save(weights)
+            x.tofile(inputs)
+            dirs = {}
+            for mode in MODES:
+                dirs[mode] = emit(spec, root / name / mode, weights, inference_only=mode == "inference").directory
+                make(dirs[mode], STRICT + ["-O2"] + (SINGLE_PRECISION if mode == "inference" else []))
+            return {"weights": str(weights), "inputs": str(inputs), "dirs": {m: str(d) for m, d in dirs.items()}}
+
+        with ThreadPoolExecutor(WORKERS) as pool:
+            return dict(zip((spec.stem for spec in SPECS), pool.map(build, SPECS)))
+
+    built = once_per_session("emit-builds", build_all)
+    found = {}
+    for spec in SPECS:  # the same seeded model in every worker (its module is in the build cache)
+        model, x = seeded(spec)
+        paths = built[spec.stem]
+        found[spec.stem] = Case(spec.stem, spec, model, Path(paths["weights"]), Path(paths["inputs"]), x,
+                                model.predict(x), {mode: Path(d) for mode, d in paths["dirs"].items()})
+    return found
 
 
 # ---- the emitted programs against the Python module ------------------------------------
@@ -183,18 +202,17 @@ def test_inference_builds_have_no_double_arithmetic(cases, tmp_path):
 
     def build_and_check(job):
         case, compiled = job
-        if compiled:
-            directory = fresh_copy(case.dirs["inference"], tmp_path / f"{case.name}-compiled")
+        if compiled:  # the fixture built it with SINGLE_PRECISION's warnings as errors
+            directory = case.dirs["inference"]
         else:
             directory = emit(case.spec, tmp_path / f"{case.name}-read", inference_only=True).directory
         source = (directory / f"{case.name}.c").read_text()
         assert "training" not in source and "uniform01" not in source, case.name
         if compiled:  # batchnorm reads its folded scale and shift: no statistics left to normalise
             assert "REAL_SQRT(running_var" not in source and "EPS" not in source, case.name
-        make(directory, STRICT + ["-O2", "-Wdouble-promotion", "-Wfloat-conversion"])
-        if compiled:
             check_outputs(case, directory)
             return
+        make(directory, STRICT + ["-O2"] + SINGLE_PRECISION)
         flat = np.concatenate([case.model.params[p.key].ravel() for p in case.model.program.params])
         flat.tofile(directory / "w.bin")
         expected = case.expected.reshape(len(case.expected), -1)

@@ -704,8 +704,11 @@ def run_group(shape, dtype, mode, build_dir, cflags=None, cases=None, name=None,
     # 4. the reference backward against central differences of the C loss, at up to FD_POINTS
     # random elements of each tensor (each costs two runs of the whole group's network; the C
     # gradients were compared with the reference at every element above)
-    def f():
-        return m.loss(x, targets, training=True, seed=SEED)
+    x_checked, targets_checked = m.validated_inputs(x), m.validated_targets(targets, n)
+    assert x_checked is x  # already the model's dtype and contiguous: perturbing x perturbs what f reads
+
+    def f():  # the arrays validated once, not at each of the thousands of calls
+        return m.loss(x_checked, targets_checked, training=True, seed=SEED, checked=True)
 
     def sampled(array, expected):
         at = np.sort(rng.choice(array.size, FD_POINTS, replace=False)) if array.size > FD_POINTS else None
