@@ -21,7 +21,9 @@ plain C. The three give the same bits as the portable kernels and the integer re
                plane copied with its padding, then ROW_BLOCK output rows are one run of int32
                accumulators with the copy's row pitch, and each tap adds its weight times the same run
                shifted by (kh, kw), a unit-stride int32 multiply-add (no 16-bit pair forms: with one
-               filter per group they cost more than they save). Scratch: PLANE_H x PLANE_W bytes.
+               filter per group they cost more than they save), DEPTHWISE_BLOCK_LANES accumulators at a
+               time, so that the multiplies' latencies overlap. Scratch: PLANE_H x PLANE_W bytes and
+               DEPTHWISE_BLOCK_LANES zeros after them (the last block's lanes read past the plane).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ QUAD = 4  # the taps one lane's multiply-add takes
 DOT4_VECTORS = 4  # dot4: lane vectors of output pixels per block (64 pixels) ...
 DOT4_FILTER_BLOCK = 4  # ... times this many filters: 16 accumulators, half of AVX-512's registers
 DEPTHWISE_LANES = 512  # depthwise: about this many accumulators per block of rows
+DEPTHWISE_BLOCK_LANES = 4 * LANES  # depthwise: accumulators computed together (the last block reads past the plane)
 
 
 def _ceil(n: int, m: int) -> int:
@@ -55,8 +58,9 @@ def plan_vector_kernel(op) -> KernelPlan | None:
         if not stride_1:
             return plan_kernel(op)  # strided depthwise: the portable direct rows
         row_block = min(d["H_OUT"], max(1, DEPTHWISE_LANES // plane_w))
-        return KernelPlan("depthwise", {"PLANE_H": plane_h, "PLANE_W": plane_w, "ROW_BLOCK": row_block},
-                          plane_h * plane_w + LANES)
+        return KernelPlan("depthwise", {"PLANE_H": plane_h, "PLANE_W": plane_w, "ROW_BLOCK": row_block,
+                                        "BLOCK_LANES": DEPTHWISE_BLOCK_LANES},
+                          plane_h * plane_w + DEPTHWISE_BLOCK_LANES)
     pixels = d["H_OUT"] * d["W_OUT"]
     pixel_block = min(DOT4_VECTORS * LANES, _ceil(pixels, LANES))
     pitch = plane_w if d["PADDED"] else d["W_IN"]
