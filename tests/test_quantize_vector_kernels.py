@@ -70,11 +70,17 @@ CASES = [
     ((4, 3, 3), conv(filters=5, kernel=3), "dot4", "one output pixel"),
     ((2, 40), {"name": "conv", "type": "conv1d", "filters": 6, "kernel": 5, "padding": "same", "dilation": 2},
      "dot4", "conv1d, padded, dilated"),
+    ((3, 9, 7), [conv(name="a", filters=4, kernel=3, padding=1), conv(name="b", filters=4, kernel=1, inputs=["input"]),
+                 {"name": "sum", "type": "add", "inputs": ["a", "b"]}, {"name": "sum_relu", "type": "relu"}], "add_tables",
+     "a 2-input add with a relu: 252 elements, a short last block of lanes"),
+    ((2, 8, 8), [conv(name="a", filters=3, kernel=3, padding=1), conv(name="b", filters=3, kernel=1, inputs=["input"]),
+                 conv(name="c", filters=3, kernel=1, inputs=["input"]),
+                 {"name": "sum", "type": "add", "inputs": ["a", "b", "c"]}], "add_tables", "a 3-input add"),
 ]
 
 
 def _case(i: int, shape, layer):
-    spec = single_spec(shape, layer)
+    spec = single_spec(shape, *(layer if isinstance(layer, list) else [layer]))
     spec["name"] = f"case{i}"
     spec = load_spec(spec)
     rng = np.random.default_rng(i)
@@ -172,11 +178,11 @@ def test_the_plans_choose_each_kernel_and_reach_every_block_form(cases):
     built, _ = cases
     forms = set()
     for (graph, layout, _), (_, _, kernel, what) in zip(built, CASES):
-        op = graph.ops[0]
+        op = [op for op in graph.ops if op.kind in ("conv", "add")][-1]  # the case's last conv or add
         plan, d = layout.kernels[op.name], op.dims
         assert plan.template == kernel, what
         c = plan.consts
-        forms.add((kernel, "padded" if d["PADDED"] else "unpadded"))
+        forms.add((kernel, "padded" if d.get("PADDED") else "unpadded"))
         if kernel == "dot4":
             forms.add(("dot4", "pixel tail", bool(c["PIXELS"] % c["PIXEL_BLOCK"])))
             forms.add(("dot4", "filter tail", bool(d["C_OUT_PER_GROUP"] % c["FILTER_BLOCK"])))
@@ -186,7 +192,7 @@ def test_the_plans_choose_each_kernel_and_reach_every_block_form(cases):
         elif kernel == "depthwise":
             forms.add(("depthwise", "row tail", bool(d["H_OUT"] % c["ROW_BLOCK"])))
             forms.add(("depthwise", "one row", c["ROW_BLOCK"] == 1))
-    wanted = {(k, p) for k in ("dot4", "depthwise") for p in ("padded", "unpadded")}
+    wanted = {(k, p) for k in ("dot4", "depthwise") for p in ("padded", "unpadded")} | {("add_tables", "unpadded")}
     wanted |= {("dot4", t, b) for t in ("pixel tail", "filter tail", "one run", "full blocks") for b in (True, False)}
     wanted |= {("dot4", "short last quad", k) for k in range(4)}
     wanted |= {("depthwise", t, b) for t in ("row tail", "one row") for b in (True, False)}

@@ -24,6 +24,9 @@ plain C. The three give the same bits as the portable kernels and the integer re
                filter per group they cost more than they save), DEPTHWISE_BLOCK_LANES accumulators at a
                time, so that the multiplies' latencies overlap. Scratch: PLANE_H x PLANE_W bytes and
                DEPTHWISE_BLOCK_LANES zeros after them (the last block's lanes read past the plane).
+    add_tables every add: an input's rescaled term (TFLite's (x - z) * 2^20 times its multiplier) depends on
+               its int8 value alone, so each input's 256 terms are tabulated once per call; each element is
+               then a sum of lookups and the output's requantization, 16 lanes at a time.
 """
 from __future__ import annotations
 
@@ -48,7 +51,9 @@ def _plane(d) -> tuple[int, int]:
 
 
 def plan_vector_kernel(op) -> KernelPlan | None:
-    """The host set's plan of an op: its own kernels for convs, the portable plan otherwise."""
+    """The host set's plan of an op: its own kernels for convs and adds, the portable plan otherwise."""
+    if op.kind == "add":
+        return KernelPlan("add_tables", {}, 0)
     if op.kind != "conv":
         return plan_kernel(op)
     d = op.dims
