@@ -14,15 +14,11 @@ import numpy as np
 import pytest
 
 from cnncc.build import find_compiler
-from cnncc.check import check_net
 from cnncc.quantize import arith, reference
-from cnncc.quantize.graph import build_graph
-from cnncc.quantize.layout import VECTOR, plan_layout
+from cnncc.quantize.layout import VECTOR
 from cnncc.quantize.render import render_sources
-from cnncc.quantize.scheme import quantize_values
 from cnncc.quantize.vector_kernels import DEPTHWISE_LANES, DOT4_FILTER_BLOCK, DOT4_VECTORS, LANES
-from cnncc.spec import load_spec
-from quant_cases import random_int8, random_params, random_ranges, single_spec
+from quant_cases import int8_parts, random_int8, single_spec
 
 WARNINGS = ("-std=c99", "-pedantic-errors", "-Wall", "-Wextra", "-Werror", "-Wconversion", "-Wshadow")
 CPU_FLAGS = set(Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split()) if Path(
@@ -82,12 +78,7 @@ CASES = [
 def _case(i: int, shape, layer):
     spec = single_spec(shape, *(layer if isinstance(layer, list) else [layer]))
     spec["name"] = f"case{i}"
-    spec = load_spec(spec)
-    rng = np.random.default_rng(i)
-    net = check_net(spec)
-    graph = build_graph(net)
-    layout = plan_layout(graph, VECTOR)
-    values = quantize_values(graph, layout, random_params(net, rng), random_ranges(graph, rng))
+    _, graph, layout, values = int8_parts(spec, i, VECTOR)
     return graph, layout, values
 
 

@@ -8,7 +8,9 @@
     qmodel.export_onnx(path) the int8 network as ONNX, for onnxruntime (onnx_export.py)
 
 The C kernels equal the integer reference (reference.py) bit for bit; `predict_int8` runs the
-C, `reference(x_q)` the reference.
+C, `reference(x_q)` the reference. quantize() and load() plan the host's vector kernel set
+(vector_kernels.py: compiled -march=native for this machine); `cnncc emit --int8` writes the portable
+strict-C99 set, which gives the same bits.
 """
 from __future__ import annotations
 
