@@ -39,13 +39,20 @@ def random_ranges(graph, rng) -> dict[str, tuple[float, float]]:
     return ranges
 
 
-def int8_case(spec, build_dir, seed: int = 0, cflags=STRICT):
+def int8_parts(spec, seed: int = 0, kernel_set: str = "portable"):
+    """(spec, graph, layout, values) of the spec with random weights and ranges, nothing built."""
     spec = load_spec(spec)
     rng = np.random.default_rng(seed)
     net = check_net(spec)
     graph = build_graph(net)
-    layout = plan_layout(graph)
-    values = quantize_values(graph, layout, random_params(net, rng), random_ranges(graph, rng))
+    layout = plan_layout(graph, kernel_set)
+    return spec, graph, layout, quantize_values(graph, layout, random_params(net, rng), random_ranges(graph, rng))
+
+
+def int8_case(spec, build_dir, seed: int = 0, cflags=STRICT, kernel_set: str = "portable"):
+    """A QuantizedModel of the spec, its kernels planned by `kernel_set` (the portable ones by default, so
+    that the tests of those run them; QuantizedModel's own constructors plan the host's vector set)."""
+    spec, graph, layout, values = int8_parts(spec, seed, kernel_set)
     return QuantizedModel(spec, graph, layout, values, build_dir=build_dir, cflags=cflags)
 
 

@@ -1,6 +1,7 @@
 """`cnncc emit SPEC --int8 Q.npz -o DIR`: the standalone int8 program.
 
-NAME.h and NAME.c are the very sources the Python QuantizedModel compiles (render.py);
+NAME.h and NAME.c are rendered as the Python QuantizedModel's are (render.py), with the portable kernel
+set (strict C99; the QuantizedModel plans the host's vector set, which gives the same bits);
 NAME_weights.c holds the two blobs as const arrays (flash); main.c quantizes float input and
 dequantizes the output at the boundary; the arena is one static array of ARENA_SIZE bytes.
 The file is validated completely (qfile.load) before anything is written.

@@ -2,6 +2,10 @@
 from the op's dimensions (never from weights), so `cnncc check --int8` counts the scratch the
 emitted program uses. Each kind is one template in templates/int8/layers/.
 
+These are the portable kernel set's plans: strict C99, what `cnncc emit --int8` and the board
+build run. The host build (QuantizedModel) plans with the vector set (vector_kernels.py), which
+falls back to these for the shapes it has no kernel of its own for (layout.KERNEL_SETS).
+
     shifted   stride 1 with short patches (K_GROUP <= SHIFTED_MAX_TAPS: depthwise convs, first
               layers), or up to SHIFTED_LONG_TAPS taps on planes of SHIFTED_LONG_PIXELS or more.
               ROW_BLOCK output rows are one run of int32 accumulators with the source's row pitch;
@@ -55,7 +59,7 @@ class KernelPlan:
 
 
 def plan_kernel(op) -> KernelPlan | None:
-    """The kernel plan of a conv op; None for the other kinds (one kernel each)."""
+    """The portable kernel plan of a conv op; None for the other kinds (one kernel each)."""
     if op.kind != "conv":
         return None
     d = op.dims

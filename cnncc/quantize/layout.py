@@ -12,6 +12,12 @@ from dataclasses import dataclass, field
 from ..memplan import Lifetime, first_fit
 from .graph import QGraph
 from .kernels import KernelPlan, plan_kernel
+from .vector_kernels import plan_vector_kernel
+
+PORTABLE, VECTOR = "portable", "vector"
+# the kernel sets: the strict-C99 kernels of the emitted program and the board (cnncc check --int8
+# counts their arena), and the host build's (QuantizedModel: compiled for this machine)
+KERNEL_SETS = {PORTABLE: plan_kernel, VECTOR: plan_vector_kernel}
 
 
 @dataclass(frozen=True)
@@ -41,9 +47,15 @@ class Layout:
 
     unshared: int = 0
     kernels: dict[str, KernelPlan] = field(default_factory=dict)  # op name -> its plan (convs)
+    kernel_set: str = PORTABLE  # which of KERNEL_SETS planned the kernels
 
 
-def plan_layout(graph: QGraph) -> Layout:
+def plan_layout(graph: QGraph, kernel_set: str = PORTABLE) -> Layout:
+    """Where everything lives, with each op's kernel planned by `kernel_set` (PORTABLE: what `cnncc emit
+    --int8` writes; VECTOR: the host build)."""
+    if kernel_set not in KERNEL_SETS:
+        raise ValueError(f"unknown int8 kernel set {kernel_set!r}: one of {', '.join(KERNEL_SETS)}")
+    planner = KERNEL_SETS[kernel_set]
     weight_offsets, word_offsets, weights, words = {}, {}, 0, 0
     for op in graph.ops:
         if op.weight_count:
@@ -60,7 +72,7 @@ def plan_layout(graph: QGraph) -> Layout:
               for i, op in enumerate(graph.ops)]
     offsets = first_fit(tuple(spans))
     activations = max(offsets[s.name] + s.size for s in spans)
-    kernels = {op.name: plan for op in graph.ops if (plan := plan_kernel(op)) is not None}
+    kernels = {op.name: plan for op in graph.ops if (plan := planner(op)) is not None}
     scratch = max((plan.scratch_bytes for plan in kernels.values()), default=0)
     return Layout(weight_offsets, word_offsets, weights, words, offsets, activations, activations, scratch,
-                  unshared=sum(s.size for s in spans), kernels=kernels)
+                  unshared=sum(s.size for s in spans), kernels=kernels, kernel_set=kernel_set)

@@ -8,7 +8,9 @@
     qmodel.export_onnx(path) the int8 network as ONNX, for onnxruntime (onnx_export.py)
 
 The C kernels equal the integer reference (reference.py) bit for bit; `predict_int8` runs the
-C, `reference(x_q)` the reference.
+C, `reference(x_q)` the reference. quantize() and load() plan the host's vector kernel set
+(vector_kernels.py: compiled -march=native for this machine); `cnncc emit --int8` writes the portable
+strict-C99 set, which gives the same bits.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from .boundary import dequantize_real, input_thresholds, quantize_real
 from .calibrate import calibrate, calibration_array, float_tensors
 from .errors import ErrorStats
 from .graph import QGraph, QuantizeError, build_graph
-from .layout import Layout, plan_layout
+from .layout import VECTOR, Layout, plan_layout
 from .render import render_sources
 from .scheme import QMAX, QMIN, QValues, quantize_values
 
@@ -160,7 +162,7 @@ class QuantizedModel:
         """A file written by save, validated completely against `spec` before anything is built."""
         spec = load_spec(spec)
         graph = build_graph(check_net(spec))
-        layout = plan_layout(graph)
+        layout = plan_layout(graph, VECTOR)
         values, meta = qfile.load(path, spec, graph, layout)
         errors = {name: {k: float(v) for k, v in e.items()} for name, e in meta.get("errors", {}).items()}
         return cls(spec, graph, layout, values, errors, str(meta.get("method", "minmax")), build_dir, cc, cflags)
@@ -189,7 +191,7 @@ def quantize(model, calibration, method: str = "minmax", percentile: float = 99.
     [N, *input_shape] or an .npz with an `x` array). Refuses (QuantizeError) before doing
     anything if a layer cannot be quantized."""
     graph = build_graph(model.analysis.net)
-    layout = plan_layout(graph)
+    layout = plan_layout(graph, VECTOR)
     x = calibration_array(calibration, model.input_shape)
     model = _with_every_output(model, build_dir)
     ranges = calibrate(model, graph, x, method, percentile)

@@ -16,7 +16,7 @@ from ..layers import format_shape
 from ..version import __version__
 from . import abi
 from .graph import QGraph, QOp
-from .layout import Layout
+from .layout import VECTOR, Layout
 from .scheme import ADD_LEFT_SHIFT, QValues
 
 
@@ -107,7 +107,8 @@ def render_sources(graph: QGraph, layout: Layout, values: QValues, spec_path: st
                     "uses_words": bool(op.words)})
     context = {"graph": graph, "layout": layout, "values": values, "model": model, "version": __version__,
                "spec_path": c_comment(spec_label(spec_path)), "ops": ops, "abi": abi,
-               "boundary": boundary(graph, values), "with_weights": with_weights}
+               "boundary": boundary(graph, values), "with_weights": with_weights,
+               "vector_lanes": layout.kernel_set == VECTOR}
     env = environment("vector")  # the shared environment; the int8 templates live in templates/int8/
     header = env.get_template("int8/model.h.j2").render(context)
     source = env.get_template("int8/model.c.j2").render(context)
