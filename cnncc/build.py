@@ -5,8 +5,9 @@ ABI mode (`ffi.dlopen`) against the model header. The cache key covers everythin
 changes the machine code: the sources, the compiler and its version, the flags, the CPU
 the code was tuned for (-march=native), and the cnncc version. A build happens in a
 private temporary directory that is renamed into place only when complete, so a crash
-or a race never leaves a half-written module for a later run to load, and two processes
-building the same model both succeed.
+or a race never leaves a half-written module for a later run to load. Two processes that need
+the same new model at once do not both compile it: the second waits on the entry's build lock and
+loads the first one's module.
 """
 from __future__ import annotations
 
@@ -20,12 +21,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
 import cffi
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: builds run unlocked (the install is atomic all the same)
+    fcntl = None
 
 from . import abi
 from .codegen import Sources, render, renderer_digest, spec_label
@@ -179,12 +186,16 @@ def _build(name: str, key: str, make_sources: Callable[[], Sources], cdef: str, 
 
     sources = _verified_entry(target, name, cdef)
     from_cache = sources is not None
-    if from_cache:
-        if debug:
-            print(f"cnncc: loading cached {library}", file=sys.stderr)
-    else:
-        sources = make_sources()
-        _compile_entry(root, target, sources, compiler, flags, debug)
+    if not from_cache:
+        fresh = make_sources()  # first: whatever rendering refuses, it refuses before anything is written
+        with _entry_lock(root, target):  # another process building this entry: wait, then load its build
+            sources = _verified_entry(target, name, cdef)
+            from_cache = sources is not None
+            if not from_cache:
+                sources = fresh
+                _compile_entry(root, target, sources, compiler, flags, debug)
+    if from_cache and debug:
+        print(f"cnncc: loading cached {library}", file=sys.stderr)
 
     ffi = cffi.FFI()
     ffi.cdef(cdef)
@@ -195,6 +206,43 @@ def _build(name: str, key: str, make_sources: Callable[[], Sources], cdef: str, 
     except OSError as exc:
         raise BuildError(f"the compiled model {library} cannot be loaded: {exc}") from None
     return Module(ffi, lib, library, from_cache, sources)
+
+
+@contextmanager
+def _entry_lock(root: Path, target: Path):
+    """Hold the entry's build lock (an advisory lock on `.NAME-KEY.lock` beside it) while it is built.
+    Without it, processes that need the same new model at once (parallel test workers, jobs on one
+    cache) would each compile it and all but one throw the work away. The holder deletes the lock
+    file before releasing it, so a waiter that then wins a deleted file's lock tries again on the
+    path's current file; a killed holder releases the lock with its exit. The lock only saves work:
+    the install stays atomic without it, so where there is no flock (or the directory cannot hold
+    the lock file) the build goes ahead unlocked."""
+    if fcntl is None:
+        yield
+        return
+    _make_root(root)
+    path = root / f".{target.name}.lock"
+    while True:
+        try:
+            lock = open(path, "a")
+        except OSError:
+            yield
+            return
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:
+                break  # the lock of the file still at the path
+        except FileNotFoundError:
+            pass  # deleted by the holder we waited for: lock the path's next file
+        lock.close()
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        lock.close()  # releases the lock
 
 
 def _make_root(root: Path) -> None:

@@ -740,19 +740,39 @@ def group_name(shape, dtype, mode):
     return f"layers_{shape_tag(shape)}_{mode}_{dtype}"
 
 
+@dataclass
+class GroupErrors:
+    """What the table's tests read of a group's run: its measured errors (no model or arrays)."""
+    cases: dict  # case id -> CaseResult without its output_grad
+    fd_input: float | None
+
+
+CHECK_FIELDS = ("forward_infer", "forward_train", "running_stats", "input_grads", "param_grads", "fd_params")
+
+
 @pytest.fixture(scope="module")
-def group_runs(build_dir, compile_many):
+def group_runs(build_dir, compile_many, once_per_session):
+    """The errors of each group's run, measured once per session: each xdist worker that gets any
+    of the table's tests would otherwise repeat every group's finite differences."""
     cache, built = {}, set()
 
-    def get(shape, dtype, mode):
+    def measure(shape, dtype, mode):
         cflags = MODES[(dtype, mode)]
         if (dtype, mode) not in built:  # compile every group of this mode at once, in parallel
             compile_many([group_spec(cases, dtype, mode, group_name(s, dtype, mode))
                           for s, cases in GROUPS.items()], cflags)
             built.add((dtype, mode))
+        result = run_group(shape, dtype, mode, build_dir, cflags=cflags, fd=(mode == "pre"))
+        return {"cases": {case_id: {f: getattr(r, f) for f in CHECK_FIELDS} for case_id, r in result.cases.items()},
+                "fd_input": result.fd_input}
+
+    def get(shape, dtype, mode):
         key = (shape, dtype, mode)
         if key not in cache:
-            cache[key] = run_group(shape, dtype, mode, build_dir, cflags=cflags, fd=(mode == "pre"))
+            errors = once_per_session(f"layers_errors_{group_name(shape, dtype, mode)}",
+                                      lambda: measure(shape, dtype, mode))
+            cache[key] = GroupErrors({case_id: CaseResult(**fields) for case_id, fields in errors["cases"].items()},
+                                     errors["fd_input"])
         return cache[key]
 
     return get
