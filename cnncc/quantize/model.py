@@ -49,6 +49,12 @@ class QuantizedModel:
         self._words = np.ascontiguousarray(values.words, np.int32)
         self._arena = np.zeros(max(1, layout.arena_bytes), np.int8)
         self._threshold, self._level = self._boundary_tables()
+        # The model's own buffers, bound once: at batch 1 each cffi conversion is a visible share of a call.
+        self._blobs = (self._ptr(self._arena, "int8_t[]"), self._ptr(self._weights, "int8_t[]"),
+                       self._ptr(self._words, "int32_t[]"))
+        self._tables = (() if self._threshold is None else
+                        (self._ptr(self._threshold, "float[]"), self._ptr(self._level, "float[]")))
+        self._input_shape, self._output_shape = tuple(self.input_shape), tuple(self.output_shape)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -59,7 +65,8 @@ class QuantizedModel:
         return self.graph.tensors[self.graph.output].shape
 
     def _ptr(self, array, ctype):
-        return self._ffi.cast(ctype, self._ffi.from_buffer(array))
+        """A C array (passed as a pointer) over a contiguous NumPy array's memory."""
+        return self._ffi.from_buffer(ctype, array)
 
     # ---- the boundary: float <-> int8 ---------------------------------------------------
     def quantize_input(self, x) -> np.ndarray:
@@ -103,26 +110,22 @@ class QuantizedModel:
         x_q = np.ascontiguousarray(x_q)
         n = x_q.shape[0]
         out = np.zeros((n,) + tuple(self.output_shape), np.int8)
-        self._c.run(self._ptr(out, "int8_t *"), self._ptr(x_q, "int8_t *"), n, self._ptr(self._arena, "int8_t *"),
-                    self._ptr(self._weights, "int8_t *"), self._ptr(self._words, "int32_t *"))
+        self._c.run(self._ptr(out, "int8_t[]"), self._ptr(x_q, "int8_t[]"), n, *self._blobs)
         return out
 
     def predict(self, x) -> np.ndarray:
         """Dequantized outputs (logits, when a final softmax was dropped) for float inputs: float32 input is
         quantized and dequantized in C (NAME_predict, the same numbers as quantize_input and
         dequantize_output), any other real dtype in Python."""
-        if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and self._threshold is not None):
+        if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and self._tables):
             return self.dequantize_output(self.predict_int8(self.quantize_input(x)))
-        if x.ndim != len(self.input_shape) + 1 or x.shape[1:] != tuple(self.input_shape) or x.shape[0] == 0:
+        if x.shape[1:] != self._input_shape or x.shape[0] == 0:
             self.quantize_input(x)  # raises the error that names the expected shape
         if not np.isfinite(x).all():
             raise ValueError("input contains NaN or infinite values")
         x = np.ascontiguousarray(x)
-        out = np.empty((x.shape[0],) + tuple(self.output_shape), np.float32)
-        self._c.predict(self._ptr(out, "float *"), self._ptr(x, "float *"), x.shape[0],
-                        self._ptr(self._arena, "int8_t *"), self._ptr(self._weights, "int8_t *"),
-                        self._ptr(self._words, "int32_t *"), self._ptr(self._threshold, "float *"),
-                        self._ptr(self._level, "float *"))
+        out = np.empty((x.shape[0],) + self._output_shape, np.float32)
+        self._c.predict(self._ptr(out, "float[]"), self._ptr(x, "float[]"), x.shape[0], *self._blobs, *self._tables)
         return out
 
     forward = predict
