@@ -17,7 +17,7 @@ from cnncc.build import find_compiler
 from cnncc.quantize import arith, reference
 from cnncc.quantize.layout import VECTOR
 from cnncc.quantize.render import render_sources
-from cnncc.quantize.vector_kernels import DEPTHWISE_LANES, DOT4_FILTER_BLOCK, DOT4_VECTORS, LANES
+from cnncc.quantize.vector_kernels import DEPTHWISE_LANES, DOT4_FILTER_BLOCK, DOT4_MAX_TAPS, DOT4_VECTORS, LANES
 from quant_cases import int8_parts, random_int8, single_spec
 
 WARNINGS = ("-std=c99", "-pedantic-errors", "-Wall", "-Wextra", "-Werror", "-Wconversion", "-Wshadow")
@@ -64,6 +64,9 @@ CASES = [
     ((3, 11, 13), conv(filters=5, kernel=3, padding=[0, 2], stride=[2, 1]), "dot4",
      "27 taps (three in the last quad), padding in width only"),
     ((4, 3, 3), conv(filters=5, kernel=3), "dot4", "one output pixel"),
+    ((1, 32, 32), conv(filters=6, kernel=5), "dot4",
+     "LeNet-5's conv1: rows of 28 pixels cut by the 64-pixel blocks into runs of 8 to 28 (16-pixel "
+     "interleaves, overlapping tails, byte-by-byte runs), 25 taps"),
     ((2, 40), {"name": "conv", "type": "conv1d", "filters": 6, "kernel": 5, "padding": "same", "dilation": 2},
      "dot4", "conv1d, padded, dilated"),
     ((3, 9, 7), [conv(name="a", filters=4, kernel=3, padding=1), conv(name="b", filters=4, kernel=1, inputs=["input"]),
@@ -189,6 +192,17 @@ def test_the_plans_choose_each_kernel_and_reach_every_block_form(cases):
     wanted |= {("depthwise", t, b) for t in ("row tail", "one row") for b in (True, False)}
     assert wanted <= forms, sorted(wanted - forms)
     assert DOT4_FILTER_BLOCK > 1 and 530 > DEPTHWISE_LANES
+
+
+def test_filters_longer_than_dot4s_tap_table_take_the_portable_conv():
+    """dot4's table of tap offsets is on the stack: DOT4_MAX_TAPS taps bound it, and a longer filter
+    plans as the portable conv kernel (which the portable kernels' tests cover)."""
+    at_cap = DOT4_MAX_TAPS // 9
+    for channels, kernel in ((at_cap, "dot4"), (at_cap + 1, "conv")):
+        graph, layout, _ = _case(0, (channels, 3, 3), conv(filters=2, kernel=3))
+        op = [op for op in graph.ops if op.kind == "conv"][-1]
+        assert (op.dims["K_GROUP"] <= DOT4_MAX_TAPS) == (kernel == "dot4")
+        assert layout.kernels[op.name].template == kernel
 
 
 @pytest.mark.parametrize("isa", list(ISAS))

@@ -11,11 +11,13 @@ plain C. The three give the same bits as the portable kernels and the integer re
 
     dot4       every conv but a stride-1 depthwise one: im2col by blocks of PIXEL_BLOCK output pixels
                (VECTORS lane vectors), each patch stored four taps deep ("quads": quads[k/4][pixel][k%4],
-               input + 128 so unsigned, a missing tap of the last quad 0), which FILTER_BLOCK filters
+               input + 128 so unsigned, a missing tap of the last quad weighted 0), which FILTER_BLOCK filters
                meet at once in FILTER_BLOCK x VECTORS lane accumulators; the 128 is taken back as 128 x the
                filter's weight sum. A padded input is first copied with its padding (C_IN_PER_GROUP x
                PLANE_H x PLANE_W bytes), so the patches are runs of plain copies: SEGMENT output pixels
                in a row read the source at one stride (the whole plane, when it is contiguous there).
+               The taps' offsets in the window are a table on the stack, found once a call, so filters
+               longer than DOT4_MAX_TAPS take the portable conv kernel instead.
                Scratch: the quads of one block, then the padded planes.
     depthwise  stride-1 depthwise convs (one input channel and one filter per group): each channel's
                plane copied with its padding, then ROW_BLOCK output rows are one run of int32
@@ -38,6 +40,7 @@ DOT4_VECTORS = 4  # dot4: lane vectors of output pixels per block (64 pixels) ..
 DOT4_FILTER_BLOCK = 4  # ... times this many filters: 16 accumulators, half of AVX-512's registers
 DEPTHWISE_LANES = 512  # depthwise: about this many accumulators per block of rows
 DEPTHWISE_BLOCK_LANES = 4 * LANES  # depthwise: accumulators computed together (the last block reads past the plane)
+DOT4_MAX_TAPS = 8192  # dot4: taps per filter (K_GROUP) at most, for its table of tap offsets on the stack (32 KB)
 
 
 def _ceil(n: int, m: int) -> int:
@@ -66,6 +69,8 @@ def plan_vector_kernel(op) -> KernelPlan | None:
         return KernelPlan("depthwise", {"PLANE_H": plane_h, "PLANE_W": plane_w, "ROW_BLOCK": row_block,
                                         "BLOCK_LANES": DEPTHWISE_BLOCK_LANES},
                           plane_h * plane_w + DEPTHWISE_BLOCK_LANES)
+    if d["K_GROUP"] > DOT4_MAX_TAPS:
+        return plan_kernel(op)  # a filter too long for dot4's tap table: the portable conv
     pixels = d["H_OUT"] * d["W_OUT"]
     pixel_block = min(DOT4_VECTORS * LANES, _ceil(pixels, LANES))
     pitch = plane_w if d["PADDED"] else d["W_IN"]
