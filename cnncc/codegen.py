@@ -73,7 +73,8 @@ def renderer_digest() -> str:
     text or the build (the build cache keys a program on it)."""
     digest = hashlib.sha256()
     package = Path(__file__).resolve().parent
-    files = [(template_dir(), p) for p in template_dir().rglob("*.j2")]
+    templates = template_dir()
+    files = [(templates, p) for p in templates.rglob("*.j2")]
     for entry in RENDERER_CODE:
         path = package / entry
         files += [(package, p) for p in (path.rglob("*.py") if path.is_dir() else [path])]

@@ -39,6 +39,9 @@ DAMAGE = {
     "library emptied": lambda e: _replace(e / "cache_heal.so", b""),
     "header deleted": lambda e: (e / "cache_heal.h").unlink(),
     "source changed": lambda e: _replace(e / "cache_heal.c", b"int x;\n"),
+    "declarations deleted": lambda e: (e / "cache_heal_ffi.py").unlink(),
+    # the parsed declarations are Python that loading runs: a forged file fails the manifest first
+    "declarations forged": lambda e: _replace(e / "cache_heal_ffi.py", b"raise SystemExit('forged module ran')\n"),
     "manifest deleted": lambda e: (e / MANIFEST).unlink(),
     "manifest garbage": lambda e: _replace(e / MANIFEST, b"{not json"),
     "everything deleted": lambda e: [p.unlink() for p in e.iterdir()],

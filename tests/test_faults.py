@@ -261,7 +261,7 @@ def test_four_processes_building_into_one_cache(tmp_path):
     for name in entries:
         stem = name.rsplit("-", 1)[0]
         assert sorted(p.name for p in (build / name).iterdir()) == ["MANIFEST.json", f"{stem}.c", f"{stem}.h",
-                                                                    f"{stem}.so"]
+                                                                    f"{stem}.so", f"{stem}_ffi.py"]
     # The cache the race left behind is used as is, and computes the same thing.
     for job, spec in specs.items():
         model = cnncc.compile(spec, build_dir=build, cflags=FLAGS).init(0)
