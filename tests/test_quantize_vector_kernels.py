@@ -142,14 +142,16 @@ int main(void)
     const int32_t *xs = read_all("requantize.x", sizeof(int32_t) * ROWS * Q_LANES);
     const int32_t *multipliers = read_all("requantize.multiplier", sizeof(int32_t) * ROWS);
     const int32_t *shifts = read_all("requantize.shift", sizeof(int32_t) * ROWS);
-    static int8_t requantized[ROWS * Q_LANES];
+    static int8_t requantized[ROWS * Q_LANES], from_registers[ROWS * Q_LANES];
     int row;
     for (row = 0; row < ROWS; ++row) { /* every other row as a short tail of row %% 16 + 1 lanes */
         const int n = row %% 2 ? row %% Q_LANES + 1 : Q_LANES;
-        q_requantize_lanes16(requantized + row * Q_LANES, xs + row * Q_LANES, n,
-                             q_requant_of(0, multipliers[row], shifts[row], 5, -128, 127));
+        const q_requant rq = q_requant_of(0, multipliers[row], shifts[row], 5, -128, 127);
+        q_requantize_lanes16(requantized + row * Q_LANES, xs + row * Q_LANES, n, rq);
+        q_requantize_acc(from_registers + row * Q_LANES, q_lanes_load(xs + row * Q_LANES), n, rq);
     }
     write_all("requantize.out", requantized, sizeof requantized);
+    write_all("requantize_acc.out", from_registers, sizeof from_registers);
 %(runs)s
     printf("%%s\n", Q_LANES_FORM);
     return 0;
@@ -243,11 +245,14 @@ def test_each_isa_is_bit_exact(isa, cases, tmp_path):
         mismatches = int((got != expected).sum())
         assert mismatches == 0, f"{what}: {mismatches} of {got.size} int8 outputs differ from the integer reference"
         assert len(np.unique(got)) > min(8, got.size // 2), what  # the data exercises the range
+    # the same arithmetic from memory (q_requantize_lanes16) and from a q_lanes (q_requantize_acc, dot4's)
     requantized = np.fromfile(tmp_path / "requantize.out", np.int8).reshape(len(multiplier), LANES)
+    from_registers = np.fromfile(tmp_path / "requantize_acc.out", np.int8).reshape(len(multiplier), LANES)
     expected = np.clip(arith.requantize(x, np.repeat(multiplier, LANES), np.repeat(shift, LANES)) + 5, -128, 127)
     expected = expected.reshape(len(multiplier), LANES)
     for row in range(len(multiplier)):
         n = row % LANES + 1 if row % 2 else LANES
         fits = arith.requantize(x[row * LANES:row * LANES + n], multiplier[row], shift[row]) + 5 <= arith.INT32_MAX
         assert np.array_equal(requantized[row, :n][fits], expected[row, :n][fits]), (row, shift[row])
+        assert np.array_equal(from_registers[row, :n][fits], expected[row, :n][fits]), (row, shift[row])
     assert len(np.unique(expected)) > 50
