@@ -20,7 +20,6 @@ and the stack's high-water mark on stderr).
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import tempfile
@@ -32,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import cnncc  # noqa: E402
-from cnncc.boards.int8 import emit_int8_board, infer_int8_on_device  # noqa: E402
 from cnncc.boards import board as board_named  # noqa: E402
+from cnncc.boards.int8 import emit_int8_board, forward_ticks, infer_int8_on_device, stack_used  # noqa: E402
 from cnncc.boards.measure import build, infer_on_device, object_text, section_sizes, symbol_sizes  # noqa: E402
 from cnncc.boards.project import emit_board  # noqa: E402
 
@@ -90,15 +89,14 @@ def measure_int8(spec: Path, work: Path) -> dict:
     outputs, _, result = infer_int8_on_device(project, x, count_instructions=True)
     if not np.array_equal(outputs, quantized.predict(x)):
         raise RuntimeError(f"{spec.stem}: the device's int8 outputs differ from QuantizedModel.predict's")
-    ticks = [int(t) for t in re.findall(r"^forward: (\d+) timer ticks$", result.stderr, re.M)]
     sections, symbols = section_sizes(elf, board), symbol_sizes(elf, board)
     name = project.model
     return {"spec": spec.stem, "weights": symbols[f"{name}_weights"] + symbols[f"{name}_words"],
             "weights_predicted": project.weight_bytes, "tables": sum(project.table_bytes.values()),
             "arena": symbols["arena"], "arena_predicted": project.arena_bytes, "sample": symbols["sample"],
             "model_text": object_text(project.directory / f"{name}.o", board), "text": sections[".text"],
-            "stack": int(result.stderr.rsplit("stack: ", 1)[1].split()[0]),
-            "instructions": statistics.median(ticks) * board.instructions_per_tick()}
+            "stack": stack_used(result),
+            "instructions": statistics.median(forward_ticks(result)) * board.instructions_per_tick()}
 
 
 def int8_table(rows: list[dict]) -> str:

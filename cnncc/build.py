@@ -2,11 +2,11 @@
 
 The shared library is built by the C compiler directly (no shell) and loaded with cffi's
 ABI mode (`ffi.dlopen`) against the model header, whose declarations are parsed once, when the
-entry is built: the entry keeps them as cffi's out-of-line module (NAME_ffi.py), so loading a cached
-model neither imports the C parser nor parses (about 35 ms of a cached compile). The cache key covers everything that
-changes the machine code: the sources, the compiler and its version, the flags, the CPU
-the code was tuned for (-march=native), and the cnncc version. A build happens in a
-private temporary directory that is renamed into place only when complete, so a crash
+entry is built: the entry keeps them as cffi's out-of-line module (NAME_ffi.py), so loading a
+cached model neither imports the C parser nor parses (about 35 ms of a cached compile). The
+cache key covers everything that changes the machine code: the sources, the compiler and its
+version, the flags, the CPU the code was tuned for (-march=native), and the cnncc version. A
+build happens in a private temporary directory that is renamed into place only when complete, so a crash
 or a race never leaves a half-written module for a later run to load. Two processes that need
 the same new model at once do not both compile it: the second waits on the entry's build lock and
 loads the first one's module.
@@ -178,9 +178,10 @@ def build_program(program: Program, spec_path: str = "<spec>", build_dir: str | 
 def _build(name: str, key: str, make_sources: Callable[[], Sources], cdef: str, build_dir,
            compiler: tuple[str, ...], flags: tuple[str, ...]) -> Module:
     """A cache entry is the directory NAME-KEY holding NAME.c, NAME.h, NAME.so, NAME_ffi.py (the
-    parsed declarations) and, written last, MANIFEST (each file's size and SHA-256). An entry whose manifest is missing or disagrees with
-    its files (a deleted or truncated library, a missing header) is rebuilt and replaced
-    atomically; every other problem is a BuildError saying what is wrong."""
+    parsed declarations) and, written last, MANIFEST (each file's size and SHA-256). An entry whose
+    manifest is missing or disagrees with its files (a deleted or truncated library, a missing
+    header, forged declarations) is rebuilt and replaced atomically; every other problem is a
+    BuildError saying what is wrong."""
     root = Path(os.path.abspath(build_dir if build_dir is not None else default_build_dir()))
     target = root / f"{name}-{key}"
     library = target / f"{name}.so"

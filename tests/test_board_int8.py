@@ -14,7 +14,7 @@ import pytest
 import cnncc
 from cnncc.boards import board as board_named
 from cnncc.boards.base import Region
-from cnncc.boards.int8 import emit_int8_board, infer_int8_on_device, parse_outputs
+from cnncc.boards.int8 import emit_int8_board, forward_ticks, infer_int8_on_device, parse_outputs, stack_used
 from cnncc.boards.measure import build, run, section_sizes, symbol_sizes
 from cnncc.boards.mps2_an386 import Mps2An386
 from cnncc.cli import main
@@ -172,8 +172,7 @@ def test_int8_models_run_on_the_m4_exactly(stem, quantized, tmp_path):
     assert sections[".rodata"] >= project.flash_data and sections[".bss"] >= project.buffer_bytes
     assert not [s for s in symbols if s.startswith("__aeabi_d") or s in ("__adddf3", "__divdf3", "__muldf3")]
 
-    ticks = [int(t) for t in re.findall(r"^forward: (\d+) timer ticks$", result.stderr, re.M)]
-    stack = int(result.stderr.rsplit("stack: ", 1)[1].split()[0])
+    ticks, stack = forward_ticks(result), stack_used(result)
     assert len(ticks) == len(x) and min(ticks) > 0 and 0 < stack < project.board.stack_bytes
 
 

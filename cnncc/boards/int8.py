@@ -128,6 +128,16 @@ def infer_int8_on_device(project: Int8BoardProject, x, count_instructions: bool 
     return outputs.reshape((len(outputs), *project.output_shape)), classes, result
 
 
+def forward_ticks(result: Run) -> list[int]:
+    """The timer ticks of each sample's forward call, which the int8 main.c reports on stderr."""
+    return [int(t) for t in re.findall(r"^forward: (\d+) timer ticks$", result.stderr, re.M)]
+
+
+def stack_used(result: Run) -> int:
+    """The stack's high-water mark in bytes, which the int8 main.c reports on stderr last."""
+    return int(result.stderr.rsplit("stack: ", 1)[1].split()[0])
+
+
 def memory_rows(project: Int8BoardProject, sections: dict[str, int], symbols: dict[str, int]):
     """(what, measured bytes, predicted) rows: the ELF's flash and RAM against the plan."""
     weights = f"{project.model}_weights", f"{project.model}_words"

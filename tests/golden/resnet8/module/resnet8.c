@@ -384,6 +384,7 @@ KERNEL_INLINE void resnet8_gemm_nn_block(int rows, int cols, int i0, const real 
    as a loop over the counts, GCC kept the count a variable inside the block (a compare and a
    branch around every row's multiply-adds: LeNet's 8-filter conv1 forward ran at two thirds of
    its speed). With M constant, only the blocks a layer needs are compiled. */
+typedef char resnet8_gemm_nn_tails_cover_nn_rows_tail[NN_ROWS_TAIL <= 8 ? 1 : -1]; /* the blocks below */
 #define GEMM_NN_TAIL_BLOCK(ROWS) \
     if ((ROWS) <= NN_ROWS_TAIL && i + (ROWS) <= M) { \
         resnet8_gemm_nn_block((ROWS), cols, i, a, at, a_col, b, bt, c + i * ldc, ldc, accumulate); \
