@@ -53,13 +53,17 @@ ENTRY_POINTS: tuple[EntryPoint, ...] = (
     EntryPoint("backward", "void",
                _args(CTX, "const {real} * input", "const {target} * targets", "size_t batch", "uint64_t seed"),
                "Backward pass after forward(training = 1, seed): adds the loss gradient to ctx->grads.", "loss"),
-    EntryPoint("step", "void", _args(CTX, "const {model}_hyper * hyper"),
-               "One {optimizer} update of the trainable parameters from ctx->grads.", "loss"),
-    EntryPoint("train_step", "double",
+    EntryPoint("step", "int", _args(CTX, "const {model}_hyper * hyper"),
+               "One {optimizer} update of the trainable parameters from ctx->grads: returns 1, or 0 and changes "
+               "nothing when the update would leave a weight or an optimizer value NaN or infinite.", "loss"),
+    EntryPoint("train_step", "int",
                _args(CTX, "const {real} * input", "const {target} * targets", "size_t batch",
-                     "const {model}_hyper * hyper", "uint64_t seed"),
-               "forward + loss + zero_grad + backward + step; returns the loss. A non-finite loss returns at "
-               "once and leaves the parameters untouched.", "loss"),
+                     "const {model}_hyper * hyper", "uint64_t seed", "double * loss"),
+               "forward + loss + zero_grad + backward + step; stores the batch-mean loss in *loss and returns "
+               "step's result: 1 once the trainable parameters are updated; 0 when the loss is not finite (then "
+               "at once) or the update would not be, and then neither the trainable parameters nor the optimizer "
+               "state have changed (the forward pass in training mode has still updated any batchnorm running "
+               "statistics).", "loss"),
     EntryPoint("forward_op", "void",
                _args(CTX, "const {real} * input", "size_t batch", "int training", "uint64_t seed", "int op"),
                "Profiling (`cnncc bench SPEC --layers`): runs one op of the forward schedule, op = its index "

@@ -17,6 +17,7 @@ class BoundBatch:
         self.training = y is not None
         self._x_ptr, self._y_ptr = x_ptr, y_ptr
         self._hyper = hyper  # () -> the model's filled NAME_hyper
+        self._loss = c.ffi.new("double *")  # train_step's out-argument
 
     def _mode(self, training: bool | None) -> int:
         return int(self.training if training is None else training)
@@ -41,16 +42,19 @@ class BoundBatch:
     def backward_op(self, op: int, seed: int = 0) -> None:
         self._c.backward_op(self._context, self._x_ptr, self.batch, seed, op)
 
-    def step(self, step_count: int) -> None:
-        """NAME_step with the model's hyper-parameters at step `step_count` (counted from 1)."""
+    def step(self, step_count: int) -> bool:
+        """NAME_step with the model's hyper-parameters at step `step_count` (counted from 1):
+        whether it updated (it refuses an update that would not be finite)."""
         hyper = self._hyper()
         hyper.step = step_count
-        self._c.step(self._context, hyper)
+        return bool(self._c.step(self._context, hyper))
 
     def train_step(self, step_count: int, seed: int = 0) -> float:
+        """NAME_train_step: the loss (whether or not the update was taken)."""
         hyper = self._hyper()
         hyper.step = step_count
-        return float(self._c.train_step(self._context, self._x_ptr, self._y_ptr, self.batch, hyper, seed))
+        self._c.train_step(self._context, self._x_ptr, self._y_ptr, self.batch, hyper, seed, self._loss)
+        return float(self._loss[0])
 
     def full_pass(self, seed: int = 0) -> None:
         """forward, loss and backward: afterwards every activation and gradient is valid."""

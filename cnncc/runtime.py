@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from .abi import Bindings
-from .buffers import ParamViews, all_finite, check_memory
+from .buffers import ParamViews, check_memory
 from .build import build_program
 from .options import MAX_THREADS, CompileOptions, checked_int
 from .pipeline import Analysis, analyse
@@ -53,7 +53,8 @@ class Model:
         ctx.activations = ctx.grad_activations = self._ffi.NULL
         self.params = ParamViews({p.key: self._params[p.offset:p.offset + p.size].reshape(p.shape)
                                   for p in program.params})
-        self._last_good = np.empty(program.num_params + program.optimizer_state_size, self.dtype)
+        self._running_before = np.empty(program.num_params - program.num_trainable, self.dtype)
+        self._loss_c = self._ffi.new("double *")
         self.hyper = {**program.optimizer_rules.defaults(), **program.optimizer.settings, "lr": program.optimizer.lr}
         self.step_count = 0
         self.loaded_epoch = None
@@ -265,26 +266,31 @@ class Model:
         seed = checked_int("seed", self.step_count + 1 if seed is None else seed, 0, MAX_SEED)
         self._checked_hyper()
         self._ensure_capacity(batch, training=True)
+        # The C step refuses a non-finite loss, running statistic or update and then changes no
+        # trainable parameter or optimizer value; the running statistics its forward pass updated
+        # are put back from this copy.
+        running = self._params[self.program.num_trainable:]
+        self._running_before[...] = running
         self.step_count += 1
         hyper = self._hyper_struct()
-        # The C step updates only after a finite loss, but a finite loss can still give a non-finite
-        # update (an overflowing learning rate): keep the last good weights to put back then.
-        good = self._last_good
-        good[:self._params.size], good[self._params.size:] = self._params, self._optimizer_state
-        loss = self._c.train_step(
-            self._context, self._ptr(x), self._targets_ptr(y), batch, hyper, seed)
-        if not math.isfinite(loss):
-            self.step_count -= 1  # the C code did not update anything
-        elif not (all_finite(self._params) and all_finite(self._optimizer_state)):
-            self._params[...], self._optimizer_state[...] = good[:self._params.size], good[self._params.size:]
+        updated = self._c.train_step(
+            self._context, self._ptr(x), self._targets_ptr(y), batch, hyper, seed, self._loss_c)
+        loss = float(self._loss_c[0])
+        if not updated:
+            running[...] = self._running_before
             self.step_count -= 1
-            from .train import TrainingError
+            if math.isfinite(loss):
+                self._refused_step(loss)
+        return loss
 
-            raise TrainingError(f"step {self.step_count + 1} made the weights or optimizer state NaN or "
-                                f"infinite (its loss before the update was {loss:.6g}); the weights are "
-                                "restored to those before it. Try a lower learning rate or check the "
-                                "optimizer's settings.")
-        return float(loss)
+    def _refused_step(self, loss: float | None) -> None:
+        from .train import TrainingError
+
+        before = "" if loss is None else f" (its loss before the update was {loss:.6g})"
+        raise TrainingError(f"step {self.step_count + 1} would have made the weights or the optimizer state "
+                            f"(or batchnorm's running statistics) NaN or infinite{before}; it was not taken and the "
+                            "weights are restored to those before it. Try a lower learning rate or check the "
+                            "optimizer's settings.")
 
     def state(self) -> dict[str, np.ndarray]:
         """Copies of everything training changes: the flat parameters (running statistics
@@ -361,10 +367,13 @@ class Model:
 
     def apply_step(self) -> None:
         """One optimizer update of the trainable parameters from flat_grads with `hyper`, counted
-        in step_count (as train_step counts its steps)."""
+        in step_count (as train_step counts its steps). An update that would leave a weight or an
+        optimizer value non-finite is not taken: TrainingError, nothing changed."""
         self._checked_hyper()
         self.step_count += 1
-        self._c.step(self._context, self._hyper_struct())
+        if not self._c.step(self._context, self._hyper_struct()):
+            self.step_count -= 1
+            self._refused_step(None)
 
     def set_threads(self, threads: int) -> int:
         """Threads for this process's following calls: the count in effect, always 1 unless the

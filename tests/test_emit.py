@@ -407,7 +407,9 @@ int main(void)
     for (int step = 1; step <= STEPS; step++) {
         next_batch();
         hyper.step = step;
-        const double loss = tiny_train_step(&ctx, x, labels, BATCH, &hyper, (uint64_t)step);
+        double loss;
+        if (!tiny_train_step(&ctx, x, labels, BATCH, &hyper, (uint64_t)step, &loss))
+            return 1;
         if (step <= WINDOW)
             first += loss / WINDOW;
         if (step > STEPS - WINDOW)

@@ -58,12 +58,16 @@ void lenet5_zero_grad(const lenet5_context *ctx);
 /* Backward pass after forward(training = 1, seed): adds the loss gradient to ctx->grads. */
 void lenet5_backward(const lenet5_context *ctx, const float *input, const int32_t *targets, size_t batch, uint64_t seed);
 
-/* One adam update of the trainable parameters from ctx->grads. */
-void lenet5_step(const lenet5_context *ctx, const lenet5_hyper *hyper);
+/* One adam update of the trainable parameters from ctx->grads: returns 1, or 0 and changes nothing
+   when the update would leave a weight or an optimizer value NaN or infinite. */
+int lenet5_step(const lenet5_context *ctx, const lenet5_hyper *hyper);
 
-/* forward + loss + zero_grad + backward + step; returns the loss. A non-finite loss returns at
-   once and leaves the parameters untouched. */
-double lenet5_train_step(const lenet5_context *ctx, const float *input, const int32_t *targets, size_t batch, const lenet5_hyper *hyper, uint64_t seed);
+/* forward + loss + zero_grad + backward + step; stores the batch-mean loss in *loss and returns
+   step's result: 1 once the trainable parameters are updated; 0 when the loss is not finite (then
+   at once) or the update would not be, and then neither the trainable parameters nor the optimizer
+   state have changed (the forward pass in training mode has still updated any batchnorm running
+   statistics). */
+int lenet5_train_step(const lenet5_context *ctx, const float *input, const int32_t *targets, size_t batch, const lenet5_hyper *hyper, uint64_t seed, double *loss);
 
 /* Profiling (`cnncc bench SPEC --layers`): runs one op of the forward schedule, op = its index
    from 0 in the order of lenet5_forward (NUM_OPS ops; other values do nothing). */

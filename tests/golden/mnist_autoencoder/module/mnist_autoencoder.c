@@ -21,6 +21,9 @@ typedef float real;
 #define REAL_EXP(v) exp((double)(v))
 #define REAL_TANH(v) tanh((double)(v))
 #define REAL_SQRT(v) sqrt((double)(v))
+/* 0 for NaN (every compare with it is false) and the infinities, else 1: two compares joined
+   with & (no branch, so a loop of them vectorizes). */
+#define REAL_IS_FINITE(v) ((int)((v) > -INFINITY) & (int)((v) < INFINITY))
 
 /* Parameter offsets into params and grads. */
 #define P_ENC1_WEIGHT ((size_t)0) /* [8, 1, 3, 3] */
@@ -1546,34 +1549,56 @@ void mnist_autoencoder_backward(const mnist_autoencoder_context *ctx, const real
  * d = grad + weight_decay * w; m = beta1 m + (1 - beta1) d; v = beta2 v + (1 - beta2) d^2;
  * w -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
  */
-void mnist_autoencoder_step(const mnist_autoencoder_context *ctx, const mnist_autoencoder_hyper *hyper)
+typedef struct adam_rule {
+    real beta1, beta2, eps, decay, step_size, root_correction;
+} adam_rule;
+
+/* One parameter's update: its new weight, first and second moment. */
+HELPER_INLINE void adam_update(const adam_rule *rule, real w, real grad, real m, real v,
+                               real *w_new, real *m_new, real *v_new)
+{
+    const real d = grad + rule->decay * w;
+    *m_new = rule->beta1 * m + (1 - rule->beta1) * d;
+    *v_new = rule->beta2 * v + (1 - rule->beta2) * d * d;
+    *w_new = w - rule->step_size * *m_new / (sqrtf(*v_new) / rule->root_correction + rule->eps);
+}
+
+int mnist_autoencoder_step(const mnist_autoencoder_context *ctx, const mnist_autoencoder_hyper *hyper)
 {
     real *restrict w = ctx->params;
     const real *restrict grad = ctx->grads;
     real *restrict m = ctx->optimizer_state;                                   /* [NUM_TRAINABLE] */
     real *restrict v = ctx->optimizer_state + MNIST_AUTOENCODER_NUM_TRAINABLE; /* [NUM_TRAINABLE] */
-    const real beta1 = (real)hyper->beta1, beta2 = (real)hyper->beta2, eps = (real)hyper->eps;
-    const real decay = (real)hyper->weight_decay;
-    const real step_size = (real)(hyper->lr / (1 - pow(hyper->beta1, (double)hyper->step)));
-    const real root_correction = (real)sqrt(1 - pow(hyper->beta2, (double)hyper->step));
+    const adam_rule rule = {
+        .beta1 = (real)hyper->beta1, .beta2 = (real)hyper->beta2, .eps = (real)hyper->eps,
+        .decay = (real)hyper->weight_decay,
+        .step_size = (real)(hyper->lr / (1 - pow(hyper->beta1, (double)hyper->step))),
+        .root_correction = (real)sqrt(1 - pow(hyper->beta2, (double)hyper->step)),
+    };
+    /* First every update is computed and only checked: one that would leave a non-finite value
+       changes nothing, so the caller keeps its last good state without a copy of it. */
+    int finite = 1;
     for (size_t i = 0; i < MNIST_AUTOENCODER_NUM_TRAINABLE; i++) {
-        const real d = grad[i] + decay * w[i];
-        m[i] = beta1 * m[i] + (1 - beta1) * d;
-        v[i] = beta2 * v[i] + (1 - beta2) * d * d;
-        w[i] -= step_size * m[i] / (sqrtf(v[i]) / root_correction + eps);
+        real w_new, m_new, v_new;
+        adam_update(&rule, w[i], grad[i], m[i], v[i], &w_new, &m_new, &v_new);
+        finite &= REAL_IS_FINITE(w_new) & REAL_IS_FINITE(m_new) & REAL_IS_FINITE(v_new);
     }
+    if (!finite)
+        return 0;
+    for (size_t i = 0; i < MNIST_AUTOENCODER_NUM_TRAINABLE; i++)
+        adam_update(&rule, w[i], grad[i], m[i], v[i], &w[i], &m[i], &v[i]);
+    return 1;
 }
 
-double mnist_autoencoder_train_step(const mnist_autoencoder_context *ctx, const real *input, const float *targets, size_t batch, const mnist_autoencoder_hyper *hyper, uint64_t seed)
+int mnist_autoencoder_train_step(const mnist_autoencoder_context *ctx, const real *input, const float *targets, size_t batch, const mnist_autoencoder_hyper *hyper, uint64_t seed, double *loss)
 {
     mnist_autoencoder_forward(ctx, input, batch, 1, seed);
-    const double loss = mnist_autoencoder_loss(ctx, targets, batch);
-    if (!isfinite(loss))
-        return loss;
+    *loss = mnist_autoencoder_loss(ctx, targets, batch);
+    if (!isfinite(*loss))
+        return 0;
     mnist_autoencoder_zero_grad(ctx);
     mnist_autoencoder_backward(ctx, input, targets, batch, seed);
-    mnist_autoencoder_step(ctx, hyper);
-    return loss;
+    return mnist_autoencoder_step(ctx, hyper);
 }
 
 /* ---- profiling (`cnncc bench SPEC --layers`): one op at a time. op is the op's index in the

@@ -21,6 +21,9 @@ typedef float real;
 #define REAL_EXP(v) expf(v)
 #define REAL_TANH(v) tanhf(v)
 #define REAL_SQRT(v) sqrtf(v)
+/* 0 for NaN (every compare with it is false) and the infinities, else 1: two compares joined
+   with & (no branch, so a loop of them vectorizes). */
+#define REAL_IS_FINITE(v) ((int)((v) > -INFINITY) & (int)((v) < INFINITY))
 
 /* Parameter offsets into params and grads. */
 #define P_CONV1_WEIGHT ((size_t)0) /* [8, 1, 5, 5] */

@@ -21,6 +21,9 @@ typedef float real;
 #define REAL_EXP(v) exp((double)(v))
 #define REAL_TANH(v) tanh((double)(v))
 #define REAL_SQRT(v) sqrt((double)(v))
+/* 0 for NaN (every compare with it is false) and the infinities, else 1: two compares joined
+   with & (no branch, so a loop of them vectorizes). */
+#define REAL_IS_FINITE(v) ((int)((v) > -INFINITY) & (int)((v) < INFINITY))
 
 /* Parameter offsets into params and grads. */
 #define P_EDGES_WEIGHT ((size_t)0) /* [8, 1, 3] */
@@ -1237,31 +1240,50 @@ void signal1d_backward(const signal1d_context *ctx, const real *input, const int
  * d = grad + weight_decay * w; v = momentum * v + d;
  * d = nesterov ? d + momentum * v : v; w -= lr * d
  */
-void signal1d_step(const signal1d_context *ctx, const signal1d_hyper *hyper)
+typedef struct sgd_rule {
+    real lr, decay, momentum;
+    int nesterov;
+} sgd_rule;
+
+/* One parameter's update: its new weight and velocity. */
+HELPER_INLINE void sgd_update(const sgd_rule *rule, real w, real grad, real velocity, real *w_new, real *velocity_new)
+{
+    const real d = grad + rule->decay * w;
+    *velocity_new = rule->momentum * velocity + d;
+    *w_new = w - rule->lr * (rule->nesterov ? d + rule->momentum * *velocity_new : *velocity_new);
+}
+
+int signal1d_step(const signal1d_context *ctx, const signal1d_hyper *hyper)
 {
     real *restrict w = ctx->params;
     const real *restrict grad = ctx->grads;
-    const real lr = (real)hyper->lr, decay = (real)hyper->weight_decay;
     real *restrict velocity = ctx->optimizer_state;                      /* [NUM_TRAINABLE] */
-    const real momentum = (real)hyper->momentum;
-    const int nesterov = hyper->nesterov;
+    const sgd_rule rule = {.lr = (real)hyper->lr, .decay = (real)hyper->weight_decay,
+                           .momentum = (real)hyper->momentum, .nesterov = hyper->nesterov};
+    /* First every update is computed and only checked: one that would leave a non-finite value
+       changes nothing, so the caller keeps its last good state without a copy of it. */
+    int finite = 1;
     for (size_t i = 0; i < SIGNAL1D_NUM_TRAINABLE; i++) {
-        const real d = grad[i] + decay * w[i];
-        velocity[i] = momentum * velocity[i] + d;
-        w[i] -= lr * (nesterov ? d + momentum * velocity[i] : velocity[i]);
+        real w_new, velocity_new;
+        sgd_update(&rule, w[i], grad[i], velocity[i], &w_new, &velocity_new);
+        finite &= REAL_IS_FINITE(w_new) & REAL_IS_FINITE(velocity_new);
     }
+    if (!finite)
+        return 0;
+    for (size_t i = 0; i < SIGNAL1D_NUM_TRAINABLE; i++)
+        sgd_update(&rule, w[i], grad[i], velocity[i], &w[i], &velocity[i]);
+    return 1;
 }
 
-double signal1d_train_step(const signal1d_context *ctx, const real *input, const int32_t *targets, size_t batch, const signal1d_hyper *hyper, uint64_t seed)
+int signal1d_train_step(const signal1d_context *ctx, const real *input, const int32_t *targets, size_t batch, const signal1d_hyper *hyper, uint64_t seed, double *loss)
 {
     signal1d_forward(ctx, input, batch, 1, seed);
-    const double loss = signal1d_loss(ctx, targets, batch);
-    if (!isfinite(loss))
-        return loss;
+    *loss = signal1d_loss(ctx, targets, batch);
+    if (!isfinite(*loss))
+        return 0;
     signal1d_zero_grad(ctx);
     signal1d_backward(ctx, input, targets, batch, seed);
-    signal1d_step(ctx, hyper);
-    return loss;
+    return signal1d_step(ctx, hyper);
 }
 
 /* ---- profiling (`cnncc bench SPEC --layers`): one op at a time. op is the op's index in the

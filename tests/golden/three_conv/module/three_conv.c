@@ -21,6 +21,9 @@ typedef float real;
 #define REAL_EXP(v) exp((double)(v))
 #define REAL_TANH(v) tanh((double)(v))
 #define REAL_SQRT(v) sqrt((double)(v))
+/* 0 for NaN (every compare with it is false) and the infinities, else 1: two compares joined
+   with & (no branch, so a loop of them vectorizes). */
+#define REAL_IS_FINITE(v) ((int)((v) > -INFINITY) & (int)((v) < INFINITY))
 
 /* Parameter offsets into params and grads. */
 #define P_CONV1_WEIGHT ((size_t)0) /* [8, 3, 3, 3] */
@@ -1341,25 +1344,43 @@ void three_conv_backward(const three_conv_context *ctx, const real *input, const
  * (PyTorch's rule)
  * d = grad + weight_decay * w; w -= lr * d
  */
-void three_conv_step(const three_conv_context *ctx, const three_conv_hyper *hyper)
+typedef struct sgd_rule {
+    real lr, decay;
+} sgd_rule;
+
+/* One parameter's new weight. */
+HELPER_INLINE real sgd_update(const sgd_rule *rule, real w, real grad)
+{
+    return w - rule->lr * (grad + rule->decay * w);
+}
+
+int three_conv_step(const three_conv_context *ctx, const three_conv_hyper *hyper)
 {
     real *restrict w = ctx->params;
     const real *restrict grad = ctx->grads;
-    const real lr = (real)hyper->lr, decay = (real)hyper->weight_decay;
+    const sgd_rule rule = {.lr = (real)hyper->lr, .decay = (real)hyper->weight_decay};
+    /* First every update is computed and only checked: one that would leave a non-finite value
+       changes nothing, so the caller keeps its last good state without a copy of it. */
+    int finite = 1;
+    for (size_t i = 0; i < THREE_CONV_NUM_TRAINABLE; i++) {
+        finite &= REAL_IS_FINITE(sgd_update(&rule, w[i], grad[i]));
+    }
+    if (!finite)
+        return 0;
     for (size_t i = 0; i < THREE_CONV_NUM_TRAINABLE; i++)
-        w[i] -= lr * (grad[i] + decay * w[i]);
+        w[i] = sgd_update(&rule, w[i], grad[i]);
+    return 1;
 }
 
-double three_conv_train_step(const three_conv_context *ctx, const real *input, const int32_t *targets, size_t batch, const three_conv_hyper *hyper, uint64_t seed)
+int three_conv_train_step(const three_conv_context *ctx, const real *input, const int32_t *targets, size_t batch, const three_conv_hyper *hyper, uint64_t seed, double *loss)
 {
     three_conv_forward(ctx, input, batch, 1, seed);
-    const double loss = three_conv_loss(ctx, targets, batch);
-    if (!isfinite(loss))
-        return loss;
+    *loss = three_conv_loss(ctx, targets, batch);
+    if (!isfinite(*loss))
+        return 0;
     three_conv_zero_grad(ctx);
     three_conv_backward(ctx, input, targets, batch, seed);
-    three_conv_step(ctx, hyper);
-    return loss;
+    return three_conv_step(ctx, hyper);
 }
 
 /* ---- profiling (`cnncc bench SPEC --layers`): one op at a time. op is the op's index in the

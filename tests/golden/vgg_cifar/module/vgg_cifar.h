@@ -57,12 +57,16 @@ void vgg_cifar_zero_grad(const vgg_cifar_context *ctx);
 /* Backward pass after forward(training = 1, seed): adds the loss gradient to ctx->grads. */
 void vgg_cifar_backward(const vgg_cifar_context *ctx, const float *input, const int32_t *targets, size_t batch, uint64_t seed);
 
-/* One sgd update of the trainable parameters from ctx->grads. */
-void vgg_cifar_step(const vgg_cifar_context *ctx, const vgg_cifar_hyper *hyper);
+/* One sgd update of the trainable parameters from ctx->grads: returns 1, or 0 and changes nothing
+   when the update would leave a weight or an optimizer value NaN or infinite. */
+int vgg_cifar_step(const vgg_cifar_context *ctx, const vgg_cifar_hyper *hyper);
 
-/* forward + loss + zero_grad + backward + step; returns the loss. A non-finite loss returns at
-   once and leaves the parameters untouched. */
-double vgg_cifar_train_step(const vgg_cifar_context *ctx, const float *input, const int32_t *targets, size_t batch, const vgg_cifar_hyper *hyper, uint64_t seed);
+/* forward + loss + zero_grad + backward + step; stores the batch-mean loss in *loss and returns
+   step's result: 1 once the trainable parameters are updated; 0 when the loss is not finite (then
+   at once) or the update would not be, and then neither the trainable parameters nor the optimizer
+   state have changed (the forward pass in training mode has still updated any batchnorm running
+   statistics). */
+int vgg_cifar_train_step(const vgg_cifar_context *ctx, const float *input, const int32_t *targets, size_t batch, const vgg_cifar_hyper *hyper, uint64_t seed, double *loss);
 
 /* Profiling (`cnncc bench SPEC --layers`): runs one op of the forward schedule, op = its index
    from 0 in the order of vgg_cifar_forward (NUM_OPS ops; other values do nothing). */
