@@ -154,3 +154,44 @@ def test_the_located_error_points_at_the_value():
     with pytest.raises(SpecError) as info:
         cnncc.load_spec(text)
     assert "9:8" in str(info.value) and "float32" in str(info.value)
+
+
+@pytest.mark.parametrize("optimizer", [{"type": "sgd", "lr": 10.0, "weight_decay": 1.0},
+                                       {"type": "sgd", "lr": 10.0, "weight_decay": 1.0, "momentum": 0.9,
+                                        "nesterov": True},
+                                       {"type": "adam", "lr": 10.0, "weight_decay": 1.0}],
+                         ids=["sgd", "nesterov", "adam"])
+def test_the_c_step_refuses_a_non_finite_update_and_changes_nothing(tmp_path, optimizer):
+    """NAME_step checks every update before writing any: an overflowing one leaves the weights and
+    the optimizer state as they were (train_step and apply_step both go through it)."""
+    spec = {**SPEC, "name": f"boundaries_{optimizer['type']}", "optimizer": optimizer}
+    model = cnncc.compile(spec, build_dir=tmp_path, cflags=("-O0",))
+    model.train_step(X, Y)  # some optimizer state to keep
+    model.params["out.bias"] = np.full(3, 3e38)  # the loss stays finite; the decay term overflows
+    params, state, steps = model.flat_params.copy(), model.flat_optimizer_state.copy(), model.step_count
+    with pytest.raises(TrainingError, match="it was not taken"):
+        model.train_step(X, Y)
+    model.compute_gradients(X, Y)
+    with pytest.raises(TrainingError, match="it was not taken"):
+        model.apply_step()
+    assert np.array_equal(model.flat_params, params) and np.array_equal(model.flat_optimizer_state, state)
+    assert model.step_count == steps
+    model.params["out.bias"] = np.zeros(3)
+    assert np.isfinite(model.train_step(X, Y)) and model.step_count == steps + 1
+
+
+def test_a_batch_that_overflows_the_running_statistics_is_not_stepped_on(tmp_path):
+    """Inputs of 1e20 make batchnorm's batch variance infinite in float32 while its output, and so
+    the loss, stays finite: the C step stops and the running statistics are put back."""
+    spec = {"name": "boundaries_bn", "input": {"channels": 1, "height": 4, "width": 4},
+            "layers": [{"name": "conv", "type": "conv2d", "filters": 2, "kernel": 3},
+                       {"name": "bn", "type": "batchnorm"}, {"type": "flatten"},
+                       {"name": "out", "type": "dense", "units": 3}],
+            "loss": "softmax_cross_entropy", "optimizer": {"type": "sgd", "lr": 0.1}}
+    model = cnncc.compile(spec, build_dir=tmp_path, cflags=("-O0",))
+    x = np.random.default_rng(1).normal(size=(4, 1, 4, 4))
+    model.train_step(x, Y)
+    params, steps = model.flat_params.copy(), model.step_count
+    with pytest.raises(TrainingError, match="running statistics"):
+        model.train_step(x * 1e20, Y)
+    assert np.array_equal(model.flat_params, params) and model.step_count == steps
