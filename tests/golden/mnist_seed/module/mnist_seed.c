@@ -417,6 +417,7 @@ KERNEL_INLINE void mnist_seed_gemm_nt_block(int rows, int cols, int K, const rea
             c[i * ldc + j + jj] = (accumulate ? c[i * ldc + j + jj] : 0) + mnist_seed_vec_sum(acc[i][jj]);
 }
 
+typedef char mnist_seed_gemm_nt_tails_cover_nt_rows[NT_ROWS == 4 ? 1 : -1]; /* blocks of 2 and 1 below */
 KERNEL_INLINE void mnist_seed_gemm_nt_rows(int rows, int K, const real *restrict a, ptrdiff_t lda,
                                 const real *restrict b, taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
@@ -424,11 +425,14 @@ KERNEL_INLINE void mnist_seed_gemm_nt_rows(int rows, int K, const real *restrict
     int j = 0;
     for (; j + NT_ROWS <= N; j += NT_ROWS)
         mnist_seed_gemm_nt_block(rows, NT_ROWS, K, a, lda, b, bt, j, c, ldc, accumulate);
-    for (int cols = NT_ROWS / 2; cols >= 1; cols /= 2)
-        if (j + cols <= N) {
-            mnist_seed_gemm_nt_block(rows, cols, K, a, lda, b, bt, j, c, ldc, accumulate);
-            j += cols;
-        }
+    /* The last columns in blocks of 2 and 1, written out so that each block's column count is a
+       constant (as gemm_nn's tail rows are; at batch 1 every dense product is such a tail). */
+    if (j + 2 <= N) {
+        mnist_seed_gemm_nt_block(rows, 2, K, a, lda, b, bt, j, c, ldc, accumulate);
+        j += 2;
+    }
+    if (j < N)
+        mnist_seed_gemm_nt_block(rows, 1, K, a, lda, b, bt, j, c, ldc, accumulate);
 }
 
 /* C[m, n] (= or, with accumulate, +=) sum_k A[m, k] * B[n, k] for m < M, k < K and n over the
@@ -447,11 +451,12 @@ KERNEL_INLINE void mnist_seed_gemm_nt_taps(int M, int K, const real *restrict a,
             mnist_seed_gemm_nt_rows(NT_ROWS, K, a + block * NT_ROWS * lda, lda, b, bt, c + block * NT_ROWS * ldc, ldc, accumulate);
     }
     int i = blocks * NT_ROWS;
-    for (int rows = NT_ROWS / 2; rows >= 1; rows /= 2)
-        if (i + rows <= M) {
-            mnist_seed_gemm_nt_rows(rows, K, a + i * lda, lda, b, bt, c + i * ldc, ldc, accumulate);
-            i += rows;
-        }
+    if (i + 2 <= M) {
+        mnist_seed_gemm_nt_rows(2, K, a + i * lda, lda, b, bt, c + i * ldc, ldc, accumulate);
+        i += 2;
+    }
+    if (i < M)
+        mnist_seed_gemm_nt_rows(1, K, a + i * lda, lda, b, bt, c + i * ldc, ldc, accumulate);
 }
 
 /* The same for a plain row-major B[N, K] with row stride ldb. */
