@@ -38,6 +38,9 @@ class Model:
         self._c = Bindings(module.ffi, module.lib, program)
         self._name = program.name
         self._pointer_type = f"{program.c_type} *"
+        self._input_shape = tuple(program.input.shape)  # looked up on every call: kept as a tuple
+        self._inference_chunk = max(1, ARENA_BYTES_PER_CHUNK // max(1, program.activation_size * self.dtype.itemsize))
+        self._output_view_of: tuple[int, np.ndarray] | None = None  # (batch, the output's view into _acts)
         self._params = np.zeros(program.num_params, self.dtype)
         self._grads = np.zeros(program.num_trainable, self.dtype)  # frozen parameters have no gradient
         self._optimizer_state = np.zeros(program.optimizer_state_size, self.dtype)
@@ -120,7 +123,7 @@ class Model:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return self.program.input.shape
+        return self._input_shape
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -147,9 +150,9 @@ class Model:
         x = np.asarray(x)
         if x.dtype.kind not in "biuf":
             raise ValueError(f"input must be a real numeric array, got dtype {x.dtype}")
-        expected = ("N",) + tuple(self.input_shape)
-        if x.ndim != len(expected) or tuple(x.shape[1:]) != tuple(self.input_shape):
-            raise ValueError(f"input must have shape ({', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        if x.shape[1:] != self._input_shape or x.ndim == 0:
+            expected = ", ".join(map(str, ("N",) + self._input_shape))
+            raise ValueError(f"input must have shape ({expected}), got {tuple(x.shape)}")
         if x.shape[0] == 0:
             raise ValueError("input holds no samples (batch size 0)")
         x = np.ascontiguousarray(x, dtype=self.dtype)
@@ -176,6 +179,7 @@ class Model:
             size = self.program.activation_size * max(batch, self._capacity)
             self._capacity = max(batch, self._capacity)
             self._acts = np.zeros(max(size, 1), self.dtype)
+            self._output_view_of = None
             if training or self._grad_acts is not None:
                 self._grad_acts = np.zeros(max(size, 1), self.dtype)
             self._context.activations = self._ptr(self._acts)
@@ -183,11 +187,15 @@ class Model:
                 self._context.grad_activations = self._ptr(self._grad_acts)
 
     def _output_view(self, batch: int) -> np.ndarray:
-        out = self.program.output
-        if out.is_input:
-            raise ValueError("the network has no operations")
-        start = out.offset * batch
-        return self._acts[start:start + out.size * batch].reshape((batch,) + tuple(out.shape))
+        """The output tensor of the last pass on `batch` samples, as a view into the activations
+        (the last one made is kept: at batch 1 making it costs as much as copying it)."""
+        if self._output_view_of is None or self._output_view_of[0] != batch:
+            out = self.program.output
+            if out.is_input:
+                raise ValueError("the network has no operations")
+            start = out.offset * batch
+            self._output_view_of = (batch, self._acts[start:start + out.size * batch].reshape((batch,) + tuple(out.shape)))
+        return self._output_view_of[1]
 
     def _forward(self, x: np.ndarray, training: bool, seed: int = 0) -> None:
         batch = checked_int("the batch", x.shape[0], 1, MAX_BATCH)
@@ -223,14 +231,16 @@ class Model:
         x = self.validated_inputs(x)
         if batch_size is not None:
             checked_int("batch_size", batch_size, 1, MAX_BATCH)
-        chunk = batch_size or max(1, ARENA_BYTES_PER_CHUNK // max(1, self.program.activation_size
-                                                                   * self.dtype.itemsize))
+        chunk = batch_size or self._inference_chunk
+        if x.shape[0] <= chunk:  # one call (batch 1 counts every microsecond)
+            self._forward(x, training=False)
+            return self._output_view(x.shape[0]).copy()
         outputs = []
         for start in range(0, x.shape[0], chunk):
             part = x[start:start + chunk]
             self._forward(part, training=False)
             outputs.append(self._output_view(part.shape[0]).copy())
-        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+        return np.concatenate(outputs)
 
     predict = forward
 
