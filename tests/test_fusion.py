@@ -12,9 +12,10 @@ from cnncc.options import CompileOptions
 
 RESIDUAL = {
     "name": "fused_residual", "input": {"channels": 3, "height": 9, "width": 9},
-    "layers": [{"name": "conv1", "type": "conv2d", "filters": 6, "kernel": 3, "padding": 1},
+    # 11 channels: batchnorm's kernels take them in a group of 8 and one of 3
+    "layers": [{"name": "conv1", "type": "conv2d", "filters": 11, "kernel": 3, "padding": 1},
                {"name": "bn1", "type": "batchnorm"}, {"name": "relu1", "type": "relu"},
-               {"name": "conv2", "type": "conv2d", "filters": 6, "kernel": 3, "padding": 1},
+               {"name": "conv2", "type": "conv2d", "filters": 11, "kernel": 3, "padding": 1},
                {"name": "bn2", "type": "batchnorm", "momentum": 0.3},
                {"name": "sum", "type": "add", "inputs": ["relu1", "bn2"]}, {"name": "out", "type": "relu"},
                {"name": "pool", "type": "avgpool2d", "kernel": 3},
@@ -86,7 +87,7 @@ def test_fused_output_is_refused_by_name(build_dir):
                 model.activation(layer, 2, grad=grad)
     unfused = cnncc.compile(RESIDUAL, build_dir=build_dir, fuse=False)
     unfused.gradients(x, y)
-    assert unfused.activation("bn1", 2).shape == (2, 6, 9, 9)  # every layer's output, unfused
+    assert unfused.activation("bn1", 2).shape == (2, 11, 9, 9)  # every layer's output, unfused
 
 
 def test_fusion_only_where_the_relu_alone_reads_the_output(build_dir):

@@ -825,61 +825,82 @@ static void ds_cnn_conv1_bn_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = 16 };                                             /* partial sums per channel */
+    enum { BN_LANES = 16,                                               /* partial sums per channel */
+           BN_GROUP = 8 };                                              /* channels per pass over the batch */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
+    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
+       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
+       apart), which the prefetchers do not follow. Each channel's sums are still added in the
+       same order, so the results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        real mean, inv_std;
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+        real scale[BN_GROUP], shift[BN_GROUP];
         if (training) {
-            /* One pass over the channel: the sums of d = in - pivot and of d * d, in BN_LANES
+            /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
                partial sums so the compiler can vectorise them (a single running sum is a chain
                of dependent additions it may not reorder). The pivot, the channel's first value,
                lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
                can. The order of the sums is fixed by the shapes: results are reproducible. */
-            const double pivot = (double)in[(size_t)c * SPATIAL];
-            double sums[BN_LANES] = {0}, squares[BN_LANES] = {0};
-            for (size_t b = 0; b < batch; b++) {
-                const real *restrict x = in + (b * C + c) * SPATIAL;
-                int s = 0;
-                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                    for (int l = 0; l < BN_LANES; l++) {
-                        const double d = (double)x[s + l] - pivot;
-                        sums[l] += d;
-                        squares[l] += d * d;
+            double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
+            for (int g = 0; g < group; g++)
+                pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
+            for (size_t b = 0; b < batch; b++)
+                for (int g = 0; g < group; g++) {
+                    const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                    int s = 0;
+                    for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                        for (int l = 0; l < BN_LANES; l++) {
+                            const double d = (double)x[s + l] - pivot[g];
+                            sums[g][l] += d;
+                            squares[g][l] += d * d;
+                        }
+                    for (int l = 0; s < SPATIAL; s++, l++) {
+                        const double d = (double)x[s] - pivot[g];
+                        sums[g][l] += d;
+                        squares[g][l] += d * d;
                     }
-                for (int l = 0; s < SPATIAL; s++, l++) {
-                    const double d = (double)x[s] - pivot;
-                    sums[l] += d;
-                    squares[l] += d * d;
                 }
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                double sum = 0, sum_sq = 0;
+                for (int l = 0; l < BN_LANES; l++) {
+                    sum += sums[g][l];
+                    sum_sq += squares[g][l];
+                }
+                const double shifted_mean = sum / (double)count;
+                const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
+                const double var = var_raw > 0 ? var_raw : 0;            /* rounding can leave it just below 0 */
+                const real mean = (real)(pivot[g] + shifted_mean);
+                const real inv_std = (real)(1.0 / sqrt(var + (double)EPS));
+                saved[c] = mean;
+                saved[C + c] = inv_std;
+                const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
+                running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
+                running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
+                scale[g] = gamma[c] * inv_std;
+                shift[g] = beta[c] - mean * scale[g];
             }
-            double sum = 0, sum_sq = 0;
-            for (int l = 0; l < BN_LANES; l++) {
-                sum += sums[l];
-                sum_sq += squares[l];
-            }
-            const double shifted_mean = sum / (double)count;
-            const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
-            const double var = var_raw > 0 ? var_raw : 0;                /* rounding can leave it just below 0 */
-            mean = (real)(pivot + shifted_mean);
-            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                const real mean = running_mean[c];
+                const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+                scale[g] = gamma[c] * inv_std;
+                shift[g] = beta[c] - mean * scale[g];
+            }
         }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
-                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            for (int g = 0; g < group; g++) {
+                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const real y = x[s] * scale[g] + shift[g];
+                    o[s] = y > 0 ? y : 0;
+                }
             }
     }
 }
@@ -906,51 +927,64 @@ static void ds_cnn_conv1_bn_backward(
         C = 64,
         SPATIAL = 125
     };
-    enum { BN_LANES = 16 };                                             /* partial sums per channel */
+    enum { BN_LANES = 16, BN_GROUP = 8 };                               /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        const real mean = saved[c], inv_std = saved[C + c];
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
-        double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
-        for (size_t b = 0; b < batch; b++) {
-            const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
-            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
-            int s = 0;
-            for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                for (int l = 0; l < BN_LANES; l++) {
-                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
-                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
-                       one the same sums) */
-                    const real g = dy[s + l] * (real)(y[s + l] > 0);
-                    sums[l] += (double)g;
-                    products[l] += (double)(g * (x[s + l] - mean));
-                }
-            for (int l = 0; s < SPATIAL; s++, l++) {
-                const real d = dy[s], g = y[s] > 0 ? d : 0;
-                sums[l] += (double)g;
-                products[l] += (double)(g * (x[s] - mean));
-            }
-        }
-        double sum_dout = 0, sum_dout_centred = 0;
-        for (int l = 0; l < BN_LANES; l++) {
-            sum_dout += sums[l];
-            sum_dout_centred += products[l];
-        }
-        const double sum_dout_xhat = sum_dout_centred * (double)inv_std;
-        dbeta[c] += (real)sum_dout;
-        dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / (real)count;
+        double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const size_t i = (b * C + c) * SPATIAL + s;
-                const real xhat = (in[i] - mean) * inv_std;
-                const real d = dout[i], g = out[i] > 0 ? d : 0;
-                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                const real *restrict x = in + plane, *restrict dy = dout + plane;
+                const real *restrict y = out + plane;                      /* the fused relu's output */
+                int s = 0;
+                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                    for (int l = 0; l < BN_LANES; l++) {
+                        /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                           NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                           one the same sums) */
+                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        sums[g][l] += (double)g_out;
+                        products[g][l] += (double)(g_out * (x[s + l] - mean));
+                    }
+                for (int l = 0; s < SPATIAL; s++, l++) {
+                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    sums[g][l] += (double)g_out;
+                    products[g][l] += (double)(g_out * (x[s] - mean));
+                }
+            }
+        real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const int c = c0 + g;
+            double sum_dout = 0, sum_dout_centred = 0;
+            for (int l = 0; l < BN_LANES; l++) {
+                sum_dout += sums[g][l];
+                sum_dout_centred += products[g][l];
+            }
+            const double sum_dout_xhat = sum_dout_centred * (double)saved[C + c];
+            dbeta[c] += (real)sum_dout;
+            dgamma[c] += (real)sum_dout_xhat;
+            k[g] = gamma[c] * saved[C + c] / (real)count;
+            sum_dout_of[g] = (real)sum_dout;
+            sum_dout_xhat_of[g] = (real)sum_dout_xhat;
+        }
+        for (size_t b = 0; b < batch; b++)
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const size_t i = plane + s;
+                    const real xhat = (in[i] - mean) * inv_std;
+                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                }
             }
     }
 }
@@ -1230,61 +1264,82 @@ static void ds_cnn_dw1_bn_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = 16 };                                             /* partial sums per channel */
+    enum { BN_LANES = 16,                                               /* partial sums per channel */
+           BN_GROUP = 8 };                                              /* channels per pass over the batch */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
+    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
+       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
+       apart), which the prefetchers do not follow. Each channel's sums are still added in the
+       same order, so the results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        real mean, inv_std;
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+        real scale[BN_GROUP], shift[BN_GROUP];
         if (training) {
-            /* One pass over the channel: the sums of d = in - pivot and of d * d, in BN_LANES
+            /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
                partial sums so the compiler can vectorise them (a single running sum is a chain
                of dependent additions it may not reorder). The pivot, the channel's first value,
                lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
                can. The order of the sums is fixed by the shapes: results are reproducible. */
-            const double pivot = (double)in[(size_t)c * SPATIAL];
-            double sums[BN_LANES] = {0}, squares[BN_LANES] = {0};
-            for (size_t b = 0; b < batch; b++) {
-                const real *restrict x = in + (b * C + c) * SPATIAL;
-                int s = 0;
-                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                    for (int l = 0; l < BN_LANES; l++) {
-                        const double d = (double)x[s + l] - pivot;
-                        sums[l] += d;
-                        squares[l] += d * d;
+            double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
+            for (int g = 0; g < group; g++)
+                pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
+            for (size_t b = 0; b < batch; b++)
+                for (int g = 0; g < group; g++) {
+                    const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                    int s = 0;
+                    for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                        for (int l = 0; l < BN_LANES; l++) {
+                            const double d = (double)x[s + l] - pivot[g];
+                            sums[g][l] += d;
+                            squares[g][l] += d * d;
+                        }
+                    for (int l = 0; s < SPATIAL; s++, l++) {
+                        const double d = (double)x[s] - pivot[g];
+                        sums[g][l] += d;
+                        squares[g][l] += d * d;
                     }
-                for (int l = 0; s < SPATIAL; s++, l++) {
-                    const double d = (double)x[s] - pivot;
-                    sums[l] += d;
-                    squares[l] += d * d;
                 }
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                double sum = 0, sum_sq = 0;
+                for (int l = 0; l < BN_LANES; l++) {
+                    sum += sums[g][l];
+                    sum_sq += squares[g][l];
+                }
+                const double shifted_mean = sum / (double)count;
+                const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
+                const double var = var_raw > 0 ? var_raw : 0;            /* rounding can leave it just below 0 */
+                const real mean = (real)(pivot[g] + shifted_mean);
+                const real inv_std = (real)(1.0 / sqrt(var + (double)EPS));
+                saved[c] = mean;
+                saved[C + c] = inv_std;
+                const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
+                running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
+                running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
+                scale[g] = gamma[c] * inv_std;
+                shift[g] = beta[c] - mean * scale[g];
             }
-            double sum = 0, sum_sq = 0;
-            for (int l = 0; l < BN_LANES; l++) {
-                sum += sums[l];
-                sum_sq += squares[l];
-            }
-            const double shifted_mean = sum / (double)count;
-            const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
-            const double var = var_raw > 0 ? var_raw : 0;                /* rounding can leave it just below 0 */
-            mean = (real)(pivot + shifted_mean);
-            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                const real mean = running_mean[c];
+                const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+                scale[g] = gamma[c] * inv_std;
+                shift[g] = beta[c] - mean * scale[g];
+            }
         }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
-                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            for (int g = 0; g < group; g++) {
+                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const real y = x[s] * scale[g] + shift[g];
+                    o[s] = y > 0 ? y : 0;
+                }
             }
     }
 }
@@ -1311,51 +1366,64 @@ static void ds_cnn_dw1_bn_backward(
         C = 64,
         SPATIAL = 125
     };
-    enum { BN_LANES = 16 };                                             /* partial sums per channel */
+    enum { BN_LANES = 16, BN_GROUP = 8 };                               /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        const real mean = saved[c], inv_std = saved[C + c];
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
-        double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
-        for (size_t b = 0; b < batch; b++) {
-            const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
-            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
-            int s = 0;
-            for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                for (int l = 0; l < BN_LANES; l++) {
-                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
-                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
-                       one the same sums) */
-                    const real g = dy[s + l] * (real)(y[s + l] > 0);
-                    sums[l] += (double)g;
-                    products[l] += (double)(g * (x[s + l] - mean));
-                }
-            for (int l = 0; s < SPATIAL; s++, l++) {
-                const real d = dy[s], g = y[s] > 0 ? d : 0;
-                sums[l] += (double)g;
-                products[l] += (double)(g * (x[s] - mean));
-            }
-        }
-        double sum_dout = 0, sum_dout_centred = 0;
-        for (int l = 0; l < BN_LANES; l++) {
-            sum_dout += sums[l];
-            sum_dout_centred += products[l];
-        }
-        const double sum_dout_xhat = sum_dout_centred * (double)inv_std;
-        dbeta[c] += (real)sum_dout;
-        dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / (real)count;
+        double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const size_t i = (b * C + c) * SPATIAL + s;
-                const real xhat = (in[i] - mean) * inv_std;
-                const real d = dout[i], g = out[i] > 0 ? d : 0;
-                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                const real *restrict x = in + plane, *restrict dy = dout + plane;
+                const real *restrict y = out + plane;                      /* the fused relu's output */
+                int s = 0;
+                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                    for (int l = 0; l < BN_LANES; l++) {
+                        /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                           NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                           one the same sums) */
+                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        sums[g][l] += (double)g_out;
+                        products[g][l] += (double)(g_out * (x[s + l] - mean));
+                    }
+                for (int l = 0; s < SPATIAL; s++, l++) {
+                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    sums[g][l] += (double)g_out;
+                    products[g][l] += (double)(g_out * (x[s] - mean));
+                }
+            }
+        real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const int c = c0 + g;
+            double sum_dout = 0, sum_dout_centred = 0;
+            for (int l = 0; l < BN_LANES; l++) {
+                sum_dout += sums[g][l];
+                sum_dout_centred += products[g][l];
+            }
+            const double sum_dout_xhat = sum_dout_centred * (double)saved[C + c];
+            dbeta[c] += (real)sum_dout;
+            dgamma[c] += (real)sum_dout_xhat;
+            k[g] = gamma[c] * saved[C + c] / (real)count;
+            sum_dout_of[g] = (real)sum_dout;
+            sum_dout_xhat_of[g] = (real)sum_dout_xhat;
+        }
+        for (size_t b = 0; b < batch; b++)
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const size_t i = plane + s;
+                    const real xhat = (in[i] - mean) * inv_std;
+                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                }
             }
     }
 }
@@ -1568,61 +1636,82 @@ static void ds_cnn_pw1_bn_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = 16 };                                             /* partial sums per channel */
+    enum { BN_LANES = 16,                                               /* partial sums per channel */
+           BN_GROUP = 8 };                                              /* channels per pass over the batch */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
+    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
+       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
+       apart), which the prefetchers do not follow. Each channel's sums are still added in the
+       same order, so the results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        real mean, inv_std;
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+        real scale[BN_GROUP], shift[BN_GROUP];
         if (training) {
-            /* One pass over the channel: the sums of d = in - pivot and of d * d, in BN_LANES
+            /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
                partial sums so the compiler can vectorise them (a single running sum is a chain
                of dependent additions it may not reorder). The pivot, the channel's first value,
                lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
                can. The order of the sums is fixed by the shapes: results are reproducible. */
-            const double pivot = (double)in[(size_t)c * SPATIAL];
-            double sums[BN_LANES] = {0}, squares[BN_LANES] = {0};
-            for (size_t b = 0; b < batch; b++) {
-                const real *restrict x = in + (b * C + c) * SPATIAL;
-                int s = 0;
-                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                    for (int l = 0; l < BN_LANES; l++) {
-                        const double d = (double)x[s + l] - pivot;
-                        sums[l] += d;
-                        squares[l] += d * d;
+            double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
+            for (int g = 0; g < group; g++)
+                pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
+            for (size_t b = 0; b < batch; b++)
+                for (int g = 0; g < group; g++) {
+                    const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                    int s = 0;
+                    for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                        for (int l = 0; l < BN_LANES; l++) {
+                            const double d = (double)x[s + l] - pivot[g];
+                            sums[g][l] += d;
+                            squares[g][l] += d * d;
+                        }
+                    for (int l = 0; s < SPATIAL; s++, l++) {
+                        const double d = (double)x[s] - pivot[g];
+                        sums[g][l] += d;
+                        squares[g][l] += d * d;
                     }
-                for (int l = 0; s < SPATIAL; s++, l++) {
-                    const double d = (double)x[s] - pivot;
-                    sums[l] += d;
-                    squares[l] += d * d;
                 }
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                double sum = 0, sum_sq = 0;
+                for (int l = 0; l < BN_LANES; l++) {
+                    sum += sums[g][l];
+                    sum_sq += squares[g][l];
+                }
+                const double shifted_mean = sum / (double)count;
+                const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
+                const double var = var_raw > 0 ? var_raw : 0;            /* rounding can leave it just below 0 */
+                const real mean = (real)(pivot[g] + shifted_mean);
+                const real inv_std = (real)(1.0 / sqrt(var + (double)EPS));
+                saved[c] = mean;
+                saved[C + c] = inv_std;
+                const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
+                running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
+                running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
+                scale[g] = gamma[c] * inv_std;
+                shift[g] = beta[c] - mean * scale[g];
             }
-            double sum = 0, sum_sq = 0;
-            for (int l = 0; l < BN_LANES; l++) {
-                sum += sums[l];
-                sum_sq += squares[l];
-            }
-            const double shifted_mean = sum / (double)count;
-            const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
-            const double var = var_raw > 0 ? var_raw : 0;                /* rounding can leave it just below 0 */
-            mean = (real)(pivot + shifted_mean);
-            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                const real mean = running_mean[c];
+                const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+                scale[g] = gamma[c] * inv_std;
+                shift[g] = beta[c] - mean * scale[g];
+            }
         }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
-                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            for (int g = 0; g < group; g++) {
+                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const real y = x[s] * scale[g] + shift[g];
+                    o[s] = y > 0 ? y : 0;
+                }
             }
     }
 }
@@ -1649,51 +1738,64 @@ static void ds_cnn_pw1_bn_backward(
         C = 64,
         SPATIAL = 125
     };
-    enum { BN_LANES = 16 };                                             /* partial sums per channel */
+    enum { BN_LANES = 16, BN_GROUP = 8 };                               /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        const real mean = saved[c], inv_std = saved[C + c];
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
-        double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
-        for (size_t b = 0; b < batch; b++) {
-            const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
-            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
-            int s = 0;
-            for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                for (int l = 0; l < BN_LANES; l++) {
-                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
-                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
-                       one the same sums) */
-                    const real g = dy[s + l] * (real)(y[s + l] > 0);
-                    sums[l] += (double)g;
-                    products[l] += (double)(g * (x[s + l] - mean));
-                }
-            for (int l = 0; s < SPATIAL; s++, l++) {
-                const real d = dy[s], g = y[s] > 0 ? d : 0;
-                sums[l] += (double)g;
-                products[l] += (double)(g * (x[s] - mean));
-            }
-        }
-        double sum_dout = 0, sum_dout_centred = 0;
-        for (int l = 0; l < BN_LANES; l++) {
-            sum_dout += sums[l];
-            sum_dout_centred += products[l];
-        }
-        const double sum_dout_xhat = sum_dout_centred * (double)inv_std;
-        dbeta[c] += (real)sum_dout;
-        dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / (real)count;
+        double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const size_t i = (b * C + c) * SPATIAL + s;
-                const real xhat = (in[i] - mean) * inv_std;
-                const real d = dout[i], g = out[i] > 0 ? d : 0;
-                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                const real *restrict x = in + plane, *restrict dy = dout + plane;
+                const real *restrict y = out + plane;                      /* the fused relu's output */
+                int s = 0;
+                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                    for (int l = 0; l < BN_LANES; l++) {
+                        /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                           NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                           one the same sums) */
+                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        sums[g][l] += (double)g_out;
+                        products[g][l] += (double)(g_out * (x[s + l] - mean));
+                    }
+                for (int l = 0; s < SPATIAL; s++, l++) {
+                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    sums[g][l] += (double)g_out;
+                    products[g][l] += (double)(g_out * (x[s] - mean));
+                }
+            }
+        real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const int c = c0 + g;
+            double sum_dout = 0, sum_dout_centred = 0;
+            for (int l = 0; l < BN_LANES; l++) {
+                sum_dout += sums[g][l];
+                sum_dout_centred += products[g][l];
+            }
+            const double sum_dout_xhat = sum_dout_centred * (double)saved[C + c];
+            dbeta[c] += (real)sum_dout;
+            dgamma[c] += (real)sum_dout_xhat;
+            k[g] = gamma[c] * saved[C + c] / (real)count;
+            sum_dout_of[g] = (real)sum_dout;
+            sum_dout_xhat_of[g] = (real)sum_dout_xhat;
+        }
+        for (size_t b = 0; b < batch; b++)
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const size_t i = plane + s;
+                    const real xhat = (in[i] - mean) * inv_std;
+                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                }
             }
     }
 }
@@ -1929,61 +2031,82 @@ static void ds_cnn_dw2_bn_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = 16 };                                             /* partial sums per channel */
+    enum { BN_LANES = 16,                                               /* partial sums per channel */
+           BN_GROUP = 8 };                                              /* channels per pass over the batch */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
+    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
+       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
+       apart), which the prefetchers do not follow. Each channel's sums are still added in the
+       same order, so the results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        real mean, inv_std;
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+        real scale[BN_GROUP], shift[BN_GROUP];
         if (training) {
-            /* One pass over the channel: the sums of d = in - pivot and of d * d, in BN_LANES
+            /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
                partial sums so the compiler can vectorise them (a single running sum is a chain
                of dependent additions it may not reorder). The pivot, the channel's first value,
                lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
                can. The order of the sums is fixed by the shapes: results are reproducible. */
-            const double pivot = (double)in[(size_t)c * SPATIAL];
-            double sums[BN_LANES] = {0}, squares[BN_LANES] = {0};
-            for (size_t b = 0; b < batch; b++) {
-                const real *restrict x = in + (b * C + c) * SPATIAL;
-                int s = 0;
-                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                    for (int l = 0; l < BN_LANES; l++) {
-                        const double d = (double)x[s + l] - pivot;
-                        sums[l] += d;
-                        squares[l] += d * d;
+            double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
+            for (int g = 0; g < group; g++)
+                pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
+            for (size_t b = 0; b < batch; b++)
+                for (int g = 0; g < group; g++) {
+                    const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                    int s = 0;
+                    for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                        for (int l = 0; l < BN_LANES; l++) {
+                            const double d = (double)x[s + l] - pivot[g];
+                            sums[g][l] += d;
+                            squares[g][l] += d * d;
+                        }
+                    for (int l = 0; s < SPATIAL; s++, l++) {
+                        const double d = (double)x[s] - pivot[g];
+                        sums[g][l] += d;
+                        squares[g][l] += d * d;
                     }
-                for (int l = 0; s < SPATIAL; s++, l++) {
-                    const double d = (double)x[s] - pivot;
-                    sums[l] += d;
-                    squares[l] += d * d;
                 }
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                double sum = 0, sum_sq = 0;
+                for (int l = 0; l < BN_LANES; l++) {
+                    sum += sums[g][l];
+                    sum_sq += squares[g][l];
+                }
+                const double shifted_mean = sum / (double)count;
+                const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
+                const double var = var_raw > 0 ? var_raw : 0;            /* rounding can leave it just below 0 */
+                const real mean = (real)(pivot[g] + shifted_mean);
+                const real inv_std = (real)(1.0 / sqrt(var + (double)EPS));
+                saved[c] = mean;
+                saved[C + c] = inv_std;
+                const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
+                running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
+                running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
+                scale[g] = gamma[c] * inv_std;
+                shift[g] = beta[c] - mean * scale[g];
             }
-            double sum = 0, sum_sq = 0;
-            for (int l = 0; l < BN_LANES; l++) {
-                sum += sums[l];
-                sum_sq += squares[l];
-            }
-            const double shifted_mean = sum / (double)count;
-            const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
-            const double var = var_raw > 0 ? var_raw : 0;                /* rounding can leave it just below 0 */
-            mean = (real)(pivot + shifted_mean);
-            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                const real mean = running_mean[c];
+                const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+                scale[g] = gamma[c] * inv_std;
+                shift[g] = beta[c] - mean * scale[g];
+            }
         }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
-                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            for (int g = 0; g < group; g++) {
+                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const real y = x[s] * scale[g] + shift[g];
+                    o[s] = y > 0 ? y : 0;
+                }
             }
     }
 }
@@ -2010,51 +2133,64 @@ static void ds_cnn_dw2_bn_backward(
         C = 64,
         SPATIAL = 125
     };
-    enum { BN_LANES = 16 };                                             /* partial sums per channel */
+    enum { BN_LANES = 16, BN_GROUP = 8 };                               /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        const real mean = saved[c], inv_std = saved[C + c];
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
-        double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
-        for (size_t b = 0; b < batch; b++) {
-            const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
-            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
-            int s = 0;
-            for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                for (int l = 0; l < BN_LANES; l++) {
-                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
-                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
-                       one the same sums) */
-                    const real g = dy[s + l] * (real)(y[s + l] > 0);
-                    sums[l] += (double)g;
-                    products[l] += (double)(g * (x[s + l] - mean));
-                }
-            for (int l = 0; s < SPATIAL; s++, l++) {
-                const real d = dy[s], g = y[s] > 0 ? d : 0;
-                sums[l] += (double)g;
-                products[l] += (double)(g * (x[s] - mean));
-            }
-        }
-        double sum_dout = 0, sum_dout_centred = 0;
-        for (int l = 0; l < BN_LANES; l++) {
-            sum_dout += sums[l];
-            sum_dout_centred += products[l];
-        }
-        const double sum_dout_xhat = sum_dout_centred * (double)inv_std;
-        dbeta[c] += (real)sum_dout;
-        dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / (real)count;
+        double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const size_t i = (b * C + c) * SPATIAL + s;
-                const real xhat = (in[i] - mean) * inv_std;
-                const real d = dout[i], g = out[i] > 0 ? d : 0;
-                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                const real *restrict x = in + plane, *restrict dy = dout + plane;
+                const real *restrict y = out + plane;                      /* the fused relu's output */
+                int s = 0;
+                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                    for (int l = 0; l < BN_LANES; l++) {
+                        /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                           NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                           one the same sums) */
+                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        sums[g][l] += (double)g_out;
+                        products[g][l] += (double)(g_out * (x[s + l] - mean));
+                    }
+                for (int l = 0; s < SPATIAL; s++, l++) {
+                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    sums[g][l] += (double)g_out;
+                    products[g][l] += (double)(g_out * (x[s] - mean));
+                }
+            }
+        real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const int c = c0 + g;
+            double sum_dout = 0, sum_dout_centred = 0;
+            for (int l = 0; l < BN_LANES; l++) {
+                sum_dout += sums[g][l];
+                sum_dout_centred += products[g][l];
+            }
+            const double sum_dout_xhat = sum_dout_centred * (double)saved[C + c];
+            dbeta[c] += (real)sum_dout;
+            dgamma[c] += (real)sum_dout_xhat;
+            k[g] = gamma[c] * saved[C + c] / (real)count;
+            sum_dout_of[g] = (real)sum_dout;
+            sum_dout_xhat_of[g] = (real)sum_dout_xhat;
+        }
+        for (size_t b = 0; b < batch; b++)
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const size_t i = plane + s;
+                    const real xhat = (in[i] - mean) * inv_std;
+                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                }
             }
     }
 }
@@ -2267,61 +2403,82 @@ static void ds_cnn_pw2_bn_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = 16 };                                             /* partial sums per channel */
+    enum { BN_LANES = 16,                                               /* partial sums per channel */
+           BN_GROUP = 8 };                                              /* channels per pass over the batch */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
+    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
+       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
+       apart), which the prefetchers do not follow. Each channel's sums are still added in the
+       same order, so the results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        real mean, inv_std;
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+        real scale[BN_GROUP], shift[BN_GROUP];
         if (training) {
-            /* One pass over the channel: the sums of d = in - pivot and of d * d, in BN_LANES
+            /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
                partial sums so the compiler can vectorise them (a single running sum is a chain
                of dependent additions it may not reorder). The pivot, the channel's first value,
                lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
                can. The order of the sums is fixed by the shapes: results are reproducible. */
-            const double pivot = (double)in[(size_t)c * SPATIAL];
-            double sums[BN_LANES] = {0}, squares[BN_LANES] = {0};
-            for (size_t b = 0; b < batch; b++) {
-                const real *restrict x = in + (b * C + c) * SPATIAL;
-                int s = 0;
-                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                    for (int l = 0; l < BN_LANES; l++) {
-                        const double d = (double)x[s + l] - pivot;
-                        sums[l] += d;
-                        squares[l] += d * d;
+            double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
+            for (int g = 0; g < group; g++)
+                pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
+            for (size_t b = 0; b < batch; b++)
+                for (int g = 0; g < group; g++) {
+                    const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                    int s = 0;
+                    for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                        for (int l = 0; l < BN_LANES; l++) {
+                            const double d = (double)x[s + l] - pivot[g];
+                            sums[g][l] += d;
+                            squares[g][l] += d * d;
+                        }
+                    for (int l = 0; s < SPATIAL; s++, l++) {
+                        const double d = (double)x[s] - pivot[g];
+                        sums[g][l] += d;
+                        squares[g][l] += d * d;
                     }
-                for (int l = 0; s < SPATIAL; s++, l++) {
-                    const double d = (double)x[s] - pivot;
-                    sums[l] += d;
-                    squares[l] += d * d;
                 }
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                double sum = 0, sum_sq = 0;
+                for (int l = 0; l < BN_LANES; l++) {
+                    sum += sums[g][l];
+                    sum_sq += squares[g][l];
+                }
+                const double shifted_mean = sum / (double)count;
+                const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
+                const double var = var_raw > 0 ? var_raw : 0;            /* rounding can leave it just below 0 */
+                const real mean = (real)(pivot[g] + shifted_mean);
+                const real inv_std = (real)(1.0 / sqrt(var + (double)EPS));
+                saved[c] = mean;
+                saved[C + c] = inv_std;
+                const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
+                running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
+                running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
+                scale[g] = gamma[c] * inv_std;
+                shift[g] = beta[c] - mean * scale[g];
             }
-            double sum = 0, sum_sq = 0;
-            for (int l = 0; l < BN_LANES; l++) {
-                sum += sums[l];
-                sum_sq += squares[l];
-            }
-            const double shifted_mean = sum / (double)count;
-            const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
-            const double var = var_raw > 0 ? var_raw : 0;                /* rounding can leave it just below 0 */
-            mean = (real)(pivot + shifted_mean);
-            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                const real mean = running_mean[c];
+                const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+                scale[g] = gamma[c] * inv_std;
+                shift[g] = beta[c] - mean * scale[g];
+            }
         }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
-                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            for (int g = 0; g < group; g++) {
+                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const real y = x[s] * scale[g] + shift[g];
+                    o[s] = y > 0 ? y : 0;
+                }
             }
     }
 }
@@ -2348,51 +2505,64 @@ static void ds_cnn_pw2_bn_backward(
         C = 64,
         SPATIAL = 125
     };
-    enum { BN_LANES = 16 };                                             /* partial sums per channel */
+    enum { BN_LANES = 16, BN_GROUP = 8 };                               /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        const real mean = saved[c], inv_std = saved[C + c];
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
-        double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
-        for (size_t b = 0; b < batch; b++) {
-            const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
-            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
-            int s = 0;
-            for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                for (int l = 0; l < BN_LANES; l++) {
-                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
-                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
-                       one the same sums) */
-                    const real g = dy[s + l] * (real)(y[s + l] > 0);
-                    sums[l] += (double)g;
-                    products[l] += (double)(g * (x[s + l] - mean));
-                }
-            for (int l = 0; s < SPATIAL; s++, l++) {
-                const real d = dy[s], g = y[s] > 0 ? d : 0;
-                sums[l] += (double)g;
-                products[l] += (double)(g * (x[s] - mean));
-            }
-        }
-        double sum_dout = 0, sum_dout_centred = 0;
-        for (int l = 0; l < BN_LANES; l++) {
-            sum_dout += sums[l];
-            sum_dout_centred += products[l];
-        }
-        const double sum_dout_xhat = sum_dout_centred * (double)inv_std;
-        dbeta[c] += (real)sum_dout;
-        dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / (real)count;
+        double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const size_t i = (b * C + c) * SPATIAL + s;
-                const real xhat = (in[i] - mean) * inv_std;
-                const real d = dout[i], g = out[i] > 0 ? d : 0;
-                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                const real *restrict x = in + plane, *restrict dy = dout + plane;
+                const real *restrict y = out + plane;                      /* the fused relu's output */
+                int s = 0;
+                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                    for (int l = 0; l < BN_LANES; l++) {
+                        /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                           NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                           one the same sums) */
+                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        sums[g][l] += (double)g_out;
+                        products[g][l] += (double)(g_out * (x[s + l] - mean));
+                    }
+                for (int l = 0; s < SPATIAL; s++, l++) {
+                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    sums[g][l] += (double)g_out;
+                    products[g][l] += (double)(g_out * (x[s] - mean));
+                }
+            }
+        real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const int c = c0 + g;
+            double sum_dout = 0, sum_dout_centred = 0;
+            for (int l = 0; l < BN_LANES; l++) {
+                sum_dout += sums[g][l];
+                sum_dout_centred += products[g][l];
+            }
+            const double sum_dout_xhat = sum_dout_centred * (double)saved[C + c];
+            dbeta[c] += (real)sum_dout;
+            dgamma[c] += (real)sum_dout_xhat;
+            k[g] = gamma[c] * saved[C + c] / (real)count;
+            sum_dout_of[g] = (real)sum_dout;
+            sum_dout_xhat_of[g] = (real)sum_dout_xhat;
+        }
+        for (size_t b = 0; b < batch; b++)
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const size_t i = plane + s;
+                    const real xhat = (in[i] - mean) * inv_std;
+                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                }
             }
     }
 }
@@ -2628,61 +2798,82 @@ static void ds_cnn_dw3_bn_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = 16 };                                             /* partial sums per channel */
+    enum { BN_LANES = 16,                                               /* partial sums per channel */
+           BN_GROUP = 8 };                                              /* channels per pass over the batch */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
+    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
+       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
+       apart), which the prefetchers do not follow. Each channel's sums are still added in the
+       same order, so the results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        real mean, inv_std;
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+        real scale[BN_GROUP], shift[BN_GROUP];
         if (training) {
-            /* One pass over the channel: the sums of d = in - pivot and of d * d, in BN_LANES
+            /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
                partial sums so the compiler can vectorise them (a single running sum is a chain
                of dependent additions it may not reorder). The pivot, the channel's first value,
                lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
                can. The order of the sums is fixed by the shapes: results are reproducible. */
-            const double pivot = (double)in[(size_t)c * SPATIAL];
-            double sums[BN_LANES] = {0}, squares[BN_LANES] = {0};
-            for (size_t b = 0; b < batch; b++) {
-                const real *restrict x = in + (b * C + c) * SPATIAL;
-                int s = 0;
-                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                    for (int l = 0; l < BN_LANES; l++) {
-                        const double d = (double)x[s + l] - pivot;
-                        sums[l] += d;
-                        squares[l] += d * d;
+            double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
+            for (int g = 0; g < group; g++)
+                pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
+            for (size_t b = 0; b < batch; b++)
+                for (int g = 0; g < group; g++) {
+                    const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                    int s = 0;
+                    for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                        for (int l = 0; l < BN_LANES; l++) {
+                            const double d = (double)x[s + l] - pivot[g];
+                            sums[g][l] += d;
+                            squares[g][l] += d * d;
+                        }
+                    for (int l = 0; s < SPATIAL; s++, l++) {
+                        const double d = (double)x[s] - pivot[g];
+                        sums[g][l] += d;
+                        squares[g][l] += d * d;
                     }
-                for (int l = 0; s < SPATIAL; s++, l++) {
-                    const double d = (double)x[s] - pivot;
-                    sums[l] += d;
-                    squares[l] += d * d;
                 }
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                double sum = 0, sum_sq = 0;
+                for (int l = 0; l < BN_LANES; l++) {
+                    sum += sums[g][l];
+                    sum_sq += squares[g][l];
+                }
+                const double shifted_mean = sum / (double)count;
+                const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
+                const double var = var_raw > 0 ? var_raw : 0;            /* rounding can leave it just below 0 */
+                const real mean = (real)(pivot[g] + shifted_mean);
+                const real inv_std = (real)(1.0 / sqrt(var + (double)EPS));
+                saved[c] = mean;
+                saved[C + c] = inv_std;
+                const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
+                running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
+                running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
+                scale[g] = gamma[c] * inv_std;
+                shift[g] = beta[c] - mean * scale[g];
             }
-            double sum = 0, sum_sq = 0;
-            for (int l = 0; l < BN_LANES; l++) {
-                sum += sums[l];
-                sum_sq += squares[l];
-            }
-            const double shifted_mean = sum / (double)count;
-            const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
-            const double var = var_raw > 0 ? var_raw : 0;                /* rounding can leave it just below 0 */
-            mean = (real)(pivot + shifted_mean);
-            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                const real mean = running_mean[c];
+                const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+                scale[g] = gamma[c] * inv_std;
+                shift[g] = beta[c] - mean * scale[g];
+            }
         }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
-                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            for (int g = 0; g < group; g++) {
+                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const real y = x[s] * scale[g] + shift[g];
+                    o[s] = y > 0 ? y : 0;
+                }
             }
     }
 }
@@ -2709,51 +2900,64 @@ static void ds_cnn_dw3_bn_backward(
         C = 64,
         SPATIAL = 125
     };
-    enum { BN_LANES = 16 };                                             /* partial sums per channel */
+    enum { BN_LANES = 16, BN_GROUP = 8 };                               /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        const real mean = saved[c], inv_std = saved[C + c];
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
-        double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
-        for (size_t b = 0; b < batch; b++) {
-            const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
-            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
-            int s = 0;
-            for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                for (int l = 0; l < BN_LANES; l++) {
-                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
-                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
-                       one the same sums) */
-                    const real g = dy[s + l] * (real)(y[s + l] > 0);
-                    sums[l] += (double)g;
-                    products[l] += (double)(g * (x[s + l] - mean));
-                }
-            for (int l = 0; s < SPATIAL; s++, l++) {
-                const real d = dy[s], g = y[s] > 0 ? d : 0;
-                sums[l] += (double)g;
-                products[l] += (double)(g * (x[s] - mean));
-            }
-        }
-        double sum_dout = 0, sum_dout_centred = 0;
-        for (int l = 0; l < BN_LANES; l++) {
-            sum_dout += sums[l];
-            sum_dout_centred += products[l];
-        }
-        const double sum_dout_xhat = sum_dout_centred * (double)inv_std;
-        dbeta[c] += (real)sum_dout;
-        dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / (real)count;
+        double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const size_t i = (b * C + c) * SPATIAL + s;
-                const real xhat = (in[i] - mean) * inv_std;
-                const real d = dout[i], g = out[i] > 0 ? d : 0;
-                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                const real *restrict x = in + plane, *restrict dy = dout + plane;
+                const real *restrict y = out + plane;                      /* the fused relu's output */
+                int s = 0;
+                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                    for (int l = 0; l < BN_LANES; l++) {
+                        /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                           NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                           one the same sums) */
+                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        sums[g][l] += (double)g_out;
+                        products[g][l] += (double)(g_out * (x[s + l] - mean));
+                    }
+                for (int l = 0; s < SPATIAL; s++, l++) {
+                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    sums[g][l] += (double)g_out;
+                    products[g][l] += (double)(g_out * (x[s] - mean));
+                }
+            }
+        real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const int c = c0 + g;
+            double sum_dout = 0, sum_dout_centred = 0;
+            for (int l = 0; l < BN_LANES; l++) {
+                sum_dout += sums[g][l];
+                sum_dout_centred += products[g][l];
+            }
+            const double sum_dout_xhat = sum_dout_centred * (double)saved[C + c];
+            dbeta[c] += (real)sum_dout;
+            dgamma[c] += (real)sum_dout_xhat;
+            k[g] = gamma[c] * saved[C + c] / (real)count;
+            sum_dout_of[g] = (real)sum_dout;
+            sum_dout_xhat_of[g] = (real)sum_dout_xhat;
+        }
+        for (size_t b = 0; b < batch; b++)
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const size_t i = plane + s;
+                    const real xhat = (in[i] - mean) * inv_std;
+                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                }
             }
     }
 }
@@ -2966,61 +3170,82 @@ static void ds_cnn_pw3_bn_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = 16 };                                             /* partial sums per channel */
+    enum { BN_LANES = 16,                                               /* partial sums per channel */
+           BN_GROUP = 8 };                                              /* channels per pass over the batch */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
+    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
+       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
+       apart), which the prefetchers do not follow. Each channel's sums are still added in the
+       same order, so the results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        real mean, inv_std;
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+        real scale[BN_GROUP], shift[BN_GROUP];
         if (training) {
-            /* One pass over the channel: the sums of d = in - pivot and of d * d, in BN_LANES
+            /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
                partial sums so the compiler can vectorise them (a single running sum is a chain
                of dependent additions it may not reorder). The pivot, the channel's first value,
                lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
                can. The order of the sums is fixed by the shapes: results are reproducible. */
-            const double pivot = (double)in[(size_t)c * SPATIAL];
-            double sums[BN_LANES] = {0}, squares[BN_LANES] = {0};
-            for (size_t b = 0; b < batch; b++) {
-                const real *restrict x = in + (b * C + c) * SPATIAL;
-                int s = 0;
-                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                    for (int l = 0; l < BN_LANES; l++) {
-                        const double d = (double)x[s + l] - pivot;
-                        sums[l] += d;
-                        squares[l] += d * d;
+            double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
+            for (int g = 0; g < group; g++)
+                pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
+            for (size_t b = 0; b < batch; b++)
+                for (int g = 0; g < group; g++) {
+                    const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                    int s = 0;
+                    for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                        for (int l = 0; l < BN_LANES; l++) {
+                            const double d = (double)x[s + l] - pivot[g];
+                            sums[g][l] += d;
+                            squares[g][l] += d * d;
+                        }
+                    for (int l = 0; s < SPATIAL; s++, l++) {
+                        const double d = (double)x[s] - pivot[g];
+                        sums[g][l] += d;
+                        squares[g][l] += d * d;
                     }
-                for (int l = 0; s < SPATIAL; s++, l++) {
-                    const double d = (double)x[s] - pivot;
-                    sums[l] += d;
-                    squares[l] += d * d;
                 }
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                double sum = 0, sum_sq = 0;
+                for (int l = 0; l < BN_LANES; l++) {
+                    sum += sums[g][l];
+                    sum_sq += squares[g][l];
+                }
+                const double shifted_mean = sum / (double)count;
+                const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
+                const double var = var_raw > 0 ? var_raw : 0;            /* rounding can leave it just below 0 */
+                const real mean = (real)(pivot[g] + shifted_mean);
+                const real inv_std = (real)(1.0 / sqrt(var + (double)EPS));
+                saved[c] = mean;
+                saved[C + c] = inv_std;
+                const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
+                running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
+                running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
+                scale[g] = gamma[c] * inv_std;
+                shift[g] = beta[c] - mean * scale[g];
             }
-            double sum = 0, sum_sq = 0;
-            for (int l = 0; l < BN_LANES; l++) {
-                sum += sums[l];
-                sum_sq += squares[l];
-            }
-            const double shifted_mean = sum / (double)count;
-            const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
-            const double var = var_raw > 0 ? var_raw : 0;                /* rounding can leave it just below 0 */
-            mean = (real)(pivot + shifted_mean);
-            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                const real mean = running_mean[c];
+                const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+                scale[g] = gamma[c] * inv_std;
+                shift[g] = beta[c] - mean * scale[g];
+            }
         }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
-                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            for (int g = 0; g < group; g++) {
+                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const real y = x[s] * scale[g] + shift[g];
+                    o[s] = y > 0 ? y : 0;
+                }
             }
     }
 }
@@ -3047,51 +3272,64 @@ static void ds_cnn_pw3_bn_backward(
         C = 64,
         SPATIAL = 125
     };
-    enum { BN_LANES = 16 };                                             /* partial sums per channel */
+    enum { BN_LANES = 16, BN_GROUP = 8 };                               /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        const real mean = saved[c], inv_std = saved[C + c];
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
-        double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
-        for (size_t b = 0; b < batch; b++) {
-            const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
-            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
-            int s = 0;
-            for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                for (int l = 0; l < BN_LANES; l++) {
-                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
-                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
-                       one the same sums) */
-                    const real g = dy[s + l] * (real)(y[s + l] > 0);
-                    sums[l] += (double)g;
-                    products[l] += (double)(g * (x[s + l] - mean));
-                }
-            for (int l = 0; s < SPATIAL; s++, l++) {
-                const real d = dy[s], g = y[s] > 0 ? d : 0;
-                sums[l] += (double)g;
-                products[l] += (double)(g * (x[s] - mean));
-            }
-        }
-        double sum_dout = 0, sum_dout_centred = 0;
-        for (int l = 0; l < BN_LANES; l++) {
-            sum_dout += sums[l];
-            sum_dout_centred += products[l];
-        }
-        const double sum_dout_xhat = sum_dout_centred * (double)inv_std;
-        dbeta[c] += (real)sum_dout;
-        dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / (real)count;
+        double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const size_t i = (b * C + c) * SPATIAL + s;
-                const real xhat = (in[i] - mean) * inv_std;
-                const real d = dout[i], g = out[i] > 0 ? d : 0;
-                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                const real *restrict x = in + plane, *restrict dy = dout + plane;
+                const real *restrict y = out + plane;                      /* the fused relu's output */
+                int s = 0;
+                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                    for (int l = 0; l < BN_LANES; l++) {
+                        /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                           NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                           one the same sums) */
+                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        sums[g][l] += (double)g_out;
+                        products[g][l] += (double)(g_out * (x[s + l] - mean));
+                    }
+                for (int l = 0; s < SPATIAL; s++, l++) {
+                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    sums[g][l] += (double)g_out;
+                    products[g][l] += (double)(g_out * (x[s] - mean));
+                }
+            }
+        real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const int c = c0 + g;
+            double sum_dout = 0, sum_dout_centred = 0;
+            for (int l = 0; l < BN_LANES; l++) {
+                sum_dout += sums[g][l];
+                sum_dout_centred += products[g][l];
+            }
+            const double sum_dout_xhat = sum_dout_centred * (double)saved[C + c];
+            dbeta[c] += (real)sum_dout;
+            dgamma[c] += (real)sum_dout_xhat;
+            k[g] = gamma[c] * saved[C + c] / (real)count;
+            sum_dout_of[g] = (real)sum_dout;
+            sum_dout_xhat_of[g] = (real)sum_dout_xhat;
+        }
+        for (size_t b = 0; b < batch; b++)
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const size_t i = plane + s;
+                    const real xhat = (in[i] - mean) * inv_std;
+                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                }
             }
     }
 }
@@ -3327,61 +3565,82 @@ static void ds_cnn_dw4_bn_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = 16 };                                             /* partial sums per channel */
+    enum { BN_LANES = 16,                                               /* partial sums per channel */
+           BN_GROUP = 8 };                                              /* channels per pass over the batch */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
+    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
+       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
+       apart), which the prefetchers do not follow. Each channel's sums are still added in the
+       same order, so the results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        real mean, inv_std;
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+        real scale[BN_GROUP], shift[BN_GROUP];
         if (training) {
-            /* One pass over the channel: the sums of d = in - pivot and of d * d, in BN_LANES
+            /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
                partial sums so the compiler can vectorise them (a single running sum is a chain
                of dependent additions it may not reorder). The pivot, the channel's first value,
                lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
                can. The order of the sums is fixed by the shapes: results are reproducible. */
-            const double pivot = (double)in[(size_t)c * SPATIAL];
-            double sums[BN_LANES] = {0}, squares[BN_LANES] = {0};
-            for (size_t b = 0; b < batch; b++) {
-                const real *restrict x = in + (b * C + c) * SPATIAL;
-                int s = 0;
-                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                    for (int l = 0; l < BN_LANES; l++) {
-                        const double d = (double)x[s + l] - pivot;
-                        sums[l] += d;
-                        squares[l] += d * d;
+            double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
+            for (int g = 0; g < group; g++)
+                pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
+            for (size_t b = 0; b < batch; b++)
+                for (int g = 0; g < group; g++) {
+                    const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                    int s = 0;
+                    for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                        for (int l = 0; l < BN_LANES; l++) {
+                            const double d = (double)x[s + l] - pivot[g];
+                            sums[g][l] += d;
+                            squares[g][l] += d * d;
+                        }
+                    for (int l = 0; s < SPATIAL; s++, l++) {
+                        const double d = (double)x[s] - pivot[g];
+                        sums[g][l] += d;
+                        squares[g][l] += d * d;
                     }
-                for (int l = 0; s < SPATIAL; s++, l++) {
-                    const double d = (double)x[s] - pivot;
-                    sums[l] += d;
-                    squares[l] += d * d;
                 }
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                double sum = 0, sum_sq = 0;
+                for (int l = 0; l < BN_LANES; l++) {
+                    sum += sums[g][l];
+                    sum_sq += squares[g][l];
+                }
+                const double shifted_mean = sum / (double)count;
+                const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
+                const double var = var_raw > 0 ? var_raw : 0;            /* rounding can leave it just below 0 */
+                const real mean = (real)(pivot[g] + shifted_mean);
+                const real inv_std = (real)(1.0 / sqrt(var + (double)EPS));
+                saved[c] = mean;
+                saved[C + c] = inv_std;
+                const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
+                running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
+                running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
+                scale[g] = gamma[c] * inv_std;
+                shift[g] = beta[c] - mean * scale[g];
             }
-            double sum = 0, sum_sq = 0;
-            for (int l = 0; l < BN_LANES; l++) {
-                sum += sums[l];
-                sum_sq += squares[l];
-            }
-            const double shifted_mean = sum / (double)count;
-            const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
-            const double var = var_raw > 0 ? var_raw : 0;                /* rounding can leave it just below 0 */
-            mean = (real)(pivot + shifted_mean);
-            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                const real mean = running_mean[c];
+                const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+                scale[g] = gamma[c] * inv_std;
+                shift[g] = beta[c] - mean * scale[g];
+            }
         }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
-                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            for (int g = 0; g < group; g++) {
+                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const real y = x[s] * scale[g] + shift[g];
+                    o[s] = y > 0 ? y : 0;
+                }
             }
     }
 }
@@ -3408,51 +3667,64 @@ static void ds_cnn_dw4_bn_backward(
         C = 64,
         SPATIAL = 125
     };
-    enum { BN_LANES = 16 };                                             /* partial sums per channel */
+    enum { BN_LANES = 16, BN_GROUP = 8 };                               /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        const real mean = saved[c], inv_std = saved[C + c];
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
-        double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
-        for (size_t b = 0; b < batch; b++) {
-            const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
-            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
-            int s = 0;
-            for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                for (int l = 0; l < BN_LANES; l++) {
-                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
-                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
-                       one the same sums) */
-                    const real g = dy[s + l] * (real)(y[s + l] > 0);
-                    sums[l] += (double)g;
-                    products[l] += (double)(g * (x[s + l] - mean));
-                }
-            for (int l = 0; s < SPATIAL; s++, l++) {
-                const real d = dy[s], g = y[s] > 0 ? d : 0;
-                sums[l] += (double)g;
-                products[l] += (double)(g * (x[s] - mean));
-            }
-        }
-        double sum_dout = 0, sum_dout_centred = 0;
-        for (int l = 0; l < BN_LANES; l++) {
-            sum_dout += sums[l];
-            sum_dout_centred += products[l];
-        }
-        const double sum_dout_xhat = sum_dout_centred * (double)inv_std;
-        dbeta[c] += (real)sum_dout;
-        dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / (real)count;
+        double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const size_t i = (b * C + c) * SPATIAL + s;
-                const real xhat = (in[i] - mean) * inv_std;
-                const real d = dout[i], g = out[i] > 0 ? d : 0;
-                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                const real *restrict x = in + plane, *restrict dy = dout + plane;
+                const real *restrict y = out + plane;                      /* the fused relu's output */
+                int s = 0;
+                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                    for (int l = 0; l < BN_LANES; l++) {
+                        /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                           NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                           one the same sums) */
+                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        sums[g][l] += (double)g_out;
+                        products[g][l] += (double)(g_out * (x[s + l] - mean));
+                    }
+                for (int l = 0; s < SPATIAL; s++, l++) {
+                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    sums[g][l] += (double)g_out;
+                    products[g][l] += (double)(g_out * (x[s] - mean));
+                }
+            }
+        real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const int c = c0 + g;
+            double sum_dout = 0, sum_dout_centred = 0;
+            for (int l = 0; l < BN_LANES; l++) {
+                sum_dout += sums[g][l];
+                sum_dout_centred += products[g][l];
+            }
+            const double sum_dout_xhat = sum_dout_centred * (double)saved[C + c];
+            dbeta[c] += (real)sum_dout;
+            dgamma[c] += (real)sum_dout_xhat;
+            k[g] = gamma[c] * saved[C + c] / (real)count;
+            sum_dout_of[g] = (real)sum_dout;
+            sum_dout_xhat_of[g] = (real)sum_dout_xhat;
+        }
+        for (size_t b = 0; b < batch; b++)
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const size_t i = plane + s;
+                    const real xhat = (in[i] - mean) * inv_std;
+                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                }
             }
     }
 }
@@ -3665,61 +3937,82 @@ static void ds_cnn_pw4_bn_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = 16 };                                             /* partial sums per channel */
+    enum { BN_LANES = 16,                                               /* partial sums per channel */
+           BN_GROUP = 8 };                                              /* channels per pass over the batch */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
+    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
+       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
+       apart), which the prefetchers do not follow. Each channel's sums are still added in the
+       same order, so the results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        real mean, inv_std;
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+        real scale[BN_GROUP], shift[BN_GROUP];
         if (training) {
-            /* One pass over the channel: the sums of d = in - pivot and of d * d, in BN_LANES
+            /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
                partial sums so the compiler can vectorise them (a single running sum is a chain
                of dependent additions it may not reorder). The pivot, the channel's first value,
                lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
                can. The order of the sums is fixed by the shapes: results are reproducible. */
-            const double pivot = (double)in[(size_t)c * SPATIAL];
-            double sums[BN_LANES] = {0}, squares[BN_LANES] = {0};
-            for (size_t b = 0; b < batch; b++) {
-                const real *restrict x = in + (b * C + c) * SPATIAL;
-                int s = 0;
-                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                    for (int l = 0; l < BN_LANES; l++) {
-                        const double d = (double)x[s + l] - pivot;
-                        sums[l] += d;
-                        squares[l] += d * d;
+            double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
+            for (int g = 0; g < group; g++)
+                pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
+            for (size_t b = 0; b < batch; b++)
+                for (int g = 0; g < group; g++) {
+                    const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                    int s = 0;
+                    for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                        for (int l = 0; l < BN_LANES; l++) {
+                            const double d = (double)x[s + l] - pivot[g];
+                            sums[g][l] += d;
+                            squares[g][l] += d * d;
+                        }
+                    for (int l = 0; s < SPATIAL; s++, l++) {
+                        const double d = (double)x[s] - pivot[g];
+                        sums[g][l] += d;
+                        squares[g][l] += d * d;
                     }
-                for (int l = 0; s < SPATIAL; s++, l++) {
-                    const double d = (double)x[s] - pivot;
-                    sums[l] += d;
-                    squares[l] += d * d;
                 }
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                double sum = 0, sum_sq = 0;
+                for (int l = 0; l < BN_LANES; l++) {
+                    sum += sums[g][l];
+                    sum_sq += squares[g][l];
+                }
+                const double shifted_mean = sum / (double)count;
+                const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
+                const double var = var_raw > 0 ? var_raw : 0;            /* rounding can leave it just below 0 */
+                const real mean = (real)(pivot[g] + shifted_mean);
+                const real inv_std = (real)(1.0 / sqrt(var + (double)EPS));
+                saved[c] = mean;
+                saved[C + c] = inv_std;
+                const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
+                running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
+                running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
+                scale[g] = gamma[c] * inv_std;
+                shift[g] = beta[c] - mean * scale[g];
             }
-            double sum = 0, sum_sq = 0;
-            for (int l = 0; l < BN_LANES; l++) {
-                sum += sums[l];
-                sum_sq += squares[l];
-            }
-            const double shifted_mean = sum / (double)count;
-            const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
-            const double var = var_raw > 0 ? var_raw : 0;                /* rounding can leave it just below 0 */
-            mean = (real)(pivot + shifted_mean);
-            inv_std = (real)(1.0 / sqrt(var + (double)EPS));
-            saved[c] = mean;
-            saved[C + c] = inv_std;
-            const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
-            running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-            running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
         } else {
-            mean = running_mean[c];
-            inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                const real mean = running_mean[c];
+                const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+                scale[g] = gamma[c] * inv_std;
+                shift[g] = beta[c] - mean * scale[g];
+            }
         }
-        const real scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
-                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            for (int g = 0; g < group; g++) {
+                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const real y = x[s] * scale[g] + shift[g];
+                    o[s] = y > 0 ? y : 0;
+                }
             }
     }
 }
@@ -3746,51 +4039,64 @@ static void ds_cnn_pw4_bn_backward(
         C = 64,
         SPATIAL = 125
     };
-    enum { BN_LANES = 16 };                                             /* partial sums per channel */
+    enum { BN_LANES = 16, BN_GROUP = 8 };                               /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        const real mean = saved[c], inv_std = saved[C + c];
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
-        double sums[BN_LANES] = {0}, products[BN_LANES] = {0};
-        for (size_t b = 0; b < batch; b++) {
-            const real *restrict x = in + (b * C + c) * SPATIAL, *restrict dy = dout + (b * C + c) * SPATIAL;
-            const real *restrict y = out + (b * C + c) * SPATIAL;     /* the fused relu's output */
-            int s = 0;
-            for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                for (int l = 0; l < BN_LANES; l++) {
-                    /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
-                       NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
-                       one the same sums) */
-                    const real g = dy[s + l] * (real)(y[s + l] > 0);
-                    sums[l] += (double)g;
-                    products[l] += (double)(g * (x[s + l] - mean));
-                }
-            for (int l = 0; s < SPATIAL; s++, l++) {
-                const real d = dy[s], g = y[s] > 0 ? d : 0;
-                sums[l] += (double)g;
-                products[l] += (double)(g * (x[s] - mean));
-            }
-        }
-        double sum_dout = 0, sum_dout_centred = 0;
-        for (int l = 0; l < BN_LANES; l++) {
-            sum_dout += sums[l];
-            sum_dout_centred += products[l];
-        }
-        const double sum_dout_xhat = sum_dout_centred * (double)inv_std;
-        dbeta[c] += (real)sum_dout;
-        dgamma[c] += (real)sum_dout_xhat;
-        const real k = gamma[c] * inv_std / (real)count;
+        double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const size_t i = (b * C + c) * SPATIAL + s;
-                const real xhat = (in[i] - mean) * inv_std;
-                const real d = dout[i], g = out[i] > 0 ? d : 0;
-                din[i] += k * ((real)count * g - (real)sum_dout - xhat * (real)sum_dout_xhat);
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                const real *restrict x = in + plane, *restrict dy = dout + plane;
+                const real *restrict y = out + plane;                      /* the fused relu's output */
+                int s = 0;
+                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
+                    for (int l = 0; l < BN_LANES; l++) {
+                        /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
+                           NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
+                           one the same sums) */
+                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        sums[g][l] += (double)g_out;
+                        products[g][l] += (double)(g_out * (x[s + l] - mean));
+                    }
+                for (int l = 0; s < SPATIAL; s++, l++) {
+                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    sums[g][l] += (double)g_out;
+                    products[g][l] += (double)(g_out * (x[s] - mean));
+                }
+            }
+        real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const int c = c0 + g;
+            double sum_dout = 0, sum_dout_centred = 0;
+            for (int l = 0; l < BN_LANES; l++) {
+                sum_dout += sums[g][l];
+                sum_dout_centred += products[g][l];
+            }
+            const double sum_dout_xhat = sum_dout_centred * (double)saved[C + c];
+            dbeta[c] += (real)sum_dout;
+            dgamma[c] += (real)sum_dout_xhat;
+            k[g] = gamma[c] * saved[C + c] / (real)count;
+            sum_dout_of[g] = (real)sum_dout;
+            sum_dout_xhat_of[g] = (real)sum_dout_xhat;
+        }
+        for (size_t b = 0; b < batch; b++)
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const size_t i = plane + s;
+                    const real xhat = (in[i] - mean) * inv_std;
+                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                }
             }
     }
 }
