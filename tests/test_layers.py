@@ -946,6 +946,8 @@ VARIANT_CASES = {
         _c("shifted_wide_padded", VARIANT_IMG, type="conv2d", filters=19, kernel=3, padding=1, pre=(11,)),
         _c("shifted_wide_unpadded", VARIANT_IMG, type="conv2d", filters=14, kernel=[2, 4], dilation=[1, 2], pre=(9,)),
         _c("shifted_tall_cropped", VARIANT_IMG, type="conv2d", filters=9, kernel=[3, 1], padding=[1, 2]),
+        # 16 filters: two 8-row blocks with 32 vector registers (not 12 + 4); 14 and 8 do it with 16
+        _c("shifted_paired_rows", VARIANT_IMG, type="conv2d", filters=16, kernel=3, padding=1, pre=(5,)),
         _c("shifted_pointwise", VARIANT_IMG, type="conv2d", filters=17, kernel=1, pre=(11,)),
         _c("shifted_grouped", VARIANT_IMG, type="conv2d", filters=18, kernel=3, groups=2, padding="same", pre=(10,)),
         _c("depthwise_same", VARIANT_IMG, type="conv2d", filters=10, kernel=3, groups=10, padding="same", pre=(10,)),
