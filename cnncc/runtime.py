@@ -268,7 +268,9 @@ class Model:
 
     def train_step(self, x, y, seed: int | None = None, checked: bool = False) -> float:
         """One optimizer step on a batch; returns the loss before the step. `checked` means
-        the caller already validated and converted x and y (fit does, once per dataset)."""
+        the caller already validated and converted x and y (fit does, once per dataset). A
+        non-finite loss takes no step (its loss is returned); a finite loss whose update would be
+        non-finite takes none either and raises TrainingError."""
         if not checked:
             x = self.validated_inputs(x)
             y = self.validated_targets(y, x.shape[0])
@@ -298,8 +300,8 @@ class Model:
 
         before = "" if loss is None else f" (its loss before the update was {loss:.6g})"
         raise TrainingError(f"step {self.step_count + 1} would have made the weights or the optimizer state "
-                            f"(or batchnorm's running statistics) NaN or infinite{before}; it was not taken and the "
-                            "weights are restored to those before it. Try a lower learning rate or check the "
+                            f"(or batchnorm's running statistics) NaN or infinite{before}; it was not taken, so the "
+                            "weights are those before it. Try a lower learning rate or check the "
                             "optimizer's settings.")
 
     def state(self) -> dict[str, np.ndarray]:
