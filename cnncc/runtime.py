@@ -150,7 +150,7 @@ class Model:
         x = np.asarray(x)
         if x.dtype.kind not in "biuf":
             raise ValueError(f"input must be a real numeric array, got dtype {x.dtype}")
-        if x.shape[1:] != self._input_shape or x.ndim == 0:
+        if x.shape[1:] != self._input_shape:  # a 0-d array too: its () is no input shape
             expected = ", ".join(map(str, ("N",) + self._input_shape))
             raise ValueError(f"input must have shape ({expected}), got {tuple(x.shape)}")
         if x.shape[0] == 0:
