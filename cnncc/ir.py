@@ -7,6 +7,7 @@ its offset is per sample, so the C code addresses `acts + A_<TENSOR> * batch`.
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NamedTuple
@@ -100,12 +101,18 @@ class Op:
     plan: KernelPlan | None = None  # how its kernels run on the program's backend (set once by lowering)
     workspace_offset: int = 0
     runs_backward: bool = True  # False: no trainable parameter at or before it (_prune_backward)
-    fused: tuple[str, ...] = ()  # layers whose op this one does too: the relu after it (lowering.lower)
+    fused: tuple[str, ...] = ()  # the relu this op applies too: a relu layer after it, or its own `activation: relu` as <layer>_relu (lowering.lower)
 
     @property
     def grad_inputs(self) -> tuple[Tensor, ...]:
         """The inputs whose gradient backward computes."""
         return tuple(t for t, needed in zip(self.inputs, self.input_grads) if needed)
+
+    @property
+    def random_stream(self) -> int:
+        """The salt of the op's random numbers (dropout's mask), from its layer's name: the same
+        stream however the tensors are placed or the ops fused."""
+        return zlib.crc32(self.layer.encode()) & 0x7FFFFFFF
 
     @property
     def workspace_size(self) -> int:

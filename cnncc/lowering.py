@@ -52,9 +52,10 @@ class _Lowered:
 def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector", fuse: bool = True) -> Program:
     """sample_slots: samples a conv processes at once, one per thread of an OpenMP build (each
     with its own scratch); results are the same for any count. backend: whose kernel plans and
-    templates the program is for (cnncc/backends). fuse: a relu whose input only it reads, from a
-    batchnorm or an add, becomes that op's epilogue (_relu_epilogues); the results are the same
-    bits either way."""
+    templates the program is for (cnncc/backends). fuse: a relu becomes the epilogue of the op
+    before it where that op's kernels can apply it (Planner.plans_relu_epilogue: conv, dense,
+    batchnorm, add): a layer's `activation: relu`, and a relu layer whose input only it reads
+    (_relu_epilogues); the results are the same bits either way."""
     spec = net.spec
     chosen = backend_named(backend)
     epilogues = _relu_epilogues(net, chosen) if fuse else {}
@@ -90,13 +91,20 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector", fuse:
         inputs = [outputs[name] for name in layer.spec.inputs]
         kind_obj = layer.layer
         layer_params = {decl.name: params[f"{layer.name}.{decl.name}"] for decl in layer.params}
+        activation = kind_obj.activation_kind
         if REGISTRY[layer.spec.kind].template is None:
             # A view: the same memory under a new shape (its gradient is the same memory too).
             result = Tensor(inputs[0].name, layer.output_shape, inputs[0].offset)
+        elif activation and fuse and REGISTRY[activation].gradient_where_positive and \
+                chosen.planner(layer.spec.kind).plans_relu_epilogue(kind_obj):
+            # its own `activation: relu` in its op's kernels: the layer's output is the op's, so
+            # nothing Model.activation returns is lost
+            result = emit(layer, kind_obj, layer.spec.kind, layer.name, inputs, layer.output_shape, layer_params,
+                          list(layer.input_shapes), (f"{layer.name}_{activation}",))
+            activation = None
         else:
             result = emit(layer, kind_obj, layer.spec.kind, layer.name, inputs, layer.output_shape, layer_params,
                           list(layer.input_shapes), (epilogues[layer.name],) if layer.name in epilogues else ())
-        activation = kind_obj.activation_kind
         if activation:
             act_cls = REGISTRY[activation]
             # The `activation:` field names only the kind: its own fields (leaky_relu's alpha) take their defaults.
@@ -130,7 +138,7 @@ def _planned(item: _Lowered, chosen, slots: int, pooled: dict[str, PooledBackwar
     request = PlanRequest(
         item.kind_obj, item.in_shapes, op.output.shape, tuple(op.params),
         tuple(role for role, p in op.params.items() if p.trainable), op.input_grads, slots,
-        fused.pool_output.shape if fused else None, bool(fused and fused.activation),
+        fused.pool_output.shape if fused else None, bool(fused and (fused.activation or op.fused)),
         keeps_argmax=any(p.pool == op.name for p in pooled.values()), relu_epilogue=bool(op.fused))
     # a layer kind object compares by identity: its field values stand for it
     key = (op.kind, tuple(item.kind_obj.values().items()), *(getattr(request, f) for f in _REQUEST_FIELDS))
@@ -156,7 +164,7 @@ def _planned(item: _Lowered, chosen, slots: int, pooled: dict[str, PooledBackwar
 
 def _relu_epilogues(net: CheckedNet, chosen) -> dict[str, str]:
     """layer -> the relu layer after it, for every layer whose op the backend can end with a relu
-    (Planner.plans_relu_epilogue: batchnorm, add) and whose output nothing but that relu reads
+    (Planner.plans_relu_epilogue) and whose output nothing but that relu reads
     (nor is it the network's output). The op then writes max(0, y) where the relu's output would
     be, and its backward takes the relu's output and gradient: one pass over the tensor instead of
     three, and one tensor less. Its own output is never stored (Program.fused_away)."""

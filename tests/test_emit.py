@@ -552,7 +552,8 @@ def test_lifetimes_follow_views_and_keep_the_output():
     index = {op.name: i for i, op in enumerate(program.ops)}
     assert spans["pool2"].last == index["fc3"]  # read through the flatten view
     assert spans["fc5"].last == len(program.ops) - 1
-    assert spans["conv1"].first == index["conv1"] and spans["conv1"].last == index["conv1_relu"]
+    # conv1's relu is its op's epilogue: one tensor, read by the pool
+    assert spans["conv1"].first == index["conv1"] and spans["conv1"].last == index["pool1"]
     resnet = _programs()["resnet_small"]
     spans = {t.name: t for t in lifetimes(resnet)}
     index = {op.name: i for i, op in enumerate(resnet.ops)}
@@ -580,7 +581,7 @@ def test_arena_saving_and_the_reported_figures(cases, capsys):
     with capsys.disabled():
         print(f"\nlenet5 inference arena: {memory.arena_size(1) * 4:,} bytes against "
               f"{memory.unshared_size(1) * 4:,} with one buffer per tensor ({saving:.0%} of the activations saved)")
-    assert memory.arena_size(1) < memory.unshared_size(1) and saving > 0.25
+    assert memory.arena_size(1) < memory.unshared_size(1) and saving > 0.2
     # the ops share one scratch region: the largest forward scratch, here conv1's wide output
     assert memory.workspace == max(op.forward_scratch for op in program.ops) > 0
     for case in cases.values():
@@ -592,8 +593,8 @@ def test_arena_saving_and_the_reported_figures(cases, capsys):
         arena = int(re.search(rf"#define {case.name.upper()}_ARENA_SIZE (\d+)", header).group(1))
         assert arena * 4 == figures["arena_bytes"] and figures["weight_bytes"] == case.model.program.num_params * 4
     assert cli.main(["check", str(ROOT / "specs/lenet5.yaml")]) == 0
-    # activations 12,544 floats planned (18,130 one buffer per tensor) + conv1's 8 x 892 wide output
-    assert "arena 78,720 bytes (RAM) against 101,064" in capsys.readouterr().out
+    # activations 7,840 floats planned (10,054 one buffer per tensor) + conv1's 8 x 892 wide output
+    assert "arena 59,904 bytes (RAM) against 68,760" in capsys.readouterr().out
 
 
 # ---- the command line --------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""A relu after a batchnorm or an add runs in that op's kernels (lowering._relu_epilogues): the
-op writes max(0, y) where the relu's output goes, and its backward masks the gradient with that
-output. The fused build must give the same bits as the unfused one (fuse=False: every layer its
-own op) in training and inference, at any thread count, pass finite differences in float64, and
-refuse, with a message, to return the output it no longer stores."""
+"""A relu runs in the kernels of the op before it (lowering.lower): a conv's, dense's, batchnorm's
+or add's `activation: relu`, and a relu layer whose input only it reads (lowering._relu_epilogues).
+The op writes max(0, y) where the relu's output goes, and its backward masks the gradient with
+that output. The fused build must give the same bits as the unfused one (fuse=False: every layer
+its own op) in training and inference, at any thread count, pass finite differences in float64,
+and refuse, with a message, to return the output it no longer stores."""
 import numpy as np
 import pytest
 
@@ -32,6 +33,25 @@ SHARED = {
                {"type": "flatten"}, {"name": "fc", "type": "dense", "units": 3},
                {"name": "bn_out", "type": "batchnorm"}, {"name": "last", "type": "relu"}],
     "loss": "mse", "optimizer": {"type": "sgd", "lr": 0.05, "momentum": 0.9}}
+
+
+# Every conv plan and the dense, each ending with a relu: its own `activation: relu` or a relu
+# layer after it (conv_c, fc2: their own outputs are no longer stored).
+EPILOGUES = {
+    "name": "conv_dense_epilogues", "input": {"channels": 3, "height": 12, "width": 12},
+    "layers": [{"name": "conv_a", "type": "conv2d", "filters": 6, "kernel": 3, "padding": 1, "activation": "relu"},
+               {"name": "pool_a", "type": "maxpool2d", "kernel": 2},  # the backward through the pool
+               # 1x1 ("shifted", one tap wide), 20 filters: the weight gradient as a product
+               {"name": "conv_b", "type": "conv2d", "filters": 20, "kernel": 1, "activation": "relu"},
+               {"name": "conv_c", "type": "conv2d", "filters": 8, "kernel": 3, "stride": 2, "padding": 1},  # im2col
+               {"name": "relu_c", "type": "relu"},
+               {"name": "dw", "type": "conv2d", "filters": 8, "kernel": 3, "padding": 1, "groups": 8,
+                "activation": "relu"},  # depthwise
+               {"type": "flatten"},
+               {"name": "fc1", "type": "dense", "units": 12, "activation": "relu"},
+               {"name": "fc2", "type": "dense", "units": 9}, {"name": "relu_fc2", "type": "relu"},
+               {"name": "fc3", "type": "dense", "units": 4}],
+    "loss": "softmax_cross_entropy", "optimizer": {"type": "adam", "lr": 0.01}}
 
 
 def _dtype(spec, dtype):
@@ -140,3 +160,91 @@ def test_quantize_reads_every_output_through_an_unfused_build(build_dir):
     x = np.random.default_rng(7).normal(size=(16, 3, 9, 9)).astype(np.float32)
     a, b = fused.quantize(x, build_dir=build_dir), unfused.quantize(x, build_dir=build_dir)
     assert np.array_equal(a.predict(x), b.predict(x))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_conv_and_dense_relu_epilogues_give_the_unfused_bits(dtype, build_dir):
+    spec = _dtype(EPILOGUES, dtype)
+    fused = cnncc.compile(spec, build_dir=build_dir, cflags=FLAGS[dtype])
+    unfused = cnncc.compile(spec, build_dir=build_dir, fuse=False, cflags=FLAGS[dtype])
+    ops = {op.name: op for op in fused.program.ops}
+    assert {name: op.fused for name, op in ops.items() if op.fused} == {
+        "conv_a": ("conv_a_relu",), "conv_b": ("conv_b_relu",), "conv_c": ("relu_c",), "dw": ("dw_relu",),
+        "fc1": ("fc1_relu",), "fc2": ("relu_fc2",)}
+    assert fused.program.fused_away == {"conv_c": "relu_c", "fc2": "relu_fc2"}
+    assert [op.kind for op in fused.program.ops if op.kind == "relu"] == []
+    templates = {name: op.plan.backward_template for name, op in ops.items()}
+    assert templates["conv_a"] == "layers/conv2d_pooled_backward" and ops["conv_a"].plan.settings["positive_only"]
+    assert templates["conv_b"] == "layers/conv2d_shifted" and not ops["conv_b"].plan.settings["wide"]
+    assert templates["conv_c"] == "layers/conv2d_im2col" and templates["dw"] == "layers/conv2d_depthwise"
+    assert not ops["conv_b"].plan.settings["dweight_by_dots"]
+    # 70 samples: the dense backwards mask their output gradient in two blocks (64 + 6)
+    rng = np.random.default_rng(8)
+    x, y = random_batch(fused, 70, rng)
+    a, b = _train(fused, x, y), _train(unfused, x, y)
+    assert a[0] == b[0]
+    assert all(np.array_equal(a[1][k], b[1][k]) for k in a[1])
+    assert np.array_equal(a[2], b[2])
+    for m in (fused, unfused):
+        m.init(4)
+        m.gradients(x, y, seed=2)
+    for layer in ("pool_a", "conv_b", "relu_c", "dw", "fc1", "relu_fc2", "fc3"):
+        assert np.array_equal(fused.activation(layer, 70), unfused.activation(layer, 70)), layer
+        # the relu's own gradient, not the masked one the fused backward works on
+        assert np.array_equal(fused.activation(layer, 70, grad=True), unfused.activation(layer, 70, grad=True)), layer
+    for layer, relu in fused.program.fused_away.items():
+        with pytest.raises(ValueError, match=rf"output of '{layer}' is not stored: the relu '{relu}'"):
+            fused.activation(layer, 70)
+    assert fused.program.activation_size < unfused.program.activation_size
+
+
+def test_conv_and_dense_relu_epilogues_pass_finite_differences(build_dir):
+    model = cnncc.compile(_dtype(EPILOGUES, "float64"), build_dir=build_dir)
+    rng = np.random.default_rng(9)
+    x, y = random_batch(model, 5, rng)
+    model.init(3)
+    # biases off zero: a relu's zeros reach the depthwise conv's padded patches, whose output
+    # would then be its bias exactly, on the relu's kink with a zero bias
+    for key, value in model.params.items():
+        if key.endswith(".bias"):
+            value[...] = rng.uniform(0.02, 0.1, value.shape)
+    errors = check_gradients(model, x, y, samples=20)
+    assert set(errors) == set(model.params)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_conv_and_dense_relu_epilogues_on_threads_and_the_portable_backend(build_dir):
+    serial = cnncc.compile(EPILOGUES, build_dir=build_dir, fuse=False)
+    threaded = cnncc.compile(EPILOGUES, build_dir=build_dir, threads=2)
+    portable = cnncc.compile(EPILOGUES, build_dir=build_dir, backend="portable", cflags=FLAGS["float64"])
+    portable_unfused = cnncc.compile(EPILOGUES, build_dir=build_dir, backend="portable", fuse=False,
+                                     cflags=FLAGS["float64"])
+    x, y = random_batch(serial, 9, np.random.default_rng(10))
+    reference = _train(serial, x, y)
+    for threads in (1, 2):
+        threaded.set_threads(threads)
+        run = _train(threaded, x, y)
+        assert run[0] == reference[0] and np.array_equal(run[2], reference[2])
+        assert all(np.array_equal(run[1][k], reference[1][k]) for k in run[1])
+    # the portable backend's sums are its own: fused and unfused, the same bits as each other
+    # (with contraction off: GCC forms its FMAs from the scalar loops differently in two programs)
+    a, b = _train(portable, x, y), _train(portable_unfused, x, y)
+    assert a[0] == b[0] and np.array_equal(a[2], b[2])
+    assert all(np.array_equal(a[1][k], b[1][k]) for k in a[1])
+    np.testing.assert_allclose(a[2], reference[2], rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_masks_do_not_depend_on_fusion(build_dir):
+    """A dropout's random numbers are keyed on its layer's name (ir.Op.random_stream), not on
+    where its tensor lies, which fusion moves: resnet_small (dropout, a depthwise and 1x1 convs
+    with their relus, batchnorm and add epilogues) trains to the same bits either way."""
+    from pathlib import Path
+
+    spec = str(Path(__file__).resolve().parents[1] / "specs" / "resnet_small.yaml")
+    fused = cnncc.compile(spec, build_dir=build_dir)
+    unfused = cnncc.compile(spec, build_dir=build_dir, fuse=False)
+    assert any(op.kind == "dropout" for op in fused.program.ops) and len(fused.program.ops) < len(unfused.program.ops)
+    x, y = random_batch(fused, 6, np.random.default_rng(11))
+    a, b = _train(fused, x, y), _train(unfused, x, y)
+    assert a[0] == b[0] and np.array_equal(a[2], b[2])
+    assert all(np.array_equal(a[1][k], b[1][k]) for k in a[1])

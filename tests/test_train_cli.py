@@ -188,7 +188,7 @@ def test_report_conventions(tmp_path):
     report = cnncc.check(ROOT / "specs" / "lenet5.yaml")
     text = report.to_text()
     assert "input 32x32x3 (HxWxC; arrays and JSON are C x H x W = [3, 32, 32])" in text
-    assert "(72.5 KB) per sample" in text
+    assert "activation memory: 40,216 bytes (40.2 KB) per sample" in text  # each layer's output once
     signal = cnncc.check(ROOT / "specs" / "signal1d.yaml").to_text()
     assert "output (LxC)" in signal and "HxWxC" not in signal
     as_json = json.loads(report.to_json(explain=True))

@@ -15,6 +15,7 @@ from __future__ import annotations
 from ..base import Backend
 from ..plan import Planner
 from ..vector.conv2d import ConvPlanner
+from ..vector.dense import DensePlanner
 from ..vector.generic import GenericPlanner
 from ..vector.maxpool2d import MaxPoolPlanner
 
@@ -41,7 +42,7 @@ class PortableBackend(Backend):
     threaded = False  # no OpenMP: its sample slots and products run on the calling thread
     emit_cflags = "-std=c99 -O3"
     clang_warnings_off = CLANG_WARNINGS_OFF
-    planners = {"conv2d": ConvPlanner(), "maxpool2d": MaxPoolPlanner()}
+    planners = {"conv2d": ConvPlanner(), "dense": DensePlanner(), "maxpool2d": MaxPoolPlanner()}
 
     def planner_for(self, template: str) -> Planner:
         return self.planners.get(template) or GenericPlanner(template)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from ..base import Backend
 from ..plan import Planner
 from .conv2d import ConvPlanner
+from .dense import DensePlanner
 from .generic import GenericPlanner
 from .maxpool2d import MaxPoolPlanner
 
@@ -16,7 +17,7 @@ class VectorBackend(Backend):
     name = "vector"
     doc = "GNU C vector kernels (GCC or Clang), tuned to the build machine's vector width"
     # template family (LayerKind.template) -> its planner; the others plan generically
-    planners = {"conv2d": ConvPlanner(), "maxpool2d": MaxPoolPlanner()}
+    planners = {"conv2d": ConvPlanner(), "dense": DensePlanner(), "maxpool2d": MaxPoolPlanner()}
 
     def planner_for(self, template: str) -> Planner:
         return self.planners.get(template) or GenericPlanner(template)

@@ -55,6 +55,13 @@ class ConvPlanner(Planner):
         g = layer.geometry(input_shape)
         return self.pooled_backward and g.groups == 1 and g.dil_w == 1
 
+    def plans_relu_epilogue(self, layer) -> bool:
+        """Every conv plan can end with a relu: the forward applies it to each sample's group (or
+        channel) once its sums are complete, and the backward masks that group's output gradient
+        into its slot's scratch (SCRATCH_DRELU) first, or, through a maxpool, passes it only where
+        the pool's output is positive (pooled_positive_only)."""
+        return True
+
     def plan(self, request: PlanRequest) -> KernelPlan:
         g = request.layer.geometry(request.inputs[0])
         if self.plans_depthwise(g):
@@ -63,7 +70,8 @@ class ConvPlanner(Planner):
         shifted = (g.stride_h, g.stride_w) == (1, 1)
         s = {"has_bias": g.bias, "dweight_by_dots": g.c_out // g.groups < DOTS_BELOW_FILTERS,
              "din": request.input_grads[0], "positive_only": request.pooled_positive_only,
-             "dweight": "weight" in request.trainable, "dbias": g.bias and "bias" in request.trainable}
+             "dweight": "weight" in request.trainable, "dbias": g.bias and "bias" in request.trainable,
+             "relu": request.relu_epilogue}
         if shifted:
             k.update(_shifted_dims(g, k))
             s.update(padded=sum(g.pad_h) + sum(g.pad_w) > 0, wide=g.kw > 1,
@@ -80,7 +88,7 @@ class ConvPlanner(Planner):
             backward = {"SCRATCH_DOUT": 0 if s["dweight_by_dots"] else k["PIXELS_OUT"] * k["C_OUT_PER_GROUP"]}
             shared = {"SCRATCH_DWEIGHT_T": 0 if s["dweight_by_dots"] else k["C_OUT"] * k["K_GROUP"]}
         if request.pooled_output is None:
-            backward.update(_gradient_parts(k, s))
+            backward.update(_gradient_parts(k, s), **_relu_scratch(k["C_OUT_PER_GROUP"] * k["PIXELS_OUT"], s))
         layout, forward_scratch, workspace = _layout(forward, backward, shared, request.sample_slots)
         k.update(layout)
 
@@ -96,11 +104,13 @@ class ConvPlanner(Planner):
         else:
             backward_names = (_shifted_backward_names(s) if shifted else _im2col_backward_names(s)) + \
                 ("SAMPLE_SLOTS", "SLOT_SIZE", "C_OUT", "K_GROUP", "PIXELS_OUT") + \
-                (("SCRATCH_DWEIGHT_PART",) if s["dweight"] else ()) + (("SCRATCH_DBIAS_PART",) if s["dbias"] else ())
+                (("SCRATCH_DWEIGHT_PART",) if s["dweight"] else ()) + (("SCRATCH_DBIAS_PART",) if s["dbias"] else ()) + \
+                (("SCRATCH_DRELU",) if s["relu"] else ())
             backward_names = tuple(dict.fromkeys(backward_names))
             # the input only for the weight gradient: a frozen conv between trainable layers (din
             # alone) lets its input go after the forward pass (memplan.backward_reads)
-            backward_roles = ("din", "dweight", "dbias", "dout", "in if dweight", "weight if din", "slots", "batch")
+            backward_roles = ("din", "dweight", "dbias", "dout", "out if relu", "in if dweight", "weight if din",
+                              "slots", "batch")
             backward_template = SHIFTED if shifted else IM2COL
         return KernelPlan(SHIFTED if shifted else IM2COL, backward_template,
                           {n: k[n] for n in forward_names}, {n: k[n] for n in backward_names},
@@ -118,7 +128,7 @@ def _depthwise_plan(request: PlanRequest, g) -> KernelPlan:
     k.update(_shifted_dims(g, k), MULTIPLIER=g.c_out // g.c_in)
     s = {"has_bias": g.bias, "din": request.input_grads[0], "dweight": "weight" in request.trainable,
          "dbias": g.bias and "bias" in request.trainable, "padded": sum(g.pad_h) + sum(g.pad_w) > 0,
-         "wide": g.kw > 1}
+         "wide": g.kw > 1, "relu": request.relu_epilogue}
     s["dout_is_dpad"] = (k["DPAD_TOP"], k["DPAD_LEFT"], k["H_DPAD"], k["W_DPAD"]) == (0, 0, g.h_out, g.w_out)
     # rows as long as the input's padded ones, dout inside: the padded output gradient read from
     # (DPAD_TOP, DPAD_LEFT) on is dout over the wide pixels, zero in the dropped columns
@@ -131,7 +141,8 @@ def _depthwise_plan(request: PlanRequest, g) -> KernelPlan:
     dwide = s["dweight"] and s["wide"] and not s["dwide_in_dpad"]
     backward = {"SCRATCH_DOUT": mult * k["H_OUT"] * k["W_PAD"] if dwide else 0,
                 "SCRATCH_DPAD": mult * k["H_DPAD"] * k["W_DPAD"] if din and not s["dout_is_dpad"] else 0,
-                "SCRATCH_WIDE_IN": k["WIDE_IN"] if din and s["wide"] else 0, **_gradient_parts(k, s)}
+                "SCRATCH_WIDE_IN": k["WIDE_IN"] if din and s["wide"] else 0, **_gradient_parts(k, s),
+                **_relu_scratch(mult * k["PIXELS_OUT"], s)}
     shared = {"SCRATCH_FLIPPED": k["C_OUT"] * k["K_GROUP"] if din else 0}
     layout, forward_scratch, workspace = _layout(forward, backward, shared, request.sample_slots)
     k.update(layout)
@@ -149,8 +160,10 @@ def _depthwise_plan(request: PlanRequest, g) -> KernelPlan:
         backward_names += ("H_DPAD", "W_DPAD", "SCRATCH_FLIPPED") + (("SCRATCH_WIDE_IN", "WIDE_IN") if s["wide"] else ())
         backward_names += () if s["dout_is_dpad"] else ("H_OUT", "W_OUT", "DPAD_TOP", "DPAD_LEFT", "SCRATCH_DPAD")
     backward_names += (("SCRATCH_DWEIGHT_PART",) if s["dweight"] else ()) + (("SCRATCH_DBIAS_PART",) if s["dbias"] else ())
+    backward_names += ("SCRATCH_DRELU",) if s["relu"] else ()
     forward_roles = ("out", "in", "weight", "bias") + (("slots",) if forward_scratch else ()) + ("batch",)
-    backward_roles = ("din", "dweight", "dbias", "dout", "in if dweight", "weight if din", "slots", "batch")
+    backward_roles = ("din", "dweight", "dbias", "dout", "out if relu", "in if dweight", "weight if din", "slots",
+                      "batch")
     return KernelPlan(DEPTHWISE, DEPTHWISE, {n: k[n] for n in forward_names},
                       {n: k[n] for n in dict.fromkeys(backward_names)},
                       resolve_roles(forward_roles, request, s), resolve_roles(backward_roles, request, s),
@@ -210,6 +223,12 @@ def _gradient_parts(k, s) -> dict[str, int]:
     count (and so at any thread count)."""
     return {"SCRATCH_DWEIGHT_PART": k["C_OUT"] * k["K_GROUP"] if s["dweight"] else 0,
             "SCRATCH_DBIAS_PART": k["C_OUT"] if s["dbias"] else 0}
+
+
+def _relu_scratch(values: int, s) -> dict[str, int]:
+    """With a relu epilogue, per slot: the masked output gradient of one sample's group (or, in
+    the depthwise plan, channel), `values` long."""
+    return {"SCRATCH_DRELU": values} if s["relu"] else {}
 
 
 def _pooled_scratch(k):

@@ -14,8 +14,6 @@ ARGUMENTS = {
     "batchnorm": (("out", "in", "gamma", "beta", "running_mean", "running_var", "scratch", "batch", "training"),
                   ("din", "dgamma", "dbeta", "dout", "out if relu", "in", "gamma if din", "scratch", "batch")),
     "concat": (("out", "ins", "batch"), ("dins", "dout", "batch")),
-    "dense": (("out", "in", "weight", "bias", "batch"),
-              ("din", "dweight", "dbias", "dout", "in if dweight", "weight if din", "batch")),
     "dropout": (("out", "in", "batch", "training", "seed"), ("din", "dout", "batch", "seed")),
     "global_avgpool": (("out", "in", "batch"), ("din", "dout", "batch")),
     "softmax": (("out", "in", "batch"), ("din", "dout", "out", "batch")),

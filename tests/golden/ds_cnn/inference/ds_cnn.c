@@ -210,7 +210,6 @@ enum {
     VEC_LANES = (int)(sizeof(vec) / sizeof(real)),
     NN_COLS = 2 * VEC_LANES,      /* columns of C per gemm_nn block */
     NT_ROWS = 4,                  /* gemm_nt blocks: 4 rows of A x 4 rows of B accumulators */
-    BATCH_BLOCK = 256,            /* samples per product in the dense kernels (keeps row counts int) */
 };
 
 /* Threads (OpenMP builds: -fopenmp): a product big enough to repay waking them splits its
@@ -680,6 +679,7 @@ KERNEL_INLINE void ds_cnn_conv1_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             ds_cnn_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+
         }
     }
 }
@@ -712,7 +712,7 @@ static void ds_cnn_conv1_forward(
  * conv1 [N, 64, 25, 5] -> conv1_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
- *   then relu (the layer conv1_relu, fused): out = max(0, out)
+ *   then relu (conv1_relu, fused): out = max(0, out)
  */
 static void ds_cnn_conv1_bn_forward(
     real *restrict out,                     /* conv1_bn [N, 64, 25, 5] */
@@ -817,8 +817,10 @@ KERNEL_INLINE void ds_cnn_dw1_forward_slot(
                     wide[p] = sum;
                 }
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_oc[oh * W_OUT + ow] = wide[oh * W_PAD + ow] + bias[oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[oh * W_PAD + ow] + bias[oc];
+                        out_oc[oh * W_OUT + ow] = y;
+                    }
             }
         }
     }
@@ -852,7 +854,7 @@ static void ds_cnn_dw1_forward(
  * dw1 [N, 64, 25, 5] -> dw1_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
- *   then relu (the layer dw1_relu, fused): out = max(0, out)
+ *   then relu (dw1_relu, fused): out = max(0, out)
  */
 static void ds_cnn_dw1_bn_forward(
     real *restrict out,                     /* dw1_bn [N, 64, 25, 5] */
@@ -928,6 +930,7 @@ KERNEL_INLINE void ds_cnn_pw1_forward_slot(
 
             ds_cnn_gemm_nn_taps(PIXELS_OUT, weight_group, ds_cnn_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, out_group, PIXELS_OUT, 1);
+
         }
     }
 }
@@ -959,7 +962,7 @@ static void ds_cnn_pw1_forward(
  * pw1 [N, 64, 25, 5] -> pw1_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
- *   then relu (the layer pw1_relu, fused): out = max(0, out)
+ *   then relu (pw1_relu, fused): out = max(0, out)
  */
 static void ds_cnn_pw1_bn_forward(
     real *restrict out,                     /* pw1_bn [N, 64, 25, 5] */
@@ -1049,8 +1052,10 @@ KERNEL_INLINE void ds_cnn_dw2_forward_slot(
                     wide[p] = sum;
                 }
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_oc[oh * W_OUT + ow] = wide[oh * W_PAD + ow] + bias[oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[oh * W_PAD + ow] + bias[oc];
+                        out_oc[oh * W_OUT + ow] = y;
+                    }
             }
         }
     }
@@ -1084,7 +1089,7 @@ static void ds_cnn_dw2_forward(
  * dw2 [N, 64, 25, 5] -> dw2_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
- *   then relu (the layer dw2_relu, fused): out = max(0, out)
+ *   then relu (dw2_relu, fused): out = max(0, out)
  */
 static void ds_cnn_dw2_bn_forward(
     real *restrict out,                     /* dw2_bn [N, 64, 25, 5] */
@@ -1160,6 +1165,7 @@ KERNEL_INLINE void ds_cnn_pw2_forward_slot(
 
             ds_cnn_gemm_nn_taps(PIXELS_OUT, weight_group, ds_cnn_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, out_group, PIXELS_OUT, 1);
+
         }
     }
 }
@@ -1191,7 +1197,7 @@ static void ds_cnn_pw2_forward(
  * pw2 [N, 64, 25, 5] -> pw2_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
- *   then relu (the layer pw2_relu, fused): out = max(0, out)
+ *   then relu (pw2_relu, fused): out = max(0, out)
  */
 static void ds_cnn_pw2_bn_forward(
     real *restrict out,                     /* pw2_bn [N, 64, 25, 5] */
@@ -1281,8 +1287,10 @@ KERNEL_INLINE void ds_cnn_dw3_forward_slot(
                     wide[p] = sum;
                 }
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_oc[oh * W_OUT + ow] = wide[oh * W_PAD + ow] + bias[oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[oh * W_PAD + ow] + bias[oc];
+                        out_oc[oh * W_OUT + ow] = y;
+                    }
             }
         }
     }
@@ -1316,7 +1324,7 @@ static void ds_cnn_dw3_forward(
  * dw3 [N, 64, 25, 5] -> dw3_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
- *   then relu (the layer dw3_relu, fused): out = max(0, out)
+ *   then relu (dw3_relu, fused): out = max(0, out)
  */
 static void ds_cnn_dw3_bn_forward(
     real *restrict out,                     /* dw3_bn [N, 64, 25, 5] */
@@ -1392,6 +1400,7 @@ KERNEL_INLINE void ds_cnn_pw3_forward_slot(
 
             ds_cnn_gemm_nn_taps(PIXELS_OUT, weight_group, ds_cnn_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, out_group, PIXELS_OUT, 1);
+
         }
     }
 }
@@ -1423,7 +1432,7 @@ static void ds_cnn_pw3_forward(
  * pw3 [N, 64, 25, 5] -> pw3_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
- *   then relu (the layer pw3_relu, fused): out = max(0, out)
+ *   then relu (pw3_relu, fused): out = max(0, out)
  */
 static void ds_cnn_pw3_bn_forward(
     real *restrict out,                     /* pw3_bn [N, 64, 25, 5] */
@@ -1513,8 +1522,10 @@ KERNEL_INLINE void ds_cnn_dw4_forward_slot(
                     wide[p] = sum;
                 }
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_oc[oh * W_OUT + ow] = wide[oh * W_PAD + ow] + bias[oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[oh * W_PAD + ow] + bias[oc];
+                        out_oc[oh * W_OUT + ow] = y;
+                    }
             }
         }
     }
@@ -1548,7 +1559,7 @@ static void ds_cnn_dw4_forward(
  * dw4 [N, 64, 25, 5] -> dw4_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
- *   then relu (the layer dw4_relu, fused): out = max(0, out)
+ *   then relu (dw4_relu, fused): out = max(0, out)
  */
 static void ds_cnn_dw4_bn_forward(
     real *restrict out,                     /* dw4_bn [N, 64, 25, 5] */
@@ -1624,6 +1635,7 @@ KERNEL_INLINE void ds_cnn_pw4_forward_slot(
 
             ds_cnn_gemm_nn_taps(PIXELS_OUT, weight_group, ds_cnn_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, out_group, PIXELS_OUT, 1);
+
         }
     }
 }
@@ -1655,7 +1667,7 @@ static void ds_cnn_pw4_forward(
  * pw4 [N, 64, 25, 5] -> pw4_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
- *   then relu (the layer pw4_relu, fused): out = max(0, out)
+ *   then relu (pw4_relu, fused): out = max(0, out)
  */
 static void ds_cnn_pw4_bn_forward(
     real *restrict out,                     /* pw4_bn [N, 64, 25, 5] */
@@ -1757,15 +1769,18 @@ static void ds_cnn_fc_forward(
 {
     enum {
         IN = 64,
-        OUT = 12
+        OUT = 12,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         ds_cnn_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y;
+        }
 }
 
 void ds_cnn_forward(const ds_cnn_context *ctx, const real *input)

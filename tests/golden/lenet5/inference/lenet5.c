@@ -39,20 +39,18 @@ typedef float real;
 
 /* Per-sample offsets of the activation tensors (times the batch size). */
 #define A_CONV1 ((size_t)0) /* [N, 8, 28, 28] */
-#define A_CONV1_RELU ((size_t)6272) /* [N, 8, 28, 28] */
-#define A_POOL1 ((size_t)1600) /* [N, 8, 14, 14] */
+#define A_POOL1 ((size_t)6272) /* [N, 8, 14, 14] */
 #define A_CONV2 ((size_t)0) /* [N, 16, 10, 10] */
-#define A_CONV2_RELU ((size_t)1600) /* [N, 16, 10, 10] */
-#define A_POOL2 ((size_t)0) /* [N, 16, 5, 5] */
-#define A_FC3 ((size_t)400) /* [N, 120] */
-#define A_FC3_RELU ((size_t)0) /* [N, 120] */
+#define A_POOL2 ((size_t)1600) /* [N, 16, 5, 5] */
+#define A_FC3 ((size_t)0) /* [N, 120] */
 #define A_FC4 ((size_t)120) /* [N, 84] */
-#define A_FC4_RELU ((size_t)0) /* [N, 84] */
-#define A_FC5 ((size_t)84) /* [N, 10] */
+#define A_FC5 ((size_t)0) /* [N, 10] */
 
 /* Workspace offsets. */
 #define WS_CONV1 ((size_t)0)
 #define WS_CONV2 ((size_t)0)
+#define WS_FC3 ((size_t)0)
+#define WS_FC4 ((size_t)0)
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -137,7 +135,6 @@ enum {
     VEC_LANES = (int)(sizeof(vec) / sizeof(real)),
     NN_COLS = 2 * VEC_LANES,      /* columns of C per gemm_nn block */
     NT_ROWS = 4,                  /* gemm_nt blocks: 4 rows of A x 4 rows of B accumulators */
-    BATCH_BLOCK = 256,            /* samples per product in the dense kernels (keeps row counts int) */
 };
 
 /* Threads (OpenMP builds: -fopenmp): a product big enough to repay waking them splits its
@@ -558,7 +555,8 @@ KERNEL_INLINE void lenet5_pad_planes(const real *restrict src, real *restrict ds
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv1_relu, fused): out
+ *   = max(0, out)
  */
 KERNEL_INLINE void lenet5_conv1_forward_slot(
     real *restrict out,                     /* conv1 [N, 8, 28, 28] */
@@ -605,9 +603,10 @@ KERNEL_INLINE void lenet5_conv1_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -636,33 +635,13 @@ static void lenet5_conv1_forward(
     }
 }
 
-/* ---- conv1_relu: relu forward (spec line 7)
- * conv1 [N, 8, 28, 28] -> conv1_relu [N, 8, 28, 28]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void lenet5_conv1_relu_forward(
-    real *restrict out,                     /* conv1_relu [N, 8, 28, 28] */
-    const real *restrict in,                /* conv1 [N, 8, 28, 28] */
-    size_t batch)
-{
-    enum {
-        SIZE = 6272
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- pool1: maxpool2d forward (spec line 8)
- * conv1_relu [N, 8, 28, 28] -> pool1 [N, 8, 14, 14]
+ * conv1 [N, 8, 28, 28] -> pool1 [N, 8, 14, 14]
  * out[b,c,oh,ow] = max over the window's cells inside the input (padding never wins)
  */
 static void lenet5_pool1_forward(
     real *restrict out,                     /* pool1 [N, 8, 14, 14] */
-    const real *restrict in,                /* conv1_relu [N, 8, 28, 28] */
+    const real *restrict in,                /* conv1 [N, 8, 28, 28] */
     size_t batch)
 {
     enum {
@@ -712,7 +691,8 @@ static void lenet5_pool1_forward(
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv2_relu, fused): out
+ *   = max(0, out)
  */
 KERNEL_INLINE void lenet5_conv2_forward_slot(
     real *restrict out,                     /* conv2 [N, 16, 10, 10] */
@@ -759,9 +739,10 @@ KERNEL_INLINE void lenet5_conv2_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -790,33 +771,13 @@ static void lenet5_conv2_forward(
     }
 }
 
-/* ---- conv2_relu: relu forward (spec line 9)
- * conv2 [N, 16, 10, 10] -> conv2_relu [N, 16, 10, 10]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void lenet5_conv2_relu_forward(
-    real *restrict out,                     /* conv2_relu [N, 16, 10, 10] */
-    const real *restrict in,                /* conv2 [N, 16, 10, 10] */
-    size_t batch)
-{
-    enum {
-        SIZE = 1600
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- pool2: maxpool2d forward (spec line 10)
- * conv2_relu [N, 16, 10, 10] -> pool2 [N, 16, 5, 5]
+ * conv2 [N, 16, 10, 10] -> pool2 [N, 16, 5, 5]
  * out[b,c,oh,ow] = max over the window's cells inside the input (padding never wins)
  */
 static void lenet5_pool2_forward(
     real *restrict out,                     /* pool2 [N, 16, 5, 5] */
-    const real *restrict in,                /* conv2_relu [N, 16, 10, 10] */
+    const real *restrict in,                /* conv2 [N, 16, 10, 10] */
     size_t batch)
 {
     enum {
@@ -864,7 +825,7 @@ static void lenet5_pool2_forward(
  * pool2 [N, 400] -> fc3 [N, 120]
  * weight [120, 400], bias [120]: 48120 trainable parameters
  * out[b,o] = bias[o] + sum_i weight[o,i] * in[b,i]: out[batch, OUT] = in[batch, IN] x
- *   weight[OUT, IN]^T
+ *   weight[OUT, IN]^T; then relu (fc3_relu, fused): out = max(0, out)
  */
 static void lenet5_fc3_forward(
     real *restrict out,                     /* fc3 [N, 120] */
@@ -875,107 +836,76 @@ static void lenet5_fc3_forward(
 {
     enum {
         IN = 400,
-        OUT = 120
+        OUT = 120,
+        BATCH_BLOCK = 64
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         lenet5_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
-}
-
-/* ---- fc3_relu: relu forward (spec line 12)
- * fc3 [N, 120] -> fc3_relu [N, 120]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void lenet5_fc3_relu_forward(
-    real *restrict out,                     /* fc3_relu [N, 120] */
-    const real *restrict in,                /* fc3 [N, 120] */
-    size_t batch)
-{
-    enum {
-        SIZE = 120
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y > 0 ? y : 0;
+        }
 }
 
 /* ---- fc4: dense forward (spec line 13)
- * fc3_relu [N, 120] -> fc4 [N, 84]
+ * fc3 [N, 120] -> fc4 [N, 84]
  * weight [84, 120], bias [84]: 10164 trainable parameters
  * out[b,o] = bias[o] + sum_i weight[o,i] * in[b,i]: out[batch, OUT] = in[batch, IN] x
- *   weight[OUT, IN]^T
+ *   weight[OUT, IN]^T; then relu (fc4_relu, fused): out = max(0, out)
  */
 static void lenet5_fc4_forward(
     real *restrict out,                     /* fc4 [N, 84] */
-    const real *restrict in,                /* fc3_relu [N, 120] */
+    const real *restrict in,                /* fc3 [N, 120] */
     const real *restrict weight,            /* fc4.weight [84, 120] */
     const real *restrict bias,              /* fc4.bias [84] */
     size_t batch)
 {
     enum {
         IN = 120,
-        OUT = 84
+        OUT = 84,
+        BATCH_BLOCK = 64
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         lenet5_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
-}
-
-/* ---- fc4_relu: relu forward (spec line 13)
- * fc4 [N, 84] -> fc4_relu [N, 84]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void lenet5_fc4_relu_forward(
-    real *restrict out,                     /* fc4_relu [N, 84] */
-    const real *restrict in,                /* fc4 [N, 84] */
-    size_t batch)
-{
-    enum {
-        SIZE = 84
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y > 0 ? y : 0;
+        }
 }
 
 /* ---- fc5: dense forward (spec line 14)
- * fc4_relu [N, 84] -> fc5 [N, 10]
+ * fc4 [N, 84] -> fc5 [N, 10]
  * weight [10, 84], bias [10]: 850 trainable parameters
  * out[b,o] = bias[o] + sum_i weight[o,i] * in[b,i]: out[batch, OUT] = in[batch, IN] x
  *   weight[OUT, IN]^T
  */
 static void lenet5_fc5_forward(
     real *restrict out,                     /* fc5 [N, 10] */
-    const real *restrict in,                /* fc4_relu [N, 84] */
+    const real *restrict in,                /* fc4 [N, 84] */
     const real *restrict weight,            /* fc5.weight [10, 84] */
     const real *restrict bias,              /* fc5.bias [10] */
     size_t batch)
 {
     enum {
         IN = 84,
-        OUT = 10
+        OUT = 10,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         lenet5_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y;
+        }
 }
 
 void lenet5_forward(const lenet5_context *ctx, const real *input)
@@ -986,16 +916,12 @@ void lenet5_forward(const lenet5_context *ctx, const real *input)
     const size_t batch = LENET5_BATCH;
 
     lenet5_conv1_forward(acts + A_CONV1 * batch, input, params + P_CONV1_WEIGHT, params + P_CONV1_BIAS, workspace + WS_CONV1, batch);
-    lenet5_conv1_relu_forward(acts + A_CONV1_RELU * batch, acts + A_CONV1 * batch, batch);
-    lenet5_pool1_forward(acts + A_POOL1 * batch, acts + A_CONV1_RELU * batch, batch);
+    lenet5_pool1_forward(acts + A_POOL1 * batch, acts + A_CONV1 * batch, batch);
     lenet5_conv2_forward(acts + A_CONV2 * batch, acts + A_POOL1 * batch, params + P_CONV2_WEIGHT, params + P_CONV2_BIAS, workspace + WS_CONV2, batch);
-    lenet5_conv2_relu_forward(acts + A_CONV2_RELU * batch, acts + A_CONV2 * batch, batch);
-    lenet5_pool2_forward(acts + A_POOL2 * batch, acts + A_CONV2_RELU * batch, batch);
+    lenet5_pool2_forward(acts + A_POOL2 * batch, acts + A_CONV2 * batch, batch);
     lenet5_fc3_forward(acts + A_FC3 * batch, acts + A_POOL2 * batch, params + P_FC3_WEIGHT, params + P_FC3_BIAS, batch);
-    lenet5_fc3_relu_forward(acts + A_FC3_RELU * batch, acts + A_FC3 * batch, batch);
-    lenet5_fc4_forward(acts + A_FC4 * batch, acts + A_FC3_RELU * batch, params + P_FC4_WEIGHT, params + P_FC4_BIAS, batch);
-    lenet5_fc4_relu_forward(acts + A_FC4_RELU * batch, acts + A_FC4 * batch, batch);
-    lenet5_fc5_forward(acts + A_FC5 * batch, acts + A_FC4_RELU * batch, params + P_FC5_WEIGHT, params + P_FC5_BIAS, batch);
+    lenet5_fc4_forward(acts + A_FC4 * batch, acts + A_FC3 * batch, params + P_FC4_WEIGHT, params + P_FC4_BIAS, batch);
+    lenet5_fc5_forward(acts + A_FC5 * batch, acts + A_FC4 * batch, params + P_FC5_WEIGHT, params + P_FC5_BIAS, batch);
 }
 
 const real *lenet5_output(const lenet5_context *ctx)

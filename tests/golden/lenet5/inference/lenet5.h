@@ -15,10 +15,10 @@
 #define LENET5_NUM_TRAINABLE 62958
 #define LENET5_INPUT_SIZE 3072
 #define LENET5_OUTPUT_SIZE 10
-#define LENET5_ACTIVATIONS_PER_SAMPLE 12544
+#define LENET5_ACTIVATIONS_PER_SAMPLE 7840
 #define LENET5_WORKSPACE_SIZE 7136
 #define LENET5_BATCH 1 /* samples per forward call */
-#define LENET5_ARENA_SIZE 19680 /* ACTIVATIONS_PER_SAMPLE * BATCH + WORKSPACE_SIZE */
+#define LENET5_ARENA_SIZE 14976 /* ACTIVATIONS_PER_SAMPLE * BATCH + WORKSPACE_SIZE */
 
 /* Tensors whose lifetimes do not overlap share the arena; nothing else is needed at run time. */
 typedef struct lenet5_context {

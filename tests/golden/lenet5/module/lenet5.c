@@ -39,25 +39,23 @@ typedef float real;
 
 /* Per-sample offsets of the activation tensors (times the batch size). */
 #define A_CONV1 ((size_t)0) /* [N, 8, 28, 28] */
-#define A_CONV1_RELU ((size_t)6272) /* [N, 8, 28, 28] */
-#define A_POOL1 ((size_t)12544) /* [N, 8, 14, 14] */
-#define A_CONV2 ((size_t)14112) /* [N, 16, 10, 10] */
-#define A_CONV2_RELU ((size_t)15712) /* [N, 16, 10, 10] */
-#define A_POOL2 ((size_t)17312) /* [N, 16, 5, 5] */
-#define A_FC3 ((size_t)17712) /* [N, 120] */
-#define A_FC3_RELU ((size_t)17832) /* [N, 120] */
-#define A_FC4 ((size_t)17952) /* [N, 84] */
-#define A_FC4_RELU ((size_t)18036) /* [N, 84] */
-#define A_FC5 ((size_t)18120) /* [N, 10] */
+#define A_POOL1 ((size_t)6272) /* [N, 8, 14, 14] */
+#define A_CONV2 ((size_t)7840) /* [N, 16, 10, 10] */
+#define A_POOL2 ((size_t)9440) /* [N, 16, 5, 5] */
+#define A_FC3 ((size_t)9840) /* [N, 120] */
+#define A_FC4 ((size_t)9960) /* [N, 84] */
+#define A_FC5 ((size_t)10044) /* [N, 10] */
 
 /* Workspace offsets. */
 #define WS_CONV1 ((size_t)0)
 #define WS_CONV2 ((size_t)15210)
+#define WS_FC3 ((size_t)32074)
+#define WS_FC4 ((size_t)39754)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
 #define ZERO_POOL1 ((size_t)1568) /* pool1 */
-#define ZERO_POOL2 ((size_t)818) /* pool2 .. fc5 */
+#define ZERO_POOL2 ((size_t)614) /* pool2 .. fc5 */
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -153,7 +151,6 @@ enum {
     VEC_LANES = (int)(sizeof(vec) / sizeof(real)),
     NN_COLS = 2 * VEC_LANES,      /* columns of C per gemm_nn block */
     NT_ROWS = 4,                  /* gemm_nt blocks: 4 rows of A x 4 rows of B accumulators */
-    BATCH_BLOCK = 256,            /* samples per product in the dense kernels (keeps row counts int) */
 };
 
 /* Threads (OpenMP builds: -fopenmp): a product big enough to repay waking them splits its
@@ -574,7 +571,8 @@ KERNEL_INLINE void lenet5_pad_planes(const real *restrict src, real *restrict ds
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv1_relu, fused): out
+ *   = max(0, out)
  */
 KERNEL_INLINE void lenet5_conv1_forward_slot(
     real *restrict out,                     /* conv1 [N, 8, 28, 28] */
@@ -621,9 +619,10 @@ KERNEL_INLINE void lenet5_conv1_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -667,7 +666,7 @@ static void lenet5_conv1_backward(
     real *restrict dbias,                   /* conv1.bias [8] */
     const real *restrict dpool,             /* pool1 [N, 8, 14, 14] */
     const real *restrict pool_out,          /* pool1 [N, 8, 14, 14] */
-    const char *argmax,                     /* int32 [N, 1568], in the memory of conv1_relu's gradient */
+    const char *argmax,                     /* int32 [N, 1568], in the memory of conv1's gradient */
     const real *restrict in,                /* input [N, 3, 32, 32] */
     real *slots,                            /* 15210 elements of workspace */
     size_t batch)
@@ -781,28 +780,8 @@ static void lenet5_conv1_backward(
                 for (int kw = 0; kw < KW; kw++)
                     dweight[(((size_t)oc * C_IN + ic) * KH + kh) * KW + kw] += dweight_sum[((size_t)oc * KH + kh) * ROW_PAD + kw * C_IN + ic];
 }
-/* ---- conv1_relu: relu forward (spec line 7)
- * conv1 [N, 8, 28, 28] -> conv1_relu [N, 8, 28, 28]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void lenet5_conv1_relu_forward(
-    real *restrict out,                     /* conv1_relu [N, 8, 28, 28] */
-    const real *restrict in,                /* conv1 [N, 8, 28, 28] */
-    size_t batch)
-{
-    enum {
-        SIZE = 6272
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- pool1: maxpool2d forward (spec line 8)
- * conv1_relu [N, 8, 28, 28] -> pool1 [N, 8, 14, 14]
+ * conv1 [N, 8, 28, 28] -> pool1 [N, 8, 14, 14]
  * out[b,c,oh,ow] = max over the window's cells inside the input (padding never wins); in
  *   training also its argmax (the first maximum in row-major order, as an index into the input
  *   plane), kept as int32 [batch, C, H_OUT, W_OUT] in the memory of din, for the backward of the
@@ -810,7 +789,7 @@ static void lenet5_conv1_relu_forward(
  */
 static void lenet5_pool1_forward(
     real *restrict out,                     /* pool1 [N, 8, 14, 14] */
-    const real *restrict in,                /* conv1_relu [N, 8, 28, 28] */
+    const real *restrict in,                /* conv1 [N, 8, 28, 28] */
     char *restrict argmax,                  /* int32 [N, 1568], or NULL */
     size_t batch)
 {
@@ -863,7 +842,8 @@ static void lenet5_pool1_forward(
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv2_relu, fused): out
+ *   = max(0, out)
  */
 KERNEL_INLINE void lenet5_conv2_forward_slot(
     real *restrict out,                     /* conv2 [N, 16, 10, 10] */
@@ -910,9 +890,10 @@ KERNEL_INLINE void lenet5_conv2_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -957,7 +938,7 @@ static void lenet5_conv2_backward(
     real *restrict dbias,                   /* conv2.bias [16] */
     const real *restrict dpool,             /* pool2 [N, 16, 5, 5] */
     const real *restrict pool_out,          /* pool2 [N, 16, 5, 5] */
-    const char *argmax,                     /* int32 [N, 400], in the memory of conv2_relu's gradient */
+    const char *argmax,                     /* int32 [N, 400], in the memory of conv2's gradient */
     const real *restrict in,                /* pool1 [N, 8, 14, 14] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5, 5] */
     real *slots,                            /* 16864 elements of workspace */
@@ -1100,28 +1081,8 @@ static void lenet5_conv2_backward(
                 for (int kw = 0; kw < KW; kw++)
                     dweight[(((size_t)oc * C_IN + ic) * KH + kh) * KW + kw] += dweight_sum[((size_t)oc * KH + kh) * ROW_PAD + kw * C_IN + ic];
 }
-/* ---- conv2_relu: relu forward (spec line 9)
- * conv2 [N, 16, 10, 10] -> conv2_relu [N, 16, 10, 10]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void lenet5_conv2_relu_forward(
-    real *restrict out,                     /* conv2_relu [N, 16, 10, 10] */
-    const real *restrict in,                /* conv2 [N, 16, 10, 10] */
-    size_t batch)
-{
-    enum {
-        SIZE = 1600
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- pool2: maxpool2d forward (spec line 10)
- * conv2_relu [N, 16, 10, 10] -> pool2 [N, 16, 5, 5]
+ * conv2 [N, 16, 10, 10] -> pool2 [N, 16, 5, 5]
  * out[b,c,oh,ow] = max over the window's cells inside the input (padding never wins); in
  *   training also its argmax (the first maximum in row-major order, as an index into the input
  *   plane), kept as int32 [batch, C, H_OUT, W_OUT] in the memory of din, for the backward of the
@@ -1129,7 +1090,7 @@ static void lenet5_conv2_relu_forward(
  */
 static void lenet5_pool2_forward(
     real *restrict out,                     /* pool2 [N, 16, 5, 5] */
-    const real *restrict in,                /* conv2_relu [N, 16, 10, 10] */
+    const real *restrict in,                /* conv2 [N, 16, 10, 10] */
     char *restrict argmax,                  /* int32 [N, 400], or NULL */
     size_t batch)
 {
@@ -1180,7 +1141,7 @@ static void lenet5_pool2_forward(
  * pool2 [N, 400] -> fc3 [N, 120]
  * weight [120, 400], bias [120]: 48120 trainable parameters
  * out[b,o] = bias[o] + sum_i weight[o,i] * in[b,i]: out[batch, OUT] = in[batch, IN] x
- *   weight[OUT, IN]^T
+ *   weight[OUT, IN]^T; then relu (fc3_relu, fused): out = max(0, out)
  */
 static void lenet5_fc3_forward(
     real *restrict out,                     /* fc3 [N, 120] */
@@ -1191,241 +1152,184 @@ static void lenet5_fc3_forward(
 {
     enum {
         IN = 400,
-        OUT = 120
+        OUT = 120,
+        BATCH_BLOCK = 64
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         lenet5_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y > 0 ? y : 0;
+        }
 }
 
 /* ---- fc3: dense backward (spec line 12)
  * pool2 [N, 400] -> fc3 [N, 120]
  * weight [120, 400], bias [120]: 48120 trainable parameters
  * dweight[OUT, IN] += dout[batch, OUT]^T x in[batch, IN]; dbias[o] += sum_b dout[b,o];
- *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]
+ *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]; dout is first masked where the fused
+ *   relu's output is 0, a block of samples at a time
  */
 static void lenet5_fc3_backward(
     real *restrict din,                     /* pool2 [N, 400] */
     real *restrict dweight,                 /* fc3.weight [120, 400] */
     real *restrict dbias,                   /* fc3.bias [120] */
     const real *restrict dout,              /* fc3 [N, 120] */
+    real *restrict out,                     /* fc3 [N, 120] */
     const real *restrict in,                /* pool2 [N, 400] */
     const real *restrict weight,            /* fc3.weight [120, 400] */
+    real *restrict scratch,                 /* 7680 elements of workspace */
     size_t batch)
 {
     enum {
         IN = 400,
-        OUT = 120
+        OUT = 120,
+        BATCH_BLOCK = 64
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
-        /* dout^T as A: A[o, b] = dout[b*OUT + o]. */
-        lenet5_gemm_nn(OUT, IN, rows, dout + b * OUT, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        lenet5_gemm_nn(rows, IN, OUT, dout + b * OUT, OUT, 1, weight, IN, din + b * IN, IN, 1);
-    }
-    for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            dbias[o] += dout[b * OUT + o];
-}
-
-/* ---- fc3_relu: relu forward (spec line 12)
- * fc3 [N, 120] -> fc3_relu [N, 120]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void lenet5_fc3_relu_forward(
-    real *restrict out,                     /* fc3_relu [N, 120] */
-    const real *restrict in,                /* fc3 [N, 120] */
-    size_t batch)
-{
-    enum {
-        SIZE = 120
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- fc3_relu: relu backward (spec line 12)
- * fc3 [N, 120] -> fc3_relu [N, 120]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void lenet5_fc3_relu_backward(
-    real *restrict din,                     /* fc3 [N, 120] */
-    const real *restrict dout,              /* fc3_relu [N, 120] */
-    const real *restrict in,                /* fc3 [N, 120] */
-    size_t batch)
-{
-    enum {
-        SIZE = 120
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
+        /* the fused relu's backward: the block's dout where out > 0, else 0 */
+        real *restrict dblock = scratch;                                /* [BATCH_BLOCK, OUT] */
+        for (int i = 0; i < rows * OUT; i++)
+            dblock[i] = out[b * OUT + (size_t)i] > 0 ? dout[b * OUT + (size_t)i] : 0;
+        /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
+        lenet5_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
+        lenet5_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < OUT; o++)
+                dbias[o] += dblock[(size_t)r * OUT + o];
     }
 }
 
 /* ---- fc4: dense forward (spec line 13)
- * fc3_relu [N, 120] -> fc4 [N, 84]
+ * fc3 [N, 120] -> fc4 [N, 84]
  * weight [84, 120], bias [84]: 10164 trainable parameters
  * out[b,o] = bias[o] + sum_i weight[o,i] * in[b,i]: out[batch, OUT] = in[batch, IN] x
- *   weight[OUT, IN]^T
+ *   weight[OUT, IN]^T; then relu (fc4_relu, fused): out = max(0, out)
  */
 static void lenet5_fc4_forward(
     real *restrict out,                     /* fc4 [N, 84] */
-    const real *restrict in,                /* fc3_relu [N, 120] */
+    const real *restrict in,                /* fc3 [N, 120] */
     const real *restrict weight,            /* fc4.weight [84, 120] */
     const real *restrict bias,              /* fc4.bias [84] */
     size_t batch)
 {
     enum {
         IN = 120,
-        OUT = 84
+        OUT = 84,
+        BATCH_BLOCK = 64
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         lenet5_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y > 0 ? y : 0;
+        }
 }
 
 /* ---- fc4: dense backward (spec line 13)
- * fc3_relu [N, 120] -> fc4 [N, 84]
+ * fc3 [N, 120] -> fc4 [N, 84]
  * weight [84, 120], bias [84]: 10164 trainable parameters
  * dweight[OUT, IN] += dout[batch, OUT]^T x in[batch, IN]; dbias[o] += sum_b dout[b,o];
- *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]
+ *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]; dout is first masked where the fused
+ *   relu's output is 0, a block of samples at a time
  */
 static void lenet5_fc4_backward(
-    real *restrict din,                     /* fc3_relu [N, 120] */
+    real *restrict din,                     /* fc3 [N, 120] */
     real *restrict dweight,                 /* fc4.weight [84, 120] */
     real *restrict dbias,                   /* fc4.bias [84] */
     const real *restrict dout,              /* fc4 [N, 84] */
-    const real *restrict in,                /* fc3_relu [N, 120] */
+    real *restrict out,                     /* fc4 [N, 84] */
+    const real *restrict in,                /* fc3 [N, 120] */
     const real *restrict weight,            /* fc4.weight [84, 120] */
+    real *restrict scratch,                 /* 5376 elements of workspace */
     size_t batch)
 {
     enum {
         IN = 120,
-        OUT = 84
+        OUT = 84,
+        BATCH_BLOCK = 64
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
-        /* dout^T as A: A[o, b] = dout[b*OUT + o]. */
-        lenet5_gemm_nn(OUT, IN, rows, dout + b * OUT, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        lenet5_gemm_nn(rows, IN, OUT, dout + b * OUT, OUT, 1, weight, IN, din + b * IN, IN, 1);
-    }
-    for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            dbias[o] += dout[b * OUT + o];
-}
-
-/* ---- fc4_relu: relu forward (spec line 13)
- * fc4 [N, 84] -> fc4_relu [N, 84]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void lenet5_fc4_relu_forward(
-    real *restrict out,                     /* fc4_relu [N, 84] */
-    const real *restrict in,                /* fc4 [N, 84] */
-    size_t batch)
-{
-    enum {
-        SIZE = 84
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- fc4_relu: relu backward (spec line 13)
- * fc4 [N, 84] -> fc4_relu [N, 84]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void lenet5_fc4_relu_backward(
-    real *restrict din,                     /* fc4 [N, 84] */
-    const real *restrict dout,              /* fc4_relu [N, 84] */
-    const real *restrict in,                /* fc4 [N, 84] */
-    size_t batch)
-{
-    enum {
-        SIZE = 84
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
+        /* the fused relu's backward: the block's dout where out > 0, else 0 */
+        real *restrict dblock = scratch;                                /* [BATCH_BLOCK, OUT] */
+        for (int i = 0; i < rows * OUT; i++)
+            dblock[i] = out[b * OUT + (size_t)i] > 0 ? dout[b * OUT + (size_t)i] : 0;
+        /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
+        lenet5_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
+        lenet5_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < OUT; o++)
+                dbias[o] += dblock[(size_t)r * OUT + o];
     }
 }
 
 /* ---- fc5: dense forward (spec line 14)
- * fc4_relu [N, 84] -> fc5 [N, 10]
+ * fc4 [N, 84] -> fc5 [N, 10]
  * weight [10, 84], bias [10]: 850 trainable parameters
  * out[b,o] = bias[o] + sum_i weight[o,i] * in[b,i]: out[batch, OUT] = in[batch, IN] x
  *   weight[OUT, IN]^T
  */
 static void lenet5_fc5_forward(
     real *restrict out,                     /* fc5 [N, 10] */
-    const real *restrict in,                /* fc4_relu [N, 84] */
+    const real *restrict in,                /* fc4 [N, 84] */
     const real *restrict weight,            /* fc5.weight [10, 84] */
     const real *restrict bias,              /* fc5.bias [10] */
     size_t batch)
 {
     enum {
         IN = 84,
-        OUT = 10
+        OUT = 10,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         lenet5_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y;
+        }
 }
 
 /* ---- fc5: dense backward (spec line 14)
- * fc4_relu [N, 84] -> fc5 [N, 10]
+ * fc4 [N, 84] -> fc5 [N, 10]
  * weight [10, 84], bias [10]: 850 trainable parameters
  * dweight[OUT, IN] += dout[batch, OUT]^T x in[batch, IN]; dbias[o] += sum_b dout[b,o];
  *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]
  */
 static void lenet5_fc5_backward(
-    real *restrict din,                     /* fc4_relu [N, 84] */
+    real *restrict din,                     /* fc4 [N, 84] */
     real *restrict dweight,                 /* fc5.weight [10, 84] */
     real *restrict dbias,                   /* fc5.bias [10] */
     const real *restrict dout,              /* fc5 [N, 10] */
-    const real *restrict in,                /* fc4_relu [N, 84] */
+    const real *restrict in,                /* fc4 [N, 84] */
     const real *restrict weight,            /* fc5.weight [10, 84] */
     size_t batch)
 {
     enum {
         IN = 84,
-        OUT = 10
+        OUT = 10,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
-        /* dout^T as A: A[o, b] = dout[b*OUT + o]. */
-        lenet5_gemm_nn(OUT, IN, rows, dout + b * OUT, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        lenet5_gemm_nn(rows, IN, OUT, dout + b * OUT, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        const real *restrict dblock = dout + b * OUT;
+        /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
+        lenet5_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
+        lenet5_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < OUT; o++)
+                dbias[o] += dblock[(size_t)r * OUT + o];
     }
-    for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            dbias[o] += dout[b * OUT + o];
 }
 
 size_t lenet5_activations_size(size_t batch)
@@ -1442,16 +1346,12 @@ void lenet5_forward(const lenet5_context *ctx, const real *input, size_t batch, 
     (void)seed;
 
     lenet5_conv1_forward(acts + A_CONV1 * batch, input, params + P_CONV1_WEIGHT, params + P_CONV1_BIAS, workspace + WS_CONV1, batch);
-    lenet5_conv1_relu_forward(acts + A_CONV1_RELU * batch, acts + A_CONV1 * batch, batch);
-    lenet5_pool1_forward(acts + A_POOL1 * batch, acts + A_CONV1_RELU * batch, training && grad_acts ? (char *)(grad_acts + A_CONV1_RELU * batch) : NULL, batch);
+    lenet5_pool1_forward(acts + A_POOL1 * batch, acts + A_CONV1 * batch, training && grad_acts ? (char *)(grad_acts + A_CONV1 * batch) : NULL, batch);
     lenet5_conv2_forward(acts + A_CONV2 * batch, acts + A_POOL1 * batch, params + P_CONV2_WEIGHT, params + P_CONV2_BIAS, workspace + WS_CONV2, batch);
-    lenet5_conv2_relu_forward(acts + A_CONV2_RELU * batch, acts + A_CONV2 * batch, batch);
-    lenet5_pool2_forward(acts + A_POOL2 * batch, acts + A_CONV2_RELU * batch, training && grad_acts ? (char *)(grad_acts + A_CONV2_RELU * batch) : NULL, batch);
+    lenet5_pool2_forward(acts + A_POOL2 * batch, acts + A_CONV2 * batch, training && grad_acts ? (char *)(grad_acts + A_CONV2 * batch) : NULL, batch);
     lenet5_fc3_forward(acts + A_FC3 * batch, acts + A_POOL2 * batch, params + P_FC3_WEIGHT, params + P_FC3_BIAS, batch);
-    lenet5_fc3_relu_forward(acts + A_FC3_RELU * batch, acts + A_FC3 * batch, batch);
-    lenet5_fc4_forward(acts + A_FC4 * batch, acts + A_FC3_RELU * batch, params + P_FC4_WEIGHT, params + P_FC4_BIAS, batch);
-    lenet5_fc4_relu_forward(acts + A_FC4_RELU * batch, acts + A_FC4 * batch, batch);
-    lenet5_fc5_forward(acts + A_FC5 * batch, acts + A_FC4_RELU * batch, params + P_FC5_WEIGHT, params + P_FC5_BIAS, batch);
+    lenet5_fc4_forward(acts + A_FC4 * batch, acts + A_FC3 * batch, params + P_FC4_WEIGHT, params + P_FC4_BIAS, batch);
+    lenet5_fc5_forward(acts + A_FC5 * batch, acts + A_FC4 * batch, params + P_FC5_WEIGHT, params + P_FC5_BIAS, batch);
 }
 
 const real *lenet5_output(const lenet5_context *ctx, size_t batch)
@@ -1507,13 +1407,11 @@ void lenet5_backward(const lenet5_context *ctx, const real *input, const int32_t
     memset(grad_acts + A_POOL1 * batch, 0, sizeof(real) * ZERO_POOL1 * batch);
     memset(grad_acts + A_POOL2 * batch, 0, sizeof(real) * ZERO_POOL2 * batch);
     lenet5_loss_softmax_cross_entropy(acts + A_FC5 * batch, grad_acts + A_FC5 * batch, targets, batch, 1);
-    lenet5_fc5_backward(grad_acts + A_FC4_RELU * batch, grads + P_FC5_WEIGHT, grads + P_FC5_BIAS, grad_acts + A_FC5 * batch, acts + A_FC4_RELU * batch, params + P_FC5_WEIGHT, batch);
-    lenet5_fc4_relu_backward(grad_acts + A_FC4 * batch, grad_acts + A_FC4_RELU * batch, acts + A_FC4 * batch, batch);
-    lenet5_fc4_backward(grad_acts + A_FC3_RELU * batch, grads + P_FC4_WEIGHT, grads + P_FC4_BIAS, grad_acts + A_FC4 * batch, acts + A_FC3_RELU * batch, params + P_FC4_WEIGHT, batch);
-    lenet5_fc3_relu_backward(grad_acts + A_FC3 * batch, grad_acts + A_FC3_RELU * batch, acts + A_FC3 * batch, batch);
-    lenet5_fc3_backward(grad_acts + A_POOL2 * batch, grads + P_FC3_WEIGHT, grads + P_FC3_BIAS, grad_acts + A_FC3 * batch, acts + A_POOL2 * batch, params + P_FC3_WEIGHT, batch);
-    lenet5_conv2_backward(grad_acts + A_POOL1 * batch, grads + P_CONV2_WEIGHT, grads + P_CONV2_BIAS, grad_acts + A_POOL2 * batch, acts + A_POOL2 * batch, (const char *)(grad_acts + A_CONV2_RELU * batch), acts + A_POOL1 * batch, params + P_CONV2_WEIGHT, workspace + WS_CONV2, batch);
-    lenet5_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_POOL1 * batch, acts + A_POOL1 * batch, (const char *)(grad_acts + A_CONV1_RELU * batch), input, workspace + WS_CONV1, batch);
+    lenet5_fc5_backward(grad_acts + A_FC4 * batch, grads + P_FC5_WEIGHT, grads + P_FC5_BIAS, grad_acts + A_FC5 * batch, acts + A_FC4 * batch, params + P_FC5_WEIGHT, batch);
+    lenet5_fc4_backward(grad_acts + A_FC3 * batch, grads + P_FC4_WEIGHT, grads + P_FC4_BIAS, grad_acts + A_FC4 * batch, acts + A_FC4 * batch, acts + A_FC3 * batch, params + P_FC4_WEIGHT, workspace + WS_FC4, batch);
+    lenet5_fc3_backward(grad_acts + A_POOL2 * batch, grads + P_FC3_WEIGHT, grads + P_FC3_BIAS, grad_acts + A_FC3 * batch, acts + A_FC3 * batch, acts + A_POOL2 * batch, params + P_FC3_WEIGHT, workspace + WS_FC3, batch);
+    lenet5_conv2_backward(grad_acts + A_POOL1 * batch, grads + P_CONV2_WEIGHT, grads + P_CONV2_BIAS, grad_acts + A_POOL2 * batch, acts + A_POOL2 * batch, (const char *)(grad_acts + A_CONV2 * batch), acts + A_POOL1 * batch, params + P_CONV2_WEIGHT, workspace + WS_CONV2, batch);
+    lenet5_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_POOL1 * batch, acts + A_POOL1 * batch, (const char *)(grad_acts + A_CONV1 * batch), input, workspace + WS_CONV1, batch);
 }
 /* ---- optimizer: Adam over the LENET5_NUM_TRAINABLE trainable parameters
  * (PyTorch's rule)
@@ -1589,34 +1487,22 @@ void lenet5_forward_op(const lenet5_context *ctx, const real *input, size_t batc
         lenet5_conv1_forward(acts + A_CONV1 * batch, input, params + P_CONV1_WEIGHT, params + P_CONV1_BIAS, workspace + WS_CONV1, batch);
         break;
     case 1:
-        lenet5_conv1_relu_forward(acts + A_CONV1_RELU * batch, acts + A_CONV1 * batch, batch);
+        lenet5_pool1_forward(acts + A_POOL1 * batch, acts + A_CONV1 * batch, training && grad_acts ? (char *)(grad_acts + A_CONV1 * batch) : NULL, batch);
         break;
     case 2:
-        lenet5_pool1_forward(acts + A_POOL1 * batch, acts + A_CONV1_RELU * batch, training && grad_acts ? (char *)(grad_acts + A_CONV1_RELU * batch) : NULL, batch);
-        break;
-    case 3:
         lenet5_conv2_forward(acts + A_CONV2 * batch, acts + A_POOL1 * batch, params + P_CONV2_WEIGHT, params + P_CONV2_BIAS, workspace + WS_CONV2, batch);
         break;
+    case 3:
+        lenet5_pool2_forward(acts + A_POOL2 * batch, acts + A_CONV2 * batch, training && grad_acts ? (char *)(grad_acts + A_CONV2 * batch) : NULL, batch);
+        break;
     case 4:
-        lenet5_conv2_relu_forward(acts + A_CONV2_RELU * batch, acts + A_CONV2 * batch, batch);
-        break;
-    case 5:
-        lenet5_pool2_forward(acts + A_POOL2 * batch, acts + A_CONV2_RELU * batch, training && grad_acts ? (char *)(grad_acts + A_CONV2_RELU * batch) : NULL, batch);
-        break;
-    case 6:
         lenet5_fc3_forward(acts + A_FC3 * batch, acts + A_POOL2 * batch, params + P_FC3_WEIGHT, params + P_FC3_BIAS, batch);
         break;
-    case 7:
-        lenet5_fc3_relu_forward(acts + A_FC3_RELU * batch, acts + A_FC3 * batch, batch);
+    case 5:
+        lenet5_fc4_forward(acts + A_FC4 * batch, acts + A_FC3 * batch, params + P_FC4_WEIGHT, params + P_FC4_BIAS, batch);
         break;
-    case 8:
-        lenet5_fc4_forward(acts + A_FC4 * batch, acts + A_FC3_RELU * batch, params + P_FC4_WEIGHT, params + P_FC4_BIAS, batch);
-        break;
-    case 9:
-        lenet5_fc4_relu_forward(acts + A_FC4_RELU * batch, acts + A_FC4 * batch, batch);
-        break;
-    case 10:
-        lenet5_fc5_forward(acts + A_FC5 * batch, acts + A_FC4_RELU * batch, params + P_FC5_WEIGHT, params + P_FC5_BIAS, batch);
+    case 6:
+        lenet5_fc5_forward(acts + A_FC5 * batch, acts + A_FC4 * batch, params + P_FC5_WEIGHT, params + P_FC5_BIAS, batch);
         break;
     default:
         break;
@@ -1641,25 +1527,19 @@ void lenet5_backward_op(const lenet5_context *ctx, const real *input, size_t bat
 
     switch (op) {
     case 0:
-        lenet5_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_POOL1 * batch, acts + A_POOL1 * batch, (const char *)(grad_acts + A_CONV1_RELU * batch), input, workspace + WS_CONV1, batch);
+        lenet5_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_POOL1 * batch, acts + A_POOL1 * batch, (const char *)(grad_acts + A_CONV1 * batch), input, workspace + WS_CONV1, batch);
         break;
-    case 3:
-        lenet5_conv2_backward(grad_acts + A_POOL1 * batch, grads + P_CONV2_WEIGHT, grads + P_CONV2_BIAS, grad_acts + A_POOL2 * batch, acts + A_POOL2 * batch, (const char *)(grad_acts + A_CONV2_RELU * batch), acts + A_POOL1 * batch, params + P_CONV2_WEIGHT, workspace + WS_CONV2, batch);
+    case 2:
+        lenet5_conv2_backward(grad_acts + A_POOL1 * batch, grads + P_CONV2_WEIGHT, grads + P_CONV2_BIAS, grad_acts + A_POOL2 * batch, acts + A_POOL2 * batch, (const char *)(grad_acts + A_CONV2 * batch), acts + A_POOL1 * batch, params + P_CONV2_WEIGHT, workspace + WS_CONV2, batch);
+        break;
+    case 4:
+        lenet5_fc3_backward(grad_acts + A_POOL2 * batch, grads + P_FC3_WEIGHT, grads + P_FC3_BIAS, grad_acts + A_FC3 * batch, acts + A_FC3 * batch, acts + A_POOL2 * batch, params + P_FC3_WEIGHT, workspace + WS_FC3, batch);
+        break;
+    case 5:
+        lenet5_fc4_backward(grad_acts + A_FC3 * batch, grads + P_FC4_WEIGHT, grads + P_FC4_BIAS, grad_acts + A_FC4 * batch, acts + A_FC4 * batch, acts + A_FC3 * batch, params + P_FC4_WEIGHT, workspace + WS_FC4, batch);
         break;
     case 6:
-        lenet5_fc3_backward(grad_acts + A_POOL2 * batch, grads + P_FC3_WEIGHT, grads + P_FC3_BIAS, grad_acts + A_FC3 * batch, acts + A_POOL2 * batch, params + P_FC3_WEIGHT, batch);
-        break;
-    case 7:
-        lenet5_fc3_relu_backward(grad_acts + A_FC3 * batch, grad_acts + A_FC3_RELU * batch, acts + A_FC3 * batch, batch);
-        break;
-    case 8:
-        lenet5_fc4_backward(grad_acts + A_FC3_RELU * batch, grads + P_FC4_WEIGHT, grads + P_FC4_BIAS, grad_acts + A_FC4 * batch, acts + A_FC3_RELU * batch, params + P_FC4_WEIGHT, batch);
-        break;
-    case 9:
-        lenet5_fc4_relu_backward(grad_acts + A_FC4 * batch, grad_acts + A_FC4_RELU * batch, acts + A_FC4 * batch, batch);
-        break;
-    case 10:
-        lenet5_fc5_backward(grad_acts + A_FC4_RELU * batch, grads + P_FC5_WEIGHT, grads + P_FC5_BIAS, grad_acts + A_FC5 * batch, acts + A_FC4_RELU * batch, params + P_FC5_WEIGHT, batch);
+        lenet5_fc5_backward(grad_acts + A_FC4 * batch, grads + P_FC5_WEIGHT, grads + P_FC5_BIAS, grad_acts + A_FC5 * batch, acts + A_FC4 * batch, params + P_FC5_WEIGHT, batch);
         break;
     default:
         break;

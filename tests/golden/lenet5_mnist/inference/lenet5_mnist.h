@@ -15,10 +15,10 @@
 #define LENET5_MNIST_NUM_TRAINABLE 62558
 #define LENET5_MNIST_INPUT_SIZE 784
 #define LENET5_MNIST_OUTPUT_SIZE 10
-#define LENET5_MNIST_ACTIVATIONS_PER_SAMPLE 12544
+#define LENET5_MNIST_ACTIVATIONS_PER_SAMPLE 7840
 #define LENET5_MNIST_WORKSPACE_SIZE 8160
 #define LENET5_MNIST_BATCH 1 /* samples per forward call */
-#define LENET5_MNIST_ARENA_SIZE 20704 /* ACTIVATIONS_PER_SAMPLE * BATCH + WORKSPACE_SIZE */
+#define LENET5_MNIST_ARENA_SIZE 16000 /* ACTIVATIONS_PER_SAMPLE * BATCH + WORKSPACE_SIZE */
 
 /* Tensors whose lifetimes do not overlap share the arena; nothing else is needed at run time. */
 typedef struct lenet5_mnist_context {

@@ -37,9 +37,7 @@ typedef float real;
 
 /* Per-sample offsets of the activation tensors (times the batch size). */
 #define A_ENC1 ((size_t)0) /* [N, 8, 14, 14] */
-#define A_ENC1_RELU ((size_t)1568) /* [N, 8, 14, 14] */
-#define A_ENC2 ((size_t)0) /* [N, 16, 7, 7] */
-#define A_ENC2_RELU ((size_t)1568) /* [N, 16, 7, 7] */
+#define A_ENC2 ((size_t)1568) /* [N, 16, 7, 7] */
 #define A_DEC1 ((size_t)0) /* [N, 8, 14, 14] */
 #define A_DEC1_RELU ((size_t)6272) /* [N, 8, 14, 14] */
 #define A_UP ((size_t)0) /* [N, 8, 28, 28] */
@@ -135,7 +133,6 @@ enum {
     VEC_LANES = (int)(sizeof(vec) / sizeof(real)),
     NN_COLS = 2 * VEC_LANES,      /* columns of C per gemm_nn block */
     NT_ROWS = 4,                  /* gemm_nt blocks: 4 rows of A x 4 rows of B accumulators */
-    BATCH_BLOCK = 256,            /* samples per product in the dense kernels (keeps row counts int) */
 };
 
 /* Threads (OpenMP builds: -fopenmp): a product big enough to repay waking them splits its
@@ -556,14 +553,15 @@ KERNEL_INLINE void mnist_autoencoder_pad_planes(const real *restrict src, real *
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
  *   per sample and group: out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x
- *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col
+ *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col; then relu (enc1_relu, fused): out =
+ *   max(0, out)
  */
 KERNEL_INLINE void mnist_autoencoder_enc1_forward_slot(
     real *restrict out,                     /* enc1 [N, 8, 14, 14] */
     const real *restrict in,                /* input [N, 1, 28, 28] */
     const real *restrict weight,            /* enc1.weight [8, 1, 3, 3] */
     const real *restrict bias,              /* enc1.bias [8] */
-    real *slots,                            /* 1844 elements of workspace */
+    real *slots,                            /* 3412 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -589,7 +587,7 @@ KERNEL_INLINE void mnist_autoencoder_enc1_forward_slot(
         H_OUT = 14,
         W_OUT = 14,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 1844
+        SLOT_SIZE = 3412
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -605,6 +603,9 @@ KERNEL_INLINE void mnist_autoencoder_enc1_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             mnist_autoencoder_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+            for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)                          /* the fused relu */
+                out_group[i] = out_group[i] > 0 ? out_group[i] : 0;
+
         }
     }
 }
@@ -618,7 +619,7 @@ static void mnist_autoencoder_enc1_forward(
     const real *restrict in,                /* input [N, 1, 28, 28] */
     const real *restrict weight,            /* enc1.weight [8, 1, 3, 3] */
     const real *restrict bias,              /* enc1.bias [8] */
-    real *slots,                            /* 1844 elements of workspace */
+    real *slots,                            /* 3412 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -633,40 +634,21 @@ static void mnist_autoencoder_enc1_forward(
     }
 }
 
-/* ---- enc1_relu: relu forward (spec line 8)
- * enc1 [N, 8, 14, 14] -> enc1_relu [N, 8, 14, 14]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void mnist_autoencoder_enc1_relu_forward(
-    real *restrict out,                     /* enc1_relu [N, 8, 14, 14] */
-    const real *restrict in,                /* enc1 [N, 8, 14, 14] */
-    size_t batch)
-{
-    enum {
-        SIZE = 1568
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- enc2: conv2d forward (spec line 9)
- * enc1_relu [N, 8, 14, 14] -> enc2 [N, 16, 7, 7]
+ * enc1 [N, 8, 14, 14] -> enc2 [N, 16, 7, 7]
  * weight [16, 8, 3, 3], bias [16]: 1168 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
  *   per sample and group: out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x
- *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col
+ *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col; then relu (enc2_relu, fused): out =
+ *   max(0, out)
  */
 KERNEL_INLINE void mnist_autoencoder_enc2_forward_slot(
     real *restrict out,                     /* enc2 [N, 16, 7, 7] */
-    const real *restrict in,                /* enc1_relu [N, 8, 14, 14] */
+    const real *restrict in,                /* enc1 [N, 8, 14, 14] */
     const real *restrict weight,            /* enc2.weight [16, 8, 3, 3] */
     const real *restrict bias,              /* enc2.bias [16] */
-    real *slots,                            /* 6632 elements of workspace */
+    real *slots,                            /* 7416 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -692,7 +674,7 @@ KERNEL_INLINE void mnist_autoencoder_enc2_forward_slot(
         H_OUT = 7,
         W_OUT = 7,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 5480
+        SLOT_SIZE = 6264
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -708,6 +690,9 @@ KERNEL_INLINE void mnist_autoencoder_enc2_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             mnist_autoencoder_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+            for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)                          /* the fused relu */
+                out_group[i] = out_group[i] > 0 ? out_group[i] : 0;
+
         }
     }
 }
@@ -718,10 +703,10 @@ KERNEL_INLINE void mnist_autoencoder_enc2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void mnist_autoencoder_enc2_forward(
     real *restrict out,                     /* enc2 [N, 16, 7, 7] */
-    const real *restrict in,                /* enc1_relu [N, 8, 14, 14] */
+    const real *restrict in,                /* enc1 [N, 8, 14, 14] */
     const real *restrict weight,            /* enc2.weight [16, 8, 3, 3] */
     const real *restrict bias,              /* enc2.bias [16] */
-    real *slots,                            /* 6632 elements of workspace */
+    real *slots,                            /* 7416 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -736,28 +721,8 @@ static void mnist_autoencoder_enc2_forward(
     }
 }
 
-/* ---- enc2_relu: relu forward (spec line 9)
- * enc2 [N, 16, 7, 7] -> enc2_relu [N, 16, 7, 7]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void mnist_autoencoder_enc2_relu_forward(
-    real *restrict out,                     /* enc2_relu [N, 16, 7, 7] */
-    const real *restrict in,                /* enc2 [N, 16, 7, 7] */
-    size_t batch)
-{
-    enum {
-        SIZE = 784
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- dec1: conv_transpose2d forward (spec line 10)
- * enc2_relu [N, 16, 7, 7] -> dec1 [N, 8, 14, 14]
+ * enc2 [N, 16, 7, 7] -> dec1 [N, 8, 14, 14]
  * weight [16, 8, 3, 3], bias [8]: 1160 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum over ic in group(oc), kh, kw with oh = ih*STRIDE_H + kh*DIL_H
  *   - PAD_TOP and ow = iw*STRIDE_W + kw*DIL_W - PAD_LEFT of weight[ic,oc mod
@@ -766,7 +731,7 @@ static void mnist_autoencoder_enc2_relu_forward(
  */
 static void mnist_autoencoder_dec1_forward(
     real *restrict out,                     /* dec1 [N, 8, 14, 14] */
-    const real *restrict in,                /* enc2_relu [N, 16, 7, 7] */
+    const real *restrict in,                /* enc2 [N, 16, 7, 7] */
     const real *restrict weight,            /* dec1.weight [16, 8, 3, 3] */
     const real *restrict bias,              /* dec1.bias [8] */
     real *restrict scratch,                 /* 3528 elements of workspace */
@@ -932,9 +897,10 @@ KERNEL_INLINE void mnist_autoencoder_dec2_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+                    }
         }
     }
 }
@@ -991,10 +957,8 @@ void mnist_autoencoder_forward(const mnist_autoencoder_context *ctx, const real 
     const size_t batch = MNIST_AUTOENCODER_BATCH;
 
     mnist_autoencoder_enc1_forward(acts + A_ENC1 * batch, input, params + P_ENC1_WEIGHT, params + P_ENC1_BIAS, workspace + WS_ENC1, batch);
-    mnist_autoencoder_enc1_relu_forward(acts + A_ENC1_RELU * batch, acts + A_ENC1 * batch, batch);
-    mnist_autoencoder_enc2_forward(acts + A_ENC2 * batch, acts + A_ENC1_RELU * batch, params + P_ENC2_WEIGHT, params + P_ENC2_BIAS, workspace + WS_ENC2, batch);
-    mnist_autoencoder_enc2_relu_forward(acts + A_ENC2_RELU * batch, acts + A_ENC2 * batch, batch);
-    mnist_autoencoder_dec1_forward(acts + A_DEC1 * batch, acts + A_ENC2_RELU * batch, params + P_DEC1_WEIGHT, params + P_DEC1_BIAS, workspace + WS_DEC1, batch);
+    mnist_autoencoder_enc2_forward(acts + A_ENC2 * batch, acts + A_ENC1 * batch, params + P_ENC2_WEIGHT, params + P_ENC2_BIAS, workspace + WS_ENC2, batch);
+    mnist_autoencoder_dec1_forward(acts + A_DEC1 * batch, acts + A_ENC2 * batch, params + P_DEC1_WEIGHT, params + P_DEC1_BIAS, workspace + WS_DEC1, batch);
     mnist_autoencoder_dec1_relu_forward(acts + A_DEC1_RELU * batch, acts + A_DEC1 * batch, batch);
     mnist_autoencoder_up_forward(acts + A_UP * batch, acts + A_DEC1_RELU * batch, batch);
     mnist_autoencoder_dec2_forward(acts + A_DEC2 * batch, acts + A_UP * batch, params + P_DEC2_WEIGHT, params + P_DEC2_BIAS, workspace + WS_DEC2, batch);

@@ -37,24 +37,22 @@ typedef float real;
 
 /* Per-sample offsets of the activation tensors (times the batch size). */
 #define A_ENC1 ((size_t)0) /* [N, 8, 14, 14] */
-#define A_ENC1_RELU ((size_t)1568) /* [N, 8, 14, 14] */
-#define A_ENC2 ((size_t)3136) /* [N, 16, 7, 7] */
-#define A_ENC2_RELU ((size_t)3920) /* [N, 16, 7, 7] */
-#define A_DEC1 ((size_t)4704) /* [N, 8, 14, 14] */
-#define A_DEC1_RELU ((size_t)6272) /* [N, 8, 14, 14] */
-#define A_UP ((size_t)7840) /* [N, 8, 28, 28] */
-#define A_DEC2 ((size_t)14112) /* [N, 1, 28, 28] */
-#define A_DEC2_SIGMOID ((size_t)14896) /* [N, 1, 28, 28] */
+#define A_ENC2 ((size_t)1568) /* [N, 16, 7, 7] */
+#define A_DEC1 ((size_t)2352) /* [N, 8, 14, 14] */
+#define A_DEC1_RELU ((size_t)3920) /* [N, 8, 14, 14] */
+#define A_UP ((size_t)5488) /* [N, 8, 28, 28] */
+#define A_DEC2 ((size_t)11760) /* [N, 1, 28, 28] */
+#define A_DEC2_SIGMOID ((size_t)12544) /* [N, 1, 28, 28] */
 
 /* Workspace offsets. */
 #define WS_ENC1 ((size_t)0)
-#define WS_ENC2 ((size_t)1844)
-#define WS_DEC1 ((size_t)8476)
-#define WS_DEC2 ((size_t)12004)
+#define WS_ENC2 ((size_t)3412)
+#define WS_DEC1 ((size_t)10828)
+#define WS_DEC2 ((size_t)14356)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
-#define ZERO_ENC1 ((size_t)15680) /* enc1 .. dec2_sigmoid */
+#define ZERO_ENC1 ((size_t)13328) /* enc1 .. dec2_sigmoid */
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -150,7 +148,6 @@ enum {
     VEC_LANES = (int)(sizeof(vec) / sizeof(real)),
     NN_COLS = 2 * VEC_LANES,      /* columns of C per gemm_nn block */
     NT_ROWS = 4,                  /* gemm_nt blocks: 4 rows of A x 4 rows of B accumulators */
-    BATCH_BLOCK = 256,            /* samples per product in the dense kernels (keeps row counts int) */
 };
 
 /* Threads (OpenMP builds: -fopenmp): a product big enough to repay waking them splits its
@@ -571,14 +568,15 @@ KERNEL_INLINE void mnist_autoencoder_pad_planes(const real *restrict src, real *
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
  *   per sample and group: out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x
- *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col
+ *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col; then relu (enc1_relu, fused): out =
+ *   max(0, out)
  */
 KERNEL_INLINE void mnist_autoencoder_enc1_forward_slot(
     real *restrict out,                     /* enc1 [N, 8, 14, 14] */
     const real *restrict in,                /* input [N, 1, 28, 28] */
     const real *restrict weight,            /* enc1.weight [8, 1, 3, 3] */
     const real *restrict bias,              /* enc1.bias [8] */
-    real *slots,                            /* 1844 elements of workspace */
+    real *slots,                            /* 3412 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -604,7 +602,7 @@ KERNEL_INLINE void mnist_autoencoder_enc1_forward_slot(
         H_OUT = 14,
         W_OUT = 14,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 1844
+        SLOT_SIZE = 3412
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -620,6 +618,9 @@ KERNEL_INLINE void mnist_autoencoder_enc1_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             mnist_autoencoder_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+            for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)                          /* the fused relu */
+                out_group[i] = out_group[i] > 0 ? out_group[i] : 0;
+
         }
     }
 }
@@ -633,7 +634,7 @@ static void mnist_autoencoder_enc1_forward(
     const real *restrict in,                /* input [N, 1, 28, 28] */
     const real *restrict weight,            /* enc1.weight [8, 1, 3, 3] */
     const real *restrict bias,              /* enc1.bias [8] */
-    real *slots,                            /* 1844 elements of workspace */
+    real *slots,                            /* 3412 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -652,14 +653,16 @@ static void mnist_autoencoder_enc1_forward(
  * input [N, 1, 28, 28] -> enc1 [N, 8, 14, 14]
  * weight [8, 1, 3, 3], bias [8]: 80 trainable parameters
  * per sample and group: dweight[C_OUT_PER_GROUP, K_GROUP] += dout[C_OUT_PER_GROUP, pixels] x
- *   patches^T (dot products: few filters); dbias[oc] += sum of dout[oc]
+ *   patches^T (dot products: few filters); dbias[oc] += sum of dout[oc]; dout is first masked
+ *   where the fused relu's output is 0
  */
 static void mnist_autoencoder_enc1_backward(
     real *restrict dweight,                 /* enc1.weight [8, 1, 3, 3] */
     real *restrict dbias,                   /* enc1.bias [8] */
     const real *restrict dout,              /* enc1 [N, 8, 14, 14] */
+    real *restrict out,                     /* enc1 [N, 8, 14, 14] */
     const real *restrict in,                /* input [N, 1, 28, 28] */
-    real *slots,                            /* 1844 elements of workspace */
+    real *slots,                            /* 3412 elements of workspace */
     size_t batch)
 {
     enum {
@@ -684,9 +687,10 @@ static void mnist_autoencoder_enc1_backward(
         W_OUT = 14,
         SCRATCH_PATCHES = 0,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 1844,
+        SLOT_SIZE = 3412,
         SCRATCH_DWEIGHT_PART = 1764,
-        SCRATCH_DBIAS_PART = 1836
+        SCRATCH_DBIAS_PART = 1836,
+        SCRATCH_DRELU = 1844
     };
     /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
        on its threads when the batch's products repay waking them (a single sample's products may
@@ -704,7 +708,10 @@ static void mnist_autoencoder_enc1_backward(
             real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dout_group = scratch + SCRATCH_DRELU;           /* the fused relu's backward */
+                for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)
+                    dout_group[i] = out[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] > 0 ? dout[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] : 0;
+
                 real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = mnist_autoencoder_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -724,62 +731,21 @@ static void mnist_autoencoder_enc1_backward(
         }
     }
 }
-/* ---- enc1_relu: relu forward (spec line 8)
- * enc1 [N, 8, 14, 14] -> enc1_relu [N, 8, 14, 14]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void mnist_autoencoder_enc1_relu_forward(
-    real *restrict out,                     /* enc1_relu [N, 8, 14, 14] */
-    const real *restrict in,                /* enc1 [N, 8, 14, 14] */
-    size_t batch)
-{
-    enum {
-        SIZE = 1568
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- enc1_relu: relu backward (spec line 8)
- * enc1 [N, 8, 14, 14] -> enc1_relu [N, 8, 14, 14]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void mnist_autoencoder_enc1_relu_backward(
-    real *restrict din,                     /* enc1 [N, 8, 14, 14] */
-    const real *restrict dout,              /* enc1_relu [N, 8, 14, 14] */
-    const real *restrict in,                /* enc1 [N, 8, 14, 14] */
-    size_t batch)
-{
-    enum {
-        SIZE = 1568
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- enc2: conv2d forward (spec line 9)
- * enc1_relu [N, 8, 14, 14] -> enc2 [N, 16, 7, 7]
+ * enc1 [N, 8, 14, 14] -> enc2 [N, 16, 7, 7]
  * weight [16, 8, 3, 3], bias [16]: 1168 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
  *   per sample and group: out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x
- *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col
+ *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col; then relu (enc2_relu, fused): out =
+ *   max(0, out)
  */
 KERNEL_INLINE void mnist_autoencoder_enc2_forward_slot(
     real *restrict out,                     /* enc2 [N, 16, 7, 7] */
-    const real *restrict in,                /* enc1_relu [N, 8, 14, 14] */
+    const real *restrict in,                /* enc1 [N, 8, 14, 14] */
     const real *restrict weight,            /* enc2.weight [16, 8, 3, 3] */
     const real *restrict bias,              /* enc2.bias [16] */
-    real *slots,                            /* 6632 elements of workspace */
+    real *slots,                            /* 7416 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -805,7 +771,7 @@ KERNEL_INLINE void mnist_autoencoder_enc2_forward_slot(
         H_OUT = 7,
         W_OUT = 7,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 5480
+        SLOT_SIZE = 6264
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -821,6 +787,9 @@ KERNEL_INLINE void mnist_autoencoder_enc2_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             mnist_autoencoder_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+            for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)                          /* the fused relu */
+                out_group[i] = out_group[i] > 0 ? out_group[i] : 0;
+
         }
     }
 }
@@ -831,10 +800,10 @@ KERNEL_INLINE void mnist_autoencoder_enc2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void mnist_autoencoder_enc2_forward(
     real *restrict out,                     /* enc2 [N, 16, 7, 7] */
-    const real *restrict in,                /* enc1_relu [N, 8, 14, 14] */
+    const real *restrict in,                /* enc1 [N, 8, 14, 14] */
     const real *restrict weight,            /* enc2.weight [16, 8, 3, 3] */
     const real *restrict bias,              /* enc2.bias [16] */
-    real *slots,                            /* 6632 elements of workspace */
+    real *slots,                            /* 7416 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -850,20 +819,22 @@ static void mnist_autoencoder_enc2_forward(
 }
 
 /* ---- enc2: conv2d backward (spec line 9)
- * enc1_relu [N, 8, 14, 14] -> enc2 [N, 16, 7, 7]
+ * enc1 [N, 8, 14, 14] -> enc2 [N, 16, 7, 7]
  * weight [16, 8, 3, 3], bias [16]: 1168 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
- *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im)
+ *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im); dout is first masked
+ *   where the fused relu's output is 0
  */
 static void mnist_autoencoder_enc2_backward(
-    real *restrict din,                     /* enc1_relu [N, 8, 14, 14] */
+    real *restrict din,                     /* enc1 [N, 8, 14, 14] */
     real *restrict dweight,                 /* enc2.weight [16, 8, 3, 3] */
     real *restrict dbias,                   /* enc2.bias [16] */
     const real *restrict dout,              /* enc2 [N, 16, 7, 7] */
-    const real *restrict in,                /* enc1_relu [N, 8, 14, 14] */
+    real *restrict out,                     /* enc2 [N, 16, 7, 7] */
+    const real *restrict in,                /* enc1 [N, 8, 14, 14] */
     const real *restrict weight,            /* enc2.weight [16, 8, 3, 3] */
-    real *slots,                            /* 6632 elements of workspace */
+    real *slots,                            /* 7416 elements of workspace */
     size_t batch)
 {
     enum {
@@ -888,11 +859,12 @@ static void mnist_autoencoder_enc2_backward(
         W_OUT = 7,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 3528,
-        SCRATCH_DWEIGHT_T = 5480,
+        SCRATCH_DWEIGHT_T = 6264,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 5480,
+        SLOT_SIZE = 6264,
         SCRATCH_DWEIGHT_PART = 4312,
-        SCRATCH_DBIAS_PART = 5464
+        SCRATCH_DBIAS_PART = 5464,
+        SCRATCH_DRELU = 5480
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
@@ -913,7 +885,10 @@ static void mnist_autoencoder_enc2_backward(
             real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dout_group = scratch + SCRATCH_DRELU;           /* the fused relu's backward */
+                for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)
+                    dout_group[i] = out[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] > 0 ? dout[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] : 0;
+
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = mnist_autoencoder_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -948,50 +923,8 @@ static void mnist_autoencoder_enc2_backward(
                 dweight[(size_t)(g * C_OUT_PER_GROUP + oc) * K_GROUP + k] +=
                     dweight_t[((size_t)g * K_GROUP + k) * C_OUT_PER_GROUP + oc];
 }
-/* ---- enc2_relu: relu forward (spec line 9)
- * enc2 [N, 16, 7, 7] -> enc2_relu [N, 16, 7, 7]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void mnist_autoencoder_enc2_relu_forward(
-    real *restrict out,                     /* enc2_relu [N, 16, 7, 7] */
-    const real *restrict in,                /* enc2 [N, 16, 7, 7] */
-    size_t batch)
-{
-    enum {
-        SIZE = 784
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- enc2_relu: relu backward (spec line 9)
- * enc2 [N, 16, 7, 7] -> enc2_relu [N, 16, 7, 7]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void mnist_autoencoder_enc2_relu_backward(
-    real *restrict din,                     /* enc2 [N, 16, 7, 7] */
-    const real *restrict dout,              /* enc2_relu [N, 16, 7, 7] */
-    const real *restrict in,                /* enc2 [N, 16, 7, 7] */
-    size_t batch)
-{
-    enum {
-        SIZE = 784
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- dec1: conv_transpose2d forward (spec line 10)
- * enc2_relu [N, 16, 7, 7] -> dec1 [N, 8, 14, 14]
+ * enc2 [N, 16, 7, 7] -> dec1 [N, 8, 14, 14]
  * weight [16, 8, 3, 3], bias [8]: 1160 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum over ic in group(oc), kh, kw with oh = ih*STRIDE_H + kh*DIL_H
  *   - PAD_TOP and ow = iw*STRIDE_W + kw*DIL_W - PAD_LEFT of weight[ic,oc mod
@@ -1000,7 +933,7 @@ static void mnist_autoencoder_enc2_relu_backward(
  */
 static void mnist_autoencoder_dec1_forward(
     real *restrict out,                     /* dec1 [N, 8, 14, 14] */
-    const real *restrict in,                /* enc2_relu [N, 16, 7, 7] */
+    const real *restrict in,                /* enc2 [N, 16, 7, 7] */
     const real *restrict weight,            /* dec1.weight [16, 8, 3, 3] */
     const real *restrict bias,              /* dec1.bias [8] */
     real *restrict scratch,                 /* 3528 elements of workspace */
@@ -1046,18 +979,18 @@ static void mnist_autoencoder_dec1_forward(
 }
 
 /* ---- dec1: conv_transpose2d backward (spec line 10)
- * enc2_relu [N, 16, 7, 7] -> dec1 [N, 8, 14, 14]
+ * enc2 [N, 16, 7, 7] -> dec1 [N, 8, 14, 14]
  * weight [16, 8, 3, 3], bias [8]: 1160 trainable parameters
  * per sample and group: cols[K_GROUP, PIXELS_IN] = im2col of dout (conv2d's patches, same
  *   stride, padding and dilation); dweight[C_IN_PER_GROUP, K_GROUP] += in x cols^T; dbias[oc] +=
  *   sum of dout[oc]; din[C_IN_PER_GROUP, PIXELS_IN] += weight x cols
  */
 static void mnist_autoencoder_dec1_backward(
-    real *restrict din,                     /* enc2_relu [N, 16, 7, 7] */
+    real *restrict din,                     /* enc2 [N, 16, 7, 7] */
     real *restrict dweight,                 /* dec1.weight [16, 8, 3, 3] */
     real *restrict dbias,                   /* dec1.bias [8] */
     const real *restrict dout,              /* dec1 [N, 8, 14, 14] */
-    const real *restrict in,                /* enc2_relu [N, 16, 7, 7] */
+    const real *restrict in,                /* enc2 [N, 16, 7, 7] */
     const real *restrict weight,            /* dec1.weight [16, 8, 3, 3] */
     real *restrict scratch,                 /* 3528 elements of workspace */
     size_t batch)
@@ -1292,9 +1225,10 @@ KERNEL_INLINE void mnist_autoencoder_dec2_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+                    }
         }
     }
 }
@@ -1402,6 +1336,7 @@ static void mnist_autoencoder_dec2_backward(
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+
                 real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = mnist_autoencoder_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -1498,10 +1433,8 @@ void mnist_autoencoder_forward(const mnist_autoencoder_context *ctx, const real 
     (void)seed;
 
     mnist_autoencoder_enc1_forward(acts + A_ENC1 * batch, input, params + P_ENC1_WEIGHT, params + P_ENC1_BIAS, workspace + WS_ENC1, batch);
-    mnist_autoencoder_enc1_relu_forward(acts + A_ENC1_RELU * batch, acts + A_ENC1 * batch, batch);
-    mnist_autoencoder_enc2_forward(acts + A_ENC2 * batch, acts + A_ENC1_RELU * batch, params + P_ENC2_WEIGHT, params + P_ENC2_BIAS, workspace + WS_ENC2, batch);
-    mnist_autoencoder_enc2_relu_forward(acts + A_ENC2_RELU * batch, acts + A_ENC2 * batch, batch);
-    mnist_autoencoder_dec1_forward(acts + A_DEC1 * batch, acts + A_ENC2_RELU * batch, params + P_DEC1_WEIGHT, params + P_DEC1_BIAS, workspace + WS_DEC1, batch);
+    mnist_autoencoder_enc2_forward(acts + A_ENC2 * batch, acts + A_ENC1 * batch, params + P_ENC2_WEIGHT, params + P_ENC2_BIAS, workspace + WS_ENC2, batch);
+    mnist_autoencoder_dec1_forward(acts + A_DEC1 * batch, acts + A_ENC2 * batch, params + P_DEC1_WEIGHT, params + P_DEC1_BIAS, workspace + WS_DEC1, batch);
     mnist_autoencoder_dec1_relu_forward(acts + A_DEC1_RELU * batch, acts + A_DEC1 * batch, batch);
     mnist_autoencoder_up_forward(acts + A_UP * batch, acts + A_DEC1_RELU * batch, batch);
     mnist_autoencoder_dec2_forward(acts + A_DEC2 * batch, acts + A_UP * batch, params + P_DEC2_WEIGHT, params + P_DEC2_BIAS, workspace + WS_DEC2, batch);
@@ -1556,11 +1489,9 @@ void mnist_autoencoder_backward(const mnist_autoencoder_context *ctx, const real
     mnist_autoencoder_dec2_backward(grad_acts + A_UP * batch, grads + P_DEC2_WEIGHT, grads + P_DEC2_BIAS, grad_acts + A_DEC2 * batch, acts + A_UP * batch, params + P_DEC2_WEIGHT, workspace + WS_DEC2, batch);
     mnist_autoencoder_up_backward(grad_acts + A_DEC1_RELU * batch, grad_acts + A_UP * batch, batch);
     mnist_autoencoder_dec1_relu_backward(grad_acts + A_DEC1 * batch, grad_acts + A_DEC1_RELU * batch, acts + A_DEC1 * batch, batch);
-    mnist_autoencoder_dec1_backward(grad_acts + A_ENC2_RELU * batch, grads + P_DEC1_WEIGHT, grads + P_DEC1_BIAS, grad_acts + A_DEC1 * batch, acts + A_ENC2_RELU * batch, params + P_DEC1_WEIGHT, workspace + WS_DEC1, batch);
-    mnist_autoencoder_enc2_relu_backward(grad_acts + A_ENC2 * batch, grad_acts + A_ENC2_RELU * batch, acts + A_ENC2 * batch, batch);
-    mnist_autoencoder_enc2_backward(grad_acts + A_ENC1_RELU * batch, grads + P_ENC2_WEIGHT, grads + P_ENC2_BIAS, grad_acts + A_ENC2 * batch, acts + A_ENC1_RELU * batch, params + P_ENC2_WEIGHT, workspace + WS_ENC2, batch);
-    mnist_autoencoder_enc1_relu_backward(grad_acts + A_ENC1 * batch, grad_acts + A_ENC1_RELU * batch, acts + A_ENC1 * batch, batch);
-    mnist_autoencoder_enc1_backward(grads + P_ENC1_WEIGHT, grads + P_ENC1_BIAS, grad_acts + A_ENC1 * batch, input, workspace + WS_ENC1, batch);
+    mnist_autoencoder_dec1_backward(grad_acts + A_ENC2 * batch, grads + P_DEC1_WEIGHT, grads + P_DEC1_BIAS, grad_acts + A_DEC1 * batch, acts + A_ENC2 * batch, params + P_DEC1_WEIGHT, workspace + WS_DEC1, batch);
+    mnist_autoencoder_enc2_backward(grad_acts + A_ENC1 * batch, grads + P_ENC2_WEIGHT, grads + P_ENC2_BIAS, grad_acts + A_ENC2 * batch, acts + A_ENC2 * batch, acts + A_ENC1 * batch, params + P_ENC2_WEIGHT, workspace + WS_ENC2, batch);
+    mnist_autoencoder_enc1_backward(grads + P_ENC1_WEIGHT, grads + P_ENC1_BIAS, grad_acts + A_ENC1 * batch, acts + A_ENC1 * batch, input, workspace + WS_ENC1, batch);
 }
 /* ---- optimizer: Adam over the MNIST_AUTOENCODER_NUM_TRAINABLE trainable parameters
  * (PyTorch's rule)
@@ -1636,27 +1567,21 @@ void mnist_autoencoder_forward_op(const mnist_autoencoder_context *ctx, const re
         mnist_autoencoder_enc1_forward(acts + A_ENC1 * batch, input, params + P_ENC1_WEIGHT, params + P_ENC1_BIAS, workspace + WS_ENC1, batch);
         break;
     case 1:
-        mnist_autoencoder_enc1_relu_forward(acts + A_ENC1_RELU * batch, acts + A_ENC1 * batch, batch);
+        mnist_autoencoder_enc2_forward(acts + A_ENC2 * batch, acts + A_ENC1 * batch, params + P_ENC2_WEIGHT, params + P_ENC2_BIAS, workspace + WS_ENC2, batch);
         break;
     case 2:
-        mnist_autoencoder_enc2_forward(acts + A_ENC2 * batch, acts + A_ENC1_RELU * batch, params + P_ENC2_WEIGHT, params + P_ENC2_BIAS, workspace + WS_ENC2, batch);
+        mnist_autoencoder_dec1_forward(acts + A_DEC1 * batch, acts + A_ENC2 * batch, params + P_DEC1_WEIGHT, params + P_DEC1_BIAS, workspace + WS_DEC1, batch);
         break;
     case 3:
-        mnist_autoencoder_enc2_relu_forward(acts + A_ENC2_RELU * batch, acts + A_ENC2 * batch, batch);
-        break;
-    case 4:
-        mnist_autoencoder_dec1_forward(acts + A_DEC1 * batch, acts + A_ENC2_RELU * batch, params + P_DEC1_WEIGHT, params + P_DEC1_BIAS, workspace + WS_DEC1, batch);
-        break;
-    case 5:
         mnist_autoencoder_dec1_relu_forward(acts + A_DEC1_RELU * batch, acts + A_DEC1 * batch, batch);
         break;
-    case 6:
+    case 4:
         mnist_autoencoder_up_forward(acts + A_UP * batch, acts + A_DEC1_RELU * batch, batch);
         break;
-    case 7:
+    case 5:
         mnist_autoencoder_dec2_forward(acts + A_DEC2 * batch, acts + A_UP * batch, params + P_DEC2_WEIGHT, params + P_DEC2_BIAS, workspace + WS_DEC2, batch);
         break;
-    case 8:
+    case 6:
         mnist_autoencoder_dec2_sigmoid_forward(acts + A_DEC2_SIGMOID * batch, acts + A_DEC2 * batch, batch);
         break;
     default:
@@ -1682,30 +1607,24 @@ void mnist_autoencoder_backward_op(const mnist_autoencoder_context *ctx, const r
 
     switch (op) {
     case 0:
-        mnist_autoencoder_enc1_backward(grads + P_ENC1_WEIGHT, grads + P_ENC1_BIAS, grad_acts + A_ENC1 * batch, input, workspace + WS_ENC1, batch);
+        mnist_autoencoder_enc1_backward(grads + P_ENC1_WEIGHT, grads + P_ENC1_BIAS, grad_acts + A_ENC1 * batch, acts + A_ENC1 * batch, input, workspace + WS_ENC1, batch);
         break;
     case 1:
-        mnist_autoencoder_enc1_relu_backward(grad_acts + A_ENC1 * batch, grad_acts + A_ENC1_RELU * batch, acts + A_ENC1 * batch, batch);
+        mnist_autoencoder_enc2_backward(grad_acts + A_ENC1 * batch, grads + P_ENC2_WEIGHT, grads + P_ENC2_BIAS, grad_acts + A_ENC2 * batch, acts + A_ENC2 * batch, acts + A_ENC1 * batch, params + P_ENC2_WEIGHT, workspace + WS_ENC2, batch);
         break;
     case 2:
-        mnist_autoencoder_enc2_backward(grad_acts + A_ENC1_RELU * batch, grads + P_ENC2_WEIGHT, grads + P_ENC2_BIAS, grad_acts + A_ENC2 * batch, acts + A_ENC1_RELU * batch, params + P_ENC2_WEIGHT, workspace + WS_ENC2, batch);
+        mnist_autoencoder_dec1_backward(grad_acts + A_ENC2 * batch, grads + P_DEC1_WEIGHT, grads + P_DEC1_BIAS, grad_acts + A_DEC1 * batch, acts + A_ENC2 * batch, params + P_DEC1_WEIGHT, workspace + WS_DEC1, batch);
         break;
     case 3:
-        mnist_autoencoder_enc2_relu_backward(grad_acts + A_ENC2 * batch, grad_acts + A_ENC2_RELU * batch, acts + A_ENC2 * batch, batch);
-        break;
-    case 4:
-        mnist_autoencoder_dec1_backward(grad_acts + A_ENC2_RELU * batch, grads + P_DEC1_WEIGHT, grads + P_DEC1_BIAS, grad_acts + A_DEC1 * batch, acts + A_ENC2_RELU * batch, params + P_DEC1_WEIGHT, workspace + WS_DEC1, batch);
-        break;
-    case 5:
         mnist_autoencoder_dec1_relu_backward(grad_acts + A_DEC1 * batch, grad_acts + A_DEC1_RELU * batch, acts + A_DEC1 * batch, batch);
         break;
-    case 6:
+    case 4:
         mnist_autoencoder_up_backward(grad_acts + A_DEC1_RELU * batch, grad_acts + A_UP * batch, batch);
         break;
-    case 7:
+    case 5:
         mnist_autoencoder_dec2_backward(grad_acts + A_UP * batch, grads + P_DEC2_WEIGHT, grads + P_DEC2_BIAS, grad_acts + A_DEC2 * batch, acts + A_UP * batch, params + P_DEC2_WEIGHT, workspace + WS_DEC2, batch);
         break;
-    case 8:
+    case 6:
         mnist_autoencoder_dec2_sigmoid_backward(grad_acts + A_DEC2 * batch, grad_acts + A_DEC2_SIGMOID * batch, acts + A_DEC2_SIGMOID * batch, batch);
         break;
     default:

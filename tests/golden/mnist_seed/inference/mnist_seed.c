@@ -37,17 +37,15 @@ typedef float real;
 
 /* Per-sample offsets of the activation tensors (times the batch size). */
 #define A_CONV1 ((size_t)0) /* [N, 8, 24, 24] */
-#define A_CONV1_RELU ((size_t)4608) /* [N, 8, 24, 24] */
-#define A_CONV2 ((size_t)0) /* [N, 8, 20, 20] */
-#define A_CONV2_RELU ((size_t)3200) /* [N, 8, 20, 20] */
+#define A_CONV2 ((size_t)4608) /* [N, 8, 20, 20] */
 #define A_POOL ((size_t)0) /* [N, 8, 10, 10] */
 #define A_FC1 ((size_t)800) /* [N, 128] */
-#define A_FC1_RELU ((size_t)0) /* [N, 128] */
-#define A_FC2 ((size_t)128) /* [N, 10] */
+#define A_FC2 ((size_t)0) /* [N, 10] */
 
 /* Workspace offsets. */
 #define WS_CONV1 ((size_t)0)
 #define WS_CONV2 ((size_t)0)
+#define WS_FC1 ((size_t)0)
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -132,7 +130,6 @@ enum {
     VEC_LANES = (int)(sizeof(vec) / sizeof(real)),
     NN_COLS = 2 * VEC_LANES,      /* columns of C per gemm_nn block */
     NT_ROWS = 4,                  /* gemm_nt blocks: 4 rows of A x 4 rows of B accumulators */
-    BATCH_BLOCK = 256,            /* samples per product in the dense kernels (keeps row counts int) */
 };
 
 /* Threads (OpenMP builds: -fopenmp): a product big enough to repay waking them splits its
@@ -553,14 +550,15 @@ KERNEL_INLINE void mnist_seed_pad_planes(const real *restrict src, real *restric
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv1_relu, fused): out
+ *   = max(0, out)
  */
 KERNEL_INLINE void mnist_seed_conv1_forward_slot(
     real *restrict out,                     /* conv1 [N, 8, 24, 24] */
     const real *restrict in,                /* input [N, 1, 28, 28] */
     const real *restrict weight,            /* conv1.weight [8, 1, 5, 5] */
     const real *restrict bias,              /* conv1.bias [8] */
-    real *slots,                            /* 20180 elements of workspace */
+    real *slots,                            /* 24788 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -585,7 +583,7 @@ KERNEL_INLINE void mnist_seed_conv1_forward_slot(
         H_OUT = 24,
         W_OUT = 24,
         SCRATCH_WIDE = 0,
-        SLOT_SIZE = 19980
+        SLOT_SIZE = 24588
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -600,9 +598,10 @@ KERNEL_INLINE void mnist_seed_conv1_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -616,7 +615,7 @@ static void mnist_seed_conv1_forward(
     const real *restrict in,                /* input [N, 1, 28, 28] */
     const real *restrict weight,            /* conv1.weight [8, 1, 5, 5] */
     const real *restrict bias,              /* conv1.bias [8] */
-    real *slots,                            /* 20180 elements of workspace */
+    real *slots,                            /* 24788 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -631,37 +630,18 @@ static void mnist_seed_conv1_forward(
     }
 }
 
-/* ---- conv1_relu: relu forward (spec line 8)
- * conv1 [N, 8, 24, 24] -> conv1_relu [N, 8, 24, 24]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void mnist_seed_conv1_relu_forward(
-    real *restrict out,                     /* conv1_relu [N, 8, 24, 24] */
-    const real *restrict in,                /* conv1 [N, 8, 24, 24] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4608
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- conv2: conv2d forward (spec line 9)
- * conv1_relu [N, 8, 24, 24] -> conv2 [N, 8, 20, 20]
+ * conv1 [N, 8, 24, 24] -> conv2 [N, 8, 20, 20]
  * weight [8, 8, 5, 5], bias [8]: 1608 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv2_relu, fused): out
+ *   = max(0, out)
  */
 KERNEL_INLINE void mnist_seed_conv2_forward_slot(
     real *restrict out,                     /* conv2 [N, 8, 20, 20] */
-    const real *restrict in,                /* conv1_relu [N, 8, 24, 24] */
+    const real *restrict in,                /* conv1 [N, 8, 24, 24] */
     const real *restrict weight,            /* conv2.weight [8, 8, 5, 5] */
     const real *restrict bias,              /* conv2.bias [8] */
     real *slots,                            /* 18808 elements of workspace */
@@ -704,9 +684,10 @@ KERNEL_INLINE void mnist_seed_conv2_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -717,7 +698,7 @@ KERNEL_INLINE void mnist_seed_conv2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void mnist_seed_conv2_forward(
     real *restrict out,                     /* conv2 [N, 8, 20, 20] */
-    const real *restrict in,                /* conv1_relu [N, 8, 24, 24] */
+    const real *restrict in,                /* conv1 [N, 8, 24, 24] */
     const real *restrict weight,            /* conv2.weight [8, 8, 5, 5] */
     const real *restrict bias,              /* conv2.bias [8] */
     real *slots,                            /* 18808 elements of workspace */
@@ -735,33 +716,13 @@ static void mnist_seed_conv2_forward(
     }
 }
 
-/* ---- conv2_relu: relu forward (spec line 9)
- * conv2 [N, 8, 20, 20] -> conv2_relu [N, 8, 20, 20]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void mnist_seed_conv2_relu_forward(
-    real *restrict out,                     /* conv2_relu [N, 8, 20, 20] */
-    const real *restrict in,                /* conv2 [N, 8, 20, 20] */
-    size_t batch)
-{
-    enum {
-        SIZE = 3200
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- pool: maxpool2d forward (spec line 10)
- * conv2_relu [N, 8, 20, 20] -> pool [N, 8, 10, 10]
+ * conv2 [N, 8, 20, 20] -> pool [N, 8, 10, 10]
  * out[b,c,oh,ow] = max over the window's cells inside the input (padding never wins)
  */
 static void mnist_seed_pool_forward(
     real *restrict out,                     /* pool [N, 8, 10, 10] */
-    const real *restrict in,                /* conv2_relu [N, 8, 20, 20] */
+    const real *restrict in,                /* conv2 [N, 8, 20, 20] */
     size_t batch)
 {
     enum {
@@ -809,7 +770,7 @@ static void mnist_seed_pool_forward(
  * pool [N, 800] -> fc1 [N, 128]
  * weight [128, 800], bias [128]: 102528 trainable parameters
  * out[b,o] = bias[o] + sum_i weight[o,i] * in[b,i]: out[batch, OUT] = in[batch, IN] x
- *   weight[OUT, IN]^T
+ *   weight[OUT, IN]^T; then relu (fc1_relu, fused): out = max(0, out)
  */
 static void mnist_seed_fc1_forward(
     real *restrict out,                     /* fc1 [N, 128] */
@@ -820,61 +781,47 @@ static void mnist_seed_fc1_forward(
 {
     enum {
         IN = 800,
-        OUT = 128
+        OUT = 128,
+        BATCH_BLOCK = 64
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         mnist_seed_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
-}
-
-/* ---- fc1_relu: relu forward (spec line 12)
- * fc1 [N, 128] -> fc1_relu [N, 128]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void mnist_seed_fc1_relu_forward(
-    real *restrict out,                     /* fc1_relu [N, 128] */
-    const real *restrict in,                /* fc1 [N, 128] */
-    size_t batch)
-{
-    enum {
-        SIZE = 128
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y > 0 ? y : 0;
+        }
 }
 
 /* ---- fc2: dense forward (spec line 13)
- * fc1_relu [N, 128] -> fc2 [N, 10]
+ * fc1 [N, 128] -> fc2 [N, 10]
  * weight [10, 128], bias [10]: 1290 trainable parameters
  * out[b,o] = bias[o] + sum_i weight[o,i] * in[b,i]: out[batch, OUT] = in[batch, IN] x
  *   weight[OUT, IN]^T
  */
 static void mnist_seed_fc2_forward(
     real *restrict out,                     /* fc2 [N, 10] */
-    const real *restrict in,                /* fc1_relu [N, 128] */
+    const real *restrict in,                /* fc1 [N, 128] */
     const real *restrict weight,            /* fc2.weight [10, 128] */
     const real *restrict bias,              /* fc2.bias [10] */
     size_t batch)
 {
     enum {
         IN = 128,
-        OUT = 10
+        OUT = 10,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         mnist_seed_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y;
+        }
 }
 
 void mnist_seed_forward(const mnist_seed_context *ctx, const real *input)
@@ -885,13 +832,10 @@ void mnist_seed_forward(const mnist_seed_context *ctx, const real *input)
     const size_t batch = MNIST_SEED_BATCH;
 
     mnist_seed_conv1_forward(acts + A_CONV1 * batch, input, params + P_CONV1_WEIGHT, params + P_CONV1_BIAS, workspace + WS_CONV1, batch);
-    mnist_seed_conv1_relu_forward(acts + A_CONV1_RELU * batch, acts + A_CONV1 * batch, batch);
-    mnist_seed_conv2_forward(acts + A_CONV2 * batch, acts + A_CONV1_RELU * batch, params + P_CONV2_WEIGHT, params + P_CONV2_BIAS, workspace + WS_CONV2, batch);
-    mnist_seed_conv2_relu_forward(acts + A_CONV2_RELU * batch, acts + A_CONV2 * batch, batch);
-    mnist_seed_pool_forward(acts + A_POOL * batch, acts + A_CONV2_RELU * batch, batch);
+    mnist_seed_conv2_forward(acts + A_CONV2 * batch, acts + A_CONV1 * batch, params + P_CONV2_WEIGHT, params + P_CONV2_BIAS, workspace + WS_CONV2, batch);
+    mnist_seed_pool_forward(acts + A_POOL * batch, acts + A_CONV2 * batch, batch);
     mnist_seed_fc1_forward(acts + A_FC1 * batch, acts + A_POOL * batch, params + P_FC1_WEIGHT, params + P_FC1_BIAS, batch);
-    mnist_seed_fc1_relu_forward(acts + A_FC1_RELU * batch, acts + A_FC1 * batch, batch);
-    mnist_seed_fc2_forward(acts + A_FC2 * batch, acts + A_FC1_RELU * batch, params + P_FC2_WEIGHT, params + P_FC2_BIAS, batch);
+    mnist_seed_fc2_forward(acts + A_FC2 * batch, acts + A_FC1 * batch, params + P_FC2_WEIGHT, params + P_FC2_BIAS, batch);
 }
 
 const real *mnist_seed_output(const mnist_seed_context *ctx)

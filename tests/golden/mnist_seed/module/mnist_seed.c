@@ -37,22 +37,20 @@ typedef float real;
 
 /* Per-sample offsets of the activation tensors (times the batch size). */
 #define A_CONV1 ((size_t)0) /* [N, 8, 24, 24] */
-#define A_CONV1_RELU ((size_t)4608) /* [N, 8, 24, 24] */
-#define A_CONV2 ((size_t)9216) /* [N, 8, 20, 20] */
-#define A_CONV2_RELU ((size_t)12416) /* [N, 8, 20, 20] */
-#define A_POOL ((size_t)15616) /* [N, 8, 10, 10] */
-#define A_FC1 ((size_t)16416) /* [N, 128] */
-#define A_FC1_RELU ((size_t)16544) /* [N, 128] */
-#define A_FC2 ((size_t)16672) /* [N, 10] */
+#define A_CONV2 ((size_t)4608) /* [N, 8, 20, 20] */
+#define A_POOL ((size_t)7808) /* [N, 8, 10, 10] */
+#define A_FC1 ((size_t)8608) /* [N, 128] */
+#define A_FC2 ((size_t)8736) /* [N, 10] */
 
 /* Workspace offsets. */
 #define WS_CONV1 ((size_t)0)
-#define WS_CONV2 ((size_t)20180)
+#define WS_CONV2 ((size_t)24788)
+#define WS_FC1 ((size_t)43596)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
-#define ZERO_CONV1 ((size_t)9216) /* conv1 .. conv1_relu */
-#define ZERO_POOL ((size_t)1066) /* pool .. fc2 */
+#define ZERO_CONV1 ((size_t)4608) /* conv1 */
+#define ZERO_POOL ((size_t)938) /* pool .. fc2 */
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -148,7 +146,6 @@ enum {
     VEC_LANES = (int)(sizeof(vec) / sizeof(real)),
     NN_COLS = 2 * VEC_LANES,      /* columns of C per gemm_nn block */
     NT_ROWS = 4,                  /* gemm_nt blocks: 4 rows of A x 4 rows of B accumulators */
-    BATCH_BLOCK = 256,            /* samples per product in the dense kernels (keeps row counts int) */
 };
 
 /* Threads (OpenMP builds: -fopenmp): a product big enough to repay waking them splits its
@@ -569,14 +566,15 @@ KERNEL_INLINE void mnist_seed_pad_planes(const real *restrict src, real *restric
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv1_relu, fused): out
+ *   = max(0, out)
  */
 KERNEL_INLINE void mnist_seed_conv1_forward_slot(
     real *restrict out,                     /* conv1 [N, 8, 24, 24] */
     const real *restrict in,                /* input [N, 1, 28, 28] */
     const real *restrict weight,            /* conv1.weight [8, 1, 5, 5] */
     const real *restrict bias,              /* conv1.bias [8] */
-    real *slots,                            /* 20180 elements of workspace */
+    real *slots,                            /* 24788 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -601,7 +599,7 @@ KERNEL_INLINE void mnist_seed_conv1_forward_slot(
         H_OUT = 24,
         W_OUT = 24,
         SCRATCH_WIDE = 0,
-        SLOT_SIZE = 19980
+        SLOT_SIZE = 24588
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -616,9 +614,10 @@ KERNEL_INLINE void mnist_seed_conv1_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -632,7 +631,7 @@ static void mnist_seed_conv1_forward(
     const real *restrict in,                /* input [N, 1, 28, 28] */
     const real *restrict weight,            /* conv1.weight [8, 1, 5, 5] */
     const real *restrict bias,              /* conv1.bias [8] */
-    real *slots,                            /* 20180 elements of workspace */
+    real *slots,                            /* 24788 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -651,14 +650,16 @@ static void mnist_seed_conv1_forward(
  * input [N, 1, 28, 28] -> conv1 [N, 8, 24, 24]
  * weight [8, 1, 5, 5], bias [8]: 208 trainable parameters
  * per sample and group: dweight[C_OUT_PER_GROUP, K_GROUP] += dout[C_OUT_PER_GROUP, pixels] x
- *   patches^T (dot products: few filters); dbias[oc] += sum of dout[oc]
+ *   patches^T (dot products: few filters); dbias[oc] += sum of dout[oc]; dout is first masked
+ *   where the fused relu's output is 0
  */
 static void mnist_seed_conv1_backward(
     real *restrict dweight,                 /* conv1.weight [8, 1, 5, 5] */
     real *restrict dbias,                   /* conv1.bias [8] */
     const real *restrict dout,              /* conv1 [N, 8, 24, 24] */
+    real *restrict out,                     /* conv1 [N, 8, 24, 24] */
     const real *restrict in,                /* input [N, 1, 28, 28] */
-    real *slots,                            /* 20180 elements of workspace */
+    real *slots,                            /* 24788 elements of workspace */
     size_t batch)
 {
     enum {
@@ -682,9 +683,10 @@ static void mnist_seed_conv1_backward(
         H_OUT = 24,
         W_OUT = 24,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 19980,
+        SLOT_SIZE = 24588,
         SCRATCH_DWEIGHT_PART = 19772,
-        SCRATCH_DBIAS_PART = 19972
+        SCRATCH_DBIAS_PART = 19972,
+        SCRATCH_DRELU = 19980
     };
     /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
        on its threads when the batch's products repay waking them (a single sample's products may
@@ -702,7 +704,10 @@ static void mnist_seed_conv1_backward(
             real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dout_group = scratch + SCRATCH_DRELU;           /* the fused relu's backward */
+                for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)
+                    dout_group[i] = out[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] > 0 ? dout[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] : 0;
+
                 real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = mnist_seed_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -731,59 +736,18 @@ static void mnist_seed_conv1_backward(
         }
     }
 }
-/* ---- conv1_relu: relu forward (spec line 8)
- * conv1 [N, 8, 24, 24] -> conv1_relu [N, 8, 24, 24]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void mnist_seed_conv1_relu_forward(
-    real *restrict out,                     /* conv1_relu [N, 8, 24, 24] */
-    const real *restrict in,                /* conv1 [N, 8, 24, 24] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4608
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- conv1_relu: relu backward (spec line 8)
- * conv1 [N, 8, 24, 24] -> conv1_relu [N, 8, 24, 24]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void mnist_seed_conv1_relu_backward(
-    real *restrict din,                     /* conv1 [N, 8, 24, 24] */
-    const real *restrict dout,              /* conv1_relu [N, 8, 24, 24] */
-    const real *restrict in,                /* conv1 [N, 8, 24, 24] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4608
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- conv2: conv2d forward (spec line 9)
- * conv1_relu [N, 8, 24, 24] -> conv2 [N, 8, 20, 20]
+ * conv1 [N, 8, 24, 24] -> conv2 [N, 8, 20, 20]
  * weight [8, 8, 5, 5], bias [8]: 1608 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv2_relu, fused): out
+ *   = max(0, out)
  */
 KERNEL_INLINE void mnist_seed_conv2_forward_slot(
     real *restrict out,                     /* conv2 [N, 8, 20, 20] */
-    const real *restrict in,                /* conv1_relu [N, 8, 24, 24] */
+    const real *restrict in,                /* conv1 [N, 8, 24, 24] */
     const real *restrict weight,            /* conv2.weight [8, 8, 5, 5] */
     const real *restrict bias,              /* conv2.bias [8] */
     real *slots,                            /* 18808 elements of workspace */
@@ -826,9 +790,10 @@ KERNEL_INLINE void mnist_seed_conv2_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -839,7 +804,7 @@ KERNEL_INLINE void mnist_seed_conv2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void mnist_seed_conv2_forward(
     real *restrict out,                     /* conv2 [N, 8, 20, 20] */
-    const real *restrict in,                /* conv1_relu [N, 8, 24, 24] */
+    const real *restrict in,                /* conv1 [N, 8, 24, 24] */
     const real *restrict weight,            /* conv2.weight [8, 8, 5, 5] */
     const real *restrict bias,              /* conv2.bias [8] */
     real *slots,                            /* 18808 elements of workspace */
@@ -858,7 +823,7 @@ static void mnist_seed_conv2_forward(
 }
 
 /* ---- conv2: conv2d backward through pool and conv2_relu (spec line 9)
- * conv1_relu [N, 8, 24, 24] -> conv2 [N, 8, 20, 20]
+ * conv1 [N, 8, 24, 24] -> conv2 [N, 8, 20, 20]
  * weight [8, 8, 5, 5], bias [8]: 1608 trainable parameters
  * the conv's output gradient is dpool at each window's first maximum (kept by the pool's
  *   forward) where that maximum is positive and zero elsewhere, so for each window (b, oc, w) with
@@ -868,13 +833,13 @@ static void mnist_seed_conv2_forward(
  *   padded to ROW_PAD) is contiguous
  */
 static void mnist_seed_conv2_backward(
-    real *restrict din,                     /* conv1_relu [N, 8, 24, 24] */
+    real *restrict din,                     /* conv1 [N, 8, 24, 24] */
     real *restrict dweight,                 /* conv2.weight [8, 8, 5, 5] */
     real *restrict dbias,                   /* conv2.bias [8] */
     const real *restrict dpool,             /* pool [N, 8, 10, 10] */
     const real *restrict pool_out,          /* pool [N, 8, 10, 10] */
-    const char *argmax,                     /* int32 [N, 800], in the memory of conv2_relu's gradient */
-    const real *restrict in,                /* conv1_relu [N, 8, 24, 24] */
+    const char *argmax,                     /* int32 [N, 800], in the memory of conv2's gradient */
+    const real *restrict in,                /* conv1 [N, 8, 24, 24] */
     const real *restrict weight,            /* conv2.weight [8, 8, 5, 5] */
     real *slots,                            /* 18808 elements of workspace */
     size_t batch)
@@ -1016,28 +981,8 @@ static void mnist_seed_conv2_backward(
                 for (int kw = 0; kw < KW; kw++)
                     dweight[(((size_t)oc * C_IN + ic) * KH + kh) * KW + kw] += dweight_sum[((size_t)oc * KH + kh) * ROW_PAD + kw * C_IN + ic];
 }
-/* ---- conv2_relu: relu forward (spec line 9)
- * conv2 [N, 8, 20, 20] -> conv2_relu [N, 8, 20, 20]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void mnist_seed_conv2_relu_forward(
-    real *restrict out,                     /* conv2_relu [N, 8, 20, 20] */
-    const real *restrict in,                /* conv2 [N, 8, 20, 20] */
-    size_t batch)
-{
-    enum {
-        SIZE = 3200
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- pool: maxpool2d forward (spec line 10)
- * conv2_relu [N, 8, 20, 20] -> pool [N, 8, 10, 10]
+ * conv2 [N, 8, 20, 20] -> pool [N, 8, 10, 10]
  * out[b,c,oh,ow] = max over the window's cells inside the input (padding never wins); in
  *   training also its argmax (the first maximum in row-major order, as an index into the input
  *   plane), kept as int32 [batch, C, H_OUT, W_OUT] in the memory of din, for the backward of the
@@ -1045,7 +990,7 @@ static void mnist_seed_conv2_relu_forward(
  */
 static void mnist_seed_pool_forward(
     real *restrict out,                     /* pool [N, 8, 10, 10] */
-    const real *restrict in,                /* conv2_relu [N, 8, 20, 20] */
+    const real *restrict in,                /* conv2 [N, 8, 20, 20] */
     char *restrict argmax,                  /* int32 [N, 800], or NULL */
     size_t batch)
 {
@@ -1096,7 +1041,7 @@ static void mnist_seed_pool_forward(
  * pool [N, 800] -> fc1 [N, 128]
  * weight [128, 800], bias [128]: 102528 trainable parameters
  * out[b,o] = bias[o] + sum_i weight[o,i] * in[b,i]: out[batch, OUT] = in[batch, IN] x
- *   weight[OUT, IN]^T
+ *   weight[OUT, IN]^T; then relu (fc1_relu, fused): out = max(0, out)
  */
 static void mnist_seed_fc1_forward(
     real *restrict out,                     /* fc1 [N, 128] */
@@ -1107,143 +1052,117 @@ static void mnist_seed_fc1_forward(
 {
     enum {
         IN = 800,
-        OUT = 128
+        OUT = 128,
+        BATCH_BLOCK = 64
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         mnist_seed_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y > 0 ? y : 0;
+        }
 }
 
 /* ---- fc1: dense backward (spec line 12)
  * pool [N, 800] -> fc1 [N, 128]
  * weight [128, 800], bias [128]: 102528 trainable parameters
  * dweight[OUT, IN] += dout[batch, OUT]^T x in[batch, IN]; dbias[o] += sum_b dout[b,o];
- *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]
+ *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]; dout is first masked where the fused
+ *   relu's output is 0, a block of samples at a time
  */
 static void mnist_seed_fc1_backward(
     real *restrict din,                     /* pool [N, 800] */
     real *restrict dweight,                 /* fc1.weight [128, 800] */
     real *restrict dbias,                   /* fc1.bias [128] */
     const real *restrict dout,              /* fc1 [N, 128] */
+    real *restrict out,                     /* fc1 [N, 128] */
     const real *restrict in,                /* pool [N, 800] */
     const real *restrict weight,            /* fc1.weight [128, 800] */
+    real *restrict scratch,                 /* 8192 elements of workspace */
     size_t batch)
 {
     enum {
         IN = 800,
-        OUT = 128
+        OUT = 128,
+        BATCH_BLOCK = 64
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
-        /* dout^T as A: A[o, b] = dout[b*OUT + o]. */
-        mnist_seed_gemm_nn(OUT, IN, rows, dout + b * OUT, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        mnist_seed_gemm_nn(rows, IN, OUT, dout + b * OUT, OUT, 1, weight, IN, din + b * IN, IN, 1);
-    }
-    for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            dbias[o] += dout[b * OUT + o];
-}
-
-/* ---- fc1_relu: relu forward (spec line 12)
- * fc1 [N, 128] -> fc1_relu [N, 128]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void mnist_seed_fc1_relu_forward(
-    real *restrict out,                     /* fc1_relu [N, 128] */
-    const real *restrict in,                /* fc1 [N, 128] */
-    size_t batch)
-{
-    enum {
-        SIZE = 128
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- fc1_relu: relu backward (spec line 12)
- * fc1 [N, 128] -> fc1_relu [N, 128]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void mnist_seed_fc1_relu_backward(
-    real *restrict din,                     /* fc1 [N, 128] */
-    const real *restrict dout,              /* fc1_relu [N, 128] */
-    const real *restrict in,                /* fc1 [N, 128] */
-    size_t batch)
-{
-    enum {
-        SIZE = 128
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
+        /* the fused relu's backward: the block's dout where out > 0, else 0 */
+        real *restrict dblock = scratch;                                /* [BATCH_BLOCK, OUT] */
+        for (int i = 0; i < rows * OUT; i++)
+            dblock[i] = out[b * OUT + (size_t)i] > 0 ? dout[b * OUT + (size_t)i] : 0;
+        /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
+        mnist_seed_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
+        mnist_seed_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < OUT; o++)
+                dbias[o] += dblock[(size_t)r * OUT + o];
     }
 }
 
 /* ---- fc2: dense forward (spec line 13)
- * fc1_relu [N, 128] -> fc2 [N, 10]
+ * fc1 [N, 128] -> fc2 [N, 10]
  * weight [10, 128], bias [10]: 1290 trainable parameters
  * out[b,o] = bias[o] + sum_i weight[o,i] * in[b,i]: out[batch, OUT] = in[batch, IN] x
  *   weight[OUT, IN]^T
  */
 static void mnist_seed_fc2_forward(
     real *restrict out,                     /* fc2 [N, 10] */
-    const real *restrict in,                /* fc1_relu [N, 128] */
+    const real *restrict in,                /* fc1 [N, 128] */
     const real *restrict weight,            /* fc2.weight [10, 128] */
     const real *restrict bias,              /* fc2.bias [10] */
     size_t batch)
 {
     enum {
         IN = 128,
-        OUT = 10
+        OUT = 10,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         mnist_seed_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y;
+        }
 }
 
 /* ---- fc2: dense backward (spec line 13)
- * fc1_relu [N, 128] -> fc2 [N, 10]
+ * fc1 [N, 128] -> fc2 [N, 10]
  * weight [10, 128], bias [10]: 1290 trainable parameters
  * dweight[OUT, IN] += dout[batch, OUT]^T x in[batch, IN]; dbias[o] += sum_b dout[b,o];
  *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]
  */
 static void mnist_seed_fc2_backward(
-    real *restrict din,                     /* fc1_relu [N, 128] */
+    real *restrict din,                     /* fc1 [N, 128] */
     real *restrict dweight,                 /* fc2.weight [10, 128] */
     real *restrict dbias,                   /* fc2.bias [10] */
     const real *restrict dout,              /* fc2 [N, 10] */
-    const real *restrict in,                /* fc1_relu [N, 128] */
+    const real *restrict in,                /* fc1 [N, 128] */
     const real *restrict weight,            /* fc2.weight [10, 128] */
     size_t batch)
 {
     enum {
         IN = 128,
-        OUT = 10
+        OUT = 10,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
-        /* dout^T as A: A[o, b] = dout[b*OUT + o]. */
-        mnist_seed_gemm_nn(OUT, IN, rows, dout + b * OUT, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        mnist_seed_gemm_nn(rows, IN, OUT, dout + b * OUT, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        const real *restrict dblock = dout + b * OUT;
+        /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
+        mnist_seed_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
+        mnist_seed_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < OUT; o++)
+                dbias[o] += dblock[(size_t)r * OUT + o];
     }
-    for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            dbias[o] += dout[b * OUT + o];
 }
 
 size_t mnist_seed_activations_size(size_t batch)
@@ -1260,13 +1179,10 @@ void mnist_seed_forward(const mnist_seed_context *ctx, const real *input, size_t
     (void)seed;
 
     mnist_seed_conv1_forward(acts + A_CONV1 * batch, input, params + P_CONV1_WEIGHT, params + P_CONV1_BIAS, workspace + WS_CONV1, batch);
-    mnist_seed_conv1_relu_forward(acts + A_CONV1_RELU * batch, acts + A_CONV1 * batch, batch);
-    mnist_seed_conv2_forward(acts + A_CONV2 * batch, acts + A_CONV1_RELU * batch, params + P_CONV2_WEIGHT, params + P_CONV2_BIAS, workspace + WS_CONV2, batch);
-    mnist_seed_conv2_relu_forward(acts + A_CONV2_RELU * batch, acts + A_CONV2 * batch, batch);
-    mnist_seed_pool_forward(acts + A_POOL * batch, acts + A_CONV2_RELU * batch, training && grad_acts ? (char *)(grad_acts + A_CONV2_RELU * batch) : NULL, batch);
+    mnist_seed_conv2_forward(acts + A_CONV2 * batch, acts + A_CONV1 * batch, params + P_CONV2_WEIGHT, params + P_CONV2_BIAS, workspace + WS_CONV2, batch);
+    mnist_seed_pool_forward(acts + A_POOL * batch, acts + A_CONV2 * batch, training && grad_acts ? (char *)(grad_acts + A_CONV2 * batch) : NULL, batch);
     mnist_seed_fc1_forward(acts + A_FC1 * batch, acts + A_POOL * batch, params + P_FC1_WEIGHT, params + P_FC1_BIAS, batch);
-    mnist_seed_fc1_relu_forward(acts + A_FC1_RELU * batch, acts + A_FC1 * batch, batch);
-    mnist_seed_fc2_forward(acts + A_FC2 * batch, acts + A_FC1_RELU * batch, params + P_FC2_WEIGHT, params + P_FC2_BIAS, batch);
+    mnist_seed_fc2_forward(acts + A_FC2 * batch, acts + A_FC1 * batch, params + P_FC2_WEIGHT, params + P_FC2_BIAS, batch);
 }
 
 const real *mnist_seed_output(const mnist_seed_context *ctx, size_t batch)
@@ -1322,12 +1238,10 @@ void mnist_seed_backward(const mnist_seed_context *ctx, const real *input, const
     memset(grad_acts + A_CONV1 * batch, 0, sizeof(real) * ZERO_CONV1 * batch);
     memset(grad_acts + A_POOL * batch, 0, sizeof(real) * ZERO_POOL * batch);
     mnist_seed_loss_softmax_cross_entropy(acts + A_FC2 * batch, grad_acts + A_FC2 * batch, targets, batch, 1);
-    mnist_seed_fc2_backward(grad_acts + A_FC1_RELU * batch, grads + P_FC2_WEIGHT, grads + P_FC2_BIAS, grad_acts + A_FC2 * batch, acts + A_FC1_RELU * batch, params + P_FC2_WEIGHT, batch);
-    mnist_seed_fc1_relu_backward(grad_acts + A_FC1 * batch, grad_acts + A_FC1_RELU * batch, acts + A_FC1 * batch, batch);
-    mnist_seed_fc1_backward(grad_acts + A_POOL * batch, grads + P_FC1_WEIGHT, grads + P_FC1_BIAS, grad_acts + A_FC1 * batch, acts + A_POOL * batch, params + P_FC1_WEIGHT, batch);
-    mnist_seed_conv2_backward(grad_acts + A_CONV1_RELU * batch, grads + P_CONV2_WEIGHT, grads + P_CONV2_BIAS, grad_acts + A_POOL * batch, acts + A_POOL * batch, (const char *)(grad_acts + A_CONV2_RELU * batch), acts + A_CONV1_RELU * batch, params + P_CONV2_WEIGHT, workspace + WS_CONV2, batch);
-    mnist_seed_conv1_relu_backward(grad_acts + A_CONV1 * batch, grad_acts + A_CONV1_RELU * batch, acts + A_CONV1 * batch, batch);
-    mnist_seed_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_CONV1 * batch, input, workspace + WS_CONV1, batch);
+    mnist_seed_fc2_backward(grad_acts + A_FC1 * batch, grads + P_FC2_WEIGHT, grads + P_FC2_BIAS, grad_acts + A_FC2 * batch, acts + A_FC1 * batch, params + P_FC2_WEIGHT, batch);
+    mnist_seed_fc1_backward(grad_acts + A_POOL * batch, grads + P_FC1_WEIGHT, grads + P_FC1_BIAS, grad_acts + A_FC1 * batch, acts + A_FC1 * batch, acts + A_POOL * batch, params + P_FC1_WEIGHT, workspace + WS_FC1, batch);
+    mnist_seed_conv2_backward(grad_acts + A_CONV1 * batch, grads + P_CONV2_WEIGHT, grads + P_CONV2_BIAS, grad_acts + A_POOL * batch, acts + A_POOL * batch, (const char *)(grad_acts + A_CONV2 * batch), acts + A_CONV1 * batch, params + P_CONV2_WEIGHT, workspace + WS_CONV2, batch);
+    mnist_seed_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_CONV1 * batch, acts + A_CONV1 * batch, input, workspace + WS_CONV1, batch);
 }
 /* ---- optimizer: Adam over the MNIST_SEED_NUM_TRAINABLE trainable parameters
  * (PyTorch's rule)
@@ -1403,25 +1317,16 @@ void mnist_seed_forward_op(const mnist_seed_context *ctx, const real *input, siz
         mnist_seed_conv1_forward(acts + A_CONV1 * batch, input, params + P_CONV1_WEIGHT, params + P_CONV1_BIAS, workspace + WS_CONV1, batch);
         break;
     case 1:
-        mnist_seed_conv1_relu_forward(acts + A_CONV1_RELU * batch, acts + A_CONV1 * batch, batch);
+        mnist_seed_conv2_forward(acts + A_CONV2 * batch, acts + A_CONV1 * batch, params + P_CONV2_WEIGHT, params + P_CONV2_BIAS, workspace + WS_CONV2, batch);
         break;
     case 2:
-        mnist_seed_conv2_forward(acts + A_CONV2 * batch, acts + A_CONV1_RELU * batch, params + P_CONV2_WEIGHT, params + P_CONV2_BIAS, workspace + WS_CONV2, batch);
+        mnist_seed_pool_forward(acts + A_POOL * batch, acts + A_CONV2 * batch, training && grad_acts ? (char *)(grad_acts + A_CONV2 * batch) : NULL, batch);
         break;
     case 3:
-        mnist_seed_conv2_relu_forward(acts + A_CONV2_RELU * batch, acts + A_CONV2 * batch, batch);
-        break;
-    case 4:
-        mnist_seed_pool_forward(acts + A_POOL * batch, acts + A_CONV2_RELU * batch, training && grad_acts ? (char *)(grad_acts + A_CONV2_RELU * batch) : NULL, batch);
-        break;
-    case 5:
         mnist_seed_fc1_forward(acts + A_FC1 * batch, acts + A_POOL * batch, params + P_FC1_WEIGHT, params + P_FC1_BIAS, batch);
         break;
-    case 6:
-        mnist_seed_fc1_relu_forward(acts + A_FC1_RELU * batch, acts + A_FC1 * batch, batch);
-        break;
-    case 7:
-        mnist_seed_fc2_forward(acts + A_FC2 * batch, acts + A_FC1_RELU * batch, params + P_FC2_WEIGHT, params + P_FC2_BIAS, batch);
+    case 4:
+        mnist_seed_fc2_forward(acts + A_FC2 * batch, acts + A_FC1 * batch, params + P_FC2_WEIGHT, params + P_FC2_BIAS, batch);
         break;
     default:
         break;
@@ -1446,22 +1351,16 @@ void mnist_seed_backward_op(const mnist_seed_context *ctx, const real *input, si
 
     switch (op) {
     case 0:
-        mnist_seed_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_CONV1 * batch, input, workspace + WS_CONV1, batch);
+        mnist_seed_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_CONV1 * batch, acts + A_CONV1 * batch, input, workspace + WS_CONV1, batch);
         break;
     case 1:
-        mnist_seed_conv1_relu_backward(grad_acts + A_CONV1 * batch, grad_acts + A_CONV1_RELU * batch, acts + A_CONV1 * batch, batch);
+        mnist_seed_conv2_backward(grad_acts + A_CONV1 * batch, grads + P_CONV2_WEIGHT, grads + P_CONV2_BIAS, grad_acts + A_POOL * batch, acts + A_POOL * batch, (const char *)(grad_acts + A_CONV2 * batch), acts + A_CONV1 * batch, params + P_CONV2_WEIGHT, workspace + WS_CONV2, batch);
         break;
-    case 2:
-        mnist_seed_conv2_backward(grad_acts + A_CONV1_RELU * batch, grads + P_CONV2_WEIGHT, grads + P_CONV2_BIAS, grad_acts + A_POOL * batch, acts + A_POOL * batch, (const char *)(grad_acts + A_CONV2_RELU * batch), acts + A_CONV1_RELU * batch, params + P_CONV2_WEIGHT, workspace + WS_CONV2, batch);
+    case 3:
+        mnist_seed_fc1_backward(grad_acts + A_POOL * batch, grads + P_FC1_WEIGHT, grads + P_FC1_BIAS, grad_acts + A_FC1 * batch, acts + A_FC1 * batch, acts + A_POOL * batch, params + P_FC1_WEIGHT, workspace + WS_FC1, batch);
         break;
-    case 5:
-        mnist_seed_fc1_backward(grad_acts + A_POOL * batch, grads + P_FC1_WEIGHT, grads + P_FC1_BIAS, grad_acts + A_FC1 * batch, acts + A_POOL * batch, params + P_FC1_WEIGHT, batch);
-        break;
-    case 6:
-        mnist_seed_fc1_relu_backward(grad_acts + A_FC1 * batch, grad_acts + A_FC1_RELU * batch, acts + A_FC1 * batch, batch);
-        break;
-    case 7:
-        mnist_seed_fc2_backward(grad_acts + A_FC1_RELU * batch, grads + P_FC2_WEIGHT, grads + P_FC2_BIAS, grad_acts + A_FC2 * batch, acts + A_FC1_RELU * batch, params + P_FC2_WEIGHT, batch);
+    case 4:
+        mnist_seed_fc2_backward(grad_acts + A_FC1 * batch, grads + P_FC2_WEIGHT, grads + P_FC2_BIAS, grad_acts + A_FC2 * batch, acts + A_FC1 * batch, params + P_FC2_WEIGHT, batch);
         break;
     default:
         break;

@@ -199,7 +199,6 @@ enum {
     VEC_LANES = (int)(sizeof(vec) / sizeof(real)),
     NN_COLS = 2 * VEC_LANES,      /* columns of C per gemm_nn block */
     NT_ROWS = 4,                  /* gemm_nt blocks: 4 rows of A x 4 rows of B accumulators */
-    BATCH_BLOCK = 256,            /* samples per product in the dense kernels (keeps row counts int) */
 };
 
 /* Threads (OpenMP builds: -fopenmp): a product big enough to repay waking them splits its
@@ -671,9 +670,10 @@ KERNEL_INLINE void resnet8_stem_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+                    }
         }
     }
 }
@@ -706,7 +706,7 @@ static void resnet8_stem_forward(
  * stem [N, 16, 32, 32] -> stem_bn [N, 16, 32, 32]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
- *   then relu (the layer stem_relu, fused): out = max(0, out)
+ *   then relu (stem_relu, fused): out = max(0, out)
  */
 static void resnet8_stem_bn_forward(
     real *restrict out,                     /* stem_bn [N, 16, 32, 32] */
@@ -792,9 +792,10 @@ KERNEL_INLINE void resnet8_s1_conv1_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+                    }
         }
     }
 }
@@ -827,7 +828,7 @@ static void resnet8_s1_conv1_forward(
  * s1_conv1 [N, 16, 32, 32] -> s1_bn1 [N, 16, 32, 32]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
- *   then relu (the layer s1_relu1, fused): out = max(0, out)
+ *   then relu (s1_relu1, fused): out = max(0, out)
  */
 static void resnet8_s1_bn1_forward(
     real *restrict out,                     /* s1_bn1 [N, 16, 32, 32] */
@@ -913,9 +914,10 @@ KERNEL_INLINE void resnet8_s1_conv2_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+                    }
         }
     }
 }
@@ -978,7 +980,7 @@ static void resnet8_s1_bn2_forward(
 
 /* ---- s1_add: add forward (spec line 19)
  * stem_bn [N, 16, 32, 32], s1_bn2 [N, 16, 32, 32] -> s1_add [N, 16, 32, 32]
- * out[i] = stem_bn[i] + s1_bn2[i]; then relu (the layer s1_out, fused): out = max(0, out)
+ * out[i] = stem_bn[i] + s1_bn2[i]; then relu (s1_out, fused): out = max(0, out)
  */
 static void resnet8_s1_add_forward(
     real *restrict out,                     /* s1_add [N, 16, 32, 32] */
@@ -1052,6 +1054,7 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             resnet8_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+
         }
     }
 }
@@ -1084,7 +1087,7 @@ static void resnet8_s2_conv1_forward(
  * s2_conv1 [N, 32, 16, 16] -> s2_bn1 [N, 32, 16, 16]
  * gamma [32], beta [32], running_mean [32], running_var [32]: 64 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
- *   then relu (the layer s2_relu1, fused): out = max(0, out)
+ *   then relu (s2_relu1, fused): out = max(0, out)
  */
 static void resnet8_s2_bn1_forward(
     real *restrict out,                     /* s2_bn1 [N, 32, 16, 16] */
@@ -1170,9 +1173,10 @@ KERNEL_INLINE void resnet8_s2_conv2_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+                    }
         }
     }
 }
@@ -1288,6 +1292,7 @@ KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             resnet8_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+
         }
     }
 }
@@ -1318,7 +1323,7 @@ static void resnet8_s2_shortcut_forward(
 
 /* ---- s2_add: add forward (spec line 28)
  * s2_shortcut [N, 32, 16, 16], s2_bn2 [N, 32, 16, 16] -> s2_add [N, 32, 16, 16]
- * out[i] = s2_shortcut[i] + s2_bn2[i]; then relu (the layer s2_out, fused): out = max(0, out)
+ * out[i] = s2_shortcut[i] + s2_bn2[i]; then relu (s2_out, fused): out = max(0, out)
  */
 static void resnet8_s2_add_forward(
     real *restrict out,                     /* s2_add [N, 32, 16, 16] */
@@ -1392,6 +1397,7 @@ KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             resnet8_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+
         }
     }
 }
@@ -1424,7 +1430,7 @@ static void resnet8_s3_conv1_forward(
  * s3_conv1 [N, 64, 8, 8] -> s3_bn1 [N, 64, 8, 8]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
- *   then relu (the layer s3_relu1, fused): out = max(0, out)
+ *   then relu (s3_relu1, fused): out = max(0, out)
  */
 static void resnet8_s3_bn1_forward(
     real *restrict out,                     /* s3_bn1 [N, 64, 8, 8] */
@@ -1510,9 +1516,10 @@ KERNEL_INLINE void resnet8_s3_conv2_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+                    }
         }
     }
 }
@@ -1628,6 +1635,7 @@ KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             resnet8_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+
         }
     }
 }
@@ -1658,7 +1666,7 @@ static void resnet8_s3_shortcut_forward(
 
 /* ---- s3_add: add forward (spec line 37)
  * s3_shortcut [N, 64, 8, 8], s3_bn2 [N, 64, 8, 8] -> s3_add [N, 64, 8, 8]
- * out[i] = s3_shortcut[i] + s3_bn2[i]; then relu (the layer s3_out, fused): out = max(0, out)
+ * out[i] = s3_shortcut[i] + s3_bn2[i]; then relu (s3_out, fused): out = max(0, out)
  */
 static void resnet8_s3_add_forward(
     real *restrict out,                     /* s3_add [N, 64, 8, 8] */
@@ -1735,15 +1743,18 @@ static void resnet8_fc_forward(
 {
     enum {
         IN = 64,
-        OUT = 10
+        OUT = 10,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         resnet8_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y;
+        }
 }
 
 void resnet8_forward(const resnet8_context *ctx, const real *input)

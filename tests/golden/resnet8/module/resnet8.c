@@ -214,7 +214,6 @@ enum {
     VEC_LANES = (int)(sizeof(vec) / sizeof(real)),
     NN_COLS = 2 * VEC_LANES,      /* columns of C per gemm_nn block */
     NT_ROWS = 4,                  /* gemm_nt blocks: 4 rows of A x 4 rows of B accumulators */
-    BATCH_BLOCK = 256,            /* samples per product in the dense kernels (keeps row counts int) */
 };
 
 /* Threads (OpenMP builds: -fopenmp): a product big enough to repay waking them splits its
@@ -686,9 +685,10 @@ KERNEL_INLINE void resnet8_stem_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+                    }
         }
     }
 }
@@ -780,6 +780,7 @@ static void resnet8_stem_backward(
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -817,7 +818,7 @@ static void resnet8_stem_backward(
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages; then relu (the layer stem_relu, fused): out = max(0, out)
+ *   inference: running averages; then relu (stem_relu, fused): out = max(0, out)
  */
 static void resnet8_stem_bn_forward(
     real *restrict out,                     /* stem_bn [N, 16, 32, 32] */
@@ -1057,9 +1058,10 @@ KERNEL_INLINE void resnet8_s1_conv1_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+                    }
         }
     }
 }
@@ -1171,6 +1173,7 @@ static void resnet8_s1_conv1_backward(
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -1219,7 +1222,7 @@ static void resnet8_s1_conv1_backward(
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages; then relu (the layer s1_relu1, fused): out = max(0, out)
+ *   inference: running averages; then relu (s1_relu1, fused): out = max(0, out)
  */
 static void resnet8_s1_bn1_forward(
     real *restrict out,                     /* s1_bn1 [N, 16, 32, 32] */
@@ -1459,9 +1462,10 @@ KERNEL_INLINE void resnet8_s1_conv2_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+                    }
         }
     }
 }
@@ -1573,6 +1577,7 @@ static void resnet8_s1_conv2_backward(
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -1800,7 +1805,7 @@ static void resnet8_s1_bn2_backward(
 
 /* ---- s1_add: add forward (spec line 19)
  * stem_bn [N, 16, 32, 32], s1_bn2 [N, 16, 32, 32] -> s1_add [N, 16, 32, 32]
- * out[i] = stem_bn[i] + s1_bn2[i]; then relu (the layer s1_out, fused): out = max(0, out)
+ * out[i] = stem_bn[i] + s1_bn2[i]; then relu (s1_out, fused): out = max(0, out)
  */
 static void resnet8_s1_add_forward(
     real *restrict out,                     /* s1_add [N, 16, 32, 32] */
@@ -1901,6 +1906,7 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             resnet8_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+
         }
     }
 }
@@ -1994,6 +2000,7 @@ static void resnet8_s2_conv1_backward(
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -2033,7 +2040,7 @@ static void resnet8_s2_conv1_backward(
  * gamma [32], beta [32], running_mean [32], running_var [32]: 64 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages; then relu (the layer s2_relu1, fused): out = max(0, out)
+ *   inference: running averages; then relu (s2_relu1, fused): out = max(0, out)
  */
 static void resnet8_s2_bn1_forward(
     real *restrict out,                     /* s2_bn1 [N, 32, 16, 16] */
@@ -2273,9 +2280,10 @@ KERNEL_INLINE void resnet8_s2_conv2_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+                    }
         }
     }
 }
@@ -2387,6 +2395,7 @@ static void resnet8_s2_conv2_backward(
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -2667,6 +2676,7 @@ KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             resnet8_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+
         }
     }
 }
@@ -2760,6 +2770,7 @@ static void resnet8_s2_shortcut_backward(
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -2796,7 +2807,7 @@ static void resnet8_s2_shortcut_backward(
 }
 /* ---- s2_add: add forward (spec line 28)
  * s2_shortcut [N, 32, 16, 16], s2_bn2 [N, 32, 16, 16] -> s2_add [N, 32, 16, 16]
- * out[i] = s2_shortcut[i] + s2_bn2[i]; then relu (the layer s2_out, fused): out = max(0, out)
+ * out[i] = s2_shortcut[i] + s2_bn2[i]; then relu (s2_out, fused): out = max(0, out)
  */
 static void resnet8_s2_add_forward(
     real *restrict out,                     /* s2_add [N, 32, 16, 16] */
@@ -2897,6 +2908,7 @@ KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             resnet8_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+
         }
     }
 }
@@ -2990,6 +3002,7 @@ static void resnet8_s3_conv1_backward(
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -3029,7 +3042,7 @@ static void resnet8_s3_conv1_backward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages; then relu (the layer s3_relu1, fused): out = max(0, out)
+ *   inference: running averages; then relu (s3_relu1, fused): out = max(0, out)
  */
 static void resnet8_s3_bn1_forward(
     real *restrict out,                     /* s3_bn1 [N, 64, 8, 8] */
@@ -3269,9 +3282,10 @@ KERNEL_INLINE void resnet8_s3_conv2_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+                    }
         }
     }
 }
@@ -3383,6 +3397,7 @@ static void resnet8_s3_conv2_backward(
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -3663,6 +3678,7 @@ KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             resnet8_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+
         }
     }
 }
@@ -3756,6 +3772,7 @@ static void resnet8_s3_shortcut_backward(
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -3792,7 +3809,7 @@ static void resnet8_s3_shortcut_backward(
 }
 /* ---- s3_add: add forward (spec line 37)
  * s3_shortcut [N, 64, 8, 8], s3_bn2 [N, 64, 8, 8] -> s3_add [N, 64, 8, 8]
- * out[i] = s3_shortcut[i] + s3_bn2[i]; then relu (the layer s3_out, fused): out = max(0, out)
+ * out[i] = s3_shortcut[i] + s3_bn2[i]; then relu (s3_out, fused): out = max(0, out)
  */
 static void resnet8_s3_add_forward(
     real *restrict out,                     /* s3_add [N, 64, 8, 8] */
@@ -3937,15 +3954,18 @@ static void resnet8_fc_forward(
 {
     enum {
         IN = 64,
-        OUT = 10
+        OUT = 10,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         resnet8_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y;
+        }
 }
 
 /* ---- fc: dense backward (spec line 41)
@@ -3965,17 +3985,19 @@ static void resnet8_fc_backward(
 {
     enum {
         IN = 64,
-        OUT = 10
+        OUT = 10,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
-        /* dout^T as A: A[o, b] = dout[b*OUT + o]. */
-        resnet8_gemm_nn(OUT, IN, rows, dout + b * OUT, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        resnet8_gemm_nn(rows, IN, OUT, dout + b * OUT, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        const real *restrict dblock = dout + b * OUT;
+        /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
+        resnet8_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
+        resnet8_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < OUT; o++)
+                dbias[o] += dblock[(size_t)r * OUT + o];
     }
-    for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            dbias[o] += dout[b * OUT + o];
 }
 
 size_t resnet8_activations_size(size_t batch)

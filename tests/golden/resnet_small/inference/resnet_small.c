@@ -59,10 +59,8 @@ typedef float real;
 #define A_BLOCK1_BN2 ((size_t)8192) /* [N, 16, 16, 16] */
 #define A_BLOCK1_ADD ((size_t)0) /* [N, 16, 16, 16] */
 #define A_DOWN ((size_t)4096) /* [N, 32, 8, 8] */
-#define A_DOWN_RELU ((size_t)6144) /* [N, 32, 8, 8] */
 #define A_DEPTHWISE ((size_t)0) /* [N, 32, 8, 8] */
-#define A_POINTWISE ((size_t)2048) /* [N, 32, 8, 8] */
-#define A_POINTWISE_RELU ((size_t)4096) /* [N, 32, 8, 8] */
+#define A_POINTWISE ((size_t)6144) /* [N, 32, 8, 8] */
 #define A_MERGED ((size_t)0) /* [N, 64, 8, 8] */
 #define A_GAP ((size_t)4096) /* [N, 64] */
 #define A_DROP ((size_t)0) /* [N, 64] */
@@ -162,7 +160,6 @@ enum {
     VEC_LANES = (int)(sizeof(vec) / sizeof(real)),
     NN_COLS = 2 * VEC_LANES,      /* columns of C per gemm_nn block */
     NT_ROWS = 4,                  /* gemm_nt blocks: 4 rows of A x 4 rows of B accumulators */
-    BATCH_BLOCK = 256,            /* samples per product in the dense kernels (keeps row counts int) */
 };
 
 /* Threads (OpenMP builds: -fopenmp): a product big enough to repay waking them splits its
@@ -633,9 +630,10 @@ KERNEL_INLINE void resnet_small_stem_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+                    }
         }
     }
 }
@@ -667,7 +665,7 @@ static void resnet_small_stem_forward(
  * stem [N, 16, 16, 16] -> stem_bn [N, 16, 16, 16]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
- *   then relu (the layer stem_relu, fused): out = max(0, out)
+ *   then relu (stem_relu, fused): out = max(0, out)
  */
 static void resnet_small_stem_bn_forward(
     real *restrict out,                     /* stem_bn [N, 16, 16, 16] */
@@ -752,9 +750,10 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+                    }
         }
     }
 }
@@ -786,7 +785,7 @@ static void resnet_small_block1_conv1_forward(
  * block1_conv1 [N, 16, 16, 16] -> block1_bn1 [N, 16, 16, 16]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
- *   then relu (the layer block1_relu, fused): out = max(0, out)
+ *   then relu (block1_relu, fused): out = max(0, out)
  */
 static void resnet_small_block1_bn1_forward(
     real *restrict out,                     /* block1_bn1 [N, 16, 16, 16] */
@@ -871,9 +870,10 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+                    }
         }
     }
 }
@@ -935,8 +935,7 @@ static void resnet_small_block1_bn2_forward(
 
 /* ---- block1_add: add forward (spec line 14)
  * block1_bn2 [N, 16, 16, 16], stem_bn [N, 16, 16, 16] -> block1_add [N, 16, 16, 16]
- * out[i] = block1_bn2[i] + stem_bn[i]; then relu (the layer block1_out, fused): out = max(0,
- *   out)
+ * out[i] = block1_bn2[i] + stem_bn[i]; then relu (block1_out, fused): out = max(0, out)
  */
 static void resnet_small_block1_add_forward(
     real *restrict out,                     /* block1_add [N, 16, 16, 16] */
@@ -961,14 +960,15 @@ static void resnet_small_block1_add_forward(
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
  *   per sample and group: out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x
- *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col
+ *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col; then relu (down_relu, fused): out =
+ *   max(0, out)
  */
 KERNEL_INLINE void resnet_small_down_forward_slot(
     real *restrict out,                     /* down [N, 32, 8, 8] */
     const real *restrict in,                /* block1_add [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* down.bias [32] */
-    real *slots,                            /* 20512 elements of workspace */
+    real *slots,                            /* 22560 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -994,7 +994,7 @@ KERNEL_INLINE void resnet_small_down_forward_slot(
         H_OUT = 8,
         W_OUT = 8,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 15904
+        SLOT_SIZE = 17952
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1010,6 +1010,9 @@ KERNEL_INLINE void resnet_small_down_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             resnet_small_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+            for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)                          /* the fused relu */
+                out_group[i] = out_group[i] > 0 ? out_group[i] : 0;
+
         }
     }
 }
@@ -1023,7 +1026,7 @@ static void resnet_small_down_forward(
     const real *restrict in,                /* block1_add [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* down.bias [32] */
-    real *slots,                            /* 20512 elements of workspace */
+    real *slots,                            /* 22560 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1038,28 +1041,8 @@ static void resnet_small_down_forward(
     }
 }
 
-/* ---- down_relu: relu forward (spec line 16)
- * down [N, 32, 8, 8] -> down_relu [N, 32, 8, 8]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet_small_down_relu_forward(
-    real *restrict out,                     /* down_relu [N, 32, 8, 8] */
-    const real *restrict in,                /* down [N, 32, 8, 8] */
-    size_t batch)
-{
-    enum {
-        SIZE = 2048
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- depthwise: conv2d forward (spec line 17)
- * down_relu [N, 32, 8, 8] -> depthwise [N, 32, 8, 8]
+ * down [N, 32, 8, 8] -> depthwise [N, 32, 8, 8]
  * weight [32, 1, 3, 3], bias [32]: 320 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{kh, kw} weight[oc,0,kh,kw] * in[b, oc / MULTIPLIER, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and channel
@@ -1067,7 +1050,7 @@ static void resnet_small_down_relu_forward(
  */
 KERNEL_INLINE void resnet_small_depthwise_forward_slot(
     real *restrict out,                     /* depthwise [N, 32, 8, 8] */
-    const real *restrict in,                /* down_relu [N, 32, 8, 8] */
+    const real *restrict in,                /* down [N, 32, 8, 8] */
     const real *restrict weight,            /* depthwise.weight [32, 1, 3, 3] */
     const real *restrict bias,              /* depthwise.bias [32] */
     real *slots,                            /* 964 elements of workspace */
@@ -1119,8 +1102,10 @@ KERNEL_INLINE void resnet_small_depthwise_forward_slot(
                     wide[p] = sum;
                 }
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_oc[oh * W_OUT + ow] = wide[oh * W_PAD + ow] + bias[oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[oh * W_PAD + ow] + bias[oc];
+                        out_oc[oh * W_OUT + ow] = y;
+                    }
             }
         }
     }
@@ -1132,7 +1117,7 @@ KERNEL_INLINE void resnet_small_depthwise_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_depthwise_forward(
     real *restrict out,                     /* depthwise [N, 32, 8, 8] */
-    const real *restrict in,                /* down_relu [N, 32, 8, 8] */
+    const real *restrict in,                /* down [N, 32, 8, 8] */
     const real *restrict weight,            /* depthwise.weight [32, 1, 3, 3] */
     const real *restrict bias,              /* depthwise.bias [32] */
     real *slots,                            /* 964 elements of workspace */
@@ -1156,7 +1141,8 @@ static void resnet_small_depthwise_forward(
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (pointwise_relu, fused):
+ *   out = max(0, out)
  */
 KERNEL_INLINE void resnet_small_pointwise_forward_slot(
     real *restrict out,                     /* pointwise [N, 32, 8, 8] */
@@ -1197,6 +1183,9 @@ KERNEL_INLINE void resnet_small_pointwise_forward_slot(
 
             resnet_small_gemm_nn_taps(PIXELS_OUT, weight_group, resnet_small_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, out_group, PIXELS_OUT, 1);
+            for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)                          /* the fused relu */
+                out_group[i] = out_group[i] > 0 ? out_group[i] : 0;
+
         }
     }
 }
@@ -1224,34 +1213,14 @@ static void resnet_small_pointwise_forward(
     }
 }
 
-/* ---- pointwise_relu: relu forward (spec line 18)
- * pointwise [N, 32, 8, 8] -> pointwise_relu [N, 32, 8, 8]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void resnet_small_pointwise_relu_forward(
-    real *restrict out,                     /* pointwise_relu [N, 32, 8, 8] */
-    const real *restrict in,                /* pointwise [N, 32, 8, 8] */
-    size_t batch)
-{
-    enum {
-        SIZE = 2048
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- merged: concat forward (spec line 19)
- * down_relu [N, 32, 8, 8], pointwise_relu [N, 32, 8, 8] -> merged [N, 64, 8, 8]
+ * down [N, 32, 8, 8], pointwise [N, 32, 8, 8] -> merged [N, 64, 8, 8]
  * out[b] = the inputs' channels one after another: 32 + 32 = 64 channels
  */
 static void resnet_small_merged_forward(
     real *restrict out,                     /* merged [N, 64, 8, 8] */
-    const real *in0,                        /* down_relu [N, 32, 8, 8] */
-    const real *in1,                        /* pointwise_relu [N, 32, 8, 8] */
+    const real *in0,                        /* down [N, 32, 8, 8] */
+    const real *in1,                        /* pointwise [N, 32, 8, 8] */
     size_t batch)
 {
     enum {
@@ -1317,15 +1286,18 @@ static void resnet_small_classifier_forward(
 {
     enum {
         IN = 64,
-        OUT = 10
+        OUT = 10,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         resnet_small_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y;
+        }
 }
 
 void resnet_small_forward(const resnet_small_context *ctx, const real *input)
@@ -1343,11 +1315,9 @@ void resnet_small_forward(const resnet_small_context *ctx, const real *input)
     resnet_small_block1_bn2_forward(acts + A_BLOCK1_BN2 * batch, acts + A_BLOCK1_CONV2 * batch, params + P_BLOCK1_BN2_GAMMA, params + P_BLOCK1_BN2_BETA, params + P_BLOCK1_BN2_RUNNING_MEAN, params + P_BLOCK1_BN2_RUNNING_VAR, batch);
     resnet_small_block1_add_forward(acts + A_BLOCK1_ADD * batch, acts + A_BLOCK1_BN2 * batch, acts + A_STEM_BN * batch, batch);
     resnet_small_down_forward(acts + A_DOWN * batch, acts + A_BLOCK1_ADD * batch, params + P_DOWN_WEIGHT, params + P_DOWN_BIAS, workspace + WS_DOWN, batch);
-    resnet_small_down_relu_forward(acts + A_DOWN_RELU * batch, acts + A_DOWN * batch, batch);
-    resnet_small_depthwise_forward(acts + A_DEPTHWISE * batch, acts + A_DOWN_RELU * batch, params + P_DEPTHWISE_WEIGHT, params + P_DEPTHWISE_BIAS, workspace + WS_DEPTHWISE, batch);
+    resnet_small_depthwise_forward(acts + A_DEPTHWISE * batch, acts + A_DOWN * batch, params + P_DEPTHWISE_WEIGHT, params + P_DEPTHWISE_BIAS, workspace + WS_DEPTHWISE, batch);
     resnet_small_pointwise_forward(acts + A_POINTWISE * batch, acts + A_DEPTHWISE * batch, params + P_POINTWISE_WEIGHT, params + P_POINTWISE_BIAS, batch);
-    resnet_small_pointwise_relu_forward(acts + A_POINTWISE_RELU * batch, acts + A_POINTWISE * batch, batch);
-    resnet_small_merged_forward(acts + A_MERGED * batch, acts + A_DOWN_RELU * batch, acts + A_POINTWISE_RELU * batch, batch);
+    resnet_small_merged_forward(acts + A_MERGED * batch, acts + A_DOWN * batch, acts + A_POINTWISE * batch, batch);
     resnet_small_gap_forward(acts + A_GAP * batch, acts + A_MERGED * batch, batch);
     resnet_small_drop_forward(acts + A_DROP * batch, acts + A_GAP * batch, batch);
     resnet_small_classifier_forward(acts + A_CLASSIFIER * batch, acts + A_DROP * batch, params + P_CLASSIFIER_WEIGHT, params + P_CLASSIFIER_BIAS, batch);

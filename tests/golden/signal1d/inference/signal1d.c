@@ -35,10 +35,8 @@ typedef float real;
 
 /* Per-sample offsets of the activation tensors (times the batch size). */
 #define A_EDGES ((size_t)0) /* [N, 8, 100] */
-#define A_EDGES_RELU ((size_t)800) /* [N, 8, 100] */
-#define A_POOL1 ((size_t)0) /* [N, 8, 50] */
-#define A_CONV2 ((size_t)400) /* [N, 16, 23] */
-#define A_CONV2_RELU ((size_t)0) /* [N, 16, 23] */
+#define A_POOL1 ((size_t)800) /* [N, 8, 50] */
+#define A_CONV2 ((size_t)0) /* [N, 16, 23] */
 #define A_GAP ((size_t)368) /* [N, 16] */
 #define A_OUT ((size_t)0) /* [N, 4] */
 
@@ -129,7 +127,6 @@ enum {
     VEC_LANES = (int)(sizeof(vec) / sizeof(real)),
     NN_COLS = 2 * VEC_LANES,      /* columns of C per gemm_nn block */
     NT_ROWS = 4,                  /* gemm_nt blocks: 4 rows of A x 4 rows of B accumulators */
-    BATCH_BLOCK = 256,            /* samples per product in the dense kernels (keeps row counts int) */
 };
 
 /* Threads (OpenMP builds: -fopenmp): a product big enough to repay waking them splits its
@@ -550,7 +547,8 @@ KERNEL_INLINE void signal1d_pad_planes(const real *restrict src, real *restrict 
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (edges_relu, fused): out
+ *   = max(0, out)
  */
 KERNEL_INLINE void signal1d_edges_forward_slot(
     real *restrict out,                     /* edges [N, 8, 100] */
@@ -601,9 +599,10 @@ KERNEL_INLINE void signal1d_edges_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -632,33 +631,13 @@ static void signal1d_edges_forward(
     }
 }
 
-/* ---- edges_relu: relu forward (spec line 5)
- * edges [N, 8, 100] -> edges_relu [N, 8, 100]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void signal1d_edges_relu_forward(
-    real *restrict out,                     /* edges_relu [N, 8, 100] */
-    const real *restrict in,                /* edges [N, 8, 100] */
-    size_t batch)
-{
-    enum {
-        SIZE = 800
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- pool1: maxpool1d forward (spec line 6)
- * edges_relu [N, 8, 100] -> pool1 [N, 8, 50]
+ * edges [N, 8, 100] -> pool1 [N, 8, 50]
  * out[b,c,oh,ow] = max over the window's cells inside the input (padding never wins)
  */
 static void signal1d_pool1_forward(
     real *restrict out,                     /* pool1 [N, 8, 50] */
-    const real *restrict in,                /* edges_relu [N, 8, 100] */
+    const real *restrict in,                /* edges [N, 8, 100] */
     size_t batch)
 {
     enum {
@@ -708,14 +687,15 @@ static void signal1d_pool1_forward(
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
  *   per sample and group: out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x
- *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col
+ *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col; then relu (conv2_relu, fused): out =
+ *   max(0, out)
  */
 KERNEL_INLINE void signal1d_conv2_forward_slot(
     real *restrict out,                     /* conv2 [N, 16, 23] */
     const real *restrict in,                /* pool1 [N, 8, 50] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 2584 elements of workspace */
+    real *slots,                            /* 2952 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -741,7 +721,7 @@ KERNEL_INLINE void signal1d_conv2_forward_slot(
         H_OUT = 1,
         W_OUT = 23,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 1944
+        SLOT_SIZE = 2312
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -757,6 +737,9 @@ KERNEL_INLINE void signal1d_conv2_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             signal1d_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+            for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)                          /* the fused relu */
+                out_group[i] = out_group[i] > 0 ? out_group[i] : 0;
+
         }
     }
 }
@@ -770,7 +753,7 @@ static void signal1d_conv2_forward(
     const real *restrict in,                /* pool1 [N, 8, 50] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 2584 elements of workspace */
+    real *slots,                            /* 2952 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -785,33 +768,13 @@ static void signal1d_conv2_forward(
     }
 }
 
-/* ---- conv2_relu: relu forward (spec line 7)
- * conv2 [N, 16, 23] -> conv2_relu [N, 16, 23]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void signal1d_conv2_relu_forward(
-    real *restrict out,                     /* conv2_relu [N, 16, 23] */
-    const real *restrict in,                /* conv2 [N, 16, 23] */
-    size_t batch)
-{
-    enum {
-        SIZE = 368
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- gap: global_avgpool forward (spec line 8)
- * conv2_relu [N, 16, 23] -> gap [N, 16]
+ * conv2 [N, 16, 23] -> gap [N, 16]
  * out[b,c] = mean over all positions of in[b,c,:]
  */
 static void signal1d_gap_forward(
     real *restrict out,                     /* gap [N, 16] */
-    const real *restrict in,                /* conv2_relu [N, 16, 23] */
+    const real *restrict in,                /* conv2 [N, 16, 23] */
     size_t batch)
 {
     enum {
@@ -841,15 +804,18 @@ static void signal1d_out_forward(
 {
     enum {
         IN = 16,
-        OUT = 4
+        OUT = 4,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         signal1d_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y;
+        }
 }
 
 void signal1d_forward(const signal1d_context *ctx, const real *input)
@@ -860,11 +826,9 @@ void signal1d_forward(const signal1d_context *ctx, const real *input)
     const size_t batch = SIGNAL1D_BATCH;
 
     signal1d_edges_forward(acts + A_EDGES * batch, input, params + P_EDGES_WEIGHT, params + P_EDGES_BIAS, workspace + WS_EDGES, batch);
-    signal1d_edges_relu_forward(acts + A_EDGES_RELU * batch, acts + A_EDGES * batch, batch);
-    signal1d_pool1_forward(acts + A_POOL1 * batch, acts + A_EDGES_RELU * batch, batch);
+    signal1d_pool1_forward(acts + A_POOL1 * batch, acts + A_EDGES * batch, batch);
     signal1d_conv2_forward(acts + A_CONV2 * batch, acts + A_POOL1 * batch, params + P_CONV2_WEIGHT, params + P_CONV2_BIAS, workspace + WS_CONV2, batch);
-    signal1d_conv2_relu_forward(acts + A_CONV2_RELU * batch, acts + A_CONV2 * batch, batch);
-    signal1d_gap_forward(acts + A_GAP * batch, acts + A_CONV2_RELU * batch, batch);
+    signal1d_gap_forward(acts + A_GAP * batch, acts + A_CONV2 * batch, batch);
     signal1d_out_forward(acts + A_OUT * batch, acts + A_GAP * batch, params + P_OUT_WEIGHT, params + P_OUT_BIAS, batch);
 }
 

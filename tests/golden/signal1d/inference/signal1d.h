@@ -15,10 +15,10 @@
 #define SIGNAL1D_NUM_TRAINABLE 756
 #define SIGNAL1D_INPUT_SIZE 100
 #define SIGNAL1D_OUTPUT_SIZE 4
-#define SIGNAL1D_ACTIVATIONS_PER_SAMPLE 1600
+#define SIGNAL1D_ACTIVATIONS_PER_SAMPLE 1200
 #define SIGNAL1D_WORKSPACE_SIZE 920
 #define SIGNAL1D_BATCH 1 /* samples per forward call */
-#define SIGNAL1D_ARENA_SIZE 2520 /* ACTIVATIONS_PER_SAMPLE * BATCH + WORKSPACE_SIZE */
+#define SIGNAL1D_ARENA_SIZE 2120 /* ACTIVATIONS_PER_SAMPLE * BATCH + WORKSPACE_SIZE */
 
 /* Tensors whose lifetimes do not overlap share the arena; nothing else is needed at run time. */
 typedef struct signal1d_context {

@@ -35,12 +35,10 @@ typedef float real;
 
 /* Per-sample offsets of the activation tensors (times the batch size). */
 #define A_EDGES ((size_t)0) /* [N, 8, 100] */
-#define A_EDGES_RELU ((size_t)800) /* [N, 8, 100] */
-#define A_POOL1 ((size_t)1600) /* [N, 8, 50] */
-#define A_CONV2 ((size_t)2000) /* [N, 16, 23] */
-#define A_CONV2_RELU ((size_t)2368) /* [N, 16, 23] */
-#define A_GAP ((size_t)2736) /* [N, 16] */
-#define A_OUT ((size_t)2752) /* [N, 4] */
+#define A_POOL1 ((size_t)800) /* [N, 8, 50] */
+#define A_CONV2 ((size_t)1200) /* [N, 16, 23] */
+#define A_GAP ((size_t)1568) /* [N, 16] */
+#define A_OUT ((size_t)1584) /* [N, 4] */
 
 /* Workspace offsets. */
 #define WS_EDGES ((size_t)0)
@@ -48,7 +46,7 @@ typedef float real;
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
-#define ZERO_POOL1 ((size_t)1156) /* pool1 .. out */
+#define ZERO_POOL1 ((size_t)788) /* pool1 .. out */
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -144,7 +142,6 @@ enum {
     VEC_LANES = (int)(sizeof(vec) / sizeof(real)),
     NN_COLS = 2 * VEC_LANES,      /* columns of C per gemm_nn block */
     NT_ROWS = 4,                  /* gemm_nt blocks: 4 rows of A x 4 rows of B accumulators */
-    BATCH_BLOCK = 256,            /* samples per product in the dense kernels (keeps row counts int) */
 };
 
 /* Threads (OpenMP builds: -fopenmp): a product big enough to repay waking them splits its
@@ -565,7 +562,8 @@ KERNEL_INLINE void signal1d_pad_planes(const real *restrict src, real *restrict 
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (edges_relu, fused): out
+ *   = max(0, out)
  */
 KERNEL_INLINE void signal1d_edges_forward_slot(
     real *restrict out,                     /* edges [N, 8, 100] */
@@ -616,9 +614,10 @@ KERNEL_INLINE void signal1d_edges_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -662,7 +661,7 @@ static void signal1d_edges_backward(
     real *restrict dbias,                   /* edges.bias [8] */
     const real *restrict dpool,             /* pool1 [N, 8, 50] */
     const real *restrict pool_out,          /* pool1 [N, 8, 50] */
-    const char *argmax,                     /* int32 [N, 400], in the memory of edges_relu's gradient */
+    const char *argmax,                     /* int32 [N, 400], in the memory of edges's gradient */
     const real *restrict in,                /* input [N, 1, 100] */
     real *slots,                            /* 1524 elements of workspace */
     size_t batch)
@@ -776,28 +775,8 @@ static void signal1d_edges_backward(
                 for (int kw = 0; kw < KW; kw++)
                     dweight[(((size_t)oc * C_IN + ic) * KH + kh) * KW + kw] += dweight_sum[((size_t)oc * KH + kh) * ROW_PAD + kw * C_IN + ic];
 }
-/* ---- edges_relu: relu forward (spec line 5)
- * edges [N, 8, 100] -> edges_relu [N, 8, 100]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void signal1d_edges_relu_forward(
-    real *restrict out,                     /* edges_relu [N, 8, 100] */
-    const real *restrict in,                /* edges [N, 8, 100] */
-    size_t batch)
-{
-    enum {
-        SIZE = 800
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- pool1: maxpool1d forward (spec line 6)
- * edges_relu [N, 8, 100] -> pool1 [N, 8, 50]
+ * edges [N, 8, 100] -> pool1 [N, 8, 50]
  * out[b,c,oh,ow] = max over the window's cells inside the input (padding never wins); in
  *   training also its argmax (the first maximum in row-major order, as an index into the input
  *   plane), kept as int32 [batch, C, H_OUT, W_OUT] in the memory of din, for the backward of the
@@ -805,7 +784,7 @@ static void signal1d_edges_relu_forward(
  */
 static void signal1d_pool1_forward(
     real *restrict out,                     /* pool1 [N, 8, 50] */
-    const real *restrict in,                /* edges_relu [N, 8, 100] */
+    const real *restrict in,                /* edges [N, 8, 100] */
     char *restrict argmax,                  /* int32 [N, 400], or NULL */
     size_t batch)
 {
@@ -858,14 +837,15 @@ static void signal1d_pool1_forward(
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
  *   per sample and group: out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x
- *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col
+ *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col; then relu (conv2_relu, fused): out =
+ *   max(0, out)
  */
 KERNEL_INLINE void signal1d_conv2_forward_slot(
     real *restrict out,                     /* conv2 [N, 16, 23] */
     const real *restrict in,                /* pool1 [N, 8, 50] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 2584 elements of workspace */
+    real *slots,                            /* 2952 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -891,7 +871,7 @@ KERNEL_INLINE void signal1d_conv2_forward_slot(
         H_OUT = 1,
         W_OUT = 23,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 1944
+        SLOT_SIZE = 2312
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -907,6 +887,9 @@ KERNEL_INLINE void signal1d_conv2_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             signal1d_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+            for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)                          /* the fused relu */
+                out_group[i] = out_group[i] > 0 ? out_group[i] : 0;
+
         }
     }
 }
@@ -920,7 +903,7 @@ static void signal1d_conv2_forward(
     const real *restrict in,                /* pool1 [N, 8, 50] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 2584 elements of workspace */
+    real *slots,                            /* 2952 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -940,16 +923,18 @@ static void signal1d_conv2_forward(
  * weight [16, 8, 5], bias [16]: 656 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
- *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im)
+ *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im); dout is first masked
+ *   where the fused relu's output is 0
  */
 static void signal1d_conv2_backward(
     real *restrict din,                     /* pool1 [N, 8, 50] */
     real *restrict dweight,                 /* conv2.weight [16, 8, 5] */
     real *restrict dbias,                   /* conv2.bias [16] */
     const real *restrict dout,              /* conv2 [N, 16, 23] */
+    real *restrict out,                     /* conv2 [N, 16, 23] */
     const real *restrict in,                /* pool1 [N, 8, 50] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5] */
-    real *slots,                            /* 2584 elements of workspace */
+    real *slots,                            /* 2952 elements of workspace */
     size_t batch)
 {
     enum {
@@ -974,11 +959,12 @@ static void signal1d_conv2_backward(
         W_OUT = 23,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 920,
-        SCRATCH_DWEIGHT_T = 1944,
+        SCRATCH_DWEIGHT_T = 2312,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 1944,
+        SLOT_SIZE = 2312,
         SCRATCH_DWEIGHT_PART = 1288,
-        SCRATCH_DBIAS_PART = 1928
+        SCRATCH_DBIAS_PART = 1928,
+        SCRATCH_DRELU = 1944
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
@@ -999,7 +985,10 @@ static void signal1d_conv2_backward(
             real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dout_group = scratch + SCRATCH_DRELU;           /* the fused relu's backward */
+                for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)
+                    dout_group[i] = out[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] > 0 ? dout[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] : 0;
+
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = signal1d_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -1034,55 +1023,13 @@ static void signal1d_conv2_backward(
                 dweight[(size_t)(g * C_OUT_PER_GROUP + oc) * K_GROUP + k] +=
                     dweight_t[((size_t)g * K_GROUP + k) * C_OUT_PER_GROUP + oc];
 }
-/* ---- conv2_relu: relu forward (spec line 7)
- * conv2 [N, 16, 23] -> conv2_relu [N, 16, 23]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void signal1d_conv2_relu_forward(
-    real *restrict out,                     /* conv2_relu [N, 16, 23] */
-    const real *restrict in,                /* conv2 [N, 16, 23] */
-    size_t batch)
-{
-    enum {
-        SIZE = 368
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- conv2_relu: relu backward (spec line 7)
- * conv2 [N, 16, 23] -> conv2_relu [N, 16, 23]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void signal1d_conv2_relu_backward(
-    real *restrict din,                     /* conv2 [N, 16, 23] */
-    const real *restrict dout,              /* conv2_relu [N, 16, 23] */
-    const real *restrict in,                /* conv2 [N, 16, 23] */
-    size_t batch)
-{
-    enum {
-        SIZE = 368
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- gap: global_avgpool forward (spec line 8)
- * conv2_relu [N, 16, 23] -> gap [N, 16]
+ * conv2 [N, 16, 23] -> gap [N, 16]
  * out[b,c] = mean over all positions of in[b,c,:]
  */
 static void signal1d_gap_forward(
     real *restrict out,                     /* gap [N, 16] */
-    const real *restrict in,                /* conv2_relu [N, 16, 23] */
+    const real *restrict in,                /* conv2 [N, 16, 23] */
     size_t batch)
 {
     enum {
@@ -1098,11 +1045,11 @@ static void signal1d_gap_forward(
 }
 
 /* ---- gap: global_avgpool backward (spec line 8)
- * conv2_relu [N, 16, 23] -> gap [N, 16]
+ * conv2 [N, 16, 23] -> gap [N, 16]
  * din[b,c,s] += dout[b,c] / SPATIAL
  */
 static void signal1d_gap_backward(
-    real *restrict din,                     /* conv2_relu [N, 16, 23] */
+    real *restrict din,                     /* conv2 [N, 16, 23] */
     const real *restrict dout,              /* gap [N, 16] */
     size_t batch)
 {
@@ -1132,15 +1079,18 @@ static void signal1d_out_forward(
 {
     enum {
         IN = 16,
-        OUT = 4
+        OUT = 4,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         signal1d_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y;
+        }
 }
 
 /* ---- out: dense backward (spec line 9)
@@ -1160,17 +1110,19 @@ static void signal1d_out_backward(
 {
     enum {
         IN = 16,
-        OUT = 4
+        OUT = 4,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
-        /* dout^T as A: A[o, b] = dout[b*OUT + o]. */
-        signal1d_gemm_nn(OUT, IN, rows, dout + b * OUT, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        signal1d_gemm_nn(rows, IN, OUT, dout + b * OUT, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        const real *restrict dblock = dout + b * OUT;
+        /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
+        signal1d_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
+        signal1d_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < OUT; o++)
+                dbias[o] += dblock[(size_t)r * OUT + o];
     }
-    for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            dbias[o] += dout[b * OUT + o];
 }
 
 size_t signal1d_activations_size(size_t batch)
@@ -1187,11 +1139,9 @@ void signal1d_forward(const signal1d_context *ctx, const real *input, size_t bat
     (void)seed;
 
     signal1d_edges_forward(acts + A_EDGES * batch, input, params + P_EDGES_WEIGHT, params + P_EDGES_BIAS, workspace + WS_EDGES, batch);
-    signal1d_edges_relu_forward(acts + A_EDGES_RELU * batch, acts + A_EDGES * batch, batch);
-    signal1d_pool1_forward(acts + A_POOL1 * batch, acts + A_EDGES_RELU * batch, training && grad_acts ? (char *)(grad_acts + A_EDGES_RELU * batch) : NULL, batch);
+    signal1d_pool1_forward(acts + A_POOL1 * batch, acts + A_EDGES * batch, training && grad_acts ? (char *)(grad_acts + A_EDGES * batch) : NULL, batch);
     signal1d_conv2_forward(acts + A_CONV2 * batch, acts + A_POOL1 * batch, params + P_CONV2_WEIGHT, params + P_CONV2_BIAS, workspace + WS_CONV2, batch);
-    signal1d_conv2_relu_forward(acts + A_CONV2_RELU * batch, acts + A_CONV2 * batch, batch);
-    signal1d_gap_forward(acts + A_GAP * batch, acts + A_CONV2_RELU * batch, batch);
+    signal1d_gap_forward(acts + A_GAP * batch, acts + A_CONV2 * batch, batch);
     signal1d_out_forward(acts + A_OUT * batch, acts + A_GAP * batch, params + P_OUT_WEIGHT, params + P_OUT_BIAS, batch);
 }
 
@@ -1248,10 +1198,9 @@ void signal1d_backward(const signal1d_context *ctx, const real *input, const int
     memset(grad_acts + A_POOL1 * batch, 0, sizeof(real) * ZERO_POOL1 * batch);
     signal1d_loss_softmax_cross_entropy(acts + A_OUT * batch, grad_acts + A_OUT * batch, targets, batch, 1);
     signal1d_out_backward(grad_acts + A_GAP * batch, grads + P_OUT_WEIGHT, grads + P_OUT_BIAS, grad_acts + A_OUT * batch, acts + A_GAP * batch, params + P_OUT_WEIGHT, batch);
-    signal1d_gap_backward(grad_acts + A_CONV2_RELU * batch, grad_acts + A_GAP * batch, batch);
-    signal1d_conv2_relu_backward(grad_acts + A_CONV2 * batch, grad_acts + A_CONV2_RELU * batch, acts + A_CONV2 * batch, batch);
-    signal1d_conv2_backward(grad_acts + A_POOL1 * batch, grads + P_CONV2_WEIGHT, grads + P_CONV2_BIAS, grad_acts + A_CONV2 * batch, acts + A_POOL1 * batch, params + P_CONV2_WEIGHT, workspace + WS_CONV2, batch);
-    signal1d_edges_backward(grads + P_EDGES_WEIGHT, grads + P_EDGES_BIAS, grad_acts + A_POOL1 * batch, acts + A_POOL1 * batch, (const char *)(grad_acts + A_EDGES_RELU * batch), input, workspace + WS_EDGES, batch);
+    signal1d_gap_backward(grad_acts + A_CONV2 * batch, grad_acts + A_GAP * batch, batch);
+    signal1d_conv2_backward(grad_acts + A_POOL1 * batch, grads + P_CONV2_WEIGHT, grads + P_CONV2_BIAS, grad_acts + A_CONV2 * batch, acts + A_CONV2 * batch, acts + A_POOL1 * batch, params + P_CONV2_WEIGHT, workspace + WS_CONV2, batch);
+    signal1d_edges_backward(grads + P_EDGES_WEIGHT, grads + P_EDGES_BIAS, grad_acts + A_POOL1 * batch, acts + A_POOL1 * batch, (const char *)(grad_acts + A_EDGES * batch), input, workspace + WS_EDGES, batch);
 }
 /* ---- optimizer: SGD over the SIGNAL1D_NUM_TRAINABLE trainable parameters
  * (PyTorch's rule)
@@ -1321,21 +1270,15 @@ void signal1d_forward_op(const signal1d_context *ctx, const real *input, size_t 
         signal1d_edges_forward(acts + A_EDGES * batch, input, params + P_EDGES_WEIGHT, params + P_EDGES_BIAS, workspace + WS_EDGES, batch);
         break;
     case 1:
-        signal1d_edges_relu_forward(acts + A_EDGES_RELU * batch, acts + A_EDGES * batch, batch);
+        signal1d_pool1_forward(acts + A_POOL1 * batch, acts + A_EDGES * batch, training && grad_acts ? (char *)(grad_acts + A_EDGES * batch) : NULL, batch);
         break;
     case 2:
-        signal1d_pool1_forward(acts + A_POOL1 * batch, acts + A_EDGES_RELU * batch, training && grad_acts ? (char *)(grad_acts + A_EDGES_RELU * batch) : NULL, batch);
-        break;
-    case 3:
         signal1d_conv2_forward(acts + A_CONV2 * batch, acts + A_POOL1 * batch, params + P_CONV2_WEIGHT, params + P_CONV2_BIAS, workspace + WS_CONV2, batch);
         break;
+    case 3:
+        signal1d_gap_forward(acts + A_GAP * batch, acts + A_CONV2 * batch, batch);
+        break;
     case 4:
-        signal1d_conv2_relu_forward(acts + A_CONV2_RELU * batch, acts + A_CONV2 * batch, batch);
-        break;
-    case 5:
-        signal1d_gap_forward(acts + A_GAP * batch, acts + A_CONV2_RELU * batch, batch);
-        break;
-    case 6:
         signal1d_out_forward(acts + A_OUT * batch, acts + A_GAP * batch, params + P_OUT_WEIGHT, params + P_OUT_BIAS, batch);
         break;
     default:
@@ -1361,18 +1304,15 @@ void signal1d_backward_op(const signal1d_context *ctx, const real *input, size_t
 
     switch (op) {
     case 0:
-        signal1d_edges_backward(grads + P_EDGES_WEIGHT, grads + P_EDGES_BIAS, grad_acts + A_POOL1 * batch, acts + A_POOL1 * batch, (const char *)(grad_acts + A_EDGES_RELU * batch), input, workspace + WS_EDGES, batch);
+        signal1d_edges_backward(grads + P_EDGES_WEIGHT, grads + P_EDGES_BIAS, grad_acts + A_POOL1 * batch, acts + A_POOL1 * batch, (const char *)(grad_acts + A_EDGES * batch), input, workspace + WS_EDGES, batch);
+        break;
+    case 2:
+        signal1d_conv2_backward(grad_acts + A_POOL1 * batch, grads + P_CONV2_WEIGHT, grads + P_CONV2_BIAS, grad_acts + A_CONV2 * batch, acts + A_CONV2 * batch, acts + A_POOL1 * batch, params + P_CONV2_WEIGHT, workspace + WS_CONV2, batch);
         break;
     case 3:
-        signal1d_conv2_backward(grad_acts + A_POOL1 * batch, grads + P_CONV2_WEIGHT, grads + P_CONV2_BIAS, grad_acts + A_CONV2 * batch, acts + A_POOL1 * batch, params + P_CONV2_WEIGHT, workspace + WS_CONV2, batch);
+        signal1d_gap_backward(grad_acts + A_CONV2 * batch, grad_acts + A_GAP * batch, batch);
         break;
     case 4:
-        signal1d_conv2_relu_backward(grad_acts + A_CONV2 * batch, grad_acts + A_CONV2_RELU * batch, acts + A_CONV2 * batch, batch);
-        break;
-    case 5:
-        signal1d_gap_backward(grad_acts + A_CONV2_RELU * batch, grad_acts + A_GAP * batch, batch);
-        break;
-    case 6:
         signal1d_out_backward(grad_acts + A_GAP * batch, grads + P_OUT_WEIGHT, grads + P_OUT_BIAS, grad_acts + A_OUT * batch, acts + A_GAP * batch, params + P_OUT_WEIGHT, batch);
         break;
     default:

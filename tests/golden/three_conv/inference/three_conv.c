@@ -37,12 +37,9 @@ typedef float real;
 
 /* Per-sample offsets of the activation tensors (times the batch size). */
 #define A_CONV1 ((size_t)0) /* [N, 8, 62, 62] */
-#define A_CONV1_RELU ((size_t)30752) /* [N, 8, 62, 62] */
-#define A_CONV2 ((size_t)0) /* [N, 16, 29, 29] */
-#define A_CONV2_RELU ((size_t)13456) /* [N, 16, 29, 29] */
+#define A_CONV2 ((size_t)30752) /* [N, 16, 29, 29] */
 #define A_CONV3 ((size_t)0) /* [N, 32, 12, 12] */
-#define A_CONV3_RELU ((size_t)4608) /* [N, 32, 12, 12] */
-#define A_CLASSIFIER ((size_t)0) /* [N, 2] */
+#define A_CLASSIFIER ((size_t)4608) /* [N, 2] */
 
 /* Workspace offsets. */
 #define WS_CONV1 ((size_t)0)
@@ -132,7 +129,6 @@ enum {
     VEC_LANES = (int)(sizeof(vec) / sizeof(real)),
     NN_COLS = 2 * VEC_LANES,      /* columns of C per gemm_nn block */
     NT_ROWS = 4,                  /* gemm_nt blocks: 4 rows of A x 4 rows of B accumulators */
-    BATCH_BLOCK = 256,            /* samples per product in the dense kernels (keeps row counts int) */
 };
 
 /* Threads (OpenMP builds: -fopenmp): a product big enough to repay waking them splits its
@@ -553,14 +549,15 @@ KERNEL_INLINE void three_conv_pad_planes(const real *restrict src, real *restric
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv1_relu, fused): out
+ *   = max(0, out)
  */
 KERNEL_INLINE void three_conv_conv1_forward_slot(
     real *restrict out,                     /* conv1 [N, 8, 62, 62] */
     const real *restrict in,                /* input [N, 3, 64, 64] */
     const real *restrict weight,            /* conv1.weight [8, 3, 3, 3] */
     const real *restrict bias,              /* conv1.bias [8] */
-    real *slots,                            /* 111410 elements of workspace */
+    real *slots,                            /* 142162 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -585,7 +582,7 @@ KERNEL_INLINE void three_conv_conv1_forward_slot(
         H_OUT = 62,
         W_OUT = 62,
         SCRATCH_WIDE = 0,
-        SLOT_SIZE = 111194
+        SLOT_SIZE = 141946
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -600,9 +597,10 @@ KERNEL_INLINE void three_conv_conv1_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -616,7 +614,7 @@ static void three_conv_conv1_forward(
     const real *restrict in,                /* input [N, 3, 64, 64] */
     const real *restrict weight,            /* conv1.weight [8, 3, 3, 3] */
     const real *restrict bias,              /* conv1.bias [8] */
-    real *slots,                            /* 111410 elements of workspace */
+    real *slots,                            /* 142162 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -631,40 +629,21 @@ static void three_conv_conv1_forward(
     }
 }
 
-/* ---- conv1_relu: relu forward (spec line 5)
- * conv1 [N, 8, 62, 62] -> conv1_relu [N, 8, 62, 62]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void three_conv_conv1_relu_forward(
-    real *restrict out,                     /* conv1_relu [N, 8, 62, 62] */
-    const real *restrict in,                /* conv1 [N, 8, 62, 62] */
-    size_t batch)
-{
-    enum {
-        SIZE = 30752
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- conv2: conv2d forward (spec line 6)
- * conv1_relu [N, 8, 62, 62] -> conv2 [N, 16, 29, 29]
+ * conv1 [N, 8, 62, 62] -> conv2 [N, 16, 29, 29]
  * weight [16, 8, 5, 5], bias [16]: 3216 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
  *   per sample and group: out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x
- *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col
+ *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col; then relu (conv2_relu, fused): out =
+ *   max(0, out)
  */
 KERNEL_INLINE void three_conv_conv2_forward_slot(
     real *restrict out,                     /* conv2 [N, 16, 29, 29] */
-    const real *restrict in,                /* conv1_relu [N, 8, 62, 62] */
+    const real *restrict in,                /* conv1 [N, 8, 62, 62] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 188072 elements of workspace */
+    real *slots,                            /* 201528 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -690,7 +669,7 @@ KERNEL_INLINE void three_conv_conv2_forward_slot(
         H_OUT = 29,
         W_OUT = 29,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 184872
+        SLOT_SIZE = 198328
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -706,6 +685,9 @@ KERNEL_INLINE void three_conv_conv2_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             three_conv_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+            for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)                          /* the fused relu */
+                out_group[i] = out_group[i] > 0 ? out_group[i] : 0;
+
         }
     }
 }
@@ -716,10 +698,10 @@ KERNEL_INLINE void three_conv_conv2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void three_conv_conv2_forward(
     real *restrict out,                     /* conv2 [N, 16, 29, 29] */
-    const real *restrict in,                /* conv1_relu [N, 8, 62, 62] */
+    const real *restrict in,                /* conv1 [N, 8, 62, 62] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 188072 elements of workspace */
+    real *slots,                            /* 201528 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -734,40 +716,21 @@ static void three_conv_conv2_forward(
     }
 }
 
-/* ---- conv2_relu: relu forward (spec line 6)
- * conv2 [N, 16, 29, 29] -> conv2_relu [N, 16, 29, 29]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void three_conv_conv2_relu_forward(
-    real *restrict out,                     /* conv2_relu [N, 16, 29, 29] */
-    const real *restrict in,                /* conv2 [N, 16, 29, 29] */
-    size_t batch)
-{
-    enum {
-        SIZE = 13456
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- conv3: conv2d forward (spec line 7)
- * conv2_relu [N, 16, 29, 29] -> conv3 [N, 32, 12, 12]
+ * conv2 [N, 16, 29, 29] -> conv3 [N, 32, 12, 12]
  * weight [32, 16, 7, 7], bias [32]: 25120 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
  *   per sample and group: out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x
- *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col
+ *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col; then relu (conv3_relu, fused): out =
+ *   max(0, out)
  */
 KERNEL_INLINE void three_conv_conv3_forward_slot(
     real *restrict out,                     /* conv3 [N, 32, 12, 12] */
-    const real *restrict in,                /* conv2_relu [N, 16, 29, 29] */
+    const real *restrict in,                /* conv2 [N, 16, 29, 29] */
     const real *restrict weight,            /* conv3.weight [32, 16, 7, 7] */
     const real *restrict bias,              /* conv3.bias [32] */
-    real *slots,                            /* 167712 elements of workspace */
+    real *slots,                            /* 172320 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -793,7 +756,7 @@ KERNEL_INLINE void three_conv_conv3_forward_slot(
         H_OUT = 12,
         W_OUT = 12,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 142624
+        SLOT_SIZE = 147232
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -809,6 +772,9 @@ KERNEL_INLINE void three_conv_conv3_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             three_conv_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+            for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)                          /* the fused relu */
+                out_group[i] = out_group[i] > 0 ? out_group[i] : 0;
+
         }
     }
 }
@@ -819,10 +785,10 @@ KERNEL_INLINE void three_conv_conv3_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void three_conv_conv3_forward(
     real *restrict out,                     /* conv3 [N, 32, 12, 12] */
-    const real *restrict in,                /* conv2_relu [N, 16, 29, 29] */
+    const real *restrict in,                /* conv2 [N, 16, 29, 29] */
     const real *restrict weight,            /* conv3.weight [32, 16, 7, 7] */
     const real *restrict bias,              /* conv3.bias [32] */
-    real *slots,                            /* 167712 elements of workspace */
+    real *slots,                            /* 172320 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -837,50 +803,33 @@ static void three_conv_conv3_forward(
     }
 }
 
-/* ---- conv3_relu: relu forward (spec line 7)
- * conv3 [N, 32, 12, 12] -> conv3_relu [N, 32, 12, 12]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void three_conv_conv3_relu_forward(
-    real *restrict out,                     /* conv3_relu [N, 32, 12, 12] */
-    const real *restrict in,                /* conv3 [N, 32, 12, 12] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4608
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- classifier: dense forward (spec line 9)
- * conv3_relu [N, 4608] -> classifier [N, 2]
+ * conv3 [N, 4608] -> classifier [N, 2]
  * weight [2, 4608], bias [2]: 9218 trainable parameters
  * out[b,o] = bias[o] + sum_i weight[o,i] * in[b,i]: out[batch, OUT] = in[batch, IN] x
  *   weight[OUT, IN]^T
  */
 static void three_conv_classifier_forward(
     real *restrict out,                     /* classifier [N, 2] */
-    const real *restrict in,                /* conv3_relu [N, 4608] */
+    const real *restrict in,                /* conv3 [N, 4608] */
     const real *restrict weight,            /* classifier.weight [2, 4608] */
     const real *restrict bias,              /* classifier.bias [2] */
     size_t batch)
 {
     enum {
         IN = 4608,
-        OUT = 2
+        OUT = 2,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         three_conv_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y;
+        }
 }
 
 void three_conv_forward(const three_conv_context *ctx, const real *input)
@@ -891,12 +840,9 @@ void three_conv_forward(const three_conv_context *ctx, const real *input)
     const size_t batch = THREE_CONV_BATCH;
 
     three_conv_conv1_forward(acts + A_CONV1 * batch, input, params + P_CONV1_WEIGHT, params + P_CONV1_BIAS, workspace + WS_CONV1, batch);
-    three_conv_conv1_relu_forward(acts + A_CONV1_RELU * batch, acts + A_CONV1 * batch, batch);
-    three_conv_conv2_forward(acts + A_CONV2 * batch, acts + A_CONV1_RELU * batch, params + P_CONV2_WEIGHT, params + P_CONV2_BIAS, workspace + WS_CONV2, batch);
-    three_conv_conv2_relu_forward(acts + A_CONV2_RELU * batch, acts + A_CONV2 * batch, batch);
-    three_conv_conv3_forward(acts + A_CONV3 * batch, acts + A_CONV2_RELU * batch, params + P_CONV3_WEIGHT, params + P_CONV3_BIAS, workspace + WS_CONV3, batch);
-    three_conv_conv3_relu_forward(acts + A_CONV3_RELU * batch, acts + A_CONV3 * batch, batch);
-    three_conv_classifier_forward(acts + A_CLASSIFIER * batch, acts + A_CONV3_RELU * batch, params + P_CLASSIFIER_WEIGHT, params + P_CLASSIFIER_BIAS, batch);
+    three_conv_conv2_forward(acts + A_CONV2 * batch, acts + A_CONV1 * batch, params + P_CONV2_WEIGHT, params + P_CONV2_BIAS, workspace + WS_CONV2, batch);
+    three_conv_conv3_forward(acts + A_CONV3 * batch, acts + A_CONV2 * batch, params + P_CONV3_WEIGHT, params + P_CONV3_BIAS, workspace + WS_CONV3, batch);
+    three_conv_classifier_forward(acts + A_CLASSIFIER * batch, acts + A_CONV3 * batch, params + P_CLASSIFIER_WEIGHT, params + P_CLASSIFIER_BIAS, batch);
 }
 
 const real *three_conv_output(const three_conv_context *ctx)

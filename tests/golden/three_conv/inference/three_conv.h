@@ -15,10 +15,10 @@
 #define THREE_CONV_NUM_TRAINABLE 37778
 #define THREE_CONV_INPUT_SIZE 12288
 #define THREE_CONV_OUTPUT_SIZE 2
-#define THREE_CONV_ACTIVATIONS_PER_SAMPLE 61504
+#define THREE_CONV_ACTIVATIONS_PER_SAMPLE 44208
 #define THREE_CONV_WORKSPACE_SIZE 168200
 #define THREE_CONV_BATCH 1 /* samples per forward call */
-#define THREE_CONV_ARENA_SIZE 229704 /* ACTIVATIONS_PER_SAMPLE * BATCH + WORKSPACE_SIZE */
+#define THREE_CONV_ARENA_SIZE 212408 /* ACTIVATIONS_PER_SAMPLE * BATCH + WORKSPACE_SIZE */
 
 /* Tensors whose lifetimes do not overlap share the arena; nothing else is needed at run time. */
 typedef struct three_conv_context {

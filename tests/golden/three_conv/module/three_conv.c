@@ -37,21 +37,18 @@ typedef float real;
 
 /* Per-sample offsets of the activation tensors (times the batch size). */
 #define A_CONV1 ((size_t)0) /* [N, 8, 62, 62] */
-#define A_CONV1_RELU ((size_t)30752) /* [N, 8, 62, 62] */
-#define A_CONV2 ((size_t)61504) /* [N, 16, 29, 29] */
-#define A_CONV2_RELU ((size_t)74960) /* [N, 16, 29, 29] */
-#define A_CONV3 ((size_t)88416) /* [N, 32, 12, 12] */
-#define A_CONV3_RELU ((size_t)93024) /* [N, 32, 12, 12] */
-#define A_CLASSIFIER ((size_t)97632) /* [N, 2] */
+#define A_CONV2 ((size_t)30752) /* [N, 16, 29, 29] */
+#define A_CONV3 ((size_t)44208) /* [N, 32, 12, 12] */
+#define A_CLASSIFIER ((size_t)48816) /* [N, 2] */
 
 /* Workspace offsets. */
 #define WS_CONV1 ((size_t)0)
-#define WS_CONV2 ((size_t)111410)
-#define WS_CONV3 ((size_t)299482)
+#define WS_CONV2 ((size_t)142162)
+#define WS_CONV3 ((size_t)343690)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
-#define ZERO_CONV1 ((size_t)97634) /* conv1 .. classifier */
+#define ZERO_CONV1 ((size_t)48818) /* conv1 .. classifier */
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -147,7 +144,6 @@ enum {
     VEC_LANES = (int)(sizeof(vec) / sizeof(real)),
     NN_COLS = 2 * VEC_LANES,      /* columns of C per gemm_nn block */
     NT_ROWS = 4,                  /* gemm_nt blocks: 4 rows of A x 4 rows of B accumulators */
-    BATCH_BLOCK = 256,            /* samples per product in the dense kernels (keeps row counts int) */
 };
 
 /* Threads (OpenMP builds: -fopenmp): a product big enough to repay waking them splits its
@@ -568,14 +564,15 @@ KERNEL_INLINE void three_conv_pad_planes(const real *restrict src, real *restric
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv1_relu, fused): out
+ *   = max(0, out)
  */
 KERNEL_INLINE void three_conv_conv1_forward_slot(
     real *restrict out,                     /* conv1 [N, 8, 62, 62] */
     const real *restrict in,                /* input [N, 3, 64, 64] */
     const real *restrict weight,            /* conv1.weight [8, 3, 3, 3] */
     const real *restrict bias,              /* conv1.bias [8] */
-    real *slots,                            /* 111410 elements of workspace */
+    real *slots,                            /* 142162 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -600,7 +597,7 @@ KERNEL_INLINE void three_conv_conv1_forward_slot(
         H_OUT = 62,
         W_OUT = 62,
         SCRATCH_WIDE = 0,
-        SLOT_SIZE = 111194
+        SLOT_SIZE = 141946
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -615,9 +612,10 @@ KERNEL_INLINE void three_conv_conv1_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -631,7 +629,7 @@ static void three_conv_conv1_forward(
     const real *restrict in,                /* input [N, 3, 64, 64] */
     const real *restrict weight,            /* conv1.weight [8, 3, 3, 3] */
     const real *restrict bias,              /* conv1.bias [8] */
-    real *slots,                            /* 111410 elements of workspace */
+    real *slots,                            /* 142162 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -650,14 +648,16 @@ static void three_conv_conv1_forward(
  * input [N, 3, 64, 64] -> conv1 [N, 8, 62, 62]
  * weight [8, 3, 3, 3], bias [8]: 224 trainable parameters
  * per sample and group: dweight[C_OUT_PER_GROUP, K_GROUP] += dout[C_OUT_PER_GROUP, pixels] x
- *   patches^T (dot products: few filters); dbias[oc] += sum of dout[oc]
+ *   patches^T (dot products: few filters); dbias[oc] += sum of dout[oc]; dout is first masked
+ *   where the fused relu's output is 0
  */
 static void three_conv_conv1_backward(
     real *restrict dweight,                 /* conv1.weight [8, 3, 3, 3] */
     real *restrict dbias,                   /* conv1.bias [8] */
     const real *restrict dout,              /* conv1 [N, 8, 62, 62] */
+    real *restrict out,                     /* conv1 [N, 8, 62, 62] */
     const real *restrict in,                /* input [N, 3, 64, 64] */
-    real *slots,                            /* 111410 elements of workspace */
+    real *slots,                            /* 142162 elements of workspace */
     size_t batch)
 {
     enum {
@@ -681,9 +681,10 @@ static void three_conv_conv1_backward(
         H_OUT = 62,
         W_OUT = 62,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 111194,
+        SLOT_SIZE = 141946,
         SCRATCH_DWEIGHT_PART = 110970,
-        SCRATCH_DBIAS_PART = 111186
+        SCRATCH_DBIAS_PART = 111186,
+        SCRATCH_DRELU = 111194
     };
     /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
        on its threads when the batch's products repay waking them (a single sample's products may
@@ -701,7 +702,10 @@ static void three_conv_conv1_backward(
             real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dout_group = scratch + SCRATCH_DRELU;           /* the fused relu's backward */
+                for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)
+                    dout_group[i] = out[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] > 0 ? dout[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] : 0;
+
                 real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = three_conv_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -730,62 +734,21 @@ static void three_conv_conv1_backward(
         }
     }
 }
-/* ---- conv1_relu: relu forward (spec line 5)
- * conv1 [N, 8, 62, 62] -> conv1_relu [N, 8, 62, 62]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void three_conv_conv1_relu_forward(
-    real *restrict out,                     /* conv1_relu [N, 8, 62, 62] */
-    const real *restrict in,                /* conv1 [N, 8, 62, 62] */
-    size_t batch)
-{
-    enum {
-        SIZE = 30752
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- conv1_relu: relu backward (spec line 5)
- * conv1 [N, 8, 62, 62] -> conv1_relu [N, 8, 62, 62]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void three_conv_conv1_relu_backward(
-    real *restrict din,                     /* conv1 [N, 8, 62, 62] */
-    const real *restrict dout,              /* conv1_relu [N, 8, 62, 62] */
-    const real *restrict in,                /* conv1 [N, 8, 62, 62] */
-    size_t batch)
-{
-    enum {
-        SIZE = 30752
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- conv2: conv2d forward (spec line 6)
- * conv1_relu [N, 8, 62, 62] -> conv2 [N, 16, 29, 29]
+ * conv1 [N, 8, 62, 62] -> conv2 [N, 16, 29, 29]
  * weight [16, 8, 5, 5], bias [16]: 3216 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
  *   per sample and group: out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x
- *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col
+ *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col; then relu (conv2_relu, fused): out =
+ *   max(0, out)
  */
 KERNEL_INLINE void three_conv_conv2_forward_slot(
     real *restrict out,                     /* conv2 [N, 16, 29, 29] */
-    const real *restrict in,                /* conv1_relu [N, 8, 62, 62] */
+    const real *restrict in,                /* conv1 [N, 8, 62, 62] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 188072 elements of workspace */
+    real *slots,                            /* 201528 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -811,7 +774,7 @@ KERNEL_INLINE void three_conv_conv2_forward_slot(
         H_OUT = 29,
         W_OUT = 29,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 184872
+        SLOT_SIZE = 198328
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -827,6 +790,9 @@ KERNEL_INLINE void three_conv_conv2_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             three_conv_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+            for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)                          /* the fused relu */
+                out_group[i] = out_group[i] > 0 ? out_group[i] : 0;
+
         }
     }
 }
@@ -837,10 +803,10 @@ KERNEL_INLINE void three_conv_conv2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void three_conv_conv2_forward(
     real *restrict out,                     /* conv2 [N, 16, 29, 29] */
-    const real *restrict in,                /* conv1_relu [N, 8, 62, 62] */
+    const real *restrict in,                /* conv1 [N, 8, 62, 62] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 188072 elements of workspace */
+    real *slots,                            /* 201528 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -856,20 +822,22 @@ static void three_conv_conv2_forward(
 }
 
 /* ---- conv2: conv2d backward (spec line 6)
- * conv1_relu [N, 8, 62, 62] -> conv2 [N, 16, 29, 29]
+ * conv1 [N, 8, 62, 62] -> conv2 [N, 16, 29, 29]
  * weight [16, 8, 5, 5], bias [16]: 3216 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
- *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im)
+ *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im); dout is first masked
+ *   where the fused relu's output is 0
  */
 static void three_conv_conv2_backward(
-    real *restrict din,                     /* conv1_relu [N, 8, 62, 62] */
+    real *restrict din,                     /* conv1 [N, 8, 62, 62] */
     real *restrict dweight,                 /* conv2.weight [16, 8, 5, 5] */
     real *restrict dbias,                   /* conv2.bias [16] */
     const real *restrict dout,              /* conv2 [N, 16, 29, 29] */
-    const real *restrict in,                /* conv1_relu [N, 8, 62, 62] */
+    real *restrict out,                     /* conv2 [N, 16, 29, 29] */
+    const real *restrict in,                /* conv1 [N, 8, 62, 62] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5, 5] */
-    real *slots,                            /* 188072 elements of workspace */
+    real *slots,                            /* 201528 elements of workspace */
     size_t batch)
 {
     enum {
@@ -894,11 +862,12 @@ static void three_conv_conv2_backward(
         W_OUT = 29,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 168200,
-        SCRATCH_DWEIGHT_T = 184872,
+        SCRATCH_DWEIGHT_T = 198328,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 184872,
+        SLOT_SIZE = 198328,
         SCRATCH_DWEIGHT_PART = 181656,
-        SCRATCH_DBIAS_PART = 184856
+        SCRATCH_DBIAS_PART = 184856,
+        SCRATCH_DRELU = 184872
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
@@ -919,7 +888,10 @@ static void three_conv_conv2_backward(
             real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dout_group = scratch + SCRATCH_DRELU;           /* the fused relu's backward */
+                for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)
+                    dout_group[i] = out[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] > 0 ? dout[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] : 0;
+
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = three_conv_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -954,62 +926,21 @@ static void three_conv_conv2_backward(
                 dweight[(size_t)(g * C_OUT_PER_GROUP + oc) * K_GROUP + k] +=
                     dweight_t[((size_t)g * K_GROUP + k) * C_OUT_PER_GROUP + oc];
 }
-/* ---- conv2_relu: relu forward (spec line 6)
- * conv2 [N, 16, 29, 29] -> conv2_relu [N, 16, 29, 29]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void three_conv_conv2_relu_forward(
-    real *restrict out,                     /* conv2_relu [N, 16, 29, 29] */
-    const real *restrict in,                /* conv2 [N, 16, 29, 29] */
-    size_t batch)
-{
-    enum {
-        SIZE = 13456
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- conv2_relu: relu backward (spec line 6)
- * conv2 [N, 16, 29, 29] -> conv2_relu [N, 16, 29, 29]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void three_conv_conv2_relu_backward(
-    real *restrict din,                     /* conv2 [N, 16, 29, 29] */
-    const real *restrict dout,              /* conv2_relu [N, 16, 29, 29] */
-    const real *restrict in,                /* conv2 [N, 16, 29, 29] */
-    size_t batch)
-{
-    enum {
-        SIZE = 13456
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- conv3: conv2d forward (spec line 7)
- * conv2_relu [N, 16, 29, 29] -> conv3 [N, 32, 12, 12]
+ * conv2 [N, 16, 29, 29] -> conv3 [N, 32, 12, 12]
  * weight [32, 16, 7, 7], bias [32]: 25120 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
  *   per sample and group: out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x
- *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col
+ *   patches[K_GROUP, H_OUT*W_OUT], patches built by im2col; then relu (conv3_relu, fused): out =
+ *   max(0, out)
  */
 KERNEL_INLINE void three_conv_conv3_forward_slot(
     real *restrict out,                     /* conv3 [N, 32, 12, 12] */
-    const real *restrict in,                /* conv2_relu [N, 16, 29, 29] */
+    const real *restrict in,                /* conv2 [N, 16, 29, 29] */
     const real *restrict weight,            /* conv3.weight [32, 16, 7, 7] */
     const real *restrict bias,              /* conv3.bias [32] */
-    real *slots,                            /* 167712 elements of workspace */
+    real *slots,                            /* 172320 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1035,7 +966,7 @@ KERNEL_INLINE void three_conv_conv3_forward_slot(
         H_OUT = 12,
         W_OUT = 12,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 142624
+        SLOT_SIZE = 147232
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1051,6 +982,9 @@ KERNEL_INLINE void three_conv_conv3_forward_slot(
                    PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             three_conv_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
+            for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)                          /* the fused relu */
+                out_group[i] = out_group[i] > 0 ? out_group[i] : 0;
+
         }
     }
 }
@@ -1061,10 +995,10 @@ KERNEL_INLINE void three_conv_conv3_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void three_conv_conv3_forward(
     real *restrict out,                     /* conv3 [N, 32, 12, 12] */
-    const real *restrict in,                /* conv2_relu [N, 16, 29, 29] */
+    const real *restrict in,                /* conv2 [N, 16, 29, 29] */
     const real *restrict weight,            /* conv3.weight [32, 16, 7, 7] */
     const real *restrict bias,              /* conv3.bias [32] */
-    real *slots,                            /* 167712 elements of workspace */
+    real *slots,                            /* 172320 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1080,20 +1014,22 @@ static void three_conv_conv3_forward(
 }
 
 /* ---- conv3: conv2d backward (spec line 7)
- * conv2_relu [N, 16, 29, 29] -> conv3 [N, 32, 12, 12]
+ * conv2 [N, 16, 29, 29] -> conv3 [N, 32, 12, 12]
  * weight [32, 16, 7, 7], bias [32]: 25120 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
- *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im)
+ *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im); dout is first masked
+ *   where the fused relu's output is 0
  */
 static void three_conv_conv3_backward(
-    real *restrict din,                     /* conv2_relu [N, 16, 29, 29] */
+    real *restrict din,                     /* conv2 [N, 16, 29, 29] */
     real *restrict dweight,                 /* conv3.weight [32, 16, 7, 7] */
     real *restrict dbias,                   /* conv3.bias [32] */
     const real *restrict dout,              /* conv3 [N, 32, 12, 12] */
-    const real *restrict in,                /* conv2_relu [N, 16, 29, 29] */
+    real *restrict out,                     /* conv3 [N, 32, 12, 12] */
+    const real *restrict in,                /* conv2 [N, 16, 29, 29] */
     const real *restrict weight,            /* conv3.weight [32, 16, 7, 7] */
-    real *slots,                            /* 167712 elements of workspace */
+    real *slots,                            /* 172320 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1118,11 +1054,12 @@ static void three_conv_conv3_backward(
         W_OUT = 12,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 112896,
-        SCRATCH_DWEIGHT_T = 142624,
+        SCRATCH_DWEIGHT_T = 147232,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 142624,
+        SLOT_SIZE = 147232,
         SCRATCH_DWEIGHT_PART = 117504,
-        SCRATCH_DBIAS_PART = 142592
+        SCRATCH_DBIAS_PART = 142592,
+        SCRATCH_DRELU = 142624
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
@@ -1143,7 +1080,10 @@ static void three_conv_conv3_backward(
             real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dout_group = scratch + SCRATCH_DRELU;           /* the fused relu's backward */
+                for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)
+                    dout_group[i] = out[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] > 0 ? dout[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] : 0;
+
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = three_conv_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -1178,102 +1118,65 @@ static void three_conv_conv3_backward(
                 dweight[(size_t)(g * C_OUT_PER_GROUP + oc) * K_GROUP + k] +=
                     dweight_t[((size_t)g * K_GROUP + k) * C_OUT_PER_GROUP + oc];
 }
-/* ---- conv3_relu: relu forward (spec line 7)
- * conv3 [N, 32, 12, 12] -> conv3_relu [N, 32, 12, 12]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void three_conv_conv3_relu_forward(
-    real *restrict out,                     /* conv3_relu [N, 32, 12, 12] */
-    const real *restrict in,                /* conv3 [N, 32, 12, 12] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4608
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- conv3_relu: relu backward (spec line 7)
- * conv3 [N, 32, 12, 12] -> conv3_relu [N, 32, 12, 12]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void three_conv_conv3_relu_backward(
-    real *restrict din,                     /* conv3 [N, 32, 12, 12] */
-    const real *restrict dout,              /* conv3_relu [N, 32, 12, 12] */
-    const real *restrict in,                /* conv3 [N, 32, 12, 12] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4608
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- classifier: dense forward (spec line 9)
- * conv3_relu [N, 4608] -> classifier [N, 2]
+ * conv3 [N, 4608] -> classifier [N, 2]
  * weight [2, 4608], bias [2]: 9218 trainable parameters
  * out[b,o] = bias[o] + sum_i weight[o,i] * in[b,i]: out[batch, OUT] = in[batch, IN] x
  *   weight[OUT, IN]^T
  */
 static void three_conv_classifier_forward(
     real *restrict out,                     /* classifier [N, 2] */
-    const real *restrict in,                /* conv3_relu [N, 4608] */
+    const real *restrict in,                /* conv3 [N, 4608] */
     const real *restrict weight,            /* classifier.weight [2, 4608] */
     const real *restrict bias,              /* classifier.bias [2] */
     size_t batch)
 {
     enum {
         IN = 4608,
-        OUT = 2
+        OUT = 2,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         three_conv_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y;
+        }
 }
 
 /* ---- classifier: dense backward (spec line 9)
- * conv3_relu [N, 4608] -> classifier [N, 2]
+ * conv3 [N, 4608] -> classifier [N, 2]
  * weight [2, 4608], bias [2]: 9218 trainable parameters
  * dweight[OUT, IN] += dout[batch, OUT]^T x in[batch, IN]; dbias[o] += sum_b dout[b,o];
  *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]
  */
 static void three_conv_classifier_backward(
-    real *restrict din,                     /* conv3_relu [N, 4608] */
+    real *restrict din,                     /* conv3 [N, 4608] */
     real *restrict dweight,                 /* classifier.weight [2, 4608] */
     real *restrict dbias,                   /* classifier.bias [2] */
     const real *restrict dout,              /* classifier [N, 2] */
-    const real *restrict in,                /* conv3_relu [N, 4608] */
+    const real *restrict in,                /* conv3 [N, 4608] */
     const real *restrict weight,            /* classifier.weight [2, 4608] */
     size_t batch)
 {
     enum {
         IN = 4608,
-        OUT = 2
+        OUT = 2,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
-        /* dout^T as A: A[o, b] = dout[b*OUT + o]. */
-        three_conv_gemm_nn(OUT, IN, rows, dout + b * OUT, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        three_conv_gemm_nn(rows, IN, OUT, dout + b * OUT, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        const real *restrict dblock = dout + b * OUT;
+        /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
+        three_conv_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
+        three_conv_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < OUT; o++)
+                dbias[o] += dblock[(size_t)r * OUT + o];
     }
-    for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            dbias[o] += dout[b * OUT + o];
 }
 
 size_t three_conv_activations_size(size_t batch)
@@ -1290,12 +1193,9 @@ void three_conv_forward(const three_conv_context *ctx, const real *input, size_t
     (void)seed;
 
     three_conv_conv1_forward(acts + A_CONV1 * batch, input, params + P_CONV1_WEIGHT, params + P_CONV1_BIAS, workspace + WS_CONV1, batch);
-    three_conv_conv1_relu_forward(acts + A_CONV1_RELU * batch, acts + A_CONV1 * batch, batch);
-    three_conv_conv2_forward(acts + A_CONV2 * batch, acts + A_CONV1_RELU * batch, params + P_CONV2_WEIGHT, params + P_CONV2_BIAS, workspace + WS_CONV2, batch);
-    three_conv_conv2_relu_forward(acts + A_CONV2_RELU * batch, acts + A_CONV2 * batch, batch);
-    three_conv_conv3_forward(acts + A_CONV3 * batch, acts + A_CONV2_RELU * batch, params + P_CONV3_WEIGHT, params + P_CONV3_BIAS, workspace + WS_CONV3, batch);
-    three_conv_conv3_relu_forward(acts + A_CONV3_RELU * batch, acts + A_CONV3 * batch, batch);
-    three_conv_classifier_forward(acts + A_CLASSIFIER * batch, acts + A_CONV3_RELU * batch, params + P_CLASSIFIER_WEIGHT, params + P_CLASSIFIER_BIAS, batch);
+    three_conv_conv2_forward(acts + A_CONV2 * batch, acts + A_CONV1 * batch, params + P_CONV2_WEIGHT, params + P_CONV2_BIAS, workspace + WS_CONV2, batch);
+    three_conv_conv3_forward(acts + A_CONV3 * batch, acts + A_CONV2 * batch, params + P_CONV3_WEIGHT, params + P_CONV3_BIAS, workspace + WS_CONV3, batch);
+    three_conv_classifier_forward(acts + A_CLASSIFIER * batch, acts + A_CONV3 * batch, params + P_CLASSIFIER_WEIGHT, params + P_CLASSIFIER_BIAS, batch);
 }
 
 const real *three_conv_output(const three_conv_context *ctx, size_t batch)
@@ -1350,13 +1250,10 @@ void three_conv_backward(const three_conv_context *ctx, const real *input, const
     /* Activation gradients accumulate (+=) where branches meet, so they start at zero. */
     memset(grad_acts + A_CONV1 * batch, 0, sizeof(real) * ZERO_CONV1 * batch);
     three_conv_loss_softmax_cross_entropy(acts + A_CLASSIFIER * batch, grad_acts + A_CLASSIFIER * batch, targets, batch, 1);
-    three_conv_classifier_backward(grad_acts + A_CONV3_RELU * batch, grads + P_CLASSIFIER_WEIGHT, grads + P_CLASSIFIER_BIAS, grad_acts + A_CLASSIFIER * batch, acts + A_CONV3_RELU * batch, params + P_CLASSIFIER_WEIGHT, batch);
-    three_conv_conv3_relu_backward(grad_acts + A_CONV3 * batch, grad_acts + A_CONV3_RELU * batch, acts + A_CONV3 * batch, batch);
-    three_conv_conv3_backward(grad_acts + A_CONV2_RELU * batch, grads + P_CONV3_WEIGHT, grads + P_CONV3_BIAS, grad_acts + A_CONV3 * batch, acts + A_CONV2_RELU * batch, params + P_CONV3_WEIGHT, workspace + WS_CONV3, batch);
-    three_conv_conv2_relu_backward(grad_acts + A_CONV2 * batch, grad_acts + A_CONV2_RELU * batch, acts + A_CONV2 * batch, batch);
-    three_conv_conv2_backward(grad_acts + A_CONV1_RELU * batch, grads + P_CONV2_WEIGHT, grads + P_CONV2_BIAS, grad_acts + A_CONV2 * batch, acts + A_CONV1_RELU * batch, params + P_CONV2_WEIGHT, workspace + WS_CONV2, batch);
-    three_conv_conv1_relu_backward(grad_acts + A_CONV1 * batch, grad_acts + A_CONV1_RELU * batch, acts + A_CONV1 * batch, batch);
-    three_conv_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_CONV1 * batch, input, workspace + WS_CONV1, batch);
+    three_conv_classifier_backward(grad_acts + A_CONV3 * batch, grads + P_CLASSIFIER_WEIGHT, grads + P_CLASSIFIER_BIAS, grad_acts + A_CLASSIFIER * batch, acts + A_CONV3 * batch, params + P_CLASSIFIER_WEIGHT, batch);
+    three_conv_conv3_backward(grad_acts + A_CONV2 * batch, grads + P_CONV3_WEIGHT, grads + P_CONV3_BIAS, grad_acts + A_CONV3 * batch, acts + A_CONV3 * batch, acts + A_CONV2 * batch, params + P_CONV3_WEIGHT, workspace + WS_CONV3, batch);
+    three_conv_conv2_backward(grad_acts + A_CONV1 * batch, grads + P_CONV2_WEIGHT, grads + P_CONV2_BIAS, grad_acts + A_CONV2 * batch, acts + A_CONV2 * batch, acts + A_CONV1 * batch, params + P_CONV2_WEIGHT, workspace + WS_CONV2, batch);
+    three_conv_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_CONV1 * batch, acts + A_CONV1 * batch, input, workspace + WS_CONV1, batch);
 }
 /* ---- optimizer: SGD over the THREE_CONV_NUM_TRAINABLE trainable parameters
  * (PyTorch's rule)
@@ -1418,22 +1315,13 @@ void three_conv_forward_op(const three_conv_context *ctx, const real *input, siz
         three_conv_conv1_forward(acts + A_CONV1 * batch, input, params + P_CONV1_WEIGHT, params + P_CONV1_BIAS, workspace + WS_CONV1, batch);
         break;
     case 1:
-        three_conv_conv1_relu_forward(acts + A_CONV1_RELU * batch, acts + A_CONV1 * batch, batch);
+        three_conv_conv2_forward(acts + A_CONV2 * batch, acts + A_CONV1 * batch, params + P_CONV2_WEIGHT, params + P_CONV2_BIAS, workspace + WS_CONV2, batch);
         break;
     case 2:
-        three_conv_conv2_forward(acts + A_CONV2 * batch, acts + A_CONV1_RELU * batch, params + P_CONV2_WEIGHT, params + P_CONV2_BIAS, workspace + WS_CONV2, batch);
+        three_conv_conv3_forward(acts + A_CONV3 * batch, acts + A_CONV2 * batch, params + P_CONV3_WEIGHT, params + P_CONV3_BIAS, workspace + WS_CONV3, batch);
         break;
     case 3:
-        three_conv_conv2_relu_forward(acts + A_CONV2_RELU * batch, acts + A_CONV2 * batch, batch);
-        break;
-    case 4:
-        three_conv_conv3_forward(acts + A_CONV3 * batch, acts + A_CONV2_RELU * batch, params + P_CONV3_WEIGHT, params + P_CONV3_BIAS, workspace + WS_CONV3, batch);
-        break;
-    case 5:
-        three_conv_conv3_relu_forward(acts + A_CONV3_RELU * batch, acts + A_CONV3 * batch, batch);
-        break;
-    case 6:
-        three_conv_classifier_forward(acts + A_CLASSIFIER * batch, acts + A_CONV3_RELU * batch, params + P_CLASSIFIER_WEIGHT, params + P_CLASSIFIER_BIAS, batch);
+        three_conv_classifier_forward(acts + A_CLASSIFIER * batch, acts + A_CONV3 * batch, params + P_CLASSIFIER_WEIGHT, params + P_CLASSIFIER_BIAS, batch);
         break;
     default:
         break;
@@ -1458,25 +1346,16 @@ void three_conv_backward_op(const three_conv_context *ctx, const real *input, si
 
     switch (op) {
     case 0:
-        three_conv_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_CONV1 * batch, input, workspace + WS_CONV1, batch);
+        three_conv_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_CONV1 * batch, acts + A_CONV1 * batch, input, workspace + WS_CONV1, batch);
         break;
     case 1:
-        three_conv_conv1_relu_backward(grad_acts + A_CONV1 * batch, grad_acts + A_CONV1_RELU * batch, acts + A_CONV1 * batch, batch);
+        three_conv_conv2_backward(grad_acts + A_CONV1 * batch, grads + P_CONV2_WEIGHT, grads + P_CONV2_BIAS, grad_acts + A_CONV2 * batch, acts + A_CONV2 * batch, acts + A_CONV1 * batch, params + P_CONV2_WEIGHT, workspace + WS_CONV2, batch);
         break;
     case 2:
-        three_conv_conv2_backward(grad_acts + A_CONV1_RELU * batch, grads + P_CONV2_WEIGHT, grads + P_CONV2_BIAS, grad_acts + A_CONV2 * batch, acts + A_CONV1_RELU * batch, params + P_CONV2_WEIGHT, workspace + WS_CONV2, batch);
+        three_conv_conv3_backward(grad_acts + A_CONV2 * batch, grads + P_CONV3_WEIGHT, grads + P_CONV3_BIAS, grad_acts + A_CONV3 * batch, acts + A_CONV3 * batch, acts + A_CONV2 * batch, params + P_CONV3_WEIGHT, workspace + WS_CONV3, batch);
         break;
     case 3:
-        three_conv_conv2_relu_backward(grad_acts + A_CONV2 * batch, grad_acts + A_CONV2_RELU * batch, acts + A_CONV2 * batch, batch);
-        break;
-    case 4:
-        three_conv_conv3_backward(grad_acts + A_CONV2_RELU * batch, grads + P_CONV3_WEIGHT, grads + P_CONV3_BIAS, grad_acts + A_CONV3 * batch, acts + A_CONV2_RELU * batch, params + P_CONV3_WEIGHT, workspace + WS_CONV3, batch);
-        break;
-    case 5:
-        three_conv_conv3_relu_backward(grad_acts + A_CONV3 * batch, grad_acts + A_CONV3_RELU * batch, acts + A_CONV3 * batch, batch);
-        break;
-    case 6:
-        three_conv_classifier_backward(grad_acts + A_CONV3_RELU * batch, grads + P_CLASSIFIER_WEIGHT, grads + P_CLASSIFIER_BIAS, grad_acts + A_CLASSIFIER * batch, acts + A_CONV3_RELU * batch, params + P_CLASSIFIER_WEIGHT, batch);
+        three_conv_classifier_backward(grad_acts + A_CONV3 * batch, grads + P_CLASSIFIER_WEIGHT, grads + P_CLASSIFIER_BIAS, grad_acts + A_CLASSIFIER * batch, acts + A_CONV3 * batch, params + P_CLASSIFIER_WEIGHT, batch);
         break;
     default:
         break;

@@ -39,14 +39,10 @@ typedef float real;
 
 /* Per-sample offsets of the activation tensors (times the batch size). */
 #define A_CONV1_1 ((size_t)0) /* [N, 64, 32, 32] */
-#define A_CONV1_1_RELU ((size_t)65536) /* [N, 64, 32, 32] */
-#define A_CONV1_2 ((size_t)0) /* [N, 64, 32, 32] */
-#define A_CONV1_2_RELU ((size_t)65536) /* [N, 64, 32, 32] */
+#define A_CONV1_2 ((size_t)65536) /* [N, 64, 32, 32] */
 #define A_POOL1 ((size_t)32768) /* [N, 64, 16, 16] */
 #define A_CONV2_1 ((size_t)0) /* [N, 128, 16, 16] */
-#define A_CONV2_1_RELU ((size_t)32768) /* [N, 128, 16, 16] */
-#define A_CONV2_2 ((size_t)0) /* [N, 128, 16, 16] */
-#define A_CONV2_2_RELU ((size_t)32768) /* [N, 128, 16, 16] */
+#define A_CONV2_2 ((size_t)32768) /* [N, 128, 16, 16] */
 #define A_POOL2 ((size_t)0) /* [N, 128, 8, 8] */
 #define A_CLASSIFIER ((size_t)8192) /* [N, 10] */
 
@@ -139,7 +135,6 @@ enum {
     VEC_LANES = (int)(sizeof(vec) / sizeof(real)),
     NN_COLS = 2 * VEC_LANES,      /* columns of C per gemm_nn block */
     NT_ROWS = 4,                  /* gemm_nt blocks: 4 rows of A x 4 rows of B accumulators */
-    BATCH_BLOCK = 256,            /* samples per product in the dense kernels (keeps row counts int) */
 };
 
 /* Threads (OpenMP builds: -fopenmp): a product big enough to repay waking them splits its
@@ -560,14 +555,15 @@ KERNEL_INLINE void vgg_cifar_pad_planes(const real *restrict src, real *restrict
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv1_1_relu, fused):
+ *   out = max(0, out)
  */
 KERNEL_INLINE void vgg_cifar_conv1_1_forward_slot(
     real *restrict out,                     /* conv1_1 [N, 64, 32, 32] */
     const real *restrict in,                /* input [N, 3, 32, 32] */
     const real *restrict weight,            /* conv1_1.weight [64, 3, 3, 3] */
     const real *restrict bias,              /* conv1_1.bias [64] */
-    real *slots,                            /* 224966 elements of workspace */
+    real *slots,                            /* 290502 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -595,7 +591,7 @@ KERNEL_INLINE void vgg_cifar_conv1_1_forward_slot(
         H_OUT = 32,
         W_OUT = 32,
         SCRATCH_WIDE = 3468,
-        SLOT_SIZE = 221510
+        SLOT_SIZE = 287046
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -611,9 +607,10 @@ KERNEL_INLINE void vgg_cifar_conv1_1_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -627,7 +624,7 @@ static void vgg_cifar_conv1_1_forward(
     const real *restrict in,                /* input [N, 3, 32, 32] */
     const real *restrict weight,            /* conv1_1.weight [64, 3, 3, 3] */
     const real *restrict bias,              /* conv1_1.bias [64] */
-    real *slots,                            /* 224966 elements of workspace */
+    real *slots,                            /* 290502 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -642,37 +639,18 @@ static void vgg_cifar_conv1_1_forward(
     }
 }
 
-/* ---- conv1_1_relu: relu forward (spec line 5)
- * conv1_1 [N, 64, 32, 32] -> conv1_1_relu [N, 64, 32, 32]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void vgg_cifar_conv1_1_relu_forward(
-    real *restrict out,                     /* conv1_1_relu [N, 64, 32, 32] */
-    const real *restrict in,                /* conv1_1 [N, 64, 32, 32] */
-    size_t batch)
-{
-    enum {
-        SIZE = 65536
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- conv1_2: conv2d forward (spec line 6)
- * conv1_1_relu [N, 64, 32, 32] -> conv1_2 [N, 64, 32, 32]
+ * conv1_1 [N, 64, 32, 32] -> conv1_2 [N, 64, 32, 32]
  * weight [64, 64, 3, 3], bias [64]: 36928 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv1_2_relu, fused):
+ *   out = max(0, out)
  */
 KERNEL_INLINE void vgg_cifar_conv1_2_forward_slot(
     real *restrict out,                     /* conv1_2 [N, 64, 32, 32] */
-    const real *restrict in,                /* conv1_1_relu [N, 64, 32, 32] */
+    const real *restrict in,                /* conv1_1 [N, 64, 32, 32] */
     const real *restrict weight,            /* conv1_2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* conv1_2.bias [64] */
     real *slots,                            /* 402112 elements of workspace */
@@ -719,9 +697,10 @@ KERNEL_INLINE void vgg_cifar_conv1_2_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -732,7 +711,7 @@ KERNEL_INLINE void vgg_cifar_conv1_2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void vgg_cifar_conv1_2_forward(
     real *restrict out,                     /* conv1_2 [N, 64, 32, 32] */
-    const real *restrict in,                /* conv1_1_relu [N, 64, 32, 32] */
+    const real *restrict in,                /* conv1_1 [N, 64, 32, 32] */
     const real *restrict weight,            /* conv1_2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* conv1_2.bias [64] */
     real *slots,                            /* 402112 elements of workspace */
@@ -750,33 +729,13 @@ static void vgg_cifar_conv1_2_forward(
     }
 }
 
-/* ---- conv1_2_relu: relu forward (spec line 6)
- * conv1_2 [N, 64, 32, 32] -> conv1_2_relu [N, 64, 32, 32]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void vgg_cifar_conv1_2_relu_forward(
-    real *restrict out,                     /* conv1_2_relu [N, 64, 32, 32] */
-    const real *restrict in,                /* conv1_2 [N, 64, 32, 32] */
-    size_t batch)
-{
-    enum {
-        SIZE = 65536
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- pool1: maxpool2d forward (spec line 7)
- * conv1_2_relu [N, 64, 32, 32] -> pool1 [N, 64, 16, 16]
+ * conv1_2 [N, 64, 32, 32] -> pool1 [N, 64, 16, 16]
  * out[b,c,oh,ow] = max over the window's cells inside the input (padding never wins)
  */
 static void vgg_cifar_pool1_forward(
     real *restrict out,                     /* pool1 [N, 64, 16, 16] */
-    const real *restrict in,                /* conv1_2_relu [N, 64, 32, 32] */
+    const real *restrict in,                /* conv1_2 [N, 64, 32, 32] */
     size_t batch)
 {
     enum {
@@ -826,14 +785,15 @@ static void vgg_cifar_pool1_forward(
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv2_1_relu, fused):
+ *   out = max(0, out)
  */
 KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
     real *restrict out,                     /* conv2_1 [N, 128, 16, 16] */
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
     const real *restrict bias,              /* conv2_1.bias [128] */
-    real *slots,                            /* 375040 elements of workspace */
+    real *slots,                            /* 407808 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -861,7 +821,7 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_WIDE = 20736,
-        SLOT_SIZE = 227584
+        SLOT_SIZE = 260352
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -877,9 +837,10 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -893,7 +854,7 @@ static void vgg_cifar_conv2_1_forward(
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
     const real *restrict bias,              /* conv2_1.bias [128] */
-    real *slots,                            /* 375040 elements of workspace */
+    real *slots,                            /* 407808 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -908,37 +869,18 @@ static void vgg_cifar_conv2_1_forward(
     }
 }
 
-/* ---- conv2_1_relu: relu forward (spec line 8)
- * conv2_1 [N, 128, 16, 16] -> conv2_1_relu [N, 128, 16, 16]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void vgg_cifar_conv2_1_relu_forward(
-    real *restrict out,                     /* conv2_1_relu [N, 128, 16, 16] */
-    const real *restrict in,                /* conv2_1 [N, 128, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 32768
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- conv2_2: conv2d forward (spec line 9)
- * conv2_1_relu [N, 128, 16, 16] -> conv2_2 [N, 128, 16, 16]
+ * conv2_1 [N, 128, 16, 16] -> conv2_2 [N, 128, 16, 16]
  * weight [128, 128, 3, 3], bias [128]: 147584 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv2_2_relu, fused):
+ *   out = max(0, out)
  */
 KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
     real *restrict out,                     /* conv2_2 [N, 128, 16, 16] */
-    const real *restrict in,                /* conv2_1_relu [N, 128, 16, 16] */
+    const real *restrict in,                /* conv2_1 [N, 128, 16, 16] */
     const real *restrict weight,            /* conv2_2.weight [128, 128, 3, 3] */
     const real *restrict bias,              /* conv2_2.bias [128] */
     real *slots,                            /* 603520 elements of workspace */
@@ -985,9 +927,10 @@ KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -998,7 +941,7 @@ KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void vgg_cifar_conv2_2_forward(
     real *restrict out,                     /* conv2_2 [N, 128, 16, 16] */
-    const real *restrict in,                /* conv2_1_relu [N, 128, 16, 16] */
+    const real *restrict in,                /* conv2_1 [N, 128, 16, 16] */
     const real *restrict weight,            /* conv2_2.weight [128, 128, 3, 3] */
     const real *restrict bias,              /* conv2_2.bias [128] */
     real *slots,                            /* 603520 elements of workspace */
@@ -1016,33 +959,13 @@ static void vgg_cifar_conv2_2_forward(
     }
 }
 
-/* ---- conv2_2_relu: relu forward (spec line 9)
- * conv2_2 [N, 128, 16, 16] -> conv2_2_relu [N, 128, 16, 16]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void vgg_cifar_conv2_2_relu_forward(
-    real *restrict out,                     /* conv2_2_relu [N, 128, 16, 16] */
-    const real *restrict in,                /* conv2_2 [N, 128, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 32768
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- pool2: maxpool2d forward (spec line 10)
- * conv2_2_relu [N, 128, 16, 16] -> pool2 [N, 128, 8, 8]
+ * conv2_2 [N, 128, 16, 16] -> pool2 [N, 128, 8, 8]
  * out[b,c,oh,ow] = max over the window's cells inside the input (padding never wins)
  */
 static void vgg_cifar_pool2_forward(
     real *restrict out,                     /* pool2 [N, 128, 8, 8] */
-    const real *restrict in,                /* conv2_2_relu [N, 128, 16, 16] */
+    const real *restrict in,                /* conv2_2 [N, 128, 16, 16] */
     size_t batch)
 {
     enum {
@@ -1101,15 +1024,18 @@ static void vgg_cifar_classifier_forward(
 {
     enum {
         IN = 8192,
-        OUT = 10
+        OUT = 10,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         vgg_cifar_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y;
+        }
 }
 
 void vgg_cifar_forward(const vgg_cifar_context *ctx, const real *input)
@@ -1120,15 +1046,11 @@ void vgg_cifar_forward(const vgg_cifar_context *ctx, const real *input)
     const size_t batch = VGG_CIFAR_BATCH;
 
     vgg_cifar_conv1_1_forward(acts + A_CONV1_1 * batch, input, params + P_CONV1_1_WEIGHT, params + P_CONV1_1_BIAS, workspace + WS_CONV1_1, batch);
-    vgg_cifar_conv1_1_relu_forward(acts + A_CONV1_1_RELU * batch, acts + A_CONV1_1 * batch, batch);
-    vgg_cifar_conv1_2_forward(acts + A_CONV1_2 * batch, acts + A_CONV1_1_RELU * batch, params + P_CONV1_2_WEIGHT, params + P_CONV1_2_BIAS, workspace + WS_CONV1_2, batch);
-    vgg_cifar_conv1_2_relu_forward(acts + A_CONV1_2_RELU * batch, acts + A_CONV1_2 * batch, batch);
-    vgg_cifar_pool1_forward(acts + A_POOL1 * batch, acts + A_CONV1_2_RELU * batch, batch);
+    vgg_cifar_conv1_2_forward(acts + A_CONV1_2 * batch, acts + A_CONV1_1 * batch, params + P_CONV1_2_WEIGHT, params + P_CONV1_2_BIAS, workspace + WS_CONV1_2, batch);
+    vgg_cifar_pool1_forward(acts + A_POOL1 * batch, acts + A_CONV1_2 * batch, batch);
     vgg_cifar_conv2_1_forward(acts + A_CONV2_1 * batch, acts + A_POOL1 * batch, params + P_CONV2_1_WEIGHT, params + P_CONV2_1_BIAS, workspace + WS_CONV2_1, batch);
-    vgg_cifar_conv2_1_relu_forward(acts + A_CONV2_1_RELU * batch, acts + A_CONV2_1 * batch, batch);
-    vgg_cifar_conv2_2_forward(acts + A_CONV2_2 * batch, acts + A_CONV2_1_RELU * batch, params + P_CONV2_2_WEIGHT, params + P_CONV2_2_BIAS, workspace + WS_CONV2_2, batch);
-    vgg_cifar_conv2_2_relu_forward(acts + A_CONV2_2_RELU * batch, acts + A_CONV2_2 * batch, batch);
-    vgg_cifar_pool2_forward(acts + A_POOL2 * batch, acts + A_CONV2_2_RELU * batch, batch);
+    vgg_cifar_conv2_2_forward(acts + A_CONV2_2 * batch, acts + A_CONV2_1 * batch, params + P_CONV2_2_WEIGHT, params + P_CONV2_2_BIAS, workspace + WS_CONV2_2, batch);
+    vgg_cifar_pool2_forward(acts + A_POOL2 * batch, acts + A_CONV2_2 * batch, batch);
     vgg_cifar_classifier_forward(acts + A_CLASSIFIER * batch, acts + A_POOL2 * batch, params + P_CLASSIFIER_WEIGHT, params + P_CLASSIFIER_BIAS, batch);
 }
 

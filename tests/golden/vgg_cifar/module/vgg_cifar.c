@@ -39,27 +39,23 @@ typedef float real;
 
 /* Per-sample offsets of the activation tensors (times the batch size). */
 #define A_CONV1_1 ((size_t)0) /* [N, 64, 32, 32] */
-#define A_CONV1_1_RELU ((size_t)65536) /* [N, 64, 32, 32] */
-#define A_CONV1_2 ((size_t)131072) /* [N, 64, 32, 32] */
-#define A_CONV1_2_RELU ((size_t)196608) /* [N, 64, 32, 32] */
-#define A_POOL1 ((size_t)262144) /* [N, 64, 16, 16] */
-#define A_CONV2_1 ((size_t)278528) /* [N, 128, 16, 16] */
-#define A_CONV2_1_RELU ((size_t)311296) /* [N, 128, 16, 16] */
-#define A_CONV2_2 ((size_t)344064) /* [N, 128, 16, 16] */
-#define A_CONV2_2_RELU ((size_t)376832) /* [N, 128, 16, 16] */
-#define A_POOL2 ((size_t)409600) /* [N, 128, 8, 8] */
-#define A_CLASSIFIER ((size_t)417792) /* [N, 10] */
+#define A_CONV1_2 ((size_t)65536) /* [N, 64, 32, 32] */
+#define A_POOL1 ((size_t)131072) /* [N, 64, 16, 16] */
+#define A_CONV2_1 ((size_t)147456) /* [N, 128, 16, 16] */
+#define A_CONV2_2 ((size_t)180224) /* [N, 128, 16, 16] */
+#define A_POOL2 ((size_t)212992) /* [N, 128, 8, 8] */
+#define A_CLASSIFIER ((size_t)221184) /* [N, 10] */
 
 /* Workspace offsets. */
 #define WS_CONV1_1 ((size_t)0)
-#define WS_CONV1_2 ((size_t)224966)
-#define WS_CONV2_1 ((size_t)627078)
-#define WS_CONV2_2 ((size_t)1002118)
+#define WS_CONV1_2 ((size_t)290502)
+#define WS_CONV2_1 ((size_t)692614)
+#define WS_CONV2_2 ((size_t)1100422)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
-#define ZERO_CONV1_1 ((size_t)131072) /* conv1_1 .. conv1_1_relu */
-#define ZERO_POOL1 ((size_t)81920) /* pool1 .. conv2_1_relu */
+#define ZERO_CONV1_1 ((size_t)65536) /* conv1_1 */
+#define ZERO_POOL1 ((size_t)49152) /* pool1 .. conv2_1 */
 #define ZERO_POOL2 ((size_t)8202) /* pool2 .. classifier */
 
 #if !defined(__GNUC__)
@@ -156,7 +152,6 @@ enum {
     VEC_LANES = (int)(sizeof(vec) / sizeof(real)),
     NN_COLS = 2 * VEC_LANES,      /* columns of C per gemm_nn block */
     NT_ROWS = 4,                  /* gemm_nt blocks: 4 rows of A x 4 rows of B accumulators */
-    BATCH_BLOCK = 256,            /* samples per product in the dense kernels (keeps row counts int) */
 };
 
 /* Threads (OpenMP builds: -fopenmp): a product big enough to repay waking them splits its
@@ -577,14 +572,15 @@ KERNEL_INLINE void vgg_cifar_pad_planes(const real *restrict src, real *restrict
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv1_1_relu, fused):
+ *   out = max(0, out)
  */
 KERNEL_INLINE void vgg_cifar_conv1_1_forward_slot(
     real *restrict out,                     /* conv1_1 [N, 64, 32, 32] */
     const real *restrict in,                /* input [N, 3, 32, 32] */
     const real *restrict weight,            /* conv1_1.weight [64, 3, 3, 3] */
     const real *restrict bias,              /* conv1_1.bias [64] */
-    real *slots,                            /* 224966 elements of workspace */
+    real *slots,                            /* 290502 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -612,7 +608,7 @@ KERNEL_INLINE void vgg_cifar_conv1_1_forward_slot(
         H_OUT = 32,
         W_OUT = 32,
         SCRATCH_WIDE = 3468,
-        SLOT_SIZE = 221510
+        SLOT_SIZE = 287046
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -628,9 +624,10 @@ KERNEL_INLINE void vgg_cifar_conv1_1_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -644,7 +641,7 @@ static void vgg_cifar_conv1_1_forward(
     const real *restrict in,                /* input [N, 3, 32, 32] */
     const real *restrict weight,            /* conv1_1.weight [64, 3, 3, 3] */
     const real *restrict bias,              /* conv1_1.bias [64] */
-    real *slots,                            /* 224966 elements of workspace */
+    real *slots,                            /* 290502 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -664,14 +661,15 @@ static void vgg_cifar_conv1_1_forward(
  * weight [64, 3, 3, 3], bias [64]: 1792 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
- *   dout[oc]
+ *   dout[oc]; dout is first masked where the fused relu's output is 0
  */
 static void vgg_cifar_conv1_1_backward(
     real *restrict dweight,                 /* conv1_1.weight [64, 3, 3, 3] */
     real *restrict dbias,                   /* conv1_1.bias [64] */
     const real *restrict dout,              /* conv1_1 [N, 64, 32, 32] */
+    real *restrict out,                     /* conv1_1 [N, 64, 32, 32] */
     const real *restrict in,                /* input [N, 3, 32, 32] */
-    real *slots,                            /* 224966 elements of workspace */
+    real *slots,                            /* 290502 elements of workspace */
     size_t batch)
 {
     enum {
@@ -695,12 +693,13 @@ static void vgg_cifar_conv1_1_backward(
         PAD_LEFT = 1,
         SCRATCH_PADDED = 0,
         SCRATCH_DOUT = 72972,
-        SCRATCH_DWEIGHT_T = 223238,
+        SCRATCH_DWEIGHT_T = 288774,
         W_OUT = 32,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 221510,
+        SLOT_SIZE = 287046,
         SCRATCH_DWEIGHT_PART = 219718,
-        SCRATCH_DBIAS_PART = 221446
+        SCRATCH_DBIAS_PART = 221446,
+        SCRATCH_DRELU = 221510
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
@@ -721,7 +720,10 @@ static void vgg_cifar_conv1_1_backward(
             real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dout_group = scratch + SCRATCH_DRELU;           /* the fused relu's backward */
+                for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)
+                    dout_group[i] = out[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] > 0 ? dout[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] : 0;
+
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = vgg_cifar_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -754,59 +756,18 @@ static void vgg_cifar_conv1_1_backward(
                 dweight[(size_t)(g * C_OUT_PER_GROUP + oc) * K_GROUP + k] +=
                     dweight_t[((size_t)g * K_GROUP + k) * C_OUT_PER_GROUP + oc];
 }
-/* ---- conv1_1_relu: relu forward (spec line 5)
- * conv1_1 [N, 64, 32, 32] -> conv1_1_relu [N, 64, 32, 32]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void vgg_cifar_conv1_1_relu_forward(
-    real *restrict out,                     /* conv1_1_relu [N, 64, 32, 32] */
-    const real *restrict in,                /* conv1_1 [N, 64, 32, 32] */
-    size_t batch)
-{
-    enum {
-        SIZE = 65536
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- conv1_1_relu: relu backward (spec line 5)
- * conv1_1 [N, 64, 32, 32] -> conv1_1_relu [N, 64, 32, 32]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void vgg_cifar_conv1_1_relu_backward(
-    real *restrict din,                     /* conv1_1 [N, 64, 32, 32] */
-    const real *restrict dout,              /* conv1_1_relu [N, 64, 32, 32] */
-    const real *restrict in,                /* conv1_1 [N, 64, 32, 32] */
-    size_t batch)
-{
-    enum {
-        SIZE = 65536
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- conv1_2: conv2d forward (spec line 6)
- * conv1_1_relu [N, 64, 32, 32] -> conv1_2 [N, 64, 32, 32]
+ * conv1_1 [N, 64, 32, 32] -> conv1_2 [N, 64, 32, 32]
  * weight [64, 64, 3, 3], bias [64]: 36928 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv1_2_relu, fused):
+ *   out = max(0, out)
  */
 KERNEL_INLINE void vgg_cifar_conv1_2_forward_slot(
     real *restrict out,                     /* conv1_2 [N, 64, 32, 32] */
-    const real *restrict in,                /* conv1_1_relu [N, 64, 32, 32] */
+    const real *restrict in,                /* conv1_1 [N, 64, 32, 32] */
     const real *restrict weight,            /* conv1_2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* conv1_2.bias [64] */
     real *slots,                            /* 402112 elements of workspace */
@@ -853,9 +814,10 @@ KERNEL_INLINE void vgg_cifar_conv1_2_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -866,7 +828,7 @@ KERNEL_INLINE void vgg_cifar_conv1_2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void vgg_cifar_conv1_2_forward(
     real *restrict out,                     /* conv1_2 [N, 64, 32, 32] */
-    const real *restrict in,                /* conv1_1_relu [N, 64, 32, 32] */
+    const real *restrict in,                /* conv1_1 [N, 64, 32, 32] */
     const real *restrict weight,            /* conv1_2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* conv1_2.bias [64] */
     real *slots,                            /* 402112 elements of workspace */
@@ -885,7 +847,7 @@ static void vgg_cifar_conv1_2_forward(
 }
 
 /* ---- conv1_2: conv2d backward through pool1 and conv1_2_relu (spec line 6)
- * conv1_1_relu [N, 64, 32, 32] -> conv1_2 [N, 64, 32, 32]
+ * conv1_1 [N, 64, 32, 32] -> conv1_2 [N, 64, 32, 32]
  * weight [64, 64, 3, 3], bias [64]: 36928 trainable parameters
  * the conv's output gradient is dpool at each window's first maximum (kept by the pool's
  *   forward) where that maximum is positive and zero elsewhere, so for each window (b, oc, w) with
@@ -895,13 +857,13 @@ static void vgg_cifar_conv1_2_forward(
  *   padded to ROW_PAD) is contiguous
  */
 static void vgg_cifar_conv1_2_backward(
-    real *restrict din,                     /* conv1_1_relu [N, 64, 32, 32] */
+    real *restrict din,                     /* conv1_1 [N, 64, 32, 32] */
     real *restrict dweight,                 /* conv1_2.weight [64, 64, 3, 3] */
     real *restrict dbias,                   /* conv1_2.bias [64] */
     const real *restrict dpool,             /* pool1 [N, 64, 16, 16] */
     const real *restrict pool_out,          /* pool1 [N, 64, 16, 16] */
-    const char *argmax,                     /* int32 [N, 16384], in the memory of conv1_2_relu's gradient */
-    const real *restrict in,                /* conv1_1_relu [N, 64, 32, 32] */
+    const char *argmax,                     /* int32 [N, 16384], in the memory of conv1_2's gradient */
+    const real *restrict in,                /* conv1_1 [N, 64, 32, 32] */
     const real *restrict weight,            /* conv1_2.weight [64, 64, 3, 3] */
     real *slots,                            /* 402112 elements of workspace */
     size_t batch)
@@ -1043,28 +1005,8 @@ static void vgg_cifar_conv1_2_backward(
                 for (int kw = 0; kw < KW; kw++)
                     dweight[(((size_t)oc * C_IN + ic) * KH + kh) * KW + kw] += dweight_sum[((size_t)oc * KH + kh) * ROW_PAD + kw * C_IN + ic];
 }
-/* ---- conv1_2_relu: relu forward (spec line 6)
- * conv1_2 [N, 64, 32, 32] -> conv1_2_relu [N, 64, 32, 32]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void vgg_cifar_conv1_2_relu_forward(
-    real *restrict out,                     /* conv1_2_relu [N, 64, 32, 32] */
-    const real *restrict in,                /* conv1_2 [N, 64, 32, 32] */
-    size_t batch)
-{
-    enum {
-        SIZE = 65536
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- pool1: maxpool2d forward (spec line 7)
- * conv1_2_relu [N, 64, 32, 32] -> pool1 [N, 64, 16, 16]
+ * conv1_2 [N, 64, 32, 32] -> pool1 [N, 64, 16, 16]
  * out[b,c,oh,ow] = max over the window's cells inside the input (padding never wins); in
  *   training also its argmax (the first maximum in row-major order, as an index into the input
  *   plane), kept as int32 [batch, C, H_OUT, W_OUT] in the memory of din, for the backward of the
@@ -1072,7 +1014,7 @@ static void vgg_cifar_conv1_2_relu_forward(
  */
 static void vgg_cifar_pool1_forward(
     real *restrict out,                     /* pool1 [N, 64, 16, 16] */
-    const real *restrict in,                /* conv1_2_relu [N, 64, 32, 32] */
+    const real *restrict in,                /* conv1_2 [N, 64, 32, 32] */
     char *restrict argmax,                  /* int32 [N, 16384], or NULL */
     size_t batch)
 {
@@ -1125,14 +1067,15 @@ static void vgg_cifar_pool1_forward(
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv2_1_relu, fused):
+ *   out = max(0, out)
  */
 KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
     real *restrict out,                     /* conv2_1 [N, 128, 16, 16] */
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
     const real *restrict bias,              /* conv2_1.bias [128] */
-    real *slots,                            /* 375040 elements of workspace */
+    real *slots,                            /* 407808 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1160,7 +1103,7 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_WIDE = 20736,
-        SLOT_SIZE = 227584
+        SLOT_SIZE = 260352
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1176,9 +1119,10 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -1192,7 +1136,7 @@ static void vgg_cifar_conv2_1_forward(
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
     const real *restrict bias,              /* conv2_1.bias [128] */
-    real *slots,                            /* 375040 elements of workspace */
+    real *slots,                            /* 407808 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1212,16 +1156,18 @@ static void vgg_cifar_conv2_1_forward(
  * weight [128, 64, 3, 3], bias [128]: 73856 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
- *   dout[oc]; din = the stride-1 conv of dout, padded, with the flipped kernel
+ *   dout[oc]; din = the stride-1 conv of dout, padded, with the flipped kernel; dout is first
+ *   masked where the fused relu's output is 0
  */
 static void vgg_cifar_conv2_1_backward(
     real *restrict din,                     /* pool1 [N, 64, 16, 16] */
     real *restrict dweight,                 /* conv2_1.weight [128, 64, 3, 3] */
     real *restrict dbias,                   /* conv2_1.bias [128] */
     const real *restrict dout,              /* conv2_1 [N, 128, 16, 16] */
+    real *restrict out,                     /* conv2_1 [N, 128, 16, 16] */
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
-    real *slots,                            /* 375040 elements of workspace */
+    real *slots,                            /* 407808 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1245,9 +1191,9 @@ static void vgg_cifar_conv2_1_backward(
         PAD_LEFT = 1,
         SCRATCH_PADDED = 0,
         SCRATCH_DOUT = 57344,
-        SCRATCH_DWEIGHT_T = 301312,
+        SCRATCH_DWEIGHT_T = 334080,
         W_OUT = 16,
-        SCRATCH_FLIPPED = 227584,
+        SCRATCH_FLIPPED = 260352,
         H_DPAD = 18,
         W_DPAD = 18,
         SCRATCH_DPAD = 93952,
@@ -1257,9 +1203,10 @@ static void vgg_cifar_conv2_1_backward(
         SCRATCH_WIDE_IN = 135424,
         WIDE_IN = 286,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 227584,
+        SLOT_SIZE = 260352,
         SCRATCH_DWEIGHT_PART = 153728,
-        SCRATCH_DBIAS_PART = 227456
+        SCRATCH_DBIAS_PART = 227456,
+        SCRATCH_DRELU = 227584
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
@@ -1289,7 +1236,10 @@ static void vgg_cifar_conv2_1_backward(
             real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                real *restrict dout_group = scratch + SCRATCH_DRELU;           /* the fused relu's backward */
+                for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)
+                    dout_group[i] = out[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] > 0 ? dout[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] : 0;
+
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = vgg_cifar_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
@@ -1333,59 +1283,18 @@ static void vgg_cifar_conv2_1_backward(
                 dweight[(size_t)(g * C_OUT_PER_GROUP + oc) * K_GROUP + k] +=
                     dweight_t[((size_t)g * K_GROUP + k) * C_OUT_PER_GROUP + oc];
 }
-/* ---- conv2_1_relu: relu forward (spec line 8)
- * conv2_1 [N, 128, 16, 16] -> conv2_1_relu [N, 128, 16, 16]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void vgg_cifar_conv2_1_relu_forward(
-    real *restrict out,                     /* conv2_1_relu [N, 128, 16, 16] */
-    const real *restrict in,                /* conv2_1 [N, 128, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 32768
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
-/* ---- conv2_1_relu: relu backward (spec line 8)
- * conv2_1 [N, 128, 16, 16] -> conv2_1_relu [N, 128, 16, 16]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
- */
-static void vgg_cifar_conv2_1_relu_backward(
-    real *restrict din,                     /* conv2_1 [N, 128, 16, 16] */
-    const real *restrict dout,              /* conv2_1_relu [N, 128, 16, 16] */
-    const real *restrict in,                /* conv2_1 [N, 128, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 32768
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
-    }
-}
-
 /* ---- conv2_2: conv2d forward (spec line 9)
- * conv2_1_relu [N, 128, 16, 16] -> conv2_2 [N, 128, 16, 16]
+ * conv2_1 [N, 128, 16, 16] -> conv2_2 [N, 128, 16, 16]
  * weight [128, 128, 3, 3], bias [128]: 147584 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
  *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
  *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv2_2_relu, fused):
+ *   out = max(0, out)
  */
 KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
     real *restrict out,                     /* conv2_2 [N, 128, 16, 16] */
-    const real *restrict in,                /* conv2_1_relu [N, 128, 16, 16] */
+    const real *restrict in,                /* conv2_1 [N, 128, 16, 16] */
     const real *restrict weight,            /* conv2_2.weight [128, 128, 3, 3] */
     const real *restrict bias,              /* conv2_2.bias [128] */
     real *slots,                            /* 603520 elements of workspace */
@@ -1432,9 +1341,10 @@ KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
                          (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++)
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] =
-                            wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                    for (int ow = 0; ow < W_OUT; ow++) {
+                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
+                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+                    }
         }
     }
 }
@@ -1445,7 +1355,7 @@ KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void vgg_cifar_conv2_2_forward(
     real *restrict out,                     /* conv2_2 [N, 128, 16, 16] */
-    const real *restrict in,                /* conv2_1_relu [N, 128, 16, 16] */
+    const real *restrict in,                /* conv2_1 [N, 128, 16, 16] */
     const real *restrict weight,            /* conv2_2.weight [128, 128, 3, 3] */
     const real *restrict bias,              /* conv2_2.bias [128] */
     real *slots,                            /* 603520 elements of workspace */
@@ -1464,7 +1374,7 @@ static void vgg_cifar_conv2_2_forward(
 }
 
 /* ---- conv2_2: conv2d backward through pool2 and conv2_2_relu (spec line 9)
- * conv2_1_relu [N, 128, 16, 16] -> conv2_2 [N, 128, 16, 16]
+ * conv2_1 [N, 128, 16, 16] -> conv2_2 [N, 128, 16, 16]
  * weight [128, 128, 3, 3], bias [128]: 147584 trainable parameters
  * the conv's output gradient is dpool at each window's first maximum (kept by the pool's
  *   forward) where that maximum is positive and zero elsewhere, so for each window (b, oc, w) with
@@ -1474,13 +1384,13 @@ static void vgg_cifar_conv2_2_forward(
  *   padded to ROW_PAD) is contiguous
  */
 static void vgg_cifar_conv2_2_backward(
-    real *restrict din,                     /* conv2_1_relu [N, 128, 16, 16] */
+    real *restrict din,                     /* conv2_1 [N, 128, 16, 16] */
     real *restrict dweight,                 /* conv2_2.weight [128, 128, 3, 3] */
     real *restrict dbias,                   /* conv2_2.bias [128] */
     const real *restrict dpool,             /* pool2 [N, 128, 8, 8] */
     const real *restrict pool_out,          /* pool2 [N, 128, 8, 8] */
-    const char *argmax,                     /* int32 [N, 8192], in the memory of conv2_2_relu's gradient */
-    const real *restrict in,                /* conv2_1_relu [N, 128, 16, 16] */
+    const char *argmax,                     /* int32 [N, 8192], in the memory of conv2_2's gradient */
+    const real *restrict in,                /* conv2_1 [N, 128, 16, 16] */
     const real *restrict weight,            /* conv2_2.weight [128, 128, 3, 3] */
     real *slots,                            /* 603520 elements of workspace */
     size_t batch)
@@ -1622,28 +1532,8 @@ static void vgg_cifar_conv2_2_backward(
                 for (int kw = 0; kw < KW; kw++)
                     dweight[(((size_t)oc * C_IN + ic) * KH + kh) * KW + kw] += dweight_sum[((size_t)oc * KH + kh) * ROW_PAD + kw * C_IN + ic];
 }
-/* ---- conv2_2_relu: relu forward (spec line 9)
- * conv2_2 [N, 128, 16, 16] -> conv2_2_relu [N, 128, 16, 16]
- * out[i] = x > 0 ? x : 0, with x = in[i]
- */
-static void vgg_cifar_conv2_2_relu_forward(
-    real *restrict out,                     /* conv2_2_relu [N, 128, 16, 16] */
-    const real *restrict in,                /* conv2_2 [N, 128, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 32768
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real x = in[i];
-        out[i] = x > 0 ? x : 0;
-    }
-}
-
 /* ---- pool2: maxpool2d forward (spec line 10)
- * conv2_2_relu [N, 128, 16, 16] -> pool2 [N, 128, 8, 8]
+ * conv2_2 [N, 128, 16, 16] -> pool2 [N, 128, 8, 8]
  * out[b,c,oh,ow] = max over the window's cells inside the input (padding never wins); in
  *   training also its argmax (the first maximum in row-major order, as an index into the input
  *   plane), kept as int32 [batch, C, H_OUT, W_OUT] in the memory of din, for the backward of the
@@ -1651,7 +1541,7 @@ static void vgg_cifar_conv2_2_relu_forward(
  */
 static void vgg_cifar_pool2_forward(
     real *restrict out,                     /* pool2 [N, 128, 8, 8] */
-    const real *restrict in,                /* conv2_2_relu [N, 128, 16, 16] */
+    const real *restrict in,                /* conv2_2 [N, 128, 16, 16] */
     char *restrict argmax,                  /* int32 [N, 8192], or NULL */
     size_t batch)
 {
@@ -1713,15 +1603,18 @@ static void vgg_cifar_classifier_forward(
 {
     enum {
         IN = 8192,
-        OUT = 10
+        OUT = 10,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
         vgg_cifar_gemm_nt(rows, OUT, IN, in + b * IN, IN, weight, IN, out + b * OUT, OUT, 0);
     }
     for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            out[b * OUT + o] += bias[o];
+        for (int o = 0; o < OUT; o++) {
+            const real y = out[b * OUT + o] + bias[o];
+            out[b * OUT + o] = y;
+        }
 }
 
 /* ---- classifier: dense backward (spec line 12)
@@ -1741,17 +1634,19 @@ static void vgg_cifar_classifier_backward(
 {
     enum {
         IN = 8192,
-        OUT = 10
+        OUT = 10,
+        BATCH_BLOCK = 256
     };
     for (size_t b = 0; b < batch; b += BATCH_BLOCK) {
         const int rows = batch - b < BATCH_BLOCK ? (int)(batch - b) : BATCH_BLOCK;
-        /* dout^T as A: A[o, b] = dout[b*OUT + o]. */
-        vgg_cifar_gemm_nn(OUT, IN, rows, dout + b * OUT, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        vgg_cifar_gemm_nn(rows, IN, OUT, dout + b * OUT, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        const real *restrict dblock = dout + b * OUT;
+        /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
+        vgg_cifar_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
+        vgg_cifar_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        for (int r = 0; r < rows; r++)
+            for (int o = 0; o < OUT; o++)
+                dbias[o] += dblock[(size_t)r * OUT + o];
     }
-    for (size_t b = 0; b < batch; b++)
-        for (int o = 0; o < OUT; o++)
-            dbias[o] += dout[b * OUT + o];
 }
 
 size_t vgg_cifar_activations_size(size_t batch)
@@ -1768,15 +1663,11 @@ void vgg_cifar_forward(const vgg_cifar_context *ctx, const real *input, size_t b
     (void)seed;
 
     vgg_cifar_conv1_1_forward(acts + A_CONV1_1 * batch, input, params + P_CONV1_1_WEIGHT, params + P_CONV1_1_BIAS, workspace + WS_CONV1_1, batch);
-    vgg_cifar_conv1_1_relu_forward(acts + A_CONV1_1_RELU * batch, acts + A_CONV1_1 * batch, batch);
-    vgg_cifar_conv1_2_forward(acts + A_CONV1_2 * batch, acts + A_CONV1_1_RELU * batch, params + P_CONV1_2_WEIGHT, params + P_CONV1_2_BIAS, workspace + WS_CONV1_2, batch);
-    vgg_cifar_conv1_2_relu_forward(acts + A_CONV1_2_RELU * batch, acts + A_CONV1_2 * batch, batch);
-    vgg_cifar_pool1_forward(acts + A_POOL1 * batch, acts + A_CONV1_2_RELU * batch, training && grad_acts ? (char *)(grad_acts + A_CONV1_2_RELU * batch) : NULL, batch);
+    vgg_cifar_conv1_2_forward(acts + A_CONV1_2 * batch, acts + A_CONV1_1 * batch, params + P_CONV1_2_WEIGHT, params + P_CONV1_2_BIAS, workspace + WS_CONV1_2, batch);
+    vgg_cifar_pool1_forward(acts + A_POOL1 * batch, acts + A_CONV1_2 * batch, training && grad_acts ? (char *)(grad_acts + A_CONV1_2 * batch) : NULL, batch);
     vgg_cifar_conv2_1_forward(acts + A_CONV2_1 * batch, acts + A_POOL1 * batch, params + P_CONV2_1_WEIGHT, params + P_CONV2_1_BIAS, workspace + WS_CONV2_1, batch);
-    vgg_cifar_conv2_1_relu_forward(acts + A_CONV2_1_RELU * batch, acts + A_CONV2_1 * batch, batch);
-    vgg_cifar_conv2_2_forward(acts + A_CONV2_2 * batch, acts + A_CONV2_1_RELU * batch, params + P_CONV2_2_WEIGHT, params + P_CONV2_2_BIAS, workspace + WS_CONV2_2, batch);
-    vgg_cifar_conv2_2_relu_forward(acts + A_CONV2_2_RELU * batch, acts + A_CONV2_2 * batch, batch);
-    vgg_cifar_pool2_forward(acts + A_POOL2 * batch, acts + A_CONV2_2_RELU * batch, training && grad_acts ? (char *)(grad_acts + A_CONV2_2_RELU * batch) : NULL, batch);
+    vgg_cifar_conv2_2_forward(acts + A_CONV2_2 * batch, acts + A_CONV2_1 * batch, params + P_CONV2_2_WEIGHT, params + P_CONV2_2_BIAS, workspace + WS_CONV2_2, batch);
+    vgg_cifar_pool2_forward(acts + A_POOL2 * batch, acts + A_CONV2_2 * batch, training && grad_acts ? (char *)(grad_acts + A_CONV2_2 * batch) : NULL, batch);
     vgg_cifar_classifier_forward(acts + A_CLASSIFIER * batch, acts + A_POOL2 * batch, params + P_CLASSIFIER_WEIGHT, params + P_CLASSIFIER_BIAS, batch);
 }
 
@@ -1835,12 +1726,10 @@ void vgg_cifar_backward(const vgg_cifar_context *ctx, const real *input, const i
     memset(grad_acts + A_POOL2 * batch, 0, sizeof(real) * ZERO_POOL2 * batch);
     vgg_cifar_loss_softmax_cross_entropy(acts + A_CLASSIFIER * batch, grad_acts + A_CLASSIFIER * batch, targets, batch, 1);
     vgg_cifar_classifier_backward(grad_acts + A_POOL2 * batch, grads + P_CLASSIFIER_WEIGHT, grads + P_CLASSIFIER_BIAS, grad_acts + A_CLASSIFIER * batch, acts + A_POOL2 * batch, params + P_CLASSIFIER_WEIGHT, batch);
-    vgg_cifar_conv2_2_backward(grad_acts + A_CONV2_1_RELU * batch, grads + P_CONV2_2_WEIGHT, grads + P_CONV2_2_BIAS, grad_acts + A_POOL2 * batch, acts + A_POOL2 * batch, (const char *)(grad_acts + A_CONV2_2_RELU * batch), acts + A_CONV2_1_RELU * batch, params + P_CONV2_2_WEIGHT, workspace + WS_CONV2_2, batch);
-    vgg_cifar_conv2_1_relu_backward(grad_acts + A_CONV2_1 * batch, grad_acts + A_CONV2_1_RELU * batch, acts + A_CONV2_1 * batch, batch);
-    vgg_cifar_conv2_1_backward(grad_acts + A_POOL1 * batch, grads + P_CONV2_1_WEIGHT, grads + P_CONV2_1_BIAS, grad_acts + A_CONV2_1 * batch, acts + A_POOL1 * batch, params + P_CONV2_1_WEIGHT, workspace + WS_CONV2_1, batch);
-    vgg_cifar_conv1_2_backward(grad_acts + A_CONV1_1_RELU * batch, grads + P_CONV1_2_WEIGHT, grads + P_CONV1_2_BIAS, grad_acts + A_POOL1 * batch, acts + A_POOL1 * batch, (const char *)(grad_acts + A_CONV1_2_RELU * batch), acts + A_CONV1_1_RELU * batch, params + P_CONV1_2_WEIGHT, workspace + WS_CONV1_2, batch);
-    vgg_cifar_conv1_1_relu_backward(grad_acts + A_CONV1_1 * batch, grad_acts + A_CONV1_1_RELU * batch, acts + A_CONV1_1 * batch, batch);
-    vgg_cifar_conv1_1_backward(grads + P_CONV1_1_WEIGHT, grads + P_CONV1_1_BIAS, grad_acts + A_CONV1_1 * batch, input, workspace + WS_CONV1_1, batch);
+    vgg_cifar_conv2_2_backward(grad_acts + A_CONV2_1 * batch, grads + P_CONV2_2_WEIGHT, grads + P_CONV2_2_BIAS, grad_acts + A_POOL2 * batch, acts + A_POOL2 * batch, (const char *)(grad_acts + A_CONV2_2 * batch), acts + A_CONV2_1 * batch, params + P_CONV2_2_WEIGHT, workspace + WS_CONV2_2, batch);
+    vgg_cifar_conv2_1_backward(grad_acts + A_POOL1 * batch, grads + P_CONV2_1_WEIGHT, grads + P_CONV2_1_BIAS, grad_acts + A_CONV2_1 * batch, acts + A_CONV2_1 * batch, acts + A_POOL1 * batch, params + P_CONV2_1_WEIGHT, workspace + WS_CONV2_1, batch);
+    vgg_cifar_conv1_2_backward(grad_acts + A_CONV1_1 * batch, grads + P_CONV1_2_WEIGHT, grads + P_CONV1_2_BIAS, grad_acts + A_POOL1 * batch, acts + A_POOL1 * batch, (const char *)(grad_acts + A_CONV1_2 * batch), acts + A_CONV1_1 * batch, params + P_CONV1_2_WEIGHT, workspace + WS_CONV1_2, batch);
+    vgg_cifar_conv1_1_backward(grads + P_CONV1_1_WEIGHT, grads + P_CONV1_1_BIAS, grad_acts + A_CONV1_1 * batch, acts + A_CONV1_1 * batch, input, workspace + WS_CONV1_1, batch);
 }
 /* ---- optimizer: SGD over the VGG_CIFAR_NUM_TRAINABLE trainable parameters
  * (PyTorch's rule)
@@ -1910,33 +1799,21 @@ void vgg_cifar_forward_op(const vgg_cifar_context *ctx, const real *input, size_
         vgg_cifar_conv1_1_forward(acts + A_CONV1_1 * batch, input, params + P_CONV1_1_WEIGHT, params + P_CONV1_1_BIAS, workspace + WS_CONV1_1, batch);
         break;
     case 1:
-        vgg_cifar_conv1_1_relu_forward(acts + A_CONV1_1_RELU * batch, acts + A_CONV1_1 * batch, batch);
+        vgg_cifar_conv1_2_forward(acts + A_CONV1_2 * batch, acts + A_CONV1_1 * batch, params + P_CONV1_2_WEIGHT, params + P_CONV1_2_BIAS, workspace + WS_CONV1_2, batch);
         break;
     case 2:
-        vgg_cifar_conv1_2_forward(acts + A_CONV1_2 * batch, acts + A_CONV1_1_RELU * batch, params + P_CONV1_2_WEIGHT, params + P_CONV1_2_BIAS, workspace + WS_CONV1_2, batch);
+        vgg_cifar_pool1_forward(acts + A_POOL1 * batch, acts + A_CONV1_2 * batch, training && grad_acts ? (char *)(grad_acts + A_CONV1_2 * batch) : NULL, batch);
         break;
     case 3:
-        vgg_cifar_conv1_2_relu_forward(acts + A_CONV1_2_RELU * batch, acts + A_CONV1_2 * batch, batch);
-        break;
-    case 4:
-        vgg_cifar_pool1_forward(acts + A_POOL1 * batch, acts + A_CONV1_2_RELU * batch, training && grad_acts ? (char *)(grad_acts + A_CONV1_2_RELU * batch) : NULL, batch);
-        break;
-    case 5:
         vgg_cifar_conv2_1_forward(acts + A_CONV2_1 * batch, acts + A_POOL1 * batch, params + P_CONV2_1_WEIGHT, params + P_CONV2_1_BIAS, workspace + WS_CONV2_1, batch);
         break;
+    case 4:
+        vgg_cifar_conv2_2_forward(acts + A_CONV2_2 * batch, acts + A_CONV2_1 * batch, params + P_CONV2_2_WEIGHT, params + P_CONV2_2_BIAS, workspace + WS_CONV2_2, batch);
+        break;
+    case 5:
+        vgg_cifar_pool2_forward(acts + A_POOL2 * batch, acts + A_CONV2_2 * batch, training && grad_acts ? (char *)(grad_acts + A_CONV2_2 * batch) : NULL, batch);
+        break;
     case 6:
-        vgg_cifar_conv2_1_relu_forward(acts + A_CONV2_1_RELU * batch, acts + A_CONV2_1 * batch, batch);
-        break;
-    case 7:
-        vgg_cifar_conv2_2_forward(acts + A_CONV2_2 * batch, acts + A_CONV2_1_RELU * batch, params + P_CONV2_2_WEIGHT, params + P_CONV2_2_BIAS, workspace + WS_CONV2_2, batch);
-        break;
-    case 8:
-        vgg_cifar_conv2_2_relu_forward(acts + A_CONV2_2_RELU * batch, acts + A_CONV2_2 * batch, batch);
-        break;
-    case 9:
-        vgg_cifar_pool2_forward(acts + A_POOL2 * batch, acts + A_CONV2_2_RELU * batch, training && grad_acts ? (char *)(grad_acts + A_CONV2_2_RELU * batch) : NULL, batch);
-        break;
-    case 10:
         vgg_cifar_classifier_forward(acts + A_CLASSIFIER * batch, acts + A_POOL2 * batch, params + P_CLASSIFIER_WEIGHT, params + P_CLASSIFIER_BIAS, batch);
         break;
     default:
@@ -1962,24 +1839,18 @@ void vgg_cifar_backward_op(const vgg_cifar_context *ctx, const real *input, size
 
     switch (op) {
     case 0:
-        vgg_cifar_conv1_1_backward(grads + P_CONV1_1_WEIGHT, grads + P_CONV1_1_BIAS, grad_acts + A_CONV1_1 * batch, input, workspace + WS_CONV1_1, batch);
+        vgg_cifar_conv1_1_backward(grads + P_CONV1_1_WEIGHT, grads + P_CONV1_1_BIAS, grad_acts + A_CONV1_1 * batch, acts + A_CONV1_1 * batch, input, workspace + WS_CONV1_1, batch);
         break;
     case 1:
-        vgg_cifar_conv1_1_relu_backward(grad_acts + A_CONV1_1 * batch, grad_acts + A_CONV1_1_RELU * batch, acts + A_CONV1_1 * batch, batch);
+        vgg_cifar_conv1_2_backward(grad_acts + A_CONV1_1 * batch, grads + P_CONV1_2_WEIGHT, grads + P_CONV1_2_BIAS, grad_acts + A_POOL1 * batch, acts + A_POOL1 * batch, (const char *)(grad_acts + A_CONV1_2 * batch), acts + A_CONV1_1 * batch, params + P_CONV1_2_WEIGHT, workspace + WS_CONV1_2, batch);
         break;
-    case 2:
-        vgg_cifar_conv1_2_backward(grad_acts + A_CONV1_1_RELU * batch, grads + P_CONV1_2_WEIGHT, grads + P_CONV1_2_BIAS, grad_acts + A_POOL1 * batch, acts + A_POOL1 * batch, (const char *)(grad_acts + A_CONV1_2_RELU * batch), acts + A_CONV1_1_RELU * batch, params + P_CONV1_2_WEIGHT, workspace + WS_CONV1_2, batch);
+    case 3:
+        vgg_cifar_conv2_1_backward(grad_acts + A_POOL1 * batch, grads + P_CONV2_1_WEIGHT, grads + P_CONV2_1_BIAS, grad_acts + A_CONV2_1 * batch, acts + A_CONV2_1 * batch, acts + A_POOL1 * batch, params + P_CONV2_1_WEIGHT, workspace + WS_CONV2_1, batch);
         break;
-    case 5:
-        vgg_cifar_conv2_1_backward(grad_acts + A_POOL1 * batch, grads + P_CONV2_1_WEIGHT, grads + P_CONV2_1_BIAS, grad_acts + A_CONV2_1 * batch, acts + A_POOL1 * batch, params + P_CONV2_1_WEIGHT, workspace + WS_CONV2_1, batch);
+    case 4:
+        vgg_cifar_conv2_2_backward(grad_acts + A_CONV2_1 * batch, grads + P_CONV2_2_WEIGHT, grads + P_CONV2_2_BIAS, grad_acts + A_POOL2 * batch, acts + A_POOL2 * batch, (const char *)(grad_acts + A_CONV2_2 * batch), acts + A_CONV2_1 * batch, params + P_CONV2_2_WEIGHT, workspace + WS_CONV2_2, batch);
         break;
     case 6:
-        vgg_cifar_conv2_1_relu_backward(grad_acts + A_CONV2_1 * batch, grad_acts + A_CONV2_1_RELU * batch, acts + A_CONV2_1 * batch, batch);
-        break;
-    case 7:
-        vgg_cifar_conv2_2_backward(grad_acts + A_CONV2_1_RELU * batch, grads + P_CONV2_2_WEIGHT, grads + P_CONV2_2_BIAS, grad_acts + A_POOL2 * batch, acts + A_POOL2 * batch, (const char *)(grad_acts + A_CONV2_2_RELU * batch), acts + A_CONV2_1_RELU * batch, params + P_CONV2_2_WEIGHT, workspace + WS_CONV2_2, batch);
-        break;
-    case 10:
         vgg_cifar_classifier_backward(grad_acts + A_POOL2 * batch, grads + P_CLASSIFIER_WEIGHT, grads + P_CLASSIFIER_BIAS, grad_acts + A_CLASSIFIER * batch, acts + A_POOL2 * batch, params + P_CLASSIFIER_WEIGHT, batch);
         break;
     default:
