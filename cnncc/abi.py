@@ -72,6 +72,9 @@ ENTRY_POINTS: tuple[EntryPoint, ...] = (
                "Profiling: runs that op's backward alone (an op whose backward another one does, the loss or a "
                "conv through the maxpool after it, has none); it needs a forward pass and the gradients "
                "downstream of op in place.", "loss"),
+    EntryPoint("all_finite", "int", _args("const {real} * values", "size_t count"),
+               "1 if every one of values[0:count] is a finite number, else 0 (a NaN or an infinity): how the "
+               "Python module checks its inputs before anything runs.", "training"),
     EntryPoint("set_threads", "int", _args("int threads"),
                "Threads for the calls that follow (threads > 0; 0 only asks): the count in effect. Compiled "
                "with OpenMP (-fopenmp), large matrix products split over them with results identical at any "

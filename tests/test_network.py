@@ -491,6 +491,24 @@ def test_empty_batch_and_non_finite_inputs_are_refused(small):
     x[1, 0, 3, 3] = np.inf
     with pytest.raises(ValueError, match="NaN or infinite"):
         small.loss(x, np.array([0, 1]))
+    # the check runs in C (all_finite) over every element: the first, the last, each kind of
+    # non-finite value
+    for index in ((0, 0, 0, 0), (1, 1, 15, 15)):
+        for value in (np.nan, np.inf, -np.inf):
+            x = np.zeros((2, 2, 16, 16))
+            x[index] = value
+            with pytest.raises(ValueError, match="NaN or infinite"):
+                small.forward(x)
+    x = np.full((2, 2, 16, 16), np.finfo(small.dtype).max)
+    assert small.forward(x).shape[0] == 2  # the largest finite value is finite
+
+
+def test_inputs_that_overflow_the_model_dtype_are_refused(build_dir):
+    model = cnncc.compile({**NETS["lenet5"], "dtype": "float32"}, build_dir=build_dir)
+    x = np.zeros((1, 2, 16, 16))
+    x[0, 1, 15, 15] = 1e300  # finite as float64, infinite as the model's float32
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.forward(x)
 
 
 def test_labels_are_checked(small):

@@ -111,6 +111,14 @@ HELPER_INLINE double lenet5_mnist_uniform01(uint64_t seed, uint64_t salt, uint64
     return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
+int lenet5_mnist_all_finite(const real *values, size_t count)
+{
+    int finite = 1;
+    for (size_t i = 0; i < count; i++)
+        finite &= REAL_IS_FINITE(values[i]);
+    return finite;
+}
+
 int lenet5_mnist_set_threads(int threads)
 {
 #if defined(_OPENMP)

@@ -108,6 +108,14 @@ HELPER_INLINE double mnist_autoencoder_uniform01(uint64_t seed, uint64_t salt, u
     return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
+int mnist_autoencoder_all_finite(const real *values, size_t count)
+{
+    int finite = 1;
+    for (size_t i = 0; i < count; i++)
+        finite &= REAL_IS_FINITE(values[i]);
+    return finite;
+}
+
 int mnist_autoencoder_set_threads(int threads)
 {
 #if defined(_OPENMP)

@@ -174,6 +174,14 @@ HELPER_INLINE double resnet8_uniform01(uint64_t seed, uint64_t salt, uint64_t in
     return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
+int resnet8_all_finite(const real *values, size_t count)
+{
+    int finite = 1;
+    for (size_t i = 0; i < count; i++)
+        finite &= REAL_IS_FINITE(values[i]);
+    return finite;
+}
+
 int resnet8_set_threads(int threads)
 {
 #if defined(_OPENMP)

@@ -135,6 +135,14 @@ HELPER_INLINE double resnet_small_uniform01(uint64_t seed, uint64_t salt, uint64
     return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
+int resnet_small_all_finite(const real *values, size_t count)
+{
+    int finite = 1;
+    for (size_t i = 0; i < count; i++)
+        finite &= REAL_IS_FINITE(values[i]);
+    return finite;
+}
+
 int resnet_small_set_threads(int threads)
 {
 #if defined(_OPENMP)

@@ -102,6 +102,14 @@ HELPER_INLINE double signal1d_uniform01(uint64_t seed, uint64_t salt, uint64_t i
     return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
+int signal1d_all_finite(const real *values, size_t count)
+{
+    int finite = 1;
+    for (size_t i = 0; i < count; i++)
+        finite &= REAL_IS_FINITE(values[i]);
+    return finite;
+}
+
 int signal1d_set_threads(int threads)
 {
 #if defined(_OPENMP)

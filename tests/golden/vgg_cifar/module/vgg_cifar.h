@@ -77,6 +77,10 @@ void vgg_cifar_forward_op(const vgg_cifar_context *ctx, const float *input, size
    downstream of op in place. */
 void vgg_cifar_backward_op(const vgg_cifar_context *ctx, const float *input, size_t batch, uint64_t seed, int op);
 
+/* 1 if every one of values[0:count] is a finite number, else 0 (a NaN or an infinity): how the
+   Python module checks its inputs before anything runs. */
+int vgg_cifar_all_finite(const float *values, size_t count);
+
 /* Threads for the calls that follow (threads > 0; 0 only asks): the count in effect. Compiled with
    OpenMP (-fopenmp), large matrix products split over them with results identical at any count;
    otherwise everything runs on the caller's thread and this returns 1. */
