@@ -160,7 +160,11 @@ class Model:
             raise ValueError(f"input must have shape ({expected}), got {tuple(x.shape)}")
         if x.shape[0] == 0:
             raise ValueError("input holds no samples (batch size 0)")
-        x = np.ascontiguousarray(x, dtype=self.dtype)
+        if x.dtype != self.dtype:  # a value beyond the dtype's range becomes infinite, refused below
+            with np.errstate(over="ignore"):
+                x = np.ascontiguousarray(x, dtype=self.dtype)
+        else:
+            x = np.ascontiguousarray(x)
         pointer = self._ptr(x)
         if not self._c.all_finite(pointer, x.size):  # in C: a quarter of numpy's time at batch 1
             raise ValueError("input contains NaN or infinite values")
