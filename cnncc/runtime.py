@@ -209,8 +209,12 @@ class Model:
 
     def _forward(self, x: np.ndarray, training: bool, seed: int = 0, pointer=None) -> None:
         """pointer: x's, if the caller has it (_checked_inputs)."""
-        batch = checked_int("the batch", x.shape[0], 1, MAX_BATCH)
-        seed = checked_int("seed", seed, 0, MAX_SEED)
+        batch = x.shape[0]
+        # checked_int's message where a check fails; the tests inline, as this runs on every call
+        if not 0 < batch <= MAX_BATCH:
+            checked_int("the batch", batch, 1, MAX_BATCH)
+        if type(seed) is not int or not 0 <= seed <= MAX_SEED:
+            seed = checked_int("seed", seed, 0, MAX_SEED)
         self._ensure_capacity(batch, training)
         self._c.forward(self._context, self._ptr(x) if pointer is None else pointer, batch, int(training), seed)
 
