@@ -67,5 +67,17 @@ def test_predict_in_c_equals_the_python_boundary(build_dir):
     assert np.array_equal(y, q.dequantize_output(levels))
     with pytest.raises(ValueError, match="NaN or infinite"):
         q.predict(np.where(x > 4, np.float32(np.inf), x))
+    # the check is C's all_finite: each kind of non-finite value at the first and the last element,
+    # and the largest finite float32 passes it
+    for index in (0, -1):
+        for value in (np.nan, np.inf, -np.inf):
+            bad = x.copy()
+            bad.flat[index] = value
+            with pytest.raises(ValueError, match="NaN or infinite"):
+                q.predict(bad)
+    ffi = q.module.ffi
+    extremes = np.array([np.finfo(np.float32).max, -np.finfo(np.float32).max, 0, np.inf], np.float32)
+    assert q.module.lib.single_all_finite(ffi.from_buffer("float[]", extremes), 3) == 1
+    assert q.module.lib.single_all_finite(ffi.from_buffer("float[]", extremes), 4) == 0
     with pytest.raises(ValueError, match="input must be"):
         q.predict(x[:, :1])

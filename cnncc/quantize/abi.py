@@ -41,6 +41,9 @@ ENTRY_POINTS = (
                "run on float32 samples: each sample quantized (quantize_input), its forward, its output "
                "dequantized (dequantize_output): input [batch, {MODEL}_INPUT_SIZE] finite float32 -> output "
                "[batch, {MODEL}_OUTPUT_SIZE] float32."),
+    EntryPoint("all_finite", "int", ("const float * values", "size_t count"),
+               "1 if every one of values[0:count] is a finite float32, else 0 (a NaN or an infinity): what "
+               "predict's input must be."),
 )
 
 
