@@ -83,7 +83,9 @@ ZOO = {
             {"name": "mp", "type": "maxpool1d", "kernel": 3, "stride": 2, "padding": 1},
             {"name": "ap", "type": "avgpool1d", "kernel": 2, "padding": 1},
             {"name": "bn", "type": "batchnorm", "momentum": 0.5},
-            {"name": "c2", "type": "conv1d", "filters": 4, "kernel": 3, "padding": "same", "groups": 4},
+            # depthwise, ending with its relu (the op's epilogue: its backward's masked scratch)
+            {"name": "c2", "type": "conv1d", "filters": 4, "kernel": 3, "padding": "same", "groups": 4,
+             "activation": "relu"},
             {"name": "res", "type": "add", "inputs": ["bn", "c2"]},
             {"type": "flatten"},
             {"name": "drop", "type": "dropout", "rate": 0.2},
