@@ -1946,9 +1946,12 @@ static void resnet_small_down_backward(
             real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                real *restrict dout_group = scratch + SCRATCH_DRELU;           /* the fused relu's backward */
-                for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)
-                    dout_group[i] = out[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] > 0 ? dout[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] : 0;
+                real *restrict dout_group = scratch + SCRATCH_DRELU;  /* the fused relu's backward: dout where out > 0 */
+                {
+                    const real *restrict y = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT, *restrict dy = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                    for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)
+                        dout_group[i] = y[i] > 0 ? dy[i] : 0;
+                }
 
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
@@ -2348,9 +2351,12 @@ static void resnet_small_pointwise_backward(
             real *restrict dbias_part = scratch + SCRATCH_DBIAS_PART;   /* [C_OUT]: this sample's */
             for (int g = 0; g < GROUPS; g++) {
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-                real *restrict dout_group = scratch + SCRATCH_DRELU;           /* the fused relu's backward */
-                for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)
-                    dout_group[i] = out[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] > 0 ? dout[(b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT + i] : 0;
+                real *restrict dout_group = scratch + SCRATCH_DRELU;  /* the fused relu's backward: dout where out > 0 */
+                {
+                    const real *restrict y = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT, *restrict dy = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
+                    for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)
+                        dout_group[i] = y[i] > 0 ? dy[i] : 0;
+                }
 
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
