@@ -34,10 +34,13 @@ def _inputs(q: QuantizedModel, rng) -> np.ndarray:
                            special, spread, spread * 1e6]).astype(np.float32)
 
 
+# the portable kernel set's float32 threshold search (the emitted C), and the host's vector set's
+# quotient in double
+@pytest.mark.parametrize("kernel_set", ["portable", "vector"])
 @pytest.mark.parametrize("scale, zero", [(None, None), (0.0123, -128), (0.7, 127), (1e-7, 3), (3e5, -5)],
                          ids=["calibrated", "all positive", "all negative", "tiny scale", "huge scale"])
-def test_quantize_input_in_c_equals_python_on_every_threshold(scale, zero, build_dir):
-    q = int8_case(SPEC, build_dir, seed=3, cflags=None)
+def test_quantize_input_in_c_equals_python_on_every_threshold(scale, zero, kernel_set, build_dir):
+    q = int8_case(SPEC, build_dir, seed=3, cflags=None, kernel_set=kernel_set)
     if scale is not None:
         q = _with_input(q, scale, zero, build_dir)
     rng = np.random.default_rng(7)

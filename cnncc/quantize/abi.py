@@ -30,9 +30,10 @@ ENTRY_POINTS = (
                "[batch, {MODEL}_OUTPUT_SIZE], both int8."),
     EntryPoint("quantize_input", "void", ("int8_t * q", "const float * x", "size_t count", "const float * threshold"),
                "q = clamp(round(x / {MODEL}_INPUT_SCALE) + {MODEL}_INPUT_ZERO_POINT, -128, 127) of count finite "
-               "float32 values, the division in double rounded half away from zero, computed exactly with float32 "
-               "arithmetic: threshold holds the 255 least float32 values reaching -127 .. 127 (the model's "
-               "cnncc.quantize.boundary.input_thresholds)."),
+               "float32 values, the division in double rounded half away from zero. The emitted C computes it "
+               "exactly with float32 arithmetic: threshold holds the 255 least float32 values reaching -127 .. 127 "
+               "(the model's cnncc.quantize.boundary.input_thresholds). The host's vector build divides in double "
+               "and does not read threshold."),
     EntryPoint("dequantize_output", "void", ("float * y", "const int8_t * q", "size_t count", "const float * level"),
                "y = level[q + 128] of count int8 values: level holds the 256 float32 values "
                "{MODEL}_OUTPUT_SCALE * (q - {MODEL}_OUTPUT_ZERO_POINT), computed in double."),
