@@ -101,7 +101,9 @@ class Op:
     plan: KernelPlan | None = None  # how its kernels run on the program's backend (set once by lowering)
     workspace_offset: int = 0
     runs_backward: bool = True  # False: no trainable parameter at or before it (_prune_backward)
-    fused: tuple[str, ...] = ()  # the relu this op applies too: a relu layer after it, or its own `activation: relu` as <layer>_relu (lowering.lower)
+    # the relu this op applies too (lowering.lower): a relu layer after it, or its own
+    # `activation: relu` as <layer>_relu
+    fused: tuple[str, ...] = ()
 
     @property
     def grad_inputs(self) -> tuple[Tensor, ...]:

@@ -95,16 +95,16 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector", fuse:
         if REGISTRY[layer.spec.kind].template is None:
             # A view: the same memory under a new shape (its gradient is the same memory too).
             result = Tensor(inputs[0].name, layer.output_shape, inputs[0].offset)
-        elif activation and fuse and REGISTRY[activation].gradient_where_positive and \
-                chosen.planner(layer.spec.kind).plans_relu_epilogue(kind_obj):
+        else:
             # its own `activation: relu` in its op's kernels: the layer's output is the op's, so
             # nothing Model.activation returns is lost
+            own_relu = bool(activation and fuse and REGISTRY[activation].gradient_where_positive
+                            and chosen.planner(layer.spec.kind).plans_relu_epilogue(kind_obj))
+            fused = (f"{layer.name}_{activation}",) if own_relu else \
+                (epilogues[layer.name],) if layer.name in epilogues else ()
             result = emit(layer, kind_obj, layer.spec.kind, layer.name, inputs, layer.output_shape, layer_params,
-                          list(layer.input_shapes), (f"{layer.name}_{activation}",))
-            activation = None
-        else:
-            result = emit(layer, kind_obj, layer.spec.kind, layer.name, inputs, layer.output_shape, layer_params,
-                          list(layer.input_shapes), (epilogues[layer.name],) if layer.name in epilogues else ())
+                          list(layer.input_shapes), fused)
+            activation = None if own_relu else activation
         if activation:
             act_cls = REGISTRY[activation]
             # The `activation:` field names only the kind: its own fields (leaky_relu's alpha) take their defaults.

@@ -210,7 +210,7 @@ class Model:
     def _forward(self, x: np.ndarray, training: bool, seed: int = 0, pointer=None) -> None:
         """pointer: x's, if the caller has it (_checked_inputs)."""
         batch = x.shape[0]
-        # checked_int's message where a check fails; the tests inline, as this runs on every call
+        # the range checks inline, as this runs on every call; checked_int only for its message
         if not 0 < batch <= MAX_BATCH:
             checked_int("the batch", batch, 1, MAX_BATCH)
         if type(seed) is not int or not 0 <= seed <= MAX_SEED:
