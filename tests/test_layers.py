@@ -118,6 +118,8 @@ CASES = [
     _c("conv_dil_stride", IMG_B, type="conv2d", filters=2, kernel=2, dilation=[3, 2], stride=2, padding=[1, 0]),
     _c("conv_groups2", IMG, type="conv2d", filters=6, kernel=3, groups=2, padding=1),
     _c("conv_depthwise", IMG, type="conv2d", filters=4, kernel=3, groups=4, padding=1, stride=2),
+    # a Winograd forward (3x3, stride 1, 16+ channels) with an odd output height and an even width
+    _c("conv_winograd", IMG, type="conv2d", filters=16, kernel=3, padding=1, pre=(16,)),
     _c("conv_depthwise_b", IMG_B, type="conv2d", filters=2, kernel=[3, 2], groups=2),
     # the depthwise kernel (stride 1, one input channel per group): every variant of its plan
     _c("dw_same_relu", IMG, type="conv2d", filters=4, kernel=3, groups=4, padding="same", activation="relu"),
@@ -953,6 +955,12 @@ VARIANT_CASES = {
         _c("depthwise_same", VARIANT_IMG, type="conv2d", filters=10, kernel=3, groups=10, padding="same", pre=(10,)),
         _c("depthwise_mult_dilated", VARIANT_IMG, type="conv2d", filters=12, kernel=[2, 3], groups=6, dilation=[1, 2],
            bias=False, pre=(6,)),
+        # Winograd F(2x2, 3x3) forwards (3x3, stride 1, 16+ channels): an odd output width, a valid conv
+        # with a relu and no bias, asymmetric padding over two blocks of tile rows (the last one short)
+        _c("winograd_same", VARIANT_IMG, type="conv2d", filters=19, kernel=3, padding=1, pre=(17,)),
+        _c("winograd_valid_relu", VARIANT_IMG, type="conv2d", filters=16, kernel=3, activation="relu", bias=False,
+           pre=(16,)),
+        _c("winograd_blocks", VARIANT_IMG, type="conv2d", filters=64, kernel=3, padding=[2, 1], pre=(48,)),
         _c("im2col_strided", VARIANT_IMG, type="conv2d", filters=10, kernel=3, stride=2, padding=1, pre=(11,)),
         _c("im2col_strided_many", VARIANT_IMG, type="conv2d", filters=21, kernel=[2, 3], stride=[2, 1], pre=(7,)),
         # backward through the maxpool after: a relu between or not, strides, padding, height dilation,
@@ -961,6 +969,8 @@ VARIANT_CASES = {
            after={"type": "maxpool2d", "kernel": 2}),
         _c("pooled_linear_strided", VARIANT_IMG, type="conv2d", filters=6, kernel=[2, 3], stride=2, pre=(3,),
            after={"type": "maxpool2d", "kernel": 3, "stride": 2, "padding": 1}),
+        _c("pooled_winograd", VARIANT_IMG, type="conv2d", filters=16, kernel=3, padding=1, activation="relu",
+           pre=(16,), after={"type": "maxpool2d", "kernel": 2}),
         _c("pooled_same_dilated", VARIANT_IMG, type="conv2d", filters=17, kernel=4, padding="same", dilation=[2, 1],
            activation="relu", bias=False, after={"type": "maxpool2d", "kernel": [2, 3], "stride": [1, 2]}),
     ],
@@ -1017,15 +1027,41 @@ def test_depthwise_convs_take_the_depthwise_kernel():
         assert {combo[i] for combo in settings} == {False, True}, i
 
 
-def test_depthwise_kernel_at_batch_one(build_dir):
+WINOGRAD_CASES = {"conv_winograd", "winograd_same", "winograd_valid_relu", "winograd_blocks", "pooled_winograd"}
+
+
+def test_winograd_forward_is_chosen_where_it_applies():
+    """The 3x3 stride-1 convs with 16 or more input channels and filters of the table and the
+    variants take the Winograd forward (with the shifted or the pooled backward), the others not;
+    between them its plan's variants are taken both ways (bias, relu, an odd output width and
+    height, more than one block of tile rows)."""
+    from cnncc.backends.vector.conv2d import POOLED, SHIFTED, WINOGRAD
+
+    chosen, forms = set(), set()
+    groups = list(GROUPS.items()) + [(shape, cases) for shape, cases in VARIANT_CASES.items()]
+    for shape, cases in groups:
+        spec = load_spec(group_spec(cases, "float64", "pre", group_name(shape, "float64", "pre")))
+        for op in lower(check_net(spec)).ops:
+            if op.plan.forward_template == WINOGRAD:
+                assert op.plan.backward_template in (SHIFTED, POOLED)
+                chosen.add(op.layer)
+                d = op.plan.forward_dims
+                forms.add((op.plan.settings["has_bias"], op.plan.settings["relu"], d["W_OUT"] % 2 == 1,
+                           d["H_OUT"] % 2 == 1, d["TILE_ROWS"] > d["TILE_ROWS_PER_BLOCK"]))
+    assert chosen == WINOGRAD_CASES
+    for i in range(5):
+        assert {form[i] for form in forms} == {False, True}, i
+
+
+def test_depthwise_and_winograd_kernels_at_batch_one(build_dir):
     """test_every_kernel_variant_and_block_form's float64 model (cached) at batch 1: the depthwise
-    cases' forward and backward against the reference."""
+    and Winograd cases' forward and backward against the reference."""
     cases = VARIANT_CASES[VARIANT_IMG]
     rng = np.random.default_rng(stable_seed("depthwise batch 1"))
     result = run_group(VARIANT_IMG, "float64", "pre", build_dir, cases=cases,
                        name=f"variants_{shape_tag(VARIANT_IMG)}_float64", xs=kink_safe(rng, (1,) + VARIANT_IMG), fd=False)
     for case in cases:
-        if case.id in DEPTHWISE_CASES:
+        if case.id in DEPTHWISE_CASES | WINOGRAD_CASES:
             r = result.cases[case.id]
             assert max(r.forward_infer, r.forward_train) <= TOL_FORWARD64, f"{case.id} forward: {r.forward_infer:.3g}"
             assert r.input_grads <= TOL_BACKWARD64, f"{case.id} input gradient: {r.input_grads:.3g}"

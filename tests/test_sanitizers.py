@@ -67,6 +67,8 @@ ZOO = {
             {"name": "mp", "type": "maxpool2d", "kernel": 3, "stride": 2, "padding": 1},
             {"name": "ap", "type": "avgpool2d", "kernel": [3, 2], "stride": 1, "padding": [1, 0], "inputs": ["cat"]},
             {"name": "drop", "type": "dropout", "rate": 0.3},
+            # a Winograd forward (3x3, stride 1, 18 channels in, 17 out): an odd height, a relu epilogue
+            {"name": "wg", "type": "conv2d", "filters": 17, "kernel": 3, "padding": "same", "activation": "relu"},
             {"name": "c2", "type": "conv2d", "filters": 4, "kernel": 1, "activation": "sigmoid"},
             {"name": "gap", "type": "global_avgpool"},
             {"name": "fc", "type": "dense", "units": 5, "activation": "relu"},

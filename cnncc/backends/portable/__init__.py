@@ -42,7 +42,8 @@ class PortableBackend(Backend):
     threaded = False  # no OpenMP: its sample slots and products run on the calling thread
     emit_cflags = "-std=c99 -O3"
     clang_warnings_off = CLANG_WARNINGS_OFF
-    planners = {"conv2d": ConvPlanner(), "dense": DensePlanner(), "maxpool2d": MaxPoolPlanner()}
+    # no Winograd forward: its transforms are written in vector types
+    planners = {"conv2d": ConvPlanner(winograd=False), "dense": DensePlanner(), "maxpool2d": MaxPoolPlanner()}
 
     def planner_for(self, template: str) -> Planner:
         return self.planners.get(template) or GenericPlanner(template)

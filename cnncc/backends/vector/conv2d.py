@@ -1,12 +1,15 @@
 """The conv2d (and conv1d, as height 1) kernel plans of the vector backend, beside their templates
-templates/layers/conv2d_shifted.c.j2, conv2d_im2col.c.j2, conv2d_depthwise.c.j2 and
-conv2d_pooled_backward.c.j2.
+templates/layers/conv2d_shifted.c.j2, conv2d_im2col.c.j2, conv2d_depthwise.c.j2,
+conv2d_pooled_backward.c.j2 and conv2d_winograd.c.j2.
 
 Per sample and group a conv is out[C_OUT_PER_GROUP, pixels] = weight[C_OUT_PER_GROUP, K_GROUP] x
 patches[K_GROUP, pixels]. The plan picks how the patch matrix is read: in place from the shifted
 (zero-padded) input for stride 1 ("shifted"), or built by im2col for any stride. A stride-1
 depthwise conv (one input channel per group) takes a plan of its own ("depthwise"): its groups are
-too small for the products' blocking, so it works channel by channel on flat rows. A conv followed by
+too small for the products' blocking, so it works channel by channel on flat rows. A 3x3 stride-1
+conv with 16 or more channels in and out computes its forward by Winograd's F(2x2, 3x3), 16
+multiply-adds per 2x2 output tile where the direct conv does 36, and keeps the shifted (or pooled)
+backward ("winograd", plans_winograd). A conv followed by
 a maxpool (ir.PooledBackward) gets a backward of its own that visits each pool window's maximum
 only. The plan also lays out the scratch of the kernels: SAMPLE_SLOTS slots of one sample's scratch
 (an OpenMP build runs them on its threads), the forward's regions first (an inference build needs
@@ -25,20 +28,38 @@ DEPTHWISE_MAX_MULTIPLIER = 4
 
 SHIFTED, IM2COL, POOLED = "layers/conv2d_shifted", "layers/conv2d_im2col", "layers/conv2d_pooled_backward"
 DEPTHWISE = "layers/conv2d_depthwise"
+WINOGRAD = "layers/conv2d_winograd"
+
+# Winograd F(2x2, 3x3) forwards (conv2d_winograd.c.j2): for convs with at least this many input
+# channels and filters. With fewer, the transforms cost about what the products save.
+WINOGRAD_MIN_CHANNELS = 16
+# the transformed inputs and outputs of one block of tiles (16 x (C_IN + C_OUT) x tiles reals) are
+# kept to about this many bytes, to stay in the L2 cache between the transforms and the products
+WINOGRAD_BLOCK_BYTES = 256 * 1024
+WINOGRAD_SKEW = 16  # elements: one 64-byte cache line of float32
 GROUPED = ("C_IN", "H_IN", "W_IN", "C_OUT", "GROUPS", "C_IN_PER_GROUP", "C_OUT_PER_GROUP", "K_GROUP", "PIXELS_OUT")
 TAPS = ("KH", "KW", "DIL_H", "DIL_W")
 WINDOWS = TAPS + ("STRIDE_H", "STRIDE_W", "PAD_TOP", "PAD_LEFT", "H_OUT", "W_OUT")  # im2col's arguments
 
 
 class ConvPlanner(Planner):
-    templates = (SHIFTED, IM2COL, DEPTHWISE, POOLED)
+    templates = (SHIFTED, IM2COL, DEPTHWISE, POOLED, WINOGRAD)
 
-    def __init__(self, pooled_backward: bool = True):
+    def __init__(self, pooled_backward: bool = True, winograd: bool = True):
         """pooled_backward: whether the pooled backward may be planned (its template needs vector
-        types: a backend without them plans every conv's backward as shifted, im2col or depthwise)."""
+        types: a backend without them plans every conv's backward as shifted, im2col or depthwise).
+        winograd: whether a 3x3 conv's forward may go by Winograd's F(2x2, 3x3) (plans_winograd)."""
         self.pooled_backward = pooled_backward
-        if not pooled_backward:
-            self.templates = (SHIFTED, IM2COL, DEPTHWISE)
+        self.winograd = winograd
+        self.templates = tuple(t for t in self.templates
+                               if (pooled_backward or t != POOLED) and (winograd or t != WINOGRAD))
+
+    def plans_winograd(self, g) -> bool:
+        """A 3x3 conv at stride 1, undilated, in one group, with WINOGRAD_MIN_CHANNELS or more
+        input channels and filters, and at least one whole 2x2 tile of output."""
+        return (self.winograd and g.groups == 1 and (g.kh, g.kw) == (3, 3) and (g.stride_h, g.stride_w) == (1, 1)
+                and (g.dil_h, g.dil_w) == (1, 1) and min(g.c_in, g.c_out) >= WINOGRAD_MIN_CHANNELS
+                and min(g.h_out, g.w_out) >= 2)
 
     @staticmethod
     def plans_depthwise(g) -> bool:
@@ -72,18 +93,24 @@ class ConvPlanner(Planner):
              "din": request.input_grads[0], "positive_only": request.pooled_positive_only,
              "dweight": "weight" in request.trainable, "dbias": g.bias and "bias" in request.trainable,
              "relu": request.relu_epilogue}
+        winograd = self.plans_winograd(g)
         if shifted:
             k.update(_shifted_dims(g, k))
             s.update(padded=sum(g.pad_h) + sum(g.pad_w) > 0, wide=g.kw > 1,
                      dout_is_dpad=(k["DPAD_TOP"], k["DPAD_LEFT"], k["H_DPAD"], k["W_DPAD"]) == (0, 0, g.h_out, g.w_out))
             forward = _shifted_scratch_forward(k, s)
-        else:
+        if winograd:
+            k.update(_winograd_dims(k))
+            forward = _winograd_scratch(k)
+        elif not shifted:
             forward = {"SCRATCH_PATCHES": k["K_GROUP"] * k["PIXELS_OUT"]}
         if request.pooled_output is not None:
             k.update(_pooled_dims(g, request.pooled_output))
             backward, shared = _pooled_scratch(k)
         elif shifted:
             backward, shared = _shifted_scratch_backward(k, s)
+            if winograd and s["padded"]:  # the shifted backward's padded input, not in the forward's scratch
+                backward = {"SCRATCH_PADDED": _shifted_scratch_forward(k, s)["SCRATCH_PADDED"], **backward}
         else:
             backward = {"SCRATCH_DOUT": 0 if s["dweight_by_dots"] else k["PIXELS_OUT"] * k["C_OUT_PER_GROUP"]}
             shared = {"SCRATCH_DWEIGHT_T": 0 if s["dweight_by_dots"] else k["C_OUT"] * k["K_GROUP"]}
@@ -92,8 +119,11 @@ class ConvPlanner(Planner):
         layout, forward_scratch, workspace = _layout(forward, backward, shared, request.sample_slots)
         k.update(layout)
 
-        forward_names = GROUPED + ("SAMPLE_SLOTS",) + (_shifted_forward_names(s) if shifted else
-                                                       WINDOWS + ("SCRATCH_PATCHES",))
+        if winograd:  # a short last block of tile rows only where there is one
+            forward_names = tuple(n for n in WINOGRAD_FORWARD if n != "LAST_BLOCK_TILES" or k[n])
+        else:
+            forward_names = GROUPED + ("SAMPLE_SLOTS",) + (_shifted_forward_names(s) if shifted else
+                                                           WINDOWS + ("SCRATCH_PATCHES",))
         forward_names += ("SLOT_SIZE",) if forward_scratch else ()
         forward_roles = ("out", "in", "weight", "bias") + (("slots",) if forward_scratch else ()) + ("batch",)
         if request.pooled_output is not None:
@@ -112,7 +142,7 @@ class ConvPlanner(Planner):
             backward_roles = ("din", "dweight", "dbias", "dout", "out if relu", "in if dweight", "weight if din",
                               "slots", "batch")
             backward_template = SHIFTED if shifted else IM2COL
-        return KernelPlan(SHIFTED if shifted else IM2COL, backward_template,
+        return KernelPlan(WINOGRAD if winograd else SHIFTED if shifted else IM2COL, backward_template,
                           {n: k[n] for n in forward_names}, {n: k[n] for n in backward_names},
                           resolve_roles(forward_roles, request, s), resolve_roles(backward_roles, request, s),
                           s, workspace, forward_scratch)
@@ -188,6 +218,39 @@ def _shifted_dims(g, k) -> dict[str, int]:
     return {"H_PAD": h_pad, "W_PAD": w_pad, "WIDE_OUT": (g.h_out - 1) * w_pad + g.w_out,
             "H_DPAD": h_dpad, "W_DPAD": w_dpad, "DPAD_TOP": (g.kh - 1) * g.dil_h - g.pad_h[0],
             "DPAD_LEFT": (g.kw - 1) * g.dil_w - g.pad_w[0], "WIDE_IN": (g.h_in - 1) * w_dpad + g.w_in}
+
+
+WINOGRAD_FORWARD = ("C_IN", "H_IN", "W_IN", "C_OUT", "H_OUT", "W_OUT", "PAD_TOP", "PAD_LEFT", "K_GROUP", "PIXELS_OUT",
+                    "TILE_ROWS", "TILES_W", "TILE_ROWS_PER_BLOCK", "TILE_BLOCK", "LAST_BLOCK_TILES", "WINO_H",
+                    "WINO_W", "HALF_W", "FILTERS_STRIDE", "IN_STRIDE", "OUT_STRIDE", "SAMPLE_SLOTS",
+                    "SCRATCH_WINO_FILTERS", "SCRATCH_WINO_TAPS", "SCRATCH_WINO_PADDED", "SCRATCH_WINO_IN",
+                    "SCRATCH_WINO_OUT")
+
+
+def _winograd_dims(k) -> dict[str, int]:
+    """Tiles of 2x2 output pixels, TILE_ROWS x TILES_W of them, in blocks of whole tile rows
+    (TILE_BLOCK tiles, the last block LAST_BLOCK_TILES if it is short); the input zero-padded into
+    WINO_H x WINO_W planes so that every tile's 4x4 patch lies inside, each row as its HALF_W even
+    columns, then its odd ones."""
+    rows, cols = -(-k["H_OUT"] // 2), -(-k["W_OUT"] // 2)
+    block_tiles = WINOGRAD_BLOCK_BYTES // (16 * (k["C_IN"] + k["C_OUT"]) * 4)
+    rows_per_block = max(1, min(rows, block_tiles // cols))
+    block = rows_per_block * cols
+    # the 16 matrices of U, V and the products are WINOGRAD_SKEW elements further apart than their
+    # size: at power-of-two sizes (64 x 64 filters) a tile's 16 values would otherwise fall in one
+    # set of the L1 cache, 4 KB apart, more than it has ways (the 64-filter convs ran 3x slower)
+    return {"TILE_ROWS": rows, "TILES_W": cols, "TILE_ROWS_PER_BLOCK": rows_per_block, "TILE_BLOCK": block,
+            "LAST_BLOCK_TILES": rows % rows_per_block * cols, "WINO_H": 2 * rows + 2, "WINO_W": 2 * cols + 2,
+            "HALF_W": cols + 1, "FILTERS_STRIDE": k["C_OUT"] * k["C_IN"] + WINOGRAD_SKEW,
+            "IN_STRIDE": k["C_IN"] * block + WINOGRAD_SKEW, "OUT_STRIDE": k["C_OUT"] * block + WINOGRAD_SKEW}
+
+
+def _winograd_scratch(k) -> dict[str, int]:
+    """Per slot: the transformed filters U, one filter's taps transposed, the padded input, and one
+    block's transformed input tiles V and products."""
+    return {"SCRATCH_WINO_FILTERS": 16 * k["FILTERS_STRIDE"], "SCRATCH_WINO_TAPS": 9 * k["C_IN"],
+            "SCRATCH_WINO_PADDED": k["C_IN"] * k["WINO_H"] * k["WINO_W"],
+            "SCRATCH_WINO_IN": 16 * k["IN_STRIDE"], "SCRATCH_WINO_OUT": 16 * k["OUT_STRIDE"]}
 
 
 def _pooled_dims(g, pool_output) -> dict[str, int]:

@@ -16,9 +16,9 @@
 #define RESNET8_INPUT_SIZE 3072
 #define RESNET8_OUTPUT_SIZE 10
 #define RESNET8_ACTIVATIONS_PER_SAMPLE 49152
-#define RESNET8_WORKSPACE_SIZE 36864
+#define RESNET8_WORKSPACE_SIZE 106048
 #define RESNET8_BATCH 1 /* samples per forward call */
-#define RESNET8_ARENA_SIZE 86016 /* ACTIVATIONS_PER_SAMPLE * BATCH + WORKSPACE_SIZE */
+#define RESNET8_ARENA_SIZE 155200 /* ACTIVATIONS_PER_SAMPLE * BATCH + WORKSPACE_SIZE */
 
 /* Tensors whose lifetimes do not overlap share the arena; nothing else is needed at run time. */
 typedef struct resnet8_context {

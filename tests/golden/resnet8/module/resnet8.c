@@ -102,19 +102,19 @@ typedef float real;
 #define WS_STEM ((size_t)0)
 #define WS_STEM_BN ((size_t)61286)
 #define WS_S1_CONV1 ((size_t)61318)
-#define WS_S1_BN1 ((size_t)157366)
-#define WS_S1_CONV2 ((size_t)157398)
-#define WS_S1_BN2 ((size_t)253446)
-#define WS_S2_CONV1 ((size_t)253478)
-#define WS_S2_BN1 ((size_t)307782)
-#define WS_S2_CONV2 ((size_t)307846)
-#define WS_S2_BN2 ((size_t)383718)
-#define WS_S2_SHORTCUT ((size_t)383782)
-#define WS_S3_CONV1 ((size_t)397126)
-#define WS_S3_BN1 ((size_t)456582)
-#define WS_S3_CONV2 ((size_t)456710)
-#define WS_S3_BN2 ((size_t)595142)
-#define WS_S3_SHORTCUT ((size_t)595270)
+#define WS_S1_BN1 ((size_t)229030)
+#define WS_S1_CONV2 ((size_t)229062)
+#define WS_S1_BN2 ((size_t)396774)
+#define WS_S2_CONV1 ((size_t)396806)
+#define WS_S2_BN1 ((size_t)451110)
+#define WS_S2_CONV2 ((size_t)451174)
+#define WS_S2_BN2 ((size_t)611238)
+#define WS_S2_SHORTCUT ((size_t)611302)
+#define WS_S3_CONV1 ((size_t)624646)
+#define WS_S3_BN1 ((size_t)684102)
+#define WS_S3_CONV2 ((size_t)684230)
+#define WS_S3_BN2 ((size_t)923718)
+#define WS_S3_SHORTCUT ((size_t)923846)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
@@ -1012,17 +1012,17 @@ static void resnet8_stem_bn_backward(
 /* ---- s1_conv1: conv2d forward (spec line 14)
  * stem_bn [N, 16, 32, 32] -> s1_conv1 [N, 16, 32, 32]
  * weight [16, 16, 3, 3], bias [16]: 2320 trainable parameters
- * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
- *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
- *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ * out[b,oc,oh,ow] = bias[oc] + sum_{ic, kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh + kh -
+ *   PAD_TOP, ow + kw - PAD_LEFT] (zero outside the input), by Winograd F(2x2, 3x3): per block of
+ *   2x2-pixel tiles, out[xi][C_OUT, tiles] = U[xi][C_OUT, C_IN] x V[xi][C_IN, tiles] for the 16 xi
+ *   of the transformed 4x4 tiles
  */
 KERNEL_INLINE void resnet8_s1_conv1_forward_slot(
     real *restrict out,                     /* s1_conv1 [N, 16, 32, 32] */
     const real *restrict in,                /* stem_bn [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv1.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv1.bias [16] */
-    real *slots,                            /* 96048 elements of workspace */
+    real *slots,                            /* 167712 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1031,45 +1031,208 @@ KERNEL_INLINE void resnet8_s1_conv1_forward_slot(
         H_IN = 32,
         W_IN = 32,
         C_OUT = 16,
-        GROUPS = 1,
-        C_IN_PER_GROUP = 16,
-        C_OUT_PER_GROUP = 16,
-        K_GROUP = 144,
-        PIXELS_OUT = 1024,
-        SAMPLE_SLOTS = 1,
-        KH = 3,
-        KW = 3,
-        DIL_H = 1,
-        DIL_W = 1,
-        H_PAD = 34,
-        W_PAD = 34,
-        PAD_TOP = 1,
-        PAD_LEFT = 1,
-        SCRATCH_PADDED = 0,
-        WIDE_OUT = 1086,
         H_OUT = 32,
         W_OUT = 32,
-        SCRATCH_WIDE = 18496,
-        SLOT_SIZE = 91440
+        PAD_TOP = 1,
+        PAD_LEFT = 1,
+        K_GROUP = 144,
+        PIXELS_OUT = 1024,
+        TILE_ROWS = 16,
+        TILES_W = 16,
+        TILE_ROWS_PER_BLOCK = 8,
+        TILE_BLOCK = 128,
+        WINO_H = 34,
+        WINO_W = 34,
+        HALF_W = 17,
+        FILTERS_STRIDE = 272,
+        IN_STRIDE = 2064,
+        OUT_STRIDE = 2064,
+        SAMPLE_SLOTS = 1,
+        SCRATCH_WINO_FILTERS = 0,
+        SCRATCH_WINO_TAPS = 4352,
+        SCRATCH_WINO_PADDED = 4496,
+        SCRATCH_WINO_IN = 22992,
+        SCRATCH_WINO_OUT = 56016,
+        SLOT_SIZE = 163104
     };
+    if ((size_t)slot >= batch)
+        return;
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+    real *restrict filters = scratch + SCRATCH_WINO_FILTERS;    /* U: 16 x [C_OUT, C_IN], FILTERS_STRIDE apart */
+    real *restrict taps = scratch + SCRATCH_WINO_TAPS;          /* [9, C_IN]: one filter's taps, transposed */
+    real *restrict padded = scratch + SCRATCH_WINO_PADDED;      /* [C_IN, WINO_H, 2, HALF_W] */
+    real *restrict tiles_in = scratch + SCRATCH_WINO_IN;        /* V: 16 x [C_IN, TILE_BLOCK], IN_STRIDE apart */
+    real *restrict tiles_out = scratch + SCRATCH_WINO_OUT;      /* 16 x [C_OUT, TILE_BLOCK], OUT_STRIDE apart */
+    /* U[xi = 4i + j][oc][ic] = (G g G^T)[i][j], g = weight[oc, ic]: G g (4 x 3), then its rows
+       times G^T, VEC_LANES input channels at a time from the filter's taps transposed. */
+    for (int oc = 0; oc < C_OUT; oc++) {
+        const real *restrict w = weight + (size_t)oc * K_GROUP;      /* [C_IN, 3, 3] */
+        for (int k = 0; k < 9; k++)
+            for (int ic = 0; ic < C_IN; ic++)
+                taps[k * C_IN + ic] = w[ic * 9 + k];
+        real *restrict u = filters + (size_t)oc * C_IN;
+        for (int ic = 0; ic < C_IN; ic += VEC_LANES) {
+            const int n = C_IN - ic < VEC_LANES ? C_IN - ic : VEC_LANES;
+            const vec g00 = resnet8_vec_load(taps + 0 * C_IN + ic, n);
+            const vec g10 = resnet8_vec_load(taps + 3 * C_IN + ic, n);
+            const vec g20 = resnet8_vec_load(taps + 6 * C_IN + ic, n);
+            const vec r00 = g00, r10 = (real)0.5 * (g00 + g10 + g20);
+            const vec r20 = (real)0.5 * (g00 - g10 + g20), r30 = g20;
+            const vec g01 = resnet8_vec_load(taps + 1 * C_IN + ic, n);
+            const vec g11 = resnet8_vec_load(taps + 4 * C_IN + ic, n);
+            const vec g21 = resnet8_vec_load(taps + 7 * C_IN + ic, n);
+            const vec r01 = g01, r11 = (real)0.5 * (g01 + g11 + g21);
+            const vec r21 = (real)0.5 * (g01 - g11 + g21), r31 = g21;
+            const vec g02 = resnet8_vec_load(taps + 2 * C_IN + ic, n);
+            const vec g12 = resnet8_vec_load(taps + 5 * C_IN + ic, n);
+            const vec g22 = resnet8_vec_load(taps + 8 * C_IN + ic, n);
+            const vec r02 = g02, r12 = (real)0.5 * (g02 + g12 + g22);
+            const vec r22 = (real)0.5 * (g02 - g12 + g22), r32 = g22;
+            resnet8_vec_store(u + 0 * FILTERS_STRIDE + ic, r00, n);
+            resnet8_vec_store(u + 1 * FILTERS_STRIDE + ic, (real)0.5 * (r00 + r01 + r02), n);
+            resnet8_vec_store(u + 2 * FILTERS_STRIDE + ic, (real)0.5 * (r00 - r01 + r02), n);
+            resnet8_vec_store(u + 3 * FILTERS_STRIDE + ic, r02, n);
+            resnet8_vec_store(u + 4 * FILTERS_STRIDE + ic, r10, n);
+            resnet8_vec_store(u + 5 * FILTERS_STRIDE + ic, (real)0.5 * (r10 + r11 + r12), n);
+            resnet8_vec_store(u + 6 * FILTERS_STRIDE + ic, (real)0.5 * (r10 - r11 + r12), n);
+            resnet8_vec_store(u + 7 * FILTERS_STRIDE + ic, r12, n);
+            resnet8_vec_store(u + 8 * FILTERS_STRIDE + ic, r20, n);
+            resnet8_vec_store(u + 9 * FILTERS_STRIDE + ic, (real)0.5 * (r20 + r21 + r22), n);
+            resnet8_vec_store(u + 10 * FILTERS_STRIDE + ic, (real)0.5 * (r20 - r21 + r22), n);
+            resnet8_vec_store(u + 11 * FILTERS_STRIDE + ic, r22, n);
+            resnet8_vec_store(u + 12 * FILTERS_STRIDE + ic, r30, n);
+            resnet8_vec_store(u + 13 * FILTERS_STRIDE + ic, (real)0.5 * (r30 + r31 + r32), n);
+            resnet8_vec_store(u + 14 * FILTERS_STRIDE + ic, (real)0.5 * (r30 - r31 + r32), n);
+            resnet8_vec_store(u + 15 * FILTERS_STRIDE + ic, r32, n);
+        }
+    }
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict out_group = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            const real *restrict weight_group = weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            resnet8_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
-
-            real *restrict wide = scratch + SCRATCH_WIDE;               /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            resnet8_gemm_nn_taps(WIDE_OUT, weight_group, resnet8_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
-                         (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++) {
-                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+        /* The sample's input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows
+           of WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its odd
+           ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
+           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+        const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
+        for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
+            padded[i] = 0;
+        for (int ic = 0; ic < C_IN; ic++)
+            for (int ih = 0; ih < H_IN; ih++) {
+                const real *restrict src = in_sample + ((size_t)ic * H_IN + ih) * W_IN;
+                real *restrict row = padded + ((size_t)ic * WINO_H + PAD_TOP + ih) * WINO_W;
+                for (int iw = 0; iw < W_IN; iw++)
+                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = src[iw];
+            }
+        real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
+        for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
+            const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
+            /* V[xi = 4i + j][ic][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
+               then each row's columns (times B); VEC_LANES tiles of a tile row at a time. */
+            for (int ic = 0; ic < C_IN; ic++)
+                for (int r = 0; r < rows; r++) {
+                    const real *restrict p = padded + ((size_t)ic * WINO_H + 2 * (row0 + r)) * WINO_W;
+                    real *restrict v = tiles_in + (size_t)ic * TILE_BLOCK + r * TILES_W;
+                    for (int t = 0; t < TILES_W; t += VEC_LANES) {
+                        const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
+                        const vec d00 = resnet8_vec_load(p + t, n);
+                        const vec d10 = resnet8_vec_load(p + WINO_W + t, n);
+                        const vec d20 = resnet8_vec_load(p + 2 * WINO_W + t, n);
+                        const vec d30 = resnet8_vec_load(p + 3 * WINO_W + t, n);
+                        const vec e00 = d00 - d20, e10 = d10 + d20;
+                        const vec e20 = d20 - d10, e30 = d10 - d30;
+                        const vec d01 = resnet8_vec_load(p + HALF_W + t, n);
+                        const vec d11 = resnet8_vec_load(p + WINO_W + HALF_W + t, n);
+                        const vec d21 = resnet8_vec_load(p + 2 * WINO_W + HALF_W + t, n);
+                        const vec d31 = resnet8_vec_load(p + 3 * WINO_W + HALF_W + t, n);
+                        const vec e01 = d01 - d21, e11 = d11 + d21;
+                        const vec e21 = d21 - d11, e31 = d11 - d31;
+                        const vec d02 = resnet8_vec_load(p + t + 1, n);
+                        const vec d12 = resnet8_vec_load(p + WINO_W + t + 1, n);
+                        const vec d22 = resnet8_vec_load(p + 2 * WINO_W + t + 1, n);
+                        const vec d32 = resnet8_vec_load(p + 3 * WINO_W + t + 1, n);
+                        const vec e02 = d02 - d22, e12 = d12 + d22;
+                        const vec e22 = d22 - d12, e32 = d12 - d32;
+                        const vec d03 = resnet8_vec_load(p + HALF_W + t + 1, n);
+                        const vec d13 = resnet8_vec_load(p + WINO_W + HALF_W + t + 1, n);
+                        const vec d23 = resnet8_vec_load(p + 2 * WINO_W + HALF_W + t + 1, n);
+                        const vec d33 = resnet8_vec_load(p + 3 * WINO_W + HALF_W + t + 1, n);
+                        const vec e03 = d03 - d23, e13 = d13 + d23;
+                        const vec e23 = d23 - d13, e33 = d13 - d33;
+                        resnet8_vec_store(v + 0 * IN_STRIDE + t, e00 - e02, n);
+                        resnet8_vec_store(v + 1 * IN_STRIDE + t, e01 + e02, n);
+                        resnet8_vec_store(v + 2 * IN_STRIDE + t, e02 - e01, n);
+                        resnet8_vec_store(v + 3 * IN_STRIDE + t, e01 - e03, n);
+                        resnet8_vec_store(v + 4 * IN_STRIDE + t, e10 - e12, n);
+                        resnet8_vec_store(v + 5 * IN_STRIDE + t, e11 + e12, n);
+                        resnet8_vec_store(v + 6 * IN_STRIDE + t, e12 - e11, n);
+                        resnet8_vec_store(v + 7 * IN_STRIDE + t, e11 - e13, n);
+                        resnet8_vec_store(v + 8 * IN_STRIDE + t, e20 - e22, n);
+                        resnet8_vec_store(v + 9 * IN_STRIDE + t, e21 + e22, n);
+                        resnet8_vec_store(v + 10 * IN_STRIDE + t, e22 - e21, n);
+                        resnet8_vec_store(v + 11 * IN_STRIDE + t, e21 - e23, n);
+                        resnet8_vec_store(v + 12 * IN_STRIDE + t, e30 - e32, n);
+                        resnet8_vec_store(v + 13 * IN_STRIDE + t, e31 + e32, n);
+                        resnet8_vec_store(v + 14 * IN_STRIDE + t, e32 - e31, n);
+                        resnet8_vec_store(v + 15 * IN_STRIDE + t, e31 - e33, n);
                     }
+                }
+            for (int xi = 0; xi < 16; xi++)
+                resnet8_gemm_nn(C_OUT, TILE_BLOCK, C_IN, filters + (size_t)xi * FILTERS_STRIDE, C_IN, 1,
+                              tiles_in + (size_t)xi * IN_STRIDE, TILE_BLOCK, tiles_out + (size_t)xi * OUT_STRIDE,
+                              TILE_BLOCK, 0);
+            /* out's 2x2 pixels of each tile = A^T M A (+ bias): the rows combined (a = A^T M),
+               then each of the two rows' columns, VEC_LANES tiles of a tile row at a time; the
+               pixels go to their rows interleaved (even and odd columns), those past an odd
+               H_OUT or W_OUT dropped. */
+            for (int oc = 0; oc < C_OUT; oc++)
+                for (int r = 0; r < rows; r++) {
+                    const real *restrict mo = tiles_out + (size_t)oc * TILE_BLOCK + r * TILES_W;
+                    const int oh = 2 * (row0 + r);
+                    real *restrict y0 = out_sample + (size_t)oc * PIXELS_OUT + (size_t)oh * W_OUT;
+                    for (int t = 0; t < TILES_W; t += VEC_LANES) {
+                        const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
+                        const vec m00 = resnet8_vec_load(mo + 0 * OUT_STRIDE + t, n);
+                        const vec m10 = resnet8_vec_load(mo + 4 * OUT_STRIDE + t, n);
+                        const vec m20 = resnet8_vec_load(mo + 8 * OUT_STRIDE + t, n);
+                        const vec m30 = resnet8_vec_load(mo + 12 * OUT_STRIDE + t, n);
+                        const vec a00 = m00 + m10 + m20, a10 = m10 - m20 - m30;
+                        const vec m01 = resnet8_vec_load(mo + 1 * OUT_STRIDE + t, n);
+                        const vec m11 = resnet8_vec_load(mo + 5 * OUT_STRIDE + t, n);
+                        const vec m21 = resnet8_vec_load(mo + 9 * OUT_STRIDE + t, n);
+                        const vec m31 = resnet8_vec_load(mo + 13 * OUT_STRIDE + t, n);
+                        const vec a01 = m01 + m11 + m21, a11 = m11 - m21 - m31;
+                        const vec m02 = resnet8_vec_load(mo + 2 * OUT_STRIDE + t, n);
+                        const vec m12 = resnet8_vec_load(mo + 6 * OUT_STRIDE + t, n);
+                        const vec m22 = resnet8_vec_load(mo + 10 * OUT_STRIDE + t, n);
+                        const vec m32 = resnet8_vec_load(mo + 14 * OUT_STRIDE + t, n);
+                        const vec a02 = m02 + m12 + m22, a12 = m12 - m22 - m32;
+                        const vec m03 = resnet8_vec_load(mo + 3 * OUT_STRIDE + t, n);
+                        const vec m13 = resnet8_vec_load(mo + 7 * OUT_STRIDE + t, n);
+                        const vec m23 = resnet8_vec_load(mo + 11 * OUT_STRIDE + t, n);
+                        const vec m33 = resnet8_vec_load(mo + 15 * OUT_STRIDE + t, n);
+                        const vec a03 = m03 + m13 + m23, a13 = m13 - m23 - m33;
+                        real y[2][2][VEC_LANES];                        /* [row][even, odd column][tile] */
+                        resnet8_vec_store(y[0][0], a00 + a01 + a02, VEC_LANES);
+                        resnet8_vec_store(y[0][1], a01 - a02 - a03, VEC_LANES);
+                        resnet8_vec_store(y[1][0], a10 + a11 + a12, VEC_LANES);
+                        resnet8_vec_store(y[1][1], a11 - a12 - a13, VEC_LANES);
+                        for (int i = 0; i < 2 && oh + i < H_OUT; i++) {
+                            real *restrict o = y0 + (size_t)i * W_OUT + 2 * t;
+                            if (2 * (t + n) <= W_OUT) {
+                                for (int l = 0; l < n; l++) {
+                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
+                                    o[2 * l] = even;
+                                    o[2 * l + 1] = odd;
+                                }
+                            } else {
+                                for (int l = 0; l < n; l++) {
+                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
+                                    o[2 * l] = even;
+                                    if (2 * (t + l) + 1 < W_OUT)
+                                        o[2 * l + 1] = odd;
+                                }
+                            }
+                        }
+                    }
+                }
         }
     }
 }
@@ -1083,7 +1246,7 @@ static void resnet8_s1_conv1_forward(
     const real *restrict in,                /* stem_bn [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv1.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv1.bias [16] */
-    real *slots,                            /* 96048 elements of workspace */
+    real *slots,                            /* 167712 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1112,7 +1275,7 @@ static void resnet8_s1_conv1_backward(
     const real *restrict dout,              /* s1_conv1 [N, 16, 32, 32] */
     const real *restrict in,                /* stem_bn [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv1.weight [16, 16, 3, 3] */
-    real *slots,                            /* 96048 elements of workspace */
+    real *slots,                            /* 167712 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1134,23 +1297,23 @@ static void resnet8_s1_conv1_backward(
         WIDE_OUT = 1086,
         PAD_TOP = 1,
         PAD_LEFT = 1,
-        SCRATCH_PADDED = 0,
-        SCRATCH_DOUT = 35872,
-        SCRATCH_DWEIGHT_T = 93744,
+        SCRATCH_PADDED = 89040,
+        SCRATCH_DOUT = 107536,
+        SCRATCH_DWEIGHT_T = 165408,
         W_OUT = 32,
-        SCRATCH_FLIPPED = 91440,
+        SCRATCH_FLIPPED = 163104,
         H_DPAD = 34,
         W_DPAD = 34,
-        SCRATCH_DPAD = 53248,
+        SCRATCH_DPAD = 124912,
         H_OUT = 32,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
-        SCRATCH_WIDE_IN = 71744,
+        SCRATCH_WIDE_IN = 143408,
         WIDE_IN = 1086,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 91440,
-        SCRATCH_DWEIGHT_PART = 89120,
-        SCRATCH_DBIAS_PART = 91424
+        SLOT_SIZE = 163104,
+        SCRATCH_DWEIGHT_PART = 160784,
+        SCRATCH_DBIAS_PART = 163088
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
@@ -1416,17 +1579,17 @@ static void resnet8_s1_bn1_backward(
 /* ---- s1_conv2: conv2d forward (spec line 17)
  * s1_bn1 [N, 16, 32, 32] -> s1_conv2 [N, 16, 32, 32]
  * weight [16, 16, 3, 3], bias [16]: 2320 trainable parameters
- * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
- *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
- *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ * out[b,oc,oh,ow] = bias[oc] + sum_{ic, kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh + kh -
+ *   PAD_TOP, ow + kw - PAD_LEFT] (zero outside the input), by Winograd F(2x2, 3x3): per block of
+ *   2x2-pixel tiles, out[xi][C_OUT, tiles] = U[xi][C_OUT, C_IN] x V[xi][C_IN, tiles] for the 16 xi
+ *   of the transformed 4x4 tiles
  */
 KERNEL_INLINE void resnet8_s1_conv2_forward_slot(
     real *restrict out,                     /* s1_conv2 [N, 16, 32, 32] */
     const real *restrict in,                /* s1_bn1 [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv2.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv2.bias [16] */
-    real *slots,                            /* 96048 elements of workspace */
+    real *slots,                            /* 167712 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1435,45 +1598,208 @@ KERNEL_INLINE void resnet8_s1_conv2_forward_slot(
         H_IN = 32,
         W_IN = 32,
         C_OUT = 16,
-        GROUPS = 1,
-        C_IN_PER_GROUP = 16,
-        C_OUT_PER_GROUP = 16,
-        K_GROUP = 144,
-        PIXELS_OUT = 1024,
-        SAMPLE_SLOTS = 1,
-        KH = 3,
-        KW = 3,
-        DIL_H = 1,
-        DIL_W = 1,
-        H_PAD = 34,
-        W_PAD = 34,
-        PAD_TOP = 1,
-        PAD_LEFT = 1,
-        SCRATCH_PADDED = 0,
-        WIDE_OUT = 1086,
         H_OUT = 32,
         W_OUT = 32,
-        SCRATCH_WIDE = 18496,
-        SLOT_SIZE = 91440
+        PAD_TOP = 1,
+        PAD_LEFT = 1,
+        K_GROUP = 144,
+        PIXELS_OUT = 1024,
+        TILE_ROWS = 16,
+        TILES_W = 16,
+        TILE_ROWS_PER_BLOCK = 8,
+        TILE_BLOCK = 128,
+        WINO_H = 34,
+        WINO_W = 34,
+        HALF_W = 17,
+        FILTERS_STRIDE = 272,
+        IN_STRIDE = 2064,
+        OUT_STRIDE = 2064,
+        SAMPLE_SLOTS = 1,
+        SCRATCH_WINO_FILTERS = 0,
+        SCRATCH_WINO_TAPS = 4352,
+        SCRATCH_WINO_PADDED = 4496,
+        SCRATCH_WINO_IN = 22992,
+        SCRATCH_WINO_OUT = 56016,
+        SLOT_SIZE = 163104
     };
+    if ((size_t)slot >= batch)
+        return;
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+    real *restrict filters = scratch + SCRATCH_WINO_FILTERS;    /* U: 16 x [C_OUT, C_IN], FILTERS_STRIDE apart */
+    real *restrict taps = scratch + SCRATCH_WINO_TAPS;          /* [9, C_IN]: one filter's taps, transposed */
+    real *restrict padded = scratch + SCRATCH_WINO_PADDED;      /* [C_IN, WINO_H, 2, HALF_W] */
+    real *restrict tiles_in = scratch + SCRATCH_WINO_IN;        /* V: 16 x [C_IN, TILE_BLOCK], IN_STRIDE apart */
+    real *restrict tiles_out = scratch + SCRATCH_WINO_OUT;      /* 16 x [C_OUT, TILE_BLOCK], OUT_STRIDE apart */
+    /* U[xi = 4i + j][oc][ic] = (G g G^T)[i][j], g = weight[oc, ic]: G g (4 x 3), then its rows
+       times G^T, VEC_LANES input channels at a time from the filter's taps transposed. */
+    for (int oc = 0; oc < C_OUT; oc++) {
+        const real *restrict w = weight + (size_t)oc * K_GROUP;      /* [C_IN, 3, 3] */
+        for (int k = 0; k < 9; k++)
+            for (int ic = 0; ic < C_IN; ic++)
+                taps[k * C_IN + ic] = w[ic * 9 + k];
+        real *restrict u = filters + (size_t)oc * C_IN;
+        for (int ic = 0; ic < C_IN; ic += VEC_LANES) {
+            const int n = C_IN - ic < VEC_LANES ? C_IN - ic : VEC_LANES;
+            const vec g00 = resnet8_vec_load(taps + 0 * C_IN + ic, n);
+            const vec g10 = resnet8_vec_load(taps + 3 * C_IN + ic, n);
+            const vec g20 = resnet8_vec_load(taps + 6 * C_IN + ic, n);
+            const vec r00 = g00, r10 = (real)0.5 * (g00 + g10 + g20);
+            const vec r20 = (real)0.5 * (g00 - g10 + g20), r30 = g20;
+            const vec g01 = resnet8_vec_load(taps + 1 * C_IN + ic, n);
+            const vec g11 = resnet8_vec_load(taps + 4 * C_IN + ic, n);
+            const vec g21 = resnet8_vec_load(taps + 7 * C_IN + ic, n);
+            const vec r01 = g01, r11 = (real)0.5 * (g01 + g11 + g21);
+            const vec r21 = (real)0.5 * (g01 - g11 + g21), r31 = g21;
+            const vec g02 = resnet8_vec_load(taps + 2 * C_IN + ic, n);
+            const vec g12 = resnet8_vec_load(taps + 5 * C_IN + ic, n);
+            const vec g22 = resnet8_vec_load(taps + 8 * C_IN + ic, n);
+            const vec r02 = g02, r12 = (real)0.5 * (g02 + g12 + g22);
+            const vec r22 = (real)0.5 * (g02 - g12 + g22), r32 = g22;
+            resnet8_vec_store(u + 0 * FILTERS_STRIDE + ic, r00, n);
+            resnet8_vec_store(u + 1 * FILTERS_STRIDE + ic, (real)0.5 * (r00 + r01 + r02), n);
+            resnet8_vec_store(u + 2 * FILTERS_STRIDE + ic, (real)0.5 * (r00 - r01 + r02), n);
+            resnet8_vec_store(u + 3 * FILTERS_STRIDE + ic, r02, n);
+            resnet8_vec_store(u + 4 * FILTERS_STRIDE + ic, r10, n);
+            resnet8_vec_store(u + 5 * FILTERS_STRIDE + ic, (real)0.5 * (r10 + r11 + r12), n);
+            resnet8_vec_store(u + 6 * FILTERS_STRIDE + ic, (real)0.5 * (r10 - r11 + r12), n);
+            resnet8_vec_store(u + 7 * FILTERS_STRIDE + ic, r12, n);
+            resnet8_vec_store(u + 8 * FILTERS_STRIDE + ic, r20, n);
+            resnet8_vec_store(u + 9 * FILTERS_STRIDE + ic, (real)0.5 * (r20 + r21 + r22), n);
+            resnet8_vec_store(u + 10 * FILTERS_STRIDE + ic, (real)0.5 * (r20 - r21 + r22), n);
+            resnet8_vec_store(u + 11 * FILTERS_STRIDE + ic, r22, n);
+            resnet8_vec_store(u + 12 * FILTERS_STRIDE + ic, r30, n);
+            resnet8_vec_store(u + 13 * FILTERS_STRIDE + ic, (real)0.5 * (r30 + r31 + r32), n);
+            resnet8_vec_store(u + 14 * FILTERS_STRIDE + ic, (real)0.5 * (r30 - r31 + r32), n);
+            resnet8_vec_store(u + 15 * FILTERS_STRIDE + ic, r32, n);
+        }
+    }
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict out_group = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            const real *restrict weight_group = weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            resnet8_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
-
-            real *restrict wide = scratch + SCRATCH_WIDE;               /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            resnet8_gemm_nn_taps(WIDE_OUT, weight_group, resnet8_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
-                         (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++) {
-                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+        /* The sample's input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows
+           of WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its odd
+           ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
+           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+        const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
+        for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
+            padded[i] = 0;
+        for (int ic = 0; ic < C_IN; ic++)
+            for (int ih = 0; ih < H_IN; ih++) {
+                const real *restrict src = in_sample + ((size_t)ic * H_IN + ih) * W_IN;
+                real *restrict row = padded + ((size_t)ic * WINO_H + PAD_TOP + ih) * WINO_W;
+                for (int iw = 0; iw < W_IN; iw++)
+                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = src[iw];
+            }
+        real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
+        for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
+            const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
+            /* V[xi = 4i + j][ic][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
+               then each row's columns (times B); VEC_LANES tiles of a tile row at a time. */
+            for (int ic = 0; ic < C_IN; ic++)
+                for (int r = 0; r < rows; r++) {
+                    const real *restrict p = padded + ((size_t)ic * WINO_H + 2 * (row0 + r)) * WINO_W;
+                    real *restrict v = tiles_in + (size_t)ic * TILE_BLOCK + r * TILES_W;
+                    for (int t = 0; t < TILES_W; t += VEC_LANES) {
+                        const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
+                        const vec d00 = resnet8_vec_load(p + t, n);
+                        const vec d10 = resnet8_vec_load(p + WINO_W + t, n);
+                        const vec d20 = resnet8_vec_load(p + 2 * WINO_W + t, n);
+                        const vec d30 = resnet8_vec_load(p + 3 * WINO_W + t, n);
+                        const vec e00 = d00 - d20, e10 = d10 + d20;
+                        const vec e20 = d20 - d10, e30 = d10 - d30;
+                        const vec d01 = resnet8_vec_load(p + HALF_W + t, n);
+                        const vec d11 = resnet8_vec_load(p + WINO_W + HALF_W + t, n);
+                        const vec d21 = resnet8_vec_load(p + 2 * WINO_W + HALF_W + t, n);
+                        const vec d31 = resnet8_vec_load(p + 3 * WINO_W + HALF_W + t, n);
+                        const vec e01 = d01 - d21, e11 = d11 + d21;
+                        const vec e21 = d21 - d11, e31 = d11 - d31;
+                        const vec d02 = resnet8_vec_load(p + t + 1, n);
+                        const vec d12 = resnet8_vec_load(p + WINO_W + t + 1, n);
+                        const vec d22 = resnet8_vec_load(p + 2 * WINO_W + t + 1, n);
+                        const vec d32 = resnet8_vec_load(p + 3 * WINO_W + t + 1, n);
+                        const vec e02 = d02 - d22, e12 = d12 + d22;
+                        const vec e22 = d22 - d12, e32 = d12 - d32;
+                        const vec d03 = resnet8_vec_load(p + HALF_W + t + 1, n);
+                        const vec d13 = resnet8_vec_load(p + WINO_W + HALF_W + t + 1, n);
+                        const vec d23 = resnet8_vec_load(p + 2 * WINO_W + HALF_W + t + 1, n);
+                        const vec d33 = resnet8_vec_load(p + 3 * WINO_W + HALF_W + t + 1, n);
+                        const vec e03 = d03 - d23, e13 = d13 + d23;
+                        const vec e23 = d23 - d13, e33 = d13 - d33;
+                        resnet8_vec_store(v + 0 * IN_STRIDE + t, e00 - e02, n);
+                        resnet8_vec_store(v + 1 * IN_STRIDE + t, e01 + e02, n);
+                        resnet8_vec_store(v + 2 * IN_STRIDE + t, e02 - e01, n);
+                        resnet8_vec_store(v + 3 * IN_STRIDE + t, e01 - e03, n);
+                        resnet8_vec_store(v + 4 * IN_STRIDE + t, e10 - e12, n);
+                        resnet8_vec_store(v + 5 * IN_STRIDE + t, e11 + e12, n);
+                        resnet8_vec_store(v + 6 * IN_STRIDE + t, e12 - e11, n);
+                        resnet8_vec_store(v + 7 * IN_STRIDE + t, e11 - e13, n);
+                        resnet8_vec_store(v + 8 * IN_STRIDE + t, e20 - e22, n);
+                        resnet8_vec_store(v + 9 * IN_STRIDE + t, e21 + e22, n);
+                        resnet8_vec_store(v + 10 * IN_STRIDE + t, e22 - e21, n);
+                        resnet8_vec_store(v + 11 * IN_STRIDE + t, e21 - e23, n);
+                        resnet8_vec_store(v + 12 * IN_STRIDE + t, e30 - e32, n);
+                        resnet8_vec_store(v + 13 * IN_STRIDE + t, e31 + e32, n);
+                        resnet8_vec_store(v + 14 * IN_STRIDE + t, e32 - e31, n);
+                        resnet8_vec_store(v + 15 * IN_STRIDE + t, e31 - e33, n);
                     }
+                }
+            for (int xi = 0; xi < 16; xi++)
+                resnet8_gemm_nn(C_OUT, TILE_BLOCK, C_IN, filters + (size_t)xi * FILTERS_STRIDE, C_IN, 1,
+                              tiles_in + (size_t)xi * IN_STRIDE, TILE_BLOCK, tiles_out + (size_t)xi * OUT_STRIDE,
+                              TILE_BLOCK, 0);
+            /* out's 2x2 pixels of each tile = A^T M A (+ bias): the rows combined (a = A^T M),
+               then each of the two rows' columns, VEC_LANES tiles of a tile row at a time; the
+               pixels go to their rows interleaved (even and odd columns), those past an odd
+               H_OUT or W_OUT dropped. */
+            for (int oc = 0; oc < C_OUT; oc++)
+                for (int r = 0; r < rows; r++) {
+                    const real *restrict mo = tiles_out + (size_t)oc * TILE_BLOCK + r * TILES_W;
+                    const int oh = 2 * (row0 + r);
+                    real *restrict y0 = out_sample + (size_t)oc * PIXELS_OUT + (size_t)oh * W_OUT;
+                    for (int t = 0; t < TILES_W; t += VEC_LANES) {
+                        const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
+                        const vec m00 = resnet8_vec_load(mo + 0 * OUT_STRIDE + t, n);
+                        const vec m10 = resnet8_vec_load(mo + 4 * OUT_STRIDE + t, n);
+                        const vec m20 = resnet8_vec_load(mo + 8 * OUT_STRIDE + t, n);
+                        const vec m30 = resnet8_vec_load(mo + 12 * OUT_STRIDE + t, n);
+                        const vec a00 = m00 + m10 + m20, a10 = m10 - m20 - m30;
+                        const vec m01 = resnet8_vec_load(mo + 1 * OUT_STRIDE + t, n);
+                        const vec m11 = resnet8_vec_load(mo + 5 * OUT_STRIDE + t, n);
+                        const vec m21 = resnet8_vec_load(mo + 9 * OUT_STRIDE + t, n);
+                        const vec m31 = resnet8_vec_load(mo + 13 * OUT_STRIDE + t, n);
+                        const vec a01 = m01 + m11 + m21, a11 = m11 - m21 - m31;
+                        const vec m02 = resnet8_vec_load(mo + 2 * OUT_STRIDE + t, n);
+                        const vec m12 = resnet8_vec_load(mo + 6 * OUT_STRIDE + t, n);
+                        const vec m22 = resnet8_vec_load(mo + 10 * OUT_STRIDE + t, n);
+                        const vec m32 = resnet8_vec_load(mo + 14 * OUT_STRIDE + t, n);
+                        const vec a02 = m02 + m12 + m22, a12 = m12 - m22 - m32;
+                        const vec m03 = resnet8_vec_load(mo + 3 * OUT_STRIDE + t, n);
+                        const vec m13 = resnet8_vec_load(mo + 7 * OUT_STRIDE + t, n);
+                        const vec m23 = resnet8_vec_load(mo + 11 * OUT_STRIDE + t, n);
+                        const vec m33 = resnet8_vec_load(mo + 15 * OUT_STRIDE + t, n);
+                        const vec a03 = m03 + m13 + m23, a13 = m13 - m23 - m33;
+                        real y[2][2][VEC_LANES];                        /* [row][even, odd column][tile] */
+                        resnet8_vec_store(y[0][0], a00 + a01 + a02, VEC_LANES);
+                        resnet8_vec_store(y[0][1], a01 - a02 - a03, VEC_LANES);
+                        resnet8_vec_store(y[1][0], a10 + a11 + a12, VEC_LANES);
+                        resnet8_vec_store(y[1][1], a11 - a12 - a13, VEC_LANES);
+                        for (int i = 0; i < 2 && oh + i < H_OUT; i++) {
+                            real *restrict o = y0 + (size_t)i * W_OUT + 2 * t;
+                            if (2 * (t + n) <= W_OUT) {
+                                for (int l = 0; l < n; l++) {
+                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
+                                    o[2 * l] = even;
+                                    o[2 * l + 1] = odd;
+                                }
+                            } else {
+                                for (int l = 0; l < n; l++) {
+                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
+                                    o[2 * l] = even;
+                                    if (2 * (t + l) + 1 < W_OUT)
+                                        o[2 * l + 1] = odd;
+                                }
+                            }
+                        }
+                    }
+                }
         }
     }
 }
@@ -1487,7 +1813,7 @@ static void resnet8_s1_conv2_forward(
     const real *restrict in,                /* s1_bn1 [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv2.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv2.bias [16] */
-    real *slots,                            /* 96048 elements of workspace */
+    real *slots,                            /* 167712 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1516,7 +1842,7 @@ static void resnet8_s1_conv2_backward(
     const real *restrict dout,              /* s1_conv2 [N, 16, 32, 32] */
     const real *restrict in,                /* s1_bn1 [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv2.weight [16, 16, 3, 3] */
-    real *slots,                            /* 96048 elements of workspace */
+    real *slots,                            /* 167712 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1538,23 +1864,23 @@ static void resnet8_s1_conv2_backward(
         WIDE_OUT = 1086,
         PAD_TOP = 1,
         PAD_LEFT = 1,
-        SCRATCH_PADDED = 0,
-        SCRATCH_DOUT = 35872,
-        SCRATCH_DWEIGHT_T = 93744,
+        SCRATCH_PADDED = 89040,
+        SCRATCH_DOUT = 107536,
+        SCRATCH_DWEIGHT_T = 165408,
         W_OUT = 32,
-        SCRATCH_FLIPPED = 91440,
+        SCRATCH_FLIPPED = 163104,
         H_DPAD = 34,
         W_DPAD = 34,
-        SCRATCH_DPAD = 53248,
+        SCRATCH_DPAD = 124912,
         H_OUT = 32,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
-        SCRATCH_WIDE_IN = 71744,
+        SCRATCH_WIDE_IN = 143408,
         WIDE_IN = 1086,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 91440,
-        SCRATCH_DWEIGHT_PART = 89120,
-        SCRATCH_DBIAS_PART = 91424
+        SLOT_SIZE = 163104,
+        SCRATCH_DWEIGHT_PART = 160784,
+        SCRATCH_DBIAS_PART = 163088
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
@@ -2234,17 +2560,17 @@ static void resnet8_s2_bn1_backward(
 /* ---- s2_conv2: conv2d forward (spec line 25)
  * s2_bn1 [N, 32, 16, 16] -> s2_conv2 [N, 32, 16, 16]
  * weight [32, 32, 3, 3], bias [32]: 9248 trainable parameters
- * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
- *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
- *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ * out[b,oc,oh,ow] = bias[oc] + sum_{ic, kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh + kh -
+ *   PAD_TOP, ow + kw - PAD_LEFT] (zero outside the input), by Winograd F(2x2, 3x3): per block of
+ *   2x2-pixel tiles, out[xi][C_OUT, tiles] = U[xi][C_OUT, C_IN] x V[xi][C_IN, tiles] for the 16 xi
+ *   of the transformed 4x4 tiles
  */
 KERNEL_INLINE void resnet8_s2_conv2_forward_slot(
     real *restrict out,                     /* s2_conv2 [N, 32, 16, 16] */
     const real *restrict in,                /* s2_bn1 [N, 32, 16, 16] */
     const real *restrict weight,            /* s2_conv2.weight [32, 32, 3, 3] */
     const real *restrict bias,              /* s2_conv2.bias [32] */
-    real *slots,                            /* 75872 elements of workspace */
+    real *slots,                            /* 160064 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -2253,45 +2579,208 @@ KERNEL_INLINE void resnet8_s2_conv2_forward_slot(
         H_IN = 16,
         W_IN = 16,
         C_OUT = 32,
-        GROUPS = 1,
-        C_IN_PER_GROUP = 32,
-        C_OUT_PER_GROUP = 32,
-        K_GROUP = 288,
-        PIXELS_OUT = 256,
-        SAMPLE_SLOTS = 1,
-        KH = 3,
-        KW = 3,
-        DIL_H = 1,
-        DIL_W = 1,
-        H_PAD = 18,
-        W_PAD = 18,
-        PAD_TOP = 1,
-        PAD_LEFT = 1,
-        SCRATCH_PADDED = 0,
-        WIDE_OUT = 286,
         H_OUT = 16,
         W_OUT = 16,
-        SCRATCH_WIDE = 10368,
-        SLOT_SIZE = 57440
+        PAD_TOP = 1,
+        PAD_LEFT = 1,
+        K_GROUP = 288,
+        PIXELS_OUT = 256,
+        TILE_ROWS = 8,
+        TILES_W = 8,
+        TILE_ROWS_PER_BLOCK = 8,
+        TILE_BLOCK = 64,
+        WINO_H = 18,
+        WINO_W = 18,
+        HALF_W = 9,
+        FILTERS_STRIDE = 1040,
+        IN_STRIDE = 2064,
+        OUT_STRIDE = 2064,
+        SAMPLE_SLOTS = 1,
+        SCRATCH_WINO_FILTERS = 0,
+        SCRATCH_WINO_TAPS = 16640,
+        SCRATCH_WINO_PADDED = 16928,
+        SCRATCH_WINO_IN = 27296,
+        SCRATCH_WINO_OUT = 60320,
+        SLOT_SIZE = 141632
     };
+    if ((size_t)slot >= batch)
+        return;
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+    real *restrict filters = scratch + SCRATCH_WINO_FILTERS;    /* U: 16 x [C_OUT, C_IN], FILTERS_STRIDE apart */
+    real *restrict taps = scratch + SCRATCH_WINO_TAPS;          /* [9, C_IN]: one filter's taps, transposed */
+    real *restrict padded = scratch + SCRATCH_WINO_PADDED;      /* [C_IN, WINO_H, 2, HALF_W] */
+    real *restrict tiles_in = scratch + SCRATCH_WINO_IN;        /* V: 16 x [C_IN, TILE_BLOCK], IN_STRIDE apart */
+    real *restrict tiles_out = scratch + SCRATCH_WINO_OUT;      /* 16 x [C_OUT, TILE_BLOCK], OUT_STRIDE apart */
+    /* U[xi = 4i + j][oc][ic] = (G g G^T)[i][j], g = weight[oc, ic]: G g (4 x 3), then its rows
+       times G^T, VEC_LANES input channels at a time from the filter's taps transposed. */
+    for (int oc = 0; oc < C_OUT; oc++) {
+        const real *restrict w = weight + (size_t)oc * K_GROUP;      /* [C_IN, 3, 3] */
+        for (int k = 0; k < 9; k++)
+            for (int ic = 0; ic < C_IN; ic++)
+                taps[k * C_IN + ic] = w[ic * 9 + k];
+        real *restrict u = filters + (size_t)oc * C_IN;
+        for (int ic = 0; ic < C_IN; ic += VEC_LANES) {
+            const int n = C_IN - ic < VEC_LANES ? C_IN - ic : VEC_LANES;
+            const vec g00 = resnet8_vec_load(taps + 0 * C_IN + ic, n);
+            const vec g10 = resnet8_vec_load(taps + 3 * C_IN + ic, n);
+            const vec g20 = resnet8_vec_load(taps + 6 * C_IN + ic, n);
+            const vec r00 = g00, r10 = (real)0.5 * (g00 + g10 + g20);
+            const vec r20 = (real)0.5 * (g00 - g10 + g20), r30 = g20;
+            const vec g01 = resnet8_vec_load(taps + 1 * C_IN + ic, n);
+            const vec g11 = resnet8_vec_load(taps + 4 * C_IN + ic, n);
+            const vec g21 = resnet8_vec_load(taps + 7 * C_IN + ic, n);
+            const vec r01 = g01, r11 = (real)0.5 * (g01 + g11 + g21);
+            const vec r21 = (real)0.5 * (g01 - g11 + g21), r31 = g21;
+            const vec g02 = resnet8_vec_load(taps + 2 * C_IN + ic, n);
+            const vec g12 = resnet8_vec_load(taps + 5 * C_IN + ic, n);
+            const vec g22 = resnet8_vec_load(taps + 8 * C_IN + ic, n);
+            const vec r02 = g02, r12 = (real)0.5 * (g02 + g12 + g22);
+            const vec r22 = (real)0.5 * (g02 - g12 + g22), r32 = g22;
+            resnet8_vec_store(u + 0 * FILTERS_STRIDE + ic, r00, n);
+            resnet8_vec_store(u + 1 * FILTERS_STRIDE + ic, (real)0.5 * (r00 + r01 + r02), n);
+            resnet8_vec_store(u + 2 * FILTERS_STRIDE + ic, (real)0.5 * (r00 - r01 + r02), n);
+            resnet8_vec_store(u + 3 * FILTERS_STRIDE + ic, r02, n);
+            resnet8_vec_store(u + 4 * FILTERS_STRIDE + ic, r10, n);
+            resnet8_vec_store(u + 5 * FILTERS_STRIDE + ic, (real)0.5 * (r10 + r11 + r12), n);
+            resnet8_vec_store(u + 6 * FILTERS_STRIDE + ic, (real)0.5 * (r10 - r11 + r12), n);
+            resnet8_vec_store(u + 7 * FILTERS_STRIDE + ic, r12, n);
+            resnet8_vec_store(u + 8 * FILTERS_STRIDE + ic, r20, n);
+            resnet8_vec_store(u + 9 * FILTERS_STRIDE + ic, (real)0.5 * (r20 + r21 + r22), n);
+            resnet8_vec_store(u + 10 * FILTERS_STRIDE + ic, (real)0.5 * (r20 - r21 + r22), n);
+            resnet8_vec_store(u + 11 * FILTERS_STRIDE + ic, r22, n);
+            resnet8_vec_store(u + 12 * FILTERS_STRIDE + ic, r30, n);
+            resnet8_vec_store(u + 13 * FILTERS_STRIDE + ic, (real)0.5 * (r30 + r31 + r32), n);
+            resnet8_vec_store(u + 14 * FILTERS_STRIDE + ic, (real)0.5 * (r30 - r31 + r32), n);
+            resnet8_vec_store(u + 15 * FILTERS_STRIDE + ic, r32, n);
+        }
+    }
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict out_group = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            const real *restrict weight_group = weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            resnet8_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
-
-            real *restrict wide = scratch + SCRATCH_WIDE;               /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            resnet8_gemm_nn_taps(WIDE_OUT, weight_group, resnet8_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
-                         (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++) {
-                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+        /* The sample's input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows
+           of WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its odd
+           ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
+           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+        const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
+        for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
+            padded[i] = 0;
+        for (int ic = 0; ic < C_IN; ic++)
+            for (int ih = 0; ih < H_IN; ih++) {
+                const real *restrict src = in_sample + ((size_t)ic * H_IN + ih) * W_IN;
+                real *restrict row = padded + ((size_t)ic * WINO_H + PAD_TOP + ih) * WINO_W;
+                for (int iw = 0; iw < W_IN; iw++)
+                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = src[iw];
+            }
+        real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
+        for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
+            const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
+            /* V[xi = 4i + j][ic][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
+               then each row's columns (times B); VEC_LANES tiles of a tile row at a time. */
+            for (int ic = 0; ic < C_IN; ic++)
+                for (int r = 0; r < rows; r++) {
+                    const real *restrict p = padded + ((size_t)ic * WINO_H + 2 * (row0 + r)) * WINO_W;
+                    real *restrict v = tiles_in + (size_t)ic * TILE_BLOCK + r * TILES_W;
+                    for (int t = 0; t < TILES_W; t += VEC_LANES) {
+                        const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
+                        const vec d00 = resnet8_vec_load(p + t, n);
+                        const vec d10 = resnet8_vec_load(p + WINO_W + t, n);
+                        const vec d20 = resnet8_vec_load(p + 2 * WINO_W + t, n);
+                        const vec d30 = resnet8_vec_load(p + 3 * WINO_W + t, n);
+                        const vec e00 = d00 - d20, e10 = d10 + d20;
+                        const vec e20 = d20 - d10, e30 = d10 - d30;
+                        const vec d01 = resnet8_vec_load(p + HALF_W + t, n);
+                        const vec d11 = resnet8_vec_load(p + WINO_W + HALF_W + t, n);
+                        const vec d21 = resnet8_vec_load(p + 2 * WINO_W + HALF_W + t, n);
+                        const vec d31 = resnet8_vec_load(p + 3 * WINO_W + HALF_W + t, n);
+                        const vec e01 = d01 - d21, e11 = d11 + d21;
+                        const vec e21 = d21 - d11, e31 = d11 - d31;
+                        const vec d02 = resnet8_vec_load(p + t + 1, n);
+                        const vec d12 = resnet8_vec_load(p + WINO_W + t + 1, n);
+                        const vec d22 = resnet8_vec_load(p + 2 * WINO_W + t + 1, n);
+                        const vec d32 = resnet8_vec_load(p + 3 * WINO_W + t + 1, n);
+                        const vec e02 = d02 - d22, e12 = d12 + d22;
+                        const vec e22 = d22 - d12, e32 = d12 - d32;
+                        const vec d03 = resnet8_vec_load(p + HALF_W + t + 1, n);
+                        const vec d13 = resnet8_vec_load(p + WINO_W + HALF_W + t + 1, n);
+                        const vec d23 = resnet8_vec_load(p + 2 * WINO_W + HALF_W + t + 1, n);
+                        const vec d33 = resnet8_vec_load(p + 3 * WINO_W + HALF_W + t + 1, n);
+                        const vec e03 = d03 - d23, e13 = d13 + d23;
+                        const vec e23 = d23 - d13, e33 = d13 - d33;
+                        resnet8_vec_store(v + 0 * IN_STRIDE + t, e00 - e02, n);
+                        resnet8_vec_store(v + 1 * IN_STRIDE + t, e01 + e02, n);
+                        resnet8_vec_store(v + 2 * IN_STRIDE + t, e02 - e01, n);
+                        resnet8_vec_store(v + 3 * IN_STRIDE + t, e01 - e03, n);
+                        resnet8_vec_store(v + 4 * IN_STRIDE + t, e10 - e12, n);
+                        resnet8_vec_store(v + 5 * IN_STRIDE + t, e11 + e12, n);
+                        resnet8_vec_store(v + 6 * IN_STRIDE + t, e12 - e11, n);
+                        resnet8_vec_store(v + 7 * IN_STRIDE + t, e11 - e13, n);
+                        resnet8_vec_store(v + 8 * IN_STRIDE + t, e20 - e22, n);
+                        resnet8_vec_store(v + 9 * IN_STRIDE + t, e21 + e22, n);
+                        resnet8_vec_store(v + 10 * IN_STRIDE + t, e22 - e21, n);
+                        resnet8_vec_store(v + 11 * IN_STRIDE + t, e21 - e23, n);
+                        resnet8_vec_store(v + 12 * IN_STRIDE + t, e30 - e32, n);
+                        resnet8_vec_store(v + 13 * IN_STRIDE + t, e31 + e32, n);
+                        resnet8_vec_store(v + 14 * IN_STRIDE + t, e32 - e31, n);
+                        resnet8_vec_store(v + 15 * IN_STRIDE + t, e31 - e33, n);
                     }
+                }
+            for (int xi = 0; xi < 16; xi++)
+                resnet8_gemm_nn(C_OUT, TILE_BLOCK, C_IN, filters + (size_t)xi * FILTERS_STRIDE, C_IN, 1,
+                              tiles_in + (size_t)xi * IN_STRIDE, TILE_BLOCK, tiles_out + (size_t)xi * OUT_STRIDE,
+                              TILE_BLOCK, 0);
+            /* out's 2x2 pixels of each tile = A^T M A (+ bias): the rows combined (a = A^T M),
+               then each of the two rows' columns, VEC_LANES tiles of a tile row at a time; the
+               pixels go to their rows interleaved (even and odd columns), those past an odd
+               H_OUT or W_OUT dropped. */
+            for (int oc = 0; oc < C_OUT; oc++)
+                for (int r = 0; r < rows; r++) {
+                    const real *restrict mo = tiles_out + (size_t)oc * TILE_BLOCK + r * TILES_W;
+                    const int oh = 2 * (row0 + r);
+                    real *restrict y0 = out_sample + (size_t)oc * PIXELS_OUT + (size_t)oh * W_OUT;
+                    for (int t = 0; t < TILES_W; t += VEC_LANES) {
+                        const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
+                        const vec m00 = resnet8_vec_load(mo + 0 * OUT_STRIDE + t, n);
+                        const vec m10 = resnet8_vec_load(mo + 4 * OUT_STRIDE + t, n);
+                        const vec m20 = resnet8_vec_load(mo + 8 * OUT_STRIDE + t, n);
+                        const vec m30 = resnet8_vec_load(mo + 12 * OUT_STRIDE + t, n);
+                        const vec a00 = m00 + m10 + m20, a10 = m10 - m20 - m30;
+                        const vec m01 = resnet8_vec_load(mo + 1 * OUT_STRIDE + t, n);
+                        const vec m11 = resnet8_vec_load(mo + 5 * OUT_STRIDE + t, n);
+                        const vec m21 = resnet8_vec_load(mo + 9 * OUT_STRIDE + t, n);
+                        const vec m31 = resnet8_vec_load(mo + 13 * OUT_STRIDE + t, n);
+                        const vec a01 = m01 + m11 + m21, a11 = m11 - m21 - m31;
+                        const vec m02 = resnet8_vec_load(mo + 2 * OUT_STRIDE + t, n);
+                        const vec m12 = resnet8_vec_load(mo + 6 * OUT_STRIDE + t, n);
+                        const vec m22 = resnet8_vec_load(mo + 10 * OUT_STRIDE + t, n);
+                        const vec m32 = resnet8_vec_load(mo + 14 * OUT_STRIDE + t, n);
+                        const vec a02 = m02 + m12 + m22, a12 = m12 - m22 - m32;
+                        const vec m03 = resnet8_vec_load(mo + 3 * OUT_STRIDE + t, n);
+                        const vec m13 = resnet8_vec_load(mo + 7 * OUT_STRIDE + t, n);
+                        const vec m23 = resnet8_vec_load(mo + 11 * OUT_STRIDE + t, n);
+                        const vec m33 = resnet8_vec_load(mo + 15 * OUT_STRIDE + t, n);
+                        const vec a03 = m03 + m13 + m23, a13 = m13 - m23 - m33;
+                        real y[2][2][VEC_LANES];                        /* [row][even, odd column][tile] */
+                        resnet8_vec_store(y[0][0], a00 + a01 + a02, VEC_LANES);
+                        resnet8_vec_store(y[0][1], a01 - a02 - a03, VEC_LANES);
+                        resnet8_vec_store(y[1][0], a10 + a11 + a12, VEC_LANES);
+                        resnet8_vec_store(y[1][1], a11 - a12 - a13, VEC_LANES);
+                        for (int i = 0; i < 2 && oh + i < H_OUT; i++) {
+                            real *restrict o = y0 + (size_t)i * W_OUT + 2 * t;
+                            if (2 * (t + n) <= W_OUT) {
+                                for (int l = 0; l < n; l++) {
+                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
+                                    o[2 * l] = even;
+                                    o[2 * l + 1] = odd;
+                                }
+                            } else {
+                                for (int l = 0; l < n; l++) {
+                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
+                                    o[2 * l] = even;
+                                    if (2 * (t + l) + 1 < W_OUT)
+                                        o[2 * l + 1] = odd;
+                                }
+                            }
+                        }
+                    }
+                }
         }
     }
 }
@@ -2305,7 +2794,7 @@ static void resnet8_s2_conv2_forward(
     const real *restrict in,                /* s2_bn1 [N, 32, 16, 16] */
     const real *restrict weight,            /* s2_conv2.weight [32, 32, 3, 3] */
     const real *restrict bias,              /* s2_conv2.bias [32] */
-    real *slots,                            /* 75872 elements of workspace */
+    real *slots,                            /* 160064 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -2334,7 +2823,7 @@ static void resnet8_s2_conv2_backward(
     const real *restrict dout,              /* s2_conv2 [N, 32, 16, 16] */
     const real *restrict in,                /* s2_bn1 [N, 32, 16, 16] */
     const real *restrict weight,            /* s2_conv2.weight [32, 32, 3, 3] */
-    real *slots,                            /* 75872 elements of workspace */
+    real *slots,                            /* 160064 elements of workspace */
     size_t batch)
 {
     enum {
@@ -2356,23 +2845,23 @@ static void resnet8_s2_conv2_backward(
         WIDE_OUT = 286,
         PAD_TOP = 1,
         PAD_LEFT = 1,
-        SCRATCH_PADDED = 0,
-        SCRATCH_DOUT = 19520,
-        SCRATCH_DWEIGHT_T = 66656,
+        SCRATCH_PADDED = 93344,
+        SCRATCH_DOUT = 103712,
+        SCRATCH_DWEIGHT_T = 150848,
         W_OUT = 16,
-        SCRATCH_FLIPPED = 57440,
+        SCRATCH_FLIPPED = 141632,
         H_DPAD = 18,
         W_DPAD = 18,
-        SCRATCH_DPAD = 28672,
+        SCRATCH_DPAD = 112864,
         H_OUT = 16,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
-        SCRATCH_WIDE_IN = 39040,
+        SCRATCH_WIDE_IN = 123232,
         WIDE_IN = 286,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 57440,
-        SCRATCH_DWEIGHT_PART = 48192,
-        SCRATCH_DBIAS_PART = 57408
+        SLOT_SIZE = 141632,
+        SCRATCH_DWEIGHT_PART = 132384,
+        SCRATCH_DBIAS_PART = 141600
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
@@ -3236,17 +3725,17 @@ static void resnet8_s3_bn1_backward(
 /* ---- s3_conv2: conv2d forward (spec line 34)
  * s3_bn1 [N, 64, 8, 8] -> s3_conv2 [N, 64, 8, 8]
  * weight [64, 64, 3, 3], bias [64]: 36928 trainable parameters
- * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
- *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
- *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input
+ * out[b,oc,oh,ow] = bias[oc] + sum_{ic, kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh + kh -
+ *   PAD_TOP, ow + kw - PAD_LEFT] (zero outside the input), by Winograd F(2x2, 3x3): per block of
+ *   2x2-pixel tiles, out[xi][C_OUT, tiles] = U[xi][C_OUT, C_IN] x V[xi][C_IN, tiles] for the 16 xi
+ *   of the transformed 4x4 tiles
  */
 KERNEL_INLINE void resnet8_s3_conv2_forward_slot(
     real *restrict out,                     /* s3_conv2 [N, 64, 8, 8] */
     const real *restrict in,                /* s3_bn1 [N, 64, 8, 8] */
     const real *restrict weight,            /* s3_conv2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* s3_conv2.bias [64] */
-    real *slots,                            /* 138432 elements of workspace */
+    real *slots,                            /* 239488 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -3255,45 +3744,208 @@ KERNEL_INLINE void resnet8_s3_conv2_forward_slot(
         H_IN = 8,
         W_IN = 8,
         C_OUT = 64,
-        GROUPS = 1,
-        C_IN_PER_GROUP = 64,
-        C_OUT_PER_GROUP = 64,
-        K_GROUP = 576,
-        PIXELS_OUT = 64,
-        SAMPLE_SLOTS = 1,
-        KH = 3,
-        KW = 3,
-        DIL_H = 1,
-        DIL_W = 1,
-        H_PAD = 10,
-        W_PAD = 10,
-        PAD_TOP = 1,
-        PAD_LEFT = 1,
-        SCRATCH_PADDED = 0,
-        WIDE_OUT = 78,
         H_OUT = 8,
         W_OUT = 8,
-        SCRATCH_WIDE = 6400,
-        SLOT_SIZE = 64704
+        PAD_TOP = 1,
+        PAD_LEFT = 1,
+        K_GROUP = 576,
+        PIXELS_OUT = 64,
+        TILE_ROWS = 4,
+        TILES_W = 4,
+        TILE_ROWS_PER_BLOCK = 4,
+        TILE_BLOCK = 16,
+        WINO_H = 10,
+        WINO_W = 10,
+        HALF_W = 5,
+        FILTERS_STRIDE = 4112,
+        IN_STRIDE = 1040,
+        OUT_STRIDE = 1040,
+        SAMPLE_SLOTS = 1,
+        SCRATCH_WINO_FILTERS = 0,
+        SCRATCH_WINO_TAPS = 65792,
+        SCRATCH_WINO_PADDED = 66368,
+        SCRATCH_WINO_IN = 72768,
+        SCRATCH_WINO_OUT = 89408,
+        SLOT_SIZE = 165760
     };
+    if ((size_t)slot >= batch)
+        return;
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+    real *restrict filters = scratch + SCRATCH_WINO_FILTERS;    /* U: 16 x [C_OUT, C_IN], FILTERS_STRIDE apart */
+    real *restrict taps = scratch + SCRATCH_WINO_TAPS;          /* [9, C_IN]: one filter's taps, transposed */
+    real *restrict padded = scratch + SCRATCH_WINO_PADDED;      /* [C_IN, WINO_H, 2, HALF_W] */
+    real *restrict tiles_in = scratch + SCRATCH_WINO_IN;        /* V: 16 x [C_IN, TILE_BLOCK], IN_STRIDE apart */
+    real *restrict tiles_out = scratch + SCRATCH_WINO_OUT;      /* 16 x [C_OUT, TILE_BLOCK], OUT_STRIDE apart */
+    /* U[xi = 4i + j][oc][ic] = (G g G^T)[i][j], g = weight[oc, ic]: G g (4 x 3), then its rows
+       times G^T, VEC_LANES input channels at a time from the filter's taps transposed. */
+    for (int oc = 0; oc < C_OUT; oc++) {
+        const real *restrict w = weight + (size_t)oc * K_GROUP;      /* [C_IN, 3, 3] */
+        for (int k = 0; k < 9; k++)
+            for (int ic = 0; ic < C_IN; ic++)
+                taps[k * C_IN + ic] = w[ic * 9 + k];
+        real *restrict u = filters + (size_t)oc * C_IN;
+        for (int ic = 0; ic < C_IN; ic += VEC_LANES) {
+            const int n = C_IN - ic < VEC_LANES ? C_IN - ic : VEC_LANES;
+            const vec g00 = resnet8_vec_load(taps + 0 * C_IN + ic, n);
+            const vec g10 = resnet8_vec_load(taps + 3 * C_IN + ic, n);
+            const vec g20 = resnet8_vec_load(taps + 6 * C_IN + ic, n);
+            const vec r00 = g00, r10 = (real)0.5 * (g00 + g10 + g20);
+            const vec r20 = (real)0.5 * (g00 - g10 + g20), r30 = g20;
+            const vec g01 = resnet8_vec_load(taps + 1 * C_IN + ic, n);
+            const vec g11 = resnet8_vec_load(taps + 4 * C_IN + ic, n);
+            const vec g21 = resnet8_vec_load(taps + 7 * C_IN + ic, n);
+            const vec r01 = g01, r11 = (real)0.5 * (g01 + g11 + g21);
+            const vec r21 = (real)0.5 * (g01 - g11 + g21), r31 = g21;
+            const vec g02 = resnet8_vec_load(taps + 2 * C_IN + ic, n);
+            const vec g12 = resnet8_vec_load(taps + 5 * C_IN + ic, n);
+            const vec g22 = resnet8_vec_load(taps + 8 * C_IN + ic, n);
+            const vec r02 = g02, r12 = (real)0.5 * (g02 + g12 + g22);
+            const vec r22 = (real)0.5 * (g02 - g12 + g22), r32 = g22;
+            resnet8_vec_store(u + 0 * FILTERS_STRIDE + ic, r00, n);
+            resnet8_vec_store(u + 1 * FILTERS_STRIDE + ic, (real)0.5 * (r00 + r01 + r02), n);
+            resnet8_vec_store(u + 2 * FILTERS_STRIDE + ic, (real)0.5 * (r00 - r01 + r02), n);
+            resnet8_vec_store(u + 3 * FILTERS_STRIDE + ic, r02, n);
+            resnet8_vec_store(u + 4 * FILTERS_STRIDE + ic, r10, n);
+            resnet8_vec_store(u + 5 * FILTERS_STRIDE + ic, (real)0.5 * (r10 + r11 + r12), n);
+            resnet8_vec_store(u + 6 * FILTERS_STRIDE + ic, (real)0.5 * (r10 - r11 + r12), n);
+            resnet8_vec_store(u + 7 * FILTERS_STRIDE + ic, r12, n);
+            resnet8_vec_store(u + 8 * FILTERS_STRIDE + ic, r20, n);
+            resnet8_vec_store(u + 9 * FILTERS_STRIDE + ic, (real)0.5 * (r20 + r21 + r22), n);
+            resnet8_vec_store(u + 10 * FILTERS_STRIDE + ic, (real)0.5 * (r20 - r21 + r22), n);
+            resnet8_vec_store(u + 11 * FILTERS_STRIDE + ic, r22, n);
+            resnet8_vec_store(u + 12 * FILTERS_STRIDE + ic, r30, n);
+            resnet8_vec_store(u + 13 * FILTERS_STRIDE + ic, (real)0.5 * (r30 + r31 + r32), n);
+            resnet8_vec_store(u + 14 * FILTERS_STRIDE + ic, (real)0.5 * (r30 - r31 + r32), n);
+            resnet8_vec_store(u + 15 * FILTERS_STRIDE + ic, r32, n);
+        }
+    }
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict out_group = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            const real *restrict weight_group = weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            resnet8_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
-
-            real *restrict wide = scratch + SCRATCH_WIDE;               /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            resnet8_gemm_nn_taps(WIDE_OUT, weight_group, resnet8_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
-                         (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++) {
-                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y;
+        /* The sample's input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows
+           of WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its odd
+           ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
+           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+        const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
+        for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
+            padded[i] = 0;
+        for (int ic = 0; ic < C_IN; ic++)
+            for (int ih = 0; ih < H_IN; ih++) {
+                const real *restrict src = in_sample + ((size_t)ic * H_IN + ih) * W_IN;
+                real *restrict row = padded + ((size_t)ic * WINO_H + PAD_TOP + ih) * WINO_W;
+                for (int iw = 0; iw < W_IN; iw++)
+                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = src[iw];
+            }
+        real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
+        for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
+            const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
+            /* V[xi = 4i + j][ic][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
+               then each row's columns (times B); VEC_LANES tiles of a tile row at a time. */
+            for (int ic = 0; ic < C_IN; ic++)
+                for (int r = 0; r < rows; r++) {
+                    const real *restrict p = padded + ((size_t)ic * WINO_H + 2 * (row0 + r)) * WINO_W;
+                    real *restrict v = tiles_in + (size_t)ic * TILE_BLOCK + r * TILES_W;
+                    for (int t = 0; t < TILES_W; t += VEC_LANES) {
+                        const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
+                        const vec d00 = resnet8_vec_load(p + t, n);
+                        const vec d10 = resnet8_vec_load(p + WINO_W + t, n);
+                        const vec d20 = resnet8_vec_load(p + 2 * WINO_W + t, n);
+                        const vec d30 = resnet8_vec_load(p + 3 * WINO_W + t, n);
+                        const vec e00 = d00 - d20, e10 = d10 + d20;
+                        const vec e20 = d20 - d10, e30 = d10 - d30;
+                        const vec d01 = resnet8_vec_load(p + HALF_W + t, n);
+                        const vec d11 = resnet8_vec_load(p + WINO_W + HALF_W + t, n);
+                        const vec d21 = resnet8_vec_load(p + 2 * WINO_W + HALF_W + t, n);
+                        const vec d31 = resnet8_vec_load(p + 3 * WINO_W + HALF_W + t, n);
+                        const vec e01 = d01 - d21, e11 = d11 + d21;
+                        const vec e21 = d21 - d11, e31 = d11 - d31;
+                        const vec d02 = resnet8_vec_load(p + t + 1, n);
+                        const vec d12 = resnet8_vec_load(p + WINO_W + t + 1, n);
+                        const vec d22 = resnet8_vec_load(p + 2 * WINO_W + t + 1, n);
+                        const vec d32 = resnet8_vec_load(p + 3 * WINO_W + t + 1, n);
+                        const vec e02 = d02 - d22, e12 = d12 + d22;
+                        const vec e22 = d22 - d12, e32 = d12 - d32;
+                        const vec d03 = resnet8_vec_load(p + HALF_W + t + 1, n);
+                        const vec d13 = resnet8_vec_load(p + WINO_W + HALF_W + t + 1, n);
+                        const vec d23 = resnet8_vec_load(p + 2 * WINO_W + HALF_W + t + 1, n);
+                        const vec d33 = resnet8_vec_load(p + 3 * WINO_W + HALF_W + t + 1, n);
+                        const vec e03 = d03 - d23, e13 = d13 + d23;
+                        const vec e23 = d23 - d13, e33 = d13 - d33;
+                        resnet8_vec_store(v + 0 * IN_STRIDE + t, e00 - e02, n);
+                        resnet8_vec_store(v + 1 * IN_STRIDE + t, e01 + e02, n);
+                        resnet8_vec_store(v + 2 * IN_STRIDE + t, e02 - e01, n);
+                        resnet8_vec_store(v + 3 * IN_STRIDE + t, e01 - e03, n);
+                        resnet8_vec_store(v + 4 * IN_STRIDE + t, e10 - e12, n);
+                        resnet8_vec_store(v + 5 * IN_STRIDE + t, e11 + e12, n);
+                        resnet8_vec_store(v + 6 * IN_STRIDE + t, e12 - e11, n);
+                        resnet8_vec_store(v + 7 * IN_STRIDE + t, e11 - e13, n);
+                        resnet8_vec_store(v + 8 * IN_STRIDE + t, e20 - e22, n);
+                        resnet8_vec_store(v + 9 * IN_STRIDE + t, e21 + e22, n);
+                        resnet8_vec_store(v + 10 * IN_STRIDE + t, e22 - e21, n);
+                        resnet8_vec_store(v + 11 * IN_STRIDE + t, e21 - e23, n);
+                        resnet8_vec_store(v + 12 * IN_STRIDE + t, e30 - e32, n);
+                        resnet8_vec_store(v + 13 * IN_STRIDE + t, e31 + e32, n);
+                        resnet8_vec_store(v + 14 * IN_STRIDE + t, e32 - e31, n);
+                        resnet8_vec_store(v + 15 * IN_STRIDE + t, e31 - e33, n);
                     }
+                }
+            for (int xi = 0; xi < 16; xi++)
+                resnet8_gemm_nn(C_OUT, TILE_BLOCK, C_IN, filters + (size_t)xi * FILTERS_STRIDE, C_IN, 1,
+                              tiles_in + (size_t)xi * IN_STRIDE, TILE_BLOCK, tiles_out + (size_t)xi * OUT_STRIDE,
+                              TILE_BLOCK, 0);
+            /* out's 2x2 pixels of each tile = A^T M A (+ bias): the rows combined (a = A^T M),
+               then each of the two rows' columns, VEC_LANES tiles of a tile row at a time; the
+               pixels go to their rows interleaved (even and odd columns), those past an odd
+               H_OUT or W_OUT dropped. */
+            for (int oc = 0; oc < C_OUT; oc++)
+                for (int r = 0; r < rows; r++) {
+                    const real *restrict mo = tiles_out + (size_t)oc * TILE_BLOCK + r * TILES_W;
+                    const int oh = 2 * (row0 + r);
+                    real *restrict y0 = out_sample + (size_t)oc * PIXELS_OUT + (size_t)oh * W_OUT;
+                    for (int t = 0; t < TILES_W; t += VEC_LANES) {
+                        const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
+                        const vec m00 = resnet8_vec_load(mo + 0 * OUT_STRIDE + t, n);
+                        const vec m10 = resnet8_vec_load(mo + 4 * OUT_STRIDE + t, n);
+                        const vec m20 = resnet8_vec_load(mo + 8 * OUT_STRIDE + t, n);
+                        const vec m30 = resnet8_vec_load(mo + 12 * OUT_STRIDE + t, n);
+                        const vec a00 = m00 + m10 + m20, a10 = m10 - m20 - m30;
+                        const vec m01 = resnet8_vec_load(mo + 1 * OUT_STRIDE + t, n);
+                        const vec m11 = resnet8_vec_load(mo + 5 * OUT_STRIDE + t, n);
+                        const vec m21 = resnet8_vec_load(mo + 9 * OUT_STRIDE + t, n);
+                        const vec m31 = resnet8_vec_load(mo + 13 * OUT_STRIDE + t, n);
+                        const vec a01 = m01 + m11 + m21, a11 = m11 - m21 - m31;
+                        const vec m02 = resnet8_vec_load(mo + 2 * OUT_STRIDE + t, n);
+                        const vec m12 = resnet8_vec_load(mo + 6 * OUT_STRIDE + t, n);
+                        const vec m22 = resnet8_vec_load(mo + 10 * OUT_STRIDE + t, n);
+                        const vec m32 = resnet8_vec_load(mo + 14 * OUT_STRIDE + t, n);
+                        const vec a02 = m02 + m12 + m22, a12 = m12 - m22 - m32;
+                        const vec m03 = resnet8_vec_load(mo + 3 * OUT_STRIDE + t, n);
+                        const vec m13 = resnet8_vec_load(mo + 7 * OUT_STRIDE + t, n);
+                        const vec m23 = resnet8_vec_load(mo + 11 * OUT_STRIDE + t, n);
+                        const vec m33 = resnet8_vec_load(mo + 15 * OUT_STRIDE + t, n);
+                        const vec a03 = m03 + m13 + m23, a13 = m13 - m23 - m33;
+                        real y[2][2][VEC_LANES];                        /* [row][even, odd column][tile] */
+                        resnet8_vec_store(y[0][0], a00 + a01 + a02, VEC_LANES);
+                        resnet8_vec_store(y[0][1], a01 - a02 - a03, VEC_LANES);
+                        resnet8_vec_store(y[1][0], a10 + a11 + a12, VEC_LANES);
+                        resnet8_vec_store(y[1][1], a11 - a12 - a13, VEC_LANES);
+                        for (int i = 0; i < 2 && oh + i < H_OUT; i++) {
+                            real *restrict o = y0 + (size_t)i * W_OUT + 2 * t;
+                            if (2 * (t + n) <= W_OUT) {
+                                for (int l = 0; l < n; l++) {
+                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
+                                    o[2 * l] = even;
+                                    o[2 * l + 1] = odd;
+                                }
+                            } else {
+                                for (int l = 0; l < n; l++) {
+                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
+                                    o[2 * l] = even;
+                                    if (2 * (t + l) + 1 < W_OUT)
+                                        o[2 * l + 1] = odd;
+                                }
+                            }
+                        }
+                    }
+                }
         }
     }
 }
@@ -3307,7 +3959,7 @@ static void resnet8_s3_conv2_forward(
     const real *restrict in,                /* s3_bn1 [N, 64, 8, 8] */
     const real *restrict weight,            /* s3_conv2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* s3_conv2.bias [64] */
-    real *slots,                            /* 138432 elements of workspace */
+    real *slots,                            /* 239488 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -3336,7 +3988,7 @@ static void resnet8_s3_conv2_backward(
     const real *restrict dout,              /* s3_conv2 [N, 64, 8, 8] */
     const real *restrict in,                /* s3_bn1 [N, 64, 8, 8] */
     const real *restrict weight,            /* s3_conv2.weight [64, 64, 3, 3] */
-    real *slots,                            /* 138432 elements of workspace */
+    real *slots,                            /* 239488 elements of workspace */
     size_t batch)
 {
     enum {
@@ -3358,23 +4010,23 @@ static void resnet8_s3_conv2_backward(
         WIDE_OUT = 78,
         PAD_TOP = 1,
         PAD_LEFT = 1,
-        SCRATCH_PADDED = 0,
-        SCRATCH_DOUT = 11392,
-        SCRATCH_DWEIGHT_T = 101568,
+        SCRATCH_PADDED = 106048,
+        SCRATCH_DOUT = 112448,
+        SCRATCH_DWEIGHT_T = 202624,
         W_OUT = 8,
-        SCRATCH_FLIPPED = 64704,
+        SCRATCH_FLIPPED = 165760,
         H_DPAD = 10,
         W_DPAD = 10,
-        SCRATCH_DPAD = 16384,
+        SCRATCH_DPAD = 117440,
         H_OUT = 8,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
-        SCRATCH_WIDE_IN = 22784,
+        SCRATCH_WIDE_IN = 123840,
         WIDE_IN = 78,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 64704,
-        SCRATCH_DWEIGHT_PART = 27776,
-        SCRATCH_DBIAS_PART = 64640
+        SLOT_SIZE = 165760,
+        SCRATCH_DWEIGHT_PART = 128832,
+        SCRATCH_DBIAS_PART = 165696
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;

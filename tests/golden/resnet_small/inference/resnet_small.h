@@ -16,9 +16,9 @@
 #define RESNET_SMALL_INPUT_SIZE 768
 #define RESNET_SMALL_OUTPUT_SIZE 10
 #define RESNET_SMALL_ACTIVATIONS_PER_SAMPLE 12288
-#define RESNET_SMALL_WORKSPACE_SIZE 9760
+#define RESNET_SMALL_WORKSPACE_SIZE 42960
 #define RESNET_SMALL_BATCH 1 /* samples per forward call */
-#define RESNET_SMALL_ARENA_SIZE 22048 /* ACTIVATIONS_PER_SAMPLE * BATCH + WORKSPACE_SIZE */
+#define RESNET_SMALL_ARENA_SIZE 55248 /* ACTIVATIONS_PER_SAMPLE * BATCH + WORKSPACE_SIZE */
 
 /* Tensors whose lifetimes do not overlap share the arena; nothing else is needed at run time. */
 typedef struct resnet_small_context {

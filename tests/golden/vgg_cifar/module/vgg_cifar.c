@@ -49,8 +49,8 @@ typedef float real;
 /* Workspace offsets. */
 #define WS_CONV1_1 ((size_t)0)
 #define WS_CONV1_2 ((size_t)290502)
-#define WS_CONV2_1 ((size_t)692614)
-#define WS_CONV2_2 ((size_t)1100422)
+#define WS_CONV2_1 ((size_t)755526)
+#define WS_CONV2_2 ((size_t)1329030)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
@@ -770,18 +770,17 @@ static void vgg_cifar_conv1_1_backward(
 /* ---- conv1_2: conv2d forward (spec line 6)
  * conv1_1 [N, 64, 32, 32] -> conv1_2 [N, 64, 32, 32]
  * weight [64, 64, 3, 3], bias [64]: 36928 trainable parameters
- * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
- *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
- *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv1_2_relu, fused):
- *   out = max(0, out)
+ * out[b,oc,oh,ow] = bias[oc] + sum_{ic, kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh + kh -
+ *   PAD_TOP, ow + kw - PAD_LEFT] (zero outside the input), by Winograd F(2x2, 3x3): per block of
+ *   2x2-pixel tiles, out[xi][C_OUT, tiles] = U[xi][C_OUT, C_IN] x V[xi][C_IN, tiles] for the 16 xi
+ *   of the transformed 4x4 tiles; then relu (conv1_2_relu, fused): out = max(0, out)
  */
 KERNEL_INLINE void vgg_cifar_conv1_2_forward_slot(
     real *restrict out,                     /* conv1_2 [N, 64, 32, 32] */
     const real *restrict in,                /* conv1_1 [N, 64, 32, 32] */
     const real *restrict weight,            /* conv1_2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* conv1_2.bias [64] */
-    real *slots,                            /* 402112 elements of workspace */
+    real *slots,                            /* 465024 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -790,45 +789,208 @@ KERNEL_INLINE void vgg_cifar_conv1_2_forward_slot(
         H_IN = 32,
         W_IN = 32,
         C_OUT = 64,
-        GROUPS = 1,
-        C_IN_PER_GROUP = 64,
-        C_OUT_PER_GROUP = 64,
-        K_GROUP = 576,
-        PIXELS_OUT = 1024,
-        SAMPLE_SLOTS = 1,
-        KH = 3,
-        KW = 3,
-        DIL_H = 1,
-        DIL_W = 1,
-        H_PAD = 34,
-        W_PAD = 34,
-        PAD_TOP = 1,
-        PAD_LEFT = 1,
-        SCRATCH_PADDED = 0,
-        WIDE_OUT = 1086,
         H_OUT = 32,
         W_OUT = 32,
-        SCRATCH_WIDE = 73984,
-        SLOT_SIZE = 328384
+        PAD_TOP = 1,
+        PAD_LEFT = 1,
+        K_GROUP = 576,
+        PIXELS_OUT = 1024,
+        TILE_ROWS = 16,
+        TILES_W = 16,
+        TILE_ROWS_PER_BLOCK = 2,
+        TILE_BLOCK = 32,
+        WINO_H = 34,
+        WINO_W = 34,
+        HALF_W = 17,
+        FILTERS_STRIDE = 4112,
+        IN_STRIDE = 2064,
+        OUT_STRIDE = 2064,
+        SAMPLE_SLOTS = 1,
+        SCRATCH_WINO_FILTERS = 0,
+        SCRATCH_WINO_TAPS = 65792,
+        SCRATCH_WINO_PADDED = 66368,
+        SCRATCH_WINO_IN = 140352,
+        SCRATCH_WINO_OUT = 173376,
+        SLOT_SIZE = 391296
     };
+    if ((size_t)slot >= batch)
+        return;
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+    real *restrict filters = scratch + SCRATCH_WINO_FILTERS;    /* U: 16 x [C_OUT, C_IN], FILTERS_STRIDE apart */
+    real *restrict taps = scratch + SCRATCH_WINO_TAPS;          /* [9, C_IN]: one filter's taps, transposed */
+    real *restrict padded = scratch + SCRATCH_WINO_PADDED;      /* [C_IN, WINO_H, 2, HALF_W] */
+    real *restrict tiles_in = scratch + SCRATCH_WINO_IN;        /* V: 16 x [C_IN, TILE_BLOCK], IN_STRIDE apart */
+    real *restrict tiles_out = scratch + SCRATCH_WINO_OUT;      /* 16 x [C_OUT, TILE_BLOCK], OUT_STRIDE apart */
+    /* U[xi = 4i + j][oc][ic] = (G g G^T)[i][j], g = weight[oc, ic]: G g (4 x 3), then its rows
+       times G^T, VEC_LANES input channels at a time from the filter's taps transposed. */
+    for (int oc = 0; oc < C_OUT; oc++) {
+        const real *restrict w = weight + (size_t)oc * K_GROUP;      /* [C_IN, 3, 3] */
+        for (int k = 0; k < 9; k++)
+            for (int ic = 0; ic < C_IN; ic++)
+                taps[k * C_IN + ic] = w[ic * 9 + k];
+        real *restrict u = filters + (size_t)oc * C_IN;
+        for (int ic = 0; ic < C_IN; ic += VEC_LANES) {
+            const int n = C_IN - ic < VEC_LANES ? C_IN - ic : VEC_LANES;
+            const vec g00 = vgg_cifar_vec_load(taps + 0 * C_IN + ic, n);
+            const vec g10 = vgg_cifar_vec_load(taps + 3 * C_IN + ic, n);
+            const vec g20 = vgg_cifar_vec_load(taps + 6 * C_IN + ic, n);
+            const vec r00 = g00, r10 = (real)0.5 * (g00 + g10 + g20);
+            const vec r20 = (real)0.5 * (g00 - g10 + g20), r30 = g20;
+            const vec g01 = vgg_cifar_vec_load(taps + 1 * C_IN + ic, n);
+            const vec g11 = vgg_cifar_vec_load(taps + 4 * C_IN + ic, n);
+            const vec g21 = vgg_cifar_vec_load(taps + 7 * C_IN + ic, n);
+            const vec r01 = g01, r11 = (real)0.5 * (g01 + g11 + g21);
+            const vec r21 = (real)0.5 * (g01 - g11 + g21), r31 = g21;
+            const vec g02 = vgg_cifar_vec_load(taps + 2 * C_IN + ic, n);
+            const vec g12 = vgg_cifar_vec_load(taps + 5 * C_IN + ic, n);
+            const vec g22 = vgg_cifar_vec_load(taps + 8 * C_IN + ic, n);
+            const vec r02 = g02, r12 = (real)0.5 * (g02 + g12 + g22);
+            const vec r22 = (real)0.5 * (g02 - g12 + g22), r32 = g22;
+            vgg_cifar_vec_store(u + 0 * FILTERS_STRIDE + ic, r00, n);
+            vgg_cifar_vec_store(u + 1 * FILTERS_STRIDE + ic, (real)0.5 * (r00 + r01 + r02), n);
+            vgg_cifar_vec_store(u + 2 * FILTERS_STRIDE + ic, (real)0.5 * (r00 - r01 + r02), n);
+            vgg_cifar_vec_store(u + 3 * FILTERS_STRIDE + ic, r02, n);
+            vgg_cifar_vec_store(u + 4 * FILTERS_STRIDE + ic, r10, n);
+            vgg_cifar_vec_store(u + 5 * FILTERS_STRIDE + ic, (real)0.5 * (r10 + r11 + r12), n);
+            vgg_cifar_vec_store(u + 6 * FILTERS_STRIDE + ic, (real)0.5 * (r10 - r11 + r12), n);
+            vgg_cifar_vec_store(u + 7 * FILTERS_STRIDE + ic, r12, n);
+            vgg_cifar_vec_store(u + 8 * FILTERS_STRIDE + ic, r20, n);
+            vgg_cifar_vec_store(u + 9 * FILTERS_STRIDE + ic, (real)0.5 * (r20 + r21 + r22), n);
+            vgg_cifar_vec_store(u + 10 * FILTERS_STRIDE + ic, (real)0.5 * (r20 - r21 + r22), n);
+            vgg_cifar_vec_store(u + 11 * FILTERS_STRIDE + ic, r22, n);
+            vgg_cifar_vec_store(u + 12 * FILTERS_STRIDE + ic, r30, n);
+            vgg_cifar_vec_store(u + 13 * FILTERS_STRIDE + ic, (real)0.5 * (r30 + r31 + r32), n);
+            vgg_cifar_vec_store(u + 14 * FILTERS_STRIDE + ic, (real)0.5 * (r30 - r31 + r32), n);
+            vgg_cifar_vec_store(u + 15 * FILTERS_STRIDE + ic, r32, n);
+        }
+    }
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict out_group = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            const real *restrict weight_group = weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            vgg_cifar_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
-
-            real *restrict wide = scratch + SCRATCH_WIDE;               /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            vgg_cifar_gemm_nn_taps(WIDE_OUT, weight_group, vgg_cifar_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
-                         (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++) {
-                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+        /* The sample's input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows
+           of WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its odd
+           ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
+           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+        const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
+        for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
+            padded[i] = 0;
+        for (int ic = 0; ic < C_IN; ic++)
+            for (int ih = 0; ih < H_IN; ih++) {
+                const real *restrict src = in_sample + ((size_t)ic * H_IN + ih) * W_IN;
+                real *restrict row = padded + ((size_t)ic * WINO_H + PAD_TOP + ih) * WINO_W;
+                for (int iw = 0; iw < W_IN; iw++)
+                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = src[iw];
+            }
+        real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
+        for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
+            const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
+            /* V[xi = 4i + j][ic][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
+               then each row's columns (times B); VEC_LANES tiles of a tile row at a time. */
+            for (int ic = 0; ic < C_IN; ic++)
+                for (int r = 0; r < rows; r++) {
+                    const real *restrict p = padded + ((size_t)ic * WINO_H + 2 * (row0 + r)) * WINO_W;
+                    real *restrict v = tiles_in + (size_t)ic * TILE_BLOCK + r * TILES_W;
+                    for (int t = 0; t < TILES_W; t += VEC_LANES) {
+                        const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
+                        const vec d00 = vgg_cifar_vec_load(p + t, n);
+                        const vec d10 = vgg_cifar_vec_load(p + WINO_W + t, n);
+                        const vec d20 = vgg_cifar_vec_load(p + 2 * WINO_W + t, n);
+                        const vec d30 = vgg_cifar_vec_load(p + 3 * WINO_W + t, n);
+                        const vec e00 = d00 - d20, e10 = d10 + d20;
+                        const vec e20 = d20 - d10, e30 = d10 - d30;
+                        const vec d01 = vgg_cifar_vec_load(p + HALF_W + t, n);
+                        const vec d11 = vgg_cifar_vec_load(p + WINO_W + HALF_W + t, n);
+                        const vec d21 = vgg_cifar_vec_load(p + 2 * WINO_W + HALF_W + t, n);
+                        const vec d31 = vgg_cifar_vec_load(p + 3 * WINO_W + HALF_W + t, n);
+                        const vec e01 = d01 - d21, e11 = d11 + d21;
+                        const vec e21 = d21 - d11, e31 = d11 - d31;
+                        const vec d02 = vgg_cifar_vec_load(p + t + 1, n);
+                        const vec d12 = vgg_cifar_vec_load(p + WINO_W + t + 1, n);
+                        const vec d22 = vgg_cifar_vec_load(p + 2 * WINO_W + t + 1, n);
+                        const vec d32 = vgg_cifar_vec_load(p + 3 * WINO_W + t + 1, n);
+                        const vec e02 = d02 - d22, e12 = d12 + d22;
+                        const vec e22 = d22 - d12, e32 = d12 - d32;
+                        const vec d03 = vgg_cifar_vec_load(p + HALF_W + t + 1, n);
+                        const vec d13 = vgg_cifar_vec_load(p + WINO_W + HALF_W + t + 1, n);
+                        const vec d23 = vgg_cifar_vec_load(p + 2 * WINO_W + HALF_W + t + 1, n);
+                        const vec d33 = vgg_cifar_vec_load(p + 3 * WINO_W + HALF_W + t + 1, n);
+                        const vec e03 = d03 - d23, e13 = d13 + d23;
+                        const vec e23 = d23 - d13, e33 = d13 - d33;
+                        vgg_cifar_vec_store(v + 0 * IN_STRIDE + t, e00 - e02, n);
+                        vgg_cifar_vec_store(v + 1 * IN_STRIDE + t, e01 + e02, n);
+                        vgg_cifar_vec_store(v + 2 * IN_STRIDE + t, e02 - e01, n);
+                        vgg_cifar_vec_store(v + 3 * IN_STRIDE + t, e01 - e03, n);
+                        vgg_cifar_vec_store(v + 4 * IN_STRIDE + t, e10 - e12, n);
+                        vgg_cifar_vec_store(v + 5 * IN_STRIDE + t, e11 + e12, n);
+                        vgg_cifar_vec_store(v + 6 * IN_STRIDE + t, e12 - e11, n);
+                        vgg_cifar_vec_store(v + 7 * IN_STRIDE + t, e11 - e13, n);
+                        vgg_cifar_vec_store(v + 8 * IN_STRIDE + t, e20 - e22, n);
+                        vgg_cifar_vec_store(v + 9 * IN_STRIDE + t, e21 + e22, n);
+                        vgg_cifar_vec_store(v + 10 * IN_STRIDE + t, e22 - e21, n);
+                        vgg_cifar_vec_store(v + 11 * IN_STRIDE + t, e21 - e23, n);
+                        vgg_cifar_vec_store(v + 12 * IN_STRIDE + t, e30 - e32, n);
+                        vgg_cifar_vec_store(v + 13 * IN_STRIDE + t, e31 + e32, n);
+                        vgg_cifar_vec_store(v + 14 * IN_STRIDE + t, e32 - e31, n);
+                        vgg_cifar_vec_store(v + 15 * IN_STRIDE + t, e31 - e33, n);
                     }
+                }
+            for (int xi = 0; xi < 16; xi++)
+                vgg_cifar_gemm_nn(C_OUT, TILE_BLOCK, C_IN, filters + (size_t)xi * FILTERS_STRIDE, C_IN, 1,
+                              tiles_in + (size_t)xi * IN_STRIDE, TILE_BLOCK, tiles_out + (size_t)xi * OUT_STRIDE,
+                              TILE_BLOCK, 0);
+            /* out's 2x2 pixels of each tile = A^T M A (+ bias): the rows combined (a = A^T M),
+               then each of the two rows' columns, VEC_LANES tiles of a tile row at a time; the
+               pixels go to their rows interleaved (even and odd columns), those past an odd
+               H_OUT or W_OUT dropped. */
+            for (int oc = 0; oc < C_OUT; oc++)
+                for (int r = 0; r < rows; r++) {
+                    const real *restrict mo = tiles_out + (size_t)oc * TILE_BLOCK + r * TILES_W;
+                    const int oh = 2 * (row0 + r);
+                    real *restrict y0 = out_sample + (size_t)oc * PIXELS_OUT + (size_t)oh * W_OUT;
+                    for (int t = 0; t < TILES_W; t += VEC_LANES) {
+                        const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
+                        const vec m00 = vgg_cifar_vec_load(mo + 0 * OUT_STRIDE + t, n);
+                        const vec m10 = vgg_cifar_vec_load(mo + 4 * OUT_STRIDE + t, n);
+                        const vec m20 = vgg_cifar_vec_load(mo + 8 * OUT_STRIDE + t, n);
+                        const vec m30 = vgg_cifar_vec_load(mo + 12 * OUT_STRIDE + t, n);
+                        const vec a00 = m00 + m10 + m20, a10 = m10 - m20 - m30;
+                        const vec m01 = vgg_cifar_vec_load(mo + 1 * OUT_STRIDE + t, n);
+                        const vec m11 = vgg_cifar_vec_load(mo + 5 * OUT_STRIDE + t, n);
+                        const vec m21 = vgg_cifar_vec_load(mo + 9 * OUT_STRIDE + t, n);
+                        const vec m31 = vgg_cifar_vec_load(mo + 13 * OUT_STRIDE + t, n);
+                        const vec a01 = m01 + m11 + m21, a11 = m11 - m21 - m31;
+                        const vec m02 = vgg_cifar_vec_load(mo + 2 * OUT_STRIDE + t, n);
+                        const vec m12 = vgg_cifar_vec_load(mo + 6 * OUT_STRIDE + t, n);
+                        const vec m22 = vgg_cifar_vec_load(mo + 10 * OUT_STRIDE + t, n);
+                        const vec m32 = vgg_cifar_vec_load(mo + 14 * OUT_STRIDE + t, n);
+                        const vec a02 = m02 + m12 + m22, a12 = m12 - m22 - m32;
+                        const vec m03 = vgg_cifar_vec_load(mo + 3 * OUT_STRIDE + t, n);
+                        const vec m13 = vgg_cifar_vec_load(mo + 7 * OUT_STRIDE + t, n);
+                        const vec m23 = vgg_cifar_vec_load(mo + 11 * OUT_STRIDE + t, n);
+                        const vec m33 = vgg_cifar_vec_load(mo + 15 * OUT_STRIDE + t, n);
+                        const vec a03 = m03 + m13 + m23, a13 = m13 - m23 - m33;
+                        real y[2][2][VEC_LANES];                        /* [row][even, odd column][tile] */
+                        vgg_cifar_vec_store(y[0][0], a00 + a01 + a02, VEC_LANES);
+                        vgg_cifar_vec_store(y[0][1], a01 - a02 - a03, VEC_LANES);
+                        vgg_cifar_vec_store(y[1][0], a10 + a11 + a12, VEC_LANES);
+                        vgg_cifar_vec_store(y[1][1], a11 - a12 - a13, VEC_LANES);
+                        for (int i = 0; i < 2 && oh + i < H_OUT; i++) {
+                            real *restrict o = y0 + (size_t)i * W_OUT + 2 * t;
+                            if (2 * (t + n) <= W_OUT) {
+                                for (int l = 0; l < n; l++) {
+                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
+                                    o[2 * l] = even > 0 ? even : 0;
+                                    o[2 * l + 1] = odd > 0 ? odd : 0;
+                                }
+                            } else {
+                                for (int l = 0; l < n; l++) {
+                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
+                                    o[2 * l] = even > 0 ? even : 0;
+                                    if (2 * (t + l) + 1 < W_OUT)
+                                        o[2 * l + 1] = odd > 0 ? odd : 0;
+                                }
+                            }
+                        }
+                    }
+                }
         }
     }
 }
@@ -842,7 +1004,7 @@ static void vgg_cifar_conv1_2_forward(
     const real *restrict in,                /* conv1_1 [N, 64, 32, 32] */
     const real *restrict weight,            /* conv1_2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* conv1_2.bias [64] */
-    real *slots,                            /* 402112 elements of workspace */
+    real *slots,                            /* 465024 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -876,7 +1038,7 @@ static void vgg_cifar_conv1_2_backward(
     const char *argmax,                     /* int32 [N, 16384], in the memory of conv1_2's gradient */
     const real *restrict in,                /* conv1_1 [N, 64, 32, 32] */
     const real *restrict weight,            /* conv1_2.weight [64, 64, 3, 3] */
-    real *slots,                            /* 402112 elements of workspace */
+    real *slots,                            /* 465024 elements of workspace */
     size_t batch)
 {
     enum {
@@ -897,13 +1059,13 @@ static void vgg_cifar_conv1_2_backward(
         TAP_ROW = 192,
         ROW_PAD = 192,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 328384,
-        SCRATCH_IN_HWC = 143488,
-        SCRATCH_DIN_HWC = 217472,
-        SCRATCH_DWEIGHT_PART = 291456,
-        SCRATCH_DBIAS_PART = 328320,
-        SCRATCH_DWEIGHT_SUM = 365248,
-        SCRATCH_WEIGHT_HWC = 328384
+        SLOT_SIZE = 391296,
+        SCRATCH_IN_HWC = 206400,
+        SCRATCH_DIN_HWC = 280384,
+        SCRATCH_DWEIGHT_PART = 354368,
+        SCRATCH_DBIAS_PART = 391232,
+        SCRATCH_DWEIGHT_SUM = 428160,
+        SCRATCH_WEIGHT_HWC = 391296
     };
     /* Windows are taken in chunks: first those with a gradient, then the products, whole vectors
        of the padded rows at a time. The input gradient's vectors are a pixel's channels (or a
@@ -1075,18 +1237,17 @@ static void vgg_cifar_pool1_forward(
 /* ---- conv2_1: conv2d forward (spec line 8)
  * pool1 [N, 64, 16, 16] -> conv2_1 [N, 128, 16, 16]
  * weight [128, 64, 3, 3], bias [128]: 73856 trainable parameters
- * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
- *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
- *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv2_1_relu, fused):
- *   out = max(0, out)
+ * out[b,oc,oh,ow] = bias[oc] + sum_{ic, kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh + kh -
+ *   PAD_TOP, ow + kw - PAD_LEFT] (zero outside the input), by Winograd F(2x2, 3x3): per block of
+ *   2x2-pixel tiles, out[xi][C_OUT, tiles] = U[xi][C_OUT, C_IN] x V[xi][C_IN, tiles] for the 16 xi
+ *   of the transformed 4x4 tiles; then relu (conv2_1_relu, fused): out = max(0, out)
  */
 KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
     real *restrict out,                     /* conv2_1 [N, 128, 16, 16] */
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
     const real *restrict bias,              /* conv2_1.bias [128] */
-    real *slots,                            /* 407808 elements of workspace */
+    real *slots,                            /* 573504 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1095,45 +1256,208 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
         H_IN = 16,
         W_IN = 16,
         C_OUT = 128,
-        GROUPS = 1,
-        C_IN_PER_GROUP = 64,
-        C_OUT_PER_GROUP = 128,
-        K_GROUP = 576,
-        PIXELS_OUT = 256,
-        SAMPLE_SLOTS = 1,
-        KH = 3,
-        KW = 3,
-        DIL_H = 1,
-        DIL_W = 1,
-        H_PAD = 18,
-        W_PAD = 18,
-        PAD_TOP = 1,
-        PAD_LEFT = 1,
-        SCRATCH_PADDED = 0,
-        WIDE_OUT = 286,
         H_OUT = 16,
         W_OUT = 16,
-        SCRATCH_WIDE = 20736,
-        SLOT_SIZE = 260352
+        PAD_TOP = 1,
+        PAD_LEFT = 1,
+        K_GROUP = 576,
+        PIXELS_OUT = 256,
+        TILE_ROWS = 8,
+        TILES_W = 8,
+        TILE_ROWS_PER_BLOCK = 2,
+        TILE_BLOCK = 16,
+        WINO_H = 18,
+        WINO_W = 18,
+        HALF_W = 9,
+        FILTERS_STRIDE = 8208,
+        IN_STRIDE = 1040,
+        OUT_STRIDE = 2064,
+        SAMPLE_SLOTS = 1,
+        SCRATCH_WINO_FILTERS = 0,
+        SCRATCH_WINO_TAPS = 131328,
+        SCRATCH_WINO_PADDED = 131904,
+        SCRATCH_WINO_IN = 152640,
+        SCRATCH_WINO_OUT = 169280,
+        SLOT_SIZE = 426048
     };
+    if ((size_t)slot >= batch)
+        return;
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+    real *restrict filters = scratch + SCRATCH_WINO_FILTERS;    /* U: 16 x [C_OUT, C_IN], FILTERS_STRIDE apart */
+    real *restrict taps = scratch + SCRATCH_WINO_TAPS;          /* [9, C_IN]: one filter's taps, transposed */
+    real *restrict padded = scratch + SCRATCH_WINO_PADDED;      /* [C_IN, WINO_H, 2, HALF_W] */
+    real *restrict tiles_in = scratch + SCRATCH_WINO_IN;        /* V: 16 x [C_IN, TILE_BLOCK], IN_STRIDE apart */
+    real *restrict tiles_out = scratch + SCRATCH_WINO_OUT;      /* 16 x [C_OUT, TILE_BLOCK], OUT_STRIDE apart */
+    /* U[xi = 4i + j][oc][ic] = (G g G^T)[i][j], g = weight[oc, ic]: G g (4 x 3), then its rows
+       times G^T, VEC_LANES input channels at a time from the filter's taps transposed. */
+    for (int oc = 0; oc < C_OUT; oc++) {
+        const real *restrict w = weight + (size_t)oc * K_GROUP;      /* [C_IN, 3, 3] */
+        for (int k = 0; k < 9; k++)
+            for (int ic = 0; ic < C_IN; ic++)
+                taps[k * C_IN + ic] = w[ic * 9 + k];
+        real *restrict u = filters + (size_t)oc * C_IN;
+        for (int ic = 0; ic < C_IN; ic += VEC_LANES) {
+            const int n = C_IN - ic < VEC_LANES ? C_IN - ic : VEC_LANES;
+            const vec g00 = vgg_cifar_vec_load(taps + 0 * C_IN + ic, n);
+            const vec g10 = vgg_cifar_vec_load(taps + 3 * C_IN + ic, n);
+            const vec g20 = vgg_cifar_vec_load(taps + 6 * C_IN + ic, n);
+            const vec r00 = g00, r10 = (real)0.5 * (g00 + g10 + g20);
+            const vec r20 = (real)0.5 * (g00 - g10 + g20), r30 = g20;
+            const vec g01 = vgg_cifar_vec_load(taps + 1 * C_IN + ic, n);
+            const vec g11 = vgg_cifar_vec_load(taps + 4 * C_IN + ic, n);
+            const vec g21 = vgg_cifar_vec_load(taps + 7 * C_IN + ic, n);
+            const vec r01 = g01, r11 = (real)0.5 * (g01 + g11 + g21);
+            const vec r21 = (real)0.5 * (g01 - g11 + g21), r31 = g21;
+            const vec g02 = vgg_cifar_vec_load(taps + 2 * C_IN + ic, n);
+            const vec g12 = vgg_cifar_vec_load(taps + 5 * C_IN + ic, n);
+            const vec g22 = vgg_cifar_vec_load(taps + 8 * C_IN + ic, n);
+            const vec r02 = g02, r12 = (real)0.5 * (g02 + g12 + g22);
+            const vec r22 = (real)0.5 * (g02 - g12 + g22), r32 = g22;
+            vgg_cifar_vec_store(u + 0 * FILTERS_STRIDE + ic, r00, n);
+            vgg_cifar_vec_store(u + 1 * FILTERS_STRIDE + ic, (real)0.5 * (r00 + r01 + r02), n);
+            vgg_cifar_vec_store(u + 2 * FILTERS_STRIDE + ic, (real)0.5 * (r00 - r01 + r02), n);
+            vgg_cifar_vec_store(u + 3 * FILTERS_STRIDE + ic, r02, n);
+            vgg_cifar_vec_store(u + 4 * FILTERS_STRIDE + ic, r10, n);
+            vgg_cifar_vec_store(u + 5 * FILTERS_STRIDE + ic, (real)0.5 * (r10 + r11 + r12), n);
+            vgg_cifar_vec_store(u + 6 * FILTERS_STRIDE + ic, (real)0.5 * (r10 - r11 + r12), n);
+            vgg_cifar_vec_store(u + 7 * FILTERS_STRIDE + ic, r12, n);
+            vgg_cifar_vec_store(u + 8 * FILTERS_STRIDE + ic, r20, n);
+            vgg_cifar_vec_store(u + 9 * FILTERS_STRIDE + ic, (real)0.5 * (r20 + r21 + r22), n);
+            vgg_cifar_vec_store(u + 10 * FILTERS_STRIDE + ic, (real)0.5 * (r20 - r21 + r22), n);
+            vgg_cifar_vec_store(u + 11 * FILTERS_STRIDE + ic, r22, n);
+            vgg_cifar_vec_store(u + 12 * FILTERS_STRIDE + ic, r30, n);
+            vgg_cifar_vec_store(u + 13 * FILTERS_STRIDE + ic, (real)0.5 * (r30 + r31 + r32), n);
+            vgg_cifar_vec_store(u + 14 * FILTERS_STRIDE + ic, (real)0.5 * (r30 - r31 + r32), n);
+            vgg_cifar_vec_store(u + 15 * FILTERS_STRIDE + ic, r32, n);
+        }
+    }
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict out_group = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            const real *restrict weight_group = weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            vgg_cifar_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
-
-            real *restrict wide = scratch + SCRATCH_WIDE;               /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            vgg_cifar_gemm_nn_taps(WIDE_OUT, weight_group, vgg_cifar_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
-                         (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++) {
-                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+        /* The sample's input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows
+           of WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its odd
+           ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
+           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+        const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
+        for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
+            padded[i] = 0;
+        for (int ic = 0; ic < C_IN; ic++)
+            for (int ih = 0; ih < H_IN; ih++) {
+                const real *restrict src = in_sample + ((size_t)ic * H_IN + ih) * W_IN;
+                real *restrict row = padded + ((size_t)ic * WINO_H + PAD_TOP + ih) * WINO_W;
+                for (int iw = 0; iw < W_IN; iw++)
+                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = src[iw];
+            }
+        real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
+        for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
+            const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
+            /* V[xi = 4i + j][ic][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
+               then each row's columns (times B); VEC_LANES tiles of a tile row at a time. */
+            for (int ic = 0; ic < C_IN; ic++)
+                for (int r = 0; r < rows; r++) {
+                    const real *restrict p = padded + ((size_t)ic * WINO_H + 2 * (row0 + r)) * WINO_W;
+                    real *restrict v = tiles_in + (size_t)ic * TILE_BLOCK + r * TILES_W;
+                    for (int t = 0; t < TILES_W; t += VEC_LANES) {
+                        const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
+                        const vec d00 = vgg_cifar_vec_load(p + t, n);
+                        const vec d10 = vgg_cifar_vec_load(p + WINO_W + t, n);
+                        const vec d20 = vgg_cifar_vec_load(p + 2 * WINO_W + t, n);
+                        const vec d30 = vgg_cifar_vec_load(p + 3 * WINO_W + t, n);
+                        const vec e00 = d00 - d20, e10 = d10 + d20;
+                        const vec e20 = d20 - d10, e30 = d10 - d30;
+                        const vec d01 = vgg_cifar_vec_load(p + HALF_W + t, n);
+                        const vec d11 = vgg_cifar_vec_load(p + WINO_W + HALF_W + t, n);
+                        const vec d21 = vgg_cifar_vec_load(p + 2 * WINO_W + HALF_W + t, n);
+                        const vec d31 = vgg_cifar_vec_load(p + 3 * WINO_W + HALF_W + t, n);
+                        const vec e01 = d01 - d21, e11 = d11 + d21;
+                        const vec e21 = d21 - d11, e31 = d11 - d31;
+                        const vec d02 = vgg_cifar_vec_load(p + t + 1, n);
+                        const vec d12 = vgg_cifar_vec_load(p + WINO_W + t + 1, n);
+                        const vec d22 = vgg_cifar_vec_load(p + 2 * WINO_W + t + 1, n);
+                        const vec d32 = vgg_cifar_vec_load(p + 3 * WINO_W + t + 1, n);
+                        const vec e02 = d02 - d22, e12 = d12 + d22;
+                        const vec e22 = d22 - d12, e32 = d12 - d32;
+                        const vec d03 = vgg_cifar_vec_load(p + HALF_W + t + 1, n);
+                        const vec d13 = vgg_cifar_vec_load(p + WINO_W + HALF_W + t + 1, n);
+                        const vec d23 = vgg_cifar_vec_load(p + 2 * WINO_W + HALF_W + t + 1, n);
+                        const vec d33 = vgg_cifar_vec_load(p + 3 * WINO_W + HALF_W + t + 1, n);
+                        const vec e03 = d03 - d23, e13 = d13 + d23;
+                        const vec e23 = d23 - d13, e33 = d13 - d33;
+                        vgg_cifar_vec_store(v + 0 * IN_STRIDE + t, e00 - e02, n);
+                        vgg_cifar_vec_store(v + 1 * IN_STRIDE + t, e01 + e02, n);
+                        vgg_cifar_vec_store(v + 2 * IN_STRIDE + t, e02 - e01, n);
+                        vgg_cifar_vec_store(v + 3 * IN_STRIDE + t, e01 - e03, n);
+                        vgg_cifar_vec_store(v + 4 * IN_STRIDE + t, e10 - e12, n);
+                        vgg_cifar_vec_store(v + 5 * IN_STRIDE + t, e11 + e12, n);
+                        vgg_cifar_vec_store(v + 6 * IN_STRIDE + t, e12 - e11, n);
+                        vgg_cifar_vec_store(v + 7 * IN_STRIDE + t, e11 - e13, n);
+                        vgg_cifar_vec_store(v + 8 * IN_STRIDE + t, e20 - e22, n);
+                        vgg_cifar_vec_store(v + 9 * IN_STRIDE + t, e21 + e22, n);
+                        vgg_cifar_vec_store(v + 10 * IN_STRIDE + t, e22 - e21, n);
+                        vgg_cifar_vec_store(v + 11 * IN_STRIDE + t, e21 - e23, n);
+                        vgg_cifar_vec_store(v + 12 * IN_STRIDE + t, e30 - e32, n);
+                        vgg_cifar_vec_store(v + 13 * IN_STRIDE + t, e31 + e32, n);
+                        vgg_cifar_vec_store(v + 14 * IN_STRIDE + t, e32 - e31, n);
+                        vgg_cifar_vec_store(v + 15 * IN_STRIDE + t, e31 - e33, n);
                     }
+                }
+            for (int xi = 0; xi < 16; xi++)
+                vgg_cifar_gemm_nn(C_OUT, TILE_BLOCK, C_IN, filters + (size_t)xi * FILTERS_STRIDE, C_IN, 1,
+                              tiles_in + (size_t)xi * IN_STRIDE, TILE_BLOCK, tiles_out + (size_t)xi * OUT_STRIDE,
+                              TILE_BLOCK, 0);
+            /* out's 2x2 pixels of each tile = A^T M A (+ bias): the rows combined (a = A^T M),
+               then each of the two rows' columns, VEC_LANES tiles of a tile row at a time; the
+               pixels go to their rows interleaved (even and odd columns), those past an odd
+               H_OUT or W_OUT dropped. */
+            for (int oc = 0; oc < C_OUT; oc++)
+                for (int r = 0; r < rows; r++) {
+                    const real *restrict mo = tiles_out + (size_t)oc * TILE_BLOCK + r * TILES_W;
+                    const int oh = 2 * (row0 + r);
+                    real *restrict y0 = out_sample + (size_t)oc * PIXELS_OUT + (size_t)oh * W_OUT;
+                    for (int t = 0; t < TILES_W; t += VEC_LANES) {
+                        const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
+                        const vec m00 = vgg_cifar_vec_load(mo + 0 * OUT_STRIDE + t, n);
+                        const vec m10 = vgg_cifar_vec_load(mo + 4 * OUT_STRIDE + t, n);
+                        const vec m20 = vgg_cifar_vec_load(mo + 8 * OUT_STRIDE + t, n);
+                        const vec m30 = vgg_cifar_vec_load(mo + 12 * OUT_STRIDE + t, n);
+                        const vec a00 = m00 + m10 + m20, a10 = m10 - m20 - m30;
+                        const vec m01 = vgg_cifar_vec_load(mo + 1 * OUT_STRIDE + t, n);
+                        const vec m11 = vgg_cifar_vec_load(mo + 5 * OUT_STRIDE + t, n);
+                        const vec m21 = vgg_cifar_vec_load(mo + 9 * OUT_STRIDE + t, n);
+                        const vec m31 = vgg_cifar_vec_load(mo + 13 * OUT_STRIDE + t, n);
+                        const vec a01 = m01 + m11 + m21, a11 = m11 - m21 - m31;
+                        const vec m02 = vgg_cifar_vec_load(mo + 2 * OUT_STRIDE + t, n);
+                        const vec m12 = vgg_cifar_vec_load(mo + 6 * OUT_STRIDE + t, n);
+                        const vec m22 = vgg_cifar_vec_load(mo + 10 * OUT_STRIDE + t, n);
+                        const vec m32 = vgg_cifar_vec_load(mo + 14 * OUT_STRIDE + t, n);
+                        const vec a02 = m02 + m12 + m22, a12 = m12 - m22 - m32;
+                        const vec m03 = vgg_cifar_vec_load(mo + 3 * OUT_STRIDE + t, n);
+                        const vec m13 = vgg_cifar_vec_load(mo + 7 * OUT_STRIDE + t, n);
+                        const vec m23 = vgg_cifar_vec_load(mo + 11 * OUT_STRIDE + t, n);
+                        const vec m33 = vgg_cifar_vec_load(mo + 15 * OUT_STRIDE + t, n);
+                        const vec a03 = m03 + m13 + m23, a13 = m13 - m23 - m33;
+                        real y[2][2][VEC_LANES];                        /* [row][even, odd column][tile] */
+                        vgg_cifar_vec_store(y[0][0], a00 + a01 + a02, VEC_LANES);
+                        vgg_cifar_vec_store(y[0][1], a01 - a02 - a03, VEC_LANES);
+                        vgg_cifar_vec_store(y[1][0], a10 + a11 + a12, VEC_LANES);
+                        vgg_cifar_vec_store(y[1][1], a11 - a12 - a13, VEC_LANES);
+                        for (int i = 0; i < 2 && oh + i < H_OUT; i++) {
+                            real *restrict o = y0 + (size_t)i * W_OUT + 2 * t;
+                            if (2 * (t + n) <= W_OUT) {
+                                for (int l = 0; l < n; l++) {
+                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
+                                    o[2 * l] = even > 0 ? even : 0;
+                                    o[2 * l + 1] = odd > 0 ? odd : 0;
+                                }
+                            } else {
+                                for (int l = 0; l < n; l++) {
+                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
+                                    o[2 * l] = even > 0 ? even : 0;
+                                    if (2 * (t + l) + 1 < W_OUT)
+                                        o[2 * l + 1] = odd > 0 ? odd : 0;
+                                }
+                            }
+                        }
+                    }
+                }
         }
     }
 }
@@ -1147,7 +1471,7 @@ static void vgg_cifar_conv2_1_forward(
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
     const real *restrict bias,              /* conv2_1.bias [128] */
-    real *slots,                            /* 407808 elements of workspace */
+    real *slots,                            /* 573504 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1178,7 +1502,7 @@ static void vgg_cifar_conv2_1_backward(
     real *restrict out,                     /* conv2_1 [N, 128, 16, 16] */
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
-    real *slots,                            /* 407808 elements of workspace */
+    real *slots,                            /* 573504 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1200,24 +1524,24 @@ static void vgg_cifar_conv2_1_backward(
         WIDE_OUT = 286,
         PAD_TOP = 1,
         PAD_LEFT = 1,
-        SCRATCH_PADDED = 0,
-        SCRATCH_DOUT = 57344,
-        SCRATCH_DWEIGHT_T = 334080,
+        SCRATCH_PADDED = 202304,
+        SCRATCH_DOUT = 223040,
+        SCRATCH_DWEIGHT_T = 499776,
         W_OUT = 16,
-        SCRATCH_FLIPPED = 260352,
+        SCRATCH_FLIPPED = 426048,
         H_DPAD = 18,
         W_DPAD = 18,
-        SCRATCH_DPAD = 93952,
+        SCRATCH_DPAD = 259648,
         H_OUT = 16,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
-        SCRATCH_WIDE_IN = 135424,
+        SCRATCH_WIDE_IN = 301120,
         WIDE_IN = 286,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 260352,
-        SCRATCH_DWEIGHT_PART = 153728,
-        SCRATCH_DBIAS_PART = 227456,
-        SCRATCH_DRELU = 227584
+        SLOT_SIZE = 426048,
+        SCRATCH_DWEIGHT_PART = 319424,
+        SCRATCH_DBIAS_PART = 393152,
+        SCRATCH_DRELU = 393280
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
@@ -1300,18 +1624,17 @@ static void vgg_cifar_conv2_1_backward(
 /* ---- conv2_2: conv2d forward (spec line 9)
  * conv2_1 [N, 128, 16, 16] -> conv2_2 [N, 128, 16, 16]
  * weight [128, 128, 3, 3], bias [128]: 147584 trainable parameters
- * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh +
- *   kh*DIL_H - PAD_TOP, ow + kw*DIL_W - PAD_LEFT] (zero outside the input); per sample and group:
- *   out[C_OUT_PER_GROUP, H_OUT*W_OUT] = weight[C_OUT_PER_GROUP, K_GROUP] x patches[K_GROUP,
- *   H_OUT*W_OUT], patches read in place from the shifted input; then relu (conv2_2_relu, fused):
- *   out = max(0, out)
+ * out[b,oc,oh,ow] = bias[oc] + sum_{ic, kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh + kh -
+ *   PAD_TOP, ow + kw - PAD_LEFT] (zero outside the input), by Winograd F(2x2, 3x3): per block of
+ *   2x2-pixel tiles, out[xi][C_OUT, tiles] = U[xi][C_OUT, C_IN] x V[xi][C_IN, tiles] for the 16 xi
+ *   of the transformed 4x4 tiles; then relu (conv2_2_relu, fused): out = max(0, out)
  */
 KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
     real *restrict out,                     /* conv2_2 [N, 128, 16, 16] */
     const real *restrict in,                /* conv2_1 [N, 128, 16, 16] */
     const real *restrict weight,            /* conv2_2.weight [128, 128, 3, 3] */
     const real *restrict bias,              /* conv2_2.bias [128] */
-    real *slots,                            /* 603520 elements of workspace */
+    real *slots,                            /* 896512 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1320,45 +1643,208 @@ KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
         H_IN = 16,
         W_IN = 16,
         C_OUT = 128,
-        GROUPS = 1,
-        C_IN_PER_GROUP = 128,
-        C_OUT_PER_GROUP = 128,
-        K_GROUP = 1152,
-        PIXELS_OUT = 256,
-        SAMPLE_SLOTS = 1,
-        KH = 3,
-        KW = 3,
-        DIL_H = 1,
-        DIL_W = 1,
-        H_PAD = 18,
-        W_PAD = 18,
-        PAD_TOP = 1,
-        PAD_LEFT = 1,
-        SCRATCH_PADDED = 0,
-        WIDE_OUT = 286,
         H_OUT = 16,
         W_OUT = 16,
-        SCRATCH_WIDE = 41472,
-        SLOT_SIZE = 308608
+        PAD_TOP = 1,
+        PAD_LEFT = 1,
+        K_GROUP = 1152,
+        PIXELS_OUT = 256,
+        TILE_ROWS = 8,
+        TILES_W = 8,
+        TILE_ROWS_PER_BLOCK = 2,
+        TILE_BLOCK = 16,
+        WINO_H = 18,
+        WINO_W = 18,
+        HALF_W = 9,
+        FILTERS_STRIDE = 16400,
+        IN_STRIDE = 2064,
+        OUT_STRIDE = 2064,
+        SAMPLE_SLOTS = 1,
+        SCRATCH_WINO_FILTERS = 0,
+        SCRATCH_WINO_TAPS = 262400,
+        SCRATCH_WINO_PADDED = 263552,
+        SCRATCH_WINO_IN = 305024,
+        SCRATCH_WINO_OUT = 338048,
+        SLOT_SIZE = 601600
     };
+    if ((size_t)slot >= batch)
+        return;
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
+    real *restrict filters = scratch + SCRATCH_WINO_FILTERS;    /* U: 16 x [C_OUT, C_IN], FILTERS_STRIDE apart */
+    real *restrict taps = scratch + SCRATCH_WINO_TAPS;          /* [9, C_IN]: one filter's taps, transposed */
+    real *restrict padded = scratch + SCRATCH_WINO_PADDED;      /* [C_IN, WINO_H, 2, HALF_W] */
+    real *restrict tiles_in = scratch + SCRATCH_WINO_IN;        /* V: 16 x [C_IN, TILE_BLOCK], IN_STRIDE apart */
+    real *restrict tiles_out = scratch + SCRATCH_WINO_OUT;      /* 16 x [C_OUT, TILE_BLOCK], OUT_STRIDE apart */
+    /* U[xi = 4i + j][oc][ic] = (G g G^T)[i][j], g = weight[oc, ic]: G g (4 x 3), then its rows
+       times G^T, VEC_LANES input channels at a time from the filter's taps transposed. */
+    for (int oc = 0; oc < C_OUT; oc++) {
+        const real *restrict w = weight + (size_t)oc * K_GROUP;      /* [C_IN, 3, 3] */
+        for (int k = 0; k < 9; k++)
+            for (int ic = 0; ic < C_IN; ic++)
+                taps[k * C_IN + ic] = w[ic * 9 + k];
+        real *restrict u = filters + (size_t)oc * C_IN;
+        for (int ic = 0; ic < C_IN; ic += VEC_LANES) {
+            const int n = C_IN - ic < VEC_LANES ? C_IN - ic : VEC_LANES;
+            const vec g00 = vgg_cifar_vec_load(taps + 0 * C_IN + ic, n);
+            const vec g10 = vgg_cifar_vec_load(taps + 3 * C_IN + ic, n);
+            const vec g20 = vgg_cifar_vec_load(taps + 6 * C_IN + ic, n);
+            const vec r00 = g00, r10 = (real)0.5 * (g00 + g10 + g20);
+            const vec r20 = (real)0.5 * (g00 - g10 + g20), r30 = g20;
+            const vec g01 = vgg_cifar_vec_load(taps + 1 * C_IN + ic, n);
+            const vec g11 = vgg_cifar_vec_load(taps + 4 * C_IN + ic, n);
+            const vec g21 = vgg_cifar_vec_load(taps + 7 * C_IN + ic, n);
+            const vec r01 = g01, r11 = (real)0.5 * (g01 + g11 + g21);
+            const vec r21 = (real)0.5 * (g01 - g11 + g21), r31 = g21;
+            const vec g02 = vgg_cifar_vec_load(taps + 2 * C_IN + ic, n);
+            const vec g12 = vgg_cifar_vec_load(taps + 5 * C_IN + ic, n);
+            const vec g22 = vgg_cifar_vec_load(taps + 8 * C_IN + ic, n);
+            const vec r02 = g02, r12 = (real)0.5 * (g02 + g12 + g22);
+            const vec r22 = (real)0.5 * (g02 - g12 + g22), r32 = g22;
+            vgg_cifar_vec_store(u + 0 * FILTERS_STRIDE + ic, r00, n);
+            vgg_cifar_vec_store(u + 1 * FILTERS_STRIDE + ic, (real)0.5 * (r00 + r01 + r02), n);
+            vgg_cifar_vec_store(u + 2 * FILTERS_STRIDE + ic, (real)0.5 * (r00 - r01 + r02), n);
+            vgg_cifar_vec_store(u + 3 * FILTERS_STRIDE + ic, r02, n);
+            vgg_cifar_vec_store(u + 4 * FILTERS_STRIDE + ic, r10, n);
+            vgg_cifar_vec_store(u + 5 * FILTERS_STRIDE + ic, (real)0.5 * (r10 + r11 + r12), n);
+            vgg_cifar_vec_store(u + 6 * FILTERS_STRIDE + ic, (real)0.5 * (r10 - r11 + r12), n);
+            vgg_cifar_vec_store(u + 7 * FILTERS_STRIDE + ic, r12, n);
+            vgg_cifar_vec_store(u + 8 * FILTERS_STRIDE + ic, r20, n);
+            vgg_cifar_vec_store(u + 9 * FILTERS_STRIDE + ic, (real)0.5 * (r20 + r21 + r22), n);
+            vgg_cifar_vec_store(u + 10 * FILTERS_STRIDE + ic, (real)0.5 * (r20 - r21 + r22), n);
+            vgg_cifar_vec_store(u + 11 * FILTERS_STRIDE + ic, r22, n);
+            vgg_cifar_vec_store(u + 12 * FILTERS_STRIDE + ic, r30, n);
+            vgg_cifar_vec_store(u + 13 * FILTERS_STRIDE + ic, (real)0.5 * (r30 + r31 + r32), n);
+            vgg_cifar_vec_store(u + 14 * FILTERS_STRIDE + ic, (real)0.5 * (r30 - r31 + r32), n);
+            vgg_cifar_vec_store(u + 15 * FILTERS_STRIDE + ic, r32, n);
+        }
+    }
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        for (int g = 0; g < GROUPS; g++) {
-            const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
-            real *restrict out_group = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
-            const real *restrict weight_group = weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
-            real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            vgg_cifar_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
-
-            real *restrict wide = scratch + SCRATCH_WIDE;               /* [C_OUT_PER_GROUP, WIDE_OUT] */
-            vgg_cifar_gemm_nn_taps(WIDE_OUT, weight_group, vgg_cifar_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
-                         (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, wide, WIDE_OUT, 0);
-            for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                for (int oh = 0; oh < H_OUT; oh++)
-                    for (int ow = 0; ow < W_OUT; ow++) {
-                        const real y = wide[(size_t)oc * WIDE_OUT + oh * W_PAD + ow] + bias[g * C_OUT_PER_GROUP + oc];
-                        out_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] = y > 0 ? y : 0;
+        /* The sample's input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows
+           of WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its odd
+           ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
+           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+        const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
+        for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
+            padded[i] = 0;
+        for (int ic = 0; ic < C_IN; ic++)
+            for (int ih = 0; ih < H_IN; ih++) {
+                const real *restrict src = in_sample + ((size_t)ic * H_IN + ih) * W_IN;
+                real *restrict row = padded + ((size_t)ic * WINO_H + PAD_TOP + ih) * WINO_W;
+                for (int iw = 0; iw < W_IN; iw++)
+                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = src[iw];
+            }
+        real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
+        for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
+            const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
+            /* V[xi = 4i + j][ic][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
+               then each row's columns (times B); VEC_LANES tiles of a tile row at a time. */
+            for (int ic = 0; ic < C_IN; ic++)
+                for (int r = 0; r < rows; r++) {
+                    const real *restrict p = padded + ((size_t)ic * WINO_H + 2 * (row0 + r)) * WINO_W;
+                    real *restrict v = tiles_in + (size_t)ic * TILE_BLOCK + r * TILES_W;
+                    for (int t = 0; t < TILES_W; t += VEC_LANES) {
+                        const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
+                        const vec d00 = vgg_cifar_vec_load(p + t, n);
+                        const vec d10 = vgg_cifar_vec_load(p + WINO_W + t, n);
+                        const vec d20 = vgg_cifar_vec_load(p + 2 * WINO_W + t, n);
+                        const vec d30 = vgg_cifar_vec_load(p + 3 * WINO_W + t, n);
+                        const vec e00 = d00 - d20, e10 = d10 + d20;
+                        const vec e20 = d20 - d10, e30 = d10 - d30;
+                        const vec d01 = vgg_cifar_vec_load(p + HALF_W + t, n);
+                        const vec d11 = vgg_cifar_vec_load(p + WINO_W + HALF_W + t, n);
+                        const vec d21 = vgg_cifar_vec_load(p + 2 * WINO_W + HALF_W + t, n);
+                        const vec d31 = vgg_cifar_vec_load(p + 3 * WINO_W + HALF_W + t, n);
+                        const vec e01 = d01 - d21, e11 = d11 + d21;
+                        const vec e21 = d21 - d11, e31 = d11 - d31;
+                        const vec d02 = vgg_cifar_vec_load(p + t + 1, n);
+                        const vec d12 = vgg_cifar_vec_load(p + WINO_W + t + 1, n);
+                        const vec d22 = vgg_cifar_vec_load(p + 2 * WINO_W + t + 1, n);
+                        const vec d32 = vgg_cifar_vec_load(p + 3 * WINO_W + t + 1, n);
+                        const vec e02 = d02 - d22, e12 = d12 + d22;
+                        const vec e22 = d22 - d12, e32 = d12 - d32;
+                        const vec d03 = vgg_cifar_vec_load(p + HALF_W + t + 1, n);
+                        const vec d13 = vgg_cifar_vec_load(p + WINO_W + HALF_W + t + 1, n);
+                        const vec d23 = vgg_cifar_vec_load(p + 2 * WINO_W + HALF_W + t + 1, n);
+                        const vec d33 = vgg_cifar_vec_load(p + 3 * WINO_W + HALF_W + t + 1, n);
+                        const vec e03 = d03 - d23, e13 = d13 + d23;
+                        const vec e23 = d23 - d13, e33 = d13 - d33;
+                        vgg_cifar_vec_store(v + 0 * IN_STRIDE + t, e00 - e02, n);
+                        vgg_cifar_vec_store(v + 1 * IN_STRIDE + t, e01 + e02, n);
+                        vgg_cifar_vec_store(v + 2 * IN_STRIDE + t, e02 - e01, n);
+                        vgg_cifar_vec_store(v + 3 * IN_STRIDE + t, e01 - e03, n);
+                        vgg_cifar_vec_store(v + 4 * IN_STRIDE + t, e10 - e12, n);
+                        vgg_cifar_vec_store(v + 5 * IN_STRIDE + t, e11 + e12, n);
+                        vgg_cifar_vec_store(v + 6 * IN_STRIDE + t, e12 - e11, n);
+                        vgg_cifar_vec_store(v + 7 * IN_STRIDE + t, e11 - e13, n);
+                        vgg_cifar_vec_store(v + 8 * IN_STRIDE + t, e20 - e22, n);
+                        vgg_cifar_vec_store(v + 9 * IN_STRIDE + t, e21 + e22, n);
+                        vgg_cifar_vec_store(v + 10 * IN_STRIDE + t, e22 - e21, n);
+                        vgg_cifar_vec_store(v + 11 * IN_STRIDE + t, e21 - e23, n);
+                        vgg_cifar_vec_store(v + 12 * IN_STRIDE + t, e30 - e32, n);
+                        vgg_cifar_vec_store(v + 13 * IN_STRIDE + t, e31 + e32, n);
+                        vgg_cifar_vec_store(v + 14 * IN_STRIDE + t, e32 - e31, n);
+                        vgg_cifar_vec_store(v + 15 * IN_STRIDE + t, e31 - e33, n);
                     }
+                }
+            for (int xi = 0; xi < 16; xi++)
+                vgg_cifar_gemm_nn(C_OUT, TILE_BLOCK, C_IN, filters + (size_t)xi * FILTERS_STRIDE, C_IN, 1,
+                              tiles_in + (size_t)xi * IN_STRIDE, TILE_BLOCK, tiles_out + (size_t)xi * OUT_STRIDE,
+                              TILE_BLOCK, 0);
+            /* out's 2x2 pixels of each tile = A^T M A (+ bias): the rows combined (a = A^T M),
+               then each of the two rows' columns, VEC_LANES tiles of a tile row at a time; the
+               pixels go to their rows interleaved (even and odd columns), those past an odd
+               H_OUT or W_OUT dropped. */
+            for (int oc = 0; oc < C_OUT; oc++)
+                for (int r = 0; r < rows; r++) {
+                    const real *restrict mo = tiles_out + (size_t)oc * TILE_BLOCK + r * TILES_W;
+                    const int oh = 2 * (row0 + r);
+                    real *restrict y0 = out_sample + (size_t)oc * PIXELS_OUT + (size_t)oh * W_OUT;
+                    for (int t = 0; t < TILES_W; t += VEC_LANES) {
+                        const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
+                        const vec m00 = vgg_cifar_vec_load(mo + 0 * OUT_STRIDE + t, n);
+                        const vec m10 = vgg_cifar_vec_load(mo + 4 * OUT_STRIDE + t, n);
+                        const vec m20 = vgg_cifar_vec_load(mo + 8 * OUT_STRIDE + t, n);
+                        const vec m30 = vgg_cifar_vec_load(mo + 12 * OUT_STRIDE + t, n);
+                        const vec a00 = m00 + m10 + m20, a10 = m10 - m20 - m30;
+                        const vec m01 = vgg_cifar_vec_load(mo + 1 * OUT_STRIDE + t, n);
+                        const vec m11 = vgg_cifar_vec_load(mo + 5 * OUT_STRIDE + t, n);
+                        const vec m21 = vgg_cifar_vec_load(mo + 9 * OUT_STRIDE + t, n);
+                        const vec m31 = vgg_cifar_vec_load(mo + 13 * OUT_STRIDE + t, n);
+                        const vec a01 = m01 + m11 + m21, a11 = m11 - m21 - m31;
+                        const vec m02 = vgg_cifar_vec_load(mo + 2 * OUT_STRIDE + t, n);
+                        const vec m12 = vgg_cifar_vec_load(mo + 6 * OUT_STRIDE + t, n);
+                        const vec m22 = vgg_cifar_vec_load(mo + 10 * OUT_STRIDE + t, n);
+                        const vec m32 = vgg_cifar_vec_load(mo + 14 * OUT_STRIDE + t, n);
+                        const vec a02 = m02 + m12 + m22, a12 = m12 - m22 - m32;
+                        const vec m03 = vgg_cifar_vec_load(mo + 3 * OUT_STRIDE + t, n);
+                        const vec m13 = vgg_cifar_vec_load(mo + 7 * OUT_STRIDE + t, n);
+                        const vec m23 = vgg_cifar_vec_load(mo + 11 * OUT_STRIDE + t, n);
+                        const vec m33 = vgg_cifar_vec_load(mo + 15 * OUT_STRIDE + t, n);
+                        const vec a03 = m03 + m13 + m23, a13 = m13 - m23 - m33;
+                        real y[2][2][VEC_LANES];                        /* [row][even, odd column][tile] */
+                        vgg_cifar_vec_store(y[0][0], a00 + a01 + a02, VEC_LANES);
+                        vgg_cifar_vec_store(y[0][1], a01 - a02 - a03, VEC_LANES);
+                        vgg_cifar_vec_store(y[1][0], a10 + a11 + a12, VEC_LANES);
+                        vgg_cifar_vec_store(y[1][1], a11 - a12 - a13, VEC_LANES);
+                        for (int i = 0; i < 2 && oh + i < H_OUT; i++) {
+                            real *restrict o = y0 + (size_t)i * W_OUT + 2 * t;
+                            if (2 * (t + n) <= W_OUT) {
+                                for (int l = 0; l < n; l++) {
+                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
+                                    o[2 * l] = even > 0 ? even : 0;
+                                    o[2 * l + 1] = odd > 0 ? odd : 0;
+                                }
+                            } else {
+                                for (int l = 0; l < n; l++) {
+                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
+                                    o[2 * l] = even > 0 ? even : 0;
+                                    if (2 * (t + l) + 1 < W_OUT)
+                                        o[2 * l + 1] = odd > 0 ? odd : 0;
+                                }
+                            }
+                        }
+                    }
+                }
         }
     }
 }
@@ -1372,7 +1858,7 @@ static void vgg_cifar_conv2_2_forward(
     const real *restrict in,                /* conv2_1 [N, 128, 16, 16] */
     const real *restrict weight,            /* conv2_2.weight [128, 128, 3, 3] */
     const real *restrict bias,              /* conv2_2.bias [128] */
-    real *slots,                            /* 603520 elements of workspace */
+    real *slots,                            /* 896512 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1406,7 +1892,7 @@ static void vgg_cifar_conv2_2_backward(
     const char *argmax,                     /* int32 [N, 8192], in the memory of conv2_2's gradient */
     const real *restrict in,                /* conv2_1 [N, 128, 16, 16] */
     const real *restrict weight,            /* conv2_2.weight [128, 128, 3, 3] */
-    real *slots,                            /* 603520 elements of workspace */
+    real *slots,                            /* 896512 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1427,13 +1913,13 @@ static void vgg_cifar_conv2_2_backward(
         TAP_ROW = 384,
         ROW_PAD = 384,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 308608,
-        SCRATCH_IN_HWC = 78080,
-        SCRATCH_DIN_HWC = 119552,
-        SCRATCH_DWEIGHT_PART = 161024,
-        SCRATCH_DBIAS_PART = 308480,
-        SCRATCH_DWEIGHT_SUM = 456064,
-        SCRATCH_WEIGHT_HWC = 308608
+        SLOT_SIZE = 601600,
+        SCRATCH_IN_HWC = 371072,
+        SCRATCH_DIN_HWC = 412544,
+        SCRATCH_DWEIGHT_PART = 454016,
+        SCRATCH_DBIAS_PART = 601472,
+        SCRATCH_DWEIGHT_SUM = 749056,
+        SCRATCH_WEIGHT_HWC = 601600
     };
     /* Windows are taken in chunks: first those with a gradient, then the products, whole vectors
        of the padded rows at a time. The input gradient's vectors are a pixel's channels (or a
