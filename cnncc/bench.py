@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from .backends.vector.conv2d import WINOGRAD
 from .layers import format_shape
 from .peak import peak_gflops
 
@@ -318,6 +319,12 @@ def _profile_text(model, rows: list[OpTiming], passes: dict[str, float], repeats
     if pooled:
         lines.append(f"GFLOP/s counts every layer's full MACs, backward too; the backward of {', '.join(pooled)} "
                      "visits only each pool window's maximum (a quarter of the pixels behind a 2x2 pool)")
+    winograd = [op.name for op in model.program.ops if op.plan.forward_template == WINOGRAD]
+    if winograd:
+        din = [op.name for op in model.program.ops if op.plan.settings.get("winograd_din") and model.program.loss]
+        lines.append(f"the forward of {', '.join(winograd)}" + (f" and the input gradient of {', '.join(din)}" if din else "")
+                     + " go by Winograd F(2x2, 3x3), 16 multiply-adds per 2x2 output tile for the direct conv's 36: "
+                     "GFLOP/s counts the direct conv's MACs (an effective rate, which may pass the peak)")
     return "\n".join(lines)
 
 

@@ -961,6 +961,8 @@ VARIANT_CASES = {
         _c("winograd_valid_relu", VARIANT_IMG, type="conv2d", filters=16, kernel=3, activation="relu", bias=False,
            pre=(16,)),
         _c("winograd_blocks", VARIANT_IMG, type="conv2d", filters=64, kernel=3, padding=[2, 1], pre=(48,)),
+        # padding 3: the input gradient's conv would crop dout, so it stays the direct one
+        _c("winograd_pad3", VARIANT_IMG, type="conv2d", filters=16, kernel=3, padding=3, pre=(16,)),
         _c("im2col_strided", VARIANT_IMG, type="conv2d", filters=10, kernel=3, stride=2, padding=1, pre=(11,)),
         _c("im2col_strided_many", VARIANT_IMG, type="conv2d", filters=21, kernel=[2, 3], stride=[2, 1], pre=(7,)),
         # backward through the maxpool after: a relu between or not, strides, padding, height dilation,
@@ -1027,23 +1029,30 @@ def test_depthwise_convs_take_the_depthwise_kernel():
         assert {combo[i] for combo in settings} == {False, True}, i
 
 
-WINOGRAD_CASES = {"conv_winograd", "winograd_same", "winograd_valid_relu", "winograd_blocks", "pooled_winograd"}
+WINOGRAD_CASES = {"conv_winograd", "winograd_same", "winograd_valid_relu", "winograd_blocks", "winograd_pad3",
+                  "pooled_winograd"}
 
 
 def test_winograd_forward_is_chosen_where_it_applies():
     """The 3x3 stride-1 convs with 16 or more input channels and filters of the table and the
-    variants take the Winograd forward (with the shifted or the pooled backward), the others not;
+    variants take the Winograd forward (with the shifted backward, whose input gradient goes by
+    Winograd too, or the pooled backward), the others not;
     between them its plan's variants are taken both ways (bias, relu, an odd output width and
     height, more than one block of tile rows)."""
     from cnncc.backends.vector.conv2d import POOLED, SHIFTED, WINOGRAD
 
-    chosen, forms = set(), set()
+    chosen, forms, din_short_block = set(), set(), set()
     groups = list(GROUPS.items()) + [(shape, cases) for shape, cases in VARIANT_CASES.items()]
     for shape, cases in groups:
         spec = load_spec(group_spec(cases, "float64", "pre", group_name(shape, "float64", "pre")))
         for op in lower(check_net(spec)).ops:
             if op.plan.forward_template == WINOGRAD:
                 assert op.plan.backward_template in (SHIFTED, POOLED)
+                # the shifted backward's input gradient goes by Winograd too, unless its padding crops
+                shifted_din = op.plan.backward_template == SHIFTED and op.layer != "winograd_pad3"
+                assert op.plan.settings["winograd_din"] == shifted_din, op.layer
+                if op.plan.settings["winograd_din"]:
+                    din_short_block.add("DIN_LAST_BLOCK_TILES" in op.plan.backward_dims)
                 chosen.add(op.layer)
                 d = op.plan.forward_dims
                 forms.add((op.plan.settings["has_bias"], op.plan.settings["relu"], d["W_OUT"] % 2 == 1,
@@ -1051,6 +1060,7 @@ def test_winograd_forward_is_chosen_where_it_applies():
     assert chosen == WINOGRAD_CASES
     for i in range(5):
         assert {form[i] for form in forms} == {False, True}, i
+    assert din_short_block == {False, True}
 
 
 def test_depthwise_and_winograd_kernels_at_batch_one(build_dir):

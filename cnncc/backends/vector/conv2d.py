@@ -92,7 +92,7 @@ class ConvPlanner(Planner):
         s = {"has_bias": g.bias, "dweight_by_dots": g.c_out // g.groups < DOTS_BELOW_FILTERS,
              "din": request.input_grads[0], "positive_only": request.pooled_positive_only,
              "dweight": "weight" in request.trainable, "dbias": g.bias and "bias" in request.trainable,
-             "relu": request.relu_epilogue}
+             "relu": request.relu_epilogue, "winograd_din": False}
         winograd = self.plans_winograd(g)
         if shifted:
             k.update(_shifted_dims(g, k))
@@ -100,7 +100,7 @@ class ConvPlanner(Planner):
                      dout_is_dpad=(k["DPAD_TOP"], k["DPAD_LEFT"], k["H_DPAD"], k["W_DPAD"]) == (0, 0, g.h_out, g.w_out))
             forward = _shifted_scratch_forward(k, s)
         if winograd:
-            k.update(_winograd_dims(k))
+            k.update(_winograd_dims(k["C_IN"], k["C_OUT"], k["H_OUT"], k["W_OUT"]))
             forward = _winograd_scratch(k)
         elif not shifted:
             forward = {"SCRATCH_PATCHES": k["K_GROUP"] * k["PIXELS_OUT"]}
@@ -108,6 +108,9 @@ class ConvPlanner(Planner):
             k.update(_pooled_dims(g, request.pooled_output))
             backward, shared = _pooled_scratch(k)
         elif shifted:
+            s["winograd_din"] = winograd and s["din"] and _winograd_din_fits(k)
+            if s["winograd_din"]:
+                k.update(_winograd_dims(k["C_OUT"], k["C_IN"], k["H_IN"], k["W_IN"], "DIN_"))
             backward, shared = _shifted_scratch_backward(k, s)
             if winograd and s["padded"]:  # the shifted backward's padded input, not in the forward's scratch
                 backward = {"SCRATCH_PADDED": _shifted_scratch_forward(k, s)["SCRATCH_PADDED"], **backward}
@@ -132,7 +135,7 @@ class ConvPlanner(Planner):
                               "in if dweight", "weight if din", "slots", "batch")
             backward_template = POOLED
         else:
-            backward_names = (_shifted_backward_names(s) if shifted else _im2col_backward_names(s)) + \
+            backward_names = (_shifted_backward_names(s, k) if shifted else _im2col_backward_names(s)) + \
                 ("SAMPLE_SLOTS", "SLOT_SIZE", "C_OUT", "K_GROUP", "PIXELS_OUT") + \
                 (("SCRATCH_DWEIGHT_PART",) if s["dweight"] else ()) + (("SCRATCH_DBIAS_PART",) if s["dbias"] else ()) + \
                 (("SCRATCH_DRELU",) if s["relu"] else ())
@@ -227,22 +230,38 @@ WINOGRAD_FORWARD = ("C_IN", "H_IN", "W_IN", "C_OUT", "H_OUT", "W_OUT", "PAD_TOP"
                     "SCRATCH_WINO_OUT")
 
 
-def _winograd_dims(k) -> dict[str, int]:
-    """Tiles of 2x2 output pixels, TILE_ROWS x TILES_W of them, in blocks of whole tile rows
-    (TILE_BLOCK tiles, the last block LAST_BLOCK_TILES if it is short); the input zero-padded into
-    WINO_H x WINO_W planes so that every tile's 4x4 patch lies inside, each row as its HALF_W even
-    columns, then its odd ones."""
-    rows, cols = -(-k["H_OUT"] // 2), -(-k["W_OUT"] // 2)
-    block_tiles = WINOGRAD_BLOCK_BYTES // (16 * (k["C_IN"] + k["C_OUT"]) * 4)
+def _winograd_dims(c_src: int, c_dst: int, h_dst: int, w_dst: int, prefix: str = "") -> dict[str, int]:
+    """A Winograd conv of c_src planes into c_dst planes of h_dst x w_dst: tiles of 2x2 output
+    pixels, TILE_ROWS x TILES_W of them, in blocks of whole tile rows (TILE_BLOCK tiles, the last
+    block LAST_BLOCK_TILES if it is short); the source zero-padded into WINO_H x WINO_W planes so
+    that every tile's 4x4 patch lies inside, each row as its HALF_W even columns, then its odd
+    ones. The names take `prefix` (the input gradient's: DIN_)."""
+    rows, cols = -(-h_dst // 2), -(-w_dst // 2)
+    block_tiles = WINOGRAD_BLOCK_BYTES // (16 * (c_src + c_dst) * 4)
     rows_per_block = max(1, min(rows, block_tiles // cols))
     block = rows_per_block * cols
     # the 16 matrices of U, V and the products are WINOGRAD_SKEW elements further apart than their
     # size: at power-of-two sizes (64 x 64 filters) a tile's 16 values would otherwise fall in one
     # set of the L1 cache, 4 KB apart, more than it has ways (the 64-filter convs ran 3x slower)
-    return {"TILE_ROWS": rows, "TILES_W": cols, "TILE_ROWS_PER_BLOCK": rows_per_block, "TILE_BLOCK": block,
+    dims = {"TILE_ROWS": rows, "TILES_W": cols, "TILE_ROWS_PER_BLOCK": rows_per_block, "TILE_BLOCK": block,
             "LAST_BLOCK_TILES": rows % rows_per_block * cols, "WINO_H": 2 * rows + 2, "WINO_W": 2 * cols + 2,
-            "HALF_W": cols + 1, "FILTERS_STRIDE": k["C_OUT"] * k["C_IN"] + WINOGRAD_SKEW,
-            "IN_STRIDE": k["C_IN"] * block + WINOGRAD_SKEW, "OUT_STRIDE": k["C_OUT"] * block + WINOGRAD_SKEW}
+            "HALF_W": cols + 1, "FILTERS_STRIDE": c_dst * c_src + WINOGRAD_SKEW,
+            "IN_STRIDE": c_src * block + WINOGRAD_SKEW, "OUT_STRIDE": c_dst * block + WINOGRAD_SKEW}
+    return {prefix + name: value for name, value in dims.items()}
+
+
+def _winograd_din_fits(k) -> bool:
+    """The input gradient, the 3x3 conv of dout padded by (DPAD_TOP, DPAD_LEFT), goes by Winograd
+    too where that padding crops nothing (padding of at most 2 on each side)."""
+    tiles = _winograd_dims(k["C_OUT"], k["C_IN"], k["H_IN"], k["W_IN"])
+    return (k["DPAD_TOP"] >= 0 and k["DPAD_LEFT"] >= 0 and k["DPAD_TOP"] + k["H_OUT"] <= tiles["WINO_H"]
+            and k["DPAD_LEFT"] + k["W_OUT"] <= tiles["WINO_W"])
+
+
+WINOGRAD_DIN = ("DIN_TILE_ROWS", "DIN_TILES_W", "DIN_TILE_ROWS_PER_BLOCK", "DIN_TILE_BLOCK", "DIN_LAST_BLOCK_TILES",
+                "DIN_WINO_H", "DIN_WINO_W", "DIN_HALF_W", "DIN_FILTERS_STRIDE", "DIN_IN_STRIDE", "DIN_OUT_STRIDE",
+                "DPAD_TOP", "DPAD_LEFT", "H_OUT", "W_OUT", "SCRATCH_DIN_FILTERS", "SCRATCH_DIN_TAPS",
+                "SCRATCH_DIN_PADDED", "SCRATCH_DIN_TILES_IN", "SCRATCH_DIN_TILES_OUT")
 
 
 def _winograd_scratch(k) -> dict[str, int]:
@@ -271,6 +290,13 @@ def _shifted_scratch_forward(k, s) -> dict[str, int]:
 
 
 def _shifted_scratch_backward(k, s):
+    if s.get("winograd_din"):  # groups == 1
+        backward = {"SCRATCH_DOUT": k["WIDE_OUT"] * k["C_OUT"],
+                    "SCRATCH_DIN_PADDED": k["C_OUT"] * k["DIN_WINO_H"] * k["DIN_WINO_W"],
+                    "SCRATCH_DIN_TILES_IN": 16 * k["DIN_IN_STRIDE"], "SCRATCH_DIN_TILES_OUT": 16 * k["DIN_OUT_STRIDE"]}
+        shared = {"SCRATCH_DIN_FILTERS": 16 * k["DIN_FILTERS_STRIDE"], "SCRATCH_DIN_TAPS": 9 * k["C_OUT"],
+                  "SCRATCH_DWEIGHT_T": 0 if s["dweight_by_dots"] else k["C_OUT"] * k["K_GROUP"]}
+        return backward, shared
     cig, cog = k["C_IN_PER_GROUP"], k["C_OUT_PER_GROUP"]
     backward = {"SCRATCH_DOUT": k["WIDE_OUT"] * cog,
                 "SCRATCH_DPAD": 0 if s["dout_is_dpad"] else cog * k["H_DPAD"] * k["W_DPAD"],
@@ -325,14 +351,16 @@ def _shifted_forward_names(s) -> tuple[str, ...]:
     return names + (("WIDE_OUT", "H_OUT", "W_OUT", "SCRATCH_WIDE") if s["wide"] else ())
 
 
-def _shifted_backward_names(s) -> tuple[str, ...]:
+def _shifted_backward_names(s, k) -> tuple[str, ...]:
     names = GROUPED + TAPS + ("H_PAD", "W_PAD", "WIDE_OUT")
     names += ("PAD_TOP", "PAD_LEFT", "SCRATCH_PADDED") if s["padded"] else ()
     if s["dweight_by_dots"]:
         names += ("SCRATCH_DOUT", "H_OUT", "W_OUT") if s["wide"] else ()
     else:
         names += ("SCRATCH_DOUT", "SCRATCH_DWEIGHT_T", "W_OUT")
-    if s["din"]:
+    if s.get("winograd_din"):  # a short last block of tile rows only where there is one
+        names += tuple(n for n in WINOGRAD_DIN if n != "DIN_LAST_BLOCK_TILES" or k[n])
+    elif s["din"]:
         names += ("SCRATCH_FLIPPED", "H_DPAD", "W_DPAD")
         names += () if s["dout_is_dpad"] else ("SCRATCH_DPAD", "H_OUT", "W_OUT", "DPAD_TOP", "DPAD_LEFT")
         names += ("SCRATCH_WIDE_IN", "WIDE_IN") if s["wide"] else ()

@@ -70,12 +70,12 @@ typedef float real;
 #define WS_STEM ((size_t)0)
 #define WS_STEM_BN ((size_t)17462)
 #define WS_BLOCK1_CONV1 ((size_t)17494)
-#define WS_BLOCK1_BN1 ((size_t)86886)
-#define WS_BLOCK1_CONV2 ((size_t)86918)
-#define WS_BLOCK1_BN2 ((size_t)156310)
-#define WS_DOWN ((size_t)156342)
-#define WS_DEPTHWISE ((size_t)178902)
-#define WS_POINTWISE ((size_t)179866)
+#define WS_BLOCK1_BN1 ((size_t)117782)
+#define WS_BLOCK1_CONV2 ((size_t)117814)
+#define WS_BLOCK1_BN2 ((size_t)218102)
+#define WS_DOWN ((size_t)218134)
+#define WS_DEPTHWISE ((size_t)240694)
+#define WS_POINTWISE ((size_t)241658)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients), neighbours merged. */
@@ -972,7 +972,7 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
     real *restrict out,                     /* block1_conv1 [N, 16, 16, 16] */
     const real *restrict in,                /* stem_bn [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv1.weight [16, 16, 3, 3] */
-    real *slots,                            /* 69392 elements of workspace */
+    real *slots,                            /* 100288 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1003,7 +1003,7 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
         SCRATCH_WINO_PADDED = 4496,
         SCRATCH_WINO_IN = 9680,
         SCRATCH_WINO_OUT = 26320,
-        SLOT_SIZE = 64784
+        SLOT_SIZE = 93488
     };
     if ((size_t)slot >= batch)
         return;
@@ -1013,97 +1013,95 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
     real *restrict padded = scratch + SCRATCH_WINO_PADDED;      /* [C_IN, WINO_H, 2, HALF_W] */
     real *restrict tiles_in = scratch + SCRATCH_WINO_IN;        /* V: 16 x [C_IN, TILE_BLOCK], IN_STRIDE apart */
     real *restrict tiles_out = scratch + SCRATCH_WINO_OUT;      /* 16 x [C_OUT, TILE_BLOCK], OUT_STRIDE apart */
-    /* U[xi = 4i + j][oc][ic] = (G g G^T)[i][j], g = weight[oc, ic]: G g (4 x 3), then its rows
-       times G^T, VEC_LANES input channels at a time from the filter's taps transposed. */
-    for (int oc = 0; oc < C_OUT; oc++) {
-        const real *restrict w = weight + (size_t)oc * K_GROUP;      /* [C_IN, 3, 3] */
+    /* U[xi][oc][ic] from g = weight[oc, ic] */
+    for (int o = 0; o < C_OUT; o++) {
         for (int k = 0; k < 9; k++)
-            for (int ic = 0; ic < C_IN; ic++)
-                taps[k * C_IN + ic] = w[ic * 9 + k];
-        real *restrict u = filters + (size_t)oc * C_IN;
-        for (int ic = 0; ic < C_IN; ic += VEC_LANES) {
-            const int n = C_IN - ic < VEC_LANES ? C_IN - ic : VEC_LANES;
-            const vec g00 = resnet_small_vec_load(taps + 0 * C_IN + ic, n);
-            const vec g10 = resnet_small_vec_load(taps + 3 * C_IN + ic, n);
-            const vec g20 = resnet_small_vec_load(taps + 6 * C_IN + ic, n);
+            for (int c = 0; c < C_IN; c++)
+                taps[k * C_IN + c] = weight[(size_t)o * K_GROUP + c * 9 + k];
+        real *restrict u = filters + (size_t)o * C_IN;
+        for (int c = 0; c < C_IN; c += VEC_LANES) {
+            const int n = C_IN - c < VEC_LANES ? C_IN - c : VEC_LANES;
+            const vec g00 = resnet_small_vec_load(taps + 0 * C_IN + c, n);
+            const vec g10 = resnet_small_vec_load(taps + 3 * C_IN + c, n);
+            const vec g20 = resnet_small_vec_load(taps + 6 * C_IN + c, n);
             const vec r00 = g00, r10 = (real)0.5 * (g00 + g10 + g20);
             const vec r20 = (real)0.5 * (g00 - g10 + g20), r30 = g20;
-            const vec g01 = resnet_small_vec_load(taps + 1 * C_IN + ic, n);
-            const vec g11 = resnet_small_vec_load(taps + 4 * C_IN + ic, n);
-            const vec g21 = resnet_small_vec_load(taps + 7 * C_IN + ic, n);
+            const vec g01 = resnet_small_vec_load(taps + 1 * C_IN + c, n);
+            const vec g11 = resnet_small_vec_load(taps + 4 * C_IN + c, n);
+            const vec g21 = resnet_small_vec_load(taps + 7 * C_IN + c, n);
             const vec r01 = g01, r11 = (real)0.5 * (g01 + g11 + g21);
             const vec r21 = (real)0.5 * (g01 - g11 + g21), r31 = g21;
-            const vec g02 = resnet_small_vec_load(taps + 2 * C_IN + ic, n);
-            const vec g12 = resnet_small_vec_load(taps + 5 * C_IN + ic, n);
-            const vec g22 = resnet_small_vec_load(taps + 8 * C_IN + ic, n);
+            const vec g02 = resnet_small_vec_load(taps + 2 * C_IN + c, n);
+            const vec g12 = resnet_small_vec_load(taps + 5 * C_IN + c, n);
+            const vec g22 = resnet_small_vec_load(taps + 8 * C_IN + c, n);
             const vec r02 = g02, r12 = (real)0.5 * (g02 + g12 + g22);
             const vec r22 = (real)0.5 * (g02 - g12 + g22), r32 = g22;
-            resnet_small_vec_store(u + 0 * FILTERS_STRIDE + ic, r00, n);
-            resnet_small_vec_store(u + 1 * FILTERS_STRIDE + ic, (real)0.5 * (r00 + r01 + r02), n);
-            resnet_small_vec_store(u + 2 * FILTERS_STRIDE + ic, (real)0.5 * (r00 - r01 + r02), n);
-            resnet_small_vec_store(u + 3 * FILTERS_STRIDE + ic, r02, n);
-            resnet_small_vec_store(u + 4 * FILTERS_STRIDE + ic, r10, n);
-            resnet_small_vec_store(u + 5 * FILTERS_STRIDE + ic, (real)0.5 * (r10 + r11 + r12), n);
-            resnet_small_vec_store(u + 6 * FILTERS_STRIDE + ic, (real)0.5 * (r10 - r11 + r12), n);
-            resnet_small_vec_store(u + 7 * FILTERS_STRIDE + ic, r12, n);
-            resnet_small_vec_store(u + 8 * FILTERS_STRIDE + ic, r20, n);
-            resnet_small_vec_store(u + 9 * FILTERS_STRIDE + ic, (real)0.5 * (r20 + r21 + r22), n);
-            resnet_small_vec_store(u + 10 * FILTERS_STRIDE + ic, (real)0.5 * (r20 - r21 + r22), n);
-            resnet_small_vec_store(u + 11 * FILTERS_STRIDE + ic, r22, n);
-            resnet_small_vec_store(u + 12 * FILTERS_STRIDE + ic, r30, n);
-            resnet_small_vec_store(u + 13 * FILTERS_STRIDE + ic, (real)0.5 * (r30 + r31 + r32), n);
-            resnet_small_vec_store(u + 14 * FILTERS_STRIDE + ic, (real)0.5 * (r30 - r31 + r32), n);
-            resnet_small_vec_store(u + 15 * FILTERS_STRIDE + ic, r32, n);
+            resnet_small_vec_store(u + 0 * FILTERS_STRIDE + c, r00, n);
+            resnet_small_vec_store(u + 1 * FILTERS_STRIDE + c, (real)0.5 * (r00 + r01 + r02), n);
+            resnet_small_vec_store(u + 2 * FILTERS_STRIDE + c, (real)0.5 * (r00 - r01 + r02), n);
+            resnet_small_vec_store(u + 3 * FILTERS_STRIDE + c, r02, n);
+            resnet_small_vec_store(u + 4 * FILTERS_STRIDE + c, r10, n);
+            resnet_small_vec_store(u + 5 * FILTERS_STRIDE + c, (real)0.5 * (r10 + r11 + r12), n);
+            resnet_small_vec_store(u + 6 * FILTERS_STRIDE + c, (real)0.5 * (r10 - r11 + r12), n);
+            resnet_small_vec_store(u + 7 * FILTERS_STRIDE + c, r12, n);
+            resnet_small_vec_store(u + 8 * FILTERS_STRIDE + c, r20, n);
+            resnet_small_vec_store(u + 9 * FILTERS_STRIDE + c, (real)0.5 * (r20 + r21 + r22), n);
+            resnet_small_vec_store(u + 10 * FILTERS_STRIDE + c, (real)0.5 * (r20 - r21 + r22), n);
+            resnet_small_vec_store(u + 11 * FILTERS_STRIDE + c, r22, n);
+            resnet_small_vec_store(u + 12 * FILTERS_STRIDE + c, r30, n);
+            resnet_small_vec_store(u + 13 * FILTERS_STRIDE + c, (real)0.5 * (r30 + r31 + r32), n);
+            resnet_small_vec_store(u + 14 * FILTERS_STRIDE + c, (real)0.5 * (r30 - r31 + r32), n);
+            resnet_small_vec_store(u + 15 * FILTERS_STRIDE + c, r32, n);
         }
     }
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        /* The sample's input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows
-           of WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its odd
-           ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
-           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
         const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
+        real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
+        /* The input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows of
+           WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its
+           odd ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
+           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
         for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
             padded[i] = 0;
-        for (int ic = 0; ic < C_IN; ic++)
+        for (int c = 0; c < C_IN; c++)
             for (int ih = 0; ih < H_IN; ih++) {
-                const real *restrict src = in_sample + ((size_t)ic * H_IN + ih) * W_IN;
-                real *restrict row = padded + ((size_t)ic * WINO_H + PAD_TOP + ih) * WINO_W;
+                const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
+                real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
                 for (int iw = 0; iw < W_IN; iw++)
-                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = src[iw];
+                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = from[iw];
             }
-        real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
-            /* V[xi = 4i + j][ic][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
+            /* V[xi = 4i + j][c][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
                then each row's columns (times B); VEC_LANES tiles of a tile row at a time. */
-            for (int ic = 0; ic < C_IN; ic++)
+            for (int c = 0; c < C_IN; c++)
                 for (int r = 0; r < rows; r++) {
-                    const real *restrict p = padded + ((size_t)ic * WINO_H + 2 * (row0 + r)) * WINO_W;
-                    real *restrict v = tiles_in + (size_t)ic * TILE_BLOCK + r * TILES_W;
+                    const real *restrict patch_row = padded + ((size_t)c * WINO_H + 2 * (row0 + r)) * WINO_W;
+                    real *restrict v = tiles_in + (size_t)c * TILE_BLOCK + r * TILES_W;
                     for (int t = 0; t < TILES_W; t += VEC_LANES) {
                         const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
-                        const vec d00 = resnet_small_vec_load(p + t, n);
-                        const vec d10 = resnet_small_vec_load(p + WINO_W + t, n);
-                        const vec d20 = resnet_small_vec_load(p + 2 * WINO_W + t, n);
-                        const vec d30 = resnet_small_vec_load(p + 3 * WINO_W + t, n);
+                        const vec d00 = resnet_small_vec_load(patch_row + t, n);
+                        const vec d10 = resnet_small_vec_load(patch_row + WINO_W + t, n);
+                        const vec d20 = resnet_small_vec_load(patch_row + 2 * WINO_W + t, n);
+                        const vec d30 = resnet_small_vec_load(patch_row + 3 * WINO_W + t, n);
                         const vec e00 = d00 - d20, e10 = d10 + d20;
                         const vec e20 = d20 - d10, e30 = d10 - d30;
-                        const vec d01 = resnet_small_vec_load(p + HALF_W + t, n);
-                        const vec d11 = resnet_small_vec_load(p + WINO_W + HALF_W + t, n);
-                        const vec d21 = resnet_small_vec_load(p + 2 * WINO_W + HALF_W + t, n);
-                        const vec d31 = resnet_small_vec_load(p + 3 * WINO_W + HALF_W + t, n);
+                        const vec d01 = resnet_small_vec_load(patch_row + HALF_W + t, n);
+                        const vec d11 = resnet_small_vec_load(patch_row + WINO_W + HALF_W + t, n);
+                        const vec d21 = resnet_small_vec_load(patch_row + 2 * WINO_W + HALF_W + t, n);
+                        const vec d31 = resnet_small_vec_load(patch_row + 3 * WINO_W + HALF_W + t, n);
                         const vec e01 = d01 - d21, e11 = d11 + d21;
                         const vec e21 = d21 - d11, e31 = d11 - d31;
-                        const vec d02 = resnet_small_vec_load(p + t + 1, n);
-                        const vec d12 = resnet_small_vec_load(p + WINO_W + t + 1, n);
-                        const vec d22 = resnet_small_vec_load(p + 2 * WINO_W + t + 1, n);
-                        const vec d32 = resnet_small_vec_load(p + 3 * WINO_W + t + 1, n);
+                        const vec d02 = resnet_small_vec_load(patch_row + t + 1, n);
+                        const vec d12 = resnet_small_vec_load(patch_row + WINO_W + t + 1, n);
+                        const vec d22 = resnet_small_vec_load(patch_row + 2 * WINO_W + t + 1, n);
+                        const vec d32 = resnet_small_vec_load(patch_row + 3 * WINO_W + t + 1, n);
                         const vec e02 = d02 - d22, e12 = d12 + d22;
                         const vec e22 = d22 - d12, e32 = d12 - d32;
-                        const vec d03 = resnet_small_vec_load(p + HALF_W + t + 1, n);
-                        const vec d13 = resnet_small_vec_load(p + WINO_W + HALF_W + t + 1, n);
-                        const vec d23 = resnet_small_vec_load(p + 2 * WINO_W + HALF_W + t + 1, n);
-                        const vec d33 = resnet_small_vec_load(p + 3 * WINO_W + HALF_W + t + 1, n);
+                        const vec d03 = resnet_small_vec_load(patch_row + HALF_W + t + 1, n);
+                        const vec d13 = resnet_small_vec_load(patch_row + WINO_W + HALF_W + t + 1, n);
+                        const vec d23 = resnet_small_vec_load(patch_row + 2 * WINO_W + HALF_W + t + 1, n);
+                        const vec d33 = resnet_small_vec_load(patch_row + 3 * WINO_W + HALF_W + t + 1, n);
                         const vec e03 = d03 - d23, e13 = d13 + d23;
                         const vec e23 = d23 - d13, e33 = d13 - d33;
                         resnet_small_vec_store(v + 0 * IN_STRIDE + t, e00 - e02, n);
@@ -1128,15 +1126,14 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
                 resnet_small_gemm_nn(C_OUT, TILE_BLOCK, C_IN, filters + (size_t)xi * FILTERS_STRIDE, C_IN, 1,
                               tiles_in + (size_t)xi * IN_STRIDE, TILE_BLOCK, tiles_out + (size_t)xi * OUT_STRIDE,
                               TILE_BLOCK, 0);
-            /* out's 2x2 pixels of each tile = A^T M A (+ bias): the rows combined (a = A^T M),
-               then each of the two rows' columns, VEC_LANES tiles of a tile row at a time; the
-               pixels go to their rows interleaved (even and odd columns), those past an odd
-               H_OUT or W_OUT dropped. */
-            for (int oc = 0; oc < C_OUT; oc++)
+            /* each tile's 2x2 outputs = A^T M A: the rows combined (a = A^T M), then each of the
+               two rows' columns, VEC_LANES tiles of a tile row at a time; the pixels go to their
+               rows interleaved (even and odd columns), those past an odd height or width dropped. */
+            for (int o = 0; o < C_OUT; o++)
                 for (int r = 0; r < rows; r++) {
-                    const real *restrict mo = tiles_out + (size_t)oc * TILE_BLOCK + r * TILES_W;
+                    const real *restrict mo = tiles_out + (size_t)o * TILE_BLOCK + r * TILES_W;
                     const int oh = 2 * (row0 + r);
-                    real *restrict y0 = out_sample + (size_t)oc * PIXELS_OUT + (size_t)oh * W_OUT;
+                    real *restrict y0 = out_sample + ((size_t)o * H_OUT + oh) * W_OUT;
                     for (int t = 0; t < TILES_W; t += VEC_LANES) {
                         const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
                         const vec m00 = resnet_small_vec_load(mo + 0 * OUT_STRIDE + t, n);
@@ -1165,19 +1162,17 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
                         resnet_small_vec_store(y[1][0], a10 + a11 + a12, VEC_LANES);
                         resnet_small_vec_store(y[1][1], a11 - a12 - a13, VEC_LANES);
                         for (int i = 0; i < 2 && oh + i < H_OUT; i++) {
-                            real *restrict o = y0 + (size_t)i * W_OUT + 2 * t;
+                            real *restrict yo = y0 + (size_t)i * W_OUT + 2 * t;
                             if (2 * (t + n) <= W_OUT) {
                                 for (int l = 0; l < n; l++) {
-                                    const real even = y[i][0][l], odd = y[i][1][l];
-                                    o[2 * l] = even;
-                                    o[2 * l + 1] = odd;
+                                    yo[2 * l] = y[i][0][l];
+                                    yo[2 * l + 1] = y[i][1][l];
                                 }
                             } else {
                                 for (int l = 0; l < n; l++) {
-                                    const real even = y[i][0][l], odd = y[i][1][l];
-                                    o[2 * l] = even;
+                                    yo[2 * l] = y[i][0][l];
                                     if (2 * (t + l) + 1 < W_OUT)
-                                        o[2 * l + 1] = odd;
+                                        yo[2 * l + 1] = y[i][1][l];
                                 }
                             }
                         }
@@ -1195,7 +1190,7 @@ static void resnet_small_block1_conv1_forward(
     real *restrict out,                     /* block1_conv1 [N, 16, 16, 16] */
     const real *restrict in,                /* stem_bn [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv1.weight [16, 16, 3, 3] */
-    real *slots,                            /* 69392 elements of workspace */
+    real *slots,                            /* 100288 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1223,7 +1218,7 @@ static void resnet_small_block1_conv1_backward(
     const real *restrict dout,              /* block1_conv1 [N, 16, 16, 16] */
     const real *restrict in,                /* stem_bn [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv1.weight [16, 16, 3, 3] */
-    real *slots,                            /* 69392 elements of workspace */
+    real *slots,                            /* 100288 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1247,33 +1242,77 @@ static void resnet_small_block1_conv1_backward(
         PAD_LEFT = 1,
         SCRATCH_PADDED = 42960,
         SCRATCH_DOUT = 48144,
-        SCRATCH_DWEIGHT_T = 67088,
+        SCRATCH_DWEIGHT_T = 97984,
         W_OUT = 16,
-        SCRATCH_FLIPPED = 64784,
-        H_DPAD = 18,
-        W_DPAD = 18,
-        SCRATCH_DPAD = 52720,
-        H_OUT = 16,
+        DIN_TILE_ROWS = 8,
+        DIN_TILES_W = 8,
+        DIN_TILE_ROWS_PER_BLOCK = 8,
+        DIN_TILE_BLOCK = 64,
+        DIN_WINO_H = 18,
+        DIN_WINO_W = 18,
+        DIN_HALF_W = 9,
+        DIN_FILTERS_STRIDE = 272,
+        DIN_IN_STRIDE = 1040,
+        DIN_OUT_STRIDE = 1040,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
-        SCRATCH_WIDE_IN = 57904,
-        WIDE_IN = 286,
+        H_OUT = 16,
+        SCRATCH_DIN_FILTERS = 93488,
+        SCRATCH_DIN_TAPS = 97840,
+        SCRATCH_DIN_PADDED = 52720,
+        SCRATCH_DIN_TILES_IN = 57904,
+        SCRATCH_DIN_TILES_OUT = 74544,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 64784,
-        SCRATCH_DWEIGHT_PART = 62480
+        SLOT_SIZE = 93488,
+        SCRATCH_DWEIGHT_PART = 91184
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
-    /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = slots + SCRATCH_FLIPPED;
-    for (int g = 0; g < GROUPS; g++)
-        for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int kh = 0; kh < KH; kh++)
-                    for (int kw = 0; kw < KW; kw++)
-                        flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
-                            weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
+    /* The input gradient by Winograd F(2x2, 3x3) (conv2d_winograd.c.j2): U[xi][ic][oc] from the
+       kernel flipped and transposed, g[ic][oc][kh][kw] = weight[oc, ic, 2 - kh, 2 - kw]. */
+    real *restrict din_filters = slots + SCRATCH_DIN_FILTERS;   /* 16 x [C_IN, C_OUT], DIN_FILTERS_STRIDE apart */
+    real *restrict din_taps = slots + SCRATCH_DIN_TAPS;         /* [9, C_OUT] */
+    for (int o = 0; o < C_IN; o++) {
+        for (int k = 0; k < 9; k++)
+            for (int c = 0; c < C_OUT; c++)
+                din_taps[k * C_OUT + c] = weight[(size_t)c * K_GROUP + o * 9 + 8 - k];
+        real *restrict u = din_filters + (size_t)o * C_OUT;
+        for (int c = 0; c < C_OUT; c += VEC_LANES) {
+            const int n = C_OUT - c < VEC_LANES ? C_OUT - c : VEC_LANES;
+            const vec g00 = resnet_small_vec_load(din_taps + 0 * C_OUT + c, n);
+            const vec g10 = resnet_small_vec_load(din_taps + 3 * C_OUT + c, n);
+            const vec g20 = resnet_small_vec_load(din_taps + 6 * C_OUT + c, n);
+            const vec r00 = g00, r10 = (real)0.5 * (g00 + g10 + g20);
+            const vec r20 = (real)0.5 * (g00 - g10 + g20), r30 = g20;
+            const vec g01 = resnet_small_vec_load(din_taps + 1 * C_OUT + c, n);
+            const vec g11 = resnet_small_vec_load(din_taps + 4 * C_OUT + c, n);
+            const vec g21 = resnet_small_vec_load(din_taps + 7 * C_OUT + c, n);
+            const vec r01 = g01, r11 = (real)0.5 * (g01 + g11 + g21);
+            const vec r21 = (real)0.5 * (g01 - g11 + g21), r31 = g21;
+            const vec g02 = resnet_small_vec_load(din_taps + 2 * C_OUT + c, n);
+            const vec g12 = resnet_small_vec_load(din_taps + 5 * C_OUT + c, n);
+            const vec g22 = resnet_small_vec_load(din_taps + 8 * C_OUT + c, n);
+            const vec r02 = g02, r12 = (real)0.5 * (g02 + g12 + g22);
+            const vec r22 = (real)0.5 * (g02 - g12 + g22), r32 = g22;
+            resnet_small_vec_store(u + 0 * DIN_FILTERS_STRIDE + c, r00, n);
+            resnet_small_vec_store(u + 1 * DIN_FILTERS_STRIDE + c, (real)0.5 * (r00 + r01 + r02), n);
+            resnet_small_vec_store(u + 2 * DIN_FILTERS_STRIDE + c, (real)0.5 * (r00 - r01 + r02), n);
+            resnet_small_vec_store(u + 3 * DIN_FILTERS_STRIDE + c, r02, n);
+            resnet_small_vec_store(u + 4 * DIN_FILTERS_STRIDE + c, r10, n);
+            resnet_small_vec_store(u + 5 * DIN_FILTERS_STRIDE + c, (real)0.5 * (r10 + r11 + r12), n);
+            resnet_small_vec_store(u + 6 * DIN_FILTERS_STRIDE + c, (real)0.5 * (r10 - r11 + r12), n);
+            resnet_small_vec_store(u + 7 * DIN_FILTERS_STRIDE + c, r12, n);
+            resnet_small_vec_store(u + 8 * DIN_FILTERS_STRIDE + c, r20, n);
+            resnet_small_vec_store(u + 9 * DIN_FILTERS_STRIDE + c, (real)0.5 * (r20 + r21 + r22), n);
+            resnet_small_vec_store(u + 10 * DIN_FILTERS_STRIDE + c, (real)0.5 * (r20 - r21 + r22), n);
+            resnet_small_vec_store(u + 11 * DIN_FILTERS_STRIDE + c, r22, n);
+            resnet_small_vec_store(u + 12 * DIN_FILTERS_STRIDE + c, r30, n);
+            resnet_small_vec_store(u + 13 * DIN_FILTERS_STRIDE + c, (real)0.5 * (r30 + r31 + r32), n);
+            resnet_small_vec_store(u + 14 * DIN_FILTERS_STRIDE + c, (real)0.5 * (r30 - r31 + r32), n);
+            resnet_small_vec_store(u + 15 * DIN_FILTERS_STRIDE + c, r32, n);
+        }
+    }
     /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
        on its threads when the batch's products repay waking them (a single sample's products may
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
@@ -1306,16 +1345,135 @@ static void resnet_small_block1_conv1_backward(
                 }
                 resnet_small_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
                              dout_t, resnet_small_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 0);
-                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-                resnet_small_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-                resnet_small_gemm_nn_taps(WIDE_IN, flipped_group, resnet_small_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                    for (int ih = 0; ih < H_IN; ih++)
-                        for (int iw = 0; iw < W_IN; iw++)
-                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+                {
+                    /* din += the 3x3 conv of dout, zero-padded by (DPAD_TOP, DPAD_LEFT), with U */
+                    const real *restrict filters = din_filters;
+                    real *restrict padded = scratch + SCRATCH_DIN_PADDED;   /* [C_OUT, DIN_WINO_H, 2, DIN_HALF_W] */
+                    real *restrict tiles_in = scratch + SCRATCH_DIN_TILES_IN;   /* 16 x [C_OUT, DIN_TILE_BLOCK] */
+                    real *restrict tiles_out = scratch + SCRATCH_DIN_TILES_OUT; /* 16 x [C_IN, DIN_TILE_BLOCK] */
+                    /* The input zero-padded so that every tile's 4x4 patch lies inside (DIN_WINO_H rows of
+                       DIN_WINO_W = 2 * DIN_HALF_W columns), each row stored as its even columns, then its
+                       odd ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
+                       odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+                    for (size_t i = 0; i < (size_t)C_OUT * DIN_WINO_H * DIN_WINO_W; i++)
+                        padded[i] = 0;
+                    for (int c = 0; c < C_OUT; c++)
+                        for (int ih = 0; ih < H_OUT; ih++) {
+                            const real *restrict from = dout_group + ((size_t)c * H_OUT + ih) * W_OUT;
+                            real *restrict row = padded + ((size_t)c * DIN_WINO_H + DPAD_TOP + ih) * DIN_WINO_W;
+                            for (int iw = 0; iw < W_OUT; iw++)
+                                row[((iw + DPAD_LEFT) % 2) * DIN_HALF_W + (iw + DPAD_LEFT) / 2] = from[iw];
+                        }
+                    for (int row0 = 0; row0 < DIN_TILE_ROWS; row0 += DIN_TILE_ROWS_PER_BLOCK) {
+                        const int rows = DIN_TILE_ROWS - row0 < DIN_TILE_ROWS_PER_BLOCK ? DIN_TILE_ROWS - row0 : DIN_TILE_ROWS_PER_BLOCK;
+                        /* V[xi = 4i + j][c][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
+                           then each row's columns (times B); VEC_LANES tiles of a tile row at a time. */
+                        for (int c = 0; c < C_OUT; c++)
+                            for (int r = 0; r < rows; r++) {
+                                const real *restrict patch_row = padded + ((size_t)c * DIN_WINO_H + 2 * (row0 + r)) * DIN_WINO_W;
+                                real *restrict v = tiles_in + (size_t)c * DIN_TILE_BLOCK + r * DIN_TILES_W;
+                                for (int t = 0; t < DIN_TILES_W; t += VEC_LANES) {
+                                    const int n = DIN_TILES_W - t < VEC_LANES ? DIN_TILES_W - t : VEC_LANES;
+                                    const vec d00 = resnet_small_vec_load(patch_row + t, n);
+                                    const vec d10 = resnet_small_vec_load(patch_row + DIN_WINO_W + t, n);
+                                    const vec d20 = resnet_small_vec_load(patch_row + 2 * DIN_WINO_W + t, n);
+                                    const vec d30 = resnet_small_vec_load(patch_row + 3 * DIN_WINO_W + t, n);
+                                    const vec e00 = d00 - d20, e10 = d10 + d20;
+                                    const vec e20 = d20 - d10, e30 = d10 - d30;
+                                    const vec d01 = resnet_small_vec_load(patch_row + DIN_HALF_W + t, n);
+                                    const vec d11 = resnet_small_vec_load(patch_row + DIN_WINO_W + DIN_HALF_W + t, n);
+                                    const vec d21 = resnet_small_vec_load(patch_row + 2 * DIN_WINO_W + DIN_HALF_W + t, n);
+                                    const vec d31 = resnet_small_vec_load(patch_row + 3 * DIN_WINO_W + DIN_HALF_W + t, n);
+                                    const vec e01 = d01 - d21, e11 = d11 + d21;
+                                    const vec e21 = d21 - d11, e31 = d11 - d31;
+                                    const vec d02 = resnet_small_vec_load(patch_row + t + 1, n);
+                                    const vec d12 = resnet_small_vec_load(patch_row + DIN_WINO_W + t + 1, n);
+                                    const vec d22 = resnet_small_vec_load(patch_row + 2 * DIN_WINO_W + t + 1, n);
+                                    const vec d32 = resnet_small_vec_load(patch_row + 3 * DIN_WINO_W + t + 1, n);
+                                    const vec e02 = d02 - d22, e12 = d12 + d22;
+                                    const vec e22 = d22 - d12, e32 = d12 - d32;
+                                    const vec d03 = resnet_small_vec_load(patch_row + DIN_HALF_W + t + 1, n);
+                                    const vec d13 = resnet_small_vec_load(patch_row + DIN_WINO_W + DIN_HALF_W + t + 1, n);
+                                    const vec d23 = resnet_small_vec_load(patch_row + 2 * DIN_WINO_W + DIN_HALF_W + t + 1, n);
+                                    const vec d33 = resnet_small_vec_load(patch_row + 3 * DIN_WINO_W + DIN_HALF_W + t + 1, n);
+                                    const vec e03 = d03 - d23, e13 = d13 + d23;
+                                    const vec e23 = d23 - d13, e33 = d13 - d33;
+                                    resnet_small_vec_store(v + 0 * DIN_IN_STRIDE + t, e00 - e02, n);
+                                    resnet_small_vec_store(v + 1 * DIN_IN_STRIDE + t, e01 + e02, n);
+                                    resnet_small_vec_store(v + 2 * DIN_IN_STRIDE + t, e02 - e01, n);
+                                    resnet_small_vec_store(v + 3 * DIN_IN_STRIDE + t, e01 - e03, n);
+                                    resnet_small_vec_store(v + 4 * DIN_IN_STRIDE + t, e10 - e12, n);
+                                    resnet_small_vec_store(v + 5 * DIN_IN_STRIDE + t, e11 + e12, n);
+                                    resnet_small_vec_store(v + 6 * DIN_IN_STRIDE + t, e12 - e11, n);
+                                    resnet_small_vec_store(v + 7 * DIN_IN_STRIDE + t, e11 - e13, n);
+                                    resnet_small_vec_store(v + 8 * DIN_IN_STRIDE + t, e20 - e22, n);
+                                    resnet_small_vec_store(v + 9 * DIN_IN_STRIDE + t, e21 + e22, n);
+                                    resnet_small_vec_store(v + 10 * DIN_IN_STRIDE + t, e22 - e21, n);
+                                    resnet_small_vec_store(v + 11 * DIN_IN_STRIDE + t, e21 - e23, n);
+                                    resnet_small_vec_store(v + 12 * DIN_IN_STRIDE + t, e30 - e32, n);
+                                    resnet_small_vec_store(v + 13 * DIN_IN_STRIDE + t, e31 + e32, n);
+                                    resnet_small_vec_store(v + 14 * DIN_IN_STRIDE + t, e32 - e31, n);
+                                    resnet_small_vec_store(v + 15 * DIN_IN_STRIDE + t, e31 - e33, n);
+                                }
+                            }
+                        for (int xi = 0; xi < 16; xi++)
+                            resnet_small_gemm_nn(C_IN, DIN_TILE_BLOCK, C_OUT, filters + (size_t)xi * DIN_FILTERS_STRIDE, C_OUT, 1,
+                                          tiles_in + (size_t)xi * DIN_IN_STRIDE, DIN_TILE_BLOCK, tiles_out + (size_t)xi * DIN_OUT_STRIDE,
+                                          DIN_TILE_BLOCK, 0);
+                        /* each tile's 2x2 outputs = A^T M A: the rows combined (a = A^T M), then each of the
+                           two rows' columns, VEC_LANES tiles of a tile row at a time; the pixels go to their
+                           rows interleaved (even and odd columns), those past an odd height or width dropped. */
+                        for (int o = 0; o < C_IN; o++)
+                            for (int r = 0; r < rows; r++) {
+                                const real *restrict mo = tiles_out + (size_t)o * DIN_TILE_BLOCK + r * DIN_TILES_W;
+                                const int oh = 2 * (row0 + r);
+                                real *restrict y0 = din_group + ((size_t)o * H_IN + oh) * W_IN;
+                                for (int t = 0; t < DIN_TILES_W; t += VEC_LANES) {
+                                    const int n = DIN_TILES_W - t < VEC_LANES ? DIN_TILES_W - t : VEC_LANES;
+                                    const vec m00 = resnet_small_vec_load(mo + 0 * DIN_OUT_STRIDE + t, n);
+                                    const vec m10 = resnet_small_vec_load(mo + 4 * DIN_OUT_STRIDE + t, n);
+                                    const vec m20 = resnet_small_vec_load(mo + 8 * DIN_OUT_STRIDE + t, n);
+                                    const vec m30 = resnet_small_vec_load(mo + 12 * DIN_OUT_STRIDE + t, n);
+                                    const vec a00 = m00 + m10 + m20, a10 = m10 - m20 - m30;
+                                    const vec m01 = resnet_small_vec_load(mo + 1 * DIN_OUT_STRIDE + t, n);
+                                    const vec m11 = resnet_small_vec_load(mo + 5 * DIN_OUT_STRIDE + t, n);
+                                    const vec m21 = resnet_small_vec_load(mo + 9 * DIN_OUT_STRIDE + t, n);
+                                    const vec m31 = resnet_small_vec_load(mo + 13 * DIN_OUT_STRIDE + t, n);
+                                    const vec a01 = m01 + m11 + m21, a11 = m11 - m21 - m31;
+                                    const vec m02 = resnet_small_vec_load(mo + 2 * DIN_OUT_STRIDE + t, n);
+                                    const vec m12 = resnet_small_vec_load(mo + 6 * DIN_OUT_STRIDE + t, n);
+                                    const vec m22 = resnet_small_vec_load(mo + 10 * DIN_OUT_STRIDE + t, n);
+                                    const vec m32 = resnet_small_vec_load(mo + 14 * DIN_OUT_STRIDE + t, n);
+                                    const vec a02 = m02 + m12 + m22, a12 = m12 - m22 - m32;
+                                    const vec m03 = resnet_small_vec_load(mo + 3 * DIN_OUT_STRIDE + t, n);
+                                    const vec m13 = resnet_small_vec_load(mo + 7 * DIN_OUT_STRIDE + t, n);
+                                    const vec m23 = resnet_small_vec_load(mo + 11 * DIN_OUT_STRIDE + t, n);
+                                    const vec m33 = resnet_small_vec_load(mo + 15 * DIN_OUT_STRIDE + t, n);
+                                    const vec a03 = m03 + m13 + m23, a13 = m13 - m23 - m33;
+                                    real y[2][2][VEC_LANES];                        /* [row][even, odd column][tile] */
+                                    resnet_small_vec_store(y[0][0], a00 + a01 + a02, VEC_LANES);
+                                    resnet_small_vec_store(y[0][1], a01 - a02 - a03, VEC_LANES);
+                                    resnet_small_vec_store(y[1][0], a10 + a11 + a12, VEC_LANES);
+                                    resnet_small_vec_store(y[1][1], a11 - a12 - a13, VEC_LANES);
+                                    for (int i = 0; i < 2 && oh + i < H_IN; i++) {
+                                        real *restrict yo = y0 + (size_t)i * W_IN + 2 * t;
+                                        if (2 * (t + n) <= W_IN) {
+                                            for (int l = 0; l < n; l++) {
+                                                yo[2 * l] += y[i][0][l];
+                                                yo[2 * l + 1] += y[i][1][l];
+                                            }
+                                        } else {
+                                            for (int l = 0; l < n; l++) {
+                                                yo[2 * l] += y[i][0][l];
+                                                if (2 * (t + l) + 1 < W_IN)
+                                                    yo[2 * l + 1] += y[i][1][l];
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                    }
+                }
             }
         }
         for (int slot = 0; slot < samples; slot++) {
@@ -1530,7 +1688,7 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
     real *restrict out,                     /* block1_conv2 [N, 16, 16, 16] */
     const real *restrict in,                /* block1_bn1 [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv2.weight [16, 16, 3, 3] */
-    real *slots,                            /* 69392 elements of workspace */
+    real *slots,                            /* 100288 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1561,7 +1719,7 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
         SCRATCH_WINO_PADDED = 4496,
         SCRATCH_WINO_IN = 9680,
         SCRATCH_WINO_OUT = 26320,
-        SLOT_SIZE = 64784
+        SLOT_SIZE = 93488
     };
     if ((size_t)slot >= batch)
         return;
@@ -1571,97 +1729,95 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
     real *restrict padded = scratch + SCRATCH_WINO_PADDED;      /* [C_IN, WINO_H, 2, HALF_W] */
     real *restrict tiles_in = scratch + SCRATCH_WINO_IN;        /* V: 16 x [C_IN, TILE_BLOCK], IN_STRIDE apart */
     real *restrict tiles_out = scratch + SCRATCH_WINO_OUT;      /* 16 x [C_OUT, TILE_BLOCK], OUT_STRIDE apart */
-    /* U[xi = 4i + j][oc][ic] = (G g G^T)[i][j], g = weight[oc, ic]: G g (4 x 3), then its rows
-       times G^T, VEC_LANES input channels at a time from the filter's taps transposed. */
-    for (int oc = 0; oc < C_OUT; oc++) {
-        const real *restrict w = weight + (size_t)oc * K_GROUP;      /* [C_IN, 3, 3] */
+    /* U[xi][oc][ic] from g = weight[oc, ic] */
+    for (int o = 0; o < C_OUT; o++) {
         for (int k = 0; k < 9; k++)
-            for (int ic = 0; ic < C_IN; ic++)
-                taps[k * C_IN + ic] = w[ic * 9 + k];
-        real *restrict u = filters + (size_t)oc * C_IN;
-        for (int ic = 0; ic < C_IN; ic += VEC_LANES) {
-            const int n = C_IN - ic < VEC_LANES ? C_IN - ic : VEC_LANES;
-            const vec g00 = resnet_small_vec_load(taps + 0 * C_IN + ic, n);
-            const vec g10 = resnet_small_vec_load(taps + 3 * C_IN + ic, n);
-            const vec g20 = resnet_small_vec_load(taps + 6 * C_IN + ic, n);
+            for (int c = 0; c < C_IN; c++)
+                taps[k * C_IN + c] = weight[(size_t)o * K_GROUP + c * 9 + k];
+        real *restrict u = filters + (size_t)o * C_IN;
+        for (int c = 0; c < C_IN; c += VEC_LANES) {
+            const int n = C_IN - c < VEC_LANES ? C_IN - c : VEC_LANES;
+            const vec g00 = resnet_small_vec_load(taps + 0 * C_IN + c, n);
+            const vec g10 = resnet_small_vec_load(taps + 3 * C_IN + c, n);
+            const vec g20 = resnet_small_vec_load(taps + 6 * C_IN + c, n);
             const vec r00 = g00, r10 = (real)0.5 * (g00 + g10 + g20);
             const vec r20 = (real)0.5 * (g00 - g10 + g20), r30 = g20;
-            const vec g01 = resnet_small_vec_load(taps + 1 * C_IN + ic, n);
-            const vec g11 = resnet_small_vec_load(taps + 4 * C_IN + ic, n);
-            const vec g21 = resnet_small_vec_load(taps + 7 * C_IN + ic, n);
+            const vec g01 = resnet_small_vec_load(taps + 1 * C_IN + c, n);
+            const vec g11 = resnet_small_vec_load(taps + 4 * C_IN + c, n);
+            const vec g21 = resnet_small_vec_load(taps + 7 * C_IN + c, n);
             const vec r01 = g01, r11 = (real)0.5 * (g01 + g11 + g21);
             const vec r21 = (real)0.5 * (g01 - g11 + g21), r31 = g21;
-            const vec g02 = resnet_small_vec_load(taps + 2 * C_IN + ic, n);
-            const vec g12 = resnet_small_vec_load(taps + 5 * C_IN + ic, n);
-            const vec g22 = resnet_small_vec_load(taps + 8 * C_IN + ic, n);
+            const vec g02 = resnet_small_vec_load(taps + 2 * C_IN + c, n);
+            const vec g12 = resnet_small_vec_load(taps + 5 * C_IN + c, n);
+            const vec g22 = resnet_small_vec_load(taps + 8 * C_IN + c, n);
             const vec r02 = g02, r12 = (real)0.5 * (g02 + g12 + g22);
             const vec r22 = (real)0.5 * (g02 - g12 + g22), r32 = g22;
-            resnet_small_vec_store(u + 0 * FILTERS_STRIDE + ic, r00, n);
-            resnet_small_vec_store(u + 1 * FILTERS_STRIDE + ic, (real)0.5 * (r00 + r01 + r02), n);
-            resnet_small_vec_store(u + 2 * FILTERS_STRIDE + ic, (real)0.5 * (r00 - r01 + r02), n);
-            resnet_small_vec_store(u + 3 * FILTERS_STRIDE + ic, r02, n);
-            resnet_small_vec_store(u + 4 * FILTERS_STRIDE + ic, r10, n);
-            resnet_small_vec_store(u + 5 * FILTERS_STRIDE + ic, (real)0.5 * (r10 + r11 + r12), n);
-            resnet_small_vec_store(u + 6 * FILTERS_STRIDE + ic, (real)0.5 * (r10 - r11 + r12), n);
-            resnet_small_vec_store(u + 7 * FILTERS_STRIDE + ic, r12, n);
-            resnet_small_vec_store(u + 8 * FILTERS_STRIDE + ic, r20, n);
-            resnet_small_vec_store(u + 9 * FILTERS_STRIDE + ic, (real)0.5 * (r20 + r21 + r22), n);
-            resnet_small_vec_store(u + 10 * FILTERS_STRIDE + ic, (real)0.5 * (r20 - r21 + r22), n);
-            resnet_small_vec_store(u + 11 * FILTERS_STRIDE + ic, r22, n);
-            resnet_small_vec_store(u + 12 * FILTERS_STRIDE + ic, r30, n);
-            resnet_small_vec_store(u + 13 * FILTERS_STRIDE + ic, (real)0.5 * (r30 + r31 + r32), n);
-            resnet_small_vec_store(u + 14 * FILTERS_STRIDE + ic, (real)0.5 * (r30 - r31 + r32), n);
-            resnet_small_vec_store(u + 15 * FILTERS_STRIDE + ic, r32, n);
+            resnet_small_vec_store(u + 0 * FILTERS_STRIDE + c, r00, n);
+            resnet_small_vec_store(u + 1 * FILTERS_STRIDE + c, (real)0.5 * (r00 + r01 + r02), n);
+            resnet_small_vec_store(u + 2 * FILTERS_STRIDE + c, (real)0.5 * (r00 - r01 + r02), n);
+            resnet_small_vec_store(u + 3 * FILTERS_STRIDE + c, r02, n);
+            resnet_small_vec_store(u + 4 * FILTERS_STRIDE + c, r10, n);
+            resnet_small_vec_store(u + 5 * FILTERS_STRIDE + c, (real)0.5 * (r10 + r11 + r12), n);
+            resnet_small_vec_store(u + 6 * FILTERS_STRIDE + c, (real)0.5 * (r10 - r11 + r12), n);
+            resnet_small_vec_store(u + 7 * FILTERS_STRIDE + c, r12, n);
+            resnet_small_vec_store(u + 8 * FILTERS_STRIDE + c, r20, n);
+            resnet_small_vec_store(u + 9 * FILTERS_STRIDE + c, (real)0.5 * (r20 + r21 + r22), n);
+            resnet_small_vec_store(u + 10 * FILTERS_STRIDE + c, (real)0.5 * (r20 - r21 + r22), n);
+            resnet_small_vec_store(u + 11 * FILTERS_STRIDE + c, r22, n);
+            resnet_small_vec_store(u + 12 * FILTERS_STRIDE + c, r30, n);
+            resnet_small_vec_store(u + 13 * FILTERS_STRIDE + c, (real)0.5 * (r30 + r31 + r32), n);
+            resnet_small_vec_store(u + 14 * FILTERS_STRIDE + c, (real)0.5 * (r30 - r31 + r32), n);
+            resnet_small_vec_store(u + 15 * FILTERS_STRIDE + c, r32, n);
         }
     }
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        /* The sample's input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows
-           of WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its odd
-           ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
-           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
         const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
+        real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
+        /* The input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows of
+           WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its
+           odd ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
+           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
         for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
             padded[i] = 0;
-        for (int ic = 0; ic < C_IN; ic++)
+        for (int c = 0; c < C_IN; c++)
             for (int ih = 0; ih < H_IN; ih++) {
-                const real *restrict src = in_sample + ((size_t)ic * H_IN + ih) * W_IN;
-                real *restrict row = padded + ((size_t)ic * WINO_H + PAD_TOP + ih) * WINO_W;
+                const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
+                real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
                 for (int iw = 0; iw < W_IN; iw++)
-                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = src[iw];
+                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = from[iw];
             }
-        real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
-            /* V[xi = 4i + j][ic][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
+            /* V[xi = 4i + j][c][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
                then each row's columns (times B); VEC_LANES tiles of a tile row at a time. */
-            for (int ic = 0; ic < C_IN; ic++)
+            for (int c = 0; c < C_IN; c++)
                 for (int r = 0; r < rows; r++) {
-                    const real *restrict p = padded + ((size_t)ic * WINO_H + 2 * (row0 + r)) * WINO_W;
-                    real *restrict v = tiles_in + (size_t)ic * TILE_BLOCK + r * TILES_W;
+                    const real *restrict patch_row = padded + ((size_t)c * WINO_H + 2 * (row0 + r)) * WINO_W;
+                    real *restrict v = tiles_in + (size_t)c * TILE_BLOCK + r * TILES_W;
                     for (int t = 0; t < TILES_W; t += VEC_LANES) {
                         const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
-                        const vec d00 = resnet_small_vec_load(p + t, n);
-                        const vec d10 = resnet_small_vec_load(p + WINO_W + t, n);
-                        const vec d20 = resnet_small_vec_load(p + 2 * WINO_W + t, n);
-                        const vec d30 = resnet_small_vec_load(p + 3 * WINO_W + t, n);
+                        const vec d00 = resnet_small_vec_load(patch_row + t, n);
+                        const vec d10 = resnet_small_vec_load(patch_row + WINO_W + t, n);
+                        const vec d20 = resnet_small_vec_load(patch_row + 2 * WINO_W + t, n);
+                        const vec d30 = resnet_small_vec_load(patch_row + 3 * WINO_W + t, n);
                         const vec e00 = d00 - d20, e10 = d10 + d20;
                         const vec e20 = d20 - d10, e30 = d10 - d30;
-                        const vec d01 = resnet_small_vec_load(p + HALF_W + t, n);
-                        const vec d11 = resnet_small_vec_load(p + WINO_W + HALF_W + t, n);
-                        const vec d21 = resnet_small_vec_load(p + 2 * WINO_W + HALF_W + t, n);
-                        const vec d31 = resnet_small_vec_load(p + 3 * WINO_W + HALF_W + t, n);
+                        const vec d01 = resnet_small_vec_load(patch_row + HALF_W + t, n);
+                        const vec d11 = resnet_small_vec_load(patch_row + WINO_W + HALF_W + t, n);
+                        const vec d21 = resnet_small_vec_load(patch_row + 2 * WINO_W + HALF_W + t, n);
+                        const vec d31 = resnet_small_vec_load(patch_row + 3 * WINO_W + HALF_W + t, n);
                         const vec e01 = d01 - d21, e11 = d11 + d21;
                         const vec e21 = d21 - d11, e31 = d11 - d31;
-                        const vec d02 = resnet_small_vec_load(p + t + 1, n);
-                        const vec d12 = resnet_small_vec_load(p + WINO_W + t + 1, n);
-                        const vec d22 = resnet_small_vec_load(p + 2 * WINO_W + t + 1, n);
-                        const vec d32 = resnet_small_vec_load(p + 3 * WINO_W + t + 1, n);
+                        const vec d02 = resnet_small_vec_load(patch_row + t + 1, n);
+                        const vec d12 = resnet_small_vec_load(patch_row + WINO_W + t + 1, n);
+                        const vec d22 = resnet_small_vec_load(patch_row + 2 * WINO_W + t + 1, n);
+                        const vec d32 = resnet_small_vec_load(patch_row + 3 * WINO_W + t + 1, n);
                         const vec e02 = d02 - d22, e12 = d12 + d22;
                         const vec e22 = d22 - d12, e32 = d12 - d32;
-                        const vec d03 = resnet_small_vec_load(p + HALF_W + t + 1, n);
-                        const vec d13 = resnet_small_vec_load(p + WINO_W + HALF_W + t + 1, n);
-                        const vec d23 = resnet_small_vec_load(p + 2 * WINO_W + HALF_W + t + 1, n);
-                        const vec d33 = resnet_small_vec_load(p + 3 * WINO_W + HALF_W + t + 1, n);
+                        const vec d03 = resnet_small_vec_load(patch_row + HALF_W + t + 1, n);
+                        const vec d13 = resnet_small_vec_load(patch_row + WINO_W + HALF_W + t + 1, n);
+                        const vec d23 = resnet_small_vec_load(patch_row + 2 * WINO_W + HALF_W + t + 1, n);
+                        const vec d33 = resnet_small_vec_load(patch_row + 3 * WINO_W + HALF_W + t + 1, n);
                         const vec e03 = d03 - d23, e13 = d13 + d23;
                         const vec e23 = d23 - d13, e33 = d13 - d33;
                         resnet_small_vec_store(v + 0 * IN_STRIDE + t, e00 - e02, n);
@@ -1686,15 +1842,14 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
                 resnet_small_gemm_nn(C_OUT, TILE_BLOCK, C_IN, filters + (size_t)xi * FILTERS_STRIDE, C_IN, 1,
                               tiles_in + (size_t)xi * IN_STRIDE, TILE_BLOCK, tiles_out + (size_t)xi * OUT_STRIDE,
                               TILE_BLOCK, 0);
-            /* out's 2x2 pixels of each tile = A^T M A (+ bias): the rows combined (a = A^T M),
-               then each of the two rows' columns, VEC_LANES tiles of a tile row at a time; the
-               pixels go to their rows interleaved (even and odd columns), those past an odd
-               H_OUT or W_OUT dropped. */
-            for (int oc = 0; oc < C_OUT; oc++)
+            /* each tile's 2x2 outputs = A^T M A: the rows combined (a = A^T M), then each of the
+               two rows' columns, VEC_LANES tiles of a tile row at a time; the pixels go to their
+               rows interleaved (even and odd columns), those past an odd height or width dropped. */
+            for (int o = 0; o < C_OUT; o++)
                 for (int r = 0; r < rows; r++) {
-                    const real *restrict mo = tiles_out + (size_t)oc * TILE_BLOCK + r * TILES_W;
+                    const real *restrict mo = tiles_out + (size_t)o * TILE_BLOCK + r * TILES_W;
                     const int oh = 2 * (row0 + r);
-                    real *restrict y0 = out_sample + (size_t)oc * PIXELS_OUT + (size_t)oh * W_OUT;
+                    real *restrict y0 = out_sample + ((size_t)o * H_OUT + oh) * W_OUT;
                     for (int t = 0; t < TILES_W; t += VEC_LANES) {
                         const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
                         const vec m00 = resnet_small_vec_load(mo + 0 * OUT_STRIDE + t, n);
@@ -1723,19 +1878,17 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
                         resnet_small_vec_store(y[1][0], a10 + a11 + a12, VEC_LANES);
                         resnet_small_vec_store(y[1][1], a11 - a12 - a13, VEC_LANES);
                         for (int i = 0; i < 2 && oh + i < H_OUT; i++) {
-                            real *restrict o = y0 + (size_t)i * W_OUT + 2 * t;
+                            real *restrict yo = y0 + (size_t)i * W_OUT + 2 * t;
                             if (2 * (t + n) <= W_OUT) {
                                 for (int l = 0; l < n; l++) {
-                                    const real even = y[i][0][l], odd = y[i][1][l];
-                                    o[2 * l] = even;
-                                    o[2 * l + 1] = odd;
+                                    yo[2 * l] = y[i][0][l];
+                                    yo[2 * l + 1] = y[i][1][l];
                                 }
                             } else {
                                 for (int l = 0; l < n; l++) {
-                                    const real even = y[i][0][l], odd = y[i][1][l];
-                                    o[2 * l] = even;
+                                    yo[2 * l] = y[i][0][l];
                                     if (2 * (t + l) + 1 < W_OUT)
-                                        o[2 * l + 1] = odd;
+                                        yo[2 * l + 1] = y[i][1][l];
                                 }
                             }
                         }
@@ -1753,7 +1906,7 @@ static void resnet_small_block1_conv2_forward(
     real *restrict out,                     /* block1_conv2 [N, 16, 16, 16] */
     const real *restrict in,                /* block1_bn1 [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv2.weight [16, 16, 3, 3] */
-    real *slots,                            /* 69392 elements of workspace */
+    real *slots,                            /* 100288 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1781,7 +1934,7 @@ static void resnet_small_block1_conv2_backward(
     const real *restrict dout,              /* block1_conv2 [N, 16, 16, 16] */
     const real *restrict in,                /* block1_bn1 [N, 16, 16, 16] */
     const real *restrict weight,            /* block1_conv2.weight [16, 16, 3, 3] */
-    real *slots,                            /* 69392 elements of workspace */
+    real *slots,                            /* 100288 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1805,33 +1958,77 @@ static void resnet_small_block1_conv2_backward(
         PAD_LEFT = 1,
         SCRATCH_PADDED = 42960,
         SCRATCH_DOUT = 48144,
-        SCRATCH_DWEIGHT_T = 67088,
+        SCRATCH_DWEIGHT_T = 97984,
         W_OUT = 16,
-        SCRATCH_FLIPPED = 64784,
-        H_DPAD = 18,
-        W_DPAD = 18,
-        SCRATCH_DPAD = 52720,
-        H_OUT = 16,
+        DIN_TILE_ROWS = 8,
+        DIN_TILES_W = 8,
+        DIN_TILE_ROWS_PER_BLOCK = 8,
+        DIN_TILE_BLOCK = 64,
+        DIN_WINO_H = 18,
+        DIN_WINO_W = 18,
+        DIN_HALF_W = 9,
+        DIN_FILTERS_STRIDE = 272,
+        DIN_IN_STRIDE = 1040,
+        DIN_OUT_STRIDE = 1040,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
-        SCRATCH_WIDE_IN = 57904,
-        WIDE_IN = 286,
+        H_OUT = 16,
+        SCRATCH_DIN_FILTERS = 93488,
+        SCRATCH_DIN_TAPS = 97840,
+        SCRATCH_DIN_PADDED = 52720,
+        SCRATCH_DIN_TILES_IN = 57904,
+        SCRATCH_DIN_TILES_OUT = 74544,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 64784,
-        SCRATCH_DWEIGHT_PART = 62480
+        SLOT_SIZE = 93488,
+        SCRATCH_DWEIGHT_PART = 91184
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
-    /* flipped[g, ic, oc, kh, kw] = weight[g*C_OUT_PER_GROUP + oc, ic, KH-1-kh, KW-1-kw] */
-    real *restrict flipped = slots + SCRATCH_FLIPPED;
-    for (int g = 0; g < GROUPS; g++)
-        for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                for (int kh = 0; kh < KH; kh++)
-                    for (int kw = 0; kw < KW; kw++)
-                        flipped[(((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * KH + kh) * KW + kw] =
-                            weight[(((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH + KH - 1 - kh) * KW + KW - 1 - kw];
+    /* The input gradient by Winograd F(2x2, 3x3) (conv2d_winograd.c.j2): U[xi][ic][oc] from the
+       kernel flipped and transposed, g[ic][oc][kh][kw] = weight[oc, ic, 2 - kh, 2 - kw]. */
+    real *restrict din_filters = slots + SCRATCH_DIN_FILTERS;   /* 16 x [C_IN, C_OUT], DIN_FILTERS_STRIDE apart */
+    real *restrict din_taps = slots + SCRATCH_DIN_TAPS;         /* [9, C_OUT] */
+    for (int o = 0; o < C_IN; o++) {
+        for (int k = 0; k < 9; k++)
+            for (int c = 0; c < C_OUT; c++)
+                din_taps[k * C_OUT + c] = weight[(size_t)c * K_GROUP + o * 9 + 8 - k];
+        real *restrict u = din_filters + (size_t)o * C_OUT;
+        for (int c = 0; c < C_OUT; c += VEC_LANES) {
+            const int n = C_OUT - c < VEC_LANES ? C_OUT - c : VEC_LANES;
+            const vec g00 = resnet_small_vec_load(din_taps + 0 * C_OUT + c, n);
+            const vec g10 = resnet_small_vec_load(din_taps + 3 * C_OUT + c, n);
+            const vec g20 = resnet_small_vec_load(din_taps + 6 * C_OUT + c, n);
+            const vec r00 = g00, r10 = (real)0.5 * (g00 + g10 + g20);
+            const vec r20 = (real)0.5 * (g00 - g10 + g20), r30 = g20;
+            const vec g01 = resnet_small_vec_load(din_taps + 1 * C_OUT + c, n);
+            const vec g11 = resnet_small_vec_load(din_taps + 4 * C_OUT + c, n);
+            const vec g21 = resnet_small_vec_load(din_taps + 7 * C_OUT + c, n);
+            const vec r01 = g01, r11 = (real)0.5 * (g01 + g11 + g21);
+            const vec r21 = (real)0.5 * (g01 - g11 + g21), r31 = g21;
+            const vec g02 = resnet_small_vec_load(din_taps + 2 * C_OUT + c, n);
+            const vec g12 = resnet_small_vec_load(din_taps + 5 * C_OUT + c, n);
+            const vec g22 = resnet_small_vec_load(din_taps + 8 * C_OUT + c, n);
+            const vec r02 = g02, r12 = (real)0.5 * (g02 + g12 + g22);
+            const vec r22 = (real)0.5 * (g02 - g12 + g22), r32 = g22;
+            resnet_small_vec_store(u + 0 * DIN_FILTERS_STRIDE + c, r00, n);
+            resnet_small_vec_store(u + 1 * DIN_FILTERS_STRIDE + c, (real)0.5 * (r00 + r01 + r02), n);
+            resnet_small_vec_store(u + 2 * DIN_FILTERS_STRIDE + c, (real)0.5 * (r00 - r01 + r02), n);
+            resnet_small_vec_store(u + 3 * DIN_FILTERS_STRIDE + c, r02, n);
+            resnet_small_vec_store(u + 4 * DIN_FILTERS_STRIDE + c, r10, n);
+            resnet_small_vec_store(u + 5 * DIN_FILTERS_STRIDE + c, (real)0.5 * (r10 + r11 + r12), n);
+            resnet_small_vec_store(u + 6 * DIN_FILTERS_STRIDE + c, (real)0.5 * (r10 - r11 + r12), n);
+            resnet_small_vec_store(u + 7 * DIN_FILTERS_STRIDE + c, r12, n);
+            resnet_small_vec_store(u + 8 * DIN_FILTERS_STRIDE + c, r20, n);
+            resnet_small_vec_store(u + 9 * DIN_FILTERS_STRIDE + c, (real)0.5 * (r20 + r21 + r22), n);
+            resnet_small_vec_store(u + 10 * DIN_FILTERS_STRIDE + c, (real)0.5 * (r20 - r21 + r22), n);
+            resnet_small_vec_store(u + 11 * DIN_FILTERS_STRIDE + c, r22, n);
+            resnet_small_vec_store(u + 12 * DIN_FILTERS_STRIDE + c, r30, n);
+            resnet_small_vec_store(u + 13 * DIN_FILTERS_STRIDE + c, (real)0.5 * (r30 + r31 + r32), n);
+            resnet_small_vec_store(u + 14 * DIN_FILTERS_STRIDE + c, (real)0.5 * (r30 - r31 + r32), n);
+            resnet_small_vec_store(u + 15 * DIN_FILTERS_STRIDE + c, r32, n);
+        }
+    }
     /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
        on its threads when the batch's products repay waking them (a single sample's products may
        split instead). Each sample's weight and bias gradients go to its slot's parts and are added
@@ -1864,16 +2061,135 @@ static void resnet_small_block1_conv2_backward(
                 }
                 resnet_small_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
                              dout_t, resnet_small_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 0);
-                real *restrict dpad = scratch + SCRATCH_DPAD;               /* [C_OUT_PER_GROUP, H_DPAD, W_DPAD] */
-                resnet_small_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DPAD_TOP, DPAD_LEFT, H_DPAD, W_DPAD);
-                const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
-                real *restrict dwide_in = scratch + SCRATCH_WIDE_IN;        /* [C_IN_PER_GROUP, WIDE_IN] */
-                resnet_small_gemm_nn_taps(WIDE_IN, flipped_group, resnet_small_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, dwide_in, WIDE_IN, 0);
-                for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
-                    for (int ih = 0; ih < H_IN; ih++)
-                        for (int iw = 0; iw < W_IN; iw++)
-                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+                {
+                    /* din += the 3x3 conv of dout, zero-padded by (DPAD_TOP, DPAD_LEFT), with U */
+                    const real *restrict filters = din_filters;
+                    real *restrict padded = scratch + SCRATCH_DIN_PADDED;   /* [C_OUT, DIN_WINO_H, 2, DIN_HALF_W] */
+                    real *restrict tiles_in = scratch + SCRATCH_DIN_TILES_IN;   /* 16 x [C_OUT, DIN_TILE_BLOCK] */
+                    real *restrict tiles_out = scratch + SCRATCH_DIN_TILES_OUT; /* 16 x [C_IN, DIN_TILE_BLOCK] */
+                    /* The input zero-padded so that every tile's 4x4 patch lies inside (DIN_WINO_H rows of
+                       DIN_WINO_W = 2 * DIN_HALF_W columns), each row stored as its even columns, then its
+                       odd ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
+                       odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+                    for (size_t i = 0; i < (size_t)C_OUT * DIN_WINO_H * DIN_WINO_W; i++)
+                        padded[i] = 0;
+                    for (int c = 0; c < C_OUT; c++)
+                        for (int ih = 0; ih < H_OUT; ih++) {
+                            const real *restrict from = dout_group + ((size_t)c * H_OUT + ih) * W_OUT;
+                            real *restrict row = padded + ((size_t)c * DIN_WINO_H + DPAD_TOP + ih) * DIN_WINO_W;
+                            for (int iw = 0; iw < W_OUT; iw++)
+                                row[((iw + DPAD_LEFT) % 2) * DIN_HALF_W + (iw + DPAD_LEFT) / 2] = from[iw];
+                        }
+                    for (int row0 = 0; row0 < DIN_TILE_ROWS; row0 += DIN_TILE_ROWS_PER_BLOCK) {
+                        const int rows = DIN_TILE_ROWS - row0 < DIN_TILE_ROWS_PER_BLOCK ? DIN_TILE_ROWS - row0 : DIN_TILE_ROWS_PER_BLOCK;
+                        /* V[xi = 4i + j][c][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
+                           then each row's columns (times B); VEC_LANES tiles of a tile row at a time. */
+                        for (int c = 0; c < C_OUT; c++)
+                            for (int r = 0; r < rows; r++) {
+                                const real *restrict patch_row = padded + ((size_t)c * DIN_WINO_H + 2 * (row0 + r)) * DIN_WINO_W;
+                                real *restrict v = tiles_in + (size_t)c * DIN_TILE_BLOCK + r * DIN_TILES_W;
+                                for (int t = 0; t < DIN_TILES_W; t += VEC_LANES) {
+                                    const int n = DIN_TILES_W - t < VEC_LANES ? DIN_TILES_W - t : VEC_LANES;
+                                    const vec d00 = resnet_small_vec_load(patch_row + t, n);
+                                    const vec d10 = resnet_small_vec_load(patch_row + DIN_WINO_W + t, n);
+                                    const vec d20 = resnet_small_vec_load(patch_row + 2 * DIN_WINO_W + t, n);
+                                    const vec d30 = resnet_small_vec_load(patch_row + 3 * DIN_WINO_W + t, n);
+                                    const vec e00 = d00 - d20, e10 = d10 + d20;
+                                    const vec e20 = d20 - d10, e30 = d10 - d30;
+                                    const vec d01 = resnet_small_vec_load(patch_row + DIN_HALF_W + t, n);
+                                    const vec d11 = resnet_small_vec_load(patch_row + DIN_WINO_W + DIN_HALF_W + t, n);
+                                    const vec d21 = resnet_small_vec_load(patch_row + 2 * DIN_WINO_W + DIN_HALF_W + t, n);
+                                    const vec d31 = resnet_small_vec_load(patch_row + 3 * DIN_WINO_W + DIN_HALF_W + t, n);
+                                    const vec e01 = d01 - d21, e11 = d11 + d21;
+                                    const vec e21 = d21 - d11, e31 = d11 - d31;
+                                    const vec d02 = resnet_small_vec_load(patch_row + t + 1, n);
+                                    const vec d12 = resnet_small_vec_load(patch_row + DIN_WINO_W + t + 1, n);
+                                    const vec d22 = resnet_small_vec_load(patch_row + 2 * DIN_WINO_W + t + 1, n);
+                                    const vec d32 = resnet_small_vec_load(patch_row + 3 * DIN_WINO_W + t + 1, n);
+                                    const vec e02 = d02 - d22, e12 = d12 + d22;
+                                    const vec e22 = d22 - d12, e32 = d12 - d32;
+                                    const vec d03 = resnet_small_vec_load(patch_row + DIN_HALF_W + t + 1, n);
+                                    const vec d13 = resnet_small_vec_load(patch_row + DIN_WINO_W + DIN_HALF_W + t + 1, n);
+                                    const vec d23 = resnet_small_vec_load(patch_row + 2 * DIN_WINO_W + DIN_HALF_W + t + 1, n);
+                                    const vec d33 = resnet_small_vec_load(patch_row + 3 * DIN_WINO_W + DIN_HALF_W + t + 1, n);
+                                    const vec e03 = d03 - d23, e13 = d13 + d23;
+                                    const vec e23 = d23 - d13, e33 = d13 - d33;
+                                    resnet_small_vec_store(v + 0 * DIN_IN_STRIDE + t, e00 - e02, n);
+                                    resnet_small_vec_store(v + 1 * DIN_IN_STRIDE + t, e01 + e02, n);
+                                    resnet_small_vec_store(v + 2 * DIN_IN_STRIDE + t, e02 - e01, n);
+                                    resnet_small_vec_store(v + 3 * DIN_IN_STRIDE + t, e01 - e03, n);
+                                    resnet_small_vec_store(v + 4 * DIN_IN_STRIDE + t, e10 - e12, n);
+                                    resnet_small_vec_store(v + 5 * DIN_IN_STRIDE + t, e11 + e12, n);
+                                    resnet_small_vec_store(v + 6 * DIN_IN_STRIDE + t, e12 - e11, n);
+                                    resnet_small_vec_store(v + 7 * DIN_IN_STRIDE + t, e11 - e13, n);
+                                    resnet_small_vec_store(v + 8 * DIN_IN_STRIDE + t, e20 - e22, n);
+                                    resnet_small_vec_store(v + 9 * DIN_IN_STRIDE + t, e21 + e22, n);
+                                    resnet_small_vec_store(v + 10 * DIN_IN_STRIDE + t, e22 - e21, n);
+                                    resnet_small_vec_store(v + 11 * DIN_IN_STRIDE + t, e21 - e23, n);
+                                    resnet_small_vec_store(v + 12 * DIN_IN_STRIDE + t, e30 - e32, n);
+                                    resnet_small_vec_store(v + 13 * DIN_IN_STRIDE + t, e31 + e32, n);
+                                    resnet_small_vec_store(v + 14 * DIN_IN_STRIDE + t, e32 - e31, n);
+                                    resnet_small_vec_store(v + 15 * DIN_IN_STRIDE + t, e31 - e33, n);
+                                }
+                            }
+                        for (int xi = 0; xi < 16; xi++)
+                            resnet_small_gemm_nn(C_IN, DIN_TILE_BLOCK, C_OUT, filters + (size_t)xi * DIN_FILTERS_STRIDE, C_OUT, 1,
+                                          tiles_in + (size_t)xi * DIN_IN_STRIDE, DIN_TILE_BLOCK, tiles_out + (size_t)xi * DIN_OUT_STRIDE,
+                                          DIN_TILE_BLOCK, 0);
+                        /* each tile's 2x2 outputs = A^T M A: the rows combined (a = A^T M), then each of the
+                           two rows' columns, VEC_LANES tiles of a tile row at a time; the pixels go to their
+                           rows interleaved (even and odd columns), those past an odd height or width dropped. */
+                        for (int o = 0; o < C_IN; o++)
+                            for (int r = 0; r < rows; r++) {
+                                const real *restrict mo = tiles_out + (size_t)o * DIN_TILE_BLOCK + r * DIN_TILES_W;
+                                const int oh = 2 * (row0 + r);
+                                real *restrict y0 = din_group + ((size_t)o * H_IN + oh) * W_IN;
+                                for (int t = 0; t < DIN_TILES_W; t += VEC_LANES) {
+                                    const int n = DIN_TILES_W - t < VEC_LANES ? DIN_TILES_W - t : VEC_LANES;
+                                    const vec m00 = resnet_small_vec_load(mo + 0 * DIN_OUT_STRIDE + t, n);
+                                    const vec m10 = resnet_small_vec_load(mo + 4 * DIN_OUT_STRIDE + t, n);
+                                    const vec m20 = resnet_small_vec_load(mo + 8 * DIN_OUT_STRIDE + t, n);
+                                    const vec m30 = resnet_small_vec_load(mo + 12 * DIN_OUT_STRIDE + t, n);
+                                    const vec a00 = m00 + m10 + m20, a10 = m10 - m20 - m30;
+                                    const vec m01 = resnet_small_vec_load(mo + 1 * DIN_OUT_STRIDE + t, n);
+                                    const vec m11 = resnet_small_vec_load(mo + 5 * DIN_OUT_STRIDE + t, n);
+                                    const vec m21 = resnet_small_vec_load(mo + 9 * DIN_OUT_STRIDE + t, n);
+                                    const vec m31 = resnet_small_vec_load(mo + 13 * DIN_OUT_STRIDE + t, n);
+                                    const vec a01 = m01 + m11 + m21, a11 = m11 - m21 - m31;
+                                    const vec m02 = resnet_small_vec_load(mo + 2 * DIN_OUT_STRIDE + t, n);
+                                    const vec m12 = resnet_small_vec_load(mo + 6 * DIN_OUT_STRIDE + t, n);
+                                    const vec m22 = resnet_small_vec_load(mo + 10 * DIN_OUT_STRIDE + t, n);
+                                    const vec m32 = resnet_small_vec_load(mo + 14 * DIN_OUT_STRIDE + t, n);
+                                    const vec a02 = m02 + m12 + m22, a12 = m12 - m22 - m32;
+                                    const vec m03 = resnet_small_vec_load(mo + 3 * DIN_OUT_STRIDE + t, n);
+                                    const vec m13 = resnet_small_vec_load(mo + 7 * DIN_OUT_STRIDE + t, n);
+                                    const vec m23 = resnet_small_vec_load(mo + 11 * DIN_OUT_STRIDE + t, n);
+                                    const vec m33 = resnet_small_vec_load(mo + 15 * DIN_OUT_STRIDE + t, n);
+                                    const vec a03 = m03 + m13 + m23, a13 = m13 - m23 - m33;
+                                    real y[2][2][VEC_LANES];                        /* [row][even, odd column][tile] */
+                                    resnet_small_vec_store(y[0][0], a00 + a01 + a02, VEC_LANES);
+                                    resnet_small_vec_store(y[0][1], a01 - a02 - a03, VEC_LANES);
+                                    resnet_small_vec_store(y[1][0], a10 + a11 + a12, VEC_LANES);
+                                    resnet_small_vec_store(y[1][1], a11 - a12 - a13, VEC_LANES);
+                                    for (int i = 0; i < 2 && oh + i < H_IN; i++) {
+                                        real *restrict yo = y0 + (size_t)i * W_IN + 2 * t;
+                                        if (2 * (t + n) <= W_IN) {
+                                            for (int l = 0; l < n; l++) {
+                                                yo[2 * l] += y[i][0][l];
+                                                yo[2 * l + 1] += y[i][1][l];
+                                            }
+                                        } else {
+                                            for (int l = 0; l < n; l++) {
+                                                yo[2 * l] += y[i][0][l];
+                                                if (2 * (t + l) + 1 < W_IN)
+                                                    yo[2 * l + 1] += y[i][1][l];
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                    }
+                }
             }
         }
         for (int slot = 0; slot < samples; slot++) {

@@ -693,97 +693,95 @@ KERNEL_INLINE void vgg_cifar_conv1_2_forward_slot(
     real *restrict padded = scratch + SCRATCH_WINO_PADDED;      /* [C_IN, WINO_H, 2, HALF_W] */
     real *restrict tiles_in = scratch + SCRATCH_WINO_IN;        /* V: 16 x [C_IN, TILE_BLOCK], IN_STRIDE apart */
     real *restrict tiles_out = scratch + SCRATCH_WINO_OUT;      /* 16 x [C_OUT, TILE_BLOCK], OUT_STRIDE apart */
-    /* U[xi = 4i + j][oc][ic] = (G g G^T)[i][j], g = weight[oc, ic]: G g (4 x 3), then its rows
-       times G^T, VEC_LANES input channels at a time from the filter's taps transposed. */
-    for (int oc = 0; oc < C_OUT; oc++) {
-        const real *restrict w = weight + (size_t)oc * K_GROUP;      /* [C_IN, 3, 3] */
+    /* U[xi][oc][ic] from g = weight[oc, ic] */
+    for (int o = 0; o < C_OUT; o++) {
         for (int k = 0; k < 9; k++)
-            for (int ic = 0; ic < C_IN; ic++)
-                taps[k * C_IN + ic] = w[ic * 9 + k];
-        real *restrict u = filters + (size_t)oc * C_IN;
-        for (int ic = 0; ic < C_IN; ic += VEC_LANES) {
-            const int n = C_IN - ic < VEC_LANES ? C_IN - ic : VEC_LANES;
-            const vec g00 = vgg_cifar_vec_load(taps + 0 * C_IN + ic, n);
-            const vec g10 = vgg_cifar_vec_load(taps + 3 * C_IN + ic, n);
-            const vec g20 = vgg_cifar_vec_load(taps + 6 * C_IN + ic, n);
+            for (int c = 0; c < C_IN; c++)
+                taps[k * C_IN + c] = weight[(size_t)o * K_GROUP + c * 9 + k];
+        real *restrict u = filters + (size_t)o * C_IN;
+        for (int c = 0; c < C_IN; c += VEC_LANES) {
+            const int n = C_IN - c < VEC_LANES ? C_IN - c : VEC_LANES;
+            const vec g00 = vgg_cifar_vec_load(taps + 0 * C_IN + c, n);
+            const vec g10 = vgg_cifar_vec_load(taps + 3 * C_IN + c, n);
+            const vec g20 = vgg_cifar_vec_load(taps + 6 * C_IN + c, n);
             const vec r00 = g00, r10 = (real)0.5 * (g00 + g10 + g20);
             const vec r20 = (real)0.5 * (g00 - g10 + g20), r30 = g20;
-            const vec g01 = vgg_cifar_vec_load(taps + 1 * C_IN + ic, n);
-            const vec g11 = vgg_cifar_vec_load(taps + 4 * C_IN + ic, n);
-            const vec g21 = vgg_cifar_vec_load(taps + 7 * C_IN + ic, n);
+            const vec g01 = vgg_cifar_vec_load(taps + 1 * C_IN + c, n);
+            const vec g11 = vgg_cifar_vec_load(taps + 4 * C_IN + c, n);
+            const vec g21 = vgg_cifar_vec_load(taps + 7 * C_IN + c, n);
             const vec r01 = g01, r11 = (real)0.5 * (g01 + g11 + g21);
             const vec r21 = (real)0.5 * (g01 - g11 + g21), r31 = g21;
-            const vec g02 = vgg_cifar_vec_load(taps + 2 * C_IN + ic, n);
-            const vec g12 = vgg_cifar_vec_load(taps + 5 * C_IN + ic, n);
-            const vec g22 = vgg_cifar_vec_load(taps + 8 * C_IN + ic, n);
+            const vec g02 = vgg_cifar_vec_load(taps + 2 * C_IN + c, n);
+            const vec g12 = vgg_cifar_vec_load(taps + 5 * C_IN + c, n);
+            const vec g22 = vgg_cifar_vec_load(taps + 8 * C_IN + c, n);
             const vec r02 = g02, r12 = (real)0.5 * (g02 + g12 + g22);
             const vec r22 = (real)0.5 * (g02 - g12 + g22), r32 = g22;
-            vgg_cifar_vec_store(u + 0 * FILTERS_STRIDE + ic, r00, n);
-            vgg_cifar_vec_store(u + 1 * FILTERS_STRIDE + ic, (real)0.5 * (r00 + r01 + r02), n);
-            vgg_cifar_vec_store(u + 2 * FILTERS_STRIDE + ic, (real)0.5 * (r00 - r01 + r02), n);
-            vgg_cifar_vec_store(u + 3 * FILTERS_STRIDE + ic, r02, n);
-            vgg_cifar_vec_store(u + 4 * FILTERS_STRIDE + ic, r10, n);
-            vgg_cifar_vec_store(u + 5 * FILTERS_STRIDE + ic, (real)0.5 * (r10 + r11 + r12), n);
-            vgg_cifar_vec_store(u + 6 * FILTERS_STRIDE + ic, (real)0.5 * (r10 - r11 + r12), n);
-            vgg_cifar_vec_store(u + 7 * FILTERS_STRIDE + ic, r12, n);
-            vgg_cifar_vec_store(u + 8 * FILTERS_STRIDE + ic, r20, n);
-            vgg_cifar_vec_store(u + 9 * FILTERS_STRIDE + ic, (real)0.5 * (r20 + r21 + r22), n);
-            vgg_cifar_vec_store(u + 10 * FILTERS_STRIDE + ic, (real)0.5 * (r20 - r21 + r22), n);
-            vgg_cifar_vec_store(u + 11 * FILTERS_STRIDE + ic, r22, n);
-            vgg_cifar_vec_store(u + 12 * FILTERS_STRIDE + ic, r30, n);
-            vgg_cifar_vec_store(u + 13 * FILTERS_STRIDE + ic, (real)0.5 * (r30 + r31 + r32), n);
-            vgg_cifar_vec_store(u + 14 * FILTERS_STRIDE + ic, (real)0.5 * (r30 - r31 + r32), n);
-            vgg_cifar_vec_store(u + 15 * FILTERS_STRIDE + ic, r32, n);
+            vgg_cifar_vec_store(u + 0 * FILTERS_STRIDE + c, r00, n);
+            vgg_cifar_vec_store(u + 1 * FILTERS_STRIDE + c, (real)0.5 * (r00 + r01 + r02), n);
+            vgg_cifar_vec_store(u + 2 * FILTERS_STRIDE + c, (real)0.5 * (r00 - r01 + r02), n);
+            vgg_cifar_vec_store(u + 3 * FILTERS_STRIDE + c, r02, n);
+            vgg_cifar_vec_store(u + 4 * FILTERS_STRIDE + c, r10, n);
+            vgg_cifar_vec_store(u + 5 * FILTERS_STRIDE + c, (real)0.5 * (r10 + r11 + r12), n);
+            vgg_cifar_vec_store(u + 6 * FILTERS_STRIDE + c, (real)0.5 * (r10 - r11 + r12), n);
+            vgg_cifar_vec_store(u + 7 * FILTERS_STRIDE + c, r12, n);
+            vgg_cifar_vec_store(u + 8 * FILTERS_STRIDE + c, r20, n);
+            vgg_cifar_vec_store(u + 9 * FILTERS_STRIDE + c, (real)0.5 * (r20 + r21 + r22), n);
+            vgg_cifar_vec_store(u + 10 * FILTERS_STRIDE + c, (real)0.5 * (r20 - r21 + r22), n);
+            vgg_cifar_vec_store(u + 11 * FILTERS_STRIDE + c, r22, n);
+            vgg_cifar_vec_store(u + 12 * FILTERS_STRIDE + c, r30, n);
+            vgg_cifar_vec_store(u + 13 * FILTERS_STRIDE + c, (real)0.5 * (r30 + r31 + r32), n);
+            vgg_cifar_vec_store(u + 14 * FILTERS_STRIDE + c, (real)0.5 * (r30 - r31 + r32), n);
+            vgg_cifar_vec_store(u + 15 * FILTERS_STRIDE + c, r32, n);
         }
     }
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        /* The sample's input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows
-           of WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its odd
-           ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
-           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
         const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
+        real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
+        /* The input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows of
+           WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its
+           odd ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
+           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
         for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
             padded[i] = 0;
-        for (int ic = 0; ic < C_IN; ic++)
+        for (int c = 0; c < C_IN; c++)
             for (int ih = 0; ih < H_IN; ih++) {
-                const real *restrict src = in_sample + ((size_t)ic * H_IN + ih) * W_IN;
-                real *restrict row = padded + ((size_t)ic * WINO_H + PAD_TOP + ih) * WINO_W;
+                const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
+                real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
                 for (int iw = 0; iw < W_IN; iw++)
-                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = src[iw];
+                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = from[iw];
             }
-        real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
-            /* V[xi = 4i + j][ic][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
+            /* V[xi = 4i + j][c][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
                then each row's columns (times B); VEC_LANES tiles of a tile row at a time. */
-            for (int ic = 0; ic < C_IN; ic++)
+            for (int c = 0; c < C_IN; c++)
                 for (int r = 0; r < rows; r++) {
-                    const real *restrict p = padded + ((size_t)ic * WINO_H + 2 * (row0 + r)) * WINO_W;
-                    real *restrict v = tiles_in + (size_t)ic * TILE_BLOCK + r * TILES_W;
+                    const real *restrict patch_row = padded + ((size_t)c * WINO_H + 2 * (row0 + r)) * WINO_W;
+                    real *restrict v = tiles_in + (size_t)c * TILE_BLOCK + r * TILES_W;
                     for (int t = 0; t < TILES_W; t += VEC_LANES) {
                         const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
-                        const vec d00 = vgg_cifar_vec_load(p + t, n);
-                        const vec d10 = vgg_cifar_vec_load(p + WINO_W + t, n);
-                        const vec d20 = vgg_cifar_vec_load(p + 2 * WINO_W + t, n);
-                        const vec d30 = vgg_cifar_vec_load(p + 3 * WINO_W + t, n);
+                        const vec d00 = vgg_cifar_vec_load(patch_row + t, n);
+                        const vec d10 = vgg_cifar_vec_load(patch_row + WINO_W + t, n);
+                        const vec d20 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + t, n);
+                        const vec d30 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + t, n);
                         const vec e00 = d00 - d20, e10 = d10 + d20;
                         const vec e20 = d20 - d10, e30 = d10 - d30;
-                        const vec d01 = vgg_cifar_vec_load(p + HALF_W + t, n);
-                        const vec d11 = vgg_cifar_vec_load(p + WINO_W + HALF_W + t, n);
-                        const vec d21 = vgg_cifar_vec_load(p + 2 * WINO_W + HALF_W + t, n);
-                        const vec d31 = vgg_cifar_vec_load(p + 3 * WINO_W + HALF_W + t, n);
+                        const vec d01 = vgg_cifar_vec_load(patch_row + HALF_W + t, n);
+                        const vec d11 = vgg_cifar_vec_load(patch_row + WINO_W + HALF_W + t, n);
+                        const vec d21 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + HALF_W + t, n);
+                        const vec d31 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + HALF_W + t, n);
                         const vec e01 = d01 - d21, e11 = d11 + d21;
                         const vec e21 = d21 - d11, e31 = d11 - d31;
-                        const vec d02 = vgg_cifar_vec_load(p + t + 1, n);
-                        const vec d12 = vgg_cifar_vec_load(p + WINO_W + t + 1, n);
-                        const vec d22 = vgg_cifar_vec_load(p + 2 * WINO_W + t + 1, n);
-                        const vec d32 = vgg_cifar_vec_load(p + 3 * WINO_W + t + 1, n);
+                        const vec d02 = vgg_cifar_vec_load(patch_row + t + 1, n);
+                        const vec d12 = vgg_cifar_vec_load(patch_row + WINO_W + t + 1, n);
+                        const vec d22 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + t + 1, n);
+                        const vec d32 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + t + 1, n);
                         const vec e02 = d02 - d22, e12 = d12 + d22;
                         const vec e22 = d22 - d12, e32 = d12 - d32;
-                        const vec d03 = vgg_cifar_vec_load(p + HALF_W + t + 1, n);
-                        const vec d13 = vgg_cifar_vec_load(p + WINO_W + HALF_W + t + 1, n);
-                        const vec d23 = vgg_cifar_vec_load(p + 2 * WINO_W + HALF_W + t + 1, n);
-                        const vec d33 = vgg_cifar_vec_load(p + 3 * WINO_W + HALF_W + t + 1, n);
+                        const vec d03 = vgg_cifar_vec_load(patch_row + HALF_W + t + 1, n);
+                        const vec d13 = vgg_cifar_vec_load(patch_row + WINO_W + HALF_W + t + 1, n);
+                        const vec d23 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + HALF_W + t + 1, n);
+                        const vec d33 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + HALF_W + t + 1, n);
                         const vec e03 = d03 - d23, e13 = d13 + d23;
                         const vec e23 = d23 - d13, e33 = d13 - d33;
                         vgg_cifar_vec_store(v + 0 * IN_STRIDE + t, e00 - e02, n);
@@ -808,15 +806,14 @@ KERNEL_INLINE void vgg_cifar_conv1_2_forward_slot(
                 vgg_cifar_gemm_nn(C_OUT, TILE_BLOCK, C_IN, filters + (size_t)xi * FILTERS_STRIDE, C_IN, 1,
                               tiles_in + (size_t)xi * IN_STRIDE, TILE_BLOCK, tiles_out + (size_t)xi * OUT_STRIDE,
                               TILE_BLOCK, 0);
-            /* out's 2x2 pixels of each tile = A^T M A (+ bias): the rows combined (a = A^T M),
-               then each of the two rows' columns, VEC_LANES tiles of a tile row at a time; the
-               pixels go to their rows interleaved (even and odd columns), those past an odd
-               H_OUT or W_OUT dropped. */
-            for (int oc = 0; oc < C_OUT; oc++)
+            /* each tile's 2x2 outputs = A^T M A: the rows combined (a = A^T M), then each of the
+               two rows' columns, VEC_LANES tiles of a tile row at a time; the pixels go to their
+               rows interleaved (even and odd columns), those past an odd height or width dropped. */
+            for (int o = 0; o < C_OUT; o++)
                 for (int r = 0; r < rows; r++) {
-                    const real *restrict mo = tiles_out + (size_t)oc * TILE_BLOCK + r * TILES_W;
+                    const real *restrict mo = tiles_out + (size_t)o * TILE_BLOCK + r * TILES_W;
                     const int oh = 2 * (row0 + r);
-                    real *restrict y0 = out_sample + (size_t)oc * PIXELS_OUT + (size_t)oh * W_OUT;
+                    real *restrict y0 = out_sample + ((size_t)o * H_OUT + oh) * W_OUT;
                     for (int t = 0; t < TILES_W; t += VEC_LANES) {
                         const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
                         const vec m00 = vgg_cifar_vec_load(mo + 0 * OUT_STRIDE + t, n);
@@ -845,19 +842,17 @@ KERNEL_INLINE void vgg_cifar_conv1_2_forward_slot(
                         vgg_cifar_vec_store(y[1][0], a10 + a11 + a12, VEC_LANES);
                         vgg_cifar_vec_store(y[1][1], a11 - a12 - a13, VEC_LANES);
                         for (int i = 0; i < 2 && oh + i < H_OUT; i++) {
-                            real *restrict o = y0 + (size_t)i * W_OUT + 2 * t;
+                            real *restrict yo = y0 + (size_t)i * W_OUT + 2 * t;
                             if (2 * (t + n) <= W_OUT) {
                                 for (int l = 0; l < n; l++) {
-                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
-                                    o[2 * l] = even > 0 ? even : 0;
-                                    o[2 * l + 1] = odd > 0 ? odd : 0;
+                                    yo[2 * l] = (y[i][0][l] + bias[o]) > 0 ? (y[i][0][l] + bias[o]) : 0;
+                                    yo[2 * l + 1] = (y[i][1][l] + bias[o]) > 0 ? (y[i][1][l] + bias[o]) : 0;
                                 }
                             } else {
                                 for (int l = 0; l < n; l++) {
-                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
-                                    o[2 * l] = even > 0 ? even : 0;
+                                    yo[2 * l] = (y[i][0][l] + bias[o]) > 0 ? (y[i][0][l] + bias[o]) : 0;
                                     if (2 * (t + l) + 1 < W_OUT)
-                                        o[2 * l + 1] = odd > 0 ? odd : 0;
+                                        yo[2 * l + 1] = (y[i][1][l] + bias[o]) > 0 ? (y[i][1][l] + bias[o]) : 0;
                                 }
                             }
                         }
@@ -954,7 +949,7 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
     const real *restrict bias,              /* conv2_1.bias [128] */
-    real *slots,                            /* 573504 elements of workspace */
+    real *slots,                            /* 663616 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -985,7 +980,7 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
         SCRATCH_WINO_PADDED = 131904,
         SCRATCH_WINO_IN = 152640,
         SCRATCH_WINO_OUT = 169280,
-        SLOT_SIZE = 426048
+        SLOT_SIZE = 457408
     };
     if ((size_t)slot >= batch)
         return;
@@ -995,97 +990,95 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
     real *restrict padded = scratch + SCRATCH_WINO_PADDED;      /* [C_IN, WINO_H, 2, HALF_W] */
     real *restrict tiles_in = scratch + SCRATCH_WINO_IN;        /* V: 16 x [C_IN, TILE_BLOCK], IN_STRIDE apart */
     real *restrict tiles_out = scratch + SCRATCH_WINO_OUT;      /* 16 x [C_OUT, TILE_BLOCK], OUT_STRIDE apart */
-    /* U[xi = 4i + j][oc][ic] = (G g G^T)[i][j], g = weight[oc, ic]: G g (4 x 3), then its rows
-       times G^T, VEC_LANES input channels at a time from the filter's taps transposed. */
-    for (int oc = 0; oc < C_OUT; oc++) {
-        const real *restrict w = weight + (size_t)oc * K_GROUP;      /* [C_IN, 3, 3] */
+    /* U[xi][oc][ic] from g = weight[oc, ic] */
+    for (int o = 0; o < C_OUT; o++) {
         for (int k = 0; k < 9; k++)
-            for (int ic = 0; ic < C_IN; ic++)
-                taps[k * C_IN + ic] = w[ic * 9 + k];
-        real *restrict u = filters + (size_t)oc * C_IN;
-        for (int ic = 0; ic < C_IN; ic += VEC_LANES) {
-            const int n = C_IN - ic < VEC_LANES ? C_IN - ic : VEC_LANES;
-            const vec g00 = vgg_cifar_vec_load(taps + 0 * C_IN + ic, n);
-            const vec g10 = vgg_cifar_vec_load(taps + 3 * C_IN + ic, n);
-            const vec g20 = vgg_cifar_vec_load(taps + 6 * C_IN + ic, n);
+            for (int c = 0; c < C_IN; c++)
+                taps[k * C_IN + c] = weight[(size_t)o * K_GROUP + c * 9 + k];
+        real *restrict u = filters + (size_t)o * C_IN;
+        for (int c = 0; c < C_IN; c += VEC_LANES) {
+            const int n = C_IN - c < VEC_LANES ? C_IN - c : VEC_LANES;
+            const vec g00 = vgg_cifar_vec_load(taps + 0 * C_IN + c, n);
+            const vec g10 = vgg_cifar_vec_load(taps + 3 * C_IN + c, n);
+            const vec g20 = vgg_cifar_vec_load(taps + 6 * C_IN + c, n);
             const vec r00 = g00, r10 = (real)0.5 * (g00 + g10 + g20);
             const vec r20 = (real)0.5 * (g00 - g10 + g20), r30 = g20;
-            const vec g01 = vgg_cifar_vec_load(taps + 1 * C_IN + ic, n);
-            const vec g11 = vgg_cifar_vec_load(taps + 4 * C_IN + ic, n);
-            const vec g21 = vgg_cifar_vec_load(taps + 7 * C_IN + ic, n);
+            const vec g01 = vgg_cifar_vec_load(taps + 1 * C_IN + c, n);
+            const vec g11 = vgg_cifar_vec_load(taps + 4 * C_IN + c, n);
+            const vec g21 = vgg_cifar_vec_load(taps + 7 * C_IN + c, n);
             const vec r01 = g01, r11 = (real)0.5 * (g01 + g11 + g21);
             const vec r21 = (real)0.5 * (g01 - g11 + g21), r31 = g21;
-            const vec g02 = vgg_cifar_vec_load(taps + 2 * C_IN + ic, n);
-            const vec g12 = vgg_cifar_vec_load(taps + 5 * C_IN + ic, n);
-            const vec g22 = vgg_cifar_vec_load(taps + 8 * C_IN + ic, n);
+            const vec g02 = vgg_cifar_vec_load(taps + 2 * C_IN + c, n);
+            const vec g12 = vgg_cifar_vec_load(taps + 5 * C_IN + c, n);
+            const vec g22 = vgg_cifar_vec_load(taps + 8 * C_IN + c, n);
             const vec r02 = g02, r12 = (real)0.5 * (g02 + g12 + g22);
             const vec r22 = (real)0.5 * (g02 - g12 + g22), r32 = g22;
-            vgg_cifar_vec_store(u + 0 * FILTERS_STRIDE + ic, r00, n);
-            vgg_cifar_vec_store(u + 1 * FILTERS_STRIDE + ic, (real)0.5 * (r00 + r01 + r02), n);
-            vgg_cifar_vec_store(u + 2 * FILTERS_STRIDE + ic, (real)0.5 * (r00 - r01 + r02), n);
-            vgg_cifar_vec_store(u + 3 * FILTERS_STRIDE + ic, r02, n);
-            vgg_cifar_vec_store(u + 4 * FILTERS_STRIDE + ic, r10, n);
-            vgg_cifar_vec_store(u + 5 * FILTERS_STRIDE + ic, (real)0.5 * (r10 + r11 + r12), n);
-            vgg_cifar_vec_store(u + 6 * FILTERS_STRIDE + ic, (real)0.5 * (r10 - r11 + r12), n);
-            vgg_cifar_vec_store(u + 7 * FILTERS_STRIDE + ic, r12, n);
-            vgg_cifar_vec_store(u + 8 * FILTERS_STRIDE + ic, r20, n);
-            vgg_cifar_vec_store(u + 9 * FILTERS_STRIDE + ic, (real)0.5 * (r20 + r21 + r22), n);
-            vgg_cifar_vec_store(u + 10 * FILTERS_STRIDE + ic, (real)0.5 * (r20 - r21 + r22), n);
-            vgg_cifar_vec_store(u + 11 * FILTERS_STRIDE + ic, r22, n);
-            vgg_cifar_vec_store(u + 12 * FILTERS_STRIDE + ic, r30, n);
-            vgg_cifar_vec_store(u + 13 * FILTERS_STRIDE + ic, (real)0.5 * (r30 + r31 + r32), n);
-            vgg_cifar_vec_store(u + 14 * FILTERS_STRIDE + ic, (real)0.5 * (r30 - r31 + r32), n);
-            vgg_cifar_vec_store(u + 15 * FILTERS_STRIDE + ic, r32, n);
+            vgg_cifar_vec_store(u + 0 * FILTERS_STRIDE + c, r00, n);
+            vgg_cifar_vec_store(u + 1 * FILTERS_STRIDE + c, (real)0.5 * (r00 + r01 + r02), n);
+            vgg_cifar_vec_store(u + 2 * FILTERS_STRIDE + c, (real)0.5 * (r00 - r01 + r02), n);
+            vgg_cifar_vec_store(u + 3 * FILTERS_STRIDE + c, r02, n);
+            vgg_cifar_vec_store(u + 4 * FILTERS_STRIDE + c, r10, n);
+            vgg_cifar_vec_store(u + 5 * FILTERS_STRIDE + c, (real)0.5 * (r10 + r11 + r12), n);
+            vgg_cifar_vec_store(u + 6 * FILTERS_STRIDE + c, (real)0.5 * (r10 - r11 + r12), n);
+            vgg_cifar_vec_store(u + 7 * FILTERS_STRIDE + c, r12, n);
+            vgg_cifar_vec_store(u + 8 * FILTERS_STRIDE + c, r20, n);
+            vgg_cifar_vec_store(u + 9 * FILTERS_STRIDE + c, (real)0.5 * (r20 + r21 + r22), n);
+            vgg_cifar_vec_store(u + 10 * FILTERS_STRIDE + c, (real)0.5 * (r20 - r21 + r22), n);
+            vgg_cifar_vec_store(u + 11 * FILTERS_STRIDE + c, r22, n);
+            vgg_cifar_vec_store(u + 12 * FILTERS_STRIDE + c, r30, n);
+            vgg_cifar_vec_store(u + 13 * FILTERS_STRIDE + c, (real)0.5 * (r30 + r31 + r32), n);
+            vgg_cifar_vec_store(u + 14 * FILTERS_STRIDE + c, (real)0.5 * (r30 - r31 + r32), n);
+            vgg_cifar_vec_store(u + 15 * FILTERS_STRIDE + c, r32, n);
         }
     }
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        /* The sample's input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows
-           of WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its odd
-           ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
-           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
         const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
+        real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
+        /* The input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows of
+           WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its
+           odd ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
+           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
         for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
             padded[i] = 0;
-        for (int ic = 0; ic < C_IN; ic++)
+        for (int c = 0; c < C_IN; c++)
             for (int ih = 0; ih < H_IN; ih++) {
-                const real *restrict src = in_sample + ((size_t)ic * H_IN + ih) * W_IN;
-                real *restrict row = padded + ((size_t)ic * WINO_H + PAD_TOP + ih) * WINO_W;
+                const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
+                real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
                 for (int iw = 0; iw < W_IN; iw++)
-                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = src[iw];
+                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = from[iw];
             }
-        real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
-            /* V[xi = 4i + j][ic][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
+            /* V[xi = 4i + j][c][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
                then each row's columns (times B); VEC_LANES tiles of a tile row at a time. */
-            for (int ic = 0; ic < C_IN; ic++)
+            for (int c = 0; c < C_IN; c++)
                 for (int r = 0; r < rows; r++) {
-                    const real *restrict p = padded + ((size_t)ic * WINO_H + 2 * (row0 + r)) * WINO_W;
-                    real *restrict v = tiles_in + (size_t)ic * TILE_BLOCK + r * TILES_W;
+                    const real *restrict patch_row = padded + ((size_t)c * WINO_H + 2 * (row0 + r)) * WINO_W;
+                    real *restrict v = tiles_in + (size_t)c * TILE_BLOCK + r * TILES_W;
                     for (int t = 0; t < TILES_W; t += VEC_LANES) {
                         const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
-                        const vec d00 = vgg_cifar_vec_load(p + t, n);
-                        const vec d10 = vgg_cifar_vec_load(p + WINO_W + t, n);
-                        const vec d20 = vgg_cifar_vec_load(p + 2 * WINO_W + t, n);
-                        const vec d30 = vgg_cifar_vec_load(p + 3 * WINO_W + t, n);
+                        const vec d00 = vgg_cifar_vec_load(patch_row + t, n);
+                        const vec d10 = vgg_cifar_vec_load(patch_row + WINO_W + t, n);
+                        const vec d20 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + t, n);
+                        const vec d30 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + t, n);
                         const vec e00 = d00 - d20, e10 = d10 + d20;
                         const vec e20 = d20 - d10, e30 = d10 - d30;
-                        const vec d01 = vgg_cifar_vec_load(p + HALF_W + t, n);
-                        const vec d11 = vgg_cifar_vec_load(p + WINO_W + HALF_W + t, n);
-                        const vec d21 = vgg_cifar_vec_load(p + 2 * WINO_W + HALF_W + t, n);
-                        const vec d31 = vgg_cifar_vec_load(p + 3 * WINO_W + HALF_W + t, n);
+                        const vec d01 = vgg_cifar_vec_load(patch_row + HALF_W + t, n);
+                        const vec d11 = vgg_cifar_vec_load(patch_row + WINO_W + HALF_W + t, n);
+                        const vec d21 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + HALF_W + t, n);
+                        const vec d31 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + HALF_W + t, n);
                         const vec e01 = d01 - d21, e11 = d11 + d21;
                         const vec e21 = d21 - d11, e31 = d11 - d31;
-                        const vec d02 = vgg_cifar_vec_load(p + t + 1, n);
-                        const vec d12 = vgg_cifar_vec_load(p + WINO_W + t + 1, n);
-                        const vec d22 = vgg_cifar_vec_load(p + 2 * WINO_W + t + 1, n);
-                        const vec d32 = vgg_cifar_vec_load(p + 3 * WINO_W + t + 1, n);
+                        const vec d02 = vgg_cifar_vec_load(patch_row + t + 1, n);
+                        const vec d12 = vgg_cifar_vec_load(patch_row + WINO_W + t + 1, n);
+                        const vec d22 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + t + 1, n);
+                        const vec d32 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + t + 1, n);
                         const vec e02 = d02 - d22, e12 = d12 + d22;
                         const vec e22 = d22 - d12, e32 = d12 - d32;
-                        const vec d03 = vgg_cifar_vec_load(p + HALF_W + t + 1, n);
-                        const vec d13 = vgg_cifar_vec_load(p + WINO_W + HALF_W + t + 1, n);
-                        const vec d23 = vgg_cifar_vec_load(p + 2 * WINO_W + HALF_W + t + 1, n);
-                        const vec d33 = vgg_cifar_vec_load(p + 3 * WINO_W + HALF_W + t + 1, n);
+                        const vec d03 = vgg_cifar_vec_load(patch_row + HALF_W + t + 1, n);
+                        const vec d13 = vgg_cifar_vec_load(patch_row + WINO_W + HALF_W + t + 1, n);
+                        const vec d23 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + HALF_W + t + 1, n);
+                        const vec d33 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + HALF_W + t + 1, n);
                         const vec e03 = d03 - d23, e13 = d13 + d23;
                         const vec e23 = d23 - d13, e33 = d13 - d33;
                         vgg_cifar_vec_store(v + 0 * IN_STRIDE + t, e00 - e02, n);
@@ -1110,15 +1103,14 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
                 vgg_cifar_gemm_nn(C_OUT, TILE_BLOCK, C_IN, filters + (size_t)xi * FILTERS_STRIDE, C_IN, 1,
                               tiles_in + (size_t)xi * IN_STRIDE, TILE_BLOCK, tiles_out + (size_t)xi * OUT_STRIDE,
                               TILE_BLOCK, 0);
-            /* out's 2x2 pixels of each tile = A^T M A (+ bias): the rows combined (a = A^T M),
-               then each of the two rows' columns, VEC_LANES tiles of a tile row at a time; the
-               pixels go to their rows interleaved (even and odd columns), those past an odd
-               H_OUT or W_OUT dropped. */
-            for (int oc = 0; oc < C_OUT; oc++)
+            /* each tile's 2x2 outputs = A^T M A: the rows combined (a = A^T M), then each of the
+               two rows' columns, VEC_LANES tiles of a tile row at a time; the pixels go to their
+               rows interleaved (even and odd columns), those past an odd height or width dropped. */
+            for (int o = 0; o < C_OUT; o++)
                 for (int r = 0; r < rows; r++) {
-                    const real *restrict mo = tiles_out + (size_t)oc * TILE_BLOCK + r * TILES_W;
+                    const real *restrict mo = tiles_out + (size_t)o * TILE_BLOCK + r * TILES_W;
                     const int oh = 2 * (row0 + r);
-                    real *restrict y0 = out_sample + (size_t)oc * PIXELS_OUT + (size_t)oh * W_OUT;
+                    real *restrict y0 = out_sample + ((size_t)o * H_OUT + oh) * W_OUT;
                     for (int t = 0; t < TILES_W; t += VEC_LANES) {
                         const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
                         const vec m00 = vgg_cifar_vec_load(mo + 0 * OUT_STRIDE + t, n);
@@ -1147,19 +1139,17 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
                         vgg_cifar_vec_store(y[1][0], a10 + a11 + a12, VEC_LANES);
                         vgg_cifar_vec_store(y[1][1], a11 - a12 - a13, VEC_LANES);
                         for (int i = 0; i < 2 && oh + i < H_OUT; i++) {
-                            real *restrict o = y0 + (size_t)i * W_OUT + 2 * t;
+                            real *restrict yo = y0 + (size_t)i * W_OUT + 2 * t;
                             if (2 * (t + n) <= W_OUT) {
                                 for (int l = 0; l < n; l++) {
-                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
-                                    o[2 * l] = even > 0 ? even : 0;
-                                    o[2 * l + 1] = odd > 0 ? odd : 0;
+                                    yo[2 * l] = (y[i][0][l] + bias[o]) > 0 ? (y[i][0][l] + bias[o]) : 0;
+                                    yo[2 * l + 1] = (y[i][1][l] + bias[o]) > 0 ? (y[i][1][l] + bias[o]) : 0;
                                 }
                             } else {
                                 for (int l = 0; l < n; l++) {
-                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
-                                    o[2 * l] = even > 0 ? even : 0;
+                                    yo[2 * l] = (y[i][0][l] + bias[o]) > 0 ? (y[i][0][l] + bias[o]) : 0;
                                     if (2 * (t + l) + 1 < W_OUT)
-                                        o[2 * l + 1] = odd > 0 ? odd : 0;
+                                        yo[2 * l + 1] = (y[i][1][l] + bias[o]) > 0 ? (y[i][1][l] + bias[o]) : 0;
                                 }
                             }
                         }
@@ -1178,7 +1168,7 @@ static void vgg_cifar_conv2_1_forward(
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
     const real *restrict bias,              /* conv2_1.bias [128] */
-    real *slots,                            /* 573504 elements of workspace */
+    real *slots,                            /* 663616 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1247,97 +1237,95 @@ KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
     real *restrict padded = scratch + SCRATCH_WINO_PADDED;      /* [C_IN, WINO_H, 2, HALF_W] */
     real *restrict tiles_in = scratch + SCRATCH_WINO_IN;        /* V: 16 x [C_IN, TILE_BLOCK], IN_STRIDE apart */
     real *restrict tiles_out = scratch + SCRATCH_WINO_OUT;      /* 16 x [C_OUT, TILE_BLOCK], OUT_STRIDE apart */
-    /* U[xi = 4i + j][oc][ic] = (G g G^T)[i][j], g = weight[oc, ic]: G g (4 x 3), then its rows
-       times G^T, VEC_LANES input channels at a time from the filter's taps transposed. */
-    for (int oc = 0; oc < C_OUT; oc++) {
-        const real *restrict w = weight + (size_t)oc * K_GROUP;      /* [C_IN, 3, 3] */
+    /* U[xi][oc][ic] from g = weight[oc, ic] */
+    for (int o = 0; o < C_OUT; o++) {
         for (int k = 0; k < 9; k++)
-            for (int ic = 0; ic < C_IN; ic++)
-                taps[k * C_IN + ic] = w[ic * 9 + k];
-        real *restrict u = filters + (size_t)oc * C_IN;
-        for (int ic = 0; ic < C_IN; ic += VEC_LANES) {
-            const int n = C_IN - ic < VEC_LANES ? C_IN - ic : VEC_LANES;
-            const vec g00 = vgg_cifar_vec_load(taps + 0 * C_IN + ic, n);
-            const vec g10 = vgg_cifar_vec_load(taps + 3 * C_IN + ic, n);
-            const vec g20 = vgg_cifar_vec_load(taps + 6 * C_IN + ic, n);
+            for (int c = 0; c < C_IN; c++)
+                taps[k * C_IN + c] = weight[(size_t)o * K_GROUP + c * 9 + k];
+        real *restrict u = filters + (size_t)o * C_IN;
+        for (int c = 0; c < C_IN; c += VEC_LANES) {
+            const int n = C_IN - c < VEC_LANES ? C_IN - c : VEC_LANES;
+            const vec g00 = vgg_cifar_vec_load(taps + 0 * C_IN + c, n);
+            const vec g10 = vgg_cifar_vec_load(taps + 3 * C_IN + c, n);
+            const vec g20 = vgg_cifar_vec_load(taps + 6 * C_IN + c, n);
             const vec r00 = g00, r10 = (real)0.5 * (g00 + g10 + g20);
             const vec r20 = (real)0.5 * (g00 - g10 + g20), r30 = g20;
-            const vec g01 = vgg_cifar_vec_load(taps + 1 * C_IN + ic, n);
-            const vec g11 = vgg_cifar_vec_load(taps + 4 * C_IN + ic, n);
-            const vec g21 = vgg_cifar_vec_load(taps + 7 * C_IN + ic, n);
+            const vec g01 = vgg_cifar_vec_load(taps + 1 * C_IN + c, n);
+            const vec g11 = vgg_cifar_vec_load(taps + 4 * C_IN + c, n);
+            const vec g21 = vgg_cifar_vec_load(taps + 7 * C_IN + c, n);
             const vec r01 = g01, r11 = (real)0.5 * (g01 + g11 + g21);
             const vec r21 = (real)0.5 * (g01 - g11 + g21), r31 = g21;
-            const vec g02 = vgg_cifar_vec_load(taps + 2 * C_IN + ic, n);
-            const vec g12 = vgg_cifar_vec_load(taps + 5 * C_IN + ic, n);
-            const vec g22 = vgg_cifar_vec_load(taps + 8 * C_IN + ic, n);
+            const vec g02 = vgg_cifar_vec_load(taps + 2 * C_IN + c, n);
+            const vec g12 = vgg_cifar_vec_load(taps + 5 * C_IN + c, n);
+            const vec g22 = vgg_cifar_vec_load(taps + 8 * C_IN + c, n);
             const vec r02 = g02, r12 = (real)0.5 * (g02 + g12 + g22);
             const vec r22 = (real)0.5 * (g02 - g12 + g22), r32 = g22;
-            vgg_cifar_vec_store(u + 0 * FILTERS_STRIDE + ic, r00, n);
-            vgg_cifar_vec_store(u + 1 * FILTERS_STRIDE + ic, (real)0.5 * (r00 + r01 + r02), n);
-            vgg_cifar_vec_store(u + 2 * FILTERS_STRIDE + ic, (real)0.5 * (r00 - r01 + r02), n);
-            vgg_cifar_vec_store(u + 3 * FILTERS_STRIDE + ic, r02, n);
-            vgg_cifar_vec_store(u + 4 * FILTERS_STRIDE + ic, r10, n);
-            vgg_cifar_vec_store(u + 5 * FILTERS_STRIDE + ic, (real)0.5 * (r10 + r11 + r12), n);
-            vgg_cifar_vec_store(u + 6 * FILTERS_STRIDE + ic, (real)0.5 * (r10 - r11 + r12), n);
-            vgg_cifar_vec_store(u + 7 * FILTERS_STRIDE + ic, r12, n);
-            vgg_cifar_vec_store(u + 8 * FILTERS_STRIDE + ic, r20, n);
-            vgg_cifar_vec_store(u + 9 * FILTERS_STRIDE + ic, (real)0.5 * (r20 + r21 + r22), n);
-            vgg_cifar_vec_store(u + 10 * FILTERS_STRIDE + ic, (real)0.5 * (r20 - r21 + r22), n);
-            vgg_cifar_vec_store(u + 11 * FILTERS_STRIDE + ic, r22, n);
-            vgg_cifar_vec_store(u + 12 * FILTERS_STRIDE + ic, r30, n);
-            vgg_cifar_vec_store(u + 13 * FILTERS_STRIDE + ic, (real)0.5 * (r30 + r31 + r32), n);
-            vgg_cifar_vec_store(u + 14 * FILTERS_STRIDE + ic, (real)0.5 * (r30 - r31 + r32), n);
-            vgg_cifar_vec_store(u + 15 * FILTERS_STRIDE + ic, r32, n);
+            vgg_cifar_vec_store(u + 0 * FILTERS_STRIDE + c, r00, n);
+            vgg_cifar_vec_store(u + 1 * FILTERS_STRIDE + c, (real)0.5 * (r00 + r01 + r02), n);
+            vgg_cifar_vec_store(u + 2 * FILTERS_STRIDE + c, (real)0.5 * (r00 - r01 + r02), n);
+            vgg_cifar_vec_store(u + 3 * FILTERS_STRIDE + c, r02, n);
+            vgg_cifar_vec_store(u + 4 * FILTERS_STRIDE + c, r10, n);
+            vgg_cifar_vec_store(u + 5 * FILTERS_STRIDE + c, (real)0.5 * (r10 + r11 + r12), n);
+            vgg_cifar_vec_store(u + 6 * FILTERS_STRIDE + c, (real)0.5 * (r10 - r11 + r12), n);
+            vgg_cifar_vec_store(u + 7 * FILTERS_STRIDE + c, r12, n);
+            vgg_cifar_vec_store(u + 8 * FILTERS_STRIDE + c, r20, n);
+            vgg_cifar_vec_store(u + 9 * FILTERS_STRIDE + c, (real)0.5 * (r20 + r21 + r22), n);
+            vgg_cifar_vec_store(u + 10 * FILTERS_STRIDE + c, (real)0.5 * (r20 - r21 + r22), n);
+            vgg_cifar_vec_store(u + 11 * FILTERS_STRIDE + c, r22, n);
+            vgg_cifar_vec_store(u + 12 * FILTERS_STRIDE + c, r30, n);
+            vgg_cifar_vec_store(u + 13 * FILTERS_STRIDE + c, (real)0.5 * (r30 + r31 + r32), n);
+            vgg_cifar_vec_store(u + 14 * FILTERS_STRIDE + c, (real)0.5 * (r30 - r31 + r32), n);
+            vgg_cifar_vec_store(u + 15 * FILTERS_STRIDE + c, r32, n);
         }
     }
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
-        /* The sample's input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows
-           of WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its odd
-           ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
-           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
         const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
+        real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
+        /* The input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows of
+           WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its
+           odd ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
+           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
         for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
             padded[i] = 0;
-        for (int ic = 0; ic < C_IN; ic++)
+        for (int c = 0; c < C_IN; c++)
             for (int ih = 0; ih < H_IN; ih++) {
-                const real *restrict src = in_sample + ((size_t)ic * H_IN + ih) * W_IN;
-                real *restrict row = padded + ((size_t)ic * WINO_H + PAD_TOP + ih) * WINO_W;
+                const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
+                real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
                 for (int iw = 0; iw < W_IN; iw++)
-                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = src[iw];
+                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = from[iw];
             }
-        real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
-            /* V[xi = 4i + j][ic][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
+            /* V[xi = 4i + j][c][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
                then each row's columns (times B); VEC_LANES tiles of a tile row at a time. */
-            for (int ic = 0; ic < C_IN; ic++)
+            for (int c = 0; c < C_IN; c++)
                 for (int r = 0; r < rows; r++) {
-                    const real *restrict p = padded + ((size_t)ic * WINO_H + 2 * (row0 + r)) * WINO_W;
-                    real *restrict v = tiles_in + (size_t)ic * TILE_BLOCK + r * TILES_W;
+                    const real *restrict patch_row = padded + ((size_t)c * WINO_H + 2 * (row0 + r)) * WINO_W;
+                    real *restrict v = tiles_in + (size_t)c * TILE_BLOCK + r * TILES_W;
                     for (int t = 0; t < TILES_W; t += VEC_LANES) {
                         const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
-                        const vec d00 = vgg_cifar_vec_load(p + t, n);
-                        const vec d10 = vgg_cifar_vec_load(p + WINO_W + t, n);
-                        const vec d20 = vgg_cifar_vec_load(p + 2 * WINO_W + t, n);
-                        const vec d30 = vgg_cifar_vec_load(p + 3 * WINO_W + t, n);
+                        const vec d00 = vgg_cifar_vec_load(patch_row + t, n);
+                        const vec d10 = vgg_cifar_vec_load(patch_row + WINO_W + t, n);
+                        const vec d20 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + t, n);
+                        const vec d30 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + t, n);
                         const vec e00 = d00 - d20, e10 = d10 + d20;
                         const vec e20 = d20 - d10, e30 = d10 - d30;
-                        const vec d01 = vgg_cifar_vec_load(p + HALF_W + t, n);
-                        const vec d11 = vgg_cifar_vec_load(p + WINO_W + HALF_W + t, n);
-                        const vec d21 = vgg_cifar_vec_load(p + 2 * WINO_W + HALF_W + t, n);
-                        const vec d31 = vgg_cifar_vec_load(p + 3 * WINO_W + HALF_W + t, n);
+                        const vec d01 = vgg_cifar_vec_load(patch_row + HALF_W + t, n);
+                        const vec d11 = vgg_cifar_vec_load(patch_row + WINO_W + HALF_W + t, n);
+                        const vec d21 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + HALF_W + t, n);
+                        const vec d31 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + HALF_W + t, n);
                         const vec e01 = d01 - d21, e11 = d11 + d21;
                         const vec e21 = d21 - d11, e31 = d11 - d31;
-                        const vec d02 = vgg_cifar_vec_load(p + t + 1, n);
-                        const vec d12 = vgg_cifar_vec_load(p + WINO_W + t + 1, n);
-                        const vec d22 = vgg_cifar_vec_load(p + 2 * WINO_W + t + 1, n);
-                        const vec d32 = vgg_cifar_vec_load(p + 3 * WINO_W + t + 1, n);
+                        const vec d02 = vgg_cifar_vec_load(patch_row + t + 1, n);
+                        const vec d12 = vgg_cifar_vec_load(patch_row + WINO_W + t + 1, n);
+                        const vec d22 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + t + 1, n);
+                        const vec d32 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + t + 1, n);
                         const vec e02 = d02 - d22, e12 = d12 + d22;
                         const vec e22 = d22 - d12, e32 = d12 - d32;
-                        const vec d03 = vgg_cifar_vec_load(p + HALF_W + t + 1, n);
-                        const vec d13 = vgg_cifar_vec_load(p + WINO_W + HALF_W + t + 1, n);
-                        const vec d23 = vgg_cifar_vec_load(p + 2 * WINO_W + HALF_W + t + 1, n);
-                        const vec d33 = vgg_cifar_vec_load(p + 3 * WINO_W + HALF_W + t + 1, n);
+                        const vec d03 = vgg_cifar_vec_load(patch_row + HALF_W + t + 1, n);
+                        const vec d13 = vgg_cifar_vec_load(patch_row + WINO_W + HALF_W + t + 1, n);
+                        const vec d23 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + HALF_W + t + 1, n);
+                        const vec d33 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + HALF_W + t + 1, n);
                         const vec e03 = d03 - d23, e13 = d13 + d23;
                         const vec e23 = d23 - d13, e33 = d13 - d33;
                         vgg_cifar_vec_store(v + 0 * IN_STRIDE + t, e00 - e02, n);
@@ -1362,15 +1350,14 @@ KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
                 vgg_cifar_gemm_nn(C_OUT, TILE_BLOCK, C_IN, filters + (size_t)xi * FILTERS_STRIDE, C_IN, 1,
                               tiles_in + (size_t)xi * IN_STRIDE, TILE_BLOCK, tiles_out + (size_t)xi * OUT_STRIDE,
                               TILE_BLOCK, 0);
-            /* out's 2x2 pixels of each tile = A^T M A (+ bias): the rows combined (a = A^T M),
-               then each of the two rows' columns, VEC_LANES tiles of a tile row at a time; the
-               pixels go to their rows interleaved (even and odd columns), those past an odd
-               H_OUT or W_OUT dropped. */
-            for (int oc = 0; oc < C_OUT; oc++)
+            /* each tile's 2x2 outputs = A^T M A: the rows combined (a = A^T M), then each of the
+               two rows' columns, VEC_LANES tiles of a tile row at a time; the pixels go to their
+               rows interleaved (even and odd columns), those past an odd height or width dropped. */
+            for (int o = 0; o < C_OUT; o++)
                 for (int r = 0; r < rows; r++) {
-                    const real *restrict mo = tiles_out + (size_t)oc * TILE_BLOCK + r * TILES_W;
+                    const real *restrict mo = tiles_out + (size_t)o * TILE_BLOCK + r * TILES_W;
                     const int oh = 2 * (row0 + r);
-                    real *restrict y0 = out_sample + (size_t)oc * PIXELS_OUT + (size_t)oh * W_OUT;
+                    real *restrict y0 = out_sample + ((size_t)o * H_OUT + oh) * W_OUT;
                     for (int t = 0; t < TILES_W; t += VEC_LANES) {
                         const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
                         const vec m00 = vgg_cifar_vec_load(mo + 0 * OUT_STRIDE + t, n);
@@ -1399,19 +1386,17 @@ KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
                         vgg_cifar_vec_store(y[1][0], a10 + a11 + a12, VEC_LANES);
                         vgg_cifar_vec_store(y[1][1], a11 - a12 - a13, VEC_LANES);
                         for (int i = 0; i < 2 && oh + i < H_OUT; i++) {
-                            real *restrict o = y0 + (size_t)i * W_OUT + 2 * t;
+                            real *restrict yo = y0 + (size_t)i * W_OUT + 2 * t;
                             if (2 * (t + n) <= W_OUT) {
                                 for (int l = 0; l < n; l++) {
-                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
-                                    o[2 * l] = even > 0 ? even : 0;
-                                    o[2 * l + 1] = odd > 0 ? odd : 0;
+                                    yo[2 * l] = (y[i][0][l] + bias[o]) > 0 ? (y[i][0][l] + bias[o]) : 0;
+                                    yo[2 * l + 1] = (y[i][1][l] + bias[o]) > 0 ? (y[i][1][l] + bias[o]) : 0;
                                 }
                             } else {
                                 for (int l = 0; l < n; l++) {
-                                    const real even = y[i][0][l] + bias[oc], odd = y[i][1][l] + bias[oc];
-                                    o[2 * l] = even > 0 ? even : 0;
+                                    yo[2 * l] = (y[i][0][l] + bias[o]) > 0 ? (y[i][0][l] + bias[o]) : 0;
                                     if (2 * (t + l) + 1 < W_OUT)
-                                        o[2 * l + 1] = odd > 0 ? odd : 0;
+                                        yo[2 * l + 1] = (y[i][1][l] + bias[o]) > 0 ? (y[i][1][l] + bias[o]) : 0;
                                 }
                             }
                         }
