@@ -155,7 +155,8 @@ def targets(result: dict) -> list[dict]:
             add(f"{name} batch-1 latency >= {ORT_TARGET:g}x lower than onnxruntime, {_threads(row)}",
                 _ratio(speedup), None if speedup is None else speedup >= ORT_TARGET)
             if emitted is not None:
-                add(f"{name} emitted C batch-1 latency lower again, {_threads(row)}", _ratio(emitted),
+                # The figure is onnxruntime / emitted C; the target is the emitted C beating the Python call.
+                add(f"{name} emitted C faster again than Python (ort/C shown), {_threads(row)}", _ratio(emitted),
                     speedup is not None and emitted > speedup)
         if name == COMPILE_SPEC:
             cold, cached = spec["compile"]["cold_median_s"], spec["compile"]["cached_median_s"]
