@@ -942,6 +942,9 @@ def test_random_conv2d_shapes(index, sweep_runs, build_dir):
 # 68 wide columns) for every form.
 VARIANT_IMG = (5, 12, 13)
 VARIANT_FLAT = (45,)
+# The widest case in a group of its own: every finite difference runs its whole group's network,
+# so the other variants' thousands of them would each pay for its 48 x 64 x 3 x 3 conv.
+VARIANT_WIDE = (4, 12, 13)
 VARIANT_BATCH = 11
 VARIANT_CASES = {
     VARIANT_IMG: [
@@ -956,11 +959,10 @@ VARIANT_CASES = {
         _c("depthwise_mult_dilated", VARIANT_IMG, type="conv2d", filters=12, kernel=[2, 3], groups=6, dilation=[1, 2],
            bias=False, pre=(6,)),
         # Winograd F(2x2, 3x3) forwards (3x3, stride 1, 16+ channels): an odd output width, a valid conv
-        # with a relu and no bias, asymmetric padding over two blocks of tile rows (the last one short)
+        # with a relu and no bias (VARIANT_WIDE: asymmetric padding over two blocks of tile rows)
         _c("winograd_same", VARIANT_IMG, type="conv2d", filters=19, kernel=3, padding=1, pre=(17,)),
         _c("winograd_valid_relu", VARIANT_IMG, type="conv2d", filters=16, kernel=3, activation="relu", bias=False,
            pre=(16,)),
-        _c("winograd_blocks", VARIANT_IMG, type="conv2d", filters=64, kernel=3, padding=[2, 1], pre=(48,)),
         # padding 3: the input gradient's conv would crop dout, so it stays the direct one
         _c("winograd_pad3", VARIANT_IMG, type="conv2d", filters=16, kernel=3, padding=3, pre=(16,)),
         _c("im2col_strided", VARIANT_IMG, type="conv2d", filters=10, kernel=3, stride=2, padding=1, pre=(11,)),
@@ -975,6 +977,11 @@ VARIANT_CASES = {
            pre=(16,), after={"type": "maxpool2d", "kernel": 2}),
         _c("pooled_same_dilated", VARIANT_IMG, type="conv2d", filters=17, kernel=4, padding="same", dilation=[2, 1],
            activation="relu", bias=False, after={"type": "maxpool2d", "kernel": [2, 3], "stride": [1, 2]}),
+    ],
+    VARIANT_WIDE: [  # two blocks of tile rows, the last one short
+        _c("winograd_blocks", VARIANT_WIDE, type="conv2d", filters=64, kernel=3, padding=[2, 1], pre=(48,)),
+        # one filter short of the Winograd threshold (WINOGRAD_MIN_CHANNELS): the direct conv
+        _c("below_winograd", VARIANT_WIDE, type="conv2d", filters=15, kernel=3, padding=1, pre=(16,)),
     ],
     VARIANT_FLAT: [
         _c("dense_wide", VARIANT_FLAT, type="dense", units=37),
@@ -1064,18 +1071,23 @@ def test_winograd_forward_is_chosen_where_it_applies():
 
 
 def test_depthwise_and_winograd_kernels_at_batch_one(build_dir):
-    """test_every_kernel_variant_and_block_form's float64 model (cached) at batch 1: the depthwise
+    """test_every_kernel_variant_and_block_form's float64 models (cached) at batch 1: the depthwise
     and Winograd cases' forward and backward against the reference."""
-    cases = VARIANT_CASES[VARIANT_IMG]
     rng = np.random.default_rng(stable_seed("depthwise batch 1"))
-    result = run_group(VARIANT_IMG, "float64", "pre", build_dir, cases=cases,
-                       name=f"variants_{shape_tag(VARIANT_IMG)}_float64", xs=kink_safe(rng, (1,) + VARIANT_IMG), fd=False)
-    for case in cases:
-        if case.id in DEPTHWISE_CASES | WINOGRAD_CASES:
-            r = result.cases[case.id]
-            assert max(r.forward_infer, r.forward_train) <= TOL_FORWARD64, f"{case.id} forward: {r.forward_infer:.3g}"
-            assert r.input_grads <= TOL_BACKWARD64, f"{case.id} input gradient: {r.input_grads:.3g}"
-            assert r.param_grads and max(r.param_grads.values()) <= TOL_BACKWARD64, f"{case.id}: {r.param_grads}"
+    checked = set()
+    for shape in (VARIANT_IMG, VARIANT_WIDE):
+        cases = VARIANT_CASES[shape]
+        result = run_group(shape, "float64", "pre", build_dir, cases=cases,
+                           name=f"variants_{shape_tag(shape)}_float64", xs=kink_safe(rng, (1,) + shape), fd=False)
+        for case in cases:
+            if case.id in DEPTHWISE_CASES | WINOGRAD_CASES:
+                r = result.cases[case.id]
+                forward = max(r.forward_infer, r.forward_train)
+                assert forward <= TOL_FORWARD64, f"{case.id} forward: {forward:.3g}"
+                assert r.input_grads <= TOL_BACKWARD64, f"{case.id} input gradient: {r.input_grads:.3g}"
+                assert r.param_grads and max(r.param_grads.values()) <= TOL_BACKWARD64, f"{case.id}: {r.param_grads}"
+                checked.add(case.id)
+    assert "winograd_blocks" in checked and "depthwise_same" in checked
 
 
 # ---------------------------------------------------------------------------------------
