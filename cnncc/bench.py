@@ -321,8 +321,11 @@ def _profile_text(model, rows: list[OpTiming], passes: dict[str, float], repeats
                      "visits only each pool window's maximum (a quarter of the pixels behind a 2x2 pool)")
     winograd = [op.name for op in model.program.ops if op.plan.forward_template == WINOGRAD]
     if winograd:
-        din = [op.name for op in model.program.ops if op.plan.settings.get("winograd_din") and model.program.loss]
-        lines.append(f"the forward of {', '.join(winograd)}" + (f" and the input gradient of {', '.join(din)}" if din else "")
+        training = model.program.loss
+        din = [op.name for op in model.program.ops if op.plan.settings.get("winograd_din") and training]
+        dweight = [op.name for op in model.program.ops if op.plan.settings.get("winograd_dweight") and training]
+        lines.append(f"the forward of {', '.join(winograd)}" + (f", the input gradient of {', '.join(din)}" if din else "")
+                     + (f", the weight gradient of {', '.join(dweight)}" if dweight else "")
                      + " go by Winograd F(2x2, 3x3), 16 multiply-adds per 2x2 output tile for the direct conv's 36: "
                      "GFLOP/s counts the direct conv's MACs (an effective rate, which may pass the peak)")
     return "\n".join(lines)

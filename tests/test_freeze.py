@@ -167,3 +167,28 @@ def test_frozen_layers_between_trainable_ones_compute_input_gradients_only(build
                 full.params[key][...] = start[key]
     for key, value in frozen.params.items():
         np.testing.assert_allclose(value, full.params[key], rtol=1e-12, atol=1e-14)
+
+
+def test_a_frozen_winograd_conv_passes_the_same_input_gradient(build_dir):
+    """A 3x3 conv with 16 channels in and out (the vector backend's Winograd plan: forward, input
+    and weight gradients) frozen between trainable layers keeps its Winograd input gradient and
+    drops the weight gradient: the layer before it gets the full model's gradients."""
+    spec = {"name": "winograd_sandwich", "dtype": "float64", "input": {"channels": 3, "height": 9, "width": 10},
+            "layers": [{"name": "first", "type": "conv2d", "filters": 16, "kernel": 3, "padding": 1,
+                        "activation": "relu"},
+                       {"name": "mid", "type": "conv2d", "filters": 16, "kernel": 3, "padding": 1, "activation": "relu"},
+                       {"type": "flatten"}, {"name": "out", "type": "dense", "units": 3}],
+            "loss": "softmax_cross_entropy", "optimizer": {"type": "sgd", "lr": 0.05}}
+    full = cnncc.compile(spec, build_dir=build_dir, cflags=("-O1",)).init(3)
+    frozen = full.freeze(["mid"], build_dir=build_dir)
+    for model, trained in ((full, True), (frozen, False)):
+        mid = next(op for op in model.program.ops if op.name == "mid")
+        assert mid.plan.settings["winograd_din"] and mid.plan.settings["winograd_dweight"] == trained
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 3, 9, 10))
+    y = rng.integers(0, 3, 4).astype(np.int32)
+    (full_loss, full_grads), (frozen_loss, frozen_grads) = full.gradients(x, y), frozen.gradients(x, y)
+    assert full_loss == frozen_loss
+    assert set(frozen_grads) == {"first.weight", "first.bias", "out.weight", "out.bias"}
+    for key, grad in frozen_grads.items():
+        np.testing.assert_array_equal(grad, full_grads[key])

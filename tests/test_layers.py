@@ -1042,8 +1042,8 @@ WINOGRAD_CASES = {"conv_winograd", "winograd_same", "winograd_valid_relu", "wino
 
 def test_winograd_forward_is_chosen_where_it_applies():
     """The 3x3 stride-1 convs with 16 or more input channels and filters of the table and the
-    variants take the Winograd forward (with the shifted backward, whose input gradient goes by
-    Winograd too, or the pooled backward), the others not;
+    variants take the Winograd forward (with the shifted backward, whose input and weight
+    gradients go by Winograd too, or the pooled backward), the others not;
     between them its plan's variants are taken both ways (bias, relu, an odd output width and
     height, more than one block of tile rows)."""
     from cnncc.backends.vector.conv2d import POOLED, SHIFTED, WINOGRAD
@@ -1060,6 +1060,8 @@ def test_winograd_forward_is_chosen_where_it_applies():
                 assert op.plan.settings["winograd_din"] == shifted_din, op.layer
                 if op.plan.settings["winograd_din"]:
                     din_short_block.add("DIN_LAST_BLOCK_TILES" in op.plan.backward_dims)
+                # and so does the shifted backward's weight gradient (every weight here is trained)
+                assert op.plan.settings["winograd_dweight"] == (op.plan.backward_template == SHIFTED), op.layer
                 chosen.add(op.layer)
                 d = op.plan.forward_dims
                 forms.add((op.plan.settings["has_bias"], op.plan.settings["relu"], d["W_OUT"] % 2 == 1,

@@ -8,8 +8,9 @@ patches[K_GROUP, pixels]. The plan picks how the patch matrix is read: in place 
 depthwise conv (one input channel per group) takes a plan of its own ("depthwise"): its groups are
 too small for the products' blocking, so it works channel by channel on flat rows. A 3x3 stride-1
 conv with 16 or more channels in and out computes its forward by Winograd's F(2x2, 3x3), 16
-multiply-adds per 2x2 output tile where the direct conv does 36, and keeps the shifted (or pooled)
-backward ("winograd", plans_winograd). A conv followed by
+multiply-adds per 2x2 output tile where the direct conv does 36 ("winograd", plans_winograd); its
+backward is the shifted one, whose input and weight gradients go by Winograd too, or the pooled
+one. A conv followed by
 a maxpool (ir.PooledBackward) gets a backward of its own that visits each pool window's maximum
 only. The plan also lays out the scratch of the kernels: SAMPLE_SLOTS slots of one sample's scratch
 (an OpenMP build runs them on its threads), the forward's regions first (an inference build needs
@@ -92,7 +93,7 @@ class ConvPlanner(Planner):
         s = {"has_bias": g.bias, "dweight_by_dots": g.c_out // g.groups < DOTS_BELOW_FILTERS,
              "din": request.input_grads[0], "positive_only": request.pooled_positive_only,
              "dweight": "weight" in request.trainable, "dbias": g.bias and "bias" in request.trainable,
-             "relu": request.relu_epilogue, "winograd_din": False}
+             "relu": request.relu_epilogue, "winograd_din": False, "winograd_dweight": False}
         winograd = self.plans_winograd(g)
         if shifted:
             k.update(_shifted_dims(g, k))
@@ -109,10 +110,12 @@ class ConvPlanner(Planner):
             backward, shared = _pooled_scratch(k)
         elif shifted:
             s["winograd_din"] = winograd and s["din"] and _winograd_din_fits(k)
+            s["winograd_dweight"] = winograd and s["dweight"]
             if s["winograd_din"]:
                 k.update(_winograd_dims(k["C_OUT"], k["C_IN"], k["H_IN"], k["W_IN"], "DIN_"))
             backward, shared = _shifted_scratch_backward(k, s)
-            if winograd and s["padded"]:  # the shifted backward's padded input, not in the forward's scratch
+            if winograd and s["padded"] and not s["winograd_dweight"]:
+                # the direct weight gradient's padded input, not in the forward's scratch
                 backward = {"SCRATCH_PADDED": _shifted_scratch_forward(k, s)["SCRATCH_PADDED"], **backward}
         else:
             backward = {"SCRATCH_DOUT": 0 if s["dweight_by_dots"] else k["PIXELS_OUT"] * k["C_OUT_PER_GROUP"]}
@@ -264,6 +267,12 @@ WINOGRAD_DIN = ("DIN_TILE_ROWS", "DIN_TILES_W", "DIN_TILE_ROWS_PER_BLOCK", "DIN_
                 "SCRATCH_DIN_PADDED", "SCRATCH_DIN_TILES_IN", "SCRATCH_DIN_TILES_OUT")
 
 
+# the shifted backward's weight gradient by Winograd (weight_gradient_sample in conv2d_winograd.c.j2)
+WINOGRAD_DWEIGHT = ("PAD_TOP", "PAD_LEFT", "H_OUT", "W_OUT", "TILE_ROWS", "TILES_W", "TILE_ROWS_PER_BLOCK", "TILE_BLOCK",
+                    "LAST_BLOCK_TILES", "WINO_H", "WINO_W", "HALF_W", "FILTERS_STRIDE", "IN_STRIDE", "OUT_STRIDE",
+                    "SCRATCH_WINO_PADDED", "SCRATCH_WINO_IN", "SCRATCH_WINO_OUT", "SCRATCH_DOUT", "SCRATCH_DU_SUM")
+
+
 def _winograd_scratch(k) -> dict[str, int]:
     """Per slot: the transformed filters U, one filter's taps transposed, the padded input, and one
     block's transformed input tiles V and products."""
@@ -290,27 +299,33 @@ def _shifted_scratch_forward(k, s) -> dict[str, int]:
 
 
 def _shifted_scratch_backward(k, s):
-    if s.get("winograd_din"):  # groups == 1
-        backward = {"SCRATCH_DOUT": k["WIDE_OUT"] * k["C_OUT"],
+    if s["winograd_dweight"]:  # the forward's regions, and the output gradient channels-last over whole tiles
+        dweight = ({"SCRATCH_DOUT": 4 * k["TILE_ROWS"] * k["TILES_W"] * k["C_OUT"]},
+                   {"SCRATCH_DU_SUM": 16 * k["FILTERS_STRIDE"]})
+    else:
+        dweight = ({"SCRATCH_DOUT": k["WIDE_OUT"] * k["C_OUT_PER_GROUP"]},
+                   {"SCRATCH_DWEIGHT_T": 0 if s["dweight_by_dots"] else k["C_OUT"] * k["K_GROUP"]})
+    if s["winograd_din"]:  # groups == 1
+        backward = {**dweight[0],
                     "SCRATCH_DIN_PADDED": k["C_OUT"] * k["DIN_WINO_H"] * k["DIN_WINO_W"],
                     "SCRATCH_DIN_TILES_IN": 16 * k["DIN_IN_STRIDE"], "SCRATCH_DIN_TILES_OUT": 16 * k["DIN_OUT_STRIDE"]}
         shared = {"SCRATCH_DIN_FILTERS": 16 * k["DIN_FILTERS_STRIDE"], "SCRATCH_DIN_TAPS": 9 * k["C_OUT"],
-                  "SCRATCH_DWEIGHT_T": 0 if s["dweight_by_dots"] else k["C_OUT"] * k["K_GROUP"]}
+                  **dweight[1]}
         return backward, shared
     cig, cog = k["C_IN_PER_GROUP"], k["C_OUT_PER_GROUP"]
-    backward = {"SCRATCH_DOUT": k["WIDE_OUT"] * cog,
+    backward = {**dweight[0],
                 "SCRATCH_DPAD": 0 if s["dout_is_dpad"] else cog * k["H_DPAD"] * k["W_DPAD"],
                 "SCRATCH_WIDE_IN": cig * k["WIDE_IN"] if s["wide"] else 0}
-    shared = {"SCRATCH_FLIPPED": k["C_OUT"] * k["K_GROUP"],
-              "SCRATCH_DWEIGHT_T": 0 if s["dweight_by_dots"] else k["C_OUT"] * k["K_GROUP"]}
+    shared = {"SCRATCH_FLIPPED": k["C_OUT"] * k["K_GROUP"], **dweight[1]}
     return backward, shared
 
 
 def _gradient_parts(k, s) -> dict[str, int]:
-    """Per slot: one sample's weight gradient (laid out as the batch's: transposed unless by dots)
-    and bias gradient, added to the batch's in sample order, so the sums are the same at any slot
-    count (and so at any thread count)."""
-    return {"SCRATCH_DWEIGHT_PART": k["C_OUT"] * k["K_GROUP"] if s["dweight"] else 0,
+    """Per slot: one sample's weight gradient (laid out as the batch's: transposed unless by dots,
+    16 transformed matrices by Winograd) and bias gradient, added to the batch's in sample order,
+    so the sums are the same at any slot count (and so at any thread count)."""
+    dweight = 16 * k["FILTERS_STRIDE"] if s.get("winograd_dweight") else k["C_OUT"] * k["K_GROUP"]
+    return {"SCRATCH_DWEIGHT_PART": dweight if s["dweight"] else 0,
             "SCRATCH_DBIAS_PART": k["C_OUT"] if s["dbias"] else 0}
 
 
@@ -352,16 +367,20 @@ def _shifted_forward_names(s) -> tuple[str, ...]:
 
 
 def _shifted_backward_names(s, k) -> tuple[str, ...]:
-    names = GROUPED + TAPS + ("H_PAD", "W_PAD", "WIDE_OUT")
-    names += ("PAD_TOP", "PAD_LEFT", "SCRATCH_PADDED") if s["padded"] else ()
-    if s["dweight_by_dots"]:
-        names += ("SCRATCH_DOUT", "H_OUT", "W_OUT") if s["wide"] else ()
+    names = GROUPED
+    if s["winograd_dweight"]:  # a short last block of tile rows only where there is one
+        names += tuple(n for n in WINOGRAD_DWEIGHT if n != "LAST_BLOCK_TILES" or k[n])
     else:
-        names += ("SCRATCH_DOUT", "SCRATCH_DWEIGHT_T", "W_OUT")
-    if s.get("winograd_din"):  # a short last block of tile rows only where there is one
+        names += TAPS + ("H_PAD", "W_PAD", "WIDE_OUT")
+        names += ("PAD_TOP", "PAD_LEFT", "SCRATCH_PADDED") if s["padded"] else ()
+        if s["dweight_by_dots"]:
+            names += ("SCRATCH_DOUT", "H_OUT", "W_OUT") if s["wide"] else ()
+        else:
+            names += ("SCRATCH_DOUT", "SCRATCH_DWEIGHT_T", "W_OUT")
+    if s["winograd_din"]:
         names += tuple(n for n in WINOGRAD_DIN if n != "DIN_LAST_BLOCK_TILES" or k[n])
     elif s["din"]:
-        names += ("SCRATCH_FLIPPED", "H_DPAD", "W_DPAD")
+        names += TAPS + ("SCRATCH_FLIPPED", "H_DPAD", "W_DPAD")
         names += () if s["dout_is_dpad"] else ("SCRATCH_DPAD", "H_OUT", "W_OUT", "DPAD_TOP", "DPAD_LEFT")
         names += ("SCRATCH_WIDE_IN", "WIDE_IN") if s["wide"] else ()
     return tuple(dict.fromkeys(names))

@@ -1603,10 +1603,10 @@ static void ds_cnn_pw1_backward(
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
 
-                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
                 real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 const real *restrict source = in_group;
 
                 /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
@@ -2375,10 +2375,10 @@ static void ds_cnn_pw2_backward(
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
 
-                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
                 real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 const real *restrict source = in_group;
 
                 /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
@@ -3147,10 +3147,10 @@ static void ds_cnn_pw3_backward(
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
 
-                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
                 real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 const real *restrict source = in_group;
 
                 /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
@@ -3919,10 +3919,10 @@ static void ds_cnn_pw4_backward(
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
 
-                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
                 real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 const real *restrict source = in_group;
 
                 /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */

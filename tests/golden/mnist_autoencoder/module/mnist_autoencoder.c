@@ -1351,10 +1351,10 @@ static void mnist_autoencoder_dec2_backward(
                 const real *restrict in_group = in + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 const real *restrict dout_group = dout + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
 
-                real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = mnist_autoencoder_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
                 real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
                 real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
                 mnist_autoencoder_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
 

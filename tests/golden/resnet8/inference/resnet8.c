@@ -748,7 +748,7 @@ KERNEL_INLINE void resnet8_s1_conv1_forward_slot(
     const real *restrict in,                /* stem_bn [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv1.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv1.bias [16] */
-    real *slots,                            /* 218576 elements of workspace */
+    real *slots,                            /* 203184 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -779,7 +779,7 @@ KERNEL_INLINE void resnet8_s1_conv1_forward_slot(
         SCRATCH_WINO_PADDED = 4496,
         SCRATCH_WINO_IN = 22992,
         SCRATCH_WINO_OUT = 56016,
-        SLOT_SIZE = 211776
+        SLOT_SIZE = 194336
     };
     if ((size_t)slot >= batch)
         return;
@@ -843,8 +843,13 @@ KERNEL_INLINE void resnet8_s1_conv1_forward_slot(
             for (int ih = 0; ih < H_IN; ih++) {
                 const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
                 real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
-                for (int iw = 0; iw < W_IN; iw++)
-                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = from[iw];
+                /* padded column x = iw + left: the even ones, then the odd ones (as two loops, not
+                   one scatter: GCC vectorized the one loop with AVX-512 scatters, 15% of a
+                   16-channel conv's backward) */
+                for (int m = (PAD_LEFT + 1) / 2; 2 * m - PAD_LEFT < W_IN; m++)
+                    row[m] = from[2 * m - PAD_LEFT];
+                for (int m = PAD_LEFT / 2; 2 * m + 1 - PAD_LEFT < W_IN; m++)
+                    row[HALF_W + m] = from[2 * m + 1 - PAD_LEFT];
             }
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
@@ -967,7 +972,7 @@ static void resnet8_s1_conv1_forward(
     const real *restrict in,                /* stem_bn [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv1.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv1.bias [16] */
-    real *slots,                            /* 218576 elements of workspace */
+    real *slots,                            /* 203184 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1028,7 +1033,7 @@ KERNEL_INLINE void resnet8_s1_conv2_forward_slot(
     const real *restrict in,                /* s1_bn1 [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv2.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv2.bias [16] */
-    real *slots,                            /* 218576 elements of workspace */
+    real *slots,                            /* 203184 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1059,7 +1064,7 @@ KERNEL_INLINE void resnet8_s1_conv2_forward_slot(
         SCRATCH_WINO_PADDED = 4496,
         SCRATCH_WINO_IN = 22992,
         SCRATCH_WINO_OUT = 56016,
-        SLOT_SIZE = 211776
+        SLOT_SIZE = 194336
     };
     if ((size_t)slot >= batch)
         return;
@@ -1123,8 +1128,13 @@ KERNEL_INLINE void resnet8_s1_conv2_forward_slot(
             for (int ih = 0; ih < H_IN; ih++) {
                 const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
                 real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
-                for (int iw = 0; iw < W_IN; iw++)
-                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = from[iw];
+                /* padded column x = iw + left: the even ones, then the odd ones (as two loops, not
+                   one scatter: GCC vectorized the one loop with AVX-512 scatters, 15% of a
+                   16-channel conv's backward) */
+                for (int m = (PAD_LEFT + 1) / 2; 2 * m - PAD_LEFT < W_IN; m++)
+                    row[m] = from[2 * m - PAD_LEFT];
+                for (int m = PAD_LEFT / 2; 2 * m + 1 - PAD_LEFT < W_IN; m++)
+                    row[HALF_W + m] = from[2 * m + 1 - PAD_LEFT];
             }
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
@@ -1247,7 +1257,7 @@ static void resnet8_s1_conv2_forward(
     const real *restrict in,                /* s1_bn1 [N, 16, 32, 32] */
     const real *restrict weight,            /* s1_conv2.weight [16, 16, 3, 3] */
     const real *restrict bias,              /* s1_conv2.bias [16] */
-    real *slots,                            /* 218576 elements of workspace */
+    real *slots,                            /* 203184 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1445,7 +1455,7 @@ KERNEL_INLINE void resnet8_s2_conv2_forward_slot(
     const real *restrict in,                /* s2_bn1 [N, 32, 16, 16] */
     const real *restrict weight,            /* s2_conv2.weight [32, 32, 3, 3] */
     const real *restrict bias,              /* s2_conv2.bias [32] */
-    real *slots,                            /* 224672 elements of workspace */
+    real *slots,                            /* 228192 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1476,7 +1486,7 @@ KERNEL_INLINE void resnet8_s2_conv2_forward_slot(
         SCRATCH_WINO_PADDED = 16928,
         SCRATCH_WINO_IN = 27296,
         SCRATCH_WINO_OUT = 60320,
-        SLOT_SIZE = 198528
+        SLOT_SIZE = 194624
     };
     if ((size_t)slot >= batch)
         return;
@@ -1540,8 +1550,13 @@ KERNEL_INLINE void resnet8_s2_conv2_forward_slot(
             for (int ih = 0; ih < H_IN; ih++) {
                 const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
                 real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
-                for (int iw = 0; iw < W_IN; iw++)
-                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = from[iw];
+                /* padded column x = iw + left: the even ones, then the odd ones (as two loops, not
+                   one scatter: GCC vectorized the one loop with AVX-512 scatters, 15% of a
+                   16-channel conv's backward) */
+                for (int m = (PAD_LEFT + 1) / 2; 2 * m - PAD_LEFT < W_IN; m++)
+                    row[m] = from[2 * m - PAD_LEFT];
+                for (int m = PAD_LEFT / 2; 2 * m + 1 - PAD_LEFT < W_IN; m++)
+                    row[HALF_W + m] = from[2 * m + 1 - PAD_LEFT];
             }
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
@@ -1664,7 +1679,7 @@ static void resnet8_s2_conv2_forward(
     const real *restrict in,                /* s2_bn1 [N, 32, 16, 16] */
     const real *restrict weight,            /* s2_conv2.weight [32, 32, 3, 3] */
     const real *restrict bias,              /* s2_conv2.bias [32] */
-    real *slots,                            /* 224672 elements of workspace */
+    real *slots,                            /* 228192 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1946,7 +1961,7 @@ KERNEL_INLINE void resnet8_s3_conv2_forward_slot(
     const real *restrict in,                /* s3_bn1 [N, 64, 8, 8] */
     const real *restrict weight,            /* s3_conv2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* s3_conv2.bias [64] */
-    real *slots,                            /* 297280 elements of workspace */
+    real *slots,                            /* 347840 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1977,7 +1992,7 @@ KERNEL_INLINE void resnet8_s3_conv2_forward_slot(
         SCRATCH_WINO_PADDED = 66368,
         SCRATCH_WINO_IN = 72768,
         SCRATCH_WINO_OUT = 89408,
-        SLOT_SIZE = 194048
+        SLOT_SIZE = 215680
     };
     if ((size_t)slot >= batch)
         return;
@@ -2041,8 +2056,13 @@ KERNEL_INLINE void resnet8_s3_conv2_forward_slot(
             for (int ih = 0; ih < H_IN; ih++) {
                 const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
                 real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
-                for (int iw = 0; iw < W_IN; iw++)
-                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = from[iw];
+                /* padded column x = iw + left: the even ones, then the odd ones (as two loops, not
+                   one scatter: GCC vectorized the one loop with AVX-512 scatters, 15% of a
+                   16-channel conv's backward) */
+                for (int m = (PAD_LEFT + 1) / 2; 2 * m - PAD_LEFT < W_IN; m++)
+                    row[m] = from[2 * m - PAD_LEFT];
+                for (int m = PAD_LEFT / 2; 2 * m + 1 - PAD_LEFT < W_IN; m++)
+                    row[HALF_W + m] = from[2 * m + 1 - PAD_LEFT];
             }
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
@@ -2165,7 +2185,7 @@ static void resnet8_s3_conv2_forward(
     const real *restrict in,                /* s3_bn1 [N, 64, 8, 8] */
     const real *restrict weight,            /* s3_conv2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* s3_conv2.bias [64] */
-    real *slots,                            /* 297280 elements of workspace */
+    real *slots,                            /* 347840 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };

@@ -717,9 +717,9 @@ static void three_conv_conv1_backward(
                         dout_group[i] = y[i] > 0 ? dy[i] : 0;
                 }
 
-                real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = three_conv_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
                 const real *restrict source = in_group;
 
                 /* dout over the wide pixels, zero in the dropped columns so that they add nothing. */

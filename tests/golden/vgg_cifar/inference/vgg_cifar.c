@@ -747,8 +747,13 @@ KERNEL_INLINE void vgg_cifar_conv1_2_forward_slot(
             for (int ih = 0; ih < H_IN; ih++) {
                 const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
                 real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
-                for (int iw = 0; iw < W_IN; iw++)
-                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = from[iw];
+                /* padded column x = iw + left: the even ones, then the odd ones (as two loops, not
+                   one scatter: GCC vectorized the one loop with AVX-512 scatters, 15% of a
+                   16-channel conv's backward) */
+                for (int m = (PAD_LEFT + 1) / 2; 2 * m - PAD_LEFT < W_IN; m++)
+                    row[m] = from[2 * m - PAD_LEFT];
+                for (int m = PAD_LEFT / 2; 2 * m + 1 - PAD_LEFT < W_IN; m++)
+                    row[HALF_W + m] = from[2 * m + 1 - PAD_LEFT];
             }
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
@@ -949,7 +954,7 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
     const real *restrict bias,              /* conv2_1.bias [128] */
-    real *slots,                            /* 663616 elements of workspace */
+    real *slots,                            /* 754240 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -980,7 +985,7 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
         SCRATCH_WINO_PADDED = 131904,
         SCRATCH_WINO_IN = 152640,
         SCRATCH_WINO_OUT = 169280,
-        SLOT_SIZE = 457408
+        SLOT_SIZE = 490432
     };
     if ((size_t)slot >= batch)
         return;
@@ -1044,8 +1049,13 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
             for (int ih = 0; ih < H_IN; ih++) {
                 const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
                 real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
-                for (int iw = 0; iw < W_IN; iw++)
-                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = from[iw];
+                /* padded column x = iw + left: the even ones, then the odd ones (as two loops, not
+                   one scatter: GCC vectorized the one loop with AVX-512 scatters, 15% of a
+                   16-channel conv's backward) */
+                for (int m = (PAD_LEFT + 1) / 2; 2 * m - PAD_LEFT < W_IN; m++)
+                    row[m] = from[2 * m - PAD_LEFT];
+                for (int m = PAD_LEFT / 2; 2 * m + 1 - PAD_LEFT < W_IN; m++)
+                    row[HALF_W + m] = from[2 * m + 1 - PAD_LEFT];
             }
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
@@ -1168,7 +1178,7 @@ static void vgg_cifar_conv2_1_forward(
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
     const real *restrict bias,              /* conv2_1.bias [128] */
-    real *slots,                            /* 663616 elements of workspace */
+    real *slots,                            /* 754240 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1291,8 +1301,13 @@ KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
             for (int ih = 0; ih < H_IN; ih++) {
                 const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
                 real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
-                for (int iw = 0; iw < W_IN; iw++)
-                    row[((iw + PAD_LEFT) % 2) * HALF_W + (iw + PAD_LEFT) / 2] = from[iw];
+                /* padded column x = iw + left: the even ones, then the odd ones (as two loops, not
+                   one scatter: GCC vectorized the one loop with AVX-512 scatters, 15% of a
+                   16-channel conv's backward) */
+                for (int m = (PAD_LEFT + 1) / 2; 2 * m - PAD_LEFT < W_IN; m++)
+                    row[m] = from[2 * m - PAD_LEFT];
+                for (int m = PAD_LEFT / 2; 2 * m + 1 - PAD_LEFT < W_IN; m++)
+                    row[HALF_W + m] = from[2 * m + 1 - PAD_LEFT];
             }
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
