@@ -324,10 +324,12 @@ def _profile_text(model, rows: list[OpTiming], passes: dict[str, float], repeats
         training = model.program.loss
         din = [op.name for op in model.program.ops if op.plan.settings.get("winograd_din") and training]
         dweight = [op.name for op in model.program.ops if op.plan.settings.get("winograd_dweight") and training]
+        f4 = [op.name for op in model.program.ops if op.plan.settings.get("winograd_tile") == 4]
         lines.append(f"the forward of {', '.join(winograd)}" + (f", the input gradient of {', '.join(din)}" if din else "")
                      + (f", the weight gradient of {', '.join(dweight)}" if dweight else "")
-                     + " go by Winograd F(2x2, 3x3), 16 multiply-adds per 2x2 output tile for the direct conv's 36: "
-                     "GFLOP/s counts the direct conv's MACs (an effective rate, which may pass the peak)")
+                     + " go by Winograd F(2x2, 3x3), 16 multiply-adds per 2x2 output tile for the direct conv's 36"
+                     + (f" (the forward of {', '.join(f4)} by F(4x4, 3x3): 36 per 4x4 tile for 144)" if f4 else "")
+                     + ": GFLOP/s counts the direct conv's MACs (an effective rate, which may pass the peak)")
     return "\n".join(lines)
 
 

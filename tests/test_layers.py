@@ -1011,6 +1011,33 @@ def test_every_kernel_variant_and_block_form(shape, dtype, build_dir):
         assert result.fd_input <= TOL_FD
 
 
+# Winograd forms only taller images reach: a block of tile rows past the first, by F(2x2, 3x3)
+# (16 channels) and by F(4x4, 3x3) (32: 16 rows of 4x4 tiles, the last block short, whole tile
+# columns: the variants' F(4x4) case has a cropped last column). Checked
+# against the reference forward and backward only (test_winograd_forms_of_tall_images): the
+# groups above check the same kernels against finite differences.
+WINOGRAD_TALL = (16, 61, 12)
+WINOGRAD_TALL_CASES = [
+    _c("winograd_tall", WINOGRAD_TALL, type="conv2d", filters=16, kernel=3, padding=1),
+    _c("winograd4_tall", WINOGRAD_TALL, type="conv2d", filters=32, kernel=3, padding=1, activation="relu", bias=False,
+       pre=(32,)),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_winograd_forms_of_tall_images(dtype, build_dir):
+    rng = np.random.default_rng(stable_seed("winograd tall", dtype))
+    result = run_group(WINOGRAD_TALL, dtype, "pre", build_dir, cases=WINOGRAD_TALL_CASES,
+                       name=f"winograd_tall_{dtype}", xs=kink_safe(rng, (3,) + WINOGRAD_TALL), fd=False)
+    for case in WINOGRAD_TALL_CASES:
+        r = result.cases[case.id]
+        forward = max(r.forward_infer, r.forward_train)
+        assert forward <= (TOL_FORWARD64 if dtype == "float64" else TOL_FORWARD32), f"{case.id} forward: {forward:.3g}"
+        if dtype == "float64":
+            assert r.input_grads <= TOL_BACKWARD64, f"{case.id} input gradient: {r.input_grads:.3g}"
+            assert r.param_grads and max(r.param_grads.values()) <= TOL_BACKWARD64, f"{case.id}: {r.param_grads}"
+
+
 DEPTHWISE_CASES = {"conv_depthwise_b", "dw_same_relu", "dw_mult2_dilated", "dw_tall", "dw_pointwise", "dw_wide_pad",
                    "dw_cropped", "c1_depthwise", "c1_depthwise_mult", "depthwise_same", "depthwise_mult_dilated"}
 
@@ -1037,19 +1064,21 @@ def test_depthwise_convs_take_the_depthwise_kernel():
 
 
 WINOGRAD_CASES = {"conv_winograd", "winograd_same", "winograd_valid_relu", "winograd_blocks", "winograd_pad3",
-                  "pooled_winograd"}
+                  "pooled_winograd", "winograd_tall", "winograd4_tall"}
+WINOGRAD4_CASES = {"winograd_blocks", "winograd4_tall"}  # 32+ channels, 16+ tiles of 4x4
 
 
 def test_winograd_forward_is_chosen_where_it_applies():
     """The 3x3 stride-1 convs with 16 or more input channels and filters of the table and the
     variants take the Winograd forward (with the shifted backward, whose input and weight
-    gradients go by Winograd too, or the pooled backward), the others not;
-    between them its plan's variants are taken both ways (bias, relu, an odd output width and
-    height, more than one block of tile rows)."""
+    gradients go by Winograd too, or the pooled backward), the others not, and those with 32 or
+    more and 16 or more 4x4 tiles its F(4x4) form; between them each form's variants are taken
+    both ways (bias, relu, an odd output width and height, more than one block of tile rows)."""
     from cnncc.backends.vector.conv2d import POOLED, SHIFTED, WINOGRAD
 
-    chosen, forms, din_short_block = set(), set(), set()
-    groups = list(GROUPS.items()) + [(shape, cases) for shape, cases in VARIANT_CASES.items()]
+    chosen, forms, din_short_block, f4 = set(), set(), set(), set()
+    groups = list(GROUPS.items()) + [(shape, cases) for shape, cases in VARIANT_CASES.items()] + \
+        [(WINOGRAD_TALL, WINOGRAD_TALL_CASES)]
     for shape, cases in groups:
         spec = load_spec(group_spec(cases, "float64", "pre", group_name(shape, "float64", "pre")))
         for op in lower(check_net(spec)).ops:
@@ -1063,12 +1092,18 @@ def test_winograd_forward_is_chosen_where_it_applies():
                 # and so does the shifted backward's weight gradient (every weight here is trained)
                 assert op.plan.settings["winograd_dweight"] == (op.plan.backward_template == SHIFTED), op.layer
                 chosen.add(op.layer)
+                tile = op.plan.settings["winograd_tile"]
+                if tile == 4:
+                    f4.add(op.layer)
                 d = op.plan.forward_dims
-                forms.add((op.plan.settings["has_bias"], op.plan.settings["relu"], d["W_OUT"] % 2 == 1,
-                           d["H_OUT"] % 2 == 1, d["TILE_ROWS"] > d["TILE_ROWS_PER_BLOCK"]))
-    assert chosen == WINOGRAD_CASES
-    for i in range(5):
+                forms.add((tile, op.plan.settings["has_bias"], op.plan.settings["relu"], d["W_OUT"] % tile != 0,
+                           d["H_OUT"] % tile != 0, d["TILE_ROWS"] > d["TILE_ROWS_PER_BLOCK"]))
+    assert chosen == WINOGRAD_CASES and f4 == WINOGRAD4_CASES
+    for i in range(1, 6):
         assert {form[i] for form in forms} == {False, True}, i
+    for tile in (2, 4):  # each form with whole and cropped tile columns, over one block of tile rows and more
+        assert {form[3] for form in forms if form[0] == tile} == {False, True}, tile
+        assert {form[5] for form in forms if form[0] == tile} == {False, True}, tile
     assert din_short_block == {False, True}
 
 

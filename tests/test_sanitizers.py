@@ -77,6 +77,15 @@ ZOO = {
             {"name": "out", "type": "dense", "units": 3, "activation": "tanh"}],
         "loss": "mse",
         "optimizer": {"type": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}},
+    # a Winograd F(4x4, 3x3) forward (32 channels in and out, 16 tiles of 4x4: an odd height and
+    # width, so the last tiles' pixels are dropped) and its weight gradient's F(2x2) regions
+    "zoo_winograd4": {
+        "name": "zoo_winograd4", "input": {"channels": 32, "height": 13, "width": 15},
+        "layers": [
+            {"name": "wg4", "type": "conv2d", "filters": 33, "kernel": 3, "padding": 1, "activation": "relu"},
+            {"name": "gap", "type": "global_avgpool"},
+            {"name": "out", "type": "dense", "units": 3}],
+        "loss": "softmax_cross_entropy", "optimizer": {"type": "adam", "lr": 0.01}},
     "zoo_signal": {
         "name": "zoo_signal", "dtype": "float64", "input": {"channels": 2, "length": 37},
         "layers": [

@@ -8,9 +8,10 @@ patches[K_GROUP, pixels]. The plan picks how the patch matrix is read: in place 
 depthwise conv (one input channel per group) takes a plan of its own ("depthwise"): its groups are
 too small for the products' blocking, so it works channel by channel on flat rows. A 3x3 stride-1
 conv with 16 or more channels in and out computes its forward by Winograd's F(2x2, 3x3), 16
-multiply-adds per 2x2 output tile where the direct conv does 36 ("winograd", plans_winograd); its
-backward is the shifted one, whose input and weight gradients go by Winograd too, or the pooled
-one. A conv followed by
+multiply-adds per 2x2 output tile where the direct conv does 36 ("winograd", plans_winograd), and
+with 32 or more channels and enough pixels by F(4x4, 3x3), 36 per 4x4 tile (winograd_tile); its
+backward is the shifted one, whose input and weight gradients go by F(2x2, 3x3) too, or the
+pooled one. A conv followed by
 a maxpool (ir.PooledBackward) gets a backward of its own that visits each pool window's maximum
 only. The plan also lays out the scratch of the kernels: SAMPLE_SLOTS slots of one sample's scratch
 (an OpenMP build runs them on its threads), the forward's regions first (an inference build needs
@@ -38,6 +39,22 @@ WINOGRAD_MIN_CHANNELS = 16
 # kept to about this many bytes, to stay in the L2 cache between the transforms and the products
 WINOGRAD_BLOCK_BYTES = 256 * 1024
 WINOGRAD_SKEW = 16  # elements: one 64-byte cache line of float32
+# F(4x4, 3x3) forwards (conv2d_winograd4.j2) for convs with at least this many channels in and
+# out: 36 multiply-adds per 4x4 output tile, 2.25 per output pixel where F(2x2, 3x3) does 4. Its
+# transforms cost a little more per pixel, which the products of fewer channels do not repay.
+WINOGRAD4_MIN_CHANNELS = 32
+# and at least this many 4x4 tiles per sample (the products' columns: one AVX-512 vector). With
+# fewer (an 8x8 output has 4) the products' vectors run mostly empty: ResNet-8's 64-channel 8x8
+# conv took 1.8 ms by F(4x4) and 0.96 ms by F(2x2) at batch 32.
+WINOGRAD4_MIN_TILES = 16
+# and transformed filters (36 x C_IN x C_OUT float32s, 4x the weights) of at most this many bytes:
+# the products of every block of tiles read all of them, and a microcontroller build holds them in
+# its RAM (VGG's 128-channel convs would take VGG's batch-1 arena from 2.0 to 3.7 MB, past the
+# 4 MB MPS2 board's RAM with the rest)
+WINOGRAD4_MAX_FILTER_BYTES = 1024 * 1024
+# F(4x4) blocks hold at least this many tiles (two AVX-512 vectors of columns for the products),
+# past WINOGRAD_BLOCK_BYTES if need be: its 36 matrices would otherwise leave too few
+WINOGRAD4_MIN_BLOCK_TILES = 32
 GROUPED = ("C_IN", "H_IN", "W_IN", "C_OUT", "GROUPS", "C_IN_PER_GROUP", "C_OUT_PER_GROUP", "K_GROUP", "PIXELS_OUT")
 TAPS = ("KH", "KW", "DIL_H", "DIL_W")
 WINDOWS = TAPS + ("STRIDE_H", "STRIDE_W", "PAD_TOP", "PAD_LEFT", "H_OUT", "W_OUT")  # im2col's arguments
@@ -46,12 +63,14 @@ WINDOWS = TAPS + ("STRIDE_H", "STRIDE_W", "PAD_TOP", "PAD_LEFT", "H_OUT", "W_OUT
 class ConvPlanner(Planner):
     templates = (SHIFTED, IM2COL, DEPTHWISE, POOLED, WINOGRAD)
 
-    def __init__(self, pooled_backward: bool = True, winograd: bool = True):
+    def __init__(self, pooled_backward: bool = True, winograd: bool = True, winograd4: bool = True):
         """pooled_backward: whether the pooled backward may be planned (its template needs vector
         types: a backend without them plans every conv's backward as shifted, im2col or depthwise).
-        winograd: whether a 3x3 conv's forward may go by Winograd's F(2x2, 3x3) (plans_winograd)."""
+        winograd: whether a 3x3 conv's forward may go by Winograd's F(2x2, 3x3) (plans_winograd),
+        winograd4: and by F(4x4, 3x3) where it has the channels (winograd_tile)."""
         self.pooled_backward = pooled_backward
         self.winograd = winograd
+        self.winograd4 = winograd4
         self.templates = tuple(t for t in self.templates
                                if (pooled_backward or t != POOLED) and (winograd or t != WINOGRAD))
 
@@ -61,6 +80,14 @@ class ConvPlanner(Planner):
         return (self.winograd and g.groups == 1 and (g.kh, g.kw) == (3, 3) and (g.stride_h, g.stride_w) == (1, 1)
                 and (g.dil_h, g.dil_w) == (1, 1) and min(g.c_in, g.c_out) >= WINOGRAD_MIN_CHANNELS
                 and min(g.h_out, g.w_out) >= 2)
+
+    def winograd_tile(self, g) -> int:
+        """The output tile of a Winograd forward: 4 (F(4x4, 3x3)) with WINOGRAD4_MIN_CHANNELS or
+        more channels in and out, WINOGRAD4_MIN_TILES or more 4x4 tiles and transformed filters
+        within WINOGRAD4_MAX_FILTER_BYTES, else 2."""
+        tiles = -(-g.h_out // 4) * -(-g.w_out // 4)
+        return 4 if self.winograd4 and min(g.c_in, g.c_out) >= WINOGRAD4_MIN_CHANNELS and \
+            tiles >= WINOGRAD4_MIN_TILES and 36 * g.c_in * g.c_out * 4 <= WINOGRAD4_MAX_FILTER_BYTES else 2
 
     @staticmethod
     def plans_depthwise(g) -> bool:
@@ -93,7 +120,8 @@ class ConvPlanner(Planner):
         s = {"has_bias": g.bias, "dweight_by_dots": g.c_out // g.groups < DOTS_BELOW_FILTERS,
              "din": request.input_grads[0], "positive_only": request.pooled_positive_only,
              "dweight": "weight" in request.trainable, "dbias": g.bias and "bias" in request.trainable,
-             "relu": request.relu_epilogue, "winograd_din": False, "winograd_dweight": False}
+             "relu": request.relu_epilogue, "winograd_din": False, "winograd_dweight": False,
+             "winograd_tile": 0}
         winograd = self.plans_winograd(g)
         if shifted:
             k.update(_shifted_dims(g, k))
@@ -101,8 +129,9 @@ class ConvPlanner(Planner):
                      dout_is_dpad=(k["DPAD_TOP"], k["DPAD_LEFT"], k["H_DPAD"], k["W_DPAD"]) == (0, 0, g.h_out, g.w_out))
             forward = _shifted_scratch_forward(k, s)
         if winograd:
-            k.update(_winograd_dims(k["C_IN"], k["C_OUT"], k["H_OUT"], k["W_OUT"]))
-            forward = _winograd_scratch(k)
+            s["winograd_tile"] = self.winograd_tile(g)
+            k.update(_winograd_dims(k["C_IN"], k["C_OUT"], k["H_OUT"], k["W_OUT"], tile=s["winograd_tile"]))
+            forward = _winograd_scratch(k, s["winograd_tile"])
         elif not shifted:
             forward = {"SCRATCH_PATCHES": k["K_GROUP"] * k["PIXELS_OUT"]}
         if request.pooled_output is not None:
@@ -113,6 +142,8 @@ class ConvPlanner(Planner):
             s["winograd_dweight"] = winograd and s["dweight"]
             if s["winograd_din"]:
                 k.update(_winograd_dims(k["C_OUT"], k["C_IN"], k["H_IN"], k["W_IN"], "DIN_"))
+            if s["winograd_dweight"] and s["winograd_tile"] == 4:  # F(2x2) constants of its own
+                k.update(_winograd_dims(k["C_IN"], k["C_OUT"], k["H_OUT"], k["W_OUT"], "DW_"))
             backward, shared = _shifted_scratch_backward(k, s)
             if winograd and s["padded"] and not s["winograd_dweight"]:
                 # the direct weight gradient's padded input, not in the forward's scratch
@@ -127,6 +158,7 @@ class ConvPlanner(Planner):
 
         if winograd:  # a short last block of tile rows only where there is one
             forward_names = tuple(n for n in WINOGRAD_FORWARD if n != "LAST_BLOCK_TILES" or k[n])
+            forward_names += ("HALF_W",) if s["winograd_tile"] == 2 else ("QUARTER_W",)
         else:
             forward_names = GROUPED + ("SAMPLE_SLOTS",) + (_shifted_forward_names(s) if shifted else
                                                            WINDOWS + ("SCRATCH_PATCHES",))
@@ -228,27 +260,32 @@ def _shifted_dims(g, k) -> dict[str, int]:
 
 WINOGRAD_FORWARD = ("C_IN", "H_IN", "W_IN", "C_OUT", "H_OUT", "W_OUT", "PAD_TOP", "PAD_LEFT", "K_GROUP", "PIXELS_OUT",
                     "TILE_ROWS", "TILES_W", "TILE_ROWS_PER_BLOCK", "TILE_BLOCK", "LAST_BLOCK_TILES", "WINO_H",
-                    "WINO_W", "HALF_W", "FILTERS_STRIDE", "IN_STRIDE", "OUT_STRIDE", "SAMPLE_SLOTS",
+                    "WINO_W", "FILTERS_STRIDE", "IN_STRIDE", "OUT_STRIDE", "SAMPLE_SLOTS",
                     "SCRATCH_WINO_FILTERS", "SCRATCH_WINO_TAPS", "SCRATCH_WINO_PADDED", "SCRATCH_WINO_IN",
                     "SCRATCH_WINO_OUT")
 
 
-def _winograd_dims(c_src: int, c_dst: int, h_dst: int, w_dst: int, prefix: str = "") -> dict[str, int]:
-    """A Winograd conv of c_src planes into c_dst planes of h_dst x w_dst: tiles of 2x2 output
-    pixels, TILE_ROWS x TILES_W of them, in blocks of whole tile rows (TILE_BLOCK tiles, the last
-    block LAST_BLOCK_TILES if it is short); the source zero-padded into WINO_H x WINO_W planes so
-    that every tile's 4x4 patch lies inside, each row as its HALF_W even columns, then its odd
-    ones. The names take `prefix` (the input gradient's: DIN_)."""
-    rows, cols = -(-h_dst // 2), -(-w_dst // 2)
-    block_tiles = WINOGRAD_BLOCK_BYTES // (16 * (c_src + c_dst) * 4)
+def _winograd_dims(c_src: int, c_dst: int, h_dst: int, w_dst: int, prefix: str = "", tile: int = 2) -> dict[str, int]:
+    """A Winograd conv of c_src planes into c_dst planes of h_dst x w_dst: tiles of tile x tile
+    output pixels (2 or 4), TILE_ROWS x TILES_W of them, in blocks of whole tile rows (TILE_BLOCK
+    tiles, the last block LAST_BLOCK_TILES if it is short); the source zero-padded into WINO_H x
+    WINO_W planes so that every tile's (tile + 2)^2 patch lies inside, each row as its columns
+    x = tile * q + phase, phase by phase, HALF_W (tile 2) or QUARTER_W (tile 4) of each. The
+    names take `prefix` (the input gradient's: DIN_, the weight gradient's own: DW_)."""
+    rows, cols = -(-h_dst // tile), -(-w_dst // tile)
+    values = (tile + 2) ** 2  # 16 or 36 transformed values per tile
+    block_tiles = WINOGRAD_BLOCK_BYTES // (values * (c_src + c_dst) * 4)
+    if tile == 4:
+        block_tiles = max(block_tiles, WINOGRAD4_MIN_BLOCK_TILES)
     rows_per_block = max(1, min(rows, block_tiles // cols))
     block = rows_per_block * cols
     # the 16 matrices of U, V and the products are WINOGRAD_SKEW elements further apart than their
     # size: at power-of-two sizes (64 x 64 filters) a tile's 16 values would otherwise fall in one
     # set of the L1 cache, 4 KB apart, more than it has ways (the 64-filter convs ran 3x slower)
     dims = {"TILE_ROWS": rows, "TILES_W": cols, "TILE_ROWS_PER_BLOCK": rows_per_block, "TILE_BLOCK": block,
-            "LAST_BLOCK_TILES": rows % rows_per_block * cols, "WINO_H": 2 * rows + 2, "WINO_W": 2 * cols + 2,
-            "HALF_W": cols + 1, "FILTERS_STRIDE": c_dst * c_src + WINOGRAD_SKEW,
+            "LAST_BLOCK_TILES": rows % rows_per_block * cols, "WINO_H": tile * rows + 2,
+            "WINO_W": tile * (cols + 1), "HALF_W" if tile == 2 else "QUARTER_W": cols + 1,
+            "FILTERS_STRIDE": c_dst * c_src + WINOGRAD_SKEW,
             "IN_STRIDE": c_src * block + WINOGRAD_SKEW, "OUT_STRIDE": c_dst * block + WINOGRAD_SKEW}
     return {prefix + name: value for name, value in dims.items()}
 
@@ -267,18 +304,32 @@ WINOGRAD_DIN = ("DIN_TILE_ROWS", "DIN_TILES_W", "DIN_TILE_ROWS_PER_BLOCK", "DIN_
                 "SCRATCH_DIN_PADDED", "SCRATCH_DIN_TILES_IN", "SCRATCH_DIN_TILES_OUT")
 
 
-# the shifted backward's weight gradient by Winograd (weight_gradient_sample in conv2d_winograd.c.j2)
-WINOGRAD_DWEIGHT = ("PAD_TOP", "PAD_LEFT", "H_OUT", "W_OUT", "TILE_ROWS", "TILES_W", "TILE_ROWS_PER_BLOCK", "TILE_BLOCK",
-                    "LAST_BLOCK_TILES", "WINO_H", "WINO_W", "HALF_W", "FILTERS_STRIDE", "IN_STRIDE", "OUT_STRIDE",
-                    "SCRATCH_WINO_PADDED", "SCRATCH_WINO_IN", "SCRATCH_WINO_OUT", "SCRATCH_DOUT", "SCRATCH_DU_SUM")
+def _dweight_prefix(s) -> str:
+    """The constants of the weight gradient by F(2x2, 3x3): the forward's own behind an F(2x2)
+    forward (it reuses the forward's scratch), DW_ ones (and regions) behind an F(4x4) one."""
+    return "" if s["winograd_tile"] == 2 else "DW_"
 
 
-def _winograd_scratch(k) -> dict[str, int]:
+def _winograd_dweight_names(s, k) -> tuple[str, ...]:
+    """The shifted backward's weight gradient by Winograd (weight_gradient_sample in
+    conv2d_winograd.c.j2); a short last block of tile rows only where there is one."""
+    p = _dweight_prefix(s)
+    tiles = ("TILE_ROWS", "TILES_W", "TILE_ROWS_PER_BLOCK", "TILE_BLOCK", "LAST_BLOCK_TILES", "WINO_H", "WINO_W",
+             "HALF_W", "FILTERS_STRIDE", "IN_STRIDE", "OUT_STRIDE")
+    regions = ("SCRATCH_WINO_PADDED", "SCRATCH_WINO_IN", "SCRATCH_WINO_OUT") if not p else \
+        ("SCRATCH_DW_PADDED", "SCRATCH_DW_TILES_IN", "SCRATCH_DW_TILES_OUT")
+    names = ("PAD_TOP", "PAD_LEFT", "H_OUT", "W_OUT") + tuple(p + n for n in tiles) + regions + \
+        ("SCRATCH_DOUT", "SCRATCH_DU_SUM")
+    return tuple(n for n in names if n != p + "LAST_BLOCK_TILES" or k[n])
+
+
+def _winograd_scratch(k, tile: int) -> dict[str, int]:
     """Per slot: the transformed filters U, one filter's taps transposed, the padded input, and one
-    block's transformed input tiles V and products."""
-    return {"SCRATCH_WINO_FILTERS": 16 * k["FILTERS_STRIDE"], "SCRATCH_WINO_TAPS": 9 * k["C_IN"],
+    block's transformed input tiles V and products: (tile + 2)^2 matrices of each."""
+    values = (tile + 2) ** 2
+    return {"SCRATCH_WINO_FILTERS": values * k["FILTERS_STRIDE"], "SCRATCH_WINO_TAPS": 9 * k["C_IN"],
             "SCRATCH_WINO_PADDED": k["C_IN"] * k["WINO_H"] * k["WINO_W"],
-            "SCRATCH_WINO_IN": 16 * k["IN_STRIDE"], "SCRATCH_WINO_OUT": 16 * k["OUT_STRIDE"]}
+            "SCRATCH_WINO_IN": values * k["IN_STRIDE"], "SCRATCH_WINO_OUT": values * k["OUT_STRIDE"]}
 
 
 def _pooled_dims(g, pool_output) -> dict[str, int]:
@@ -299,9 +350,13 @@ def _shifted_scratch_forward(k, s) -> dict[str, int]:
 
 
 def _shifted_scratch_backward(k, s):
-    if s["winograd_dweight"]:  # the forward's regions, and the output gradient channels-last over whole tiles
-        dweight = ({"SCRATCH_DOUT": 4 * k["TILE_ROWS"] * k["TILES_W"] * k["C_OUT"]},
-                   {"SCRATCH_DU_SUM": 16 * k["FILTERS_STRIDE"]})
+    if s["winograd_dweight"]:  # the output gradient channels-last over whole tiles, the batch's sum
+        p = _dweight_prefix(s)
+        dweight = ({"SCRATCH_DOUT": 4 * k[p + "TILE_ROWS"] * k[p + "TILES_W"] * k["C_OUT"]},
+                   {"SCRATCH_DU_SUM": 16 * k[p + "FILTERS_STRIDE"]})
+        if p:  # behind an F(4x4) forward, regions of its own (else the forward's)
+            dweight[0].update(SCRATCH_DW_PADDED=k["C_IN"] * k["DW_WINO_H"] * k["DW_WINO_W"],
+                              SCRATCH_DW_TILES_IN=16 * k["DW_IN_STRIDE"], SCRATCH_DW_TILES_OUT=16 * k["DW_OUT_STRIDE"])
     else:
         dweight = ({"SCRATCH_DOUT": k["WIDE_OUT"] * k["C_OUT_PER_GROUP"]},
                    {"SCRATCH_DWEIGHT_T": 0 if s["dweight_by_dots"] else k["C_OUT"] * k["K_GROUP"]})
@@ -324,7 +379,7 @@ def _gradient_parts(k, s) -> dict[str, int]:
     """Per slot: one sample's weight gradient (laid out as the batch's: transposed unless by dots,
     16 transformed matrices by Winograd) and bias gradient, added to the batch's in sample order,
     so the sums are the same at any slot count (and so at any thread count)."""
-    dweight = 16 * k["FILTERS_STRIDE"] if s.get("winograd_dweight") else k["C_OUT"] * k["K_GROUP"]
+    dweight = 16 * k[_dweight_prefix(s) + "FILTERS_STRIDE"] if s.get("winograd_dweight") else k["C_OUT"] * k["K_GROUP"]
     return {"SCRATCH_DWEIGHT_PART": dweight if s["dweight"] else 0,
             "SCRATCH_DBIAS_PART": k["C_OUT"] if s["dbias"] else 0}
 
@@ -368,8 +423,8 @@ def _shifted_forward_names(s) -> tuple[str, ...]:
 
 def _shifted_backward_names(s, k) -> tuple[str, ...]:
     names = GROUPED
-    if s["winograd_dweight"]:  # a short last block of tile rows only where there is one
-        names += tuple(n for n in WINOGRAD_DWEIGHT if n != "LAST_BLOCK_TILES" or k[n])
+    if s["winograd_dweight"]:
+        names += _winograd_dweight_names(s, k)
     else:
         names += TAPS + ("H_PAD", "W_PAD", "WIDE_OUT")
         names += ("PAD_TOP", "PAD_LEFT", "SCRATCH_PADDED") if s["padded"] else ()

@@ -727,7 +727,6 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
         TILE_BLOCK = 64,
         WINO_H = 18,
         WINO_W = 18,
-        HALF_W = 9,
         FILTERS_STRIDE = 272,
         IN_STRIDE = 1040,
         OUT_STRIDE = 1040,
@@ -737,6 +736,7 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
         SCRATCH_WINO_PADDED = 4496,
         SCRATCH_WINO_IN = 9680,
         SCRATCH_WINO_OUT = 26320,
+        HALF_W = 9,
         SLOT_SIZE = 89872
     };
     if ((size_t)slot >= batch)
@@ -791,23 +791,23 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
         const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
         real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
-        /* The input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows of
-           WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its
-           odd ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
-           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+        /* The input zero-padded so that every tile's patch lies inside (WINO_H rows of
+           WINO_W = 2 * HALF_W columns), each row stored phase by phase: columns
+           2 q + k for k = 0 .. 1. A tile t's patch columns 2 t + j are then
+           phase j % 2 at t + j / 2, and a row of tiles is read as contiguous vectors. */
         for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
             padded[i] = 0;
         for (int c = 0; c < C_IN; c++)
             for (int ih = 0; ih < H_IN; ih++) {
                 const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
                 real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
-                /* padded column x = iw + left: the even ones, then the odd ones (as two loops, not
-                   one scatter: GCC vectorized the one loop with AVX-512 scatters, 15% of a
-                   16-channel conv's backward) */
-                for (int m = (PAD_LEFT + 1) / 2; 2 * m - PAD_LEFT < W_IN; m++)
-                    row[m] = from[2 * m - PAD_LEFT];
-                for (int m = PAD_LEFT / 2; 2 * m + 1 - PAD_LEFT < W_IN; m++)
-                    row[HALF_W + m] = from[2 * m + 1 - PAD_LEFT];
+                /* padded column x = iw + left, a loop per phase (as one loop with x / phases and
+                   x % phases, GCC vectorized it with AVX-512 scatters: 15% of a 16-channel conv's
+                   backward) */
+                for (int q = (PAD_LEFT + 1) / 2; 2 * q + 0 - PAD_LEFT < W_IN; q++)
+                    row[0 * HALF_W + q] = from[2 * q + 0 - PAD_LEFT];
+                for (int q = (PAD_LEFT + 0) / 2; 2 * q + 1 - PAD_LEFT < W_IN; q++)
+                    row[1 * HALF_W + q] = from[2 * q + 1 - PAD_LEFT];
             }
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
@@ -1010,7 +1010,6 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
         TILE_BLOCK = 64,
         WINO_H = 18,
         WINO_W = 18,
-        HALF_W = 9,
         FILTERS_STRIDE = 272,
         IN_STRIDE = 1040,
         OUT_STRIDE = 1040,
@@ -1020,6 +1019,7 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
         SCRATCH_WINO_PADDED = 4496,
         SCRATCH_WINO_IN = 9680,
         SCRATCH_WINO_OUT = 26320,
+        HALF_W = 9,
         SLOT_SIZE = 89872
     };
     if ((size_t)slot >= batch)
@@ -1074,23 +1074,23 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
         const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
         real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
-        /* The input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows of
-           WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its
-           odd ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
-           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+        /* The input zero-padded so that every tile's patch lies inside (WINO_H rows of
+           WINO_W = 2 * HALF_W columns), each row stored phase by phase: columns
+           2 q + k for k = 0 .. 1. A tile t's patch columns 2 t + j are then
+           phase j % 2 at t + j / 2, and a row of tiles is read as contiguous vectors. */
         for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
             padded[i] = 0;
         for (int c = 0; c < C_IN; c++)
             for (int ih = 0; ih < H_IN; ih++) {
                 const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
                 real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
-                /* padded column x = iw + left: the even ones, then the odd ones (as two loops, not
-                   one scatter: GCC vectorized the one loop with AVX-512 scatters, 15% of a
-                   16-channel conv's backward) */
-                for (int m = (PAD_LEFT + 1) / 2; 2 * m - PAD_LEFT < W_IN; m++)
-                    row[m] = from[2 * m - PAD_LEFT];
-                for (int m = PAD_LEFT / 2; 2 * m + 1 - PAD_LEFT < W_IN; m++)
-                    row[HALF_W + m] = from[2 * m + 1 - PAD_LEFT];
+                /* padded column x = iw + left, a loop per phase (as one loop with x / phases and
+                   x % phases, GCC vectorized it with AVX-512 scatters: 15% of a 16-channel conv's
+                   backward) */
+                for (int q = (PAD_LEFT + 1) / 2; 2 * q + 0 - PAD_LEFT < W_IN; q++)
+                    row[0 * HALF_W + q] = from[2 * q + 0 - PAD_LEFT];
+                for (int q = (PAD_LEFT + 0) / 2; 2 * q + 1 - PAD_LEFT < W_IN; q++)
+                    row[1 * HALF_W + q] = from[2 * q + 1 - PAD_LEFT];
             }
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;

@@ -993,7 +993,6 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
         TILE_BLOCK = 64,
         WINO_H = 18,
         WINO_W = 18,
-        HALF_W = 9,
         FILTERS_STRIDE = 272,
         IN_STRIDE = 1040,
         OUT_STRIDE = 1040,
@@ -1003,6 +1002,7 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
         SCRATCH_WINO_PADDED = 4496,
         SCRATCH_WINO_IN = 9680,
         SCRATCH_WINO_OUT = 26320,
+        HALF_W = 9,
         SLOT_SIZE = 89872
     };
     if ((size_t)slot >= batch)
@@ -1057,23 +1057,23 @@ KERNEL_INLINE void resnet_small_block1_conv1_forward_slot(
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
         const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
         real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
-        /* The input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows of
-           WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its
-           odd ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
-           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+        /* The input zero-padded so that every tile's patch lies inside (WINO_H rows of
+           WINO_W = 2 * HALF_W columns), each row stored phase by phase: columns
+           2 q + k for k = 0 .. 1. A tile t's patch columns 2 t + j are then
+           phase j % 2 at t + j / 2, and a row of tiles is read as contiguous vectors. */
         for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
             padded[i] = 0;
         for (int c = 0; c < C_IN; c++)
             for (int ih = 0; ih < H_IN; ih++) {
                 const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
                 real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
-                /* padded column x = iw + left: the even ones, then the odd ones (as two loops, not
-                   one scatter: GCC vectorized the one loop with AVX-512 scatters, 15% of a
-                   16-channel conv's backward) */
-                for (int m = (PAD_LEFT + 1) / 2; 2 * m - PAD_LEFT < W_IN; m++)
-                    row[m] = from[2 * m - PAD_LEFT];
-                for (int m = PAD_LEFT / 2; 2 * m + 1 - PAD_LEFT < W_IN; m++)
-                    row[HALF_W + m] = from[2 * m + 1 - PAD_LEFT];
+                /* padded column x = iw + left, a loop per phase (as one loop with x / phases and
+                   x % phases, GCC vectorized it with AVX-512 scatters: 15% of a 16-channel conv's
+                   backward) */
+                for (int q = (PAD_LEFT + 1) / 2; 2 * q + 0 - PAD_LEFT < W_IN; q++)
+                    row[0 * HALF_W + q] = from[2 * q + 0 - PAD_LEFT];
+                for (int q = (PAD_LEFT + 0) / 2; 2 * q + 1 - PAD_LEFT < W_IN; q++)
+                    row[1 * HALF_W + q] = from[2 * q + 1 - PAD_LEFT];
             }
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
@@ -1348,23 +1348,23 @@ static void resnet_small_block1_conv1_backward(
                     real *restrict tiles_in = scratch + SCRATCH_WINO_IN;     /* V: 16 x [C_IN, TILE_BLOCK] */
                     real *restrict dtiles = scratch + SCRATCH_WINO_OUT;      /* D: 16 x [TILE_BLOCK, C_OUT] */
                     real *restrict dout_t = scratch + SCRATCH_DOUT;          /* [2 TILE_ROWS, 2 TILES_W, C_OUT] */
-                    /* The input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows of
-                       WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its
-                       odd ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
-                       odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+                    /* The input zero-padded so that every tile's patch lies inside (WINO_H rows of
+                       WINO_W = 2 * HALF_W columns), each row stored phase by phase: columns
+                       2 q + k for k = 0 .. 1. A tile t's patch columns 2 t + j are then
+                       phase j % 2 at t + j / 2, and a row of tiles is read as contiguous vectors. */
                     for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
                         padded[i] = 0;
                     for (int c = 0; c < C_IN; c++)
                         for (int ih = 0; ih < H_IN; ih++) {
                             const real *restrict from = in_group + ((size_t)c * H_IN + ih) * W_IN;
                             real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
-                            /* padded column x = iw + left: the even ones, then the odd ones (as two loops, not
-                               one scatter: GCC vectorized the one loop with AVX-512 scatters, 15% of a
-                               16-channel conv's backward) */
-                            for (int m = (PAD_LEFT + 1) / 2; 2 * m - PAD_LEFT < W_IN; m++)
-                                row[m] = from[2 * m - PAD_LEFT];
-                            for (int m = PAD_LEFT / 2; 2 * m + 1 - PAD_LEFT < W_IN; m++)
-                                row[HALF_W + m] = from[2 * m + 1 - PAD_LEFT];
+                            /* padded column x = iw + left, a loop per phase (as one loop with x / phases and
+                               x % phases, GCC vectorized it with AVX-512 scatters: 15% of a 16-channel conv's
+                               backward) */
+                            for (int q = (PAD_LEFT + 1) / 2; 2 * q + 0 - PAD_LEFT < W_IN; q++)
+                                row[0 * HALF_W + q] = from[2 * q + 0 - PAD_LEFT];
+                            for (int q = (PAD_LEFT + 0) / 2; 2 * q + 1 - PAD_LEFT < W_IN; q++)
+                                row[1 * HALF_W + q] = from[2 * q + 1 - PAD_LEFT];
                         }
                     /* dout channels-last over whole tiles */
                     for (int oc = 0; oc < C_OUT; oc++)
@@ -1465,23 +1465,23 @@ static void resnet_small_block1_conv1_backward(
                     real *restrict padded = scratch + SCRATCH_DIN_PADDED;   /* [C_OUT, DIN_WINO_H, 2, DIN_HALF_W] */
                     real *restrict tiles_in = scratch + SCRATCH_DIN_TILES_IN;   /* 16 x [C_OUT, DIN_TILE_BLOCK] */
                     real *restrict tiles_out = scratch + SCRATCH_DIN_TILES_OUT; /* 16 x [C_IN, DIN_TILE_BLOCK] */
-                    /* The input zero-padded so that every tile's 4x4 patch lies inside (DIN_WINO_H rows of
-                       DIN_WINO_W = 2 * DIN_HALF_W columns), each row stored as its even columns, then its
-                       odd ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
-                       odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+                    /* The input zero-padded so that every tile's patch lies inside (DIN_WINO_H rows of
+                       DIN_WINO_W = 2 * DIN_HALF_W columns), each row stored phase by phase: columns
+                       2 q + k for k = 0 .. 1. A tile t's patch columns 2 t + j are then
+                       phase j % 2 at t + j / 2, and a row of tiles is read as contiguous vectors. */
                     for (size_t i = 0; i < (size_t)C_OUT * DIN_WINO_H * DIN_WINO_W; i++)
                         padded[i] = 0;
                     for (int c = 0; c < C_OUT; c++)
                         for (int ih = 0; ih < H_OUT; ih++) {
                             const real *restrict from = dout_group + ((size_t)c * H_OUT + ih) * W_OUT;
                             real *restrict row = padded + ((size_t)c * DIN_WINO_H + DPAD_TOP + ih) * DIN_WINO_W;
-                            /* padded column x = iw + left: the even ones, then the odd ones (as two loops, not
-                               one scatter: GCC vectorized the one loop with AVX-512 scatters, 15% of a
-                               16-channel conv's backward) */
-                            for (int m = (DPAD_LEFT + 1) / 2; 2 * m - DPAD_LEFT < W_OUT; m++)
-                                row[m] = from[2 * m - DPAD_LEFT];
-                            for (int m = DPAD_LEFT / 2; 2 * m + 1 - DPAD_LEFT < W_OUT; m++)
-                                row[DIN_HALF_W + m] = from[2 * m + 1 - DPAD_LEFT];
+                            /* padded column x = iw + left, a loop per phase (as one loop with x / phases and
+                               x % phases, GCC vectorized it with AVX-512 scatters: 15% of a 16-channel conv's
+                               backward) */
+                            for (int q = (DPAD_LEFT + 1) / 2; 2 * q + 0 - DPAD_LEFT < W_OUT; q++)
+                                row[0 * DIN_HALF_W + q] = from[2 * q + 0 - DPAD_LEFT];
+                            for (int q = (DPAD_LEFT + 0) / 2; 2 * q + 1 - DPAD_LEFT < W_OUT; q++)
+                                row[1 * DIN_HALF_W + q] = from[2 * q + 1 - DPAD_LEFT];
                         }
                     for (int row0 = 0; row0 < DIN_TILE_ROWS; row0 += DIN_TILE_ROWS_PER_BLOCK) {
                         const int rows = DIN_TILE_ROWS - row0 < DIN_TILE_ROWS_PER_BLOCK ? DIN_TILE_ROWS - row0 : DIN_TILE_ROWS_PER_BLOCK;
@@ -1859,7 +1859,6 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
         TILE_BLOCK = 64,
         WINO_H = 18,
         WINO_W = 18,
-        HALF_W = 9,
         FILTERS_STRIDE = 272,
         IN_STRIDE = 1040,
         OUT_STRIDE = 1040,
@@ -1869,6 +1868,7 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
         SCRATCH_WINO_PADDED = 4496,
         SCRATCH_WINO_IN = 9680,
         SCRATCH_WINO_OUT = 26320,
+        HALF_W = 9,
         SLOT_SIZE = 89872
     };
     if ((size_t)slot >= batch)
@@ -1923,23 +1923,23 @@ KERNEL_INLINE void resnet_small_block1_conv2_forward_slot(
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
         const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
         real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
-        /* The input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows of
-           WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its
-           odd ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
-           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+        /* The input zero-padded so that every tile's patch lies inside (WINO_H rows of
+           WINO_W = 2 * HALF_W columns), each row stored phase by phase: columns
+           2 q + k for k = 0 .. 1. A tile t's patch columns 2 t + j are then
+           phase j % 2 at t + j / 2, and a row of tiles is read as contiguous vectors. */
         for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
             padded[i] = 0;
         for (int c = 0; c < C_IN; c++)
             for (int ih = 0; ih < H_IN; ih++) {
                 const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
                 real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
-                /* padded column x = iw + left: the even ones, then the odd ones (as two loops, not
-                   one scatter: GCC vectorized the one loop with AVX-512 scatters, 15% of a
-                   16-channel conv's backward) */
-                for (int m = (PAD_LEFT + 1) / 2; 2 * m - PAD_LEFT < W_IN; m++)
-                    row[m] = from[2 * m - PAD_LEFT];
-                for (int m = PAD_LEFT / 2; 2 * m + 1 - PAD_LEFT < W_IN; m++)
-                    row[HALF_W + m] = from[2 * m + 1 - PAD_LEFT];
+                /* padded column x = iw + left, a loop per phase (as one loop with x / phases and
+                   x % phases, GCC vectorized it with AVX-512 scatters: 15% of a 16-channel conv's
+                   backward) */
+                for (int q = (PAD_LEFT + 1) / 2; 2 * q + 0 - PAD_LEFT < W_IN; q++)
+                    row[0 * HALF_W + q] = from[2 * q + 0 - PAD_LEFT];
+                for (int q = (PAD_LEFT + 0) / 2; 2 * q + 1 - PAD_LEFT < W_IN; q++)
+                    row[1 * HALF_W + q] = from[2 * q + 1 - PAD_LEFT];
             }
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
@@ -2214,23 +2214,23 @@ static void resnet_small_block1_conv2_backward(
                     real *restrict tiles_in = scratch + SCRATCH_WINO_IN;     /* V: 16 x [C_IN, TILE_BLOCK] */
                     real *restrict dtiles = scratch + SCRATCH_WINO_OUT;      /* D: 16 x [TILE_BLOCK, C_OUT] */
                     real *restrict dout_t = scratch + SCRATCH_DOUT;          /* [2 TILE_ROWS, 2 TILES_W, C_OUT] */
-                    /* The input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows of
-                       WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its
-                       odd ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
-                       odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+                    /* The input zero-padded so that every tile's patch lies inside (WINO_H rows of
+                       WINO_W = 2 * HALF_W columns), each row stored phase by phase: columns
+                       2 q + k for k = 0 .. 1. A tile t's patch columns 2 t + j are then
+                       phase j % 2 at t + j / 2, and a row of tiles is read as contiguous vectors. */
                     for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
                         padded[i] = 0;
                     for (int c = 0; c < C_IN; c++)
                         for (int ih = 0; ih < H_IN; ih++) {
                             const real *restrict from = in_group + ((size_t)c * H_IN + ih) * W_IN;
                             real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
-                            /* padded column x = iw + left: the even ones, then the odd ones (as two loops, not
-                               one scatter: GCC vectorized the one loop with AVX-512 scatters, 15% of a
-                               16-channel conv's backward) */
-                            for (int m = (PAD_LEFT + 1) / 2; 2 * m - PAD_LEFT < W_IN; m++)
-                                row[m] = from[2 * m - PAD_LEFT];
-                            for (int m = PAD_LEFT / 2; 2 * m + 1 - PAD_LEFT < W_IN; m++)
-                                row[HALF_W + m] = from[2 * m + 1 - PAD_LEFT];
+                            /* padded column x = iw + left, a loop per phase (as one loop with x / phases and
+                               x % phases, GCC vectorized it with AVX-512 scatters: 15% of a 16-channel conv's
+                               backward) */
+                            for (int q = (PAD_LEFT + 1) / 2; 2 * q + 0 - PAD_LEFT < W_IN; q++)
+                                row[0 * HALF_W + q] = from[2 * q + 0 - PAD_LEFT];
+                            for (int q = (PAD_LEFT + 0) / 2; 2 * q + 1 - PAD_LEFT < W_IN; q++)
+                                row[1 * HALF_W + q] = from[2 * q + 1 - PAD_LEFT];
                         }
                     /* dout channels-last over whole tiles */
                     for (int oc = 0; oc < C_OUT; oc++)
@@ -2331,23 +2331,23 @@ static void resnet_small_block1_conv2_backward(
                     real *restrict padded = scratch + SCRATCH_DIN_PADDED;   /* [C_OUT, DIN_WINO_H, 2, DIN_HALF_W] */
                     real *restrict tiles_in = scratch + SCRATCH_DIN_TILES_IN;   /* 16 x [C_OUT, DIN_TILE_BLOCK] */
                     real *restrict tiles_out = scratch + SCRATCH_DIN_TILES_OUT; /* 16 x [C_IN, DIN_TILE_BLOCK] */
-                    /* The input zero-padded so that every tile's 4x4 patch lies inside (DIN_WINO_H rows of
-                       DIN_WINO_W = 2 * DIN_HALF_W columns), each row stored as its even columns, then its
-                       odd ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
-                       odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+                    /* The input zero-padded so that every tile's patch lies inside (DIN_WINO_H rows of
+                       DIN_WINO_W = 2 * DIN_HALF_W columns), each row stored phase by phase: columns
+                       2 q + k for k = 0 .. 1. A tile t's patch columns 2 t + j are then
+                       phase j % 2 at t + j / 2, and a row of tiles is read as contiguous vectors. */
                     for (size_t i = 0; i < (size_t)C_OUT * DIN_WINO_H * DIN_WINO_W; i++)
                         padded[i] = 0;
                     for (int c = 0; c < C_OUT; c++)
                         for (int ih = 0; ih < H_OUT; ih++) {
                             const real *restrict from = dout_group + ((size_t)c * H_OUT + ih) * W_OUT;
                             real *restrict row = padded + ((size_t)c * DIN_WINO_H + DPAD_TOP + ih) * DIN_WINO_W;
-                            /* padded column x = iw + left: the even ones, then the odd ones (as two loops, not
-                               one scatter: GCC vectorized the one loop with AVX-512 scatters, 15% of a
-                               16-channel conv's backward) */
-                            for (int m = (DPAD_LEFT + 1) / 2; 2 * m - DPAD_LEFT < W_OUT; m++)
-                                row[m] = from[2 * m - DPAD_LEFT];
-                            for (int m = DPAD_LEFT / 2; 2 * m + 1 - DPAD_LEFT < W_OUT; m++)
-                                row[DIN_HALF_W + m] = from[2 * m + 1 - DPAD_LEFT];
+                            /* padded column x = iw + left, a loop per phase (as one loop with x / phases and
+                               x % phases, GCC vectorized it with AVX-512 scatters: 15% of a 16-channel conv's
+                               backward) */
+                            for (int q = (DPAD_LEFT + 1) / 2; 2 * q + 0 - DPAD_LEFT < W_OUT; q++)
+                                row[0 * DIN_HALF_W + q] = from[2 * q + 0 - DPAD_LEFT];
+                            for (int q = (DPAD_LEFT + 0) / 2; 2 * q + 1 - DPAD_LEFT < W_OUT; q++)
+                                row[1 * DIN_HALF_W + q] = from[2 * q + 1 - DPAD_LEFT];
                         }
                     for (int row0 = 0; row0 < DIN_TILE_ROWS; row0 += DIN_TILE_ROWS_PER_BLOCK) {
                         const int rows = DIN_TILE_ROWS - row0 < DIN_TILE_ROWS_PER_BLOCK ? DIN_TILE_ROWS - row0 : DIN_TILE_ROWS_PER_BLOCK;

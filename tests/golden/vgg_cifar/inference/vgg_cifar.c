@@ -643,16 +643,16 @@ static void vgg_cifar_conv1_1_forward(
  * conv1_1 [N, 64, 32, 32] -> conv1_2 [N, 64, 32, 32]
  * weight [64, 64, 3, 3], bias [64]: 36928 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic, kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh + kh -
- *   PAD_TOP, ow + kw - PAD_LEFT] (zero outside the input), by Winograd F(2x2, 3x3): per block of
- *   2x2-pixel tiles, out[xi][C_OUT, tiles] = U[xi][C_OUT, C_IN] x V[xi][C_IN, tiles] for the 16 xi
- *   of the transformed 4x4 tiles; then relu (conv1_2_relu, fused): out = max(0, out)
+ *   PAD_TOP, ow + kw - PAD_LEFT] (zero outside the input), by Winograd F(4x4, 3x3): per block of
+ *   4x4-pixel tiles, out[xi][C_OUT, tiles] = U[xi][C_OUT, C_IN] x V[xi][C_IN, tiles] for the 36 xi
+ *   of the transformed 6x6 tiles; then relu (conv1_2_relu, fused): out = max(0, out)
  */
 KERNEL_INLINE void vgg_cifar_conv1_2_forward_slot(
     real *restrict out,                     /* conv1_2 [N, 64, 32, 32] */
     const real *restrict in,                /* conv1_1 [N, 64, 32, 32] */
     const real *restrict weight,            /* conv1_2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* conv1_2.bias [64] */
-    real *slots,                            /* 465024 elements of workspace */
+    real *slots,                            /* 634176 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -667,32 +667,32 @@ KERNEL_INLINE void vgg_cifar_conv1_2_forward_slot(
         PAD_LEFT = 1,
         K_GROUP = 576,
         PIXELS_OUT = 1024,
-        TILE_ROWS = 16,
-        TILES_W = 16,
-        TILE_ROWS_PER_BLOCK = 2,
+        TILE_ROWS = 8,
+        TILES_W = 8,
+        TILE_ROWS_PER_BLOCK = 4,
         TILE_BLOCK = 32,
         WINO_H = 34,
-        WINO_W = 34,
-        HALF_W = 17,
+        WINO_W = 36,
         FILTERS_STRIDE = 4112,
         IN_STRIDE = 2064,
         OUT_STRIDE = 2064,
         SAMPLE_SLOTS = 1,
         SCRATCH_WINO_FILTERS = 0,
-        SCRATCH_WINO_TAPS = 65792,
-        SCRATCH_WINO_PADDED = 66368,
-        SCRATCH_WINO_IN = 140352,
-        SCRATCH_WINO_OUT = 173376,
-        SLOT_SIZE = 391296
+        SCRATCH_WINO_TAPS = 148032,
+        SCRATCH_WINO_PADDED = 148608,
+        SCRATCH_WINO_IN = 226944,
+        SCRATCH_WINO_OUT = 301248,
+        QUARTER_W = 9,
+        SLOT_SIZE = 560448
     };
     if ((size_t)slot >= batch)
         return;
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
-    real *restrict filters = scratch + SCRATCH_WINO_FILTERS;    /* U: 16 x [C_OUT, C_IN], FILTERS_STRIDE apart */
+    real *restrict filters = scratch + SCRATCH_WINO_FILTERS;    /* U: 36 x [C_OUT, C_IN], FILTERS_STRIDE apart */
     real *restrict taps = scratch + SCRATCH_WINO_TAPS;          /* [9, C_IN]: one filter's taps, transposed */
-    real *restrict padded = scratch + SCRATCH_WINO_PADDED;      /* [C_IN, WINO_H, 2, HALF_W] */
-    real *restrict tiles_in = scratch + SCRATCH_WINO_IN;        /* V: 16 x [C_IN, TILE_BLOCK], IN_STRIDE apart */
-    real *restrict tiles_out = scratch + SCRATCH_WINO_OUT;      /* 16 x [C_OUT, TILE_BLOCK], OUT_STRIDE apart */
+    real *restrict padded = scratch + SCRATCH_WINO_PADDED;      /* [C_IN, WINO_H, 4, QUARTER_W] */
+    real *restrict tiles_in = scratch + SCRATCH_WINO_IN;        /* V: 36 x [C_IN, TILE_BLOCK], IN_STRIDE apart */
+    real *restrict tiles_out = scratch + SCRATCH_WINO_OUT;      /* 36 x [C_OUT, TILE_BLOCK], OUT_STRIDE apart */
     /* U[xi][oc][ic] from g = weight[oc, ic] */
     for (int o = 0; o < C_OUT; o++) {
         for (int k = 0; k < 9; k++)
@@ -704,161 +704,350 @@ KERNEL_INLINE void vgg_cifar_conv1_2_forward_slot(
             const vec g00 = vgg_cifar_vec_load(taps + 0 * C_IN + c, n);
             const vec g10 = vgg_cifar_vec_load(taps + 3 * C_IN + c, n);
             const vec g20 = vgg_cifar_vec_load(taps + 6 * C_IN + c, n);
-            const vec r00 = g00, r10 = (real)0.5 * (g00 + g10 + g20);
-            const vec r20 = (real)0.5 * (g00 - g10 + g20), r30 = g20;
+            const vec r00 = (real)0.25 * g00;
+            const vec r10 = (real)(-1.0 / 6) * (g00 + g10 + g20);
+            const vec r20 = (real)(-1.0 / 6) * (g00 - g10 + g20);
+            const vec r30 = (real)(1.0 / 24) * g00 + (real)(1.0 / 12) * g10 + (real)(1.0 / 6) * g20;
+            const vec r40 = (real)(1.0 / 24) * g00 - (real)(1.0 / 12) * g10 + (real)(1.0 / 6) * g20;
+            const vec r50 = g20;
             const vec g01 = vgg_cifar_vec_load(taps + 1 * C_IN + c, n);
             const vec g11 = vgg_cifar_vec_load(taps + 4 * C_IN + c, n);
             const vec g21 = vgg_cifar_vec_load(taps + 7 * C_IN + c, n);
-            const vec r01 = g01, r11 = (real)0.5 * (g01 + g11 + g21);
-            const vec r21 = (real)0.5 * (g01 - g11 + g21), r31 = g21;
+            const vec r01 = (real)0.25 * g01;
+            const vec r11 = (real)(-1.0 / 6) * (g01 + g11 + g21);
+            const vec r21 = (real)(-1.0 / 6) * (g01 - g11 + g21);
+            const vec r31 = (real)(1.0 / 24) * g01 + (real)(1.0 / 12) * g11 + (real)(1.0 / 6) * g21;
+            const vec r41 = (real)(1.0 / 24) * g01 - (real)(1.0 / 12) * g11 + (real)(1.0 / 6) * g21;
+            const vec r51 = g21;
             const vec g02 = vgg_cifar_vec_load(taps + 2 * C_IN + c, n);
             const vec g12 = vgg_cifar_vec_load(taps + 5 * C_IN + c, n);
             const vec g22 = vgg_cifar_vec_load(taps + 8 * C_IN + c, n);
-            const vec r02 = g02, r12 = (real)0.5 * (g02 + g12 + g22);
-            const vec r22 = (real)0.5 * (g02 - g12 + g22), r32 = g22;
-            vgg_cifar_vec_store(u + 0 * FILTERS_STRIDE + c, r00, n);
-            vgg_cifar_vec_store(u + 1 * FILTERS_STRIDE + c, (real)0.5 * (r00 + r01 + r02), n);
-            vgg_cifar_vec_store(u + 2 * FILTERS_STRIDE + c, (real)0.5 * (r00 - r01 + r02), n);
-            vgg_cifar_vec_store(u + 3 * FILTERS_STRIDE + c, r02, n);
-            vgg_cifar_vec_store(u + 4 * FILTERS_STRIDE + c, r10, n);
-            vgg_cifar_vec_store(u + 5 * FILTERS_STRIDE + c, (real)0.5 * (r10 + r11 + r12), n);
-            vgg_cifar_vec_store(u + 6 * FILTERS_STRIDE + c, (real)0.5 * (r10 - r11 + r12), n);
-            vgg_cifar_vec_store(u + 7 * FILTERS_STRIDE + c, r12, n);
-            vgg_cifar_vec_store(u + 8 * FILTERS_STRIDE + c, r20, n);
-            vgg_cifar_vec_store(u + 9 * FILTERS_STRIDE + c, (real)0.5 * (r20 + r21 + r22), n);
-            vgg_cifar_vec_store(u + 10 * FILTERS_STRIDE + c, (real)0.5 * (r20 - r21 + r22), n);
-            vgg_cifar_vec_store(u + 11 * FILTERS_STRIDE + c, r22, n);
-            vgg_cifar_vec_store(u + 12 * FILTERS_STRIDE + c, r30, n);
-            vgg_cifar_vec_store(u + 13 * FILTERS_STRIDE + c, (real)0.5 * (r30 + r31 + r32), n);
-            vgg_cifar_vec_store(u + 14 * FILTERS_STRIDE + c, (real)0.5 * (r30 - r31 + r32), n);
-            vgg_cifar_vec_store(u + 15 * FILTERS_STRIDE + c, r32, n);
+            const vec r02 = (real)0.25 * g02;
+            const vec r12 = (real)(-1.0 / 6) * (g02 + g12 + g22);
+            const vec r22 = (real)(-1.0 / 6) * (g02 - g12 + g22);
+            const vec r32 = (real)(1.0 / 24) * g02 + (real)(1.0 / 12) * g12 + (real)(1.0 / 6) * g22;
+            const vec r42 = (real)(1.0 / 24) * g02 - (real)(1.0 / 12) * g12 + (real)(1.0 / 6) * g22;
+            const vec r52 = g22;
+            vgg_cifar_vec_store(u + 0 * FILTERS_STRIDE + c, (real)0.25 * r00, n);
+            vgg_cifar_vec_store(u + 1 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r00 + r01 + r02), n);
+            vgg_cifar_vec_store(u + 2 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r00 - r01 + r02), n);
+            vgg_cifar_vec_store(u + 3 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r00 + (real)(1.0 / 12) * r01 + (real)(1.0 / 6) * r02, n);
+            vgg_cifar_vec_store(u + 4 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r00 - (real)(1.0 / 12) * r01 + (real)(1.0 / 6) * r02, n);
+            vgg_cifar_vec_store(u + 5 * FILTERS_STRIDE + c, r02, n);
+            vgg_cifar_vec_store(u + 6 * FILTERS_STRIDE + c, (real)0.25 * r10, n);
+            vgg_cifar_vec_store(u + 7 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r10 + r11 + r12), n);
+            vgg_cifar_vec_store(u + 8 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r10 - r11 + r12), n);
+            vgg_cifar_vec_store(u + 9 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r10 + (real)(1.0 / 12) * r11 + (real)(1.0 / 6) * r12, n);
+            vgg_cifar_vec_store(u + 10 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r10 - (real)(1.0 / 12) * r11 + (real)(1.0 / 6) * r12, n);
+            vgg_cifar_vec_store(u + 11 * FILTERS_STRIDE + c, r12, n);
+            vgg_cifar_vec_store(u + 12 * FILTERS_STRIDE + c, (real)0.25 * r20, n);
+            vgg_cifar_vec_store(u + 13 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r20 + r21 + r22), n);
+            vgg_cifar_vec_store(u + 14 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r20 - r21 + r22), n);
+            vgg_cifar_vec_store(u + 15 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r20 + (real)(1.0 / 12) * r21 + (real)(1.0 / 6) * r22, n);
+            vgg_cifar_vec_store(u + 16 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r20 - (real)(1.0 / 12) * r21 + (real)(1.0 / 6) * r22, n);
+            vgg_cifar_vec_store(u + 17 * FILTERS_STRIDE + c, r22, n);
+            vgg_cifar_vec_store(u + 18 * FILTERS_STRIDE + c, (real)0.25 * r30, n);
+            vgg_cifar_vec_store(u + 19 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r30 + r31 + r32), n);
+            vgg_cifar_vec_store(u + 20 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r30 - r31 + r32), n);
+            vgg_cifar_vec_store(u + 21 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r30 + (real)(1.0 / 12) * r31 + (real)(1.0 / 6) * r32, n);
+            vgg_cifar_vec_store(u + 22 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r30 - (real)(1.0 / 12) * r31 + (real)(1.0 / 6) * r32, n);
+            vgg_cifar_vec_store(u + 23 * FILTERS_STRIDE + c, r32, n);
+            vgg_cifar_vec_store(u + 24 * FILTERS_STRIDE + c, (real)0.25 * r40, n);
+            vgg_cifar_vec_store(u + 25 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r40 + r41 + r42), n);
+            vgg_cifar_vec_store(u + 26 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r40 - r41 + r42), n);
+            vgg_cifar_vec_store(u + 27 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r40 + (real)(1.0 / 12) * r41 + (real)(1.0 / 6) * r42, n);
+            vgg_cifar_vec_store(u + 28 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r40 - (real)(1.0 / 12) * r41 + (real)(1.0 / 6) * r42, n);
+            vgg_cifar_vec_store(u + 29 * FILTERS_STRIDE + c, r42, n);
+            vgg_cifar_vec_store(u + 30 * FILTERS_STRIDE + c, (real)0.25 * r50, n);
+            vgg_cifar_vec_store(u + 31 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r50 + r51 + r52), n);
+            vgg_cifar_vec_store(u + 32 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r50 - r51 + r52), n);
+            vgg_cifar_vec_store(u + 33 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r50 + (real)(1.0 / 12) * r51 + (real)(1.0 / 6) * r52, n);
+            vgg_cifar_vec_store(u + 34 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r50 - (real)(1.0 / 12) * r51 + (real)(1.0 / 6) * r52, n);
+            vgg_cifar_vec_store(u + 35 * FILTERS_STRIDE + c, r52, n);
         }
     }
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
         const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
         real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
-        /* The input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows of
-           WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its
-           odd ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
-           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+        /* The input zero-padded so that every tile's patch lies inside (WINO_H rows of
+           WINO_W = 4 * QUARTER_W columns), each row stored phase by phase: columns
+           4 q + k for k = 0 .. 3. A tile t's patch columns 4 t + j are then
+           phase j % 4 at t + j / 4, and a row of tiles is read as contiguous vectors. */
         for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
             padded[i] = 0;
         for (int c = 0; c < C_IN; c++)
             for (int ih = 0; ih < H_IN; ih++) {
                 const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
                 real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
-                /* padded column x = iw + left: the even ones, then the odd ones (as two loops, not
-                   one scatter: GCC vectorized the one loop with AVX-512 scatters, 15% of a
-                   16-channel conv's backward) */
-                for (int m = (PAD_LEFT + 1) / 2; 2 * m - PAD_LEFT < W_IN; m++)
-                    row[m] = from[2 * m - PAD_LEFT];
-                for (int m = PAD_LEFT / 2; 2 * m + 1 - PAD_LEFT < W_IN; m++)
-                    row[HALF_W + m] = from[2 * m + 1 - PAD_LEFT];
+                /* padded column x = iw + left, a loop per phase (as one loop with x / phases and
+                   x % phases, GCC vectorized it with AVX-512 scatters: 15% of a 16-channel conv's
+                   backward) */
+                for (int q = (PAD_LEFT + 3) / 4; 4 * q + 0 - PAD_LEFT < W_IN; q++)
+                    row[0 * QUARTER_W + q] = from[4 * q + 0 - PAD_LEFT];
+                for (int q = (PAD_LEFT + 2) / 4; 4 * q + 1 - PAD_LEFT < W_IN; q++)
+                    row[1 * QUARTER_W + q] = from[4 * q + 1 - PAD_LEFT];
+                for (int q = (PAD_LEFT + 1) / 4; 4 * q + 2 - PAD_LEFT < W_IN; q++)
+                    row[2 * QUARTER_W + q] = from[4 * q + 2 - PAD_LEFT];
+                for (int q = (PAD_LEFT + 0) / 4; 4 * q + 3 - PAD_LEFT < W_IN; q++)
+                    row[3 * QUARTER_W + q] = from[4 * q + 3 - PAD_LEFT];
             }
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
-            /* V[xi = 4i + j][c][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
-               then each row's columns (times B); VEC_LANES tiles of a tile row at a time. */
+            /* V[xi = 6i + j][c][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
+               then each row's columns (times B); VEC_LANES tiles of a tile row at a time. Patch
+               column j of tile t is phase j % 4 of the padded row at t + j / 4. */
             for (int c = 0; c < C_IN; c++)
                 for (int r = 0; r < rows; r++) {
-                    const real *restrict patch_row = padded + ((size_t)c * WINO_H + 2 * (row0 + r)) * WINO_W;
+                    const real *restrict patch_row = padded + ((size_t)c * WINO_H + 4 * (row0 + r)) * WINO_W;
                     real *restrict v = tiles_in + (size_t)c * TILE_BLOCK + r * TILES_W;
                     for (int t = 0; t < TILES_W; t += VEC_LANES) {
                         const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
-                        const vec d00 = vgg_cifar_vec_load(patch_row + t, n);
-                        const vec d10 = vgg_cifar_vec_load(patch_row + WINO_W + t, n);
-                        const vec d20 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + t, n);
-                        const vec d30 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + t, n);
-                        const vec e00 = d00 - d20, e10 = d10 + d20;
-                        const vec e20 = d20 - d10, e30 = d10 - d30;
-                        const vec d01 = vgg_cifar_vec_load(patch_row + HALF_W + t, n);
-                        const vec d11 = vgg_cifar_vec_load(patch_row + WINO_W + HALF_W + t, n);
-                        const vec d21 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + HALF_W + t, n);
-                        const vec d31 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + HALF_W + t, n);
-                        const vec e01 = d01 - d21, e11 = d11 + d21;
-                        const vec e21 = d21 - d11, e31 = d11 - d31;
-                        const vec d02 = vgg_cifar_vec_load(patch_row + t + 1, n);
-                        const vec d12 = vgg_cifar_vec_load(patch_row + WINO_W + t + 1, n);
-                        const vec d22 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + t + 1, n);
-                        const vec d32 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + t + 1, n);
-                        const vec e02 = d02 - d22, e12 = d12 + d22;
-                        const vec e22 = d22 - d12, e32 = d12 - d32;
-                        const vec d03 = vgg_cifar_vec_load(patch_row + HALF_W + t + 1, n);
-                        const vec d13 = vgg_cifar_vec_load(patch_row + WINO_W + HALF_W + t + 1, n);
-                        const vec d23 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + HALF_W + t + 1, n);
-                        const vec d33 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + HALF_W + t + 1, n);
-                        const vec e03 = d03 - d23, e13 = d13 + d23;
-                        const vec e23 = d23 - d13, e33 = d13 - d33;
-                        vgg_cifar_vec_store(v + 0 * IN_STRIDE + t, e00 - e02, n);
-                        vgg_cifar_vec_store(v + 1 * IN_STRIDE + t, e01 + e02, n);
-                        vgg_cifar_vec_store(v + 2 * IN_STRIDE + t, e02 - e01, n);
-                        vgg_cifar_vec_store(v + 3 * IN_STRIDE + t, e01 - e03, n);
-                        vgg_cifar_vec_store(v + 4 * IN_STRIDE + t, e10 - e12, n);
-                        vgg_cifar_vec_store(v + 5 * IN_STRIDE + t, e11 + e12, n);
-                        vgg_cifar_vec_store(v + 6 * IN_STRIDE + t, e12 - e11, n);
-                        vgg_cifar_vec_store(v + 7 * IN_STRIDE + t, e11 - e13, n);
-                        vgg_cifar_vec_store(v + 8 * IN_STRIDE + t, e20 - e22, n);
-                        vgg_cifar_vec_store(v + 9 * IN_STRIDE + t, e21 + e22, n);
-                        vgg_cifar_vec_store(v + 10 * IN_STRIDE + t, e22 - e21, n);
-                        vgg_cifar_vec_store(v + 11 * IN_STRIDE + t, e21 - e23, n);
-                        vgg_cifar_vec_store(v + 12 * IN_STRIDE + t, e30 - e32, n);
-                        vgg_cifar_vec_store(v + 13 * IN_STRIDE + t, e31 + e32, n);
-                        vgg_cifar_vec_store(v + 14 * IN_STRIDE + t, e32 - e31, n);
-                        vgg_cifar_vec_store(v + 15 * IN_STRIDE + t, e31 - e33, n);
+                        vec e[6][6];                                    /* [row of B^T d][patch column] */
+                        {
+                            const real *restrict column = patch_row + 0 * QUARTER_W + t;
+                            const vec d0 = vgg_cifar_vec_load(column + 0 * WINO_W, n);
+                            const vec d1 = vgg_cifar_vec_load(column + 1 * WINO_W, n);
+                            const vec d2 = vgg_cifar_vec_load(column + 2 * WINO_W, n);
+                            const vec d3 = vgg_cifar_vec_load(column + 3 * WINO_W, n);
+                            const vec d4 = vgg_cifar_vec_load(column + 4 * WINO_W, n);
+                            const vec d5 = vgg_cifar_vec_load(column + 5 * WINO_W, n);
+                            e[0][0] = (real)4 * d0 - (real)5 * d2 + d4;
+                            e[1][0] = d3 + d4 - (real)4 * (d1 + d2);
+                            e[2][0] = d4 - d3 + (real)4 * (d1 - d2);
+                            e[3][0] = d4 - d2 + (real)2 * (d3 - d1);
+                            e[4][0] = d4 - d2 - (real)2 * (d3 - d1);
+                            e[5][0] = (real)4 * d1 - (real)5 * d3 + d5;
+                        }
+                        {
+                            const real *restrict column = patch_row + 1 * QUARTER_W + t;
+                            const vec d0 = vgg_cifar_vec_load(column + 0 * WINO_W, n);
+                            const vec d1 = vgg_cifar_vec_load(column + 1 * WINO_W, n);
+                            const vec d2 = vgg_cifar_vec_load(column + 2 * WINO_W, n);
+                            const vec d3 = vgg_cifar_vec_load(column + 3 * WINO_W, n);
+                            const vec d4 = vgg_cifar_vec_load(column + 4 * WINO_W, n);
+                            const vec d5 = vgg_cifar_vec_load(column + 5 * WINO_W, n);
+                            e[0][1] = (real)4 * d0 - (real)5 * d2 + d4;
+                            e[1][1] = d3 + d4 - (real)4 * (d1 + d2);
+                            e[2][1] = d4 - d3 + (real)4 * (d1 - d2);
+                            e[3][1] = d4 - d2 + (real)2 * (d3 - d1);
+                            e[4][1] = d4 - d2 - (real)2 * (d3 - d1);
+                            e[5][1] = (real)4 * d1 - (real)5 * d3 + d5;
+                        }
+                        {
+                            const real *restrict column = patch_row + 2 * QUARTER_W + t;
+                            const vec d0 = vgg_cifar_vec_load(column + 0 * WINO_W, n);
+                            const vec d1 = vgg_cifar_vec_load(column + 1 * WINO_W, n);
+                            const vec d2 = vgg_cifar_vec_load(column + 2 * WINO_W, n);
+                            const vec d3 = vgg_cifar_vec_load(column + 3 * WINO_W, n);
+                            const vec d4 = vgg_cifar_vec_load(column + 4 * WINO_W, n);
+                            const vec d5 = vgg_cifar_vec_load(column + 5 * WINO_W, n);
+                            e[0][2] = (real)4 * d0 - (real)5 * d2 + d4;
+                            e[1][2] = d3 + d4 - (real)4 * (d1 + d2);
+                            e[2][2] = d4 - d3 + (real)4 * (d1 - d2);
+                            e[3][2] = d4 - d2 + (real)2 * (d3 - d1);
+                            e[4][2] = d4 - d2 - (real)2 * (d3 - d1);
+                            e[5][2] = (real)4 * d1 - (real)5 * d3 + d5;
+                        }
+                        {
+                            const real *restrict column = patch_row + 3 * QUARTER_W + t;
+                            const vec d0 = vgg_cifar_vec_load(column + 0 * WINO_W, n);
+                            const vec d1 = vgg_cifar_vec_load(column + 1 * WINO_W, n);
+                            const vec d2 = vgg_cifar_vec_load(column + 2 * WINO_W, n);
+                            const vec d3 = vgg_cifar_vec_load(column + 3 * WINO_W, n);
+                            const vec d4 = vgg_cifar_vec_load(column + 4 * WINO_W, n);
+                            const vec d5 = vgg_cifar_vec_load(column + 5 * WINO_W, n);
+                            e[0][3] = (real)4 * d0 - (real)5 * d2 + d4;
+                            e[1][3] = d3 + d4 - (real)4 * (d1 + d2);
+                            e[2][3] = d4 - d3 + (real)4 * (d1 - d2);
+                            e[3][3] = d4 - d2 + (real)2 * (d3 - d1);
+                            e[4][3] = d4 - d2 - (real)2 * (d3 - d1);
+                            e[5][3] = (real)4 * d1 - (real)5 * d3 + d5;
+                        }
+                        {
+                            const real *restrict column = patch_row + 0 * QUARTER_W + t + 1;
+                            const vec d0 = vgg_cifar_vec_load(column + 0 * WINO_W, n);
+                            const vec d1 = vgg_cifar_vec_load(column + 1 * WINO_W, n);
+                            const vec d2 = vgg_cifar_vec_load(column + 2 * WINO_W, n);
+                            const vec d3 = vgg_cifar_vec_load(column + 3 * WINO_W, n);
+                            const vec d4 = vgg_cifar_vec_load(column + 4 * WINO_W, n);
+                            const vec d5 = vgg_cifar_vec_load(column + 5 * WINO_W, n);
+                            e[0][4] = (real)4 * d0 - (real)5 * d2 + d4;
+                            e[1][4] = d3 + d4 - (real)4 * (d1 + d2);
+                            e[2][4] = d4 - d3 + (real)4 * (d1 - d2);
+                            e[3][4] = d4 - d2 + (real)2 * (d3 - d1);
+                            e[4][4] = d4 - d2 - (real)2 * (d3 - d1);
+                            e[5][4] = (real)4 * d1 - (real)5 * d3 + d5;
+                        }
+                        {
+                            const real *restrict column = patch_row + 1 * QUARTER_W + t + 1;
+                            const vec d0 = vgg_cifar_vec_load(column + 0 * WINO_W, n);
+                            const vec d1 = vgg_cifar_vec_load(column + 1 * WINO_W, n);
+                            const vec d2 = vgg_cifar_vec_load(column + 2 * WINO_W, n);
+                            const vec d3 = vgg_cifar_vec_load(column + 3 * WINO_W, n);
+                            const vec d4 = vgg_cifar_vec_load(column + 4 * WINO_W, n);
+                            const vec d5 = vgg_cifar_vec_load(column + 5 * WINO_W, n);
+                            e[0][5] = (real)4 * d0 - (real)5 * d2 + d4;
+                            e[1][5] = d3 + d4 - (real)4 * (d1 + d2);
+                            e[2][5] = d4 - d3 + (real)4 * (d1 - d2);
+                            e[3][5] = d4 - d2 + (real)2 * (d3 - d1);
+                            e[4][5] = d4 - d2 - (real)2 * (d3 - d1);
+                            e[5][5] = (real)4 * d1 - (real)5 * d3 + d5;
+                        }
+                        vgg_cifar_vec_store(v + 0 * IN_STRIDE + t, (real)4 * e[0][0] - (real)5 * e[0][2] + e[0][4], n);
+                        vgg_cifar_vec_store(v + 1 * IN_STRIDE + t, e[0][3] + e[0][4] - (real)4 * (e[0][1] + e[0][2]), n);
+                        vgg_cifar_vec_store(v + 2 * IN_STRIDE + t, e[0][4] - e[0][3] + (real)4 * (e[0][1] - e[0][2]), n);
+                        vgg_cifar_vec_store(v + 3 * IN_STRIDE + t, e[0][4] - e[0][2] + (real)2 * (e[0][3] - e[0][1]), n);
+                        vgg_cifar_vec_store(v + 4 * IN_STRIDE + t, e[0][4] - e[0][2] - (real)2 * (e[0][3] - e[0][1]), n);
+                        vgg_cifar_vec_store(v + 5 * IN_STRIDE + t, (real)4 * e[0][1] - (real)5 * e[0][3] + e[0][5], n);
+                        vgg_cifar_vec_store(v + 6 * IN_STRIDE + t, (real)4 * e[1][0] - (real)5 * e[1][2] + e[1][4], n);
+                        vgg_cifar_vec_store(v + 7 * IN_STRIDE + t, e[1][3] + e[1][4] - (real)4 * (e[1][1] + e[1][2]), n);
+                        vgg_cifar_vec_store(v + 8 * IN_STRIDE + t, e[1][4] - e[1][3] + (real)4 * (e[1][1] - e[1][2]), n);
+                        vgg_cifar_vec_store(v + 9 * IN_STRIDE + t, e[1][4] - e[1][2] + (real)2 * (e[1][3] - e[1][1]), n);
+                        vgg_cifar_vec_store(v + 10 * IN_STRIDE + t, e[1][4] - e[1][2] - (real)2 * (e[1][3] - e[1][1]), n);
+                        vgg_cifar_vec_store(v + 11 * IN_STRIDE + t, (real)4 * e[1][1] - (real)5 * e[1][3] + e[1][5], n);
+                        vgg_cifar_vec_store(v + 12 * IN_STRIDE + t, (real)4 * e[2][0] - (real)5 * e[2][2] + e[2][4], n);
+                        vgg_cifar_vec_store(v + 13 * IN_STRIDE + t, e[2][3] + e[2][4] - (real)4 * (e[2][1] + e[2][2]), n);
+                        vgg_cifar_vec_store(v + 14 * IN_STRIDE + t, e[2][4] - e[2][3] + (real)4 * (e[2][1] - e[2][2]), n);
+                        vgg_cifar_vec_store(v + 15 * IN_STRIDE + t, e[2][4] - e[2][2] + (real)2 * (e[2][3] - e[2][1]), n);
+                        vgg_cifar_vec_store(v + 16 * IN_STRIDE + t, e[2][4] - e[2][2] - (real)2 * (e[2][3] - e[2][1]), n);
+                        vgg_cifar_vec_store(v + 17 * IN_STRIDE + t, (real)4 * e[2][1] - (real)5 * e[2][3] + e[2][5], n);
+                        vgg_cifar_vec_store(v + 18 * IN_STRIDE + t, (real)4 * e[3][0] - (real)5 * e[3][2] + e[3][4], n);
+                        vgg_cifar_vec_store(v + 19 * IN_STRIDE + t, e[3][3] + e[3][4] - (real)4 * (e[3][1] + e[3][2]), n);
+                        vgg_cifar_vec_store(v + 20 * IN_STRIDE + t, e[3][4] - e[3][3] + (real)4 * (e[3][1] - e[3][2]), n);
+                        vgg_cifar_vec_store(v + 21 * IN_STRIDE + t, e[3][4] - e[3][2] + (real)2 * (e[3][3] - e[3][1]), n);
+                        vgg_cifar_vec_store(v + 22 * IN_STRIDE + t, e[3][4] - e[3][2] - (real)2 * (e[3][3] - e[3][1]), n);
+                        vgg_cifar_vec_store(v + 23 * IN_STRIDE + t, (real)4 * e[3][1] - (real)5 * e[3][3] + e[3][5], n);
+                        vgg_cifar_vec_store(v + 24 * IN_STRIDE + t, (real)4 * e[4][0] - (real)5 * e[4][2] + e[4][4], n);
+                        vgg_cifar_vec_store(v + 25 * IN_STRIDE + t, e[4][3] + e[4][4] - (real)4 * (e[4][1] + e[4][2]), n);
+                        vgg_cifar_vec_store(v + 26 * IN_STRIDE + t, e[4][4] - e[4][3] + (real)4 * (e[4][1] - e[4][2]), n);
+                        vgg_cifar_vec_store(v + 27 * IN_STRIDE + t, e[4][4] - e[4][2] + (real)2 * (e[4][3] - e[4][1]), n);
+                        vgg_cifar_vec_store(v + 28 * IN_STRIDE + t, e[4][4] - e[4][2] - (real)2 * (e[4][3] - e[4][1]), n);
+                        vgg_cifar_vec_store(v + 29 * IN_STRIDE + t, (real)4 * e[4][1] - (real)5 * e[4][3] + e[4][5], n);
+                        vgg_cifar_vec_store(v + 30 * IN_STRIDE + t, (real)4 * e[5][0] - (real)5 * e[5][2] + e[5][4], n);
+                        vgg_cifar_vec_store(v + 31 * IN_STRIDE + t, e[5][3] + e[5][4] - (real)4 * (e[5][1] + e[5][2]), n);
+                        vgg_cifar_vec_store(v + 32 * IN_STRIDE + t, e[5][4] - e[5][3] + (real)4 * (e[5][1] - e[5][2]), n);
+                        vgg_cifar_vec_store(v + 33 * IN_STRIDE + t, e[5][4] - e[5][2] + (real)2 * (e[5][3] - e[5][1]), n);
+                        vgg_cifar_vec_store(v + 34 * IN_STRIDE + t, e[5][4] - e[5][2] - (real)2 * (e[5][3] - e[5][1]), n);
+                        vgg_cifar_vec_store(v + 35 * IN_STRIDE + t, (real)4 * e[5][1] - (real)5 * e[5][3] + e[5][5], n);
                     }
                 }
-            for (int xi = 0; xi < 16; xi++)
+            for (int xi = 0; xi < 36; xi++)
                 vgg_cifar_gemm_nn(C_OUT, TILE_BLOCK, C_IN, filters + (size_t)xi * FILTERS_STRIDE, C_IN, 1,
                               tiles_in + (size_t)xi * IN_STRIDE, TILE_BLOCK, tiles_out + (size_t)xi * OUT_STRIDE,
                               TILE_BLOCK, 0);
-            /* each tile's 2x2 outputs = A^T M A: the rows combined (a = A^T M), then each of the
-               two rows' columns, VEC_LANES tiles of a tile row at a time; the pixels go to their
-               rows interleaved (even and odd columns), those past an odd height or width dropped. */
+            /* each tile's 4x4 outputs = A^T M A: the rows combined (a = A^T M), then each of the
+               four rows' columns, VEC_LANES tiles of a tile row at a time; the pixels go to their
+               rows interleaved (columns 4t .. 4t + 3), those past the height or width dropped. */
             for (int o = 0; o < C_OUT; o++)
                 for (int r = 0; r < rows; r++) {
                     const real *restrict mo = tiles_out + (size_t)o * TILE_BLOCK + r * TILES_W;
-                    const int oh = 2 * (row0 + r);
+                    const int oh = 4 * (row0 + r);
                     real *restrict y0 = out_sample + ((size_t)o * H_OUT + oh) * W_OUT;
                     for (int t = 0; t < TILES_W; t += VEC_LANES) {
                         const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
-                        const vec m00 = vgg_cifar_vec_load(mo + 0 * OUT_STRIDE + t, n);
-                        const vec m10 = vgg_cifar_vec_load(mo + 4 * OUT_STRIDE + t, n);
-                        const vec m20 = vgg_cifar_vec_load(mo + 8 * OUT_STRIDE + t, n);
-                        const vec m30 = vgg_cifar_vec_load(mo + 12 * OUT_STRIDE + t, n);
-                        const vec a00 = m00 + m10 + m20, a10 = m10 - m20 - m30;
-                        const vec m01 = vgg_cifar_vec_load(mo + 1 * OUT_STRIDE + t, n);
-                        const vec m11 = vgg_cifar_vec_load(mo + 5 * OUT_STRIDE + t, n);
-                        const vec m21 = vgg_cifar_vec_load(mo + 9 * OUT_STRIDE + t, n);
-                        const vec m31 = vgg_cifar_vec_load(mo + 13 * OUT_STRIDE + t, n);
-                        const vec a01 = m01 + m11 + m21, a11 = m11 - m21 - m31;
-                        const vec m02 = vgg_cifar_vec_load(mo + 2 * OUT_STRIDE + t, n);
-                        const vec m12 = vgg_cifar_vec_load(mo + 6 * OUT_STRIDE + t, n);
-                        const vec m22 = vgg_cifar_vec_load(mo + 10 * OUT_STRIDE + t, n);
-                        const vec m32 = vgg_cifar_vec_load(mo + 14 * OUT_STRIDE + t, n);
-                        const vec a02 = m02 + m12 + m22, a12 = m12 - m22 - m32;
-                        const vec m03 = vgg_cifar_vec_load(mo + 3 * OUT_STRIDE + t, n);
-                        const vec m13 = vgg_cifar_vec_load(mo + 7 * OUT_STRIDE + t, n);
-                        const vec m23 = vgg_cifar_vec_load(mo + 11 * OUT_STRIDE + t, n);
-                        const vec m33 = vgg_cifar_vec_load(mo + 15 * OUT_STRIDE + t, n);
-                        const vec a03 = m03 + m13 + m23, a13 = m13 - m23 - m33;
-                        real y[2][2][VEC_LANES];                        /* [row][even, odd column][tile] */
-                        vgg_cifar_vec_store(y[0][0], a00 + a01 + a02, VEC_LANES);
-                        vgg_cifar_vec_store(y[0][1], a01 - a02 - a03, VEC_LANES);
-                        vgg_cifar_vec_store(y[1][0], a10 + a11 + a12, VEC_LANES);
-                        vgg_cifar_vec_store(y[1][1], a11 - a12 - a13, VEC_LANES);
-                        for (int i = 0; i < 2 && oh + i < H_OUT; i++) {
-                            real *restrict yo = y0 + (size_t)i * W_OUT + 2 * t;
-                            if (2 * (t + n) <= W_OUT) {
+                        vec a[4][6];                                    /* [row of A^T M][column] */
+                        {
+                            const vec m0 = vgg_cifar_vec_load(mo + 0 * OUT_STRIDE + t, n);
+                            const vec m1 = vgg_cifar_vec_load(mo + 6 * OUT_STRIDE + t, n);
+                            const vec m2 = vgg_cifar_vec_load(mo + 12 * OUT_STRIDE + t, n);
+                            const vec m3 = vgg_cifar_vec_load(mo + 18 * OUT_STRIDE + t, n);
+                            const vec m4 = vgg_cifar_vec_load(mo + 24 * OUT_STRIDE + t, n);
+                            const vec m5 = vgg_cifar_vec_load(mo + 30 * OUT_STRIDE + t, n);
+                            a[0][0] = m0 + (m1 + m2) + (m3 + m4);
+                            a[1][0] = (m1 - m2) + (real)2 * (m3 - m4);
+                            a[2][0] = (m1 + m2) + (real)4 * (m3 + m4);
+                            a[3][0] = (m1 - m2) + (real)8 * (m3 - m4) + m5;
+                        }
+                        {
+                            const vec m0 = vgg_cifar_vec_load(mo + 1 * OUT_STRIDE + t, n);
+                            const vec m1 = vgg_cifar_vec_load(mo + 7 * OUT_STRIDE + t, n);
+                            const vec m2 = vgg_cifar_vec_load(mo + 13 * OUT_STRIDE + t, n);
+                            const vec m3 = vgg_cifar_vec_load(mo + 19 * OUT_STRIDE + t, n);
+                            const vec m4 = vgg_cifar_vec_load(mo + 25 * OUT_STRIDE + t, n);
+                            const vec m5 = vgg_cifar_vec_load(mo + 31 * OUT_STRIDE + t, n);
+                            a[0][1] = m0 + (m1 + m2) + (m3 + m4);
+                            a[1][1] = (m1 - m2) + (real)2 * (m3 - m4);
+                            a[2][1] = (m1 + m2) + (real)4 * (m3 + m4);
+                            a[3][1] = (m1 - m2) + (real)8 * (m3 - m4) + m5;
+                        }
+                        {
+                            const vec m0 = vgg_cifar_vec_load(mo + 2 * OUT_STRIDE + t, n);
+                            const vec m1 = vgg_cifar_vec_load(mo + 8 * OUT_STRIDE + t, n);
+                            const vec m2 = vgg_cifar_vec_load(mo + 14 * OUT_STRIDE + t, n);
+                            const vec m3 = vgg_cifar_vec_load(mo + 20 * OUT_STRIDE + t, n);
+                            const vec m4 = vgg_cifar_vec_load(mo + 26 * OUT_STRIDE + t, n);
+                            const vec m5 = vgg_cifar_vec_load(mo + 32 * OUT_STRIDE + t, n);
+                            a[0][2] = m0 + (m1 + m2) + (m3 + m4);
+                            a[1][2] = (m1 - m2) + (real)2 * (m3 - m4);
+                            a[2][2] = (m1 + m2) + (real)4 * (m3 + m4);
+                            a[3][2] = (m1 - m2) + (real)8 * (m3 - m4) + m5;
+                        }
+                        {
+                            const vec m0 = vgg_cifar_vec_load(mo + 3 * OUT_STRIDE + t, n);
+                            const vec m1 = vgg_cifar_vec_load(mo + 9 * OUT_STRIDE + t, n);
+                            const vec m2 = vgg_cifar_vec_load(mo + 15 * OUT_STRIDE + t, n);
+                            const vec m3 = vgg_cifar_vec_load(mo + 21 * OUT_STRIDE + t, n);
+                            const vec m4 = vgg_cifar_vec_load(mo + 27 * OUT_STRIDE + t, n);
+                            const vec m5 = vgg_cifar_vec_load(mo + 33 * OUT_STRIDE + t, n);
+                            a[0][3] = m0 + (m1 + m2) + (m3 + m4);
+                            a[1][3] = (m1 - m2) + (real)2 * (m3 - m4);
+                            a[2][3] = (m1 + m2) + (real)4 * (m3 + m4);
+                            a[3][3] = (m1 - m2) + (real)8 * (m3 - m4) + m5;
+                        }
+                        {
+                            const vec m0 = vgg_cifar_vec_load(mo + 4 * OUT_STRIDE + t, n);
+                            const vec m1 = vgg_cifar_vec_load(mo + 10 * OUT_STRIDE + t, n);
+                            const vec m2 = vgg_cifar_vec_load(mo + 16 * OUT_STRIDE + t, n);
+                            const vec m3 = vgg_cifar_vec_load(mo + 22 * OUT_STRIDE + t, n);
+                            const vec m4 = vgg_cifar_vec_load(mo + 28 * OUT_STRIDE + t, n);
+                            const vec m5 = vgg_cifar_vec_load(mo + 34 * OUT_STRIDE + t, n);
+                            a[0][4] = m0 + (m1 + m2) + (m3 + m4);
+                            a[1][4] = (m1 - m2) + (real)2 * (m3 - m4);
+                            a[2][4] = (m1 + m2) + (real)4 * (m3 + m4);
+                            a[3][4] = (m1 - m2) + (real)8 * (m3 - m4) + m5;
+                        }
+                        {
+                            const vec m0 = vgg_cifar_vec_load(mo + 5 * OUT_STRIDE + t, n);
+                            const vec m1 = vgg_cifar_vec_load(mo + 11 * OUT_STRIDE + t, n);
+                            const vec m2 = vgg_cifar_vec_load(mo + 17 * OUT_STRIDE + t, n);
+                            const vec m3 = vgg_cifar_vec_load(mo + 23 * OUT_STRIDE + t, n);
+                            const vec m4 = vgg_cifar_vec_load(mo + 29 * OUT_STRIDE + t, n);
+                            const vec m5 = vgg_cifar_vec_load(mo + 35 * OUT_STRIDE + t, n);
+                            a[0][5] = m0 + (m1 + m2) + (m3 + m4);
+                            a[1][5] = (m1 - m2) + (real)2 * (m3 - m4);
+                            a[2][5] = (m1 + m2) + (real)4 * (m3 + m4);
+                            a[3][5] = (m1 - m2) + (real)8 * (m3 - m4) + m5;
+                        }
+                        real y[4][4][VEC_LANES];                        /* [row][column in the tile][tile] */
+                        vgg_cifar_vec_store(y[0][0], a[0][0] + (a[0][1] + a[0][2]) + (a[0][3] + a[0][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[0][1], (a[0][1] - a[0][2]) + (real)2 * (a[0][3] - a[0][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[0][2], (a[0][1] + a[0][2]) + (real)4 * (a[0][3] + a[0][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[0][3], (a[0][1] - a[0][2]) + (real)8 * (a[0][3] - a[0][4]) + a[0][5], VEC_LANES);
+                        vgg_cifar_vec_store(y[1][0], a[1][0] + (a[1][1] + a[1][2]) + (a[1][3] + a[1][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[1][1], (a[1][1] - a[1][2]) + (real)2 * (a[1][3] - a[1][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[1][2], (a[1][1] + a[1][2]) + (real)4 * (a[1][3] + a[1][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[1][3], (a[1][1] - a[1][2]) + (real)8 * (a[1][3] - a[1][4]) + a[1][5], VEC_LANES);
+                        vgg_cifar_vec_store(y[2][0], a[2][0] + (a[2][1] + a[2][2]) + (a[2][3] + a[2][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[2][1], (a[2][1] - a[2][2]) + (real)2 * (a[2][3] - a[2][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[2][2], (a[2][1] + a[2][2]) + (real)4 * (a[2][3] + a[2][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[2][3], (a[2][1] - a[2][2]) + (real)8 * (a[2][3] - a[2][4]) + a[2][5], VEC_LANES);
+                        vgg_cifar_vec_store(y[3][0], a[3][0] + (a[3][1] + a[3][2]) + (a[3][3] + a[3][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[3][1], (a[3][1] - a[3][2]) + (real)2 * (a[3][3] - a[3][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[3][2], (a[3][1] + a[3][2]) + (real)4 * (a[3][3] + a[3][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[3][3], (a[3][1] - a[3][2]) + (real)8 * (a[3][3] - a[3][4]) + a[3][5], VEC_LANES);
+                        for (int i = 0; i < 4 && oh + i < H_OUT; i++) {
+                            real *restrict yo = y0 + (size_t)i * W_OUT + 4 * t;
+                            if (4 * (t + n) <= W_OUT) {
                                 for (int l = 0; l < n; l++) {
-                                    yo[2 * l] = (y[i][0][l] + bias[o]) > 0 ? (y[i][0][l] + bias[o]) : 0;
-                                    yo[2 * l + 1] = (y[i][1][l] + bias[o]) > 0 ? (y[i][1][l] + bias[o]) : 0;
+                                    yo[4 * l + 0] = (y[i][0][l] + bias[o]) > 0 ? (y[i][0][l] + bias[o]) : 0;
+                                    yo[4 * l + 1] = (y[i][1][l] + bias[o]) > 0 ? (y[i][1][l] + bias[o]) : 0;
+                                    yo[4 * l + 2] = (y[i][2][l] + bias[o]) > 0 ? (y[i][2][l] + bias[o]) : 0;
+                                    yo[4 * l + 3] = (y[i][3][l] + bias[o]) > 0 ? (y[i][3][l] + bias[o]) : 0;
                                 }
                             } else {
-                                for (int l = 0; l < n; l++) {
-                                    yo[2 * l] = (y[i][0][l] + bias[o]) > 0 ? (y[i][0][l] + bias[o]) : 0;
-                                    if (2 * (t + l) + 1 < W_OUT)
-                                        yo[2 * l + 1] = (y[i][1][l] + bias[o]) > 0 ? (y[i][1][l] + bias[o]) : 0;
-                                }
+                                for (int l = 0; l < n; l++)
+                                    for (int j = 0; j < 4 && 4 * (t + l) + j < W_OUT; j++)
+                                        yo[4 * l + j] = (y[i][j][l] + bias[o]) > 0 ? (y[i][j][l] + bias[o]) : 0;
                             }
                         }
                     }
@@ -876,7 +1065,7 @@ static void vgg_cifar_conv1_2_forward(
     const real *restrict in,                /* conv1_1 [N, 64, 32, 32] */
     const real *restrict weight,            /* conv1_2.weight [64, 64, 3, 3] */
     const real *restrict bias,              /* conv1_2.bias [64] */
-    real *slots,                            /* 465024 elements of workspace */
+    real *slots,                            /* 634176 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -975,7 +1164,6 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
         TILE_BLOCK = 16,
         WINO_H = 18,
         WINO_W = 18,
-        HALF_W = 9,
         FILTERS_STRIDE = 8208,
         IN_STRIDE = 1040,
         OUT_STRIDE = 2064,
@@ -985,6 +1173,7 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
         SCRATCH_WINO_PADDED = 131904,
         SCRATCH_WINO_IN = 152640,
         SCRATCH_WINO_OUT = 169280,
+        HALF_W = 9,
         SLOT_SIZE = 490432
     };
     if ((size_t)slot >= batch)
@@ -1039,23 +1228,23 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
         const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
         real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
-        /* The input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows of
-           WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its
-           odd ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
-           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+        /* The input zero-padded so that every tile's patch lies inside (WINO_H rows of
+           WINO_W = 2 * HALF_W columns), each row stored phase by phase: columns
+           2 q + k for k = 0 .. 1. A tile t's patch columns 2 t + j are then
+           phase j % 2 at t + j / 2, and a row of tiles is read as contiguous vectors. */
         for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
             padded[i] = 0;
         for (int c = 0; c < C_IN; c++)
             for (int ih = 0; ih < H_IN; ih++) {
                 const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
                 real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
-                /* padded column x = iw + left: the even ones, then the odd ones (as two loops, not
-                   one scatter: GCC vectorized the one loop with AVX-512 scatters, 15% of a
-                   16-channel conv's backward) */
-                for (int m = (PAD_LEFT + 1) / 2; 2 * m - PAD_LEFT < W_IN; m++)
-                    row[m] = from[2 * m - PAD_LEFT];
-                for (int m = PAD_LEFT / 2; 2 * m + 1 - PAD_LEFT < W_IN; m++)
-                    row[HALF_W + m] = from[2 * m + 1 - PAD_LEFT];
+                /* padded column x = iw + left, a loop per phase (as one loop with x / phases and
+                   x % phases, GCC vectorized it with AVX-512 scatters: 15% of a 16-channel conv's
+                   backward) */
+                for (int q = (PAD_LEFT + 1) / 2; 2 * q + 0 - PAD_LEFT < W_IN; q++)
+                    row[0 * HALF_W + q] = from[2 * q + 0 - PAD_LEFT];
+                for (int q = (PAD_LEFT + 0) / 2; 2 * q + 1 - PAD_LEFT < W_IN; q++)
+                    row[1 * HALF_W + q] = from[2 * q + 1 - PAD_LEFT];
             }
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
@@ -1227,7 +1416,6 @@ KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
         TILE_BLOCK = 16,
         WINO_H = 18,
         WINO_W = 18,
-        HALF_W = 9,
         FILTERS_STRIDE = 16400,
         IN_STRIDE = 2064,
         OUT_STRIDE = 2064,
@@ -1237,6 +1425,7 @@ KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
         SCRATCH_WINO_PADDED = 263552,
         SCRATCH_WINO_IN = 305024,
         SCRATCH_WINO_OUT = 338048,
+        HALF_W = 9,
         SLOT_SIZE = 601600
     };
     if ((size_t)slot >= batch)
@@ -1291,23 +1480,23 @@ KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
         const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
         real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
-        /* The input zero-padded so that every tile's 4x4 patch lies inside (WINO_H rows of
-           WINO_W = 2 * HALF_W columns), each row stored as its even columns, then its
-           odd ones: tile t's patch columns 2t .. 2t + 3 are then even[t], odd[t], even[t + 1] and
-           odd[t + 1], and a row of tiles is read as four contiguous vectors. */
+        /* The input zero-padded so that every tile's patch lies inside (WINO_H rows of
+           WINO_W = 2 * HALF_W columns), each row stored phase by phase: columns
+           2 q + k for k = 0 .. 1. A tile t's patch columns 2 t + j are then
+           phase j % 2 at t + j / 2, and a row of tiles is read as contiguous vectors. */
         for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
             padded[i] = 0;
         for (int c = 0; c < C_IN; c++)
             for (int ih = 0; ih < H_IN; ih++) {
                 const real *restrict from = in_sample + ((size_t)c * H_IN + ih) * W_IN;
                 real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
-                /* padded column x = iw + left: the even ones, then the odd ones (as two loops, not
-                   one scatter: GCC vectorized the one loop with AVX-512 scatters, 15% of a
-                   16-channel conv's backward) */
-                for (int m = (PAD_LEFT + 1) / 2; 2 * m - PAD_LEFT < W_IN; m++)
-                    row[m] = from[2 * m - PAD_LEFT];
-                for (int m = PAD_LEFT / 2; 2 * m + 1 - PAD_LEFT < W_IN; m++)
-                    row[HALF_W + m] = from[2 * m + 1 - PAD_LEFT];
+                /* padded column x = iw + left, a loop per phase (as one loop with x / phases and
+                   x % phases, GCC vectorized it with AVX-512 scatters: 15% of a 16-channel conv's
+                   backward) */
+                for (int q = (PAD_LEFT + 1) / 2; 2 * q + 0 - PAD_LEFT < W_IN; q++)
+                    row[0 * HALF_W + q] = from[2 * q + 0 - PAD_LEFT];
+                for (int q = (PAD_LEFT + 0) / 2; 2 * q + 1 - PAD_LEFT < W_IN; q++)
+                    row[1 * HALF_W + q] = from[2 * q + 1 - PAD_LEFT];
             }
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
