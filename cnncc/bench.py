@@ -186,7 +186,8 @@ def _op_macs(model) -> dict[str, tuple[int, int]]:
 
 def zero_activation_gradients(model, batch: int) -> None:
     """What NAME_backward zeroes first (ir.Program.zeroed_gradients): every activation gradient but
-    the unmaterialised ones, whose memory holds what a pool's forward keeps for a conv's backward."""
+    the unmaterialised ones, whose memory holds what a pool's forward keeps for a conv's backward,
+    and the initialised ones, which their first writer overwrites."""
     grads = model.flat_activations(batch, grad=True)
     for offset, size in model.program.zeroed_gradients():
         grads[offset * batch:(offset + size) * batch] = 0

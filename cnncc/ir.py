@@ -218,10 +218,7 @@ class Program:
         """Ops without a backward of their own -> the op whose backward does their part (the
         loss, for a sigmoid fused into binary cross-entropy). Cached: has_backward asks it for
         every op, and recomputing it each time made rendering quadratic in the op count."""
-        absorbed = {name: op.name for op in self.ops if op.pooled for name in op.pooled.absorbed}
-        if self.loss and self.loss.fused_op:
-            absorbed[self.loss.fused_op] = "the loss"
-        return absorbed
+        return absorbed_backward(self.ops, self.loss)
 
     @property
     def backward_ops(self) -> tuple[Op, ...]:
@@ -231,6 +228,14 @@ class Program:
     def has_backward(self, op: Op) -> bool:
         return self.loss is not None and op.runs_backward and op.name not in self.absorbed_backward
 
+    @cached_property
+    def initialised_gradients(self) -> frozenset[str]:
+        """Tensors whose gradient the first backward to write it writes whole, with `=`
+        (KernelPlan.initialised_grads, allowed by lowering where first_gradient_writes says so):
+        nothing zeroes them first."""
+        return frozenset(t.name for op in self.backward_ops for k, t in enumerate(op.inputs)
+                         if op.input_grads[k] and op.plan.initialises_grad(k))
+
     @property
     def unmaterialised_gradients(self) -> frozenset[str]:
         """Tensors whose gradient no backward writes: those between a conv and the maxpool its
@@ -239,9 +244,10 @@ class Program:
 
     def zeroed_ranges(self) -> list["GradientRange"]:
         """The ranges of activation gradients backward zeroes first: every tensor's but the
-        unmaterialised ones, adjacent tensors merged into one range (named after its first)."""
+        unmaterialised and the initialised ones, adjacent tensors merged into one range (named
+        after its first)."""
         ranges: list[GradientRange] = []
-        skip = self.unmaterialised_gradients
+        skip = self.unmaterialised_gradients | self.initialised_gradients
         for t in sorted((op.output for op in self.ops), key=lambda t: t.offset):
             if t.name in skip or t.size == 0:
                 continue
@@ -277,6 +283,38 @@ class Program:
 
     def buffer_bytes(self, batch: int, training: bool) -> int:
         return sum(self.buffer_elements(batch, training).values()) * self.itemsize
+
+
+def absorbed_backward(ops: tuple[Op, ...] | list[Op], loss: Loss | None) -> dict[str, str]:
+    """Program.absorbed_backward of these ops (their `pooled` set) and loss."""
+    absorbed = {name: op.name for op in ops if op.pooled for name in op.pooled.absorbed}
+    if loss and loss.fused_op:
+        absorbed[loss.fused_op] = "the loss"
+    return absorbed
+
+
+def first_gradient_writes(ops: tuple[Op, ...] | list[Op], loss: Loss | None) -> dict[str, tuple[bool, ...]]:
+    """op name -> per input, whether its backward is the first in the reverse schedule to write
+    that input's gradient (PlanRequest.first_gradient_writes). Activation gradients add up (+=)
+    where branches meet; the first writer may write with `=` instead, and then nothing need zero
+    that gradient first. The loss writes its logits' gradient before every op; an input that
+    appears twice is first written by its first occurrence. Ops without a backward (pruned,
+    absorbed, or no loss at all) write nothing."""
+    if loss is None:
+        return {}
+    absorbed = absorbed_backward(ops, loss)
+    written = {loss.logits.name}
+    writes = {}
+    for op in reversed(ops):
+        if not op.runs_backward or op.name in absorbed:
+            continue
+        firsts = []
+        for t, needed in zip(op.inputs, op.input_grads):
+            firsts.append(needed and t.name not in written)
+            if needed:
+                written.add(t.name)
+        writes[op.name] = tuple(firsts)
+    return writes
 
 
 class GradientRange(NamedTuple):

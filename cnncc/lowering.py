@@ -16,7 +16,8 @@ from .backends import backend as backend_named
 from .backends.plan import PlanRequest
 from .check import MAX_TENSOR_ELEMENTS, CheckedLayer, CheckedNet
 from .errors import Diagnostic, SpecError
-from .ir import MACRO_PREFIXES, PUBLIC_MACRO_SUFFIXES, Loss, Op, ParamTensor, PooledBackward, Program, Tensor
+from .ir import (MACRO_PREFIXES, PUBLIC_MACRO_SUFFIXES, Loss, Op, ParamTensor, PooledBackward, Program, Tensor,
+                 first_gradient_writes)
 from .layers import REGISTRY
 from .losses import loss_kind
 
@@ -118,8 +119,11 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector", fuse:
     if any(not layer.spec.trainable for layer in net.layers):  # fine-tuning: see _prune_backward
         lowered = _prune_backward(lowered)
     pooled = _pooled_backwards(lowered, chosen, keep={output.name} | ({loss.logits.name} if loss else set()))
+    first_writes = first_gradient_writes([replace(item.op, pooled=pooled.get(item.op.name)) for item in lowered],
+                                         loss)
     plans: dict = {}  # a network of many alike layers plans each kind of op once
-    ops = [_planned(item, chosen, sample_slots, pooled, spec.path, plans) for item in lowered]
+    ops = [_planned(item, chosen, sample_slots, pooled, spec.path, plans, first_writes.get(item.op.name, ()))
+           for item in lowered]
     ops, workspace = _place_workspaces(ops)
     return Program(spec.name, spec.dtype, network_input, output, tuple(ops), tuple(params.values()), offset,
                    sum(decl.size for _, decl in trainable), arena, workspace, loss, spec.optimizer,
@@ -131,15 +135,16 @@ _REQUEST_FIELDS = tuple(f.name for f in fields(PlanRequest) if f.name != "layer"
 
 
 def _planned(item: _Lowered, chosen, slots: int, pooled: dict[str, PooledBackward], spec_path: str,
-             plans: dict) -> Op:
+             plans: dict, first_writes: tuple[bool, ...]) -> Op:
     """The op with its kernel plan (planned once), within the limit of C's int offsets. `plans`
-    memoises the plans by request: a plan depends on nothing else."""
+    memoises the plans by request: a plan depends on nothing else. first_writes: ir.first_gradient_writes."""
     op, fused = item.op, pooled.get(item.op.name)
     request = PlanRequest(
         item.kind_obj, item.in_shapes, op.output.shape, tuple(op.params),
         tuple(role for role, p in op.params.items() if p.trainable), op.input_grads, slots,
         fused.pool_output.shape if fused else None, bool(fused and (fused.activation or op.fused)),
-        keeps_argmax=any(p.pool == op.name for p in pooled.values()), relu_epilogue=bool(op.fused))
+        keeps_argmax=any(p.pool == op.name for p in pooled.values()), relu_epilogue=bool(op.fused),
+        first_gradient_writes=first_writes)
     # a layer kind object compares by identity: its field values stand for it
     key = (op.kind, tuple(item.kind_obj.values().items()), *(getattr(request, f) for f in _REQUEST_FIELDS))
     try:

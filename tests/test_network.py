@@ -229,6 +229,96 @@ def test_gradients_behind_a_pooled_backward_are_refused_not_stale(nets):
         assert np.abs(m.activation(layer, x.shape[0], grad=True)).max() > 0, layer
 
 
+# Two layers of one kind read the same tensor `pre`: the later one's backward runs first and
+# writes pre's gradient with `=` (KernelPlan.initialised_grads, nothing zeroes it), the earlier
+# one adds to it. Each kernel's initialising form is what tests/test_layers.py checks (there
+# every layer is the only writer of its input's gradient); these check the adding form of the
+# same kinds, and that the two together give finite differences' gradient.
+_BRANCHES = {
+    "batchnorm": ({"type": "batchnorm"}, {"type": "batchnorm", "momentum": 0.3}),
+    "activation": ({"type": "tanh"}, {"type": "leaky_relu", "alpha": 0.2}),
+    "softmax": ({"type": "softmax"}, {"type": "sigmoid"}),
+    "dropout": ({"type": "dropout", "rate": 0.3}, {"type": "dropout", "rate": 0.5}),
+    "avgpool2d": ({"type": "avgpool2d", "kernel": 3, "stride": 1, "padding": 1},
+                  {"type": "avgpool2d", "kernel": 2, "stride": 1, "padding": "same"}),
+    "conv_winograd": ({"type": "conv2d", "filters": 16, "kernel": 3, "padding": "same"},
+                      {"type": "conv2d", "filters": 16, "kernel": 3, "padding": "same", "activation": "relu"}),
+    "conv_strided": ({"type": "conv2d", "filters": 16, "kernel": 3, "stride": 2, "padding": "same"},
+                     {"type": "conv2d", "filters": 16, "kernel": 1, "stride": 2, "padding": "same"}),
+    "conv_depthwise": ({"type": "conv2d", "filters": 16, "kernel": 3, "padding": 1, "groups": 16},
+                       {"type": "conv2d", "filters": 16, "kernel": 3, "padding": 1, "groups": 16,
+                        "activation": "relu"}),
+    "global_avgpool": ({"type": "global_avgpool"}, {"type": "global_avgpool"}),
+}
+
+
+def _two_writers_spec(kind):
+    first, second = _BRANCHES[kind]
+    layers = [{"name": "pre", "type": "leaky_relu", "alpha": 1.0},
+              {"name": "a", "inputs": ["pre"], **first}, {"name": "b", "inputs": ["pre"], **second},
+              {"name": "merged", "type": "add", "inputs": ["a", "b"]}]
+    if kind != "global_avgpool":
+        layers.append({"name": "gap", "type": "global_avgpool"})
+    layers.append({"name": "out", "type": "dense", "units": 3})
+    return _spec(f"writers_{kind}", {"channels": 16, "height": 6, "width": 6}, layers)
+
+
+# and three more: two dense layers behind one flatten, concat and add of one tensor with itself
+_MORE_WRITERS = {
+    "dense": _spec("writers_dense", {"channels": 2, "height": 3, "width": 3}, [
+        {"name": "pre", "type": "leaky_relu", "alpha": 1.0}, {"name": "flat", "type": "flatten"},
+        {"name": "a", "type": "dense", "units": 4, "inputs": ["flat"]},
+        {"name": "b", "type": "dense", "units": 4, "activation": "relu", "inputs": ["flat"]},
+        {"name": "merged", "type": "add", "inputs": ["a", "b"]}, {"name": "out", "type": "dense", "units": 3}]),
+    "concat_self": _spec("writers_concat", {"channels": 2, "height": 4, "width": 4}, [
+        {"name": "pre", "type": "leaky_relu", "alpha": 1.0},
+        {"name": "a", "type": "concat", "inputs": ["pre", "pre"]},
+        {"name": "b", "type": "conv2d", "filters": 4, "kernel": 3, "inputs": ["pre"]},
+        {"name": "gap_a", "type": "global_avgpool", "inputs": ["a"]}, {"name": "gap_b", "type": "global_avgpool", "inputs": ["b"]},
+        {"name": "merged", "type": "add", "inputs": ["gap_a", "gap_b"]}, {"name": "out", "type": "dense", "units": 3}]),
+    "add_self": _spec("writers_add", {"channels": 2, "height": 4, "width": 4}, [
+        {"name": "pre", "type": "leaky_relu", "alpha": 1.0},
+        {"name": "a", "type": "add", "inputs": ["pre", "pre"]}, {"name": "b", "type": "tanh", "inputs": ["pre"]},
+        {"name": "merged", "type": "add", "inputs": ["a", "b"]}, {"name": "gap", "type": "global_avgpool"},
+        {"name": "out", "type": "dense", "units": 3}]),
+}
+WRITER_SPECS = {**{kind: _two_writers_spec(kind) for kind in _BRANCHES}, **_MORE_WRITERS}
+
+
+@pytest.fixture(scope="module")
+def writer_nets(compile_many):
+    return dict(zip(WRITER_SPECS, compile_many(list(WRITER_SPECS.values()))))
+
+
+@pytest.mark.parametrize("kind", list(WRITER_SPECS))
+def test_a_gradient_two_layers_write_is_written_by_the_first_and_added_to_by_the_second(kind, writer_nets):
+    m = writer_nets[kind].init(3)
+    program = m.program
+    tensor = program.ops[0].output  # pre's (a flatten is a view of it: the dense layers read it too)
+    assert tensor.name == "pre"
+    writes = [(op.layer, k, op.plan.initialises_grad(k)) for op in program.backward_ops
+              for k, t in enumerate(op.inputs) if t.name == tensor.name]
+    # the first writer in the reverse schedule (b, or a's first input) writes with `=`, the rest add
+    assert writes[0][2] and not any(w for _, _, w in writes[1:]), writes
+    assert len(writes) >= 2 and tensor.name in program.initialised_gradients
+    assert tensor.name not in {r.first.name for r in program.zeroed_ranges()}
+    x, y = _problem(m, n=3, seed=11)
+    seed = 3  # the dropout masks
+
+    def f():
+        return m.loss(x, y, training=True, seed=seed)
+
+    m.gradients(x, y, seed=seed)
+    grad = m.activation("pre", x.shape[0], grad=True).copy()
+    assert np.abs(grad).max() > 0
+    indices = _sample(x.shape, np.random.default_rng(zlib.crc32(kind.encode())), 16)
+    # pre is the identity of the input: d loss / d pre = d loss / d x
+    numeric = _sampled_fd(f, x, indices)
+    analytic = np.array([grad[i] for i in indices])
+    err = np.abs(numeric - analytic).max() / np.abs(grad).max()
+    assert err <= TOL_FD, f"d loss / d pre: finite differences {numeric} vs backward {analytic} (error {err:.3g})"
+
+
 # ---------------------------------------------------------------------------------------
 # optimizers
 # ---------------------------------------------------------------------------------------

@@ -26,6 +26,12 @@ class KernelPlan:
     settings: dict[str, Any] = field(default_factory=dict)  # flags, floats and C expressions (read-only)
     workspace: int = 0  # elements of the op's workspace, independent of the batch
     forward_scratch: int = 0  # its leading elements an inference forward uses, only within its call
+    # per input: the backward writes that input's whole gradient with `=` (no zeroing before it);
+    # only where PlanRequest.first_gradient_writes allows it, else it adds (+=) into zeros
+    initialised_grads: tuple[bool, ...] = ()
+
+    def initialises_grad(self, index: int) -> bool:
+        return index < len(self.initialised_grads) and self.initialised_grads[index]
 
     @property
     def dims(self) -> dict[str, int]:
@@ -46,6 +52,9 @@ class PlanRequest:
     pooled_positive_only: bool = False  # that backward's gradient passes only where the pool's output is positive
     keeps_argmax: bool = False  # a maxpool whose argmax a conv's backward reads (ir.PooledBackward)
     relu_epilogue: bool = False  # the op applies the relu after it (Planner.plans_relu_epilogue)
+    # per input: this op's backward is the first in the reverse schedule to write that input's
+    # gradient, so it may write it with `=` instead of adding into zeros (KernelPlan.initialised_grads)
+    first_gradient_writes: tuple[bool, ...] = ()
 
 
 class Planner:

@@ -180,10 +180,13 @@ class ConvPlanner(Planner):
             backward_roles = ("din", "dweight", "dbias", "dout", "out if relu", "in if dweight", "weight if din",
                               "slots", "batch")
             backward_template = SHIFTED if shifted else IM2COL
+        # the shifted and im2col backwards write the input gradient they are first to write with `=`
+        # (im2col zeroes each sample's first, just before its col2im); the pooled one always adds
+        initialised = request.first_gradient_writes if request.pooled_output is None else ()
         return KernelPlan(WINOGRAD if winograd else SHIFTED if shifted else IM2COL, backward_template,
                           {n: k[n] for n in forward_names}, {n: k[n] for n in backward_names},
                           resolve_roles(forward_roles, request, s), resolve_roles(backward_roles, request, s),
-                          s, workspace, forward_scratch)
+                          s, workspace, forward_scratch, initialised)
 
 
 def _depthwise_plan(request: PlanRequest, g) -> KernelPlan:
@@ -235,7 +238,7 @@ def _depthwise_plan(request: PlanRequest, g) -> KernelPlan:
     return KernelPlan(DEPTHWISE, DEPTHWISE, {n: k[n] for n in forward_names},
                       {n: k[n] for n in dict.fromkeys(backward_names)},
                       resolve_roles(forward_roles, request, s), resolve_roles(backward_roles, request, s),
-                      s, workspace, forward_scratch)
+                      s, workspace, forward_scratch, request.first_gradient_writes)
 
 
 def _dims(g, slots: int) -> dict[str, int]:

@@ -33,4 +33,5 @@ class DensePlanner(GenericPlanner):
         settings = {"has_bias": consts["has_bias"], "relu": relu}
         return KernelPlan(self.templates[0], self.templates[0], dims, dims,
                           resolve_roles(FORWARD, request, settings), resolve_roles(BACKWARD, request, settings),
-                          settings, dims["BATCH_BLOCK"] * dims["OUT"] if relu else 0)
+                          settings, dims["BATCH_BLOCK"] * dims["OUT"] if relu else 0,
+                          initialised_grads=request.first_gradient_writes)

@@ -29,6 +29,12 @@ ARGUMENTS = {
 RELU_EPILOGUE = {"batchnorm", "add"}
 
 
+# templates whose backward writes each gradient element once, or zeroes a plane before adding into
+# it (avgpool2d), so it can write the gradients it is the first to write with `=`
+# (PlanRequest.first_gradient_writes, KernelPlan.initialised_grads): nothing zeroes them first
+INITIALISES_GRADS = {"activation", "add", "avgpool2d", "batchnorm", "concat", "dropout", "global_avgpool", "softmax"}
+
+
 class GenericPlanner(Planner):
     def __init__(self, template: str):
         self.template = template
@@ -52,6 +58,7 @@ class GenericPlanner(Planner):
         # an inference forward that uses its scratch (conv_transpose2d's columns) needs it in the arena
         forward_scratch = workspace if "scratch" in forward_args and \
             "scratch" not in request.layer.training_only_roles else 0
+        initialised = request.first_gradient_writes if self.template in INITIALISES_GRADS else ()
         return KernelPlan(self.templates[0], self.templates[0], dims, dims,
                           forward_args, resolve_roles(backward, request, settings),
-                          settings, workspace, forward_scratch)
+                          settings, workspace, forward_scratch, initialised)

@@ -128,8 +128,9 @@ typedef float real;
 #define WS_PW4_BN ((size_t)108376)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
-   those no backward writes (program.unmaterialised_gradients), neighbours merged. */
-#define ZERO_CONV1 ((size_t)160076) /* conv1 .. fc */
+   those no backward writes (program.unmaterialised_gradients) and those the first backward to
+   write them writes whole with `=` (program.initialised_gradients), neighbours merged. */
+#define ZERO_FC ((size_t)12) /* fc */
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -930,7 +931,7 @@ static void ds_cnn_conv1_bn_forward(
 /* ---- conv1_bn: batchnorm backward (training mode) (spec line 11)
  * conv1 [N, 64, 25, 5] -> conv1_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
  *   fused relu's output is (out = max(0, y))
  */
@@ -1005,7 +1006,7 @@ static void ds_cnn_conv1_bn_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real d = dout[i], g_out = out[i] > 0 ? d : 0;
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -1052,7 +1053,7 @@ static void ds_cnn_drop1_backward(
     const double RATE = 0.2;
     const real SCALE = (real)1.25;
     for (size_t i = 0; i < batch * SIZE; i++)
-        din[i] += ds_cnn_uniform01(seed, 1456257878u, i) >= RATE ? dout[i] * SCALE : 0;
+        din[i] = ds_cnn_uniform01(seed, 1456257878u, i) >= RATE ? dout[i] * SCALE : 0;
 }
 
 /* ---- dw1: conv2d forward (spec line 14)
@@ -1153,7 +1154,7 @@ static void ds_cnn_dw1_forward(
  * drop1 [N, 64, 25, 5] -> dw1 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
  * per sample and channel c, filter oc of c: dweight[oc, k] += dout[oc, wide pixels] . (tap k's
- *   view of plane c, padded); dbias[oc] += sum of dout[oc]; din[c] += the same kind of product of
+ *   view of plane c, padded); dbias[oc] += sum of dout[oc]; din[c] = the same kind of product of
  *   the channel's dout planes, padded, with the taps reversed
  */
 static void ds_cnn_dw1_backward(
@@ -1253,7 +1254,7 @@ static void ds_cnn_dw1_backward(
                 }
                 for (int ih = 0; ih < H_IN; ih++)
                     for (int iw = 0; iw < W_IN; iw++)
-                        din_c[ih * W_IN + iw] += dwide_in[ih * W_DPAD + iw];
+                        din_c[ih * W_IN + iw] = dwide_in[ih * W_DPAD + iw];
             }
         }
         for (int slot = 0; slot < samples; slot++) {
@@ -1372,7 +1373,7 @@ static void ds_cnn_dw1_bn_forward(
 /* ---- dw1_bn: batchnorm backward (training mode) (spec line 15)
  * dw1 [N, 64, 25, 5] -> dw1_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
  *   fused relu's output is (out = max(0, y))
  */
@@ -1447,7 +1448,7 @@ static void ds_cnn_dw1_bn_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real d = dout[i], g_out = out[i] > 0 ? d : 0;
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -1622,7 +1623,7 @@ static void ds_cnn_pw1_backward(
                 const real *restrict dpad = dout_group;
                 const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
                 ds_cnn_gemm_nn_taps(H_IN * W_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 1);
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 0);
             }
         }
         for (int slot = 0; slot < samples; slot++) {
@@ -1746,7 +1747,7 @@ static void ds_cnn_pw1_bn_forward(
 /* ---- pw1_bn: batchnorm backward (training mode) (spec line 18)
  * pw1 [N, 64, 25, 5] -> pw1_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
  *   fused relu's output is (out = max(0, y))
  */
@@ -1821,7 +1822,7 @@ static void ds_cnn_pw1_bn_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real d = dout[i], g_out = out[i] > 0 ? d : 0;
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -1925,7 +1926,7 @@ static void ds_cnn_dw2_forward(
  * pw1_bn [N, 64, 25, 5] -> dw2 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
  * per sample and channel c, filter oc of c: dweight[oc, k] += dout[oc, wide pixels] . (tap k's
- *   view of plane c, padded); dbias[oc] += sum of dout[oc]; din[c] += the same kind of product of
+ *   view of plane c, padded); dbias[oc] += sum of dout[oc]; din[c] = the same kind of product of
  *   the channel's dout planes, padded, with the taps reversed
  */
 static void ds_cnn_dw2_backward(
@@ -2025,7 +2026,7 @@ static void ds_cnn_dw2_backward(
                 }
                 for (int ih = 0; ih < H_IN; ih++)
                     for (int iw = 0; iw < W_IN; iw++)
-                        din_c[ih * W_IN + iw] += dwide_in[ih * W_DPAD + iw];
+                        din_c[ih * W_IN + iw] = dwide_in[ih * W_DPAD + iw];
             }
         }
         for (int slot = 0; slot < samples; slot++) {
@@ -2144,7 +2145,7 @@ static void ds_cnn_dw2_bn_forward(
 /* ---- dw2_bn: batchnorm backward (training mode) (spec line 21)
  * dw2 [N, 64, 25, 5] -> dw2_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
  *   fused relu's output is (out = max(0, y))
  */
@@ -2219,7 +2220,7 @@ static void ds_cnn_dw2_bn_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real d = dout[i], g_out = out[i] > 0 ? d : 0;
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -2394,7 +2395,7 @@ static void ds_cnn_pw2_backward(
                 const real *restrict dpad = dout_group;
                 const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
                 ds_cnn_gemm_nn_taps(H_IN * W_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 1);
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 0);
             }
         }
         for (int slot = 0; slot < samples; slot++) {
@@ -2518,7 +2519,7 @@ static void ds_cnn_pw2_bn_forward(
 /* ---- pw2_bn: batchnorm backward (training mode) (spec line 24)
  * pw2 [N, 64, 25, 5] -> pw2_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
  *   fused relu's output is (out = max(0, y))
  */
@@ -2593,7 +2594,7 @@ static void ds_cnn_pw2_bn_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real d = dout[i], g_out = out[i] > 0 ? d : 0;
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -2697,7 +2698,7 @@ static void ds_cnn_dw3_forward(
  * pw2_bn [N, 64, 25, 5] -> dw3 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
  * per sample and channel c, filter oc of c: dweight[oc, k] += dout[oc, wide pixels] . (tap k's
- *   view of plane c, padded); dbias[oc] += sum of dout[oc]; din[c] += the same kind of product of
+ *   view of plane c, padded); dbias[oc] += sum of dout[oc]; din[c] = the same kind of product of
  *   the channel's dout planes, padded, with the taps reversed
  */
 static void ds_cnn_dw3_backward(
@@ -2797,7 +2798,7 @@ static void ds_cnn_dw3_backward(
                 }
                 for (int ih = 0; ih < H_IN; ih++)
                     for (int iw = 0; iw < W_IN; iw++)
-                        din_c[ih * W_IN + iw] += dwide_in[ih * W_DPAD + iw];
+                        din_c[ih * W_IN + iw] = dwide_in[ih * W_DPAD + iw];
             }
         }
         for (int slot = 0; slot < samples; slot++) {
@@ -2916,7 +2917,7 @@ static void ds_cnn_dw3_bn_forward(
 /* ---- dw3_bn: batchnorm backward (training mode) (spec line 27)
  * dw3 [N, 64, 25, 5] -> dw3_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
  *   fused relu's output is (out = max(0, y))
  */
@@ -2991,7 +2992,7 @@ static void ds_cnn_dw3_bn_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real d = dout[i], g_out = out[i] > 0 ? d : 0;
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -3166,7 +3167,7 @@ static void ds_cnn_pw3_backward(
                 const real *restrict dpad = dout_group;
                 const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
                 ds_cnn_gemm_nn_taps(H_IN * W_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 1);
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 0);
             }
         }
         for (int slot = 0; slot < samples; slot++) {
@@ -3290,7 +3291,7 @@ static void ds_cnn_pw3_bn_forward(
 /* ---- pw3_bn: batchnorm backward (training mode) (spec line 30)
  * pw3 [N, 64, 25, 5] -> pw3_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
  *   fused relu's output is (out = max(0, y))
  */
@@ -3365,7 +3366,7 @@ static void ds_cnn_pw3_bn_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real d = dout[i], g_out = out[i] > 0 ? d : 0;
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -3469,7 +3470,7 @@ static void ds_cnn_dw4_forward(
  * pw3_bn [N, 64, 25, 5] -> dw4 [N, 64, 25, 5]
  * weight [64, 1, 3, 3], bias [64]: 640 trainable parameters
  * per sample and channel c, filter oc of c: dweight[oc, k] += dout[oc, wide pixels] . (tap k's
- *   view of plane c, padded); dbias[oc] += sum of dout[oc]; din[c] += the same kind of product of
+ *   view of plane c, padded); dbias[oc] += sum of dout[oc]; din[c] = the same kind of product of
  *   the channel's dout planes, padded, with the taps reversed
  */
 static void ds_cnn_dw4_backward(
@@ -3569,7 +3570,7 @@ static void ds_cnn_dw4_backward(
                 }
                 for (int ih = 0; ih < H_IN; ih++)
                     for (int iw = 0; iw < W_IN; iw++)
-                        din_c[ih * W_IN + iw] += dwide_in[ih * W_DPAD + iw];
+                        din_c[ih * W_IN + iw] = dwide_in[ih * W_DPAD + iw];
             }
         }
         for (int slot = 0; slot < samples; slot++) {
@@ -3688,7 +3689,7 @@ static void ds_cnn_dw4_bn_forward(
 /* ---- dw4_bn: batchnorm backward (training mode) (spec line 33)
  * dw4 [N, 64, 25, 5] -> dw4_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
  *   fused relu's output is (out = max(0, y))
  */
@@ -3763,7 +3764,7 @@ static void ds_cnn_dw4_bn_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real d = dout[i], g_out = out[i] > 0 ? d : 0;
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -3938,7 +3939,7 @@ static void ds_cnn_pw4_backward(
                 const real *restrict dpad = dout_group;
                 const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
                 ds_cnn_gemm_nn_taps(H_IN * W_IN, flipped_group, ds_cnn_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 1);
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 0);
             }
         }
         for (int slot = 0; slot < samples; slot++) {
@@ -4062,7 +4063,7 @@ static void ds_cnn_pw4_bn_forward(
 /* ---- pw4_bn: batchnorm backward (training mode) (spec line 36)
  * pw4 [N, 64, 25, 5] -> pw4_bn [N, 64, 25, 5]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
  *   fused relu's output is (out = max(0, y))
  */
@@ -4137,7 +4138,7 @@ static void ds_cnn_pw4_bn_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real d = dout[i], g_out = out[i] > 0 ? d : 0;
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -4184,7 +4185,7 @@ static void ds_cnn_drop2_backward(
     const double RATE = 0.4;
     const real SCALE = (real)1.6666666666666667;
     for (size_t i = 0; i < batch * SIZE; i++)
-        din[i] += ds_cnn_uniform01(seed, 1338370796u, i) >= RATE ? dout[i] * SCALE : 0;
+        din[i] = ds_cnn_uniform01(seed, 1338370796u, i) >= RATE ? dout[i] * SCALE : 0;
 }
 
 /* ---- pool: avgpool2d forward (spec line 39)
@@ -4256,6 +4257,7 @@ static void ds_cnn_pool_backward(
     for (size_t plane = 0; plane < batch * C; plane++) {
         const real *restrict dout_plane = dout + plane * (size_t)(H_OUT * W_OUT);
         real *restrict din_plane = din + plane * (size_t)(H_IN * W_IN);
+        memset(din_plane, 0, sizeof(real) * H_IN * W_IN);  /* the first to write it: windows may overlap or miss cells */
         for (int oh = 0; oh < H_OUT; oh++) {
             const int ih0 = oh * STRIDE_H - PAD_TOP;
             const int kh_first = ds_cnn_window_first(ih0), kh_end = ds_cnn_window_end(ih0, H_IN, KH);
@@ -4304,7 +4306,7 @@ static void ds_cnn_fc_forward(
  * pool [N, 64] -> fc [N, 12]
  * weight [12, 64], bias [12]: 780 trainable parameters
  * dweight[OUT, IN] += dout[batch, OUT]^T x in[batch, IN]; dbias[o] += sum_b dout[b,o];
- *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]
+ *   din[batch, IN] = dout[batch, OUT] x weight[OUT, IN]
  */
 static void ds_cnn_fc_backward(
     real *restrict din,                     /* pool [N, 64] */
@@ -4325,7 +4327,7 @@ static void ds_cnn_fc_backward(
         const real *restrict dblock = dout + b * OUT;
         /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
         ds_cnn_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        ds_cnn_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        ds_cnn_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 0);
         for (int r = 0; r < rows; r++)
             for (int o = 0; o < OUT; o++)
                 dbias[o] += dblock[(size_t)r * OUT + o];
@@ -4415,8 +4417,9 @@ void ds_cnn_backward(const ds_cnn_context *ctx, const real *input, const int32_t
     real *grads = ctx->grads;
     real *workspace = ctx->workspace;
 
-    /* Activation gradients accumulate (+=) where branches meet, so they start at zero. */
-    memset(grad_acts + A_CONV1 * batch, 0, sizeof(real) * ZERO_CONV1 * batch);
+    /* Activation gradients add up (+=) where branches meet: those no first writer writes with `=`
+       start at zero. */
+    memset(grad_acts + A_FC * batch, 0, sizeof(real) * ZERO_FC * batch);
     ds_cnn_loss_softmax_cross_entropy(acts + A_FC * batch, grad_acts + A_FC * batch, targets, batch, 1);
     ds_cnn_fc_backward(grad_acts + A_POOL * batch, grads + P_FC_WEIGHT, grads + P_FC_BIAS, grad_acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, batch);
     ds_cnn_pool_backward(grad_acts + A_DROP2 * batch, grad_acts + A_POOL * batch, batch);

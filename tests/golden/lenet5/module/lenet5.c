@@ -53,9 +53,10 @@ typedef float real;
 #define WS_FC4 ((size_t)39754)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
-   those no backward writes (program.unmaterialised_gradients), neighbours merged. */
+   those no backward writes (program.unmaterialised_gradients) and those the first backward to
+   write them writes whole with `=` (program.initialised_gradients), neighbours merged. */
 #define ZERO_POOL1 ((size_t)1568) /* pool1 */
-#define ZERO_POOL2 ((size_t)614) /* pool2 .. fc5 */
+#define ZERO_FC5 ((size_t)10) /* fc5 */
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -1178,7 +1179,7 @@ static void lenet5_fc3_forward(
  * pool2 [N, 400] -> fc3 [N, 120]
  * weight [120, 400], bias [120]: 48120 trainable parameters
  * dweight[OUT, IN] += dout[batch, OUT]^T x in[batch, IN]; dbias[o] += sum_b dout[b,o];
- *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]; dout is first masked where the fused
+ *   din[batch, IN] = dout[batch, OUT] x weight[OUT, IN]; dout is first masked where the fused
  *   relu's output is 0, a block of samples at a time
  */
 static void lenet5_fc3_backward(
@@ -1205,7 +1206,7 @@ static void lenet5_fc3_backward(
             dblock[i] = out[b * OUT + (size_t)i] > 0 ? dout[b * OUT + (size_t)i] : 0;
         /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
         lenet5_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        lenet5_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        lenet5_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 0);
         for (int r = 0; r < rows; r++)
             for (int o = 0; o < OUT; o++)
                 dbias[o] += dblock[(size_t)r * OUT + o];
@@ -1245,7 +1246,7 @@ static void lenet5_fc4_forward(
  * fc3 [N, 120] -> fc4 [N, 84]
  * weight [84, 120], bias [84]: 10164 trainable parameters
  * dweight[OUT, IN] += dout[batch, OUT]^T x in[batch, IN]; dbias[o] += sum_b dout[b,o];
- *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]; dout is first masked where the fused
+ *   din[batch, IN] = dout[batch, OUT] x weight[OUT, IN]; dout is first masked where the fused
  *   relu's output is 0, a block of samples at a time
  */
 static void lenet5_fc4_backward(
@@ -1272,7 +1273,7 @@ static void lenet5_fc4_backward(
             dblock[i] = out[b * OUT + (size_t)i] > 0 ? dout[b * OUT + (size_t)i] : 0;
         /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
         lenet5_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        lenet5_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        lenet5_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 0);
         for (int r = 0; r < rows; r++)
             for (int o = 0; o < OUT; o++)
                 dbias[o] += dblock[(size_t)r * OUT + o];
@@ -1312,7 +1313,7 @@ static void lenet5_fc5_forward(
  * fc4 [N, 84] -> fc5 [N, 10]
  * weight [10, 84], bias [10]: 850 trainable parameters
  * dweight[OUT, IN] += dout[batch, OUT]^T x in[batch, IN]; dbias[o] += sum_b dout[b,o];
- *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]
+ *   din[batch, IN] = dout[batch, OUT] x weight[OUT, IN]
  */
 static void lenet5_fc5_backward(
     real *restrict din,                     /* fc4 [N, 84] */
@@ -1333,7 +1334,7 @@ static void lenet5_fc5_backward(
         const real *restrict dblock = dout + b * OUT;
         /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
         lenet5_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        lenet5_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        lenet5_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 0);
         for (int r = 0; r < rows; r++)
             for (int o = 0; o < OUT; o++)
                 dbias[o] += dblock[(size_t)r * OUT + o];
@@ -1411,9 +1412,10 @@ void lenet5_backward(const lenet5_context *ctx, const real *input, const int32_t
     real *workspace = ctx->workspace;
     (void)seed;
 
-    /* Activation gradients accumulate (+=) where branches meet, so they start at zero. */
+    /* Activation gradients add up (+=) where branches meet: those no first writer writes with `=`
+       start at zero. */
     memset(grad_acts + A_POOL1 * batch, 0, sizeof(real) * ZERO_POOL1 * batch);
-    memset(grad_acts + A_POOL2 * batch, 0, sizeof(real) * ZERO_POOL2 * batch);
+    memset(grad_acts + A_FC5 * batch, 0, sizeof(real) * ZERO_FC5 * batch);
     lenet5_loss_softmax_cross_entropy(acts + A_FC5 * batch, grad_acts + A_FC5 * batch, targets, batch, 1);
     lenet5_fc5_backward(grad_acts + A_FC4 * batch, grads + P_FC5_WEIGHT, grads + P_FC5_BIAS, grad_acts + A_FC5 * batch, acts + A_FC4 * batch, params + P_FC5_WEIGHT, batch);
     lenet5_fc4_backward(grad_acts + A_FC3 * batch, grads + P_FC4_WEIGHT, grads + P_FC4_BIAS, grad_acts + A_FC4 * batch, acts + A_FC4 * batch, acts + A_FC3 * batch, params + P_FC4_WEIGHT, workspace + WS_FC4, batch);

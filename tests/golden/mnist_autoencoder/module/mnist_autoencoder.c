@@ -51,8 +51,11 @@ typedef float real;
 #define WS_DEC2 ((size_t)14356)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
-   those no backward writes (program.unmaterialised_gradients), neighbours merged. */
-#define ZERO_ENC1 ((size_t)13328) /* enc1 .. dec2_sigmoid */
+   those no backward writes (program.unmaterialised_gradients) and those the first backward to
+   write them writes whole with `=` (program.initialised_gradients), neighbours merged. */
+#define ZERO_ENC2 ((size_t)784) /* enc2 */
+#define ZERO_DEC1_RELU ((size_t)1568) /* dec1_relu */
+#define ZERO_DEC2_SIGMOID ((size_t)784) /* dec2_sigmoid */
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -919,6 +922,7 @@ static void mnist_autoencoder_enc2_backward(
                 /* The patch matrix is no longer needed: its buffer takes dpatches. */
                 mnist_autoencoder_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
                         dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
+                memset(din_group, 0, sizeof(real) * C_IN_PER_GROUP * H_IN * W_IN);  /* the first to write it: col2im adds */
                 mnist_autoencoder_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
                        PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             }
@@ -1071,7 +1075,7 @@ static void mnist_autoencoder_dec1_relu_forward(
 
 /* ---- dec1_relu: relu backward (spec line 10)
  * dec1 [N, 8, 14, 14] -> dec1_relu [N, 8, 14, 14]
- * din[i] += x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
+ * din[i] = x > 0 ? dy : 0, with x = in[i], y = out[i], dy = dout[i]
  */
 static void mnist_autoencoder_dec1_relu_backward(
     real *restrict din,                     /* dec1 [N, 8, 14, 14] */
@@ -1087,7 +1091,7 @@ static void mnist_autoencoder_dec1_relu_backward(
     for (size_t i = 0; i < elements; i++) {
         const real x = in[i];
         const real dy = dout[i];
-        din[i] += x > 0 ? dy : 0;
+        din[i] = x > 0 ? dy : 0;
     }
 }
 
@@ -1379,7 +1383,7 @@ static void mnist_autoencoder_dec2_backward(
                 for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
                     for (int ih = 0; ih < H_IN; ih++)
                         for (int iw = 0; iw < W_IN; iw++)
-                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] += dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
+                            din_group[(size_t)ic * H_IN * W_IN + ih * W_IN + iw] = dwide_in[(size_t)ic * WIDE_IN + ih * W_DPAD + iw];
             }
         }
         for (int slot = 0; slot < samples; slot++) {
@@ -1413,7 +1417,7 @@ static void mnist_autoencoder_dec2_sigmoid_forward(
 
 /* ---- dec2_sigmoid: sigmoid backward (spec line 13)
  * dec2 [N, 1, 28, 28] -> dec2_sigmoid [N, 1, 28, 28]
- * din[i] += dy * y * (1 - y), with x = in[i], y = out[i], dy = dout[i]
+ * din[i] = dy * y * (1 - y), with x = in[i], y = out[i], dy = dout[i]
  */
 static void mnist_autoencoder_dec2_sigmoid_backward(
     real *restrict din,                     /* dec2 [N, 1, 28, 28] */
@@ -1429,7 +1433,7 @@ static void mnist_autoencoder_dec2_sigmoid_backward(
     for (size_t i = 0; i < elements; i++) {
         const real y = out[i];
         const real dy = dout[i];
-        din[i] += dy * y * (1 - y);
+        din[i] = dy * y * (1 - y);
     }
 }
 
@@ -1496,8 +1500,11 @@ void mnist_autoencoder_backward(const mnist_autoencoder_context *ctx, const real
     real *workspace = ctx->workspace;
     (void)seed;
 
-    /* Activation gradients accumulate (+=) where branches meet, so they start at zero. */
-    memset(grad_acts + A_ENC1 * batch, 0, sizeof(real) * ZERO_ENC1 * batch);
+    /* Activation gradients add up (+=) where branches meet: those no first writer writes with `=`
+       start at zero. */
+    memset(grad_acts + A_ENC2 * batch, 0, sizeof(real) * ZERO_ENC2 * batch);
+    memset(grad_acts + A_DEC1_RELU * batch, 0, sizeof(real) * ZERO_DEC1_RELU * batch);
+    memset(grad_acts + A_DEC2_SIGMOID * batch, 0, sizeof(real) * ZERO_DEC2_SIGMOID * batch);
     mnist_autoencoder_loss_mse(acts + A_DEC2_SIGMOID * batch, grad_acts + A_DEC2_SIGMOID * batch, targets, batch, 1);
     mnist_autoencoder_dec2_sigmoid_backward(grad_acts + A_DEC2 * batch, grad_acts + A_DEC2_SIGMOID * batch, acts + A_DEC2_SIGMOID * batch, batch);
     mnist_autoencoder_dec2_backward(grad_acts + A_UP * batch, grads + P_DEC2_WEIGHT, grads + P_DEC2_BIAS, grad_acts + A_DEC2 * batch, acts + A_UP * batch, params + P_DEC2_WEIGHT, workspace + WS_DEC2, batch);

@@ -48,9 +48,10 @@ typedef float real;
 #define WS_FC1 ((size_t)43596)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
-   those no backward writes (program.unmaterialised_gradients), neighbours merged. */
+   those no backward writes (program.unmaterialised_gradients) and those the first backward to
+   write them writes whole with `=` (program.initialised_gradients), neighbours merged. */
 #define ZERO_CONV1 ((size_t)4608) /* conv1 */
-#define ZERO_POOL ((size_t)938) /* pool .. fc2 */
+#define ZERO_FC2 ((size_t)10) /* fc2 */
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -1081,7 +1082,7 @@ static void mnist_seed_fc1_forward(
  * pool [N, 800] -> fc1 [N, 128]
  * weight [128, 800], bias [128]: 102528 trainable parameters
  * dweight[OUT, IN] += dout[batch, OUT]^T x in[batch, IN]; dbias[o] += sum_b dout[b,o];
- *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]; dout is first masked where the fused
+ *   din[batch, IN] = dout[batch, OUT] x weight[OUT, IN]; dout is first masked where the fused
  *   relu's output is 0, a block of samples at a time
  */
 static void mnist_seed_fc1_backward(
@@ -1108,7 +1109,7 @@ static void mnist_seed_fc1_backward(
             dblock[i] = out[b * OUT + (size_t)i] > 0 ? dout[b * OUT + (size_t)i] : 0;
         /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
         mnist_seed_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        mnist_seed_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        mnist_seed_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 0);
         for (int r = 0; r < rows; r++)
             for (int o = 0; o < OUT; o++)
                 dbias[o] += dblock[(size_t)r * OUT + o];
@@ -1148,7 +1149,7 @@ static void mnist_seed_fc2_forward(
  * fc1 [N, 128] -> fc2 [N, 10]
  * weight [10, 128], bias [10]: 1290 trainable parameters
  * dweight[OUT, IN] += dout[batch, OUT]^T x in[batch, IN]; dbias[o] += sum_b dout[b,o];
- *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]
+ *   din[batch, IN] = dout[batch, OUT] x weight[OUT, IN]
  */
 static void mnist_seed_fc2_backward(
     real *restrict din,                     /* fc1 [N, 128] */
@@ -1169,7 +1170,7 @@ static void mnist_seed_fc2_backward(
         const real *restrict dblock = dout + b * OUT;
         /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
         mnist_seed_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        mnist_seed_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        mnist_seed_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 0);
         for (int r = 0; r < rows; r++)
             for (int o = 0; o < OUT; o++)
                 dbias[o] += dblock[(size_t)r * OUT + o];
@@ -1245,9 +1246,10 @@ void mnist_seed_backward(const mnist_seed_context *ctx, const real *input, const
     real *workspace = ctx->workspace;
     (void)seed;
 
-    /* Activation gradients accumulate (+=) where branches meet, so they start at zero. */
+    /* Activation gradients add up (+=) where branches meet: those no first writer writes with `=`
+       start at zero. */
     memset(grad_acts + A_CONV1 * batch, 0, sizeof(real) * ZERO_CONV1 * batch);
-    memset(grad_acts + A_POOL * batch, 0, sizeof(real) * ZERO_POOL * batch);
+    memset(grad_acts + A_FC2 * batch, 0, sizeof(real) * ZERO_FC2 * batch);
     mnist_seed_loss_softmax_cross_entropy(acts + A_FC2 * batch, grad_acts + A_FC2 * batch, targets, batch, 1);
     mnist_seed_fc2_backward(grad_acts + A_FC1 * batch, grads + P_FC2_WEIGHT, grads + P_FC2_BIAS, grad_acts + A_FC2 * batch, acts + A_FC1 * batch, params + P_FC2_WEIGHT, batch);
     mnist_seed_fc1_backward(grad_acts + A_POOL * batch, grads + P_FC1_WEIGHT, grads + P_FC1_BIAS, grad_acts + A_FC1 * batch, acts + A_FC1 * batch, acts + A_POOL * batch, params + P_FC1_WEIGHT, workspace + WS_FC1, batch);

@@ -117,8 +117,9 @@ typedef float real;
 #define WS_S3_SHORTCUT ((size_t)1241606)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
-   those no backward writes (program.unmaterialised_gradients), neighbours merged. */
-#define ZERO_STEM ((size_t)188490) /* stem .. fc */
+   those no backward writes (program.unmaterialised_gradients) and those the first backward to
+   write them writes whole with `=` (program.initialised_gradients), neighbours merged. */
+#define ZERO_FC ((size_t)10) /* fc */
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -928,7 +929,7 @@ static void resnet8_stem_bn_forward(
 /* ---- stem_bn: batchnorm backward (training mode) (spec line 11)
  * stem [N, 16, 32, 32] -> stem_bn [N, 16, 32, 32]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
  *   fused relu's output is (out = max(0, y))
  */
@@ -1003,7 +1004,7 @@ static void resnet8_stem_bn_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real d = dout[i], g_out = out[i] > 0 ? d : 0;
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -1266,7 +1267,7 @@ static void resnet8_s1_conv1_forward(
  * weight [16, 16, 3, 3], bias [16]: 2320 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
- *   dout[oc]; din = the stride-1 conv of dout, padded, with the flipped kernel
+ *   dout[oc]; din += the stride-1 conv of dout, padded, with the flipped kernel
  */
 static void resnet8_s1_conv1_backward(
     real *restrict din,                     /* stem_bn [N, 16, 32, 32] */
@@ -1803,7 +1804,7 @@ static void resnet8_s1_bn1_forward(
 /* ---- s1_bn1: batchnorm backward (training mode) (spec line 15)
  * s1_conv1 [N, 16, 32, 32] -> s1_bn1 [N, 16, 32, 32]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
  *   fused relu's output is (out = max(0, y))
  */
@@ -1878,7 +1879,7 @@ static void resnet8_s1_bn1_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real d = dout[i], g_out = out[i] > 0 ? d : 0;
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -2391,7 +2392,7 @@ static void resnet8_s1_conv2_backward(
                     }
                 }
                 {
-                    /* din += the 3x3 conv of dout, zero-padded by (DPAD_TOP, DPAD_LEFT), with U */
+                    /* din = the 3x3 conv of dout, zero-padded by (DPAD_TOP, DPAD_LEFT), with U */
                     const real *restrict filters = din_filters;
                     real *restrict padded = scratch + SCRATCH_DIN_PADDED;   /* [C_OUT, DIN_WINO_H, 2, DIN_HALF_W] */
                     real *restrict tiles_in = scratch + SCRATCH_DIN_TILES_IN;   /* 16 x [C_OUT, DIN_TILE_BLOCK] */
@@ -2509,14 +2510,14 @@ static void resnet8_s1_conv2_backward(
                                         real *restrict yo = y0 + (size_t)i * W_IN + 2 * t;
                                         if (2 * (t + n) <= W_IN) {
                                             for (int l = 0; l < n; l++) {
-                                                yo[2 * l] += y[i][0][l];
-                                                yo[2 * l + 1] += y[i][1][l];
+                                                yo[2 * l] = y[i][0][l];
+                                                yo[2 * l + 1] = y[i][1][l];
                                             }
                                         } else {
                                             for (int l = 0; l < n; l++) {
-                                                yo[2 * l] += y[i][0][l];
+                                                yo[2 * l] = y[i][0][l];
                                                 if (2 * (t + l) + 1 < W_IN)
-                                                    yo[2 * l + 1] += y[i][1][l];
+                                                    yo[2 * l + 1] = y[i][1][l];
                                             }
                                         }
                                     }
@@ -2678,7 +2679,7 @@ static void resnet8_s1_bn2_forward(
 /* ---- s1_bn2: batchnorm backward (training mode) (spec line 18)
  * s1_conv2 [N, 16, 32, 32] -> s1_bn2 [N, 16, 32, 32]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
  */
 static void resnet8_s1_bn2_backward(
@@ -2747,7 +2748,7 @@ static void resnet8_s1_bn2_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real g_out = dout[i];
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -2776,7 +2777,7 @@ static void resnet8_s1_add_forward(
 
 /* ---- s1_add: add backward (spec line 19)
  * stem_bn [N, 16, 32, 32], s1_bn2 [N, 16, 32, 32] -> s1_add [N, 16, 32, 32]
- * every input's gradient += dout, where out > 0 (the fused relu)
+ * stem_bn's gradient = dout, s1_bn2's gradient = dout, where out > 0 (the fused relu)
  */
 static void resnet8_s1_add_backward(
     real *din0,                             /* stem_bn [N, 16, 32, 32] */
@@ -2789,15 +2790,13 @@ static void resnet8_s1_add_backward(
         SIZE = 16384
     };
     const size_t elements = batch * SIZE;
+    /* One pass for every input: the din are not restrict, two inputs may be the same tensor
+       (then the first writes and the second adds, in that order, element by element). */
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {  /* din0 is not restrict: two inputs may be the same tensor */
-        const real d = dout[i];               /* loaded first: a select, not a branch */
-        din0[i] += out[i] > 0 ? d : 0;
-    }
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {  /* din1 is not restrict: two inputs may be the same tensor */
-        const real d = dout[i];               /* loaded first: a select, not a branch */
-        din1[i] += out[i] > 0 ? d : 0;
+    for (size_t i = 0; i < elements; i++) {
+        const real d = dout[i], g = out[i] > 0 ? d : 0;   /* dout loaded first: a select, not a branch */
+        din0[i] = g;
+        din1[i] = g;
     }
 }
 
@@ -3092,7 +3091,7 @@ static void resnet8_s2_bn1_forward(
 /* ---- s2_bn1: batchnorm backward (training mode) (spec line 23)
  * s2_conv1 [N, 32, 16, 16] -> s2_bn1 [N, 32, 16, 16]
  * gamma [32], beta [32], running_mean [32], running_var [32]: 64 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
  *   fused relu's output is (out = max(0, y))
  */
@@ -3167,7 +3166,7 @@ static void resnet8_s2_bn1_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real d = dout[i], g_out = out[i] > 0 ? d : 0;
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -3869,7 +3868,7 @@ static void resnet8_s2_conv2_backward(
                     }
                 }
                 {
-                    /* din += the 3x3 conv of dout, zero-padded by (DPAD_TOP, DPAD_LEFT), with U */
+                    /* din = the 3x3 conv of dout, zero-padded by (DPAD_TOP, DPAD_LEFT), with U */
                     const real *restrict filters = din_filters;
                     real *restrict padded = scratch + SCRATCH_DIN_PADDED;   /* [C_OUT, DIN_WINO_H, 2, DIN_HALF_W] */
                     real *restrict tiles_in = scratch + SCRATCH_DIN_TILES_IN;   /* 16 x [C_OUT, DIN_TILE_BLOCK] */
@@ -3987,14 +3986,14 @@ static void resnet8_s2_conv2_backward(
                                         real *restrict yo = y0 + (size_t)i * W_IN + 2 * t;
                                         if (2 * (t + n) <= W_IN) {
                                             for (int l = 0; l < n; l++) {
-                                                yo[2 * l] += y[i][0][l];
-                                                yo[2 * l + 1] += y[i][1][l];
+                                                yo[2 * l] = y[i][0][l];
+                                                yo[2 * l + 1] = y[i][1][l];
                                             }
                                         } else {
                                             for (int l = 0; l < n; l++) {
-                                                yo[2 * l] += y[i][0][l];
+                                                yo[2 * l] = y[i][0][l];
                                                 if (2 * (t + l) + 1 < W_IN)
-                                                    yo[2 * l + 1] += y[i][1][l];
+                                                    yo[2 * l + 1] = y[i][1][l];
                                             }
                                         }
                                     }
@@ -4156,7 +4155,7 @@ static void resnet8_s2_bn2_forward(
 /* ---- s2_bn2: batchnorm backward (training mode) (spec line 26)
  * s2_conv2 [N, 32, 16, 16] -> s2_bn2 [N, 32, 16, 16]
  * gamma [32], beta [32], running_mean [32], running_var [32]: 64 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
  */
 static void resnet8_s2_bn2_backward(
@@ -4225,7 +4224,7 @@ static void resnet8_s2_bn2_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real g_out = dout[i];
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -4397,6 +4396,7 @@ static void resnet8_s2_shortcut_backward(
                 /* The patch matrix is no longer needed: its buffer takes dpatches. */
                 resnet8_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
                         dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
+                memset(din_group, 0, sizeof(real) * C_IN_PER_GROUP * H_IN * W_IN);  /* the first to write it: col2im adds */
                 resnet8_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
                        PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             }
@@ -4438,7 +4438,7 @@ static void resnet8_s2_add_forward(
 
 /* ---- s2_add: add backward (spec line 28)
  * s2_shortcut [N, 32, 16, 16], s2_bn2 [N, 32, 16, 16] -> s2_add [N, 32, 16, 16]
- * every input's gradient += dout, where out > 0 (the fused relu)
+ * s2_shortcut's gradient = dout, s2_bn2's gradient = dout, where out > 0 (the fused relu)
  */
 static void resnet8_s2_add_backward(
     real *din0,                             /* s2_shortcut [N, 32, 16, 16] */
@@ -4451,15 +4451,13 @@ static void resnet8_s2_add_backward(
         SIZE = 8192
     };
     const size_t elements = batch * SIZE;
+    /* One pass for every input: the din are not restrict, two inputs may be the same tensor
+       (then the first writes and the second adds, in that order, element by element). */
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {  /* din0 is not restrict: two inputs may be the same tensor */
-        const real d = dout[i];               /* loaded first: a select, not a branch */
-        din0[i] += out[i] > 0 ? d : 0;
-    }
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {  /* din1 is not restrict: two inputs may be the same tensor */
-        const real d = dout[i];               /* loaded first: a select, not a branch */
-        din1[i] += out[i] > 0 ? d : 0;
+    for (size_t i = 0; i < elements; i++) {
+        const real d = dout[i], g = out[i] > 0 ? d : 0;   /* dout loaded first: a select, not a branch */
+        din0[i] = g;
+        din1[i] = g;
     }
 }
 
@@ -4754,7 +4752,7 @@ static void resnet8_s3_bn1_forward(
 /* ---- s3_bn1: batchnorm backward (training mode) (spec line 32)
  * s3_conv1 [N, 64, 8, 8] -> s3_bn1 [N, 64, 8, 8]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
  *   fused relu's output is (out = max(0, y))
  */
@@ -4829,7 +4827,7 @@ static void resnet8_s3_bn1_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real d = dout[i], g_out = out[i] > 0 ? d : 0;
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -5342,7 +5340,7 @@ static void resnet8_s3_conv2_backward(
                     }
                 }
                 {
-                    /* din += the 3x3 conv of dout, zero-padded by (DPAD_TOP, DPAD_LEFT), with U */
+                    /* din = the 3x3 conv of dout, zero-padded by (DPAD_TOP, DPAD_LEFT), with U */
                     const real *restrict filters = din_filters;
                     real *restrict padded = scratch + SCRATCH_DIN_PADDED;   /* [C_OUT, DIN_WINO_H, 2, DIN_HALF_W] */
                     real *restrict tiles_in = scratch + SCRATCH_DIN_TILES_IN;   /* 16 x [C_OUT, DIN_TILE_BLOCK] */
@@ -5460,14 +5458,14 @@ static void resnet8_s3_conv2_backward(
                                         real *restrict yo = y0 + (size_t)i * W_IN + 2 * t;
                                         if (2 * (t + n) <= W_IN) {
                                             for (int l = 0; l < n; l++) {
-                                                yo[2 * l] += y[i][0][l];
-                                                yo[2 * l + 1] += y[i][1][l];
+                                                yo[2 * l] = y[i][0][l];
+                                                yo[2 * l + 1] = y[i][1][l];
                                             }
                                         } else {
                                             for (int l = 0; l < n; l++) {
-                                                yo[2 * l] += y[i][0][l];
+                                                yo[2 * l] = y[i][0][l];
                                                 if (2 * (t + l) + 1 < W_IN)
-                                                    yo[2 * l + 1] += y[i][1][l];
+                                                    yo[2 * l + 1] = y[i][1][l];
                                             }
                                         }
                                     }
@@ -5629,7 +5627,7 @@ static void resnet8_s3_bn2_forward(
 /* ---- s3_bn2: batchnorm backward (training mode) (spec line 35)
  * s3_conv2 [N, 64, 8, 8] -> s3_bn2 [N, 64, 8, 8]
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
  */
 static void resnet8_s3_bn2_backward(
@@ -5698,7 +5696,7 @@ static void resnet8_s3_bn2_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real g_out = dout[i];
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -5870,6 +5868,7 @@ static void resnet8_s3_shortcut_backward(
                 /* The patch matrix is no longer needed: its buffer takes dpatches. */
                 resnet8_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
                         dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
+                memset(din_group, 0, sizeof(real) * C_IN_PER_GROUP * H_IN * W_IN);  /* the first to write it: col2im adds */
                 resnet8_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
                        PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             }
@@ -5911,7 +5910,7 @@ static void resnet8_s3_add_forward(
 
 /* ---- s3_add: add backward (spec line 37)
  * s3_shortcut [N, 64, 8, 8], s3_bn2 [N, 64, 8, 8] -> s3_add [N, 64, 8, 8]
- * every input's gradient += dout, where out > 0 (the fused relu)
+ * s3_shortcut's gradient = dout, s3_bn2's gradient = dout, where out > 0 (the fused relu)
  */
 static void resnet8_s3_add_backward(
     real *din0,                             /* s3_shortcut [N, 64, 8, 8] */
@@ -5924,15 +5923,13 @@ static void resnet8_s3_add_backward(
         SIZE = 4096
     };
     const size_t elements = batch * SIZE;
+    /* One pass for every input: the din are not restrict, two inputs may be the same tensor
+       (then the first writes and the second adds, in that order, element by element). */
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {  /* din0 is not restrict: two inputs may be the same tensor */
-        const real d = dout[i];               /* loaded first: a select, not a branch */
-        din0[i] += out[i] > 0 ? d : 0;
-    }
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {  /* din1 is not restrict: two inputs may be the same tensor */
-        const real d = dout[i];               /* loaded first: a select, not a branch */
-        din1[i] += out[i] > 0 ? d : 0;
+    for (size_t i = 0; i < elements; i++) {
+        const real d = dout[i], g = out[i] > 0 ? d : 0;   /* dout loaded first: a select, not a branch */
+        din0[i] = g;
+        din1[i] = g;
     }
 }
 
@@ -6005,6 +6002,7 @@ static void resnet8_pool_backward(
     for (size_t plane = 0; plane < batch * C; plane++) {
         const real *restrict dout_plane = dout + plane * (size_t)(H_OUT * W_OUT);
         real *restrict din_plane = din + plane * (size_t)(H_IN * W_IN);
+        memset(din_plane, 0, sizeof(real) * H_IN * W_IN);  /* the first to write it: windows may overlap or miss cells */
         for (int oh = 0; oh < H_OUT; oh++) {
             const int ih0 = oh * STRIDE_H - PAD_TOP;
             const int kh_first = resnet8_window_first(ih0), kh_end = resnet8_window_end(ih0, H_IN, KH);
@@ -6053,7 +6051,7 @@ static void resnet8_fc_forward(
  * pool [N, 64] -> fc [N, 10]
  * weight [10, 64], bias [10]: 650 trainable parameters
  * dweight[OUT, IN] += dout[batch, OUT]^T x in[batch, IN]; dbias[o] += sum_b dout[b,o];
- *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]
+ *   din[batch, IN] = dout[batch, OUT] x weight[OUT, IN]
  */
 static void resnet8_fc_backward(
     real *restrict din,                     /* pool [N, 64] */
@@ -6074,7 +6072,7 @@ static void resnet8_fc_backward(
         const real *restrict dblock = dout + b * OUT;
         /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
         resnet8_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        resnet8_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        resnet8_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 0);
         for (int r = 0; r < rows; r++)
             for (int o = 0; o < OUT; o++)
                 dbias[o] += dblock[(size_t)r * OUT + o];
@@ -6165,8 +6163,9 @@ void resnet8_backward(const resnet8_context *ctx, const real *input, const int32
     real *workspace = ctx->workspace;
     (void)seed;
 
-    /* Activation gradients accumulate (+=) where branches meet, so they start at zero. */
-    memset(grad_acts + A_STEM * batch, 0, sizeof(real) * ZERO_STEM * batch);
+    /* Activation gradients add up (+=) where branches meet: those no first writer writes with `=`
+       start at zero. */
+    memset(grad_acts + A_FC * batch, 0, sizeof(real) * ZERO_FC * batch);
     resnet8_loss_softmax_cross_entropy(acts + A_FC * batch, grad_acts + A_FC * batch, targets, batch, 1);
     resnet8_fc_backward(grad_acts + A_POOL * batch, grads + P_FC_WEIGHT, grads + P_FC_BIAS, grad_acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, batch);
     resnet8_pool_backward(grad_acts + A_S3_ADD * batch, grad_acts + A_POOL * batch, batch);

@@ -78,8 +78,9 @@ typedef float real;
 #define WS_POINTWISE ((size_t)238522)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
-   those no backward writes (program.unmaterialised_gradients), neighbours merged. */
-#define ZERO_STEM ((size_t)39050) /* stem .. classifier */
+   those no backward writes (program.unmaterialised_gradients) and those the first backward to
+   write them writes whole with `=` (program.initialised_gradients), neighbours merged. */
+#define ZERO_CLASSIFIER ((size_t)10) /* classifier */
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -879,7 +880,7 @@ static void resnet_small_stem_bn_forward(
 /* ---- stem_bn: batchnorm backward (training mode) (spec line 7)
  * stem [N, 16, 16, 16] -> stem_bn [N, 16, 16, 16]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
  *   fused relu's output is (out = max(0, y))
  */
@@ -954,7 +955,7 @@ static void resnet_small_stem_bn_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real d = dout[i], g_out = out[i] > 0 ? d : 0;
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -1214,8 +1215,8 @@ static void resnet_small_block1_conv1_forward(
  * stem_bn [N, 16, 16, 16] -> block1_conv1 [N, 16, 16, 16]
  * weight [16, 16, 3, 3]: 2304 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
- *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); din = the stride-1 conv of
- *   dout, padded, with the flipped kernel
+ *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); din += the stride-1 conv
+ *   of dout, padded, with the flipped kernel
  */
 static void resnet_small_block1_conv1_backward(
     real *restrict din,                     /* stem_bn [N, 16, 16, 16] */
@@ -1745,7 +1746,7 @@ static void resnet_small_block1_bn1_forward(
 /* ---- block1_bn1: batchnorm backward (training mode) (spec line 10)
  * block1_conv1 [N, 16, 16, 16] -> block1_bn1 [N, 16, 16, 16]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
  *   fused relu's output is (out = max(0, y))
  */
@@ -1820,7 +1821,7 @@ static void resnet_small_block1_bn1_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real d = dout[i], g_out = out[i] > 0 ? d : 0;
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -2326,7 +2327,7 @@ static void resnet_small_block1_conv2_backward(
                     }
                 }
                 {
-                    /* din += the 3x3 conv of dout, zero-padded by (DPAD_TOP, DPAD_LEFT), with U */
+                    /* din = the 3x3 conv of dout, zero-padded by (DPAD_TOP, DPAD_LEFT), with U */
                     const real *restrict filters = din_filters;
                     real *restrict padded = scratch + SCRATCH_DIN_PADDED;   /* [C_OUT, DIN_WINO_H, 2, DIN_HALF_W] */
                     real *restrict tiles_in = scratch + SCRATCH_DIN_TILES_IN;   /* 16 x [C_OUT, DIN_TILE_BLOCK] */
@@ -2444,14 +2445,14 @@ static void resnet_small_block1_conv2_backward(
                                         real *restrict yo = y0 + (size_t)i * W_IN + 2 * t;
                                         if (2 * (t + n) <= W_IN) {
                                             for (int l = 0; l < n; l++) {
-                                                yo[2 * l] += y[i][0][l];
-                                                yo[2 * l + 1] += y[i][1][l];
+                                                yo[2 * l] = y[i][0][l];
+                                                yo[2 * l + 1] = y[i][1][l];
                                             }
                                         } else {
                                             for (int l = 0; l < n; l++) {
-                                                yo[2 * l] += y[i][0][l];
+                                                yo[2 * l] = y[i][0][l];
                                                 if (2 * (t + l) + 1 < W_IN)
-                                                    yo[2 * l + 1] += y[i][1][l];
+                                                    yo[2 * l + 1] = y[i][1][l];
                                             }
                                         }
                                     }
@@ -2611,7 +2612,7 @@ static void resnet_small_block1_bn2_forward(
 /* ---- block1_bn2: batchnorm backward (training mode) (spec line 13)
  * block1_conv2 [N, 16, 16, 16] -> block1_bn2 [N, 16, 16, 16]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din += gamma *
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
  */
 static void resnet_small_block1_bn2_backward(
@@ -2680,7 +2681,7 @@ static void resnet_small_block1_bn2_backward(
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
                     const real g_out = dout[i];
-                    din[i] += k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
     }
@@ -2709,7 +2710,7 @@ static void resnet_small_block1_add_forward(
 
 /* ---- block1_add: add backward (spec line 14)
  * block1_bn2 [N, 16, 16, 16], stem_bn [N, 16, 16, 16] -> block1_add [N, 16, 16, 16]
- * every input's gradient += dout, where out > 0 (the fused relu)
+ * block1_bn2's gradient = dout, stem_bn's gradient = dout, where out > 0 (the fused relu)
  */
 static void resnet_small_block1_add_backward(
     real *din0,                             /* block1_bn2 [N, 16, 16, 16] */
@@ -2722,15 +2723,13 @@ static void resnet_small_block1_add_backward(
         SIZE = 4096
     };
     const size_t elements = batch * SIZE;
+    /* One pass for every input: the din are not restrict, two inputs may be the same tensor
+       (then the first writes and the second adds, in that order, element by element). */
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {  /* din0 is not restrict: two inputs may be the same tensor */
-        const real d = dout[i];               /* loaded first: a select, not a branch */
-        din0[i] += out[i] > 0 ? d : 0;
-    }
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {  /* din1 is not restrict: two inputs may be the same tensor */
-        const real d = dout[i];               /* loaded first: a select, not a branch */
-        din1[i] += out[i] > 0 ? d : 0;
+    for (size_t i = 0; i < elements; i++) {
+        const real d = dout[i], g = out[i] > 0 ? d : 0;   /* dout loaded first: a select, not a branch */
+        din0[i] = g;
+        din1[i] = g;
     }
 }
 
@@ -2911,6 +2910,7 @@ static void resnet_small_down_backward(
                 /* The patch matrix is no longer needed: its buffer takes dpatches. */
                 resnet_small_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
                         dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
+                memset(din_group, 0, sizeof(real) * C_IN_PER_GROUP * H_IN * W_IN);  /* the first to write it: col2im adds */
                 resnet_small_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
                        PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             }
@@ -3319,7 +3319,7 @@ static void resnet_small_pointwise_backward(
                 const real *restrict dpad = dout_group;
                 const real *restrict flipped_group = flipped + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * KH * KW;
                 resnet_small_gemm_nn_taps(H_IN * W_IN, flipped_group, resnet_small_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * KH * KW), 1, dpad,
-                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 1);
+                             (taps){C_OUT_PER_GROUP, KH, KW, (ptrdiff_t)H_DPAD * W_DPAD, (ptrdiff_t)DIL_H * W_DPAD, DIL_W}, din_group, H_IN * W_IN, 0);
             }
         }
         for (int slot = 0; slot < samples; slot++) {
@@ -3377,13 +3377,13 @@ static void resnet_small_merged_backward(
             real *din = din0 + b * 32 * SPATIAL;
             const real *src = dout + (b * C_OUT + 0) * SPATIAL;
             for (int i = 0; i < 32 * SPATIAL; i++)
-                din[i] += src[i];
+                din[i] = src[i];
         }
         {
             real *din = din1 + b * 32 * SPATIAL;
             const real *src = dout + (b * C_OUT + 32) * SPATIAL;
             for (int i = 0; i < 32 * SPATIAL; i++)
-                din[i] += src[i];
+                din[i] = src[i];
         }
     }
 }
@@ -3425,7 +3425,7 @@ static void resnet_small_gap_backward(
     for (size_t plane = 0; plane < batch * C; plane++) {
         const real g = dout[plane] / SPATIAL;
         for (int s = 0; s < SPATIAL; s++)
-            din[plane * SPATIAL + s] += g;
+            din[plane * SPATIAL + s] = g;
     }
 }
 
@@ -3470,7 +3470,7 @@ static void resnet_small_drop_backward(
     const double RATE = 0.25;
     const real SCALE = (real)1.3333333333333333;
     for (size_t i = 0; i < batch * SIZE; i++)
-        din[i] += resnet_small_uniform01(seed, 1880425762u, i) >= RATE ? dout[i] * SCALE : 0;
+        din[i] = resnet_small_uniform01(seed, 1880425762u, i) >= RATE ? dout[i] * SCALE : 0;
 }
 
 /* ---- classifier: dense forward (spec line 22)
@@ -3506,7 +3506,7 @@ static void resnet_small_classifier_forward(
  * drop [N, 64] -> classifier [N, 10]
  * weight [10, 64], bias [10]: 650 trainable parameters
  * dweight[OUT, IN] += dout[batch, OUT]^T x in[batch, IN]; dbias[o] += sum_b dout[b,o];
- *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]
+ *   din[batch, IN] = dout[batch, OUT] x weight[OUT, IN]
  */
 static void resnet_small_classifier_backward(
     real *restrict din,                     /* drop [N, 64] */
@@ -3527,7 +3527,7 @@ static void resnet_small_classifier_backward(
         const real *restrict dblock = dout + b * OUT;
         /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
         resnet_small_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        resnet_small_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        resnet_small_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 0);
         for (int r = 0; r < rows; r++)
             for (int o = 0; o < OUT; o++)
                 dbias[o] += dblock[(size_t)r * OUT + o];
@@ -3609,8 +3609,9 @@ void resnet_small_backward(const resnet_small_context *ctx, const real *input, c
     real *grads = ctx->grads;
     real *workspace = ctx->workspace;
 
-    /* Activation gradients accumulate (+=) where branches meet, so they start at zero. */
-    memset(grad_acts + A_STEM * batch, 0, sizeof(real) * ZERO_STEM * batch);
+    /* Activation gradients add up (+=) where branches meet: those no first writer writes with `=`
+       start at zero. */
+    memset(grad_acts + A_CLASSIFIER * batch, 0, sizeof(real) * ZERO_CLASSIFIER * batch);
     resnet_small_loss_softmax_cross_entropy(acts + A_CLASSIFIER * batch, grad_acts + A_CLASSIFIER * batch, targets, batch, 1);
     resnet_small_classifier_backward(grad_acts + A_DROP * batch, grads + P_CLASSIFIER_WEIGHT, grads + P_CLASSIFIER_BIAS, grad_acts + A_CLASSIFIER * batch, acts + A_DROP * batch, params + P_CLASSIFIER_WEIGHT, batch);
     resnet_small_drop_backward(grad_acts + A_GAP * batch, grad_acts + A_DROP * batch, batch, seed);

@@ -45,8 +45,9 @@ typedef float real;
 #define WS_CONV2 ((size_t)1524)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
-   those no backward writes (program.unmaterialised_gradients), neighbours merged. */
-#define ZERO_POOL1 ((size_t)788) /* pool1 .. out */
+   those no backward writes (program.unmaterialised_gradients) and those the first backward to
+   write them writes whole with `=` (program.initialised_gradients), neighbours merged. */
+#define ZERO_OUT ((size_t)4) /* out */
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -1016,6 +1017,7 @@ static void signal1d_conv2_backward(
                 /* The patch matrix is no longer needed: its buffer takes dpatches. */
                 signal1d_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
                         dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
+                memset(din_group, 0, sizeof(real) * C_IN_PER_GROUP * H_IN * W_IN);  /* the first to write it: col2im adds */
                 signal1d_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
                        PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             }
@@ -1071,7 +1073,7 @@ static void signal1d_gap_backward(
     for (size_t plane = 0; plane < batch * C; plane++) {
         const real g = dout[plane] / SPATIAL;
         for (int s = 0; s < SPATIAL; s++)
-            din[plane * SPATIAL + s] += g;
+            din[plane * SPATIAL + s] = g;
     }
 }
 
@@ -1108,7 +1110,7 @@ static void signal1d_out_forward(
  * gap [N, 16] -> out [N, 4]
  * weight [4, 16], bias [4]: 68 trainable parameters
  * dweight[OUT, IN] += dout[batch, OUT]^T x in[batch, IN]; dbias[o] += sum_b dout[b,o];
- *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]
+ *   din[batch, IN] = dout[batch, OUT] x weight[OUT, IN]
  */
 static void signal1d_out_backward(
     real *restrict din,                     /* gap [N, 16] */
@@ -1129,7 +1131,7 @@ static void signal1d_out_backward(
         const real *restrict dblock = dout + b * OUT;
         /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
         signal1d_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        signal1d_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        signal1d_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 0);
         for (int r = 0; r < rows; r++)
             for (int o = 0; o < OUT; o++)
                 dbias[o] += dblock[(size_t)r * OUT + o];
@@ -1205,8 +1207,9 @@ void signal1d_backward(const signal1d_context *ctx, const real *input, const int
     real *workspace = ctx->workspace;
     (void)seed;
 
-    /* Activation gradients accumulate (+=) where branches meet, so they start at zero. */
-    memset(grad_acts + A_POOL1 * batch, 0, sizeof(real) * ZERO_POOL1 * batch);
+    /* Activation gradients add up (+=) where branches meet: those no first writer writes with `=`
+       start at zero. */
+    memset(grad_acts + A_OUT * batch, 0, sizeof(real) * ZERO_OUT * batch);
     signal1d_loss_softmax_cross_entropy(acts + A_OUT * batch, grad_acts + A_OUT * batch, targets, batch, 1);
     signal1d_out_backward(grad_acts + A_GAP * batch, grads + P_OUT_WEIGHT, grads + P_OUT_BIAS, grad_acts + A_OUT * batch, acts + A_GAP * batch, params + P_OUT_WEIGHT, batch);
     signal1d_gap_backward(grad_acts + A_CONV2 * batch, grad_acts + A_GAP * batch, batch);

@@ -47,8 +47,9 @@ typedef float real;
 #define WS_CONV3 ((size_t)343690)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
-   those no backward writes (program.unmaterialised_gradients), neighbours merged. */
-#define ZERO_CONV1 ((size_t)48818) /* conv1 .. classifier */
+   those no backward writes (program.unmaterialised_gradients) and those the first backward to
+   write them writes whole with `=` (program.initialised_gradients), neighbours merged. */
+#define ZERO_CLASSIFIER ((size_t)2) /* classifier */
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -922,6 +923,7 @@ static void three_conv_conv2_backward(
                 /* The patch matrix is no longer needed: its buffer takes dpatches. */
                 three_conv_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
                         dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
+                memset(din_group, 0, sizeof(real) * C_IN_PER_GROUP * H_IN * W_IN);  /* the first to write it: col2im adds */
                 three_conv_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
                        PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             }
@@ -1117,6 +1119,7 @@ static void three_conv_conv3_backward(
                 /* The patch matrix is no longer needed: its buffer takes dpatches. */
                 three_conv_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
                         dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
+                memset(din_group, 0, sizeof(real) * C_IN_PER_GROUP * H_IN * W_IN);  /* the first to write it: col2im adds */
                 three_conv_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
                        PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
             }
@@ -1168,7 +1171,7 @@ static void three_conv_classifier_forward(
  * conv3 [N, 4608] -> classifier [N, 2]
  * weight [2, 4608], bias [2]: 9218 trainable parameters
  * dweight[OUT, IN] += dout[batch, OUT]^T x in[batch, IN]; dbias[o] += sum_b dout[b,o];
- *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]
+ *   din[batch, IN] = dout[batch, OUT] x weight[OUT, IN]
  */
 static void three_conv_classifier_backward(
     real *restrict din,                     /* conv3 [N, 4608] */
@@ -1189,7 +1192,7 @@ static void three_conv_classifier_backward(
         const real *restrict dblock = dout + b * OUT;
         /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
         three_conv_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        three_conv_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        three_conv_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 0);
         for (int r = 0; r < rows; r++)
             for (int o = 0; o < OUT; o++)
                 dbias[o] += dblock[(size_t)r * OUT + o];
@@ -1264,8 +1267,9 @@ void three_conv_backward(const three_conv_context *ctx, const real *input, const
     real *workspace = ctx->workspace;
     (void)seed;
 
-    /* Activation gradients accumulate (+=) where branches meet, so they start at zero. */
-    memset(grad_acts + A_CONV1 * batch, 0, sizeof(real) * ZERO_CONV1 * batch);
+    /* Activation gradients add up (+=) where branches meet: those no first writer writes with `=`
+       start at zero. */
+    memset(grad_acts + A_CLASSIFIER * batch, 0, sizeof(real) * ZERO_CLASSIFIER * batch);
     three_conv_loss_softmax_cross_entropy(acts + A_CLASSIFIER * batch, grad_acts + A_CLASSIFIER * batch, targets, batch, 1);
     three_conv_classifier_backward(grad_acts + A_CONV3 * batch, grads + P_CLASSIFIER_WEIGHT, grads + P_CLASSIFIER_BIAS, grad_acts + A_CLASSIFIER * batch, acts + A_CONV3 * batch, params + P_CLASSIFIER_WEIGHT, batch);
     three_conv_conv3_backward(grad_acts + A_CONV2 * batch, grads + P_CONV3_WEIGHT, grads + P_CONV3_BIAS, grad_acts + A_CONV3 * batch, acts + A_CONV3 * batch, acts + A_CONV2 * batch, params + P_CONV3_WEIGHT, workspace + WS_CONV3, batch);

@@ -53,10 +53,11 @@ typedef float real;
 #define WS_CONV2_2 ((size_t)1678918)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
-   those no backward writes (program.unmaterialised_gradients), neighbours merged. */
+   those no backward writes (program.unmaterialised_gradients) and those the first backward to
+   write them writes whole with `=` (program.initialised_gradients), neighbours merged. */
 #define ZERO_CONV1_1 ((size_t)65536) /* conv1_1 */
-#define ZERO_POOL1 ((size_t)49152) /* pool1 .. conv2_1 */
-#define ZERO_POOL2 ((size_t)8202) /* pool2 .. classifier */
+#define ZERO_CONV2_1 ((size_t)32768) /* conv2_1 */
+#define ZERO_CLASSIFIER ((size_t)10) /* classifier */
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -1938,7 +1939,7 @@ static void vgg_cifar_conv2_1_backward(
                     }
                 }
                 {
-                    /* din += the 3x3 conv of dout, zero-padded by (DPAD_TOP, DPAD_LEFT), with U */
+                    /* din = the 3x3 conv of dout, zero-padded by (DPAD_TOP, DPAD_LEFT), with U */
                     const real *restrict filters = din_filters;
                     real *restrict padded = scratch + SCRATCH_DIN_PADDED;   /* [C_OUT, DIN_WINO_H, 2, DIN_HALF_W] */
                     real *restrict tiles_in = scratch + SCRATCH_DIN_TILES_IN;   /* 16 x [C_OUT, DIN_TILE_BLOCK] */
@@ -2056,14 +2057,14 @@ static void vgg_cifar_conv2_1_backward(
                                         real *restrict yo = y0 + (size_t)i * W_IN + 2 * t;
                                         if (2 * (t + n) <= W_IN) {
                                             for (int l = 0; l < n; l++) {
-                                                yo[2 * l] += y[i][0][l];
-                                                yo[2 * l + 1] += y[i][1][l];
+                                                yo[2 * l] = y[i][0][l];
+                                                yo[2 * l + 1] = y[i][1][l];
                                             }
                                         } else {
                                             for (int l = 0; l < n; l++) {
-                                                yo[2 * l] += y[i][0][l];
+                                                yo[2 * l] = y[i][0][l];
                                                 if (2 * (t + l) + 1 < W_IN)
-                                                    yo[2 * l + 1] += y[i][1][l];
+                                                    yo[2 * l + 1] = y[i][1][l];
                                             }
                                         }
                                     }
@@ -2618,7 +2619,7 @@ static void vgg_cifar_classifier_forward(
  * pool2 [N, 8192] -> classifier [N, 10]
  * weight [10, 8192], bias [10]: 81930 trainable parameters
  * dweight[OUT, IN] += dout[batch, OUT]^T x in[batch, IN]; dbias[o] += sum_b dout[b,o];
- *   din[batch, IN] += dout[batch, OUT] x weight[OUT, IN]
+ *   din[batch, IN] = dout[batch, OUT] x weight[OUT, IN]
  */
 static void vgg_cifar_classifier_backward(
     real *restrict din,                     /* pool2 [N, 8192] */
@@ -2639,7 +2640,7 @@ static void vgg_cifar_classifier_backward(
         const real *restrict dblock = dout + b * OUT;
         /* dout^T as A: A[o, b] = dblock[b*OUT + o]. */
         vgg_cifar_gemm_nn(OUT, IN, rows, dblock, 1, OUT, in + b * IN, IN, dweight, IN, 1);
-        vgg_cifar_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 1);
+        vgg_cifar_gemm_nn(rows, IN, OUT, dblock, OUT, 1, weight, IN, din + b * IN, IN, 0);
         for (int r = 0; r < rows; r++)
             for (int o = 0; o < OUT; o++)
                 dbias[o] += dblock[(size_t)r * OUT + o];
@@ -2717,10 +2718,11 @@ void vgg_cifar_backward(const vgg_cifar_context *ctx, const real *input, const i
     real *workspace = ctx->workspace;
     (void)seed;
 
-    /* Activation gradients accumulate (+=) where branches meet, so they start at zero. */
+    /* Activation gradients add up (+=) where branches meet: those no first writer writes with `=`
+       start at zero. */
     memset(grad_acts + A_CONV1_1 * batch, 0, sizeof(real) * ZERO_CONV1_1 * batch);
-    memset(grad_acts + A_POOL1 * batch, 0, sizeof(real) * ZERO_POOL1 * batch);
-    memset(grad_acts + A_POOL2 * batch, 0, sizeof(real) * ZERO_POOL2 * batch);
+    memset(grad_acts + A_CONV2_1 * batch, 0, sizeof(real) * ZERO_CONV2_1 * batch);
+    memset(grad_acts + A_CLASSIFIER * batch, 0, sizeof(real) * ZERO_CLASSIFIER * batch);
     vgg_cifar_loss_softmax_cross_entropy(acts + A_CLASSIFIER * batch, grad_acts + A_CLASSIFIER * batch, targets, batch, 1);
     vgg_cifar_classifier_backward(grad_acts + A_POOL2 * batch, grads + P_CLASSIFIER_WEIGHT, grads + P_CLASSIFIER_BIAS, grad_acts + A_CLASSIFIER * batch, acts + A_POOL2 * batch, params + P_CLASSIFIER_WEIGHT, batch);
     vgg_cifar_conv2_2_backward(grad_acts + A_CONV2_1 * batch, grads + P_CONV2_2_WEIGHT, grads + P_CONV2_2_BIAS, grad_acts + A_POOL2 * batch, acts + A_POOL2 * batch, (const char *)(grad_acts + A_CONV2_2 * batch), acts + A_CONV2_1 * batch, params + P_CONV2_2_WEIGHT, workspace + WS_CONV2_2, batch);
