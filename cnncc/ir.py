@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import NamedTuple
+from typing import Mapping, NamedTuple, Sequence
 
 from .backends.plan import KernelPlan
 from .layers import Shape, as_chw, format_shape, numel
@@ -218,7 +218,7 @@ class Program:
         """Ops without a backward of their own -> the op whose backward does their part (the
         loss, for a sigmoid fused into binary cross-entropy). Cached: has_backward asks it for
         every op, and recomputing it each time made rendering quadratic in the op count."""
-        return absorbed_backward(self.ops, self.loss)
+        return absorbed_backward({op.name: op.pooled for op in self.ops if op.pooled}, self.loss)
 
     @property
     def backward_ops(self) -> tuple[Op, ...]:
@@ -226,7 +226,7 @@ class Program:
         return tuple(op for op in reversed(self.ops) if self.has_backward(op))
 
     def has_backward(self, op: Op) -> bool:
-        return self.loss is not None and op.runs_backward and op.name not in self.absorbed_backward
+        return has_own_backward(op, self.loss, self.absorbed_backward)
 
     @cached_property
     def initialised_gradients(self) -> frozenset[str]:
@@ -285,15 +285,21 @@ class Program:
         return sum(self.buffer_elements(batch, training).values()) * self.itemsize
 
 
-def absorbed_backward(ops: tuple[Op, ...] | list[Op], loss: Loss | None) -> dict[str, str]:
-    """Program.absorbed_backward of these ops (their `pooled` set) and loss."""
-    absorbed = {name: op.name for op in ops if op.pooled for name in op.pooled.absorbed}
+def absorbed_backward(pooled: Mapping[str, PooledBackward], loss: Loss | None) -> dict[str, str]:
+    """Program.absorbed_backward, from the pooled backwards by conv name and the loss."""
+    absorbed = {name: conv for conv, p in pooled.items() for name in p.absorbed}
     if loss and loss.fused_op:
         absorbed[loss.fused_op] = "the loss"
     return absorbed
 
 
-def first_gradient_writes(ops: tuple[Op, ...] | list[Op], loss: Loss | None) -> dict[str, tuple[bool, ...]]:
+def has_own_backward(op: Op, loss: Loss | None, absorbed: Mapping[str, str]) -> bool:
+    """Program.has_backward: a loss to train for, and the op neither pruned nor absorbed."""
+    return loss is not None and op.runs_backward and op.name not in absorbed
+
+
+def first_gradient_writes(ops: Sequence[Op], pooled: Mapping[str, PooledBackward],
+                          loss: Loss | None) -> dict[str, tuple[bool, ...]]:
     """op name -> per input, whether its backward is the first in the reverse schedule to write
     that input's gradient (PlanRequest.first_gradient_writes). Activation gradients add up (+=)
     where branches meet; the first writer may write with `=` instead, and then nothing need zero
@@ -302,11 +308,11 @@ def first_gradient_writes(ops: tuple[Op, ...] | list[Op], loss: Loss | None) -> 
     absorbed, or no loss at all) write nothing."""
     if loss is None:
         return {}
-    absorbed = absorbed_backward(ops, loss)
+    absorbed = absorbed_backward(pooled, loss)
     written = {loss.logits.name}
     writes = {}
     for op in reversed(ops):
-        if not op.runs_backward or op.name in absorbed:
+        if not has_own_backward(op, loss, absorbed):
             continue
         firsts = []
         for t, needed in zip(op.inputs, op.input_grads):

@@ -119,8 +119,7 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector", fuse:
     if any(not layer.spec.trainable for layer in net.layers):  # fine-tuning: see _prune_backward
         lowered = _prune_backward(lowered)
     pooled = _pooled_backwards(lowered, chosen, keep={output.name} | ({loss.logits.name} if loss else set()))
-    first_writes = first_gradient_writes([replace(item.op, pooled=pooled.get(item.op.name)) for item in lowered],
-                                         loss)
+    first_writes = first_gradient_writes([item.op for item in lowered], pooled, loss)
     plans: dict = {}  # a network of many alike layers plans each kind of op once
     ops = [_planned(item, chosen, sample_slots, pooled, spec.path, plans, first_writes.get(item.op.name, ()))
            for item in lowered]
