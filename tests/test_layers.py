@@ -953,6 +953,13 @@ VARIANT_CASES = {
         _c("shifted_tall_cropped", VARIANT_IMG, type="conv2d", filters=9, kernel=[3, 1], padding=[1, 2]),
         # 16 filters: two 8-row blocks with 32 vector registers (not 12 + 4); 14 and 8 do it with 16
         _c("shifted_paired_rows", VARIANT_IMG, type="conv2d", filters=16, kernel=3, padding=1, pre=(5,)),
+        # weight gradients by products whose rows are the input's taps (16+ filters): row blocks of
+        # whole channels, 11 of 1x2 as 6 + 5 with 12-row blocks and 3 + 3 + 3 + 2 with 6, and of whole
+        # kernel rows, 5x3 as 4 + 1 kernel rows with 12-row blocks and 2 + 2 + 1 with 6
+        # (test_tap_row_blocks_are_covered)
+        _c("shifted_tap_channels", VARIANT_IMG, type="conv2d", filters=16, kernel=[1, 2], pre=(11,)),
+        _c("shifted_tap_kernel_rows", VARIANT_IMG, type="conv2d", filters=17, kernel=[5, 3], padding=[2, 1],
+           pre=(3,)),
         _c("shifted_pointwise", VARIANT_IMG, type="conv2d", filters=17, kernel=1, pre=(11,)),
         _c("shifted_grouped", VARIANT_IMG, type="conv2d", filters=18, kernel=3, groups=2, padding="same", pre=(10,)),
         _c("depthwise_same", VARIANT_IMG, type="conv2d", filters=10, kernel=3, groups=10, padding="same", pre=(10,)),
@@ -1061,6 +1068,39 @@ def test_depthwise_convs_take_the_depthwise_kernel():
     assert chosen == DEPTHWISE_CASES
     for i in range(6):
         assert {combo[i] for combo in settings} == {False, True}, i
+
+
+def tap_row_blocks(taps_per_channel_grid: tuple[int, int, int], nn_rows: int) -> set[str]:
+    """The row-block forms (templates/gemm.c.j2, gemm_nn_tap_columns) of a product whose rows are
+    CH x KH x KW taps, with blocks of at most nn_rows rows."""
+    ch, kh, kw = taps_per_channel_grid
+    if kh * kw == 1 or kw > nn_rows:
+        return {"plain rows"}
+    if kh * kw <= nn_rows:
+        channels = nn_rows // (kh * kw)
+        return {"whole channels"} | ({"channels left over"} if ch % channels else set())
+    return {"kernel rows"} | ({"kernel rows left over"} if kh % min(nn_rows // kw, kh) else set())
+
+
+def test_tap_row_blocks_are_covered():
+    """The variants' weight gradients by products over the input's taps take every row-block form
+    at 12-row blocks (AVX-512) and at 6 (AVX and the 16-byte fallback): test_isa.py builds and runs
+    them at each width."""
+    from cnncc.backends.vector.conv2d import SHIFTED
+
+    grids = []
+    for shape, cases in VARIANT_CASES.items():
+        spec = load_spec(group_spec(cases, "float64", "pre", group_name(shape, "float64", "pre")))
+        for op in lower(check_net(spec)).ops:
+            s = op.plan.settings
+            if op.plan.backward_template == SHIFTED and s.get("dweight") and not s["dweight_by_dots"] \
+                    and not s["winograd_dweight"]:
+                d = op.plan.backward_dims
+                grids.append((d["C_IN_PER_GROUP"], d["KH"], d["KW"]))
+    forms = {"whole channels", "channels left over", "kernel rows", "kernel rows left over"}
+    for nn_rows in (12, 6):
+        taken = set().union(*(tap_row_blocks(grid, nn_rows) for grid in grids))
+        assert forms <= taken, (nn_rows, forms - taken)
 
 
 WINOGRAD_CASES = {"conv_winograd", "winograd_same", "winograd_valid_relu", "winograd_blocks", "winograd_pad3",

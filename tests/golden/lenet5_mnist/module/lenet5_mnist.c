@@ -364,15 +364,59 @@ KERNEL_INLINE void lenet5_mnist_gemm_nn_columns(int M, int cols, const real *res
 }
 #undef GEMM_NN_TAIL_BLOCK
 
-/* Column block `block` of gemm_nn: NN_COLS columns (or the last, narrower ones). */
+/* Every row block of one column block of gemm_nn where A's rows are a conv's taps (a weight
+   gradient's patch matrix, read in place): the row blocks hold whole channels of taps, or whole
+   kernel rows of one channel where a channel's taps outnumber NN_ROWS. Every row of such a block
+   then lies a constant distance from the block's first, one pointer for them all. Blocks of
+   NN_ROWS rows that straddle channels and kernel rows need a pointer per row: with twelve of them
+   GCC ran out of general registers and moved a pointer out of a vector register before every
+   multiply-add (the stem's weight gradient ran at a quarter of the peak). Each element of C still
+   sums over k in the same order, so results are the same bits. */
+KERNEL_INLINE void lenet5_mnist_gemm_nn_tap_columns(int cols, const real *restrict a, taps at, ptrdiff_t a_col,
+                                       const real *restrict b, taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
+{
+    const int taps_per_channel = at.KH * at.KW;
+    if (taps_per_channel <= NN_ROWS) {
+        const int channels = NN_ROWS / taps_per_channel, whole = at.CH / channels * channels;
+        const taps block_taps = {channels, at.KH, at.KW, at.plane, at.step_h, at.step_w};
+        const taps rest_taps = {at.CH - whole, at.KH, at.KW, at.plane, at.step_h, at.step_w};
+        for (int ch = 0; ch < whole; ch += channels)
+            lenet5_mnist_gemm_nn_block(channels * taps_per_channel, cols, 0, a + ch * at.plane, block_taps, a_col, b, bt,
+                          c + ch * taps_per_channel * ldc, ldc, accumulate);
+        if (whole < at.CH)
+            lenet5_mnist_gemm_nn_block((at.CH - whole) * taps_per_channel, cols, 0, a + whole * at.plane, rest_taps, a_col,
+                          b, bt, c + whole * taps_per_channel * ldc, ldc, accumulate);
+        return;
+    }
+    const int kernel_rows = NN_ROWS / at.KW < at.KH ? NN_ROWS / at.KW : at.KH, whole = at.KH / kernel_rows * kernel_rows;
+    const taps block_taps = {1, kernel_rows, at.KW, at.plane, at.step_h, at.step_w};
+    const taps rest_taps = {1, at.KH - whole, at.KW, at.plane, at.step_h, at.step_w};
+    for (int ch = 0; ch < at.CH; ch++) {
+        for (int kh = 0; kh < whole; kh += kernel_rows)
+            lenet5_mnist_gemm_nn_block(kernel_rows * at.KW, cols, 0, a + ch * at.plane + kh * at.step_h, block_taps, a_col,
+                          b, bt, c + (ch * taps_per_channel + kh * at.KW) * ldc, ldc, accumulate);
+        if (whole < at.KH)
+            lenet5_mnist_gemm_nn_block((at.KH - whole) * at.KW, cols, 0, a + ch * at.plane + whole * at.step_h, rest_taps,
+                          a_col, b, bt, c + (ch * taps_per_channel + whole * at.KW) * ldc, ldc, accumulate);
+    }
+}
+
+/* Column block `block` of gemm_nn: NN_COLS columns (or the last, narrower ones). A's rows as a
+   conv's taps (more than one per channel, at most NN_ROWS along a kernel row) take the row
+   blocks of gemm_nn_tap_columns. */
 KERNEL_INLINE void lenet5_mnist_gemm_nn_strip(int block, int M, int N, const real *restrict a, taps at, ptrdiff_t a_col,
                                  const real *restrict b, taps bt, real *restrict c, ptrdiff_t ldc, int accumulate)
 {
-    const int j = block * NN_COLS;
-    if (N - j >= NN_COLS)
+    const int j = block * NN_COLS, cols = N - j >= NN_COLS ? NN_COLS : N - j;
+    if (at.KH * at.KW > 1 && at.KW <= NN_ROWS) {
+        if (cols == NN_COLS)
+            lenet5_mnist_gemm_nn_tap_columns(NN_COLS, a, at, a_col, b + j, bt, c + j, ldc, accumulate);
+        else
+            lenet5_mnist_gemm_nn_tap_columns(cols, a, at, a_col, b + j, bt, c + j, ldc, accumulate);
+    } else if (cols == NN_COLS)
         lenet5_mnist_gemm_nn_columns(M, NN_COLS, a, at, a_col, b + j, bt, c + j, ldc, accumulate);
     else
-        lenet5_mnist_gemm_nn_columns(M, N - j, a, at, a_col, b + j, bt, c + j, ldc, accumulate);
+        lenet5_mnist_gemm_nn_columns(M, cols, a, at, a_col, b + j, bt, c + j, ldc, accumulate);
 }
 
 /* C[m, n] (= or, with accumulate, +=) sum_k A[m, k] * B[k, n] for m over the taps of at, n < N,
