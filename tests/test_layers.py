@@ -946,6 +946,7 @@ VARIANT_FLAT = (45,)
 # so the other variants' thousands of them would each pay for its 48 x 64 x 3 x 3 conv.
 VARIANT_WIDE = (4, 12, 13)
 VARIANT_BATCH = 11
+VARIANT_PHASED = (2, 36, 70)  # strided convs whose output planes fill 32-column blocks
 VARIANT_CASES = {
     VARIANT_IMG: [
         _c("shifted_wide_padded", VARIANT_IMG, type="conv2d", filters=19, kernel=3, padding=1, pre=(11,)),
@@ -989,6 +990,15 @@ VARIANT_CASES = {
         _c("winograd_blocks", VARIANT_WIDE, type="conv2d", filters=64, kernel=3, padding=[2, 1], pre=(48,)),
         # one filter short of the Winograd threshold (WINOGRAD_MIN_CHANNELS): the direct conv
         _c("below_winograd", VARIANT_WIDE, type="conv2d", filters=15, kernel=3, padding=1, pre=(16,)),
+    ],
+    # strided input gradients by phases (_din_phases: output planes wide enough to fill the
+    # products' column blocks): a 3x3, a 1x1 (three of its four phases read no output: zero) and a
+    # dilated one with a stride along the width past its kernel (phases without taps both ways)
+    VARIANT_PHASED: [
+        _c("phased_strided", VARIANT_PHASED, type="conv2d", filters=7, kernel=3, stride=2, padding=1, pre=(3,)),
+        _c("phased_pointwise", VARIANT_PHASED, type="conv2d", filters=5, kernel=1, stride=2, bias=False),
+        _c("phased_dilated", VARIANT_PHASED, type="conv2d", filters=4, kernel=[3, 2], stride=[2, 3], dilation=[2, 1],
+           padding=[2, 1], activation="relu"),
     ],
     VARIANT_FLAT: [
         _c("dense_wide", VARIANT_FLAT, type="dense", units=37),
@@ -1080,6 +1090,25 @@ def tap_row_blocks(taps_per_channel_grid: tuple[int, int, int], nn_rows: int) ->
         channels = nn_rows // (kh * kw)
         return {"whole channels"} | ({"channels left over"} if ch % channels else set())
     return {"kernel rows"} | ({"kernel rows left over"} if kh % min(nn_rows // kw, kh) else set())
+
+
+def test_strided_input_gradients_go_by_phases_or_col2im():
+    """The variants' strided convs take both input-gradient forms of the im2col backward, and the
+    phased one with and without inputs no phase covers, and with and without padding dout."""
+    from cnncc.backends.vector.conv2d import IM2COL
+
+    by_phases, untouched, reads_dout = {}, set(), set()
+    for shape, cases in VARIANT_CASES.items():
+        spec = load_spec(group_spec(cases, "float64", "pre", group_name(shape, "float64", "pre")))
+        for op in lower(check_net(spec)).ops:
+            if op.plan.backward_template == IM2COL and op.plan.settings["din"]:
+                by_phases[op.layer] = op.plan.settings["din_by_phases"]
+                if by_phases[op.layer]:
+                    untouched.add(op.plan.settings["din_untouched"])
+                    reads_dout.add(op.plan.settings["din_dout_is_dpad"])
+    assert {k for k, v in by_phases.items() if v} >= {"phased_strided", "phased_pointwise", "phased_dilated"}
+    assert {k for k, v in by_phases.items() if not v} >= {"im2col_strided"}  # 6 x 7 output planes
+    assert untouched == {False, True} and reads_dout == {False, True}  # the 1x1 reads dout unpadded
 
 
 def test_tap_row_blocks_are_covered():

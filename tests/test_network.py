@@ -245,6 +245,10 @@ _BRANCHES = {
                       {"type": "conv2d", "filters": 16, "kernel": 3, "padding": "same", "activation": "relu"}),
     "conv_strided": ({"type": "conv2d", "filters": 16, "kernel": 3, "stride": 2, "padding": "same"},
                      {"type": "conv2d", "filters": 16, "kernel": 1, "stride": 2, "padding": "same"}),
+    # output planes wide enough for input gradients by phases (test_layers.VARIANT_PHASED): the 1x1's
+    # leaves three of its four phases at zero, writing first
+    "conv_strided_phases": ({"type": "conv2d", "filters": 4, "kernel": 3, "stride": 2, "padding": "same"},
+                            {"type": "conv2d", "filters": 4, "kernel": 1, "stride": 2, "padding": "same"}),
     "conv_depthwise": ({"type": "conv2d", "filters": 16, "kernel": 3, "padding": 1, "groups": 16},
                        {"type": "conv2d", "filters": 16, "kernel": 3, "padding": 1, "groups": 16,
                         "activation": "relu"}),
@@ -260,7 +264,9 @@ def _two_writers_spec(kind):
     if kind != "global_avgpool":
         layers.append({"name": "gap", "type": "global_avgpool"})
     layers.append({"name": "out", "type": "dense", "units": 3})
-    return _spec(f"writers_{kind}", {"channels": 16, "height": 6, "width": 6}, layers)
+    image = {"channels": 2, "height": 10, "width": 70} if kind == "conv_strided_phases" else \
+        {"channels": 16, "height": 6, "width": 6}
+    return _spec(f"writers_{kind}", image, layers)
 
 
 # and three more: two dense layers behind one flatten, concat and add of one tensor with itself
@@ -302,6 +308,8 @@ def test_a_gradient_two_layers_write_is_written_by_the_first_and_added_to_by_the
     assert writes[0][2] and not any(w for _, _, w in writes[1:]), writes
     assert len(writes) >= 2 and tensor.name in program.initialised_gradients
     assert tensor.name not in {r.first.name for r in program.zeroed_ranges()}
+    if kind == "conv_strided_phases":
+        assert all(op.plan.settings["din_by_phases"] for op in program.ops if op.layer in ("a", "b"))
     x, y = _problem(m, n=3, seed=11)
     seed = 3  # the dropout masks
 

@@ -1382,7 +1382,7 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
     const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* s2_conv1.bias [32] */
-    real *slots,                            /* 54304 elements of workspace */
+    real *slots,                            /* 72496 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1408,7 +1408,7 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 49696
+        SLOT_SIZE = 63280
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1438,7 +1438,7 @@ static void resnet8_s2_conv1_forward(
     const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* s2_conv1.bias [32] */
-    real *slots,                            /* 54304 elements of workspace */
+    real *slots,                            /* 72496 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1972,7 +1972,7 @@ KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
     const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
     const real *restrict bias,              /* s2_shortcut.bias [32] */
-    real *slots,                            /* 13344 elements of workspace */
+    real *slots,                            /* 17952 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1998,7 +1998,7 @@ KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 12832
+        SLOT_SIZE = 16928
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -2028,7 +2028,7 @@ static void resnet8_s2_shortcut_forward(
     const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
     const real *restrict bias,              /* s2_shortcut.bias [32] */
-    real *slots,                            /* 13344 elements of workspace */
+    real *slots,                            /* 17952 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -2478,7 +2478,7 @@ KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
     const real *restrict in,                /* s2_add [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
     const real *restrict bias,              /* s3_shortcut.bias [64] */
-    real *slots,                            /* 10304 elements of workspace */
+    real *slots,                            /* 14400 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -2504,7 +2504,7 @@ KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
         H_OUT = 8,
         W_OUT = 8,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 8256
+        SLOT_SIZE = 10304
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -2534,7 +2534,7 @@ static void resnet8_s3_shortcut_forward(
     const real *restrict in,                /* s2_add [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
     const real *restrict bias,              /* s3_shortcut.bias [64] */
-    real *slots,                            /* 10304 elements of workspace */
+    real *slots,                            /* 14400 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };

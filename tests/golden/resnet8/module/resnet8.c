@@ -106,15 +106,15 @@ typedef float real;
 #define WS_S1_CONV2 ((size_t)264534)
 #define WS_S1_BN2 ((size_t)467718)
 #define WS_S2_CONV1 ((size_t)467750)
-#define WS_S2_BN1 ((size_t)522054)
-#define WS_S2_CONV2 ((size_t)522118)
-#define WS_S2_BN2 ((size_t)820646)
-#define WS_S2_SHORTCUT ((size_t)820710)
-#define WS_S3_CONV1 ((size_t)834054)
-#define WS_S3_BN1 ((size_t)893510)
-#define WS_S3_CONV2 ((size_t)893638)
-#define WS_S3_BN2 ((size_t)1241478)
-#define WS_S3_SHORTCUT ((size_t)1241606)
+#define WS_S2_BN1 ((size_t)540246)
+#define WS_S2_CONV2 ((size_t)540310)
+#define WS_S2_BN2 ((size_t)838838)
+#define WS_S2_SHORTCUT ((size_t)838902)
+#define WS_S3_CONV1 ((size_t)856854)
+#define WS_S3_BN1 ((size_t)916310)
+#define WS_S3_CONV2 ((size_t)916438)
+#define WS_S3_BN2 ((size_t)1264278)
+#define WS_S3_SHORTCUT ((size_t)1264406)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients) and those the first backward to
@@ -2863,7 +2863,7 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
     const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* s2_conv1.bias [32] */
-    real *slots,                            /* 54304 elements of workspace */
+    real *slots,                            /* 72496 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -2889,7 +2889,7 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 49696
+        SLOT_SIZE = 63280
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -2919,7 +2919,7 @@ static void resnet8_s2_conv1_forward(
     const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* s2_conv1.bias [32] */
-    real *slots,                            /* 54304 elements of workspace */
+    real *slots,                            /* 72496 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -2939,7 +2939,8 @@ static void resnet8_s2_conv1_forward(
  * weight [32, 16, 3, 3], bias [32]: 4640 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
- *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im)
+ *   dout[oc]; din += phase by phase the stride-1 correlation of dout, padded, with the phase's
+ *   taps of the kernel, flipped
  */
 static void resnet8_s2_conv1_backward(
     real *restrict din,                     /* s1_add [N, 16, 32, 32] */
@@ -2948,7 +2949,7 @@ static void resnet8_s2_conv1_backward(
     const real *restrict dout,              /* s2_conv1 [N, 32, 16, 16] */
     const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
-    real *slots,                            /* 54304 elements of workspace */
+    real *slots,                            /* 72496 elements of workspace */
     size_t batch)
 {
     enum {
@@ -2973,12 +2974,70 @@ static void resnet8_s2_conv1_backward(
         W_OUT = 16,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 36864,
-        SCRATCH_DWEIGHT_T = 49696,
+        SCRATCH_DWEIGHT_T = 63280,
+        DIN_H_DPAD = 17,
+        DIN_W_DPAD = 17,
+        SCRATCH_DIN_PHASE = 54304,
+        SCRATCH_PHASE_WEIGHTS = 67888,
+        DIN_PAD_TOP = 1,
+        DIN_PAD_LEFT = 1,
+        SCRATCH_DIN_DPAD = 45056,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 49696,
-        SCRATCH_DWEIGHT_PART = 45056,
-        SCRATCH_DBIAS_PART = 49664
+        SLOT_SIZE = 63280,
+        SCRATCH_DWEIGHT_PART = 58640,
+        SCRATCH_DBIAS_PART = 63248
     };
+    /* The input gradient's phases: din[ic, FIRST_H + i*STRIDE_H, FIRST_W + j*STRIDE_W] (i < N_H,
+       j < N_W) takes the taps kh = KH0 + m*KH_STEP (m < TAPS_H), kw = KW0 + n*KW_STEP (n < TAPS_W),
+       through dout rows DOUT_STEP_H apart and columns DOUT_STEP_W apart. Its weights, flipped and
+       transposed: phase_weights[WEIGHTS + ((g*C_IN_PER_GROUP + ic)*C_OUT_PER_GROUP + oc)*TAPS
+       + m*TAPS_W + n] = weight[g*C_OUT_PER_GROUP + oc, ic, KH0 + (TAPS_H-1-m)*KH_STEP,
+       KW0 + (TAPS_W-1-n)*KW_STEP]. */
+    real *restrict phase_weights = slots + SCRATCH_PHASE_WEIGHTS;
+    {   /* phase 0: rows 0 + 2i, columns 0 + 2j, 2 x 2 taps */
+        enum { WEIGHTS = 0, TAPS_H = 2, TAPS_W = 2, KH0 = 0, KH_STEP = 2, KW0 = 0, KW_STEP = 2 };
+        for (int g = 0; g < GROUPS; g++)
+            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int m = 0; m < TAPS_H; m++)
+                        for (int n = 0; n < TAPS_W; n++)
+                            phase_weights[WEIGHTS + (((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * TAPS_H + m) * TAPS_W + n] =
+                                weight[((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH * KW
+                                       + (KH0 + (TAPS_H - 1 - m) * KH_STEP) * KW + KW0 + (TAPS_W - 1 - n) * KW_STEP];
+    }
+    {   /* phase 1: rows 0 + 2i, columns 1 + 2j, 2 x 1 taps */
+        enum { WEIGHTS = 2048, TAPS_H = 2, TAPS_W = 1, KH0 = 0, KH_STEP = 2, KW0 = 1, KW_STEP = 2 };
+        for (int g = 0; g < GROUPS; g++)
+            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int m = 0; m < TAPS_H; m++)
+                        for (int n = 0; n < TAPS_W; n++)
+                            phase_weights[WEIGHTS + (((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * TAPS_H + m) * TAPS_W + n] =
+                                weight[((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH * KW
+                                       + (KH0 + (TAPS_H - 1 - m) * KH_STEP) * KW + KW0 + (TAPS_W - 1 - n) * KW_STEP];
+    }
+    {   /* phase 2: rows 1 + 2i, columns 0 + 2j, 1 x 2 taps */
+        enum { WEIGHTS = 3072, TAPS_H = 1, TAPS_W = 2, KH0 = 1, KH_STEP = 2, KW0 = 0, KW_STEP = 2 };
+        for (int g = 0; g < GROUPS; g++)
+            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int m = 0; m < TAPS_H; m++)
+                        for (int n = 0; n < TAPS_W; n++)
+                            phase_weights[WEIGHTS + (((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * TAPS_H + m) * TAPS_W + n] =
+                                weight[((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH * KW
+                                       + (KH0 + (TAPS_H - 1 - m) * KH_STEP) * KW + KW0 + (TAPS_W - 1 - n) * KW_STEP];
+    }
+    {   /* phase 3: rows 1 + 2i, columns 1 + 2j, 1 x 1 taps */
+        enum { WEIGHTS = 4096, TAPS_H = 1, TAPS_W = 1, KH0 = 1, KH_STEP = 2, KW0 = 1, KW_STEP = 2 };
+        for (int g = 0; g < GROUPS; g++)
+            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int m = 0; m < TAPS_H; m++)
+                        for (int n = 0; n < TAPS_W; n++)
+                            phase_weights[WEIGHTS + (((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * TAPS_H + m) * TAPS_W + n] =
+                                weight[((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH * KW
+                                       + (KH0 + (TAPS_H - 1 - m) * KH_STEP) * KW + KW0 + (TAPS_W - 1 - n) * KW_STEP];
+    }
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
@@ -3013,11 +3072,57 @@ static void resnet8_s2_conv1_backward(
                         dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
                 resnet8_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
                         dweight_t_group, C_OUT_PER_GROUP, 0);
-                /* The patch matrix is no longer needed: its buffer takes dpatches. */
-                resnet8_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
-                        dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
-                resnet8_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                real *restrict dpad = scratch + SCRATCH_DIN_DPAD;       /* [C_OUT_PER_GROUP, DIN_H_DPAD, DIN_W_DPAD] */
+                resnet8_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DIN_PAD_TOP, DIN_PAD_LEFT, DIN_H_DPAD, DIN_W_DPAD);
+                real *restrict phase_din = scratch + SCRATCH_DIN_PHASE; /* [C_IN_PER_GROUP, the phase's wide pixels] */
+                {   /* phase 0: din rows 0 + 2i (i < 16), columns 0 + 2j (j < 16) */
+                    enum { WEIGHTS = 0, TAPS = 4, FIRST_H = 0, FIRST_W = 0, N_H = 16, N_W = 16, WIDE = 271 };
+                    resnet8_gemm_nn_taps(WIDE, phase_weights + WEIGHTS + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * TAPS,
+                                 resnet8_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * TAPS), 1, dpad + 0,
+                                 (taps){C_OUT_PER_GROUP, 2, 2, (ptrdiff_t)DIN_H_DPAD * DIN_W_DPAD, (ptrdiff_t)1 * DIN_W_DPAD, 1},
+                                 phase_din, WIDE, 0);
+                    for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                        for (int i = 0; i < N_H; i++)
+                            for (int j = 0; j < N_W; j++)
+                                din_group[((size_t)ic * H_IN + FIRST_H + i * STRIDE_H) * W_IN + FIRST_W + j * STRIDE_W] +=
+                                    phase_din[(size_t)ic * WIDE + i * DIN_W_DPAD + j];
+                }
+                {   /* phase 1: din rows 0 + 2i (i < 16), columns 1 + 2j (j < 16) */
+                    enum { WEIGHTS = 2048, TAPS = 2, FIRST_H = 0, FIRST_W = 1, N_H = 16, N_W = 16, WIDE = 271 };
+                    resnet8_gemm_nn_taps(WIDE, phase_weights + WEIGHTS + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * TAPS,
+                                 resnet8_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * TAPS), 1, dpad + 1,
+                                 (taps){C_OUT_PER_GROUP, 2, 1, (ptrdiff_t)DIN_H_DPAD * DIN_W_DPAD, (ptrdiff_t)1 * DIN_W_DPAD, 1},
+                                 phase_din, WIDE, 0);
+                    for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                        for (int i = 0; i < N_H; i++)
+                            for (int j = 0; j < N_W; j++)
+                                din_group[((size_t)ic * H_IN + FIRST_H + i * STRIDE_H) * W_IN + FIRST_W + j * STRIDE_W] +=
+                                    phase_din[(size_t)ic * WIDE + i * DIN_W_DPAD + j];
+                }
+                {   /* phase 2: din rows 1 + 2i (i < 16), columns 0 + 2j (j < 16) */
+                    enum { WEIGHTS = 3072, TAPS = 2, FIRST_H = 1, FIRST_W = 0, N_H = 16, N_W = 16, WIDE = 271 };
+                    resnet8_gemm_nn_taps(WIDE, phase_weights + WEIGHTS + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * TAPS,
+                                 resnet8_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * TAPS), 1, dpad + 17,
+                                 (taps){C_OUT_PER_GROUP, 1, 2, (ptrdiff_t)DIN_H_DPAD * DIN_W_DPAD, (ptrdiff_t)1 * DIN_W_DPAD, 1},
+                                 phase_din, WIDE, 0);
+                    for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                        for (int i = 0; i < N_H; i++)
+                            for (int j = 0; j < N_W; j++)
+                                din_group[((size_t)ic * H_IN + FIRST_H + i * STRIDE_H) * W_IN + FIRST_W + j * STRIDE_W] +=
+                                    phase_din[(size_t)ic * WIDE + i * DIN_W_DPAD + j];
+                }
+                {   /* phase 3: din rows 1 + 2i (i < 16), columns 1 + 2j (j < 16) */
+                    enum { WEIGHTS = 4096, TAPS = 1, FIRST_H = 1, FIRST_W = 1, N_H = 16, N_W = 16, WIDE = 271 };
+                    resnet8_gemm_nn_taps(WIDE, phase_weights + WEIGHTS + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * TAPS,
+                                 resnet8_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * TAPS), 1, dpad + 18,
+                                 (taps){C_OUT_PER_GROUP, 1, 1, (ptrdiff_t)DIN_H_DPAD * DIN_W_DPAD, (ptrdiff_t)1 * DIN_W_DPAD, 1},
+                                 phase_din, WIDE, 0);
+                    for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                        for (int i = 0; i < N_H; i++)
+                            for (int j = 0; j < N_W; j++)
+                                din_group[((size_t)ic * H_IN + FIRST_H + i * STRIDE_H) * W_IN + FIRST_W + j * STRIDE_W] +=
+                                    phase_din[(size_t)ic * WIDE + i * DIN_W_DPAD + j];
+                }
             }
         }
         for (int slot = 0; slot < samples; slot++) {
@@ -4296,7 +4401,7 @@ KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
     const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
     const real *restrict bias,              /* s2_shortcut.bias [32] */
-    real *slots,                            /* 13344 elements of workspace */
+    real *slots,                            /* 17952 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -4322,7 +4427,7 @@ KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 12832
+        SLOT_SIZE = 16928
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -4352,7 +4457,7 @@ static void resnet8_s2_shortcut_forward(
     const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
     const real *restrict bias,              /* s2_shortcut.bias [32] */
-    real *slots,                            /* 13344 elements of workspace */
+    real *slots,                            /* 17952 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -4372,7 +4477,8 @@ static void resnet8_s2_shortcut_forward(
  * weight [32, 16, 1, 1], bias [32]: 544 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
- *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im)
+ *   dout[oc]; din = phase by phase the stride-1 correlation of dout, padded, with the phase's taps
+ *   of the kernel, flipped
  */
 static void resnet8_s2_shortcut_backward(
     real *restrict din,                     /* s1_add [N, 16, 32, 32] */
@@ -4381,7 +4487,7 @@ static void resnet8_s2_shortcut_backward(
     const real *restrict dout,              /* s2_shortcut [N, 32, 16, 16] */
     const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
-    real *slots,                            /* 13344 elements of workspace */
+    real *slots,                            /* 17952 elements of workspace */
     size_t batch)
 {
     enum {
@@ -4406,12 +4512,34 @@ static void resnet8_s2_shortcut_backward(
         W_OUT = 16,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 4096,
-        SCRATCH_DWEIGHT_T = 12832,
+        SCRATCH_DWEIGHT_T = 16928,
+        DIN_H_DPAD = 16,
+        DIN_W_DPAD = 16,
+        SCRATCH_DIN_PHASE = 12288,
+        SCRATCH_PHASE_WEIGHTS = 17440,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 12832,
-        SCRATCH_DWEIGHT_PART = 12288,
-        SCRATCH_DBIAS_PART = 12800
+        SLOT_SIZE = 16928,
+        SCRATCH_DWEIGHT_PART = 16384,
+        SCRATCH_DBIAS_PART = 16896
     };
+    /* The input gradient's phases: din[ic, FIRST_H + i*STRIDE_H, FIRST_W + j*STRIDE_W] (i < N_H,
+       j < N_W) takes the taps kh = KH0 + m*KH_STEP (m < TAPS_H), kw = KW0 + n*KW_STEP (n < TAPS_W),
+       through dout rows DOUT_STEP_H apart and columns DOUT_STEP_W apart. Its weights, flipped and
+       transposed: phase_weights[WEIGHTS + ((g*C_IN_PER_GROUP + ic)*C_OUT_PER_GROUP + oc)*TAPS
+       + m*TAPS_W + n] = weight[g*C_OUT_PER_GROUP + oc, ic, KH0 + (TAPS_H-1-m)*KH_STEP,
+       KW0 + (TAPS_W-1-n)*KW_STEP]. The inputs of no phase read no output: their gradient is zero. */
+    real *restrict phase_weights = slots + SCRATCH_PHASE_WEIGHTS;
+    {   /* phase 0: rows 0 + 2i, columns 0 + 2j, 1 x 1 taps */
+        enum { WEIGHTS = 0, TAPS_H = 1, TAPS_W = 1, KH0 = 0, KH_STEP = 2, KW0 = 0, KW_STEP = 2 };
+        for (int g = 0; g < GROUPS; g++)
+            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int m = 0; m < TAPS_H; m++)
+                        for (int n = 0; n < TAPS_W; n++)
+                            phase_weights[WEIGHTS + (((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * TAPS_H + m) * TAPS_W + n] =
+                                weight[((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH * KW
+                                       + (KH0 + (TAPS_H - 1 - m) * KH_STEP) * KW + KW0 + (TAPS_W - 1 - n) * KW_STEP];
+    }
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
@@ -4446,12 +4574,21 @@ static void resnet8_s2_shortcut_backward(
                         dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
                 resnet8_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
                         dweight_t_group, C_OUT_PER_GROUP, 0);
-                /* The patch matrix is no longer needed: its buffer takes dpatches. */
-                resnet8_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
-                        dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
-                memset(din_group, 0, sizeof(real) * C_IN_PER_GROUP * H_IN * W_IN);  /* the first to write it: col2im adds */
-                resnet8_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                const real *restrict dpad = dout_group;                    /* the phases read no padding */
+                real *restrict phase_din = scratch + SCRATCH_DIN_PHASE; /* [C_IN_PER_GROUP, the phase's wide pixels] */
+                memset(din_group, 0, sizeof(real) * C_IN_PER_GROUP * H_IN * W_IN);  /* the first to write it, some of it zero */
+                {   /* phase 0: din rows 0 + 2i (i < 16), columns 0 + 2j (j < 16) */
+                    enum { WEIGHTS = 0, TAPS = 1, FIRST_H = 0, FIRST_W = 0, N_H = 16, N_W = 16, WIDE = 256 };
+                    resnet8_gemm_nn_taps(WIDE, phase_weights + WEIGHTS + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * TAPS,
+                                 resnet8_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * TAPS), 1, dpad + 0,
+                                 (taps){C_OUT_PER_GROUP, 1, 1, (ptrdiff_t)DIN_H_DPAD * DIN_W_DPAD, (ptrdiff_t)1 * DIN_W_DPAD, 1},
+                                 phase_din, WIDE, 0);
+                    for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                        for (int i = 0; i < N_H; i++)
+                            for (int j = 0; j < N_W; j++)
+                                din_group[((size_t)ic * H_IN + FIRST_H + i * STRIDE_H) * W_IN + FIRST_W + j * STRIDE_W] =
+                                    phase_din[(size_t)ic * WIDE + i * DIN_W_DPAD + j];
+                }
             }
         }
         for (int slot = 0; slot < samples; slot++) {
@@ -5771,7 +5908,7 @@ KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
     const real *restrict in,                /* s2_add [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
     const real *restrict bias,              /* s3_shortcut.bias [64] */
-    real *slots,                            /* 10304 elements of workspace */
+    real *slots,                            /* 14400 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -5797,7 +5934,7 @@ KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
         H_OUT = 8,
         W_OUT = 8,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 8256
+        SLOT_SIZE = 10304
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -5827,7 +5964,7 @@ static void resnet8_s3_shortcut_forward(
     const real *restrict in,                /* s2_add [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
     const real *restrict bias,              /* s3_shortcut.bias [64] */
-    real *slots,                            /* 10304 elements of workspace */
+    real *slots,                            /* 14400 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -5847,7 +5984,8 @@ static void resnet8_s3_shortcut_forward(
  * weight [64, 32, 1, 1], bias [64]: 2112 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
- *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im)
+ *   dout[oc]; din = phase by phase the stride-1 correlation of dout, padded, with the phase's taps
+ *   of the kernel, flipped
  */
 static void resnet8_s3_shortcut_backward(
     real *restrict din,                     /* s2_add [N, 32, 16, 16] */
@@ -5856,7 +5994,7 @@ static void resnet8_s3_shortcut_backward(
     const real *restrict dout,              /* s3_shortcut [N, 64, 8, 8] */
     const real *restrict in,                /* s2_add [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
-    real *slots,                            /* 10304 elements of workspace */
+    real *slots,                            /* 14400 elements of workspace */
     size_t batch)
 {
     enum {
@@ -5881,12 +6019,34 @@ static void resnet8_s3_shortcut_backward(
         W_OUT = 8,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 2048,
-        SCRATCH_DWEIGHT_T = 8256,
+        SCRATCH_DWEIGHT_T = 10304,
+        DIN_H_DPAD = 8,
+        DIN_W_DPAD = 8,
+        SCRATCH_DIN_PHASE = 6144,
+        SCRATCH_PHASE_WEIGHTS = 12352,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 8256,
-        SCRATCH_DWEIGHT_PART = 6144,
-        SCRATCH_DBIAS_PART = 8192
+        SLOT_SIZE = 10304,
+        SCRATCH_DWEIGHT_PART = 8192,
+        SCRATCH_DBIAS_PART = 10240
     };
+    /* The input gradient's phases: din[ic, FIRST_H + i*STRIDE_H, FIRST_W + j*STRIDE_W] (i < N_H,
+       j < N_W) takes the taps kh = KH0 + m*KH_STEP (m < TAPS_H), kw = KW0 + n*KW_STEP (n < TAPS_W),
+       through dout rows DOUT_STEP_H apart and columns DOUT_STEP_W apart. Its weights, flipped and
+       transposed: phase_weights[WEIGHTS + ((g*C_IN_PER_GROUP + ic)*C_OUT_PER_GROUP + oc)*TAPS
+       + m*TAPS_W + n] = weight[g*C_OUT_PER_GROUP + oc, ic, KH0 + (TAPS_H-1-m)*KH_STEP,
+       KW0 + (TAPS_W-1-n)*KW_STEP]. The inputs of no phase read no output: their gradient is zero. */
+    real *restrict phase_weights = slots + SCRATCH_PHASE_WEIGHTS;
+    {   /* phase 0: rows 0 + 2i, columns 0 + 2j, 1 x 1 taps */
+        enum { WEIGHTS = 0, TAPS_H = 1, TAPS_W = 1, KH0 = 0, KH_STEP = 2, KW0 = 0, KW_STEP = 2 };
+        for (int g = 0; g < GROUPS; g++)
+            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int m = 0; m < TAPS_H; m++)
+                        for (int n = 0; n < TAPS_W; n++)
+                            phase_weights[WEIGHTS + (((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * TAPS_H + m) * TAPS_W + n] =
+                                weight[((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH * KW
+                                       + (KH0 + (TAPS_H - 1 - m) * KH_STEP) * KW + KW0 + (TAPS_W - 1 - n) * KW_STEP];
+    }
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
@@ -5921,12 +6081,21 @@ static void resnet8_s3_shortcut_backward(
                         dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
                 resnet8_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
                         dweight_t_group, C_OUT_PER_GROUP, 0);
-                /* The patch matrix is no longer needed: its buffer takes dpatches. */
-                resnet8_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
-                        dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
-                memset(din_group, 0, sizeof(real) * C_IN_PER_GROUP * H_IN * W_IN);  /* the first to write it: col2im adds */
-                resnet8_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                const real *restrict dpad = dout_group;                    /* the phases read no padding */
+                real *restrict phase_din = scratch + SCRATCH_DIN_PHASE; /* [C_IN_PER_GROUP, the phase's wide pixels] */
+                memset(din_group, 0, sizeof(real) * C_IN_PER_GROUP * H_IN * W_IN);  /* the first to write it, some of it zero */
+                {   /* phase 0: din rows 0 + 2i (i < 8), columns 0 + 2j (j < 8) */
+                    enum { WEIGHTS = 0, TAPS = 1, FIRST_H = 0, FIRST_W = 0, N_H = 8, N_W = 8, WIDE = 64 };
+                    resnet8_gemm_nn_taps(WIDE, phase_weights + WEIGHTS + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * TAPS,
+                                 resnet8_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * TAPS), 1, dpad + 0,
+                                 (taps){C_OUT_PER_GROUP, 1, 1, (ptrdiff_t)DIN_H_DPAD * DIN_W_DPAD, (ptrdiff_t)1 * DIN_W_DPAD, 1},
+                                 phase_din, WIDE, 0);
+                    for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                        for (int i = 0; i < N_H; i++)
+                            for (int j = 0; j < N_W; j++)
+                                din_group[((size_t)ic * H_IN + FIRST_H + i * STRIDE_H) * W_IN + FIRST_W + j * STRIDE_W] =
+                                    phase_din[(size_t)ic * WIDE + i * DIN_W_DPAD + j];
+                }
             }
         }
         for (int slot = 0; slot < samples; slot++) {

@@ -687,7 +687,7 @@ KERNEL_INLINE void three_conv_conv2_forward_slot(
     const real *restrict in,                /* conv1 [N, 8, 62, 62] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 201528 elements of workspace */
+    real *slots,                            /* 230320 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -713,7 +713,7 @@ KERNEL_INLINE void three_conv_conv2_forward_slot(
         H_OUT = 29,
         W_OUT = 29,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 198328
+        SLOT_SIZE = 223920
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -745,7 +745,7 @@ static void three_conv_conv2_forward(
     const real *restrict in,                /* conv1 [N, 8, 62, 62] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 201528 elements of workspace */
+    real *slots,                            /* 230320 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -774,7 +774,7 @@ KERNEL_INLINE void three_conv_conv3_forward_slot(
     const real *restrict in,                /* conv2 [N, 16, 29, 29] */
     const real *restrict weight,            /* conv3.weight [32, 16, 7, 7] */
     const real *restrict bias,              /* conv3.bias [32] */
-    real *slots,                            /* 172320 elements of workspace */
+    real *slots,                            /* 212048 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -800,7 +800,7 @@ KERNEL_INLINE void three_conv_conv3_forward_slot(
         H_OUT = 12,
         W_OUT = 12,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 147232
+        SLOT_SIZE = 161872
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -832,7 +832,7 @@ static void three_conv_conv3_forward(
     const real *restrict in,                /* conv2 [N, 16, 29, 29] */
     const real *restrict weight,            /* conv3.weight [32, 16, 7, 7] */
     const real *restrict bias,              /* conv3.bias [32] */
-    real *slots,                            /* 172320 elements of workspace */
+    real *slots,                            /* 212048 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };

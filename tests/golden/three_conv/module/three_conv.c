@@ -44,7 +44,7 @@ typedef float real;
 /* Workspace offsets. */
 #define WS_CONV1 ((size_t)0)
 #define WS_CONV2 ((size_t)142162)
-#define WS_CONV3 ((size_t)343690)
+#define WS_CONV3 ((size_t)372482)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients) and those the first backward to
@@ -804,7 +804,7 @@ KERNEL_INLINE void three_conv_conv2_forward_slot(
     const real *restrict in,                /* conv1 [N, 8, 62, 62] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 201528 elements of workspace */
+    real *slots,                            /* 230320 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -830,7 +830,7 @@ KERNEL_INLINE void three_conv_conv2_forward_slot(
         H_OUT = 29,
         W_OUT = 29,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 198328
+        SLOT_SIZE = 223920
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -862,7 +862,7 @@ static void three_conv_conv2_forward(
     const real *restrict in,                /* conv1 [N, 8, 62, 62] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5, 5] */
     const real *restrict bias,              /* conv2.bias [16] */
-    real *slots,                            /* 201528 elements of workspace */
+    real *slots,                            /* 230320 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -882,8 +882,8 @@ static void three_conv_conv2_forward(
  * weight [16, 8, 5, 5], bias [16]: 3216 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
- *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im); dout is first masked
- *   where the fused relu's output is 0
+ *   dout[oc]; din = phase by phase the stride-1 correlation of dout, padded, with the phase's taps
+ *   of the kernel, flipped; dout is first masked where the fused relu's output is 0
  */
 static void three_conv_conv2_backward(
     real *restrict din,                     /* conv1 [N, 8, 62, 62] */
@@ -893,7 +893,7 @@ static void three_conv_conv2_backward(
     real *restrict out,                     /* conv2 [N, 16, 29, 29] */
     const real *restrict in,                /* conv1 [N, 8, 62, 62] */
     const real *restrict weight,            /* conv2.weight [16, 8, 5, 5] */
-    real *slots,                            /* 201528 elements of workspace */
+    real *slots,                            /* 230320 elements of workspace */
     size_t batch)
 {
     enum {
@@ -918,13 +918,71 @@ static void three_conv_conv2_backward(
         W_OUT = 29,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 168200,
-        SCRATCH_DWEIGHT_T = 198328,
+        SCRATCH_DWEIGHT_T = 223920,
+        DIN_H_DPAD = 33,
+        DIN_W_DPAD = 33,
+        SCRATCH_DIN_PHASE = 199080,
+        SCRATCH_PHASE_WEIGHTS = 227120,
+        DIN_PAD_TOP = 2,
+        DIN_PAD_LEFT = 2,
+        SCRATCH_DIN_DPAD = 181656,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 198328,
-        SCRATCH_DWEIGHT_PART = 181656,
-        SCRATCH_DBIAS_PART = 184856,
-        SCRATCH_DRELU = 184872
+        SLOT_SIZE = 223920,
+        SCRATCH_DWEIGHT_PART = 207248,
+        SCRATCH_DBIAS_PART = 210448,
+        SCRATCH_DRELU = 210464
     };
+    /* The input gradient's phases: din[ic, FIRST_H + i*STRIDE_H, FIRST_W + j*STRIDE_W] (i < N_H,
+       j < N_W) takes the taps kh = KH0 + m*KH_STEP (m < TAPS_H), kw = KW0 + n*KW_STEP (n < TAPS_W),
+       through dout rows DOUT_STEP_H apart and columns DOUT_STEP_W apart. Its weights, flipped and
+       transposed: phase_weights[WEIGHTS + ((g*C_IN_PER_GROUP + ic)*C_OUT_PER_GROUP + oc)*TAPS
+       + m*TAPS_W + n] = weight[g*C_OUT_PER_GROUP + oc, ic, KH0 + (TAPS_H-1-m)*KH_STEP,
+       KW0 + (TAPS_W-1-n)*KW_STEP]. */
+    real *restrict phase_weights = slots + SCRATCH_PHASE_WEIGHTS;
+    {   /* phase 0: rows 0 + 2i, columns 0 + 2j, 3 x 3 taps */
+        enum { WEIGHTS = 0, TAPS_H = 3, TAPS_W = 3, KH0 = 0, KH_STEP = 2, KW0 = 0, KW_STEP = 2 };
+        for (int g = 0; g < GROUPS; g++)
+            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int m = 0; m < TAPS_H; m++)
+                        for (int n = 0; n < TAPS_W; n++)
+                            phase_weights[WEIGHTS + (((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * TAPS_H + m) * TAPS_W + n] =
+                                weight[((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH * KW
+                                       + (KH0 + (TAPS_H - 1 - m) * KH_STEP) * KW + KW0 + (TAPS_W - 1 - n) * KW_STEP];
+    }
+    {   /* phase 1: rows 0 + 2i, columns 1 + 2j, 3 x 2 taps */
+        enum { WEIGHTS = 1152, TAPS_H = 3, TAPS_W = 2, KH0 = 0, KH_STEP = 2, KW0 = 1, KW_STEP = 2 };
+        for (int g = 0; g < GROUPS; g++)
+            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int m = 0; m < TAPS_H; m++)
+                        for (int n = 0; n < TAPS_W; n++)
+                            phase_weights[WEIGHTS + (((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * TAPS_H + m) * TAPS_W + n] =
+                                weight[((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH * KW
+                                       + (KH0 + (TAPS_H - 1 - m) * KH_STEP) * KW + KW0 + (TAPS_W - 1 - n) * KW_STEP];
+    }
+    {   /* phase 2: rows 1 + 2i, columns 0 + 2j, 2 x 3 taps */
+        enum { WEIGHTS = 1920, TAPS_H = 2, TAPS_W = 3, KH0 = 1, KH_STEP = 2, KW0 = 0, KW_STEP = 2 };
+        for (int g = 0; g < GROUPS; g++)
+            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int m = 0; m < TAPS_H; m++)
+                        for (int n = 0; n < TAPS_W; n++)
+                            phase_weights[WEIGHTS + (((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * TAPS_H + m) * TAPS_W + n] =
+                                weight[((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH * KW
+                                       + (KH0 + (TAPS_H - 1 - m) * KH_STEP) * KW + KW0 + (TAPS_W - 1 - n) * KW_STEP];
+    }
+    {   /* phase 3: rows 1 + 2i, columns 1 + 2j, 2 x 2 taps */
+        enum { WEIGHTS = 2688, TAPS_H = 2, TAPS_W = 2, KH0 = 1, KH_STEP = 2, KW0 = 1, KW_STEP = 2 };
+        for (int g = 0; g < GROUPS; g++)
+            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int m = 0; m < TAPS_H; m++)
+                        for (int n = 0; n < TAPS_W; n++)
+                            phase_weights[WEIGHTS + (((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * TAPS_H + m) * TAPS_W + n] =
+                                weight[((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH * KW
+                                       + (KH0 + (TAPS_H - 1 - m) * KH_STEP) * KW + KW0 + (TAPS_W - 1 - n) * KW_STEP];
+    }
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
@@ -964,12 +1022,57 @@ static void three_conv_conv2_backward(
                         dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
                 three_conv_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
                         dweight_t_group, C_OUT_PER_GROUP, 0);
-                /* The patch matrix is no longer needed: its buffer takes dpatches. */
-                three_conv_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
-                        dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
-                memset(din_group, 0, sizeof(real) * C_IN_PER_GROUP * H_IN * W_IN);  /* the first to write it: col2im adds */
-                three_conv_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                real *restrict dpad = scratch + SCRATCH_DIN_DPAD;       /* [C_OUT_PER_GROUP, DIN_H_DPAD, DIN_W_DPAD] */
+                three_conv_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DIN_PAD_TOP, DIN_PAD_LEFT, DIN_H_DPAD, DIN_W_DPAD);
+                real *restrict phase_din = scratch + SCRATCH_DIN_PHASE; /* [C_IN_PER_GROUP, the phase's wide pixels] */
+                {   /* phase 0: din rows 0 + 2i (i < 31), columns 0 + 2j (j < 31) */
+                    enum { WEIGHTS = 0, TAPS = 9, FIRST_H = 0, FIRST_W = 0, N_H = 31, N_W = 31, WIDE = 1021 };
+                    three_conv_gemm_nn_taps(WIDE, phase_weights + WEIGHTS + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * TAPS,
+                                 three_conv_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * TAPS), 1, dpad + 0,
+                                 (taps){C_OUT_PER_GROUP, 3, 3, (ptrdiff_t)DIN_H_DPAD * DIN_W_DPAD, (ptrdiff_t)1 * DIN_W_DPAD, 1},
+                                 phase_din, WIDE, 0);
+                    for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                        for (int i = 0; i < N_H; i++)
+                            for (int j = 0; j < N_W; j++)
+                                din_group[((size_t)ic * H_IN + FIRST_H + i * STRIDE_H) * W_IN + FIRST_W + j * STRIDE_W] =
+                                    phase_din[(size_t)ic * WIDE + i * DIN_W_DPAD + j];
+                }
+                {   /* phase 1: din rows 0 + 2i (i < 31), columns 1 + 2j (j < 31) */
+                    enum { WEIGHTS = 1152, TAPS = 6, FIRST_H = 0, FIRST_W = 1, N_H = 31, N_W = 31, WIDE = 1021 };
+                    three_conv_gemm_nn_taps(WIDE, phase_weights + WEIGHTS + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * TAPS,
+                                 three_conv_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * TAPS), 1, dpad + 1,
+                                 (taps){C_OUT_PER_GROUP, 3, 2, (ptrdiff_t)DIN_H_DPAD * DIN_W_DPAD, (ptrdiff_t)1 * DIN_W_DPAD, 1},
+                                 phase_din, WIDE, 0);
+                    for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                        for (int i = 0; i < N_H; i++)
+                            for (int j = 0; j < N_W; j++)
+                                din_group[((size_t)ic * H_IN + FIRST_H + i * STRIDE_H) * W_IN + FIRST_W + j * STRIDE_W] =
+                                    phase_din[(size_t)ic * WIDE + i * DIN_W_DPAD + j];
+                }
+                {   /* phase 2: din rows 1 + 2i (i < 31), columns 0 + 2j (j < 31) */
+                    enum { WEIGHTS = 1920, TAPS = 6, FIRST_H = 1, FIRST_W = 0, N_H = 31, N_W = 31, WIDE = 1021 };
+                    three_conv_gemm_nn_taps(WIDE, phase_weights + WEIGHTS + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * TAPS,
+                                 three_conv_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * TAPS), 1, dpad + 33,
+                                 (taps){C_OUT_PER_GROUP, 2, 3, (ptrdiff_t)DIN_H_DPAD * DIN_W_DPAD, (ptrdiff_t)1 * DIN_W_DPAD, 1},
+                                 phase_din, WIDE, 0);
+                    for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                        for (int i = 0; i < N_H; i++)
+                            for (int j = 0; j < N_W; j++)
+                                din_group[((size_t)ic * H_IN + FIRST_H + i * STRIDE_H) * W_IN + FIRST_W + j * STRIDE_W] =
+                                    phase_din[(size_t)ic * WIDE + i * DIN_W_DPAD + j];
+                }
+                {   /* phase 3: din rows 1 + 2i (i < 31), columns 1 + 2j (j < 31) */
+                    enum { WEIGHTS = 2688, TAPS = 4, FIRST_H = 1, FIRST_W = 1, N_H = 31, N_W = 31, WIDE = 1021 };
+                    three_conv_gemm_nn_taps(WIDE, phase_weights + WEIGHTS + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * TAPS,
+                                 three_conv_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * TAPS), 1, dpad + 34,
+                                 (taps){C_OUT_PER_GROUP, 2, 2, (ptrdiff_t)DIN_H_DPAD * DIN_W_DPAD, (ptrdiff_t)1 * DIN_W_DPAD, 1},
+                                 phase_din, WIDE, 0);
+                    for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                        for (int i = 0; i < N_H; i++)
+                            for (int j = 0; j < N_W; j++)
+                                din_group[((size_t)ic * H_IN + FIRST_H + i * STRIDE_H) * W_IN + FIRST_W + j * STRIDE_W] =
+                                    phase_din[(size_t)ic * WIDE + i * DIN_W_DPAD + j];
+                }
             }
         }
         for (int slot = 0; slot < samples; slot++) {
@@ -1000,7 +1103,7 @@ KERNEL_INLINE void three_conv_conv3_forward_slot(
     const real *restrict in,                /* conv2 [N, 16, 29, 29] */
     const real *restrict weight,            /* conv3.weight [32, 16, 7, 7] */
     const real *restrict bias,              /* conv3.bias [32] */
-    real *slots,                            /* 172320 elements of workspace */
+    real *slots,                            /* 212048 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1026,7 +1129,7 @@ KERNEL_INLINE void three_conv_conv3_forward_slot(
         H_OUT = 12,
         W_OUT = 12,
         SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 147232
+        SLOT_SIZE = 161872
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -1058,7 +1161,7 @@ static void three_conv_conv3_forward(
     const real *restrict in,                /* conv2 [N, 16, 29, 29] */
     const real *restrict weight,            /* conv3.weight [32, 16, 7, 7] */
     const real *restrict bias,              /* conv3.bias [32] */
-    real *slots,                            /* 172320 elements of workspace */
+    real *slots,                            /* 212048 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1078,8 +1181,8 @@ static void three_conv_conv3_forward(
  * weight [32, 16, 7, 7], bias [32]: 25120 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
- *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im); dout is first masked
- *   where the fused relu's output is 0
+ *   dout[oc]; din = phase by phase the stride-1 correlation of dout, padded, with the phase's taps
+ *   of the kernel, flipped; dout is first masked where the fused relu's output is 0
  */
 static void three_conv_conv3_backward(
     real *restrict din,                     /* conv2 [N, 16, 29, 29] */
@@ -1089,7 +1192,7 @@ static void three_conv_conv3_backward(
     real *restrict out,                     /* conv3 [N, 32, 12, 12] */
     const real *restrict in,                /* conv2 [N, 16, 29, 29] */
     const real *restrict weight,            /* conv3.weight [32, 16, 7, 7] */
-    real *slots,                            /* 172320 elements of workspace */
+    real *slots,                            /* 212048 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1114,13 +1217,71 @@ static void three_conv_conv3_backward(
         W_OUT = 12,
         SCRATCH_PATCHES = 0,
         SCRATCH_DOUT = 112896,
-        SCRATCH_DWEIGHT_T = 147232,
+        SCRATCH_DWEIGHT_T = 161872,
+        DIN_H_DPAD = 18,
+        DIN_W_DPAD = 18,
+        SCRATCH_DIN_PHASE = 127872,
+        SCRATCH_PHASE_WEIGHTS = 186960,
+        DIN_PAD_TOP = 3,
+        DIN_PAD_LEFT = 3,
+        SCRATCH_DIN_DPAD = 117504,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 147232,
-        SCRATCH_DWEIGHT_PART = 117504,
-        SCRATCH_DBIAS_PART = 142592,
-        SCRATCH_DRELU = 142624
+        SLOT_SIZE = 161872,
+        SCRATCH_DWEIGHT_PART = 132144,
+        SCRATCH_DBIAS_PART = 157232,
+        SCRATCH_DRELU = 157264
     };
+    /* The input gradient's phases: din[ic, FIRST_H + i*STRIDE_H, FIRST_W + j*STRIDE_W] (i < N_H,
+       j < N_W) takes the taps kh = KH0 + m*KH_STEP (m < TAPS_H), kw = KW0 + n*KW_STEP (n < TAPS_W),
+       through dout rows DOUT_STEP_H apart and columns DOUT_STEP_W apart. Its weights, flipped and
+       transposed: phase_weights[WEIGHTS + ((g*C_IN_PER_GROUP + ic)*C_OUT_PER_GROUP + oc)*TAPS
+       + m*TAPS_W + n] = weight[g*C_OUT_PER_GROUP + oc, ic, KH0 + (TAPS_H-1-m)*KH_STEP,
+       KW0 + (TAPS_W-1-n)*KW_STEP]. */
+    real *restrict phase_weights = slots + SCRATCH_PHASE_WEIGHTS;
+    {   /* phase 0: rows 0 + 2i, columns 0 + 2j, 4 x 4 taps */
+        enum { WEIGHTS = 0, TAPS_H = 4, TAPS_W = 4, KH0 = 0, KH_STEP = 2, KW0 = 0, KW_STEP = 2 };
+        for (int g = 0; g < GROUPS; g++)
+            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int m = 0; m < TAPS_H; m++)
+                        for (int n = 0; n < TAPS_W; n++)
+                            phase_weights[WEIGHTS + (((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * TAPS_H + m) * TAPS_W + n] =
+                                weight[((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH * KW
+                                       + (KH0 + (TAPS_H - 1 - m) * KH_STEP) * KW + KW0 + (TAPS_W - 1 - n) * KW_STEP];
+    }
+    {   /* phase 1: rows 0 + 2i, columns 1 + 2j, 4 x 3 taps */
+        enum { WEIGHTS = 8192, TAPS_H = 4, TAPS_W = 3, KH0 = 0, KH_STEP = 2, KW0 = 1, KW_STEP = 2 };
+        for (int g = 0; g < GROUPS; g++)
+            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int m = 0; m < TAPS_H; m++)
+                        for (int n = 0; n < TAPS_W; n++)
+                            phase_weights[WEIGHTS + (((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * TAPS_H + m) * TAPS_W + n] =
+                                weight[((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH * KW
+                                       + (KH0 + (TAPS_H - 1 - m) * KH_STEP) * KW + KW0 + (TAPS_W - 1 - n) * KW_STEP];
+    }
+    {   /* phase 2: rows 1 + 2i, columns 0 + 2j, 3 x 4 taps */
+        enum { WEIGHTS = 14336, TAPS_H = 3, TAPS_W = 4, KH0 = 1, KH_STEP = 2, KW0 = 0, KW_STEP = 2 };
+        for (int g = 0; g < GROUPS; g++)
+            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int m = 0; m < TAPS_H; m++)
+                        for (int n = 0; n < TAPS_W; n++)
+                            phase_weights[WEIGHTS + (((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * TAPS_H + m) * TAPS_W + n] =
+                                weight[((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH * KW
+                                       + (KH0 + (TAPS_H - 1 - m) * KH_STEP) * KW + KW0 + (TAPS_W - 1 - n) * KW_STEP];
+    }
+    {   /* phase 3: rows 1 + 2i, columns 1 + 2j, 3 x 3 taps */
+        enum { WEIGHTS = 20480, TAPS_H = 3, TAPS_W = 3, KH0 = 1, KH_STEP = 2, KW0 = 1, KW_STEP = 2 };
+        for (int g = 0; g < GROUPS; g++)
+            for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                    for (int m = 0; m < TAPS_H; m++)
+                        for (int n = 0; n < TAPS_W; n++)
+                            phase_weights[WEIGHTS + (((size_t)(g * C_IN_PER_GROUP + ic) * C_OUT_PER_GROUP + oc) * TAPS_H + m) * TAPS_W + n] =
+                                weight[((size_t)(g * C_OUT_PER_GROUP + oc) * C_IN_PER_GROUP + ic) * KH * KW
+                                       + (KH0 + (TAPS_H - 1 - m) * KH_STEP) * KW + KW0 + (TAPS_W - 1 - n) * KW_STEP];
+    }
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
     memset(dweight_t, 0, sizeof(real) * C_OUT * K_GROUP);
@@ -1160,12 +1321,57 @@ static void three_conv_conv3_backward(
                         dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
                 three_conv_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
                         dweight_t_group, C_OUT_PER_GROUP, 0);
-                /* The patch matrix is no longer needed: its buffer takes dpatches. */
-                three_conv_gemm_nn(K_GROUP, PIXELS_OUT, C_OUT_PER_GROUP, weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP, 1, K_GROUP,
-                        dout_group, PIXELS_OUT, patches, PIXELS_OUT, 0);
-                memset(din_group, 0, sizeof(real) * C_IN_PER_GROUP * H_IN * W_IN);  /* the first to write it: col2im adds */
-                three_conv_col2im(patches, din_group, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                real *restrict dpad = scratch + SCRATCH_DIN_DPAD;       /* [C_OUT_PER_GROUP, DIN_H_DPAD, DIN_W_DPAD] */
+                three_conv_pad_planes(dout_group, dpad, C_OUT_PER_GROUP, H_OUT, W_OUT, DIN_PAD_TOP, DIN_PAD_LEFT, DIN_H_DPAD, DIN_W_DPAD);
+                real *restrict phase_din = scratch + SCRATCH_DIN_PHASE; /* [C_IN_PER_GROUP, the phase's wide pixels] */
+                {   /* phase 0: din rows 0 + 2i (i < 15), columns 0 + 2j (j < 15) */
+                    enum { WEIGHTS = 0, TAPS = 16, FIRST_H = 0, FIRST_W = 0, N_H = 15, N_W = 15, WIDE = 267 };
+                    three_conv_gemm_nn_taps(WIDE, phase_weights + WEIGHTS + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * TAPS,
+                                 three_conv_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * TAPS), 1, dpad + 0,
+                                 (taps){C_OUT_PER_GROUP, 4, 4, (ptrdiff_t)DIN_H_DPAD * DIN_W_DPAD, (ptrdiff_t)1 * DIN_W_DPAD, 1},
+                                 phase_din, WIDE, 0);
+                    for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                        for (int i = 0; i < N_H; i++)
+                            for (int j = 0; j < N_W; j++)
+                                din_group[((size_t)ic * H_IN + FIRST_H + i * STRIDE_H) * W_IN + FIRST_W + j * STRIDE_W] =
+                                    phase_din[(size_t)ic * WIDE + i * DIN_W_DPAD + j];
+                }
+                {   /* phase 1: din rows 0 + 2i (i < 15), columns 1 + 2j (j < 14) */
+                    enum { WEIGHTS = 8192, TAPS = 12, FIRST_H = 0, FIRST_W = 1, N_H = 15, N_W = 14, WIDE = 266 };
+                    three_conv_gemm_nn_taps(WIDE, phase_weights + WEIGHTS + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * TAPS,
+                                 three_conv_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * TAPS), 1, dpad + 1,
+                                 (taps){C_OUT_PER_GROUP, 4, 3, (ptrdiff_t)DIN_H_DPAD * DIN_W_DPAD, (ptrdiff_t)1 * DIN_W_DPAD, 1},
+                                 phase_din, WIDE, 0);
+                    for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                        for (int i = 0; i < N_H; i++)
+                            for (int j = 0; j < N_W; j++)
+                                din_group[((size_t)ic * H_IN + FIRST_H + i * STRIDE_H) * W_IN + FIRST_W + j * STRIDE_W] =
+                                    phase_din[(size_t)ic * WIDE + i * DIN_W_DPAD + j];
+                }
+                {   /* phase 2: din rows 1 + 2i (i < 14), columns 0 + 2j (j < 15) */
+                    enum { WEIGHTS = 14336, TAPS = 12, FIRST_H = 1, FIRST_W = 0, N_H = 14, N_W = 15, WIDE = 249 };
+                    three_conv_gemm_nn_taps(WIDE, phase_weights + WEIGHTS + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * TAPS,
+                                 three_conv_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * TAPS), 1, dpad + 18,
+                                 (taps){C_OUT_PER_GROUP, 3, 4, (ptrdiff_t)DIN_H_DPAD * DIN_W_DPAD, (ptrdiff_t)1 * DIN_W_DPAD, 1},
+                                 phase_din, WIDE, 0);
+                    for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                        for (int i = 0; i < N_H; i++)
+                            for (int j = 0; j < N_W; j++)
+                                din_group[((size_t)ic * H_IN + FIRST_H + i * STRIDE_H) * W_IN + FIRST_W + j * STRIDE_W] =
+                                    phase_din[(size_t)ic * WIDE + i * DIN_W_DPAD + j];
+                }
+                {   /* phase 3: din rows 1 + 2i (i < 14), columns 1 + 2j (j < 14) */
+                    enum { WEIGHTS = 20480, TAPS = 9, FIRST_H = 1, FIRST_W = 1, N_H = 14, N_W = 14, WIDE = 248 };
+                    three_conv_gemm_nn_taps(WIDE, phase_weights + WEIGHTS + (size_t)g * C_IN_PER_GROUP * C_OUT_PER_GROUP * TAPS,
+                                 three_conv_taps_matrix(C_IN_PER_GROUP, C_OUT_PER_GROUP * TAPS), 1, dpad + 19,
+                                 (taps){C_OUT_PER_GROUP, 3, 3, (ptrdiff_t)DIN_H_DPAD * DIN_W_DPAD, (ptrdiff_t)1 * DIN_W_DPAD, 1},
+                                 phase_din, WIDE, 0);
+                    for (int ic = 0; ic < C_IN_PER_GROUP; ic++)
+                        for (int i = 0; i < N_H; i++)
+                            for (int j = 0; j < N_W; j++)
+                                din_group[((size_t)ic * H_IN + FIRST_H + i * STRIDE_H) * W_IN + FIRST_W + j * STRIDE_W] =
+                                    phase_din[(size_t)ic * WIDE + i * DIN_W_DPAD + j];
+                }
             }
         }
         for (int slot = 0; slot < samples; slot++) {
