@@ -76,13 +76,13 @@ class Planner:
 
 def resolve_roles(roles: tuple[str, ...], request: PlanRequest, settings: dict[str, Any]) -> tuple[str, ...]:
     """The roles a kernel takes: "role if condition" keeps a role only where the condition (another
-    role taken, or a true setting) holds; a parameter role only where the op has that parameter,
+    role taken, or a true setting) holds (a role under two conditions is taken once, where either holds); a parameter role only where the op has that parameter,
     its gradient only where it is trainable; an input gradient only where it is needed. A backward
     that writes no gradient takes only the batch (and does nothing)."""
     taken: list[str] = []
     for entry in roles:
         role, _, condition = entry.partition(" if ")
-        if condition and not (condition in taken or settings.get(condition)):
+        if condition and not (condition in taken or settings.get(condition)) or role in taken:
             continue
         if role in PARAM_ROLES and role not in request.params:
             continue

@@ -12,7 +12,8 @@ ARGUMENTS = {
     "add": (("out", "ins", "batch"), ("dins", "dout", "out if relu", "batch")),
     "avgpool2d": (("out", "in", "batch"), ("din", "dout", "batch")),
     "batchnorm": (("out", "in", "gamma", "beta", "running_mean", "running_var", "scratch", "batch", "training"),
-                  ("din", "dgamma", "dbeta", "dout", "out if relu", "in", "gamma if din", "scratch", "batch")),
+                  ("din", "dgamma", "dbeta", "dout", "in", "gamma if din", "gamma if relu", "beta if relu", "scratch",
+                   "batch")),
     "concat": (("out", "ins", "batch"), ("dins", "dout", "batch")),
     "dropout": (("out", "in", "batch", "training", "seed"), ("din", "dout", "batch", "seed")),
     "global_avgpool": (("out", "in", "batch"), ("din", "dout", "batch")),
@@ -25,7 +26,8 @@ ARGUMENTS = {
 
 
 # templates that can end with a relu (PlanRequest.relu_epilogue): setting `relu`, and the backward
-# reads the op's own output (the relu's) for the mask
+# masks dout where the relu's input is not positive: add reads its own output (the relu's) for it,
+# batchnorm computes it again from its input and parameters
 RELU_EPILOGUE = {"batchnorm", "add"}
 
 

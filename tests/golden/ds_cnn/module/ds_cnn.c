@@ -977,16 +977,17 @@ static void ds_cnn_conv1_bn_forward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
- *   fused relu's output is (out = max(0, y))
+ *   fused relu's output is (out = max(0, y)), found again from in: y = in * scale[c] + shift[c] as
+ *   the forward computed it
  */
 static void ds_cnn_conv1_bn_backward(
     real *restrict din,                     /* conv1 [N, 64, 25, 5] */
     real *restrict dgamma,                  /* conv1_bn.gamma [64] */
     real *restrict dbeta,                   /* conv1_bn.beta [64] */
     const real *restrict dout,              /* conv1_bn [N, 64, 25, 5] */
-    real *restrict out,                     /* conv1_bn [N, 64, 25, 5] */
     const real *restrict in,                /* conv1 [N, 64, 25, 5] */
     const real *restrict gamma,             /* conv1_bn.gamma [64] */
+    const real *restrict beta,              /* conv1_bn.beta [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
     size_t batch)
 {
@@ -1005,24 +1006,36 @@ static void ds_cnn_conv1_bn_backward(
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
+        /* The fused relu's mask from the input, not from its output: one tensor less to read in each
+           pass (the batch is past the caches). scale and shift and y are the forward's expressions
+           of the same values, so y is the forward's to the bit under the same compiler; where a
+           different contraction of y into a multiply-add could round it across 0, y is within
+           rounding of the kink, where 0 and 1 are both the relu's derivative. */
+        real scale[BN_GROUP], shift[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+            scale[g] = gamma[c0 + g] * inv_std;
+            shift[g] = beta[c0 + g] - mean * scale[g];
+        }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 const real *restrict x = in + plane, *restrict dy = dout + plane;
-                const real *restrict y = out + plane;                      /* the fused relu's output */
                 int s = 0;
                 for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                     for (int l = 0; l < BN_LANES; l++) {
                         /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
                            NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
                            one the same sums) */
-                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        const real y = x[s + l] * scale[g] + shift[g];
+                        const real g_out = dy[s + l] * (real)(y > 0);
                         sums[g][l] += (double)g_out;
                         products[g][l] += (double)(g_out * (x[s + l] - mean));
                     }
                 for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    const real y = x[s] * scale[g] + shift[g];
+                    const real d = dy[s], g_out = y > 0 ? d : 0;
                     sums[g][l] += (double)g_out;
                     products[g][l] += (double)(g_out * (x[s] - mean));
                 }
@@ -1049,7 +1062,8 @@ static void ds_cnn_conv1_bn_backward(
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
-                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    const real y = in[i] * scale[g] + shift[g];
+                    const real d = dout[i], g_out = y > 0 ? d : 0;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -1419,16 +1433,17 @@ static void ds_cnn_dw1_bn_forward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
- *   fused relu's output is (out = max(0, y))
+ *   fused relu's output is (out = max(0, y)), found again from in: y = in * scale[c] + shift[c] as
+ *   the forward computed it
  */
 static void ds_cnn_dw1_bn_backward(
     real *restrict din,                     /* dw1 [N, 64, 25, 5] */
     real *restrict dgamma,                  /* dw1_bn.gamma [64] */
     real *restrict dbeta,                   /* dw1_bn.beta [64] */
     const real *restrict dout,              /* dw1_bn [N, 64, 25, 5] */
-    real *restrict out,                     /* dw1_bn [N, 64, 25, 5] */
     const real *restrict in,                /* dw1 [N, 64, 25, 5] */
     const real *restrict gamma,             /* dw1_bn.gamma [64] */
+    const real *restrict beta,              /* dw1_bn.beta [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
     size_t batch)
 {
@@ -1447,24 +1462,36 @@ static void ds_cnn_dw1_bn_backward(
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
+        /* The fused relu's mask from the input, not from its output: one tensor less to read in each
+           pass (the batch is past the caches). scale and shift and y are the forward's expressions
+           of the same values, so y is the forward's to the bit under the same compiler; where a
+           different contraction of y into a multiply-add could round it across 0, y is within
+           rounding of the kink, where 0 and 1 are both the relu's derivative. */
+        real scale[BN_GROUP], shift[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+            scale[g] = gamma[c0 + g] * inv_std;
+            shift[g] = beta[c0 + g] - mean * scale[g];
+        }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 const real *restrict x = in + plane, *restrict dy = dout + plane;
-                const real *restrict y = out + plane;                      /* the fused relu's output */
                 int s = 0;
                 for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                     for (int l = 0; l < BN_LANES; l++) {
                         /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
                            NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
                            one the same sums) */
-                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        const real y = x[s + l] * scale[g] + shift[g];
+                        const real g_out = dy[s + l] * (real)(y > 0);
                         sums[g][l] += (double)g_out;
                         products[g][l] += (double)(g_out * (x[s + l] - mean));
                     }
                 for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    const real y = x[s] * scale[g] + shift[g];
+                    const real d = dy[s], g_out = y > 0 ? d : 0;
                     sums[g][l] += (double)g_out;
                     products[g][l] += (double)(g_out * (x[s] - mean));
                 }
@@ -1491,7 +1518,8 @@ static void ds_cnn_dw1_bn_backward(
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
-                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    const real y = in[i] * scale[g] + shift[g];
+                    const real d = dout[i], g_out = y > 0 ? d : 0;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -1793,16 +1821,17 @@ static void ds_cnn_pw1_bn_forward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
- *   fused relu's output is (out = max(0, y))
+ *   fused relu's output is (out = max(0, y)), found again from in: y = in * scale[c] + shift[c] as
+ *   the forward computed it
  */
 static void ds_cnn_pw1_bn_backward(
     real *restrict din,                     /* pw1 [N, 64, 25, 5] */
     real *restrict dgamma,                  /* pw1_bn.gamma [64] */
     real *restrict dbeta,                   /* pw1_bn.beta [64] */
     const real *restrict dout,              /* pw1_bn [N, 64, 25, 5] */
-    real *restrict out,                     /* pw1_bn [N, 64, 25, 5] */
     const real *restrict in,                /* pw1 [N, 64, 25, 5] */
     const real *restrict gamma,             /* pw1_bn.gamma [64] */
+    const real *restrict beta,              /* pw1_bn.beta [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
     size_t batch)
 {
@@ -1821,24 +1850,36 @@ static void ds_cnn_pw1_bn_backward(
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
+        /* The fused relu's mask from the input, not from its output: one tensor less to read in each
+           pass (the batch is past the caches). scale and shift and y are the forward's expressions
+           of the same values, so y is the forward's to the bit under the same compiler; where a
+           different contraction of y into a multiply-add could round it across 0, y is within
+           rounding of the kink, where 0 and 1 are both the relu's derivative. */
+        real scale[BN_GROUP], shift[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+            scale[g] = gamma[c0 + g] * inv_std;
+            shift[g] = beta[c0 + g] - mean * scale[g];
+        }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 const real *restrict x = in + plane, *restrict dy = dout + plane;
-                const real *restrict y = out + plane;                      /* the fused relu's output */
                 int s = 0;
                 for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                     for (int l = 0; l < BN_LANES; l++) {
                         /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
                            NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
                            one the same sums) */
-                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        const real y = x[s + l] * scale[g] + shift[g];
+                        const real g_out = dy[s + l] * (real)(y > 0);
                         sums[g][l] += (double)g_out;
                         products[g][l] += (double)(g_out * (x[s + l] - mean));
                     }
                 for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    const real y = x[s] * scale[g] + shift[g];
+                    const real d = dy[s], g_out = y > 0 ? d : 0;
                     sums[g][l] += (double)g_out;
                     products[g][l] += (double)(g_out * (x[s] - mean));
                 }
@@ -1865,7 +1906,8 @@ static void ds_cnn_pw1_bn_backward(
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
-                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    const real y = in[i] * scale[g] + shift[g];
+                    const real d = dout[i], g_out = y > 0 ? d : 0;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -2191,16 +2233,17 @@ static void ds_cnn_dw2_bn_forward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
- *   fused relu's output is (out = max(0, y))
+ *   fused relu's output is (out = max(0, y)), found again from in: y = in * scale[c] + shift[c] as
+ *   the forward computed it
  */
 static void ds_cnn_dw2_bn_backward(
     real *restrict din,                     /* dw2 [N, 64, 25, 5] */
     real *restrict dgamma,                  /* dw2_bn.gamma [64] */
     real *restrict dbeta,                   /* dw2_bn.beta [64] */
     const real *restrict dout,              /* dw2_bn [N, 64, 25, 5] */
-    real *restrict out,                     /* dw2_bn [N, 64, 25, 5] */
     const real *restrict in,                /* dw2 [N, 64, 25, 5] */
     const real *restrict gamma,             /* dw2_bn.gamma [64] */
+    const real *restrict beta,              /* dw2_bn.beta [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
     size_t batch)
 {
@@ -2219,24 +2262,36 @@ static void ds_cnn_dw2_bn_backward(
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
+        /* The fused relu's mask from the input, not from its output: one tensor less to read in each
+           pass (the batch is past the caches). scale and shift and y are the forward's expressions
+           of the same values, so y is the forward's to the bit under the same compiler; where a
+           different contraction of y into a multiply-add could round it across 0, y is within
+           rounding of the kink, where 0 and 1 are both the relu's derivative. */
+        real scale[BN_GROUP], shift[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+            scale[g] = gamma[c0 + g] * inv_std;
+            shift[g] = beta[c0 + g] - mean * scale[g];
+        }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 const real *restrict x = in + plane, *restrict dy = dout + plane;
-                const real *restrict y = out + plane;                      /* the fused relu's output */
                 int s = 0;
                 for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                     for (int l = 0; l < BN_LANES; l++) {
                         /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
                            NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
                            one the same sums) */
-                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        const real y = x[s + l] * scale[g] + shift[g];
+                        const real g_out = dy[s + l] * (real)(y > 0);
                         sums[g][l] += (double)g_out;
                         products[g][l] += (double)(g_out * (x[s + l] - mean));
                     }
                 for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    const real y = x[s] * scale[g] + shift[g];
+                    const real d = dy[s], g_out = y > 0 ? d : 0;
                     sums[g][l] += (double)g_out;
                     products[g][l] += (double)(g_out * (x[s] - mean));
                 }
@@ -2263,7 +2318,8 @@ static void ds_cnn_dw2_bn_backward(
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
-                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    const real y = in[i] * scale[g] + shift[g];
+                    const real d = dout[i], g_out = y > 0 ? d : 0;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -2565,16 +2621,17 @@ static void ds_cnn_pw2_bn_forward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
- *   fused relu's output is (out = max(0, y))
+ *   fused relu's output is (out = max(0, y)), found again from in: y = in * scale[c] + shift[c] as
+ *   the forward computed it
  */
 static void ds_cnn_pw2_bn_backward(
     real *restrict din,                     /* pw2 [N, 64, 25, 5] */
     real *restrict dgamma,                  /* pw2_bn.gamma [64] */
     real *restrict dbeta,                   /* pw2_bn.beta [64] */
     const real *restrict dout,              /* pw2_bn [N, 64, 25, 5] */
-    real *restrict out,                     /* pw2_bn [N, 64, 25, 5] */
     const real *restrict in,                /* pw2 [N, 64, 25, 5] */
     const real *restrict gamma,             /* pw2_bn.gamma [64] */
+    const real *restrict beta,              /* pw2_bn.beta [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
     size_t batch)
 {
@@ -2593,24 +2650,36 @@ static void ds_cnn_pw2_bn_backward(
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
+        /* The fused relu's mask from the input, not from its output: one tensor less to read in each
+           pass (the batch is past the caches). scale and shift and y are the forward's expressions
+           of the same values, so y is the forward's to the bit under the same compiler; where a
+           different contraction of y into a multiply-add could round it across 0, y is within
+           rounding of the kink, where 0 and 1 are both the relu's derivative. */
+        real scale[BN_GROUP], shift[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+            scale[g] = gamma[c0 + g] * inv_std;
+            shift[g] = beta[c0 + g] - mean * scale[g];
+        }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 const real *restrict x = in + plane, *restrict dy = dout + plane;
-                const real *restrict y = out + plane;                      /* the fused relu's output */
                 int s = 0;
                 for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                     for (int l = 0; l < BN_LANES; l++) {
                         /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
                            NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
                            one the same sums) */
-                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        const real y = x[s + l] * scale[g] + shift[g];
+                        const real g_out = dy[s + l] * (real)(y > 0);
                         sums[g][l] += (double)g_out;
                         products[g][l] += (double)(g_out * (x[s + l] - mean));
                     }
                 for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    const real y = x[s] * scale[g] + shift[g];
+                    const real d = dy[s], g_out = y > 0 ? d : 0;
                     sums[g][l] += (double)g_out;
                     products[g][l] += (double)(g_out * (x[s] - mean));
                 }
@@ -2637,7 +2706,8 @@ static void ds_cnn_pw2_bn_backward(
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
-                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    const real y = in[i] * scale[g] + shift[g];
+                    const real d = dout[i], g_out = y > 0 ? d : 0;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -2963,16 +3033,17 @@ static void ds_cnn_dw3_bn_forward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
- *   fused relu's output is (out = max(0, y))
+ *   fused relu's output is (out = max(0, y)), found again from in: y = in * scale[c] + shift[c] as
+ *   the forward computed it
  */
 static void ds_cnn_dw3_bn_backward(
     real *restrict din,                     /* dw3 [N, 64, 25, 5] */
     real *restrict dgamma,                  /* dw3_bn.gamma [64] */
     real *restrict dbeta,                   /* dw3_bn.beta [64] */
     const real *restrict dout,              /* dw3_bn [N, 64, 25, 5] */
-    real *restrict out,                     /* dw3_bn [N, 64, 25, 5] */
     const real *restrict in,                /* dw3 [N, 64, 25, 5] */
     const real *restrict gamma,             /* dw3_bn.gamma [64] */
+    const real *restrict beta,              /* dw3_bn.beta [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
     size_t batch)
 {
@@ -2991,24 +3062,36 @@ static void ds_cnn_dw3_bn_backward(
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
+        /* The fused relu's mask from the input, not from its output: one tensor less to read in each
+           pass (the batch is past the caches). scale and shift and y are the forward's expressions
+           of the same values, so y is the forward's to the bit under the same compiler; where a
+           different contraction of y into a multiply-add could round it across 0, y is within
+           rounding of the kink, where 0 and 1 are both the relu's derivative. */
+        real scale[BN_GROUP], shift[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+            scale[g] = gamma[c0 + g] * inv_std;
+            shift[g] = beta[c0 + g] - mean * scale[g];
+        }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 const real *restrict x = in + plane, *restrict dy = dout + plane;
-                const real *restrict y = out + plane;                      /* the fused relu's output */
                 int s = 0;
                 for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                     for (int l = 0; l < BN_LANES; l++) {
                         /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
                            NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
                            one the same sums) */
-                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        const real y = x[s + l] * scale[g] + shift[g];
+                        const real g_out = dy[s + l] * (real)(y > 0);
                         sums[g][l] += (double)g_out;
                         products[g][l] += (double)(g_out * (x[s + l] - mean));
                     }
                 for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    const real y = x[s] * scale[g] + shift[g];
+                    const real d = dy[s], g_out = y > 0 ? d : 0;
                     sums[g][l] += (double)g_out;
                     products[g][l] += (double)(g_out * (x[s] - mean));
                 }
@@ -3035,7 +3118,8 @@ static void ds_cnn_dw3_bn_backward(
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
-                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    const real y = in[i] * scale[g] + shift[g];
+                    const real d = dout[i], g_out = y > 0 ? d : 0;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -3337,16 +3421,17 @@ static void ds_cnn_pw3_bn_forward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
- *   fused relu's output is (out = max(0, y))
+ *   fused relu's output is (out = max(0, y)), found again from in: y = in * scale[c] + shift[c] as
+ *   the forward computed it
  */
 static void ds_cnn_pw3_bn_backward(
     real *restrict din,                     /* pw3 [N, 64, 25, 5] */
     real *restrict dgamma,                  /* pw3_bn.gamma [64] */
     real *restrict dbeta,                   /* pw3_bn.beta [64] */
     const real *restrict dout,              /* pw3_bn [N, 64, 25, 5] */
-    real *restrict out,                     /* pw3_bn [N, 64, 25, 5] */
     const real *restrict in,                /* pw3 [N, 64, 25, 5] */
     const real *restrict gamma,             /* pw3_bn.gamma [64] */
+    const real *restrict beta,              /* pw3_bn.beta [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
     size_t batch)
 {
@@ -3365,24 +3450,36 @@ static void ds_cnn_pw3_bn_backward(
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
+        /* The fused relu's mask from the input, not from its output: one tensor less to read in each
+           pass (the batch is past the caches). scale and shift and y are the forward's expressions
+           of the same values, so y is the forward's to the bit under the same compiler; where a
+           different contraction of y into a multiply-add could round it across 0, y is within
+           rounding of the kink, where 0 and 1 are both the relu's derivative. */
+        real scale[BN_GROUP], shift[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+            scale[g] = gamma[c0 + g] * inv_std;
+            shift[g] = beta[c0 + g] - mean * scale[g];
+        }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 const real *restrict x = in + plane, *restrict dy = dout + plane;
-                const real *restrict y = out + plane;                      /* the fused relu's output */
                 int s = 0;
                 for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                     for (int l = 0; l < BN_LANES; l++) {
                         /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
                            NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
                            one the same sums) */
-                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        const real y = x[s + l] * scale[g] + shift[g];
+                        const real g_out = dy[s + l] * (real)(y > 0);
                         sums[g][l] += (double)g_out;
                         products[g][l] += (double)(g_out * (x[s + l] - mean));
                     }
                 for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    const real y = x[s] * scale[g] + shift[g];
+                    const real d = dy[s], g_out = y > 0 ? d : 0;
                     sums[g][l] += (double)g_out;
                     products[g][l] += (double)(g_out * (x[s] - mean));
                 }
@@ -3409,7 +3506,8 @@ static void ds_cnn_pw3_bn_backward(
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
-                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    const real y = in[i] * scale[g] + shift[g];
+                    const real d = dout[i], g_out = y > 0 ? d : 0;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -3735,16 +3833,17 @@ static void ds_cnn_dw4_bn_forward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
- *   fused relu's output is (out = max(0, y))
+ *   fused relu's output is (out = max(0, y)), found again from in: y = in * scale[c] + shift[c] as
+ *   the forward computed it
  */
 static void ds_cnn_dw4_bn_backward(
     real *restrict din,                     /* dw4 [N, 64, 25, 5] */
     real *restrict dgamma,                  /* dw4_bn.gamma [64] */
     real *restrict dbeta,                   /* dw4_bn.beta [64] */
     const real *restrict dout,              /* dw4_bn [N, 64, 25, 5] */
-    real *restrict out,                     /* dw4_bn [N, 64, 25, 5] */
     const real *restrict in,                /* dw4 [N, 64, 25, 5] */
     const real *restrict gamma,             /* dw4_bn.gamma [64] */
+    const real *restrict beta,              /* dw4_bn.beta [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
     size_t batch)
 {
@@ -3763,24 +3862,36 @@ static void ds_cnn_dw4_bn_backward(
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
+        /* The fused relu's mask from the input, not from its output: one tensor less to read in each
+           pass (the batch is past the caches). scale and shift and y are the forward's expressions
+           of the same values, so y is the forward's to the bit under the same compiler; where a
+           different contraction of y into a multiply-add could round it across 0, y is within
+           rounding of the kink, where 0 and 1 are both the relu's derivative. */
+        real scale[BN_GROUP], shift[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+            scale[g] = gamma[c0 + g] * inv_std;
+            shift[g] = beta[c0 + g] - mean * scale[g];
+        }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 const real *restrict x = in + plane, *restrict dy = dout + plane;
-                const real *restrict y = out + plane;                      /* the fused relu's output */
                 int s = 0;
                 for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                     for (int l = 0; l < BN_LANES; l++) {
                         /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
                            NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
                            one the same sums) */
-                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        const real y = x[s + l] * scale[g] + shift[g];
+                        const real g_out = dy[s + l] * (real)(y > 0);
                         sums[g][l] += (double)g_out;
                         products[g][l] += (double)(g_out * (x[s + l] - mean));
                     }
                 for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    const real y = x[s] * scale[g] + shift[g];
+                    const real d = dy[s], g_out = y > 0 ? d : 0;
                     sums[g][l] += (double)g_out;
                     products[g][l] += (double)(g_out * (x[s] - mean));
                 }
@@ -3807,7 +3918,8 @@ static void ds_cnn_dw4_bn_backward(
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
-                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    const real y = in[i] * scale[g] + shift[g];
+                    const real d = dout[i], g_out = y > 0 ? d : 0;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -4109,16 +4221,17 @@ static void ds_cnn_pw4_bn_forward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
- *   fused relu's output is (out = max(0, y))
+ *   fused relu's output is (out = max(0, y)), found again from in: y = in * scale[c] + shift[c] as
+ *   the forward computed it
  */
 static void ds_cnn_pw4_bn_backward(
     real *restrict din,                     /* pw4 [N, 64, 25, 5] */
     real *restrict dgamma,                  /* pw4_bn.gamma [64] */
     real *restrict dbeta,                   /* pw4_bn.beta [64] */
     const real *restrict dout,              /* pw4_bn [N, 64, 25, 5] */
-    real *restrict out,                     /* pw4_bn [N, 64, 25, 5] */
     const real *restrict in,                /* pw4 [N, 64, 25, 5] */
     const real *restrict gamma,             /* pw4_bn.gamma [64] */
+    const real *restrict beta,              /* pw4_bn.beta [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
     size_t batch)
 {
@@ -4137,24 +4250,36 @@ static void ds_cnn_pw4_bn_backward(
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
+        /* The fused relu's mask from the input, not from its output: one tensor less to read in each
+           pass (the batch is past the caches). scale and shift and y are the forward's expressions
+           of the same values, so y is the forward's to the bit under the same compiler; where a
+           different contraction of y into a multiply-add could round it across 0, y is within
+           rounding of the kink, where 0 and 1 are both the relu's derivative. */
+        real scale[BN_GROUP], shift[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+            scale[g] = gamma[c0 + g] * inv_std;
+            shift[g] = beta[c0 + g] - mean * scale[g];
+        }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 const real *restrict x = in + plane, *restrict dy = dout + plane;
-                const real *restrict y = out + plane;                      /* the fused relu's output */
                 int s = 0;
                 for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                     for (int l = 0; l < BN_LANES; l++) {
                         /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
                            NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
                            one the same sums) */
-                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        const real y = x[s + l] * scale[g] + shift[g];
+                        const real g_out = dy[s + l] * (real)(y > 0);
                         sums[g][l] += (double)g_out;
                         products[g][l] += (double)(g_out * (x[s + l] - mean));
                     }
                 for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    const real y = x[s] * scale[g] + shift[g];
+                    const real d = dy[s], g_out = y > 0 ? d : 0;
                     sums[g][l] += (double)g_out;
                     products[g][l] += (double)(g_out * (x[s] - mean));
                 }
@@ -4181,7 +4306,8 @@ static void ds_cnn_pw4_bn_backward(
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
-                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    const real y = in[i] * scale[g] + shift[g];
+                    const real d = dout[i], g_out = y > 0 ? d : 0;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -4468,24 +4594,24 @@ void ds_cnn_backward(const ds_cnn_context *ctx, const real *input, const int32_t
     ds_cnn_fc_backward(grad_acts + A_POOL * batch, grads + P_FC_WEIGHT, grads + P_FC_BIAS, grad_acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, batch);
     ds_cnn_pool_backward(grad_acts + A_DROP2 * batch, grad_acts + A_POOL * batch, batch);
     ds_cnn_drop2_backward(grad_acts + A_PW4_BN * batch, grad_acts + A_DROP2 * batch, batch, seed);
-    ds_cnn_pw4_bn_backward(grad_acts + A_PW4 * batch, grads + P_PW4_BN_GAMMA, grads + P_PW4_BN_BETA, grad_acts + A_PW4_BN * batch, acts + A_PW4_BN * batch, acts + A_PW4 * batch, params + P_PW4_BN_GAMMA, workspace + WS_PW4_BN, batch);
+    ds_cnn_pw4_bn_backward(grad_acts + A_PW4 * batch, grads + P_PW4_BN_GAMMA, grads + P_PW4_BN_BETA, grad_acts + A_PW4_BN * batch, acts + A_PW4 * batch, params + P_PW4_BN_GAMMA, params + P_PW4_BN_BETA, workspace + WS_PW4_BN, batch);
     ds_cnn_pw4_backward(grad_acts + A_DW4_BN * batch, grads + P_PW4_WEIGHT, grads + P_PW4_BIAS, grad_acts + A_PW4 * batch, acts + A_DW4_BN * batch, params + P_PW4_WEIGHT, workspace + WS_PW4, batch);
-    ds_cnn_dw4_bn_backward(grad_acts + A_DW4 * batch, grads + P_DW4_BN_GAMMA, grads + P_DW4_BN_BETA, grad_acts + A_DW4_BN * batch, acts + A_DW4_BN * batch, acts + A_DW4 * batch, params + P_DW4_BN_GAMMA, workspace + WS_DW4_BN, batch);
+    ds_cnn_dw4_bn_backward(grad_acts + A_DW4 * batch, grads + P_DW4_BN_GAMMA, grads + P_DW4_BN_BETA, grad_acts + A_DW4_BN * batch, acts + A_DW4 * batch, params + P_DW4_BN_GAMMA, params + P_DW4_BN_BETA, workspace + WS_DW4_BN, batch);
     ds_cnn_dw4_backward(grad_acts + A_PW3_BN * batch, grads + P_DW4_WEIGHT, grads + P_DW4_BIAS, grad_acts + A_DW4 * batch, acts + A_PW3_BN * batch, params + P_DW4_WEIGHT, workspace + WS_DW4, batch);
-    ds_cnn_pw3_bn_backward(grad_acts + A_PW3 * batch, grads + P_PW3_BN_GAMMA, grads + P_PW3_BN_BETA, grad_acts + A_PW3_BN * batch, acts + A_PW3_BN * batch, acts + A_PW3 * batch, params + P_PW3_BN_GAMMA, workspace + WS_PW3_BN, batch);
+    ds_cnn_pw3_bn_backward(grad_acts + A_PW3 * batch, grads + P_PW3_BN_GAMMA, grads + P_PW3_BN_BETA, grad_acts + A_PW3_BN * batch, acts + A_PW3 * batch, params + P_PW3_BN_GAMMA, params + P_PW3_BN_BETA, workspace + WS_PW3_BN, batch);
     ds_cnn_pw3_backward(grad_acts + A_DW3_BN * batch, grads + P_PW3_WEIGHT, grads + P_PW3_BIAS, grad_acts + A_PW3 * batch, acts + A_DW3_BN * batch, params + P_PW3_WEIGHT, workspace + WS_PW3, batch);
-    ds_cnn_dw3_bn_backward(grad_acts + A_DW3 * batch, grads + P_DW3_BN_GAMMA, grads + P_DW3_BN_BETA, grad_acts + A_DW3_BN * batch, acts + A_DW3_BN * batch, acts + A_DW3 * batch, params + P_DW3_BN_GAMMA, workspace + WS_DW3_BN, batch);
+    ds_cnn_dw3_bn_backward(grad_acts + A_DW3 * batch, grads + P_DW3_BN_GAMMA, grads + P_DW3_BN_BETA, grad_acts + A_DW3_BN * batch, acts + A_DW3 * batch, params + P_DW3_BN_GAMMA, params + P_DW3_BN_BETA, workspace + WS_DW3_BN, batch);
     ds_cnn_dw3_backward(grad_acts + A_PW2_BN * batch, grads + P_DW3_WEIGHT, grads + P_DW3_BIAS, grad_acts + A_DW3 * batch, acts + A_PW2_BN * batch, params + P_DW3_WEIGHT, workspace + WS_DW3, batch);
-    ds_cnn_pw2_bn_backward(grad_acts + A_PW2 * batch, grads + P_PW2_BN_GAMMA, grads + P_PW2_BN_BETA, grad_acts + A_PW2_BN * batch, acts + A_PW2_BN * batch, acts + A_PW2 * batch, params + P_PW2_BN_GAMMA, workspace + WS_PW2_BN, batch);
+    ds_cnn_pw2_bn_backward(grad_acts + A_PW2 * batch, grads + P_PW2_BN_GAMMA, grads + P_PW2_BN_BETA, grad_acts + A_PW2_BN * batch, acts + A_PW2 * batch, params + P_PW2_BN_GAMMA, params + P_PW2_BN_BETA, workspace + WS_PW2_BN, batch);
     ds_cnn_pw2_backward(grad_acts + A_DW2_BN * batch, grads + P_PW2_WEIGHT, grads + P_PW2_BIAS, grad_acts + A_PW2 * batch, acts + A_DW2_BN * batch, params + P_PW2_WEIGHT, workspace + WS_PW2, batch);
-    ds_cnn_dw2_bn_backward(grad_acts + A_DW2 * batch, grads + P_DW2_BN_GAMMA, grads + P_DW2_BN_BETA, grad_acts + A_DW2_BN * batch, acts + A_DW2_BN * batch, acts + A_DW2 * batch, params + P_DW2_BN_GAMMA, workspace + WS_DW2_BN, batch);
+    ds_cnn_dw2_bn_backward(grad_acts + A_DW2 * batch, grads + P_DW2_BN_GAMMA, grads + P_DW2_BN_BETA, grad_acts + A_DW2_BN * batch, acts + A_DW2 * batch, params + P_DW2_BN_GAMMA, params + P_DW2_BN_BETA, workspace + WS_DW2_BN, batch);
     ds_cnn_dw2_backward(grad_acts + A_PW1_BN * batch, grads + P_DW2_WEIGHT, grads + P_DW2_BIAS, grad_acts + A_DW2 * batch, acts + A_PW1_BN * batch, params + P_DW2_WEIGHT, workspace + WS_DW2, batch);
-    ds_cnn_pw1_bn_backward(grad_acts + A_PW1 * batch, grads + P_PW1_BN_GAMMA, grads + P_PW1_BN_BETA, grad_acts + A_PW1_BN * batch, acts + A_PW1_BN * batch, acts + A_PW1 * batch, params + P_PW1_BN_GAMMA, workspace + WS_PW1_BN, batch);
+    ds_cnn_pw1_bn_backward(grad_acts + A_PW1 * batch, grads + P_PW1_BN_GAMMA, grads + P_PW1_BN_BETA, grad_acts + A_PW1_BN * batch, acts + A_PW1 * batch, params + P_PW1_BN_GAMMA, params + P_PW1_BN_BETA, workspace + WS_PW1_BN, batch);
     ds_cnn_pw1_backward(grad_acts + A_DW1_BN * batch, grads + P_PW1_WEIGHT, grads + P_PW1_BIAS, grad_acts + A_PW1 * batch, acts + A_DW1_BN * batch, params + P_PW1_WEIGHT, workspace + WS_PW1, batch);
-    ds_cnn_dw1_bn_backward(grad_acts + A_DW1 * batch, grads + P_DW1_BN_GAMMA, grads + P_DW1_BN_BETA, grad_acts + A_DW1_BN * batch, acts + A_DW1_BN * batch, acts + A_DW1 * batch, params + P_DW1_BN_GAMMA, workspace + WS_DW1_BN, batch);
+    ds_cnn_dw1_bn_backward(grad_acts + A_DW1 * batch, grads + P_DW1_BN_GAMMA, grads + P_DW1_BN_BETA, grad_acts + A_DW1_BN * batch, acts + A_DW1 * batch, params + P_DW1_BN_GAMMA, params + P_DW1_BN_BETA, workspace + WS_DW1_BN, batch);
     ds_cnn_dw1_backward(grad_acts + A_DROP1 * batch, grads + P_DW1_WEIGHT, grads + P_DW1_BIAS, grad_acts + A_DW1 * batch, acts + A_DROP1 * batch, params + P_DW1_WEIGHT, workspace + WS_DW1, batch);
     ds_cnn_drop1_backward(grad_acts + A_CONV1_BN * batch, grad_acts + A_DROP1 * batch, batch, seed);
-    ds_cnn_conv1_bn_backward(grad_acts + A_CONV1 * batch, grads + P_CONV1_BN_GAMMA, grads + P_CONV1_BN_BETA, grad_acts + A_CONV1_BN * batch, acts + A_CONV1_BN * batch, acts + A_CONV1 * batch, params + P_CONV1_BN_GAMMA, workspace + WS_CONV1_BN, batch);
+    ds_cnn_conv1_bn_backward(grad_acts + A_CONV1 * batch, grads + P_CONV1_BN_GAMMA, grads + P_CONV1_BN_BETA, grad_acts + A_CONV1_BN * batch, acts + A_CONV1 * batch, params + P_CONV1_BN_GAMMA, params + P_CONV1_BN_BETA, workspace + WS_CONV1_BN, batch);
     ds_cnn_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_CONV1 * batch, input, workspace + WS_CONV1, batch);
 }
 /* ---- optimizer: Adam over the DS_CNN_NUM_TRAINABLE trainable parameters
@@ -4654,7 +4780,7 @@ void ds_cnn_backward_op(const ds_cnn_context *ctx, const real *input, size_t bat
         ds_cnn_conv1_backward(grads + P_CONV1_WEIGHT, grads + P_CONV1_BIAS, grad_acts + A_CONV1 * batch, input, workspace + WS_CONV1, batch);
         break;
     case 1:
-        ds_cnn_conv1_bn_backward(grad_acts + A_CONV1 * batch, grads + P_CONV1_BN_GAMMA, grads + P_CONV1_BN_BETA, grad_acts + A_CONV1_BN * batch, acts + A_CONV1_BN * batch, acts + A_CONV1 * batch, params + P_CONV1_BN_GAMMA, workspace + WS_CONV1_BN, batch);
+        ds_cnn_conv1_bn_backward(grad_acts + A_CONV1 * batch, grads + P_CONV1_BN_GAMMA, grads + P_CONV1_BN_BETA, grad_acts + A_CONV1_BN * batch, acts + A_CONV1 * batch, params + P_CONV1_BN_GAMMA, params + P_CONV1_BN_BETA, workspace + WS_CONV1_BN, batch);
         break;
     case 2:
         ds_cnn_drop1_backward(grad_acts + A_CONV1_BN * batch, grad_acts + A_DROP1 * batch, batch, seed);
@@ -4663,49 +4789,49 @@ void ds_cnn_backward_op(const ds_cnn_context *ctx, const real *input, size_t bat
         ds_cnn_dw1_backward(grad_acts + A_DROP1 * batch, grads + P_DW1_WEIGHT, grads + P_DW1_BIAS, grad_acts + A_DW1 * batch, acts + A_DROP1 * batch, params + P_DW1_WEIGHT, workspace + WS_DW1, batch);
         break;
     case 4:
-        ds_cnn_dw1_bn_backward(grad_acts + A_DW1 * batch, grads + P_DW1_BN_GAMMA, grads + P_DW1_BN_BETA, grad_acts + A_DW1_BN * batch, acts + A_DW1_BN * batch, acts + A_DW1 * batch, params + P_DW1_BN_GAMMA, workspace + WS_DW1_BN, batch);
+        ds_cnn_dw1_bn_backward(grad_acts + A_DW1 * batch, grads + P_DW1_BN_GAMMA, grads + P_DW1_BN_BETA, grad_acts + A_DW1_BN * batch, acts + A_DW1 * batch, params + P_DW1_BN_GAMMA, params + P_DW1_BN_BETA, workspace + WS_DW1_BN, batch);
         break;
     case 5:
         ds_cnn_pw1_backward(grad_acts + A_DW1_BN * batch, grads + P_PW1_WEIGHT, grads + P_PW1_BIAS, grad_acts + A_PW1 * batch, acts + A_DW1_BN * batch, params + P_PW1_WEIGHT, workspace + WS_PW1, batch);
         break;
     case 6:
-        ds_cnn_pw1_bn_backward(grad_acts + A_PW1 * batch, grads + P_PW1_BN_GAMMA, grads + P_PW1_BN_BETA, grad_acts + A_PW1_BN * batch, acts + A_PW1_BN * batch, acts + A_PW1 * batch, params + P_PW1_BN_GAMMA, workspace + WS_PW1_BN, batch);
+        ds_cnn_pw1_bn_backward(grad_acts + A_PW1 * batch, grads + P_PW1_BN_GAMMA, grads + P_PW1_BN_BETA, grad_acts + A_PW1_BN * batch, acts + A_PW1 * batch, params + P_PW1_BN_GAMMA, params + P_PW1_BN_BETA, workspace + WS_PW1_BN, batch);
         break;
     case 7:
         ds_cnn_dw2_backward(grad_acts + A_PW1_BN * batch, grads + P_DW2_WEIGHT, grads + P_DW2_BIAS, grad_acts + A_DW2 * batch, acts + A_PW1_BN * batch, params + P_DW2_WEIGHT, workspace + WS_DW2, batch);
         break;
     case 8:
-        ds_cnn_dw2_bn_backward(grad_acts + A_DW2 * batch, grads + P_DW2_BN_GAMMA, grads + P_DW2_BN_BETA, grad_acts + A_DW2_BN * batch, acts + A_DW2_BN * batch, acts + A_DW2 * batch, params + P_DW2_BN_GAMMA, workspace + WS_DW2_BN, batch);
+        ds_cnn_dw2_bn_backward(grad_acts + A_DW2 * batch, grads + P_DW2_BN_GAMMA, grads + P_DW2_BN_BETA, grad_acts + A_DW2_BN * batch, acts + A_DW2 * batch, params + P_DW2_BN_GAMMA, params + P_DW2_BN_BETA, workspace + WS_DW2_BN, batch);
         break;
     case 9:
         ds_cnn_pw2_backward(grad_acts + A_DW2_BN * batch, grads + P_PW2_WEIGHT, grads + P_PW2_BIAS, grad_acts + A_PW2 * batch, acts + A_DW2_BN * batch, params + P_PW2_WEIGHT, workspace + WS_PW2, batch);
         break;
     case 10:
-        ds_cnn_pw2_bn_backward(grad_acts + A_PW2 * batch, grads + P_PW2_BN_GAMMA, grads + P_PW2_BN_BETA, grad_acts + A_PW2_BN * batch, acts + A_PW2_BN * batch, acts + A_PW2 * batch, params + P_PW2_BN_GAMMA, workspace + WS_PW2_BN, batch);
+        ds_cnn_pw2_bn_backward(grad_acts + A_PW2 * batch, grads + P_PW2_BN_GAMMA, grads + P_PW2_BN_BETA, grad_acts + A_PW2_BN * batch, acts + A_PW2 * batch, params + P_PW2_BN_GAMMA, params + P_PW2_BN_BETA, workspace + WS_PW2_BN, batch);
         break;
     case 11:
         ds_cnn_dw3_backward(grad_acts + A_PW2_BN * batch, grads + P_DW3_WEIGHT, grads + P_DW3_BIAS, grad_acts + A_DW3 * batch, acts + A_PW2_BN * batch, params + P_DW3_WEIGHT, workspace + WS_DW3, batch);
         break;
     case 12:
-        ds_cnn_dw3_bn_backward(grad_acts + A_DW3 * batch, grads + P_DW3_BN_GAMMA, grads + P_DW3_BN_BETA, grad_acts + A_DW3_BN * batch, acts + A_DW3_BN * batch, acts + A_DW3 * batch, params + P_DW3_BN_GAMMA, workspace + WS_DW3_BN, batch);
+        ds_cnn_dw3_bn_backward(grad_acts + A_DW3 * batch, grads + P_DW3_BN_GAMMA, grads + P_DW3_BN_BETA, grad_acts + A_DW3_BN * batch, acts + A_DW3 * batch, params + P_DW3_BN_GAMMA, params + P_DW3_BN_BETA, workspace + WS_DW3_BN, batch);
         break;
     case 13:
         ds_cnn_pw3_backward(grad_acts + A_DW3_BN * batch, grads + P_PW3_WEIGHT, grads + P_PW3_BIAS, grad_acts + A_PW3 * batch, acts + A_DW3_BN * batch, params + P_PW3_WEIGHT, workspace + WS_PW3, batch);
         break;
     case 14:
-        ds_cnn_pw3_bn_backward(grad_acts + A_PW3 * batch, grads + P_PW3_BN_GAMMA, grads + P_PW3_BN_BETA, grad_acts + A_PW3_BN * batch, acts + A_PW3_BN * batch, acts + A_PW3 * batch, params + P_PW3_BN_GAMMA, workspace + WS_PW3_BN, batch);
+        ds_cnn_pw3_bn_backward(grad_acts + A_PW3 * batch, grads + P_PW3_BN_GAMMA, grads + P_PW3_BN_BETA, grad_acts + A_PW3_BN * batch, acts + A_PW3 * batch, params + P_PW3_BN_GAMMA, params + P_PW3_BN_BETA, workspace + WS_PW3_BN, batch);
         break;
     case 15:
         ds_cnn_dw4_backward(grad_acts + A_PW3_BN * batch, grads + P_DW4_WEIGHT, grads + P_DW4_BIAS, grad_acts + A_DW4 * batch, acts + A_PW3_BN * batch, params + P_DW4_WEIGHT, workspace + WS_DW4, batch);
         break;
     case 16:
-        ds_cnn_dw4_bn_backward(grad_acts + A_DW4 * batch, grads + P_DW4_BN_GAMMA, grads + P_DW4_BN_BETA, grad_acts + A_DW4_BN * batch, acts + A_DW4_BN * batch, acts + A_DW4 * batch, params + P_DW4_BN_GAMMA, workspace + WS_DW4_BN, batch);
+        ds_cnn_dw4_bn_backward(grad_acts + A_DW4 * batch, grads + P_DW4_BN_GAMMA, grads + P_DW4_BN_BETA, grad_acts + A_DW4_BN * batch, acts + A_DW4 * batch, params + P_DW4_BN_GAMMA, params + P_DW4_BN_BETA, workspace + WS_DW4_BN, batch);
         break;
     case 17:
         ds_cnn_pw4_backward(grad_acts + A_DW4_BN * batch, grads + P_PW4_WEIGHT, grads + P_PW4_BIAS, grad_acts + A_PW4 * batch, acts + A_DW4_BN * batch, params + P_PW4_WEIGHT, workspace + WS_PW4, batch);
         break;
     case 18:
-        ds_cnn_pw4_bn_backward(grad_acts + A_PW4 * batch, grads + P_PW4_BN_GAMMA, grads + P_PW4_BN_BETA, grad_acts + A_PW4_BN * batch, acts + A_PW4_BN * batch, acts + A_PW4 * batch, params + P_PW4_BN_GAMMA, workspace + WS_PW4_BN, batch);
+        ds_cnn_pw4_bn_backward(grad_acts + A_PW4 * batch, grads + P_PW4_BN_GAMMA, grads + P_PW4_BN_BETA, grad_acts + A_PW4_BN * batch, acts + A_PW4 * batch, params + P_PW4_BN_GAMMA, params + P_PW4_BN_BETA, workspace + WS_PW4_BN, batch);
         break;
     case 19:
         ds_cnn_drop2_backward(grad_acts + A_PW4_BN * batch, grad_acts + A_DROP2 * batch, batch, seed);

@@ -975,16 +975,17 @@ static void resnet8_stem_bn_forward(
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
- *   fused relu's output is (out = max(0, y))
+ *   fused relu's output is (out = max(0, y)), found again from in: y = in * scale[c] + shift[c] as
+ *   the forward computed it
  */
 static void resnet8_stem_bn_backward(
     real *restrict din,                     /* stem [N, 16, 32, 32] */
     real *restrict dgamma,                  /* stem_bn.gamma [16] */
     real *restrict dbeta,                   /* stem_bn.beta [16] */
     const real *restrict dout,              /* stem_bn [N, 16, 32, 32] */
-    real *restrict out,                     /* stem_bn [N, 16, 32, 32] */
     const real *restrict in,                /* stem [N, 16, 32, 32] */
     const real *restrict gamma,             /* stem_bn.gamma [16] */
+    const real *restrict beta,              /* stem_bn.beta [16] */
     real *restrict scratch,                 /* 32 elements of workspace */
     size_t batch)
 {
@@ -1003,24 +1004,36 @@ static void resnet8_stem_bn_backward(
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
+        /* The fused relu's mask from the input, not from its output: one tensor less to read in each
+           pass (the batch is past the caches). scale and shift and y are the forward's expressions
+           of the same values, so y is the forward's to the bit under the same compiler; where a
+           different contraction of y into a multiply-add could round it across 0, y is within
+           rounding of the kink, where 0 and 1 are both the relu's derivative. */
+        real scale[BN_GROUP], shift[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+            scale[g] = gamma[c0 + g] * inv_std;
+            shift[g] = beta[c0 + g] - mean * scale[g];
+        }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 const real *restrict x = in + plane, *restrict dy = dout + plane;
-                const real *restrict y = out + plane;                      /* the fused relu's output */
                 int s = 0;
                 for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                     for (int l = 0; l < BN_LANES; l++) {
                         /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
                            NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
                            one the same sums) */
-                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        const real y = x[s + l] * scale[g] + shift[g];
+                        const real g_out = dy[s + l] * (real)(y > 0);
                         sums[g][l] += (double)g_out;
                         products[g][l] += (double)(g_out * (x[s + l] - mean));
                     }
                 for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    const real y = x[s] * scale[g] + shift[g];
+                    const real d = dy[s], g_out = y > 0 ? d : 0;
                     sums[g][l] += (double)g_out;
                     products[g][l] += (double)(g_out * (x[s] - mean));
                 }
@@ -1047,7 +1060,8 @@ static void resnet8_stem_bn_backward(
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
-                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    const real y = in[i] * scale[g] + shift[g];
+                    const real d = dout[i], g_out = y > 0 ? d : 0;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -1853,16 +1867,17 @@ static void resnet8_s1_bn1_forward(
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
- *   fused relu's output is (out = max(0, y))
+ *   fused relu's output is (out = max(0, y)), found again from in: y = in * scale[c] + shift[c] as
+ *   the forward computed it
  */
 static void resnet8_s1_bn1_backward(
     real *restrict din,                     /* s1_conv1 [N, 16, 32, 32] */
     real *restrict dgamma,                  /* s1_bn1.gamma [16] */
     real *restrict dbeta,                   /* s1_bn1.beta [16] */
     const real *restrict dout,              /* s1_bn1 [N, 16, 32, 32] */
-    real *restrict out,                     /* s1_bn1 [N, 16, 32, 32] */
     const real *restrict in,                /* s1_conv1 [N, 16, 32, 32] */
     const real *restrict gamma,             /* s1_bn1.gamma [16] */
+    const real *restrict beta,              /* s1_bn1.beta [16] */
     real *restrict scratch,                 /* 32 elements of workspace */
     size_t batch)
 {
@@ -1881,24 +1896,36 @@ static void resnet8_s1_bn1_backward(
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
+        /* The fused relu's mask from the input, not from its output: one tensor less to read in each
+           pass (the batch is past the caches). scale and shift and y are the forward's expressions
+           of the same values, so y is the forward's to the bit under the same compiler; where a
+           different contraction of y into a multiply-add could round it across 0, y is within
+           rounding of the kink, where 0 and 1 are both the relu's derivative. */
+        real scale[BN_GROUP], shift[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+            scale[g] = gamma[c0 + g] * inv_std;
+            shift[g] = beta[c0 + g] - mean * scale[g];
+        }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 const real *restrict x = in + plane, *restrict dy = dout + plane;
-                const real *restrict y = out + plane;                      /* the fused relu's output */
                 int s = 0;
                 for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                     for (int l = 0; l < BN_LANES; l++) {
                         /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
                            NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
                            one the same sums) */
-                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        const real y = x[s + l] * scale[g] + shift[g];
+                        const real g_out = dy[s + l] * (real)(y > 0);
                         sums[g][l] += (double)g_out;
                         products[g][l] += (double)(g_out * (x[s + l] - mean));
                     }
                 for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    const real y = x[s] * scale[g] + shift[g];
+                    const real d = dy[s], g_out = y > 0 ? d : 0;
                     sums[g][l] += (double)g_out;
                     products[g][l] += (double)(g_out * (x[s] - mean));
                 }
@@ -1925,7 +1952,8 @@ static void resnet8_s1_bn1_backward(
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
-                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    const real y = in[i] * scale[g] + shift[g];
+                    const real d = dout[i], g_out = y > 0 ? d : 0;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -3248,16 +3276,17 @@ static void resnet8_s2_bn1_forward(
  * gamma [32], beta [32], running_mean [32], running_var [32]: 64 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
- *   fused relu's output is (out = max(0, y))
+ *   fused relu's output is (out = max(0, y)), found again from in: y = in * scale[c] + shift[c] as
+ *   the forward computed it
  */
 static void resnet8_s2_bn1_backward(
     real *restrict din,                     /* s2_conv1 [N, 32, 16, 16] */
     real *restrict dgamma,                  /* s2_bn1.gamma [32] */
     real *restrict dbeta,                   /* s2_bn1.beta [32] */
     const real *restrict dout,              /* s2_bn1 [N, 32, 16, 16] */
-    real *restrict out,                     /* s2_bn1 [N, 32, 16, 16] */
     const real *restrict in,                /* s2_conv1 [N, 32, 16, 16] */
     const real *restrict gamma,             /* s2_bn1.gamma [32] */
+    const real *restrict beta,              /* s2_bn1.beta [32] */
     real *restrict scratch,                 /* 64 elements of workspace */
     size_t batch)
 {
@@ -3276,24 +3305,36 @@ static void resnet8_s2_bn1_backward(
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
+        /* The fused relu's mask from the input, not from its output: one tensor less to read in each
+           pass (the batch is past the caches). scale and shift and y are the forward's expressions
+           of the same values, so y is the forward's to the bit under the same compiler; where a
+           different contraction of y into a multiply-add could round it across 0, y is within
+           rounding of the kink, where 0 and 1 are both the relu's derivative. */
+        real scale[BN_GROUP], shift[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+            scale[g] = gamma[c0 + g] * inv_std;
+            shift[g] = beta[c0 + g] - mean * scale[g];
+        }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 const real *restrict x = in + plane, *restrict dy = dout + plane;
-                const real *restrict y = out + plane;                      /* the fused relu's output */
                 int s = 0;
                 for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                     for (int l = 0; l < BN_LANES; l++) {
                         /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
                            NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
                            one the same sums) */
-                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        const real y = x[s + l] * scale[g] + shift[g];
+                        const real g_out = dy[s + l] * (real)(y > 0);
                         sums[g][l] += (double)g_out;
                         products[g][l] += (double)(g_out * (x[s + l] - mean));
                     }
                 for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    const real y = x[s] * scale[g] + shift[g];
+                    const real d = dy[s], g_out = y > 0 ? d : 0;
                     sums[g][l] += (double)g_out;
                     products[g][l] += (double)(g_out * (x[s] - mean));
                 }
@@ -3320,7 +3361,8 @@ static void resnet8_s2_bn1_backward(
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
-                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    const real y = in[i] * scale[g] + shift[g];
+                    const real d = dout[i], g_out = y > 0 ? d : 0;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -4944,16 +4986,17 @@ static void resnet8_s3_bn1_forward(
  * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
  *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
- *   fused relu's output is (out = max(0, y))
+ *   fused relu's output is (out = max(0, y)), found again from in: y = in * scale[c] + shift[c] as
+ *   the forward computed it
  */
 static void resnet8_s3_bn1_backward(
     real *restrict din,                     /* s3_conv1 [N, 64, 8, 8] */
     real *restrict dgamma,                  /* s3_bn1.gamma [64] */
     real *restrict dbeta,                   /* s3_bn1.beta [64] */
     const real *restrict dout,              /* s3_bn1 [N, 64, 8, 8] */
-    real *restrict out,                     /* s3_bn1 [N, 64, 8, 8] */
     const real *restrict in,                /* s3_conv1 [N, 64, 8, 8] */
     const real *restrict gamma,             /* s3_bn1.gamma [64] */
+    const real *restrict beta,              /* s3_bn1.beta [64] */
     real *restrict scratch,                 /* 128 elements of workspace */
     size_t batch)
 {
@@ -4972,24 +5015,36 @@ static void resnet8_s3_bn1_backward(
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
            forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
+        /* The fused relu's mask from the input, not from its output: one tensor less to read in each
+           pass (the batch is past the caches). scale and shift and y are the forward's expressions
+           of the same values, so y is the forward's to the bit under the same compiler; where a
+           different contraction of y into a multiply-add could round it across 0, y is within
+           rounding of the kink, where 0 and 1 are both the relu's derivative. */
+        real scale[BN_GROUP], shift[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+            scale[g] = gamma[c0 + g] * inv_std;
+            shift[g] = beta[c0 + g] - mean * scale[g];
+        }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 const real *restrict x = in + plane, *restrict dy = dout + plane;
-                const real *restrict y = out + plane;                      /* the fused relu's output */
                 int s = 0;
                 for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
                     for (int l = 0; l < BN_LANES; l++) {
                         /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
                            NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
                            one the same sums) */
-                        const real g_out = dy[s + l] * (real)(y[s + l] > 0);
+                        const real y = x[s + l] * scale[g] + shift[g];
+                        const real g_out = dy[s + l] * (real)(y > 0);
                         sums[g][l] += (double)g_out;
                         products[g][l] += (double)(g_out * (x[s + l] - mean));
                     }
                 for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real d = dy[s], g_out = y[s] > 0 ? d : 0;
+                    const real y = x[s] * scale[g] + shift[g];
+                    const real d = dy[s], g_out = y > 0 ? d : 0;
                     sums[g][l] += (double)g_out;
                     products[g][l] += (double)(g_out * (x[s] - mean));
                 }
@@ -5016,7 +5071,8 @@ static void resnet8_s3_bn1_backward(
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
                     const real xhat = (in[i] - mean) * inv_std;
-                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;
+                    const real y = in[i] * scale[g] + shift[g];
+                    const real d = dout[i], g_out = y > 0 ? d : 0;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -6398,20 +6454,20 @@ void resnet8_backward(const resnet8_context *ctx, const real *input, const int32
     resnet8_s3_shortcut_backward(grad_acts + A_S2_ADD * batch, grads + P_S3_SHORTCUT_WEIGHT, grads + P_S3_SHORTCUT_BIAS, grad_acts + A_S3_SHORTCUT * batch, acts + A_S2_ADD * batch, params + P_S3_SHORTCUT_WEIGHT, workspace + WS_S3_SHORTCUT, batch);
     resnet8_s3_bn2_backward(grad_acts + A_S3_CONV2 * batch, grads + P_S3_BN2_GAMMA, grads + P_S3_BN2_BETA, grad_acts + A_S3_BN2 * batch, acts + A_S3_CONV2 * batch, params + P_S3_BN2_GAMMA, workspace + WS_S3_BN2, batch);
     resnet8_s3_conv2_backward(grad_acts + A_S3_BN1 * batch, grads + P_S3_CONV2_WEIGHT, grads + P_S3_CONV2_BIAS, grad_acts + A_S3_CONV2 * batch, acts + A_S3_BN1 * batch, params + P_S3_CONV2_WEIGHT, workspace + WS_S3_CONV2, batch);
-    resnet8_s3_bn1_backward(grad_acts + A_S3_CONV1 * batch, grads + P_S3_BN1_GAMMA, grads + P_S3_BN1_BETA, grad_acts + A_S3_BN1 * batch, acts + A_S3_BN1 * batch, acts + A_S3_CONV1 * batch, params + P_S3_BN1_GAMMA, workspace + WS_S3_BN1, batch);
+    resnet8_s3_bn1_backward(grad_acts + A_S3_CONV1 * batch, grads + P_S3_BN1_GAMMA, grads + P_S3_BN1_BETA, grad_acts + A_S3_BN1 * batch, acts + A_S3_CONV1 * batch, params + P_S3_BN1_GAMMA, params + P_S3_BN1_BETA, workspace + WS_S3_BN1, batch);
     resnet8_s3_conv1_backward(grad_acts + A_S2_ADD * batch, grads + P_S3_CONV1_WEIGHT, grads + P_S3_CONV1_BIAS, grad_acts + A_S3_CONV1 * batch, acts + A_S2_ADD * batch, params + P_S3_CONV1_WEIGHT, workspace + WS_S3_CONV1, batch);
     resnet8_s2_add_backward(grad_acts + A_S2_SHORTCUT * batch, grad_acts + A_S2_BN2 * batch, grad_acts + A_S2_ADD * batch, acts + A_S2_ADD * batch, batch);
     resnet8_s2_shortcut_backward(grad_acts + A_S1_ADD * batch, grads + P_S2_SHORTCUT_WEIGHT, grads + P_S2_SHORTCUT_BIAS, grad_acts + A_S2_SHORTCUT * batch, acts + A_S1_ADD * batch, params + P_S2_SHORTCUT_WEIGHT, workspace + WS_S2_SHORTCUT, batch);
     resnet8_s2_bn2_backward(grad_acts + A_S2_CONV2 * batch, grads + P_S2_BN2_GAMMA, grads + P_S2_BN2_BETA, grad_acts + A_S2_BN2 * batch, acts + A_S2_CONV2 * batch, params + P_S2_BN2_GAMMA, workspace + WS_S2_BN2, batch);
     resnet8_s2_conv2_backward(grad_acts + A_S2_BN1 * batch, grads + P_S2_CONV2_WEIGHT, grads + P_S2_CONV2_BIAS, grad_acts + A_S2_CONV2 * batch, acts + A_S2_BN1 * batch, params + P_S2_CONV2_WEIGHT, workspace + WS_S2_CONV2, batch);
-    resnet8_s2_bn1_backward(grad_acts + A_S2_CONV1 * batch, grads + P_S2_BN1_GAMMA, grads + P_S2_BN1_BETA, grad_acts + A_S2_BN1 * batch, acts + A_S2_BN1 * batch, acts + A_S2_CONV1 * batch, params + P_S2_BN1_GAMMA, workspace + WS_S2_BN1, batch);
+    resnet8_s2_bn1_backward(grad_acts + A_S2_CONV1 * batch, grads + P_S2_BN1_GAMMA, grads + P_S2_BN1_BETA, grad_acts + A_S2_BN1 * batch, acts + A_S2_CONV1 * batch, params + P_S2_BN1_GAMMA, params + P_S2_BN1_BETA, workspace + WS_S2_BN1, batch);
     resnet8_s2_conv1_backward(grad_acts + A_S1_ADD * batch, grads + P_S2_CONV1_WEIGHT, grads + P_S2_CONV1_BIAS, grad_acts + A_S2_CONV1 * batch, acts + A_S1_ADD * batch, params + P_S2_CONV1_WEIGHT, workspace + WS_S2_CONV1, batch);
     resnet8_s1_add_backward(grad_acts + A_STEM_BN * batch, grad_acts + A_S1_BN2 * batch, grad_acts + A_S1_ADD * batch, acts + A_S1_ADD * batch, batch);
     resnet8_s1_bn2_backward(grad_acts + A_S1_CONV2 * batch, grads + P_S1_BN2_GAMMA, grads + P_S1_BN2_BETA, grad_acts + A_S1_BN2 * batch, acts + A_S1_CONV2 * batch, params + P_S1_BN2_GAMMA, workspace + WS_S1_BN2, batch);
     resnet8_s1_conv2_backward(grad_acts + A_S1_BN1 * batch, grads + P_S1_CONV2_WEIGHT, grads + P_S1_CONV2_BIAS, grad_acts + A_S1_CONV2 * batch, acts + A_S1_BN1 * batch, params + P_S1_CONV2_WEIGHT, workspace + WS_S1_CONV2, batch);
-    resnet8_s1_bn1_backward(grad_acts + A_S1_CONV1 * batch, grads + P_S1_BN1_GAMMA, grads + P_S1_BN1_BETA, grad_acts + A_S1_BN1 * batch, acts + A_S1_BN1 * batch, acts + A_S1_CONV1 * batch, params + P_S1_BN1_GAMMA, workspace + WS_S1_BN1, batch);
+    resnet8_s1_bn1_backward(grad_acts + A_S1_CONV1 * batch, grads + P_S1_BN1_GAMMA, grads + P_S1_BN1_BETA, grad_acts + A_S1_BN1 * batch, acts + A_S1_CONV1 * batch, params + P_S1_BN1_GAMMA, params + P_S1_BN1_BETA, workspace + WS_S1_BN1, batch);
     resnet8_s1_conv1_backward(grad_acts + A_STEM_BN * batch, grads + P_S1_CONV1_WEIGHT, grads + P_S1_CONV1_BIAS, grad_acts + A_S1_CONV1 * batch, acts + A_STEM_BN * batch, params + P_S1_CONV1_WEIGHT, workspace + WS_S1_CONV1, batch);
-    resnet8_stem_bn_backward(grad_acts + A_STEM * batch, grads + P_STEM_BN_GAMMA, grads + P_STEM_BN_BETA, grad_acts + A_STEM_BN * batch, acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, workspace + WS_STEM_BN, batch);
+    resnet8_stem_bn_backward(grad_acts + A_STEM * batch, grads + P_STEM_BN_GAMMA, grads + P_STEM_BN_BETA, grad_acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, params + P_STEM_BN_BETA, workspace + WS_STEM_BN, batch);
     resnet8_stem_backward(grads + P_STEM_WEIGHT, grads + P_STEM_BIAS, grad_acts + A_STEM * batch, input, workspace + WS_STEM, batch);
 }
 /* ---- optimizer: Adam over the RESNET8_NUM_TRAINABLE trainable parameters
@@ -6579,13 +6635,13 @@ void resnet8_backward_op(const resnet8_context *ctx, const real *input, size_t b
         resnet8_stem_backward(grads + P_STEM_WEIGHT, grads + P_STEM_BIAS, grad_acts + A_STEM * batch, input, workspace + WS_STEM, batch);
         break;
     case 1:
-        resnet8_stem_bn_backward(grad_acts + A_STEM * batch, grads + P_STEM_BN_GAMMA, grads + P_STEM_BN_BETA, grad_acts + A_STEM_BN * batch, acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, workspace + WS_STEM_BN, batch);
+        resnet8_stem_bn_backward(grad_acts + A_STEM * batch, grads + P_STEM_BN_GAMMA, grads + P_STEM_BN_BETA, grad_acts + A_STEM_BN * batch, acts + A_STEM * batch, params + P_STEM_BN_GAMMA, params + P_STEM_BN_BETA, workspace + WS_STEM_BN, batch);
         break;
     case 2:
         resnet8_s1_conv1_backward(grad_acts + A_STEM_BN * batch, grads + P_S1_CONV1_WEIGHT, grads + P_S1_CONV1_BIAS, grad_acts + A_S1_CONV1 * batch, acts + A_STEM_BN * batch, params + P_S1_CONV1_WEIGHT, workspace + WS_S1_CONV1, batch);
         break;
     case 3:
-        resnet8_s1_bn1_backward(grad_acts + A_S1_CONV1 * batch, grads + P_S1_BN1_GAMMA, grads + P_S1_BN1_BETA, grad_acts + A_S1_BN1 * batch, acts + A_S1_BN1 * batch, acts + A_S1_CONV1 * batch, params + P_S1_BN1_GAMMA, workspace + WS_S1_BN1, batch);
+        resnet8_s1_bn1_backward(grad_acts + A_S1_CONV1 * batch, grads + P_S1_BN1_GAMMA, grads + P_S1_BN1_BETA, grad_acts + A_S1_BN1 * batch, acts + A_S1_CONV1 * batch, params + P_S1_BN1_GAMMA, params + P_S1_BN1_BETA, workspace + WS_S1_BN1, batch);
         break;
     case 4:
         resnet8_s1_conv2_backward(grad_acts + A_S1_BN1 * batch, grads + P_S1_CONV2_WEIGHT, grads + P_S1_CONV2_BIAS, grad_acts + A_S1_CONV2 * batch, acts + A_S1_BN1 * batch, params + P_S1_CONV2_WEIGHT, workspace + WS_S1_CONV2, batch);
@@ -6600,7 +6656,7 @@ void resnet8_backward_op(const resnet8_context *ctx, const real *input, size_t b
         resnet8_s2_conv1_backward(grad_acts + A_S1_ADD * batch, grads + P_S2_CONV1_WEIGHT, grads + P_S2_CONV1_BIAS, grad_acts + A_S2_CONV1 * batch, acts + A_S1_ADD * batch, params + P_S2_CONV1_WEIGHT, workspace + WS_S2_CONV1, batch);
         break;
     case 8:
-        resnet8_s2_bn1_backward(grad_acts + A_S2_CONV1 * batch, grads + P_S2_BN1_GAMMA, grads + P_S2_BN1_BETA, grad_acts + A_S2_BN1 * batch, acts + A_S2_BN1 * batch, acts + A_S2_CONV1 * batch, params + P_S2_BN1_GAMMA, workspace + WS_S2_BN1, batch);
+        resnet8_s2_bn1_backward(grad_acts + A_S2_CONV1 * batch, grads + P_S2_BN1_GAMMA, grads + P_S2_BN1_BETA, grad_acts + A_S2_BN1 * batch, acts + A_S2_CONV1 * batch, params + P_S2_BN1_GAMMA, params + P_S2_BN1_BETA, workspace + WS_S2_BN1, batch);
         break;
     case 9:
         resnet8_s2_conv2_backward(grad_acts + A_S2_BN1 * batch, grads + P_S2_CONV2_WEIGHT, grads + P_S2_CONV2_BIAS, grad_acts + A_S2_CONV2 * batch, acts + A_S2_BN1 * batch, params + P_S2_CONV2_WEIGHT, workspace + WS_S2_CONV2, batch);
@@ -6618,7 +6674,7 @@ void resnet8_backward_op(const resnet8_context *ctx, const real *input, size_t b
         resnet8_s3_conv1_backward(grad_acts + A_S2_ADD * batch, grads + P_S3_CONV1_WEIGHT, grads + P_S3_CONV1_BIAS, grad_acts + A_S3_CONV1 * batch, acts + A_S2_ADD * batch, params + P_S3_CONV1_WEIGHT, workspace + WS_S3_CONV1, batch);
         break;
     case 14:
-        resnet8_s3_bn1_backward(grad_acts + A_S3_CONV1 * batch, grads + P_S3_BN1_GAMMA, grads + P_S3_BN1_BETA, grad_acts + A_S3_BN1 * batch, acts + A_S3_BN1 * batch, acts + A_S3_CONV1 * batch, params + P_S3_BN1_GAMMA, workspace + WS_S3_BN1, batch);
+        resnet8_s3_bn1_backward(grad_acts + A_S3_CONV1 * batch, grads + P_S3_BN1_GAMMA, grads + P_S3_BN1_BETA, grad_acts + A_S3_BN1 * batch, acts + A_S3_CONV1 * batch, params + P_S3_BN1_GAMMA, params + P_S3_BN1_BETA, workspace + WS_S3_BN1, batch);
         break;
     case 15:
         resnet8_s3_conv2_backward(grad_acts + A_S3_BN1 * batch, grads + P_S3_CONV2_WEIGHT, grads + P_S3_CONV2_BIAS, grad_acts + A_S3_CONV2 * batch, acts + A_S3_BN1 * batch, params + P_S3_CONV2_WEIGHT, workspace + WS_S3_CONV2, batch);
