@@ -946,6 +946,7 @@ VARIANT_FLAT = (45,)
 # so the other variants' thousands of them would each pay for its 48 x 64 x 3 x 3 conv.
 VARIANT_WIDE = (4, 12, 13)
 VARIANT_BATCH = 11
+VARIANT_TAPS = (3, 12, 13)
 VARIANT_PHASED = (2, 36, 70)  # strided convs whose output planes fill 32-column blocks
 VARIANT_CASES = {
     VARIANT_IMG: [
@@ -954,13 +955,6 @@ VARIANT_CASES = {
         _c("shifted_tall_cropped", VARIANT_IMG, type="conv2d", filters=9, kernel=[3, 1], padding=[1, 2]),
         # 16 filters: two 8-row blocks with 32 vector registers (not 12 + 4); 14 and 8 do it with 16
         _c("shifted_paired_rows", VARIANT_IMG, type="conv2d", filters=16, kernel=3, padding=1, pre=(5,)),
-        # weight gradients by products whose rows are the input's taps (16+ filters): row blocks of
-        # whole channels, 11 of 1x2 as 6 + 5 with 12-row blocks and 3 + 3 + 3 + 2 with 6, and of whole
-        # kernel rows, 5x3 as 4 + 1 kernel rows with 12-row blocks and 2 + 2 + 1 with 6
-        # (test_tap_row_blocks_are_covered)
-        _c("shifted_tap_channels", VARIANT_IMG, type="conv2d", filters=16, kernel=[1, 2], pre=(11,)),
-        _c("shifted_tap_kernel_rows", VARIANT_IMG, type="conv2d", filters=17, kernel=[5, 3], padding=[2, 1],
-           pre=(3,)),
         _c("shifted_pointwise", VARIANT_IMG, type="conv2d", filters=17, kernel=1, pre=(11,)),
         _c("shifted_grouped", VARIANT_IMG, type="conv2d", filters=18, kernel=3, groups=2, padding="same", pre=(10,)),
         _c("depthwise_same", VARIANT_IMG, type="conv2d", filters=10, kernel=3, groups=10, padding="same", pre=(10,)),
@@ -990,6 +984,15 @@ VARIANT_CASES = {
         _c("winograd_blocks", VARIANT_WIDE, type="conv2d", filters=64, kernel=3, padding=[2, 1], pre=(48,)),
         # one filter short of the Winograd threshold (WINOGRAD_MIN_CHANNELS): the direct conv
         _c("below_winograd", VARIANT_WIDE, type="conv2d", filters=15, kernel=3, padding=1, pre=(16,)),
+    ],
+    # weight gradients by products whose rows are the input's taps (16+ filters): row blocks of
+    # whole channels, 11 of 1x2 as 6 + 5 with 12-row blocks and 3 + 3 + 3 + 2 with 6, and of whole
+    # kernel rows, 5x3 as 4 + 1 kernel rows with 12-row blocks and 2 + 2 + 1 with 6
+    # (test_tap_row_blocks_are_covered); a group of their own keeps the finite differences of the
+    # others from running their products
+    VARIANT_TAPS: [
+        _c("shifted_tap_channels", VARIANT_TAPS, type="conv2d", filters=16, kernel=[1, 2], pre=(11,)),
+        _c("shifted_tap_kernel_rows", VARIANT_TAPS, type="conv2d", filters=17, kernel=[5, 3], padding=[2, 1]),
     ],
     # strided input gradients by phases (_din_phases: output planes wide enough to fill the
     # products' column blocks): a 3x3, a 1x1 (three of its four phases read no output: zero) and a
