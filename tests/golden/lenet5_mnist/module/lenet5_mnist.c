@@ -270,6 +270,39 @@ KERNEL_INLINE real lenet5_mnist_dot(const real *restrict a, const real *restrict
     return lenet5_mnist_vec_sum(acc);
 }
 
+/* Batchnorm's statistics over one plane (templates/layers/batchnorm.c.j2): sums[l] += x[i] - pivot
+   and squares[l] += (x[i] - pivot)^2 in double, for i < n with i = l mod MOMENT_LANES, two vectors
+   of eight doubles each. GCC's own vectorisation of the same loop over the lanes left the sums
+   scalar or not depending on the code around it and on -fopenmp (ResNet-8's batchnorm forward
+   spent two thirds of its time there without OpenMP). */
+enum { MOMENT_LANES = 16 };
+KERNEL_INLINE void lenet5_mnist_plane_moments(const real *restrict x, int n, double pivot, double *restrict sums,
+                                 double *restrict squares)
+{
+    typedef double doubles __attribute__((vector_size(8 * sizeof(double))));
+    typedef real reals __attribute__((vector_size(8 * sizeof(real))));
+    doubles s[2], q[2];
+    memcpy(s, sums, sizeof s);
+    memcpy(q, squares, sizeof q);
+    const doubles p = (doubles){0} + pivot;
+    int i = 0;
+    for (; i + MOMENT_LANES <= n; i += MOMENT_LANES)
+        for (int h = 0; h < 2; h++) {
+            reals v;
+            memcpy(&v, x + i + 8 * h, sizeof v);
+            const doubles d = __builtin_convertvector(v, doubles) - p;
+            s[h] += d;
+            q[h] += d * d;
+        }
+    memcpy(sums, s, sizeof s);
+    memcpy(squares, q, sizeof q);
+    for (int l = 0; i < n; i++, l++) {
+        const double d = (double)x[i] - pivot;
+        sums[l] += d;
+        squares[l] += d * d;
+    }
+}
+
 /* The rows of a B operand. A plain row-major matrix with row stride ld is taps_matrix(rows, ld).
    A convolution reads its patch matrix in place: row k = (ch, kh, kw) of a CH x KH x KW grid of
    kernel taps starts at b + ch*plane + kh*step_h + kw*step_w, a shifted view of the input. */

@@ -333,6 +333,39 @@ KERNEL_INLINE real resnet8_dot(const real *restrict a, const real *restrict b, i
     return resnet8_vec_sum(acc);
 }
 
+/* Batchnorm's statistics over one plane (templates/layers/batchnorm.c.j2): sums[l] += x[i] - pivot
+   and squares[l] += (x[i] - pivot)^2 in double, for i < n with i = l mod MOMENT_LANES, two vectors
+   of eight doubles each. GCC's own vectorisation of the same loop over the lanes left the sums
+   scalar or not depending on the code around it and on -fopenmp (ResNet-8's batchnorm forward
+   spent two thirds of its time there without OpenMP). */
+enum { MOMENT_LANES = 16 };
+KERNEL_INLINE void resnet8_plane_moments(const real *restrict x, int n, double pivot, double *restrict sums,
+                                 double *restrict squares)
+{
+    typedef double doubles __attribute__((vector_size(8 * sizeof(double))));
+    typedef real reals __attribute__((vector_size(8 * sizeof(real))));
+    doubles s[2], q[2];
+    memcpy(s, sums, sizeof s);
+    memcpy(q, squares, sizeof q);
+    const doubles p = (doubles){0} + pivot;
+    int i = 0;
+    for (; i + MOMENT_LANES <= n; i += MOMENT_LANES)
+        for (int h = 0; h < 2; h++) {
+            reals v;
+            memcpy(&v, x + i + 8 * h, sizeof v);
+            const doubles d = __builtin_convertvector(v, doubles) - p;
+            s[h] += d;
+            q[h] += d * d;
+        }
+    memcpy(sums, s, sizeof s);
+    memcpy(squares, q, sizeof q);
+    for (int l = 0; i < n; i++, l++) {
+        const double d = (double)x[i] - pivot;
+        sums[l] += d;
+        squares[l] += d * d;
+    }
+}
+
 /* The rows of a B operand. A plain row-major matrix with row stride ld is taps_matrix(rows, ld).
    A convolution reads its patch matrix in place: row k = (ch, kh, kw) of a CH x KH x KW grid of
    kernel taps starts at b + ch*plane + kh*step_h + kw*step_w, a shifted view of the input. */
@@ -890,7 +923,7 @@ static void resnet8_stem_bn_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = 16,                                               /* partial sums per channel */
+    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
            BN_GROUP = 8 };                                              /* channels per pass over the batch */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
@@ -906,29 +939,16 @@ static void resnet8_stem_bn_forward(
         real scale[BN_GROUP], shift[BN_GROUP];
         if (training) {
             /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
-               partial sums so the compiler can vectorise them (a single running sum is a chain
-               of dependent additions it may not reorder). The pivot, the channel's first value,
+               partial sums (plane_moments, in the backend's gemm.c.j2) so that they go in vectors
+               (a single running sum is a chain of dependent additions no compiler may reorder). The pivot, the channel's first value,
                lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
                can. The order of the sums is fixed by the shapes: results are reproducible. */
             double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
             for (int g = 0; g < group; g++)
                 pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
             for (size_t b = 0; b < batch; b++)
-                for (int g = 0; g < group; g++) {
-                    const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
-                    int s = 0;
-                    for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                        for (int l = 0; l < BN_LANES; l++) {
-                            const double d = (double)x[s + l] - pivot[g];
-                            sums[g][l] += d;
-                            squares[g][l] += d * d;
-                        }
-                    for (int l = 0; s < SPATIAL; s++, l++) {
-                        const double d = (double)x[s] - pivot[g];
-                        sums[g][l] += d;
-                        squares[g][l] += d * d;
-                    }
-                }
+                for (int g = 0; g < group; g++)
+                    resnet8_plane_moments(in + (b * C + c0 + g) * SPATIAL, SPATIAL, pivot[g], sums[g], squares[g]);
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 double sum = 0, sum_sq = 0;
@@ -993,7 +1013,7 @@ static void resnet8_stem_bn_backward(
         C = 16,
         SPATIAL = 1024
     };
-    enum { BN_LANES = 16, BN_GROUP = 8 };                               /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -1782,7 +1802,7 @@ static void resnet8_s1_bn1_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = 16,                                               /* partial sums per channel */
+    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
            BN_GROUP = 8 };                                              /* channels per pass over the batch */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
@@ -1798,29 +1818,16 @@ static void resnet8_s1_bn1_forward(
         real scale[BN_GROUP], shift[BN_GROUP];
         if (training) {
             /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
-               partial sums so the compiler can vectorise them (a single running sum is a chain
-               of dependent additions it may not reorder). The pivot, the channel's first value,
+               partial sums (plane_moments, in the backend's gemm.c.j2) so that they go in vectors
+               (a single running sum is a chain of dependent additions no compiler may reorder). The pivot, the channel's first value,
                lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
                can. The order of the sums is fixed by the shapes: results are reproducible. */
             double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
             for (int g = 0; g < group; g++)
                 pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
             for (size_t b = 0; b < batch; b++)
-                for (int g = 0; g < group; g++) {
-                    const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
-                    int s = 0;
-                    for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                        for (int l = 0; l < BN_LANES; l++) {
-                            const double d = (double)x[s + l] - pivot[g];
-                            sums[g][l] += d;
-                            squares[g][l] += d * d;
-                        }
-                    for (int l = 0; s < SPATIAL; s++, l++) {
-                        const double d = (double)x[s] - pivot[g];
-                        sums[g][l] += d;
-                        squares[g][l] += d * d;
-                    }
-                }
+                for (int g = 0; g < group; g++)
+                    resnet8_plane_moments(in + (b * C + c0 + g) * SPATIAL, SPATIAL, pivot[g], sums[g], squares[g]);
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 double sum = 0, sum_sq = 0;
@@ -1885,7 +1892,7 @@ static void resnet8_s1_bn1_backward(
         C = 16,
         SPATIAL = 1024
     };
-    enum { BN_LANES = 16, BN_GROUP = 8 };                               /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -2674,7 +2681,7 @@ static void resnet8_s1_bn2_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = 16,                                               /* partial sums per channel */
+    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
            BN_GROUP = 8 };                                              /* channels per pass over the batch */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
@@ -2690,29 +2697,16 @@ static void resnet8_s1_bn2_forward(
         real scale[BN_GROUP], shift[BN_GROUP];
         if (training) {
             /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
-               partial sums so the compiler can vectorise them (a single running sum is a chain
-               of dependent additions it may not reorder). The pivot, the channel's first value,
+               partial sums (plane_moments, in the backend's gemm.c.j2) so that they go in vectors
+               (a single running sum is a chain of dependent additions no compiler may reorder). The pivot, the channel's first value,
                lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
                can. The order of the sums is fixed by the shapes: results are reproducible. */
             double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
             for (int g = 0; g < group; g++)
                 pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
             for (size_t b = 0; b < batch; b++)
-                for (int g = 0; g < group; g++) {
-                    const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
-                    int s = 0;
-                    for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                        for (int l = 0; l < BN_LANES; l++) {
-                            const double d = (double)x[s + l] - pivot[g];
-                            sums[g][l] += d;
-                            squares[g][l] += d * d;
-                        }
-                    for (int l = 0; s < SPATIAL; s++, l++) {
-                        const double d = (double)x[s] - pivot[g];
-                        sums[g][l] += d;
-                        squares[g][l] += d * d;
-                    }
-                }
+                for (int g = 0; g < group; g++)
+                    resnet8_plane_moments(in + (b * C + c0 + g) * SPATIAL, SPATIAL, pivot[g], sums[g], squares[g]);
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 double sum = 0, sum_sq = 0;
@@ -2774,7 +2768,7 @@ static void resnet8_s1_bn2_backward(
         C = 16,
         SPATIAL = 1024
     };
-    enum { BN_LANES = 16, BN_GROUP = 8 };                               /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -3191,7 +3185,7 @@ static void resnet8_s2_bn1_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = 16,                                               /* partial sums per channel */
+    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
            BN_GROUP = 8 };                                              /* channels per pass over the batch */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
@@ -3207,29 +3201,16 @@ static void resnet8_s2_bn1_forward(
         real scale[BN_GROUP], shift[BN_GROUP];
         if (training) {
             /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
-               partial sums so the compiler can vectorise them (a single running sum is a chain
-               of dependent additions it may not reorder). The pivot, the channel's first value,
+               partial sums (plane_moments, in the backend's gemm.c.j2) so that they go in vectors
+               (a single running sum is a chain of dependent additions no compiler may reorder). The pivot, the channel's first value,
                lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
                can. The order of the sums is fixed by the shapes: results are reproducible. */
             double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
             for (int g = 0; g < group; g++)
                 pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
             for (size_t b = 0; b < batch; b++)
-                for (int g = 0; g < group; g++) {
-                    const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
-                    int s = 0;
-                    for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                        for (int l = 0; l < BN_LANES; l++) {
-                            const double d = (double)x[s + l] - pivot[g];
-                            sums[g][l] += d;
-                            squares[g][l] += d * d;
-                        }
-                    for (int l = 0; s < SPATIAL; s++, l++) {
-                        const double d = (double)x[s] - pivot[g];
-                        sums[g][l] += d;
-                        squares[g][l] += d * d;
-                    }
-                }
+                for (int g = 0; g < group; g++)
+                    resnet8_plane_moments(in + (b * C + c0 + g) * SPATIAL, SPATIAL, pivot[g], sums[g], squares[g]);
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 double sum = 0, sum_sq = 0;
@@ -3294,7 +3275,7 @@ static void resnet8_s2_bn1_backward(
         C = 32,
         SPATIAL = 256
     };
-    enum { BN_LANES = 16, BN_GROUP = 8 };                               /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -4272,7 +4253,7 @@ static void resnet8_s2_bn2_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = 16,                                               /* partial sums per channel */
+    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
            BN_GROUP = 8 };                                              /* channels per pass over the batch */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
@@ -4288,29 +4269,16 @@ static void resnet8_s2_bn2_forward(
         real scale[BN_GROUP], shift[BN_GROUP];
         if (training) {
             /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
-               partial sums so the compiler can vectorise them (a single running sum is a chain
-               of dependent additions it may not reorder). The pivot, the channel's first value,
+               partial sums (plane_moments, in the backend's gemm.c.j2) so that they go in vectors
+               (a single running sum is a chain of dependent additions no compiler may reorder). The pivot, the channel's first value,
                lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
                can. The order of the sums is fixed by the shapes: results are reproducible. */
             double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
             for (int g = 0; g < group; g++)
                 pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
             for (size_t b = 0; b < batch; b++)
-                for (int g = 0; g < group; g++) {
-                    const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
-                    int s = 0;
-                    for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                        for (int l = 0; l < BN_LANES; l++) {
-                            const double d = (double)x[s + l] - pivot[g];
-                            sums[g][l] += d;
-                            squares[g][l] += d * d;
-                        }
-                    for (int l = 0; s < SPATIAL; s++, l++) {
-                        const double d = (double)x[s] - pivot[g];
-                        sums[g][l] += d;
-                        squares[g][l] += d * d;
-                    }
-                }
+                for (int g = 0; g < group; g++)
+                    resnet8_plane_moments(in + (b * C + c0 + g) * SPATIAL, SPATIAL, pivot[g], sums[g], squares[g]);
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 double sum = 0, sum_sq = 0;
@@ -4372,7 +4340,7 @@ static void resnet8_s2_bn2_backward(
         C = 32,
         SPATIAL = 256
     };
-    enum { BN_LANES = 16, BN_GROUP = 8 };                               /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -4901,7 +4869,7 @@ static void resnet8_s3_bn1_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = 16,                                               /* partial sums per channel */
+    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
            BN_GROUP = 8 };                                              /* channels per pass over the batch */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
@@ -4917,29 +4885,16 @@ static void resnet8_s3_bn1_forward(
         real scale[BN_GROUP], shift[BN_GROUP];
         if (training) {
             /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
-               partial sums so the compiler can vectorise them (a single running sum is a chain
-               of dependent additions it may not reorder). The pivot, the channel's first value,
+               partial sums (plane_moments, in the backend's gemm.c.j2) so that they go in vectors
+               (a single running sum is a chain of dependent additions no compiler may reorder). The pivot, the channel's first value,
                lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
                can. The order of the sums is fixed by the shapes: results are reproducible. */
             double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
             for (int g = 0; g < group; g++)
                 pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
             for (size_t b = 0; b < batch; b++)
-                for (int g = 0; g < group; g++) {
-                    const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
-                    int s = 0;
-                    for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                        for (int l = 0; l < BN_LANES; l++) {
-                            const double d = (double)x[s + l] - pivot[g];
-                            sums[g][l] += d;
-                            squares[g][l] += d * d;
-                        }
-                    for (int l = 0; s < SPATIAL; s++, l++) {
-                        const double d = (double)x[s] - pivot[g];
-                        sums[g][l] += d;
-                        squares[g][l] += d * d;
-                    }
-                }
+                for (int g = 0; g < group; g++)
+                    resnet8_plane_moments(in + (b * C + c0 + g) * SPATIAL, SPATIAL, pivot[g], sums[g], squares[g]);
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 double sum = 0, sum_sq = 0;
@@ -5004,7 +4959,7 @@ static void resnet8_s3_bn1_backward(
         C = 64,
         SPATIAL = 64
     };
-    enum { BN_LANES = 16, BN_GROUP = 8 };                               /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -5793,7 +5748,7 @@ static void resnet8_s3_bn2_forward(
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = 16,                                               /* partial sums per channel */
+    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
            BN_GROUP = 8 };                                              /* channels per pass over the batch */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
@@ -5809,29 +5764,16 @@ static void resnet8_s3_bn2_forward(
         real scale[BN_GROUP], shift[BN_GROUP];
         if (training) {
             /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
-               partial sums so the compiler can vectorise them (a single running sum is a chain
-               of dependent additions it may not reorder). The pivot, the channel's first value,
+               partial sums (plane_moments, in the backend's gemm.c.j2) so that they go in vectors
+               (a single running sum is a chain of dependent additions no compiler may reorder). The pivot, the channel's first value,
                lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
                can. The order of the sums is fixed by the shapes: results are reproducible. */
             double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
             for (int g = 0; g < group; g++)
                 pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
             for (size_t b = 0; b < batch; b++)
-                for (int g = 0; g < group; g++) {
-                    const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
-                    int s = 0;
-                    for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                        for (int l = 0; l < BN_LANES; l++) {
-                            const double d = (double)x[s + l] - pivot[g];
-                            sums[g][l] += d;
-                            squares[g][l] += d * d;
-                        }
-                    for (int l = 0; s < SPATIAL; s++, l++) {
-                        const double d = (double)x[s] - pivot[g];
-                        sums[g][l] += d;
-                        squares[g][l] += d * d;
-                    }
-                }
+                for (int g = 0; g < group; g++)
+                    resnet8_plane_moments(in + (b * C + c0 + g) * SPATIAL, SPATIAL, pivot[g], sums[g], squares[g]);
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 double sum = 0, sum_sq = 0;
@@ -5893,7 +5835,7 @@ static void resnet8_s3_bn2_backward(
         C = 64,
         SPATIAL = 64
     };
-    enum { BN_LANES = 16, BN_GROUP = 8 };                               /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
