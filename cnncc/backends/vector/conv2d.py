@@ -458,7 +458,7 @@ def _shifted_backward_names(s, k) -> tuple[str, ...]:
         if s["dweight_by_dots"]:
             names += ("SCRATCH_DOUT", "H_OUT", "W_OUT") if s["wide"] else ()
         else:
-            names += ("SCRATCH_DOUT", "SCRATCH_DWEIGHT_T", "W_OUT")
+            names += ("SCRATCH_DOUT", "SCRATCH_DWEIGHT_T", "H_OUT", "W_OUT")
     if s["winograd_din"]:
         names += tuple(n for n in WINOGRAD_DIN if n != "DIN_LAST_BLOCK_TILES" or k[n])
     elif s["din"]:

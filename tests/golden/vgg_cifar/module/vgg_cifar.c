@@ -780,6 +780,7 @@ static void vgg_cifar_conv1_1_backward(
         SCRATCH_PADDED = 0,
         SCRATCH_DOUT = 72972,
         SCRATCH_DWEIGHT_T = 288774,
+        H_OUT = 32,
         W_OUT = 32,
         SAMPLE_SLOTS = 1,
         SLOT_SIZE = 287046,
@@ -819,13 +820,26 @@ static void vgg_cifar_conv1_1_backward(
                 real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
                 vgg_cifar_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
 
-                /* dout transposed, over the wide pixels: zero in the dropped columns so that they add nothing. */
+                /* dout transposed, over the wide pixels: zero in the dropped columns so that they add
+                   nothing. Row by row, TRANSPOSE_RUN pixels at a time: each filter's run of them is
+                   one read of contiguous dout, and the run's rows of dout_t stay in the L1 cache
+                   while the filters fill them in. Filter-innermost over every pixel read the
+                   filters' planes PIXELS_OUT apart at once (4 KB at 32x32: one L1 set, fewer ways
+                   than filters). */
                 real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [WIDE_OUT, C_OUT_PER_GROUP] */
-                for (int p = 0; p < WIDE_OUT; p++) {
-                    const int oh = p / W_PAD, ow = p % W_PAD;
-                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] =
-                            ow < W_OUT ? dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow] : 0;
+                enum { TRANSPOSE_RUN = 16 };
+                for (int oh = 0; oh < H_OUT; oh++) {
+                    real *restrict row_t = dout_t + (size_t)oh * W_PAD * C_OUT_PER_GROUP;
+                    const real *restrict row = dout_group + (size_t)oh * W_OUT;
+                    for (int ow0 = 0; ow0 < W_OUT; ow0 += TRANSPOSE_RUN) {
+                        const int run = W_OUT - ow0 < TRANSPOSE_RUN ? W_OUT - ow0 : TRANSPOSE_RUN;
+                        for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                            for (int j = 0; j < run; j++)
+                                row_t[(size_t)(ow0 + j) * C_OUT_PER_GROUP + oc] = row[(size_t)oc * PIXELS_OUT + ow0 + j];
+                    }
+                    for (int ow = W_OUT; ow < W_PAD && oh < H_OUT - 1; ow++)   /* the last row ends at WIDE_OUT */
+                        for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
+                            row_t[(size_t)ow * C_OUT_PER_GROUP + oc] = 0;
                 }
                 vgg_cifar_gemm_nn_taps(C_OUT_PER_GROUP, source, (taps){C_IN_PER_GROUP, KH, KW, (ptrdiff_t)H_PAD * W_PAD, (ptrdiff_t)DIL_H * W_PAD, DIL_W}, 1,
                              dout_t, vgg_cifar_taps_matrix(WIDE_OUT, C_OUT_PER_GROUP), dweight_t_group, C_OUT_PER_GROUP, 0);
