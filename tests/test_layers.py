@@ -993,6 +993,9 @@ VARIANT_CASES = {
     VARIANT_TAPS: [
         _c("shifted_tap_channels", VARIANT_TAPS, type="conv2d", filters=16, kernel=[1, 2], pre=(11,)),
         _c("shifted_tap_kernel_rows", VARIANT_TAPS, type="conv2d", filters=17, kernel=[5, 3], padding=[2, 1]),
+        # batchnorm's statistics in the backend's vectors of doubles (plane_moments: 189 pixels, whole
+        # vectors and a tail) at every width (test_isa.py)
+        _c("batchnorm_moments", VARIANT_TAPS, type="batchnorm", pre=(3,)),
     ],
     # strided input gradients by phases (_din_phases: output planes wide enough to fill the
     # products' column blocks): a 3x3, a 1x1 (three of its four phases read no output: zero) and a
