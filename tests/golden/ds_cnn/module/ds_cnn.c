@@ -345,8 +345,8 @@ KERNEL_INLINE real ds_cnn_dot(const real *restrict a, const real *restrict b, in
 }
 
 /* Batchnorm's statistics over one plane (templates/layers/batchnorm.c.j2): sums[l] += x[i] - pivot
-   and squares[l] += (x[i] - pivot)^2 in double, for i < n with i = l mod MOMENT_LANES, two vectors
-   of eight doubles each. GCC's own vectorisation of the same loop over the lanes left the sums
+   and squares[l] += (x[i] - pivot)^2 in double, for i < n with i = l mod MOMENT_LANES, in vectors
+   of eight doubles. GCC's own vectorisation of the same loop over the lanes left the sums
    scalar or not depending on the code around it and on -fopenmp (ResNet-8's batchnorm forward
    spent two thirds of its time there without OpenMP). */
 enum { MOMENT_LANES = 16 };
@@ -355,13 +355,14 @@ KERNEL_INLINE void ds_cnn_plane_moments(const real *restrict x, int n, double pi
 {
     typedef double doubles __attribute__((vector_size(8 * sizeof(double))));
     typedef real reals __attribute__((vector_size(8 * sizeof(real))));
-    doubles s[2], q[2];
+    enum { VECTORS = MOMENT_LANES / 8 };
+    doubles s[VECTORS], q[VECTORS];
     memcpy(s, sums, sizeof s);
     memcpy(q, squares, sizeof q);
     const doubles p = (doubles){0} + pivot;
     int i = 0;
     for (; i + MOMENT_LANES <= n; i += MOMENT_LANES)
-        for (int h = 0; h < 2; h++) {
+        for (int h = 0; h < VECTORS; h++) {
             reals v;
             memcpy(&v, x + i + 8 * h, sizeof v);
             const doubles d = __builtin_convertvector(v, doubles) - p;
@@ -968,16 +969,14 @@ static void ds_cnn_conv1_bn_forward(
                 const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
                 running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
                 running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         } else {
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 const real mean = running_mean[c];
                 const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         }
         for (size_t b = 0; b < batch; b++)
@@ -1034,8 +1033,7 @@ static void ds_cnn_conv1_bn_backward(
         real scale[BN_GROUP], shift[BN_GROUP];
         for (int g = 0; g < group; g++) {
             const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
-            scale[g] = gamma[c0 + g] * inv_std;
-            shift[g] = beta[c0 + g] - mean * scale[g];
+            scale[g] = gamma[c0 + g] * inv_std; shift[g] = beta[c0 + g] - mean * scale[g];
         }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
@@ -1411,16 +1409,14 @@ static void ds_cnn_dw1_bn_forward(
                 const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
                 running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
                 running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         } else {
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 const real mean = running_mean[c];
                 const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         }
         for (size_t b = 0; b < batch; b++)
@@ -1477,8 +1473,7 @@ static void ds_cnn_dw1_bn_backward(
         real scale[BN_GROUP], shift[BN_GROUP];
         for (int g = 0; g < group; g++) {
             const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
-            scale[g] = gamma[c0 + g] * inv_std;
-            shift[g] = beta[c0 + g] - mean * scale[g];
+            scale[g] = gamma[c0 + g] * inv_std; shift[g] = beta[c0 + g] - mean * scale[g];
         }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
@@ -1800,16 +1795,14 @@ static void ds_cnn_pw1_bn_forward(
                 const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
                 running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
                 running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         } else {
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 const real mean = running_mean[c];
                 const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         }
         for (size_t b = 0; b < batch; b++)
@@ -1866,8 +1859,7 @@ static void ds_cnn_pw1_bn_backward(
         real scale[BN_GROUP], shift[BN_GROUP];
         for (int g = 0; g < group; g++) {
             const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
-            scale[g] = gamma[c0 + g] * inv_std;
-            shift[g] = beta[c0 + g] - mean * scale[g];
+            scale[g] = gamma[c0 + g] * inv_std; shift[g] = beta[c0 + g] - mean * scale[g];
         }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
@@ -2199,16 +2191,14 @@ static void ds_cnn_dw2_bn_forward(
                 const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
                 running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
                 running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         } else {
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 const real mean = running_mean[c];
                 const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         }
         for (size_t b = 0; b < batch; b++)
@@ -2265,8 +2255,7 @@ static void ds_cnn_dw2_bn_backward(
         real scale[BN_GROUP], shift[BN_GROUP];
         for (int g = 0; g < group; g++) {
             const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
-            scale[g] = gamma[c0 + g] * inv_std;
-            shift[g] = beta[c0 + g] - mean * scale[g];
+            scale[g] = gamma[c0 + g] * inv_std; shift[g] = beta[c0 + g] - mean * scale[g];
         }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
@@ -2588,16 +2577,14 @@ static void ds_cnn_pw2_bn_forward(
                 const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
                 running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
                 running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         } else {
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 const real mean = running_mean[c];
                 const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         }
         for (size_t b = 0; b < batch; b++)
@@ -2654,8 +2641,7 @@ static void ds_cnn_pw2_bn_backward(
         real scale[BN_GROUP], shift[BN_GROUP];
         for (int g = 0; g < group; g++) {
             const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
-            scale[g] = gamma[c0 + g] * inv_std;
-            shift[g] = beta[c0 + g] - mean * scale[g];
+            scale[g] = gamma[c0 + g] * inv_std; shift[g] = beta[c0 + g] - mean * scale[g];
         }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
@@ -2987,16 +2973,14 @@ static void ds_cnn_dw3_bn_forward(
                 const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
                 running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
                 running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         } else {
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 const real mean = running_mean[c];
                 const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         }
         for (size_t b = 0; b < batch; b++)
@@ -3053,8 +3037,7 @@ static void ds_cnn_dw3_bn_backward(
         real scale[BN_GROUP], shift[BN_GROUP];
         for (int g = 0; g < group; g++) {
             const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
-            scale[g] = gamma[c0 + g] * inv_std;
-            shift[g] = beta[c0 + g] - mean * scale[g];
+            scale[g] = gamma[c0 + g] * inv_std; shift[g] = beta[c0 + g] - mean * scale[g];
         }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
@@ -3376,16 +3359,14 @@ static void ds_cnn_pw3_bn_forward(
                 const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
                 running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
                 running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         } else {
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 const real mean = running_mean[c];
                 const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         }
         for (size_t b = 0; b < batch; b++)
@@ -3442,8 +3423,7 @@ static void ds_cnn_pw3_bn_backward(
         real scale[BN_GROUP], shift[BN_GROUP];
         for (int g = 0; g < group; g++) {
             const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
-            scale[g] = gamma[c0 + g] * inv_std;
-            shift[g] = beta[c0 + g] - mean * scale[g];
+            scale[g] = gamma[c0 + g] * inv_std; shift[g] = beta[c0 + g] - mean * scale[g];
         }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
@@ -3775,16 +3755,14 @@ static void ds_cnn_dw4_bn_forward(
                 const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
                 running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
                 running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         } else {
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 const real mean = running_mean[c];
                 const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         }
         for (size_t b = 0; b < batch; b++)
@@ -3841,8 +3819,7 @@ static void ds_cnn_dw4_bn_backward(
         real scale[BN_GROUP], shift[BN_GROUP];
         for (int g = 0; g < group; g++) {
             const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
-            scale[g] = gamma[c0 + g] * inv_std;
-            shift[g] = beta[c0 + g] - mean * scale[g];
+            scale[g] = gamma[c0 + g] * inv_std; shift[g] = beta[c0 + g] - mean * scale[g];
         }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
@@ -4164,16 +4141,14 @@ static void ds_cnn_pw4_bn_forward(
                 const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
                 running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
                 running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         } else {
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 const real mean = running_mean[c];
                 const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         }
         for (size_t b = 0; b < batch; b++)
@@ -4230,8 +4205,7 @@ static void ds_cnn_pw4_bn_backward(
         real scale[BN_GROUP], shift[BN_GROUP];
         for (int g = 0; g < group; g++) {
             const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
-            scale[g] = gamma[c0 + g] * inv_std;
-            shift[g] = beta[c0 + g] - mean * scale[g];
+            scale[g] = gamma[c0 + g] * inv_std; shift[g] = beta[c0 + g] - mean * scale[g];
         }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {

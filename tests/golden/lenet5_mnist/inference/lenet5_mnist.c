@@ -246,8 +246,8 @@ KERNEL_INLINE real lenet5_mnist_dot(const real *restrict a, const real *restrict
 }
 
 /* Batchnorm's statistics over one plane (templates/layers/batchnorm.c.j2): sums[l] += x[i] - pivot
-   and squares[l] += (x[i] - pivot)^2 in double, for i < n with i = l mod MOMENT_LANES, two vectors
-   of eight doubles each. GCC's own vectorisation of the same loop over the lanes left the sums
+   and squares[l] += (x[i] - pivot)^2 in double, for i < n with i = l mod MOMENT_LANES, in vectors
+   of eight doubles. GCC's own vectorisation of the same loop over the lanes left the sums
    scalar or not depending on the code around it and on -fopenmp (ResNet-8's batchnorm forward
    spent two thirds of its time there without OpenMP). */
 enum { MOMENT_LANES = 16 };
@@ -256,13 +256,14 @@ KERNEL_INLINE void lenet5_mnist_plane_moments(const real *restrict x, int n, dou
 {
     typedef double doubles __attribute__((vector_size(8 * sizeof(double))));
     typedef real reals __attribute__((vector_size(8 * sizeof(real))));
-    doubles s[2], q[2];
+    enum { VECTORS = MOMENT_LANES / 8 };
+    doubles s[VECTORS], q[VECTORS];
     memcpy(s, sums, sizeof s);
     memcpy(q, squares, sizeof q);
     const doubles p = (doubles){0} + pivot;
     int i = 0;
     for (; i + MOMENT_LANES <= n; i += MOMENT_LANES)
-        for (int h = 0; h < 2; h++) {
+        for (int h = 0; h < VECTORS; h++) {
             reals v;
             memcpy(&v, x + i + 8 * h, sizeof v);
             const doubles d = __builtin_convertvector(v, doubles) - p;

@@ -334,8 +334,8 @@ KERNEL_INLINE real resnet8_dot(const real *restrict a, const real *restrict b, i
 }
 
 /* Batchnorm's statistics over one plane (templates/layers/batchnorm.c.j2): sums[l] += x[i] - pivot
-   and squares[l] += (x[i] - pivot)^2 in double, for i < n with i = l mod MOMENT_LANES, two vectors
-   of eight doubles each. GCC's own vectorisation of the same loop over the lanes left the sums
+   and squares[l] += (x[i] - pivot)^2 in double, for i < n with i = l mod MOMENT_LANES, in vectors
+   of eight doubles. GCC's own vectorisation of the same loop over the lanes left the sums
    scalar or not depending on the code around it and on -fopenmp (ResNet-8's batchnorm forward
    spent two thirds of its time there without OpenMP). */
 enum { MOMENT_LANES = 16 };
@@ -344,13 +344,14 @@ KERNEL_INLINE void resnet8_plane_moments(const real *restrict x, int n, double p
 {
     typedef double doubles __attribute__((vector_size(8 * sizeof(double))));
     typedef real reals __attribute__((vector_size(8 * sizeof(real))));
-    doubles s[2], q[2];
+    enum { VECTORS = MOMENT_LANES / 8 };
+    doubles s[VECTORS], q[VECTORS];
     memcpy(s, sums, sizeof s);
     memcpy(q, squares, sizeof q);
     const doubles p = (doubles){0} + pivot;
     int i = 0;
     for (; i + MOMENT_LANES <= n; i += MOMENT_LANES)
-        for (int h = 0; h < 2; h++) {
+        for (int h = 0; h < VECTORS; h++) {
             reals v;
             memcpy(&v, x + i + 8 * h, sizeof v);
             const doubles d = __builtin_convertvector(v, doubles) - p;
@@ -980,16 +981,14 @@ static void resnet8_stem_bn_forward(
                 const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
                 running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
                 running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         } else {
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 const real mean = running_mean[c];
                 const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         }
         for (size_t b = 0; b < batch; b++)
@@ -1046,8 +1045,7 @@ static void resnet8_stem_bn_backward(
         real scale[BN_GROUP], shift[BN_GROUP];
         for (int g = 0; g < group; g++) {
             const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
-            scale[g] = gamma[c0 + g] * inv_std;
-            shift[g] = beta[c0 + g] - mean * scale[g];
+            scale[g] = gamma[c0 + g] * inv_std; shift[g] = beta[c0 + g] - mean * scale[g];
         }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
@@ -1859,16 +1857,14 @@ static void resnet8_s1_bn1_forward(
                 const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
                 running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
                 running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         } else {
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 const real mean = running_mean[c];
                 const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         }
         for (size_t b = 0; b < batch; b++)
@@ -1925,8 +1921,7 @@ static void resnet8_s1_bn1_backward(
         real scale[BN_GROUP], shift[BN_GROUP];
         for (int g = 0; g < group; g++) {
             const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
-            scale[g] = gamma[c0 + g] * inv_std;
-            shift[g] = beta[c0 + g] - mean * scale[g];
+            scale[g] = gamma[c0 + g] * inv_std; shift[g] = beta[c0 + g] - mean * scale[g];
         }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
@@ -2738,16 +2733,14 @@ static void resnet8_s1_bn2_forward(
                 const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
                 running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
                 running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         } else {
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 const real mean = running_mean[c];
                 const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         }
         for (size_t b = 0; b < batch; b++)
@@ -3242,16 +3235,14 @@ static void resnet8_s2_bn1_forward(
                 const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
                 running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
                 running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         } else {
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 const real mean = running_mean[c];
                 const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         }
         for (size_t b = 0; b < batch; b++)
@@ -3308,8 +3299,7 @@ static void resnet8_s2_bn1_backward(
         real scale[BN_GROUP], shift[BN_GROUP];
         for (int g = 0; g < group; g++) {
             const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
-            scale[g] = gamma[c0 + g] * inv_std;
-            shift[g] = beta[c0 + g] - mean * scale[g];
+            scale[g] = gamma[c0 + g] * inv_std; shift[g] = beta[c0 + g] - mean * scale[g];
         }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
@@ -4310,16 +4300,14 @@ static void resnet8_s2_bn2_forward(
                 const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
                 running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
                 running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         } else {
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 const real mean = running_mean[c];
                 const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         }
         for (size_t b = 0; b < batch; b++)
@@ -4926,16 +4914,14 @@ static void resnet8_s3_bn1_forward(
                 const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
                 running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
                 running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         } else {
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 const real mean = running_mean[c];
                 const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         }
         for (size_t b = 0; b < batch; b++)
@@ -4992,8 +4978,7 @@ static void resnet8_s3_bn1_backward(
         real scale[BN_GROUP], shift[BN_GROUP];
         for (int g = 0; g < group; g++) {
             const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
-            scale[g] = gamma[c0 + g] * inv_std;
-            shift[g] = beta[c0 + g] - mean * scale[g];
+            scale[g] = gamma[c0 + g] * inv_std; shift[g] = beta[c0 + g] - mean * scale[g];
         }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
@@ -5805,16 +5790,14 @@ static void resnet8_s3_bn2_forward(
                 const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
                 running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
                 running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         } else {
             for (int g = 0; g < group; g++) {
                 const int c = c0 + g;
                 const real mean = running_mean[c];
                 const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
-                scale[g] = gamma[c] * inv_std;
-                shift[g] = beta[c] - mean * scale[g];
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
             }
         }
         for (size_t b = 0; b < batch; b++)
