@@ -850,15 +850,21 @@ def test_table_compiles_with_warnings_as_errors(dtype, compile_many):
     assert all(m.module.path.is_file() for m in models)
 
 
+def lowered_ops(groups, mode="pre"):
+    """The ops of each (shape, cases) group's network as lowered (float64), to see which kernel
+    plans the cases take."""
+    for shape, cases in groups:
+        spec = load_spec(group_spec(cases, "float64", mode, group_name(shape, "float64", mode)))
+        yield from lower(check_net(spec)).ops
+
+
 def test_backward_through_the_pool_is_chosen_where_it_applies():
     """The table's conv -> maxpool cases take the pooled backward (ir.PooledBackward) where the
     conv has one group and the pool no more outputs than inputs (its argmax is kept in the place
     of its input's gradient); the others keep the backward at every pixel."""
     pooled = set()
     for mode in ("pre", "direct"):
-        for shape, cases in GROUPS.items():
-            spec = load_spec(group_spec(cases, "float64", mode, group_name(shape, "float64", mode)))
-            pooled |= {(mode, op.layer) for op in lower(check_net(spec)).ops if op.pooled}
+        pooled |= {(mode, op.layer) for op in lowered_ops(GROUPS.items(), mode) if op.pooled}
     assert pooled == {(mode, case) for mode in ("pre", "direct") for case in ("conv_relu_pool", "c1_relu_pool")}
 
 
@@ -1073,14 +1079,12 @@ def test_depthwise_convs_take_the_depthwise_kernel():
 
     chosen, settings = set(), set()
     groups = list(GROUPS.items()) + [(shape, cases) for shape, cases in VARIANT_CASES.items()]
-    for shape, cases in groups:
-        spec = load_spec(group_spec(cases, "float64", "pre", group_name(shape, "float64", "pre")))
-        for op in lower(check_net(spec)).ops:
-            if op.plan.forward_template == DEPTHWISE:
-                assert op.plan.backward_template == DEPTHWISE
-                chosen.add(op.layer)
-                flags = ("padded", "wide", "has_bias", "dout_is_dpad", "dwide_in_dpad")
-                settings.add(tuple(op.plan.settings[f] for f in flags) + (op.plan.forward_dims["MULTIPLIER"] > 1,))
+    for op in lowered_ops(groups):
+        if op.plan.forward_template == DEPTHWISE:
+            assert op.plan.backward_template == DEPTHWISE
+            chosen.add(op.layer)
+            flags = ("padded", "wide", "has_bias", "dout_is_dpad", "dwide_in_dpad")
+            settings.add(tuple(op.plan.settings[f] for f in flags) + (op.plan.forward_dims["MULTIPLIER"] > 1,))
     assert chosen == DEPTHWISE_CASES
     for i in range(6):
         assert {combo[i] for combo in settings} == {False, True}, i
@@ -1104,14 +1108,12 @@ def test_strided_input_gradients_go_by_phases_or_col2im():
     from cnncc.backends.vector.conv2d import IM2COL
 
     by_phases, untouched, reads_dout = {}, set(), set()
-    for shape, cases in VARIANT_CASES.items():
-        spec = load_spec(group_spec(cases, "float64", "pre", group_name(shape, "float64", "pre")))
-        for op in lower(check_net(spec)).ops:
-            if op.plan.backward_template == IM2COL and op.plan.settings["din"]:
-                by_phases[op.layer] = op.plan.settings["din_by_phases"]
-                if by_phases[op.layer]:
-                    untouched.add(op.plan.settings["din_untouched"])
-                    reads_dout.add(op.plan.settings["din_dout_is_dpad"])
+    for op in lowered_ops(VARIANT_CASES.items()):
+        if op.plan.backward_template == IM2COL and op.plan.settings["din"]:
+            by_phases[op.layer] = op.plan.settings["din_by_phases"]
+            if by_phases[op.layer]:
+                untouched.add(op.plan.settings["din_untouched"])
+                reads_dout.add(op.plan.settings["din_dout_is_dpad"])
     assert {k for k, v in by_phases.items() if v} >= {"phased_strided", "phased_pointwise", "phased_dilated"}
     assert {k for k, v in by_phases.items() if not v} >= {"im2col_strided"}  # 6 x 7 output planes
     assert untouched == {False, True} and reads_dout == {False, True}  # the 1x1 reads dout unpadded
@@ -1124,14 +1126,12 @@ def test_tap_row_blocks_are_covered():
     from cnncc.backends.vector.conv2d import SHIFTED
 
     grids = []
-    for shape, cases in VARIANT_CASES.items():
-        spec = load_spec(group_spec(cases, "float64", "pre", group_name(shape, "float64", "pre")))
-        for op in lower(check_net(spec)).ops:
-            s = op.plan.settings
-            if op.plan.backward_template == SHIFTED and s.get("dweight") and not s["dweight_by_dots"] \
-                    and not s["winograd_dweight"]:
-                d = op.plan.backward_dims
-                grids.append((d["C_IN_PER_GROUP"], d["KH"], d["KW"]))
+    for op in lowered_ops(VARIANT_CASES.items()):
+        s = op.plan.settings
+        if op.plan.backward_template == SHIFTED and s.get("dweight") and not s["dweight_by_dots"] \
+                and not s["winograd_dweight"]:
+            d = op.plan.backward_dims
+            grids.append((d["C_IN_PER_GROUP"], d["KH"], d["KW"]))
     forms = {"whole channels", "channels left over", "kernel rows", "kernel rows left over"}
     for nn_rows in (12, 6):
         taken = set().union(*(tap_row_blocks(grid, nn_rows) for grid in grids))
@@ -1154,25 +1154,23 @@ def test_winograd_forward_is_chosen_where_it_applies():
     chosen, forms, din_short_block, f4 = set(), set(), set(), set()
     groups = list(GROUPS.items()) + [(shape, cases) for shape, cases in VARIANT_CASES.items()] + \
         [(WINOGRAD_TALL, WINOGRAD_TALL_CASES)]
-    for shape, cases in groups:
-        spec = load_spec(group_spec(cases, "float64", "pre", group_name(shape, "float64", "pre")))
-        for op in lower(check_net(spec)).ops:
-            if op.plan.forward_template == WINOGRAD:
-                assert op.plan.backward_template in (SHIFTED, POOLED)
-                # the shifted backward's input gradient goes by Winograd too, unless its padding crops
-                shifted_din = op.plan.backward_template == SHIFTED and op.layer != "winograd_pad3"
-                assert op.plan.settings["winograd_din"] == shifted_din, op.layer
-                if op.plan.settings["winograd_din"]:
-                    din_short_block.add("DIN_LAST_BLOCK_TILES" in op.plan.backward_dims)
-                # and so does the shifted backward's weight gradient (every weight here is trained)
-                assert op.plan.settings["winograd_dweight"] == (op.plan.backward_template == SHIFTED), op.layer
-                chosen.add(op.layer)
-                tile = op.plan.settings["winograd_tile"]
-                if tile == 4:
-                    f4.add(op.layer)
-                d = op.plan.forward_dims
-                forms.add((tile, op.plan.settings["has_bias"], op.plan.settings["relu"], d["W_OUT"] % tile != 0,
-                           d["H_OUT"] % tile != 0, d["TILE_ROWS"] > d["TILE_ROWS_PER_BLOCK"]))
+    for op in lowered_ops(groups):
+        if op.plan.forward_template == WINOGRAD:
+            assert op.plan.backward_template in (SHIFTED, POOLED)
+            # the shifted backward's input gradient goes by Winograd too, unless its padding crops
+            shifted_din = op.plan.backward_template == SHIFTED and op.layer != "winograd_pad3"
+            assert op.plan.settings["winograd_din"] == shifted_din, op.layer
+            if op.plan.settings["winograd_din"]:
+                din_short_block.add("DIN_LAST_BLOCK_TILES" in op.plan.backward_dims)
+            # and so does the shifted backward's weight gradient (every weight here is trained)
+            assert op.plan.settings["winograd_dweight"] == (op.plan.backward_template == SHIFTED), op.layer
+            chosen.add(op.layer)
+            tile = op.plan.settings["winograd_tile"]
+            if tile == 4:
+                f4.add(op.layer)
+            d = op.plan.forward_dims
+            forms.add((tile, op.plan.settings["has_bias"], op.plan.settings["relu"], d["W_OUT"] % tile != 0,
+                       d["H_OUT"] % tile != 0, d["TILE_ROWS"] > d["TILE_ROWS_PER_BLOCK"]))
     assert chosen == WINOGRAD_CASES and f4 == WINOGRAD4_CASES
     for i in range(1, 6):
         assert {form[i] for form in forms} == {False, True}, i
