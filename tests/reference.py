@@ -959,3 +959,28 @@ def numerical_gradient(f, x, h=1e-6, at=None):
         x[idx] = old
         grad[idx] = (fp - fm) / (2.0 * h)
     return grad
+
+
+def directional_error(f, x, g, v, h=1e-6):
+    """How far the gradient g of the scalar function f() w.r.t. x is from the central difference
+    of f() along the direction v (x's shape), which g . v must equal:
+
+        |(f() with x += h v  -  f() with x -= h v) / (2h)  -  g . v|  /  sum |g_i v_i|
+
+    (the largest g . v can be, so the error is relative like the element-wise checks'). Two
+    evaluations check every element of g at once, each weighted by its random v_i. x must be a
+    float64 array that f() reads; it is restored exactly afterwards."""
+    assert isinstance(x, np.ndarray) and x.dtype == np.float64, \
+        "x must be a float64 ndarray (modified in place)"
+    g, v = np.asarray(g, dtype=np.float64).reshape(x.shape), np.asarray(v, dtype=np.float64)
+    assert v.shape == x.shape, (v.shape, x.shape)
+    old = x.copy()
+    x += h * v
+    fp = float(f())
+    x[...] = old
+    x -= h * v
+    fm = float(f())
+    x[...] = old
+    bound = float(np.abs(g).reshape(-1) @ np.abs(v).reshape(-1))
+    along = (fp - fm) / (2.0 * h)
+    return 0.0 if bound == 0 and along == 0 else abs(along - float(g.reshape(-1) @ v.reshape(-1))) / bound

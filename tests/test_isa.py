@@ -7,15 +7,23 @@ test_layers.py (every conv variant and block form, dense wide and narrow) is bui
 with its -m flags under -Werror; a width this CPU can run is also run, forward and backward
 (float64, against the NumPy reference), and one it cannot run is compiled
 only. The 16-byte fallback runs on any x86-64 machine.
+
+The width -march=native picks here is not built again: test_layers.py builds the same group for it
+at the users' optimisation (-O3) under -Werror and runs it against the reference and finite
+differences (native_width below says which width that is).
 """
 from __future__ import annotations
 
+import os
 import platform
+import subprocess
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cnncc.build import compiler_command
 from test_layers import (TOL_BACKWARD64, TOL_FORWARD64, VARIANT_BATCH, VARIANT_CASES, group_spec, kink_safe,
                          run_group, shape_tag, stable_seed)
 
@@ -32,6 +40,18 @@ pytestmark = [pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), 
               pytest.mark.slow]
 
 
+@lru_cache(maxsize=1)
+def native_width() -> str:
+    """The width templates/gemm.c.j2 takes under -march=native (by the macros it tests)."""
+    macros = subprocess.run([*compiler_command(), "-march=native", "-dM", "-E", "-x", "c", os.devnull],
+                            capture_output=True, text=True, check=True).stdout.split()
+    return "avx512" if "__AVX512F__" in macros else "avx2" if "__AVX__" in macros else "16-byte fallback"
+
+
+# the others: test_layers.test_every_kernel_variant_and_block_form builds and runs the native one
+OTHER_WIDTHS = [width for width in WIDTHS if width != native_width()]
+
+
 def cpu_flags() -> set[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -41,7 +61,7 @@ def cpu_flags() -> set[str]:
 
 
 @pytest.mark.parametrize("shape", list(VARIANT_CASES), ids=shape_tag)
-@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("width", OTHER_WIDTHS)
 def test_every_vector_width_compiles_warning_free_and_runs_where_the_cpu_can(width, shape, build_dir):
     needed, flags = WIDTHS[width]
     runs = set(needed) <= cpu_flags()

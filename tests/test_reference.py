@@ -25,7 +25,7 @@ from reference import (  # noqa: E402
     batchnorm_train, batchnorm_infer, batchnorm_train_backward,
     dropout, dropout_backward, add, add_backward, concat, concat_backward,
     softmax_cross_entropy, mse, binary_cross_entropy_with_logits,
-    sgd_step, adam_step, numerical_gradient,
+    sgd_step, adam_step, numerical_gradient, directional_error,
 )
 import seed_examples as se  # noqa: E402
 
@@ -674,6 +674,26 @@ def test_numerical_gradient():
     np.testing.assert_allclose(some.reshape(-1)[[1, 2]], (3 * x ** 2).reshape(-1)[[1, 2]], rtol=1e-8)
     assert some.reshape(-1)[0] == 0 and some.reshape(-1)[3] == 0
     np.testing.assert_array_equal(x, x_before)
+
+
+def test_directional_error():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 50))
+    x_before = x.copy()
+    g = 3 * x ** 2
+    errors = []
+    for _ in range(4):
+        v = rng.standard_normal(x.shape)
+        v /= np.linalg.norm(v)
+        errors.append(directional_error(lambda: np.sum(x ** 3), x, g, v))
+        np.testing.assert_array_equal(x, x_before)
+    assert max(errors) < 1e-8
+    # one element of 2,000 wrong by a tenth of the largest: every direction sees it
+    wrong = g.copy()
+    wrong[7, 11] += 0.1 * np.abs(g).max()
+    for _ in range(4):
+        v = rng.standard_normal(x.shape)
+        assert directional_error(lambda: np.sum(x ** 3), x, wrong, v / np.linalg.norm(v)) > 1e-6
 
 
 def test_pad2d():
