@@ -37,12 +37,14 @@ def environment(backend: str = "vector") -> "jinja2.Environment":
 
     from .backends import backend as backend_named
 
+    from .template_cache import template_code_cache
+
     overlay = backend_named(backend).template_overlay
     folders = ([str(template_dir() / overlay)] if overlay else []) + [str(template_dir())]
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(folders),
-        undefined=jinja2.StrictUndefined,  # a misspelt variable fails here, not as C far away
-        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    options = dict(undefined=jinja2.StrictUndefined,  # a misspelt variable fails here, not as C far away
+                   trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folders), bytecode_cache=template_code_cache(options),
+                             **options)
     env.filters.update(c_ident=c_ident, c_int=c_int, c_float=c_float, c_expr=c_expr, c_comment=c_comment)
     return env
 
