@@ -937,6 +937,18 @@ def adam_step(w, g, m, v, t, lr, beta1=0.9, beta2=0.999, eps=1e-8,
 # finite differences
 # ---------------------------------------------------------------------------
 
+def rel_err(actual, expected) -> float:
+    """The largest difference of two arrays of one shape, relative to the largest magnitude in
+    either (0 for two zero or empty arrays): the tests' measure of agreement."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    if actual.size == 0:
+        return 0.0
+    scale = max(np.abs(actual).max(), np.abs(expected).max())
+    return 0.0 if scale == 0 else float(np.abs(actual - expected).max() / scale)
+
+
 def numerical_gradient(f, x, h=1e-6, at=None):
     """Central finite differences of the scalar function f() w.r.t. x.
 

@@ -29,6 +29,7 @@ import pytest
 
 import cnncc
 import reference as ref
+from reference import rel_err
 import seed_examples
 from cnncc.options import DEFAULT_CFLAGS
 from cnncc.check import check_net
@@ -43,16 +44,6 @@ TOL_BACKWARD64 = 1e-10  # C backward vs reference backward (both exact algorithm
 TOL_FD = 1e-6  # reference backward vs finite differences of the C loss
 TOL_FORWARD32 = 1e-5
 RESIDUAL = 1e-3  # y - t of the mse trick
-
-
-def rel_err(actual, expected) -> float:
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    if actual.size == 0:
-        return 0.0
-    scale = max(np.abs(actual).max(), np.abs(expected).max())
-    return 0.0 if scale == 0 else float(np.abs(actual - expected).max() / scale)
 
 
 def kink_safe(rng, shape) -> np.ndarray:

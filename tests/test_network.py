@@ -15,6 +15,7 @@ import pytest
 import cnncc
 import cnncc.build
 import reference as ref
+from reference import rel_err
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 # Warnings as errors at the level each build compiles fastest: one-thread builds at -O1 (ResNet-8
@@ -25,14 +26,6 @@ WERROR = ("-O1", "-Wall", "-Wextra", "-Werror")
 WERROR_THREADED = ("-O0", "-Wall", "-Wextra", "-Werror")
 TOL_FD = 1e-6
 TOL_OPT = 1e-12
-
-
-def rel_err(actual, expected) -> float:
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    scale = max(np.abs(actual).max(), np.abs(expected).max())
-    return 0.0 if scale == 0 else float(np.abs(actual - expected).max() / scale)
 
 
 def _spec(name, inputs, layers, loss="softmax_cross_entropy", dtype="float64", optimizer=None):

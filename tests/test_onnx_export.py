@@ -15,19 +15,13 @@ from hypothesis import given, settings
 
 import cnncc
 import interop_cases
+from reference import rel_err
 from tools import need_module
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
 INSTALL = 'pip install "cnncc[onnx]"'
 TOL32, TOL64 = 1e-5, 1e-10
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    scale = max(np.abs(a).max(), np.abs(b).max())
-    return 0.0 if scale == 0 else float(np.abs(a - b).max() / scale)
 
 
 def with_dtype(path: Path, dtype: str) -> dict:

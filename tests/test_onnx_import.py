@@ -14,6 +14,7 @@ import pytest
 
 import cnncc
 import interop_cases
+from reference import rel_err
 from tools import need_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,13 +28,6 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 import cnncc.cli  # noqa: E402
 import cnncc.onnx  # noqa: E402
 from cnncc.onnx.importer import OnnxFileError, UnsupportedModel  # noqa: E402
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    scale = max(np.abs(a).max(), np.abs(b).max())
-    return 0.0 if scale == 0 else float(np.abs(a - b).max() / scale)
 
 
 def cli(*args, cwd):

@@ -18,6 +18,7 @@ import yaml
 
 import cnncc
 import interop_cases
+from reference import rel_err
 from tools import need_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,13 +33,6 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 import cnncc.torch  # noqa: E402
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    scale = max(np.abs(a).max(), np.abs(b).max())
-    return 0.0 if scale == 0 else float(np.abs(a - b).max() / scale)
 
 
 def float64_model(path, build_dir):
