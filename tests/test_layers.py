@@ -43,7 +43,11 @@ TOL_FORWARD64 = 1e-12
 TOL_BACKWARD64 = 1e-10  # C backward vs reference backward (both exact algorithms in float64)
 TOL_FD = 1e-6  # reference backward vs finite differences of the C loss
 TOL_FORWARD32 = 1e-5
+# C backward in float32 vs the reference's in float64 from the same float32 inputs and outputs:
+# the kernels' float sums (and a float32 output gradient), relative to each gradient's largest
+TOL_BACKWARD32 = 2e-5  # the largest measured: 2.6e-6 (conv_depthwise_b), the median 1e-7
 RESIDUAL = 1e-3  # y - t of the mse trick
+RESIDUAL32 = 0.1  # ... in float32
 
 
 def kink_safe(rng, shape) -> np.ndarray:
@@ -656,15 +660,15 @@ def run_group(shape, dtype, mode, build_dir, cflags=None, cases=None, name=None,
     for key, value in frozen.items():
         m.params[key][...] = value
 
-    if dtype != "float64":
-        return GroupResult(results, None, m, x)
-
     # 3. backward with a known output gradient G (the mse trick)
     numel = y_final.size
     # A small residual keeps the loss (and the rounding noise of its finite differences)
-    # small next to its gradient: L ~ RESIDUAL^2, dL/dy ~ RESIDUAL / numel.
-    targets = y_final - RESIDUAL * rng.standard_normal(y_final.shape)
-    g_final = 2 * (y_final - targets) / numel  # what the C loss computes, bit for bit
+    # small next to its gradient: L ~ RESIDUAL^2, dL/dy ~ RESIDUAL / numel. In float32 the
+    # targets are rounded to float first, as the C reads them, and a larger residual keeps
+    # y - t's rounding (relative to y) small next to it.
+    residual = RESIDUAL if dtype == "float64" else RESIDUAL32
+    targets = (y_final - residual * rng.standard_normal(y_final.shape)).astype(m.dtype).astype(np.float64)
+    g_final = 2 * (y_final - targets) / numel  # what the C loss computes (bit for bit in float64)
     _, grads = m.gradients(x, targets, seed=SEED)
     for key, value in frozen.items():  # gradients() leaves the running statistics alone
         assert np.array_equal(m.params[key], value), key
@@ -694,7 +698,7 @@ def run_group(shape, dtype, mode, build_dir, cflags=None, cases=None, name=None,
         train[case.id] = (ins, P, y, aux, dparams)
     assert offset == g_final.shape[1]
 
-    if not fd:
+    if not fd or dtype != "float64":
         return GroupResult(results, None, m, x)
 
     # 4. the reference backward against central differences of the C loss, at up to FD_POINTS
@@ -829,6 +833,17 @@ def test_forward_float32(case, group_runs):
     assert r.forward_infer <= TOL_FORWARD32, f"inference forward: relative error {r.forward_infer:.3g}"
     assert r.forward_train <= TOL_FORWARD32, f"training forward: relative error {r.forward_train:.3g}"
     assert r.running_stats <= TOL_FORWARD32, f"running statistics: relative error {r.running_stats:.3g}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_backward_float32(case, group_runs):
+    """The float32 kernels' gradients (other vector lane counts than float64's: other block forms
+    and tails) against the reference's."""
+    r = group_runs(case.shape, "float32", "pre").cases[case.id]
+    assert r.input_grads <= TOL_BACKWARD32, f"input gradient: relative error {r.input_grads:.3g}"
+    for pname, err in r.param_grads.items():
+        assert err <= TOL_BACKWARD32, f"{pname} gradient: relative error {err:.3g}"
+    assert r.param_grads.keys() == group_runs(case.shape, "float64", "pre").cases[case.id].param_grads.keys()
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -1036,9 +1051,10 @@ def test_every_kernel_variant_and_block_form(shape, dtype, build_dir):
     for case in cases:
         r = result.cases[case.id]
         assert max(r.forward_infer, r.forward_train) <= tolerance, f"{case.id} forward: {r.forward_infer:.3g}"
+        backward = TOL_BACKWARD64 if dtype == "float64" else TOL_BACKWARD32
+        assert r.input_grads <= backward, f"{case.id} input gradient: {r.input_grads:.3g}"
+        assert r.param_grads and max(r.param_grads.values()) <= backward, f"{case.id}: {r.param_grads}"
         if dtype == "float64":
-            assert r.input_grads <= TOL_BACKWARD64, f"{case.id} input gradient: {r.input_grads:.3g}"
-            assert r.param_grads and max(r.param_grads.values()) <= TOL_BACKWARD64, f"{case.id}: {r.param_grads}"
             assert max(r.fd_params.values()) <= TOL_FD, f"{case.id} vs finite differences: {r.fd_params}"
     if dtype == "float64":
         assert result.fd_input <= TOL_FD

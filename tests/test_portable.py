@@ -116,9 +116,9 @@ def test_every_kernel_variant_and_block_form(shape, dtype, build_dir):
     for case in cases:
         r = result.cases[case.id]
         assert max(r.forward_infer, r.forward_train) <= tolerance, f"{case.id} forward: {r.forward_infer:.3g}"
-        if dtype == "float64":
-            assert r.input_grads <= layers.TOL_BACKWARD64, f"{case.id} input gradient: {r.input_grads:.3g}"
-            assert r.param_grads and max(r.param_grads.values()) <= layers.TOL_BACKWARD64, f"{case.id}: {r.param_grads}"
+        backward = layers.TOL_BACKWARD64 if dtype == "float64" else layers.TOL_BACKWARD32
+        assert r.input_grads <= backward, f"{case.id} input gradient: {r.input_grads:.3g}"
+        assert r.param_grads and max(r.param_grads.values()) <= backward, f"{case.id}: {r.param_grads}"
 
 
 # ---- training: the vector backend's trajectory -------------------------------------------
