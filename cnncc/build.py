@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -139,8 +139,13 @@ def cache_key(sources: Sources, compiler: tuple[str, ...], flags: tuple[str, ...
 def program_cache_key(program: Program, spec_path: str, compiler: tuple[str, ...], flags: tuple[str, ...]) -> str:
     """The key of a program before rendering: the rendered text is a function of the program (its
     repr covers every field: frozen dataclasses, ints, exact float reprs), the spec's label and the
-    renderer's code, so a cache hit needs no rendering at all."""
-    return _key(("program", repr(program), spec_label(spec_path), renderer_digest()), compiler, flags)
+    renderer's code, so a cache hit needs no rendering at all. The optimizer enters as what its C
+    depends on (OptimizerKind.compiled_identity): a new learning rate or momentum in the spec
+    loads the same module instead of compiling identical C again."""
+    optimizer = program.optimizer
+    identity = None if optimizer is None else program.optimizer_rules.compiled_identity(optimizer.settings)
+    compiled = replace(program, optimizer=None)
+    return _key(("program", repr(compiled), repr(identity), spec_label(spec_path), renderer_digest()), compiler, flags)
 
 
 def remove_stale_staging(root: Path, name: str) -> None:

@@ -103,3 +103,56 @@ def test_cc_with_arguments_is_split_and_respected(tmp_path, monkeypatch, capfd):
     assert "-DCNNCC_TEST_MARK=1" in err and os.path.isabs(err.split("cnncc: ")[-1].split()[0])
     monkeypatch.setenv("CC", "gcc")
     assert not _compile(tmp_path / "build").module.from_cache  # another command: another entry
+
+
+# ---- what the key leaves out: an optimizer's values are run-time hyper-parameters ----------
+
+# Other values of every optimizer field (same state size: SGD keeps its momentum on)
+OTHER_VALUES = {
+    "sgd": ({"momentum": 0.5}, {"lr": 0.3, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+    "adam": ({}, {"lr": 0.02, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "weight_decay": 0.001}),
+}
+
+
+def _with_optimizer(settings: dict) -> dict:
+    return {**SPEC, "optimizer": settings}
+
+
+def test_every_optimizer_field_is_covered_here():
+    from cnncc.optimizers import OPTIMIZERS
+
+    assert set(OTHER_VALUES) == set(OPTIMIZERS)
+    for kind, (_, other) in OTHER_VALUES.items():
+        assert set(other) == set(OPTIMIZERS[kind].fields), kind
+
+
+@pytest.mark.parametrize("kind", sorted(OTHER_VALUES))
+def test_the_c_depends_on_no_optimizer_value(kind):
+    """OptimizerKind.compiled_identity's contract: other values of every field, the same C."""
+    from cnncc import codegen
+
+    base, other = OTHER_VALUES[kind]
+    first = codegen.render(cnncc.check(_with_optimizer({"type": kind, **base})).program)
+    second = codegen.render(cnncc.check(_with_optimizer({"type": kind, **other})).program)
+    assert (first.header, first.source, first.cdef) == (second.header, second.source, second.cdef)
+
+
+def test_a_new_learning_rate_loads_the_same_module(tmp_path):
+    first = cnncc.compile(_with_optimizer({"type": "sgd", "lr": 0.1, "momentum": 0.5}), build_dir=tmp_path,
+                          cflags=FLAGS)
+    before = cnncc.build.compile_count
+    other = {"type": "sgd", "lr": 0.3, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}
+    second = cnncc.compile(_with_optimizer(other), build_dir=tmp_path, cflags=FLAGS)
+    assert cnncc.build.compile_count == before  # a cache hit: no compile
+    assert second.hyper == {k: v for k, v in other.items() if k != "type"}  # the new spec's values, not the cached
+    # and they are the ones the step uses: one step of each from the same weights
+    y = np.zeros((2, 2))
+    first.init(1)
+    second.init(1)
+    assert np.array_equal(first.flat_params, second.flat_params)
+    first.train_step(X, y)
+    second.train_step(X, y)
+    assert not np.array_equal(first.flat_params, second.flat_params)
+    # without momentum SGD keeps no velocity: other C, another build
+    cnncc.compile(_with_optimizer({"type": "sgd", "lr": 0.1}), build_dir=tmp_path, cflags=FLAGS)
+    assert cnncc.build.compile_count == before + 1

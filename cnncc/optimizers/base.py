@@ -71,3 +71,10 @@ class OptimizerKind:
     def state_slots(self, settings: dict[str, Any]) -> int:
         """Elements of optimizer state per trainable parameter."""
         return 0
+
+    def compiled_identity(self, settings: dict[str, Any]) -> tuple:
+        """What of these settings the generated C depends on: the kind and its state size. Every
+        field's value is a run-time hyper-parameter (NAME_hyper), so a template may read only
+        program.optimizer_state_size, never a value (tests/test_build_cache.py renders every
+        optimizer with other values of each field to hold it to that)."""
+        return (self.kind, self.state_slots(settings))
