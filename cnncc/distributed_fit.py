@@ -27,7 +27,8 @@ from .distributed import DistributedError, shard, state_digest
 from .callbacks import Run
 from .history import History
 from .progress import Progress
-from .train import TrainingError, accuracy_hits, evaluate, fit_columns, learning_rate, measures_accuracy
+from .train import (TrainingError, accuracy_hits, epoch_order, evaluate, fit_columns, learning_rate,
+                    measures_accuracy)
 
 SEED_MASK = (1 << 64) - 1  # the C side takes a uint64_t
 
@@ -106,7 +107,6 @@ class _Loop:
             callbacks=()):
         model, mpi, n = self.model, self.mpi, self.x.shape[0]
         training = model.spec.training
-        rng = np.random.default_rng(self.seed)
         history = History()
         run = Run(model, history, fit_columns(model, validation_data), mpi.rank, mpi.size)
         for callback in callbacks:
@@ -115,7 +115,7 @@ class _Loop:
         for epoch in range(initial_epoch, epochs):
             model.hyper["lr"] = learning_rate(schedule, base_lr, epoch, epochs, training["step_size"],
                                               training["gamma"]) * run.lr_factor
-            order = rng.permutation(n) if shuffle else np.arange(n)
+            order = epoch_order(n, self.seed, epoch, shuffle)
             progress.start_epoch(epoch + 1, epochs, n)
             total_loss, hits = 0.0, 0
             start = time.perf_counter()

@@ -23,6 +23,16 @@ class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss); the weights are those of the last good step."""
 
 
+_SHUFFLE_STREAM = 0x5F  # keeps the shuffle's random numbers apart from augmentation's (augment.py)
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The order fit visits the n samples in at `epoch` (from 0): a function of the seed and the
+    epoch alone, so a fit resumed at epoch k (`initial_epoch=k` after `load`) visits them as the
+    uninterrupted fit did, on one process or over MPI ranks (distributed_fit)."""
+    return np.random.default_rng([seed, _SHUFFLE_STREAM, epoch]).permutation(n) if shuffle else np.arange(n)
+
+
 def learning_rate(schedule: str, base: float, epoch: int, epochs: int, step_size: int = 1,
                   gamma: float = 0.1) -> float:
     """The learning rate of a 0-based epoch."""
@@ -78,7 +88,6 @@ def fit(model, x, y, epochs: int | None = None, batch_size: int | None = None, v
                                base_lr=base_lr, validation_data=validation_data, shuffle=shuffle,
                                seed=seed, verbose=options["verbose"], checkpoint=checkpoint,
                                initial_epoch=initial_epoch, callbacks=callbacks, augment=augment)
-    rng = np.random.default_rng(seed)
     batch_x = np.empty((batch_size,) + x.shape[1:], model.dtype)
     batch_y = np.empty((batch_size,) + y.shape[1:], y.dtype)
     with_accuracy = measures_accuracy(model)
@@ -91,7 +100,7 @@ def fit(model, x, y, epochs: int | None = None, batch_size: int | None = None, v
     for epoch in range(initial_epoch, epochs):
         model.hyper["lr"] = learning_rate(schedule, base_lr, epoch, epochs, training["step_size"],
                                           training["gamma"]) * run.lr_factor
-        order = rng.permutation(n) if shuffle else np.arange(n)
+        order = epoch_order(n, seed, epoch, shuffle)
         progress.start_epoch(epoch + 1, epochs, n)
         total_loss, hits, seen = 0.0, 0, 0
         start = time.perf_counter()

@@ -18,6 +18,7 @@ import pytest
 import cnncc
 from cnncc.distributed import launched_by_mpi, shard
 from cnncc.distributed_fit import step_seed
+from cnncc.train import epoch_order
 from mpi_worker import make_data
 from tools import need_command, need_module
 
@@ -254,9 +255,8 @@ def emulate_ranks(model, x, y, ranks: int, epochs: int, seed: int) -> None:
     weighted sum of the shards' gradients, one step."""
     trainable, batch = model.num_trainable, model.spec.training["batch_size"]
     running = [model.flat_params[trainable:].copy() for _ in range(ranks)]
-    rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        order = rng.permutation(x.shape[0])
+    for epoch in range(epochs):
+        order = epoch_order(x.shape[0], seed, epoch)  # the shuffle fit takes, on any rank count
         for first in range(0, x.shape[0], batch):
             index = order[first:first + batch]
             total = np.zeros(trainable)

@@ -12,7 +12,7 @@ import pytest
 import cnncc
 from cnncc import data
 from cnncc.checkpoint import CheckpointError
-from cnncc.train import TrainingError, learning_rate
+from cnncc.train import TrainingError, epoch_order, learning_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,6 +154,33 @@ def test_checkpoint_each_epoch_and_resume(model, dataset, tmp_path, build_dir):
     assert resumed.loaded_epoch == 2
     history = resumed.fit(x[:128], y[:128], epochs=3, verbose=0, initial_epoch=resumed.loaded_epoch)
     assert len(history["loss"]) == 1
+
+
+def test_a_resumed_fit_trains_as_the_uninterrupted_one(dataset, tmp_path, build_dir):
+    """Each epoch's shuffle is keyed on (seed, epoch) (train.epoch_order), the dropout masks and
+    augmentation on the step count the checkpoint keeps: stopping after an epoch and resuming
+    from its checkpoint gives the same weights, bit for bit."""
+    (x, y), _ = dataset
+    x, y = x[:200], y[:200]
+    whole = cnncc.compile(SMALL, build_dir=build_dir).init(5)
+    whole.fit(x, y, epochs=3, seed=11, batch_size=16, verbose=0)
+    ckpt = tmp_path / "ckpt.npz"
+    first = cnncc.compile(SMALL, build_dir=build_dir).init(5)
+    first.fit(x, y, epochs=1, seed=11, batch_size=16, verbose=0, checkpoint=ckpt)
+    resumed = cnncc.compile(SMALL, build_dir=build_dir).load(ckpt)
+    resumed.fit(x, y, epochs=3, seed=11, batch_size=16, verbose=0, initial_epoch=resumed.loaded_epoch)
+    assert resumed.step_count == whole.step_count
+    assert np.array_equal(resumed.flat_params, whole.flat_params)
+    assert np.array_equal(resumed.flat_optimizer_state, whole.flat_optimizer_state)
+
+
+def test_epoch_orders_are_permutations_of_their_own():
+    orders = [epoch_order(50, 7, epoch) for epoch in range(4)]
+    assert all(sorted(order) == list(range(50)) for order in orders)
+    assert len({tuple(order) for order in orders}) == 4
+    assert np.array_equal(epoch_order(50, 7, 2), orders[2])  # nothing but (seed, epoch) decides
+    assert not np.array_equal(epoch_order(50, 8, 2), orders[2])
+    assert np.array_equal(epoch_order(5, 7, 1, shuffle=False), np.arange(5))
 
 
 def test_inference_only_spec_refuses_training(build_dir):
