@@ -36,7 +36,6 @@ def environment(backend: str = "vector") -> "jinja2.Environment":
     import jinja2  # here, not at the top: loading a cached model never renders
 
     from .backends import backend as backend_named
-
     from .template_cache import template_code_cache
 
     overlay = backend_named(backend).template_overlay
