@@ -17,6 +17,8 @@ Conventions (same as PyTorch):
   corresponding forward inputs.
 """
 
+import math
+
 import numpy as np
 
 
@@ -995,4 +997,6 @@ def directional_error(f, x, g, v, h=1e-6):
     x[...] = old
     bound = float(np.abs(g).reshape(-1) @ np.abs(v).reshape(-1))
     along = (fp - fm) / (2.0 * h)
-    return 0.0 if bound == 0 and along == 0 else abs(along - float(g.reshape(-1) @ v.reshape(-1))) / bound
+    if bound == 0:  # g is zero wherever v is not: f must not change along v either
+        return 0.0 if along == 0 else math.inf
+    return abs(along - float(g.reshape(-1) @ v.reshape(-1))) / bound

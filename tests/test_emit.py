@@ -164,8 +164,8 @@ def test_main_matches_python(cases, spec, mode):
 # The level each compiler builds each mode at besides the fixture's gcc -O2: every mode at -O0
 # once (code that compiles only when the optimiser inlines, such as an intrinsic's immediate
 # passed through a function, or C99 `inline` without an external definition, fails there) and
-# under clang once. gcc's -O0 build of the training code is clang's: at -O0 the training C takes gcc
-# longest of all its builds (ResNet-8: 7.2 s, against 5.0 s at -O2 and 2.4 s for clang -O0).
+# under clang once. The training code's -O0 build is clang's, not gcc's: at -O0 the training C takes
+# gcc longest of all its builds (ResNet-8: 7.2 s, against 5.0 s at -O2 and 2.4 s for clang -O0).
 LEVELS = {"gcc": {"inference": "-O0"}, "clang": {"full": "-O0", "inference": "-O2"}}
 
 

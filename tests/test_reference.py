@@ -694,6 +694,9 @@ def test_directional_error():
     for _ in range(4):
         v = rng.standard_normal(x.shape)
         assert directional_error(lambda: np.sum(x ** 3), x, wrong, v / np.linalg.norm(v)) > 1e-6
+    # a zero gradient where f does change along v is an error, not a division by zero
+    assert directional_error(lambda: np.sum(x ** 3), x, np.zeros_like(x), v / np.linalg.norm(v)) == math.inf
+    assert directional_error(lambda: 1.0, x, np.zeros_like(x), v) == 0.0
 
 
 def test_pad2d():
