@@ -66,7 +66,7 @@ PHASE_COLUMN_BLOCK = 32
 PHASED_DIN_MIN_FILL = 0.9
 GROUPED = ("C_IN", "H_IN", "W_IN", "C_OUT", "GROUPS", "C_IN_PER_GROUP", "C_OUT_PER_GROUP", "K_GROUP", "PIXELS_OUT")
 TAPS = ("KH", "KW", "DIL_H", "DIL_W")
-WINDOWS = TAPS + ("STRIDE_H", "STRIDE_W", "PAD_TOP", "PAD_LEFT", "H_OUT", "W_OUT")  # im2col's arguments
+WINDOWS = TAPS + ("STRIDE_H", "STRIDE_W", "PAD_TOP", "PAD_LEFT", "H_OUT", "W_OUT")  # col2im's arguments
 
 
 class ConvPlanner(Planner):
@@ -142,7 +142,10 @@ class ConvPlanner(Planner):
             k.update(_winograd_dims(k["C_IN"], k["C_OUT"], k["H_OUT"], k["W_OUT"], tile=s["winograd_tile"]))
             forward = _winograd_scratch(k, s["winograd_tile"])
         elif not shifted:
-            forward = {"SCRATCH_PATCHES": k["K_GROUP"] * k["PIXELS_OUT"]}
+            k.update(_im2col_dims(g))
+            s["padded"] = sum(g.pad_h) + sum(g.pad_w) > 0
+            forward = {"SCRATCH_PADDED": k["C_IN_PER_GROUP"] * k["H_PAD"] * k["W_PAD"] if s["padded"] else 0,
+                       "SCRATCH_PATCHES": k["K_GROUP"] * k["PIXELS_OUT"]}
         if request.pooled_output is not None:
             k.update(_pooled_dims(g, request.pooled_output))
             backward, shared = _pooled_scratch(k)
@@ -184,7 +187,7 @@ class ConvPlanner(Planner):
             forward_names += ("HALF_W",) if s["winograd_tile"] == 2 else ("QUARTER_W",)
         else:
             forward_names = GROUPED + ("SAMPLE_SLOTS",) + (_shifted_forward_names(s) if shifted else
-                                                           WINDOWS + ("SCRATCH_PATCHES",))
+                                                           _im2col_names(s))
         forward_names += ("SLOT_SIZE",) if forward_scratch else ()
         forward_roles = ("out", "in", "weight", "bias") + (("slots",) if forward_scratch else ()) + ("batch",)
         if request.pooled_output is not None:
@@ -468,8 +471,24 @@ def _shifted_backward_names(s, k) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def _im2col_dims(g) -> dict[str, int]:
+    """The im2col conv's input, zero-padded into H_PAD x W_PAD planes: just the rows and columns
+    its windows read, (H_OUT - 1) * STRIDE_H + (KH - 1) * DIL_H + 1 by the same along the width
+    (at stride 1, the shifted conv's padded planes)."""
+    return {"H_PAD": (g.h_out - 1) * g.stride_h + (g.kh - 1) * g.dil_h + 1,
+            "W_PAD": (g.w_out - 1) * g.stride_w + (g.kw - 1) * g.dil_w + 1}
+
+
+def _im2col_names(s) -> tuple[str, ...]:
+    """The constants of im2col_planes (the patch matrix of a sample and group, its padded input
+    first if the conv pads)."""
+    names = TAPS + ("STRIDE_H", "STRIDE_W", "H_OUT", "W_OUT", "SCRATCH_PATCHES")
+    return names + (("PAD_TOP", "PAD_LEFT", "H_PAD", "W_PAD", "SCRATCH_PADDED") if s["padded"] else ())
+
+
 def _im2col_backward_names(s) -> tuple[str, ...]:
-    names = GROUPED + WINDOWS + ("SCRATCH_PATCHES",)
+    names = GROUPED + _im2col_names(s)
+    names += WINDOWS if s["din"] and not s["din_by_phases"] else ()  # col2im's
     names += () if s["dweight_by_dots"] else ("SCRATCH_DOUT", "SCRATCH_DWEIGHT_T")
     if s["din_by_phases"]:
         names += DIN_PHASED + (() if s["din_dout_is_dpad"] else ("DIN_PAD_TOP", "DIN_PAD_LEFT", "SCRATCH_DIN_DPAD"))

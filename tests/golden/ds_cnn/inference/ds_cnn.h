@@ -16,9 +16,9 @@
 #define DS_CNN_INPUT_SIZE 490
 #define DS_CNN_OUTPUT_SIZE 12
 #define DS_CNN_ACTIVATIONS_PER_SAMPLE 16000
-#define DS_CNN_WORKSPACE_SIZE 5000
+#define DS_CNN_WORKSPACE_SIZE 5696
 #define DS_CNN_BATCH 1 /* samples per forward call */
-#define DS_CNN_ARENA_SIZE 21000 /* ACTIVATIONS_PER_SAMPLE * BATCH + WORKSPACE_SIZE */
+#define DS_CNN_ARENA_SIZE 21696 /* ACTIVATIONS_PER_SAMPLE * BATCH + WORKSPACE_SIZE */
 
 /* Tensors whose lifetimes do not overlap share the arena; nothing else is needed at run time. */
 typedef struct ds_cnn_context {

@@ -109,23 +109,23 @@ typedef float real;
 
 /* Workspace offsets. */
 #define WS_CONV1 ((size_t)0)
-#define WS_CONV1_BN ((size_t)18184)
-#define WS_DW1 ((size_t)18312)
-#define WS_DW1_BN ((size_t)20252)
-#define WS_PW1 ((size_t)20380)
-#define WS_PW1_BN ((size_t)40732)
-#define WS_DW2 ((size_t)40860)
-#define WS_DW2_BN ((size_t)42800)
-#define WS_PW2 ((size_t)42928)
-#define WS_PW2_BN ((size_t)63280)
-#define WS_DW3 ((size_t)63408)
-#define WS_DW3_BN ((size_t)65348)
-#define WS_PW3 ((size_t)65476)
-#define WS_PW3_BN ((size_t)85828)
-#define WS_DW4 ((size_t)85956)
-#define WS_DW4_BN ((size_t)87896)
-#define WS_PW4 ((size_t)88024)
-#define WS_PW4_BN ((size_t)108376)
+#define WS_CONV1_BN ((size_t)18880)
+#define WS_DW1 ((size_t)19008)
+#define WS_DW1_BN ((size_t)20948)
+#define WS_PW1 ((size_t)21076)
+#define WS_PW1_BN ((size_t)41428)
+#define WS_DW2 ((size_t)41556)
+#define WS_DW2_BN ((size_t)43496)
+#define WS_PW2 ((size_t)43624)
+#define WS_PW2_BN ((size_t)63976)
+#define WS_DW3 ((size_t)64104)
+#define WS_DW3_BN ((size_t)66044)
+#define WS_PW3 ((size_t)66172)
+#define WS_PW3_BN ((size_t)86524)
+#define WS_DW4 ((size_t)86652)
+#define WS_DW4_BN ((size_t)88592)
+#define WS_PW4 ((size_t)88720)
+#define WS_PW4_BN ((size_t)109072)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients) and those the first backward to
@@ -679,6 +679,26 @@ KERNEL_INLINE void ds_cnn_im2col(const real *restrict in, real *restrict patches
             }
 }
 
+/* The same from planes of HP x WP that hold every element the windows read (the input
+   zero-padded, or an input the windows never leave): with no bounds to test, each row of the
+   patch matrix is OH runs of OW elements at constant strides, loops a compiler vectorises (a
+   stride-2 run is two loads and a permute per vector). The bounds of im2col made every run a loop
+   of its own trip count: ResNet-8's stride-2 convs spent a third of their forward building their
+   patches. */
+KERNEL_INLINE void ds_cnn_im2col_planes(const real *restrict planes, real *restrict patches, int C, int HP, int WP,
+                                 int KH, int KW, int SH, int SW, int DH, int DW, int OH, int OW)
+{
+    for (int c = 0; c < C; c++)
+        for (int kh = 0; kh < KH; kh++)
+            for (int kw = 0; kw < KW; kw++) {
+                real *restrict row = patches + (size_t)((c * KH + kh) * KW + kw) * (size_t)(OH * OW);
+                const real *restrict tap = planes + ((size_t)c * HP + (size_t)(kh * DH)) * WP + kw * DW;
+                for (int oh = 0; oh < OH; oh++)
+                    for (int ow = 0; ow < OW; ow++)
+                        row[oh * OW + ow] = tap[(size_t)(oh * SH) * WP + ow * SW];
+            }
+}
+
 KERNEL_INLINE void ds_cnn_col2im(const real *restrict patches, real *restrict din, int C, int H, int W, int KH, int KW,
                           int SH, int SW, int DH, int DW, int PT, int PL, int OH, int OW)
 {
@@ -739,7 +759,7 @@ KERNEL_INLINE void ds_cnn_conv1_forward_slot(
     const real *restrict in,                /* input [N, 1, 49, 10] */
     const real *restrict weight,            /* conv1.weight [64, 1, 10, 4] */
     const real *restrict bias,              /* conv1.bias [64] */
-    real *slots,                            /* 18184 elements of workspace */
+    real *slots,                            /* 18880 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -760,12 +780,15 @@ KERNEL_INLINE void ds_cnn_conv1_forward_slot(
         DIL_W = 1,
         STRIDE_H = 2,
         STRIDE_W = 2,
-        PAD_TOP = 4,
-        PAD_LEFT = 1,
         H_OUT = 25,
         W_OUT = 5,
-        SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 15624
+        SCRATCH_PATCHES = 696,
+        PAD_TOP = 4,
+        PAD_LEFT = 1,
+        H_PAD = 58,
+        W_PAD = 12,
+        SCRATCH_PADDED = 0,
+        SLOT_SIZE = 16320
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -776,9 +799,11 @@ KERNEL_INLINE void ds_cnn_conv1_forward_slot(
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int p = 0; p < PIXELS_OUT; p++)
                     out_group[(size_t)oc * PIXELS_OUT + p] = bias[g * C_OUT_PER_GROUP + oc];
+            real *restrict padded = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+            ds_cnn_pad_planes(in_group, padded, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
             real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            ds_cnn_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+            ds_cnn_im2col_planes(padded, patches, C_IN_PER_GROUP, H_PAD, W_PAD, KH, KW,
+                          STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
             ds_cnn_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
 
@@ -795,7 +820,7 @@ static void ds_cnn_conv1_forward(
     const real *restrict in,                /* input [N, 1, 49, 10] */
     const real *restrict weight,            /* conv1.weight [64, 1, 10, 4] */
     const real *restrict bias,              /* conv1.bias [64] */
-    real *slots,                            /* 18184 elements of workspace */
+    real *slots,                            /* 18880 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -822,7 +847,7 @@ static void ds_cnn_conv1_backward(
     real *restrict dbias,                   /* conv1.bias [64] */
     const real *restrict dout,              /* conv1 [N, 64, 25, 5] */
     const real *restrict in,                /* input [N, 1, 49, 10] */
-    real *slots,                            /* 18184 elements of workspace */
+    real *slots,                            /* 18880 elements of workspace */
     size_t batch)
 {
     enum {
@@ -841,17 +866,20 @@ static void ds_cnn_conv1_backward(
         DIL_W = 1,
         STRIDE_H = 2,
         STRIDE_W = 2,
-        PAD_TOP = 4,
-        PAD_LEFT = 1,
         H_OUT = 25,
         W_OUT = 5,
-        SCRATCH_PATCHES = 0,
-        SCRATCH_DOUT = 5000,
-        SCRATCH_DWEIGHT_T = 15624,
+        SCRATCH_PATCHES = 696,
+        PAD_TOP = 4,
+        PAD_LEFT = 1,
+        H_PAD = 58,
+        W_PAD = 12,
+        SCRATCH_PADDED = 0,
+        SCRATCH_DOUT = 5696,
+        SCRATCH_DWEIGHT_T = 16320,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 15624,
-        SCRATCH_DWEIGHT_PART = 13000,
-        SCRATCH_DBIAS_PART = 15560
+        SLOT_SIZE = 16320,
+        SCRATCH_DWEIGHT_PART = 13696,
+        SCRATCH_DBIAS_PART = 16256
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
@@ -877,9 +905,11 @@ static void ds_cnn_conv1_backward(
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = ds_cnn_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict padded = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                ds_cnn_pad_planes(in_group, padded, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
                 real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-                ds_cnn_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                ds_cnn_im2col_planes(padded, patches, C_IN_PER_GROUP, H_PAD, W_PAD, KH, KW,
+                              STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
                 real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
                 for (int p = 0; p < PIXELS_OUT; p++)
                     for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)

@@ -46,9 +46,9 @@ typedef float real;
 
 /* Workspace offsets. */
 #define WS_ENC1 ((size_t)0)
-#define WS_ENC2 ((size_t)3412)
-#define WS_DEC1 ((size_t)10828)
-#define WS_DEC2 ((size_t)14356)
+#define WS_ENC2 ((size_t)4253)
+#define WS_DEC1 ((size_t)13469)
+#define WS_DEC2 ((size_t)16997)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients) and those the first backward to
@@ -604,6 +604,26 @@ KERNEL_INLINE void mnist_autoencoder_im2col(const real *restrict in, real *restr
             }
 }
 
+/* The same from planes of HP x WP that hold every element the windows read (the input
+   zero-padded, or an input the windows never leave): with no bounds to test, each row of the
+   patch matrix is OH runs of OW elements at constant strides, loops a compiler vectorises (a
+   stride-2 run is two loads and a permute per vector). The bounds of im2col made every run a loop
+   of its own trip count: ResNet-8's stride-2 convs spent a third of their forward building their
+   patches. */
+KERNEL_INLINE void mnist_autoencoder_im2col_planes(const real *restrict planes, real *restrict patches, int C, int HP, int WP,
+                                 int KH, int KW, int SH, int SW, int DH, int DW, int OH, int OW)
+{
+    for (int c = 0; c < C; c++)
+        for (int kh = 0; kh < KH; kh++)
+            for (int kw = 0; kw < KW; kw++) {
+                real *restrict row = patches + (size_t)((c * KH + kh) * KW + kw) * (size_t)(OH * OW);
+                const real *restrict tap = planes + ((size_t)c * HP + (size_t)(kh * DH)) * WP + kw * DW;
+                for (int oh = 0; oh < OH; oh++)
+                    for (int ow = 0; ow < OW; ow++)
+                        row[oh * OW + ow] = tap[(size_t)(oh * SH) * WP + ow * SW];
+            }
+}
+
 KERNEL_INLINE void mnist_autoencoder_col2im(const real *restrict patches, real *restrict din, int C, int H, int W, int KH, int KW,
                           int SH, int SW, int DH, int DW, int PT, int PL, int OH, int OW)
 {
@@ -665,7 +685,7 @@ KERNEL_INLINE void mnist_autoencoder_enc1_forward_slot(
     const real *restrict in,                /* input [N, 1, 28, 28] */
     const real *restrict weight,            /* enc1.weight [8, 1, 3, 3] */
     const real *restrict bias,              /* enc1.bias [8] */
-    real *slots,                            /* 3412 elements of workspace */
+    real *slots,                            /* 4253 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -686,12 +706,15 @@ KERNEL_INLINE void mnist_autoencoder_enc1_forward_slot(
         DIL_W = 1,
         STRIDE_H = 2,
         STRIDE_W = 2,
-        PAD_TOP = 1,
-        PAD_LEFT = 1,
         H_OUT = 14,
         W_OUT = 14,
-        SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 3412
+        SCRATCH_PATCHES = 841,
+        PAD_TOP = 1,
+        PAD_LEFT = 1,
+        H_PAD = 29,
+        W_PAD = 29,
+        SCRATCH_PADDED = 0,
+        SLOT_SIZE = 4253
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -702,9 +725,11 @@ KERNEL_INLINE void mnist_autoencoder_enc1_forward_slot(
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int p = 0; p < PIXELS_OUT; p++)
                     out_group[(size_t)oc * PIXELS_OUT + p] = bias[g * C_OUT_PER_GROUP + oc];
+            real *restrict padded = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+            mnist_autoencoder_pad_planes(in_group, padded, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
             real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            mnist_autoencoder_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+            mnist_autoencoder_im2col_planes(padded, patches, C_IN_PER_GROUP, H_PAD, W_PAD, KH, KW,
+                          STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
             mnist_autoencoder_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
             for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)                          /* the fused relu */
@@ -723,7 +748,7 @@ static void mnist_autoencoder_enc1_forward(
     const real *restrict in,                /* input [N, 1, 28, 28] */
     const real *restrict weight,            /* enc1.weight [8, 1, 3, 3] */
     const real *restrict bias,              /* enc1.bias [8] */
-    real *slots,                            /* 3412 elements of workspace */
+    real *slots,                            /* 4253 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -751,7 +776,7 @@ static void mnist_autoencoder_enc1_backward(
     const real *restrict dout,              /* enc1 [N, 8, 14, 14] */
     real *restrict out,                     /* enc1 [N, 8, 14, 14] */
     const real *restrict in,                /* input [N, 1, 28, 28] */
-    real *slots,                            /* 3412 elements of workspace */
+    real *slots,                            /* 4253 elements of workspace */
     size_t batch)
 {
     enum {
@@ -770,16 +795,19 @@ static void mnist_autoencoder_enc1_backward(
         DIL_W = 1,
         STRIDE_H = 2,
         STRIDE_W = 2,
-        PAD_TOP = 1,
-        PAD_LEFT = 1,
         H_OUT = 14,
         W_OUT = 14,
-        SCRATCH_PATCHES = 0,
+        SCRATCH_PATCHES = 841,
+        PAD_TOP = 1,
+        PAD_LEFT = 1,
+        H_PAD = 29,
+        W_PAD = 29,
+        SCRATCH_PADDED = 0,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 3412,
-        SCRATCH_DWEIGHT_PART = 1764,
-        SCRATCH_DBIAS_PART = 1836,
-        SCRATCH_DRELU = 1844
+        SLOT_SIZE = 4253,
+        SCRATCH_DWEIGHT_PART = 2605,
+        SCRATCH_DBIAS_PART = 2677,
+        SCRATCH_DRELU = 2685
     };
     /* SAMPLE_SLOTS samples at a time, one per slot with its own scratch: an OpenMP build runs them
        on its threads when the batch's products repay waking them (a single sample's products may
@@ -807,9 +835,11 @@ static void mnist_autoencoder_enc1_backward(
                 real *restrict dweight_group = dweight_part + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = mnist_autoencoder_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
+                real *restrict padded = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                mnist_autoencoder_pad_planes(in_group, padded, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
                 real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-                mnist_autoencoder_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                mnist_autoencoder_im2col_planes(padded, patches, C_IN_PER_GROUP, H_PAD, W_PAD, KH, KW,
+                              STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
                 mnist_autoencoder_gemm_nt(C_OUT_PER_GROUP, K_GROUP, PIXELS_OUT, dout_group, PIXELS_OUT, patches, PIXELS_OUT,
                         dweight_group, K_GROUP, 0);
             }
@@ -837,7 +867,7 @@ KERNEL_INLINE void mnist_autoencoder_enc2_forward_slot(
     const real *restrict in,                /* enc1 [N, 8, 14, 14] */
     const real *restrict weight,            /* enc2.weight [16, 8, 3, 3] */
     const real *restrict bias,              /* enc2.bias [16] */
-    real *slots,                            /* 7416 elements of workspace */
+    real *slots,                            /* 9216 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -858,12 +888,15 @@ KERNEL_INLINE void mnist_autoencoder_enc2_forward_slot(
         DIL_W = 1,
         STRIDE_H = 2,
         STRIDE_W = 2,
-        PAD_TOP = 1,
-        PAD_LEFT = 1,
         H_OUT = 7,
         W_OUT = 7,
-        SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 6264
+        SCRATCH_PATCHES = 1800,
+        PAD_TOP = 1,
+        PAD_LEFT = 1,
+        H_PAD = 15,
+        W_PAD = 15,
+        SCRATCH_PADDED = 0,
+        SLOT_SIZE = 8064
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -874,9 +907,11 @@ KERNEL_INLINE void mnist_autoencoder_enc2_forward_slot(
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int p = 0; p < PIXELS_OUT; p++)
                     out_group[(size_t)oc * PIXELS_OUT + p] = bias[g * C_OUT_PER_GROUP + oc];
+            real *restrict padded = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+            mnist_autoencoder_pad_planes(in_group, padded, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
             real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            mnist_autoencoder_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+            mnist_autoencoder_im2col_planes(padded, patches, C_IN_PER_GROUP, H_PAD, W_PAD, KH, KW,
+                          STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
             mnist_autoencoder_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
             for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)                          /* the fused relu */
@@ -895,7 +930,7 @@ static void mnist_autoencoder_enc2_forward(
     const real *restrict in,                /* enc1 [N, 8, 14, 14] */
     const real *restrict weight,            /* enc2.weight [16, 8, 3, 3] */
     const real *restrict bias,              /* enc2.bias [16] */
-    real *slots,                            /* 7416 elements of workspace */
+    real *slots,                            /* 9216 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -926,7 +961,7 @@ static void mnist_autoencoder_enc2_backward(
     real *restrict out,                     /* enc2 [N, 16, 7, 7] */
     const real *restrict in,                /* enc1 [N, 8, 14, 14] */
     const real *restrict weight,            /* enc2.weight [16, 8, 3, 3] */
-    real *slots,                            /* 7416 elements of workspace */
+    real *slots,                            /* 9216 elements of workspace */
     size_t batch)
 {
     enum {
@@ -945,18 +980,21 @@ static void mnist_autoencoder_enc2_backward(
         DIL_W = 1,
         STRIDE_H = 2,
         STRIDE_W = 2,
-        PAD_TOP = 1,
-        PAD_LEFT = 1,
         H_OUT = 7,
         W_OUT = 7,
-        SCRATCH_PATCHES = 0,
-        SCRATCH_DOUT = 3528,
-        SCRATCH_DWEIGHT_T = 6264,
+        SCRATCH_PATCHES = 1800,
+        PAD_TOP = 1,
+        PAD_LEFT = 1,
+        H_PAD = 15,
+        W_PAD = 15,
+        SCRATCH_PADDED = 0,
+        SCRATCH_DOUT = 5328,
+        SCRATCH_DWEIGHT_T = 8064,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 6264,
-        SCRATCH_DWEIGHT_PART = 4312,
-        SCRATCH_DBIAS_PART = 5464,
-        SCRATCH_DRELU = 5480
+        SLOT_SIZE = 8064,
+        SCRATCH_DWEIGHT_PART = 6112,
+        SCRATCH_DBIAS_PART = 7264,
+        SCRATCH_DRELU = 7280
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
@@ -988,9 +1026,11 @@ static void mnist_autoencoder_enc2_backward(
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = mnist_autoencoder_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
                 real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict padded = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                mnist_autoencoder_pad_planes(in_group, padded, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
                 real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-                mnist_autoencoder_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                mnist_autoencoder_im2col_planes(padded, patches, C_IN_PER_GROUP, H_PAD, W_PAD, KH, KW,
+                              STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
                 real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
                 for (int p = 0; p < PIXELS_OUT; p++)
                     for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)

@@ -106,15 +106,15 @@ typedef float real;
 #define WS_S1_CONV2 ((size_t)264534)
 #define WS_S1_BN2 ((size_t)467718)
 #define WS_S2_CONV1 ((size_t)467750)
-#define WS_S2_BN1 ((size_t)540246)
-#define WS_S2_CONV2 ((size_t)540310)
-#define WS_S2_BN2 ((size_t)838838)
-#define WS_S2_SHORTCUT ((size_t)838902)
-#define WS_S3_CONV1 ((size_t)856854)
-#define WS_S3_BN1 ((size_t)916310)
-#define WS_S3_CONV2 ((size_t)916438)
-#define WS_S3_BN2 ((size_t)1264278)
-#define WS_S3_SHORTCUT ((size_t)1264406)
+#define WS_S2_BN1 ((size_t)557670)
+#define WS_S2_CONV2 ((size_t)557734)
+#define WS_S2_BN2 ((size_t)856262)
+#define WS_S2_SHORTCUT ((size_t)856326)
+#define WS_S3_CONV1 ((size_t)874278)
+#define WS_S3_BN1 ((size_t)942982)
+#define WS_S3_CONV2 ((size_t)943110)
+#define WS_S3_BN2 ((size_t)1290950)
+#define WS_S3_SHORTCUT ((size_t)1291078)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients) and those the first backward to
@@ -665,6 +665,26 @@ KERNEL_INLINE void resnet8_im2col(const real *restrict in, real *restrict patche
                     for (int ow = ow_hi; ow < OW; ow++)
                         out_row[ow] = 0;
                 }
+            }
+}
+
+/* The same from planes of HP x WP that hold every element the windows read (the input
+   zero-padded, or an input the windows never leave): with no bounds to test, each row of the
+   patch matrix is OH runs of OW elements at constant strides, loops a compiler vectorises (a
+   stride-2 run is two loads and a permute per vector). The bounds of im2col made every run a loop
+   of its own trip count: ResNet-8's stride-2 convs spent a third of their forward building their
+   patches. */
+KERNEL_INLINE void resnet8_im2col_planes(const real *restrict planes, real *restrict patches, int C, int HP, int WP,
+                                 int KH, int KW, int SH, int SW, int DH, int DW, int OH, int OW)
+{
+    for (int c = 0; c < C; c++)
+        for (int kh = 0; kh < KH; kh++)
+            for (int kw = 0; kw < KW; kw++) {
+                real *restrict row = patches + (size_t)((c * KH + kh) * KW + kw) * (size_t)(OH * OW);
+                const real *restrict tap = planes + ((size_t)c * HP + (size_t)(kh * DH)) * WP + kw * DW;
+                for (int oh = 0; oh < OH; oh++)
+                    for (int ow = 0; ow < OW; ow++)
+                        row[oh * OW + ow] = tap[(size_t)(oh * SH) * WP + ow * SW];
             }
 }
 
@@ -2892,7 +2912,7 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
     const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* s2_conv1.bias [32] */
-    real *slots,                            /* 72496 elements of workspace */
+    real *slots,                            /* 89920 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -2913,12 +2933,15 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
         DIL_W = 1,
         STRIDE_H = 2,
         STRIDE_W = 2,
-        PAD_TOP = 0,
-        PAD_LEFT = 0,
         H_OUT = 16,
         W_OUT = 16,
-        SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 63280
+        SCRATCH_PATCHES = 17424,
+        PAD_TOP = 0,
+        PAD_LEFT = 0,
+        H_PAD = 33,
+        W_PAD = 33,
+        SCRATCH_PADDED = 0,
+        SLOT_SIZE = 80704
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -2929,9 +2952,11 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int p = 0; p < PIXELS_OUT; p++)
                     out_group[(size_t)oc * PIXELS_OUT + p] = bias[g * C_OUT_PER_GROUP + oc];
+            real *restrict padded = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+            resnet8_pad_planes(in_group, padded, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
             real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            resnet8_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+            resnet8_im2col_planes(padded, patches, C_IN_PER_GROUP, H_PAD, W_PAD, KH, KW,
+                          STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
             resnet8_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
 
@@ -2948,7 +2973,7 @@ static void resnet8_s2_conv1_forward(
     const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* s2_conv1.bias [32] */
-    real *slots,                            /* 72496 elements of workspace */
+    real *slots,                            /* 89920 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -2978,7 +3003,7 @@ static void resnet8_s2_conv1_backward(
     const real *restrict dout,              /* s2_conv1 [N, 32, 16, 16] */
     const real *restrict in,                /* s1_add [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
-    real *slots,                            /* 72496 elements of workspace */
+    real *slots,                            /* 89920 elements of workspace */
     size_t batch)
 {
     enum {
@@ -2997,24 +3022,27 @@ static void resnet8_s2_conv1_backward(
         DIL_W = 1,
         STRIDE_H = 2,
         STRIDE_W = 2,
-        PAD_TOP = 0,
-        PAD_LEFT = 0,
         H_OUT = 16,
         W_OUT = 16,
-        SCRATCH_PATCHES = 0,
-        SCRATCH_DOUT = 36864,
-        SCRATCH_DWEIGHT_T = 63280,
+        SCRATCH_PATCHES = 17424,
+        PAD_TOP = 0,
+        PAD_LEFT = 0,
+        H_PAD = 33,
+        W_PAD = 33,
+        SCRATCH_PADDED = 0,
+        SCRATCH_DOUT = 54288,
+        SCRATCH_DWEIGHT_T = 80704,
         DIN_H_DPAD = 17,
         DIN_W_DPAD = 17,
-        SCRATCH_DIN_PHASE = 54304,
-        SCRATCH_PHASE_WEIGHTS = 67888,
+        SCRATCH_DIN_PHASE = 71728,
+        SCRATCH_PHASE_WEIGHTS = 85312,
         DIN_PAD_TOP = 1,
         DIN_PAD_LEFT = 1,
-        SCRATCH_DIN_DPAD = 45056,
+        SCRATCH_DIN_DPAD = 62480,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 63280,
-        SCRATCH_DWEIGHT_PART = 58640,
-        SCRATCH_DBIAS_PART = 63248
+        SLOT_SIZE = 80704,
+        SCRATCH_DWEIGHT_PART = 76064,
+        SCRATCH_DBIAS_PART = 80672
     };
     /* The input gradient's phases: din[ic, FIRST_H + i*STRIDE_H, FIRST_W + j*STRIDE_W] (i < N_H,
        j < N_W) takes the taps kh = KH0 + m*KH_STEP (m < TAPS_H), kw = KW0 + n*KW_STEP (n < TAPS_W),
@@ -3092,9 +3120,11 @@ static void resnet8_s2_conv1_backward(
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
                 real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict padded = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                resnet8_pad_planes(in_group, padded, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
                 real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-                resnet8_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                resnet8_im2col_planes(padded, patches, C_IN_PER_GROUP, H_PAD, W_PAD, KH, KW,
+                              STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
                 real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
                 for (int p = 0; p < PIXELS_OUT; p++)
                     for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
@@ -4434,8 +4464,6 @@ KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
         DIL_W = 1,
         STRIDE_H = 2,
         STRIDE_W = 2,
-        PAD_TOP = 0,
-        PAD_LEFT = 0,
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_PATCHES = 0,
@@ -4451,8 +4479,8 @@ KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
                 for (int p = 0; p < PIXELS_OUT; p++)
                     out_group[(size_t)oc * PIXELS_OUT + p] = bias[g * C_OUT_PER_GROUP + oc];
             real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            resnet8_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+            resnet8_im2col_planes(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW,
+                          STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
             resnet8_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
 
@@ -4518,8 +4546,6 @@ static void resnet8_s2_shortcut_backward(
         DIL_W = 1,
         STRIDE_H = 2,
         STRIDE_W = 2,
-        PAD_TOP = 0,
-        PAD_LEFT = 0,
         H_OUT = 16,
         W_OUT = 16,
         SCRATCH_PATCHES = 0,
@@ -4578,8 +4604,8 @@ static void resnet8_s2_shortcut_backward(
                     dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
                 real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-                resnet8_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                resnet8_im2col_planes(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW,
+                              STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
                 real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
                 for (int p = 0; p < PIXELS_OUT; p++)
                     for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
@@ -4676,7 +4702,7 @@ KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
     const real *restrict in,                /* s2_add [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_conv1.weight [64, 32, 3, 3] */
     const real *restrict bias,              /* s3_conv1.bias [64] */
-    real *slots,                            /* 59456 elements of workspace */
+    real *slots,                            /* 68704 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -4697,12 +4723,15 @@ KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
         DIL_W = 1,
         STRIDE_H = 2,
         STRIDE_W = 2,
-        PAD_TOP = 0,
-        PAD_LEFT = 0,
         H_OUT = 8,
         W_OUT = 8,
-        SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 41024
+        SCRATCH_PATCHES = 9248,
+        PAD_TOP = 0,
+        PAD_LEFT = 0,
+        H_PAD = 17,
+        W_PAD = 17,
+        SCRATCH_PADDED = 0,
+        SLOT_SIZE = 50272
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -4713,9 +4742,11 @@ KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int p = 0; p < PIXELS_OUT; p++)
                     out_group[(size_t)oc * PIXELS_OUT + p] = bias[g * C_OUT_PER_GROUP + oc];
+            real *restrict padded = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+            resnet8_pad_planes(in_group, padded, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
             real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            resnet8_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+            resnet8_im2col_planes(padded, patches, C_IN_PER_GROUP, H_PAD, W_PAD, KH, KW,
+                          STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
             resnet8_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
 
@@ -4732,7 +4763,7 @@ static void resnet8_s3_conv1_forward(
     const real *restrict in,                /* s2_add [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_conv1.weight [64, 32, 3, 3] */
     const real *restrict bias,              /* s3_conv1.bias [64] */
-    real *slots,                            /* 59456 elements of workspace */
+    real *slots,                            /* 68704 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -4761,7 +4792,7 @@ static void resnet8_s3_conv1_backward(
     const real *restrict dout,              /* s3_conv1 [N, 64, 8, 8] */
     const real *restrict in,                /* s2_add [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_conv1.weight [64, 32, 3, 3] */
-    real *slots,                            /* 59456 elements of workspace */
+    real *slots,                            /* 68704 elements of workspace */
     size_t batch)
 {
     enum {
@@ -4780,17 +4811,20 @@ static void resnet8_s3_conv1_backward(
         DIL_W = 1,
         STRIDE_H = 2,
         STRIDE_W = 2,
-        PAD_TOP = 0,
-        PAD_LEFT = 0,
         H_OUT = 8,
         W_OUT = 8,
-        SCRATCH_PATCHES = 0,
-        SCRATCH_DOUT = 18432,
-        SCRATCH_DWEIGHT_T = 41024,
+        SCRATCH_PATCHES = 9248,
+        PAD_TOP = 0,
+        PAD_LEFT = 0,
+        H_PAD = 17,
+        W_PAD = 17,
+        SCRATCH_PADDED = 0,
+        SCRATCH_DOUT = 27680,
+        SCRATCH_DWEIGHT_T = 50272,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 41024,
-        SCRATCH_DWEIGHT_PART = 22528,
-        SCRATCH_DBIAS_PART = 40960
+        SLOT_SIZE = 50272,
+        SCRATCH_DWEIGHT_PART = 31776,
+        SCRATCH_DBIAS_PART = 50208
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
@@ -4817,9 +4851,11 @@ static void resnet8_s3_conv1_backward(
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
                 real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict padded = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                resnet8_pad_planes(in_group, padded, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
                 real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-                resnet8_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                resnet8_im2col_planes(padded, patches, C_IN_PER_GROUP, H_PAD, W_PAD, KH, KW,
+                              STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
                 real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
                 for (int p = 0; p < PIXELS_OUT; p++)
                     for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
@@ -5924,8 +5960,6 @@ KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
         DIL_W = 1,
         STRIDE_H = 2,
         STRIDE_W = 2,
-        PAD_TOP = 0,
-        PAD_LEFT = 0,
         H_OUT = 8,
         W_OUT = 8,
         SCRATCH_PATCHES = 0,
@@ -5941,8 +5975,8 @@ KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
                 for (int p = 0; p < PIXELS_OUT; p++)
                     out_group[(size_t)oc * PIXELS_OUT + p] = bias[g * C_OUT_PER_GROUP + oc];
             real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            resnet8_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+            resnet8_im2col_planes(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW,
+                          STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
             resnet8_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
 
@@ -6008,8 +6042,6 @@ static void resnet8_s3_shortcut_backward(
         DIL_W = 1,
         STRIDE_H = 2,
         STRIDE_W = 2,
-        PAD_TOP = 0,
-        PAD_LEFT = 0,
         H_OUT = 8,
         W_OUT = 8,
         SCRATCH_PATCHES = 0,
@@ -6068,8 +6100,8 @@ static void resnet8_s3_shortcut_backward(
                     dbias_part[g * C_OUT_PER_GROUP + oc] = resnet8_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
                 real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-                resnet8_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                resnet8_im2col_planes(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW,
+                              STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
                 real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
                 for (int p = 0; p < PIXELS_OUT; p++)
                     for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)

@@ -74,8 +74,8 @@ typedef float real;
 #define WS_BLOCK1_CONV2 ((size_t)116246)
 #define WS_BLOCK1_BN2 ((size_t)214966)
 #define WS_DOWN ((size_t)214998)
-#define WS_DEPTHWISE ((size_t)237558)
-#define WS_POINTWISE ((size_t)238522)
+#define WS_DEPTHWISE ((size_t)242182)
+#define WS_POINTWISE ((size_t)243146)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients) and those the first backward to
@@ -626,6 +626,26 @@ KERNEL_INLINE void resnet_small_im2col(const real *restrict in, real *restrict p
                     for (int ow = ow_hi; ow < OW; ow++)
                         out_row[ow] = 0;
                 }
+            }
+}
+
+/* The same from planes of HP x WP that hold every element the windows read (the input
+   zero-padded, or an input the windows never leave): with no bounds to test, each row of the
+   patch matrix is OH runs of OW elements at constant strides, loops a compiler vectorises (a
+   stride-2 run is two loads and a permute per vector). The bounds of im2col made every run a loop
+   of its own trip count: ResNet-8's stride-2 convs spent a third of their forward building their
+   patches. */
+KERNEL_INLINE void resnet_small_im2col_planes(const real *restrict planes, real *restrict patches, int C, int HP, int WP,
+                                 int KH, int KW, int SH, int SW, int DH, int DW, int OH, int OW)
+{
+    for (int c = 0; c < C; c++)
+        for (int kh = 0; kh < KH; kh++)
+            for (int kw = 0; kw < KW; kw++) {
+                real *restrict row = patches + (size_t)((c * KH + kh) * KW + kw) * (size_t)(OH * OW);
+                const real *restrict tap = planes + ((size_t)c * HP + (size_t)(kh * DH)) * WP + kw * DW;
+                for (int oh = 0; oh < OH; oh++)
+                    for (int ow = 0; ow < OW; ow++)
+                        row[oh * OW + ow] = tap[(size_t)(oh * SH) * WP + ow * SW];
             }
 }
 
@@ -2826,7 +2846,7 @@ KERNEL_INLINE void resnet_small_down_forward_slot(
     const real *restrict in,                /* block1_add [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* down.bias [32] */
-    real *slots,                            /* 22560 elements of workspace */
+    real *slots,                            /* 27184 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -2847,12 +2867,15 @@ KERNEL_INLINE void resnet_small_down_forward_slot(
         DIL_W = 1,
         STRIDE_H = 2,
         STRIDE_W = 2,
-        PAD_TOP = 0,
-        PAD_LEFT = 0,
         H_OUT = 8,
         W_OUT = 8,
-        SCRATCH_PATCHES = 0,
-        SLOT_SIZE = 17952
+        SCRATCH_PATCHES = 4624,
+        PAD_TOP = 0,
+        PAD_LEFT = 0,
+        H_PAD = 17,
+        W_PAD = 17,
+        SCRATCH_PADDED = 0,
+        SLOT_SIZE = 22576
     };
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
@@ -2863,9 +2886,11 @@ KERNEL_INLINE void resnet_small_down_forward_slot(
             for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                 for (int p = 0; p < PIXELS_OUT; p++)
                     out_group[(size_t)oc * PIXELS_OUT + p] = bias[g * C_OUT_PER_GROUP + oc];
+            real *restrict padded = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+            resnet_small_pad_planes(in_group, padded, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
             real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-            resnet_small_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                   PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+            resnet_small_im2col_planes(padded, patches, C_IN_PER_GROUP, H_PAD, W_PAD, KH, KW,
+                          STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
             resnet_small_gemm_nn(C_OUT_PER_GROUP, PIXELS_OUT, K_GROUP, weight_group, K_GROUP, 1, patches, PIXELS_OUT,
                     out_group, PIXELS_OUT, 1);
             for (int i = 0; i < C_OUT_PER_GROUP * PIXELS_OUT; i++)                          /* the fused relu */
@@ -2884,7 +2909,7 @@ static void resnet_small_down_forward(
     const real *restrict in,                /* block1_add [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* down.bias [32] */
-    real *slots,                            /* 22560 elements of workspace */
+    real *slots,                            /* 27184 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -2915,7 +2940,7 @@ static void resnet_small_down_backward(
     real *restrict out,                     /* down [N, 32, 8, 8] */
     const real *restrict in,                /* block1_add [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
-    real *slots,                            /* 22560 elements of workspace */
+    real *slots,                            /* 27184 elements of workspace */
     size_t batch)
 {
     enum {
@@ -2934,18 +2959,21 @@ static void resnet_small_down_backward(
         DIL_W = 1,
         STRIDE_H = 2,
         STRIDE_W = 2,
-        PAD_TOP = 0,
-        PAD_LEFT = 0,
         H_OUT = 8,
         W_OUT = 8,
-        SCRATCH_PATCHES = 0,
-        SCRATCH_DOUT = 9216,
-        SCRATCH_DWEIGHT_T = 17952,
+        SCRATCH_PATCHES = 4624,
+        PAD_TOP = 0,
+        PAD_LEFT = 0,
+        H_PAD = 17,
+        W_PAD = 17,
+        SCRATCH_PADDED = 0,
+        SCRATCH_DOUT = 13840,
+        SCRATCH_DWEIGHT_T = 22576,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 17952,
-        SCRATCH_DWEIGHT_PART = 11264,
-        SCRATCH_DBIAS_PART = 15872,
-        SCRATCH_DRELU = 15904
+        SLOT_SIZE = 22576,
+        SCRATCH_DWEIGHT_PART = 15888,
+        SCRATCH_DBIAS_PART = 20496,
+        SCRATCH_DRELU = 20528
     };
     /* The weight gradient of the batch, transposed: [GROUPS, K_GROUP, C_OUT_PER_GROUP]. */
     real *restrict dweight_t = slots + SCRATCH_DWEIGHT_T;
@@ -2977,9 +3005,11 @@ static void resnet_small_down_backward(
                 for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
                     dbias_part[g * C_OUT_PER_GROUP + oc] = resnet_small_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
                 real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
+                real *restrict padded = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
+                resnet_small_pad_planes(in_group, padded, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
                 real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
-                resnet_small_im2col(in_group, patches, C_IN_PER_GROUP, H_IN, W_IN, KH, KW, STRIDE_H, STRIDE_W, DIL_H, DIL_W,
-                       PAD_TOP, PAD_LEFT, H_OUT, W_OUT);
+                resnet_small_im2col_planes(padded, patches, C_IN_PER_GROUP, H_PAD, W_PAD, KH, KW,
+                              STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
                 real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
                 for (int p = 0; p < PIXELS_OUT; p++)
                     for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
