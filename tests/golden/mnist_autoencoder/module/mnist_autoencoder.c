@@ -671,6 +671,23 @@ KERNEL_INLINE void mnist_autoencoder_pad_planes(const real *restrict src, real *
     mnist_autoencoder_copy_planes(src, dst, C, H, W, top, left, HP, WP);
 }
 
+/* dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols: a transpose (the weight
+   gradients' dout^T), TRANSPOSE_RUN columns at a time. Each row's run is one contiguous read of
+   src, and the run's rows of dst stay in the L1 cache while the rows fill them in. Column by
+   column over every row instead read rows ld_src apart at once: at 32x32 pixels 4 KB apart, one
+   L1 set with fewer ways than rows (ResNet-8's stem's weight gradient 1.61 -> 1.03 ms). */
+enum { TRANSPOSE_RUN = 16 };
+KERNEL_INLINE void mnist_autoencoder_transpose(const real *restrict src, ptrdiff_t ld_src, real *restrict dst, ptrdiff_t ld_dst,
+                             int rows, int cols)
+{
+    for (int c0 = 0; c0 < cols; c0 += TRANSPOSE_RUN) {
+        const int run = cols - c0 < TRANSPOSE_RUN ? cols - c0 : TRANSPOSE_RUN;
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < run; j++)
+                dst[(c0 + j) * ld_dst + r] = src[r * ld_src + c0 + j];
+    }
+}
+
 /* ---- enc1: conv2d forward (spec line 8)
  * input [N, 1, 28, 28] -> enc1 [N, 8, 14, 14]
  * weight [8, 1, 3, 3], bias [8]: 80 trainable parameters
@@ -1032,9 +1049,7 @@ static void mnist_autoencoder_enc2_backward(
                 mnist_autoencoder_im2col_planes(padded, patches, C_IN_PER_GROUP, H_PAD, W_PAD, KH, KW,
                               STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
                 real *restrict dout_t = scratch + SCRATCH_DOUT;             /* [PIXELS_OUT, C_OUT_PER_GROUP] */
-                for (int p = 0; p < PIXELS_OUT; p++)
-                    for (int oc = 0; oc < C_OUT_PER_GROUP; oc++)
-                        dout_t[(size_t)p * C_OUT_PER_GROUP + oc] = dout_group[(size_t)oc * PIXELS_OUT + p];
+                mnist_autoencoder_transpose(dout_group, PIXELS_OUT, dout_t, C_OUT_PER_GROUP, C_OUT_PER_GROUP, PIXELS_OUT);
                 mnist_autoencoder_gemm_nn(K_GROUP, C_OUT_PER_GROUP, PIXELS_OUT, patches, PIXELS_OUT, 1, dout_t, C_OUT_PER_GROUP,
                         dweight_t_group, C_OUT_PER_GROUP, 0);
                 /* The patch matrix is no longer needed: its buffer takes dpatches. */

@@ -642,6 +642,23 @@ KERNEL_INLINE void mnist_seed_pad_planes(const real *restrict src, real *restric
     mnist_seed_copy_planes(src, dst, C, H, W, top, left, HP, WP);
 }
 
+/* dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols: a transpose (the weight
+   gradients' dout^T), TRANSPOSE_RUN columns at a time. Each row's run is one contiguous read of
+   src, and the run's rows of dst stay in the L1 cache while the rows fill them in. Column by
+   column over every row instead read rows ld_src apart at once: at 32x32 pixels 4 KB apart, one
+   L1 set with fewer ways than rows (ResNet-8's stem's weight gradient 1.61 -> 1.03 ms). */
+enum { TRANSPOSE_RUN = 16 };
+KERNEL_INLINE void mnist_seed_transpose(const real *restrict src, ptrdiff_t ld_src, real *restrict dst, ptrdiff_t ld_dst,
+                             int rows, int cols)
+{
+    for (int c0 = 0; c0 < cols; c0 += TRANSPOSE_RUN) {
+        const int run = cols - c0 < TRANSPOSE_RUN ? cols - c0 : TRANSPOSE_RUN;
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < run; j++)
+                dst[(c0 + j) * ld_dst + r] = src[r * ld_src + c0 + j];
+    }
+}
+
 /* ---- conv1: conv2d forward (spec line 8)
  * input [N, 1, 28, 28] -> conv1 [N, 8, 24, 24]
  * weight [8, 1, 5, 5], bias [8]: 208 trainable parameters
