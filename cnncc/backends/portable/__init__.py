@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from ..base import Backend
 from ..plan import Planner
+from ..vector.batchnorm import BatchNormPlanner
 from ..vector.conv2d import ConvPlanner
 from ..vector.dense import DensePlanner
 from ..vector.generic import GenericPlanner
@@ -43,7 +44,8 @@ class PortableBackend(Backend):
     emit_cflags = "-std=c99 -O3"
     clang_warnings_off = CLANG_WARNINGS_OFF
     # no Winograd forward: its transforms are written in vector types
-    planners = {"conv2d": ConvPlanner(winograd=False), "dense": DensePlanner(), "maxpool2d": MaxPoolPlanner()}
+    planners = {"conv2d": ConvPlanner(winograd=False), "dense": DensePlanner(), "maxpool2d": MaxPoolPlanner(),
+                "batchnorm": BatchNormPlanner()}
 
     def planner_for(self, template: str) -> Planner:
         return self.planners.get(template) or GenericPlanner(template)

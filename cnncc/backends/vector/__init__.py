@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..base import Backend
 from ..plan import Planner
+from .batchnorm import BatchNormPlanner
 from .conv2d import ConvPlanner
 from .dense import DensePlanner
 from .generic import GenericPlanner
@@ -17,7 +18,8 @@ class VectorBackend(Backend):
     name = "vector"
     doc = "GNU C vector kernels (GCC or Clang), tuned to the build machine's vector width"
     # template family (LayerKind.template) -> its planner; the others plan generically
-    planners = {"conv2d": ConvPlanner(), "dense": DensePlanner(), "maxpool2d": MaxPoolPlanner()}
+    planners = {"conv2d": ConvPlanner(), "dense": DensePlanner(), "maxpool2d": MaxPoolPlanner(),
+                "batchnorm": BatchNormPlanner()}
 
     def planner_for(self, template: str) -> Planner:
         return self.planners.get(template) or GenericPlanner(template)

@@ -46,9 +46,12 @@ class GenericPlanner(Planner):
         return self.template in RELU_EPILOGUE
 
     def plan(self, request: PlanRequest, extra_settings: dict | None = None,
-             roles: tuple[tuple[str, ...], tuple[str, ...]] | None = None) -> KernelPlan:
+             roles: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
+             extra_dims: dict[str, int] | None = None) -> KernelPlan:
+        """extra_settings, extra_dims: a planner's own settings and constants beside the layer's."""
         consts = request.layer.kernel_consts(list(request.inputs), request.output)
         dims = {k: v for k, v in consts.items() if isinstance(v, int) and not isinstance(v, bool)}
+        dims |= extra_dims or {}
         settings = {k: v for k, v in consts.items() if k not in dims} | (extra_settings or {})
         if self.template in RELU_EPILOGUE:
             settings["relu"] = request.relu_epilogue

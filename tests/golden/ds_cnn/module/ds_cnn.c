@@ -967,20 +967,20 @@ static void ds_cnn_conv1_bn_forward(
 {
     enum {
         C = 64,
-        SPATIAL = 125
+        SPATIAL = 125,
+        BN_GROUP = 64
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
-           BN_GROUP = 8 };                                              /* channels per pass over the batch */
+    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
-       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
-       apart), which the prefetchers do not follow. Each channel's sums are still added in the
-       same order, so the results are those of one channel at a time. */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
@@ -1057,9 +1057,10 @@ static void ds_cnn_conv1_bn_backward(
 {
     enum {
         C = 64,
-        SPATIAL = 125
+        SPATIAL = 125,
+        BN_GROUP = 64
     };
-    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -1407,20 +1408,20 @@ static void ds_cnn_dw1_bn_forward(
 {
     enum {
         C = 64,
-        SPATIAL = 125
+        SPATIAL = 125,
+        BN_GROUP = 64
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
-           BN_GROUP = 8 };                                              /* channels per pass over the batch */
+    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
-       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
-       apart), which the prefetchers do not follow. Each channel's sums are still added in the
-       same order, so the results are those of one channel at a time. */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
@@ -1497,9 +1498,10 @@ static void ds_cnn_dw1_bn_backward(
 {
     enum {
         C = 64,
-        SPATIAL = 125
+        SPATIAL = 125,
+        BN_GROUP = 64
     };
-    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -1782,20 +1784,20 @@ static void ds_cnn_pw1_bn_forward(
 {
     enum {
         C = 64,
-        SPATIAL = 125
+        SPATIAL = 125,
+        BN_GROUP = 64
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
-           BN_GROUP = 8 };                                              /* channels per pass over the batch */
+    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
-       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
-       apart), which the prefetchers do not follow. Each channel's sums are still added in the
-       same order, so the results are those of one channel at a time. */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
@@ -1872,9 +1874,10 @@ static void ds_cnn_pw1_bn_backward(
 {
     enum {
         C = 64,
-        SPATIAL = 125
+        SPATIAL = 125,
+        BN_GROUP = 64
     };
-    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -2178,20 +2181,20 @@ static void ds_cnn_dw2_bn_forward(
 {
     enum {
         C = 64,
-        SPATIAL = 125
+        SPATIAL = 125,
+        BN_GROUP = 64
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
-           BN_GROUP = 8 };                                              /* channels per pass over the batch */
+    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
-       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
-       apart), which the prefetchers do not follow. Each channel's sums are still added in the
-       same order, so the results are those of one channel at a time. */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
@@ -2268,9 +2271,10 @@ static void ds_cnn_dw2_bn_backward(
 {
     enum {
         C = 64,
-        SPATIAL = 125
+        SPATIAL = 125,
+        BN_GROUP = 64
     };
-    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -2553,20 +2557,20 @@ static void ds_cnn_pw2_bn_forward(
 {
     enum {
         C = 64,
-        SPATIAL = 125
+        SPATIAL = 125,
+        BN_GROUP = 64
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
-           BN_GROUP = 8 };                                              /* channels per pass over the batch */
+    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
-       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
-       apart), which the prefetchers do not follow. Each channel's sums are still added in the
-       same order, so the results are those of one channel at a time. */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
@@ -2643,9 +2647,10 @@ static void ds_cnn_pw2_bn_backward(
 {
     enum {
         C = 64,
-        SPATIAL = 125
+        SPATIAL = 125,
+        BN_GROUP = 64
     };
-    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -2949,20 +2954,20 @@ static void ds_cnn_dw3_bn_forward(
 {
     enum {
         C = 64,
-        SPATIAL = 125
+        SPATIAL = 125,
+        BN_GROUP = 64
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
-           BN_GROUP = 8 };                                              /* channels per pass over the batch */
+    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
-       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
-       apart), which the prefetchers do not follow. Each channel's sums are still added in the
-       same order, so the results are those of one channel at a time. */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
@@ -3039,9 +3044,10 @@ static void ds_cnn_dw3_bn_backward(
 {
     enum {
         C = 64,
-        SPATIAL = 125
+        SPATIAL = 125,
+        BN_GROUP = 64
     };
-    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -3324,20 +3330,20 @@ static void ds_cnn_pw3_bn_forward(
 {
     enum {
         C = 64,
-        SPATIAL = 125
+        SPATIAL = 125,
+        BN_GROUP = 64
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
-           BN_GROUP = 8 };                                              /* channels per pass over the batch */
+    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
-       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
-       apart), which the prefetchers do not follow. Each channel's sums are still added in the
-       same order, so the results are those of one channel at a time. */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
@@ -3414,9 +3420,10 @@ static void ds_cnn_pw3_bn_backward(
 {
     enum {
         C = 64,
-        SPATIAL = 125
+        SPATIAL = 125,
+        BN_GROUP = 64
     };
-    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -3720,20 +3727,20 @@ static void ds_cnn_dw4_bn_forward(
 {
     enum {
         C = 64,
-        SPATIAL = 125
+        SPATIAL = 125,
+        BN_GROUP = 64
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
-           BN_GROUP = 8 };                                              /* channels per pass over the batch */
+    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
-       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
-       apart), which the prefetchers do not follow. Each channel's sums are still added in the
-       same order, so the results are those of one channel at a time. */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
@@ -3810,9 +3817,10 @@ static void ds_cnn_dw4_bn_backward(
 {
     enum {
         C = 64,
-        SPATIAL = 125
+        SPATIAL = 125,
+        BN_GROUP = 64
     };
-    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -4095,20 +4103,20 @@ static void ds_cnn_pw4_bn_forward(
 {
     enum {
         C = 64,
-        SPATIAL = 125
+        SPATIAL = 125,
+        BN_GROUP = 64
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
-           BN_GROUP = 8 };                                              /* channels per pass over the batch */
+    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
-       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
-       apart), which the prefetchers do not follow. Each channel's sums are still added in the
-       same order, so the results are those of one channel at a time. */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
@@ -4185,9 +4193,10 @@ static void ds_cnn_pw4_bn_backward(
 {
     enum {
         C = 64,
-        SPATIAL = 125
+        SPATIAL = 125,
+        BN_GROUP = 64
     };
-    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */

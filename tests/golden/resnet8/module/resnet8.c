@@ -960,20 +960,20 @@ static void resnet8_stem_bn_forward(
 {
     enum {
         C = 16,
-        SPATIAL = 1024
+        SPATIAL = 1024,
+        BN_GROUP = 16
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
-           BN_GROUP = 8 };                                              /* channels per pass over the batch */
+    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
-       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
-       apart), which the prefetchers do not follow. Each channel's sums are still added in the
-       same order, so the results are those of one channel at a time. */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
@@ -1050,9 +1050,10 @@ static void resnet8_stem_bn_backward(
 {
     enum {
         C = 16,
-        SPATIAL = 1024
+        SPATIAL = 1024,
+        BN_GROUP = 16
     };
-    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -1836,20 +1837,20 @@ static void resnet8_s1_bn1_forward(
 {
     enum {
         C = 16,
-        SPATIAL = 1024
+        SPATIAL = 1024,
+        BN_GROUP = 16
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
-           BN_GROUP = 8 };                                              /* channels per pass over the batch */
+    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
-       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
-       apart), which the prefetchers do not follow. Each channel's sums are still added in the
-       same order, so the results are those of one channel at a time. */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
@@ -1926,9 +1927,10 @@ static void resnet8_s1_bn1_backward(
 {
     enum {
         C = 16,
-        SPATIAL = 1024
+        SPATIAL = 1024,
+        BN_GROUP = 16
     };
-    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -2712,20 +2714,20 @@ static void resnet8_s1_bn2_forward(
 {
     enum {
         C = 16,
-        SPATIAL = 1024
+        SPATIAL = 1024,
+        BN_GROUP = 16
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
-           BN_GROUP = 8 };                                              /* channels per pass over the batch */
+    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
-       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
-       apart), which the prefetchers do not follow. Each channel's sums are still added in the
-       same order, so the results are those of one channel at a time. */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
@@ -2799,9 +2801,10 @@ static void resnet8_s1_bn2_backward(
 {
     enum {
         C = 16,
-        SPATIAL = 1024
+        SPATIAL = 1024,
+        BN_GROUP = 16
     };
-    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -3222,20 +3225,20 @@ static void resnet8_s2_bn1_forward(
 {
     enum {
         C = 32,
-        SPATIAL = 256
+        SPATIAL = 256,
+        BN_GROUP = 32
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
-           BN_GROUP = 8 };                                              /* channels per pass over the batch */
+    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
-       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
-       apart), which the prefetchers do not follow. Each channel's sums are still added in the
-       same order, so the results are those of one channel at a time. */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
@@ -3312,9 +3315,10 @@ static void resnet8_s2_bn1_backward(
 {
     enum {
         C = 32,
-        SPATIAL = 256
+        SPATIAL = 256,
+        BN_GROUP = 32
     };
-    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -4287,20 +4291,20 @@ static void resnet8_s2_bn2_forward(
 {
     enum {
         C = 32,
-        SPATIAL = 256
+        SPATIAL = 256,
+        BN_GROUP = 32
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
-           BN_GROUP = 8 };                                              /* channels per pass over the batch */
+    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
-       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
-       apart), which the prefetchers do not follow. Each channel's sums are still added in the
-       same order, so the results are those of one channel at a time. */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
@@ -4374,9 +4378,10 @@ static void resnet8_s2_bn2_backward(
 {
     enum {
         C = 32,
-        SPATIAL = 256
+        SPATIAL = 256,
+        BN_GROUP = 32
     };
-    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -4903,20 +4908,20 @@ static void resnet8_s3_bn1_forward(
 {
     enum {
         C = 64,
-        SPATIAL = 64
+        SPATIAL = 64,
+        BN_GROUP = 64
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
-           BN_GROUP = 8 };                                              /* channels per pass over the batch */
+    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
-       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
-       apart), which the prefetchers do not follow. Each channel's sums are still added in the
-       same order, so the results are those of one channel at a time. */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
@@ -4993,9 +4998,10 @@ static void resnet8_s3_bn1_backward(
 {
     enum {
         C = 64,
-        SPATIAL = 64
+        SPATIAL = 64,
+        BN_GROUP = 64
     };
-    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
@@ -5779,20 +5785,20 @@ static void resnet8_s3_bn2_forward(
 {
     enum {
         C = 64,
-        SPATIAL = 64
+        SPATIAL = 64,
+        BN_GROUP = 64
     };
     const real EPS = (real)1e-05;
     const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = MOMENT_LANES,                                     /* partial sums per channel */
-           BN_GROUP = 8 };                                              /* channels per pass over the batch */
+    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time, each pass reading the group's planes of every sample
-       in memory order: a channel alone is a short run per sample (DS-CNN's: 500 bytes, 32 KB
-       apart), which the prefetchers do not follow. Each channel's sums are still added in the
-       same order, so the results are those of one channel at a time. */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
@@ -5866,9 +5872,10 @@ static void resnet8_s3_bn2_backward(
 {
     enum {
         C = 64,
-        SPATIAL = 64
+        SPATIAL = 64,
+        BN_GROUP = 64
     };
-    enum { BN_LANES = MOMENT_LANES, BN_GROUP = 8 };                     /* as in the forward */
+    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */

@@ -793,18 +793,33 @@ static void resnet_small_stem_bn_forward(
 {
     enum {
         C = 16,
-        SPATIAL = 256
+        SPATIAL = 256,
+        BN_GROUP = 16
     };
     const real EPS = (real)1e-05;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+        real scale[BN_GROUP], shift[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const int c = c0 + g;
+            scale[g] = gamma[c] / REAL_SQRT(running_var[c] + EPS);
+            shift[g] = beta[c] - running_mean[c] * scale[g];
+        }
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
-                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            for (int g = 0; g < group; g++) {
+                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const real y = x[s] * scale[g] + shift[g];
+                    o[s] = y > 0 ? y : 0;
+                }
             }
     }
 }
@@ -1076,18 +1091,33 @@ static void resnet_small_block1_bn1_forward(
 {
     enum {
         C = 16,
-        SPATIAL = 256
+        SPATIAL = 256,
+        BN_GROUP = 16
     };
     const real EPS = (real)1e-05;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+        real scale[BN_GROUP], shift[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const int c = c0 + g;
+            scale[g] = gamma[c] / REAL_SQRT(running_var[c] + EPS);
+            shift[g] = beta[c] - running_mean[c] * scale[g];
+        }
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
-                out[(b * C + c) * SPATIAL + s] = y > 0 ? y : 0;
+            for (int g = 0; g < group; g++) {
+                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const real y = x[s] * scale[g] + shift[g];
+                    o[s] = y > 0 ? y : 0;
+                }
             }
     }
 }
@@ -1358,18 +1388,33 @@ static void resnet_small_block1_bn2_forward(
 {
     enum {
         C = 16,
-        SPATIAL = 256
+        SPATIAL = 256,
+        BN_GROUP = 16
     };
     const real EPS = (real)1e-05;
-    const size_t elements = batch * SPATIAL * C; /* channels go to the threads: each is computed alone */
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
     (void)elements;                              /* read only by OpenMP's pragma */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
-    for (int c = 0; c < C; c++) {
-        const real scale = gamma[c] / REAL_SQRT(running_var[c] + EPS), shift = beta[c] - running_mean[c] * scale;
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+        real scale[BN_GROUP], shift[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const int c = c0 + g;
+            scale[g] = gamma[c] / REAL_SQRT(running_var[c] + EPS);
+            shift[g] = beta[c] - running_mean[c] * scale[g];
+        }
         for (size_t b = 0; b < batch; b++)
-            for (int s = 0; s < SPATIAL; s++) {
-                const real y = in[(b * C + c) * SPATIAL + s] * scale + shift;
-                out[(b * C + c) * SPATIAL + s] = y;
+            for (int g = 0; g < group; g++) {
+                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const real y = x[s] * scale[g] + shift[g];
+                    o[s] = y;
+                }
             }
     }
 }
