@@ -29,6 +29,7 @@ import pytest
 
 import cnncc
 import reference as ref
+from cnncc.backends.vector.batchnorm import BN_MAX_GROUP
 from reference import rel_err
 import seed_examples
 from cnncc.options import DEFAULT_CFLAGS
@@ -226,9 +227,10 @@ CASES = [
     _c("bn_img_b", IMG_B, type="batchnorm"),
     _c("bn_sig", SIG, type="batchnorm", momentum=0.05),
     _c("bn_flat", FLAT, type="batchnorm", momentum=0.2),
-    # 19 channels: the kernels' groups of 8, 8 and 3; 36 pixels: 2 x 16 partial-sum lanes + 4
-    _c("bn_groups", (19, 6, 6), type="batchnorm"),
-    _c("bn_groups_b", (19, 6, 6), type="batchnorm", momentum=0.4, eps=1e-2),
+    # BN_MAX_GROUP + 6 channels: the kernels' passes over groups of 64 and 6; 36 pixels: 2 x 16
+    # partial-sum lanes + 4
+    _c("bn_groups", (BN_MAX_GROUP + 6, 6, 6), type="batchnorm"),
+    _c("bn_groups_b", (BN_MAX_GROUP + 6, 6, 6), type="batchnorm", momentum=0.4, eps=1e-2),
     # activations as layers
     _c("relu_img", IMG, type="relu"),
     _c("relu_flat", FLAT, type="relu"),
