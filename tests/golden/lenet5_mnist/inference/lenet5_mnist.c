@@ -95,6 +95,9 @@ HELPER_INLINE int lenet5_mnist_window_end(int origin, int n, int k)
     return n - origin < k ? n - origin : k;
 }
 
+/* The average pools sum this many planes side by side (avgpool2d.c.j2, global_avgpool.c.j2). */
+enum { POOL_CHAINS = 8 };
+
 int lenet5_mnist_set_threads(int threads)
 {
 #if defined(_OPENMP)

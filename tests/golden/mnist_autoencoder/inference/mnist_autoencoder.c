@@ -93,6 +93,9 @@ HELPER_INLINE int mnist_autoencoder_window_end(int origin, int n, int k)
     return n - origin < k ? n - origin : k;
 }
 
+/* The average pools sum this many planes side by side (avgpool2d.c.j2, global_avgpool.c.j2). */
+enum { POOL_CHAINS = 8 };
+
 int mnist_autoencoder_set_threads(int threads)
 {
 #if defined(_OPENMP)

@@ -164,6 +164,9 @@ HELPER_INLINE int resnet8_window_end(int origin, int n, int k)
     return n - origin < k ? n - origin : k;
 }
 
+/* The average pools sum this many planes side by side (avgpool2d.c.j2, global_avgpool.c.j2). */
+enum { POOL_CHAINS = 8 };
+
 /* A counter-based random number in [0, 1) (splitmix64): dropout masks are a pure function of
    (seed, layer, element), so backward recomputes them instead of storing them. */
 HELPER_INLINE double resnet8_uniform01(uint64_t seed, uint64_t salt, uint64_t index)
@@ -6214,7 +6217,10 @@ static void resnet8_pool_forward(
         PAD_LEFT = 0
     };
     const real scale = (real)1 / ((real)KH * (real)KW); /* in real: KH * KW may exceed an int */
-    for (size_t plane = 0; plane < batch * C; plane++) {
+    /* POOL_CHAINS planes at a time: a plane's window sum is a chain of dependent adds (in order:
+       no -ffast-math reorders it), and several planes' chains side by side keep the adders busy */
+    const size_t planes = batch * C, whole = planes - planes % POOL_CHAINS;
+    for (size_t plane = 0; plane < whole; plane += POOL_CHAINS) {
         const real *restrict in_plane = in + plane * (size_t)(H_IN * W_IN);
         real *restrict out_plane = out + plane * (size_t)(H_OUT * W_OUT);
         for (int oh = 0; oh < H_OUT; oh++) {
@@ -6223,11 +6229,32 @@ static void resnet8_pool_forward(
             for (int ow = 0; ow < W_OUT; ow++) {
                 const int iw0 = ow * STRIDE_W - PAD_LEFT;
                 const int kw_first = resnet8_window_first(iw0), kw_end = resnet8_window_end(iw0, W_IN, KW);
-                real sum = 0;
+                real sum[POOL_CHAINS] = {0};
                 for (int kh = kh_first; kh < kh_end; kh++)
                     for (int kw = kw_first; kw < kw_end; kw++)
-                        sum += in_plane[(ih0 + kh) * W_IN + iw0 + kw];
-                out_plane[oh * W_OUT + ow] = sum * scale;
+                        for (int j = 0; j < POOL_CHAINS; j++)
+                            sum[j] += in_plane[(size_t)j * (H_IN * W_IN) + (ih0 + kh) * W_IN + iw0 + kw];
+                for (int j = 0; j < POOL_CHAINS; j++)
+                    out_plane[(size_t)j * (H_OUT * W_OUT) + oh * W_OUT + ow] = sum[j] * scale;
+            }
+        }
+    }
+    for (size_t plane = whole; plane < planes; plane += 1) {
+        const real *restrict in_plane = in + plane * (size_t)(H_IN * W_IN);
+        real *restrict out_plane = out + plane * (size_t)(H_OUT * W_OUT);
+        for (int oh = 0; oh < H_OUT; oh++) {
+            const int ih0 = oh * STRIDE_H - PAD_TOP;
+            const int kh_first = resnet8_window_first(ih0), kh_end = resnet8_window_end(ih0, H_IN, KH);
+            for (int ow = 0; ow < W_OUT; ow++) {
+                const int iw0 = ow * STRIDE_W - PAD_LEFT;
+                const int kw_first = resnet8_window_first(iw0), kw_end = resnet8_window_end(iw0, W_IN, KW);
+                real sum[1] = {0};
+                for (int kh = kh_first; kh < kh_end; kh++)
+                    for (int kw = kw_first; kw < kw_end; kw++)
+                        for (int j = 0; j < 1; j++)
+                            sum[j] += in_plane[(size_t)j * (H_IN * W_IN) + (ih0 + kh) * W_IN + iw0 + kw];
+                for (int j = 0; j < 1; j++)
+                    out_plane[(size_t)j * (H_OUT * W_OUT) + oh * W_OUT + ow] = sum[j] * scale;
             }
         }
     }

@@ -120,6 +120,9 @@ HELPER_INLINE int resnet_small_window_end(int origin, int n, int k)
     return n - origin < k ? n - origin : k;
 }
 
+/* The average pools sum this many planes side by side (avgpool2d.c.j2, global_avgpool.c.j2). */
+enum { POOL_CHAINS = 8 };
+
 int resnet_small_set_threads(int threads)
 {
 #if defined(_OPENMP)
@@ -1739,7 +1742,17 @@ static void resnet_small_gap_forward(
         C = 64,
         SPATIAL = 64
     };
-    for (size_t plane = 0; plane < batch * C; plane++) {
+    /* POOL_CHAINS planes side by side, each summed in order (avgpool2d.c.j2) */
+    const size_t planes = batch * C, whole = planes - planes % POOL_CHAINS;
+    for (size_t plane = 0; plane < whole; plane += POOL_CHAINS) {
+        real sum[POOL_CHAINS] = {0};
+        for (int s = 0; s < SPATIAL; s++)
+            for (int j = 0; j < POOL_CHAINS; j++)
+                sum[j] += in[(plane + (size_t)j) * SPATIAL + s];
+        for (int j = 0; j < POOL_CHAINS; j++)
+            out[plane + (size_t)j] = sum[j] / SPATIAL;
+    }
+    for (size_t plane = whole; plane < planes; plane++) {
         real sum = 0;
         for (int s = 0; s < SPATIAL; s++)
             sum += in[plane * SPATIAL + s];

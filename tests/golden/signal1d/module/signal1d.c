@@ -92,6 +92,9 @@ HELPER_INLINE int signal1d_window_end(int origin, int n, int k)
     return n - origin < k ? n - origin : k;
 }
 
+/* The average pools sum this many planes side by side (avgpool2d.c.j2, global_avgpool.c.j2). */
+enum { POOL_CHAINS = 8 };
+
 /* A counter-based random number in [0, 1) (splitmix64): dropout masks are a pure function of
    (seed, layer, element), so backward recomputes them instead of storing them. */
 HELPER_INLINE double signal1d_uniform01(uint64_t seed, uint64_t salt, uint64_t index)
@@ -1160,7 +1163,17 @@ static void signal1d_gap_forward(
         C = 16,
         SPATIAL = 23
     };
-    for (size_t plane = 0; plane < batch * C; plane++) {
+    /* POOL_CHAINS planes side by side, each summed in order (avgpool2d.c.j2) */
+    const size_t planes = batch * C, whole = planes - planes % POOL_CHAINS;
+    for (size_t plane = 0; plane < whole; plane += POOL_CHAINS) {
+        real sum[POOL_CHAINS] = {0};
+        for (int s = 0; s < SPATIAL; s++)
+            for (int j = 0; j < POOL_CHAINS; j++)
+                sum[j] += in[(plane + (size_t)j) * SPATIAL + s];
+        for (int j = 0; j < POOL_CHAINS; j++)
+            out[plane + (size_t)j] = sum[j] / SPATIAL;
+    }
+    for (size_t plane = whole; plane < planes; plane++) {
         real sum = 0;
         for (int s = 0; s < SPATIAL; s++)
             sum += in[plane * SPATIAL + s];

@@ -94,6 +94,9 @@ HELPER_INLINE int three_conv_window_end(int origin, int n, int k)
     return n - origin < k ? n - origin : k;
 }
 
+/* The average pools sum this many planes side by side (avgpool2d.c.j2, global_avgpool.c.j2). */
+enum { POOL_CHAINS = 8 };
+
 /* A counter-based random number in [0, 1) (splitmix64): dropout masks are a pure function of
    (seed, layer, element), so backward recomputes them instead of storing them. */
 HELPER_INLINE double three_conv_uniform01(uint64_t seed, uint64_t salt, uint64_t index)
