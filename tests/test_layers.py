@@ -1203,13 +1203,13 @@ def test_winograd_forward_is_chosen_where_it_applies():
 
 
 def test_depthwise_and_winograd_kernels_at_batch_one(build_dir):
-    """test_every_kernel_variant_and_block_form's float64 models (cached) at batch 1: the depthwise
-    and Winograd cases' forward and backward against the reference."""
+    """test_every_kernel_variant_and_block_form's float64 models at batch 1 (from the cache: the same
+    flags): the depthwise and Winograd cases' forward and backward against the reference."""
     rng = np.random.default_rng(stable_seed("depthwise batch 1"))
     checked = set()
     for shape in (VARIANT_IMG, VARIANT_WIDE):
         cases = VARIANT_CASES[shape]
-        result = run_group(shape, "float64", "pre", build_dir, cases=cases,
+        result = run_group(shape, "float64", "pre", build_dir, cflags=OPTIMISED_WERROR, cases=cases,
                            name=f"variants_{shape_tag(shape)}_float64", xs=kink_safe(rng, (1,) + shape), fd=False)
         for case in cases:
             if case.id in DEPTHWISE_CASES | WINOGRAD_CASES:
