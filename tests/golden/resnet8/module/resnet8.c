@@ -336,6 +336,21 @@ KERNEL_INLINE real resnet8_dot(const real *restrict a, const real *restrict b, i
     return resnet8_vec_sum(acc);
 }
 
+typedef double resnet8_doubles8 __attribute__((vector_size(8 * sizeof(double))));
+typedef real resnet8_reals8 __attribute__((vector_size(8 * sizeof(real))));
+
+/* *sum += v as doubles (v: eight reals). GCC 12 lowers __builtin_convertvector of eight floats to
+   two conversions of four and a lane insert; AVX-512 has one instruction for it. (Pointers, not
+   values: a 64-byte vector argument or result changes the ABI without AVX-512, which GCC warns of.) */
+KERNEL_INLINE void resnet8_add_widened(resnet8_doubles8 *sum, const resnet8_reals8 *v)
+{
+#if defined(__AVX512F__)
+    *sum += (resnet8_doubles8)_mm512_cvtps_pd((__m256)*v);
+    return;
+#endif
+    *sum += __builtin_convertvector(*v, resnet8_doubles8);
+}
+
 /* Batchnorm's statistics over one plane (templates/layers/batchnorm.c.j2): sums[l] += x[i] - pivot
    and squares[l] += (x[i] - pivot)^2 in double, for i < n with i = l mod MOMENT_LANES, in vectors
    of eight doubles. GCC's own vectorisation of the same loop over the lanes left the sums
@@ -357,7 +372,8 @@ KERNEL_INLINE void resnet8_plane_moments(const real *restrict x, int n, double p
         for (int h = 0; h < VECTORS; h++) {
             reals v;
             memcpy(&v, x + i + 8 * h, sizeof v);
-            const doubles d = __builtin_convertvector(v, doubles) - p;
+            doubles d = -p;
+            resnet8_add_widened(&d, &v);
             s[h] += d;
             q[h] += d * d;
         }
@@ -368,6 +384,59 @@ KERNEL_INLINE void resnet8_plane_moments(const real *restrict x, int n, double p
         sums[l] += d;
         squares[l] += d * d;
     }
+}
+
+/* plane_gradient_sums' terms of eight elements, into one vector of sums and one of products */
+KERNEL_INLINE void resnet8_gradient_terms(const real *xs, const real *dys, real mean, real scale, real shift,
+                                  int relu, resnet8_doubles8 *sums, resnet8_doubles8 *products)
+{
+    typedef resnet8_reals8 reals;
+    reals x, g;
+    memcpy(&x, xs, sizeof x);
+    memcpy(&g, dys, sizeof g);
+    if (relu)
+        g *= __builtin_convertvector(-(x * scale + shift > (reals){0}), reals);
+    const reals centred = g * (x - mean);
+    resnet8_add_widened(sums, &g);
+    resnet8_add_widened(products, &centred);
+}
+
+/* Batchnorm's backward sums over one plane (templates/layers/batchnorm.c.j2): with g = dy[i], times
+   the fused relu's mask (y = x[i] * scale + shift > 0) if relu, sums[l] += g and products[l] +=
+   g * (x[i] - mean), for i < n with i = l mod MOMENT_LANES, in two vectors of eight doubles each
+   (as plane_moments, for the same reason). The mask is a factor, not a select: a NaN or infinite
+   dy where the relu is off gives NaN instead of 0, a finite one the same sums. A plane's tail
+   goes in vectors too (DS-CNN's 125 pixels: 112 + 13), which one element at a time took half of
+   the backward's time. */
+KERNEL_INLINE void resnet8_plane_gradient_sums(const real *restrict x, const real *restrict dy, int n, real mean,
+                                       real scale, real shift, int relu, double *restrict sums,
+                                       double *restrict products)
+{
+    resnet8_doubles8 s0, s1, q0, q1;
+    memcpy(&s0, sums, sizeof s0);
+    memcpy(&s1, sums + 8, sizeof s1);
+    memcpy(&q0, products, sizeof q0);
+    memcpy(&q1, products + 8, sizeof q1);
+    int i = 0;
+    for (; i + MOMENT_LANES <= n; i += MOMENT_LANES) {
+        resnet8_gradient_terms(x + i, dy + i, mean, scale, shift, relu, &s0, &q0);
+        resnet8_gradient_terms(x + i + 8, dy + i + 8, mean, scale, shift, relu, &s1, &q1);
+    }
+    if (i < n) {
+        /* the plane's last lanes, and past its end dy = 0, which adds +-0 (a sum that starts at
+           +0 never becomes -0, so that changes none) */
+        real x_tail[MOMENT_LANES], dy_tail[MOMENT_LANES];
+        for (int l = 0; l < MOMENT_LANES; l++) {
+            x_tail[l] = i + l < n ? x[i + l] : mean;
+            dy_tail[l] = i + l < n ? dy[i + l] : 0;
+        }
+        resnet8_gradient_terms(x_tail, dy_tail, mean, scale, shift, relu, &s0, &q0);
+        resnet8_gradient_terms(x_tail + 8, dy_tail + 8, mean, scale, shift, relu, &s1, &q1);
+    }
+    memcpy(sums, &s0, sizeof s0);
+    memcpy(sums + 8, &s1, sizeof s1);
+    memcpy(products, &q0, sizeof q0);
+    memcpy(products + 8, &q1, sizeof q1);
 }
 
 /* The rows of a B operand. A plain row-major matrix with row stride ld is taps_matrix(rows, ld).
@@ -1064,8 +1133,9 @@ static void resnet8_stem_bn_backward(
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
-        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
-           forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
+        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
+           backend's gemm.c.j2, as in the forward); xhat = (in - mean) * inv_std, so the second
+           times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
         /* The fused relu's mask from the input, not from its output: one tensor less to read in each
            pass (the batch is past the caches). scale and shift and y are the forward's expressions
@@ -1079,26 +1149,9 @@ static void resnet8_stem_bn_backward(
         }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
-                const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                const real *restrict x = in + plane, *restrict dy = dout + plane;
-                int s = 0;
-                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                    for (int l = 0; l < BN_LANES; l++) {
-                        /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
-                           NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
-                           one the same sums) */
-                        const real y = x[s + l] * scale[g] + shift[g];
-                        const real g_out = dy[s + l] * (real)(y > 0);
-                        sums[g][l] += (double)g_out;
-                        products[g][l] += (double)(g_out * (x[s + l] - mean));
-                    }
-                for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real y = x[s] * scale[g] + shift[g];
-                    const real d = dy[s], g_out = y > 0 ? d : 0;
-                    sums[g][l] += (double)g_out;
-                    products[g][l] += (double)(g_out * (x[s] - mean));
-                }
+                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
+                                    sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -1941,8 +1994,9 @@ static void resnet8_s1_bn1_backward(
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
-        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
-           forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
+        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
+           backend's gemm.c.j2, as in the forward); xhat = (in - mean) * inv_std, so the second
+           times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
         /* The fused relu's mask from the input, not from its output: one tensor less to read in each
            pass (the batch is past the caches). scale and shift and y are the forward's expressions
@@ -1956,26 +2010,9 @@ static void resnet8_s1_bn1_backward(
         }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
-                const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                const real *restrict x = in + plane, *restrict dy = dout + plane;
-                int s = 0;
-                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                    for (int l = 0; l < BN_LANES; l++) {
-                        /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
-                           NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
-                           one the same sums) */
-                        const real y = x[s + l] * scale[g] + shift[g];
-                        const real g_out = dy[s + l] * (real)(y > 0);
-                        sums[g][l] += (double)g_out;
-                        products[g][l] += (double)(g_out * (x[s + l] - mean));
-                    }
-                for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real y = x[s] * scale[g] + shift[g];
-                    const real d = dy[s], g_out = y > 0 ? d : 0;
-                    sums[g][l] += (double)g_out;
-                    products[g][l] += (double)(g_out * (x[s] - mean));
-                }
+                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
+                                    sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -2815,26 +2852,14 @@ static void resnet8_s1_bn2_backward(
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
-        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
-           forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
+        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
+           backend's gemm.c.j2, as in the forward); xhat = (in - mean) * inv_std, so the second
+           times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
-                const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                const real *restrict x = in + plane, *restrict dy = dout + plane;
-                int s = 0;
-                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                    for (int l = 0; l < BN_LANES; l++) {
-                        const real g_out = dy[s + l];
-                        sums[g][l] += (double)g_out;
-                        products[g][l] += (double)(g_out * (x[s + l] - mean));
-                    }
-                for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real g_out = dy[s];
-                    sums[g][l] += (double)g_out;
-                    products[g][l] += (double)(g_out * (x[s] - mean));
-                }
+                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], 0, 0, 0, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -3329,8 +3354,9 @@ static void resnet8_s2_bn1_backward(
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
-        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
-           forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
+        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
+           backend's gemm.c.j2, as in the forward); xhat = (in - mean) * inv_std, so the second
+           times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
         /* The fused relu's mask from the input, not from its output: one tensor less to read in each
            pass (the batch is past the caches). scale and shift and y are the forward's expressions
@@ -3344,26 +3370,9 @@ static void resnet8_s2_bn1_backward(
         }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
-                const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                const real *restrict x = in + plane, *restrict dy = dout + plane;
-                int s = 0;
-                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                    for (int l = 0; l < BN_LANES; l++) {
-                        /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
-                           NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
-                           one the same sums) */
-                        const real y = x[s + l] * scale[g] + shift[g];
-                        const real g_out = dy[s + l] * (real)(y > 0);
-                        sums[g][l] += (double)g_out;
-                        products[g][l] += (double)(g_out * (x[s + l] - mean));
-                    }
-                for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real y = x[s] * scale[g] + shift[g];
-                    const real d = dy[s], g_out = y > 0 ? d : 0;
-                    sums[g][l] += (double)g_out;
-                    products[g][l] += (double)(g_out * (x[s] - mean));
-                }
+                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
+                                    sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -4392,26 +4401,14 @@ static void resnet8_s2_bn2_backward(
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
-        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
-           forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
+        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
+           backend's gemm.c.j2, as in the forward); xhat = (in - mean) * inv_std, so the second
+           times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
-                const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                const real *restrict x = in + plane, *restrict dy = dout + plane;
-                int s = 0;
-                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                    for (int l = 0; l < BN_LANES; l++) {
-                        const real g_out = dy[s + l];
-                        sums[g][l] += (double)g_out;
-                        products[g][l] += (double)(g_out * (x[s + l] - mean));
-                    }
-                for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real g_out = dy[s];
-                    sums[g][l] += (double)g_out;
-                    products[g][l] += (double)(g_out * (x[s] - mean));
-                }
+                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], 0, 0, 0, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -5012,8 +5009,9 @@ static void resnet8_s3_bn1_backward(
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
-        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
-           forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
+        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
+           backend's gemm.c.j2, as in the forward); xhat = (in - mean) * inv_std, so the second
+           times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
         /* The fused relu's mask from the input, not from its output: one tensor less to read in each
            pass (the batch is past the caches). scale and shift and y are the forward's expressions
@@ -5027,26 +5025,9 @@ static void resnet8_s3_bn1_backward(
         }
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
-                const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                const real *restrict x = in + plane, *restrict dy = dout + plane;
-                int s = 0;
-                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                    for (int l = 0; l < BN_LANES; l++) {
-                        /* the relu's mask as a factor: GCC vectorises these lanes only without a select (a
-                           NaN or infinite dout where the relu is off would give NaN instead of 0; a finite
-                           one the same sums) */
-                        const real y = x[s + l] * scale[g] + shift[g];
-                        const real g_out = dy[s + l] * (real)(y > 0);
-                        sums[g][l] += (double)g_out;
-                        products[g][l] += (double)(g_out * (x[s + l] - mean));
-                    }
-                for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real y = x[s] * scale[g] + shift[g];
-                    const real d = dy[s], g_out = y > 0 ? d : 0;
-                    sums[g][l] += (double)g_out;
-                    products[g][l] += (double)(g_out * (x[s] - mean));
-                }
+                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
+                                    sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -5886,26 +5867,14 @@ static void resnet8_s3_bn2_backward(
     PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
-        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (vectorisable, as in the
-           forward); xhat = (in - mean) * inv_std, so the second times inv_std is sum dout * xhat */
+        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
+           backend's gemm.c.j2, as in the forward); xhat = (in - mean) * inv_std, so the second
+           times inv_std is sum dout * xhat */
         double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
-                const real mean = saved[c0 + g];
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                const real *restrict x = in + plane, *restrict dy = dout + plane;
-                int s = 0;
-                for (; s + BN_LANES <= SPATIAL; s += BN_LANES)
-                    for (int l = 0; l < BN_LANES; l++) {
-                        const real g_out = dy[s + l];
-                        sums[g][l] += (double)g_out;
-                        products[g][l] += (double)(g_out * (x[s + l] - mean));
-                    }
-                for (int l = 0; s < SPATIAL; s++, l++) {
-                    const real g_out = dy[s];
-                    sums[g][l] += (double)g_out;
-                    products[g][l] += (double)(g_out * (x[s] - mean));
-                }
+                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], 0, 0, 0, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {

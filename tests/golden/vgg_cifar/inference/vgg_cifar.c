@@ -248,6 +248,21 @@ KERNEL_INLINE real vgg_cifar_dot(const real *restrict a, const real *restrict b,
     return vgg_cifar_vec_sum(acc);
 }
 
+typedef double vgg_cifar_doubles8 __attribute__((vector_size(8 * sizeof(double))));
+typedef real vgg_cifar_reals8 __attribute__((vector_size(8 * sizeof(real))));
+
+/* *sum += v as doubles (v: eight reals). GCC 12 lowers __builtin_convertvector of eight floats to
+   two conversions of four and a lane insert; AVX-512 has one instruction for it. (Pointers, not
+   values: a 64-byte vector argument or result changes the ABI without AVX-512, which GCC warns of.) */
+KERNEL_INLINE void vgg_cifar_add_widened(vgg_cifar_doubles8 *sum, const vgg_cifar_reals8 *v)
+{
+#if defined(__AVX512F__)
+    *sum += (vgg_cifar_doubles8)_mm512_cvtps_pd((__m256)*v);
+    return;
+#endif
+    *sum += __builtin_convertvector(*v, vgg_cifar_doubles8);
+}
+
 /* Batchnorm's statistics over one plane (templates/layers/batchnorm.c.j2): sums[l] += x[i] - pivot
    and squares[l] += (x[i] - pivot)^2 in double, for i < n with i = l mod MOMENT_LANES, in vectors
    of eight doubles. GCC's own vectorisation of the same loop over the lanes left the sums
@@ -269,7 +284,8 @@ KERNEL_INLINE void vgg_cifar_plane_moments(const real *restrict x, int n, double
         for (int h = 0; h < VECTORS; h++) {
             reals v;
             memcpy(&v, x + i + 8 * h, sizeof v);
-            const doubles d = __builtin_convertvector(v, doubles) - p;
+            doubles d = -p;
+            vgg_cifar_add_widened(&d, &v);
             s[h] += d;
             q[h] += d * d;
         }
@@ -280,6 +296,59 @@ KERNEL_INLINE void vgg_cifar_plane_moments(const real *restrict x, int n, double
         sums[l] += d;
         squares[l] += d * d;
     }
+}
+
+/* plane_gradient_sums' terms of eight elements, into one vector of sums and one of products */
+KERNEL_INLINE void vgg_cifar_gradient_terms(const real *xs, const real *dys, real mean, real scale, real shift,
+                                  int relu, vgg_cifar_doubles8 *sums, vgg_cifar_doubles8 *products)
+{
+    typedef vgg_cifar_reals8 reals;
+    reals x, g;
+    memcpy(&x, xs, sizeof x);
+    memcpy(&g, dys, sizeof g);
+    if (relu)
+        g *= __builtin_convertvector(-(x * scale + shift > (reals){0}), reals);
+    const reals centred = g * (x - mean);
+    vgg_cifar_add_widened(sums, &g);
+    vgg_cifar_add_widened(products, &centred);
+}
+
+/* Batchnorm's backward sums over one plane (templates/layers/batchnorm.c.j2): with g = dy[i], times
+   the fused relu's mask (y = x[i] * scale + shift > 0) if relu, sums[l] += g and products[l] +=
+   g * (x[i] - mean), for i < n with i = l mod MOMENT_LANES, in two vectors of eight doubles each
+   (as plane_moments, for the same reason). The mask is a factor, not a select: a NaN or infinite
+   dy where the relu is off gives NaN instead of 0, a finite one the same sums. A plane's tail
+   goes in vectors too (DS-CNN's 125 pixels: 112 + 13), which one element at a time took half of
+   the backward's time. */
+KERNEL_INLINE void vgg_cifar_plane_gradient_sums(const real *restrict x, const real *restrict dy, int n, real mean,
+                                       real scale, real shift, int relu, double *restrict sums,
+                                       double *restrict products)
+{
+    vgg_cifar_doubles8 s0, s1, q0, q1;
+    memcpy(&s0, sums, sizeof s0);
+    memcpy(&s1, sums + 8, sizeof s1);
+    memcpy(&q0, products, sizeof q0);
+    memcpy(&q1, products + 8, sizeof q1);
+    int i = 0;
+    for (; i + MOMENT_LANES <= n; i += MOMENT_LANES) {
+        vgg_cifar_gradient_terms(x + i, dy + i, mean, scale, shift, relu, &s0, &q0);
+        vgg_cifar_gradient_terms(x + i + 8, dy + i + 8, mean, scale, shift, relu, &s1, &q1);
+    }
+    if (i < n) {
+        /* the plane's last lanes, and past its end dy = 0, which adds +-0 (a sum that starts at
+           +0 never becomes -0, so that changes none) */
+        real x_tail[MOMENT_LANES], dy_tail[MOMENT_LANES];
+        for (int l = 0; l < MOMENT_LANES; l++) {
+            x_tail[l] = i + l < n ? x[i + l] : mean;
+            dy_tail[l] = i + l < n ? dy[i + l] : 0;
+        }
+        vgg_cifar_gradient_terms(x_tail, dy_tail, mean, scale, shift, relu, &s0, &q0);
+        vgg_cifar_gradient_terms(x_tail + 8, dy_tail + 8, mean, scale, shift, relu, &s1, &q1);
+    }
+    memcpy(sums, &s0, sizeof s0);
+    memcpy(sums + 8, &s1, sizeof s1);
+    memcpy(products, &q0, sizeof q0);
+    memcpy(products + 8, &q1, sizeof q1);
 }
 
 /* The rows of a B operand. A plain row-major matrix with row stride ld is taps_matrix(rows, ld).
