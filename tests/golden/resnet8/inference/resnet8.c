@@ -312,43 +312,6 @@ KERNEL_INLINE real resnet8_dot(const real *restrict a, const real *restrict b, i
     return resnet8_vec_sum(acc);
 }
 
-/* dst[t] = dot(a, b + offset of tap t, n) for the taps t = (kh, kw) of a KH x KW window, row by
-   row (offset kh * step_h + kw * step_w), DOT_TAPS at a time: each vector of a is loaded once
-   for all of them, and their horizontal sums, lane after lane as dot's, go side by side instead
-   of one chain after another (the depthwise weight gradients' nine taps waited on those chains
-   most of their time). Tap by tap the same sums in the same order as dot: the same bits. */
-enum { DOT_TAPS = 9 };
-KERNEL_INLINE void resnet8_tap_dots(const real *restrict a, const real *restrict b, int KH, int KW, ptrdiff_t step_h,
-                            ptrdiff_t step_w, int n, real *restrict dst)
-{
-    for (int t0 = 0; t0 < KH * KW; t0 += DOT_TAPS) {
-        const int taps = KH * KW - t0 < DOT_TAPS ? KH * KW - t0 : DOT_TAPS;
-        const real *tap[DOT_TAPS];
-        vec acc[DOT_TAPS];
-        for (int t = 0; t < taps; t++) {
-            tap[t] = b + (t0 + t) / KW * step_h + (t0 + t) % KW * step_w;
-            acc[t] = (vec){0};
-        }
-        int i = 0;
-        for (; i + VEC_LANES <= n; i += VEC_LANES) {
-            const vec av = resnet8_vec_load(a + i, VEC_LANES);
-            for (int t = 0; t < taps; t++)
-                acc[t] += av * resnet8_vec_load(tap[t] + i, VEC_LANES);
-        }
-        if (i < n) {
-            const vec av = resnet8_vec_load(a + i, n - i);
-            for (int t = 0; t < taps; t++)
-                acc[t] += av * resnet8_vec_load(tap[t] + i, n - i);
-        }
-        real sum[DOT_TAPS] = {0};
-        for (int lane = 0; lane < VEC_LANES; lane++)
-            for (int t = 0; t < taps; t++)
-                sum[t] += acc[t][lane];
-        for (int t = 0; t < taps; t++)
-            dst[t0 + t] = sum[t];
-    }
-}
-
 typedef double resnet8_doubles8 __attribute__((vector_size(8 * sizeof(double))));
 typedef real resnet8_reals8 __attribute__((vector_size(8 * sizeof(real))));
 
