@@ -1157,8 +1157,8 @@ static void ds_cnn_conv1_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                ds_cnn_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
-                                    sums[g], products[g]);
+                ds_cnn_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -1582,8 +1582,8 @@ static void ds_cnn_dw1_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                ds_cnn_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
-                                    sums[g], products[g]);
+                ds_cnn_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -1942,8 +1942,8 @@ static void ds_cnn_pw1_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                ds_cnn_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
-                                    sums[g], products[g]);
+                ds_cnn_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -2323,8 +2323,8 @@ static void ds_cnn_dw2_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                ds_cnn_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
-                                    sums[g], products[g]);
+                ds_cnn_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -2683,8 +2683,8 @@ static void ds_cnn_pw2_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                ds_cnn_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
-                                    sums[g], products[g]);
+                ds_cnn_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -3064,8 +3064,8 @@ static void ds_cnn_dw3_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                ds_cnn_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
-                                    sums[g], products[g]);
+                ds_cnn_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -3424,8 +3424,8 @@ static void ds_cnn_pw3_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                ds_cnn_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
-                                    sums[g], products[g]);
+                ds_cnn_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -3805,8 +3805,8 @@ static void ds_cnn_dw4_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                ds_cnn_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
-                                    sums[g], products[g]);
+                ds_cnn_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -4165,8 +4165,8 @@ static void ds_cnn_pw4_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                ds_cnn_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
-                                    sums[g], products[g]);
+                ds_cnn_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {

@@ -1150,8 +1150,8 @@ static void resnet8_stem_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
-                                    sums[g], products[g]);
+                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -2011,8 +2011,8 @@ static void resnet8_s1_bn1_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
-                                    sums[g], products[g]);
+                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -2859,7 +2859,8 @@ static void resnet8_s1_bn2_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], 0, 0, 0, sums[g], products[g]);
+                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    0, 0, 0, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -3371,8 +3372,8 @@ static void resnet8_s2_bn1_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
-                                    sums[g], products[g]);
+                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -4408,7 +4409,8 @@ static void resnet8_s2_bn2_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], 0, 0, 0, sums[g], products[g]);
+                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    0, 0, 0, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -5026,8 +5028,8 @@ static void resnet8_s3_bn1_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
-                                    sums[g], products[g]);
+                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -5874,7 +5876,8 @@ static void resnet8_s3_bn2_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], 0, 0, 0, sums[g], products[g]);
+                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    0, 0, 0, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {

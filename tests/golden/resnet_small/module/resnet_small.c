@@ -1101,8 +1101,8 @@ static void resnet_small_stem_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet_small_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
-                                    sums[g], products[g]);
+                resnet_small_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -1953,8 +1953,8 @@ static void resnet_small_block1_bn1_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet_small_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], scale[g], shift[g], 1,
-                                    sums[g], products[g]);
+                resnet_small_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -2792,7 +2792,8 @@ static void resnet_small_block1_bn2_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet_small_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g], 0, 0, 0, sums[g], products[g]);
+                resnet_small_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
+                                    0, 0, 0, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
