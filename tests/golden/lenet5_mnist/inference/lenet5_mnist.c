@@ -272,8 +272,8 @@ enum { MOMENT_LANES = 16 };
 KERNEL_INLINE void lenet5_mnist_plane_moments(const real *restrict x, int n, double pivot, double *restrict sums,
                                  double *restrict squares)
 {
-    typedef double doubles __attribute__((vector_size(8 * sizeof(double))));
-    typedef real reals __attribute__((vector_size(8 * sizeof(real))));
+    typedef lenet5_mnist_doubles8 doubles;
+    typedef lenet5_mnist_reals8 reals;
     enum { VECTORS = MOMENT_LANES / 8 };
     doubles s[VECTORS], q[VECTORS];
     memcpy(s, sums, sizeof s);
@@ -297,6 +297,8 @@ KERNEL_INLINE void lenet5_mnist_plane_moments(const real *restrict x, int n, dou
         squares[l] += d * d;
     }
 }
+
+typedef char lenet5_mnist_moment_lanes_are_two_vectors[MOMENT_LANES == 16 ? 1 : -1]; /* s0/s1, q0/q1 below */
 
 /* plane_gradient_sums' terms of eight elements, into one vector of sums and one of products */
 KERNEL_INLINE void lenet5_mnist_gradient_terms(const real *xs, const real *dys, real mean, real scale, real shift,
