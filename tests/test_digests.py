@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 import cnncc
+from build_flags import BASELINE_WERROR
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGESTS = Path(__file__).resolve().parent / "golden" / "digests.json"
-PORTABLE_FLAGS = ("-O2", "-ffp-contract=off", "-fno-math-errno")
 STEPS = 3
 
 SMALL_NETS = {
@@ -44,7 +44,7 @@ def _cases():
 
 
 def _digest(spec, build_dir) -> str:
-    model = cnncc.compile(spec, build_dir=build_dir, cflags=PORTABLE_FLAGS)
+    model = cnncc.compile(spec, build_dir=build_dir, cflags=BASELINE_WERROR)
     if model.program.loss is None:
         pytest.skip("an inference-only spec has no training to pin")
     model.init(seed=7)
