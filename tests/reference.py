@@ -120,20 +120,23 @@ def conv2d(x, w, b=None, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1),
     Fg = F // groups
     xpad = pad2d(x, p)
     y = np.zeros((N, F, OH, OW))
-    for n in range(N):
-        for f in range(F):
-            g0 = (f // Fg) * Cg
-            for oh in range(OH):
-                for ow in range(OW):
-                    h0, w0 = oh * sh, ow * sw
-                    window = xpad[n, g0:g0 + Cg,
-                                  h0:h0 + dh * (KH - 1) + 1:dh,
-                                  w0:w0 + dw * (KW - 1) + 1:dw]
-                    acc = np.sum(w[f] * window)
-                    if b is not None:
-                        acc += float(b[f])
-                    y[n, f, oh, ow] = acc
+    # The same sum taken tap by tap: tap (kh, kw) of every window is one strided view of xpad,
+    # [N, C, OH, OW], and its weights w[:, :, kh, kw] a [F, C/G] matrix per group.
+    for kh in range(KH):
+        for kw in range(KW):
+            tap = _tap_view(xpad, kh * dh, kw * dw, sh, sw, OH, OW)
+            for g in range(groups):
+                fs, cs = slice(g * Fg, (g + 1) * Fg), slice(g * Cg, (g + 1) * Cg)
+                y[:, fs] += np.einsum("fc,nchw->nfhw", w[fs, :, kh, kw], tap[:, cs])
+    if b is not None:
+        y += _f64(b)[None, :, None, None]
     return y
+
+
+def _tap_view(xpad, h0, w0, sh, sw, OH, OW):
+    """xpad[n, c, h0 + oh*sh, w0 + ow*sw] for every n, c, oh < OH, ow < OW: one tap of every
+    window (a view, so that adding into it adds into xpad)."""
+    return xpad[:, :, h0:h0 + sh * (OH - 1) + 1:sh, w0:w0 + sw * (OW - 1) + 1:sw]
 
 
 def conv2d_backward(dy, x, w, has_bias, stride=(1, 1), pad=(0, 0, 0, 0),
@@ -147,7 +150,8 @@ def conv2d_backward(dy, x, w, has_bias, stride=(1, 1), pad=(0, 0, 0, 0),
         dw[f]                      += dy[n,f,oh,ow] * xpad[n, group(f), window]
         db[f]                      += dy[n,f,oh,ow]
 
-    dx is dxpad with the padding cropped off.  (Equivalently: dw is the
+    dx is dxpad with the padding cropped off. The loops below take one tap
+    (kh, kw) of every window at a time.  (Equivalently: dw is the
     cross-correlation of the input with dy, dx is the full convolution of
     dy with the flipped kernel, db = sum of dy over n, oh, ow.)
     """
@@ -163,18 +167,15 @@ def conv2d_backward(dy, x, w, has_bias, stride=(1, 1), pad=(0, 0, 0, 0),
     xpad = pad2d(x, p)
     dxpad = np.zeros_like(xpad)
     dw = np.zeros_like(w)
-    for n in range(N):
-        for f in range(F):
-            g0 = (f // Fg) * Cg
-            for oh in range(OH):
-                for ow in range(OW):
-                    h0, w0 = oh * sh, ow * sw
-                    sl = (n, slice(g0, g0 + Cg),
-                          slice(h0, h0 + dh * (KH - 1) + 1, dh),
-                          slice(w0, w0 + dw_ * (KW - 1) + 1, dw_))
-                    g = dy[n, f, oh, ow]
-                    dxpad[sl] += g * w[f]
-                    dw[f] += g * xpad[sl]
+    # tap by tap, as the forward: within one tap no two outputs share an input cell
+    for kh in range(KH):
+        for kw in range(KW):
+            tap = _tap_view(xpad, kh * dh, kw * dw_, sh, sw, OH, OW)
+            dtap = _tap_view(dxpad, kh * dh, kw * dw_, sh, sw, OH, OW)
+            for g in range(groups):
+                fs, cs = slice(g * Fg, (g + 1) * Fg), slice(g * Cg, (g + 1) * Cg)
+                dtap[:, cs] += np.einsum("nfhw,fc->nchw", dy[:, fs], w[fs, :, kh, kw])
+                dw[fs, :, kh, kw] += np.einsum("nfhw,nchw->fc", dy[:, fs], tap[:, cs])
     dx = dxpad[:, :, t:t + H, l:l + W].copy()
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db
