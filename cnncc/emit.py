@@ -27,8 +27,7 @@ from .codegen import c_comment, c_ident, environment, render
 from .ir import Constant, Deployment, Program
 from .layers import REGISTRY
 from .memplan import MemoryPlan, deployment_figures, inference_program, plan
-from .options import CompileOptions
-from .pipeline import analyse
+from .pipeline import analyse, emit_options
 from .report import build_report
 from .spec import Spec
 from .version import __version__
@@ -124,7 +123,7 @@ def render_emit(spec, weights=None, inference_only: bool = False, batch: int = 1
     `backend` (cnncc/backends: "portable" for strict ISO C99)."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
-    analysis = analyse(spec, CompileOptions(backend=backend))
+    analysis = analyse(spec, emit_options(backend))
     spec, net, program = analysis.spec, analysis.net, analysis.program
     model = c_ident(program.name)
     if model == EXAMPLE:

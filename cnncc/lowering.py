@@ -50,13 +50,15 @@ class _Lowered:
         self.op, self.kind_obj, self.layer, self.in_shapes = op, kind_obj, layer, tuple(in_shapes)
 
 
-def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector", fuse: bool = True) -> Program:
+def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector", fuse: bool = True,
+          for_device: bool = False) -> Program:
     """sample_slots: samples a conv processes at once, one per thread of an OpenMP build (each
     with its own scratch); results are the same for any count. backend: whose kernel plans and
     templates the program is for (cnncc/backends). fuse: a relu becomes the epilogue of the op
     before it where that op's kernels can apply it (Planner.plans_relu_epilogue: conv, dense,
     batchnorm, add): a layer's `activation: relu`, and a relu layer whose input only it reads
-    (_relu_epilogues); the results are the same bits either way."""
+    (_relu_epilogues); the results are the same bits either way. for_device: the program `cnncc emit`
+    writes, whose kernel plans keep within a device's RAM (PlanRequest.for_device)."""
     spec = net.spec
     chosen = backend_named(backend)
     epilogues = _relu_epilogues(net, chosen) if fuse else {}
@@ -121,7 +123,7 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector", fuse:
     pooled = _pooled_backwards(lowered, chosen, keep={output.name} | ({loss.logits.name} if loss else set()))
     first_writes = first_gradient_writes([item.op for item in lowered], pooled, loss)
     plans: dict = {}  # a network of many alike layers plans each kind of op once
-    ops = [_planned(item, chosen, sample_slots, pooled, spec.path, plans, first_writes.get(item.op.name, ()))
+    ops = [_planned(item, chosen, sample_slots, pooled, spec.path, plans, first_writes.get(item.op.name, ()), for_device)
            for item in lowered]
     ops, workspace = _place_workspaces(ops)
     return Program(spec.name, spec.dtype, network_input, output, tuple(ops), tuple(params.values()), offset,
@@ -134,7 +136,7 @@ _REQUEST_FIELDS = tuple(f.name for f in fields(PlanRequest) if f.name != "layer"
 
 
 def _planned(item: _Lowered, chosen, slots: int, pooled: dict[str, PooledBackward], spec_path: str,
-             plans: dict, first_writes: tuple[bool, ...]) -> Op:
+             plans: dict, first_writes: tuple[bool, ...], for_device: bool) -> Op:
     """The op with its kernel plan (planned once), within the limit of C's int offsets. `plans`
     memoises the plans by request: a plan depends on nothing else. first_writes: ir.first_gradient_writes."""
     op, fused = item.op, pooled.get(item.op.name)
@@ -143,7 +145,7 @@ def _planned(item: _Lowered, chosen, slots: int, pooled: dict[str, PooledBackwar
         tuple(role for role, p in op.params.items() if p.trainable), op.input_grads, slots,
         fused.pool_output.shape if fused else None, bool(fused and (fused.activation or op.fused)),
         keeps_argmax=any(p.pool == op.name for p in pooled.values()), relu_epilogue=bool(op.fused),
-        first_gradient_writes=first_writes)
+        first_gradient_writes=first_writes, for_device=for_device)
     # a layer kind object compares by identity: its field values stand for it
     key = (op.kind, tuple(item.kind_obj.values().items()), *(getattr(request, f) for f in _REQUEST_FIELDS))
     try:

@@ -39,11 +39,13 @@ class CompileOptions:
     backend: str = "vector"
     dtype: str | None = None  # overrides the spec's dtype (gradcheck compiles in float64)
     fuse: bool = True  # a relu after a batchnorm or an add runs in that op's kernels (lowering.lower)
+    for_device: bool = False  # the program `cnncc emit` writes: kernel plans within a device's RAM
 
     def __post_init__(self):
         checked_int("threads", self.threads, 1, MAX_THREADS)
-        if not isinstance(self.fuse, bool):
-            raise ValueError(f"fuse must be True or False, got {self.fuse!r}")
+        for name in ("fuse", "for_device"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.cflags is not None:
             if isinstance(self.cflags, str) or not all(isinstance(flag, str) for flag in self.cflags):
                 raise ValueError(f"cflags must be a sequence of strings, got {self.cflags!r}")

@@ -43,8 +43,21 @@ def analyse(spec, options: CompileOptions | None = None, batch: int | None = Non
     # they build hold no cycles, so the cycle collector is paused until the report is made.
     with without_gc_pauses():
         net = check_net(spec)
-        program = training_layout(lower(net, sample_slots=options.sample_slots, backend=options.backend, fuse=options.fuse))
-        return Analysis(net, program, build_report(net, program, batch), options)
+        program = _program(net, options)
+        # the report's deployment figures are those of the program `cnncc emit` writes, which may
+        # plan some kernels otherwise (within a device's RAM: PlanRequest.for_device)
+        deployed = program if options == emit_options(options.backend) else _program(net, emit_options(options.backend))
+        return Analysis(net, program, build_report(net, program, batch, deployed), options)
+
+
+def emit_options(backend: str) -> CompileOptions:
+    """The options of the program `cnncc emit` writes for a backend."""
+    return CompileOptions(backend=backend, for_device=True)
+
+
+def _program(net: CheckedNet, options: CompileOptions) -> Program:
+    return training_layout(lower(net, sample_slots=options.sample_slots, backend=options.backend, fuse=options.fuse,
+                                 for_device=options.for_device))
 
 
 def check(spec, batch: int | None = None, threads: int = 1) -> Report:

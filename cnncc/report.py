@@ -161,7 +161,9 @@ def _rf_text(rf: tuple[int, int], input_shape) -> str:
     return f"{rf[1]}" if len(input_shape) == 2 else f"{rf[0]}x{rf[1]}"
 
 
-def build_report(net: CheckedNet, program: Program, batch: int | None = None) -> Report:
+def build_report(net: CheckedNet, program: Program, batch: int | None = None, deployed: Program | None = None) -> Report:
+    """deployed: the program `cnncc emit` writes (pipeline.emit_options), whose memory the
+    deployment figures are; None: `program` itself."""
     deploy_batch = batch or 1  # an explicit --batch applies to both; inference defaults to 1, as emit does
     batch = batch or net.spec.training["batch_size"]
     image = image_extent(net.input_shape)
@@ -185,7 +187,7 @@ def build_report(net: CheckedNet, program: Program, batch: int | None = None) ->
         "activation_bytes": program.activation_size * program.itemsize,
         "param_bytes": program.num_params * program.itemsize,
         "training_bytes": program.buffer_bytes(batch, training=True), "batch": batch,
-        **deployment_figures(program, deploy_batch),
+        **deployment_figures(deployed or program, deploy_batch),
     }
     return Report(net, program, batch, tuple(rows), totals, _dead_branches(net))
 

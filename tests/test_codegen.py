@@ -135,3 +135,25 @@ def test_kernels_take_their_tensors_as_arguments_and_banners_fit_100_columns():
         for number, line in enumerate(source.splitlines(), 1):
             if line.startswith(("/*", " *")):  # banners and file comments (not code lines)
                 assert len(line) <= 100, f"line {number} has {len(line)} columns: {line[:60]}..."
+
+
+def test_transformed_filters_past_a_devices_bound_go_by_f4_on_the_host_only():
+    """F(4x4)'s transformed filters are 36 x C_IN x C_OUT floats. VGG's 64->128 and 128->128 convs
+    (1.2 and 2.4 MB of them) are past the 1 MB a device build keeps them to (its RAM) and within
+    the host's 4 MB: the Python module plans them by F(4x4), `cnncc emit` by F(2x2), and the
+    report's deployment figures are those of the program emit writes."""
+    from cnncc.memplan import deployment_figures
+    from cnncc.pipeline import analyse, emit_options
+
+    spec = ROOT / "specs" / "vgg_cifar.yaml"
+    host, device = analyse(spec), analyse(spec, emit_options("vector"))
+
+    def tiles(analysis):
+        return {op.name: op.plan.settings["winograd_tile"] for op in analysis.program.ops if op.kind == "conv2d"}
+
+    assert tiles(host) == {"conv1_1": 0, "conv1_2": 4, "conv2_1": 4, "conv2_2": 4}
+    assert tiles(device) == {"conv1_1": 0, "conv1_2": 4, "conv2_1": 2, "conv2_2": 2}
+    assert host.program.workspace_size > device.program.workspace_size
+    emitted = deployment_figures(device.program, 1)["arena_bytes"]
+    assert host.report.totals["arena_bytes"] == device.report.totals["arena_bytes"] == emitted
+    assert cnncc.check(spec).totals["arena_bytes"] == emitted

@@ -55,6 +55,9 @@ class PlanRequest:
     # per input: this op's backward is the first in the reverse schedule to write that input's
     # gradient, so it may write it with `=` instead of adding into zeros (KernelPlan.initialised_grads)
     first_gradient_writes: tuple[bool, ...] = ()
+    # the program is for a device (`cnncc emit`: a microcontroller's RAM holds the weights' scratch
+    # too), not for the Python module on the host: a planner keeps its scratch within device bounds
+    for_device: bool = False
 
 
 class Planner:

@@ -49,11 +49,14 @@ WINOGRAD4_MIN_CHANNELS = 32
 # fewer (an 8x8 output has 4) the products' vectors run mostly empty: ResNet-8's 64-channel 8x8
 # conv took 1.8 ms by F(4x4) and 0.96 ms by F(2x2) at batch 32.
 WINOGRAD4_MIN_TILES = 16
-# and transformed filters (36 x C_IN x C_OUT float32s, 4x the weights) of at most this many bytes:
-# the products of every block of tiles read all of them, and a microcontroller build holds them in
-# its RAM (VGG's 128-channel convs would take VGG's batch-1 arena from 2.0 to 3.7 MB, past the
-# 4 MB MPS2 board's RAM with the rest)
-WINOGRAD4_MAX_FILTER_BYTES = 1024 * 1024
+# and transformed filters (36 x C_IN x C_OUT float32s, 4x the weights) of at most this many bytes.
+# A device build (`cnncc emit`) holds them in its RAM: VGG's 128-channel convs would take VGG's
+# batch-1 arena from 2.0 to 3.7 MB, past the 4 MB MPS2 board's RAM with the rest. The Python
+# module's scratch is the host's memory: there F(4x4) took VGG's batch-1 latency from 976-990 to
+# 842-864 us and its training step at batch 64 from 140-142 to 126-127 ms with those convs' 1.2
+# and 2.4 MB of transformed filters (Zen 4, 1 MB of L2 per core: the products stream them from
+# L3 and still win). Past 4 MB it was not measured.
+WINOGRAD4_MAX_FILTER_BYTES = {"device": 1024 * 1024, "host": 4 * 1024 * 1024}
 # F(4x4) blocks hold at least this many tiles (two AVX-512 vectors of columns for the products),
 # past WINOGRAD_BLOCK_BYTES if need be: its 36 matrices would otherwise leave too few
 WINOGRAD4_MIN_BLOCK_TILES = 32
@@ -90,13 +93,14 @@ class ConvPlanner(Planner):
                 and (g.dil_h, g.dil_w) == (1, 1) and min(g.c_in, g.c_out) >= WINOGRAD_MIN_CHANNELS
                 and min(g.h_out, g.w_out) >= 2)
 
-    def winograd_tile(self, g) -> int:
+    def winograd_tile(self, g, for_device: bool) -> int:
         """The output tile of a Winograd forward: 4 (F(4x4, 3x3)) with WINOGRAD4_MIN_CHANNELS or
         more channels in and out, WINOGRAD4_MIN_TILES or more 4x4 tiles and transformed filters
-        within WINOGRAD4_MAX_FILTER_BYTES, else 2."""
+        within WINOGRAD4_MAX_FILTER_BYTES (a device's bound or the host's), else 2."""
         tiles = -(-g.h_out // 4) * -(-g.w_out // 4)
+        bound = WINOGRAD4_MAX_FILTER_BYTES["device" if for_device else "host"]
         return 4 if self.winograd4 and min(g.c_in, g.c_out) >= WINOGRAD4_MIN_CHANNELS and \
-            tiles >= WINOGRAD4_MIN_TILES and 36 * g.c_in * g.c_out * 4 <= WINOGRAD4_MAX_FILTER_BYTES else 2
+            tiles >= WINOGRAD4_MIN_TILES and 36 * g.c_in * g.c_out * 4 <= bound else 2
 
     @staticmethod
     def plans_depthwise(g) -> bool:
@@ -138,7 +142,7 @@ class ConvPlanner(Planner):
                      dout_is_dpad=(k["DPAD_TOP"], k["DPAD_LEFT"], k["H_DPAD"], k["W_DPAD"]) == (0, 0, g.h_out, g.w_out))
             forward = _shifted_scratch_forward(k, s)
         if winograd:
-            s["winograd_tile"] = self.winograd_tile(g)
+            s["winograd_tile"] = self.winograd_tile(g, request.for_device)
             k.update(_winograd_dims(k["C_IN"], k["C_OUT"], k["H_OUT"], k["W_OUT"], tile=s["winograd_tile"]))
             forward = _winograd_scratch(k, s["winograd_tile"])
         elif not shifted:

@@ -50,7 +50,7 @@ typedef float real;
 #define WS_CONV1_1 ((size_t)0)
 #define WS_CONV1_2 ((size_t)290502)
 #define WS_CONV2_1 ((size_t)924678)
-#define WS_CONV2_2 ((size_t)1678918)
+#define WS_CONV2_2 ((size_t)1977862)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients) and those the first backward to
@@ -1620,16 +1620,16 @@ static void vgg_cifar_pool1_forward(
  * pool1 [N, 64, 16, 16] -> conv2_1 [N, 128, 16, 16]
  * weight [128, 64, 3, 3], bias [128]: 73856 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic, kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh + kh -
- *   PAD_TOP, ow + kw - PAD_LEFT] (zero outside the input), by Winograd F(2x2, 3x3): per block of
- *   2x2-pixel tiles, out[xi][C_OUT, tiles] = U[xi][C_OUT, C_IN] x V[xi][C_IN, tiles] for the 16 xi
- *   of the transformed 4x4 tiles; then relu (conv2_1_relu, fused): out = max(0, out)
+ *   PAD_TOP, ow + kw - PAD_LEFT] (zero outside the input), by Winograd F(4x4, 3x3): per block of
+ *   4x4-pixel tiles, out[xi][C_OUT, tiles] = U[xi][C_OUT, C_IN] x V[xi][C_IN, tiles] for the 36 xi
+ *   of the transformed 6x6 tiles; then relu (conv2_1_relu, fused): out = max(0, out)
  */
 KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
     real *restrict out,                     /* conv2_1 [N, 128, 16, 16] */
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
     const real *restrict bias,              /* conv2_1.bias [128] */
-    real *slots,                            /* 754240 elements of workspace */
+    real *slots,                            /* 1053184 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -1644,32 +1644,32 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
         PAD_LEFT = 1,
         K_GROUP = 576,
         PIXELS_OUT = 256,
-        TILE_ROWS = 8,
-        TILES_W = 8,
-        TILE_ROWS_PER_BLOCK = 2,
+        TILE_ROWS = 4,
+        TILES_W = 4,
+        TILE_ROWS_PER_BLOCK = 4,
         TILE_BLOCK = 16,
         WINO_H = 18,
-        WINO_W = 18,
+        WINO_W = 20,
         FILTERS_STRIDE = 8208,
         IN_STRIDE = 1040,
         OUT_STRIDE = 2064,
         SAMPLE_SLOTS = 1,
         SCRATCH_WINO_FILTERS = 0,
-        SCRATCH_WINO_TAPS = 131328,
-        SCRATCH_WINO_PADDED = 131904,
-        SCRATCH_WINO_IN = 152640,
-        SCRATCH_WINO_OUT = 169280,
-        HALF_W = 9,
-        SLOT_SIZE = 490432
+        SCRATCH_WINO_TAPS = 295488,
+        SCRATCH_WINO_PADDED = 296064,
+        SCRATCH_WINO_IN = 319104,
+        SCRATCH_WINO_OUT = 356544,
+        QUARTER_W = 5,
+        SLOT_SIZE = 789376
     };
     if ((size_t)slot >= batch)
         return;
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
-    real *restrict filters = scratch + SCRATCH_WINO_FILTERS;    /* U: 16 x [C_OUT, C_IN], FILTERS_STRIDE apart */
+    real *restrict filters = scratch + SCRATCH_WINO_FILTERS;    /* U: 36 x [C_OUT, C_IN], FILTERS_STRIDE apart */
     real *restrict taps = scratch + SCRATCH_WINO_TAPS;          /* [9, C_IN]: one filter's taps, transposed */
-    real *restrict padded = scratch + SCRATCH_WINO_PADDED;      /* [C_IN, WINO_H, 2, HALF_W] */
-    real *restrict tiles_in = scratch + SCRATCH_WINO_IN;        /* V: 16 x [C_IN, TILE_BLOCK], IN_STRIDE apart */
-    real *restrict tiles_out = scratch + SCRATCH_WINO_OUT;      /* 16 x [C_OUT, TILE_BLOCK], OUT_STRIDE apart */
+    real *restrict padded = scratch + SCRATCH_WINO_PADDED;      /* [C_IN, WINO_H, 4, QUARTER_W] */
+    real *restrict tiles_in = scratch + SCRATCH_WINO_IN;        /* V: 36 x [C_IN, TILE_BLOCK], IN_STRIDE apart */
+    real *restrict tiles_out = scratch + SCRATCH_WINO_OUT;      /* 36 x [C_OUT, TILE_BLOCK], OUT_STRIDE apart */
     /* U[xi][oc][ic] from g = weight[oc, ic] */
     for (int o = 0; o < C_OUT; o++) {
         for (int k = 0; k < 9; k++)
@@ -1681,43 +1681,75 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
             const vec g00 = vgg_cifar_vec_load(taps + 0 * C_IN + c, n);
             const vec g10 = vgg_cifar_vec_load(taps + 3 * C_IN + c, n);
             const vec g20 = vgg_cifar_vec_load(taps + 6 * C_IN + c, n);
-            const vec r00 = g00, r10 = (real)0.5 * (g00 + g10 + g20);
-            const vec r20 = (real)0.5 * (g00 - g10 + g20), r30 = g20;
+            const vec r00 = (real)0.25 * g00;
+            const vec r10 = (real)(-1.0 / 6) * (g00 + g10 + g20);
+            const vec r20 = (real)(-1.0 / 6) * (g00 - g10 + g20);
+            const vec r30 = (real)(1.0 / 24) * g00 + (real)(1.0 / 12) * g10 + (real)(1.0 / 6) * g20;
+            const vec r40 = (real)(1.0 / 24) * g00 - (real)(1.0 / 12) * g10 + (real)(1.0 / 6) * g20;
+            const vec r50 = g20;
             const vec g01 = vgg_cifar_vec_load(taps + 1 * C_IN + c, n);
             const vec g11 = vgg_cifar_vec_load(taps + 4 * C_IN + c, n);
             const vec g21 = vgg_cifar_vec_load(taps + 7 * C_IN + c, n);
-            const vec r01 = g01, r11 = (real)0.5 * (g01 + g11 + g21);
-            const vec r21 = (real)0.5 * (g01 - g11 + g21), r31 = g21;
+            const vec r01 = (real)0.25 * g01;
+            const vec r11 = (real)(-1.0 / 6) * (g01 + g11 + g21);
+            const vec r21 = (real)(-1.0 / 6) * (g01 - g11 + g21);
+            const vec r31 = (real)(1.0 / 24) * g01 + (real)(1.0 / 12) * g11 + (real)(1.0 / 6) * g21;
+            const vec r41 = (real)(1.0 / 24) * g01 - (real)(1.0 / 12) * g11 + (real)(1.0 / 6) * g21;
+            const vec r51 = g21;
             const vec g02 = vgg_cifar_vec_load(taps + 2 * C_IN + c, n);
             const vec g12 = vgg_cifar_vec_load(taps + 5 * C_IN + c, n);
             const vec g22 = vgg_cifar_vec_load(taps + 8 * C_IN + c, n);
-            const vec r02 = g02, r12 = (real)0.5 * (g02 + g12 + g22);
-            const vec r22 = (real)0.5 * (g02 - g12 + g22), r32 = g22;
-            vgg_cifar_vec_store(u + 0 * FILTERS_STRIDE + c, r00, n);
-            vgg_cifar_vec_store(u + 1 * FILTERS_STRIDE + c, (real)0.5 * (r00 + r01 + r02), n);
-            vgg_cifar_vec_store(u + 2 * FILTERS_STRIDE + c, (real)0.5 * (r00 - r01 + r02), n);
-            vgg_cifar_vec_store(u + 3 * FILTERS_STRIDE + c, r02, n);
-            vgg_cifar_vec_store(u + 4 * FILTERS_STRIDE + c, r10, n);
-            vgg_cifar_vec_store(u + 5 * FILTERS_STRIDE + c, (real)0.5 * (r10 + r11 + r12), n);
-            vgg_cifar_vec_store(u + 6 * FILTERS_STRIDE + c, (real)0.5 * (r10 - r11 + r12), n);
-            vgg_cifar_vec_store(u + 7 * FILTERS_STRIDE + c, r12, n);
-            vgg_cifar_vec_store(u + 8 * FILTERS_STRIDE + c, r20, n);
-            vgg_cifar_vec_store(u + 9 * FILTERS_STRIDE + c, (real)0.5 * (r20 + r21 + r22), n);
-            vgg_cifar_vec_store(u + 10 * FILTERS_STRIDE + c, (real)0.5 * (r20 - r21 + r22), n);
-            vgg_cifar_vec_store(u + 11 * FILTERS_STRIDE + c, r22, n);
-            vgg_cifar_vec_store(u + 12 * FILTERS_STRIDE + c, r30, n);
-            vgg_cifar_vec_store(u + 13 * FILTERS_STRIDE + c, (real)0.5 * (r30 + r31 + r32), n);
-            vgg_cifar_vec_store(u + 14 * FILTERS_STRIDE + c, (real)0.5 * (r30 - r31 + r32), n);
-            vgg_cifar_vec_store(u + 15 * FILTERS_STRIDE + c, r32, n);
+            const vec r02 = (real)0.25 * g02;
+            const vec r12 = (real)(-1.0 / 6) * (g02 + g12 + g22);
+            const vec r22 = (real)(-1.0 / 6) * (g02 - g12 + g22);
+            const vec r32 = (real)(1.0 / 24) * g02 + (real)(1.0 / 12) * g12 + (real)(1.0 / 6) * g22;
+            const vec r42 = (real)(1.0 / 24) * g02 - (real)(1.0 / 12) * g12 + (real)(1.0 / 6) * g22;
+            const vec r52 = g22;
+            vgg_cifar_vec_store(u + 0 * FILTERS_STRIDE + c, (real)0.25 * r00, n);
+            vgg_cifar_vec_store(u + 1 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r00 + r01 + r02), n);
+            vgg_cifar_vec_store(u + 2 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r00 - r01 + r02), n);
+            vgg_cifar_vec_store(u + 3 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r00 + (real)(1.0 / 12) * r01 + (real)(1.0 / 6) * r02, n);
+            vgg_cifar_vec_store(u + 4 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r00 - (real)(1.0 / 12) * r01 + (real)(1.0 / 6) * r02, n);
+            vgg_cifar_vec_store(u + 5 * FILTERS_STRIDE + c, r02, n);
+            vgg_cifar_vec_store(u + 6 * FILTERS_STRIDE + c, (real)0.25 * r10, n);
+            vgg_cifar_vec_store(u + 7 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r10 + r11 + r12), n);
+            vgg_cifar_vec_store(u + 8 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r10 - r11 + r12), n);
+            vgg_cifar_vec_store(u + 9 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r10 + (real)(1.0 / 12) * r11 + (real)(1.0 / 6) * r12, n);
+            vgg_cifar_vec_store(u + 10 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r10 - (real)(1.0 / 12) * r11 + (real)(1.0 / 6) * r12, n);
+            vgg_cifar_vec_store(u + 11 * FILTERS_STRIDE + c, r12, n);
+            vgg_cifar_vec_store(u + 12 * FILTERS_STRIDE + c, (real)0.25 * r20, n);
+            vgg_cifar_vec_store(u + 13 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r20 + r21 + r22), n);
+            vgg_cifar_vec_store(u + 14 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r20 - r21 + r22), n);
+            vgg_cifar_vec_store(u + 15 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r20 + (real)(1.0 / 12) * r21 + (real)(1.0 / 6) * r22, n);
+            vgg_cifar_vec_store(u + 16 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r20 - (real)(1.0 / 12) * r21 + (real)(1.0 / 6) * r22, n);
+            vgg_cifar_vec_store(u + 17 * FILTERS_STRIDE + c, r22, n);
+            vgg_cifar_vec_store(u + 18 * FILTERS_STRIDE + c, (real)0.25 * r30, n);
+            vgg_cifar_vec_store(u + 19 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r30 + r31 + r32), n);
+            vgg_cifar_vec_store(u + 20 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r30 - r31 + r32), n);
+            vgg_cifar_vec_store(u + 21 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r30 + (real)(1.0 / 12) * r31 + (real)(1.0 / 6) * r32, n);
+            vgg_cifar_vec_store(u + 22 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r30 - (real)(1.0 / 12) * r31 + (real)(1.0 / 6) * r32, n);
+            vgg_cifar_vec_store(u + 23 * FILTERS_STRIDE + c, r32, n);
+            vgg_cifar_vec_store(u + 24 * FILTERS_STRIDE + c, (real)0.25 * r40, n);
+            vgg_cifar_vec_store(u + 25 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r40 + r41 + r42), n);
+            vgg_cifar_vec_store(u + 26 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r40 - r41 + r42), n);
+            vgg_cifar_vec_store(u + 27 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r40 + (real)(1.0 / 12) * r41 + (real)(1.0 / 6) * r42, n);
+            vgg_cifar_vec_store(u + 28 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r40 - (real)(1.0 / 12) * r41 + (real)(1.0 / 6) * r42, n);
+            vgg_cifar_vec_store(u + 29 * FILTERS_STRIDE + c, r42, n);
+            vgg_cifar_vec_store(u + 30 * FILTERS_STRIDE + c, (real)0.25 * r50, n);
+            vgg_cifar_vec_store(u + 31 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r50 + r51 + r52), n);
+            vgg_cifar_vec_store(u + 32 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r50 - r51 + r52), n);
+            vgg_cifar_vec_store(u + 33 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r50 + (real)(1.0 / 12) * r51 + (real)(1.0 / 6) * r52, n);
+            vgg_cifar_vec_store(u + 34 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r50 - (real)(1.0 / 12) * r51 + (real)(1.0 / 6) * r52, n);
+            vgg_cifar_vec_store(u + 35 * FILTERS_STRIDE + c, r52, n);
         }
     }
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
         const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
         real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
         /* The input zero-padded so that every tile's patch lies inside (WINO_H rows of
-           WINO_W = 2 * HALF_W columns), each row stored phase by phase: columns
-           2 q + k for k = 0 .. 1. A tile t's patch columns 2 t + j are then
-           phase j % 2 at t + j / 2, and a row of tiles is read as contiguous vectors. */
+           WINO_W = 4 * QUARTER_W columns), each row stored phase by phase: columns
+           4 q + k for k = 0 .. 3. A tile t's patch columns 4 t + j are then
+           phase j % 4 at t + j / 4, and a row of tiles is read as contiguous vectors. */
         for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
             padded[i] = 0;
         for (int c = 0; c < C_IN; c++)
@@ -1727,115 +1759,272 @@ KERNEL_INLINE void vgg_cifar_conv2_1_forward_slot(
                 /* padded column x = iw + left, a loop per phase (as one loop with x / phases and
                    x % phases, GCC vectorized it with AVX-512 scatters: 15% of a 16-channel conv's
                    backward) */
-                for (int q = (PAD_LEFT + 1) / 2; 2 * q + 0 - PAD_LEFT < W_IN; q++)
-                    row[0 * HALF_W + q] = from[2 * q + 0 - PAD_LEFT];
-                for (int q = (PAD_LEFT + 0) / 2; 2 * q + 1 - PAD_LEFT < W_IN; q++)
-                    row[1 * HALF_W + q] = from[2 * q + 1 - PAD_LEFT];
+                for (int q = (PAD_LEFT + 3) / 4; 4 * q + 0 - PAD_LEFT < W_IN; q++)
+                    row[0 * QUARTER_W + q] = from[4 * q + 0 - PAD_LEFT];
+                for (int q = (PAD_LEFT + 2) / 4; 4 * q + 1 - PAD_LEFT < W_IN; q++)
+                    row[1 * QUARTER_W + q] = from[4 * q + 1 - PAD_LEFT];
+                for (int q = (PAD_LEFT + 1) / 4; 4 * q + 2 - PAD_LEFT < W_IN; q++)
+                    row[2 * QUARTER_W + q] = from[4 * q + 2 - PAD_LEFT];
+                for (int q = (PAD_LEFT + 0) / 4; 4 * q + 3 - PAD_LEFT < W_IN; q++)
+                    row[3 * QUARTER_W + q] = from[4 * q + 3 - PAD_LEFT];
             }
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
-            /* V[xi = 4i + j][c][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
-               then each row's columns (times B); VEC_LANES tiles of a tile row at a time. */
+            /* V[xi = 6i + j][c][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
+               then each row's columns (times B); VEC_LANES tiles of a tile row at a time. Patch
+               column j of tile t is phase j % 4 of the padded row at t + j / 4. */
             for (int c = 0; c < C_IN; c++)
                 for (int r = 0; r < rows; r++) {
-                    const real *restrict patch_row = padded + ((size_t)c * WINO_H + 2 * (row0 + r)) * WINO_W;
+                    const real *restrict patch_row = padded + ((size_t)c * WINO_H + 4 * (row0 + r)) * WINO_W;
                     real *restrict v = tiles_in + (size_t)c * TILE_BLOCK + r * TILES_W;
                     for (int t = 0; t < TILES_W; t += VEC_LANES) {
                         const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
-                        const vec d00 = vgg_cifar_vec_load(patch_row + t, n);
-                        const vec d10 = vgg_cifar_vec_load(patch_row + WINO_W + t, n);
-                        const vec d20 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + t, n);
-                        const vec d30 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + t, n);
-                        const vec e00 = d00 - d20, e10 = d10 + d20;
-                        const vec e20 = d20 - d10, e30 = d10 - d30;
-                        const vec d01 = vgg_cifar_vec_load(patch_row + HALF_W + t, n);
-                        const vec d11 = vgg_cifar_vec_load(patch_row + WINO_W + HALF_W + t, n);
-                        const vec d21 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + HALF_W + t, n);
-                        const vec d31 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + HALF_W + t, n);
-                        const vec e01 = d01 - d21, e11 = d11 + d21;
-                        const vec e21 = d21 - d11, e31 = d11 - d31;
-                        const vec d02 = vgg_cifar_vec_load(patch_row + t + 1, n);
-                        const vec d12 = vgg_cifar_vec_load(patch_row + WINO_W + t + 1, n);
-                        const vec d22 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + t + 1, n);
-                        const vec d32 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + t + 1, n);
-                        const vec e02 = d02 - d22, e12 = d12 + d22;
-                        const vec e22 = d22 - d12, e32 = d12 - d32;
-                        const vec d03 = vgg_cifar_vec_load(patch_row + HALF_W + t + 1, n);
-                        const vec d13 = vgg_cifar_vec_load(patch_row + WINO_W + HALF_W + t + 1, n);
-                        const vec d23 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + HALF_W + t + 1, n);
-                        const vec d33 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + HALF_W + t + 1, n);
-                        const vec e03 = d03 - d23, e13 = d13 + d23;
-                        const vec e23 = d23 - d13, e33 = d13 - d33;
-                        vgg_cifar_vec_store(v + 0 * IN_STRIDE + t, e00 - e02, n);
-                        vgg_cifar_vec_store(v + 1 * IN_STRIDE + t, e01 + e02, n);
-                        vgg_cifar_vec_store(v + 2 * IN_STRIDE + t, e02 - e01, n);
-                        vgg_cifar_vec_store(v + 3 * IN_STRIDE + t, e01 - e03, n);
-                        vgg_cifar_vec_store(v + 4 * IN_STRIDE + t, e10 - e12, n);
-                        vgg_cifar_vec_store(v + 5 * IN_STRIDE + t, e11 + e12, n);
-                        vgg_cifar_vec_store(v + 6 * IN_STRIDE + t, e12 - e11, n);
-                        vgg_cifar_vec_store(v + 7 * IN_STRIDE + t, e11 - e13, n);
-                        vgg_cifar_vec_store(v + 8 * IN_STRIDE + t, e20 - e22, n);
-                        vgg_cifar_vec_store(v + 9 * IN_STRIDE + t, e21 + e22, n);
-                        vgg_cifar_vec_store(v + 10 * IN_STRIDE + t, e22 - e21, n);
-                        vgg_cifar_vec_store(v + 11 * IN_STRIDE + t, e21 - e23, n);
-                        vgg_cifar_vec_store(v + 12 * IN_STRIDE + t, e30 - e32, n);
-                        vgg_cifar_vec_store(v + 13 * IN_STRIDE + t, e31 + e32, n);
-                        vgg_cifar_vec_store(v + 14 * IN_STRIDE + t, e32 - e31, n);
-                        vgg_cifar_vec_store(v + 15 * IN_STRIDE + t, e31 - e33, n);
+                        vec e[6][6];                                    /* [row of B^T d][patch column] */
+                        {
+                            const real *restrict column = patch_row + 0 * QUARTER_W + t;
+                            const vec d0 = vgg_cifar_vec_load(column + 0 * WINO_W, n);
+                            const vec d1 = vgg_cifar_vec_load(column + 1 * WINO_W, n);
+                            const vec d2 = vgg_cifar_vec_load(column + 2 * WINO_W, n);
+                            const vec d3 = vgg_cifar_vec_load(column + 3 * WINO_W, n);
+                            const vec d4 = vgg_cifar_vec_load(column + 4 * WINO_W, n);
+                            const vec d5 = vgg_cifar_vec_load(column + 5 * WINO_W, n);
+                            e[0][0] = (real)4 * d0 - (real)5 * d2 + d4;
+                            e[1][0] = d3 + d4 - (real)4 * (d1 + d2);
+                            e[2][0] = d4 - d3 + (real)4 * (d1 - d2);
+                            e[3][0] = d4 - d2 + (real)2 * (d3 - d1);
+                            e[4][0] = d4 - d2 - (real)2 * (d3 - d1);
+                            e[5][0] = (real)4 * d1 - (real)5 * d3 + d5;
+                        }
+                        {
+                            const real *restrict column = patch_row + 1 * QUARTER_W + t;
+                            const vec d0 = vgg_cifar_vec_load(column + 0 * WINO_W, n);
+                            const vec d1 = vgg_cifar_vec_load(column + 1 * WINO_W, n);
+                            const vec d2 = vgg_cifar_vec_load(column + 2 * WINO_W, n);
+                            const vec d3 = vgg_cifar_vec_load(column + 3 * WINO_W, n);
+                            const vec d4 = vgg_cifar_vec_load(column + 4 * WINO_W, n);
+                            const vec d5 = vgg_cifar_vec_load(column + 5 * WINO_W, n);
+                            e[0][1] = (real)4 * d0 - (real)5 * d2 + d4;
+                            e[1][1] = d3 + d4 - (real)4 * (d1 + d2);
+                            e[2][1] = d4 - d3 + (real)4 * (d1 - d2);
+                            e[3][1] = d4 - d2 + (real)2 * (d3 - d1);
+                            e[4][1] = d4 - d2 - (real)2 * (d3 - d1);
+                            e[5][1] = (real)4 * d1 - (real)5 * d3 + d5;
+                        }
+                        {
+                            const real *restrict column = patch_row + 2 * QUARTER_W + t;
+                            const vec d0 = vgg_cifar_vec_load(column + 0 * WINO_W, n);
+                            const vec d1 = vgg_cifar_vec_load(column + 1 * WINO_W, n);
+                            const vec d2 = vgg_cifar_vec_load(column + 2 * WINO_W, n);
+                            const vec d3 = vgg_cifar_vec_load(column + 3 * WINO_W, n);
+                            const vec d4 = vgg_cifar_vec_load(column + 4 * WINO_W, n);
+                            const vec d5 = vgg_cifar_vec_load(column + 5 * WINO_W, n);
+                            e[0][2] = (real)4 * d0 - (real)5 * d2 + d4;
+                            e[1][2] = d3 + d4 - (real)4 * (d1 + d2);
+                            e[2][2] = d4 - d3 + (real)4 * (d1 - d2);
+                            e[3][2] = d4 - d2 + (real)2 * (d3 - d1);
+                            e[4][2] = d4 - d2 - (real)2 * (d3 - d1);
+                            e[5][2] = (real)4 * d1 - (real)5 * d3 + d5;
+                        }
+                        {
+                            const real *restrict column = patch_row + 3 * QUARTER_W + t;
+                            const vec d0 = vgg_cifar_vec_load(column + 0 * WINO_W, n);
+                            const vec d1 = vgg_cifar_vec_load(column + 1 * WINO_W, n);
+                            const vec d2 = vgg_cifar_vec_load(column + 2 * WINO_W, n);
+                            const vec d3 = vgg_cifar_vec_load(column + 3 * WINO_W, n);
+                            const vec d4 = vgg_cifar_vec_load(column + 4 * WINO_W, n);
+                            const vec d5 = vgg_cifar_vec_load(column + 5 * WINO_W, n);
+                            e[0][3] = (real)4 * d0 - (real)5 * d2 + d4;
+                            e[1][3] = d3 + d4 - (real)4 * (d1 + d2);
+                            e[2][3] = d4 - d3 + (real)4 * (d1 - d2);
+                            e[3][3] = d4 - d2 + (real)2 * (d3 - d1);
+                            e[4][3] = d4 - d2 - (real)2 * (d3 - d1);
+                            e[5][3] = (real)4 * d1 - (real)5 * d3 + d5;
+                        }
+                        {
+                            const real *restrict column = patch_row + 0 * QUARTER_W + t + 1;
+                            const vec d0 = vgg_cifar_vec_load(column + 0 * WINO_W, n);
+                            const vec d1 = vgg_cifar_vec_load(column + 1 * WINO_W, n);
+                            const vec d2 = vgg_cifar_vec_load(column + 2 * WINO_W, n);
+                            const vec d3 = vgg_cifar_vec_load(column + 3 * WINO_W, n);
+                            const vec d4 = vgg_cifar_vec_load(column + 4 * WINO_W, n);
+                            const vec d5 = vgg_cifar_vec_load(column + 5 * WINO_W, n);
+                            e[0][4] = (real)4 * d0 - (real)5 * d2 + d4;
+                            e[1][4] = d3 + d4 - (real)4 * (d1 + d2);
+                            e[2][4] = d4 - d3 + (real)4 * (d1 - d2);
+                            e[3][4] = d4 - d2 + (real)2 * (d3 - d1);
+                            e[4][4] = d4 - d2 - (real)2 * (d3 - d1);
+                            e[5][4] = (real)4 * d1 - (real)5 * d3 + d5;
+                        }
+                        {
+                            const real *restrict column = patch_row + 1 * QUARTER_W + t + 1;
+                            const vec d0 = vgg_cifar_vec_load(column + 0 * WINO_W, n);
+                            const vec d1 = vgg_cifar_vec_load(column + 1 * WINO_W, n);
+                            const vec d2 = vgg_cifar_vec_load(column + 2 * WINO_W, n);
+                            const vec d3 = vgg_cifar_vec_load(column + 3 * WINO_W, n);
+                            const vec d4 = vgg_cifar_vec_load(column + 4 * WINO_W, n);
+                            const vec d5 = vgg_cifar_vec_load(column + 5 * WINO_W, n);
+                            e[0][5] = (real)4 * d0 - (real)5 * d2 + d4;
+                            e[1][5] = d3 + d4 - (real)4 * (d1 + d2);
+                            e[2][5] = d4 - d3 + (real)4 * (d1 - d2);
+                            e[3][5] = d4 - d2 + (real)2 * (d3 - d1);
+                            e[4][5] = d4 - d2 - (real)2 * (d3 - d1);
+                            e[5][5] = (real)4 * d1 - (real)5 * d3 + d5;
+                        }
+                        vgg_cifar_vec_store(v + 0 * IN_STRIDE + t, (real)4 * e[0][0] - (real)5 * e[0][2] + e[0][4], n);
+                        vgg_cifar_vec_store(v + 1 * IN_STRIDE + t, e[0][3] + e[0][4] - (real)4 * (e[0][1] + e[0][2]), n);
+                        vgg_cifar_vec_store(v + 2 * IN_STRIDE + t, e[0][4] - e[0][3] + (real)4 * (e[0][1] - e[0][2]), n);
+                        vgg_cifar_vec_store(v + 3 * IN_STRIDE + t, e[0][4] - e[0][2] + (real)2 * (e[0][3] - e[0][1]), n);
+                        vgg_cifar_vec_store(v + 4 * IN_STRIDE + t, e[0][4] - e[0][2] - (real)2 * (e[0][3] - e[0][1]), n);
+                        vgg_cifar_vec_store(v + 5 * IN_STRIDE + t, (real)4 * e[0][1] - (real)5 * e[0][3] + e[0][5], n);
+                        vgg_cifar_vec_store(v + 6 * IN_STRIDE + t, (real)4 * e[1][0] - (real)5 * e[1][2] + e[1][4], n);
+                        vgg_cifar_vec_store(v + 7 * IN_STRIDE + t, e[1][3] + e[1][4] - (real)4 * (e[1][1] + e[1][2]), n);
+                        vgg_cifar_vec_store(v + 8 * IN_STRIDE + t, e[1][4] - e[1][3] + (real)4 * (e[1][1] - e[1][2]), n);
+                        vgg_cifar_vec_store(v + 9 * IN_STRIDE + t, e[1][4] - e[1][2] + (real)2 * (e[1][3] - e[1][1]), n);
+                        vgg_cifar_vec_store(v + 10 * IN_STRIDE + t, e[1][4] - e[1][2] - (real)2 * (e[1][3] - e[1][1]), n);
+                        vgg_cifar_vec_store(v + 11 * IN_STRIDE + t, (real)4 * e[1][1] - (real)5 * e[1][3] + e[1][5], n);
+                        vgg_cifar_vec_store(v + 12 * IN_STRIDE + t, (real)4 * e[2][0] - (real)5 * e[2][2] + e[2][4], n);
+                        vgg_cifar_vec_store(v + 13 * IN_STRIDE + t, e[2][3] + e[2][4] - (real)4 * (e[2][1] + e[2][2]), n);
+                        vgg_cifar_vec_store(v + 14 * IN_STRIDE + t, e[2][4] - e[2][3] + (real)4 * (e[2][1] - e[2][2]), n);
+                        vgg_cifar_vec_store(v + 15 * IN_STRIDE + t, e[2][4] - e[2][2] + (real)2 * (e[2][3] - e[2][1]), n);
+                        vgg_cifar_vec_store(v + 16 * IN_STRIDE + t, e[2][4] - e[2][2] - (real)2 * (e[2][3] - e[2][1]), n);
+                        vgg_cifar_vec_store(v + 17 * IN_STRIDE + t, (real)4 * e[2][1] - (real)5 * e[2][3] + e[2][5], n);
+                        vgg_cifar_vec_store(v + 18 * IN_STRIDE + t, (real)4 * e[3][0] - (real)5 * e[3][2] + e[3][4], n);
+                        vgg_cifar_vec_store(v + 19 * IN_STRIDE + t, e[3][3] + e[3][4] - (real)4 * (e[3][1] + e[3][2]), n);
+                        vgg_cifar_vec_store(v + 20 * IN_STRIDE + t, e[3][4] - e[3][3] + (real)4 * (e[3][1] - e[3][2]), n);
+                        vgg_cifar_vec_store(v + 21 * IN_STRIDE + t, e[3][4] - e[3][2] + (real)2 * (e[3][3] - e[3][1]), n);
+                        vgg_cifar_vec_store(v + 22 * IN_STRIDE + t, e[3][4] - e[3][2] - (real)2 * (e[3][3] - e[3][1]), n);
+                        vgg_cifar_vec_store(v + 23 * IN_STRIDE + t, (real)4 * e[3][1] - (real)5 * e[3][3] + e[3][5], n);
+                        vgg_cifar_vec_store(v + 24 * IN_STRIDE + t, (real)4 * e[4][0] - (real)5 * e[4][2] + e[4][4], n);
+                        vgg_cifar_vec_store(v + 25 * IN_STRIDE + t, e[4][3] + e[4][4] - (real)4 * (e[4][1] + e[4][2]), n);
+                        vgg_cifar_vec_store(v + 26 * IN_STRIDE + t, e[4][4] - e[4][3] + (real)4 * (e[4][1] - e[4][2]), n);
+                        vgg_cifar_vec_store(v + 27 * IN_STRIDE + t, e[4][4] - e[4][2] + (real)2 * (e[4][3] - e[4][1]), n);
+                        vgg_cifar_vec_store(v + 28 * IN_STRIDE + t, e[4][4] - e[4][2] - (real)2 * (e[4][3] - e[4][1]), n);
+                        vgg_cifar_vec_store(v + 29 * IN_STRIDE + t, (real)4 * e[4][1] - (real)5 * e[4][3] + e[4][5], n);
+                        vgg_cifar_vec_store(v + 30 * IN_STRIDE + t, (real)4 * e[5][0] - (real)5 * e[5][2] + e[5][4], n);
+                        vgg_cifar_vec_store(v + 31 * IN_STRIDE + t, e[5][3] + e[5][4] - (real)4 * (e[5][1] + e[5][2]), n);
+                        vgg_cifar_vec_store(v + 32 * IN_STRIDE + t, e[5][4] - e[5][3] + (real)4 * (e[5][1] - e[5][2]), n);
+                        vgg_cifar_vec_store(v + 33 * IN_STRIDE + t, e[5][4] - e[5][2] + (real)2 * (e[5][3] - e[5][1]), n);
+                        vgg_cifar_vec_store(v + 34 * IN_STRIDE + t, e[5][4] - e[5][2] - (real)2 * (e[5][3] - e[5][1]), n);
+                        vgg_cifar_vec_store(v + 35 * IN_STRIDE + t, (real)4 * e[5][1] - (real)5 * e[5][3] + e[5][5], n);
                     }
                 }
-            for (int xi = 0; xi < 16; xi++)
+            for (int xi = 0; xi < 36; xi++)
                 vgg_cifar_gemm_nn(C_OUT, TILE_BLOCK, C_IN, filters + (size_t)xi * FILTERS_STRIDE, C_IN, 1,
                               tiles_in + (size_t)xi * IN_STRIDE, TILE_BLOCK, tiles_out + (size_t)xi * OUT_STRIDE,
                               TILE_BLOCK, 0);
-            /* each tile's 2x2 outputs = A^T M A: the rows combined (a = A^T M), then each of the
-               two rows' columns, VEC_LANES tiles of a tile row at a time; the pixels go to their
-               rows interleaved (even and odd columns), those past an odd height or width dropped. */
+            /* each tile's 4x4 outputs = A^T M A: the rows combined (a = A^T M), then each of the
+               four rows' columns, VEC_LANES tiles of a tile row at a time; the pixels go to their
+               rows interleaved (columns 4t .. 4t + 3), those past the height or width dropped. */
             for (int o = 0; o < C_OUT; o++)
                 for (int r = 0; r < rows; r++) {
                     const real *restrict mo = tiles_out + (size_t)o * TILE_BLOCK + r * TILES_W;
-                    const int oh = 2 * (row0 + r);
+                    const int oh = 4 * (row0 + r);
                     real *restrict y0 = out_sample + ((size_t)o * H_OUT + oh) * W_OUT;
                     for (int t = 0; t < TILES_W; t += VEC_LANES) {
                         const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
-                        const vec m00 = vgg_cifar_vec_load(mo + 0 * OUT_STRIDE + t, n);
-                        const vec m10 = vgg_cifar_vec_load(mo + 4 * OUT_STRIDE + t, n);
-                        const vec m20 = vgg_cifar_vec_load(mo + 8 * OUT_STRIDE + t, n);
-                        const vec m30 = vgg_cifar_vec_load(mo + 12 * OUT_STRIDE + t, n);
-                        const vec a00 = m00 + m10 + m20, a10 = m10 - m20 - m30;
-                        const vec m01 = vgg_cifar_vec_load(mo + 1 * OUT_STRIDE + t, n);
-                        const vec m11 = vgg_cifar_vec_load(mo + 5 * OUT_STRIDE + t, n);
-                        const vec m21 = vgg_cifar_vec_load(mo + 9 * OUT_STRIDE + t, n);
-                        const vec m31 = vgg_cifar_vec_load(mo + 13 * OUT_STRIDE + t, n);
-                        const vec a01 = m01 + m11 + m21, a11 = m11 - m21 - m31;
-                        const vec m02 = vgg_cifar_vec_load(mo + 2 * OUT_STRIDE + t, n);
-                        const vec m12 = vgg_cifar_vec_load(mo + 6 * OUT_STRIDE + t, n);
-                        const vec m22 = vgg_cifar_vec_load(mo + 10 * OUT_STRIDE + t, n);
-                        const vec m32 = vgg_cifar_vec_load(mo + 14 * OUT_STRIDE + t, n);
-                        const vec a02 = m02 + m12 + m22, a12 = m12 - m22 - m32;
-                        const vec m03 = vgg_cifar_vec_load(mo + 3 * OUT_STRIDE + t, n);
-                        const vec m13 = vgg_cifar_vec_load(mo + 7 * OUT_STRIDE + t, n);
-                        const vec m23 = vgg_cifar_vec_load(mo + 11 * OUT_STRIDE + t, n);
-                        const vec m33 = vgg_cifar_vec_load(mo + 15 * OUT_STRIDE + t, n);
-                        const vec a03 = m03 + m13 + m23, a13 = m13 - m23 - m33;
-                        real y[2][2][VEC_LANES];                        /* [row][even, odd column][tile] */
-                        vgg_cifar_vec_store(y[0][0], a00 + a01 + a02, VEC_LANES);
-                        vgg_cifar_vec_store(y[0][1], a01 - a02 - a03, VEC_LANES);
-                        vgg_cifar_vec_store(y[1][0], a10 + a11 + a12, VEC_LANES);
-                        vgg_cifar_vec_store(y[1][1], a11 - a12 - a13, VEC_LANES);
-                        for (int i = 0; i < 2 && oh + i < H_OUT; i++) {
-                            real *restrict yo = y0 + (size_t)i * W_OUT + 2 * t;
-                            if (2 * (t + n) <= W_OUT) {
+                        vec a[4][6];                                    /* [row of A^T M][column] */
+                        {
+                            const vec m0 = vgg_cifar_vec_load(mo + 0 * OUT_STRIDE + t, n);
+                            const vec m1 = vgg_cifar_vec_load(mo + 6 * OUT_STRIDE + t, n);
+                            const vec m2 = vgg_cifar_vec_load(mo + 12 * OUT_STRIDE + t, n);
+                            const vec m3 = vgg_cifar_vec_load(mo + 18 * OUT_STRIDE + t, n);
+                            const vec m4 = vgg_cifar_vec_load(mo + 24 * OUT_STRIDE + t, n);
+                            const vec m5 = vgg_cifar_vec_load(mo + 30 * OUT_STRIDE + t, n);
+                            a[0][0] = m0 + (m1 + m2) + (m3 + m4);
+                            a[1][0] = (m1 - m2) + (real)2 * (m3 - m4);
+                            a[2][0] = (m1 + m2) + (real)4 * (m3 + m4);
+                            a[3][0] = (m1 - m2) + (real)8 * (m3 - m4) + m5;
+                        }
+                        {
+                            const vec m0 = vgg_cifar_vec_load(mo + 1 * OUT_STRIDE + t, n);
+                            const vec m1 = vgg_cifar_vec_load(mo + 7 * OUT_STRIDE + t, n);
+                            const vec m2 = vgg_cifar_vec_load(mo + 13 * OUT_STRIDE + t, n);
+                            const vec m3 = vgg_cifar_vec_load(mo + 19 * OUT_STRIDE + t, n);
+                            const vec m4 = vgg_cifar_vec_load(mo + 25 * OUT_STRIDE + t, n);
+                            const vec m5 = vgg_cifar_vec_load(mo + 31 * OUT_STRIDE + t, n);
+                            a[0][1] = m0 + (m1 + m2) + (m3 + m4);
+                            a[1][1] = (m1 - m2) + (real)2 * (m3 - m4);
+                            a[2][1] = (m1 + m2) + (real)4 * (m3 + m4);
+                            a[3][1] = (m1 - m2) + (real)8 * (m3 - m4) + m5;
+                        }
+                        {
+                            const vec m0 = vgg_cifar_vec_load(mo + 2 * OUT_STRIDE + t, n);
+                            const vec m1 = vgg_cifar_vec_load(mo + 8 * OUT_STRIDE + t, n);
+                            const vec m2 = vgg_cifar_vec_load(mo + 14 * OUT_STRIDE + t, n);
+                            const vec m3 = vgg_cifar_vec_load(mo + 20 * OUT_STRIDE + t, n);
+                            const vec m4 = vgg_cifar_vec_load(mo + 26 * OUT_STRIDE + t, n);
+                            const vec m5 = vgg_cifar_vec_load(mo + 32 * OUT_STRIDE + t, n);
+                            a[0][2] = m0 + (m1 + m2) + (m3 + m4);
+                            a[1][2] = (m1 - m2) + (real)2 * (m3 - m4);
+                            a[2][2] = (m1 + m2) + (real)4 * (m3 + m4);
+                            a[3][2] = (m1 - m2) + (real)8 * (m3 - m4) + m5;
+                        }
+                        {
+                            const vec m0 = vgg_cifar_vec_load(mo + 3 * OUT_STRIDE + t, n);
+                            const vec m1 = vgg_cifar_vec_load(mo + 9 * OUT_STRIDE + t, n);
+                            const vec m2 = vgg_cifar_vec_load(mo + 15 * OUT_STRIDE + t, n);
+                            const vec m3 = vgg_cifar_vec_load(mo + 21 * OUT_STRIDE + t, n);
+                            const vec m4 = vgg_cifar_vec_load(mo + 27 * OUT_STRIDE + t, n);
+                            const vec m5 = vgg_cifar_vec_load(mo + 33 * OUT_STRIDE + t, n);
+                            a[0][3] = m0 + (m1 + m2) + (m3 + m4);
+                            a[1][3] = (m1 - m2) + (real)2 * (m3 - m4);
+                            a[2][3] = (m1 + m2) + (real)4 * (m3 + m4);
+                            a[3][3] = (m1 - m2) + (real)8 * (m3 - m4) + m5;
+                        }
+                        {
+                            const vec m0 = vgg_cifar_vec_load(mo + 4 * OUT_STRIDE + t, n);
+                            const vec m1 = vgg_cifar_vec_load(mo + 10 * OUT_STRIDE + t, n);
+                            const vec m2 = vgg_cifar_vec_load(mo + 16 * OUT_STRIDE + t, n);
+                            const vec m3 = vgg_cifar_vec_load(mo + 22 * OUT_STRIDE + t, n);
+                            const vec m4 = vgg_cifar_vec_load(mo + 28 * OUT_STRIDE + t, n);
+                            const vec m5 = vgg_cifar_vec_load(mo + 34 * OUT_STRIDE + t, n);
+                            a[0][4] = m0 + (m1 + m2) + (m3 + m4);
+                            a[1][4] = (m1 - m2) + (real)2 * (m3 - m4);
+                            a[2][4] = (m1 + m2) + (real)4 * (m3 + m4);
+                            a[3][4] = (m1 - m2) + (real)8 * (m3 - m4) + m5;
+                        }
+                        {
+                            const vec m0 = vgg_cifar_vec_load(mo + 5 * OUT_STRIDE + t, n);
+                            const vec m1 = vgg_cifar_vec_load(mo + 11 * OUT_STRIDE + t, n);
+                            const vec m2 = vgg_cifar_vec_load(mo + 17 * OUT_STRIDE + t, n);
+                            const vec m3 = vgg_cifar_vec_load(mo + 23 * OUT_STRIDE + t, n);
+                            const vec m4 = vgg_cifar_vec_load(mo + 29 * OUT_STRIDE + t, n);
+                            const vec m5 = vgg_cifar_vec_load(mo + 35 * OUT_STRIDE + t, n);
+                            a[0][5] = m0 + (m1 + m2) + (m3 + m4);
+                            a[1][5] = (m1 - m2) + (real)2 * (m3 - m4);
+                            a[2][5] = (m1 + m2) + (real)4 * (m3 + m4);
+                            a[3][5] = (m1 - m2) + (real)8 * (m3 - m4) + m5;
+                        }
+                        real y[4][4][VEC_LANES];                        /* [row][column in the tile][tile] */
+                        vgg_cifar_vec_store(y[0][0], a[0][0] + (a[0][1] + a[0][2]) + (a[0][3] + a[0][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[0][1], (a[0][1] - a[0][2]) + (real)2 * (a[0][3] - a[0][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[0][2], (a[0][1] + a[0][2]) + (real)4 * (a[0][3] + a[0][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[0][3], (a[0][1] - a[0][2]) + (real)8 * (a[0][3] - a[0][4]) + a[0][5], VEC_LANES);
+                        vgg_cifar_vec_store(y[1][0], a[1][0] + (a[1][1] + a[1][2]) + (a[1][3] + a[1][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[1][1], (a[1][1] - a[1][2]) + (real)2 * (a[1][3] - a[1][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[1][2], (a[1][1] + a[1][2]) + (real)4 * (a[1][3] + a[1][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[1][3], (a[1][1] - a[1][2]) + (real)8 * (a[1][3] - a[1][4]) + a[1][5], VEC_LANES);
+                        vgg_cifar_vec_store(y[2][0], a[2][0] + (a[2][1] + a[2][2]) + (a[2][3] + a[2][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[2][1], (a[2][1] - a[2][2]) + (real)2 * (a[2][3] - a[2][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[2][2], (a[2][1] + a[2][2]) + (real)4 * (a[2][3] + a[2][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[2][3], (a[2][1] - a[2][2]) + (real)8 * (a[2][3] - a[2][4]) + a[2][5], VEC_LANES);
+                        vgg_cifar_vec_store(y[3][0], a[3][0] + (a[3][1] + a[3][2]) + (a[3][3] + a[3][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[3][1], (a[3][1] - a[3][2]) + (real)2 * (a[3][3] - a[3][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[3][2], (a[3][1] + a[3][2]) + (real)4 * (a[3][3] + a[3][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[3][3], (a[3][1] - a[3][2]) + (real)8 * (a[3][3] - a[3][4]) + a[3][5], VEC_LANES);
+                        for (int i = 0; i < 4 && oh + i < H_OUT; i++) {
+                            real *restrict yo = y0 + (size_t)i * W_OUT + 4 * t;
+                            if (4 * (t + n) <= W_OUT) {
                                 for (int l = 0; l < n; l++) {
-                                    yo[2 * l] = (y[i][0][l] + bias[o]) > 0 ? (y[i][0][l] + bias[o]) : 0;
-                                    yo[2 * l + 1] = (y[i][1][l] + bias[o]) > 0 ? (y[i][1][l] + bias[o]) : 0;
+                                    yo[4 * l + 0] = (y[i][0][l] + bias[o]) > 0 ? (y[i][0][l] + bias[o]) : 0;
+                                    yo[4 * l + 1] = (y[i][1][l] + bias[o]) > 0 ? (y[i][1][l] + bias[o]) : 0;
+                                    yo[4 * l + 2] = (y[i][2][l] + bias[o]) > 0 ? (y[i][2][l] + bias[o]) : 0;
+                                    yo[4 * l + 3] = (y[i][3][l] + bias[o]) > 0 ? (y[i][3][l] + bias[o]) : 0;
                                 }
                             } else {
-                                for (int l = 0; l < n; l++) {
-                                    yo[2 * l] = (y[i][0][l] + bias[o]) > 0 ? (y[i][0][l] + bias[o]) : 0;
-                                    if (2 * (t + l) + 1 < W_OUT)
-                                        yo[2 * l + 1] = (y[i][1][l] + bias[o]) > 0 ? (y[i][1][l] + bias[o]) : 0;
-                                }
+                                for (int l = 0; l < n; l++)
+                                    for (int j = 0; j < 4 && 4 * (t + l) + j < W_OUT; j++)
+                                        yo[4 * l + j] = (y[i][j][l] + bias[o]) > 0 ? (y[i][j][l] + bias[o]) : 0;
                             }
                         }
                     }
@@ -1853,7 +2042,7 @@ static void vgg_cifar_conv2_1_forward(
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
     const real *restrict bias,              /* conv2_1.bias [128] */
-    real *slots,                            /* 754240 elements of workspace */
+    real *slots,                            /* 1053184 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -1884,7 +2073,7 @@ static void vgg_cifar_conv2_1_backward(
     real *restrict out,                     /* conv2_1 [N, 128, 16, 16] */
     const real *restrict in,                /* pool1 [N, 64, 16, 16] */
     const real *restrict weight,            /* conv2_1.weight [128, 64, 3, 3] */
-    real *slots,                            /* 754240 elements of workspace */
+    real *slots,                            /* 1053184 elements of workspace */
     size_t batch)
 {
     enum {
@@ -1901,21 +2090,21 @@ static void vgg_cifar_conv2_1_backward(
         PAD_LEFT = 1,
         H_OUT = 16,
         W_OUT = 16,
-        TILE_ROWS = 8,
-        TILES_W = 8,
-        TILE_ROWS_PER_BLOCK = 2,
-        TILE_BLOCK = 16,
-        WINO_H = 18,
-        WINO_W = 18,
-        HALF_W = 9,
-        FILTERS_STRIDE = 8208,
-        IN_STRIDE = 1040,
-        OUT_STRIDE = 2064,
-        SCRATCH_WINO_PADDED = 131904,
-        SCRATCH_WINO_IN = 152640,
-        SCRATCH_WINO_OUT = 169280,
-        SCRATCH_DOUT = 202304,
-        SCRATCH_DU_SUM = 622912,
+        DW_TILE_ROWS = 8,
+        DW_TILES_W = 8,
+        DW_TILE_ROWS_PER_BLOCK = 2,
+        DW_TILE_BLOCK = 16,
+        DW_WINO_H = 18,
+        DW_WINO_W = 18,
+        DW_HALF_W = 9,
+        DW_FILTERS_STRIDE = 8208,
+        DW_IN_STRIDE = 1040,
+        DW_OUT_STRIDE = 2064,
+        SCRATCH_DW_PADDED = 463616,
+        SCRATCH_DW_TILES_IN = 484352,
+        SCRATCH_DW_TILES_OUT = 500992,
+        SCRATCH_DOUT = 430848,
+        SCRATCH_DU_SUM = 921856,
         DIN_TILE_ROWS = 8,
         DIN_TILES_W = 8,
         DIN_TILE_ROWS_PER_BLOCK = 2,
@@ -1928,21 +2117,21 @@ static void vgg_cifar_conv2_1_backward(
         DIN_OUT_STRIDE = 1040,
         DPAD_TOP = 1,
         DPAD_LEFT = 1,
-        SCRATCH_DIN_FILTERS = 490432,
-        SCRATCH_DIN_TAPS = 621760,
-        SCRATCH_DIN_PADDED = 235072,
-        SCRATCH_DIN_TILES_IN = 276544,
-        SCRATCH_DIN_TILES_OUT = 309568,
+        SCRATCH_DIN_FILTERS = 789376,
+        SCRATCH_DIN_TAPS = 920704,
+        SCRATCH_DIN_PADDED = 534016,
+        SCRATCH_DIN_TILES_IN = 575488,
+        SCRATCH_DIN_TILES_OUT = 608512,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 490432,
-        SCRATCH_DWEIGHT_PART = 326208,
-        SCRATCH_DBIAS_PART = 457536,
-        SCRATCH_DRELU = 457664
+        SLOT_SIZE = 789376,
+        SCRATCH_DWEIGHT_PART = 625152,
+        SCRATCH_DBIAS_PART = 756480,
+        SCRATCH_DRELU = 756608
     };
     /* The weight gradient of the batch, transformed (Winograd F(2x2, 3x3), conv2d_winograd.c.j2):
-       16 x [C_IN, C_OUT], FILTERS_STRIDE apart, taken to 3x3 after the batch. */
+       16 x [C_IN, C_OUT], DW_FILTERS_STRIDE apart, taken to 3x3 after the batch. */
     real *restrict du_sum = slots + SCRATCH_DU_SUM;
-    memset(du_sum, 0, sizeof(real) * 16 * FILTERS_STRIDE);
+    memset(du_sum, 0, sizeof(real) * 16 * DW_FILTERS_STRIDE);
     /* The input gradient by Winograd F(2x2, 3x3) (conv2d_winograd.c.j2): U[xi][ic][oc] from the
        kernel flipped and transposed, g[ic][oc][kh][kw] = weight[oc, ic, 2 - kh, 2 - kw]. */
     real *restrict din_filters = slots + SCRATCH_DIN_FILTERS;   /* 16 x [C_IN, C_OUT], DIN_FILTERS_STRIDE apart */
@@ -2015,27 +2204,27 @@ static void vgg_cifar_conv2_1_backward(
                 real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 /* this sample's weight gradient, transformed, into dweight_part */
                 {
-                    real *restrict padded = scratch + SCRATCH_WINO_PADDED;   /* [C_IN, WINO_H, 2, HALF_W] */
-                    real *restrict tiles_in = scratch + SCRATCH_WINO_IN;     /* V: 16 x [C_IN, TILE_BLOCK] */
-                    real *restrict dtiles = scratch + SCRATCH_WINO_OUT;      /* D: 16 x [TILE_BLOCK, C_OUT] */
-                    real *restrict dout_t = scratch + SCRATCH_DOUT;          /* [2 TILE_ROWS, 2 TILES_W, C_OUT] */
-                    /* The input zero-padded so that every tile's patch lies inside (WINO_H rows of
-                       WINO_W = 2 * HALF_W columns), each row stored phase by phase: columns
+                    real *restrict padded = scratch + SCRATCH_DW_PADDED;   /* [C_IN, DW_WINO_H, 2, DW_HALF_W] */
+                    real *restrict tiles_in = scratch + SCRATCH_DW_TILES_IN;     /* V: 16 x [C_IN, DW_TILE_BLOCK] */
+                    real *restrict dtiles = scratch + SCRATCH_DW_TILES_OUT;      /* D: 16 x [DW_TILE_BLOCK, C_OUT] */
+                    real *restrict dout_t = scratch + SCRATCH_DOUT;          /* [2 DW_TILE_ROWS, 2 DW_TILES_W, C_OUT] */
+                    /* The input zero-padded so that every tile's patch lies inside (DW_WINO_H rows of
+                       DW_WINO_W = 2 * DW_HALF_W columns), each row stored phase by phase: columns
                        2 q + k for k = 0 .. 1. A tile t's patch columns 2 t + j are then
                        phase j % 2 at t + j / 2, and a row of tiles is read as contiguous vectors. */
-                    for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
+                    for (size_t i = 0; i < (size_t)C_IN * DW_WINO_H * DW_WINO_W; i++)
                         padded[i] = 0;
                     for (int c = 0; c < C_IN; c++)
                         for (int ih = 0; ih < H_IN; ih++) {
                             const real *restrict from = in_group + ((size_t)c * H_IN + ih) * W_IN;
-                            real *restrict row = padded + ((size_t)c * WINO_H + PAD_TOP + ih) * WINO_W;
+                            real *restrict row = padded + ((size_t)c * DW_WINO_H + PAD_TOP + ih) * DW_WINO_W;
                             /* padded column x = iw + left, a loop per phase (as one loop with x / phases and
                                x % phases, GCC vectorized it with AVX-512 scatters: 15% of a 16-channel conv's
                                backward) */
                             for (int q = (PAD_LEFT + 1) / 2; 2 * q + 0 - PAD_LEFT < W_IN; q++)
-                                row[0 * HALF_W + q] = from[2 * q + 0 - PAD_LEFT];
+                                row[0 * DW_HALF_W + q] = from[2 * q + 0 - PAD_LEFT];
                             for (int q = (PAD_LEFT + 0) / 2; 2 * q + 1 - PAD_LEFT < W_IN; q++)
-                                row[1 * HALF_W + q] = from[2 * q + 1 - PAD_LEFT];
+                                row[1 * DW_HALF_W + q] = from[2 * q + 1 - PAD_LEFT];
                         }
                     /* dout channels-last over whole tiles */
                     /* channels innermost: the stores run on, and the C_OUT rows read go a line at a
@@ -2044,93 +2233,93 @@ static void vgg_cifar_conv2_1_backward(
                     for (int oh = 0; oh < H_OUT; oh++)
                         for (int ow = 0; ow < W_OUT; ow++)
                             for (int oc = 0; oc < C_OUT; oc++)
-                                dout_t[((size_t)oh * 2 * TILES_W + ow) * C_OUT + oc] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
-                    for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
-                        const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
+                                dout_t[((size_t)oh * 2 * DW_TILES_W + ow) * C_OUT + oc] = dout_group[(size_t)oc * PIXELS_OUT + oh * W_OUT + ow];
+                    for (int row0 = 0; row0 < DW_TILE_ROWS; row0 += DW_TILE_ROWS_PER_BLOCK) {
+                        const int rows = DW_TILE_ROWS - row0 < DW_TILE_ROWS_PER_BLOCK ? DW_TILE_ROWS - row0 : DW_TILE_ROWS_PER_BLOCK;
                         /* V[xi = 4i + j][c][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
                            then each row's columns (times B); VEC_LANES tiles of a tile row at a time. */
                         for (int c = 0; c < C_IN; c++)
                             for (int r = 0; r < rows; r++) {
-                                const real *restrict patch_row = padded + ((size_t)c * WINO_H + 2 * (row0 + r)) * WINO_W;
-                                real *restrict v = tiles_in + (size_t)c * TILE_BLOCK + r * TILES_W;
-                                for (int t = 0; t < TILES_W; t += VEC_LANES) {
-                                    const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
+                                const real *restrict patch_row = padded + ((size_t)c * DW_WINO_H + 2 * (row0 + r)) * DW_WINO_W;
+                                real *restrict v = tiles_in + (size_t)c * DW_TILE_BLOCK + r * DW_TILES_W;
+                                for (int t = 0; t < DW_TILES_W; t += VEC_LANES) {
+                                    const int n = DW_TILES_W - t < VEC_LANES ? DW_TILES_W - t : VEC_LANES;
                                     const vec d00 = vgg_cifar_vec_load(patch_row + t, n);
-                                    const vec d10 = vgg_cifar_vec_load(patch_row + WINO_W + t, n);
-                                    const vec d20 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + t, n);
-                                    const vec d30 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + t, n);
+                                    const vec d10 = vgg_cifar_vec_load(patch_row + DW_WINO_W + t, n);
+                                    const vec d20 = vgg_cifar_vec_load(patch_row + 2 * DW_WINO_W + t, n);
+                                    const vec d30 = vgg_cifar_vec_load(patch_row + 3 * DW_WINO_W + t, n);
                                     const vec e00 = d00 - d20, e10 = d10 + d20;
                                     const vec e20 = d20 - d10, e30 = d10 - d30;
-                                    const vec d01 = vgg_cifar_vec_load(patch_row + HALF_W + t, n);
-                                    const vec d11 = vgg_cifar_vec_load(patch_row + WINO_W + HALF_W + t, n);
-                                    const vec d21 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + HALF_W + t, n);
-                                    const vec d31 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + HALF_W + t, n);
+                                    const vec d01 = vgg_cifar_vec_load(patch_row + DW_HALF_W + t, n);
+                                    const vec d11 = vgg_cifar_vec_load(patch_row + DW_WINO_W + DW_HALF_W + t, n);
+                                    const vec d21 = vgg_cifar_vec_load(patch_row + 2 * DW_WINO_W + DW_HALF_W + t, n);
+                                    const vec d31 = vgg_cifar_vec_load(patch_row + 3 * DW_WINO_W + DW_HALF_W + t, n);
                                     const vec e01 = d01 - d21, e11 = d11 + d21;
                                     const vec e21 = d21 - d11, e31 = d11 - d31;
                                     const vec d02 = vgg_cifar_vec_load(patch_row + t + 1, n);
-                                    const vec d12 = vgg_cifar_vec_load(patch_row + WINO_W + t + 1, n);
-                                    const vec d22 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + t + 1, n);
-                                    const vec d32 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + t + 1, n);
+                                    const vec d12 = vgg_cifar_vec_load(patch_row + DW_WINO_W + t + 1, n);
+                                    const vec d22 = vgg_cifar_vec_load(patch_row + 2 * DW_WINO_W + t + 1, n);
+                                    const vec d32 = vgg_cifar_vec_load(patch_row + 3 * DW_WINO_W + t + 1, n);
                                     const vec e02 = d02 - d22, e12 = d12 + d22;
                                     const vec e22 = d22 - d12, e32 = d12 - d32;
-                                    const vec d03 = vgg_cifar_vec_load(patch_row + HALF_W + t + 1, n);
-                                    const vec d13 = vgg_cifar_vec_load(patch_row + WINO_W + HALF_W + t + 1, n);
-                                    const vec d23 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + HALF_W + t + 1, n);
-                                    const vec d33 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + HALF_W + t + 1, n);
+                                    const vec d03 = vgg_cifar_vec_load(patch_row + DW_HALF_W + t + 1, n);
+                                    const vec d13 = vgg_cifar_vec_load(patch_row + DW_WINO_W + DW_HALF_W + t + 1, n);
+                                    const vec d23 = vgg_cifar_vec_load(patch_row + 2 * DW_WINO_W + DW_HALF_W + t + 1, n);
+                                    const vec d33 = vgg_cifar_vec_load(patch_row + 3 * DW_WINO_W + DW_HALF_W + t + 1, n);
                                     const vec e03 = d03 - d23, e13 = d13 + d23;
                                     const vec e23 = d23 - d13, e33 = d13 - d33;
-                                    vgg_cifar_vec_store(v + 0 * IN_STRIDE + t, e00 - e02, n);
-                                    vgg_cifar_vec_store(v + 1 * IN_STRIDE + t, e01 + e02, n);
-                                    vgg_cifar_vec_store(v + 2 * IN_STRIDE + t, e02 - e01, n);
-                                    vgg_cifar_vec_store(v + 3 * IN_STRIDE + t, e01 - e03, n);
-                                    vgg_cifar_vec_store(v + 4 * IN_STRIDE + t, e10 - e12, n);
-                                    vgg_cifar_vec_store(v + 5 * IN_STRIDE + t, e11 + e12, n);
-                                    vgg_cifar_vec_store(v + 6 * IN_STRIDE + t, e12 - e11, n);
-                                    vgg_cifar_vec_store(v + 7 * IN_STRIDE + t, e11 - e13, n);
-                                    vgg_cifar_vec_store(v + 8 * IN_STRIDE + t, e20 - e22, n);
-                                    vgg_cifar_vec_store(v + 9 * IN_STRIDE + t, e21 + e22, n);
-                                    vgg_cifar_vec_store(v + 10 * IN_STRIDE + t, e22 - e21, n);
-                                    vgg_cifar_vec_store(v + 11 * IN_STRIDE + t, e21 - e23, n);
-                                    vgg_cifar_vec_store(v + 12 * IN_STRIDE + t, e30 - e32, n);
-                                    vgg_cifar_vec_store(v + 13 * IN_STRIDE + t, e31 + e32, n);
-                                    vgg_cifar_vec_store(v + 14 * IN_STRIDE + t, e32 - e31, n);
-                                    vgg_cifar_vec_store(v + 15 * IN_STRIDE + t, e31 - e33, n);
+                                    vgg_cifar_vec_store(v + 0 * DW_IN_STRIDE + t, e00 - e02, n);
+                                    vgg_cifar_vec_store(v + 1 * DW_IN_STRIDE + t, e01 + e02, n);
+                                    vgg_cifar_vec_store(v + 2 * DW_IN_STRIDE + t, e02 - e01, n);
+                                    vgg_cifar_vec_store(v + 3 * DW_IN_STRIDE + t, e01 - e03, n);
+                                    vgg_cifar_vec_store(v + 4 * DW_IN_STRIDE + t, e10 - e12, n);
+                                    vgg_cifar_vec_store(v + 5 * DW_IN_STRIDE + t, e11 + e12, n);
+                                    vgg_cifar_vec_store(v + 6 * DW_IN_STRIDE + t, e12 - e11, n);
+                                    vgg_cifar_vec_store(v + 7 * DW_IN_STRIDE + t, e11 - e13, n);
+                                    vgg_cifar_vec_store(v + 8 * DW_IN_STRIDE + t, e20 - e22, n);
+                                    vgg_cifar_vec_store(v + 9 * DW_IN_STRIDE + t, e21 + e22, n);
+                                    vgg_cifar_vec_store(v + 10 * DW_IN_STRIDE + t, e22 - e21, n);
+                                    vgg_cifar_vec_store(v + 11 * DW_IN_STRIDE + t, e21 - e23, n);
+                                    vgg_cifar_vec_store(v + 12 * DW_IN_STRIDE + t, e30 - e32, n);
+                                    vgg_cifar_vec_store(v + 13 * DW_IN_STRIDE + t, e31 + e32, n);
+                                    vgg_cifar_vec_store(v + 14 * DW_IN_STRIDE + t, e32 - e31, n);
+                                    vgg_cifar_vec_store(v + 15 * DW_IN_STRIDE + t, e31 - e33, n);
                                 }
                             }
                         /* D[xi = 4i + j][tile][oc] = (A dY A^T)[i][j], dY = [a b; c d] the tile's output
                            gradient: its rows (p, q) = (a, b), (a + c, b + d), (a - c, b - d), (-c, -d),
                            each then (p, p + q, p - q, -q); VEC_LANES filters at a time. */
                         for (int r = 0; r < rows; r++)
-                            for (int t = 0; t < TILES_W; t++) {
-                                const real *restrict top = dout_t + ((size_t)2 * (row0 + r) * 2 * TILES_W + 2 * t) * C_OUT;
-                                const real *restrict bottom = top + (size_t)2 * TILES_W * C_OUT;
-                                real *restrict d = dtiles + ((size_t)r * TILES_W + t) * C_OUT;
+                            for (int t = 0; t < DW_TILES_W; t++) {
+                                const real *restrict top = dout_t + ((size_t)2 * (row0 + r) * 2 * DW_TILES_W + 2 * t) * C_OUT;
+                                const real *restrict bottom = top + (size_t)2 * DW_TILES_W * C_OUT;
+                                real *restrict d = dtiles + ((size_t)r * DW_TILES_W + t) * C_OUT;
                                 for (int o = 0; o < C_OUT; o += VEC_LANES) {
                                     const int n = C_OUT - o < VEC_LANES ? C_OUT - o : VEC_LANES;
                                     const vec a = vgg_cifar_vec_load(top + o, n), b = vgg_cifar_vec_load(top + C_OUT + o, n);
                                     const vec c = vgg_cifar_vec_load(bottom + o, n), e = vgg_cifar_vec_load(bottom + C_OUT + o, n);
                                     const vec p0 = a, q0 = b, p1 = a + c, q1 = b + e, p2 = a - c, q2 = b - e, p3 = -c, q3 = -e;
-                                    vgg_cifar_vec_store(d + 0 * OUT_STRIDE + o, p0, n);
-                                    vgg_cifar_vec_store(d + 1 * OUT_STRIDE + o, p0 + q0, n);
-                                    vgg_cifar_vec_store(d + 2 * OUT_STRIDE + o, p0 - q0, n);
-                                    vgg_cifar_vec_store(d + 3 * OUT_STRIDE + o, -q0, n);
-                                    vgg_cifar_vec_store(d + 4 * OUT_STRIDE + o, p1, n);
-                                    vgg_cifar_vec_store(d + 5 * OUT_STRIDE + o, p1 + q1, n);
-                                    vgg_cifar_vec_store(d + 6 * OUT_STRIDE + o, p1 - q1, n);
-                                    vgg_cifar_vec_store(d + 7 * OUT_STRIDE + o, -q1, n);
-                                    vgg_cifar_vec_store(d + 8 * OUT_STRIDE + o, p2, n);
-                                    vgg_cifar_vec_store(d + 9 * OUT_STRIDE + o, p2 + q2, n);
-                                    vgg_cifar_vec_store(d + 10 * OUT_STRIDE + o, p2 - q2, n);
-                                    vgg_cifar_vec_store(d + 11 * OUT_STRIDE + o, -q2, n);
-                                    vgg_cifar_vec_store(d + 12 * OUT_STRIDE + o, p3, n);
-                                    vgg_cifar_vec_store(d + 13 * OUT_STRIDE + o, p3 + q3, n);
-                                    vgg_cifar_vec_store(d + 14 * OUT_STRIDE + o, p3 - q3, n);
-                                    vgg_cifar_vec_store(d + 15 * OUT_STRIDE + o, -q3, n);
+                                    vgg_cifar_vec_store(d + 0 * DW_OUT_STRIDE + o, p0, n);
+                                    vgg_cifar_vec_store(d + 1 * DW_OUT_STRIDE + o, p0 + q0, n);
+                                    vgg_cifar_vec_store(d + 2 * DW_OUT_STRIDE + o, p0 - q0, n);
+                                    vgg_cifar_vec_store(d + 3 * DW_OUT_STRIDE + o, -q0, n);
+                                    vgg_cifar_vec_store(d + 4 * DW_OUT_STRIDE + o, p1, n);
+                                    vgg_cifar_vec_store(d + 5 * DW_OUT_STRIDE + o, p1 + q1, n);
+                                    vgg_cifar_vec_store(d + 6 * DW_OUT_STRIDE + o, p1 - q1, n);
+                                    vgg_cifar_vec_store(d + 7 * DW_OUT_STRIDE + o, -q1, n);
+                                    vgg_cifar_vec_store(d + 8 * DW_OUT_STRIDE + o, p2, n);
+                                    vgg_cifar_vec_store(d + 9 * DW_OUT_STRIDE + o, p2 + q2, n);
+                                    vgg_cifar_vec_store(d + 10 * DW_OUT_STRIDE + o, p2 - q2, n);
+                                    vgg_cifar_vec_store(d + 11 * DW_OUT_STRIDE + o, -q2, n);
+                                    vgg_cifar_vec_store(d + 12 * DW_OUT_STRIDE + o, p3, n);
+                                    vgg_cifar_vec_store(d + 13 * DW_OUT_STRIDE + o, p3 + q3, n);
+                                    vgg_cifar_vec_store(d + 14 * DW_OUT_STRIDE + o, p3 - q3, n);
+                                    vgg_cifar_vec_store(d + 15 * DW_OUT_STRIDE + o, -q3, n);
                                 }
                             }
                         for (int xi = 0; xi < 16; xi++)
-                            vgg_cifar_gemm_nn(C_IN, C_OUT, TILE_BLOCK, tiles_in + (size_t)xi * IN_STRIDE, TILE_BLOCK, 1,
-                                          dtiles + (size_t)xi * OUT_STRIDE, C_OUT, dweight_part + (size_t)xi * FILTERS_STRIDE, C_OUT, row0 > 0);
+                            vgg_cifar_gemm_nn(C_IN, C_OUT, DW_TILE_BLOCK, tiles_in + (size_t)xi * DW_IN_STRIDE, DW_TILE_BLOCK, 1,
+                                          dtiles + (size_t)xi * DW_OUT_STRIDE, C_OUT, dweight_part + (size_t)xi * DW_FILTERS_STRIDE, C_OUT, row0 > 0);
                     }
                 }
                 {
@@ -2273,8 +2462,8 @@ static void vgg_cifar_conv2_1_backward(
             const real *restrict part = slots + (size_t)slot * SLOT_SIZE;
             for (int matrix = 0; matrix < 16; matrix++)
                 for (int i = 0; i < C_IN * C_OUT; i++)
-                    du_sum[(size_t)matrix * FILTERS_STRIDE + i] +=
-                        part[SCRATCH_DWEIGHT_PART + (size_t)matrix * FILTERS_STRIDE + i];
+                    du_sum[(size_t)matrix * DW_FILTERS_STRIDE + i] +=
+                        part[SCRATCH_DWEIGHT_PART + (size_t)matrix * DW_FILTERS_STRIDE + i];
             for (int oc = 0; oc < C_OUT; oc++)
                 dbias[oc] += part[SCRATCH_DBIAS_PART + oc];
         }
@@ -2283,20 +2472,20 @@ static void vgg_cifar_conv2_1_backward(
         for (int o = 0; o < C_OUT; o += VEC_LANES) {
             const int n = C_OUT - o < VEC_LANES ? C_OUT - o : VEC_LANES;
             const real *restrict m = du_sum + (size_t)ic * C_OUT + o;
-            const vec m00 = vgg_cifar_vec_load(m + 0 * FILTERS_STRIDE, n), m10 = vgg_cifar_vec_load(m + 4 * FILTERS_STRIDE, n);
-            const vec m20 = vgg_cifar_vec_load(m + 8 * FILTERS_STRIDE, n), m30 = vgg_cifar_vec_load(m + 12 * FILTERS_STRIDE, n);
+            const vec m00 = vgg_cifar_vec_load(m + 0 * DW_FILTERS_STRIDE, n), m10 = vgg_cifar_vec_load(m + 4 * DW_FILTERS_STRIDE, n);
+            const vec m20 = vgg_cifar_vec_load(m + 8 * DW_FILTERS_STRIDE, n), m30 = vgg_cifar_vec_load(m + 12 * DW_FILTERS_STRIDE, n);
             const vec r00 = m00 + (real)0.5 * (m10 + m20), r10 = (real)0.5 * (m10 - m20);
             const vec r20 = (real)0.5 * (m10 + m20) + m30;
-            const vec m01 = vgg_cifar_vec_load(m + 1 * FILTERS_STRIDE, n), m11 = vgg_cifar_vec_load(m + 5 * FILTERS_STRIDE, n);
-            const vec m21 = vgg_cifar_vec_load(m + 9 * FILTERS_STRIDE, n), m31 = vgg_cifar_vec_load(m + 13 * FILTERS_STRIDE, n);
+            const vec m01 = vgg_cifar_vec_load(m + 1 * DW_FILTERS_STRIDE, n), m11 = vgg_cifar_vec_load(m + 5 * DW_FILTERS_STRIDE, n);
+            const vec m21 = vgg_cifar_vec_load(m + 9 * DW_FILTERS_STRIDE, n), m31 = vgg_cifar_vec_load(m + 13 * DW_FILTERS_STRIDE, n);
             const vec r01 = m01 + (real)0.5 * (m11 + m21), r11 = (real)0.5 * (m11 - m21);
             const vec r21 = (real)0.5 * (m11 + m21) + m31;
-            const vec m02 = vgg_cifar_vec_load(m + 2 * FILTERS_STRIDE, n), m12 = vgg_cifar_vec_load(m + 6 * FILTERS_STRIDE, n);
-            const vec m22 = vgg_cifar_vec_load(m + 10 * FILTERS_STRIDE, n), m32 = vgg_cifar_vec_load(m + 14 * FILTERS_STRIDE, n);
+            const vec m02 = vgg_cifar_vec_load(m + 2 * DW_FILTERS_STRIDE, n), m12 = vgg_cifar_vec_load(m + 6 * DW_FILTERS_STRIDE, n);
+            const vec m22 = vgg_cifar_vec_load(m + 10 * DW_FILTERS_STRIDE, n), m32 = vgg_cifar_vec_load(m + 14 * DW_FILTERS_STRIDE, n);
             const vec r02 = m02 + (real)0.5 * (m12 + m22), r12 = (real)0.5 * (m12 - m22);
             const vec r22 = (real)0.5 * (m12 + m22) + m32;
-            const vec m03 = vgg_cifar_vec_load(m + 3 * FILTERS_STRIDE, n), m13 = vgg_cifar_vec_load(m + 7 * FILTERS_STRIDE, n);
-            const vec m23 = vgg_cifar_vec_load(m + 11 * FILTERS_STRIDE, n), m33 = vgg_cifar_vec_load(m + 15 * FILTERS_STRIDE, n);
+            const vec m03 = vgg_cifar_vec_load(m + 3 * DW_FILTERS_STRIDE, n), m13 = vgg_cifar_vec_load(m + 7 * DW_FILTERS_STRIDE, n);
+            const vec m23 = vgg_cifar_vec_load(m + 11 * DW_FILTERS_STRIDE, n), m33 = vgg_cifar_vec_load(m + 15 * DW_FILTERS_STRIDE, n);
             const vec r03 = m03 + (real)0.5 * (m13 + m23), r13 = (real)0.5 * (m13 - m23);
             const vec r23 = (real)0.5 * (m13 + m23) + m33;
             real g[9][VEC_LANES];                                       /* [kh * 3 + kw][filter] */
@@ -2318,16 +2507,16 @@ static void vgg_cifar_conv2_1_backward(
  * conv2_1 [N, 128, 16, 16] -> conv2_2 [N, 128, 16, 16]
  * weight [128, 128, 3, 3], bias [128]: 147584 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic, kh, kw} weight[oc,ic,kh,kw] * in[b,ic, oh + kh -
- *   PAD_TOP, ow + kw - PAD_LEFT] (zero outside the input), by Winograd F(2x2, 3x3): per block of
- *   2x2-pixel tiles, out[xi][C_OUT, tiles] = U[xi][C_OUT, C_IN] x V[xi][C_IN, tiles] for the 16 xi
- *   of the transformed 4x4 tiles; then relu (conv2_2_relu, fused): out = max(0, out)
+ *   PAD_TOP, ow + kw - PAD_LEFT] (zero outside the input), by Winograd F(4x4, 3x3): per block of
+ *   4x4-pixel tiles, out[xi][C_OUT, tiles] = U[xi][C_OUT, C_IN] x V[xi][C_IN, tiles] for the 36 xi
+ *   of the transformed 6x6 tiles; then relu (conv2_2_relu, fused): out = max(0, out)
  */
 KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
     real *restrict out,                     /* conv2_2 [N, 128, 16, 16] */
     const real *restrict in,                /* conv2_1 [N, 128, 16, 16] */
     const real *restrict weight,            /* conv2_2.weight [128, 128, 3, 3] */
     const real *restrict bias,              /* conv2_2.bias [128] */
-    real *slots,                            /* 896512 elements of workspace */
+    real *slots,                            /* 1311680 elements of workspace */
     size_t batch,
     int slot)
 {
@@ -2342,32 +2531,32 @@ KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
         PAD_LEFT = 1,
         K_GROUP = 1152,
         PIXELS_OUT = 256,
-        TILE_ROWS = 8,
-        TILES_W = 8,
-        TILE_ROWS_PER_BLOCK = 2,
+        TILE_ROWS = 4,
+        TILES_W = 4,
+        TILE_ROWS_PER_BLOCK = 4,
         TILE_BLOCK = 16,
         WINO_H = 18,
-        WINO_W = 18,
+        WINO_W = 20,
         FILTERS_STRIDE = 16400,
         IN_STRIDE = 2064,
         OUT_STRIDE = 2064,
         SAMPLE_SLOTS = 1,
         SCRATCH_WINO_FILTERS = 0,
-        SCRATCH_WINO_TAPS = 262400,
-        SCRATCH_WINO_PADDED = 263552,
-        SCRATCH_WINO_IN = 305024,
-        SCRATCH_WINO_OUT = 338048,
-        HALF_W = 9,
-        SLOT_SIZE = 601600
+        SCRATCH_WINO_TAPS = 590400,
+        SCRATCH_WINO_PADDED = 591552,
+        SCRATCH_WINO_IN = 637632,
+        SCRATCH_WINO_OUT = 711936,
+        QUARTER_W = 5,
+        SLOT_SIZE = 1016768
     };
     if ((size_t)slot >= batch)
         return;
     real *restrict scratch = slots + (size_t)slot * SLOT_SIZE;
-    real *restrict filters = scratch + SCRATCH_WINO_FILTERS;    /* U: 16 x [C_OUT, C_IN], FILTERS_STRIDE apart */
+    real *restrict filters = scratch + SCRATCH_WINO_FILTERS;    /* U: 36 x [C_OUT, C_IN], FILTERS_STRIDE apart */
     real *restrict taps = scratch + SCRATCH_WINO_TAPS;          /* [9, C_IN]: one filter's taps, transposed */
-    real *restrict padded = scratch + SCRATCH_WINO_PADDED;      /* [C_IN, WINO_H, 2, HALF_W] */
-    real *restrict tiles_in = scratch + SCRATCH_WINO_IN;        /* V: 16 x [C_IN, TILE_BLOCK], IN_STRIDE apart */
-    real *restrict tiles_out = scratch + SCRATCH_WINO_OUT;      /* 16 x [C_OUT, TILE_BLOCK], OUT_STRIDE apart */
+    real *restrict padded = scratch + SCRATCH_WINO_PADDED;      /* [C_IN, WINO_H, 4, QUARTER_W] */
+    real *restrict tiles_in = scratch + SCRATCH_WINO_IN;        /* V: 36 x [C_IN, TILE_BLOCK], IN_STRIDE apart */
+    real *restrict tiles_out = scratch + SCRATCH_WINO_OUT;      /* 36 x [C_OUT, TILE_BLOCK], OUT_STRIDE apart */
     /* U[xi][oc][ic] from g = weight[oc, ic] */
     for (int o = 0; o < C_OUT; o++) {
         for (int k = 0; k < 9; k++)
@@ -2379,43 +2568,75 @@ KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
             const vec g00 = vgg_cifar_vec_load(taps + 0 * C_IN + c, n);
             const vec g10 = vgg_cifar_vec_load(taps + 3 * C_IN + c, n);
             const vec g20 = vgg_cifar_vec_load(taps + 6 * C_IN + c, n);
-            const vec r00 = g00, r10 = (real)0.5 * (g00 + g10 + g20);
-            const vec r20 = (real)0.5 * (g00 - g10 + g20), r30 = g20;
+            const vec r00 = (real)0.25 * g00;
+            const vec r10 = (real)(-1.0 / 6) * (g00 + g10 + g20);
+            const vec r20 = (real)(-1.0 / 6) * (g00 - g10 + g20);
+            const vec r30 = (real)(1.0 / 24) * g00 + (real)(1.0 / 12) * g10 + (real)(1.0 / 6) * g20;
+            const vec r40 = (real)(1.0 / 24) * g00 - (real)(1.0 / 12) * g10 + (real)(1.0 / 6) * g20;
+            const vec r50 = g20;
             const vec g01 = vgg_cifar_vec_load(taps + 1 * C_IN + c, n);
             const vec g11 = vgg_cifar_vec_load(taps + 4 * C_IN + c, n);
             const vec g21 = vgg_cifar_vec_load(taps + 7 * C_IN + c, n);
-            const vec r01 = g01, r11 = (real)0.5 * (g01 + g11 + g21);
-            const vec r21 = (real)0.5 * (g01 - g11 + g21), r31 = g21;
+            const vec r01 = (real)0.25 * g01;
+            const vec r11 = (real)(-1.0 / 6) * (g01 + g11 + g21);
+            const vec r21 = (real)(-1.0 / 6) * (g01 - g11 + g21);
+            const vec r31 = (real)(1.0 / 24) * g01 + (real)(1.0 / 12) * g11 + (real)(1.0 / 6) * g21;
+            const vec r41 = (real)(1.0 / 24) * g01 - (real)(1.0 / 12) * g11 + (real)(1.0 / 6) * g21;
+            const vec r51 = g21;
             const vec g02 = vgg_cifar_vec_load(taps + 2 * C_IN + c, n);
             const vec g12 = vgg_cifar_vec_load(taps + 5 * C_IN + c, n);
             const vec g22 = vgg_cifar_vec_load(taps + 8 * C_IN + c, n);
-            const vec r02 = g02, r12 = (real)0.5 * (g02 + g12 + g22);
-            const vec r22 = (real)0.5 * (g02 - g12 + g22), r32 = g22;
-            vgg_cifar_vec_store(u + 0 * FILTERS_STRIDE + c, r00, n);
-            vgg_cifar_vec_store(u + 1 * FILTERS_STRIDE + c, (real)0.5 * (r00 + r01 + r02), n);
-            vgg_cifar_vec_store(u + 2 * FILTERS_STRIDE + c, (real)0.5 * (r00 - r01 + r02), n);
-            vgg_cifar_vec_store(u + 3 * FILTERS_STRIDE + c, r02, n);
-            vgg_cifar_vec_store(u + 4 * FILTERS_STRIDE + c, r10, n);
-            vgg_cifar_vec_store(u + 5 * FILTERS_STRIDE + c, (real)0.5 * (r10 + r11 + r12), n);
-            vgg_cifar_vec_store(u + 6 * FILTERS_STRIDE + c, (real)0.5 * (r10 - r11 + r12), n);
-            vgg_cifar_vec_store(u + 7 * FILTERS_STRIDE + c, r12, n);
-            vgg_cifar_vec_store(u + 8 * FILTERS_STRIDE + c, r20, n);
-            vgg_cifar_vec_store(u + 9 * FILTERS_STRIDE + c, (real)0.5 * (r20 + r21 + r22), n);
-            vgg_cifar_vec_store(u + 10 * FILTERS_STRIDE + c, (real)0.5 * (r20 - r21 + r22), n);
-            vgg_cifar_vec_store(u + 11 * FILTERS_STRIDE + c, r22, n);
-            vgg_cifar_vec_store(u + 12 * FILTERS_STRIDE + c, r30, n);
-            vgg_cifar_vec_store(u + 13 * FILTERS_STRIDE + c, (real)0.5 * (r30 + r31 + r32), n);
-            vgg_cifar_vec_store(u + 14 * FILTERS_STRIDE + c, (real)0.5 * (r30 - r31 + r32), n);
-            vgg_cifar_vec_store(u + 15 * FILTERS_STRIDE + c, r32, n);
+            const vec r02 = (real)0.25 * g02;
+            const vec r12 = (real)(-1.0 / 6) * (g02 + g12 + g22);
+            const vec r22 = (real)(-1.0 / 6) * (g02 - g12 + g22);
+            const vec r32 = (real)(1.0 / 24) * g02 + (real)(1.0 / 12) * g12 + (real)(1.0 / 6) * g22;
+            const vec r42 = (real)(1.0 / 24) * g02 - (real)(1.0 / 12) * g12 + (real)(1.0 / 6) * g22;
+            const vec r52 = g22;
+            vgg_cifar_vec_store(u + 0 * FILTERS_STRIDE + c, (real)0.25 * r00, n);
+            vgg_cifar_vec_store(u + 1 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r00 + r01 + r02), n);
+            vgg_cifar_vec_store(u + 2 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r00 - r01 + r02), n);
+            vgg_cifar_vec_store(u + 3 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r00 + (real)(1.0 / 12) * r01 + (real)(1.0 / 6) * r02, n);
+            vgg_cifar_vec_store(u + 4 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r00 - (real)(1.0 / 12) * r01 + (real)(1.0 / 6) * r02, n);
+            vgg_cifar_vec_store(u + 5 * FILTERS_STRIDE + c, r02, n);
+            vgg_cifar_vec_store(u + 6 * FILTERS_STRIDE + c, (real)0.25 * r10, n);
+            vgg_cifar_vec_store(u + 7 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r10 + r11 + r12), n);
+            vgg_cifar_vec_store(u + 8 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r10 - r11 + r12), n);
+            vgg_cifar_vec_store(u + 9 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r10 + (real)(1.0 / 12) * r11 + (real)(1.0 / 6) * r12, n);
+            vgg_cifar_vec_store(u + 10 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r10 - (real)(1.0 / 12) * r11 + (real)(1.0 / 6) * r12, n);
+            vgg_cifar_vec_store(u + 11 * FILTERS_STRIDE + c, r12, n);
+            vgg_cifar_vec_store(u + 12 * FILTERS_STRIDE + c, (real)0.25 * r20, n);
+            vgg_cifar_vec_store(u + 13 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r20 + r21 + r22), n);
+            vgg_cifar_vec_store(u + 14 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r20 - r21 + r22), n);
+            vgg_cifar_vec_store(u + 15 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r20 + (real)(1.0 / 12) * r21 + (real)(1.0 / 6) * r22, n);
+            vgg_cifar_vec_store(u + 16 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r20 - (real)(1.0 / 12) * r21 + (real)(1.0 / 6) * r22, n);
+            vgg_cifar_vec_store(u + 17 * FILTERS_STRIDE + c, r22, n);
+            vgg_cifar_vec_store(u + 18 * FILTERS_STRIDE + c, (real)0.25 * r30, n);
+            vgg_cifar_vec_store(u + 19 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r30 + r31 + r32), n);
+            vgg_cifar_vec_store(u + 20 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r30 - r31 + r32), n);
+            vgg_cifar_vec_store(u + 21 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r30 + (real)(1.0 / 12) * r31 + (real)(1.0 / 6) * r32, n);
+            vgg_cifar_vec_store(u + 22 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r30 - (real)(1.0 / 12) * r31 + (real)(1.0 / 6) * r32, n);
+            vgg_cifar_vec_store(u + 23 * FILTERS_STRIDE + c, r32, n);
+            vgg_cifar_vec_store(u + 24 * FILTERS_STRIDE + c, (real)0.25 * r40, n);
+            vgg_cifar_vec_store(u + 25 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r40 + r41 + r42), n);
+            vgg_cifar_vec_store(u + 26 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r40 - r41 + r42), n);
+            vgg_cifar_vec_store(u + 27 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r40 + (real)(1.0 / 12) * r41 + (real)(1.0 / 6) * r42, n);
+            vgg_cifar_vec_store(u + 28 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r40 - (real)(1.0 / 12) * r41 + (real)(1.0 / 6) * r42, n);
+            vgg_cifar_vec_store(u + 29 * FILTERS_STRIDE + c, r42, n);
+            vgg_cifar_vec_store(u + 30 * FILTERS_STRIDE + c, (real)0.25 * r50, n);
+            vgg_cifar_vec_store(u + 31 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r50 + r51 + r52), n);
+            vgg_cifar_vec_store(u + 32 * FILTERS_STRIDE + c, (real)(-1.0 / 6) * (r50 - r51 + r52), n);
+            vgg_cifar_vec_store(u + 33 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r50 + (real)(1.0 / 12) * r51 + (real)(1.0 / 6) * r52, n);
+            vgg_cifar_vec_store(u + 34 * FILTERS_STRIDE + c, (real)(1.0 / 24) * r50 - (real)(1.0 / 12) * r51 + (real)(1.0 / 6) * r52, n);
+            vgg_cifar_vec_store(u + 35 * FILTERS_STRIDE + c, r52, n);
         }
     }
     for (size_t b = (size_t)slot; b < batch; b += SAMPLE_SLOTS) {
         const real *restrict in_sample = in + b * C_IN * (size_t)(H_IN * W_IN);
         real *restrict out_sample = out + b * C_OUT * (size_t)PIXELS_OUT;
         /* The input zero-padded so that every tile's patch lies inside (WINO_H rows of
-           WINO_W = 2 * HALF_W columns), each row stored phase by phase: columns
-           2 q + k for k = 0 .. 1. A tile t's patch columns 2 t + j are then
-           phase j % 2 at t + j / 2, and a row of tiles is read as contiguous vectors. */
+           WINO_W = 4 * QUARTER_W columns), each row stored phase by phase: columns
+           4 q + k for k = 0 .. 3. A tile t's patch columns 4 t + j are then
+           phase j % 4 at t + j / 4, and a row of tiles is read as contiguous vectors. */
         for (size_t i = 0; i < (size_t)C_IN * WINO_H * WINO_W; i++)
             padded[i] = 0;
         for (int c = 0; c < C_IN; c++)
@@ -2425,115 +2646,272 @@ KERNEL_INLINE void vgg_cifar_conv2_2_forward_slot(
                 /* padded column x = iw + left, a loop per phase (as one loop with x / phases and
                    x % phases, GCC vectorized it with AVX-512 scatters: 15% of a 16-channel conv's
                    backward) */
-                for (int q = (PAD_LEFT + 1) / 2; 2 * q + 0 - PAD_LEFT < W_IN; q++)
-                    row[0 * HALF_W + q] = from[2 * q + 0 - PAD_LEFT];
-                for (int q = (PAD_LEFT + 0) / 2; 2 * q + 1 - PAD_LEFT < W_IN; q++)
-                    row[1 * HALF_W + q] = from[2 * q + 1 - PAD_LEFT];
+                for (int q = (PAD_LEFT + 3) / 4; 4 * q + 0 - PAD_LEFT < W_IN; q++)
+                    row[0 * QUARTER_W + q] = from[4 * q + 0 - PAD_LEFT];
+                for (int q = (PAD_LEFT + 2) / 4; 4 * q + 1 - PAD_LEFT < W_IN; q++)
+                    row[1 * QUARTER_W + q] = from[4 * q + 1 - PAD_LEFT];
+                for (int q = (PAD_LEFT + 1) / 4; 4 * q + 2 - PAD_LEFT < W_IN; q++)
+                    row[2 * QUARTER_W + q] = from[4 * q + 2 - PAD_LEFT];
+                for (int q = (PAD_LEFT + 0) / 4; 4 * q + 3 - PAD_LEFT < W_IN; q++)
+                    row[3 * QUARTER_W + q] = from[4 * q + 3 - PAD_LEFT];
             }
         for (int row0 = 0; row0 < TILE_ROWS; row0 += TILE_ROWS_PER_BLOCK) {
             const int rows = TILE_ROWS - row0 < TILE_ROWS_PER_BLOCK ? TILE_ROWS - row0 : TILE_ROWS_PER_BLOCK;
-            /* V[xi = 4i + j][c][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
-               then each row's columns (times B); VEC_LANES tiles of a tile row at a time. */
+            /* V[xi = 6i + j][c][tile] = (B^T d B)[i][j]: the patch's rows combined (e = B^T d),
+               then each row's columns (times B); VEC_LANES tiles of a tile row at a time. Patch
+               column j of tile t is phase j % 4 of the padded row at t + j / 4. */
             for (int c = 0; c < C_IN; c++)
                 for (int r = 0; r < rows; r++) {
-                    const real *restrict patch_row = padded + ((size_t)c * WINO_H + 2 * (row0 + r)) * WINO_W;
+                    const real *restrict patch_row = padded + ((size_t)c * WINO_H + 4 * (row0 + r)) * WINO_W;
                     real *restrict v = tiles_in + (size_t)c * TILE_BLOCK + r * TILES_W;
                     for (int t = 0; t < TILES_W; t += VEC_LANES) {
                         const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
-                        const vec d00 = vgg_cifar_vec_load(patch_row + t, n);
-                        const vec d10 = vgg_cifar_vec_load(patch_row + WINO_W + t, n);
-                        const vec d20 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + t, n);
-                        const vec d30 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + t, n);
-                        const vec e00 = d00 - d20, e10 = d10 + d20;
-                        const vec e20 = d20 - d10, e30 = d10 - d30;
-                        const vec d01 = vgg_cifar_vec_load(patch_row + HALF_W + t, n);
-                        const vec d11 = vgg_cifar_vec_load(patch_row + WINO_W + HALF_W + t, n);
-                        const vec d21 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + HALF_W + t, n);
-                        const vec d31 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + HALF_W + t, n);
-                        const vec e01 = d01 - d21, e11 = d11 + d21;
-                        const vec e21 = d21 - d11, e31 = d11 - d31;
-                        const vec d02 = vgg_cifar_vec_load(patch_row + t + 1, n);
-                        const vec d12 = vgg_cifar_vec_load(patch_row + WINO_W + t + 1, n);
-                        const vec d22 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + t + 1, n);
-                        const vec d32 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + t + 1, n);
-                        const vec e02 = d02 - d22, e12 = d12 + d22;
-                        const vec e22 = d22 - d12, e32 = d12 - d32;
-                        const vec d03 = vgg_cifar_vec_load(patch_row + HALF_W + t + 1, n);
-                        const vec d13 = vgg_cifar_vec_load(patch_row + WINO_W + HALF_W + t + 1, n);
-                        const vec d23 = vgg_cifar_vec_load(patch_row + 2 * WINO_W + HALF_W + t + 1, n);
-                        const vec d33 = vgg_cifar_vec_load(patch_row + 3 * WINO_W + HALF_W + t + 1, n);
-                        const vec e03 = d03 - d23, e13 = d13 + d23;
-                        const vec e23 = d23 - d13, e33 = d13 - d33;
-                        vgg_cifar_vec_store(v + 0 * IN_STRIDE + t, e00 - e02, n);
-                        vgg_cifar_vec_store(v + 1 * IN_STRIDE + t, e01 + e02, n);
-                        vgg_cifar_vec_store(v + 2 * IN_STRIDE + t, e02 - e01, n);
-                        vgg_cifar_vec_store(v + 3 * IN_STRIDE + t, e01 - e03, n);
-                        vgg_cifar_vec_store(v + 4 * IN_STRIDE + t, e10 - e12, n);
-                        vgg_cifar_vec_store(v + 5 * IN_STRIDE + t, e11 + e12, n);
-                        vgg_cifar_vec_store(v + 6 * IN_STRIDE + t, e12 - e11, n);
-                        vgg_cifar_vec_store(v + 7 * IN_STRIDE + t, e11 - e13, n);
-                        vgg_cifar_vec_store(v + 8 * IN_STRIDE + t, e20 - e22, n);
-                        vgg_cifar_vec_store(v + 9 * IN_STRIDE + t, e21 + e22, n);
-                        vgg_cifar_vec_store(v + 10 * IN_STRIDE + t, e22 - e21, n);
-                        vgg_cifar_vec_store(v + 11 * IN_STRIDE + t, e21 - e23, n);
-                        vgg_cifar_vec_store(v + 12 * IN_STRIDE + t, e30 - e32, n);
-                        vgg_cifar_vec_store(v + 13 * IN_STRIDE + t, e31 + e32, n);
-                        vgg_cifar_vec_store(v + 14 * IN_STRIDE + t, e32 - e31, n);
-                        vgg_cifar_vec_store(v + 15 * IN_STRIDE + t, e31 - e33, n);
+                        vec e[6][6];                                    /* [row of B^T d][patch column] */
+                        {
+                            const real *restrict column = patch_row + 0 * QUARTER_W + t;
+                            const vec d0 = vgg_cifar_vec_load(column + 0 * WINO_W, n);
+                            const vec d1 = vgg_cifar_vec_load(column + 1 * WINO_W, n);
+                            const vec d2 = vgg_cifar_vec_load(column + 2 * WINO_W, n);
+                            const vec d3 = vgg_cifar_vec_load(column + 3 * WINO_W, n);
+                            const vec d4 = vgg_cifar_vec_load(column + 4 * WINO_W, n);
+                            const vec d5 = vgg_cifar_vec_load(column + 5 * WINO_W, n);
+                            e[0][0] = (real)4 * d0 - (real)5 * d2 + d4;
+                            e[1][0] = d3 + d4 - (real)4 * (d1 + d2);
+                            e[2][0] = d4 - d3 + (real)4 * (d1 - d2);
+                            e[3][0] = d4 - d2 + (real)2 * (d3 - d1);
+                            e[4][0] = d4 - d2 - (real)2 * (d3 - d1);
+                            e[5][0] = (real)4 * d1 - (real)5 * d3 + d5;
+                        }
+                        {
+                            const real *restrict column = patch_row + 1 * QUARTER_W + t;
+                            const vec d0 = vgg_cifar_vec_load(column + 0 * WINO_W, n);
+                            const vec d1 = vgg_cifar_vec_load(column + 1 * WINO_W, n);
+                            const vec d2 = vgg_cifar_vec_load(column + 2 * WINO_W, n);
+                            const vec d3 = vgg_cifar_vec_load(column + 3 * WINO_W, n);
+                            const vec d4 = vgg_cifar_vec_load(column + 4 * WINO_W, n);
+                            const vec d5 = vgg_cifar_vec_load(column + 5 * WINO_W, n);
+                            e[0][1] = (real)4 * d0 - (real)5 * d2 + d4;
+                            e[1][1] = d3 + d4 - (real)4 * (d1 + d2);
+                            e[2][1] = d4 - d3 + (real)4 * (d1 - d2);
+                            e[3][1] = d4 - d2 + (real)2 * (d3 - d1);
+                            e[4][1] = d4 - d2 - (real)2 * (d3 - d1);
+                            e[5][1] = (real)4 * d1 - (real)5 * d3 + d5;
+                        }
+                        {
+                            const real *restrict column = patch_row + 2 * QUARTER_W + t;
+                            const vec d0 = vgg_cifar_vec_load(column + 0 * WINO_W, n);
+                            const vec d1 = vgg_cifar_vec_load(column + 1 * WINO_W, n);
+                            const vec d2 = vgg_cifar_vec_load(column + 2 * WINO_W, n);
+                            const vec d3 = vgg_cifar_vec_load(column + 3 * WINO_W, n);
+                            const vec d4 = vgg_cifar_vec_load(column + 4 * WINO_W, n);
+                            const vec d5 = vgg_cifar_vec_load(column + 5 * WINO_W, n);
+                            e[0][2] = (real)4 * d0 - (real)5 * d2 + d4;
+                            e[1][2] = d3 + d4 - (real)4 * (d1 + d2);
+                            e[2][2] = d4 - d3 + (real)4 * (d1 - d2);
+                            e[3][2] = d4 - d2 + (real)2 * (d3 - d1);
+                            e[4][2] = d4 - d2 - (real)2 * (d3 - d1);
+                            e[5][2] = (real)4 * d1 - (real)5 * d3 + d5;
+                        }
+                        {
+                            const real *restrict column = patch_row + 3 * QUARTER_W + t;
+                            const vec d0 = vgg_cifar_vec_load(column + 0 * WINO_W, n);
+                            const vec d1 = vgg_cifar_vec_load(column + 1 * WINO_W, n);
+                            const vec d2 = vgg_cifar_vec_load(column + 2 * WINO_W, n);
+                            const vec d3 = vgg_cifar_vec_load(column + 3 * WINO_W, n);
+                            const vec d4 = vgg_cifar_vec_load(column + 4 * WINO_W, n);
+                            const vec d5 = vgg_cifar_vec_load(column + 5 * WINO_W, n);
+                            e[0][3] = (real)4 * d0 - (real)5 * d2 + d4;
+                            e[1][3] = d3 + d4 - (real)4 * (d1 + d2);
+                            e[2][3] = d4 - d3 + (real)4 * (d1 - d2);
+                            e[3][3] = d4 - d2 + (real)2 * (d3 - d1);
+                            e[4][3] = d4 - d2 - (real)2 * (d3 - d1);
+                            e[5][3] = (real)4 * d1 - (real)5 * d3 + d5;
+                        }
+                        {
+                            const real *restrict column = patch_row + 0 * QUARTER_W + t + 1;
+                            const vec d0 = vgg_cifar_vec_load(column + 0 * WINO_W, n);
+                            const vec d1 = vgg_cifar_vec_load(column + 1 * WINO_W, n);
+                            const vec d2 = vgg_cifar_vec_load(column + 2 * WINO_W, n);
+                            const vec d3 = vgg_cifar_vec_load(column + 3 * WINO_W, n);
+                            const vec d4 = vgg_cifar_vec_load(column + 4 * WINO_W, n);
+                            const vec d5 = vgg_cifar_vec_load(column + 5 * WINO_W, n);
+                            e[0][4] = (real)4 * d0 - (real)5 * d2 + d4;
+                            e[1][4] = d3 + d4 - (real)4 * (d1 + d2);
+                            e[2][4] = d4 - d3 + (real)4 * (d1 - d2);
+                            e[3][4] = d4 - d2 + (real)2 * (d3 - d1);
+                            e[4][4] = d4 - d2 - (real)2 * (d3 - d1);
+                            e[5][4] = (real)4 * d1 - (real)5 * d3 + d5;
+                        }
+                        {
+                            const real *restrict column = patch_row + 1 * QUARTER_W + t + 1;
+                            const vec d0 = vgg_cifar_vec_load(column + 0 * WINO_W, n);
+                            const vec d1 = vgg_cifar_vec_load(column + 1 * WINO_W, n);
+                            const vec d2 = vgg_cifar_vec_load(column + 2 * WINO_W, n);
+                            const vec d3 = vgg_cifar_vec_load(column + 3 * WINO_W, n);
+                            const vec d4 = vgg_cifar_vec_load(column + 4 * WINO_W, n);
+                            const vec d5 = vgg_cifar_vec_load(column + 5 * WINO_W, n);
+                            e[0][5] = (real)4 * d0 - (real)5 * d2 + d4;
+                            e[1][5] = d3 + d4 - (real)4 * (d1 + d2);
+                            e[2][5] = d4 - d3 + (real)4 * (d1 - d2);
+                            e[3][5] = d4 - d2 + (real)2 * (d3 - d1);
+                            e[4][5] = d4 - d2 - (real)2 * (d3 - d1);
+                            e[5][5] = (real)4 * d1 - (real)5 * d3 + d5;
+                        }
+                        vgg_cifar_vec_store(v + 0 * IN_STRIDE + t, (real)4 * e[0][0] - (real)5 * e[0][2] + e[0][4], n);
+                        vgg_cifar_vec_store(v + 1 * IN_STRIDE + t, e[0][3] + e[0][4] - (real)4 * (e[0][1] + e[0][2]), n);
+                        vgg_cifar_vec_store(v + 2 * IN_STRIDE + t, e[0][4] - e[0][3] + (real)4 * (e[0][1] - e[0][2]), n);
+                        vgg_cifar_vec_store(v + 3 * IN_STRIDE + t, e[0][4] - e[0][2] + (real)2 * (e[0][3] - e[0][1]), n);
+                        vgg_cifar_vec_store(v + 4 * IN_STRIDE + t, e[0][4] - e[0][2] - (real)2 * (e[0][3] - e[0][1]), n);
+                        vgg_cifar_vec_store(v + 5 * IN_STRIDE + t, (real)4 * e[0][1] - (real)5 * e[0][3] + e[0][5], n);
+                        vgg_cifar_vec_store(v + 6 * IN_STRIDE + t, (real)4 * e[1][0] - (real)5 * e[1][2] + e[1][4], n);
+                        vgg_cifar_vec_store(v + 7 * IN_STRIDE + t, e[1][3] + e[1][4] - (real)4 * (e[1][1] + e[1][2]), n);
+                        vgg_cifar_vec_store(v + 8 * IN_STRIDE + t, e[1][4] - e[1][3] + (real)4 * (e[1][1] - e[1][2]), n);
+                        vgg_cifar_vec_store(v + 9 * IN_STRIDE + t, e[1][4] - e[1][2] + (real)2 * (e[1][3] - e[1][1]), n);
+                        vgg_cifar_vec_store(v + 10 * IN_STRIDE + t, e[1][4] - e[1][2] - (real)2 * (e[1][3] - e[1][1]), n);
+                        vgg_cifar_vec_store(v + 11 * IN_STRIDE + t, (real)4 * e[1][1] - (real)5 * e[1][3] + e[1][5], n);
+                        vgg_cifar_vec_store(v + 12 * IN_STRIDE + t, (real)4 * e[2][0] - (real)5 * e[2][2] + e[2][4], n);
+                        vgg_cifar_vec_store(v + 13 * IN_STRIDE + t, e[2][3] + e[2][4] - (real)4 * (e[2][1] + e[2][2]), n);
+                        vgg_cifar_vec_store(v + 14 * IN_STRIDE + t, e[2][4] - e[2][3] + (real)4 * (e[2][1] - e[2][2]), n);
+                        vgg_cifar_vec_store(v + 15 * IN_STRIDE + t, e[2][4] - e[2][2] + (real)2 * (e[2][3] - e[2][1]), n);
+                        vgg_cifar_vec_store(v + 16 * IN_STRIDE + t, e[2][4] - e[2][2] - (real)2 * (e[2][3] - e[2][1]), n);
+                        vgg_cifar_vec_store(v + 17 * IN_STRIDE + t, (real)4 * e[2][1] - (real)5 * e[2][3] + e[2][5], n);
+                        vgg_cifar_vec_store(v + 18 * IN_STRIDE + t, (real)4 * e[3][0] - (real)5 * e[3][2] + e[3][4], n);
+                        vgg_cifar_vec_store(v + 19 * IN_STRIDE + t, e[3][3] + e[3][4] - (real)4 * (e[3][1] + e[3][2]), n);
+                        vgg_cifar_vec_store(v + 20 * IN_STRIDE + t, e[3][4] - e[3][3] + (real)4 * (e[3][1] - e[3][2]), n);
+                        vgg_cifar_vec_store(v + 21 * IN_STRIDE + t, e[3][4] - e[3][2] + (real)2 * (e[3][3] - e[3][1]), n);
+                        vgg_cifar_vec_store(v + 22 * IN_STRIDE + t, e[3][4] - e[3][2] - (real)2 * (e[3][3] - e[3][1]), n);
+                        vgg_cifar_vec_store(v + 23 * IN_STRIDE + t, (real)4 * e[3][1] - (real)5 * e[3][3] + e[3][5], n);
+                        vgg_cifar_vec_store(v + 24 * IN_STRIDE + t, (real)4 * e[4][0] - (real)5 * e[4][2] + e[4][4], n);
+                        vgg_cifar_vec_store(v + 25 * IN_STRIDE + t, e[4][3] + e[4][4] - (real)4 * (e[4][1] + e[4][2]), n);
+                        vgg_cifar_vec_store(v + 26 * IN_STRIDE + t, e[4][4] - e[4][3] + (real)4 * (e[4][1] - e[4][2]), n);
+                        vgg_cifar_vec_store(v + 27 * IN_STRIDE + t, e[4][4] - e[4][2] + (real)2 * (e[4][3] - e[4][1]), n);
+                        vgg_cifar_vec_store(v + 28 * IN_STRIDE + t, e[4][4] - e[4][2] - (real)2 * (e[4][3] - e[4][1]), n);
+                        vgg_cifar_vec_store(v + 29 * IN_STRIDE + t, (real)4 * e[4][1] - (real)5 * e[4][3] + e[4][5], n);
+                        vgg_cifar_vec_store(v + 30 * IN_STRIDE + t, (real)4 * e[5][0] - (real)5 * e[5][2] + e[5][4], n);
+                        vgg_cifar_vec_store(v + 31 * IN_STRIDE + t, e[5][3] + e[5][4] - (real)4 * (e[5][1] + e[5][2]), n);
+                        vgg_cifar_vec_store(v + 32 * IN_STRIDE + t, e[5][4] - e[5][3] + (real)4 * (e[5][1] - e[5][2]), n);
+                        vgg_cifar_vec_store(v + 33 * IN_STRIDE + t, e[5][4] - e[5][2] + (real)2 * (e[5][3] - e[5][1]), n);
+                        vgg_cifar_vec_store(v + 34 * IN_STRIDE + t, e[5][4] - e[5][2] - (real)2 * (e[5][3] - e[5][1]), n);
+                        vgg_cifar_vec_store(v + 35 * IN_STRIDE + t, (real)4 * e[5][1] - (real)5 * e[5][3] + e[5][5], n);
                     }
                 }
-            for (int xi = 0; xi < 16; xi++)
+            for (int xi = 0; xi < 36; xi++)
                 vgg_cifar_gemm_nn(C_OUT, TILE_BLOCK, C_IN, filters + (size_t)xi * FILTERS_STRIDE, C_IN, 1,
                               tiles_in + (size_t)xi * IN_STRIDE, TILE_BLOCK, tiles_out + (size_t)xi * OUT_STRIDE,
                               TILE_BLOCK, 0);
-            /* each tile's 2x2 outputs = A^T M A: the rows combined (a = A^T M), then each of the
-               two rows' columns, VEC_LANES tiles of a tile row at a time; the pixels go to their
-               rows interleaved (even and odd columns), those past an odd height or width dropped. */
+            /* each tile's 4x4 outputs = A^T M A: the rows combined (a = A^T M), then each of the
+               four rows' columns, VEC_LANES tiles of a tile row at a time; the pixels go to their
+               rows interleaved (columns 4t .. 4t + 3), those past the height or width dropped. */
             for (int o = 0; o < C_OUT; o++)
                 for (int r = 0; r < rows; r++) {
                     const real *restrict mo = tiles_out + (size_t)o * TILE_BLOCK + r * TILES_W;
-                    const int oh = 2 * (row0 + r);
+                    const int oh = 4 * (row0 + r);
                     real *restrict y0 = out_sample + ((size_t)o * H_OUT + oh) * W_OUT;
                     for (int t = 0; t < TILES_W; t += VEC_LANES) {
                         const int n = TILES_W - t < VEC_LANES ? TILES_W - t : VEC_LANES;
-                        const vec m00 = vgg_cifar_vec_load(mo + 0 * OUT_STRIDE + t, n);
-                        const vec m10 = vgg_cifar_vec_load(mo + 4 * OUT_STRIDE + t, n);
-                        const vec m20 = vgg_cifar_vec_load(mo + 8 * OUT_STRIDE + t, n);
-                        const vec m30 = vgg_cifar_vec_load(mo + 12 * OUT_STRIDE + t, n);
-                        const vec a00 = m00 + m10 + m20, a10 = m10 - m20 - m30;
-                        const vec m01 = vgg_cifar_vec_load(mo + 1 * OUT_STRIDE + t, n);
-                        const vec m11 = vgg_cifar_vec_load(mo + 5 * OUT_STRIDE + t, n);
-                        const vec m21 = vgg_cifar_vec_load(mo + 9 * OUT_STRIDE + t, n);
-                        const vec m31 = vgg_cifar_vec_load(mo + 13 * OUT_STRIDE + t, n);
-                        const vec a01 = m01 + m11 + m21, a11 = m11 - m21 - m31;
-                        const vec m02 = vgg_cifar_vec_load(mo + 2 * OUT_STRIDE + t, n);
-                        const vec m12 = vgg_cifar_vec_load(mo + 6 * OUT_STRIDE + t, n);
-                        const vec m22 = vgg_cifar_vec_load(mo + 10 * OUT_STRIDE + t, n);
-                        const vec m32 = vgg_cifar_vec_load(mo + 14 * OUT_STRIDE + t, n);
-                        const vec a02 = m02 + m12 + m22, a12 = m12 - m22 - m32;
-                        const vec m03 = vgg_cifar_vec_load(mo + 3 * OUT_STRIDE + t, n);
-                        const vec m13 = vgg_cifar_vec_load(mo + 7 * OUT_STRIDE + t, n);
-                        const vec m23 = vgg_cifar_vec_load(mo + 11 * OUT_STRIDE + t, n);
-                        const vec m33 = vgg_cifar_vec_load(mo + 15 * OUT_STRIDE + t, n);
-                        const vec a03 = m03 + m13 + m23, a13 = m13 - m23 - m33;
-                        real y[2][2][VEC_LANES];                        /* [row][even, odd column][tile] */
-                        vgg_cifar_vec_store(y[0][0], a00 + a01 + a02, VEC_LANES);
-                        vgg_cifar_vec_store(y[0][1], a01 - a02 - a03, VEC_LANES);
-                        vgg_cifar_vec_store(y[1][0], a10 + a11 + a12, VEC_LANES);
-                        vgg_cifar_vec_store(y[1][1], a11 - a12 - a13, VEC_LANES);
-                        for (int i = 0; i < 2 && oh + i < H_OUT; i++) {
-                            real *restrict yo = y0 + (size_t)i * W_OUT + 2 * t;
-                            if (2 * (t + n) <= W_OUT) {
+                        vec a[4][6];                                    /* [row of A^T M][column] */
+                        {
+                            const vec m0 = vgg_cifar_vec_load(mo + 0 * OUT_STRIDE + t, n);
+                            const vec m1 = vgg_cifar_vec_load(mo + 6 * OUT_STRIDE + t, n);
+                            const vec m2 = vgg_cifar_vec_load(mo + 12 * OUT_STRIDE + t, n);
+                            const vec m3 = vgg_cifar_vec_load(mo + 18 * OUT_STRIDE + t, n);
+                            const vec m4 = vgg_cifar_vec_load(mo + 24 * OUT_STRIDE + t, n);
+                            const vec m5 = vgg_cifar_vec_load(mo + 30 * OUT_STRIDE + t, n);
+                            a[0][0] = m0 + (m1 + m2) + (m3 + m4);
+                            a[1][0] = (m1 - m2) + (real)2 * (m3 - m4);
+                            a[2][0] = (m1 + m2) + (real)4 * (m3 + m4);
+                            a[3][0] = (m1 - m2) + (real)8 * (m3 - m4) + m5;
+                        }
+                        {
+                            const vec m0 = vgg_cifar_vec_load(mo + 1 * OUT_STRIDE + t, n);
+                            const vec m1 = vgg_cifar_vec_load(mo + 7 * OUT_STRIDE + t, n);
+                            const vec m2 = vgg_cifar_vec_load(mo + 13 * OUT_STRIDE + t, n);
+                            const vec m3 = vgg_cifar_vec_load(mo + 19 * OUT_STRIDE + t, n);
+                            const vec m4 = vgg_cifar_vec_load(mo + 25 * OUT_STRIDE + t, n);
+                            const vec m5 = vgg_cifar_vec_load(mo + 31 * OUT_STRIDE + t, n);
+                            a[0][1] = m0 + (m1 + m2) + (m3 + m4);
+                            a[1][1] = (m1 - m2) + (real)2 * (m3 - m4);
+                            a[2][1] = (m1 + m2) + (real)4 * (m3 + m4);
+                            a[3][1] = (m1 - m2) + (real)8 * (m3 - m4) + m5;
+                        }
+                        {
+                            const vec m0 = vgg_cifar_vec_load(mo + 2 * OUT_STRIDE + t, n);
+                            const vec m1 = vgg_cifar_vec_load(mo + 8 * OUT_STRIDE + t, n);
+                            const vec m2 = vgg_cifar_vec_load(mo + 14 * OUT_STRIDE + t, n);
+                            const vec m3 = vgg_cifar_vec_load(mo + 20 * OUT_STRIDE + t, n);
+                            const vec m4 = vgg_cifar_vec_load(mo + 26 * OUT_STRIDE + t, n);
+                            const vec m5 = vgg_cifar_vec_load(mo + 32 * OUT_STRIDE + t, n);
+                            a[0][2] = m0 + (m1 + m2) + (m3 + m4);
+                            a[1][2] = (m1 - m2) + (real)2 * (m3 - m4);
+                            a[2][2] = (m1 + m2) + (real)4 * (m3 + m4);
+                            a[3][2] = (m1 - m2) + (real)8 * (m3 - m4) + m5;
+                        }
+                        {
+                            const vec m0 = vgg_cifar_vec_load(mo + 3 * OUT_STRIDE + t, n);
+                            const vec m1 = vgg_cifar_vec_load(mo + 9 * OUT_STRIDE + t, n);
+                            const vec m2 = vgg_cifar_vec_load(mo + 15 * OUT_STRIDE + t, n);
+                            const vec m3 = vgg_cifar_vec_load(mo + 21 * OUT_STRIDE + t, n);
+                            const vec m4 = vgg_cifar_vec_load(mo + 27 * OUT_STRIDE + t, n);
+                            const vec m5 = vgg_cifar_vec_load(mo + 33 * OUT_STRIDE + t, n);
+                            a[0][3] = m0 + (m1 + m2) + (m3 + m4);
+                            a[1][3] = (m1 - m2) + (real)2 * (m3 - m4);
+                            a[2][3] = (m1 + m2) + (real)4 * (m3 + m4);
+                            a[3][3] = (m1 - m2) + (real)8 * (m3 - m4) + m5;
+                        }
+                        {
+                            const vec m0 = vgg_cifar_vec_load(mo + 4 * OUT_STRIDE + t, n);
+                            const vec m1 = vgg_cifar_vec_load(mo + 10 * OUT_STRIDE + t, n);
+                            const vec m2 = vgg_cifar_vec_load(mo + 16 * OUT_STRIDE + t, n);
+                            const vec m3 = vgg_cifar_vec_load(mo + 22 * OUT_STRIDE + t, n);
+                            const vec m4 = vgg_cifar_vec_load(mo + 28 * OUT_STRIDE + t, n);
+                            const vec m5 = vgg_cifar_vec_load(mo + 34 * OUT_STRIDE + t, n);
+                            a[0][4] = m0 + (m1 + m2) + (m3 + m4);
+                            a[1][4] = (m1 - m2) + (real)2 * (m3 - m4);
+                            a[2][4] = (m1 + m2) + (real)4 * (m3 + m4);
+                            a[3][4] = (m1 - m2) + (real)8 * (m3 - m4) + m5;
+                        }
+                        {
+                            const vec m0 = vgg_cifar_vec_load(mo + 5 * OUT_STRIDE + t, n);
+                            const vec m1 = vgg_cifar_vec_load(mo + 11 * OUT_STRIDE + t, n);
+                            const vec m2 = vgg_cifar_vec_load(mo + 17 * OUT_STRIDE + t, n);
+                            const vec m3 = vgg_cifar_vec_load(mo + 23 * OUT_STRIDE + t, n);
+                            const vec m4 = vgg_cifar_vec_load(mo + 29 * OUT_STRIDE + t, n);
+                            const vec m5 = vgg_cifar_vec_load(mo + 35 * OUT_STRIDE + t, n);
+                            a[0][5] = m0 + (m1 + m2) + (m3 + m4);
+                            a[1][5] = (m1 - m2) + (real)2 * (m3 - m4);
+                            a[2][5] = (m1 + m2) + (real)4 * (m3 + m4);
+                            a[3][5] = (m1 - m2) + (real)8 * (m3 - m4) + m5;
+                        }
+                        real y[4][4][VEC_LANES];                        /* [row][column in the tile][tile] */
+                        vgg_cifar_vec_store(y[0][0], a[0][0] + (a[0][1] + a[0][2]) + (a[0][3] + a[0][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[0][1], (a[0][1] - a[0][2]) + (real)2 * (a[0][3] - a[0][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[0][2], (a[0][1] + a[0][2]) + (real)4 * (a[0][3] + a[0][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[0][3], (a[0][1] - a[0][2]) + (real)8 * (a[0][3] - a[0][4]) + a[0][5], VEC_LANES);
+                        vgg_cifar_vec_store(y[1][0], a[1][0] + (a[1][1] + a[1][2]) + (a[1][3] + a[1][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[1][1], (a[1][1] - a[1][2]) + (real)2 * (a[1][3] - a[1][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[1][2], (a[1][1] + a[1][2]) + (real)4 * (a[1][3] + a[1][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[1][3], (a[1][1] - a[1][2]) + (real)8 * (a[1][3] - a[1][4]) + a[1][5], VEC_LANES);
+                        vgg_cifar_vec_store(y[2][0], a[2][0] + (a[2][1] + a[2][2]) + (a[2][3] + a[2][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[2][1], (a[2][1] - a[2][2]) + (real)2 * (a[2][3] - a[2][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[2][2], (a[2][1] + a[2][2]) + (real)4 * (a[2][3] + a[2][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[2][3], (a[2][1] - a[2][2]) + (real)8 * (a[2][3] - a[2][4]) + a[2][5], VEC_LANES);
+                        vgg_cifar_vec_store(y[3][0], a[3][0] + (a[3][1] + a[3][2]) + (a[3][3] + a[3][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[3][1], (a[3][1] - a[3][2]) + (real)2 * (a[3][3] - a[3][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[3][2], (a[3][1] + a[3][2]) + (real)4 * (a[3][3] + a[3][4]), VEC_LANES);
+                        vgg_cifar_vec_store(y[3][3], (a[3][1] - a[3][2]) + (real)8 * (a[3][3] - a[3][4]) + a[3][5], VEC_LANES);
+                        for (int i = 0; i < 4 && oh + i < H_OUT; i++) {
+                            real *restrict yo = y0 + (size_t)i * W_OUT + 4 * t;
+                            if (4 * (t + n) <= W_OUT) {
                                 for (int l = 0; l < n; l++) {
-                                    yo[2 * l] = (y[i][0][l] + bias[o]) > 0 ? (y[i][0][l] + bias[o]) : 0;
-                                    yo[2 * l + 1] = (y[i][1][l] + bias[o]) > 0 ? (y[i][1][l] + bias[o]) : 0;
+                                    yo[4 * l + 0] = (y[i][0][l] + bias[o]) > 0 ? (y[i][0][l] + bias[o]) : 0;
+                                    yo[4 * l + 1] = (y[i][1][l] + bias[o]) > 0 ? (y[i][1][l] + bias[o]) : 0;
+                                    yo[4 * l + 2] = (y[i][2][l] + bias[o]) > 0 ? (y[i][2][l] + bias[o]) : 0;
+                                    yo[4 * l + 3] = (y[i][3][l] + bias[o]) > 0 ? (y[i][3][l] + bias[o]) : 0;
                                 }
                             } else {
-                                for (int l = 0; l < n; l++) {
-                                    yo[2 * l] = (y[i][0][l] + bias[o]) > 0 ? (y[i][0][l] + bias[o]) : 0;
-                                    if (2 * (t + l) + 1 < W_OUT)
-                                        yo[2 * l + 1] = (y[i][1][l] + bias[o]) > 0 ? (y[i][1][l] + bias[o]) : 0;
-                                }
+                                for (int l = 0; l < n; l++)
+                                    for (int j = 0; j < 4 && 4 * (t + l) + j < W_OUT; j++)
+                                        yo[4 * l + j] = (y[i][j][l] + bias[o]) > 0 ? (y[i][j][l] + bias[o]) : 0;
                             }
                         }
                     }
@@ -2551,7 +2929,7 @@ static void vgg_cifar_conv2_2_forward(
     const real *restrict in,                /* conv2_1 [N, 128, 16, 16] */
     const real *restrict weight,            /* conv2_2.weight [128, 128, 3, 3] */
     const real *restrict bias,              /* conv2_2.bias [128] */
-    real *slots,                            /* 896512 elements of workspace */
+    real *slots,                            /* 1311680 elements of workspace */
     size_t batch)
 {
     enum { SAMPLE_SLOTS = 1 };
@@ -2585,7 +2963,7 @@ static void vgg_cifar_conv2_2_backward(
     const char *argmax,                     /* int32 [N, 8192], in the memory of conv2_2's gradient */
     const real *restrict in,                /* conv2_1 [N, 128, 16, 16] */
     const real *restrict weight,            /* conv2_2.weight [128, 128, 3, 3] */
-    real *slots,                            /* 896512 elements of workspace */
+    real *slots,                            /* 1311680 elements of workspace */
     size_t batch)
 {
     enum {
@@ -2606,13 +2984,13 @@ static void vgg_cifar_conv2_2_backward(
         TAP_ROW = 384,
         ROW_PAD = 384,
         SAMPLE_SLOTS = 1,
-        SLOT_SIZE = 601600,
-        SCRATCH_IN_HWC = 371072,
-        SCRATCH_DIN_HWC = 412544,
-        SCRATCH_DWEIGHT_PART = 454016,
-        SCRATCH_DBIAS_PART = 601472,
-        SCRATCH_DWEIGHT_SUM = 749056,
-        SCRATCH_WEIGHT_HWC = 601600
+        SLOT_SIZE = 1016768,
+        SCRATCH_IN_HWC = 786240,
+        SCRATCH_DIN_HWC = 827712,
+        SCRATCH_DWEIGHT_PART = 869184,
+        SCRATCH_DBIAS_PART = 1016640,
+        SCRATCH_DWEIGHT_SUM = 1164224,
+        SCRATCH_WEIGHT_HWC = 1016768
     };
     /* Windows are taken in chunks: first those with a gradient, then the products, whole vectors
        of the padded rows at a time. The input gradient's vectors are a pixel's channels (or a
