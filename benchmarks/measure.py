@@ -169,13 +169,14 @@ def task_latency(t: dict) -> dict:
 
 
 def task_emitted(t: dict) -> dict:
-    """`cnncc emit --inference-only --batch 1`, compiled with the Python module's flags and
-    latency_main.c, run as its own program."""
+    """`cnncc emit --inference-only --batch 1 --host` (planned for this host's memory, as the
+    Python module is), compiled with the Python module's flags and latency_main.c, run as its own
+    program."""
     from cnncc.build import DEFAULT_CFLAGS, find_compiler
     from cnncc.emit import emit
 
     work = Path(tempfile.mkdtemp(prefix="cnncc-emit-", dir=t["build_dir"]))
-    emitted = emit(t["spec"], work, inference_only=True, batch=1)
+    emitted = emit(t["spec"], work, inference_only=True, batch=1, for_device=False)
     program = emitted.program
     name = program.name
     binary = work / "latency"

@@ -154,6 +154,8 @@ def _cmd_emit(args) -> int:
     if args.int8:
         if args.backend is not None:
             raise ValueError("--backend does not apply to --int8: the int8 program has kernels of its own")
+        if args.host:
+            raise ValueError("--host does not apply to --int8: the int8 program has kernels of its own")
         if args.board is not None:
             from .boards.int8 import int8_board_command
 
@@ -300,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_gradcheck)
 
     p = sub.add_parser("emit", help="write standalone C (model, weights, example main.c, Makefile) for deployment",
-                       description="Write the model's C (the same kernels as the Python module), optionally its "
+                       description="Write the model's C (the Python module's kernels, planned within a device's RAM "
+                                   "unless --host), optionally its "
                                    "weights as const arrays, an example main.c, a Makefile and a README into DIR.")
     p.add_argument("spec")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="the directory to write")
@@ -317,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default=None, metavar="NAME",
                    help="the C to write: vector (the default: GCC/Clang vector extensions, the Python "
                         "module's kernels) or portable (strict ISO C99 for any C compiler)")
+    p.add_argument("--host", action="store_true",
+                   help="plan the kernels for a host's memory, as the Python module does, instead of within a "
+                        "device's RAM (F(4x4) Winograd also where its transformed filters pass 1 MB); not with "
+                        "--board")
     p.add_argument("--board", default=None, metavar="BOARD",
                    help="a complete bare-metal project for this board instead: startup code, linker script, a "
                         "semihosting main.c and a Makefile whose `make run` runs it under QEMU (boards: mps2-an386)")

@@ -118,12 +118,13 @@ class Rendered:
 
 
 def render_emit(spec, weights=None, inference_only: bool = False, batch: int = 1,
-                backend: str = "vector") -> Rendered:
+                backend: str = "vector", for_device: bool = True) -> Rendered:
     """The standalone C of a spec (a path, YAML text, dict or Spec), validated and rendered by
-    `backend` (cnncc/backends: "portable" for strict ISO C99)."""
+    `backend` (cnncc/backends: "portable" for strict ISO C99). for_device=False plans the kernels
+    for a host's memory, as the Python module does (PlanRequest.for_device)."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
-    analysis = analyse(spec, emit_options(backend))
+    analysis = analyse(spec, emit_options(backend, for_device))
     spec, net, program = analysis.spec, analysis.net, analysis.program
     model = c_ident(program.name)
     if model == EXAMPLE:
@@ -188,10 +189,10 @@ def write_rendered(rendered: Rendered, out_dir, force: bool = False) -> Emitted:
 
 
 def emit(spec, out_dir, weights=None, inference_only: bool = False, batch: int = 1, force: bool = False,
-         backend: str = "vector") -> Emitted:
+         backend: str = "vector", for_device: bool = True) -> Emitted:
     """Write the standalone C of a spec (a path, YAML text, dict or Spec) into out_dir (see
-    write_rendered for what it overwrites), rendered by `backend`."""
-    return write_rendered(render_emit(spec, weights, inference_only, batch, backend), out_dir, force)
+    write_rendered for what it overwrites), rendered by `backend` (for_device: see render_emit)."""
+    return write_rendered(render_emit(spec, weights, inference_only, batch, backend, for_device), out_dir, force)
 
 
 def _generated_by_cnncc(path: Path) -> bool:
@@ -223,11 +224,13 @@ def emit_command(args) -> int:
     if args.board is not None:
         if args.backend is not None:
             raise ValueError("--backend does not apply to --board: a board project uses the vector backend")
+        if args.host:
+            raise ValueError("--host does not apply to --board: a board project is planned within its RAM")
         from .boards.command import board_command
 
         return board_command(args)
     result = emit(args.spec, args.out, args.weights, args.inference_only, args.batch, args.force,
-                  args.backend or "vector")
+                  args.backend or "vector", for_device=not args.host)
     f = result.figures
     print(f"cnncc: wrote {', '.join(p.name for p in result.files)} to {result.directory}")
     print(f"  weights {f['weight_bytes']:,} bytes (flash); inference arena at batch {f['arena_batch']}: "

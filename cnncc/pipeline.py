@@ -50,9 +50,9 @@ def analyse(spec, options: CompileOptions | None = None, batch: int | None = Non
         return Analysis(net, program, build_report(net, program, batch, deployed), options)
 
 
-def emit_options(backend: str) -> CompileOptions:
-    """The options of the program `cnncc emit` writes for a backend."""
-    return CompileOptions(backend=backend, for_device=True)
+def emit_options(backend: str, for_device: bool = True) -> CompileOptions:
+    """The options of the program `cnncc emit` writes for a backend (`--host`: for_device=False)."""
+    return CompileOptions(backend=backend, for_device=for_device)
 
 
 def _program(net: CheckedNet, options: CompileOptions) -> Program:

@@ -157,3 +157,25 @@ def test_transformed_filters_past_a_devices_bound_go_by_f4_on_the_host_only():
     emitted = deployment_figures(device.program, 1)["arena_bytes"]
     assert host.report.totals["arena_bytes"] == device.report.totals["arena_bytes"] == emitted
     assert cnncc.check(spec).totals["arena_bytes"] == emitted
+
+
+def test_emit_for_the_host_plans_as_the_python_module(tmp_path, capsys):
+    """`cnncc emit --host` (for_device=False) writes the program the Python module runs: VGG's
+    128-channel convs by F(4x4), where the default emit keeps them within a device's bound."""
+    from cnncc.cli import main
+    from cnncc.emit import emit
+
+    spec = ROOT / "specs" / "vgg_cifar.yaml"
+
+    def tiles(program):
+        return [op.plan.settings["winograd_tile"] for op in program.ops if op.kind == "conv2d"]
+
+    assert tiles(emit(spec, tmp_path / "host", inference_only=True, for_device=False).program) == [0, 4, 4, 4]
+    assert tiles(emit(spec, tmp_path / "device", inference_only=True).program) == [0, 4, 2, 2]
+    assert main(["emit", str(spec), "-o", str(tmp_path / "cli"), "--host", "--inference-only"]) == 0
+    host_c = (tmp_path / "host" / "vgg_cifar.c").read_text()
+    assert (tmp_path / "cli" / "vgg_cifar.c").read_text() == host_c != (tmp_path / "device" / "vgg_cifar.c").read_text()
+    for extra in (["--board", "mps2-an386"], ["--int8", str(tmp_path / "q.npz")]):
+        assert main(["emit", str(spec), "-o", str(tmp_path / "refused"), "--host", *extra]) == 1
+        assert "--host does not apply" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
