@@ -123,8 +123,8 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector", fuse:
     pooled = _pooled_backwards(lowered, chosen, keep={output.name} | ({loss.logits.name} if loss else set()))
     first_writes = first_gradient_writes([item.op for item in lowered], pooled, loss)
     plans: dict = {}  # a network of many alike layers plans each kind of op once
-    ops = [_planned(item, chosen, sample_slots, pooled, spec.path, plans, first_writes.get(item.op.name, ()), for_device)
-           for item in lowered]
+    ops = [_planned(item, chosen, sample_slots, pooled, spec.path, plans, first_writes.get(item.op.name, ()),
+                    for_device) for item in lowered]
     ops, workspace = _place_workspaces(ops)
     return Program(spec.name, spec.dtype, network_input, output, tuple(ops), tuple(params.values()), offset,
                    sum(decl.size for _, decl in trainable), arena, workspace, loss, spec.optimizer,

@@ -161,7 +161,8 @@ def _rf_text(rf: tuple[int, int], input_shape) -> str:
     return f"{rf[1]}" if len(input_shape) == 2 else f"{rf[0]}x{rf[1]}"
 
 
-def build_report(net: CheckedNet, program: Program, batch: int | None = None, deployed: Program | None = None) -> Report:
+def build_report(net: CheckedNet, program: Program, batch: int | None = None,
+                 deployed: Program | None = None) -> Report:
     """deployed: the program `cnncc emit` writes (pipeline.emit_options), whose memory the
     deployment figures are; None: `program` itself."""
     deploy_batch = batch or 1  # an explicit --batch applies to both; inference defaults to 1, as emit does
