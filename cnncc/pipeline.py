@@ -46,7 +46,8 @@ def analyse(spec, options: CompileOptions | None = None, batch: int | None = Non
         program = _program(net, options)
         # the report's deployment figures are those of the program `cnncc emit` writes, which may
         # plan some kernels otherwise (within a device's RAM: PlanRequest.for_device)
-        deployed = program if options == emit_options(options.backend) else _program(net, emit_options(options.backend))
+        emitted = emit_options(options.backend)
+        deployed = program if options == emitted else _program(net, emitted)
         return Analysis(net, program, build_report(net, program, batch, deployed), options)
 
 

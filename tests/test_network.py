@@ -23,8 +23,8 @@ SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 # 4.6 s against 6.0 s at -O0; -O1's flow analysis also finds -Wmaybe-uninitialized, which -O0
 # cannot), OpenMP builds at -O0 (about half their -O1 time). The example specs are the exception:
 # they build at the training digests' -O2 (build_flags.BASELINE_WERROR), whose build test_digests
-# compiles anyway. Code that must not lean on the
-# optimiser is built at -O0 by test_emit and by test_layers' input-reading groups.
+# compiles anyway. Code that must not lean on the optimiser is built at -O0 by test_emit and by
+# test_layers' input-reading groups.
 WERROR = ("-O1", "-Wall", "-Wextra", "-Werror")
 WERROR_THREADED = ("-O0", "-Wall", "-Wextra", "-Werror")
 TOL_FD = 1e-6
