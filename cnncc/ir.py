@@ -122,6 +122,11 @@ class Op:
         return self.plan.workspace
 
     @property
+    def keeps_workspace(self) -> bool:
+        """Its workspace holds something from one call to the next (the forward's for the backward)."""
+        return self.runs_backward and self.plan.keeps_workspace
+
+    @property
     def forward_scratch(self) -> int:
         """Leading elements of the workspace an inference forward uses, only within its call."""
         return self.plan.forward_scratch

@@ -5,7 +5,8 @@ views of their input's memory and emit no op. Every activation tensor has its ow
 training plan (all are kept for backward); its offset is per sample. Lowering then fuses the
 backward of conv -> [relu] -> maxpool chains (ir.PooledBackward), asks the backend for every op's
 kernel plan exactly once, refuses a plan whose scratch C could not index, and places the ops'
-workspaces one after another.
+workspaces (memplan.place_workspaces: what an op keeps from forward to backward has its own
+region, every op's scratch within a call shares one).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from .ir import (MACRO_PREFIXES, PUBLIC_MACRO_SUFFIXES, Loss, Op, ParamTensor, P
                  first_gradient_writes)
 from .layers import REGISTRY
 from .losses import loss_kind
+from .memplan import place_workspaces
 
 
 class _Names:
@@ -125,7 +127,7 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector", fuse:
     plans: dict = {}  # a network of many alike layers plans each kind of op once
     ops = [_planned(item, chosen, sample_slots, pooled, spec.path, plans, first_writes.get(item.op.name, ()),
                     for_device) for item in lowered]
-    ops, workspace = _place_workspaces(ops)
+    ops, workspace = place_workspaces(ops)
     return Program(spec.name, spec.dtype, network_input, output, tuple(ops), tuple(params.values()), offset,
                    sum(decl.size for _, decl in trainable), arena, workspace, loss, spec.optimizer,
                    {name: t for name, t in outputs.items() if name != "input"}, sample_slots=sample_slots,
@@ -243,15 +245,6 @@ def _pooled_backwards(lowered: list[_Lowered], chosen, keep: set[str]) -> dict[s
         fused[conv.name] = PooledBackward(pool.name, activation.name if activation else None, pool.inputs[0],
                                           pool.output)
     return fused
-
-
-def _place_workspaces(ops: list[Op]) -> tuple[list[Op], int]:
-    """Every op's workspace after the previous one's: (ops with their offsets, the total)."""
-    placed, offset = [], 0
-    for op in ops:
-        placed.append(replace(op, workspace_offset=offset) if op.workspace_size else op)
-        offset += op.workspace_size
-    return placed, offset
 
 
 def _lower_loss(kind: str | None, output: Tensor, ops: list[Op]) -> Loss | None:

@@ -328,11 +328,15 @@ def lenet_with(optimizer: dict) -> dict:
 
 
 def workspace_bytes(program):
-    """Scratch of every op (batchnorm's saved statistics, the conv kernels' padded planes and patch
-    matrices), each at its own offset of the one workspace buffer."""
-    offsets = [(op.workspace_offset, op.workspace_size) for op in program.ops if op.workspace_size]
-    assert all(a[0] + a[1] <= b[0] for a, b in zip(offsets, offsets[1:]))  # no overlap
-    assert program.workspace_size == sum(size for _, size in offsets)
+    """The one workspace buffer: what an op keeps from its forward to its backward (batchnorm's
+    saved statistics) at an offset of its own, then one region the scratch of every other op (the
+    conv kernels' padded planes and patch matrices, used only within a call) shares."""
+    kept = [(op.workspace_offset, op.workspace_size) for op in program.ops if op.workspace_size and op.keeps_workspace]
+    scratch = [op for op in program.ops if op.workspace_size and not op.keeps_workspace]
+    assert all(a[0] + a[1] <= b[0] for a, b in zip(kept, kept[1:]))  # no overlap
+    end = sum(size for _, size in kept)
+    assert all(op.workspace_offset == end for op in scratch)
+    assert program.workspace_size == end + max((op.workspace_size for op in scratch), default=0)
     return program.workspace_size * program.itemsize
 
 
@@ -368,6 +372,9 @@ def test_training_bytes_workspace_and_float64():
     item = 8
     batchnorms = [op for op in report.program.ops if op.kind == "batchnorm"]
     assert len(batchnorms) == 3 and all(op.workspace_size == 2 * 16 for op in batchnorms)  # mean, 1/std
+    assert all(op.keeps_workspace for op in batchnorms)  # for the backward
+    convs = [op for op in report.program.ops if op.kind == "conv2d"]
+    assert convs and not any(op.keeps_workspace for op in convs)  # scratch within a call: shared
     workspace = workspace_bytes(report.program)
     assert t["param_bytes"] == t["params"] * item
     # params, then grads and Adam's two moments for the trainable ones only

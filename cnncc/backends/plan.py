@@ -29,6 +29,10 @@ class KernelPlan:
     # per input: the backward writes that input's whole gradient with `=` (no zeroing before it);
     # only where PlanRequest.first_gradient_writes allows it, else it adds (+=) into zeros
     initialised_grads: tuple[bool, ...] = ()
+    # True: the forward leaves something in the workspace that the backward reads (batchnorm's
+    # statistics). False: each kernel call writes all it reads there, so the training plan lets the
+    # workspace share memory with other ops' (memplan.place_workspaces)
+    keeps_workspace: bool = True
 
     def initialises_grad(self, index: int) -> bool:
         return index < len(self.initialised_grads) and self.initialised_grads[index]

@@ -217,7 +217,8 @@ class ConvPlanner(Planner):
         return KernelPlan(WINOGRAD if winograd else SHIFTED if shifted else IM2COL, backward_template,
                           {n: k[n] for n in forward_names}, {n: k[n] for n in backward_names},
                           resolve_roles(forward_roles, request, s), resolve_roles(backward_roles, request, s),
-                          s, workspace, forward_scratch, initialised)
+                          s, workspace, forward_scratch, keeps_workspace=False,
+                          initialised_grads=initialised)
 
 
 def _depthwise_plan(request: PlanRequest, g) -> KernelPlan:
@@ -269,7 +270,8 @@ def _depthwise_plan(request: PlanRequest, g) -> KernelPlan:
     return KernelPlan(DEPTHWISE, DEPTHWISE, {n: k[n] for n in forward_names},
                       {n: k[n] for n in dict.fromkeys(backward_names)},
                       resolve_roles(forward_roles, request, s), resolve_roles(backward_roles, request, s),
-                      s, workspace, forward_scratch, request.first_gradient_writes)
+                      s, workspace, forward_scratch, keeps_workspace=False,
+                      initialised_grads=request.first_gradient_writes)
 
 
 def _dims(g, slots: int) -> dict[str, int]:

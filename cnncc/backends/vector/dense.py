@@ -34,4 +34,4 @@ class DensePlanner(GenericPlanner):
         return KernelPlan(self.templates[0], self.templates[0], dims, dims,
                           resolve_roles(FORWARD, request, settings), resolve_roles(BACKWARD, request, settings),
                           settings, dims["BATCH_BLOCK"] * dims["OUT"] if relu else 0,
-                          initialised_grads=request.first_gradient_writes)
+                          keeps_workspace=False, initialised_grads=request.first_gradient_writes)

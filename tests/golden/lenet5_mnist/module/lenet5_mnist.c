@@ -48,9 +48,9 @@ typedef float real;
 
 /* Workspace offsets. */
 #define WS_CONV1 ((size_t)0)
-#define WS_CONV2 ((size_t)12158)
-#define WS_FC3 ((size_t)29022)
-#define WS_FC4 ((size_t)36702)
+#define WS_CONV2 ((size_t)0)
+#define WS_FC3 ((size_t)0)
+#define WS_FC4 ((size_t)0)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients) and those the first backward to

@@ -45,10 +45,10 @@ typedef float real;
 #define A_DEC2_SIGMOID ((size_t)12544) /* [N, 1, 28, 28] */
 
 /* Workspace offsets. */
-#define WS_ENC1 ((size_t)0)
-#define WS_ENC2 ((size_t)4253)
-#define WS_DEC1 ((size_t)13469)
-#define WS_DEC2 ((size_t)16997)
+#define WS_ENC1 ((size_t)3528)
+#define WS_ENC2 ((size_t)3528)
+#define WS_DEC1 ((size_t)0)
+#define WS_DEC2 ((size_t)3528)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients) and those the first backward to

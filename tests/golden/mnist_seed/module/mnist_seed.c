@@ -44,8 +44,8 @@ typedef float real;
 
 /* Workspace offsets. */
 #define WS_CONV1 ((size_t)0)
-#define WS_CONV2 ((size_t)24788)
-#define WS_FC1 ((size_t)43596)
+#define WS_CONV2 ((size_t)0)
+#define WS_FC1 ((size_t)0)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients) and those the first backward to

@@ -99,22 +99,22 @@ typedef float real;
 #define A_FC ((size_t)188480) /* [N, 10] */
 
 /* Workspace offsets. */
-#define WS_STEM ((size_t)0)
-#define WS_STEM_BN ((size_t)61286)
-#define WS_S1_CONV1 ((size_t)61318)
-#define WS_S1_BN1 ((size_t)264502)
-#define WS_S1_CONV2 ((size_t)264534)
-#define WS_S1_BN2 ((size_t)467718)
-#define WS_S2_CONV1 ((size_t)467750)
-#define WS_S2_BN1 ((size_t)557670)
-#define WS_S2_CONV2 ((size_t)557734)
-#define WS_S2_BN2 ((size_t)856262)
-#define WS_S2_SHORTCUT ((size_t)856326)
-#define WS_S3_CONV1 ((size_t)874278)
-#define WS_S3_BN1 ((size_t)942982)
-#define WS_S3_CONV2 ((size_t)943110)
-#define WS_S3_BN2 ((size_t)1290950)
-#define WS_S3_SHORTCUT ((size_t)1291078)
+#define WS_STEM ((size_t)480)
+#define WS_STEM_BN ((size_t)0)
+#define WS_S1_CONV1 ((size_t)480)
+#define WS_S1_BN1 ((size_t)32)
+#define WS_S1_CONV2 ((size_t)480)
+#define WS_S1_BN2 ((size_t)64)
+#define WS_S2_CONV1 ((size_t)480)
+#define WS_S2_BN1 ((size_t)96)
+#define WS_S2_CONV2 ((size_t)480)
+#define WS_S2_BN2 ((size_t)160)
+#define WS_S2_SHORTCUT ((size_t)480)
+#define WS_S3_CONV1 ((size_t)480)
+#define WS_S3_BN1 ((size_t)224)
+#define WS_S3_CONV2 ((size_t)480)
+#define WS_S3_BN2 ((size_t)352)
+#define WS_S3_SHORTCUT ((size_t)480)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients) and those the first backward to

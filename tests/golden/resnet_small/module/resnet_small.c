@@ -67,15 +67,15 @@ typedef float real;
 #define A_CLASSIFIER ((size_t)39040) /* [N, 10] */
 
 /* Workspace offsets. */
-#define WS_STEM ((size_t)0)
-#define WS_STEM_BN ((size_t)17462)
-#define WS_BLOCK1_CONV1 ((size_t)17494)
-#define WS_BLOCK1_BN1 ((size_t)116214)
-#define WS_BLOCK1_CONV2 ((size_t)116246)
-#define WS_BLOCK1_BN2 ((size_t)214966)
-#define WS_DOWN ((size_t)214998)
-#define WS_DEPTHWISE ((size_t)242182)
-#define WS_POINTWISE ((size_t)243146)
+#define WS_STEM ((size_t)96)
+#define WS_STEM_BN ((size_t)0)
+#define WS_BLOCK1_CONV1 ((size_t)96)
+#define WS_BLOCK1_BN1 ((size_t)32)
+#define WS_BLOCK1_CONV2 ((size_t)96)
+#define WS_BLOCK1_BN2 ((size_t)64)
+#define WS_DOWN ((size_t)96)
+#define WS_DEPTHWISE ((size_t)96)
+#define WS_POINTWISE ((size_t)96)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients) and those the first backward to

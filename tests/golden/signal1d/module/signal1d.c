@@ -42,7 +42,7 @@ typedef float real;
 
 /* Workspace offsets. */
 #define WS_EDGES ((size_t)0)
-#define WS_CONV2 ((size_t)1524)
+#define WS_CONV2 ((size_t)0)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients) and those the first backward to

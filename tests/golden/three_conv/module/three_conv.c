@@ -43,8 +43,8 @@ typedef float real;
 
 /* Workspace offsets. */
 #define WS_CONV1 ((size_t)0)
-#define WS_CONV2 ((size_t)142162)
-#define WS_CONV3 ((size_t)372482)
+#define WS_CONV2 ((size_t)0)
+#define WS_CONV3 ((size_t)0)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients) and those the first backward to

@@ -48,9 +48,9 @@ typedef float real;
 
 /* Workspace offsets. */
 #define WS_CONV1_1 ((size_t)0)
-#define WS_CONV1_2 ((size_t)290502)
-#define WS_CONV2_1 ((size_t)924678)
-#define WS_CONV2_2 ((size_t)1977862)
+#define WS_CONV1_2 ((size_t)0)
+#define WS_CONV2_1 ((size_t)0)
+#define WS_CONV2_2 ((size_t)0)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients) and those the first backward to
