@@ -39,8 +39,8 @@ static int by_value(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* count elements on a 64-byte boundary (a cache line; numpy's buffers are at least this aligned
-   in practice for large arrays), or NULL. */
+/* count elements on a 64-byte boundary (a cache line, as the Python module's buffers are:
+   cnncc/buffers.py, BUFFER_ALIGNMENT), or NULL. */
 static real *aligned(size_t count)
 {
     void *memory = NULL;

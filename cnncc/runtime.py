@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from .abi import Bindings
-from .buffers import ParamViews, check_memory
+from .buffers import ParamViews, aligned_zeros, check_memory
 from .build import build_program
 from .options import MAX_THREADS, CompileOptions, checked_int
 from .pipeline import Analysis, analyse
@@ -41,10 +41,10 @@ class Model:
         self._input_shape = tuple(program.input.shape)  # looked up on every call: kept as a tuple
         self._inference_chunk = max(1, ARENA_BYTES_PER_CHUNK // max(1, program.activation_size * self.dtype.itemsize))
         self._output_view_of: tuple[int, np.ndarray] | None = None  # (batch, the output's view into _acts)
-        self._params = np.zeros(program.num_params, self.dtype)
-        self._grads = np.zeros(program.num_trainable, self.dtype)  # frozen parameters have no gradient
-        self._optimizer_state = np.zeros(program.optimizer_state_size, self.dtype)
-        self._workspace = np.zeros(max(program.workspace_size, 1), self.dtype)
+        self._params = aligned_zeros(program.num_params, self.dtype)
+        self._grads = aligned_zeros(program.num_trainable, self.dtype)  # frozen parameters have no gradient
+        self._optimizer_state = aligned_zeros(program.optimizer_state_size, self.dtype)
+        self._workspace = aligned_zeros(max(program.workspace_size, 1), self.dtype)
         self._acts = self._grad_acts = None
         self._capacity = 0
         self._context = self._c.new_context()
@@ -188,10 +188,10 @@ class Model:
             check_memory(self.program, max(batch, self._capacity), training or self._grad_acts is not None)
             size = self.program.activation_size * max(batch, self._capacity)
             self._capacity = max(batch, self._capacity)
-            self._acts = np.zeros(max(size, 1), self.dtype)
+            self._acts = aligned_zeros(max(size, 1), self.dtype)
             self._output_view_of = None
             if training or self._grad_acts is not None:
-                self._grad_acts = np.zeros(max(size, 1), self.dtype)
+                self._grad_acts = aligned_zeros(max(size, 1), self.dtype)
             self._context.activations = self._ptr(self._acts)
             if self._grad_acts is not None:
                 self._context.grad_activations = self._ptr(self._grad_acts)

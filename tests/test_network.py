@@ -684,6 +684,18 @@ def test_params_are_views_of_what_the_c_code_reads(small_mse):
     assert np.shares_memory(m.params["conv.weight"], m.flat_params)
 
 
+def test_every_buffer_handed_to_c_starts_on_a_cache_line(small_mse):
+    """numpy's allocations are 16-byte aligned; the kernels' 64-byte vectors would straddle cache
+    lines (buffers.aligned_zeros)."""
+    m = small_mse.init(0)
+    m.train_step(np.zeros((3, 2, 7, 6)), np.zeros((3, 3)))
+    buffers = [m.flat_params, m.flat_grads, m.flat_optimizer_state, m.flat_activations(3),
+               m.flat_activations(3, grad=True)]
+    assert all(b.ctypes.data % 64 == 0 and b.flags.c_contiguous and b.flags.writeable for b in buffers if b.size)
+    assert sum(1 for b in buffers if b.size) == 4  # plain SGD keeps no optimizer state
+    assert m.flat_params.dtype == m.dtype and m.flat_params.size == m.program.num_params
+
+
 def test_init_is_deterministic_per_seed_with_he_and_glorot_scales(build_dir):
     spec = _spec("init_net", {"channels": 16, "height": 8, "width": 8}, [
         {"name": "conv", "type": "conv2d", "filters": 64, "kernel": 3, "activation": "relu"},

@@ -18,6 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..buffers import aligned_copy, aligned_zeros
 from ..build import build
 from ..check import check_net
 from ..spec import load_spec
@@ -45,9 +46,9 @@ class QuantizedModel:
         self.module = build(self.sources, build_dir, cflags=cflags, cc=cc)
         self._ffi = self.module.ffi
         self._c = Bindings(self.module.lib, graph.name)
-        self._weights = np.ascontiguousarray(values.weights, np.int8)
-        self._words = np.ascontiguousarray(values.words, np.int32)
-        self._arena = np.zeros(max(1, layout.arena_bytes), np.int8)
+        self._weights = aligned_copy(values.weights, np.int8)
+        self._words = aligned_copy(values.words, np.int32)
+        self._arena = aligned_zeros(max(1, layout.arena_bytes), np.int8)
         self._threshold, self._level = self._boundary_tables()
         # The model's own buffers, bound once: at batch 1 each cffi conversion is a visible share of a call.
         self._blobs = (self._ptr(self._arena, "int8_t[]"), self._ptr(self._weights, "int8_t[]"),
