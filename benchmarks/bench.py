@@ -335,7 +335,7 @@ def parse_args(argv=None):
     parser.add_argument("--no-torch", action="store_true", help="cnncc columns only, even if torch is installed")
     parser.add_argument("--no-ort", action="store_true", help="no onnxruntime column, even if it is installed")
     parser.add_argument("--results", action="store_true",
-                        help="also write benchmarks/results/<date>-<cpu>.json and .txt (the README's source)")
+                        help="also write benchmarks/results/<date>-<HHMM>-<isa>.json and .txt (the README's source)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the tables")
     parser.add_argument("--output", default=None, help="also write the JSON to this file")
     args = parser.parse_args(argv)
@@ -372,7 +372,8 @@ def main(argv=None) -> int:
     if args.output:
         Path(args.output).write_text(text + "\n")
     if args.results:
-        stem = HERE / "results" / f"{started.strftime('%Y-%m-%d')}-{result['machine']['isa']}"
+        # the minute too: a second run on the same day (or on another machine) must not overwrite the first
+        stem = HERE / "results" / f"{started.strftime('%Y-%m-%d-%H%M')}-{result['machine']['isa']}"
         stem.parent.mkdir(exist_ok=True)
         stem.with_suffix(".json").write_text(text + "\n")
         stem.with_suffix(".txt").write_text(tables.render(result) + int8_table(result["specs"]) + "\n")
