@@ -215,7 +215,7 @@ def test_inference_builds_have_no_double_arithmetic(cases, tmp_path):
         else:
             directory = emit(case.spec, tmp_path / f"{case.name}-read", inference_only=True).directory
         source = (directory / f"{case.name}.c").read_text()
-        assert "training" not in source and "uniform01" not in source, case.name
+        assert "training" not in source and "random53" not in source, case.name
         if compiled:  # batchnorm reads its folded scale and shift: no statistics left to normalise
             assert "REAL_SQRT(running_var" not in source and "EPS" not in source, case.name
             check_outputs(case, directory)
