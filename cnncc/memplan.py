@@ -11,6 +11,10 @@ the lowest offset clear of every placed tensor it is live with): deterministic, 
 per sample, so `offset * batch` is a valid plan for any batch size, exactly as the
 training plan addresses its tensors. The workspace follows the activations.
 `cnncc emit --inference-only` renders this plan and `cnncc check` reports it.
+
+The training plan's memory is placed here too: its workspaces (place_workspaces: what an op
+keeps from forward to backward in a region of its own, every call's scratch in one shared
+region) and, with frozen layers, its activations (training_layout).
 """
 from __future__ import annotations
 
