@@ -216,14 +216,10 @@ def place_workspaces(ops: list) -> tuple[list, int]:
     the ops run one after another, so those all share one region after the kept ones, the size
     of the largest: at batch 1 a forward then reads and writes a few hundred KB of scratch
     again and again, not a fresh region per op (ResNet-8: 5.2 MB one after another)."""
-    placed, offset = [], 0
+    own, end = {}, 0
     for op in ops:
         if op.keeps_workspace and op.workspace_size:
-            placed.append(replace(op, workspace_offset=offset))
-            offset += op.workspace_size
-        else:
-            placed.append(op)
+            own[op.name], end = end, end + op.workspace_size
     shared = max((op.workspace_size for op in ops if not op.keeps_workspace), default=0)
-    placed = [op if op.keeps_workspace or not op.workspace_size else replace(op, workspace_offset=offset)
-              for op in placed]
-    return placed, offset + shared
+    return [replace(op, workspace_offset=own.get(op.name, end)) if op.workspace_size else op for op in ops], \
+        end + shared
