@@ -758,6 +758,19 @@ KERNEL_INLINE void lenet5_mnist_pad_planes(const real *restrict src, real *restr
     lenet5_mnist_copy_planes(src, dst, C, H, W, top, left, HP, WP);
 }
 
+/* The same into planes whose padding is still zero from the sample before (fresh: the first
+   sample the scratch takes in this call, when it may hold anything). Nothing else writes to the
+   planes between samples, so only the first zeroes them: zeroing every sample's planes took a
+   fifth of ResNet-8's stride-2 conv forwards (16 x 34 x 34 planes, 1 thread, Intel Xeon). */
+KERNEL_INLINE void lenet5_mnist_pad_planes_again(const real *restrict src, real *restrict dst, int C, int H, int W, int top,
+                                    int left, int HP, int WP, int fresh)
+{
+    if (fresh)
+        lenet5_mnist_pad_planes(src, dst, C, H, W, top, left, HP, WP);
+    else
+        lenet5_mnist_copy_planes(src, dst, C, H, W, top, left, HP, WP);
+}
+
 /* dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols: a transpose (the weight
    gradients' dout^T), TRANSPOSE_RUN columns at a time. Each row's run is one contiguous read of
    src, and the run's rows of dst stay in the L1 cache while the rows fill them in. Column by
@@ -826,7 +839,7 @@ KERNEL_INLINE void lenet5_mnist_conv1_forward_slot(
             real *restrict out_group = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
             const real *restrict weight_group = weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
             real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            lenet5_mnist_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+            lenet5_mnist_pad_planes_again(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD, b == (size_t)slot);
 
             real *restrict wide = scratch + SCRATCH_WIDE;               /* [C_OUT_PER_GROUP, WIDE_OUT] */
             lenet5_mnist_gemm_nn_taps(WIDE_OUT, weight_group, lenet5_mnist_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,

@@ -782,6 +782,19 @@ KERNEL_INLINE void resnet_small_pad_planes(const real *restrict src, real *restr
     resnet_small_copy_planes(src, dst, C, H, W, top, left, HP, WP);
 }
 
+/* The same into planes whose padding is still zero from the sample before (fresh: the first
+   sample the scratch takes in this call, when it may hold anything). Nothing else writes to the
+   planes between samples, so only the first zeroes them: zeroing every sample's planes took a
+   fifth of ResNet-8's stride-2 conv forwards (16 x 34 x 34 planes, 1 thread, Intel Xeon). */
+KERNEL_INLINE void resnet_small_pad_planes_again(const real *restrict src, real *restrict dst, int C, int H, int W, int top,
+                                    int left, int HP, int WP, int fresh)
+{
+    if (fresh)
+        resnet_small_pad_planes(src, dst, C, H, W, top, left, HP, WP);
+    else
+        resnet_small_copy_planes(src, dst, C, H, W, top, left, HP, WP);
+}
+
 /* dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols: a transpose (the weight
    gradients' dout^T), TRANSPOSE_RUN columns at a time. Each row's run is one contiguous read of
    src, and the run's rows of dst stay in the L1 cache while the rows fill them in. Column by
@@ -848,7 +861,7 @@ KERNEL_INLINE void resnet_small_stem_forward_slot(
             real *restrict out_group = out + (b * C_OUT + (size_t)g * C_OUT_PER_GROUP) * (size_t)PIXELS_OUT;
             const real *restrict weight_group = weight + (size_t)g * C_OUT_PER_GROUP * K_GROUP;
             real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            resnet_small_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+            resnet_small_pad_planes_again(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD, b == (size_t)slot);
 
             real *restrict wide = scratch + SCRATCH_WIDE;               /* [C_OUT_PER_GROUP, WIDE_OUT] */
             resnet_small_gemm_nn_taps(WIDE_OUT, weight_group, resnet_small_taps_matrix(C_OUT_PER_GROUP, K_GROUP), 1, source,
@@ -949,7 +962,7 @@ static void resnet_small_stem_backward(
 
                 real *restrict dweight_t_group = dweight_part + (size_t)g * K_GROUP * C_OUT_PER_GROUP;
                 real *restrict source = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-                resnet_small_pad_planes(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+                resnet_small_pad_planes_again(in_group, source, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD, first == 0);
 
                 /* dout transposed, over the wide pixels: zero in the dropped columns so that they add
                    nothing. Row by row of the output (im2col.c.j2's transpose). */
@@ -2939,7 +2952,7 @@ KERNEL_INLINE void resnet_small_down_forward_slot(
                 for (int p = 0; p < PIXELS_OUT; p++)
                     out_group[(size_t)oc * PIXELS_OUT + p] = bias[g * C_OUT_PER_GROUP + oc];
             real *restrict padded = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-            resnet_small_pad_planes(in_group, padded, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+            resnet_small_pad_planes_again(in_group, padded, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD, b == (size_t)slot);
             real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
             resnet_small_im2col_planes(padded, patches, C_IN_PER_GROUP, H_PAD, W_PAD, KH, KW,
                           STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
@@ -3058,7 +3071,7 @@ static void resnet_small_down_backward(
                     dbias_part[g * C_OUT_PER_GROUP + oc] = resnet_small_row_sum(dout_group + (size_t)oc * PIXELS_OUT, PIXELS_OUT);
                 real *restrict din_group = din + (b * C_IN + (size_t)g * C_IN_PER_GROUP) * (size_t)(H_IN * W_IN);
                 real *restrict padded = scratch + SCRATCH_PADDED;           /* [C_IN_PER_GROUP, H_PAD, W_PAD] */
-                resnet_small_pad_planes(in_group, padded, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD);
+                resnet_small_pad_planes_again(in_group, padded, C_IN_PER_GROUP, H_IN, W_IN, PAD_TOP, PAD_LEFT, H_PAD, W_PAD, first == 0);
                 real *restrict patches = scratch + SCRATCH_PATCHES;         /* [K_GROUP, PIXELS_OUT] */
                 resnet_small_im2col_planes(padded, patches, C_IN_PER_GROUP, H_PAD, W_PAD, KH, KW,
                               STRIDE_H, STRIDE_W, DIL_H, DIL_W, H_OUT, W_OUT);
