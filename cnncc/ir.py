@@ -101,9 +101,17 @@ class Op:
     plan: KernelPlan | None = None  # how its kernels run on the program's backend (set once by lowering)
     workspace_offset: int = 0
     runs_backward: bool = True  # False: no trainable parameter at or before it (_prune_backward)
-    # the relu this op applies too (lowering.lower): a relu layer after it, or its own
-    # `activation: relu` as <layer>_relu
+    # the layers this op computes too (lowering.lower), in order: the add after a batchnorm (with
+    # residual), then the relu, a relu layer after it or its own `activation: relu` as <layer>_relu
     fused: tuple[str, ...] = ()
+    # a batchnorm with the add after it fused in: inputs[1] is the add's other input, added to the
+    # normalised value (then the relu, if fused has one after the add)
+    residual: bool = False
+
+    @property
+    def relu_epilogue(self) -> bool:
+        """Whether the op ends with a fused relu (the last of `fused` after any add)."""
+        return len(self.fused) > int(self.residual)
 
     @property
     def grad_inputs(self) -> tuple[Tensor, ...]:
@@ -200,7 +208,8 @@ class Program:
     loss: Loss | None
     optimizer: OptimizerSpec
     layer_outputs: dict[str, Tensor] = field(default_factory=dict)
-    # layer -> the relu fused into its op: its own output is never stored (Model.activation says so)
+    # layer -> the layer after it fused into its op (a relu, or a batchnorm's add): the layer's own
+    # output is never stored (Model.activation says so)
     fused_away: dict[str, str] = field(default_factory=dict)
     deployment: Deployment = field(default_factory=Deployment)
     sample_slots: int = 1  # see lower

@@ -2,7 +2,8 @@
 
 A conv/dense `activation:` field becomes its own op after the layer; `flatten` and `linear` are
 views of their input's memory and emit no op. Every activation tensor has its own slot in the
-training plan (all are kept for backward); its offset is per sample. Lowering then fuses the
+training plan (all are kept for backward); its offset is per sample. A relu runs in the op
+before it, and an add in the batchnorm before it (epilogues). Lowering then fuses the
 backward of conv -> [relu] -> maxpool chains (ir.PooledBackward), asks the backend for every op's
 kernel plan exactly once, refuses a plan whose scratch C could not index, and places the ops'
 workspaces (memplan.place_workspaces: what an op keeps from forward to backward has its own
@@ -59,12 +60,15 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector", fuse:
     templates the program is for (cnncc/backends). fuse: a relu becomes the epilogue of the op
     before it where that op's kernels can apply it (Planner.plans_relu_epilogue: conv, dense,
     batchnorm, add): a layer's `activation: relu`, and a relu layer whose input only it reads
-    (_relu_epilogues); the results are the same bits either way. for_device: the program `cnncc emit`
+    (_relu_epilogues); and an add after a batchnorm becomes the batchnorm's epilogue, with the
+    add's relu (_residual_epilogues); the results are the same bits either way. for_device: the program `cnncc emit`
     writes, whose kernel plans keep within a device's RAM (PlanRequest.for_device)."""
     spec = net.spec
     chosen = backend_named(backend)
     epilogues = _relu_epilogues(net, chosen) if fuse else {}
     fused_relus = {relu: source for source, relu in epilogues.items()}
+    residuals = _residual_epilogues(net, chosen) if fuse else {}
+    fused_adds = {add: next(layer for layer in net.layers if layer.name == bn) for bn, add in residuals.items()}
     names = _Names(spec.name)
     network_input = Tensor("input", spec.input_shape, -1)
     outputs: dict[str, Tensor] = {"input": network_input}
@@ -79,23 +83,37 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector", fuse:
         params[key] = ParamTensor(key, decl.shape, offset, decl.trainable, decl.init, decl.fan_in, decl.fan_out)
         offset += decl.size
 
-    def emit(layer, kind_obj, kind, name, inputs, out_shape, layer_params, in_shapes, fused=()):
+    def emit(layer, kind_obj, kind, name, inputs, out_shape, layer_params, in_shapes, fused=(), residual=False):
         nonlocal arena
         output = Tensor(names.take(name), out_shape, arena)
         arena += output.size
         op = Op(output.name, layer.name, kind, layer.spec.loc.line if layer.spec.loc else None, tuple(inputs),
                 output, layer_params, tuple(not t.is_input for t in inputs),
-                sum(p.size for p in layer_params.values() if p.trainable), fused=fused)
+                sum(p.size for p in layer_params.values() if p.trainable), fused=fused, residual=residual)
         lowered.append(_Lowered(op, kind_obj, layer, in_shapes))
         return output
+
+    def params_of(layer):
+        return {decl.name: params[f"{layer.name}.{decl.name}"] for decl in layer.params}
 
     for layer in net.layers:
         if layer.name in fused_relus:  # done by its input's op: its output is that op's
             outputs[layer.name] = outputs[fused_relus[layer.name]]
             continue
+        if layer.name in residuals:  # done where the add after it runs, once the residual exists
+            continue
+        if layer.name in fused_adds:  # the batchnorm before it, with this add (and its relu) fused
+            bn = fused_adds[layer.name]
+            other = layer.spec.inputs[1] if layer.spec.inputs[0] == bn.name else layer.spec.inputs[0]
+            fused = (layer.name,) + ((epilogues[layer.name],) if layer.name in epilogues else ())
+            result = emit(bn, bn.layer, bn.spec.kind, bn.name, [outputs[bn.spec.inputs[0]], outputs[other]],
+                          bn.output_shape, params_of(bn), [bn.input_shapes[0], outputs[other].shape],
+                          fused, residual=True)
+            outputs[bn.name] = outputs[layer.name] = result
+            continue
         inputs = [outputs[name] for name in layer.spec.inputs]
         kind_obj = layer.layer
-        layer_params = {decl.name: params[f"{layer.name}.{decl.name}"] for decl in layer.params}
+        layer_params = params_of(layer)
         activation = kind_obj.activation_kind
         if REGISTRY[layer.spec.kind].template is None:
             # A view: the same memory under a new shape (its gradient is the same memory too).
@@ -131,7 +149,7 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector", fuse:
     return Program(spec.name, spec.dtype, network_input, output, tuple(ops), tuple(params.values()), offset,
                    sum(decl.size for _, decl in trainable), arena, workspace, loss, spec.optimizer,
                    {name: t for name, t in outputs.items() if name != "input"}, sample_slots=sample_slots,
-                   backend=backend, fused_away=dict(epilogues))
+                   backend=backend, fused_away={**epilogues, **residuals})
 
 
 _REQUEST_FIELDS = tuple(f.name for f in fields(PlanRequest) if f.name != "layer")
@@ -146,8 +164,8 @@ def _planned(item: _Lowered, chosen, slots: int, pooled: dict[str, PooledBackwar
         item.kind_obj, item.in_shapes, op.output.shape, tuple(op.params),
         tuple(role for role, p in op.params.items() if p.trainable), op.input_grads, slots,
         fused.pool_output.shape if fused else None, bool(fused and (fused.activation or op.fused)),
-        keeps_argmax=any(p.pool == op.name for p in pooled.values()), relu_epilogue=bool(op.fused),
-        first_gradient_writes=first_writes, for_device=for_device)
+        keeps_argmax=any(p.pool == op.name for p in pooled.values()), relu_epilogue=op.relu_epilogue,
+        first_gradient_writes=first_writes, for_device=for_device, residual_epilogue=op.residual)
     # a layer kind object compares by identity: its field values stand for it
     key = (op.kind, tuple(item.kind_obj.values().items()), *(getattr(request, f) for f in _REQUEST_FIELDS))
     try:
@@ -189,6 +207,41 @@ def _relu_epilogues(net: CheckedNet, chosen) -> dict[str, str]:
             continue
         if chosen.planner(source.spec.kind).plans_relu_epilogue(source.layer):
             fused[source.name] = relu.name
+    return fused
+
+
+def _residual_epilogues(net: CheckedNet, chosen) -> dict[str, str]:
+    """batchnorm layer -> the add after it, for every add of two inputs where one is the output of
+    a layer whose op can end with the add (Planner.plans_residual_epilogue: batchnorm) and that
+    nothing else reads (nor is it the network's output), and the other, the residual, is not that
+    layer's input (the backward writes both gradients through restrict pointers). The layer's op
+    runs where the add runs, once the residual exists (ResNet's shortcut conv comes after the
+    block's last batchnorm), and writes the add's output, then its relu if one is fused after the
+    add: one pass over the tensor instead of two forward, and one tensor less. The layer's own
+    output is never stored (Program.fused_away)."""
+    readers = Counter(name for layer in net.layers for name in layer.spec.inputs)
+    by_name = {layer.name: layer for layer in net.layers}
+
+    def stored(name: str) -> str:  # the layer whose tensor `name` is: views share their input's
+        while name in by_name and REGISTRY[by_name[name].spec.kind].template is None:
+            name = by_name[name].spec.inputs[0]
+        return name
+
+    fused = {}
+    for add in net.layers:
+        if not REGISTRY[add.spec.kind].sums_its_inputs or len(add.spec.inputs) != 2 or add.layer.activation_kind:
+            continue
+        for source_name, other in (add.spec.inputs[::-1], add.spec.inputs):
+            source = by_name.get(source_name)
+            if source is None or source_name == other or readers[source_name] != 1 or source is net.layers[-1]:
+                continue
+            if REGISTRY[source.spec.kind].template is None or source.layer.activation_kind:
+                continue
+            if stored(source.spec.inputs[0]) == stored(other):
+                continue
+            if chosen.planner(source.spec.kind).plans_residual_epilogue(source.layer):
+                fused[source_name] = add.name
+                break
     return fused
 
 

@@ -418,9 +418,10 @@ class Model:
         the loss gradient with respect to it from the most recent backward pass (a view; valid
         until the next call). For tests and debugging; the network input has no slot."""
         if layer in self.program.fused_away:
-            relu = self.program.fused_away[layer]
-            raise ValueError(f"the output of '{layer}' is not stored: the relu '{relu}' after it runs in the same "
-                             f"kernels (read '{relu}', or compile with fuse=False to keep every layer's output)")
+            after = self.program.fused_away[layer]
+            kind = next((l.kind for l in self.spec.layers if l.name == after), "layer")
+            raise ValueError(f"the output of '{layer}' is not stored: the {kind} '{after}' after it runs in the same "
+                             f"kernels (read '{after}', or compile with fuse=False to keep every layer's output)")
         tensor = self.program.layer_outputs.get(layer)
         if tensor is None:
             raise ValueError(f"no layer named '{layer}'; layers: {', '.join(self.program.layer_outputs)}")

@@ -567,7 +567,8 @@ def test_lifetimes_follow_views_and_keep_the_output():
     index = {op.name: i for i, op in enumerate(resnet.ops)}
     down, stem = resnet.layer_outputs["down"].name, resnet.layer_outputs["stem_relu"].name
     assert spans[down].last == index["merged"]  # skip connections stay live
-    assert spans[stem].last == index["block1_add"]
+    # block1_add runs in the kernels of the batchnorm before it (its residual epilogue)
+    assert spans[stem].last == index[resnet.layer_outputs["block1_add"].name]
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,9 +1,10 @@
 """A relu runs in the kernels of the op before it (lowering.lower): a conv's, dense's, batchnorm's
 or add's `activation: relu`, and a relu layer whose input only it reads (lowering._relu_epilogues).
 The op writes max(0, y) where the relu's output goes, and its backward masks the gradient with
-that output. The fused build must give the same bits as the unfused one (fuse=False: every layer
-its own op) in training and inference, at any thread count, pass finite differences in float64,
-and refuse, with a message, to return the output it no longer stores."""
+that output. An add after a batchnorm runs in the batchnorm's kernels too, with the add's relu
+(lowering._residual_epilogues). The fused build must give the same bits as the unfused one
+(fuse=False: every layer its own op) in training and inference, at any thread count, pass finite
+differences in float64, and refuse, with a message, to return the output it no longer stores."""
 import numpy as np
 import pytest
 
@@ -81,10 +82,12 @@ def test_fused_and_unfused_builds_give_the_same_bits(dtype, build_dir):
     spec = _dtype(RESIDUAL, dtype)
     fused = cnncc.compile(spec, build_dir=build_dir, cflags=FLAGS[dtype])
     unfused = cnncc.compile(spec, build_dir=build_dir, fuse=False, cflags=FLAGS[dtype])
-    assert fused.program.fused_away == {"bn1": "relu1", "sum": "out"}
+    # bn2's op computes the add and its relu: bn2 -> sum -> out is one op
+    assert fused.program.fused_away == {"bn1": "relu1", "sum": "out", "bn2": "sum"}
     assert unfused.program.fused_away == {}
-    assert len(fused.program.ops) == len(unfused.program.ops) - 2
-    assert {op.name: op.fused for op in fused.program.ops if op.fused} == {"bn1": ("relu1",), "sum": ("out",)}
+    assert len(fused.program.ops) == len(unfused.program.ops) - 3
+    assert {op.name: (op.fused, op.residual) for op in fused.program.ops if op.fused} == {
+        "bn1": (("relu1",), False), "bn2": (("sum", "out"), True)}
     rng = np.random.default_rng(0)
     x, y = random_batch(fused, 7, rng)
     a, b = _train(fused, x, y), _train(unfused, x, y)
@@ -106,9 +109,9 @@ def test_fused_output_is_refused_by_name(build_dir):
     model = cnncc.compile(RESIDUAL, build_dir=build_dir)
     x, y = random_batch(model, 2, np.random.default_rng(1))
     model.gradients(x, y)
-    for layer, relu in (("bn1", "relu1"), ("sum", "out")):
+    for layer, kind, after in (("bn1", "relu", "relu1"), ("sum", "relu", "out"), ("bn2", "add", "sum")):
         for grad in (False, True):
-            with pytest.raises(ValueError, match=rf"output of '{layer}' is not stored: the relu '{relu}'.*fuse=False"):
+            with pytest.raises(ValueError, match=rf"output of '{layer}' is not stored: the {kind} '{after}'.*fuse=False"):
                 model.activation(layer, 2, grad=grad)
     unfused = cnncc.compile(RESIDUAL, build_dir=build_dir, fuse=False)
     unfused.gradients(x, y)
@@ -253,3 +256,98 @@ def test_dropout_masks_do_not_depend_on_fusion(build_dir):
     a, b = _train(fused, x, y), _train(unfused, x, y)
     assert a[0] == b[0] and np.array_equal(a[2], b[2])
     assert all(np.array_equal(a[1][k], b[1][k]) for k in a[1])
+
+
+# Every form of the batchnorm's residual epilogue (lowering._residual_epilogues):
+#   bn0 + the network input (no residual gradient to write);
+#   bn_b + a shortcut conv that runs after it (ResNet's order), no relu after the add;
+#   bn_d + relu_a, then the add's relu: relu_a's gradient is first written by add3, so the fused
+#   backward adds into it (+=), where the others write theirs (=);
+#   bn_q + its own input: not fused (the two gradients would be one tensor).
+RESIDUAL_FORMS = {
+    "name": "residual_forms", "input": {"channels": 4, "height": 7, "width": 7},
+    "layers": [{"name": "conv0", "type": "conv2d", "filters": 4, "kernel": 3, "padding": 1},
+               {"name": "bn0", "type": "batchnorm"},
+               {"name": "add0", "type": "add", "inputs": ["input", "bn0"]},
+               {"name": "conv_a", "type": "conv2d", "filters": 6, "kernel": 3, "padding": 1},
+               {"name": "bn_a", "type": "batchnorm"}, {"name": "relu_a", "type": "relu"},
+               {"name": "conv_b", "type": "conv2d", "filters": 6, "kernel": 3, "padding": 1},
+               {"name": "bn_b", "type": "batchnorm", "momentum": 0.3},
+               {"name": "conv_s", "type": "conv2d", "filters": 6, "kernel": 1, "inputs": ["relu_a"]},
+               {"name": "add1", "type": "add", "inputs": ["conv_s", "bn_b"]},
+               {"name": "conv_d", "type": "conv2d", "filters": 6, "kernel": 3, "padding": 1},
+               {"name": "bn_d", "type": "batchnorm"},
+               {"name": "add2", "type": "add", "inputs": ["bn_d", "relu_a"]}, {"name": "out2", "type": "relu"},
+               {"name": "add3", "type": "add", "inputs": ["out2", "relu_a"]},
+               {"name": "conv_q", "type": "conv2d", "filters": 3, "kernel": 3, "padding": 1},
+               {"name": "bn_q", "type": "batchnorm"},
+               {"name": "add_q", "type": "add", "inputs": ["conv_q", "bn_q"]},
+               {"name": "pool", "type": "avgpool2d", "kernel": 7},
+               {"type": "flatten"}, {"name": "fc", "type": "dense", "units": 3}],
+    "loss": "softmax_cross_entropy", "optimizer": {"type": "adam", "lr": 0.01}}
+RESIDUAL_FUSED = {"bn0": "add0", "bn_a": "relu_a", "bn_b": "add1", "bn_d": "add2", "add2": "out2"}
+
+
+def _same_training(a, b):
+    assert a[0] == b[0]
+    assert all(np.array_equal(a[1][k], b[1][k]) for k in a[1])  # running statistics included
+    assert np.array_equal(a[2], b[2])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batchnorm_residual_epilogues_give_the_unfused_bits(dtype, build_dir):
+    spec = _dtype(RESIDUAL_FORMS, dtype)
+    fused = cnncc.compile(spec, build_dir=build_dir, cflags=FLAGS[dtype])
+    unfused = cnncc.compile(spec, build_dir=build_dir, fuse=False, cflags=FLAGS[dtype])
+    assert fused.program.fused_away == RESIDUAL_FUSED
+    ops = {op.name: op for op in fused.program.ops}
+    assert {name for name, op in ops.items() if op.residual} == {"bn0", "bn_b", "bn_d"}
+    assert [t.name for t in ops["bn_b"].inputs] == ["conv_b", "conv_s"]  # after the shortcut conv
+    assert [op.name for op in fused.program.ops].index("bn_b") > [op.name for op in fused.program.ops].index("conv_s")
+    assert ops["bn_d"].fused == ("add2", "out2") and ops["bn_b"].fused == ("add1",)
+    assert ops["bn0"].input_grads == (True, False)  # the residual is the network input
+    assert ops["bn_d"].plan.initialised_grads == (True, False)  # relu_a's gradient: add3 writes it first
+    assert ops["bn_b"].plan.initialised_grads == (True, True)
+    assert not ops["bn_q"].residual and "add_q" in ops
+    rng = np.random.default_rng(11)
+    x, y = random_batch(fused, 6, rng)
+    _same_training(_train(fused, x, y), _train(unfused, x, y))
+    for m in (fused, unfused):
+        m.init(4)
+        m.gradients(x, y, seed=2)
+    for layer in ("add0", "add1", "out2", "add3", "relu_a"):
+        assert np.array_equal(fused.activation(layer, 6), unfused.activation(layer, 6)), layer
+        assert np.array_equal(fused.activation(layer, 6, grad=True), unfused.activation(layer, 6, grad=True)), layer
+    for layer in ("bn0", "bn_b", "bn_d"):
+        with pytest.raises(ValueError, match=rf"output of '{layer}' is not stored: the add '{RESIDUAL_FUSED[layer]}'"):
+            fused.activation(layer, 6)
+    assert fused.program.activation_size == unfused.program.activation_size - 3 * 6 * 49 - 4 * 49 - 6 * 49
+
+
+def test_batchnorm_residual_epilogues_pass_finite_differences(build_dir):
+    model = cnncc.compile(_dtype(RESIDUAL_FORMS, "float64"), build_dir=build_dir)
+    x, y = random_batch(model, 5, np.random.default_rng(12))
+    model.init(5)
+    errors = check_gradients(model, x, y, samples=20)
+    assert set(errors) == {k for k in model.params if not k.endswith(("running_mean", "running_var"))}
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_batchnorm_residual_epilogues_on_threads_and_the_portable_backend(build_dir):
+    # 32 x 32: the threaded batchnorms split their channel groups over the threads
+    spec = {**RESIDUAL_FORMS, "input": {"channels": 4, "height": 32, "width": 32}, "name": "residual_threads"}
+    spec["layers"] = [dict(layer, kernel=32) if layer.get("name") == "pool" else layer for layer in spec["layers"]]
+    serial = cnncc.compile(spec, build_dir=build_dir, fuse=False, cflags=THREADED_FLAGS)
+    threaded = cnncc.compile(spec, build_dir=build_dir, threads=2, cflags=THREADED_FLAGS)
+    assert threaded.program.fused_away == RESIDUAL_FUSED
+    x, y = random_batch(serial, 5, np.random.default_rng(13))
+    reference = _train(serial, x, y)
+    for threads in (1, 2):
+        threaded.set_threads(threads)
+        _same_training(_train(threaded, x, y), reference)
+    portable = cnncc.compile(RESIDUAL_FORMS, build_dir=build_dir, backend="portable", cflags=FLAGS["float64"])
+    portable_unfused = cnncc.compile(RESIDUAL_FORMS, build_dir=build_dir, backend="portable", fuse=False,
+                                     cflags=FLAGS["float64"])
+    assert portable.program.fused_away == RESIDUAL_FUSED
+    x, y = random_batch(portable, 5, np.random.default_rng(14))
+    _same_training(_train(portable, x, y), _train(portable_unfused, x, y))

@@ -78,12 +78,18 @@ def _bind_role(op, role: str, inference: bool = False) -> list[Argument]:
     if role == "in":
         value, uses = _activation(op.inputs[0])
         return [Argument("in", "const real *restrict in", value, _describe(op.inputs[0]), uses)]
+    if role == "residual":  # a batchnorm's fused add's other input (never the same tensor as `in`)
+        value, uses = _activation(op.inputs[1])
+        return [Argument("residual", "const real *restrict residual", value, _describe(op.inputs[1]), uses)]
     if role == "ins":  # not restrict: two inputs may be the same tensor
         return [Argument(f"in{i}", f"const real *in{i}", *_pair(_activation(t), _describe(t)))
                 for i, t in enumerate(op.inputs)]
     if role == "din":
         value, uses = _gradient(op.inputs[0])
         return [Argument("din", "real *restrict din", value, _describe(op.inputs[0]), uses)]
+    if role == "dresidual":
+        value, uses = _gradient(op.inputs[1])
+        return [Argument("dresidual", "real *restrict dresidual", value, _describe(op.inputs[1]), uses)]
     if role == "dins":
         return [Argument(f"din{i}", f"real *din{i}", *_pair(_gradient(t), _describe(t)))
                 for i, (t, needed) in enumerate(zip(op.inputs, op.input_grads)) if needed]

@@ -62,6 +62,9 @@ class PlanRequest:
     # the program is for a device (`cnncc emit`: a microcontroller's RAM holds the weights' scratch
     # too), not for the Python module on the host: a planner keeps its scratch within device bounds
     for_device: bool = False
+    # a batchnorm whose output only an add reads (Planner.plans_residual_epilogue): the op's second
+    # input is the add's other one (the residual), added to the result before any relu epilogue
+    residual_epilogue: bool = False
 
 
 class Planner:
@@ -80,6 +83,12 @@ class Planner:
         the backward takes the relu's output and gradient (PlanRequest.relu_epilogue)."""
         return False
 
+    def plans_residual_epilogue(self, layer: LayerKind) -> bool:
+        """Whether this op's kernels can end with the add after it (PlanRequest.residual_epilogue):
+        the forward writes y + residual, then the relu if there is one; the backward writes the
+        residual's gradient too."""
+        return False
+
 
 def resolve_roles(roles: tuple[str, ...], request: PlanRequest, settings: dict[str, Any]) -> tuple[str, ...]:
     """The roles a kernel takes: "role if condition" keeps a role only where the condition (another
@@ -96,6 +105,8 @@ def resolve_roles(roles: tuple[str, ...], request: PlanRequest, settings: dict[s
         if role.startswith("d") and role[1:] in PARAM_ROLES and role[1:] not in request.trainable:
             continue
         if role == "din" and not request.input_grads[0] or role == "dins" and not any(request.input_grads):
+            continue
+        if role == "dresidual" and not request.input_grads[1]:
             continue
         taken.append(role)
     if roles and roles[0].startswith("d") and not any(r.startswith("d") and r not in READ_ROLES for r in taken):

@@ -150,6 +150,9 @@ class LayerKind:
     # rectifiers, Xavier otherwise).
     weight_init_before: ClassVar[str] = "xavier"
     normalises_its_input: ClassVar[bool] = False  # subtracts the batch mean (a bias before it does nothing)
+    # The element-wise sum of its inputs, its gradient dout to each (add): the op before it may
+    # add its other input in its own kernels (lowering._residual_epilogues).
+    sums_its_inputs: ClassVar[bool] = False
 
     @property
     def final_activation(self) -> str | None:

@@ -33,6 +33,7 @@ class Add(LayerKind):
     kind = "add"
     doc = "element-wise sum of inputs of the same shape"
     min_inputs, max_inputs = 2, 16
+    sums_its_inputs = True
 
     def output_shape(self, inputs):
         for shape in inputs[1:]:

@@ -301,8 +301,8 @@ KERNEL_INLINE void lenet5_plane_moments(const real *restrict x, int n, double pi
 typedef char lenet5_moment_lanes_are_two_vectors[MOMENT_LANES == 16 ? 1 : -1]; /* s0/s1, q0/q1 below */
 
 /* plane_gradient_sums' terms of eight elements, into one vector of sums and one of products */
-KERNEL_INLINE void lenet5_gradient_terms(const real *xs, const real *dys, real mean, real scale, real shift,
-                                  int relu, lenet5_doubles8 *sums, lenet5_doubles8 *products)
+KERNEL_INLINE void lenet5_gradient_terms(const real *xs, const real *dys, const real *outs, real mean, real scale,
+                                  real shift, int relu, lenet5_doubles8 *sums, lenet5_doubles8 *products)
 {
     typedef lenet5_reals8 reals;
     reals x, g;
@@ -310,21 +310,27 @@ KERNEL_INLINE void lenet5_gradient_terms(const real *xs, const real *dys, real m
     memcpy(&g, dys, sizeof g);
     if (relu)
         g *= __builtin_convertvector(-(x * scale + shift > (reals){0}), reals);
+    if (outs) {
+        reals y;
+        memcpy(&y, outs, sizeof y);
+        g *= __builtin_convertvector(-(y > (reals){0}), reals);
+    }
     const reals centred = g * (x - mean);
     lenet5_add_widened(sums, &g);
     lenet5_add_widened(products, &centred);
 }
 
 /* Batchnorm's backward sums over one plane (templates/layers/batchnorm.c.j2): with g = dy[i], times
-   the fused relu's mask (y = x[i] * scale + shift > 0) if relu, sums[l] += g and products[l] +=
+   the fused relu's mask (y = x[i] * scale + shift > 0) if relu, or (out[i] > 0) if out is not NULL
+   (a relu after a residual, whose mask only the output has), sums[l] += g and products[l] +=
    g * (x[i] - mean), for i < n with i = l mod MOMENT_LANES, in two vectors of eight doubles each
    (as plane_moments, for the same reason). The mask is a factor, not a select: a NaN or infinite
    dy where the relu is off gives NaN instead of 0, a finite one the same sums. A plane's tail
    goes in vectors too (DS-CNN's 125 pixels: 112 + 13), which one element at a time took half of
    the backward's time. */
-KERNEL_INLINE void lenet5_plane_gradient_sums(const real *restrict x, const real *restrict dy, int n, real mean,
-                                       real scale, real shift, int relu, double *restrict sums,
-                                       double *restrict products)
+KERNEL_INLINE void lenet5_plane_gradient_sums(const real *restrict x, const real *restrict dy,
+                                       const real *restrict out, int n, real mean, real scale, real shift,
+                                       int relu, double *restrict sums, double *restrict products)
 {
     lenet5_doubles8 s0, s1, q0, q1;
     memcpy(&s0, sums, sizeof s0);
@@ -333,19 +339,20 @@ KERNEL_INLINE void lenet5_plane_gradient_sums(const real *restrict x, const real
     memcpy(&q1, products + 8, sizeof q1);
     int i = 0;
     for (; i + MOMENT_LANES <= n; i += MOMENT_LANES) {
-        lenet5_gradient_terms(x + i, dy + i, mean, scale, shift, relu, &s0, &q0);
-        lenet5_gradient_terms(x + i + 8, dy + i + 8, mean, scale, shift, relu, &s1, &q1);
+        lenet5_gradient_terms(x + i, dy + i, out ? out + i : NULL, mean, scale, shift, relu, &s0, &q0);
+        lenet5_gradient_terms(x + i + 8, dy + i + 8, out ? out + i + 8 : NULL, mean, scale, shift, relu, &s1, &q1);
     }
     if (i < n) {
         /* the plane's last lanes, and past its end dy = 0, which adds +-0 (a sum that starts at
            +0 never becomes -0, so that changes none) */
-        real x_tail[MOMENT_LANES], dy_tail[MOMENT_LANES];
+        real x_tail[MOMENT_LANES], dy_tail[MOMENT_LANES], out_tail[MOMENT_LANES];
         for (int l = 0; l < MOMENT_LANES; l++) {
             x_tail[l] = i + l < n ? x[i + l] : mean;
             dy_tail[l] = i + l < n ? dy[i + l] : 0;
+            out_tail[l] = i + l < n && out ? out[i + l] : 0;
         }
-        lenet5_gradient_terms(x_tail, dy_tail, mean, scale, shift, relu, &s0, &q0);
-        lenet5_gradient_terms(x_tail + 8, dy_tail + 8, mean, scale, shift, relu, &s1, &q1);
+        lenet5_gradient_terms(x_tail, dy_tail, out ? out_tail : NULL, mean, scale, shift, relu, &s0, &q0);
+        lenet5_gradient_terms(x_tail + 8, dy_tail + 8, out ? out_tail + 8 : NULL, mean, scale, shift, relu, &s1, &q1);
     }
     memcpy(sums, &s0, sizeof s0);
     memcpy(sums + 8, &s1, sizeof s1);

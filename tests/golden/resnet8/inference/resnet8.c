@@ -82,21 +82,18 @@ typedef float real;
 #define A_S1_BN1 ((size_t)32768) /* [N, 16, 32, 32] */
 #define A_S1_CONV2 ((size_t)0) /* [N, 16, 32, 32] */
 #define A_S1_BN2 ((size_t)32768) /* [N, 16, 32, 32] */
-#define A_S1_ADD ((size_t)0) /* [N, 16, 32, 32] */
-#define A_S2_CONV1 ((size_t)16384) /* [N, 32, 16, 16] */
-#define A_S2_BN1 ((size_t)24576) /* [N, 32, 16, 16] */
-#define A_S2_CONV2 ((size_t)16384) /* [N, 32, 16, 16] */
-#define A_S2_BN2 ((size_t)24576) /* [N, 32, 16, 16] */
-#define A_S2_SHORTCUT ((size_t)16384) /* [N, 32, 16, 16] */
-#define A_S2_ADD ((size_t)0) /* [N, 32, 16, 16] */
-#define A_S3_CONV1 ((size_t)8192) /* [N, 64, 8, 8] */
-#define A_S3_BN1 ((size_t)12288) /* [N, 64, 8, 8] */
-#define A_S3_CONV2 ((size_t)8192) /* [N, 64, 8, 8] */
-#define A_S3_BN2 ((size_t)12288) /* [N, 64, 8, 8] */
-#define A_S3_SHORTCUT ((size_t)8192) /* [N, 64, 8, 8] */
-#define A_S3_ADD ((size_t)0) /* [N, 64, 8, 8] */
-#define A_POOL ((size_t)4096) /* [N, 64, 1, 1] */
-#define A_FC ((size_t)0) /* [N, 10] */
+#define A_S2_CONV1 ((size_t)0) /* [N, 32, 16, 16] */
+#define A_S2_BN1 ((size_t)8192) /* [N, 32, 16, 16] */
+#define A_S2_CONV2 ((size_t)0) /* [N, 32, 16, 16] */
+#define A_S2_SHORTCUT ((size_t)8192) /* [N, 32, 16, 16] */
+#define A_S2_BN2 ((size_t)16384) /* [N, 32, 16, 16] */
+#define A_S3_CONV1 ((size_t)0) /* [N, 64, 8, 8] */
+#define A_S3_BN1 ((size_t)4096) /* [N, 64, 8, 8] */
+#define A_S3_CONV2 ((size_t)0) /* [N, 64, 8, 8] */
+#define A_S3_SHORTCUT ((size_t)4096) /* [N, 64, 8, 8] */
+#define A_S3_BN2 ((size_t)8192) /* [N, 64, 8, 8] */
+#define A_POOL ((size_t)0) /* [N, 64, 1, 1] */
+#define A_FC ((size_t)64) /* [N, 10] */
 
 /* Workspace offsets. */
 #define WS_STEM ((size_t)0)
@@ -108,13 +105,13 @@ typedef float real;
 #define WS_S2_CONV1 ((size_t)0)
 #define WS_S2_BN1 ((size_t)0)
 #define WS_S2_CONV2 ((size_t)0)
-#define WS_S2_BN2 ((size_t)0)
 #define WS_S2_SHORTCUT ((size_t)0)
+#define WS_S2_BN2 ((size_t)0)
 #define WS_S3_CONV1 ((size_t)0)
 #define WS_S3_BN1 ((size_t)0)
 #define WS_S3_CONV2 ((size_t)0)
-#define WS_S3_BN2 ((size_t)0)
 #define WS_S3_SHORTCUT ((size_t)0)
+#define WS_S3_BN2 ((size_t)0)
 
 #if !defined(__GNUC__)
 #error "the cnncc kernels use GNU C vector extensions: compile them with GCC or Clang"
@@ -365,8 +362,8 @@ KERNEL_INLINE void resnet8_plane_moments(const real *restrict x, int n, double p
 typedef char resnet8_moment_lanes_are_two_vectors[MOMENT_LANES == 16 ? 1 : -1]; /* s0/s1, q0/q1 below */
 
 /* plane_gradient_sums' terms of eight elements, into one vector of sums and one of products */
-KERNEL_INLINE void resnet8_gradient_terms(const real *xs, const real *dys, real mean, real scale, real shift,
-                                  int relu, resnet8_doubles8 *sums, resnet8_doubles8 *products)
+KERNEL_INLINE void resnet8_gradient_terms(const real *xs, const real *dys, const real *outs, real mean, real scale,
+                                  real shift, int relu, resnet8_doubles8 *sums, resnet8_doubles8 *products)
 {
     typedef resnet8_reals8 reals;
     reals x, g;
@@ -374,21 +371,27 @@ KERNEL_INLINE void resnet8_gradient_terms(const real *xs, const real *dys, real 
     memcpy(&g, dys, sizeof g);
     if (relu)
         g *= __builtin_convertvector(-(x * scale + shift > (reals){0}), reals);
+    if (outs) {
+        reals y;
+        memcpy(&y, outs, sizeof y);
+        g *= __builtin_convertvector(-(y > (reals){0}), reals);
+    }
     const reals centred = g * (x - mean);
     resnet8_add_widened(sums, &g);
     resnet8_add_widened(products, &centred);
 }
 
 /* Batchnorm's backward sums over one plane (templates/layers/batchnorm.c.j2): with g = dy[i], times
-   the fused relu's mask (y = x[i] * scale + shift > 0) if relu, sums[l] += g and products[l] +=
+   the fused relu's mask (y = x[i] * scale + shift > 0) if relu, or (out[i] > 0) if out is not NULL
+   (a relu after a residual, whose mask only the output has), sums[l] += g and products[l] +=
    g * (x[i] - mean), for i < n with i = l mod MOMENT_LANES, in two vectors of eight doubles each
    (as plane_moments, for the same reason). The mask is a factor, not a select: a NaN or infinite
    dy where the relu is off gives NaN instead of 0, a finite one the same sums. A plane's tail
    goes in vectors too (DS-CNN's 125 pixels: 112 + 13), which one element at a time took half of
    the backward's time. */
-KERNEL_INLINE void resnet8_plane_gradient_sums(const real *restrict x, const real *restrict dy, int n, real mean,
-                                       real scale, real shift, int relu, double *restrict sums,
-                                       double *restrict products)
+KERNEL_INLINE void resnet8_plane_gradient_sums(const real *restrict x, const real *restrict dy,
+                                       const real *restrict out, int n, real mean, real scale, real shift,
+                                       int relu, double *restrict sums, double *restrict products)
 {
     resnet8_doubles8 s0, s1, q0, q1;
     memcpy(&s0, sums, sizeof s0);
@@ -397,19 +400,20 @@ KERNEL_INLINE void resnet8_plane_gradient_sums(const real *restrict x, const rea
     memcpy(&q1, products + 8, sizeof q1);
     int i = 0;
     for (; i + MOMENT_LANES <= n; i += MOMENT_LANES) {
-        resnet8_gradient_terms(x + i, dy + i, mean, scale, shift, relu, &s0, &q0);
-        resnet8_gradient_terms(x + i + 8, dy + i + 8, mean, scale, shift, relu, &s1, &q1);
+        resnet8_gradient_terms(x + i, dy + i, out ? out + i : NULL, mean, scale, shift, relu, &s0, &q0);
+        resnet8_gradient_terms(x + i + 8, dy + i + 8, out ? out + i + 8 : NULL, mean, scale, shift, relu, &s1, &q1);
     }
     if (i < n) {
         /* the plane's last lanes, and past its end dy = 0, which adds +-0 (a sum that starts at
            +0 never becomes -0, so that changes none) */
-        real x_tail[MOMENT_LANES], dy_tail[MOMENT_LANES];
+        real x_tail[MOMENT_LANES], dy_tail[MOMENT_LANES], out_tail[MOMENT_LANES];
         for (int l = 0; l < MOMENT_LANES; l++) {
             x_tail[l] = i + l < n ? x[i + l] : mean;
             dy_tail[l] = i + l < n ? dy[i + l] : 0;
+            out_tail[l] = i + l < n && out ? out[i + l] : 0;
         }
-        resnet8_gradient_terms(x_tail, dy_tail, mean, scale, shift, relu, &s0, &q0);
-        resnet8_gradient_terms(x_tail + 8, dy_tail + 8, mean, scale, shift, relu, &s1, &q1);
+        resnet8_gradient_terms(x_tail, dy_tail, out ? out_tail : NULL, mean, scale, shift, relu, &s0, &q0);
+        resnet8_gradient_terms(x_tail + 8, dy_tail + 8, out ? out_tail + 8 : NULL, mean, scale, shift, relu, &s1, &q1);
     }
     memcpy(sums, &s0, sizeof s0);
     memcpy(sums + 8, &s1, sizeof s1);
@@ -1505,13 +1509,15 @@ static void resnet8_s1_conv2_forward(
 }
 
 /* ---- s1_bn2: batchnorm forward (spec line 18)
- * s1_conv2 [N, 16, 32, 32] -> s1_bn2 [N, 16, 32, 32]
+ * s1_conv2 [N, 16, 32, 32], stem_bn [N, 16, 32, 32] -> s1_bn2 [N, 16, 32, 32]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then the add (s1_add, fused): out += residual; then relu (s1_out, fused): out = max(0, out)
  */
 static void resnet8_s1_bn2_forward(
     real *restrict out,                     /* s1_bn2 [N, 16, 32, 32] */
     const real *restrict in,                /* s1_conv2 [N, 16, 32, 32] */
+    const real *restrict residual,          /* stem_bn [N, 16, 32, 32] */
     const real *restrict gamma,             /* s1_bn2.gamma [16] */
     const real *restrict beta,              /* s1_bn2.beta [16] */
     const real *restrict running_mean,      /* s1_bn2.running_mean [16] */
@@ -1543,37 +1549,19 @@ static void resnet8_s1_bn2_forward(
             for (int g = 0; g < group; g++) {
                 const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
                 real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                const real *restrict r = residual + (b * C + c0 + g) * SPATIAL;
                 for (int s = 0; s < SPATIAL; s++) {
-                    const real y = x[s] * scale[g] + shift[g];
-                    o[s] = y;
+                    /* rounded to real before the add, as the unfused batchnorm's stored output */
+                    const real normalised = x[s] * scale[g] + shift[g];
+                    const real y = normalised + r[s];
+                    o[s] = y > 0 ? y : 0;
                 }
             }
     }
 }
 
-/* ---- s1_add: add forward (spec line 19)
- * stem_bn [N, 16, 32, 32], s1_bn2 [N, 16, 32, 32] -> s1_add [N, 16, 32, 32]
- * out[i] = stem_bn[i] + s1_bn2[i]; then relu (s1_out, fused): out = max(0, out)
- */
-static void resnet8_s1_add_forward(
-    real *restrict out,                     /* s1_add [N, 16, 32, 32] */
-    const real *in0,                        /* stem_bn [N, 16, 32, 32] */
-    const real *in1,                        /* s1_bn2 [N, 16, 32, 32] */
-    size_t batch)
-{
-    enum {
-        SIZE = 16384
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real y = in0[i] + in1[i];
-        out[i] = y > 0 ? y : 0;
-    }
-}
-
 /* ---- s2_conv1: conv2d forward (spec line 22)
- * s1_add [N, 16, 32, 32] -> s2_conv1 [N, 32, 16, 16]
+ * s1_bn2 [N, 16, 32, 32] -> s2_conv1 [N, 32, 16, 16]
  * weight [32, 16, 3, 3], bias [32]: 4640 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -1582,7 +1570,7 @@ static void resnet8_s1_add_forward(
  */
 KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
     real *restrict out,                     /* s2_conv1 [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_bn2 [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* s2_conv1.bias [32] */
     real *slots,                            /* 89920 elements of workspace */
@@ -1643,7 +1631,7 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s2_conv1_forward(
     real *restrict out,                     /* s2_conv1 [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_bn2 [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* s2_conv1.bias [32] */
     real *slots,                            /* 89920 elements of workspace */
@@ -2150,55 +2138,8 @@ static void resnet8_s2_conv2_forward(
     }
 }
 
-/* ---- s2_bn2: batchnorm forward (spec line 26)
- * s2_conv2 [N, 32, 16, 16] -> s2_bn2 [N, 32, 16, 16]
- * gamma [32], beta [32], running_mean [32], running_var [32]: 64 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
- */
-static void resnet8_s2_bn2_forward(
-    real *restrict out,                     /* s2_bn2 [N, 32, 16, 16] */
-    const real *restrict in,                /* s2_conv2 [N, 32, 16, 16] */
-    const real *restrict gamma,             /* s2_bn2.gamma [32] */
-    const real *restrict beta,              /* s2_bn2.beta [32] */
-    const real *restrict running_mean,      /* s2_bn2.running_mean [32] */
-    const real *restrict running_var,       /* s2_bn2.running_var [32] */
-    size_t batch)
-{
-    enum {
-        C = 32,
-        SPATIAL = 256,
-        BN_GROUP = 32
-    };
-    const real EPS = (real)1e-05;
-    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
-       the group's planes of every sample in memory order: with the group all the channels, one
-       stream through the tensor. Each channel's sums are still added in the same order, so the
-       results are those of one channel at a time. */
-    PARALLEL_FOR_ELEMENTS
-    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
-        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
-        real scale[BN_GROUP], shift[BN_GROUP];
-        for (int g = 0; g < group; g++) {
-            const int c = c0 + g;
-            scale[g] = gamma[c] / REAL_SQRT(running_var[c] + EPS);
-            shift[g] = beta[c] - running_mean[c] * scale[g];
-        }
-        for (size_t b = 0; b < batch; b++)
-            for (int g = 0; g < group; g++) {
-                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
-                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
-                for (int s = 0; s < SPATIAL; s++) {
-                    const real y = x[s] * scale[g] + shift[g];
-                    o[s] = y;
-                }
-            }
-    }
-}
-
 /* ---- s2_shortcut: conv2d forward (spec line 27)
- * s1_add [N, 16, 32, 32] -> s2_shortcut [N, 32, 16, 16]
+ * s1_bn2 [N, 16, 32, 32] -> s2_shortcut [N, 32, 16, 16]
  * weight [32, 16, 1, 1], bias [32]: 544 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -2207,7 +2148,7 @@ static void resnet8_s2_bn2_forward(
  */
 KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
     real *restrict out,                     /* s2_shortcut [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_bn2 [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
     const real *restrict bias,              /* s2_shortcut.bias [32] */
     real *slots,                            /* 17952 elements of workspace */
@@ -2261,7 +2202,7 @@ KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s2_shortcut_forward(
     real *restrict out,                     /* s2_shortcut [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_bn2 [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
     const real *restrict bias,              /* s2_shortcut.bias [32] */
     real *slots,                            /* 17952 elements of workspace */
@@ -2279,29 +2220,60 @@ static void resnet8_s2_shortcut_forward(
     }
 }
 
-/* ---- s2_add: add forward (spec line 28)
- * s2_shortcut [N, 32, 16, 16], s2_bn2 [N, 32, 16, 16] -> s2_add [N, 32, 16, 16]
- * out[i] = s2_shortcut[i] + s2_bn2[i]; then relu (s2_out, fused): out = max(0, out)
+/* ---- s2_bn2: batchnorm forward (spec line 26)
+ * s2_conv2 [N, 32, 16, 16], s2_shortcut [N, 32, 16, 16] -> s2_bn2 [N, 32, 16, 16]
+ * gamma [32], beta [32], running_mean [32], running_var [32]: 64 trainable parameters
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then the add (s2_add, fused): out += residual; then relu (s2_out, fused): out = max(0, out)
  */
-static void resnet8_s2_add_forward(
-    real *restrict out,                     /* s2_add [N, 32, 16, 16] */
-    const real *in0,                        /* s2_shortcut [N, 32, 16, 16] */
-    const real *in1,                        /* s2_bn2 [N, 32, 16, 16] */
+static void resnet8_s2_bn2_forward(
+    real *restrict out,                     /* s2_bn2 [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_conv2 [N, 32, 16, 16] */
+    const real *restrict residual,          /* s2_shortcut [N, 32, 16, 16] */
+    const real *restrict gamma,             /* s2_bn2.gamma [32] */
+    const real *restrict beta,              /* s2_bn2.beta [32] */
+    const real *restrict running_mean,      /* s2_bn2.running_mean [32] */
+    const real *restrict running_var,       /* s2_bn2.running_var [32] */
     size_t batch)
 {
     enum {
-        SIZE = 8192
+        C = 32,
+        SPATIAL = 256,
+        BN_GROUP = 32
     };
-    const size_t elements = batch * SIZE;
+    const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real y = in0[i] + in1[i];
-        out[i] = y > 0 ? y : 0;
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+        real scale[BN_GROUP], shift[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const int c = c0 + g;
+            scale[g] = gamma[c] / REAL_SQRT(running_var[c] + EPS);
+            shift[g] = beta[c] - running_mean[c] * scale[g];
+        }
+        for (size_t b = 0; b < batch; b++)
+            for (int g = 0; g < group; g++) {
+                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                const real *restrict r = residual + (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    /* rounded to real before the add, as the unfused batchnorm's stored output */
+                    const real normalised = x[s] * scale[g] + shift[g];
+                    const real y = normalised + r[s];
+                    o[s] = y > 0 ? y : 0;
+                }
+            }
     }
 }
 
 /* ---- s3_conv1: conv2d forward (spec line 31)
- * s2_add [N, 32, 16, 16] -> s3_conv1 [N, 64, 8, 8]
+ * s2_bn2 [N, 32, 16, 16] -> s3_conv1 [N, 64, 8, 8]
  * weight [64, 32, 3, 3], bias [64]: 18496 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -2310,7 +2282,7 @@ static void resnet8_s2_add_forward(
  */
 KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
     real *restrict out,                     /* s3_conv1 [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_bn2 [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_conv1.weight [64, 32, 3, 3] */
     const real *restrict bias,              /* s3_conv1.bias [64] */
     real *slots,                            /* 68704 elements of workspace */
@@ -2371,7 +2343,7 @@ KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s3_conv1_forward(
     real *restrict out,                     /* s3_conv1 [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_bn2 [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_conv1.weight [64, 32, 3, 3] */
     const real *restrict bias,              /* s3_conv1.bias [64] */
     real *slots,                            /* 68704 elements of workspace */
@@ -2689,55 +2661,8 @@ static void resnet8_s3_conv2_forward(
     }
 }
 
-/* ---- s3_bn2: batchnorm forward (spec line 35)
- * s3_conv2 [N, 64, 8, 8] -> s3_bn2 [N, 64, 8, 8]
- * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
- */
-static void resnet8_s3_bn2_forward(
-    real *restrict out,                     /* s3_bn2 [N, 64, 8, 8] */
-    const real *restrict in,                /* s3_conv2 [N, 64, 8, 8] */
-    const real *restrict gamma,             /* s3_bn2.gamma [64] */
-    const real *restrict beta,              /* s3_bn2.beta [64] */
-    const real *restrict running_mean,      /* s3_bn2.running_mean [64] */
-    const real *restrict running_var,       /* s3_bn2.running_var [64] */
-    size_t batch)
-{
-    enum {
-        C = 64,
-        SPATIAL = 64,
-        BN_GROUP = 64
-    };
-    const real EPS = (real)1e-05;
-    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
-       the group's planes of every sample in memory order: with the group all the channels, one
-       stream through the tensor. Each channel's sums are still added in the same order, so the
-       results are those of one channel at a time. */
-    PARALLEL_FOR_ELEMENTS
-    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
-        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
-        real scale[BN_GROUP], shift[BN_GROUP];
-        for (int g = 0; g < group; g++) {
-            const int c = c0 + g;
-            scale[g] = gamma[c] / REAL_SQRT(running_var[c] + EPS);
-            shift[g] = beta[c] - running_mean[c] * scale[g];
-        }
-        for (size_t b = 0; b < batch; b++)
-            for (int g = 0; g < group; g++) {
-                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
-                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
-                for (int s = 0; s < SPATIAL; s++) {
-                    const real y = x[s] * scale[g] + shift[g];
-                    o[s] = y;
-                }
-            }
-    }
-}
-
 /* ---- s3_shortcut: conv2d forward (spec line 36)
- * s2_add [N, 32, 16, 16] -> s3_shortcut [N, 64, 8, 8]
+ * s2_bn2 [N, 32, 16, 16] -> s3_shortcut [N, 64, 8, 8]
  * weight [64, 32, 1, 1], bias [64]: 2112 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -2746,7 +2671,7 @@ static void resnet8_s3_bn2_forward(
  */
 KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
     real *restrict out,                     /* s3_shortcut [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_bn2 [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
     const real *restrict bias,              /* s3_shortcut.bias [64] */
     real *slots,                            /* 14400 elements of workspace */
@@ -2800,7 +2725,7 @@ KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s3_shortcut_forward(
     real *restrict out,                     /* s3_shortcut [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_bn2 [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
     const real *restrict bias,              /* s3_shortcut.bias [64] */
     real *slots,                            /* 14400 elements of workspace */
@@ -2818,35 +2743,66 @@ static void resnet8_s3_shortcut_forward(
     }
 }
 
-/* ---- s3_add: add forward (spec line 37)
- * s3_shortcut [N, 64, 8, 8], s3_bn2 [N, 64, 8, 8] -> s3_add [N, 64, 8, 8]
- * out[i] = s3_shortcut[i] + s3_bn2[i]; then relu (s3_out, fused): out = max(0, out)
+/* ---- s3_bn2: batchnorm forward (spec line 35)
+ * s3_conv2 [N, 64, 8, 8], s3_shortcut [N, 64, 8, 8] -> s3_bn2 [N, 64, 8, 8]
+ * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then the add (s3_add, fused): out += residual; then relu (s3_out, fused): out = max(0, out)
  */
-static void resnet8_s3_add_forward(
-    real *restrict out,                     /* s3_add [N, 64, 8, 8] */
-    const real *in0,                        /* s3_shortcut [N, 64, 8, 8] */
-    const real *in1,                        /* s3_bn2 [N, 64, 8, 8] */
+static void resnet8_s3_bn2_forward(
+    real *restrict out,                     /* s3_bn2 [N, 64, 8, 8] */
+    const real *restrict in,                /* s3_conv2 [N, 64, 8, 8] */
+    const real *restrict residual,          /* s3_shortcut [N, 64, 8, 8] */
+    const real *restrict gamma,             /* s3_bn2.gamma [64] */
+    const real *restrict beta,              /* s3_bn2.beta [64] */
+    const real *restrict running_mean,      /* s3_bn2.running_mean [64] */
+    const real *restrict running_var,       /* s3_bn2.running_var [64] */
     size_t batch)
 {
     enum {
-        SIZE = 4096
+        C = 64,
+        SPATIAL = 64,
+        BN_GROUP = 64
     };
-    const size_t elements = batch * SIZE;
+    const real EPS = (real)1e-05;
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real y = in0[i] + in1[i];
-        out[i] = y > 0 ? y : 0;
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+        real scale[BN_GROUP], shift[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const int c = c0 + g;
+            scale[g] = gamma[c] / REAL_SQRT(running_var[c] + EPS);
+            shift[g] = beta[c] - running_mean[c] * scale[g];
+        }
+        for (size_t b = 0; b < batch; b++)
+            for (int g = 0; g < group; g++) {
+                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                const real *restrict r = residual + (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    /* rounded to real before the add, as the unfused batchnorm's stored output */
+                    const real normalised = x[s] * scale[g] + shift[g];
+                    const real y = normalised + r[s];
+                    o[s] = y > 0 ? y : 0;
+                }
+            }
     }
 }
 
 /* ---- pool: avgpool2d forward (spec line 39)
- * s3_add [N, 64, 8, 8] -> pool [N, 64, 1, 1]
+ * s3_bn2 [N, 64, 8, 8] -> pool [N, 64, 1, 1]
  * out[b,c,oh,ow] = (sum of the window's cells inside the input) / (KH*KW): padding counts as
  *   zeros
  */
 static void resnet8_pool_forward(
     real *restrict out,                     /* pool [N, 64, 1, 1] */
-    const real *restrict in,                /* s3_add [N, 64, 8, 8] */
+    const real *restrict in,                /* s3_bn2 [N, 64, 8, 8] */
     size_t batch)
 {
     enum {
@@ -2947,21 +2903,18 @@ void resnet8_forward(const resnet8_context *ctx, const real *input)
     resnet8_s1_conv1_forward(acts + A_S1_CONV1 * batch, acts + A_STEM_BN * batch, params + P_S1_CONV1_WEIGHT, params + P_S1_CONV1_BIAS, workspace + WS_S1_CONV1, batch);
     resnet8_s1_bn1_forward(acts + A_S1_BN1 * batch, acts + A_S1_CONV1 * batch, params + P_S1_BN1_GAMMA, params + P_S1_BN1_BETA, params + P_S1_BN1_RUNNING_MEAN, params + P_S1_BN1_RUNNING_VAR, batch);
     resnet8_s1_conv2_forward(acts + A_S1_CONV2 * batch, acts + A_S1_BN1 * batch, params + P_S1_CONV2_WEIGHT, params + P_S1_CONV2_BIAS, workspace + WS_S1_CONV2, batch);
-    resnet8_s1_bn2_forward(acts + A_S1_BN2 * batch, acts + A_S1_CONV2 * batch, params + P_S1_BN2_GAMMA, params + P_S1_BN2_BETA, params + P_S1_BN2_RUNNING_MEAN, params + P_S1_BN2_RUNNING_VAR, batch);
-    resnet8_s1_add_forward(acts + A_S1_ADD * batch, acts + A_STEM_BN * batch, acts + A_S1_BN2 * batch, batch);
-    resnet8_s2_conv1_forward(acts + A_S2_CONV1 * batch, acts + A_S1_ADD * batch, params + P_S2_CONV1_WEIGHT, params + P_S2_CONV1_BIAS, workspace + WS_S2_CONV1, batch);
+    resnet8_s1_bn2_forward(acts + A_S1_BN2 * batch, acts + A_S1_CONV2 * batch, acts + A_STEM_BN * batch, params + P_S1_BN2_GAMMA, params + P_S1_BN2_BETA, params + P_S1_BN2_RUNNING_MEAN, params + P_S1_BN2_RUNNING_VAR, batch);
+    resnet8_s2_conv1_forward(acts + A_S2_CONV1 * batch, acts + A_S1_BN2 * batch, params + P_S2_CONV1_WEIGHT, params + P_S2_CONV1_BIAS, workspace + WS_S2_CONV1, batch);
     resnet8_s2_bn1_forward(acts + A_S2_BN1 * batch, acts + A_S2_CONV1 * batch, params + P_S2_BN1_GAMMA, params + P_S2_BN1_BETA, params + P_S2_BN1_RUNNING_MEAN, params + P_S2_BN1_RUNNING_VAR, batch);
     resnet8_s2_conv2_forward(acts + A_S2_CONV2 * batch, acts + A_S2_BN1 * batch, params + P_S2_CONV2_WEIGHT, params + P_S2_CONV2_BIAS, workspace + WS_S2_CONV2, batch);
-    resnet8_s2_bn2_forward(acts + A_S2_BN2 * batch, acts + A_S2_CONV2 * batch, params + P_S2_BN2_GAMMA, params + P_S2_BN2_BETA, params + P_S2_BN2_RUNNING_MEAN, params + P_S2_BN2_RUNNING_VAR, batch);
-    resnet8_s2_shortcut_forward(acts + A_S2_SHORTCUT * batch, acts + A_S1_ADD * batch, params + P_S2_SHORTCUT_WEIGHT, params + P_S2_SHORTCUT_BIAS, workspace + WS_S2_SHORTCUT, batch);
-    resnet8_s2_add_forward(acts + A_S2_ADD * batch, acts + A_S2_SHORTCUT * batch, acts + A_S2_BN2 * batch, batch);
-    resnet8_s3_conv1_forward(acts + A_S3_CONV1 * batch, acts + A_S2_ADD * batch, params + P_S3_CONV1_WEIGHT, params + P_S3_CONV1_BIAS, workspace + WS_S3_CONV1, batch);
+    resnet8_s2_shortcut_forward(acts + A_S2_SHORTCUT * batch, acts + A_S1_BN2 * batch, params + P_S2_SHORTCUT_WEIGHT, params + P_S2_SHORTCUT_BIAS, workspace + WS_S2_SHORTCUT, batch);
+    resnet8_s2_bn2_forward(acts + A_S2_BN2 * batch, acts + A_S2_CONV2 * batch, acts + A_S2_SHORTCUT * batch, params + P_S2_BN2_GAMMA, params + P_S2_BN2_BETA, params + P_S2_BN2_RUNNING_MEAN, params + P_S2_BN2_RUNNING_VAR, batch);
+    resnet8_s3_conv1_forward(acts + A_S3_CONV1 * batch, acts + A_S2_BN2 * batch, params + P_S3_CONV1_WEIGHT, params + P_S3_CONV1_BIAS, workspace + WS_S3_CONV1, batch);
     resnet8_s3_bn1_forward(acts + A_S3_BN1 * batch, acts + A_S3_CONV1 * batch, params + P_S3_BN1_GAMMA, params + P_S3_BN1_BETA, params + P_S3_BN1_RUNNING_MEAN, params + P_S3_BN1_RUNNING_VAR, batch);
     resnet8_s3_conv2_forward(acts + A_S3_CONV2 * batch, acts + A_S3_BN1 * batch, params + P_S3_CONV2_WEIGHT, params + P_S3_CONV2_BIAS, workspace + WS_S3_CONV2, batch);
-    resnet8_s3_bn2_forward(acts + A_S3_BN2 * batch, acts + A_S3_CONV2 * batch, params + P_S3_BN2_GAMMA, params + P_S3_BN2_BETA, params + P_S3_BN2_RUNNING_MEAN, params + P_S3_BN2_RUNNING_VAR, batch);
-    resnet8_s3_shortcut_forward(acts + A_S3_SHORTCUT * batch, acts + A_S2_ADD * batch, params + P_S3_SHORTCUT_WEIGHT, params + P_S3_SHORTCUT_BIAS, workspace + WS_S3_SHORTCUT, batch);
-    resnet8_s3_add_forward(acts + A_S3_ADD * batch, acts + A_S3_SHORTCUT * batch, acts + A_S3_BN2 * batch, batch);
-    resnet8_pool_forward(acts + A_POOL * batch, acts + A_S3_ADD * batch, batch);
+    resnet8_s3_shortcut_forward(acts + A_S3_SHORTCUT * batch, acts + A_S2_BN2 * batch, params + P_S3_SHORTCUT_WEIGHT, params + P_S3_SHORTCUT_BIAS, workspace + WS_S3_SHORTCUT, batch);
+    resnet8_s3_bn2_forward(acts + A_S3_BN2 * batch, acts + A_S3_CONV2 * batch, acts + A_S3_SHORTCUT * batch, params + P_S3_BN2_GAMMA, params + P_S3_BN2_BETA, params + P_S3_BN2_RUNNING_MEAN, params + P_S3_BN2_RUNNING_VAR, batch);
+    resnet8_pool_forward(acts + A_POOL * batch, acts + A_S3_BN2 * batch, batch);
     resnet8_fc_forward(acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, params + P_FC_BIAS, batch);
 }
 

@@ -82,21 +82,18 @@ typedef float real;
 #define A_S1_BN1 ((size_t)49152) /* [N, 16, 32, 32] */
 #define A_S1_CONV2 ((size_t)65536) /* [N, 16, 32, 32] */
 #define A_S1_BN2 ((size_t)81920) /* [N, 16, 32, 32] */
-#define A_S1_ADD ((size_t)98304) /* [N, 16, 32, 32] */
-#define A_S2_CONV1 ((size_t)114688) /* [N, 32, 16, 16] */
-#define A_S2_BN1 ((size_t)122880) /* [N, 32, 16, 16] */
-#define A_S2_CONV2 ((size_t)131072) /* [N, 32, 16, 16] */
-#define A_S2_BN2 ((size_t)139264) /* [N, 32, 16, 16] */
-#define A_S2_SHORTCUT ((size_t)147456) /* [N, 32, 16, 16] */
-#define A_S2_ADD ((size_t)155648) /* [N, 32, 16, 16] */
-#define A_S3_CONV1 ((size_t)163840) /* [N, 64, 8, 8] */
-#define A_S3_BN1 ((size_t)167936) /* [N, 64, 8, 8] */
-#define A_S3_CONV2 ((size_t)172032) /* [N, 64, 8, 8] */
-#define A_S3_BN2 ((size_t)176128) /* [N, 64, 8, 8] */
-#define A_S3_SHORTCUT ((size_t)180224) /* [N, 64, 8, 8] */
-#define A_S3_ADD ((size_t)184320) /* [N, 64, 8, 8] */
-#define A_POOL ((size_t)188416) /* [N, 64, 1, 1] */
-#define A_FC ((size_t)188480) /* [N, 10] */
+#define A_S2_CONV1 ((size_t)98304) /* [N, 32, 16, 16] */
+#define A_S2_BN1 ((size_t)106496) /* [N, 32, 16, 16] */
+#define A_S2_CONV2 ((size_t)114688) /* [N, 32, 16, 16] */
+#define A_S2_SHORTCUT ((size_t)122880) /* [N, 32, 16, 16] */
+#define A_S2_BN2 ((size_t)131072) /* [N, 32, 16, 16] */
+#define A_S3_CONV1 ((size_t)139264) /* [N, 64, 8, 8] */
+#define A_S3_BN1 ((size_t)143360) /* [N, 64, 8, 8] */
+#define A_S3_CONV2 ((size_t)147456) /* [N, 64, 8, 8] */
+#define A_S3_SHORTCUT ((size_t)151552) /* [N, 64, 8, 8] */
+#define A_S3_BN2 ((size_t)155648) /* [N, 64, 8, 8] */
+#define A_POOL ((size_t)159744) /* [N, 64, 1, 1] */
+#define A_FC ((size_t)159808) /* [N, 10] */
 
 /* Workspace offsets. */
 #define WS_STEM ((size_t)480)
@@ -108,13 +105,13 @@ typedef float real;
 #define WS_S2_CONV1 ((size_t)480)
 #define WS_S2_BN1 ((size_t)96)
 #define WS_S2_CONV2 ((size_t)480)
-#define WS_S2_BN2 ((size_t)160)
 #define WS_S2_SHORTCUT ((size_t)480)
+#define WS_S2_BN2 ((size_t)160)
 #define WS_S3_CONV1 ((size_t)480)
 #define WS_S3_BN1 ((size_t)224)
 #define WS_S3_CONV2 ((size_t)480)
-#define WS_S3_BN2 ((size_t)352)
 #define WS_S3_SHORTCUT ((size_t)480)
+#define WS_S3_BN2 ((size_t)352)
 
 /* The activation gradients backward zeroes first, per sample from A_<FIRST>: every tensor's but
    those no backward writes (program.unmaterialised_gradients) and those the first backward to
@@ -401,8 +398,8 @@ KERNEL_INLINE void resnet8_plane_moments(const real *restrict x, int n, double p
 typedef char resnet8_moment_lanes_are_two_vectors[MOMENT_LANES == 16 ? 1 : -1]; /* s0/s1, q0/q1 below */
 
 /* plane_gradient_sums' terms of eight elements, into one vector of sums and one of products */
-KERNEL_INLINE void resnet8_gradient_terms(const real *xs, const real *dys, real mean, real scale, real shift,
-                                  int relu, resnet8_doubles8 *sums, resnet8_doubles8 *products)
+KERNEL_INLINE void resnet8_gradient_terms(const real *xs, const real *dys, const real *outs, real mean, real scale,
+                                  real shift, int relu, resnet8_doubles8 *sums, resnet8_doubles8 *products)
 {
     typedef resnet8_reals8 reals;
     reals x, g;
@@ -410,21 +407,27 @@ KERNEL_INLINE void resnet8_gradient_terms(const real *xs, const real *dys, real 
     memcpy(&g, dys, sizeof g);
     if (relu)
         g *= __builtin_convertvector(-(x * scale + shift > (reals){0}), reals);
+    if (outs) {
+        reals y;
+        memcpy(&y, outs, sizeof y);
+        g *= __builtin_convertvector(-(y > (reals){0}), reals);
+    }
     const reals centred = g * (x - mean);
     resnet8_add_widened(sums, &g);
     resnet8_add_widened(products, &centred);
 }
 
 /* Batchnorm's backward sums over one plane (templates/layers/batchnorm.c.j2): with g = dy[i], times
-   the fused relu's mask (y = x[i] * scale + shift > 0) if relu, sums[l] += g and products[l] +=
+   the fused relu's mask (y = x[i] * scale + shift > 0) if relu, or (out[i] > 0) if out is not NULL
+   (a relu after a residual, whose mask only the output has), sums[l] += g and products[l] +=
    g * (x[i] - mean), for i < n with i = l mod MOMENT_LANES, in two vectors of eight doubles each
    (as plane_moments, for the same reason). The mask is a factor, not a select: a NaN or infinite
    dy where the relu is off gives NaN instead of 0, a finite one the same sums. A plane's tail
    goes in vectors too (DS-CNN's 125 pixels: 112 + 13), which one element at a time took half of
    the backward's time. */
-KERNEL_INLINE void resnet8_plane_gradient_sums(const real *restrict x, const real *restrict dy, int n, real mean,
-                                       real scale, real shift, int relu, double *restrict sums,
-                                       double *restrict products)
+KERNEL_INLINE void resnet8_plane_gradient_sums(const real *restrict x, const real *restrict dy,
+                                       const real *restrict out, int n, real mean, real scale, real shift,
+                                       int relu, double *restrict sums, double *restrict products)
 {
     resnet8_doubles8 s0, s1, q0, q1;
     memcpy(&s0, sums, sizeof s0);
@@ -433,19 +436,20 @@ KERNEL_INLINE void resnet8_plane_gradient_sums(const real *restrict x, const rea
     memcpy(&q1, products + 8, sizeof q1);
     int i = 0;
     for (; i + MOMENT_LANES <= n; i += MOMENT_LANES) {
-        resnet8_gradient_terms(x + i, dy + i, mean, scale, shift, relu, &s0, &q0);
-        resnet8_gradient_terms(x + i + 8, dy + i + 8, mean, scale, shift, relu, &s1, &q1);
+        resnet8_gradient_terms(x + i, dy + i, out ? out + i : NULL, mean, scale, shift, relu, &s0, &q0);
+        resnet8_gradient_terms(x + i + 8, dy + i + 8, out ? out + i + 8 : NULL, mean, scale, shift, relu, &s1, &q1);
     }
     if (i < n) {
         /* the plane's last lanes, and past its end dy = 0, which adds +-0 (a sum that starts at
            +0 never becomes -0, so that changes none) */
-        real x_tail[MOMENT_LANES], dy_tail[MOMENT_LANES];
+        real x_tail[MOMENT_LANES], dy_tail[MOMENT_LANES], out_tail[MOMENT_LANES];
         for (int l = 0; l < MOMENT_LANES; l++) {
             x_tail[l] = i + l < n ? x[i + l] : mean;
             dy_tail[l] = i + l < n ? dy[i + l] : 0;
+            out_tail[l] = i + l < n && out ? out[i + l] : 0;
         }
-        resnet8_gradient_terms(x_tail, dy_tail, mean, scale, shift, relu, &s0, &q0);
-        resnet8_gradient_terms(x_tail + 8, dy_tail + 8, mean, scale, shift, relu, &s1, &q1);
+        resnet8_gradient_terms(x_tail, dy_tail, out ? out_tail : NULL, mean, scale, shift, relu, &s0, &q0);
+        resnet8_gradient_terms(x_tail + 8, dy_tail + 8, out ? out_tail + 8 : NULL, mean, scale, shift, relu, &s1, &q1);
     }
     memcpy(sums, &s0, sizeof s0);
     memcpy(sums + 8, &s1, sizeof s1);
@@ -1177,8 +1181,8 @@ static void resnet8_stem_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
-                                    scale[g], shift[g], 1, sums[g], products[g]);
+                resnet8_plane_gradient_sums(in + plane, dout + plane, NULL, SPATIAL,
+                                    saved[c0 + g], scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -1201,9 +1205,9 @@ static void resnet8_stem_bn_backward(
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
-                    const real xhat = (in[i] - mean) * inv_std;
                     const real y = in[i] * scale[g] + shift[g];
                     const real d = dout[i], g_out = y > 0 ? d : 0;
+                    const real xhat = (in[i] - mean) * inv_std;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -2038,8 +2042,8 @@ static void resnet8_s1_bn1_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
-                                    scale[g], shift[g], 1, sums[g], products[g]);
+                resnet8_plane_gradient_sums(in + plane, dout + plane, NULL, SPATIAL,
+                                    saved[c0 + g], scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -2062,9 +2066,9 @@ static void resnet8_s1_bn1_backward(
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
-                    const real xhat = (in[i] - mean) * inv_std;
                     const real y = in[i] * scale[g] + shift[g];
                     const real d = dout[i], g_out = y > 0 ? d : 0;
+                    const real xhat = (in[i] - mean) * inv_std;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -2762,15 +2766,17 @@ static void resnet8_s1_conv2_backward(
         }
 }
 /* ---- s1_bn2: batchnorm forward (spec line 18)
- * s1_conv2 [N, 16, 32, 32] -> s1_bn2 [N, 16, 32, 32]
+ * s1_conv2 [N, 16, 32, 32], stem_bn [N, 16, 32, 32] -> s1_bn2 [N, 16, 32, 32]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ *   inference: running averages; then the add (s1_add, fused): out += residual; then relu (s1_out,
+ *   fused): out = max(0, out)
  */
 static void resnet8_s1_bn2_forward(
     real *restrict out,                     /* s1_bn2 [N, 16, 32, 32] */
     const real *restrict in,                /* s1_conv2 [N, 16, 32, 32] */
+    const real *restrict residual,          /* stem_bn [N, 16, 32, 32] */
     const real *restrict gamma,             /* s1_bn2.gamma [16] */
     const real *restrict beta,              /* s1_bn2.beta [16] */
     real *restrict running_mean,            /* s1_bn2.running_mean [16] */
@@ -2842,26 +2848,32 @@ static void resnet8_s1_bn2_forward(
             for (int g = 0; g < group; g++) {
                 const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
                 real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                const real *restrict r = residual + (b * C + c0 + g) * SPATIAL;
                 for (int s = 0; s < SPATIAL; s++) {
-                    const real y = x[s] * scale[g] + shift[g];
-                    o[s] = y;
+                    /* rounded to real before the add, as the unfused batchnorm's stored output */
+                    const real normalised = x[s] * scale[g] + shift[g];
+                    const real y = normalised + r[s];
+                    o[s] = y > 0 ? y : 0;
                 }
             }
     }
 }
 
 /* ---- s1_bn2: batchnorm backward (training mode) (spec line 18)
- * s1_conv2 [N, 16, 32, 32] -> s1_bn2 [N, 16, 32, 32]
+ * s1_conv2 [N, 16, 32, 32], stem_bn [N, 16, 32, 32] -> s1_bn2 [N, 16, 32, 32]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is; the fused add's residual = dout
  */
 static void resnet8_s1_bn2_backward(
     real *restrict din,                     /* s1_conv2 [N, 16, 32, 32] */
+    real *restrict dresidual,               /* stem_bn [N, 16, 32, 32] */
     real *restrict dgamma,                  /* s1_bn2.gamma [16] */
     real *restrict dbeta,                   /* s1_bn2.beta [16] */
     const real *restrict dout,              /* s1_bn2 [N, 16, 32, 32] */
     const real *restrict in,                /* s1_conv2 [N, 16, 32, 32] */
+    real *restrict out,                     /* s1_bn2 [N, 16, 32, 32] */
     const real *restrict gamma,             /* s1_bn2.gamma [16] */
     real *restrict scratch,                 /* 32 elements of workspace */
     size_t batch)
@@ -2886,8 +2898,8 @@ static void resnet8_s1_bn2_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
-                                    0, 0, 0, sums[g], products[g]);
+                resnet8_plane_gradient_sums(in + plane, dout + plane, out + plane, SPATIAL,
+                                    saved[c0 + g], 0, 0, 0, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -2910,62 +2922,17 @@ static void resnet8_s1_bn2_backward(
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
+                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;  /* dout loaded first: a select, not a branch */
                     const real xhat = (in[i] - mean) * inv_std;
-                    const real g_out = dout[i];
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    dresidual[i] = g_out;
                 }
             }
     }
 }
 
-/* ---- s1_add: add forward (spec line 19)
- * stem_bn [N, 16, 32, 32], s1_bn2 [N, 16, 32, 32] -> s1_add [N, 16, 32, 32]
- * out[i] = stem_bn[i] + s1_bn2[i]; then relu (s1_out, fused): out = max(0, out)
- */
-static void resnet8_s1_add_forward(
-    real *restrict out,                     /* s1_add [N, 16, 32, 32] */
-    const real *in0,                        /* stem_bn [N, 16, 32, 32] */
-    const real *in1,                        /* s1_bn2 [N, 16, 32, 32] */
-    size_t batch)
-{
-    enum {
-        SIZE = 16384
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real y = in0[i] + in1[i];
-        out[i] = y > 0 ? y : 0;
-    }
-}
-
-/* ---- s1_add: add backward (spec line 19)
- * stem_bn [N, 16, 32, 32], s1_bn2 [N, 16, 32, 32] -> s1_add [N, 16, 32, 32]
- * stem_bn's gradient = dout, s1_bn2's gradient = dout, where out > 0 (the fused relu)
- */
-static void resnet8_s1_add_backward(
-    real *din0,                             /* stem_bn [N, 16, 32, 32] */
-    real *din1,                             /* s1_bn2 [N, 16, 32, 32] */
-    const real *restrict dout,              /* s1_add [N, 16, 32, 32] */
-    real *restrict out,                     /* s1_add [N, 16, 32, 32] */
-    size_t batch)
-{
-    enum {
-        SIZE = 16384
-    };
-    const size_t elements = batch * SIZE;
-    /* One pass for every input: the din are not restrict, two inputs may be the same tensor
-       (then the first writes and the second adds, in that order, element by element). */
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real d = dout[i], g = out[i] > 0 ? d : 0;   /* dout loaded first: a select, not a branch */
-        din0[i] = g;
-        din1[i] = g;
-    }
-}
-
 /* ---- s2_conv1: conv2d forward (spec line 22)
- * s1_add [N, 16, 32, 32] -> s2_conv1 [N, 32, 16, 16]
+ * s1_bn2 [N, 16, 32, 32] -> s2_conv1 [N, 32, 16, 16]
  * weight [32, 16, 3, 3], bias [32]: 4640 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -2974,7 +2941,7 @@ static void resnet8_s1_add_backward(
  */
 KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
     real *restrict out,                     /* s2_conv1 [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_bn2 [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* s2_conv1.bias [32] */
     real *slots,                            /* 89920 elements of workspace */
@@ -3035,7 +3002,7 @@ KERNEL_INLINE void resnet8_s2_conv1_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s2_conv1_forward(
     real *restrict out,                     /* s2_conv1 [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_bn2 [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* s2_conv1.bias [32] */
     real *slots,                            /* 89920 elements of workspace */
@@ -3054,7 +3021,7 @@ static void resnet8_s2_conv1_forward(
 }
 
 /* ---- s2_conv1: conv2d backward (spec line 22)
- * s1_add [N, 16, 32, 32] -> s2_conv1 [N, 32, 16, 16]
+ * s1_bn2 [N, 16, 32, 32] -> s2_conv1 [N, 32, 16, 16]
  * weight [32, 16, 3, 3], bias [32]: 4640 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
@@ -3062,11 +3029,11 @@ static void resnet8_s2_conv1_forward(
  *   taps of the kernel, flipped
  */
 static void resnet8_s2_conv1_backward(
-    real *restrict din,                     /* s1_add [N, 16, 32, 32] */
+    real *restrict din,                     /* s1_bn2 [N, 16, 32, 32] */
     real *restrict dweight,                 /* s2_conv1.weight [32, 16, 3, 3] */
     real *restrict dbias,                   /* s2_conv1.bias [32] */
     const real *restrict dout,              /* s2_conv1 [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_bn2 [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_conv1.weight [32, 16, 3, 3] */
     real *slots,                            /* 89920 elements of workspace */
     size_t batch)
@@ -3400,8 +3367,8 @@ static void resnet8_s2_bn1_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
-                                    scale[g], shift[g], 1, sums[g], products[g]);
+                resnet8_plane_gradient_sums(in + plane, dout + plane, NULL, SPATIAL,
+                                    saved[c0 + g], scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -3424,9 +3391,9 @@ static void resnet8_s2_bn1_backward(
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
-                    const real xhat = (in[i] - mean) * inv_std;
                     const real y = in[i] * scale[g] + shift[g];
                     const real d = dout[i], g_out = y > 0 ? d : 0;
+                    const real xhat = (in[i] - mean) * inv_std;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -4312,165 +4279,8 @@ static void resnet8_s2_conv2_backward(
                     dweight[((size_t)(o + l) * C_IN + ic) * 9 + k] += g[k][l];
         }
 }
-/* ---- s2_bn2: batchnorm forward (spec line 26)
- * s2_conv2 [N, 32, 16, 16] -> s2_bn2 [N, 32, 16, 16]
- * gamma [32], beta [32], running_mean [32], running_var [32]: 64 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
- */
-static void resnet8_s2_bn2_forward(
-    real *restrict out,                     /* s2_bn2 [N, 32, 16, 16] */
-    const real *restrict in,                /* s2_conv2 [N, 32, 16, 16] */
-    const real *restrict gamma,             /* s2_bn2.gamma [32] */
-    const real *restrict beta,              /* s2_bn2.beta [32] */
-    real *restrict running_mean,            /* s2_bn2.running_mean [32] */
-    real *restrict running_var,             /* s2_bn2.running_var [32] */
-    real *restrict scratch,                 /* 64 elements of workspace */
-    size_t batch,
-    int training)
-{
-    enum {
-        C = 32,
-        SPATIAL = 256,
-        BN_GROUP = 32
-    };
-    const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
-       the group's planes of every sample in memory order: with the group all the channels, one
-       stream through the tensor. Each channel's sums are still added in the same order, so the
-       results are those of one channel at a time. */
-    PARALLEL_FOR_ELEMENTS
-    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
-        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
-        real scale[BN_GROUP], shift[BN_GROUP];
-        if (training) {
-            /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
-               partial sums (plane_moments, in the backend's gemm.c.j2) so that they go in vectors
-               (a single running sum is a chain of dependent additions no compiler may reorder). The pivot, the channel's first value,
-               lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
-               can. The order of the sums is fixed by the shapes: results are reproducible. */
-            double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
-            for (int g = 0; g < group; g++)
-                pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
-            for (size_t b = 0; b < batch; b++)
-                for (int g = 0; g < group; g++)
-                    resnet8_plane_moments(in + (b * C + c0 + g) * SPATIAL, SPATIAL, pivot[g], sums[g], squares[g]);
-            for (int g = 0; g < group; g++) {
-                const int c = c0 + g;
-                double sum = 0, sum_sq = 0;
-                for (int l = 0; l < BN_LANES; l++) {
-                    sum += sums[g][l];
-                    sum_sq += squares[g][l];
-                }
-                const double shifted_mean = sum / (double)count;
-                const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
-                const double var = var_raw > 0 ? var_raw : 0;            /* rounding can leave it just below 0 */
-                const real mean = (real)(pivot[g] + shifted_mean);
-                const real inv_std = (real)(1.0 / sqrt(var + (double)EPS));
-                saved[c] = mean;
-                saved[C + c] = inv_std;
-                const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
-                running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-                running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
-                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
-            }
-        } else {
-            for (int g = 0; g < group; g++) {
-                const int c = c0 + g;
-                const real mean = running_mean[c];
-                const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
-                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
-            }
-        }
-        for (size_t b = 0; b < batch; b++)
-            for (int g = 0; g < group; g++) {
-                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
-                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
-                for (int s = 0; s < SPATIAL; s++) {
-                    const real y = x[s] * scale[g] + shift[g];
-                    o[s] = y;
-                }
-            }
-    }
-}
-
-/* ---- s2_bn2: batchnorm backward (training mode) (spec line 26)
- * s2_conv2 [N, 32, 16, 16] -> s2_bn2 [N, 32, 16, 16]
- * gamma [32], beta [32], running_mean [32], running_var [32]: 64 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
- */
-static void resnet8_s2_bn2_backward(
-    real *restrict din,                     /* s2_conv2 [N, 32, 16, 16] */
-    real *restrict dgamma,                  /* s2_bn2.gamma [32] */
-    real *restrict dbeta,                   /* s2_bn2.beta [32] */
-    const real *restrict dout,              /* s2_bn2 [N, 32, 16, 16] */
-    const real *restrict in,                /* s2_conv2 [N, 32, 16, 16] */
-    const real *restrict gamma,             /* s2_bn2.gamma [32] */
-    real *restrict scratch,                 /* 64 elements of workspace */
-    size_t batch)
-{
-    enum {
-        C = 32,
-        SPATIAL = 256,
-        BN_GROUP = 32
-    };
-    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
-    const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
-    const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
-    PARALLEL_FOR_ELEMENTS
-    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
-        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
-        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
-           backend's gemm.c.j2, as in the forward); xhat = (in - mean) * inv_std, so the second
-           times inv_std is sum dout * xhat */
-        double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
-        for (size_t b = 0; b < batch; b++)
-            for (int g = 0; g < group; g++) {
-                const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
-                                    0, 0, 0, sums[g], products[g]);
-            }
-        real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
-        for (int g = 0; g < group; g++) {
-            const int c = c0 + g;
-            double sum_dout = 0, sum_dout_centred = 0;
-            for (int l = 0; l < BN_LANES; l++) {
-                sum_dout += sums[g][l];
-                sum_dout_centred += products[g][l];
-            }
-            const double sum_dout_xhat = sum_dout_centred * (double)saved[C + c];
-            dbeta[c] += (real)sum_dout;
-            dgamma[c] += (real)sum_dout_xhat;
-            k[g] = gamma[c] * saved[C + c] / (real)count;
-            sum_dout_of[g] = (real)sum_dout;
-            sum_dout_xhat_of[g] = (real)sum_dout_xhat;
-        }
-        for (size_t b = 0; b < batch; b++)
-            for (int g = 0; g < group; g++) {
-                const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
-                const size_t plane = (b * C + c0 + g) * SPATIAL;
-                for (int s = 0; s < SPATIAL; s++) {
-                    const size_t i = plane + s;
-                    const real xhat = (in[i] - mean) * inv_std;
-                    const real g_out = dout[i];
-                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
-                }
-            }
-    }
-}
-
 /* ---- s2_shortcut: conv2d forward (spec line 27)
- * s1_add [N, 16, 32, 32] -> s2_shortcut [N, 32, 16, 16]
+ * s1_bn2 [N, 16, 32, 32] -> s2_shortcut [N, 32, 16, 16]
  * weight [32, 16, 1, 1], bias [32]: 544 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -4479,7 +4289,7 @@ static void resnet8_s2_bn2_backward(
  */
 KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
     real *restrict out,                     /* s2_shortcut [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_bn2 [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
     const real *restrict bias,              /* s2_shortcut.bias [32] */
     real *slots,                            /* 17952 elements of workspace */
@@ -4533,7 +4343,7 @@ KERNEL_INLINE void resnet8_s2_shortcut_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s2_shortcut_forward(
     real *restrict out,                     /* s2_shortcut [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_bn2 [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
     const real *restrict bias,              /* s2_shortcut.bias [32] */
     real *slots,                            /* 17952 elements of workspace */
@@ -4552,7 +4362,7 @@ static void resnet8_s2_shortcut_forward(
 }
 
 /* ---- s2_shortcut: conv2d backward (spec line 27)
- * s1_add [N, 16, 32, 32] -> s2_shortcut [N, 32, 16, 16]
+ * s1_bn2 [N, 16, 32, 32] -> s2_shortcut [N, 32, 16, 16]
  * weight [32, 16, 1, 1], bias [32]: 544 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
@@ -4560,11 +4370,11 @@ static void resnet8_s2_shortcut_forward(
  *   of the kernel, flipped
  */
 static void resnet8_s2_shortcut_backward(
-    real *restrict din,                     /* s1_add [N, 16, 32, 32] */
+    real *restrict din,                     /* s1_bn2 [N, 16, 32, 32] */
     real *restrict dweight,                 /* s2_shortcut.weight [32, 16, 1, 1] */
     real *restrict dbias,                   /* s2_shortcut.bias [32] */
     const real *restrict dout,              /* s2_shortcut [N, 32, 16, 16] */
-    const real *restrict in,                /* s1_add [N, 16, 32, 32] */
+    const real *restrict in,                /* s1_bn2 [N, 16, 32, 32] */
     const real *restrict weight,            /* s2_shortcut.weight [32, 16, 1, 1] */
     real *slots,                            /* 17952 elements of workspace */
     size_t batch)
@@ -4680,54 +4490,174 @@ static void resnet8_s2_shortcut_backward(
                 dweight[(size_t)(g * C_OUT_PER_GROUP + oc) * K_GROUP + k] +=
                     dweight_t[((size_t)g * K_GROUP + k) * C_OUT_PER_GROUP + oc];
 }
-/* ---- s2_add: add forward (spec line 28)
- * s2_shortcut [N, 32, 16, 16], s2_bn2 [N, 32, 16, 16] -> s2_add [N, 32, 16, 16]
- * out[i] = s2_shortcut[i] + s2_bn2[i]; then relu (s2_out, fused): out = max(0, out)
+/* ---- s2_bn2: batchnorm forward (spec line 26)
+ * s2_conv2 [N, 32, 16, 16], s2_shortcut [N, 32, 16, 16] -> s2_bn2 [N, 32, 16, 16]
+ * gamma [32], beta [32], running_mean [32], running_var [32]: 64 trainable parameters
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
+ *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
+ *   inference: running averages; then the add (s2_add, fused): out += residual; then relu (s2_out,
+ *   fused): out = max(0, out)
  */
-static void resnet8_s2_add_forward(
-    real *restrict out,                     /* s2_add [N, 32, 16, 16] */
-    const real *in0,                        /* s2_shortcut [N, 32, 16, 16] */
-    const real *in1,                        /* s2_bn2 [N, 32, 16, 16] */
-    size_t batch)
+static void resnet8_s2_bn2_forward(
+    real *restrict out,                     /* s2_bn2 [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_conv2 [N, 32, 16, 16] */
+    const real *restrict residual,          /* s2_shortcut [N, 32, 16, 16] */
+    const real *restrict gamma,             /* s2_bn2.gamma [32] */
+    const real *restrict beta,              /* s2_bn2.beta [32] */
+    real *restrict running_mean,            /* s2_bn2.running_mean [32] */
+    real *restrict running_var,             /* s2_bn2.running_var [32] */
+    real *restrict scratch,                 /* 64 elements of workspace */
+    size_t batch,
+    int training)
 {
     enum {
-        SIZE = 8192
+        C = 32,
+        SPATIAL = 256,
+        BN_GROUP = 32
     };
-    const size_t elements = batch * SIZE;
+    const real EPS = (real)1e-05;
+    const real MOMENTUM = (real)0.1;
+    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
+    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
+    const size_t count = batch * SPATIAL;
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real y = in0[i] + in1[i];
-        out[i] = y > 0 ? y : 0;
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+        real scale[BN_GROUP], shift[BN_GROUP];
+        if (training) {
+            /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
+               partial sums (plane_moments, in the backend's gemm.c.j2) so that they go in vectors
+               (a single running sum is a chain of dependent additions no compiler may reorder). The pivot, the channel's first value,
+               lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
+               can. The order of the sums is fixed by the shapes: results are reproducible. */
+            double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
+            for (int g = 0; g < group; g++)
+                pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
+            for (size_t b = 0; b < batch; b++)
+                for (int g = 0; g < group; g++)
+                    resnet8_plane_moments(in + (b * C + c0 + g) * SPATIAL, SPATIAL, pivot[g], sums[g], squares[g]);
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                double sum = 0, sum_sq = 0;
+                for (int l = 0; l < BN_LANES; l++) {
+                    sum += sums[g][l];
+                    sum_sq += squares[g][l];
+                }
+                const double shifted_mean = sum / (double)count;
+                const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
+                const double var = var_raw > 0 ? var_raw : 0;            /* rounding can leave it just below 0 */
+                const real mean = (real)(pivot[g] + shifted_mean);
+                const real inv_std = (real)(1.0 / sqrt(var + (double)EPS));
+                saved[c] = mean;
+                saved[C + c] = inv_std;
+                const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
+                running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
+                running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
+            }
+        } else {
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                const real mean = running_mean[c];
+                const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
+            }
+        }
+        for (size_t b = 0; b < batch; b++)
+            for (int g = 0; g < group; g++) {
+                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                const real *restrict r = residual + (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    /* rounded to real before the add, as the unfused batchnorm's stored output */
+                    const real normalised = x[s] * scale[g] + shift[g];
+                    const real y = normalised + r[s];
+                    o[s] = y > 0 ? y : 0;
+                }
+            }
     }
 }
 
-/* ---- s2_add: add backward (spec line 28)
- * s2_shortcut [N, 32, 16, 16], s2_bn2 [N, 32, 16, 16] -> s2_add [N, 32, 16, 16]
- * s2_shortcut's gradient = dout, s2_bn2's gradient = dout, where out > 0 (the fused relu)
+/* ---- s2_bn2: batchnorm backward (training mode) (spec line 26)
+ * s2_conv2 [N, 32, 16, 16], s2_shortcut [N, 32, 16, 16] -> s2_bn2 [N, 32, 16, 16]
+ * gamma [32], beta [32], running_mean [32], running_var [32]: 64 trainable parameters
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is; the fused add's residual = dout
  */
-static void resnet8_s2_add_backward(
-    real *din0,                             /* s2_shortcut [N, 32, 16, 16] */
-    real *din1,                             /* s2_bn2 [N, 32, 16, 16] */
-    const real *restrict dout,              /* s2_add [N, 32, 16, 16] */
-    real *restrict out,                     /* s2_add [N, 32, 16, 16] */
+static void resnet8_s2_bn2_backward(
+    real *restrict din,                     /* s2_conv2 [N, 32, 16, 16] */
+    real *restrict dresidual,               /* s2_shortcut [N, 32, 16, 16] */
+    real *restrict dgamma,                  /* s2_bn2.gamma [32] */
+    real *restrict dbeta,                   /* s2_bn2.beta [32] */
+    const real *restrict dout,              /* s2_bn2 [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_conv2 [N, 32, 16, 16] */
+    real *restrict out,                     /* s2_bn2 [N, 32, 16, 16] */
+    const real *restrict gamma,             /* s2_bn2.gamma [32] */
+    real *restrict scratch,                 /* 64 elements of workspace */
     size_t batch)
 {
     enum {
-        SIZE = 8192
+        C = 32,
+        SPATIAL = 256,
+        BN_GROUP = 32
     };
-    const size_t elements = batch * SIZE;
-    /* One pass for every input: the din are not restrict, two inputs may be the same tensor
-       (then the first writes and the second adds, in that order, element by element). */
+    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
+    const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
+    const size_t count = batch * SPATIAL;
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real d = dout[i], g = out[i] > 0 ? d : 0;   /* dout loaded first: a select, not a branch */
-        din0[i] = g;
-        din1[i] = g;
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
+           backend's gemm.c.j2, as in the forward); xhat = (in - mean) * inv_std, so the second
+           times inv_std is sum dout * xhat */
+        double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
+        for (size_t b = 0; b < batch; b++)
+            for (int g = 0; g < group; g++) {
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                resnet8_plane_gradient_sums(in + plane, dout + plane, out + plane, SPATIAL,
+                                    saved[c0 + g], 0, 0, 0, sums[g], products[g]);
+            }
+        real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const int c = c0 + g;
+            double sum_dout = 0, sum_dout_centred = 0;
+            for (int l = 0; l < BN_LANES; l++) {
+                sum_dout += sums[g][l];
+                sum_dout_centred += products[g][l];
+            }
+            const double sum_dout_xhat = sum_dout_centred * (double)saved[C + c];
+            dbeta[c] += (real)sum_dout;
+            dgamma[c] += (real)sum_dout_xhat;
+            k[g] = gamma[c] * saved[C + c] / (real)count;
+            sum_dout_of[g] = (real)sum_dout;
+            sum_dout_xhat_of[g] = (real)sum_dout_xhat;
+        }
+        for (size_t b = 0; b < batch; b++)
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const size_t i = plane + s;
+                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;  /* dout loaded first: a select, not a branch */
+                    const real xhat = (in[i] - mean) * inv_std;
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    dresidual[i] = g_out;
+                }
+            }
     }
 }
 
 /* ---- s3_conv1: conv2d forward (spec line 31)
- * s2_add [N, 32, 16, 16] -> s3_conv1 [N, 64, 8, 8]
+ * s2_bn2 [N, 32, 16, 16] -> s3_conv1 [N, 64, 8, 8]
  * weight [64, 32, 3, 3], bias [64]: 18496 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -4736,7 +4666,7 @@ static void resnet8_s2_add_backward(
  */
 KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
     real *restrict out,                     /* s3_conv1 [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_bn2 [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_conv1.weight [64, 32, 3, 3] */
     const real *restrict bias,              /* s3_conv1.bias [64] */
     real *slots,                            /* 68704 elements of workspace */
@@ -4797,7 +4727,7 @@ KERNEL_INLINE void resnet8_s3_conv1_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s3_conv1_forward(
     real *restrict out,                     /* s3_conv1 [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_bn2 [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_conv1.weight [64, 32, 3, 3] */
     const real *restrict bias,              /* s3_conv1.bias [64] */
     real *slots,                            /* 68704 elements of workspace */
@@ -4816,18 +4746,18 @@ static void resnet8_s3_conv1_forward(
 }
 
 /* ---- s3_conv1: conv2d backward (spec line 31)
- * s2_add [N, 32, 16, 16] -> s3_conv1 [N, 64, 8, 8]
+ * s2_bn2 [N, 32, 16, 16] -> s3_conv1 [N, 64, 8, 8]
  * weight [64, 32, 3, 3], bias [64]: 18496 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
  *   dout[oc]; dpatches = weight^T x dout, scattered back onto din (col2im)
  */
 static void resnet8_s3_conv1_backward(
-    real *restrict din,                     /* s2_add [N, 32, 16, 16] */
+    real *restrict din,                     /* s2_bn2 [N, 32, 16, 16] */
     real *restrict dweight,                 /* s3_conv1.weight [64, 32, 3, 3] */
     real *restrict dbias,                   /* s3_conv1.bias [64] */
     const real *restrict dout,              /* s3_conv1 [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_bn2 [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_conv1.weight [64, 32, 3, 3] */
     real *slots,                            /* 68704 elements of workspace */
     size_t batch)
@@ -5056,8 +4986,8 @@ static void resnet8_s3_bn1_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
-                                    scale[g], shift[g], 1, sums[g], products[g]);
+                resnet8_plane_gradient_sums(in + plane, dout + plane, NULL, SPATIAL,
+                                    saved[c0 + g], scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -5080,9 +5010,9 @@ static void resnet8_s3_bn1_backward(
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
-                    const real xhat = (in[i] - mean) * inv_std;
                     const real y = in[i] * scale[g] + shift[g];
                     const real d = dout[i], g_out = y > 0 ? d : 0;
+                    const real xhat = (in[i] - mean) * inv_std;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -5779,165 +5709,8 @@ static void resnet8_s3_conv2_backward(
                     dweight[((size_t)(o + l) * C_IN + ic) * 9 + k] += g[k][l];
         }
 }
-/* ---- s3_bn2: batchnorm forward (spec line 35)
- * s3_conv2 [N, 64, 8, 8] -> s3_bn2 [N, 64, 8, 8]
- * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
- *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
- */
-static void resnet8_s3_bn2_forward(
-    real *restrict out,                     /* s3_bn2 [N, 64, 8, 8] */
-    const real *restrict in,                /* s3_conv2 [N, 64, 8, 8] */
-    const real *restrict gamma,             /* s3_bn2.gamma [64] */
-    const real *restrict beta,              /* s3_bn2.beta [64] */
-    real *restrict running_mean,            /* s3_bn2.running_mean [64] */
-    real *restrict running_var,             /* s3_bn2.running_var [64] */
-    real *restrict scratch,                 /* 128 elements of workspace */
-    size_t batch,
-    int training)
-{
-    enum {
-        C = 64,
-        SPATIAL = 64,
-        BN_GROUP = 64
-    };
-    const real EPS = (real)1e-05;
-    const real MOMENTUM = (real)0.1;
-    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
-    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
-    const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
-    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
-       the group's planes of every sample in memory order: with the group all the channels, one
-       stream through the tensor. Each channel's sums are still added in the same order, so the
-       results are those of one channel at a time. */
-    PARALLEL_FOR_ELEMENTS
-    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
-        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
-        real scale[BN_GROUP], shift[BN_GROUP];
-        if (training) {
-            /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
-               partial sums (plane_moments, in the backend's gemm.c.j2) so that they go in vectors
-               (a single running sum is a chain of dependent additions no compiler may reorder). The pivot, the channel's first value,
-               lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
-               can. The order of the sums is fixed by the shapes: results are reproducible. */
-            double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
-            for (int g = 0; g < group; g++)
-                pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
-            for (size_t b = 0; b < batch; b++)
-                for (int g = 0; g < group; g++)
-                    resnet8_plane_moments(in + (b * C + c0 + g) * SPATIAL, SPATIAL, pivot[g], sums[g], squares[g]);
-            for (int g = 0; g < group; g++) {
-                const int c = c0 + g;
-                double sum = 0, sum_sq = 0;
-                for (int l = 0; l < BN_LANES; l++) {
-                    sum += sums[g][l];
-                    sum_sq += squares[g][l];
-                }
-                const double shifted_mean = sum / (double)count;
-                const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
-                const double var = var_raw > 0 ? var_raw : 0;            /* rounding can leave it just below 0 */
-                const real mean = (real)(pivot[g] + shifted_mean);
-                const real inv_std = (real)(1.0 / sqrt(var + (double)EPS));
-                saved[c] = mean;
-                saved[C + c] = inv_std;
-                const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
-                running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
-                running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
-                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
-            }
-        } else {
-            for (int g = 0; g < group; g++) {
-                const int c = c0 + g;
-                const real mean = running_mean[c];
-                const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
-                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
-            }
-        }
-        for (size_t b = 0; b < batch; b++)
-            for (int g = 0; g < group; g++) {
-                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
-                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
-                for (int s = 0; s < SPATIAL; s++) {
-                    const real y = x[s] * scale[g] + shift[g];
-                    o[s] = y;
-                }
-            }
-    }
-}
-
-/* ---- s3_bn2: batchnorm backward (training mode) (spec line 35)
- * s3_conv2 [N, 64, 8, 8] -> s3_bn2 [N, 64, 8, 8]
- * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
- * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
- */
-static void resnet8_s3_bn2_backward(
-    real *restrict din,                     /* s3_conv2 [N, 64, 8, 8] */
-    real *restrict dgamma,                  /* s3_bn2.gamma [64] */
-    real *restrict dbeta,                   /* s3_bn2.beta [64] */
-    const real *restrict dout,              /* s3_bn2 [N, 64, 8, 8] */
-    const real *restrict in,                /* s3_conv2 [N, 64, 8, 8] */
-    const real *restrict gamma,             /* s3_bn2.gamma [64] */
-    real *restrict scratch,                 /* 128 elements of workspace */
-    size_t batch)
-{
-    enum {
-        C = 64,
-        SPATIAL = 64,
-        BN_GROUP = 64
-    };
-    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
-    const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
-    const size_t count = batch * SPATIAL;
-    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
-    PARALLEL_FOR_ELEMENTS
-    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
-        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
-        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
-           backend's gemm.c.j2, as in the forward); xhat = (in - mean) * inv_std, so the second
-           times inv_std is sum dout * xhat */
-        double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
-        for (size_t b = 0; b < batch; b++)
-            for (int g = 0; g < group; g++) {
-                const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet8_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
-                                    0, 0, 0, sums[g], products[g]);
-            }
-        real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
-        for (int g = 0; g < group; g++) {
-            const int c = c0 + g;
-            double sum_dout = 0, sum_dout_centred = 0;
-            for (int l = 0; l < BN_LANES; l++) {
-                sum_dout += sums[g][l];
-                sum_dout_centred += products[g][l];
-            }
-            const double sum_dout_xhat = sum_dout_centred * (double)saved[C + c];
-            dbeta[c] += (real)sum_dout;
-            dgamma[c] += (real)sum_dout_xhat;
-            k[g] = gamma[c] * saved[C + c] / (real)count;
-            sum_dout_of[g] = (real)sum_dout;
-            sum_dout_xhat_of[g] = (real)sum_dout_xhat;
-        }
-        for (size_t b = 0; b < batch; b++)
-            for (int g = 0; g < group; g++) {
-                const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
-                const size_t plane = (b * C + c0 + g) * SPATIAL;
-                for (int s = 0; s < SPATIAL; s++) {
-                    const size_t i = plane + s;
-                    const real xhat = (in[i] - mean) * inv_std;
-                    const real g_out = dout[i];
-                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
-                }
-            }
-    }
-}
-
 /* ---- s3_shortcut: conv2d forward (spec line 36)
- * s2_add [N, 32, 16, 16] -> s3_shortcut [N, 64, 8, 8]
+ * s2_bn2 [N, 32, 16, 16] -> s3_shortcut [N, 64, 8, 8]
  * weight [64, 32, 1, 1], bias [64]: 2112 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -5946,7 +5719,7 @@ static void resnet8_s3_bn2_backward(
  */
 KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
     real *restrict out,                     /* s3_shortcut [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_bn2 [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
     const real *restrict bias,              /* s3_shortcut.bias [64] */
     real *slots,                            /* 14400 elements of workspace */
@@ -6000,7 +5773,7 @@ KERNEL_INLINE void resnet8_s3_shortcut_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet8_s3_shortcut_forward(
     real *restrict out,                     /* s3_shortcut [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_bn2 [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
     const real *restrict bias,              /* s3_shortcut.bias [64] */
     real *slots,                            /* 14400 elements of workspace */
@@ -6019,7 +5792,7 @@ static void resnet8_s3_shortcut_forward(
 }
 
 /* ---- s3_shortcut: conv2d backward (spec line 36)
- * s2_add [N, 32, 16, 16] -> s3_shortcut [N, 64, 8, 8]
+ * s2_bn2 [N, 32, 16, 16] -> s3_shortcut [N, 64, 8, 8]
  * weight [64, 32, 1, 1], bias [64]: 2112 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
@@ -6027,11 +5800,11 @@ static void resnet8_s3_shortcut_forward(
  *   of the kernel, flipped
  */
 static void resnet8_s3_shortcut_backward(
-    real *restrict din,                     /* s2_add [N, 32, 16, 16] */
+    real *restrict din,                     /* s2_bn2 [N, 32, 16, 16] */
     real *restrict dweight,                 /* s3_shortcut.weight [64, 32, 1, 1] */
     real *restrict dbias,                   /* s3_shortcut.bias [64] */
     const real *restrict dout,              /* s3_shortcut [N, 64, 8, 8] */
-    const real *restrict in,                /* s2_add [N, 32, 16, 16] */
+    const real *restrict in,                /* s2_bn2 [N, 32, 16, 16] */
     const real *restrict weight,            /* s3_shortcut.weight [64, 32, 1, 1] */
     real *slots,                            /* 14400 elements of workspace */
     size_t batch)
@@ -6147,60 +5920,180 @@ static void resnet8_s3_shortcut_backward(
                 dweight[(size_t)(g * C_OUT_PER_GROUP + oc) * K_GROUP + k] +=
                     dweight_t[((size_t)g * K_GROUP + k) * C_OUT_PER_GROUP + oc];
 }
-/* ---- s3_add: add forward (spec line 37)
- * s3_shortcut [N, 64, 8, 8], s3_bn2 [N, 64, 8, 8] -> s3_add [N, 64, 8, 8]
- * out[i] = s3_shortcut[i] + s3_bn2[i]; then relu (s3_out, fused): out = max(0, out)
+/* ---- s3_bn2: batchnorm forward (spec line 35)
+ * s3_conv2 [N, 64, 8, 8], s3_shortcut [N, 64, 8, 8] -> s3_bn2 [N, 64, 8, 8]
+ * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
+ *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
+ *   inference: running averages; then the add (s3_add, fused): out += residual; then relu (s3_out,
+ *   fused): out = max(0, out)
  */
-static void resnet8_s3_add_forward(
-    real *restrict out,                     /* s3_add [N, 64, 8, 8] */
-    const real *in0,                        /* s3_shortcut [N, 64, 8, 8] */
-    const real *in1,                        /* s3_bn2 [N, 64, 8, 8] */
-    size_t batch)
+static void resnet8_s3_bn2_forward(
+    real *restrict out,                     /* s3_bn2 [N, 64, 8, 8] */
+    const real *restrict in,                /* s3_conv2 [N, 64, 8, 8] */
+    const real *restrict residual,          /* s3_shortcut [N, 64, 8, 8] */
+    const real *restrict gamma,             /* s3_bn2.gamma [64] */
+    const real *restrict beta,              /* s3_bn2.beta [64] */
+    real *restrict running_mean,            /* s3_bn2.running_mean [64] */
+    real *restrict running_var,             /* s3_bn2.running_var [64] */
+    real *restrict scratch,                 /* 128 elements of workspace */
+    size_t batch,
+    int training)
 {
     enum {
-        SIZE = 4096
+        C = 64,
+        SPATIAL = 64,
+        BN_GROUP = 64
     };
-    const size_t elements = batch * SIZE;
+    const real EPS = (real)1e-05;
+    const real MOMENTUM = (real)0.1;
+    enum { BN_LANES = MOMENT_LANES };                                   /* partial sums per channel */
+    real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
+    const size_t count = batch * SPATIAL;
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
+    /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
+       the group's planes of every sample in memory order: with the group all the channels, one
+       stream through the tensor. Each channel's sums are still added in the same order, so the
+       results are those of one channel at a time. */
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real y = in0[i] + in1[i];
-        out[i] = y > 0 ? y : 0;
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+        real scale[BN_GROUP], shift[BN_GROUP];
+        if (training) {
+            /* One pass over each channel: the sums of d = in - pivot and of d * d, in BN_LANES
+               partial sums (plane_moments, in the backend's gemm.c.j2) so that they go in vectors
+               (a single running sum is a chain of dependent additions no compiler may reorder). The pivot, the channel's first value,
+               lies within the data, so E[d^2] - E[d]^2 does not cancel the way E[in^2] - mean^2
+               can. The order of the sums is fixed by the shapes: results are reproducible. */
+            double pivot[BN_GROUP], sums[BN_GROUP][BN_LANES] = {0}, squares[BN_GROUP][BN_LANES] = {0};
+            for (int g = 0; g < group; g++)
+                pivot[g] = (double)in[(size_t)(c0 + g) * SPATIAL];
+            for (size_t b = 0; b < batch; b++)
+                for (int g = 0; g < group; g++)
+                    resnet8_plane_moments(in + (b * C + c0 + g) * SPATIAL, SPATIAL, pivot[g], sums[g], squares[g]);
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                double sum = 0, sum_sq = 0;
+                for (int l = 0; l < BN_LANES; l++) {
+                    sum += sums[g][l];
+                    sum_sq += squares[g][l];
+                }
+                const double shifted_mean = sum / (double)count;
+                const double var_raw = sum_sq / (double)count - shifted_mean * shifted_mean;
+                const double var = var_raw > 0 ? var_raw : 0;            /* rounding can leave it just below 0 */
+                const real mean = (real)(pivot[g] + shifted_mean);
+                const real inv_std = (real)(1.0 / sqrt(var + (double)EPS));
+                saved[c] = mean;
+                saved[C + c] = inv_std;
+                const double unbiased = count > 1 ? var * (double)count / (double)(count - 1) : var;
+                running_mean[c] = (1 - MOMENTUM) * running_mean[c] + MOMENTUM * mean;
+                running_var[c] = (real)((double)((1 - MOMENTUM) * running_var[c]) + (double)MOMENTUM * unbiased);
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
+            }
+        } else {
+            for (int g = 0; g < group; g++) {
+                const int c = c0 + g;
+                const real mean = running_mean[c];
+                const real inv_std = (real)(1.0 / sqrt((double)running_var[c] + (double)EPS));
+                scale[g] = gamma[c] * inv_std; shift[g] = beta[c] - mean * scale[g];
+            }
+        }
+        for (size_t b = 0; b < batch; b++)
+            for (int g = 0; g < group; g++) {
+                const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
+                real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                const real *restrict r = residual + (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    /* rounded to real before the add, as the unfused batchnorm's stored output */
+                    const real normalised = x[s] * scale[g] + shift[g];
+                    const real y = normalised + r[s];
+                    o[s] = y > 0 ? y : 0;
+                }
+            }
     }
 }
 
-/* ---- s3_add: add backward (spec line 37)
- * s3_shortcut [N, 64, 8, 8], s3_bn2 [N, 64, 8, 8] -> s3_add [N, 64, 8, 8]
- * s3_shortcut's gradient = dout, s3_bn2's gradient = dout, where out > 0 (the fused relu)
+/* ---- s3_bn2: batchnorm backward (training mode) (spec line 35)
+ * s3_conv2 [N, 64, 8, 8], s3_shortcut [N, 64, 8, 8] -> s3_bn2 [N, 64, 8, 8]
+ * gamma [64], beta [64], running_mean [64], running_var [64]: 128 trainable parameters
+ * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is; the fused add's residual = dout
  */
-static void resnet8_s3_add_backward(
-    real *din0,                             /* s3_shortcut [N, 64, 8, 8] */
-    real *din1,                             /* s3_bn2 [N, 64, 8, 8] */
-    const real *restrict dout,              /* s3_add [N, 64, 8, 8] */
-    real *restrict out,                     /* s3_add [N, 64, 8, 8] */
+static void resnet8_s3_bn2_backward(
+    real *restrict din,                     /* s3_conv2 [N, 64, 8, 8] */
+    real *restrict dresidual,               /* s3_shortcut [N, 64, 8, 8] */
+    real *restrict dgamma,                  /* s3_bn2.gamma [64] */
+    real *restrict dbeta,                   /* s3_bn2.beta [64] */
+    const real *restrict dout,              /* s3_bn2 [N, 64, 8, 8] */
+    const real *restrict in,                /* s3_conv2 [N, 64, 8, 8] */
+    real *restrict out,                     /* s3_bn2 [N, 64, 8, 8] */
+    const real *restrict gamma,             /* s3_bn2.gamma [64] */
+    real *restrict scratch,                 /* 128 elements of workspace */
     size_t batch)
 {
     enum {
-        SIZE = 4096
+        C = 64,
+        SPATIAL = 64,
+        BN_GROUP = 64
     };
-    const size_t elements = batch * SIZE;
-    /* One pass for every input: the din are not restrict, two inputs may be the same tensor
-       (then the first writes and the second adds, in that order, element by element). */
+    enum { BN_LANES = MOMENT_LANES };                                   /* as in the forward */
+    const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
+    const size_t count = batch * SPATIAL;
+    const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
+    (void)elements;                              /* read only by OpenMP's pragma */
     PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real d = dout[i], g = out[i] > 0 ? d : 0;   /* dout loaded first: a select, not a branch */
-        din0[i] = g;
-        din1[i] = g;
+    for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
+        const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+        /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
+           backend's gemm.c.j2, as in the forward); xhat = (in - mean) * inv_std, so the second
+           times inv_std is sum dout * xhat */
+        double sums[BN_GROUP][BN_LANES] = {0}, products[BN_GROUP][BN_LANES] = {0};
+        for (size_t b = 0; b < batch; b++)
+            for (int g = 0; g < group; g++) {
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                resnet8_plane_gradient_sums(in + plane, dout + plane, out + plane, SPATIAL,
+                                    saved[c0 + g], 0, 0, 0, sums[g], products[g]);
+            }
+        real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
+        for (int g = 0; g < group; g++) {
+            const int c = c0 + g;
+            double sum_dout = 0, sum_dout_centred = 0;
+            for (int l = 0; l < BN_LANES; l++) {
+                sum_dout += sums[g][l];
+                sum_dout_centred += products[g][l];
+            }
+            const double sum_dout_xhat = sum_dout_centred * (double)saved[C + c];
+            dbeta[c] += (real)sum_dout;
+            dgamma[c] += (real)sum_dout_xhat;
+            k[g] = gamma[c] * saved[C + c] / (real)count;
+            sum_dout_of[g] = (real)sum_dout;
+            sum_dout_xhat_of[g] = (real)sum_dout_xhat;
+        }
+        for (size_t b = 0; b < batch; b++)
+            for (int g = 0; g < group; g++) {
+                const real mean = saved[c0 + g], inv_std = saved[C + c0 + g];
+                const size_t plane = (b * C + c0 + g) * SPATIAL;
+                for (int s = 0; s < SPATIAL; s++) {
+                    const size_t i = plane + s;
+                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;  /* dout loaded first: a select, not a branch */
+                    const real xhat = (in[i] - mean) * inv_std;
+                    din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    dresidual[i] = g_out;
+                }
+            }
     }
 }
 
 /* ---- pool: avgpool2d forward (spec line 39)
- * s3_add [N, 64, 8, 8] -> pool [N, 64, 1, 1]
+ * s3_bn2 [N, 64, 8, 8] -> pool [N, 64, 1, 1]
  * out[b,c,oh,ow] = (sum of the window's cells inside the input) / (KH*KW): padding counts as
  *   zeros
  */
 static void resnet8_pool_forward(
     real *restrict out,                     /* pool [N, 64, 1, 1] */
-    const real *restrict in,                /* s3_add [N, 64, 8, 8] */
+    const real *restrict in,                /* s3_bn2 [N, 64, 8, 8] */
     size_t batch)
 {
     enum {
@@ -6261,11 +6154,11 @@ static void resnet8_pool_forward(
 }
 
 /* ---- pool: avgpool2d backward (spec line 39)
- * s3_add [N, 64, 8, 8] -> pool [N, 64, 1, 1]
+ * s3_bn2 [N, 64, 8, 8] -> pool [N, 64, 1, 1]
  * din[cell] += dout[b,c,oh,ow] / (KH*KW) for every cell of the window inside the input
  */
 static void resnet8_pool_backward(
-    real *restrict din,                     /* s3_add [N, 64, 8, 8] */
+    real *restrict din,                     /* s3_bn2 [N, 64, 8, 8] */
     const real *restrict dout,              /* pool [N, 64, 1, 1] */
     size_t batch)
 {
@@ -6380,21 +6273,18 @@ void resnet8_forward(const resnet8_context *ctx, const real *input, size_t batch
     resnet8_s1_conv1_forward(acts + A_S1_CONV1 * batch, acts + A_STEM_BN * batch, params + P_S1_CONV1_WEIGHT, params + P_S1_CONV1_BIAS, workspace + WS_S1_CONV1, batch);
     resnet8_s1_bn1_forward(acts + A_S1_BN1 * batch, acts + A_S1_CONV1 * batch, params + P_S1_BN1_GAMMA, params + P_S1_BN1_BETA, params + P_S1_BN1_RUNNING_MEAN, params + P_S1_BN1_RUNNING_VAR, workspace + WS_S1_BN1, batch, training);
     resnet8_s1_conv2_forward(acts + A_S1_CONV2 * batch, acts + A_S1_BN1 * batch, params + P_S1_CONV2_WEIGHT, params + P_S1_CONV2_BIAS, workspace + WS_S1_CONV2, batch);
-    resnet8_s1_bn2_forward(acts + A_S1_BN2 * batch, acts + A_S1_CONV2 * batch, params + P_S1_BN2_GAMMA, params + P_S1_BN2_BETA, params + P_S1_BN2_RUNNING_MEAN, params + P_S1_BN2_RUNNING_VAR, workspace + WS_S1_BN2, batch, training);
-    resnet8_s1_add_forward(acts + A_S1_ADD * batch, acts + A_STEM_BN * batch, acts + A_S1_BN2 * batch, batch);
-    resnet8_s2_conv1_forward(acts + A_S2_CONV1 * batch, acts + A_S1_ADD * batch, params + P_S2_CONV1_WEIGHT, params + P_S2_CONV1_BIAS, workspace + WS_S2_CONV1, batch);
+    resnet8_s1_bn2_forward(acts + A_S1_BN2 * batch, acts + A_S1_CONV2 * batch, acts + A_STEM_BN * batch, params + P_S1_BN2_GAMMA, params + P_S1_BN2_BETA, params + P_S1_BN2_RUNNING_MEAN, params + P_S1_BN2_RUNNING_VAR, workspace + WS_S1_BN2, batch, training);
+    resnet8_s2_conv1_forward(acts + A_S2_CONV1 * batch, acts + A_S1_BN2 * batch, params + P_S2_CONV1_WEIGHT, params + P_S2_CONV1_BIAS, workspace + WS_S2_CONV1, batch);
     resnet8_s2_bn1_forward(acts + A_S2_BN1 * batch, acts + A_S2_CONV1 * batch, params + P_S2_BN1_GAMMA, params + P_S2_BN1_BETA, params + P_S2_BN1_RUNNING_MEAN, params + P_S2_BN1_RUNNING_VAR, workspace + WS_S2_BN1, batch, training);
     resnet8_s2_conv2_forward(acts + A_S2_CONV2 * batch, acts + A_S2_BN1 * batch, params + P_S2_CONV2_WEIGHT, params + P_S2_CONV2_BIAS, workspace + WS_S2_CONV2, batch);
-    resnet8_s2_bn2_forward(acts + A_S2_BN2 * batch, acts + A_S2_CONV2 * batch, params + P_S2_BN2_GAMMA, params + P_S2_BN2_BETA, params + P_S2_BN2_RUNNING_MEAN, params + P_S2_BN2_RUNNING_VAR, workspace + WS_S2_BN2, batch, training);
-    resnet8_s2_shortcut_forward(acts + A_S2_SHORTCUT * batch, acts + A_S1_ADD * batch, params + P_S2_SHORTCUT_WEIGHT, params + P_S2_SHORTCUT_BIAS, workspace + WS_S2_SHORTCUT, batch);
-    resnet8_s2_add_forward(acts + A_S2_ADD * batch, acts + A_S2_SHORTCUT * batch, acts + A_S2_BN2 * batch, batch);
-    resnet8_s3_conv1_forward(acts + A_S3_CONV1 * batch, acts + A_S2_ADD * batch, params + P_S3_CONV1_WEIGHT, params + P_S3_CONV1_BIAS, workspace + WS_S3_CONV1, batch);
+    resnet8_s2_shortcut_forward(acts + A_S2_SHORTCUT * batch, acts + A_S1_BN2 * batch, params + P_S2_SHORTCUT_WEIGHT, params + P_S2_SHORTCUT_BIAS, workspace + WS_S2_SHORTCUT, batch);
+    resnet8_s2_bn2_forward(acts + A_S2_BN2 * batch, acts + A_S2_CONV2 * batch, acts + A_S2_SHORTCUT * batch, params + P_S2_BN2_GAMMA, params + P_S2_BN2_BETA, params + P_S2_BN2_RUNNING_MEAN, params + P_S2_BN2_RUNNING_VAR, workspace + WS_S2_BN2, batch, training);
+    resnet8_s3_conv1_forward(acts + A_S3_CONV1 * batch, acts + A_S2_BN2 * batch, params + P_S3_CONV1_WEIGHT, params + P_S3_CONV1_BIAS, workspace + WS_S3_CONV1, batch);
     resnet8_s3_bn1_forward(acts + A_S3_BN1 * batch, acts + A_S3_CONV1 * batch, params + P_S3_BN1_GAMMA, params + P_S3_BN1_BETA, params + P_S3_BN1_RUNNING_MEAN, params + P_S3_BN1_RUNNING_VAR, workspace + WS_S3_BN1, batch, training);
     resnet8_s3_conv2_forward(acts + A_S3_CONV2 * batch, acts + A_S3_BN1 * batch, params + P_S3_CONV2_WEIGHT, params + P_S3_CONV2_BIAS, workspace + WS_S3_CONV2, batch);
-    resnet8_s3_bn2_forward(acts + A_S3_BN2 * batch, acts + A_S3_CONV2 * batch, params + P_S3_BN2_GAMMA, params + P_S3_BN2_BETA, params + P_S3_BN2_RUNNING_MEAN, params + P_S3_BN2_RUNNING_VAR, workspace + WS_S3_BN2, batch, training);
-    resnet8_s3_shortcut_forward(acts + A_S3_SHORTCUT * batch, acts + A_S2_ADD * batch, params + P_S3_SHORTCUT_WEIGHT, params + P_S3_SHORTCUT_BIAS, workspace + WS_S3_SHORTCUT, batch);
-    resnet8_s3_add_forward(acts + A_S3_ADD * batch, acts + A_S3_SHORTCUT * batch, acts + A_S3_BN2 * batch, batch);
-    resnet8_pool_forward(acts + A_POOL * batch, acts + A_S3_ADD * batch, batch);
+    resnet8_s3_shortcut_forward(acts + A_S3_SHORTCUT * batch, acts + A_S2_BN2 * batch, params + P_S3_SHORTCUT_WEIGHT, params + P_S3_SHORTCUT_BIAS, workspace + WS_S3_SHORTCUT, batch);
+    resnet8_s3_bn2_forward(acts + A_S3_BN2 * batch, acts + A_S3_CONV2 * batch, acts + A_S3_SHORTCUT * batch, params + P_S3_BN2_GAMMA, params + P_S3_BN2_BETA, params + P_S3_BN2_RUNNING_MEAN, params + P_S3_BN2_RUNNING_VAR, workspace + WS_S3_BN2, batch, training);
+    resnet8_pool_forward(acts + A_POOL * batch, acts + A_S3_BN2 * batch, batch);
     resnet8_fc_forward(acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, params + P_FC_BIAS, batch);
 }
 
@@ -6452,21 +6342,18 @@ void resnet8_backward(const resnet8_context *ctx, const real *input, const int32
     memset(grad_acts + A_FC * batch, 0, sizeof(real) * ZERO_FC * batch);
     resnet8_loss_softmax_cross_entropy(acts + A_FC * batch, grad_acts + A_FC * batch, targets, batch, 1);
     resnet8_fc_backward(grad_acts + A_POOL * batch, grads + P_FC_WEIGHT, grads + P_FC_BIAS, grad_acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, batch);
-    resnet8_pool_backward(grad_acts + A_S3_ADD * batch, grad_acts + A_POOL * batch, batch);
-    resnet8_s3_add_backward(grad_acts + A_S3_SHORTCUT * batch, grad_acts + A_S3_BN2 * batch, grad_acts + A_S3_ADD * batch, acts + A_S3_ADD * batch, batch);
-    resnet8_s3_shortcut_backward(grad_acts + A_S2_ADD * batch, grads + P_S3_SHORTCUT_WEIGHT, grads + P_S3_SHORTCUT_BIAS, grad_acts + A_S3_SHORTCUT * batch, acts + A_S2_ADD * batch, params + P_S3_SHORTCUT_WEIGHT, workspace + WS_S3_SHORTCUT, batch);
-    resnet8_s3_bn2_backward(grad_acts + A_S3_CONV2 * batch, grads + P_S3_BN2_GAMMA, grads + P_S3_BN2_BETA, grad_acts + A_S3_BN2 * batch, acts + A_S3_CONV2 * batch, params + P_S3_BN2_GAMMA, workspace + WS_S3_BN2, batch);
+    resnet8_pool_backward(grad_acts + A_S3_BN2 * batch, grad_acts + A_POOL * batch, batch);
+    resnet8_s3_bn2_backward(grad_acts + A_S3_CONV2 * batch, grad_acts + A_S3_SHORTCUT * batch, grads + P_S3_BN2_GAMMA, grads + P_S3_BN2_BETA, grad_acts + A_S3_BN2 * batch, acts + A_S3_CONV2 * batch, acts + A_S3_BN2 * batch, params + P_S3_BN2_GAMMA, workspace + WS_S3_BN2, batch);
+    resnet8_s3_shortcut_backward(grad_acts + A_S2_BN2 * batch, grads + P_S3_SHORTCUT_WEIGHT, grads + P_S3_SHORTCUT_BIAS, grad_acts + A_S3_SHORTCUT * batch, acts + A_S2_BN2 * batch, params + P_S3_SHORTCUT_WEIGHT, workspace + WS_S3_SHORTCUT, batch);
     resnet8_s3_conv2_backward(grad_acts + A_S3_BN1 * batch, grads + P_S3_CONV2_WEIGHT, grads + P_S3_CONV2_BIAS, grad_acts + A_S3_CONV2 * batch, acts + A_S3_BN1 * batch, params + P_S3_CONV2_WEIGHT, workspace + WS_S3_CONV2, batch);
     resnet8_s3_bn1_backward(grad_acts + A_S3_CONV1 * batch, grads + P_S3_BN1_GAMMA, grads + P_S3_BN1_BETA, grad_acts + A_S3_BN1 * batch, acts + A_S3_CONV1 * batch, params + P_S3_BN1_GAMMA, params + P_S3_BN1_BETA, workspace + WS_S3_BN1, batch);
-    resnet8_s3_conv1_backward(grad_acts + A_S2_ADD * batch, grads + P_S3_CONV1_WEIGHT, grads + P_S3_CONV1_BIAS, grad_acts + A_S3_CONV1 * batch, acts + A_S2_ADD * batch, params + P_S3_CONV1_WEIGHT, workspace + WS_S3_CONV1, batch);
-    resnet8_s2_add_backward(grad_acts + A_S2_SHORTCUT * batch, grad_acts + A_S2_BN2 * batch, grad_acts + A_S2_ADD * batch, acts + A_S2_ADD * batch, batch);
-    resnet8_s2_shortcut_backward(grad_acts + A_S1_ADD * batch, grads + P_S2_SHORTCUT_WEIGHT, grads + P_S2_SHORTCUT_BIAS, grad_acts + A_S2_SHORTCUT * batch, acts + A_S1_ADD * batch, params + P_S2_SHORTCUT_WEIGHT, workspace + WS_S2_SHORTCUT, batch);
-    resnet8_s2_bn2_backward(grad_acts + A_S2_CONV2 * batch, grads + P_S2_BN2_GAMMA, grads + P_S2_BN2_BETA, grad_acts + A_S2_BN2 * batch, acts + A_S2_CONV2 * batch, params + P_S2_BN2_GAMMA, workspace + WS_S2_BN2, batch);
+    resnet8_s3_conv1_backward(grad_acts + A_S2_BN2 * batch, grads + P_S3_CONV1_WEIGHT, grads + P_S3_CONV1_BIAS, grad_acts + A_S3_CONV1 * batch, acts + A_S2_BN2 * batch, params + P_S3_CONV1_WEIGHT, workspace + WS_S3_CONV1, batch);
+    resnet8_s2_bn2_backward(grad_acts + A_S2_CONV2 * batch, grad_acts + A_S2_SHORTCUT * batch, grads + P_S2_BN2_GAMMA, grads + P_S2_BN2_BETA, grad_acts + A_S2_BN2 * batch, acts + A_S2_CONV2 * batch, acts + A_S2_BN2 * batch, params + P_S2_BN2_GAMMA, workspace + WS_S2_BN2, batch);
+    resnet8_s2_shortcut_backward(grad_acts + A_S1_BN2 * batch, grads + P_S2_SHORTCUT_WEIGHT, grads + P_S2_SHORTCUT_BIAS, grad_acts + A_S2_SHORTCUT * batch, acts + A_S1_BN2 * batch, params + P_S2_SHORTCUT_WEIGHT, workspace + WS_S2_SHORTCUT, batch);
     resnet8_s2_conv2_backward(grad_acts + A_S2_BN1 * batch, grads + P_S2_CONV2_WEIGHT, grads + P_S2_CONV2_BIAS, grad_acts + A_S2_CONV2 * batch, acts + A_S2_BN1 * batch, params + P_S2_CONV2_WEIGHT, workspace + WS_S2_CONV2, batch);
     resnet8_s2_bn1_backward(grad_acts + A_S2_CONV1 * batch, grads + P_S2_BN1_GAMMA, grads + P_S2_BN1_BETA, grad_acts + A_S2_BN1 * batch, acts + A_S2_CONV1 * batch, params + P_S2_BN1_GAMMA, params + P_S2_BN1_BETA, workspace + WS_S2_BN1, batch);
-    resnet8_s2_conv1_backward(grad_acts + A_S1_ADD * batch, grads + P_S2_CONV1_WEIGHT, grads + P_S2_CONV1_BIAS, grad_acts + A_S2_CONV1 * batch, acts + A_S1_ADD * batch, params + P_S2_CONV1_WEIGHT, workspace + WS_S2_CONV1, batch);
-    resnet8_s1_add_backward(grad_acts + A_STEM_BN * batch, grad_acts + A_S1_BN2 * batch, grad_acts + A_S1_ADD * batch, acts + A_S1_ADD * batch, batch);
-    resnet8_s1_bn2_backward(grad_acts + A_S1_CONV2 * batch, grads + P_S1_BN2_GAMMA, grads + P_S1_BN2_BETA, grad_acts + A_S1_BN2 * batch, acts + A_S1_CONV2 * batch, params + P_S1_BN2_GAMMA, workspace + WS_S1_BN2, batch);
+    resnet8_s2_conv1_backward(grad_acts + A_S1_BN2 * batch, grads + P_S2_CONV1_WEIGHT, grads + P_S2_CONV1_BIAS, grad_acts + A_S2_CONV1 * batch, acts + A_S1_BN2 * batch, params + P_S2_CONV1_WEIGHT, workspace + WS_S2_CONV1, batch);
+    resnet8_s1_bn2_backward(grad_acts + A_S1_CONV2 * batch, grad_acts + A_STEM_BN * batch, grads + P_S1_BN2_GAMMA, grads + P_S1_BN2_BETA, grad_acts + A_S1_BN2 * batch, acts + A_S1_CONV2 * batch, acts + A_S1_BN2 * batch, params + P_S1_BN2_GAMMA, workspace + WS_S1_BN2, batch);
     resnet8_s1_conv2_backward(grad_acts + A_S1_BN1 * batch, grads + P_S1_CONV2_WEIGHT, grads + P_S1_CONV2_BIAS, grad_acts + A_S1_CONV2 * batch, acts + A_S1_BN1 * batch, params + P_S1_CONV2_WEIGHT, workspace + WS_S1_CONV2, batch);
     resnet8_s1_bn1_backward(grad_acts + A_S1_CONV1 * batch, grads + P_S1_BN1_GAMMA, grads + P_S1_BN1_BETA, grad_acts + A_S1_BN1 * batch, acts + A_S1_CONV1 * batch, params + P_S1_BN1_GAMMA, params + P_S1_BN1_BETA, workspace + WS_S1_BN1, batch);
     resnet8_s1_conv1_backward(grad_acts + A_STEM_BN * batch, grads + P_S1_CONV1_WEIGHT, grads + P_S1_CONV1_BIAS, grad_acts + A_S1_CONV1 * batch, acts + A_STEM_BN * batch, params + P_S1_CONV1_WEIGHT, workspace + WS_S1_CONV1, batch);
@@ -6565,51 +6452,42 @@ void resnet8_forward_op(const resnet8_context *ctx, const real *input, size_t ba
         resnet8_s1_conv2_forward(acts + A_S1_CONV2 * batch, acts + A_S1_BN1 * batch, params + P_S1_CONV2_WEIGHT, params + P_S1_CONV2_BIAS, workspace + WS_S1_CONV2, batch);
         break;
     case 5:
-        resnet8_s1_bn2_forward(acts + A_S1_BN2 * batch, acts + A_S1_CONV2 * batch, params + P_S1_BN2_GAMMA, params + P_S1_BN2_BETA, params + P_S1_BN2_RUNNING_MEAN, params + P_S1_BN2_RUNNING_VAR, workspace + WS_S1_BN2, batch, training);
+        resnet8_s1_bn2_forward(acts + A_S1_BN2 * batch, acts + A_S1_CONV2 * batch, acts + A_STEM_BN * batch, params + P_S1_BN2_GAMMA, params + P_S1_BN2_BETA, params + P_S1_BN2_RUNNING_MEAN, params + P_S1_BN2_RUNNING_VAR, workspace + WS_S1_BN2, batch, training);
         break;
     case 6:
-        resnet8_s1_add_forward(acts + A_S1_ADD * batch, acts + A_STEM_BN * batch, acts + A_S1_BN2 * batch, batch);
+        resnet8_s2_conv1_forward(acts + A_S2_CONV1 * batch, acts + A_S1_BN2 * batch, params + P_S2_CONV1_WEIGHT, params + P_S2_CONV1_BIAS, workspace + WS_S2_CONV1, batch);
         break;
     case 7:
-        resnet8_s2_conv1_forward(acts + A_S2_CONV1 * batch, acts + A_S1_ADD * batch, params + P_S2_CONV1_WEIGHT, params + P_S2_CONV1_BIAS, workspace + WS_S2_CONV1, batch);
-        break;
-    case 8:
         resnet8_s2_bn1_forward(acts + A_S2_BN1 * batch, acts + A_S2_CONV1 * batch, params + P_S2_BN1_GAMMA, params + P_S2_BN1_BETA, params + P_S2_BN1_RUNNING_MEAN, params + P_S2_BN1_RUNNING_VAR, workspace + WS_S2_BN1, batch, training);
         break;
-    case 9:
+    case 8:
         resnet8_s2_conv2_forward(acts + A_S2_CONV2 * batch, acts + A_S2_BN1 * batch, params + P_S2_CONV2_WEIGHT, params + P_S2_CONV2_BIAS, workspace + WS_S2_CONV2, batch);
         break;
+    case 9:
+        resnet8_s2_shortcut_forward(acts + A_S2_SHORTCUT * batch, acts + A_S1_BN2 * batch, params + P_S2_SHORTCUT_WEIGHT, params + P_S2_SHORTCUT_BIAS, workspace + WS_S2_SHORTCUT, batch);
+        break;
     case 10:
-        resnet8_s2_bn2_forward(acts + A_S2_BN2 * batch, acts + A_S2_CONV2 * batch, params + P_S2_BN2_GAMMA, params + P_S2_BN2_BETA, params + P_S2_BN2_RUNNING_MEAN, params + P_S2_BN2_RUNNING_VAR, workspace + WS_S2_BN2, batch, training);
+        resnet8_s2_bn2_forward(acts + A_S2_BN2 * batch, acts + A_S2_CONV2 * batch, acts + A_S2_SHORTCUT * batch, params + P_S2_BN2_GAMMA, params + P_S2_BN2_BETA, params + P_S2_BN2_RUNNING_MEAN, params + P_S2_BN2_RUNNING_VAR, workspace + WS_S2_BN2, batch, training);
         break;
     case 11:
-        resnet8_s2_shortcut_forward(acts + A_S2_SHORTCUT * batch, acts + A_S1_ADD * batch, params + P_S2_SHORTCUT_WEIGHT, params + P_S2_SHORTCUT_BIAS, workspace + WS_S2_SHORTCUT, batch);
+        resnet8_s3_conv1_forward(acts + A_S3_CONV1 * batch, acts + A_S2_BN2 * batch, params + P_S3_CONV1_WEIGHT, params + P_S3_CONV1_BIAS, workspace + WS_S3_CONV1, batch);
         break;
     case 12:
-        resnet8_s2_add_forward(acts + A_S2_ADD * batch, acts + A_S2_SHORTCUT * batch, acts + A_S2_BN2 * batch, batch);
-        break;
-    case 13:
-        resnet8_s3_conv1_forward(acts + A_S3_CONV1 * batch, acts + A_S2_ADD * batch, params + P_S3_CONV1_WEIGHT, params + P_S3_CONV1_BIAS, workspace + WS_S3_CONV1, batch);
-        break;
-    case 14:
         resnet8_s3_bn1_forward(acts + A_S3_BN1 * batch, acts + A_S3_CONV1 * batch, params + P_S3_BN1_GAMMA, params + P_S3_BN1_BETA, params + P_S3_BN1_RUNNING_MEAN, params + P_S3_BN1_RUNNING_VAR, workspace + WS_S3_BN1, batch, training);
         break;
-    case 15:
+    case 13:
         resnet8_s3_conv2_forward(acts + A_S3_CONV2 * batch, acts + A_S3_BN1 * batch, params + P_S3_CONV2_WEIGHT, params + P_S3_CONV2_BIAS, workspace + WS_S3_CONV2, batch);
         break;
+    case 14:
+        resnet8_s3_shortcut_forward(acts + A_S3_SHORTCUT * batch, acts + A_S2_BN2 * batch, params + P_S3_SHORTCUT_WEIGHT, params + P_S3_SHORTCUT_BIAS, workspace + WS_S3_SHORTCUT, batch);
+        break;
+    case 15:
+        resnet8_s3_bn2_forward(acts + A_S3_BN2 * batch, acts + A_S3_CONV2 * batch, acts + A_S3_SHORTCUT * batch, params + P_S3_BN2_GAMMA, params + P_S3_BN2_BETA, params + P_S3_BN2_RUNNING_MEAN, params + P_S3_BN2_RUNNING_VAR, workspace + WS_S3_BN2, batch, training);
+        break;
     case 16:
-        resnet8_s3_bn2_forward(acts + A_S3_BN2 * batch, acts + A_S3_CONV2 * batch, params + P_S3_BN2_GAMMA, params + P_S3_BN2_BETA, params + P_S3_BN2_RUNNING_MEAN, params + P_S3_BN2_RUNNING_VAR, workspace + WS_S3_BN2, batch, training);
+        resnet8_pool_forward(acts + A_POOL * batch, acts + A_S3_BN2 * batch, batch);
         break;
     case 17:
-        resnet8_s3_shortcut_forward(acts + A_S3_SHORTCUT * batch, acts + A_S2_ADD * batch, params + P_S3_SHORTCUT_WEIGHT, params + P_S3_SHORTCUT_BIAS, workspace + WS_S3_SHORTCUT, batch);
-        break;
-    case 18:
-        resnet8_s3_add_forward(acts + A_S3_ADD * batch, acts + A_S3_SHORTCUT * batch, acts + A_S3_BN2 * batch, batch);
-        break;
-    case 19:
-        resnet8_pool_forward(acts + A_POOL * batch, acts + A_S3_ADD * batch, batch);
-        break;
-    case 20:
         resnet8_fc_forward(acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, params + P_FC_BIAS, batch);
         break;
     default:
@@ -6650,51 +6528,42 @@ void resnet8_backward_op(const resnet8_context *ctx, const real *input, size_t b
         resnet8_s1_conv2_backward(grad_acts + A_S1_BN1 * batch, grads + P_S1_CONV2_WEIGHT, grads + P_S1_CONV2_BIAS, grad_acts + A_S1_CONV2 * batch, acts + A_S1_BN1 * batch, params + P_S1_CONV2_WEIGHT, workspace + WS_S1_CONV2, batch);
         break;
     case 5:
-        resnet8_s1_bn2_backward(grad_acts + A_S1_CONV2 * batch, grads + P_S1_BN2_GAMMA, grads + P_S1_BN2_BETA, grad_acts + A_S1_BN2 * batch, acts + A_S1_CONV2 * batch, params + P_S1_BN2_GAMMA, workspace + WS_S1_BN2, batch);
+        resnet8_s1_bn2_backward(grad_acts + A_S1_CONV2 * batch, grad_acts + A_STEM_BN * batch, grads + P_S1_BN2_GAMMA, grads + P_S1_BN2_BETA, grad_acts + A_S1_BN2 * batch, acts + A_S1_CONV2 * batch, acts + A_S1_BN2 * batch, params + P_S1_BN2_GAMMA, workspace + WS_S1_BN2, batch);
         break;
     case 6:
-        resnet8_s1_add_backward(grad_acts + A_STEM_BN * batch, grad_acts + A_S1_BN2 * batch, grad_acts + A_S1_ADD * batch, acts + A_S1_ADD * batch, batch);
+        resnet8_s2_conv1_backward(grad_acts + A_S1_BN2 * batch, grads + P_S2_CONV1_WEIGHT, grads + P_S2_CONV1_BIAS, grad_acts + A_S2_CONV1 * batch, acts + A_S1_BN2 * batch, params + P_S2_CONV1_WEIGHT, workspace + WS_S2_CONV1, batch);
         break;
     case 7:
-        resnet8_s2_conv1_backward(grad_acts + A_S1_ADD * batch, grads + P_S2_CONV1_WEIGHT, grads + P_S2_CONV1_BIAS, grad_acts + A_S2_CONV1 * batch, acts + A_S1_ADD * batch, params + P_S2_CONV1_WEIGHT, workspace + WS_S2_CONV1, batch);
-        break;
-    case 8:
         resnet8_s2_bn1_backward(grad_acts + A_S2_CONV1 * batch, grads + P_S2_BN1_GAMMA, grads + P_S2_BN1_BETA, grad_acts + A_S2_BN1 * batch, acts + A_S2_CONV1 * batch, params + P_S2_BN1_GAMMA, params + P_S2_BN1_BETA, workspace + WS_S2_BN1, batch);
         break;
-    case 9:
+    case 8:
         resnet8_s2_conv2_backward(grad_acts + A_S2_BN1 * batch, grads + P_S2_CONV2_WEIGHT, grads + P_S2_CONV2_BIAS, grad_acts + A_S2_CONV2 * batch, acts + A_S2_BN1 * batch, params + P_S2_CONV2_WEIGHT, workspace + WS_S2_CONV2, batch);
         break;
+    case 9:
+        resnet8_s2_shortcut_backward(grad_acts + A_S1_BN2 * batch, grads + P_S2_SHORTCUT_WEIGHT, grads + P_S2_SHORTCUT_BIAS, grad_acts + A_S2_SHORTCUT * batch, acts + A_S1_BN2 * batch, params + P_S2_SHORTCUT_WEIGHT, workspace + WS_S2_SHORTCUT, batch);
+        break;
     case 10:
-        resnet8_s2_bn2_backward(grad_acts + A_S2_CONV2 * batch, grads + P_S2_BN2_GAMMA, grads + P_S2_BN2_BETA, grad_acts + A_S2_BN2 * batch, acts + A_S2_CONV2 * batch, params + P_S2_BN2_GAMMA, workspace + WS_S2_BN2, batch);
+        resnet8_s2_bn2_backward(grad_acts + A_S2_CONV2 * batch, grad_acts + A_S2_SHORTCUT * batch, grads + P_S2_BN2_GAMMA, grads + P_S2_BN2_BETA, grad_acts + A_S2_BN2 * batch, acts + A_S2_CONV2 * batch, acts + A_S2_BN2 * batch, params + P_S2_BN2_GAMMA, workspace + WS_S2_BN2, batch);
         break;
     case 11:
-        resnet8_s2_shortcut_backward(grad_acts + A_S1_ADD * batch, grads + P_S2_SHORTCUT_WEIGHT, grads + P_S2_SHORTCUT_BIAS, grad_acts + A_S2_SHORTCUT * batch, acts + A_S1_ADD * batch, params + P_S2_SHORTCUT_WEIGHT, workspace + WS_S2_SHORTCUT, batch);
+        resnet8_s3_conv1_backward(grad_acts + A_S2_BN2 * batch, grads + P_S3_CONV1_WEIGHT, grads + P_S3_CONV1_BIAS, grad_acts + A_S3_CONV1 * batch, acts + A_S2_BN2 * batch, params + P_S3_CONV1_WEIGHT, workspace + WS_S3_CONV1, batch);
         break;
     case 12:
-        resnet8_s2_add_backward(grad_acts + A_S2_SHORTCUT * batch, grad_acts + A_S2_BN2 * batch, grad_acts + A_S2_ADD * batch, acts + A_S2_ADD * batch, batch);
-        break;
-    case 13:
-        resnet8_s3_conv1_backward(grad_acts + A_S2_ADD * batch, grads + P_S3_CONV1_WEIGHT, grads + P_S3_CONV1_BIAS, grad_acts + A_S3_CONV1 * batch, acts + A_S2_ADD * batch, params + P_S3_CONV1_WEIGHT, workspace + WS_S3_CONV1, batch);
-        break;
-    case 14:
         resnet8_s3_bn1_backward(grad_acts + A_S3_CONV1 * batch, grads + P_S3_BN1_GAMMA, grads + P_S3_BN1_BETA, grad_acts + A_S3_BN1 * batch, acts + A_S3_CONV1 * batch, params + P_S3_BN1_GAMMA, params + P_S3_BN1_BETA, workspace + WS_S3_BN1, batch);
         break;
-    case 15:
+    case 13:
         resnet8_s3_conv2_backward(grad_acts + A_S3_BN1 * batch, grads + P_S3_CONV2_WEIGHT, grads + P_S3_CONV2_BIAS, grad_acts + A_S3_CONV2 * batch, acts + A_S3_BN1 * batch, params + P_S3_CONV2_WEIGHT, workspace + WS_S3_CONV2, batch);
         break;
+    case 14:
+        resnet8_s3_shortcut_backward(grad_acts + A_S2_BN2 * batch, grads + P_S3_SHORTCUT_WEIGHT, grads + P_S3_SHORTCUT_BIAS, grad_acts + A_S3_SHORTCUT * batch, acts + A_S2_BN2 * batch, params + P_S3_SHORTCUT_WEIGHT, workspace + WS_S3_SHORTCUT, batch);
+        break;
+    case 15:
+        resnet8_s3_bn2_backward(grad_acts + A_S3_CONV2 * batch, grad_acts + A_S3_SHORTCUT * batch, grads + P_S3_BN2_GAMMA, grads + P_S3_BN2_BETA, grad_acts + A_S3_BN2 * batch, acts + A_S3_CONV2 * batch, acts + A_S3_BN2 * batch, params + P_S3_BN2_GAMMA, workspace + WS_S3_BN2, batch);
+        break;
     case 16:
-        resnet8_s3_bn2_backward(grad_acts + A_S3_CONV2 * batch, grads + P_S3_BN2_GAMMA, grads + P_S3_BN2_BETA, grad_acts + A_S3_BN2 * batch, acts + A_S3_CONV2 * batch, params + P_S3_BN2_GAMMA, workspace + WS_S3_BN2, batch);
+        resnet8_pool_backward(grad_acts + A_S3_BN2 * batch, grad_acts + A_POOL * batch, batch);
         break;
     case 17:
-        resnet8_s3_shortcut_backward(grad_acts + A_S2_ADD * batch, grads + P_S3_SHORTCUT_WEIGHT, grads + P_S3_SHORTCUT_BIAS, grad_acts + A_S3_SHORTCUT * batch, acts + A_S2_ADD * batch, params + P_S3_SHORTCUT_WEIGHT, workspace + WS_S3_SHORTCUT, batch);
-        break;
-    case 18:
-        resnet8_s3_add_backward(grad_acts + A_S3_SHORTCUT * batch, grad_acts + A_S3_BN2 * batch, grad_acts + A_S3_ADD * batch, acts + A_S3_ADD * batch, batch);
-        break;
-    case 19:
-        resnet8_pool_backward(grad_acts + A_S3_ADD * batch, grad_acts + A_POOL * batch, batch);
-        break;
-    case 20:
         resnet8_fc_backward(grad_acts + A_POOL * batch, grads + P_FC_WEIGHT, grads + P_FC_BIAS, grad_acts + A_FC * batch, acts + A_POOL * batch, params + P_FC_WEIGHT, batch);
         break;
     default:

@@ -57,7 +57,6 @@ typedef float real;
 #define A_BLOCK1_BN1 ((size_t)8192) /* [N, 16, 16, 16] */
 #define A_BLOCK1_CONV2 ((size_t)0) /* [N, 16, 16, 16] */
 #define A_BLOCK1_BN2 ((size_t)8192) /* [N, 16, 16, 16] */
-#define A_BLOCK1_ADD ((size_t)0) /* [N, 16, 16, 16] */
 #define A_DOWN ((size_t)4096) /* [N, 32, 8, 8] */
 #define A_DEPTHWISE ((size_t)0) /* [N, 32, 8, 8] */
 #define A_POINTWISE ((size_t)6144) /* [N, 32, 8, 8] */
@@ -326,8 +325,8 @@ KERNEL_INLINE void resnet_small_plane_moments(const real *restrict x, int n, dou
 typedef char resnet_small_moment_lanes_are_two_vectors[MOMENT_LANES == 16 ? 1 : -1]; /* s0/s1, q0/q1 below */
 
 /* plane_gradient_sums' terms of eight elements, into one vector of sums and one of products */
-KERNEL_INLINE void resnet_small_gradient_terms(const real *xs, const real *dys, real mean, real scale, real shift,
-                                  int relu, resnet_small_doubles8 *sums, resnet_small_doubles8 *products)
+KERNEL_INLINE void resnet_small_gradient_terms(const real *xs, const real *dys, const real *outs, real mean, real scale,
+                                  real shift, int relu, resnet_small_doubles8 *sums, resnet_small_doubles8 *products)
 {
     typedef resnet_small_reals8 reals;
     reals x, g;
@@ -335,21 +334,27 @@ KERNEL_INLINE void resnet_small_gradient_terms(const real *xs, const real *dys, 
     memcpy(&g, dys, sizeof g);
     if (relu)
         g *= __builtin_convertvector(-(x * scale + shift > (reals){0}), reals);
+    if (outs) {
+        reals y;
+        memcpy(&y, outs, sizeof y);
+        g *= __builtin_convertvector(-(y > (reals){0}), reals);
+    }
     const reals centred = g * (x - mean);
     resnet_small_add_widened(sums, &g);
     resnet_small_add_widened(products, &centred);
 }
 
 /* Batchnorm's backward sums over one plane (templates/layers/batchnorm.c.j2): with g = dy[i], times
-   the fused relu's mask (y = x[i] * scale + shift > 0) if relu, sums[l] += g and products[l] +=
+   the fused relu's mask (y = x[i] * scale + shift > 0) if relu, or (out[i] > 0) if out is not NULL
+   (a relu after a residual, whose mask only the output has), sums[l] += g and products[l] +=
    g * (x[i] - mean), for i < n with i = l mod MOMENT_LANES, in two vectors of eight doubles each
    (as plane_moments, for the same reason). The mask is a factor, not a select: a NaN or infinite
    dy where the relu is off gives NaN instead of 0, a finite one the same sums. A plane's tail
    goes in vectors too (DS-CNN's 125 pixels: 112 + 13), which one element at a time took half of
    the backward's time. */
-KERNEL_INLINE void resnet_small_plane_gradient_sums(const real *restrict x, const real *restrict dy, int n, real mean,
-                                       real scale, real shift, int relu, double *restrict sums,
-                                       double *restrict products)
+KERNEL_INLINE void resnet_small_plane_gradient_sums(const real *restrict x, const real *restrict dy,
+                                       const real *restrict out, int n, real mean, real scale, real shift,
+                                       int relu, double *restrict sums, double *restrict products)
 {
     resnet_small_doubles8 s0, s1, q0, q1;
     memcpy(&s0, sums, sizeof s0);
@@ -358,19 +363,20 @@ KERNEL_INLINE void resnet_small_plane_gradient_sums(const real *restrict x, cons
     memcpy(&q1, products + 8, sizeof q1);
     int i = 0;
     for (; i + MOMENT_LANES <= n; i += MOMENT_LANES) {
-        resnet_small_gradient_terms(x + i, dy + i, mean, scale, shift, relu, &s0, &q0);
-        resnet_small_gradient_terms(x + i + 8, dy + i + 8, mean, scale, shift, relu, &s1, &q1);
+        resnet_small_gradient_terms(x + i, dy + i, out ? out + i : NULL, mean, scale, shift, relu, &s0, &q0);
+        resnet_small_gradient_terms(x + i + 8, dy + i + 8, out ? out + i + 8 : NULL, mean, scale, shift, relu, &s1, &q1);
     }
     if (i < n) {
         /* the plane's last lanes, and past its end dy = 0, which adds +-0 (a sum that starts at
            +0 never becomes -0, so that changes none) */
-        real x_tail[MOMENT_LANES], dy_tail[MOMENT_LANES];
+        real x_tail[MOMENT_LANES], dy_tail[MOMENT_LANES], out_tail[MOMENT_LANES];
         for (int l = 0; l < MOMENT_LANES; l++) {
             x_tail[l] = i + l < n ? x[i + l] : mean;
             dy_tail[l] = i + l < n ? dy[i + l] : 0;
+            out_tail[l] = i + l < n && out ? out[i + l] : 0;
         }
-        resnet_small_gradient_terms(x_tail, dy_tail, mean, scale, shift, relu, &s0, &q0);
-        resnet_small_gradient_terms(x_tail + 8, dy_tail + 8, mean, scale, shift, relu, &s1, &q1);
+        resnet_small_gradient_terms(x_tail, dy_tail, out ? out_tail : NULL, mean, scale, shift, relu, &s0, &q0);
+        resnet_small_gradient_terms(x_tail + 8, dy_tail + 8, out ? out_tail + 8 : NULL, mean, scale, shift, relu, &s1, &q1);
     }
     memcpy(sums, &s0, sizeof s0);
     memcpy(sums + 8, &s1, sizeof s1);
@@ -1460,13 +1466,16 @@ static void resnet_small_block1_conv2_forward(
 }
 
 /* ---- block1_bn2: batchnorm forward (spec line 13)
- * block1_conv2 [N, 16, 16, 16] -> block1_bn2 [N, 16, 16, 16]
+ * block1_conv2 [N, 16, 16, 16], stem_bn [N, 16, 16, 16] -> block1_bn2 [N, 16, 16, 16]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
- * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages
+ * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c], with the running averages;
+ *   then the add (block1_add, fused): out += residual; then relu (block1_out, fused): out = max(0,
+ *   out)
  */
 static void resnet_small_block1_bn2_forward(
     real *restrict out,                     /* block1_bn2 [N, 16, 16, 16] */
     const real *restrict in,                /* block1_conv2 [N, 16, 16, 16] */
+    const real *restrict residual,          /* stem_bn [N, 16, 16, 16] */
     const real *restrict gamma,             /* block1_bn2.gamma [16] */
     const real *restrict beta,              /* block1_bn2.beta [16] */
     const real *restrict running_mean,      /* block1_bn2.running_mean [16] */
@@ -1498,37 +1507,19 @@ static void resnet_small_block1_bn2_forward(
             for (int g = 0; g < group; g++) {
                 const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
                 real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                const real *restrict r = residual + (b * C + c0 + g) * SPATIAL;
                 for (int s = 0; s < SPATIAL; s++) {
-                    const real y = x[s] * scale[g] + shift[g];
-                    o[s] = y;
+                    /* rounded to real before the add, as the unfused batchnorm's stored output */
+                    const real normalised = x[s] * scale[g] + shift[g];
+                    const real y = normalised + r[s];
+                    o[s] = y > 0 ? y : 0;
                 }
             }
     }
 }
 
-/* ---- block1_add: add forward (spec line 14)
- * block1_bn2 [N, 16, 16, 16], stem_bn [N, 16, 16, 16] -> block1_add [N, 16, 16, 16]
- * out[i] = block1_bn2[i] + stem_bn[i]; then relu (block1_out, fused): out = max(0, out)
- */
-static void resnet_small_block1_add_forward(
-    real *restrict out,                     /* block1_add [N, 16, 16, 16] */
-    const real *in0,                        /* block1_bn2 [N, 16, 16, 16] */
-    const real *in1,                        /* stem_bn [N, 16, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4096
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real y = in0[i] + in1[i];
-        out[i] = y > 0 ? y : 0;
-    }
-}
-
 /* ---- down: conv2d forward (spec line 16)
- * block1_add [N, 16, 16, 16] -> down [N, 32, 8, 8]
+ * block1_bn2 [N, 16, 16, 16] -> down [N, 32, 8, 8]
  * weight [32, 16, 3, 3], bias [32]: 4640 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -1538,7 +1529,7 @@ static void resnet_small_block1_add_forward(
  */
 KERNEL_INLINE void resnet_small_down_forward_slot(
     real *restrict out,                     /* down [N, 32, 8, 8] */
-    const real *restrict in,                /* block1_add [N, 16, 16, 16] */
+    const real *restrict in,                /* block1_bn2 [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* down.bias [32] */
     real *slots,                            /* 27184 elements of workspace */
@@ -1601,7 +1592,7 @@ KERNEL_INLINE void resnet_small_down_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_down_forward(
     real *restrict out,                     /* down [N, 32, 8, 8] */
-    const real *restrict in,                /* block1_add [N, 16, 16, 16] */
+    const real *restrict in,                /* block1_bn2 [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* down.bias [32] */
     real *slots,                            /* 27184 elements of workspace */
@@ -1900,9 +1891,8 @@ void resnet_small_forward(const resnet_small_context *ctx, const real *input)
     resnet_small_block1_conv1_forward(acts + A_BLOCK1_CONV1 * batch, acts + A_STEM_BN * batch, params + P_BLOCK1_CONV1_WEIGHT, workspace + WS_BLOCK1_CONV1, batch);
     resnet_small_block1_bn1_forward(acts + A_BLOCK1_BN1 * batch, acts + A_BLOCK1_CONV1 * batch, params + P_BLOCK1_BN1_GAMMA, params + P_BLOCK1_BN1_BETA, params + P_BLOCK1_BN1_RUNNING_MEAN, params + P_BLOCK1_BN1_RUNNING_VAR, batch);
     resnet_small_block1_conv2_forward(acts + A_BLOCK1_CONV2 * batch, acts + A_BLOCK1_BN1 * batch, params + P_BLOCK1_CONV2_WEIGHT, workspace + WS_BLOCK1_CONV2, batch);
-    resnet_small_block1_bn2_forward(acts + A_BLOCK1_BN2 * batch, acts + A_BLOCK1_CONV2 * batch, params + P_BLOCK1_BN2_GAMMA, params + P_BLOCK1_BN2_BETA, params + P_BLOCK1_BN2_RUNNING_MEAN, params + P_BLOCK1_BN2_RUNNING_VAR, batch);
-    resnet_small_block1_add_forward(acts + A_BLOCK1_ADD * batch, acts + A_BLOCK1_BN2 * batch, acts + A_STEM_BN * batch, batch);
-    resnet_small_down_forward(acts + A_DOWN * batch, acts + A_BLOCK1_ADD * batch, params + P_DOWN_WEIGHT, params + P_DOWN_BIAS, workspace + WS_DOWN, batch);
+    resnet_small_block1_bn2_forward(acts + A_BLOCK1_BN2 * batch, acts + A_BLOCK1_CONV2 * batch, acts + A_STEM_BN * batch, params + P_BLOCK1_BN2_GAMMA, params + P_BLOCK1_BN2_BETA, params + P_BLOCK1_BN2_RUNNING_MEAN, params + P_BLOCK1_BN2_RUNNING_VAR, batch);
+    resnet_small_down_forward(acts + A_DOWN * batch, acts + A_BLOCK1_BN2 * batch, params + P_DOWN_WEIGHT, params + P_DOWN_BIAS, workspace + WS_DOWN, batch);
     resnet_small_depthwise_forward(acts + A_DEPTHWISE * batch, acts + A_DOWN * batch, params + P_DEPTHWISE_WEIGHT, params + P_DEPTHWISE_BIAS, workspace + WS_DEPTHWISE, batch);
     resnet_small_pointwise_forward(acts + A_POINTWISE * batch, acts + A_DEPTHWISE * batch, params + P_POINTWISE_WEIGHT, params + P_POINTWISE_BIAS, batch);
     resnet_small_merged_forward(acts + A_MERGED * batch, acts + A_DOWN * batch, acts + A_POINTWISE * batch, batch);

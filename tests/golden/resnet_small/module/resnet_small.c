@@ -57,14 +57,13 @@ typedef float real;
 #define A_BLOCK1_BN1 ((size_t)12288) /* [N, 16, 16, 16] */
 #define A_BLOCK1_CONV2 ((size_t)16384) /* [N, 16, 16, 16] */
 #define A_BLOCK1_BN2 ((size_t)20480) /* [N, 16, 16, 16] */
-#define A_BLOCK1_ADD ((size_t)24576) /* [N, 16, 16, 16] */
-#define A_DOWN ((size_t)28672) /* [N, 32, 8, 8] */
-#define A_DEPTHWISE ((size_t)30720) /* [N, 32, 8, 8] */
-#define A_POINTWISE ((size_t)32768) /* [N, 32, 8, 8] */
-#define A_MERGED ((size_t)34816) /* [N, 64, 8, 8] */
-#define A_GAP ((size_t)38912) /* [N, 64] */
-#define A_DROP ((size_t)38976) /* [N, 64] */
-#define A_CLASSIFIER ((size_t)39040) /* [N, 10] */
+#define A_DOWN ((size_t)24576) /* [N, 32, 8, 8] */
+#define A_DEPTHWISE ((size_t)26624) /* [N, 32, 8, 8] */
+#define A_POINTWISE ((size_t)28672) /* [N, 32, 8, 8] */
+#define A_MERGED ((size_t)30720) /* [N, 64, 8, 8] */
+#define A_GAP ((size_t)34816) /* [N, 64] */
+#define A_DROP ((size_t)34880) /* [N, 64] */
+#define A_CLASSIFIER ((size_t)34944) /* [N, 10] */
 
 /* Workspace offsets. */
 #define WS_STEM ((size_t)96)
@@ -362,8 +361,8 @@ KERNEL_INLINE void resnet_small_plane_moments(const real *restrict x, int n, dou
 typedef char resnet_small_moment_lanes_are_two_vectors[MOMENT_LANES == 16 ? 1 : -1]; /* s0/s1, q0/q1 below */
 
 /* plane_gradient_sums' terms of eight elements, into one vector of sums and one of products */
-KERNEL_INLINE void resnet_small_gradient_terms(const real *xs, const real *dys, real mean, real scale, real shift,
-                                  int relu, resnet_small_doubles8 *sums, resnet_small_doubles8 *products)
+KERNEL_INLINE void resnet_small_gradient_terms(const real *xs, const real *dys, const real *outs, real mean, real scale,
+                                  real shift, int relu, resnet_small_doubles8 *sums, resnet_small_doubles8 *products)
 {
     typedef resnet_small_reals8 reals;
     reals x, g;
@@ -371,21 +370,27 @@ KERNEL_INLINE void resnet_small_gradient_terms(const real *xs, const real *dys, 
     memcpy(&g, dys, sizeof g);
     if (relu)
         g *= __builtin_convertvector(-(x * scale + shift > (reals){0}), reals);
+    if (outs) {
+        reals y;
+        memcpy(&y, outs, sizeof y);
+        g *= __builtin_convertvector(-(y > (reals){0}), reals);
+    }
     const reals centred = g * (x - mean);
     resnet_small_add_widened(sums, &g);
     resnet_small_add_widened(products, &centred);
 }
 
 /* Batchnorm's backward sums over one plane (templates/layers/batchnorm.c.j2): with g = dy[i], times
-   the fused relu's mask (y = x[i] * scale + shift > 0) if relu, sums[l] += g and products[l] +=
+   the fused relu's mask (y = x[i] * scale + shift > 0) if relu, or (out[i] > 0) if out is not NULL
+   (a relu after a residual, whose mask only the output has), sums[l] += g and products[l] +=
    g * (x[i] - mean), for i < n with i = l mod MOMENT_LANES, in two vectors of eight doubles each
    (as plane_moments, for the same reason). The mask is a factor, not a select: a NaN or infinite
    dy where the relu is off gives NaN instead of 0, a finite one the same sums. A plane's tail
    goes in vectors too (DS-CNN's 125 pixels: 112 + 13), which one element at a time took half of
    the backward's time. */
-KERNEL_INLINE void resnet_small_plane_gradient_sums(const real *restrict x, const real *restrict dy, int n, real mean,
-                                       real scale, real shift, int relu, double *restrict sums,
-                                       double *restrict products)
+KERNEL_INLINE void resnet_small_plane_gradient_sums(const real *restrict x, const real *restrict dy,
+                                       const real *restrict out, int n, real mean, real scale, real shift,
+                                       int relu, double *restrict sums, double *restrict products)
 {
     resnet_small_doubles8 s0, s1, q0, q1;
     memcpy(&s0, sums, sizeof s0);
@@ -394,19 +399,20 @@ KERNEL_INLINE void resnet_small_plane_gradient_sums(const real *restrict x, cons
     memcpy(&q1, products + 8, sizeof q1);
     int i = 0;
     for (; i + MOMENT_LANES <= n; i += MOMENT_LANES) {
-        resnet_small_gradient_terms(x + i, dy + i, mean, scale, shift, relu, &s0, &q0);
-        resnet_small_gradient_terms(x + i + 8, dy + i + 8, mean, scale, shift, relu, &s1, &q1);
+        resnet_small_gradient_terms(x + i, dy + i, out ? out + i : NULL, mean, scale, shift, relu, &s0, &q0);
+        resnet_small_gradient_terms(x + i + 8, dy + i + 8, out ? out + i + 8 : NULL, mean, scale, shift, relu, &s1, &q1);
     }
     if (i < n) {
         /* the plane's last lanes, and past its end dy = 0, which adds +-0 (a sum that starts at
            +0 never becomes -0, so that changes none) */
-        real x_tail[MOMENT_LANES], dy_tail[MOMENT_LANES];
+        real x_tail[MOMENT_LANES], dy_tail[MOMENT_LANES], out_tail[MOMENT_LANES];
         for (int l = 0; l < MOMENT_LANES; l++) {
             x_tail[l] = i + l < n ? x[i + l] : mean;
             dy_tail[l] = i + l < n ? dy[i + l] : 0;
+            out_tail[l] = i + l < n && out ? out[i + l] : 0;
         }
-        resnet_small_gradient_terms(x_tail, dy_tail, mean, scale, shift, relu, &s0, &q0);
-        resnet_small_gradient_terms(x_tail + 8, dy_tail + 8, mean, scale, shift, relu, &s1, &q1);
+        resnet_small_gradient_terms(x_tail, dy_tail, out ? out_tail : NULL, mean, scale, shift, relu, &s0, &q0);
+        resnet_small_gradient_terms(x_tail + 8, dy_tail + 8, out ? out_tail + 8 : NULL, mean, scale, shift, relu, &s1, &q1);
     }
     memcpy(sums, &s0, sizeof s0);
     memcpy(sums + 8, &s1, sizeof s1);
@@ -1128,8 +1134,8 @@ static void resnet_small_stem_bn_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet_small_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
-                                    scale[g], shift[g], 1, sums[g], products[g]);
+                resnet_small_plane_gradient_sums(in + plane, dout + plane, NULL, SPATIAL,
+                                    saved[c0 + g], scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -1152,9 +1158,9 @@ static void resnet_small_stem_bn_backward(
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
-                    const real xhat = (in[i] - mean) * inv_std;
                     const real y = in[i] * scale[g] + shift[g];
                     const real d = dout[i], g_out = y > 0 ? d : 0;
+                    const real xhat = (in[i] - mean) * inv_std;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -1980,8 +1986,8 @@ static void resnet_small_block1_bn1_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet_small_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
-                                    scale[g], shift[g], 1, sums[g], products[g]);
+                resnet_small_plane_gradient_sums(in + plane, dout + plane, NULL, SPATIAL,
+                                    saved[c0 + g], scale[g], shift[g], 1, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -2004,9 +2010,9 @@ static void resnet_small_block1_bn1_backward(
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
-                    const real xhat = (in[i] - mean) * inv_std;
                     const real y = in[i] * scale[g] + shift[g];
                     const real d = dout[i], g_out = y > 0 ? d : 0;
+                    const real xhat = (in[i] - mean) * inv_std;
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
                 }
             }
@@ -2695,15 +2701,17 @@ static void resnet_small_block1_conv2_backward(
         }
 }
 /* ---- block1_bn2: batchnorm forward (spec line 13)
- * block1_conv2 [N, 16, 16, 16] -> block1_bn2 [N, 16, 16, 16]
+ * block1_conv2 [N, 16, 16, 16], stem_bn [N, 16, 16, 16] -> block1_bn2 [N, 16, 16, 16]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * out = gamma[c] * (in - mean[c]) / sqrt(var[c] + EPS) + beta[c]; training: batch mean and
  *   biased variance over (b, s), running averages updated with MOMENTUM (unbiased variance);
- *   inference: running averages
+ *   inference: running averages; then the add (block1_add, fused): out += residual; then relu
+ *   (block1_out, fused): out = max(0, out)
  */
 static void resnet_small_block1_bn2_forward(
     real *restrict out,                     /* block1_bn2 [N, 16, 16, 16] */
     const real *restrict in,                /* block1_conv2 [N, 16, 16, 16] */
+    const real *restrict residual,          /* stem_bn [N, 16, 16, 16] */
     const real *restrict gamma,             /* block1_bn2.gamma [16] */
     const real *restrict beta,              /* block1_bn2.beta [16] */
     real *restrict running_mean,            /* block1_bn2.running_mean [16] */
@@ -2775,26 +2783,32 @@ static void resnet_small_block1_bn2_forward(
             for (int g = 0; g < group; g++) {
                 const real *restrict x = in + (b * C + c0 + g) * SPATIAL;
                 real *restrict o = out + (b * C + c0 + g) * SPATIAL;
+                const real *restrict r = residual + (b * C + c0 + g) * SPATIAL;
                 for (int s = 0; s < SPATIAL; s++) {
-                    const real y = x[s] * scale[g] + shift[g];
-                    o[s] = y;
+                    /* rounded to real before the add, as the unfused batchnorm's stored output */
+                    const real normalised = x[s] * scale[g] + shift[g];
+                    const real y = normalised + r[s];
+                    o[s] = y > 0 ? y : 0;
                 }
             }
     }
 }
 
 /* ---- block1_bn2: batchnorm backward (training mode) (spec line 13)
- * block1_conv2 [N, 16, 16, 16] -> block1_bn2 [N, 16, 16, 16]
+ * block1_conv2 [N, 16, 16, 16], stem_bn [N, 16, 16, 16] -> block1_bn2 [N, 16, 16, 16]
  * gamma [16], beta [16], running_mean [16], running_var [16]: 32 trainable parameters
  * xhat = (in - mean) * inv_std; dbeta = sum dout; dgamma = sum dout * xhat; din = gamma *
- *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL
+ *   inv_std / M * (M * dout - dbeta - xhat * dgamma), M = batch * SPATIAL; dout is zero where the
+ *   fused relu's output is; the fused add's residual = dout
  */
 static void resnet_small_block1_bn2_backward(
     real *restrict din,                     /* block1_conv2 [N, 16, 16, 16] */
+    real *restrict dresidual,               /* stem_bn [N, 16, 16, 16] */
     real *restrict dgamma,                  /* block1_bn2.gamma [16] */
     real *restrict dbeta,                   /* block1_bn2.beta [16] */
     const real *restrict dout,              /* block1_bn2 [N, 16, 16, 16] */
     const real *restrict in,                /* block1_conv2 [N, 16, 16, 16] */
+    real *restrict out,                     /* block1_bn2 [N, 16, 16, 16] */
     const real *restrict gamma,             /* block1_bn2.gamma [16] */
     real *restrict scratch,                 /* 32 elements of workspace */
     size_t batch)
@@ -2819,8 +2833,8 @@ static void resnet_small_block1_bn2_backward(
         for (size_t b = 0; b < batch; b++)
             for (int g = 0; g < group; g++) {
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
-                resnet_small_plane_gradient_sums(in + plane, dout + plane, SPATIAL, saved[c0 + g],
-                                    0, 0, 0, sums[g], products[g]);
+                resnet_small_plane_gradient_sums(in + plane, dout + plane, out + plane, SPATIAL,
+                                    saved[c0 + g], 0, 0, 0, sums[g], products[g]);
             }
         real k[BN_GROUP], sum_dout_of[BN_GROUP], sum_dout_xhat_of[BN_GROUP];
         for (int g = 0; g < group; g++) {
@@ -2843,62 +2857,17 @@ static void resnet_small_block1_bn2_backward(
                 const size_t plane = (b * C + c0 + g) * SPATIAL;
                 for (int s = 0; s < SPATIAL; s++) {
                     const size_t i = plane + s;
+                    const real d = dout[i], g_out = out[i] > 0 ? d : 0;  /* dout loaded first: a select, not a branch */
                     const real xhat = (in[i] - mean) * inv_std;
-                    const real g_out = dout[i];
                     din[i] = k[g] * ((real)count * g_out - sum_dout_of[g] - xhat * sum_dout_xhat_of[g]);
+                    dresidual[i] = g_out;
                 }
             }
     }
 }
 
-/* ---- block1_add: add forward (spec line 14)
- * block1_bn2 [N, 16, 16, 16], stem_bn [N, 16, 16, 16] -> block1_add [N, 16, 16, 16]
- * out[i] = block1_bn2[i] + stem_bn[i]; then relu (block1_out, fused): out = max(0, out)
- */
-static void resnet_small_block1_add_forward(
-    real *restrict out,                     /* block1_add [N, 16, 16, 16] */
-    const real *in0,                        /* block1_bn2 [N, 16, 16, 16] */
-    const real *in1,                        /* stem_bn [N, 16, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4096
-    };
-    const size_t elements = batch * SIZE;
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real y = in0[i] + in1[i];
-        out[i] = y > 0 ? y : 0;
-    }
-}
-
-/* ---- block1_add: add backward (spec line 14)
- * block1_bn2 [N, 16, 16, 16], stem_bn [N, 16, 16, 16] -> block1_add [N, 16, 16, 16]
- * block1_bn2's gradient = dout, stem_bn's gradient = dout, where out > 0 (the fused relu)
- */
-static void resnet_small_block1_add_backward(
-    real *din0,                             /* block1_bn2 [N, 16, 16, 16] */
-    real *din1,                             /* stem_bn [N, 16, 16, 16] */
-    const real *restrict dout,              /* block1_add [N, 16, 16, 16] */
-    real *restrict out,                     /* block1_add [N, 16, 16, 16] */
-    size_t batch)
-{
-    enum {
-        SIZE = 4096
-    };
-    const size_t elements = batch * SIZE;
-    /* One pass for every input: the din are not restrict, two inputs may be the same tensor
-       (then the first writes and the second adds, in that order, element by element). */
-    PARALLEL_FOR_ELEMENTS
-    for (size_t i = 0; i < elements; i++) {
-        const real d = dout[i], g = out[i] > 0 ? d : 0;   /* dout loaded first: a select, not a branch */
-        din0[i] = g;
-        din1[i] = g;
-    }
-}
-
 /* ---- down: conv2d forward (spec line 16)
- * block1_add [N, 16, 16, 16] -> down [N, 32, 8, 8]
+ * block1_bn2 [N, 16, 16, 16] -> down [N, 32, 8, 8]
  * weight [32, 16, 3, 3], bias [32]: 4640 trainable parameters
  * out[b,oc,oh,ow] = bias[oc] + sum_{ic in group(oc), kh, kw} weight[oc,ic,kh,kw] * in[b,ic,
  *   oh*STRIDE_H + kh*DIL_H - PAD_TOP, ow*STRIDE_W + kw*DIL_W - PAD_LEFT] (zero outside the input);
@@ -2908,7 +2877,7 @@ static void resnet_small_block1_add_backward(
  */
 KERNEL_INLINE void resnet_small_down_forward_slot(
     real *restrict out,                     /* down [N, 32, 8, 8] */
-    const real *restrict in,                /* block1_add [N, 16, 16, 16] */
+    const real *restrict in,                /* block1_bn2 [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* down.bias [32] */
     real *slots,                            /* 27184 elements of workspace */
@@ -2971,7 +2940,7 @@ KERNEL_INLINE void resnet_small_down_forward_slot(
    products may split instead). Every sample is computed the same way in any slot. */
 static void resnet_small_down_forward(
     real *restrict out,                     /* down [N, 32, 8, 8] */
-    const real *restrict in,                /* block1_add [N, 16, 16, 16] */
+    const real *restrict in,                /* block1_bn2 [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
     const real *restrict bias,              /* down.bias [32] */
     real *slots,                            /* 27184 elements of workspace */
@@ -2990,7 +2959,7 @@ static void resnet_small_down_forward(
 }
 
 /* ---- down: conv2d backward (spec line 16)
- * block1_add [N, 16, 16, 16] -> down [N, 32, 8, 8]
+ * block1_bn2 [N, 16, 16, 16] -> down [N, 32, 8, 8]
  * weight [32, 16, 3, 3], bias [32]: 4640 trainable parameters
  * per sample and group: dweight^T[K_GROUP, C_OUT_PER_GROUP] += patches[K_GROUP, pixels] x
  *   dout^T[pixels, C_OUT_PER_GROUP] (added to dweight after the batch); dbias[oc] += sum of
@@ -2998,12 +2967,12 @@ static void resnet_small_down_forward(
  *   where the fused relu's output is 0
  */
 static void resnet_small_down_backward(
-    real *restrict din,                     /* block1_add [N, 16, 16, 16] */
+    real *restrict din,                     /* block1_bn2 [N, 16, 16, 16] */
     real *restrict dweight,                 /* down.weight [32, 16, 3, 3] */
     real *restrict dbias,                   /* down.bias [32] */
     const real *restrict dout,              /* down [N, 32, 8, 8] */
     real *restrict out,                     /* down [N, 32, 8, 8] */
-    const real *restrict in,                /* block1_add [N, 16, 16, 16] */
+    const real *restrict in,                /* block1_bn2 [N, 16, 16, 16] */
     const real *restrict weight,            /* down.weight [32, 16, 3, 3] */
     real *slots,                            /* 27184 elements of workspace */
     size_t batch)
@@ -3749,9 +3718,8 @@ void resnet_small_forward(const resnet_small_context *ctx, const real *input, si
     resnet_small_block1_conv1_forward(acts + A_BLOCK1_CONV1 * batch, acts + A_STEM_BN * batch, params + P_BLOCK1_CONV1_WEIGHT, workspace + WS_BLOCK1_CONV1, batch);
     resnet_small_block1_bn1_forward(acts + A_BLOCK1_BN1 * batch, acts + A_BLOCK1_CONV1 * batch, params + P_BLOCK1_BN1_GAMMA, params + P_BLOCK1_BN1_BETA, params + P_BLOCK1_BN1_RUNNING_MEAN, params + P_BLOCK1_BN1_RUNNING_VAR, workspace + WS_BLOCK1_BN1, batch, training);
     resnet_small_block1_conv2_forward(acts + A_BLOCK1_CONV2 * batch, acts + A_BLOCK1_BN1 * batch, params + P_BLOCK1_CONV2_WEIGHT, workspace + WS_BLOCK1_CONV2, batch);
-    resnet_small_block1_bn2_forward(acts + A_BLOCK1_BN2 * batch, acts + A_BLOCK1_CONV2 * batch, params + P_BLOCK1_BN2_GAMMA, params + P_BLOCK1_BN2_BETA, params + P_BLOCK1_BN2_RUNNING_MEAN, params + P_BLOCK1_BN2_RUNNING_VAR, workspace + WS_BLOCK1_BN2, batch, training);
-    resnet_small_block1_add_forward(acts + A_BLOCK1_ADD * batch, acts + A_BLOCK1_BN2 * batch, acts + A_STEM_BN * batch, batch);
-    resnet_small_down_forward(acts + A_DOWN * batch, acts + A_BLOCK1_ADD * batch, params + P_DOWN_WEIGHT, params + P_DOWN_BIAS, workspace + WS_DOWN, batch);
+    resnet_small_block1_bn2_forward(acts + A_BLOCK1_BN2 * batch, acts + A_BLOCK1_CONV2 * batch, acts + A_STEM_BN * batch, params + P_BLOCK1_BN2_GAMMA, params + P_BLOCK1_BN2_BETA, params + P_BLOCK1_BN2_RUNNING_MEAN, params + P_BLOCK1_BN2_RUNNING_VAR, workspace + WS_BLOCK1_BN2, batch, training);
+    resnet_small_down_forward(acts + A_DOWN * batch, acts + A_BLOCK1_BN2 * batch, params + P_DOWN_WEIGHT, params + P_DOWN_BIAS, workspace + WS_DOWN, batch);
     resnet_small_depthwise_forward(acts + A_DEPTHWISE * batch, acts + A_DOWN * batch, params + P_DEPTHWISE_WEIGHT, params + P_DEPTHWISE_BIAS, workspace + WS_DEPTHWISE, batch);
     resnet_small_pointwise_forward(acts + A_POINTWISE * batch, acts + A_DEPTHWISE * batch, params + P_POINTWISE_WEIGHT, params + P_POINTWISE_BIAS, batch);
     resnet_small_merged_forward(acts + A_MERGED * batch, acts + A_DOWN * batch, acts + A_POINTWISE * batch, batch);
@@ -3818,9 +3786,8 @@ void resnet_small_backward(const resnet_small_context *ctx, const real *input, c
     resnet_small_merged_backward(grad_acts + A_DOWN * batch, grad_acts + A_POINTWISE * batch, grad_acts + A_MERGED * batch, batch);
     resnet_small_pointwise_backward(grad_acts + A_DEPTHWISE * batch, grads + P_POINTWISE_WEIGHT, grads + P_POINTWISE_BIAS, grad_acts + A_POINTWISE * batch, acts + A_POINTWISE * batch, acts + A_DEPTHWISE * batch, params + P_POINTWISE_WEIGHT, workspace + WS_POINTWISE, batch);
     resnet_small_depthwise_backward(grad_acts + A_DOWN * batch, grads + P_DEPTHWISE_WEIGHT, grads + P_DEPTHWISE_BIAS, grad_acts + A_DEPTHWISE * batch, acts + A_DOWN * batch, params + P_DEPTHWISE_WEIGHT, workspace + WS_DEPTHWISE, batch);
-    resnet_small_down_backward(grad_acts + A_BLOCK1_ADD * batch, grads + P_DOWN_WEIGHT, grads + P_DOWN_BIAS, grad_acts + A_DOWN * batch, acts + A_DOWN * batch, acts + A_BLOCK1_ADD * batch, params + P_DOWN_WEIGHT, workspace + WS_DOWN, batch);
-    resnet_small_block1_add_backward(grad_acts + A_BLOCK1_BN2 * batch, grad_acts + A_STEM_BN * batch, grad_acts + A_BLOCK1_ADD * batch, acts + A_BLOCK1_ADD * batch, batch);
-    resnet_small_block1_bn2_backward(grad_acts + A_BLOCK1_CONV2 * batch, grads + P_BLOCK1_BN2_GAMMA, grads + P_BLOCK1_BN2_BETA, grad_acts + A_BLOCK1_BN2 * batch, acts + A_BLOCK1_CONV2 * batch, params + P_BLOCK1_BN2_GAMMA, workspace + WS_BLOCK1_BN2, batch);
+    resnet_small_down_backward(grad_acts + A_BLOCK1_BN2 * batch, grads + P_DOWN_WEIGHT, grads + P_DOWN_BIAS, grad_acts + A_DOWN * batch, acts + A_DOWN * batch, acts + A_BLOCK1_BN2 * batch, params + P_DOWN_WEIGHT, workspace + WS_DOWN, batch);
+    resnet_small_block1_bn2_backward(grad_acts + A_BLOCK1_CONV2 * batch, grad_acts + A_STEM_BN * batch, grads + P_BLOCK1_BN2_GAMMA, grads + P_BLOCK1_BN2_BETA, grad_acts + A_BLOCK1_BN2 * batch, acts + A_BLOCK1_CONV2 * batch, acts + A_BLOCK1_BN2 * batch, params + P_BLOCK1_BN2_GAMMA, workspace + WS_BLOCK1_BN2, batch);
     resnet_small_block1_conv2_backward(grad_acts + A_BLOCK1_BN1 * batch, grads + P_BLOCK1_CONV2_WEIGHT, grad_acts + A_BLOCK1_CONV2 * batch, acts + A_BLOCK1_BN1 * batch, params + P_BLOCK1_CONV2_WEIGHT, workspace + WS_BLOCK1_CONV2, batch);
     resnet_small_block1_bn1_backward(grad_acts + A_BLOCK1_CONV1 * batch, grads + P_BLOCK1_BN1_GAMMA, grads + P_BLOCK1_BN1_BETA, grad_acts + A_BLOCK1_BN1 * batch, acts + A_BLOCK1_CONV1 * batch, params + P_BLOCK1_BN1_GAMMA, params + P_BLOCK1_BN1_BETA, workspace + WS_BLOCK1_BN1, batch);
     resnet_small_block1_conv1_backward(grad_acts + A_STEM_BN * batch, grads + P_BLOCK1_CONV1_WEIGHT, grad_acts + A_BLOCK1_CONV1 * batch, acts + A_STEM_BN * batch, params + P_BLOCK1_CONV1_WEIGHT, workspace + WS_BLOCK1_CONV1, batch);
@@ -3918,30 +3885,27 @@ void resnet_small_forward_op(const resnet_small_context *ctx, const real *input,
         resnet_small_block1_conv2_forward(acts + A_BLOCK1_CONV2 * batch, acts + A_BLOCK1_BN1 * batch, params + P_BLOCK1_CONV2_WEIGHT, workspace + WS_BLOCK1_CONV2, batch);
         break;
     case 5:
-        resnet_small_block1_bn2_forward(acts + A_BLOCK1_BN2 * batch, acts + A_BLOCK1_CONV2 * batch, params + P_BLOCK1_BN2_GAMMA, params + P_BLOCK1_BN2_BETA, params + P_BLOCK1_BN2_RUNNING_MEAN, params + P_BLOCK1_BN2_RUNNING_VAR, workspace + WS_BLOCK1_BN2, batch, training);
+        resnet_small_block1_bn2_forward(acts + A_BLOCK1_BN2 * batch, acts + A_BLOCK1_CONV2 * batch, acts + A_STEM_BN * batch, params + P_BLOCK1_BN2_GAMMA, params + P_BLOCK1_BN2_BETA, params + P_BLOCK1_BN2_RUNNING_MEAN, params + P_BLOCK1_BN2_RUNNING_VAR, workspace + WS_BLOCK1_BN2, batch, training);
         break;
     case 6:
-        resnet_small_block1_add_forward(acts + A_BLOCK1_ADD * batch, acts + A_BLOCK1_BN2 * batch, acts + A_STEM_BN * batch, batch);
+        resnet_small_down_forward(acts + A_DOWN * batch, acts + A_BLOCK1_BN2 * batch, params + P_DOWN_WEIGHT, params + P_DOWN_BIAS, workspace + WS_DOWN, batch);
         break;
     case 7:
-        resnet_small_down_forward(acts + A_DOWN * batch, acts + A_BLOCK1_ADD * batch, params + P_DOWN_WEIGHT, params + P_DOWN_BIAS, workspace + WS_DOWN, batch);
-        break;
-    case 8:
         resnet_small_depthwise_forward(acts + A_DEPTHWISE * batch, acts + A_DOWN * batch, params + P_DEPTHWISE_WEIGHT, params + P_DEPTHWISE_BIAS, workspace + WS_DEPTHWISE, batch);
         break;
-    case 9:
+    case 8:
         resnet_small_pointwise_forward(acts + A_POINTWISE * batch, acts + A_DEPTHWISE * batch, params + P_POINTWISE_WEIGHT, params + P_POINTWISE_BIAS, batch);
         break;
-    case 10:
+    case 9:
         resnet_small_merged_forward(acts + A_MERGED * batch, acts + A_DOWN * batch, acts + A_POINTWISE * batch, batch);
         break;
-    case 11:
+    case 10:
         resnet_small_gap_forward(acts + A_GAP * batch, acts + A_MERGED * batch, batch);
         break;
-    case 12:
+    case 11:
         resnet_small_drop_forward(acts + A_DROP * batch, acts + A_GAP * batch, batch, training, seed);
         break;
-    case 13:
+    case 12:
         resnet_small_classifier_forward(acts + A_CLASSIFIER * batch, acts + A_DROP * batch, params + P_CLASSIFIER_WEIGHT, params + P_CLASSIFIER_BIAS, batch);
         break;
     default:
@@ -3981,30 +3945,27 @@ void resnet_small_backward_op(const resnet_small_context *ctx, const real *input
         resnet_small_block1_conv2_backward(grad_acts + A_BLOCK1_BN1 * batch, grads + P_BLOCK1_CONV2_WEIGHT, grad_acts + A_BLOCK1_CONV2 * batch, acts + A_BLOCK1_BN1 * batch, params + P_BLOCK1_CONV2_WEIGHT, workspace + WS_BLOCK1_CONV2, batch);
         break;
     case 5:
-        resnet_small_block1_bn2_backward(grad_acts + A_BLOCK1_CONV2 * batch, grads + P_BLOCK1_BN2_GAMMA, grads + P_BLOCK1_BN2_BETA, grad_acts + A_BLOCK1_BN2 * batch, acts + A_BLOCK1_CONV2 * batch, params + P_BLOCK1_BN2_GAMMA, workspace + WS_BLOCK1_BN2, batch);
+        resnet_small_block1_bn2_backward(grad_acts + A_BLOCK1_CONV2 * batch, grad_acts + A_STEM_BN * batch, grads + P_BLOCK1_BN2_GAMMA, grads + P_BLOCK1_BN2_BETA, grad_acts + A_BLOCK1_BN2 * batch, acts + A_BLOCK1_CONV2 * batch, acts + A_BLOCK1_BN2 * batch, params + P_BLOCK1_BN2_GAMMA, workspace + WS_BLOCK1_BN2, batch);
         break;
     case 6:
-        resnet_small_block1_add_backward(grad_acts + A_BLOCK1_BN2 * batch, grad_acts + A_STEM_BN * batch, grad_acts + A_BLOCK1_ADD * batch, acts + A_BLOCK1_ADD * batch, batch);
+        resnet_small_down_backward(grad_acts + A_BLOCK1_BN2 * batch, grads + P_DOWN_WEIGHT, grads + P_DOWN_BIAS, grad_acts + A_DOWN * batch, acts + A_DOWN * batch, acts + A_BLOCK1_BN2 * batch, params + P_DOWN_WEIGHT, workspace + WS_DOWN, batch);
         break;
     case 7:
-        resnet_small_down_backward(grad_acts + A_BLOCK1_ADD * batch, grads + P_DOWN_WEIGHT, grads + P_DOWN_BIAS, grad_acts + A_DOWN * batch, acts + A_DOWN * batch, acts + A_BLOCK1_ADD * batch, params + P_DOWN_WEIGHT, workspace + WS_DOWN, batch);
-        break;
-    case 8:
         resnet_small_depthwise_backward(grad_acts + A_DOWN * batch, grads + P_DEPTHWISE_WEIGHT, grads + P_DEPTHWISE_BIAS, grad_acts + A_DEPTHWISE * batch, acts + A_DOWN * batch, params + P_DEPTHWISE_WEIGHT, workspace + WS_DEPTHWISE, batch);
         break;
-    case 9:
+    case 8:
         resnet_small_pointwise_backward(grad_acts + A_DEPTHWISE * batch, grads + P_POINTWISE_WEIGHT, grads + P_POINTWISE_BIAS, grad_acts + A_POINTWISE * batch, acts + A_POINTWISE * batch, acts + A_DEPTHWISE * batch, params + P_POINTWISE_WEIGHT, workspace + WS_POINTWISE, batch);
         break;
-    case 10:
+    case 9:
         resnet_small_merged_backward(grad_acts + A_DOWN * batch, grad_acts + A_POINTWISE * batch, grad_acts + A_MERGED * batch, batch);
         break;
-    case 11:
+    case 10:
         resnet_small_gap_backward(grad_acts + A_MERGED * batch, grad_acts + A_GAP * batch, batch);
         break;
-    case 12:
+    case 11:
         resnet_small_drop_backward(grad_acts + A_GAP * batch, grad_acts + A_DROP * batch, batch, seed);
         break;
-    case 13:
+    case 12:
         resnet_small_classifier_backward(grad_acts + A_DROP * batch, grads + P_CLASSIFIER_WEIGHT, grads + P_CLASSIFIER_BIAS, grad_acts + A_CLASSIFIER * batch, acts + A_DROP * batch, params + P_CLASSIFIER_WEIGHT, batch);
         break;
     default:
