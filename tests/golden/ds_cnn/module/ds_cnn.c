@@ -267,17 +267,14 @@ enum {
 #endif
 
 /* Element-wise loops over at least this many elements split over the threads too (each element
-   is computed the same way by whichever thread takes it): PARALLEL_FOR_ELEMENTS before a loop
-   whose element count is in a variable named `elements`. */
+   is computed the same way by whichever thread takes it): macros.j2's parallel_elements. */
 #define PARALLEL_MIN_ELEMENTS 65536
 /* A loop over sample slots runs on the threads when there are samples for more than one:
    PARALLEL_FOR_SAMPLES before it, with the sample count in a variable named `samples` (its
    body must not split products: they would start a new team of threads on every call). */
 #if defined(_OPENMP)
-#define PARALLEL_FOR_ELEMENTS _Pragma("omp parallel for schedule(static) if (elements >= PARALLEL_MIN_ELEMENTS)")
 #define PARALLEL_FOR_SAMPLES _Pragma("omp parallel for schedule(static) if (samples > 1)")
 #else
-#define PARALLEL_FOR_ELEMENTS
 #define PARALLEL_FOR_SAMPLES
 #endif
 /* The sample slots a conv kernel uses for a batch: every one when the batch's multiply-adds repay
@@ -1082,12 +1079,11 @@ static void ds_cnn_conv1_bn_forward(
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
+    (void)elements;                              /* read only by a threaded build's loop */
     /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
        the group's planes of every sample in memory order: with the group all the channels, one
        stream through the tensor. Each channel's sums are still added in the same order, so the
        results are those of one channel at a time. */
-    PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         real scale[BN_GROUP], shift[BN_GROUP];
@@ -1170,8 +1166,7 @@ static void ds_cnn_conv1_bn_backward(
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
-    PARALLEL_FOR_ELEMENTS
+    (void)elements;                              /* read only by a threaded build's loop */
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
@@ -1521,12 +1516,11 @@ static void ds_cnn_dw1_bn_forward(
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
+    (void)elements;                              /* read only by a threaded build's loop */
     /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
        the group's planes of every sample in memory order: with the group all the channels, one
        stream through the tensor. Each channel's sums are still added in the same order, so the
        results are those of one channel at a time. */
-    PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         real scale[BN_GROUP], shift[BN_GROUP];
@@ -1609,8 +1603,7 @@ static void ds_cnn_dw1_bn_backward(
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
-    PARALLEL_FOR_ELEMENTS
+    (void)elements;                              /* read only by a threaded build's loop */
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
@@ -1881,12 +1874,11 @@ static void ds_cnn_pw1_bn_forward(
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
+    (void)elements;                              /* read only by a threaded build's loop */
     /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
        the group's planes of every sample in memory order: with the group all the channels, one
        stream through the tensor. Each channel's sums are still added in the same order, so the
        results are those of one channel at a time. */
-    PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         real scale[BN_GROUP], shift[BN_GROUP];
@@ -1969,8 +1961,7 @@ static void ds_cnn_pw1_bn_backward(
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
-    PARALLEL_FOR_ELEMENTS
+    (void)elements;                              /* read only by a threaded build's loop */
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
@@ -2262,12 +2253,11 @@ static void ds_cnn_dw2_bn_forward(
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
+    (void)elements;                              /* read only by a threaded build's loop */
     /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
        the group's planes of every sample in memory order: with the group all the channels, one
        stream through the tensor. Each channel's sums are still added in the same order, so the
        results are those of one channel at a time. */
-    PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         real scale[BN_GROUP], shift[BN_GROUP];
@@ -2350,8 +2340,7 @@ static void ds_cnn_dw2_bn_backward(
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
-    PARALLEL_FOR_ELEMENTS
+    (void)elements;                              /* read only by a threaded build's loop */
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
@@ -2622,12 +2611,11 @@ static void ds_cnn_pw2_bn_forward(
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
+    (void)elements;                              /* read only by a threaded build's loop */
     /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
        the group's planes of every sample in memory order: with the group all the channels, one
        stream through the tensor. Each channel's sums are still added in the same order, so the
        results are those of one channel at a time. */
-    PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         real scale[BN_GROUP], shift[BN_GROUP];
@@ -2710,8 +2698,7 @@ static void ds_cnn_pw2_bn_backward(
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
-    PARALLEL_FOR_ELEMENTS
+    (void)elements;                              /* read only by a threaded build's loop */
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
@@ -3003,12 +2990,11 @@ static void ds_cnn_dw3_bn_forward(
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
+    (void)elements;                              /* read only by a threaded build's loop */
     /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
        the group's planes of every sample in memory order: with the group all the channels, one
        stream through the tensor. Each channel's sums are still added in the same order, so the
        results are those of one channel at a time. */
-    PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         real scale[BN_GROUP], shift[BN_GROUP];
@@ -3091,8 +3077,7 @@ static void ds_cnn_dw3_bn_backward(
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
-    PARALLEL_FOR_ELEMENTS
+    (void)elements;                              /* read only by a threaded build's loop */
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
@@ -3363,12 +3348,11 @@ static void ds_cnn_pw3_bn_forward(
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
+    (void)elements;                              /* read only by a threaded build's loop */
     /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
        the group's planes of every sample in memory order: with the group all the channels, one
        stream through the tensor. Each channel's sums are still added in the same order, so the
        results are those of one channel at a time. */
-    PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         real scale[BN_GROUP], shift[BN_GROUP];
@@ -3451,8 +3435,7 @@ static void ds_cnn_pw3_bn_backward(
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
-    PARALLEL_FOR_ELEMENTS
+    (void)elements;                              /* read only by a threaded build's loop */
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
@@ -3744,12 +3727,11 @@ static void ds_cnn_dw4_bn_forward(
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
+    (void)elements;                              /* read only by a threaded build's loop */
     /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
        the group's planes of every sample in memory order: with the group all the channels, one
        stream through the tensor. Each channel's sums are still added in the same order, so the
        results are those of one channel at a time. */
-    PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         real scale[BN_GROUP], shift[BN_GROUP];
@@ -3832,8 +3814,7 @@ static void ds_cnn_dw4_bn_backward(
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
-    PARALLEL_FOR_ELEMENTS
+    (void)elements;                              /* read only by a threaded build's loop */
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the
@@ -4104,12 +4085,11 @@ static void ds_cnn_pw4_bn_forward(
     real *restrict saved = scratch;                                     /* [2, C]: batch mean, 1/sqrt(var + EPS) */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
+    (void)elements;                              /* read only by a threaded build's loop */
     /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
        the group's planes of every sample in memory order: with the group all the channels, one
        stream through the tensor. Each channel's sums are still added in the same order, so the
        results are those of one channel at a time. */
-    PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         real scale[BN_GROUP], shift[BN_GROUP];
@@ -4192,8 +4172,7 @@ static void ds_cnn_pw4_bn_backward(
     const real *restrict saved = scratch;                               /* [2, C]: batch mean, inv_std */
     const size_t count = batch * SPATIAL;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
-    PARALLEL_FOR_ELEMENTS
+    (void)elements;                              /* read only by a threaded build's loop */
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         /* sum dout and sum dout * (in - mean) in BN_LANES partial sums (plane_gradient_sums, in the

@@ -193,17 +193,14 @@ enum {
 #endif
 
 /* Element-wise loops over at least this many elements split over the threads too (each element
-   is computed the same way by whichever thread takes it): PARALLEL_FOR_ELEMENTS before a loop
-   whose element count is in a variable named `elements`. */
+   is computed the same way by whichever thread takes it): macros.j2's parallel_elements. */
 #define PARALLEL_MIN_ELEMENTS 65536
 /* A loop over sample slots runs on the threads when there are samples for more than one:
    PARALLEL_FOR_SAMPLES before it, with the sample count in a variable named `samples` (its
    body must not split products: they would start a new team of threads on every call). */
 #if defined(_OPENMP)
-#define PARALLEL_FOR_ELEMENTS _Pragma("omp parallel for schedule(static) if (elements >= PARALLEL_MIN_ELEMENTS)")
 #define PARALLEL_FOR_SAMPLES _Pragma("omp parallel for schedule(static) if (samples > 1)")
 #else
-#define PARALLEL_FOR_ELEMENTS
 #define PARALLEL_FOR_SAMPLES
 #endif
 /* The sample slots a conv kernel uses for a batch: every one when the batch's multiply-adds repay
@@ -1041,8 +1038,7 @@ static void lenet5_mnist_pool1_forward(
         PAD_LEFT = 0
     };
     const size_t elements = batch * C * (size_t)(H_OUT * W_OUT);
-    (void)elements;                                                     /* read by PARALLEL_FOR_ELEMENTS */
-    PARALLEL_FOR_ELEMENTS
+    (void)elements;                                                     /* read by a threaded build's loop (parallel_elements) */
     for (size_t plane = 0; plane < batch * C; plane++) {
         const real *restrict in_plane = in + plane * (size_t)(H_IN * W_IN);
         real *restrict out_plane = out + plane * (size_t)(H_OUT * W_OUT);
@@ -1342,8 +1338,7 @@ static void lenet5_mnist_pool2_forward(
         PAD_LEFT = 0
     };
     const size_t elements = batch * C * (size_t)(H_OUT * W_OUT);
-    (void)elements;                                                     /* read by PARALLEL_FOR_ELEMENTS */
-    PARALLEL_FOR_ELEMENTS
+    (void)elements;                                                     /* read by a threaded build's loop (parallel_elements) */
     for (size_t plane = 0; plane < batch * C; plane++) {
         const real *restrict in_plane = in + plane * (size_t)(H_IN * W_IN);
         real *restrict out_plane = out + plane * (size_t)(H_OUT * W_OUT);

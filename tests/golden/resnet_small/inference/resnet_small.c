@@ -180,17 +180,14 @@ enum {
 #endif
 
 /* Element-wise loops over at least this many elements split over the threads too (each element
-   is computed the same way by whichever thread takes it): PARALLEL_FOR_ELEMENTS before a loop
-   whose element count is in a variable named `elements`. */
+   is computed the same way by whichever thread takes it): macros.j2's parallel_elements. */
 #define PARALLEL_MIN_ELEMENTS 65536
 /* A loop over sample slots runs on the threads when there are samples for more than one:
    PARALLEL_FOR_SAMPLES before it, with the sample count in a variable named `samples` (its
    body must not split products: they would start a new team of threads on every call). */
 #if defined(_OPENMP)
-#define PARALLEL_FOR_ELEMENTS _Pragma("omp parallel for schedule(static) if (elements >= PARALLEL_MIN_ELEMENTS)")
 #define PARALLEL_FOR_SAMPLES _Pragma("omp parallel for schedule(static) if (samples > 1)")
 #else
-#define PARALLEL_FOR_ELEMENTS
 #define PARALLEL_FOR_SAMPLES
 #endif
 /* The sample slots a conv kernel uses for a batch: every one when the batch's multiply-adds repay
@@ -891,12 +888,11 @@ static void resnet_small_stem_bn_forward(
     };
     const real EPS = (real)1e-05;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
+    (void)elements;                              /* read only by a threaded build's loop */
     /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
        the group's planes of every sample in memory order: with the group all the channels, one
        stream through the tensor. Each channel's sums are still added in the same order, so the
        results are those of one channel at a time. */
-    PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         real scale[BN_GROUP], shift[BN_GROUP];
@@ -1189,12 +1185,11 @@ static void resnet_small_block1_bn1_forward(
     };
     const real EPS = (real)1e-05;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
+    (void)elements;                              /* read only by a threaded build's loop */
     /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
        the group's planes of every sample in memory order: with the group all the channels, one
        stream through the tensor. Each channel's sums are still added in the same order, so the
        results are those of one channel at a time. */
-    PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         real scale[BN_GROUP], shift[BN_GROUP];
@@ -1489,12 +1484,11 @@ static void resnet_small_block1_bn2_forward(
     };
     const real EPS = (real)1e-05;
     const size_t elements = batch * SPATIAL * C; /* channel groups go to the threads: each is computed alone */
-    (void)elements;                              /* read only by OpenMP's pragma */
+    (void)elements;                              /* read only by a threaded build's loop */
     /* The channels go BN_GROUP at a time (cnncc/backends/vector/batchnorm.py), each pass reading
        the group's planes of every sample in memory order: with the group all the channels, one
        stream through the tensor. Each channel's sums are still added in the same order, so the
        results are those of one channel at a time. */
-    PARALLEL_FOR_ELEMENTS
     for (int c0 = 0; c0 < C; c0 += BN_GROUP) {
         const int group = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
         real scale[BN_GROUP], shift[BN_GROUP];
