@@ -36,6 +36,35 @@ SHARED = {
     "loss": "mse", "optimizer": {"type": "sgd", "lr": 0.05, "momentum": 0.9}}
 
 
+# Every form of the batchnorm's residual epilogue (lowering._residual_epilogues):
+#   bn0 + the network input (no residual gradient to write);
+#   bn_b + a shortcut conv that runs after it (ResNet's order), no relu after the add;
+#   bn_d + relu_a, then the add's relu: relu_a's gradient is first written by add3, so the fused
+#   backward adds into it (+=), where the others write theirs (=);
+#   bn_q + its own input: not fused (the two gradients would be one tensor).
+RESIDUAL_FORMS = {
+    "name": "residual_forms", "input": {"channels": 4, "height": 7, "width": 7},
+    "layers": [{"name": "conv0", "type": "conv2d", "filters": 4, "kernel": 3, "padding": 1},
+               {"name": "bn0", "type": "batchnorm"},
+               {"name": "add0", "type": "add", "inputs": ["input", "bn0"]},
+               {"name": "conv_a", "type": "conv2d", "filters": 6, "kernel": 3, "padding": 1},
+               {"name": "bn_a", "type": "batchnorm"}, {"name": "relu_a", "type": "relu"},
+               {"name": "conv_b", "type": "conv2d", "filters": 6, "kernel": 3, "padding": 1},
+               {"name": "bn_b", "type": "batchnorm", "momentum": 0.3},
+               {"name": "conv_s", "type": "conv2d", "filters": 6, "kernel": 1, "inputs": ["relu_a"]},
+               {"name": "add1", "type": "add", "inputs": ["conv_s", "bn_b"]},
+               {"name": "conv_d", "type": "conv2d", "filters": 6, "kernel": 3, "padding": 1},
+               {"name": "bn_d", "type": "batchnorm"},
+               {"name": "add2", "type": "add", "inputs": ["bn_d", "relu_a"]}, {"name": "out2", "type": "relu"},
+               {"name": "add3", "type": "add", "inputs": ["out2", "relu_a"]},
+               {"name": "conv_q", "type": "conv2d", "filters": 3, "kernel": 3, "padding": 1},
+               {"name": "bn_q", "type": "batchnorm"},
+               {"name": "add_q", "type": "add", "inputs": ["conv_q", "bn_q"]},
+               {"name": "pool", "type": "avgpool2d", "kernel": 7},
+               {"type": "flatten"}, {"name": "fc", "type": "dense", "units": 3}],
+    "loss": "softmax_cross_entropy", "optimizer": {"type": "adam", "lr": 0.01}}
+RESIDUAL_FUSED = {"bn0": "add0", "bn_a": "relu_a", "bn_b": "add1", "bn_d": "add2", "add2": "out2"}
+
 # Every conv plan and the dense, each ending with a relu: its own `activation: relu` or a relu
 # layer after it (conv_c, fc2: their own outputs are no longer stored).
 EPILOGUES = {
@@ -129,9 +158,10 @@ def test_fusion_only_where_the_relu_alone_reads_the_output(build_dir):
     assert all(np.array_equal(a[1][k], b[1][k]) for k in a[1])
 
 
-def test_fused_backward_passes_finite_differences(build_dir):
-    model = cnncc.compile(_dtype(RESIDUAL, "float64"), build_dir=build_dir)
-    x, y = random_batch(model, 6, np.random.default_rng(5))
+@pytest.mark.parametrize("spec, batch, seed", [(RESIDUAL, 6, 5), (RESIDUAL_FORMS, 5, 12)], ids=["relus", "residuals"])
+def test_fused_backward_passes_finite_differences(spec, batch, seed, build_dir):
+    model = cnncc.compile(_dtype(spec, "float64"), build_dir=build_dir)
+    x, y = random_batch(model, batch, np.random.default_rng(seed))
     model.init(2)
     errors = check_gradients(model, x, y, samples=20)
     assert set(errors) == {k for k in model.params if not k.endswith(("running_mean", "running_var"))}
@@ -258,34 +288,6 @@ def test_dropout_masks_do_not_depend_on_fusion(build_dir):
     assert all(np.array_equal(a[1][k], b[1][k]) for k in a[1])
 
 
-# Every form of the batchnorm's residual epilogue (lowering._residual_epilogues):
-#   bn0 + the network input (no residual gradient to write);
-#   bn_b + a shortcut conv that runs after it (ResNet's order), no relu after the add;
-#   bn_d + relu_a, then the add's relu: relu_a's gradient is first written by add3, so the fused
-#   backward adds into it (+=), where the others write theirs (=);
-#   bn_q + its own input: not fused (the two gradients would be one tensor).
-RESIDUAL_FORMS = {
-    "name": "residual_forms", "input": {"channels": 4, "height": 7, "width": 7},
-    "layers": [{"name": "conv0", "type": "conv2d", "filters": 4, "kernel": 3, "padding": 1},
-               {"name": "bn0", "type": "batchnorm"},
-               {"name": "add0", "type": "add", "inputs": ["input", "bn0"]},
-               {"name": "conv_a", "type": "conv2d", "filters": 6, "kernel": 3, "padding": 1},
-               {"name": "bn_a", "type": "batchnorm"}, {"name": "relu_a", "type": "relu"},
-               {"name": "conv_b", "type": "conv2d", "filters": 6, "kernel": 3, "padding": 1},
-               {"name": "bn_b", "type": "batchnorm", "momentum": 0.3},
-               {"name": "conv_s", "type": "conv2d", "filters": 6, "kernel": 1, "inputs": ["relu_a"]},
-               {"name": "add1", "type": "add", "inputs": ["conv_s", "bn_b"]},
-               {"name": "conv_d", "type": "conv2d", "filters": 6, "kernel": 3, "padding": 1},
-               {"name": "bn_d", "type": "batchnorm"},
-               {"name": "add2", "type": "add", "inputs": ["bn_d", "relu_a"]}, {"name": "out2", "type": "relu"},
-               {"name": "add3", "type": "add", "inputs": ["out2", "relu_a"]},
-               {"name": "conv_q", "type": "conv2d", "filters": 3, "kernel": 3, "padding": 1},
-               {"name": "bn_q", "type": "batchnorm"},
-               {"name": "add_q", "type": "add", "inputs": ["conv_q", "bn_q"]},
-               {"name": "pool", "type": "avgpool2d", "kernel": 7},
-               {"type": "flatten"}, {"name": "fc", "type": "dense", "units": 3}],
-    "loss": "softmax_cross_entropy", "optimizer": {"type": "adam", "lr": 0.01}}
-RESIDUAL_FUSED = {"bn0": "add0", "bn_a": "relu_a", "bn_b": "add1", "bn_d": "add2", "add2": "out2"}
 
 
 def _same_training(a, b):
@@ -324,23 +326,15 @@ def test_batchnorm_residual_epilogues_give_the_unfused_bits(dtype, build_dir):
     assert fused.program.activation_size == unfused.program.activation_size - 3 * 6 * 49 - 4 * 49 - 6 * 49
 
 
-def test_batchnorm_residual_epilogues_pass_finite_differences(build_dir):
-    model = cnncc.compile(_dtype(RESIDUAL_FORMS, "float64"), build_dir=build_dir)
-    x, y = random_batch(model, 5, np.random.default_rng(12))
-    model.init(5)
-    errors = check_gradients(model, x, y, samples=20)
-    assert set(errors) == {k for k in model.params if not k.endswith(("running_mean", "running_var"))}
-    assert max(errors.values()) < 1e-6, errors
-
-
 def test_batchnorm_residual_epilogues_on_threads_and_the_portable_backend(build_dir):
-    # 32 x 32: the threaded batchnorms split their channel groups over the threads
+    # 32 x 32 at batch 12: the fused 6-channel batchnorms have 73,728 elements, past the element
+    # threshold (PARALLEL_MIN_ELEMENTS), so their channel groups go to the threads
     spec = {**RESIDUAL_FORMS, "input": {"channels": 4, "height": 32, "width": 32}, "name": "residual_threads"}
     spec["layers"] = [dict(layer, kernel=32) if layer.get("name") == "pool" else layer for layer in spec["layers"]]
     serial = cnncc.compile(spec, build_dir=build_dir, fuse=False, cflags=THREADED_FLAGS)
     threaded = cnncc.compile(spec, build_dir=build_dir, threads=2, cflags=THREADED_FLAGS)
     assert threaded.program.fused_away == RESIDUAL_FUSED
-    x, y = random_batch(serial, 5, np.random.default_rng(13))
+    x, y = random_batch(serial, 12, np.random.default_rng(13))
     reference = _train(serial, x, y)
     for threads in (1, 2):
         threaded.set_threads(threads)
