@@ -233,7 +233,7 @@ def profile_layers(model, batch: int = 64, repeats: int = 5, seed: int = 0) -> l
         model.restore(state)
     macs = _op_macs(model)
     # an op that computes an add or a relu too (ir.Op.fused) shows as kind+add, kind+relu
-    return [OpTiming(i, op.name, op.kind + "+add" * op.residual + "+relu" * op.relu_epilogue, op.layer, tuple(op.output.shape),
+    return [OpTiming(i, op.name, op.label, op.layer, tuple(op.output.shape),
                      statistics.median(forward_s[i]),
                      statistics.median(backward_s[i]) if backward_s[i] else None, *macs[op.name], batch)
             for i, op in enumerate(ops)]

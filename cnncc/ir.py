@@ -114,6 +114,11 @@ class Op:
         return len(self.fused) > int(self.residual)
 
     @property
+    def label(self) -> str:
+        """Its kind with what it computes too: conv2d+relu, batchnorm+add+relu (`cnncc ir`, `cnncc bench`)."""
+        return self.kind + "+add" * self.residual + "+relu" * self.relu_epilogue
+
+    @property
     def grad_inputs(self) -> tuple[Tensor, ...]:
         """The inputs whose gradient backward computes."""
         return tuple(t for t, needed in zip(self.inputs, self.input_grads) if needed)
@@ -379,7 +384,7 @@ def describe(program: Program) -> str:
     for i, op in enumerate(program.ops, 1):
         ins = ", ".join(t.name for t in op.inputs)
         ws = f"  workspace {op.workspace_offset}+{op.workspace_size}" if op.workspace_size else ""
-        lines.append(f"  {i:>3}. {op.name:<24} {op.kind:<15} ({ins}) -> {op.output.name} "
+        lines.append(f"  {i:>3}. {op.name:<24} {op.label:<18} ({ins}) -> {op.output.name} "
                      f"{format_shape(op.output.shape)}{ws}")
     if program.loss:
         fused = f", fused with {program.loss.fused_op}" if program.loss.fused_op else ""

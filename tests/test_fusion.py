@@ -345,3 +345,16 @@ def test_batchnorm_residual_epilogues_on_threads_and_the_portable_backend(build_
     assert portable.program.fused_away == RESIDUAL_FUSED
     x, y = random_batch(portable, 5, np.random.default_rng(14))
     _same_training(_train(portable, x, y), _train(portable_unfused, x, y))
+
+
+def test_the_ir_listing_and_the_profile_name_what_each_op_computes(build_dir):
+    """`cnncc ir` and `cnncc bench --layers` label an op by what it computes (ir.Op.label)."""
+    from cnncc.ir import describe
+
+    model = cnncc.compile(RESIDUAL_FORMS, build_dir=build_dir)
+    listed = {line.split()[1]: line.split()[2] for line in describe(model.program).splitlines()
+              if line.strip()[:1].isdigit() and "->" in line and "(" in line}
+    assert listed["bn_d"] == "batchnorm+add+relu" and listed["bn_b"] == "batchnorm+add"
+    assert listed["bn_a"] == "batchnorm+relu" and listed["conv0"] == "conv2d" and listed["add3"] == "add"
+    assert {op.name: op.label for op in model.program.ops} == {
+        name: label for name, label in listed.items() if name in {op.name for op in model.program.ops}}
