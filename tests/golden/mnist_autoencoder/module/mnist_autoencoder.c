@@ -344,9 +344,12 @@ KERNEL_INLINE void mnist_autoencoder_gradient_terms(const real *xs, const real *
     if (relu)
         g *= __builtin_convertvector(-(x * scale + shift > (reals){0}), reals);
     if (outs) {
+        /* a select (the bits of g where out > 0, else +0), as the unfused add's backward writes
+           the gradient this sums: the same sums for any dout, a NaN where out <= 0 included */
         reals y;
         memcpy(&y, outs, sizeof y);
-        g *= __builtin_convertvector(-(y > (reals){0}), reals);
+        const __typeof__(y > (reals){0}) keep = y > (reals){0};
+        g = (reals)((__typeof__(keep))g & keep);
     }
     const reals centred = g * (x - mean);
     mnist_autoencoder_add_widened(sums, &g);
@@ -354,11 +357,12 @@ KERNEL_INLINE void mnist_autoencoder_gradient_terms(const real *xs, const real *
 }
 
 /* Batchnorm's backward sums over one plane (templates/layers/batchnorm.c.j2): with g = dy[i], times
-   the fused relu's mask (y = x[i] * scale + shift > 0) if relu, or (out[i] > 0) if out is not NULL
-   (a relu after a residual, whose mask only the output has), sums[l] += g and products[l] +=
+   the fused relu's mask (y = x[i] * scale + shift > 0) if relu, or where out[i] > 0 if out is not
+   NULL (a relu after a residual, whose mask only the output has), sums[l] += g and products[l] +=
    g * (x[i] - mean), for i < n with i = l mod MOMENT_LANES, in two vectors of eight doubles each
-   (as plane_moments, for the same reason). The mask is a factor, not a select: a NaN or infinite
-   dy where the relu is off gives NaN instead of 0, a finite one the same sums. A plane's tail
+   (as plane_moments, for the same reason). The relu's mask is a factor, not a select: a NaN or
+   infinite dy where the relu is off gives NaN instead of 0, a finite one the same sums; out's is a
+   select, as the unfused add's backward. A plane's tail
    goes in vectors too (DS-CNN's 125 pixels: 112 + 13), which one element at a time took half of
    the backward's time. */
 KERNEL_INLINE void mnist_autoencoder_plane_gradient_sums(const real *restrict x, const real *restrict dy,
