@@ -150,9 +150,11 @@ def int8_table(results: list[dict]) -> str:
 def measure_peak(work: Path, settings: Settings) -> dict:
     """The machine's FMA throughput (cnncc/peak.py, built with cnncc's default flags, -march=native)
     at each thread count: the best of a few runs."""
+    from cnncc.options import DEFAULT_CFLAGS
     from cnncc.peak import peak_gflops
 
-    peak = {"source": "templates/peak.c.j2 via cnncc.peak.peak_gflops (cc -O3 -march=native -ffp-contract=fast)"}
+    # the flags named from the one list the build uses: a copy here went stale when it changed
+    peak = {"source": f"templates/peak.c.j2 via cnncc.peak.peak_gflops (cc {' '.join(DEFAULT_CFLAGS)})"}
     for threads in settings.threads:
         peak[str(threads)] = peak_gflops(threads, settings.peak_seconds, settings.peak_runs, build_dir=work)
     return peak

@@ -68,7 +68,8 @@ def lower(net: CheckedNet, sample_slots: int = 1, backend: str = "vector", fuse:
     epilogues = _relu_epilogues(net, chosen) if fuse else {}
     fused_relus = {relu: source for source, relu in epilogues.items()}
     residuals = _residual_epilogues(net, chosen) if fuse else {}
-    fused_adds = {add: next(layer for layer in net.layers if layer.name == bn) for bn, add in residuals.items()}
+    layers = {layer.name: layer for layer in net.layers}
+    fused_adds = {add: layers[bn] for bn, add in residuals.items()}
     names = _Names(spec.name)
     network_input = Tensor("input", spec.input_shape, -1)
     outputs: dict[str, Tensor] = {"input": network_input}
